@@ -1,0 +1,932 @@
+//! Stage 2: AST → checked program (`ast_to_program`). Resolves names, binds
+//! built-in options against `schema`, and checks the type and per-example
+//! shape of every expression. Reports every problem it finds, not just the
+//! first, and warns about declarations no energy uses.
+
+use crate::ast::{self, BinOp, ExprKind, ModelStmt, Role};
+use crate::program::*;
+use crate::schema::{self, Family, OptType, Value};
+use crate::span::Span;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What a checked declaration is, for messages ("`W` is a parameter").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeclKind {
+    Variable,
+    Param,
+    Const,
+    Net,
+    Energy,
+}
+
+/// A problem the checker found. Wording lives in `messages.rs`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckError {
+    Undefined { what: &'static str, name: String, span: Span, candidates: Vec<String> },
+    Duplicate { what: &'static str, name: String, span: Span, first: Span },
+    UnknownFunction { name: String, span: Span, candidates: Vec<String> },
+    NotAFunction { name: String, span: Span, is: DeclKind },
+    NotAValue { name: String, span: Span, is: DeclKind },
+    Arity { name: String, span: Span, expected: usize, found: usize },
+    FunctionOptions { name: String, span: Span },
+    UnknownCallee { family: Family, name: String, span: Span },
+    NotACall { family: Family, span: Span },
+    UnknownOption { family: Family, callee: String, name: String, span: Span },
+    DuplicateOption { name: String, span: Span, first: Span },
+    MissingOption { callee: String, option: String, span: Span },
+    TooManyArgs { callee: String, span: Span, max: usize },
+    BadOptionValue { callee: String, option: String, span: Span, expected: OptType },
+    NotAllowedInEnergy { what: &'static str, span: Span },
+    NotANumber { span: Span },
+    NonFinite { span: Span },
+    ElementwiseMismatch { op: BinOp, lhs: (Span, Shape), rhs: (Span, Shape) },
+    MatMulMismatch { lhs: (Span, Shape), rhs: (Span, Shape) },
+    MatMulScalar { operand: Span },
+    TransposeRank { span: Span, shape: Shape },
+    NonScalarExponent { span: Span, shape: Shape },
+    NetInput { net: String, span: Span, expected: usize, found: Shape, decl: Span },
+    NonScalarEnergy { name: String, span: Span, shape: Shape },
+    NoEnergy { model: String, span: Span },
+    BoundsOnDiscrete { span: Span },
+    EmptyBounds { span: Span, low: f64, high: f64 },
+    TooFewCategories { span: Span },
+    ZeroDim { span: Span },
+    TooManyDims { span: Span, max: usize },
+    ParamNotReal { span: Span },
+    BadDim { name: String, span: Span },
+    ConstShape { span: Span, declared: Shape, built: Shape },
+    NetLayers { span: Span, kind: NetKind, found: usize },
+    UnknownSetting { name: String, span: Span },
+    MissingSetting { key: &'static str, span: Span },
+    MissingBinding { span: Span },
+    UnexpectedBinding { key: String, span: Span },
+    BindNonVisible { name: String, span: Span },
+    UnboundVisible { name: String, span: Span, decl: Span },
+    BadSettingValue { key: String, span: Span, expected: &'static str },
+    Unused { is: DeclKind, name: String, span: Span },
+}
+
+impl CheckError {
+    pub fn is_warning(&self) -> bool {
+        matches!(self, CheckError::Unused { .. })
+    }
+}
+
+/// Checks a parsed file. `Ok` carries the program and any warnings; `Err`
+/// carries every error and warning found.
+pub fn ast_to_program(file: &ast::File) -> Result<(Program, Vec<CheckError>), Vec<CheckError>> {
+    let mut errors = Vec::new();
+    let mut models = BTreeMap::new();
+    let mut model_spans: BTreeMap<String, Span> = BTreeMap::new();
+    for item in &file.items {
+        if let ast::Item::Model(m) = item {
+            if let Some(first) = model_spans.get(&m.name.name) {
+                errors.push(CheckError::Duplicate { what: "model", name: m.name.name.clone(), span: m.name.span, first: *first });
+                continue;
+            }
+            model_spans.insert(m.name.name.clone(), m.name.span);
+            let mut checker = ModelChecker::new(&mut errors);
+            if let Some(model) = checker.model(m) {
+                models.insert(model.name.clone(), model);
+            }
+        }
+    }
+    let mut trains = BTreeMap::new();
+    let mut train_spans: BTreeMap<String, Span> = BTreeMap::new();
+    for item in &file.items {
+        if let ast::Item::Train(t) = item {
+            if !model_spans.contains_key(&t.model.name) {
+                errors.push(CheckError::Undefined {
+                    what: "model",
+                    name: t.model.name.clone(),
+                    span: t.model.span,
+                    candidates: model_spans.keys().cloned().collect(),
+                });
+                continue;
+            }
+            if let Some(first) = train_spans.get(&t.model.name) {
+                errors.push(CheckError::Duplicate { what: "train block for model", name: t.model.name.clone(), span: t.model.span, first: *first });
+                continue;
+            }
+            train_spans.insert(t.model.name.clone(), t.model.span);
+            // A train block for a model with errors is still checked for its own mistakes.
+            let model = models.get(&t.model.name);
+            if let Some(train) = train_block(t, model, &mut errors) {
+                trains.insert(train.model.clone(), train);
+            }
+        }
+    }
+    errors.sort_by_key(|e| (e.is_warning(), first_span(e).start));
+    if errors.iter().any(|e| !e.is_warning()) {
+        Err(errors)
+    } else {
+        Ok((Program { models, trains }, errors))
+    }
+}
+
+/// The span a diagnostic is ordered by.
+fn first_span(e: &CheckError) -> Span {
+    use CheckError::*;
+    match e {
+        Undefined { span, .. }
+        | Duplicate { span, .. }
+        | UnknownFunction { span, .. }
+        | NotAFunction { span, .. }
+        | NotAValue { span, .. }
+        | Arity { span, .. }
+        | FunctionOptions { span, .. }
+        | UnknownCallee { span, .. }
+        | NotACall { span, .. }
+        | UnknownOption { span, .. }
+        | DuplicateOption { span, .. }
+        | MissingOption { span, .. }
+        | TooManyArgs { span, .. }
+        | BadOptionValue { span, .. }
+        | NotAllowedInEnergy { span, .. }
+        | NotANumber { span }
+        | NonFinite { span }
+        | TransposeRank { span, .. }
+        | NonScalarExponent { span, .. }
+        | NetInput { span, .. }
+        | NonScalarEnergy { span, .. }
+        | NoEnergy { span, .. }
+        | BoundsOnDiscrete { span }
+        | EmptyBounds { span, .. }
+        | TooFewCategories { span }
+        | ZeroDim { span }
+        | TooManyDims { span, .. }
+        | ParamNotReal { span }
+        | BadDim { span, .. }
+        | ConstShape { span, .. }
+        | NetLayers { span, .. }
+        | UnknownSetting { span, .. }
+        | MissingSetting { span, .. }
+        | MissingBinding { span }
+        | UnexpectedBinding { span, .. }
+        | BindNonVisible { span, .. }
+        | UnboundVisible { span, .. }
+        | BadSettingValue { span, .. }
+        | Unused { span, .. } => *span,
+        ElementwiseMismatch { lhs, .. } | MatMulMismatch { lhs, .. } => lhs.0,
+        MatMulScalar { operand } => *operand,
+    }
+}
+
+struct ModelChecker<'e> {
+    errors: &'e mut Vec<CheckError>,
+    decls: BTreeMap<String, (DeclKind, Span)>,
+    /// Integer constants usable as dimensions.
+    int_consts: BTreeMap<String, usize>,
+    shapes: BTreeMap<String, Shape>,
+    nets: BTreeMap<String, Net>,
+    used: BTreeSet<String>,
+}
+
+impl<'e> ModelChecker<'e> {
+    fn new(errors: &'e mut Vec<CheckError>) -> Self {
+        ModelChecker { errors, decls: BTreeMap::new(), int_consts: BTreeMap::new(), shapes: BTreeMap::new(), nets: BTreeMap::new(), used: BTreeSet::new() }
+    }
+
+    fn err(&mut self, e: CheckError) {
+        self.errors.push(e);
+    }
+
+    fn model(&mut self, m: &ast::ModelBlock) -> Option<Model> {
+        let errors_before = self.errors.len();
+        self.declare_all(m);
+        let mut model = Model {
+            name: m.name.name.clone(),
+            span: m.name.span,
+            variables: vec![],
+            params: vec![],
+            consts: vec![],
+            nets: vec![],
+            energies: vec![],
+            overrides: vec![],
+        };
+        // Declarations first so energies can refer to names declared after them.
+        for stmt in &m.stmts {
+            match stmt {
+                ModelStmt::Var(d) => model.variables.extend(self.variable(d)),
+                ModelStmt::Param(d) => model.params.extend(self.param(d)),
+                ModelStmt::Const(d) => model.consts.extend(self.constant(d)),
+                ModelStmt::Net(d) => model.nets.extend(self.net(d)),
+                ModelStmt::Energy(_) | ModelStmt::Sample(_) => {}
+            }
+        }
+        for stmt in &m.stmts {
+            if let ModelStmt::Energy(d) = stmt {
+                model.energies.extend(self.energy(d));
+            }
+        }
+        let mut overridden: BTreeMap<String, Span> = BTreeMap::new();
+        for stmt in &m.stmts {
+            if let ModelStmt::Sample(b) = stmt {
+                for o in &b.overrides {
+                    if let Some(first) = overridden.get(&o.var.name) {
+                        self.err(CheckError::Duplicate { what: "sampler override for", name: o.var.name.clone(), span: o.var.span, first: *first });
+                        continue;
+                    }
+                    overridden.insert(o.var.name.clone(), o.var.span);
+                    model.overrides.extend(self.sampler_override(o));
+                }
+            }
+        }
+        if !m.stmts.iter().any(|s| matches!(s, ModelStmt::Energy(_))) {
+            self.err(CheckError::NoEnergy { model: m.name.name.clone(), span: m.name.span });
+        }
+        self.warn_unused();
+        let failed = self.errors[errors_before..].iter().any(|e| !e.is_warning());
+        (!failed).then_some(model)
+    }
+
+    fn declare_all(&mut self, m: &ast::ModelBlock) {
+        for stmt in &m.stmts {
+            let (kind, name) = match stmt {
+                ModelStmt::Var(d) => (DeclKind::Variable, &d.name),
+                ModelStmt::Param(d) => (DeclKind::Param, &d.name),
+                ModelStmt::Const(d) => (DeclKind::Const, &d.name),
+                ModelStmt::Net(d) => (DeclKind::Net, &d.name),
+                ModelStmt::Energy(d) => (DeclKind::Energy, &d.name),
+                ModelStmt::Sample(_) => continue,
+            };
+            if let Some((_, first)) = self.decls.get(&name.name) {
+                let first = *first;
+                self.err(CheckError::Duplicate { what: "declaration of", name: name.name.clone(), span: name.span, first });
+                continue;
+            }
+            self.decls.insert(name.name.clone(), (kind, name.span));
+            if let ModelStmt::Const(ast::ConstDecl { ty: None, value, .. }) = stmt {
+                if let Some(n) = literal_number(value).filter(|n| *n >= 1.0 && n.fract() == 0.0) {
+                    self.int_consts.insert(name.name.clone(), n as usize);
+                }
+            }
+        }
+    }
+
+    fn dim(&mut self, d: &ast::Dim) -> Option<usize> {
+        match d {
+            ast::Dim::Lit(0, span) => {
+                self.err(CheckError::ZeroDim { span: *span });
+                None
+            }
+            ast::Dim::Lit(n, _) => Some(*n as usize),
+            ast::Dim::Name(id) => {
+                if let Some(n) = self.int_consts.get(&id.name) {
+                    self.used.insert(id.name.clone());
+                    return Some(*n);
+                }
+                if self.decls.contains_key(&id.name) {
+                    self.err(CheckError::BadDim { name: id.name.clone(), span: id.span });
+                } else {
+                    let candidates = self.int_consts.keys().cloned().collect();
+                    self.err(CheckError::Undefined { what: "name", name: id.name.clone(), span: id.span, candidates });
+                }
+                None
+            }
+        }
+    }
+
+    fn dims(&mut self, dims: &[ast::Dim], max: usize, span: Span) -> Option<Shape> {
+        if dims.len() > max {
+            self.err(CheckError::TooManyDims { span, max });
+            return None;
+        }
+        let shape: Vec<Option<usize>> = dims.iter().map(|d| self.dim(d)).collect();
+        shape.into_iter().collect()
+    }
+
+    fn variable(&mut self, d: &ast::VarDecl) -> Option<Variable> {
+        let ty = &d.ty;
+        let (domain, shape) = match &ty.base {
+            ast::BaseType::Categorical(k) => {
+                let k = self.dim(k);
+                let outer = self.dims(&ty.dims, 1, ty.span);
+                if let Some(b) = &ty.bounds {
+                    self.err(CheckError::BoundsOnDiscrete { span: b.0.span.to(b.1.span) });
+                }
+                let k = k?;
+                if k < 2 {
+                    self.err(CheckError::TooFewCategories { span: ty.span });
+                    return None;
+                }
+                let mut shape = outer?;
+                shape.push(k);
+                (Domain::Categorical { categories: k }, shape)
+            }
+            base => {
+                let shape = self.dims(&ty.dims, 2, ty.span);
+                let domain = match base {
+                    ast::BaseType::Binary => Domain::Binary,
+                    ast::BaseType::Spin => Domain::Spin,
+                    _ => Domain::Real { bounds: None },
+                };
+                let domain = match (&ty.bounds, domain) {
+                    (None, d) => d,
+                    (Some(b), Domain::Real { .. }) => Domain::Real { bounds: Some(self.bounds(b)?) },
+                    (Some(b), _) => {
+                        self.err(CheckError::BoundsOnDiscrete { span: b.0.span.to(b.1.span) });
+                        return None;
+                    }
+                };
+                (domain, shape?)
+            }
+        };
+        self.shapes.insert(d.name.name.clone(), shape.clone());
+        Some(Variable { name: d.name.name.clone(), role: d.role, domain, shape, span: d.name.span })
+    }
+
+    fn bounds(&mut self, b: &(ast::Expr, ast::Expr)) -> Option<(f64, f64)> {
+        let low = self.number(&b.0);
+        let high = self.number(&b.1);
+        let (low, high) = (low?, high?);
+        if low >= high {
+            self.err(CheckError::EmptyBounds { span: b.0.span.to(b.1.span), low, high });
+            return None;
+        }
+        Some((low, high))
+    }
+
+    /// A literal number, possibly negated.
+    fn number(&mut self, e: &ast::Expr) -> Option<f64> {
+        match literal_number(e) {
+            Some(x) if x.is_finite() => Some(x),
+            Some(_) => {
+                self.err(CheckError::NonFinite { span: e.span });
+                None
+            }
+            None => {
+                self.err(CheckError::NotANumber { span: e.span });
+                None
+            }
+        }
+    }
+
+    fn real_shape(&mut self, ty: &ast::TypeExpr) -> Option<Shape> {
+        if ty.base != ast::BaseType::Real || ty.bounds.is_some() {
+            self.err(CheckError::ParamNotReal { span: ty.span });
+            return None;
+        }
+        self.dims(&ty.dims, 2, ty.span)
+    }
+
+    fn param(&mut self, d: &ast::ParamDecl) -> Option<Param> {
+        let shape = self.real_shape(&d.ty);
+        let init = match &d.init {
+            None => Some(Init::Constant(0.0)),
+            Some(e) => self.init(e),
+        };
+        let shape = shape?;
+        self.shapes.insert(d.name.name.clone(), shape.clone());
+        Some(Param { name: d.name.name.clone(), shape, init: init?, span: d.name.span })
+    }
+
+    fn init(&mut self, e: &ast::Expr) -> Option<Init> {
+        if literal_number(e).is_some() {
+            return self.number(e).map(Init::Constant);
+        }
+        let call = bind_call(Family::Initializer, e, self.errors)?;
+        let num = |k: &str| call.num(k).expect("initializer options have defaults");
+        Some(match call.name.as_str() {
+            "zeros" => Init::Constant(0.0),
+            "ones" => Init::Constant(1.0),
+            "normal" => Init::Normal { mean: num("mean"), std: num("std") },
+            _ => {
+                let (low, high) = (num("low"), num("high"));
+                if low >= high {
+                    self.err(CheckError::EmptyBounds { span: e.span, low, high });
+                    return None;
+                }
+                Init::Uniform { low, high }
+            }
+        })
+    }
+
+    fn constant(&mut self, d: &ast::ConstDecl) -> Option<Const> {
+        let declared = match &d.ty {
+            Some(ty) => Some(self.real_shape(ty)?),
+            None => None,
+        };
+        let (shape, value) = if literal_number(&d.value).is_some() {
+            (declared.unwrap_or_default(), ConstValue::Fill(self.number(&d.value)?))
+        } else if let Some(name) = d.value.as_name().filter(|n| *n == "zeros" || *n == "ones") {
+            (declared.unwrap_or_default(), ConstValue::Fill(if name == "ones" { 1.0 } else { 0.0 }))
+        } else {
+            if let ExprKind::Call { args, .. } = &d.value.kind {
+                let names = args.iter().filter_map(|a| a.value.as_name()).filter(|n| self.int_consts.contains_key(*n));
+                self.used.extend(names.map(str::to_string).collect::<Vec<_>>());
+            }
+            let call = bind_call_with(Family::ConstBuilder, &d.value, &self.int_consts, self.errors)?;
+            let int = |k: &str| call.int(k).map(|v| v as usize);
+            let periodic = call.options.get("periodic").and_then(Value::as_bool).unwrap_or(false);
+            let (lattice, rows, cols) = match call.name.as_str() {
+                "grid" => (Lattice::Grid, int("rows")?, int("cols")?),
+                "triangular" => (Lattice::Triangular, int("rows")?, int("cols")?),
+                "chain" => (Lattice::Chain, 1, int("n")?),
+                _ => (Lattice::Complete, 1, int("n")?),
+            };
+            let g = GraphConst { lattice, rows, cols, periodic };
+            let built = vec![g.units(), g.units()];
+            if let Some(declared) = declared.filter(|s| *s != built) {
+                self.err(CheckError::ConstShape { span: d.ty.as_ref().map_or(d.value.span, |t| t.span), declared, built });
+                return None;
+            }
+            (built, ConstValue::Graph(g))
+        };
+        self.shapes.insert(d.name.name.clone(), shape.clone());
+        Some(Const { name: d.name.name.clone(), shape, value, span: d.name.span })
+    }
+
+    fn net(&mut self, d: &ast::NetDecl) -> Option<Net> {
+        let call_expr = ast::Expr {
+            kind: ExprKind::Call { func: d.kind.clone(), args: d.options.clone() },
+            span: d.kind.span.to(d.options.last().map_or(d.kind.span, |a| a.value.span)),
+        };
+        let call = bind_call(Family::Net, &call_expr, self.errors);
+        let layers: Option<Vec<usize>> = d.layers.iter().map(|l| self.dim(l)).collect::<Vec<_>>().into_iter().collect();
+        let (call, layers) = (call?, layers?);
+        let kind = if call.name == "linear" { NetKind::Linear } else { NetKind::Mlp };
+        if kind == NetKind::Linear && layers.len() != 2 {
+            let span = d.layers[0].span().to(d.layers[d.layers.len() - 1].span());
+            self.err(CheckError::NetLayers { span, kind, found: layers.len() });
+            return None;
+        }
+        let net = Net {
+            name: d.name.name.clone(),
+            kind,
+            layers,
+            activation: call.options.get("act").and_then(|v| v.as_str()).unwrap_or("identity").to_string(),
+            bias: call.options.get("bias").and_then(Value::as_bool).unwrap_or(true),
+            spectral_norm: call.options.get("spectral_norm").and_then(Value::as_bool).unwrap_or(false),
+            span: d.name.span,
+        };
+        self.nets.insert(net.name.clone(), net.clone());
+        Some(net)
+    }
+
+    fn energy(&mut self, d: &ast::EnergyDecl) -> Option<Energy> {
+        let expr = self.expr(&d.expr)?;
+        if !expr.shape.is_empty() {
+            self.err(CheckError::NonScalarEnergy { name: d.name.name.clone(), span: d.expr.span, shape: expr.shape });
+            return None;
+        }
+        Some(Energy { name: d.name.name.clone(), expr, span: d.name.span })
+    }
+
+    fn sampler_override(&mut self, o: &ast::SamplerOverride) -> Option<Override> {
+        match self.decls.get(&o.var.name) {
+            Some((DeclKind::Variable, _)) => {}
+            Some((is, _)) => {
+                let is = *is;
+                self.err(CheckError::NotAValue { name: o.var.name.clone(), span: o.var.span, is });
+                return None;
+            }
+            None => {
+                let candidates = self.names_of(DeclKind::Variable);
+                self.err(CheckError::Undefined { what: "variable", name: o.var.name.clone(), span: o.var.span, candidates });
+                return None;
+            }
+        }
+        let kernel = bind_call(Family::Sampler, &o.kernel, self.errors)?;
+        Some(Override { var: o.var.name.clone(), kernel, span: o.span })
+    }
+
+    fn names_of(&self, kind: DeclKind) -> Vec<String> {
+        self.decls.iter().filter(|(_, (k, _))| *k == kind).map(|(n, _)| n.clone()).collect()
+    }
+
+    fn expr(&mut self, e: &ast::Expr) -> Option<TExpr> {
+        let span = e.span;
+        let (kind, shape) = match &e.kind {
+            ExprKind::Number { value, .. } => {
+                if !value.is_finite() {
+                    self.err(CheckError::NonFinite { span });
+                    return None;
+                }
+                (TExprKind::Number(*value), vec![])
+            }
+            ExprKind::Str(_) => return self.not_in_energy("a string", span),
+            ExprKind::List(_) => return self.not_in_energy("a list", span),
+            ExprKind::Name(name) => {
+                let (kind, _) = match self.decls.get(name) {
+                    Some(d) => *d,
+                    None => {
+                        let candidates = self.decls.iter().filter(|(_, (k, _))| *k != DeclKind::Energy).map(|(n, _)| n.clone()).collect();
+                        self.err(CheckError::Undefined { what: "name", name: name.clone(), span, candidates });
+                        return None;
+                    }
+                };
+                let kind = match kind {
+                    DeclKind::Variable => TExprKind::Var(name.clone()),
+                    DeclKind::Param => TExprKind::Param(name.clone()),
+                    DeclKind::Const => TExprKind::Const(name.clone()),
+                    is => {
+                        self.err(CheckError::NotAValue { name: name.clone(), span, is });
+                        return None;
+                    }
+                };
+                self.used.insert(name.clone());
+                // A declaration that failed its own check has no shape; its error is already reported.
+                let shape = self.shapes.get(name)?.clone();
+                (kind, shape)
+            }
+            ExprKind::Neg(inner) => {
+                let inner = self.expr(inner)?;
+                let shape = inner.shape.clone();
+                (TExprKind::Neg(Box::new(inner)), shape)
+            }
+            ExprKind::Transpose(inner) => {
+                let inner = self.expr(inner)?;
+                if inner.shape.len() != 2 {
+                    self.err(CheckError::TransposeRank { span, shape: inner.shape });
+                    return None;
+                }
+                let shape = vec![inner.shape[1], inner.shape[0]];
+                (TExprKind::Transpose(Box::new(inner)), shape)
+            }
+            ExprKind::Binary { op, lhs, rhs } => {
+                let (l, r) = (self.expr(lhs), self.expr(rhs));
+                let (l, r) = (l?, r?);
+                let shape = self.binary_shape(*op, &l, &r)?;
+                (TExprKind::Binary { op: *op, lhs: Box::new(l), rhs: Box::new(r) }, shape)
+            }
+            ExprKind::Call { func, args } => return self.call(func, args, span),
+        };
+        Some(TExpr { kind, shape, span })
+    }
+
+    fn not_in_energy(&mut self, what: &'static str, span: Span) -> Option<TExpr> {
+        self.err(CheckError::NotAllowedInEnergy { what, span });
+        None
+    }
+
+    fn call(&mut self, func: &ast::Ident, args: &[ast::Arg], span: Span) -> Option<TExpr> {
+        let name = &func.name;
+        let net = self.nets.get(name).cloned();
+        let builtin = Func::from_name(name);
+        if net.is_none() && builtin.is_none() {
+            match self.decls.get(name) {
+                Some((DeclKind::Net, _)) => return None, // the net's own declaration failed to check
+                Some((is, _)) => {
+                    let is = *is;
+                    self.err(CheckError::NotAFunction { name: name.clone(), span: func.span, is });
+                }
+                None => {
+                    let mut candidates: Vec<String> = Func::ALL.iter().map(|f| f.name().to_string()).collect();
+                    candidates.extend(self.nets.keys().cloned());
+                    self.err(CheckError::UnknownFunction { name: name.clone(), span: func.span, candidates });
+                }
+            }
+            return None;
+        }
+        if let Some(named) = args.iter().find_map(|a| a.name.as_ref()) {
+            self.err(CheckError::FunctionOptions { name: name.clone(), span: named.span });
+            return None;
+        }
+        if args.len() != 1 {
+            self.err(CheckError::Arity { name: name.clone(), span, expected: 1, found: args.len() });
+            return None;
+        }
+        let arg = self.expr(&args[0].value)?;
+        if let Some(net) = net {
+            self.used.insert(name.clone());
+            let width = net.layers[0];
+            let fits = arg.shape == [width] || (width == 1 && arg.shape.is_empty());
+            if !fits {
+                self.err(CheckError::NetInput { net: name.clone(), span: arg.span, expected: width, found: arg.shape, decl: net.span });
+                return None;
+            }
+            return Some(TExpr { kind: TExprKind::Net { net: name.clone(), arg: Box::new(arg) }, shape: net.output_shape(), span });
+        }
+        let func = builtin.expect("checked above");
+        let shape = if func.is_reduction() { vec![] } else { arg.shape.clone() };
+        Some(TExpr { kind: TExprKind::Func { func, arg: Box::new(arg) }, shape, span })
+    }
+
+    fn binary_shape(&mut self, op: BinOp, l: &TExpr, r: &TExpr) -> Option<Shape> {
+        let (ls, rs) = (&l.shape, &r.shape);
+        match op {
+            BinOp::MatMul => {
+                for side in [l, r] {
+                    if side.shape.is_empty() {
+                        self.err(CheckError::MatMulScalar { operand: side.span });
+                        return None;
+                    }
+                }
+                let (inner_l, inner_r) = (ls[ls.len() - 1], rs[0]);
+                if inner_l != inner_r {
+                    self.err(CheckError::MatMulMismatch { lhs: (l.span, ls.clone()), rhs: (r.span, rs.clone()) });
+                    return None;
+                }
+                Some(ls[..ls.len() - 1].iter().chain(&rs[1..]).copied().collect())
+            }
+            BinOp::Pow => {
+                if !rs.is_empty() {
+                    self.err(CheckError::NonScalarExponent { span: r.span, shape: rs.clone() });
+                    return None;
+                }
+                Some(ls.clone())
+            }
+            _ => {
+                // Trailing-axis broadcasting: the shorter shape must end the longer one.
+                let (long, short) = if ls.len() >= rs.len() { (ls, rs) } else { (rs, ls) };
+                if long.ends_with(short) {
+                    Some(long.clone())
+                } else {
+                    self.err(CheckError::ElementwiseMismatch { op, lhs: (l.span, ls.clone()), rhs: (r.span, rs.clone()) });
+                    None
+                }
+            }
+        }
+    }
+
+    fn warn_unused(&mut self) {
+        let unused: Vec<CheckError> = self
+            .decls
+            .iter()
+            .filter(|(name, (kind, _))| *kind != DeclKind::Energy && !self.used.contains(*name))
+            .map(|(name, (kind, span))| CheckError::Unused { is: *kind, name: name.clone(), span: *span })
+            .collect();
+        self.errors.extend(unused);
+    }
+}
+
+/// A number literal, or a negated one.
+fn literal_number(e: &ast::Expr) -> Option<f64> {
+    match &e.kind {
+        ExprKind::Number { value, .. } => Some(*value),
+        ExprKind::Neg(inner) => literal_number(inner).map(|x| -x),
+        _ => None,
+    }
+}
+
+/// Binds a built-in call (or a bare name, a call without arguments) against
+/// its signature in `family`, filling defaults.
+fn bind_call(family: Family, e: &ast::Expr, errors: &mut Vec<CheckError>) -> Option<Call> {
+    bind_call_with(family, e, &BTreeMap::new(), errors)
+}
+
+/// `bind_call`, where whole-number options may also name the integer constants in `ints`.
+fn bind_call_with(family: Family, e: &ast::Expr, ints: &BTreeMap<String, usize>, errors: &mut Vec<CheckError>) -> Option<Call> {
+    let (func, args): (&str, &[ast::Arg]) = match &e.kind {
+        ExprKind::Name(n) => (n, &[]),
+        ExprKind::Call { func, args } => (&func.name, args),
+        _ => {
+            errors.push(CheckError::NotACall { family, span: e.span });
+            return None;
+        }
+    };
+    let callee_span = match &e.kind {
+        ExprKind::Call { func, .. } => func.span,
+        _ => e.span,
+    };
+    let Some(sig) = family.lookup(func) else {
+        errors.push(CheckError::UnknownCallee { family, name: func.to_string(), span: callee_span });
+        return None;
+    };
+    let mut given: BTreeMap<&str, (Span, &ast::Expr)> = BTreeMap::new();
+    let mut ok = true;
+    for (i, arg) in args.iter().enumerate() {
+        let (name, span) = match &arg.name {
+            Some(n) => match sig.options.iter().find(|o| o.name == n.name) {
+                Some(o) => (o.name, n.span),
+                None => {
+                    errors.push(CheckError::UnknownOption { family, callee: func.to_string(), name: n.name.clone(), span: n.span });
+                    ok = false;
+                    continue;
+                }
+            },
+            None => match sig.options.get(i) {
+                Some(o) => (o.name, arg.value.span),
+                None => {
+                    errors.push(CheckError::TooManyArgs { callee: func.to_string(), span: arg.value.span, max: sig.options.len() });
+                    ok = false;
+                    continue;
+                }
+            },
+        };
+        if let Some((first, _)) = given.get(name) {
+            errors.push(CheckError::DuplicateOption { name: name.to_string(), span, first: *first });
+            ok = false;
+            continue;
+        }
+        given.insert(name, (span, &arg.value));
+    }
+    let mut options = BTreeMap::new();
+    for opt in sig.options {
+        let value = match given.get(opt.name) {
+            Some((_, value_expr)) => match option_value(value_expr, opt.ty, ints) {
+                Some(v) => v,
+                None => {
+                    errors.push(CheckError::BadOptionValue { callee: func.to_string(), option: opt.name.to_string(), span: value_expr.span, expected: opt.ty });
+                    ok = false;
+                    continue;
+                }
+            },
+            None => match opt.default {
+                schema::Fallback::Required => {
+                    errors.push(CheckError::MissingOption { callee: func.to_string(), option: opt.name.to_string(), span: e.span });
+                    ok = false;
+                    continue;
+                }
+                schema::Fallback::Absent => continue,
+                schema::Fallback::Num(x) => Value::Num(x),
+                schema::Fallback::Int(i) => Value::Int(i),
+                schema::Fallback::Bool(b) => Value::Bool(b),
+                schema::Fallback::Word(w) => Value::Str(w.to_string()),
+            },
+        };
+        options.insert(opt.name.to_string(), value);
+    }
+    ok.then(|| Call { name: func.to_string(), options, span: e.span })
+}
+
+/// Converts a literal to an option value of type `ty`, or `None` if it does not fit.
+fn option_value(e: &ast::Expr, ty: OptType, ints: &BTreeMap<String, usize>) -> Option<Value> {
+    let word = match &e.kind {
+        ExprKind::Name(n) => Some(n.as_str()),
+        ExprKind::Str(s) => Some(s.as_str()),
+        _ => None,
+    };
+    match ty {
+        OptType::Flag => match e.as_name()? {
+            "true" => Some(Value::Bool(true)),
+            "false" => Some(Value::Bool(false)),
+            _ => None,
+        },
+        OptType::Str => match &e.kind {
+            ExprKind::Str(s) => Some(Value::Str(s.clone())),
+            _ => None,
+        },
+        OptType::Choice(choices) => choices.iter().find(|c| Some(**c) == word).map(|c| Value::Str(c.to_string())),
+        OptType::Whole { min } => {
+            let x = literal_number(e).or_else(|| e.as_name().and_then(|n| ints.get(n)).map(|n| *n as f64))?;
+            (x.fract() == 0.0 && x >= min as f64 && x.abs() < 9.0e15).then_some(Value::Int(x as i64))
+        }
+        _ => {
+            let x = literal_number(e).filter(|x| x.is_finite())?;
+            let fits = match ty {
+                OptType::Positive => x > 0.0,
+                OptType::NonNegative => x >= 0.0,
+                OptType::Unit => (0.0..1.0).contains(&x),
+                OptType::OpenUnit => x > 0.0 && x < 1.0,
+                _ => true,
+            };
+            fits.then_some(Value::Num(x))
+        }
+    }
+}
+
+const TRAIN_KEYS: &[&str] = &["data", "test", "objective", "optimizer", "schedule", "regularize", "batch", "epochs", "seed"];
+
+fn train_block(t: &ast::TrainBlock, model: Option<&Model>, errors: &mut Vec<CheckError>) -> Option<Train> {
+    let mut seen: BTreeMap<&str, Span> = BTreeMap::new();
+    let mut data = None;
+    let mut test = None;
+    let mut objective = None;
+    let mut optimizer = None;
+    let mut schedule = None;
+    let mut regularizers = Some(vec![]);
+    let (mut batch, mut epochs, mut seed) = (Some(100), Some(10), Some(0));
+    let mut ok = true;
+    for s in &t.settings {
+        let key = s.key.name.as_str();
+        if !TRAIN_KEYS.contains(&key) {
+            errors.push(CheckError::UnknownSetting { name: key.to_string(), span: s.key.span });
+            ok = false;
+            continue;
+        }
+        if let Some(first) = seen.get(key) {
+            errors.push(CheckError::Duplicate { what: "setting", name: key.to_string(), span: s.key.span, first: *first });
+            ok = false;
+            continue;
+        }
+        seen.insert(key, s.key.span);
+        if !s.binding.is_empty() && key != "data" && key != "test" {
+            errors.push(CheckError::UnexpectedBinding { key: key.to_string(), span: s.binding[0].span.to(s.binding[s.binding.len() - 1].span) });
+            ok = false;
+            continue;
+        }
+        match key {
+            "data" => data = data_spec(s, model, errors),
+            "test" => {
+                test = if s.binding.is_empty() {
+                    bind_call(Family::TestSplit, &s.value, errors).map(TestSpec::Split)
+                } else {
+                    data_spec(s, model, errors).map(TestSpec::Data)
+                }
+            }
+            "objective" => objective = bind_call(Family::Objective, &s.value, errors),
+            "optimizer" => optimizer = bind_call(Family::Optimizer, &s.value, errors),
+            "schedule" => schedule = bind_call(Family::Schedule, &s.value, errors),
+            "regularize" => {
+                let items: Vec<&ast::Expr> = match &s.value.kind {
+                    ExprKind::List(items) => items.iter().collect(),
+                    _ => vec![&s.value],
+                };
+                regularizers = items.into_iter().map(|e| bind_call(Family::Regularizer, e, errors)).collect::<Vec<_>>().into_iter().collect();
+            }
+            "batch" => batch = count_setting(s, 1, errors),
+            "epochs" => epochs = count_setting(s, 1, errors),
+            _ => seed = count_setting(s, 0, errors),
+        }
+    }
+    for key in ["data", "objective"] {
+        if !seen.contains_key(key) {
+            errors.push(CheckError::MissingSetting { key, span: t.model.span });
+            ok = false;
+        }
+    }
+    let data = data?;
+    if let Some(model) = model {
+        for v in model.variables.iter().filter(|v| v.role == Role::Visible) {
+            if !data.binding.contains(&v.name) {
+                errors.push(CheckError::UnboundVisible { name: v.name.clone(), span: data.span, decl: v.span });
+                ok = false;
+            }
+        }
+    }
+    let default_call = |name: &str, family: Family| Call {
+        name: name.to_string(),
+        options: family
+            .lookup(name)
+            .expect("default exists")
+            .options
+            .iter()
+            .filter_map(|o| match o.default {
+                schema::Fallback::Num(x) => Some((o.name.to_string(), Value::Num(x))),
+                schema::Fallback::Int(i) => Some((o.name.to_string(), Value::Int(i))),
+                schema::Fallback::Bool(b) => Some((o.name.to_string(), Value::Bool(b))),
+                schema::Fallback::Word(w) => Some((o.name.to_string(), Value::Str(w.to_string()))),
+                _ => None,
+            })
+            .collect(),
+        span: t.model.span,
+    };
+    let train = Train {
+        model: t.model.name.clone(),
+        data,
+        test,
+        objective: objective?,
+        optimizer: match seen.contains_key("optimizer") {
+            true => optimizer?,
+            false => default_call("sgd", Family::Optimizer),
+        },
+        schedule: match seen.contains_key("schedule") {
+            true => schedule?,
+            false => default_call("constant", Family::Schedule),
+        },
+        regularizers: regularizers?,
+        batch: batch? as usize,
+        epochs: epochs? as usize,
+        seed: seed? as u64,
+        span: t.span,
+    };
+    ok.then_some(train)
+}
+
+fn count_setting(s: &ast::Setting, min: i64, errors: &mut Vec<CheckError>) -> Option<i64> {
+    match option_value(&s.value, OptType::Whole { min }, &BTreeMap::new()) {
+        Some(Value::Int(n)) => Some(n),
+        _ => {
+            let expected = if min == 0 { "a whole number >= 0" } else { "a whole number >= 1" };
+            errors.push(CheckError::BadSettingValue { key: s.key.name.clone(), span: s.value.span, expected });
+            None
+        }
+    }
+}
+
+fn data_spec(s: &ast::Setting, model: Option<&Model>, errors: &mut Vec<CheckError>) -> Option<DataSpec> {
+    let source = bind_call(Family::DataSource, &s.value, errors);
+    if s.binding.is_empty() {
+        errors.push(CheckError::MissingBinding { span: s.value.span });
+        return None;
+    }
+    let mut ok = true;
+    let mut bound: BTreeMap<&str, Span> = BTreeMap::new();
+    for b in &s.binding {
+        if let Some(first) = bound.get(b.name.as_str()) {
+            errors.push(CheckError::Duplicate { what: "binding of", name: b.name.clone(), span: b.span, first: *first });
+            ok = false;
+            continue;
+        }
+        bound.insert(&b.name, b.span);
+        if let Some(model) = model {
+            match model.variable(&b.name) {
+                Some(v) if v.role == Role::Visible => {}
+                Some(_) => {
+                    errors.push(CheckError::BindNonVisible { name: b.name.clone(), span: b.span });
+                    ok = false;
+                }
+                None => {
+                    let candidates = model.variables.iter().filter(|v| v.role == Role::Visible).map(|v| v.name.clone()).collect();
+                    errors.push(CheckError::Undefined { what: "visible variable", name: b.name.clone(), span: b.span, candidates });
+                    ok = false;
+                }
+            }
+        }
+    }
+    let span = s.value.span.to(s.binding[s.binding.len() - 1].span);
+    let source = source?;
+    ok.then(|| DataSpec { source, binding: s.binding.iter().map(|b| b.name.clone()).collect(), span })
+}

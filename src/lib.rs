@@ -1,0 +1,49 @@
+//! ebmc: a declarative language and compiler for energy-based models.
+//!
+//! The pipeline, one module per stage:
+//!
+//! ```text
+//! source ──parse::source_to_ast──▶ ast::File ──check::ast_to_program──▶ program::Program
+//!                                     │
+//!                                     └──format::ast_to_source──▶ canonical source (ebmc fmt)
+//! ```
+//!
+//! Every stage is pure: it takes data and returns data or its own error type.
+//! `messages` turns stage errors into `diagnostic::Diagnostic`s, which render
+//! for people (codespan-reporting) or programs (JSON lines).
+
+pub mod ast;
+pub mod check;
+pub mod diagnostic;
+pub mod format;
+pub mod messages;
+pub mod parse;
+pub mod program;
+pub mod schema;
+pub mod span;
+
+use diagnostic::Diagnostic;
+
+/// A file that parsed and checked, with its warnings.
+#[derive(Debug)]
+pub struct Compiled {
+    pub ast: ast::File,
+    pub program: program::Program,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Parses and checks `source`. On failure, every diagnostic found (errors
+/// and warnings, in source order within each kind).
+pub fn compile(source: &str) -> Result<Compiled, Vec<Diagnostic>> {
+    let ast = parse::source_to_ast(source).map_err(|e| vec![Diagnostic::from(&e)])?;
+    match check::ast_to_program(&ast) {
+        Ok((program, warnings)) => Ok(Compiled { ast, program, warnings: warnings.iter().map(Diagnostic::from).collect() }),
+        Err(problems) => Err(problems.iter().map(Diagnostic::from).collect()),
+    }
+}
+
+/// Formats `source` canonically, or returns its syntax error.
+pub fn format_source(source: &str) -> Result<String, Diagnostic> {
+    let ast = parse::source_to_ast(source).map_err(|e| Diagnostic::from(&e))?;
+    Ok(format::ast_to_source(&ast, source))
+}

@@ -1,0 +1,357 @@
+//! Every diagnostic's code, wording, labels and hint, in one place. Stages
+//! report plain data (`ParseError`, `CheckError`, ...); this module turns each
+//! into a `Diagnostic`. `docs/diagnostics.md` lists the codes.
+
+use crate::ast::BinOp;
+use crate::check::{CheckError, DeclKind};
+use crate::diagnostic::Diagnostic;
+use crate::parse::{ParseError, Rule};
+use crate::program::{shape_str, NetKind};
+use crate::schema::OptType;
+
+impl From<&ParseError> for Diagnostic {
+    fn from(e: &ParseError) -> Self {
+        match e {
+            ParseError::Syntax { span, expected, found } => {
+                let wanted = expected_tokens(expected);
+                let found_text = match found {
+                    Some(f) => format!("`{f}`"),
+                    None => "the end of the file".to_string(),
+                };
+                let message = if wanted.is_empty() { format!("syntax error: unexpected {found_text}") } else { format!("syntax error: expected {}, found {found_text}", or_list(&wanted)) };
+                let label = if wanted.is_empty() { "unexpected here".to_string() } else { format!("expected {} here", or_list(&wanted)) };
+                let d = Diagnostic::error("E0001", message).primary(*span, label);
+                match syntax_hint(expected, found.as_deref()) {
+                    Some(h) => d.help(h),
+                    None => d,
+                }
+            }
+            ParseError::IntegerTooLarge { span } => Diagnostic::error("E0002", "this size does not fit in 64 bits").primary(*span, "too large"),
+        }
+    }
+}
+
+/// What a grammar rule looks like to a person. Tokens that begin an
+/// expression collapse into "an expression".
+fn expected_tokens(rules: &[Rule]) -> Vec<String> {
+    let starts_expr = |r: &Rule| matches!(r, Rule::expr | Rule::number | Rule::string | Rule::call | Rule::list | Rule::paren | Rule::neg);
+    let mut out: Vec<String> = Vec::new();
+    if rules.iter().any(starts_expr) {
+        out.push("an expression".to_string());
+    }
+    for r in rules.iter().filter(|r| !starts_expr(r)) {
+        let text = match r {
+            Rule::EOI => "end of file",
+            Rule::ident => "a name",
+            Rule::integer | Rule::dim => "a size",
+            Rule::kw_model => "`model`",
+            Rule::kw_train => "`train`",
+            Rule::kw_visible | Rule::role => "`visible`",
+            Rule::kw_hidden => "`hidden`",
+            Rule::kw_param | Rule::param_decl => "`param`",
+            Rule::kw_const | Rule::const_decl => "`const`",
+            Rule::kw_net | Rule::net_decl => "`net`",
+            Rule::kw_energy | Rule::energy_decl => "`energy`",
+            Rule::kw_sample | Rule::sample_block => "`sample`",
+            Rule::kw_in | Rule::bounds => "`in`",
+            Rule::type_expr | Rule::base_type | Rule::ty_binary | Rule::ty_spin | Rule::ty_real | Rule::ty_categorical | Rule::categorical => "a type",
+            Rule::lbrace => "`{`",
+            Rule::rbrace => "`}`",
+            Rule::lparen => "`(`",
+            Rule::rparen => "`)`",
+            Rule::lbracket | Rule::dims => "`[`",
+            Rule::rbracket => "`]`",
+            Rule::semi => "`;`",
+            Rule::colon | Rule::named_arg => "`:`",
+            Rule::comma => "`,`",
+            Rule::assign => "`=`",
+            Rule::arrow | Rule::binding | Rule::layers => "`->`",
+            Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::matmul | Rule::pow => "an operator",
+            Rule::transpose => "`.T`",
+            Rule::var_decl | Rule::model_block => "a declaration",
+            Rule::train_block => "`train`",
+            Rule::setting => "a setting",
+            Rule::sampler_stmt => "a variable name",
+            _ => continue,
+        };
+        if !out.iter().any(|o| o == text) {
+            out.push(text.to_string());
+        }
+    }
+    // Operators can follow almost anything; list them last so the likely fix reads first.
+    if let Some(i) = out.iter().position(|o| o == "an operator") {
+        let op = out.remove(i);
+        out.push(op);
+    }
+    out
+}
+
+fn syntax_hint(expected: &[Rule], found: Option<&str>) -> Option<String> {
+    if expected.contains(&Rule::semi) {
+        return Some("every declaration and setting ends with `;`".into());
+    }
+    if expected.contains(&Rule::ident) && found.is_some_and(is_keyword) {
+        return Some(format!("`{}` is a keyword and cannot be used as a name", found.unwrap_or_default()));
+    }
+    if expected.contains(&Rule::base_type) || expected.contains(&Rule::type_expr) {
+        return Some("types are `binary[n]`, `spin[n]`, `categorical(K)`, `categorical(K)[n]`, `real`, `real[n]`, `real[m, n]` or `real[n] in [lo, hi]`".into());
+    }
+    if expected.contains(&Rule::kw_model) && expected.contains(&Rule::kw_train) {
+        return Some("a file holds `model NAME { ... }` and `train NAME { ... }` blocks".into());
+    }
+    if expected.contains(&Rule::kw_energy) {
+        return Some("a model holds `visible`, `hidden`, `param`, `const`, `net`, `energy` declarations and `sample { ... }` blocks".into());
+    }
+    None
+}
+
+fn is_keyword(word: &str) -> bool {
+    ["model", "train", "visible", "hidden", "param", "const", "net", "energy", "sample", "in"].contains(&word)
+}
+
+fn or_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+fn code_list(items: &[&str]) -> String {
+    items.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// The closest candidate, when it is close enough to be a typo.
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (name.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .filter(|c| *c != name)
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, c)| c)
+}
+
+fn decl_noun(k: DeclKind) -> &'static str {
+    match k {
+        DeclKind::Variable => "a variable",
+        DeclKind::Param => "a parameter",
+        DeclKind::Const => "a constant",
+        DeclKind::Net => "a net",
+        DeclKind::Energy => "an energy term",
+    }
+}
+
+fn decl_word(k: DeclKind) -> &'static str {
+    match k {
+        DeclKind::Variable => "variable",
+        DeclKind::Param => "parameter",
+        DeclKind::Const => "constant",
+        DeclKind::Net => "net",
+        DeclKind::Energy => "energy term",
+    }
+}
+
+fn opt_type(t: OptType) -> String {
+    match t {
+        OptType::Real => "a number".into(),
+        OptType::Positive => "a number > 0".into(),
+        OptType::NonNegative => "a number >= 0".into(),
+        OptType::Unit => "a number in [0, 1)".into(),
+        OptType::OpenUnit => "a number strictly between 0 and 1".into(),
+        OptType::Whole { min } => format!("a whole number >= {min}"),
+        OptType::Flag => "`true` or `false`".into(),
+        OptType::Str => "a string in double quotes".into(),
+        OptType::Choice(c) => format!("one of {}", code_list(c)),
+    }
+}
+
+impl From<&CheckError> for Diagnostic {
+    fn from(e: &CheckError) -> Self {
+        use CheckError::*;
+        match e {
+            Undefined { what, name, span, candidates } => {
+                let d = Diagnostic::error("E0100", format!("cannot find {what} `{name}`")).primary(*span, "not declared");
+                match did_you_mean(name, candidates.iter().map(String::as_str)) {
+                    Some(s) => d.help(format!("did you mean `{s}`?")),
+                    None if !candidates.is_empty() && candidates.len() <= 8 => {
+                        d.help(format!("declared here: {}", code_list(&candidates.iter().map(String::as_str).collect::<Vec<_>>())))
+                    }
+                    None => d,
+                }
+            }
+            Duplicate { what, name, span, first } => Diagnostic::error("E0101", format!("duplicate {what} `{name}`"))
+                .primary(*span, "declared again here")
+                .secondary(*first, "first declared here")
+                .help("rename one of them; names must be unique within a model"),
+            UnknownFunction { name, span, candidates } => {
+                let d = Diagnostic::error("E0102", format!("unknown function `{name}`")).primary(*span, "no built-in function or net has this name");
+                match did_you_mean(name, candidates.iter().map(String::as_str)) {
+                    Some(s) => d.help(format!("did you mean `{s}`?")),
+                    None => d.help(format!("built-in functions: {}", code_list(&candidates.iter().map(String::as_str).collect::<Vec<_>>()))),
+                }
+            }
+            NotAFunction { name, span, is } => Diagnostic::error("E0103", format!("`{name}` is {}, not a function", decl_noun(*is)))
+                .primary(*span, "cannot be called")
+                .help("only built-in functions and nets can be called; use `*` or `@` to combine values"),
+            NotAValue { name, span, is } => {
+                let d = Diagnostic::error("E0103", format!("`{name}` is {}, not a value", decl_noun(*is))).primary(*span, "cannot be used here");
+                match is {
+                    DeclKind::Net => d.help(format!("apply the net to an input, e.g. `{name}(x)`")),
+                    DeclKind::Energy => d.help("energy terms are summed automatically; refer to the expression's parts instead"),
+                    _ => d.help("sampler overrides name a `visible` or `hidden` variable"),
+                }
+            }
+            Arity { name, span, expected, found } => Diagnostic::error("E0104", format!("`{name}` takes {expected} argument, but {found} were given"))
+                .primary(*span, format!("{found} arguments"))
+                .help(format!("call it as `{name}(x)`")),
+            FunctionOptions { name, span } => Diagnostic::error("E0105", format!("`{name}` takes no named options"))
+                .primary(*span, "unexpected option")
+                .help(format!("call it as `{name}(x)`")),
+            UnknownCallee { family, name, span } => {
+                let names = family.names();
+                let d = Diagnostic::error("E0102", format!("unknown {} `{name}`", family.noun())).primary(*span, format!("not a known {}", family.noun()));
+                match did_you_mean(name, names.iter().copied()) {
+                    Some(s) => d.help(format!("did you mean `{s}`? Known: {}", code_list(&names))),
+                    None => d.help(format!("known: {}", code_list(&names))),
+                }
+            }
+            NotACall { family, span } => {
+                let names = family.names();
+                Diagnostic::error("E0108", format!("expected a {}", family.noun()))
+                    .primary(*span, format!("this is not a {}", family.noun()))
+                    .help(format!("write one of {} with its options in parentheses, e.g. `{}(...)`", code_list(&names), names[0]))
+            }
+            UnknownOption { family, callee, name, span } => {
+                let sig = family.lookup(callee).expect("callee was found");
+                let names: Vec<&str> = sig.options.iter().map(|o| o.name).collect();
+                let d = Diagnostic::error("E0105", format!("`{callee}` has no option `{name}`")).primary(*span, "unknown option");
+                match (did_you_mean(name, names.iter().copied()), names.is_empty()) {
+                    (_, true) => d.help(format!("`{callee}` takes no options")),
+                    (Some(s), _) => d.help(format!("did you mean `{s}`? Options of `{callee}`: {}", code_list(&names))),
+                    (None, _) => d.help(format!("options of `{callee}`: {}", code_list(&names))),
+                }
+            }
+            DuplicateOption { name, span, first } => Diagnostic::error("E0106", format!("option `{name}` is given twice"))
+                .primary(*span, "given again here")
+                .secondary(*first, "first given here")
+                .help("keep one of them"),
+            MissingOption { callee, option, span } => Diagnostic::error("E0106", format!("`{callee}` needs the option `{option}`"))
+                .primary(*span, format!("`{option}` is missing"))
+                .help(format!("add `{option}: ...` inside the parentheses")),
+            TooManyArgs { callee, span, max } => Diagnostic::error("E0104", format!("`{callee}` takes at most {max} arguments"))
+                .primary(*span, "one argument too many")
+                .help("remove it, or name the options you mean (`name: value`)"),
+            BadOptionValue { callee, option, span, expected } => Diagnostic::error("E0107", format!("bad value for `{option}` of `{callee}`"))
+                .primary(*span, format!("expected {}", opt_type(*expected)))
+                .help(format!("`{option}` must be {}", opt_type(*expected))),
+            NotAllowedInEnergy { what, span } => Diagnostic::error("E0108", format!("{what} cannot appear in an energy"))
+                .primary(*span, "not allowed here")
+                .help("energies are built from numbers, declared names, built-in functions and nets"),
+            NotANumber { span } => Diagnostic::error("E0108", "expected a number").primary(*span, "not a number literal").help("write a literal such as `0`, `-1.5` or `1e-3`"),
+            NonFinite { span } => Diagnostic::error("E0109", "number is too large").primary(*span, "this is infinite in 64-bit floating point"),
+            ElementwiseMismatch { op, lhs, rhs } => Diagnostic::error("E0200", format!("shapes do not match for `{}`", op.symbol()))
+                .primary(lhs.0, format!("this is {}", shape_str(&lhs.1)))
+                .secondary(rhs.0, format!("this is {}", shape_str(&rhs.1)))
+                .help(match op {
+                    BinOp::Mul => "elementwise operators need equal shapes, or one shape ending the other; for a product that sums over an axis use `@`".to_string(),
+                    _ => "elementwise operators need equal shapes, or one shape ending the other (a scalar fits everything)".to_string(),
+                }),
+            MatMulMismatch { lhs, rhs } => Diagnostic::error("E0201", "inner dimensions of `@` do not match")
+                .primary(lhs.0, format!("this is {}", shape_str(&lhs.1)))
+                .secondary(rhs.0, format!("this is {}", shape_str(&rhs.1)))
+                .help(format!(
+                    "the last dimension on the left ({}) must equal the first on the right ({}); a transpose `.T` may be missing",
+                    lhs.1.last().copied().unwrap_or(0),
+                    rhs.1.first().copied().unwrap_or(0)
+                )),
+            MatMulScalar { operand } => Diagnostic::error("E0203", "`@` needs vectors or matrices on both sides")
+                .primary(*operand, "this is a scalar")
+                .help("to scale by a scalar, use `*`"),
+            TransposeRank { span, shape } => Diagnostic::error("E0203", "only matrices can be transposed")
+                .primary(*span, format!("this is {}", shape_str(shape)))
+                .help("`@` already treats a vector as a row or a column as needed; remove `.T`"),
+            NonScalarExponent { span, shape } => Diagnostic::error("E0203", "the exponent of `^` must be a scalar")
+                .primary(*span, format!("this is {}", shape_str(shape)))
+                .help("use `exp(log(x) * y)` for elementwise powers"),
+            NetInput { net, span, expected, found, decl } => Diagnostic::error("E0204", format!("net `{net}` expects an input of width {expected}"))
+                .primary(*span, format!("this is {}", shape_str(found)))
+                .secondary(*decl, "net declared here")
+                .help(format!("pass a vector of length {expected}, or change the net's first width")),
+            NonScalarEnergy { name, span, shape } => Diagnostic::error("E0202", format!("energy `{name}` is not a scalar"))
+                .primary(*span, format!("this is {}", shape_str(shape)))
+                .help("an energy term must be one number per example: wrap it in `sum(...)`, or use `@` to contract it"),
+            NoEnergy { model, span } => Diagnostic::error("E0207", format!("model `{model}` has no energy terms"))
+                .primary(*span, "no `energy` declaration in this model")
+                .help("add at least one `energy NAME = ...;`"),
+            BoundsOnDiscrete { span } => Diagnostic::error("E0205", "only real variables can be bounded").primary(*span, "bounds on a discrete type").help("remove `in [..]`, or make the variable `real`"),
+            EmptyBounds { span, low, high } => Diagnostic::error("E0205", format!("empty range: {low} is not below {high}"))
+                .primary(*span, "lower bound must be below upper bound")
+                .help("swap the bounds"),
+            TooFewCategories { span } => Diagnostic::error("E0205", "a categorical variable needs at least 2 categories").primary(*span, "fewer than 2 categories").help("use `binary` for a single on/off unit"),
+            ZeroDim { span } => Diagnostic::error("E0205", "a dimension cannot be 0").primary(*span, "zero-sized").help("sizes start at 1"),
+            TooManyDims { span, max } => Diagnostic::error("E0205", format!("at most {max} dimension(s) here")).primary(*span, "too many dimensions").help("flatten the variable, e.g. `real[784]` for a 28x28 image"),
+            ParamNotReal { span } => Diagnostic::error("E0205", "parameters and typed constants are unbounded reals")
+                .primary(*span, "expected `real`, `real[n]` or `real[m, n]`")
+                .help("discrete and bounded types are for `visible` and `hidden` variables"),
+            BadDim { name, span } => Diagnostic::error("E0206", format!("`{name}` is not a size"))
+                .primary(*span, "not a positive whole-number constant")
+                .help(format!("declare it as `const {name} = 64;` (an untyped whole number)")),
+            ConstShape { span, declared, built } => Diagnostic::error("E0206", "the constant's type does not match its value")
+                .primary(*span, format!("declared {}, but the value is {}", shape_str(declared), shape_str(built)))
+                .help("remove the type; graph constants take their shape from the builder"),
+            NetLayers { span, kind, found } => Diagnostic::error("E0206", format!("a {} net has exactly 2 widths, found {found}", if *kind == NetKind::Linear { "linear" } else { "mlp" }))
+                .primary(*span, "wrong number of widths")
+                .help("write `linear(in -> out)`; use `mlp(in -> hidden -> out)` for hidden layers"),
+            UnknownSetting { name, span } => {
+                let keys = ["data", "test", "objective", "optimizer", "schedule", "regularize", "batch", "epochs", "seed"];
+                let d = Diagnostic::error("E0301", format!("unknown train setting `{name}`")).primary(*span, "not a train setting");
+                match did_you_mean(name, keys) {
+                    Some(s) => d.help(format!("did you mean `{s}`? Settings: {}", code_list(&keys))),
+                    None => d.help(format!("settings: {}", code_list(&keys))),
+                }
+            }
+            MissingSetting { key, span } => Diagnostic::error("E0302", format!("train block has no `{key}`"))
+                .primary(*span, format!("`{key}` is required"))
+                .help(match *key {
+                    "data" => "add e.g. `data = csv(\"train.csv\") -> v;`",
+                    _ => "add e.g. `objective = pcd(k: 1);`",
+                }),
+            MissingBinding { span } => Diagnostic::error("E0303", "data is not bound to variables")
+                .primary(*span, "which variables do these columns feed?")
+                .help("add `-> v` (or `-> (x, y)`) after the source"),
+            UnexpectedBinding { key, span } => Diagnostic::error("E0303", format!("`{key}` takes no `->` binding"))
+                .primary(*span, "unexpected binding")
+                .help("only `data` and `test` bind columns to variables"),
+            BindNonVisible { name, span } => Diagnostic::error("E0303", format!("`{name}` is not a visible variable"))
+                .primary(*span, "cannot bind data to this")
+                .help("data feeds `visible` variables; hidden ones are inferred"),
+            UnboundVisible { name, span, decl } => Diagnostic::error("E0303", format!("visible variable `{name}` gets no data"))
+                .primary(*span, format!("`{name}` is missing from this binding"))
+                .secondary(*decl, "declared visible here")
+                .help(format!("bind it (`-> (..., {name})`) or declare it `hidden`")),
+            BadSettingValue { key, span, expected } => Diagnostic::error("E0107", format!("bad value for `{key}`")).primary(*span, format!("expected {expected}")),
+            Unused { is, name, span } => Diagnostic::warning("W0001", format!("{} `{name}` is never used", decl_word(*is)))
+                .primary(*span, "declared here")
+                .help("use it in an energy term, or remove it"),
+        }
+    }
+}
+

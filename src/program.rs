@@ -1,0 +1,320 @@
+//! The checked program: every name resolved, every shape known, every option
+//! bound with its default. This is what the factor graph and planner read.
+//! Shapes are per example; the batch dimension is added when lowering.
+
+use crate::ast::{BinOp, Role};
+use crate::schema::Value;
+use crate::span::Span;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+pub type Shape = Vec<usize>;
+
+pub fn shape_str(shape: &[usize]) -> String {
+    if shape.is_empty() {
+        "scalar".to_string()
+    } else {
+        format!("[{}]", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Program {
+    pub models: BTreeMap<String, Model>,
+    /// Train blocks, keyed by the model they train.
+    pub trains: BTreeMap<String, Train>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Model {
+    pub name: String,
+    pub span: Span,
+    pub variables: Vec<Variable>,
+    pub params: Vec<Param>,
+    pub consts: Vec<Const>,
+    pub nets: Vec<Net>,
+    pub energies: Vec<Energy>,
+    pub overrides: Vec<Override>,
+}
+
+impl Model {
+    pub fn variable(&self, name: &str) -> Option<&Variable> {
+        self.variables.iter().find(|v| v.name == name)
+    }
+
+    pub fn constant(&self, name: &str) -> Option<&Const> {
+        self.consts.iter().find(|c| c.name == name)
+    }
+
+    pub fn net(&self, name: &str) -> Option<&Net> {
+        self.nets.iter().find(|n| n.name == name)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Variable {
+    pub name: String,
+    pub role: Role,
+    pub domain: Domain,
+    pub shape: Shape,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Domain {
+    Binary,
+    Spin,
+    /// One-hot over `categories` values; the last axis of the shape.
+    Categorical { categories: usize },
+    Real { bounds: Option<(f64, f64)> },
+}
+
+impl Domain {
+    pub fn is_discrete(&self) -> bool {
+        !matches!(self, Domain::Real { .. })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Param {
+    pub name: String,
+    pub shape: Shape,
+    pub init: Init,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Init {
+    Constant(f64),
+    Normal { mean: f64, std: f64 },
+    Uniform { low: f64, high: f64 },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Const {
+    pub name: String,
+    pub shape: Shape,
+    pub value: ConstValue,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum ConstValue {
+    /// A number; filling a typed constant's shape when it has one.
+    Fill(f64),
+    /// The 0/1 adjacency matrix of a graph over `rows * cols` units.
+    Graph(GraphConst),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Lattice {
+    /// 4-neighbour square lattice.
+    Grid,
+    /// 6-neighbour triangular lattice.
+    Triangular,
+    Chain,
+    Complete,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GraphConst {
+    pub lattice: Lattice,
+    pub rows: usize,
+    pub cols: usize,
+    pub periodic: bool,
+}
+
+impl GraphConst {
+    pub fn units(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Net {
+    pub name: String,
+    pub kind: NetKind,
+    /// Widths from input to output.
+    pub layers: Vec<usize>,
+    pub activation: String,
+    pub bias: bool,
+    pub spectral_norm: bool,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum NetKind {
+    Linear,
+    Mlp,
+}
+
+impl Net {
+    /// A net whose last width is 1 returns a scalar.
+    pub fn output_shape(&self) -> Shape {
+        match *self.layers.last().expect("nets have layers") {
+            1 => vec![],
+            n => vec![n],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Energy {
+    pub name: String,
+    pub expr: TExpr,
+    pub span: Span,
+}
+
+/// A typed, shaped expression.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TExpr {
+    pub kind: TExprKind,
+    pub shape: Shape,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum TExprKind {
+    Number(f64),
+    Var(String),
+    Param(String),
+    Const(String),
+    Neg(Box<TExpr>),
+    Transpose(Box<TExpr>),
+    Binary { op: BinOp, lhs: Box<TExpr>, rhs: Box<TExpr> },
+    Func { func: Func, arg: Box<TExpr> },
+    Net { net: String, arg: Box<TExpr> },
+}
+
+impl TExpr {
+    /// Calls `f` on this node and every node below it, parents first.
+    pub fn walk<'a>(&'a self, f: &mut dyn FnMut(&'a TExpr)) {
+        f(self);
+        match &self.kind {
+            TExprKind::Neg(e) | TExprKind::Transpose(e) => e.walk(f),
+            TExprKind::Binary { lhs, rhs, .. } => {
+                lhs.walk(f);
+                rhs.walk(f);
+            }
+            TExprKind::Func { arg, .. } | TExprKind::Net { arg, .. } => arg.walk(f),
+            TExprKind::Number(_) | TExprKind::Var(_) | TExprKind::Param(_) | TExprKind::Const(_) => {}
+        }
+    }
+}
+
+/// Built-in functions of energy expressions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Func {
+    Exp,
+    Log,
+    Softplus,
+    Sigmoid,
+    Tanh,
+    Relu,
+    Swish,
+    Abs,
+    Sqrt,
+    Square,
+    Sum,
+    Mean,
+    Logsumexp,
+}
+
+impl Func {
+    pub const ALL: [Func; 13] = [
+        Func::Exp,
+        Func::Log,
+        Func::Softplus,
+        Func::Sigmoid,
+        Func::Tanh,
+        Func::Relu,
+        Func::Swish,
+        Func::Abs,
+        Func::Sqrt,
+        Func::Square,
+        Func::Sum,
+        Func::Mean,
+        Func::Logsumexp,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Func::Exp => "exp",
+            Func::Log => "log",
+            Func::Softplus => "softplus",
+            Func::Sigmoid => "sigmoid",
+            Func::Tanh => "tanh",
+            Func::Relu => "relu",
+            Func::Swish => "swish",
+            Func::Abs => "abs",
+            Func::Sqrt => "sqrt",
+            Func::Square => "square",
+            Func::Sum => "sum",
+            Func::Mean => "mean",
+            Func::Logsumexp => "logsumexp",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Func> {
+        Func::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// Reductions map any shape to a scalar; the rest act elementwise.
+    pub fn is_reduction(self) -> bool {
+        matches!(self, Func::Sum | Func::Mean | Func::Logsumexp)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Override {
+    pub var: String,
+    pub kernel: Call,
+    pub span: Span,
+}
+
+/// A built-in call with its options bound (defaults filled in).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Call {
+    pub name: String,
+    pub options: BTreeMap<String, Value>,
+    pub span: Span,
+}
+
+impl Call {
+    pub fn num(&self, option: &str) -> Option<f64> {
+        self.options.get(option).and_then(Value::as_f64)
+    }
+
+    pub fn int(&self, option: &str) -> Option<i64> {
+        self.options.get(option).and_then(Value::as_int)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DataSpec {
+    pub source: Call,
+    /// Visible variables fed by the columns, in order.
+    pub binding: Vec<String>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum TestSpec {
+    Split(Call),
+    Data(DataSpec),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Train {
+    pub model: String,
+    pub data: DataSpec,
+    pub test: Option<TestSpec>,
+    pub objective: Call,
+    pub optimizer: Call,
+    pub schedule: Call,
+    pub regularizers: Vec<Call>,
+    pub batch: usize,
+    pub epochs: usize,
+    pub seed: u64,
+    pub span: Span,
+}

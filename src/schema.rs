@@ -1,0 +1,299 @@
+//! The table of every built-in callable that takes options: objectives,
+//! optimisers, schedules, regularisers, data sources, test splits, parameter
+//! initialisers, constant builders, nets and sampler kernels. The checker binds
+//! arguments against it; docs/language.md describes the same table.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Family {
+    Objective,
+    Optimizer,
+    Schedule,
+    Regularizer,
+    DataSource,
+    TestSplit,
+    Initializer,
+    ConstBuilder,
+    Net,
+    Sampler,
+}
+
+impl Family {
+    pub fn noun(self) -> &'static str {
+        match self {
+            Family::Objective => "objective",
+            Family::Optimizer => "optimizer",
+            Family::Schedule => "learning-rate schedule",
+            Family::Regularizer => "regularizer",
+            Family::DataSource => "data source",
+            Family::TestSplit => "test split",
+            Family::Initializer => "initializer",
+            Family::ConstBuilder => "constant builder",
+            Family::Net => "net",
+            Family::Sampler => "sampler",
+        }
+    }
+
+    pub fn signatures(self) -> &'static [Signature] {
+        match self {
+            Family::Objective => OBJECTIVES,
+            Family::Optimizer => OPTIMIZERS,
+            Family::Schedule => SCHEDULES,
+            Family::Regularizer => REGULARIZERS,
+            Family::DataSource => DATA_SOURCES,
+            Family::TestSplit => TEST_SPLITS,
+            Family::Initializer => INITIALIZERS,
+            Family::ConstBuilder => CONST_BUILDERS,
+            Family::Net => NETS,
+            Family::Sampler => SAMPLERS,
+        }
+    }
+
+    pub fn lookup(self, name: &str) -> Option<&'static Signature> {
+        self.signatures().iter().find(|s| s.name == name)
+    }
+
+    pub fn names(self) -> Vec<&'static str> {
+        self.signatures().iter().map(|s| s.name).collect()
+    }
+}
+
+#[derive(Debug)]
+pub struct Signature {
+    pub name: &'static str,
+    pub options: &'static [OptSig],
+}
+
+#[derive(Debug)]
+pub struct OptSig {
+    pub name: &'static str,
+    pub ty: OptType,
+    pub default: Fallback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OptType {
+    /// Any finite number.
+    Real,
+    /// A number > 0.
+    Positive,
+    /// A number >= 0.
+    NonNegative,
+    /// A number in [0, 1).
+    Unit,
+    /// A number in (0, 1).
+    OpenUnit,
+    /// An integer >= min.
+    Whole { min: i64 },
+    Flag,
+    Str,
+    Choice(&'static [&'static str]),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fallback {
+    Required,
+    /// Absent unless given (e.g. an optional clipping threshold).
+    Absent,
+    Num(f64),
+    Int(i64),
+    Bool(bool),
+    Word(&'static str),
+}
+
+/// A checked option value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Value {
+    Int(i64),
+    Num(f64),
+    Bool(bool),
+    Str(String),
+}
+
+impl Value {
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Int(i) => Some(*i as f64),
+            Value::Num(x) => Some(*x),
+            _ => None,
+        }
+    }
+
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Num(x) => write!(f, "{x}"),
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Str(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+macro_rules! opt {
+    ($name:literal, $ty:expr, $default:expr) => {
+        OptSig { name: $name, ty: $ty, default: $default }
+    };
+}
+
+use Fallback::*;
+use OptType::*;
+
+const POS_INT: OptType = Whole { min: 1 };
+const NOISE_KINDS: &[&str] = &["gaussian", "uniform"];
+const DIRECTIONS: &[&str] = &["gaussian", "rademacher"];
+const ACTIVATIONS: &[&str] = &["swish", "relu", "tanh", "softplus", "sigmoid"];
+pub const TOY_SETS: &[&str] = &["8gaussians", "2spirals", "moons", "checkerboard", "rings", "swissroll", "pinwheel"];
+
+pub static OBJECTIVES: &[Signature] = &[
+    Signature { name: "cd", options: &[opt!("k", POS_INT, Int(1))] },
+    Signature {
+        name: "pcd",
+        options: &[
+            opt!("k", POS_INT, Int(1)),
+            opt!("chains", POS_INT, Int(100)),
+            opt!("step", Positive, Num(0.01)),
+            opt!("noise", NonNegative, Absent),
+            opt!("buffer", POS_INT, Int(10000)),
+            opt!("reinit", Unit, Num(0.05)),
+            opt!("clip", Positive, Absent),
+            opt!("alpha", NonNegative, Num(0.0)),
+        ],
+    },
+    Signature { name: "pl", options: &[] },
+    Signature { name: "sm", options: &[] },
+    Signature { name: "dsm", options: &[opt!("sigma", Positive, Num(0.1))] },
+    Signature {
+        name: "ssm",
+        options: &[
+            opt!("projections", POS_INT, Int(1)),
+            opt!("directions", Choice(DIRECTIONS), Word("gaussian")),
+            opt!("variance_reduced", Flag, Bool(false)),
+        ],
+    },
+    Signature { name: "nce", options: &[opt!("noise", Choice(NOISE_KINDS), Word("gaussian")), opt!("ratio", POS_INT, Int(1))] },
+    Signature { name: "cnce", options: &[opt!("sigma", Positive, Num(0.1))] },
+    Signature {
+        name: "jem",
+        options: &[
+            opt!("k", POS_INT, Int(20)),
+            opt!("chains", POS_INT, Int(100)),
+            opt!("step", Positive, Num(1.0)),
+            opt!("noise", NonNegative, Num(0.01)),
+            opt!("buffer", POS_INT, Int(10000)),
+            opt!("reinit", Unit, Num(0.05)),
+            opt!("alpha", NonNegative, Num(0.0)),
+        ],
+    },
+];
+
+pub static OPTIMIZERS: &[Signature] = &[
+    Signature {
+        name: "sgd",
+        options: &[
+            opt!("lr", Positive, Num(0.01)),
+            opt!("momentum", Unit, Num(0.0)),
+            opt!("weight_decay", NonNegative, Num(0.0)),
+            opt!("nesterov", Flag, Bool(false)),
+        ],
+    },
+    Signature {
+        name: "adam",
+        options: &[
+            opt!("lr", Positive, Num(1e-3)),
+            opt!("beta1", Unit, Num(0.9)),
+            opt!("beta2", Unit, Num(0.999)),
+            opt!("eps", Positive, Num(1e-8)),
+            opt!("weight_decay", NonNegative, Num(0.0)),
+        ],
+    },
+];
+
+pub static SCHEDULES: &[Signature] = &[
+    Signature { name: "constant", options: &[] },
+    Signature { name: "exponential", options: &[opt!("gamma", OpenUnit, Required)] },
+    Signature { name: "step", options: &[opt!("every", POS_INT, Required), opt!("gamma", OpenUnit, Num(0.1))] },
+    Signature { name: "cosine", options: &[opt!("min_lr", NonNegative, Num(0.0))] },
+];
+
+pub static REGULARIZERS: &[Signature] = &[
+    Signature { name: "l1", options: &[opt!("weight", Positive, Required)] },
+    Signature { name: "l2", options: &[opt!("weight", Positive, Required)] },
+    Signature { name: "energy_penalty", options: &[opt!("alpha", Positive, Required)] },
+    Signature { name: "clip_grad", options: &[opt!("norm", Positive, Required)] },
+];
+
+pub static DATA_SOURCES: &[Signature] = &[
+    Signature { name: "csv", options: &[opt!("path", Str, Required), opt!("header", Flag, Absent)] },
+    Signature { name: "npy", options: &[opt!("path", Str, Required)] },
+    Signature { name: "idx", options: &[opt!("path", Str, Required), opt!("scale", Positive, Num(1.0))] },
+    Signature { name: "digits", options: &[opt!("binarize", NonNegative, Absent), opt!("scale", Positive, Num(1.0))] },
+    Signature { name: "bars_and_stripes", options: &[opt!("size", Whole { min: 2 }, Int(4))] },
+    Signature {
+        name: "toy",
+        options: &[opt!("name", Choice(TOY_SETS), Required), opt!("n", POS_INT, Int(10000)), opt!("seed", Whole { min: 0 }, Int(0))],
+    },
+];
+
+pub static TEST_SPLITS: &[Signature] = &[
+    Signature { name: "last", options: &[opt!("rows", POS_INT, Required)] },
+    Signature { name: "fraction", options: &[opt!("of", OpenUnit, Required)] },
+];
+
+pub static INITIALIZERS: &[Signature] = &[
+    Signature { name: "zeros", options: &[] },
+    Signature { name: "ones", options: &[] },
+    Signature { name: "normal", options: &[opt!("mean", Real, Num(0.0)), opt!("std", Positive, Num(1.0))] },
+    Signature { name: "uniform", options: &[opt!("low", Real, Num(-1.0)), opt!("high", Real, Num(1.0))] },
+];
+
+pub static CONST_BUILDERS: &[Signature] = &[
+    Signature { name: "grid", options: &[opt!("rows", POS_INT, Required), opt!("cols", POS_INT, Required), opt!("periodic", Flag, Bool(false))] },
+    Signature {
+        name: "triangular",
+        options: &[opt!("rows", POS_INT, Required), opt!("cols", POS_INT, Required), opt!("periodic", Flag, Bool(false))],
+    },
+    Signature { name: "chain", options: &[opt!("n", POS_INT, Required), opt!("periodic", Flag, Bool(false))] },
+    Signature { name: "complete", options: &[opt!("n", POS_INT, Required)] },
+];
+
+pub static NETS: &[Signature] = &[
+    Signature { name: "linear", options: &[opt!("bias", Flag, Bool(true)), opt!("spectral_norm", Flag, Bool(false))] },
+    Signature {
+        name: "mlp",
+        options: &[opt!("act", Choice(ACTIVATIONS), Word("swish")), opt!("spectral_norm", Flag, Bool(false))],
+    },
+];
+
+pub static SAMPLERS: &[Signature] = &[
+    Signature { name: "gibbs", options: &[] },
+    Signature {
+        name: "langevin",
+        options: &[opt!("step", Positive, Num(0.01)), opt!("noise", NonNegative, Absent), opt!("steps", POS_INT, Int(1)), opt!("clip", Positive, Absent)],
+    },
+    Signature { name: "mala", options: &[opt!("step", Positive, Num(0.01)), opt!("steps", POS_INT, Int(1))] },
+];
