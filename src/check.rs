@@ -235,8 +235,11 @@ impl<'e> ModelChecker<'e> {
         if !m.stmts.iter().any(|s| matches!(s, ModelStmt::Energy(_))) {
             self.err(CheckError::NoEnergy { model: m.name.name.clone(), span: m.name.span });
         }
-        self.warn_unused();
         let failed = self.errors[errors_before..].iter().any(|e| !e.is_warning());
+        // A failed expression leaves its names unmarked; warning about them would be noise.
+        if !failed {
+            self.warn_unused();
+        }
         (!failed).then_some(model)
     }
 

@@ -24,6 +24,9 @@ pub fn ast_to_source(file: &File, source: &str) -> String {
     while p.out.ends_with("\n\n") {
         p.out.pop();
     }
+    if !p.out.is_empty() && !p.out.ends_with('\n') {
+        p.out.push('\n');
+    }
     p.out
 }
 
@@ -49,6 +52,7 @@ impl Printer<'_> {
         let between = &self.src[self.last_end.min(start)..start];
         if self.gap_allowed && between.matches('\n').count() >= 2 {
             self.out.push('\n');
+            self.gap_allowed = false;
         }
     }
 
@@ -72,11 +76,12 @@ impl Printer<'_> {
         self.indent(depth);
     }
 
-    /// Ends the line of a node ending at `end`, with its end-of-line comment if any.
-    fn end_line(&mut self, end: usize) {
+    /// Ends the line of a node ending at `end`, with its end-of-line comment
+    /// if one starts before `limit` (the next node).
+    fn end_line(&mut self, end: usize, limit: usize) {
         self.last_end = end;
         if let Some(c) = self.comments.get(self.next) {
-            if c.span.start >= end && !self.src[end..c.span.start].contains('\n') {
+            if c.span.start >= end && c.span.start < limit && !self.src[end..c.span.start].contains('\n') {
                 self.out.push(' ');
                 self.out.push_str(&c.text);
                 self.last_end = c.span.end;
@@ -87,11 +92,11 @@ impl Printer<'_> {
         self.gap_allowed = true;
     }
 
-    fn open_block(&mut self, header: String, start: usize, depth: usize, brace_end: usize) {
+    fn open_block(&mut self, header: String, start: usize, depth: usize, brace_end: usize, first_child: usize) {
         self.line(start, depth);
         self.out.push_str(&header);
         self.out.push_str(" {");
-        self.end_line(brace_end.max(start));
+        self.end_line(brace_end.max(start), first_child);
         self.gap_allowed = false;
     }
 
@@ -101,7 +106,7 @@ impl Printer<'_> {
         self.leading(end.saturating_sub(1), depth + 1);
         self.indent(depth);
         self.out.push('}');
-        self.end_line(end);
+        self.end_line(end, usize::MAX);
     }
 
     /// End of the `{` that opens the block starting at `start`.
@@ -111,17 +116,19 @@ impl Printer<'_> {
 
     fn model(&mut self, m: &ModelBlock) {
         let brace = self.brace_end(m.span.start);
-        self.open_block(format!("model {}", m.name.name), m.span.start, 0, brace);
+        let first = m.stmts.first().map_or(m.span.end, |s| s.span().start);
+        self.open_block(format!("model {}", m.name.name), m.span.start, 0, brace, first);
         for s in &m.stmts {
             let start = s.span().start;
             match s {
                 ModelStmt::Sample(b) => {
                     let brace = self.brace_end(b.span.start);
-                    self.open_block("sample".to_string(), start, 1, brace);
+                    let first = b.overrides.first().map_or(b.span.end, |o| o.span.start);
+                    self.open_block("sample".to_string(), start, 1, brace, first);
                     for o in &b.overrides {
                         self.line(o.span.start, 2);
                         self.out.push_str(&format!("{}: {};", o.var.name, expr(&o.kernel)));
-                        self.end_line(o.span.end);
+                        self.end_line(o.span.end, usize::MAX);
                     }
                     self.close_block(b.span.end, 1);
                 }
@@ -129,7 +136,7 @@ impl Printer<'_> {
                     self.line(start, 1);
                     let text = stmt(s);
                     self.out.push_str(&text);
-                    self.end_line(s.span().end);
+                    self.end_line(s.span().end, usize::MAX);
                 }
             }
         }
@@ -138,7 +145,8 @@ impl Printer<'_> {
 
     fn train(&mut self, t: &TrainBlock) {
         let brace = self.brace_end(t.span.start);
-        self.open_block(format!("train {}", t.model.name), t.span.start, 0, brace);
+        let first = t.settings.first().map_or(t.span.end, |s| s.span.start);
+        self.open_block(format!("train {}", t.model.name), t.span.start, 0, brace, first);
         for s in &t.settings {
             self.line(s.span.start, 1);
             let binding = match s.binding.as_slice() {
@@ -147,7 +155,7 @@ impl Printer<'_> {
                 many => format!(" -> ({})", many.iter().map(|b| b.name.as_str()).collect::<Vec<_>>().join(", ")),
             };
             self.out.push_str(&format!("{} = {}{};", s.key.name, expr(&s.value), binding));
-            self.end_line(s.span.end);
+            self.end_line(s.span.end, usize::MAX);
         }
         self.close_block(t.span.end, 0);
     }

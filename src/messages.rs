@@ -12,15 +12,19 @@ use crate::schema::OptType;
 impl From<&ParseError> for Diagnostic {
     fn from(e: &ParseError) -> Self {
         match e {
-            ParseError::Syntax { span, expected, found } => {
+            ParseError::Syntax { span, expected, found, after } => {
                 let wanted = expected_tokens(expected);
                 let found_text = match found {
                     Some(f) => format!("`{f}`"),
                     None => "the end of the file".to_string(),
                 };
                 let message = if wanted.is_empty() { format!("syntax error: unexpected {found_text}") } else { format!("syntax error: expected {}, found {found_text}", or_list(&wanted)) };
-                let label = if wanted.is_empty() { "unexpected here".to_string() } else { format!("expected {} here", or_list(&wanted)) };
-                let d = Diagnostic::error("E0001", message).primary(*span, label);
+                let d = match (after, wanted.is_empty()) {
+                    (_, true) => Diagnostic::error("E0001", message).primary(*span, "unexpected here"),
+                    // A missing token reads best right after the line it belongs to.
+                    (Some(prev), false) => Diagnostic::error("E0001", message).primary(*prev, format!("expected {} after this", or_list(&wanted))).secondary(*span, "found this"),
+                    (None, false) => Diagnostic::error("E0001", message).primary(*span, format!("expected {} here", or_list(&wanted))),
+                };
                 match syntax_hint(expected, found.as_deref()) {
                     Some(h) => d.help(h),
                     None => d,
@@ -39,14 +43,20 @@ fn expected_tokens(rules: &[Rule]) -> Vec<String> {
     if rules.iter().any(starts_expr) {
         out.push("an expression".to_string());
     }
-    for r in rules.iter().filter(|r| !starts_expr(r)) {
+    // Names, `(` and `[` also start expressions; say so once.
+    let in_expr = !out.is_empty();
+    for r in rules.iter().filter(|r| !starts_expr(r) && !(in_expr && matches!(r, Rule::ident | Rule::lparen | Rule::lbracket))) {
         let text = match r {
             Rule::EOI => "end of file",
             Rule::ident => "a name",
             Rule::integer | Rule::dim => "a size",
             Rule::kw_model => "`model`",
             Rule::kw_train => "`train`",
-            Rule::kw_visible | Rule::role => "`visible`",
+            Rule::role => {
+                out.extend(["`visible`".to_string(), "`hidden`".to_string()]);
+                continue;
+            }
+            Rule::kw_visible => "`visible`",
             Rule::kw_hidden => "`hidden`",
             Rule::kw_param | Rule::param_decl => "`param`",
             Rule::kw_const | Rule::const_decl => "`const`",
@@ -121,20 +131,27 @@ fn code_list(items: &[&str]) -> String {
     items.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
 }
 
-/// Levenshtein distance over characters.
+/// Edit distance with adjacent transpositions (optimal string alignment), so
+/// `rmb` is one edit from `rbm`.
 fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
         }
     }
-    row[b.len()]
+    d[a.len()][b.len()]
 }
 
 /// The closest candidate, when it is close enough to be a typo.
@@ -200,7 +217,11 @@ impl From<&CheckError> for Diagnostic {
             Duplicate { what, name, span, first } => Diagnostic::error("E0101", format!("duplicate {what} `{name}`"))
                 .primary(*span, "declared again here")
                 .secondary(*first, "first declared here")
-                .help("rename one of them; names must be unique within a model"),
+                .help(match *what {
+                    "declaration of" => "rename one of them; names must be unique within a model",
+                    "model" => "rename one of them; model names must be unique within a file",
+                    _ => "keep only one of them",
+                }),
             UnknownFunction { name, span, candidates } => {
                 let d = Diagnostic::error("E0102", format!("unknown function `{name}`")).primary(*span, "no built-in function or net has this name");
                 match did_you_mean(name, candidates.iter().map(String::as_str)) {

@@ -17,7 +17,9 @@ struct EbmParser;
 #[derive(Debug, Clone, PartialEq)]
 pub enum ParseError {
     /// The grammar stopped at `span`; `expected` lists what could have come next.
-    Syntax { span: Span, expected: Vec<Rule>, found: Option<String> },
+    /// `after` is the token before the gap when the error sits on a later line
+    /// (a missing `;` is reported after the line it belongs to).
+    Syntax { span: Span, expected: Vec<Rule>, found: Option<String>, after: Option<Span> },
     /// An integer literal (a dimension) that does not fit in 64 bits.
     IntegerTooLarge { span: Span },
 }
@@ -49,7 +51,25 @@ fn syntax_error(source: &str, e: pest::error::Error<Rule>) -> ParseError {
     expected.dedup();
     let found = found_token(&source[pos..]);
     let len = found.as_ref().map_or(0, |f| f.len());
-    ParseError::Syntax { span: Span::new(pos, pos + len), expected, found }
+    let end = end_of_code_before(source, pos);
+    let after = (end > 0 && source[end..pos].contains('\n')).then(|| {
+        let last = source[..end].chars().next_back().map_or(1, char::len_utf8);
+        Span::new(end - last, end)
+    });
+    ParseError::Syntax { span: Span::new(pos, pos + len), expected, found, after }
+}
+
+/// The end of the last character before `pos` that is neither whitespace nor comment.
+fn end_of_code_before(source: &str, pos: usize) -> usize {
+    let comments = comments(&source[..pos]);
+    let mut end = pos;
+    loop {
+        end = source[..end].trim_end().len();
+        match comments.iter().find(|c| c.span.start < end && end <= c.span.end) {
+            Some(c) => end = c.span.start,
+            None => return end,
+        }
+    }
 }
 
 /// The token that starts `rest`, for "found ..." in syntax errors.

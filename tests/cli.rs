@@ -1,0 +1,87 @@
+//! The `ebmc` binary as a user runs it: exit codes, where output goes, and
+//! what it says.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn ebmc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ebmc")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("ebmc runs")
+}
+
+fn zoo() -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
+        .unwrap()
+        .map(|e| format!("models/{}", e.unwrap().file_name().to_string_lossy()))
+        .filter(|f| f.ends_with(".ebm"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn check_is_silent_on_the_zoo() {
+    let mut args = vec!["check"];
+    let files = zoo();
+    args.extend(files.iter().map(String::as_str));
+    let out = ebmc(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty() && out.stderr.is_empty());
+}
+
+#[test]
+fn check_reports_errors_with_location_and_exit_1() {
+    let out = ebmc(&["check", "tests/errors/matmul_mismatch.ebm"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error[E0201]"), "{err}");
+    assert!(err.contains("tests/errors/matmul_mismatch.ebm:5:25"), "{err}");
+    assert!(!err.contains("\x1b["), "no colour when not on a terminal");
+}
+
+#[test]
+fn check_emits_json_lines() {
+    let out = ebmc(&["check", "--message-format", "json", "tests/errors/many_errors.ebm"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.len() >= 4);
+    assert_eq!(lines[0]["file"], "tests/errors/many_errors.ebm");
+    assert_eq!(lines[0]["code"], "E0201");
+    assert_eq!(lines[0]["line"], 7);
+    assert!(lines.iter().any(|l| l["help"].as_str().is_some_and(|h| h.contains("momentum"))));
+}
+
+#[test]
+fn unreadable_file_exits_2() {
+    let out = ebmc(&["check", "no/such/file.ebm"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read `no/such/file.ebm`"));
+}
+
+#[test]
+fn fmt_check_passes_on_the_zoo_and_rewrites_messy_files() {
+    let mut args = vec!["fmt", "--check"];
+    let files = zoo();
+    args.extend(files.iter().map(String::as_str));
+    assert_eq!(ebmc(&args).status.code(), Some(0));
+
+    let dir = std::env::temp_dir().join(format!("ebmc-fmt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("messy.ebm");
+    std::fs::write(&file, "model m{visible v:binary[2];energy e=sum(v);}").unwrap();
+    let path = file.to_str().unwrap();
+    let out = ebmc(&["fmt", "--check", path]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not formatted"));
+    assert_eq!(ebmc(&["fmt", path]).status.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "model m {\n    visible v : binary[2];\n    energy e = sum(v);\n}\n");
+    assert_eq!(ebmc(&["fmt", "--check", path]).status.code(), Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn fmt_refuses_files_with_syntax_errors() {
+    let out = ebmc(&["fmt", "--check", "tests/errors/syntax_missing_semicolon.ebm"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("E0001"));
+}
