@@ -4,8 +4,10 @@
 //!
 //! ```text
 //! source ──parse::source_to_ast──▶ ast::File ──check::ast_to_program──▶ program::Program
-//!                                     │
-//!                                     └──format::ast_to_source──▶ canonical source (ebmc fmt)
+//!                                     │                                       │
+//!            canonical source ◀──format::ast_to_source          graph::program_to_graph
+//!                                                                             ▼
+//!      plan::Plan ◀──plan::graph_to_plan── graph::FactorGraph         ir::program_to_ir ──▶ ir::Lowered
 //! ```
 //!
 //! Every stage is pure: it takes data and returns data or its own error type.
@@ -16,8 +18,11 @@ pub mod ast;
 pub mod check;
 pub mod diagnostic;
 pub mod format;
+pub mod graph;
+pub mod ir;
 pub mod messages;
 pub mod parse;
+pub mod plan;
 pub mod program;
 pub mod schema;
 pub mod span;
@@ -38,6 +43,15 @@ pub fn compile(source: &str) -> Result<Compiled, Vec<Diagnostic>> {
     let ast = parse::source_to_ast(source).map_err(|e| vec![Diagnostic::from(&e)])?;
     match check::ast_to_program(&ast) {
         Ok((program, warnings)) => Ok(Compiled { ast, program, warnings: warnings.iter().map(Diagnostic::from).collect() }),
+        Err(problems) => Err(problems.iter().map(Diagnostic::from).collect()),
+    }
+}
+
+/// Plans every model of a compiled program: samplers, summed-out latents,
+/// objective checks. Warnings come back with the plans.
+pub fn plan(program: &program::Program) -> Result<(Vec<plan::Plan>, Vec<Diagnostic>), Vec<Diagnostic>> {
+    match plan::program_to_plans(program) {
+        Ok((plans, warnings)) => Ok((plans, warnings.iter().map(Diagnostic::from).collect())),
         Err(problems) => Err(problems.iter().map(Diagnostic::from).collect()),
     }
 }

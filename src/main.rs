@@ -26,6 +26,24 @@ enum Command {
         #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
         message_format: MessageFormat,
     },
+    /// Print the factor graph: variables, energy terms and the degree of each term in each variable.
+    Graph {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+        format: GraphFormat,
+        /// Only this model (default: every model in the file).
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Explain how each model will be sampled and trained, and why.
+    Plan {
+        file: PathBuf,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Rewrite files in the canonical layout (comments are kept).
     Fmt {
         #[arg(required = true)]
@@ -34,6 +52,13 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GraphFormat {
+    Text,
+    /// Graphviz; render with `dot -Tpng` or `neato -Tpng`.
+    Dot,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -52,6 +77,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { files, message_format } => check(&files, message_format),
+        Command::Graph { file, format, model } => graph(&file, format, model.as_deref()),
+        Command::Plan { file, json, model } => plan(&file, json, model.as_deref()),
         Command::Fmt { files, check } => fmt(&files, check),
     };
     match result {
@@ -93,6 +120,79 @@ fn check(files: &[PathBuf], format: MessageFormat) -> Result<(), Failure> {
         }
     }
     if failed { Err(Failure::Input) } else { Ok(()) }
+}
+
+/// Reads and compiles a file, printing its warnings; errors end the command.
+fn compile(path: &Path) -> Result<(String, ebmc::Compiled), Failure> {
+    let source = read(path)?;
+    match ebmc::compile(&source) {
+        Ok(compiled) => {
+            report(path, &source, &compiled.warnings, MessageFormat::Human);
+            Ok((source, compiled))
+        }
+        Err(diagnostics) => {
+            report(path, &source, &diagnostics, MessageFormat::Human);
+            Err(Failure::Input)
+        }
+    }
+}
+
+fn selected<'a>(program: &'a ebmc::program::Program, only: Option<&str>) -> Result<Vec<&'a ebmc::program::Model>, Failure> {
+    match only {
+        None => Ok(program.models.values().collect()),
+        Some(name) => match program.models.get(name) {
+            Some(m) => Ok(vec![m]),
+            None => {
+                let known: Vec<&str> = program.models.keys().map(String::as_str).collect();
+                eprintln!("error: no model `{name}` in this file; models: {}", known.join(", "));
+                Err(Failure::Input)
+            }
+        },
+    }
+}
+
+fn plans(path: &Path, source: &str, program: &ebmc::program::Program) -> Result<Vec<ebmc::plan::Plan>, Failure> {
+    match ebmc::plan(program) {
+        Ok((plans, warnings)) => {
+            report(path, source, &warnings, MessageFormat::Human);
+            Ok(plans)
+        }
+        Err(diagnostics) => {
+            report(path, source, &diagnostics, MessageFormat::Human);
+            Err(Failure::Input)
+        }
+    }
+}
+
+fn graph(path: &Path, format: GraphFormat, only: Option<&str>) -> Result<(), Failure> {
+    let (source, compiled) = compile(path)?;
+    let models = selected(&compiled.program, only)?;
+    // Colour classes come from the plan; a model the planner refuses is drawn without them.
+    let planned = ebmc::plan::program_to_plans(&compiled.program).map(|(p, _)| p).unwrap_or_default();
+    let _ = source;
+    for model in models {
+        let g = ebmc::graph::program_to_graph(model);
+        let colours = planned.iter().find(|p| p.model == model.name).map(|p| p.block_colours()).unwrap_or_default();
+        match format {
+            GraphFormat::Text => print!("{}", g.to_text(&colours)),
+            GraphFormat::Dot => print!("{}", g.to_dot(&colours)),
+        }
+    }
+    Ok(())
+}
+
+fn plan(path: &Path, json: bool, only: Option<&str>) -> Result<(), Failure> {
+    let (source, compiled) = compile(path)?;
+    let names: Vec<String> = selected(&compiled.program, only)?.iter().map(|m| m.name.clone()).collect();
+    let plans: Vec<_> = plans(path, &source, &compiled.program)?.into_iter().filter(|p| names.contains(&p.model)).collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plans).expect("plans serialise"));
+    } else {
+        for p in &plans {
+            print!("{}", p.to_text());
+        }
+    }
+    Ok(())
 }
 
 fn fmt(files: &[PathBuf], check_only: bool) -> Result<(), Failure> {

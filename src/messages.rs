@@ -6,6 +6,7 @@ use crate::ast::BinOp;
 use crate::check::{CheckError, DeclKind};
 use crate::diagnostic::Diagnostic;
 use crate::parse::{ParseError, Rule};
+use crate::plan::PlanError;
 use crate::program::{shape_str, NetKind};
 use crate::schema::OptType;
 
@@ -376,3 +377,44 @@ impl From<&CheckError> for Diagnostic {
     }
 }
 
+
+impl From<&PlanError> for Diagnostic {
+    fn from(e: &PlanError) -> Self {
+        use PlanError::*;
+        match e {
+            NoFiniteZ { var, span, degree } => Diagnostic::error("E0401", format!("the density has no finite normaliser in `{var}`"))
+                .primary(*span, format!("the energy is {} in `{var}`, so exp(-E) does not integrate", degree.word()))
+                .help(format!("add a confining term such as `energy prior = 0.5 * sum(square({var}));`, or bound it: `real[..] in [lo, hi]`")),
+            NotProvablyNormalisable { var, span } => Diagnostic::warning("W0401", format!("cannot prove that exp(-E) integrates over `{var}`"))
+                .primary(*span, "the energy is not a polynomial in this variable")
+                .help(format!("training usually keeps such energies in check; a term like `0.01 * sum(square({var}))` makes it certain")),
+            NeedsContinuous { objective, span, var, var_span, type_text } => Diagnostic::error("E0402", format!("`{objective}` needs continuous visible variables, but `{var}` is {type_text}"))
+                .primary(*span, "this objective differentiates the energy in the data")
+                .secondary(*var_span, "discrete variable declared here")
+                .help("for discrete data use `cd`, `pcd` or `pl`"),
+            NeedsFreeEnergy { objective, span, var, var_span, why } => Diagnostic::error("E0403", format!("`{objective}` needs the free energy, but `{var}` cannot be summed out"))
+                .primary(*span, "this objective works on the energy of the visible variables alone")
+                .secondary(*var_span, format!("cannot be summed out: {why}"))
+                .help("use `cd` or `pcd`, which sample latent variables instead"),
+            JemNeedsLabel { span } => Diagnostic::error("E0402", "`jem` needs a categorical label")
+                .primary(*span, "no visible `categorical` variable in this model")
+                .help("declare the label, e.g. `visible y : categorical(10);`, and couple it to the logits: `energy e = -(f(x) @ y);`"),
+            JemNeedsContinuous { span } => Diagnostic::error("E0402", "`jem` needs a continuous input besides the label")
+                .primary(*span, "no visible `real` variable in this model")
+                .help("JEM samples the input with Langevin dynamics; declare it `real`"),
+            PlNeedsFullyVisible { span, var, var_span, why } => Diagnostic::error("E0402", format!("pseudo-likelihood needs a fully visible discrete model, but {why}"))
+                .primary(*span, "`pl` conditions each visible unit on all the others")
+                .secondary(*var_span, format!("`{var}` declared here"))
+                .help("use `cd` or `pcd` for models with hidden or continuous variables"),
+            GibbsOnContinuous { var, span } => Diagnostic::error("E0404", format!("cannot Gibbs-sample the continuous variable `{var}`"))
+                .primary(*span, "no exact conditional to sample from")
+                .help(format!("use `{var}: langevin(step: 0.01);` or `mala`")),
+            LangevinOnDiscrete { var, span, kernel } => Diagnostic::error("E0404", format!("`{kernel}` needs a continuous variable, but `{var}` is discrete"))
+                .primary(*span, "Langevin dynamics follows the gradient of a continuous energy")
+                .help(format!("use `{var}: gibbs;`, or remove the override to let the planner choose")),
+            ScoreMatchingDimension { span, dims } => Diagnostic::warning("W0402", format!("exact score matching over {dims} dimensions costs {dims} second derivatives per example"))
+                .primary(*span, "slow for this many dimensions")
+                .help("`ssm(projections: 1)` or `dsm(sigma: 0.1)` estimate the same objective at the cost of one"),
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! Stage: factor graph → inference plan (`graph_to_plan`). Chooses a sampler
+//! for every variable with the reason, derives Gibbs conditionals from the
+//! symbolic derivative of the energy, sums out latent blocks where the energy
+//! allows, and refuses models and objectives that cannot work (no finite
+//! normaliser, score matching on discrete data, invalid sampler overrides).
+
+use crate::ast::Role;
+use crate::graph::{colour, lattice_adjacency, type_text, units, Degree, FactorGraph};
+use crate::ir::{self, Id, Ir, Unary};
+use crate::program::{Call, ConstValue, Domain, Program, Train};
+use crate::span::Span;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+/// Exact score matching costs one second derivative per dimension; past this
+/// many dimensions the plan suggests the sliced or denoising forms.
+pub const SM_DIMENSION_LIMIT: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Kernel {
+    /// Exact Gibbs update of the whole variable at once; `block` of `blocks`.
+    BlockGibbs { block: usize, blocks: usize },
+    /// Exact Gibbs update of one colour class of units at a time.
+    ChromaticGibbs { colours: usize, lattice: String, unit_colours: Vec<usize> },
+    /// One unit at a time, from energy differences.
+    SequentialGibbs,
+    Langevin { mala: bool, step: f64, noise: f64, steps: usize, clip: Option<f64>, bounds: Option<(f64, f64)> },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VarPlan {
+    pub name: String,
+    pub role: Role,
+    pub type_text: String,
+    pub kernel: Kernel,
+    pub reason: String,
+    /// The exact conditional, for Gibbs kernels.
+    pub conditional: Option<String>,
+    /// Set when a `sample { }` override chose this kernel.
+    pub overridden: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Marginal {
+    pub var: String,
+    /// `softplus` (binary), `log 2cosh` (spin) or `logsumexp` (categorical).
+    pub rule: String,
+    /// Variables the free energy is a function of.
+    pub over: Vec<String>,
+    pub free_energy: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub model: String,
+    pub variables: Vec<VarPlan>,
+    /// One sweep: groups of variables updated together, in order.
+    pub sweep: Vec<Vec<String>>,
+    /// Latent blocks summed out of the energy, and the free energy left.
+    pub summed_out: Option<Marginal>,
+    /// Hidden variables that stay sampled, with the reason.
+    pub kept: Vec<(String, String)>,
+    /// A visible categorical label summed out for the marginal of the rest (JEM).
+    pub label_marginal: Option<Marginal>,
+    pub objective: Option<String>,
+}
+
+/// A reason the planner refuses a model or objective, or warns about it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlanError {
+    NoFiniteZ { var: String, span: Span, degree: Degree },
+    NotProvablyNormalisable { var: String, span: Span },
+    NeedsContinuous { objective: String, span: Span, var: String, var_span: Span, type_text: String },
+    NeedsFreeEnergy { objective: String, span: Span, var: String, var_span: Span, why: String },
+    JemNeedsLabel { span: Span },
+    JemNeedsContinuous { span: Span },
+    PlNeedsFullyVisible { span: Span, var: String, var_span: Span, why: String },
+    GibbsOnContinuous { var: String, span: Span },
+    LangevinOnDiscrete { var: String, span: Span, kernel: String },
+    ScoreMatchingDimension { span: Span, dims: usize },
+}
+
+impl PlanError {
+    pub fn is_warning(&self) -> bool {
+        matches!(self, PlanError::NotProvablyNormalisable { .. } | PlanError::ScoreMatchingDimension { .. })
+    }
+}
+
+/// Plans every model of a program, in name order.
+pub fn program_to_plans(program: &Program) -> Result<(Vec<Plan>, Vec<PlanError>), Vec<PlanError>> {
+    let mut plans = Vec::new();
+    let mut problems = Vec::new();
+    for model in program.models.values() {
+        let graph = crate::graph::program_to_graph(model);
+        match graph_to_plan(&graph, program.trains.get(&model.name)) {
+            Ok((plan, warnings)) => {
+                plans.push(plan);
+                problems.extend(warnings);
+            }
+            Err(errors) => problems.extend(errors),
+        }
+    }
+    if problems.iter().any(|p| !p.is_warning()) { Err(problems) } else { Ok((plans, problems)) }
+}
+
+pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan, Vec<PlanError>), Vec<PlanError>> {
+    let model = &graph.model;
+    let mut problems = Vec::new();
+    let mut lowered = ir::program_to_ir(model);
+    let total = lowered.total;
+    let ir = &mut lowered.ir;
+
+    // Discrete variables whose units do not interact can be updated as whole blocks.
+    let discrete: Vec<&crate::program::Variable> = model.variables.iter().filter(|v| v.domain.is_discrete()).collect();
+    let blockable: Vec<String> = discrete.iter().filter(|v| graph.self_couplings(&v.name).is_empty()).map(|v| v.name.clone()).collect();
+    let adjacency: Vec<Vec<usize>> = blockable
+        .iter()
+        .map(|v| {
+            let n = graph.neighbours(v);
+            blockable.iter().enumerate().filter(|(_, w)| n.contains(*w)).map(|(j, _)| j).collect()
+        })
+        .collect();
+    let block_colour = colour(&adjacency);
+    // Blocks holding only latents go first, so a sweep starts from the data.
+    let mut order: Vec<usize> = block_colour.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
+    order.sort_by_key(|c| (blockable.iter().zip(&block_colour).any(|(v, k)| k == c && model.variable(v).is_some_and(|v| v.role == Role::Visible)), *c));
+    let block_of = |v: &str| blockable.iter().position(|b| b == v).map(|i| order.iter().position(|c| *c == block_colour[i]).expect("colour is ordered"));
+    let bipartite = graph.bipartite(&blockable);
+
+    let overrides: BTreeMap<&str, &crate::program::Override> = model.overrides.iter().map(|o| (o.var.as_str(), o)).collect();
+    let objective = train.map(|t| &t.objective);
+
+    let mut variables = Vec::new();
+    for v in &model.variables {
+        let override_ = overrides.get(v.name.as_str());
+        let mut overridden = false;
+        if let Some(o) = override_ {
+            match (v.domain.is_discrete(), o.kernel.name.as_str()) {
+                (false, "gibbs") => problems.push(PlanError::GibbsOnContinuous { var: v.name.clone(), span: o.span }),
+                (true, k @ ("langevin" | "mala")) => problems.push(PlanError::LangevinOnDiscrete { var: v.name.clone(), span: o.span, kernel: k.to_string() }),
+                _ => overridden = true,
+            }
+        }
+        let (kernel, reason, conditional) = if v.domain.is_discrete() {
+            let conditional = ir.grad(total, &v.name).map(|g| {
+                let minus = ir.neg(g);
+                conditional_text(ir, v, minus)
+            });
+            if let Some(block) = block_of(&v.name) {
+                let blocks = order.len();
+                let partners: Vec<String> = graph.neighbours(&v.name).into_iter().filter(|n| model.variable(n).is_some_and(|w| w.domain.is_discrete())).collect();
+                let all: Vec<String> = graph.neighbours(&v.name).into_iter().collect();
+                let reason = match (partners.is_empty(), bipartite) {
+                    (true, _) if all.is_empty() => "units are independent".to_string(),
+                    (true, _) => format!("units are conditionally independent given {}", all.join(", ")),
+                    (false, true) => format!("bipartite with {}", partners.join(", ")),
+                    (false, false) => format!("interaction graph is not bipartite; {blocks}-colour blocks, coupled to {}", partners.join(", ")),
+                };
+                (Kernel::BlockGibbs { block, blocks }, reason, conditional)
+            } else if let Some(consts) = graph.sparse_coupling(&v.name) {
+                let (kernel, reason) = chromatic(model, v, &consts);
+                (kernel, reason, conditional)
+            } else {
+                let via = graph.self_couplings(&v.name).join(", ");
+                let degree = graph.total_degree(&v.name);
+                let reason = if degree == Degree::Quadratic {
+                    format!("units coupled densely through {via} (no known sparsity)")
+                } else {
+                    format!("energy is not quadratic in {} (through {via})", v.name)
+                };
+                let text = match v.domain {
+                    Domain::Spin => format!("p({}_i = +1 | rest) = sigmoid(E({0}_i = -1) - E({0}_i = +1))", v.name),
+                    Domain::Binary => format!("p({}_i = 1 | rest) = sigmoid(E({0}_i = 0) - E({0}_i = 1))", v.name),
+                    _ => format!("p({}_i = k | rest) = softmax_k(-E({0}_i = k))", v.name),
+                };
+                (Kernel::SequentialGibbs, reason, Some(text))
+            }
+        } else {
+            let bounds = match v.domain {
+                Domain::Real { bounds } => bounds,
+                _ => None,
+            };
+            let degree = graph.total_degree(&v.name);
+            match (degree, bounds) {
+                (Degree::Constant | Degree::Linear, None) => problems.push(PlanError::NoFiniteZ { var: v.name.clone(), span: v.span, degree }),
+                (Degree::Other, None) => problems.push(PlanError::NotProvablyNormalisable { var: v.name.clone(), span: v.span }),
+                _ => {}
+            }
+            let kernel = langevin(override_.filter(|_| overridden).map(|o| &o.kernel), objective, bounds);
+            let mut reason = match (bounds, degree) {
+                (Some((lo, hi)), _) => format!("continuous, reflected at the bounds [{lo}, {hi}]"),
+                (None, Degree::Quadratic) => "continuous, energy grows quadratically".to_string(),
+                (None, _) => "continuous, unbounded".to_string(),
+            };
+            if let Kernel::Langevin { mala: true, .. } = kernel {
+                reason.push_str("; Metropolis-adjusted");
+            }
+            (kernel, reason, None)
+        };
+        variables.push(VarPlan { name: v.name.clone(), role: v.role, type_text: type_text(v), kernel, reason, conditional, overridden });
+    }
+
+    let sweep = sweep(&variables);
+    let (summed_out, kept) = sum_out_latents(graph, ir, total);
+    let label_marginal = label_marginal(graph, ir, total);
+    if let Some(t) = train {
+        problems.extend(check_objective(graph, t, &kept, &label_marginal));
+    }
+    let objective_text = train.map(|t| objective_text(&t.objective, &summed_out, &label_marginal));
+    if problems.iter().any(|p| !p.is_warning()) {
+        return Err(problems);
+    }
+    let plan = Plan { model: model.name.clone(), variables, sweep, summed_out, kept, label_marginal, objective: objective_text };
+    Ok((plan, problems))
+}
+
+fn conditional_text(ir: &mut Ir, v: &crate::program::Variable, minus_grad: Id) -> String {
+    let given = "rest";
+    match v.domain {
+        Domain::Binary => format!("p({} = 1 | {given}) = sigmoid({})", v.name, ir.show(minus_grad)),
+        Domain::Spin => {
+            let two = ir.num(2.0);
+            let field = ir.mul(two, minus_grad);
+            format!("p({} = +1 | {given}) = sigmoid({})", v.name, ir.show(field))
+        }
+        _ if v.shape.len() == 2 => format!("p({} | {given}) = softmax_rows({})", v.name, ir.show(minus_grad)),
+        _ => format!("p({} | {given}) = softmax({})", v.name, ir.show(minus_grad)),
+    }
+}
+
+fn chromatic(model: &crate::program::Model, v: &crate::program::Variable, consts: &[String]) -> (Kernel, String) {
+    let n = units(v);
+    let mut adjacency: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+    let mut names = Vec::new();
+    for c in consts {
+        if let Some(ConstValue::Graph(g)) = model.constant(c).map(|c| &c.value) {
+            for (u, ns) in lattice_adjacency(g).into_iter().enumerate() {
+                adjacency[u].extend(ns);
+            }
+            let kind = format!("{:?}", g.lattice).to_lowercase();
+            let periodic = if g.periodic { ", periodic" } else { "" };
+            names.push(if g.rows > 1 { format!("{kind} {}x{}{periodic} via {c}", g.rows, g.cols) } else { format!("{kind} of {}{periodic} via {c}", g.cols) });
+        }
+    }
+    let adjacency: Vec<Vec<usize>> = adjacency.into_iter().map(|s| s.into_iter().collect()).collect();
+    let unit_colours = colour(&adjacency);
+    let colours = unit_colours.iter().max().map_or(1, |m| m + 1);
+    let lattice = names.join(", ");
+    let reason = format!("{lattice}; units of one colour are conditionally independent");
+    (Kernel::ChromaticGibbs { colours, lattice, unit_colours }, reason)
+}
+
+fn langevin(override_: Option<&Call>, objective: Option<&Call>, bounds: Option<(f64, f64)>) -> Kernel {
+    let from = |k: &str| override_.and_then(|c| c.num(k)).or_else(|| objective.filter(|o| matches!(o.name.as_str(), "pcd" | "jem")).and_then(|o| o.num(k)));
+    let step = from("step").unwrap_or(0.01);
+    let noise = from("noise").unwrap_or((2.0 * step).sqrt());
+    let steps = override_.and_then(|c| c.int("steps")).or_else(|| objective.filter(|o| matches!(o.name.as_str(), "pcd" | "jem")).and_then(|o| o.int("k"))).unwrap_or(1) as usize;
+    let clip = from("clip");
+    let mala = override_.is_some_and(|c| c.name == "mala");
+    Kernel::Langevin { mala, step, noise: if mala { (2.0 * step).sqrt() } else { noise }, steps, clip, bounds }
+}
+
+fn sweep(vars: &[VarPlan]) -> Vec<Vec<String>> {
+    let mut blocks: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    let mut rest = Vec::new();
+    let mut continuous = Vec::new();
+    for v in vars {
+        match v.kernel {
+            Kernel::BlockGibbs { block, .. } => blocks.entry(block).or_default().push(v.name.clone()),
+            Kernel::Langevin { .. } => continuous.push(v.name.clone()),
+            _ => rest.push(vec![v.name.clone()]),
+        }
+    }
+    let mut out: Vec<Vec<String>> = blocks.into_values().collect();
+    out.extend(rest);
+    if !continuous.is_empty() {
+        out.push(continuous);
+    }
+    out
+}
+
+/// Sums out hidden discrete blocks that enter the energy linearly and do not
+/// touch one another, giving the free energy of what is left.
+fn sum_out_latents(graph: &FactorGraph, ir: &mut Ir, total: Id) -> (Option<Marginal>, Vec<(String, String)>) {
+    let model = &graph.model;
+    let mut chosen: Vec<String> = Vec::new();
+    let mut kept = Vec::new();
+    for v in model.variables.iter().filter(|v| v.role == Role::Hidden) {
+        let why = if !v.domain.is_discrete() {
+            Some("it is continuous; only discrete latents have closed-form sums".to_string())
+        } else if graph.total_degree(&v.name) > Degree::Linear {
+            Some(format!("the energy is not linear in {}", v.name))
+        } else if let Some(other) = chosen.iter().find(|c| graph.neighbours(&v.name).contains(*c)) {
+            Some(format!("it is coupled to {other}, which is summed out"))
+        } else {
+            None
+        };
+        match why {
+            Some(w) => kept.push((v.name.clone(), w)),
+            None => chosen.push(v.name.clone()),
+        }
+    }
+    if chosen.is_empty() {
+        return (None, kept);
+    }
+    let mut f = total;
+    let mut rules = Vec::new();
+    for name in &chosen {
+        let v = model.variable(name).expect("chosen from the model");
+        let (reduced, rule) = sum_out(ir, f, v);
+        f = reduced;
+        rules.push(rule);
+    }
+    let over: Vec<String> = model.variables.iter().filter(|v| !chosen.contains(&v.name)).map(|v| v.name.clone()).collect();
+    rules.dedup();
+    let marginal = Marginal { var: chosen.join(", "), rule: rules.join(", "), free_energy: format!("F({}) = {}", over.join(", "), ir.show(f)), over };
+    (Some(marginal), kept)
+}
+
+/// `E = E0 + a · x` summed over the values of `x`: E0 - Σ softplus(-a) for
+/// binary units, E0 - Σ log 2cosh(a) for spins, E0 - logsumexp(-a) for one-hot.
+pub fn sum_out(ir: &mut Ir, energy: Id, v: &crate::program::Variable) -> (Id, &'static str) {
+    let Some(a) = ir.grad(energy, &v.name) else { return (energy, "constant") };
+    let zeros = ir.zeros(&v.shape);
+    let e0 = ir.substitute(energy, &v.name, zeros);
+    let minus_a = ir.neg(a);
+    let (log_z, rule) = match v.domain {
+        Domain::Binary => {
+            let sp = ir.map(Unary::Softplus, minus_a);
+            (ir.sum(sp), "softplus")
+        }
+        Domain::Spin => {
+            let lc = ir.map(Unary::Log2Cosh, a);
+            (ir.sum(lc), "log 2cosh")
+        }
+        _ if v.shape.len() == 2 => {
+            let rows = ir.logsumexp_last(minus_a);
+            (ir.sum(rows), "logsumexp")
+        }
+        _ => (ir.logsumexp(minus_a), "logsumexp"),
+    };
+    (ir.sub(e0, log_z), rule)
+}
+
+/// A visible categorical label entering the energy linearly can be summed out
+/// for the marginal energy of the other visibles (JEM's `-logsumexp f(x)`).
+fn label_marginal(graph: &FactorGraph, ir: &mut Ir, total: Id) -> Option<Marginal> {
+    let model = &graph.model;
+    let label = model.variables.iter().find(|v| v.role == Role::Visible && matches!(v.domain, Domain::Categorical { .. }) && graph.total_degree(&v.name) <= Degree::Linear)?;
+    if !model.variables.iter().any(|v| v.role == Role::Visible && !v.domain.is_discrete()) {
+        return None;
+    }
+    let (f, rule) = sum_out(ir, total, label);
+    let over: Vec<String> = model.variables.iter().filter(|v| v.name != label.name).map(|v| v.name.clone()).collect();
+    Some(Marginal { var: label.name.clone(), rule: rule.to_string(), free_energy: format!("F({}) = {}", over.join(", "), ir.show(f)), over })
+}
+
+fn check_objective(graph: &FactorGraph, train: &Train, kept: &[(String, String)], label: &Option<Marginal>) -> Vec<PlanError> {
+    let model = &graph.model;
+    let o = &train.objective;
+    let name = o.name.clone();
+    let mut out = Vec::new();
+    let visible = || model.variables.iter().filter(|v| v.role == Role::Visible);
+    match name.as_str() {
+        "sm" | "dsm" | "ssm" | "nce" | "cnce" => {
+            for v in visible().filter(|v| v.domain.is_discrete()) {
+                out.push(PlanError::NeedsContinuous { objective: name.clone(), span: o.span, var: v.name.clone(), var_span: v.span, type_text: type_text(v) });
+            }
+            for (var, why) in kept {
+                let span = model.variable(var).map_or(o.span, |v| v.span);
+                out.push(PlanError::NeedsFreeEnergy { objective: name.clone(), span: o.span, var: var.clone(), var_span: span, why: why.clone() });
+            }
+            if name == "sm" {
+                let dims: usize = visible().map(|v| v.shape.iter().product::<usize>()).sum();
+                if dims > SM_DIMENSION_LIMIT {
+                    out.push(PlanError::ScoreMatchingDimension { span: o.span, dims });
+                }
+            }
+        }
+        "jem" => {
+            if label.is_none() {
+                if visible().any(|v| matches!(v.domain, Domain::Categorical { .. })) && visible().any(|v| !v.domain.is_discrete()) {
+                    let v = visible().find(|v| matches!(v.domain, Domain::Categorical { .. })).expect("checked");
+                    out.push(PlanError::NeedsFreeEnergy { objective: name, span: o.span, var: v.name.clone(), var_span: v.span, why: format!("the energy is not linear in {}", v.name) });
+                } else if visible().any(|v| matches!(v.domain, Domain::Categorical { .. })) {
+                    out.push(PlanError::JemNeedsContinuous { span: o.span });
+                } else {
+                    out.push(PlanError::JemNeedsLabel { span: o.span });
+                }
+            }
+        }
+        "pl" => {
+            for v in model.variables.iter() {
+                let why = if v.role == Role::Hidden {
+                    Some(format!("{} is hidden", v.name))
+                } else if !v.domain.is_discrete() {
+                    Some(format!("{} is continuous", v.name))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    out.push(PlanError::PlNeedsFullyVisible { span: o.span, var: v.name.clone(), var_span: v.span, why });
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+fn objective_text(o: &Call, summed: &Option<Marginal>, label: &Option<Marginal>) -> String {
+    let opts: Vec<String> = o.options.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let call = format!("{}({})", o.name, opts.join(", "));
+    let positive = match summed {
+        Some(m) => format!("positive phase on the free energy F({}), {} summed out", m.over.join(", "), m.var),
+        None => "positive phase on the energy with latents sampled".to_string(),
+    };
+    let how = match o.name.as_str() {
+        "cd" => format!("contrastive divergence, chains restart at the data; {positive}"),
+        "pcd" => format!("persistent chains; {positive}"),
+        "pl" => "exact pseudo-likelihood over the visible units".to_string(),
+        "sm" => "exact score matching: sum_i 0.5 (dE/dx_i)^2 - d2E/dx_i^2".to_string(),
+        "dsm" => "denoising score matching on x + sigma z".to_string(),
+        "ssm" => "sliced score matching with random projections".to_string(),
+        "nce" => "noise-contrastive estimation with a learned log-normaliser".to_string(),
+        "cnce" => "conditional NCE: softplus(E(x) - E(x'))".to_string(),
+        _ => match label {
+            Some(m) => format!("cross-entropy of p({} | rest) plus PCD on {}", m.var, m.free_energy),
+            None => "cross-entropy plus PCD".to_string(),
+        },
+    };
+    format!("{call}: {how}")
+}
+
+impl Plan {
+    /// Block number of each block-Gibbs variable, for drawing colour classes.
+    pub fn block_colours(&self) -> BTreeMap<String, usize> {
+        self.variables
+            .iter()
+            .filter_map(|v| match v.kernel {
+                Kernel::BlockGibbs { block, .. } => Some((v.name.clone(), block)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut out = format!("plan for model {}\n", self.model);
+        for v in &self.variables {
+            let role = if v.role == Role::Visible { "visible" } else { "hidden" };
+            let _ = writeln!(out, "  {} : {} ({role})", v.name, v.type_text);
+            let kernel = match &v.kernel {
+                Kernel::BlockGibbs { block, blocks } => format!("block Gibbs, block {} of {blocks}", block + 1),
+                Kernel::ChromaticGibbs { colours, .. } => format!("chromatic Gibbs, {colours} colours"),
+                Kernel::SequentialGibbs => "sequential Gibbs, one unit at a time".to_string(),
+                Kernel::Langevin { mala, step, noise, steps, clip, .. } => {
+                    let name = if *mala { "MALA" } else { "Langevin" };
+                    let clip = clip.map(|c| format!(", gradient clipped at {c}")).unwrap_or_default();
+                    format!("{name}, step {step}, noise {noise:.4}, {steps} step(s) per sweep{clip}")
+                }
+            };
+            let by = if v.overridden { ", as the sample block asks" } else { "" };
+            let _ = writeln!(out, "    {kernel}{by}: {}", v.reason);
+            if let Some(c) = &v.conditional {
+                let _ = writeln!(out, "    {c}");
+            }
+        }
+        let sweep: Vec<String> = self.sweep.iter().map(|g| format!("[{}]", g.join(", "))).collect();
+        let _ = writeln!(out, "  sweep: {}", sweep.join(" then "));
+        if let Some(m) = &self.summed_out {
+            let _ = writeln!(out, "  {} summed out ({}): {}", m.var, m.rule, m.free_energy);
+        }
+        for (v, why) in &self.kept {
+            let _ = writeln!(out, "  {v} stays sampled: {why}");
+        }
+        if let Some(m) = &self.label_marginal {
+            let _ = writeln!(out, "  {} summed out for the marginal ({}): {}", m.var, m.rule, m.free_energy);
+        }
+        if let Some(o) = &self.objective {
+            let _ = writeln!(out, "  objective {o}");
+        }
+        out
+    }
+}
