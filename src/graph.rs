@@ -37,6 +37,14 @@ impl Degree {
     }
 }
 
+/// How a variable is coloured for drawing: its Gibbs block, or the number of
+/// colours its units were split into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColourClass {
+    Block(usize),
+    Units(usize),
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub enum GraphNode {
     Variable(String),
@@ -408,12 +416,16 @@ fn dims(shape: &[usize]) -> String {
 
 impl FactorGraph {
     /// Plain-text listing: variables, factors with degrees, interactions.
-    pub fn to_text(&self, colours: &BTreeMap<String, usize>) -> String {
+    pub fn to_text(&self, colours: &BTreeMap<String, ColourClass>) -> String {
         let mut out = format!("factor graph of model {}\n", self.model.name);
         out.push_str("variables:\n");
         for v in &self.model.variables {
             let role = if v.role == Role::Visible { "visible" } else { "hidden" };
-            let colour = colours.get(&v.name).map(|c| format!(", colour {c}")).unwrap_or_default();
+            let colour = match colours.get(&v.name) {
+                Some(ColourClass::Block(c)) => format!(", colour {c}"),
+                Some(ColourClass::Units(n)) => format!(", units in {n} colours"),
+                None => String::new(),
+            };
             let _ = writeln!(out, "  {} : {} ({role}{colour})", v.name, type_text(v));
         }
         out.push_str("factors:\n");
@@ -445,13 +457,17 @@ impl FactorGraph {
 
     /// Graphviz DOT: variables as circles (filled by colour class), factors as
     /// boxes, edges labelled with degrees.
-    pub fn to_dot(&self, colours: &BTreeMap<String, usize>) -> String {
+    pub fn to_dot(&self, colours: &BTreeMap<String, ColourClass>) -> String {
         const FILLS: [&str; 6] = ["#8ecae6", "#ffb703", "#90be6d", "#f28482", "#cdb4db", "#bde0fe"];
         let mut out = format!("graph \"{}\" {{\n  layout=neato; overlap=false; splines=true;\n", self.model.name);
         for v in &self.model.variables {
             let style = if v.role == Role::Visible { "filled,bold" } else { "filled,dashed" };
-            let fill = colours.get(&v.name).map_or("#eeeeee", |c| FILLS[c % FILLS.len()]);
-            let _ = writeln!(out, "  \"v:{}\" [shape=circle, style=\"{style}\", fillcolor=\"{fill}\", label=\"{}\\n{}\"];", v.name, v.name, type_text(v));
+            let (fill, note) = match colours.get(&v.name) {
+                Some(ColourClass::Block(c)) => (FILLS[c % FILLS.len()], String::new()),
+                Some(ColourClass::Units(n)) => ("#ffffff", format!("\\n{n} unit colours")),
+                None => ("#eeeeee", String::new()),
+            };
+            let _ = writeln!(out, "  \"v:{}\" [shape=circle, style=\"{style}\", fillcolor=\"{fill}\", label=\"{}\\n{}{note}\"];", v.name, v.name, type_text(v));
         }
         for (f, edges) in &self.factors {
             let _ = writeln!(out, "  \"f:{f}\" [shape=box, label=\"{f}\"];");

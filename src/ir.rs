@@ -544,9 +544,10 @@ impl Ir {
             let n = self.num(f.apply(x));
             return self.broadcast(n, &shape);
         }
-        if let (Unary::Square, Op::Neg(x)) = (f, &self.node(a).op) {
+        // Even functions drop a sign: square(-x) = square(x), log2cosh(-x) = log2cosh(x).
+        if let (Unary::Square | Unary::Abs | Unary::Log2Cosh, Op::Neg(x)) = (f, &self.node(a).op) {
             let x = *x;
-            return self.map(Unary::Square, x);
+            return self.map(f, x);
         }
         self.intern(Op::Map(f, a), shape)
     }

@@ -172,7 +172,7 @@ fn graph(path: &Path, format: GraphFormat, only: Option<&str>) -> Result<(), Fai
     let _ = source;
     for model in models {
         let g = ebmc::graph::program_to_graph(model);
-        let colours = planned.iter().find(|p| p.model == model.name).map(|p| p.block_colours()).unwrap_or_default();
+        let colours = planned.iter().find(|p| p.model == model.name).map(|p| p.colour_classes()).unwrap_or_default();
         match format {
             GraphFormat::Text => print!("{}", g.to_text(&colours)),
             GraphFormat::Dot => print!("{}", g.to_dot(&colours)),

@@ -5,7 +5,7 @@
 //! normaliser, score matching on discrete data, invalid sampler overrides).
 
 use crate::ast::Role;
-use crate::graph::{colour, lattice_adjacency, type_text, units, Degree, FactorGraph};
+use crate::graph::{colour, lattice_adjacency, type_text, units, ColourClass, Degree, FactorGraph};
 use crate::ir::{self, Id, Ir, Unary};
 use crate::program::{Call, ConstValue, Domain, Program, Train};
 use crate::span::Span;
@@ -434,12 +434,13 @@ fn objective_text(o: &Call, summed: &Option<Marginal>, label: &Option<Marginal>)
 }
 
 impl Plan {
-    /// Block number of each block-Gibbs variable, for drawing colour classes.
-    pub fn block_colours(&self) -> BTreeMap<String, usize> {
+    /// Colour classes of the Gibbs-sampled variables, for drawing.
+    pub fn colour_classes(&self) -> BTreeMap<String, ColourClass> {
         self.variables
             .iter()
             .filter_map(|v| match v.kernel {
-                Kernel::BlockGibbs { block, .. } => Some((v.name.clone(), block)),
+                Kernel::BlockGibbs { block, .. } => Some((v.name.clone(), ColourClass::Block(block))),
+                Kernel::ChromaticGibbs { colours, .. } => Some((v.name.clone(), ColourClass::Units(colours))),
                 _ => None,
             })
             .collect()

@@ -9,12 +9,17 @@ fn broken_files_render_diagnostics() {
     insta::glob!("errors", "*.ebm", |path| {
         let source = fs::read_to_string(path).unwrap();
         let file_name = format!("tests/errors/{}", path.file_name().unwrap().to_string_lossy());
+        // Through check and then plan: the first stage that objects is snapshotted.
         let diagnostics = match ebmc::compile(&source) {
-            Ok(c) => {
-                assert!(file_name.contains("warning"), "{file_name} compiled cleanly but should not");
-                assert!(!c.warnings.is_empty(), "{file_name} should warn");
-                c.warnings
-            }
+            Ok(c) => match ebmc::plan(&c.program) {
+                Ok((_, plan_warnings)) => {
+                    assert!(file_name.contains("warning"), "{file_name} compiled and planned cleanly but should not");
+                    let all: Vec<_> = c.warnings.into_iter().chain(plan_warnings).collect();
+                    assert!(!all.is_empty(), "{file_name} should warn");
+                    all
+                }
+                Err(d) => d,
+            },
             Err(d) => d,
         };
         assert!(!diagnostics.is_empty());

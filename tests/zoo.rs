@@ -1,6 +1,7 @@
 //! Every model in `models/` goes through every stage: parse (AST outline
-//! snapshot), check (no errors, no warnings) and fmt (idempotent, meaning-
-//! preserving, comment-preserving, and the zoo is already formatted).
+//! snapshot), check (no errors, no warnings), factor graph and plan
+//! (snapshots, deterministic), and fmt (idempotent, meaning-preserving,
+//! comment-preserving, and the zoo is already formatted).
 
 use std::fs;
 
@@ -15,6 +16,20 @@ fn zoo_models_through_every_stage() {
 
         let compiled = ebmc::compile(&source).unwrap_or_else(|d| panic!("{}", ebmc::diagnostic::render_plain(&name, &source, &d)));
         assert!(compiled.warnings.is_empty(), "{}", ebmc::diagnostic::render_plain(&name, &source, &compiled.warnings));
+
+        let (plans, _warnings) = ebmc::plan(&compiled.program).unwrap_or_else(|d| panic!("{}", ebmc::diagnostic::render_plain(&name, &source, &d)));
+        let mut graph_text = String::new();
+        let mut plan_text = String::new();
+        for (model, plan) in compiled.program.models.values().zip(&plans) {
+            let graph = ebmc::graph::program_to_graph(model);
+            graph_text.push_str(&graph.to_text(&plan.colour_classes()));
+            plan_text.push_str(&plan.to_text());
+        }
+        insta::assert_snapshot!("graph", graph_text);
+        insta::assert_snapshot!("plan", plan_text);
+        // Planning twice gives byte-identical JSON.
+        let again = ebmc::plan(&compiled.program).unwrap().0;
+        assert_eq!(serde_json::to_string(&plans).unwrap(), serde_json::to_string(&again).unwrap());
 
         let formatted = ebmc::format_source(&source).unwrap();
         assert_eq!(formatted, source, "{name} is not in canonical format");
