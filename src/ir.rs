@@ -1118,3 +1118,112 @@ fn op_name(op: &Op) -> &'static str {
         _ => "op",
     }
 }
+
+/// A per-example value in the reference interpreter: row-major, f64.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefValue {
+    pub shape: Shape,
+    pub data: Vec<f64>,
+}
+
+impl Ir {
+    /// Evaluates `root` for one example in f64, by the definitions of the ops.
+    /// Slow and simple: the oracle that derivatives and the dfdx backend are
+    /// tested against. `leaves` holds every variable, parameter and constant.
+    pub fn eval_reference(&self, root: Id, leaves: &BTreeMap<String, RefValue>) -> RefValue {
+        let mut copy = self.clone();
+        let root = copy.inline_nets(root);
+        copy.eval_inlined(root, leaves)
+    }
+
+    fn eval_inlined(&self, root: Id, leaves: &BTreeMap<String, RefValue>) -> RefValue {
+        let mut vals: HashMap<Id, RefValue> = HashMap::new();
+        for id in self.cone(root) {
+            let node = self.node(id);
+            let shape = node.shape.clone();
+            let v = |x: &Id| vals[x].clone();
+            let data: Vec<f64> = match &node.op {
+                Op::Num(b) => vec![f64::from_bits(*b)],
+                Op::Var(n) | Op::Param(n) | Op::Const(n) => leaves.get(n).unwrap_or_else(|| panic!("no value for `{n}`")).data.clone(),
+                Op::Neg(a) => v(a).data.iter().map(|x| -x).collect(),
+                Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) | Op::Div(a, b) | Op::Pow(a, b) => {
+                    let (x, y) = (broadcast_ref(&v(a), &shape), broadcast_ref(&v(b), &shape));
+                    x.iter()
+                        .zip(&y)
+                        .map(|(p, q)| match node.op {
+                            Op::Add(..) => p + q,
+                            Op::Sub(..) => p - q,
+                            Op::Mul(..) => p * q,
+                            Op::Div(..) => p / q,
+                            _ => p.powf(*q),
+                        })
+                        .collect()
+                }
+                Op::MatMul(a, b) => {
+                    let (x, y) = (v(a), v(b));
+                    let (m, k) = if x.shape.len() == 2 { (x.shape[0], x.shape[1]) } else { (1, x.shape[0]) };
+                    let n = if y.shape.len() == 2 { y.shape[1] } else { 1 };
+                    let mut out = vec![0.0; m * n];
+                    for i in 0..m {
+                        for j in 0..n {
+                            out[i * n + j] = (0..k).map(|l| x.data[i * k + l] * y.data[l * n + j]).sum();
+                        }
+                    }
+                    out
+                }
+                Op::Outer(a, b) => {
+                    let (x, y) = (v(a), v(b));
+                    x.data.iter().flat_map(|p| y.data.iter().map(move |q| p * q)).collect()
+                }
+                Op::Transpose(a) => {
+                    let x = v(a);
+                    let (m, n) = (x.shape[0], x.shape[1]);
+                    (0..n).flat_map(|j| (0..m).map(move |i| (i, j))).map(|(i, j)| x.data[i * n + j]).collect()
+                }
+                Op::Map(f, a) => v(a).data.iter().map(|x| f.apply(*x)).collect(),
+                Op::Sum(a) => vec![v(a).data.iter().sum()],
+                Op::LogSumExp(a) => vec![lse(&v(a).data)],
+                Op::LogSumExpLast(a) => {
+                    let x = v(a);
+                    let k = *x.shape.last().expect("rank >= 1");
+                    x.data.chunks(k).map(lse).collect()
+                }
+                Op::Softmax(a) => softmax_ref(&v(a).data),
+                Op::SoftmaxLast(a) => {
+                    let x = v(a);
+                    let k = *x.shape.last().expect("rank >= 1");
+                    x.data.chunks(k).flat_map(softmax_ref).collect()
+                }
+                Op::Broadcast(a) => broadcast_ref(&v(a), &shape),
+                Op::SumTo(a) => {
+                    let x = v(a);
+                    let n: usize = shape.iter().product::<usize>().max(1);
+                    let mut out = vec![0.0; n];
+                    for (i, p) in x.data.iter().enumerate() {
+                        out[i % n] += p;
+                    }
+                    out
+                }
+                Op::Net(..) => unreachable!("inlined"),
+            };
+            vals.insert(id, RefValue { shape, data });
+        }
+        vals.remove(&root).expect("root evaluated")
+    }
+}
+
+fn broadcast_ref(x: &RefValue, shape: &[usize]) -> Vec<f64> {
+    let n: usize = shape.iter().product::<usize>().max(1);
+    let len = x.data.len();
+    (0..n).map(|i| x.data[i % len]).collect()
+}
+
+fn lse(x: &[f64]) -> f64 {
+    let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    m + x.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
+}
+
+fn softmax_ref(x: &[f64]) -> Vec<f64> {
+    let l = lse(x);
+    x.iter().map(|v| (v - l).exp()).collect()
+}

@@ -15,6 +15,7 @@
 //! for people (codespan-reporting) or programs (JSON lines).
 
 pub mod ast;
+pub mod backend;
 pub mod check;
 pub mod diagnostic;
 pub mod format;
@@ -26,6 +27,7 @@ pub mod plan;
 pub mod program;
 pub mod schema;
 pub mod span;
+pub mod tensor;
 
 use diagnostic::Diagnostic;
 

@@ -43,7 +43,9 @@ pub struct VarPlan {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Marginal {
+    /// The summed-out variables, comma-separated for reading.
     pub var: String,
+    pub summed: Vec<String>,
     /// `softplus` (binary), `log 2cosh` (spin) or `logsumexp` (categorical).
     pub rule: String,
     /// Variables the free energy is a function of.
@@ -314,7 +316,7 @@ fn sum_out_latents(graph: &FactorGraph, ir: &mut Ir, total: Id) -> (Option<Margi
     }
     let over: Vec<String> = model.variables.iter().filter(|v| !chosen.contains(&v.name)).map(|v| v.name.clone()).collect();
     rules.dedup();
-    let marginal = Marginal { var: chosen.join(", "), rule: rules.join(", "), free_energy: format!("F({}) = {}", over.join(", "), ir.show(f)), over };
+    let marginal = Marginal { var: chosen.join(", "), summed: chosen.clone(), rule: rules.join(", "), free_energy: format!("F({}) = {}", over.join(", "), ir.show(f)), over };
     (Some(marginal), kept)
 }
 
@@ -353,7 +355,7 @@ fn label_marginal(graph: &FactorGraph, ir: &mut Ir, total: Id) -> Option<Margina
     }
     let (f, rule) = sum_out(ir, total, label);
     let over: Vec<String> = model.variables.iter().filter(|v| v.name != label.name).map(|v| v.name.clone()).collect();
-    Some(Marginal { var: label.name.clone(), rule: rule.to_string(), free_energy: format!("F({}) = {}", over.join(", "), ir.show(f)), over })
+    Some(Marginal { var: label.name.clone(), summed: vec![label.name.clone()], rule: rule.to_string(), free_energy: format!("F({}) = {}", over.join(", "), ir.show(f)), over })
 }
 
 fn check_objective(graph: &FactorGraph, train: &Train, kept: &[(String, String)], label: &Option<Marginal>) -> Vec<PlanError> {

@@ -1,0 +1,241 @@
+//! Evaluates IR nodes on dfdx tensors, batched. Every value is a rank-3
+//! tensor `(b, rows, cols)`: `b` is the batch size for values that depend on
+//! a variable and 1 for shared ones (parameters, constants, numbers); a
+//! per-example scalar is `(1, 1)`, a vector `[n]` is the row `(1, n)`, a
+//! matrix is itself. Shared operands are broadcast along the batch only when
+//! an op needs it, and products of a batch with a shared matrix run as one
+//! GEMM.
+
+use super::T3;
+use crate::ir::{Id, Ir, Op, Unary};
+use dfdx::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+
+/// Canonical (rows, cols) of a per-example shape.
+pub fn canon(shape: &[usize]) -> (usize, usize) {
+    match shape {
+        [] => (1, 1),
+        [n] => (1, *n),
+        [m, n] => (*m, *n),
+        _ => unreachable!("per-example values have at most two axes"),
+    }
+}
+
+/// Shared tensors of a model: parameters and constants, by name.
+pub struct Leaves<D: Device<f32>, T> {
+    pub tensors: BTreeMap<String, T3<D, T>>,
+}
+
+/// Broadcasts `t` to `(b, m, n)` along whichever axes are 1 in `t` and not in the target.
+pub fn expand<D: Device<f32>, T: Tape<f32, D>>(t: T3<D, T>, b: usize, m: usize, n: usize) -> T3<D, T> {
+    let (tb, tm, tn) = *t.shape();
+    let target = (b, m, n);
+    match (tb != b, tm != m, tn != n) {
+        (false, false, false) => t,
+        (true, false, false) => t.reshape_like(&(tm, tn)).broadcast_like::<_, Axis<0>>(&target),
+        (false, true, false) => t.reshape_like(&(tb, tn)).broadcast_like::<_, Axis<1>>(&target),
+        (false, false, true) => t.reshape_like(&(tb, tm)).broadcast_like::<_, Axis<2>>(&target),
+        (true, true, false) => t.reshape_like(&(tn,)).broadcast_like::<_, Axes2<0, 1>>(&target),
+        (true, false, true) => t.reshape_like(&(tm,)).broadcast_like::<_, Axes2<0, 2>>(&target),
+        (false, true, true) => t.reshape_like(&(tb,)).broadcast_like::<_, Axes2<1, 2>>(&target),
+        (true, true, true) => t.reshape_like(&()).broadcast_like::<_, Axes3<0, 1, 2>>(&target),
+    }
+}
+
+/// Evaluates the cones of `roots`. `vars` are batched `(batch, rows, cols)`
+/// tensors; values used more than once are shared through `retaped` copies so
+/// that a tape, when there is one, records every use.
+pub struct Evaluator<'a, D: Device<f32>, T> {
+    pub ir: &'a Ir,
+    pub dev: &'a D,
+    pub leaves: &'a Leaves<D, T>,
+}
+
+impl<'a, D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a, D, T> {
+    pub fn eval(&self, roots: &[Id], vars: &BTreeMap<String, T3<D, T>>) -> Vec<T3<D, T>> {
+        let mut order: Vec<Id> = roots.iter().flat_map(|r| self.ir.cone(*r)).collect();
+        order.sort();
+        order.dedup();
+        let mut uses: HashMap<Id, usize> = HashMap::new();
+        for id in &order {
+            for c in self.ir.children(*id) {
+                *uses.entry(c).or_default() += 1;
+            }
+        }
+        for r in roots {
+            *uses.entry(*r).or_default() += 1;
+        }
+        let mut values: HashMap<Id, T3<D, T>> = HashMap::new();
+        for &id in &order {
+            let v = self.node(id, &mut values, &mut uses, vars);
+            values.insert(id, v);
+        }
+        roots.iter().map(|r| take(&mut values, &mut uses, *r)).collect()
+    }
+
+    fn node(&self, id: Id, values: &mut HashMap<Id, T3<D, T>>, uses: &mut HashMap<Id, usize>, vars: &BTreeMap<String, T3<D, T>>) -> T3<D, T> {
+        let node = self.ir.node(id);
+        let (m, n) = canon(&node.shape);
+        let mut arg = |x: Id| take(values, uses, x);
+        match &node.op {
+            Op::Num(bits) => self.dev.tensor_from_vec(vec![f64::from_bits(*bits) as f32], (1, 1, 1)).retaped::<T>(),
+            Op::Var(name) => vars.get(name).unwrap_or_else(|| panic!("no value bound for variable `{name}`")).retaped::<T>(),
+            Op::Param(name) | Op::Const(name) => self.leaves.tensors.get(name).unwrap_or_else(|| panic!("no tensor for `{name}`")).retaped::<T>(),
+            Op::Neg(a) => arg(*a).negate(),
+            Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) | Op::Div(a, b) => {
+                let (x, y) = (arg(*a), arg(*b));
+                let batch = x.shape().0.max(y.shape().0);
+                let (x, y) = (expand(x, batch, m, n), expand(y, batch, m, n));
+                match node.op {
+                    Op::Add(..) => x + y,
+                    Op::Sub(..) => x - y,
+                    Op::Mul(..) => x * y,
+                    _ => x / y,
+                }
+            }
+            Op::MatMul(a, b) => {
+                let (ra, rb) = (self.ir.shape(*a).len(), self.ir.shape(*b).len());
+                let (x, y) = (arg(*a), arg(*b));
+                matmul(x, y, ra, rb)
+            }
+            Op::Outer(a, b) => {
+                let (x, y) = (arg(*a), arg(*b));
+                let batch = x.shape().0.max(y.shape().0);
+                let (bx, _, nx) = *x.shape();
+                let col = x.reshape_like(&(bx, nx, 1usize));
+                expand(col, batch, m, n) * expand(y, batch, m, n)
+            }
+            Op::Transpose(a) => arg(*a).permute::<_, Axes3<0, 2, 1>>(),
+            Op::Pow(a, e) => {
+                let x = arg(*a);
+                match self.ir.num_value(*e) {
+                    Some(c) => x.powf(c),
+                    None => {
+                        let e = arg(*e);
+                        let batch = x.shape().0.max(e.shape().0);
+                        (expand(e, batch, m, n) * expand(x, batch, m, n).ln()).exp()
+                    }
+                }
+            }
+            Op::Map(f, a) => unary(*f, arg(*a)),
+            Op::Sum(a) => {
+                let x = arg(*a);
+                let b = x.shape().0;
+                x.sum::<(usize,), Axes2<1, 2>>().reshape_like(&(b, 1usize, 1usize))
+            }
+            Op::LogSumExp(a) => {
+                let x = arg(*a);
+                let (b, xm, xn) = *x.shape();
+                x.reshape_like(&(b, xm * xn)).logsumexp::<(usize,), Axis<1>>().reshape_like(&(b, 1usize, 1usize))
+            }
+            Op::LogSumExpLast(a) => {
+                let x = arg(*a);
+                let b = x.shape().0;
+                x.logsumexp::<(usize, usize), Axis<2>>().reshape_like(&(b, m, n))
+            }
+            Op::Softmax(a) => {
+                let x = arg(*a);
+                let (b, xm, xn) = *x.shape();
+                x.reshape_like(&(b, xm * xn)).softmax::<Axis<1>>().reshape_like(&(b, xm, xn))
+            }
+            Op::SoftmaxLast(a) => arg(*a).softmax::<Axis<2>>(),
+            Op::Broadcast(a) => {
+                let x = arg(*a);
+                let b = x.shape().0;
+                expand(x, b, m, n)
+            }
+            Op::SumTo(a) => {
+                let x = arg(*a);
+                let (b, xm, xn) = *x.shape();
+                match (m == 1 && xm != 1, n == 1 && xn != 1) {
+                    (true, true) => x.sum::<(usize,), Axes2<1, 2>>().reshape_like(&(b, 1usize, 1usize)),
+                    (true, false) => x.sum::<(usize, usize), Axis<1>>().reshape_like(&(b, 1usize, xn)),
+                    (false, true) => x.sum::<(usize, usize), Axis<2>>().reshape_like(&(b, xm, 1usize)),
+                    (false, false) => x,
+                }
+            }
+            Op::Net(..) => unreachable!("nets are inlined before evaluation"),
+        }
+    }
+}
+
+/// Takes a value for one use: the last use gets the tensor itself (with its
+/// tape), earlier uses a copy that shares data and records onto a fresh tape.
+fn take<D: Device<f32>, T: Tape<f32, D>>(values: &mut HashMap<Id, T3<D, T>>, uses: &mut HashMap<Id, usize>, id: Id) -> T3<D, T> {
+    let left = uses.get_mut(&id).expect("every use is counted");
+    *left -= 1;
+    if *left == 0 {
+        values.remove(&id).expect("value computed before use")
+    } else {
+        values[&id].retaped::<T>()
+    }
+}
+
+fn matmul<D: Device<f32>, T: Tape<f32, D> + Merge<T>>(x: T3<D, T>, y: T3<D, T>, ra: usize, rb: usize) -> T3<D, T> {
+    let (bx, mx, nx) = *x.shape();
+    let (by, my, ny) = *y.shape();
+    let batch = bx.max(by);
+    match (ra, rb) {
+        // vector . vector
+        (1, 1) => {
+            let p = expand(x, batch, 1, nx) * expand(y, batch, 1, ny);
+            p.sum::<(usize,), Axes2<1, 2>>().reshape_like(&(batch, 1usize, 1usize))
+        }
+        // vector @ shared matrix: one GEMM over the batch.
+        (1, 2) if by == 1 => x.reshape_like(&(bx, nx)).matmul(y.reshape_like(&(my, ny))).reshape_like(&(bx, 1usize, ny)),
+        (1, 2) => expand(x, batch, 1, nx).matmul(y),
+        // shared matrix @ vector: x_b @ W^T.
+        (2, 1) if bx == 1 => {
+            let w = x.reshape_like(&(mx, nx)).permute::<_, Axes2<1, 0>>();
+            y.reshape_like(&(by, ny)).matmul(w).reshape_like(&(by, 1usize, mx))
+        }
+        (2, 1) => {
+            let col = expand(y, batch, 1, ny).permute::<_, Axes3<0, 2, 1>>();
+            x.matmul(col).reshape_like(&(batch, 1usize, mx))
+        }
+        (2, 2) if by == 1 => x.reshape_like(&(bx * mx, nx)).matmul(y.reshape_like(&(my, ny))).reshape_like(&(bx, mx, ny)),
+        _ => expand(x, batch, mx, nx).matmul(expand(y, batch, my, ny)),
+    }
+}
+
+/// ln(1 + exp(y)) for y <= 0.
+fn log1p_exp_neg<D: Device<f32>, T: Tape<f32, D>>(y: T3<D, T>) -> T3<D, T> {
+    (y.exp() + 1.0).ln()
+}
+
+pub fn unary<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(f: Unary, x: T3<D, T>) -> T3<D, T> {
+    match f {
+        Unary::Exp => x.exp(),
+        Unary::Log => x.ln(),
+        Unary::Sigmoid => x.sigmoid(),
+        Unary::Tanh => x.tanh(),
+        Unary::Relu => x.relu(),
+        Unary::Abs => x.abs(),
+        Unary::Sqrt => x.sqrt(),
+        Unary::Square => x.square(),
+        Unary::Softplus => {
+            // max(x, 0) + ln(1 + exp(-|x|)), stable for any x.
+            let a = x.retaped::<T>().abs().negate();
+            x.relu() + log1p_exp_neg(a)
+        }
+        Unary::Swish => {
+            let s = x.retaped::<T>().sigmoid();
+            x * s
+        }
+        Unary::Log2Cosh => {
+            // |x| + ln(1 + exp(-2|x|))
+            let a = x.abs();
+            let e = a.retaped::<T>() * -2.0;
+            a + log1p_exp_neg(e)
+        }
+        Unary::Step | Unary::Sign => {
+            let dev = x.device().clone();
+            let shape = *x.shape();
+            let ones: T3<D, NoneTape> = dev.ones_like(&shape);
+            let zeros: T3<D, NoneTape> = dev.zeros_like(&shape);
+            let positive = x.gt(0.0).choose(ones.clone(), zeros.clone());
+            let out = if f == Unary::Step { positive } else { positive - x.lt(0.0).choose(ones, zeros) };
+            out.retaped::<T>()
+        }
+    }
+}

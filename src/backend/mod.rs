@@ -1,0 +1,481 @@
+//! The dfdx backend: the only module that names dfdx types. It evaluates the
+//! IR on tensors (`eval`) and runs the planned samplers over batches of
+//! chains (`Sampler`). Everything crosses its boundary as host tensors
+//! (`crate::tensor::HostTensor`), so the rest of the crate is device-free.
+//! All code is generic over the dfdx device: `Cpu` always, `Cuda` with the
+//! `cuda` feature.
+
+mod eval;
+
+use crate::ir::{self, Id, Ir};
+use crate::plan::{Kernel, Plan};
+use crate::program::{Domain, Model};
+use crate::tensor::{constants, HostTensor, Tensors};
+use dfdx::prelude::*;
+use eval::{canon, expand, Evaluator, Leaves};
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+
+/// A batch of per-example values: `(batch, rows, cols)`.
+pub(crate) type T3<D, T = NoneTape> = Tensor<(usize, usize, usize), f32, D, T>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+/// Runs the planned kernels over `chains` independent chains.
+pub struct Sampler {
+    inner: Box<dyn Chains>,
+}
+
+trait Chains {
+    fn sweep(&mut self);
+    fn state(&self) -> Tensors;
+    fn set_state(&mut self, state: &Tensors) -> Result<(), String>;
+    fn acceptance(&self) -> Option<f64>;
+    fn evaluate(&self, what: Quantity, rows: &Tensors) -> HostTensor;
+}
+
+/// What `Sampler::evaluate` computes for each row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Quantity {
+    /// Total energy.
+    Energy,
+    /// Energy with the plan's latents summed out (rows give the other variables).
+    FreeEnergy,
+    /// Gradient of the energy with respect to a variable.
+    Gradient(String),
+    /// The exact conditional of a discrete variable: p(x = 1), p(s = +1) or
+    /// the categorical probabilities.
+    Conditional(String),
+}
+
+impl Sampler {
+    /// Compiles the plan of `model` into kernels over `chains` chains, with
+    /// parameter values `params` (by name; missing ones are an error).
+    pub fn new(model: &Model, plan: &Plan, params: &Tensors, chains: usize, seed: u64, device: DeviceKind) -> Result<Sampler, String> {
+        let inner: Box<dyn Chains> = match device {
+            DeviceKind::Cpu => Box::new(ChainSet::new(Cpu::seed_from_u64(seed), model, plan, params, chains, seed)?),
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda => {
+                let dev = Cuda::try_seed_from_u64(seed).map_err(|e| format!("cannot open the CUDA device: {e:?}"))?;
+                Box::new(ChainSet::new(dev, model, plan, params, chains, seed)?)
+            }
+            #[cfg(not(feature = "cuda"))]
+            DeviceKind::Cuda => return Err("this ebmc was built without the `cuda` feature; rebuild with `--features cuda`".into()),
+        };
+        Ok(Sampler { inner })
+    }
+
+    /// One sweep of the plan: every Gibbs block once, then the Langevin steps.
+    pub fn sweep(&mut self) {
+        self.inner.sweep();
+    }
+
+    /// Current chain states: each variable as `[chains, ...shape]`.
+    pub fn state(&self) -> Tensors {
+        self.inner.state()
+    }
+
+    pub fn set_state(&mut self, state: &Tensors) -> Result<(), String> {
+        self.inner.set_state(state)
+    }
+
+    /// Mean MALA acceptance rate so far, when a MALA kernel runs.
+    pub fn acceptance(&self) -> Option<f64> {
+        self.inner.acceptance()
+    }
+
+    /// Total energy of each row of `rows` (every variable given, `[rows, ...shape]`).
+    pub fn energy(&self, rows: &Tensors) -> Vec<f32> {
+        self.inner.evaluate(Quantity::Energy, rows).data
+    }
+
+    /// Evaluates a quantity of the model on rows: `[rows, ...]` per variable.
+    pub fn evaluate(&self, what: Quantity, rows: &Tensors) -> HostTensor {
+        self.inner.evaluate(what, rows)
+    }
+}
+
+struct VarInfo {
+    name: String,
+    domain: Domain,
+    shape: Vec<usize>,
+    rows: usize,
+    cols: usize,
+}
+
+enum Stage<D: Device<f32>> {
+    Block(Vec<(usize, Id)>),
+    Chromatic { var: usize, logits: Id, masks: Vec<T3<D>> },
+    Sequential { var: usize },
+    Langevin { vars: Vec<(usize, Id)>, mala: bool, step: f32, noise: f32, steps: usize, clip: Option<f32> },
+}
+
+struct ChainSet<D: Device<f32>> {
+    dev: D,
+    ir: Ir,
+    leaves: Leaves<D, NoneTape>,
+    chains: usize,
+    vars: Vec<VarInfo>,
+    state: BTreeMap<String, T3<D>>,
+    stages: Vec<Stage<D>>,
+    total: Id,
+    free_energy: Id,
+    gradients: BTreeMap<String, Id>,
+    accepted: f64,
+    proposed: usize,
+    rng: rand::rngs::StdRng,
+}
+
+fn upload<D: Device<f32>>(dev: &D, t: &HostTensor, batch: usize) -> T3<D> {
+    let per: &[usize] = if batch == 1 { &t.shape } else { &t.shape[1..] };
+    let (m, n) = canon(per);
+    dev.tensor_from_vec(t.data.clone(), (batch, m, n))
+}
+
+impl<D: Device<f32>> ChainSet<D> {
+    fn new(dev: D, model: &Model, plan: &Plan, params: &Tensors, chains: usize, seed: u64) -> Result<Self, String> {
+        let mut lowered = ir::program_to_ir(model);
+        let total = lowered.ir.inline_nets(lowered.total);
+        let mut tensors = BTreeMap::new();
+        for spec in &lowered.params {
+            let t = params.get(&spec.name).ok_or_else(|| format!("no value for parameter `{}`", spec.name))?;
+            if t.shape != spec.shape {
+                return Err(format!("parameter `{}` has shape {:?}, the model needs {:?}", spec.name, t.shape, spec.shape));
+            }
+            tensors.insert(spec.name.clone(), upload(&dev, t, 1));
+        }
+        for (name, t) in constants(model) {
+            tensors.insert(name, upload(&dev, &t, 1));
+        }
+        let vars: Vec<VarInfo> = model
+            .variables
+            .iter()
+            .map(|v| {
+                let (rows, cols) = canon(&v.shape);
+                VarInfo { name: v.name.clone(), domain: v.domain.clone(), shape: v.shape.clone(), rows, cols }
+            })
+            .collect();
+        let index = |name: &str| vars.iter().position(|v| v.name == name).expect("plan names model variables");
+        let ir = &mut lowered.ir;
+        let mut stages = Vec::new();
+        for group in &plan.sweep {
+            let first = plan.variables.iter().find(|v| v.name == group[0]).expect("sweep names planned variables");
+            match &first.kernel {
+                Kernel::BlockGibbs { .. } => {
+                    let mut block = Vec::new();
+                    for name in group {
+                        let g = ir.grad(total, name).unwrap_or_else(|| ir.zeros(&model.variable(name).expect("variable").shape));
+                        block.push((index(name), ir.neg(g)));
+                    }
+                    stages.push(Stage::Block(block));
+                }
+                Kernel::ChromaticGibbs { colours, unit_colours, .. } => {
+                    let var = index(&first.name);
+                    let g = ir.grad(total, &first.name).expect("a coupled variable appears in the energy");
+                    let logits = ir.neg(g);
+                    let info = &vars[var];
+                    let masks = (0..*colours)
+                        .map(|c| {
+                            let per_unit = info.cols * info.rows / unit_colours.len();
+                            let data: Vec<f32> = unit_colours.iter().flat_map(|&u| std::iter::repeat_n(f32::from(u8::from(u == c)), per_unit)).collect();
+                            dev.tensor_from_vec(data, (1, info.rows, info.cols))
+                        })
+                        .collect();
+                    stages.push(Stage::Chromatic { var, logits, masks });
+                }
+                Kernel::SequentialGibbs => stages.push(Stage::Sequential { var: index(&first.name) }),
+                Kernel::Langevin { mala, step, noise, steps, clip, .. } => {
+                    let mut lv = Vec::new();
+                    for name in group {
+                        let g = ir.grad(total, name).unwrap_or_else(|| ir.zeros(&model.variable(name).expect("variable").shape));
+                        lv.push((index(name), g));
+                    }
+                    stages.push(Stage::Langevin { vars: lv, mala: *mala, step: *step as f32, noise: *noise as f32, steps: *steps, clip: clip.map(|c| c as f32) });
+                }
+            }
+        }
+        let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
+        let mut free_energy = total;
+        for name in &summed {
+            free_energy = crate::plan::sum_out(ir, free_energy, model.variable(name).expect("summed variables are declared")).0;
+        }
+        let free_energy = ir.inline_nets(free_energy);
+        let gradients = model.variables.iter().map(|v| (v.name.clone(), ir.grad(total, &v.name).unwrap_or_else(|| ir.zeros(&v.shape)))).collect();
+        let mut set = ChainSet {
+            dev,
+            ir: lowered.ir,
+            leaves: Leaves { tensors },
+            chains,
+            vars,
+            state: BTreeMap::new(),
+            stages,
+            total,
+            free_energy,
+            gradients,
+            accepted: 0.0,
+            proposed: 0,
+            rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
+        };
+        for i in 0..set.vars.len() {
+            let init = set.initial(i);
+            set.state.insert(set.vars[i].name.clone(), init);
+        }
+        Ok(set)
+    }
+
+    fn shape(&self, var: usize) -> (usize, usize, usize) {
+        (self.chains, self.vars[var].rows, self.vars[var].cols)
+    }
+
+    /// A random starting state: uniform over discrete values, N(0, 1) or uniform in the bounds for reals.
+    fn initial(&self, var: usize) -> T3<D> {
+        let shape = self.shape(var);
+        match self.vars[var].domain {
+            Domain::Real { bounds: None } => self.dev.sample_normal_like(&shape),
+            Domain::Real { bounds: Some((lo, hi)) } => self.dev.sample_uniform_like(&shape) * (hi - lo) as f32 + lo as f32,
+            _ => {
+                let zeros: T3<D> = self.dev.zeros_like(&shape);
+                self.draw(var, zeros)
+            }
+        }
+    }
+
+    fn eval(&self, roots: &[Id], vars: &BTreeMap<String, T3<D>>) -> Vec<T3<D>> {
+        Evaluator { ir: &self.ir, dev: &self.dev, leaves: &self.leaves }.eval(roots, vars)
+    }
+
+    /// An exact draw from the conditional with the given logits (−∂E/∂x).
+    fn draw(&self, var: usize, logits: T3<D>) -> T3<D> {
+        let shape = self.shape(var);
+        let logits = expand(logits, shape.0, shape.1, shape.2);
+        let u: T3<D> = self.dev.sample_uniform_like(&shape);
+        let ones: T3<D> = self.dev.ones_like(&shape);
+        match self.vars[var].domain {
+            Domain::Binary => u.lt(&logits.sigmoid()).choose(ones, self.dev.zeros_like(&shape)),
+            Domain::Spin => u.lt(&(logits * 2.0).sigmoid()).choose(ones.clone(), ones.negate()),
+            Domain::Categorical { .. } => {
+                // Gumbel-max: argmax(logits + Gumbel noise) along the category axis.
+                let gumbel = u.clamp(1e-12, 1.0 - 1e-7).ln().negate().ln().negate();
+                let z = logits + gumbel;
+                let best = z.clone().max::<(usize, usize), Axis<2>>().broadcast_like::<_, Axis<2>>(&shape);
+                z.ge(&best).choose(ones, self.dev.zeros_like(&shape))
+            }
+            Domain::Real { .. } => unreachable!("continuous variables are not Gibbs-sampled"),
+        }
+    }
+
+    fn energies(&self, state: &BTreeMap<String, T3<D>>) -> T3<D> {
+        let e = self.eval(&[self.total], state).pop().expect("one root");
+        expand(e, self.chains, 1, 1)
+    }
+
+    fn sequential(&mut self, var: usize) {
+        let info = &self.vars[var];
+        let (rows, cols) = (info.rows, info.cols);
+        let chains = self.chains;
+        let (units, per_unit, values): (usize, usize, Vec<Vec<f32>>) = match info.domain {
+            Domain::Binary => (rows * cols, 1, vec![vec![0.0], vec![1.0]]),
+            Domain::Spin => (rows * cols, 1, vec![vec![-1.0], vec![1.0]]),
+            Domain::Categorical { categories } => (rows, categories, (0..categories).map(|k| (0..categories).map(|j| f32::from(u8::from(j == k))).collect()).collect()),
+            Domain::Real { .. } => unreachable!("continuous variables are not Gibbs-sampled"),
+        };
+        let name = info.name.clone();
+        let mut host = self.state[&name].as_vec();
+        let stride = rows * cols;
+        for unit in 0..units {
+            let mut energies = Vec::with_capacity(values.len());
+            for value in &values {
+                let mut trial = host.clone();
+                for c in 0..chains {
+                    trial[c * stride + unit * per_unit..c * stride + (unit + 1) * per_unit].copy_from_slice(value);
+                }
+                let mut state = self.state.clone();
+                state.insert(name.clone(), self.dev.tensor_from_vec(trial, (chains, rows, cols)));
+                energies.push(self.energies(&state).as_vec());
+            }
+            for c in 0..chains {
+                let low = energies.iter().map(|e| e[c]).fold(f32::INFINITY, f32::min);
+                let weights: Vec<f64> = energies.iter().map(|e| f64::from(low - e[c]).exp()).collect();
+                let mut pick = self.rng.r#gen::<f64>() * weights.iter().sum::<f64>();
+                let mut k = 0;
+                while k + 1 < weights.len() && pick >= weights[k] {
+                    pick -= weights[k];
+                    k += 1;
+                }
+                host[c * stride + unit * per_unit..c * stride + (unit + 1) * per_unit].copy_from_slice(&values[k]);
+            }
+        }
+        let t = self.dev.tensor_from_vec(host, (chains, rows, cols));
+        self.state.insert(name, t);
+    }
+
+    fn langevin(&mut self, vars: &[(usize, Id)], mala: bool, step: f32, noise: f32, clip: Option<f32>) {
+        let grads: Vec<Id> = vars.iter().map(|(_, g)| *g).collect();
+        let gradients = |s: &Self, state: &BTreeMap<String, T3<D>>| -> Vec<T3<D>> {
+            let gs = s.eval(&grads, state);
+            gs.into_iter()
+                .zip(vars)
+                .map(|(g, (v, _))| {
+                    let (b, m, n) = s.shape(*v);
+                    let g = expand(g, b, m, n);
+                    match clip {
+                        Some(c) => g.clamp(-c, c),
+                        None => g,
+                    }
+                })
+                .collect()
+        };
+        let g0 = gradients(self, &self.state);
+        let mut proposal = self.state.clone();
+        for ((v, _), g) in vars.iter().zip(&g0) {
+            let name = &self.vars[*v].name;
+            let shape = self.shape(*v);
+            let z: T3<D> = self.dev.sample_normal_like(&shape);
+            let x = self.state[name].clone() - g.clone() * step + z * noise;
+            proposal.insert(name.clone(), self.reflect(*v, x));
+        }
+        if !mala {
+            self.state = proposal;
+            return;
+        }
+        // Metropolis adjustment: log a = E(x) - E(x') + log q(x | x') - log q(x' | x).
+        let g1 = gradients(self, &proposal);
+        let e0 = self.energies(&self.state);
+        let e1 = self.energies(&proposal);
+        let b = self.chains;
+        let mut log_a = (e0 - e1).reshape_like(&(b,));
+        for (((v, _), ga), gb) in vars.iter().zip(&g0).zip(&g1) {
+            let name = &self.vars[*v].name;
+            let (x, y) = (self.state[name].clone(), proposal[name].clone());
+            let back = (x.clone() - y.clone() + gb.clone() * step).square().sum::<(usize,), Axes2<1, 2>>();
+            let forth = (y - x + ga.clone() * step).square().sum::<(usize,), Axes2<1, 2>>();
+            log_a = log_a + (forth - back) / (4.0 * step);
+        }
+        let u: Tensor<(usize,), f32, D> = self.dev.sample_uniform_like(&(b,));
+        let accept = u.ln().le(&log_a).choose(self.dev.ones_like(&(b,)), self.dev.zeros_like(&(b,)));
+        self.accepted += f64::from(accept.clone().sum::<(), Axis<0>>().as_vec()[0]);
+        self.proposed += b;
+        for (v, _) in vars {
+            let name = self.vars[*v].name.clone();
+            let (_, m, n) = self.shape(*v);
+            let mask = expand(accept.clone().reshape_like(&(b, 1usize, 1usize)), b, m, n);
+            let old = self.state[&name].clone();
+            let new = old.clone() + mask * (proposal[&name].clone() - old);
+            self.state.insert(name, new);
+        }
+    }
+
+    /// Folds a proposal back into the variable's box: lo + |x - lo|, then hi - |hi - x|.
+    fn reflect(&self, var: usize, x: T3<D>) -> T3<D> {
+        match self.vars[var].domain {
+            Domain::Real { bounds: Some((lo, hi)) } => {
+                let (lo, hi) = (lo as f32, hi as f32);
+                let up = (x - lo).abs() + lo;
+                (up.negate() + hi).abs().negate() + hi
+            }
+            _ => x,
+        }
+    }
+
+    fn upload_rows(&self, rows: &Tensors) -> (usize, BTreeMap<String, T3<D>>) {
+        let n = rows.values().next().map_or(0, |t| t.shape[0]);
+        let vars = rows.iter().map(|(name, t)| (name.clone(), upload(&self.dev, t, n))).collect();
+        (n, vars)
+    }
+}
+
+impl<D: Device<f32>> Chains for ChainSet<D> {
+    fn sweep(&mut self) {
+        let stages = std::mem::take(&mut self.stages);
+        for stage in &stages {
+            match stage {
+                Stage::Block(block) => {
+                    let roots: Vec<Id> = block.iter().map(|(_, l)| *l).collect();
+                    let logits = self.eval(&roots, &self.state);
+                    for ((var, _), l) in block.iter().zip(logits) {
+                        let new = self.draw(*var, l);
+                        self.state.insert(self.vars[*var].name.clone(), new);
+                    }
+                }
+                Stage::Chromatic { var, logits, masks } => {
+                    let name = self.vars[*var].name.clone();
+                    for mask in masks {
+                        let l = self.eval(&[*logits], &self.state).pop().expect("one root");
+                        let proposal = self.draw(*var, l);
+                        let (b, m, n) = self.shape(*var);
+                        let old = self.state[&name].clone();
+                        let new = old.clone() + expand(mask.clone(), b, m, n) * (proposal - old);
+                        self.state.insert(name.clone(), new);
+                    }
+                }
+                Stage::Sequential { var } => self.sequential(*var),
+                Stage::Langevin { vars, mala, step, noise, steps, clip } => {
+                    for _ in 0..*steps {
+                        self.langevin(vars, *mala, *step, *noise, *clip);
+                    }
+                }
+            }
+        }
+        self.stages = stages;
+    }
+
+    fn state(&self) -> Tensors {
+        self.vars
+            .iter()
+            .map(|v| {
+                let mut shape = vec![self.chains];
+                shape.extend(&v.shape);
+                (v.name.clone(), HostTensor::new(shape, self.state[&v.name].as_vec()))
+            })
+            .collect()
+    }
+
+    fn set_state(&mut self, state: &Tensors) -> Result<(), String> {
+        for v in &self.vars {
+            let t = state.get(&v.name).ok_or_else(|| format!("no state for `{}`", v.name))?;
+            if t.shape[1..] != v.shape[..] || t.shape[0] != self.chains {
+                return Err(format!("state of `{}` has shape {:?}, expected [{}, {:?}]", v.name, t.shape, self.chains, v.shape));
+            }
+            self.state.insert(v.name.clone(), upload(&self.dev, t, self.chains));
+        }
+        Ok(())
+    }
+
+    fn acceptance(&self) -> Option<f64> {
+        (self.proposed > 0).then(|| self.accepted / self.proposed as f64)
+    }
+
+    fn evaluate(&self, what: Quantity, rows: &Tensors) -> HostTensor {
+        let (n, vars) = self.upload_rows(rows);
+        let (root, var) = match &what {
+            Quantity::Energy => (self.total, None),
+            Quantity::FreeEnergy => (self.free_energy, None),
+            Quantity::Gradient(v) | Quantity::Conditional(v) => {
+                let i = self.vars.iter().position(|x| x.name == *v).unwrap_or_else(|| panic!("no variable `{v}`"));
+                (self.gradients[v], Some(i))
+            }
+        };
+        let value = self.eval(&[root], &vars).pop().expect("one root");
+        let Some(i) = var else {
+            return HostTensor::new(vec![n], expand(value, n, 1, 1).as_vec());
+        };
+        let info = &self.vars[i];
+        let mut shape = vec![n];
+        shape.extend(&info.shape);
+        let g = expand(value, n, info.rows, info.cols);
+        let out = match (&what, &info.domain) {
+            (Quantity::Gradient(_), _) => g,
+            (_, Domain::Binary) => g.negate().sigmoid(),
+            (_, Domain::Spin) => (g * -2.0).sigmoid(),
+            (_, Domain::Categorical { .. }) => g.negate().softmax::<Axis<2>>(),
+            (_, Domain::Real { .. }) => panic!("`{}` is continuous and has no Gibbs conditional", info.name),
+        };
+        HostTensor::new(shape, out.as_vec())
+    }
+}
