@@ -97,7 +97,7 @@ pub fn program_to_graph(model: &Model) -> FactorGraph {
 }
 
 /// Splits a term into parts that add up to it: through `+`, `-`, negation,
-/// sums and scaling by factors that mention no variable.
+/// sums and scaling by scalars that mention no variable.
 fn additive_parts<'a>(e: &'a TExpr, out: &mut Vec<&'a TExpr>) {
     let has_var = |x: &TExpr| {
         let mut found = false;
@@ -109,8 +109,8 @@ fn additive_parts<'a>(e: &'a TExpr, out: &mut Vec<&'a TExpr>) {
             additive_parts(lhs, out);
             additive_parts(rhs, out);
         }
-        TExprKind::Binary { op: BinOp::Mul, lhs, rhs } if !has_var(lhs) => additive_parts(rhs, out),
-        TExprKind::Binary { op: BinOp::Mul | BinOp::Div, lhs, rhs } if !has_var(rhs) => additive_parts(lhs, out),
+        TExprKind::Binary { op: BinOp::Mul, lhs, rhs } if lhs.shape.is_empty() && !has_var(lhs) => additive_parts(rhs, out),
+        TExprKind::Binary { op: BinOp::Mul | BinOp::Div, lhs, rhs } if rhs.shape.is_empty() && !has_var(rhs) => additive_parts(lhs, out),
         TExprKind::Neg(x) | TExprKind::Func { func: Func::Sum | Func::Mean, arg: x } => additive_parts(x, out),
         _ => out.push(e),
     }
@@ -264,25 +264,30 @@ impl FactorGraph {
         let mut consts = BTreeSet::new();
         for name in self.self_couplings(var) {
             let energy = self.model.energies.iter().find(|e| e.name == name).expect("factor is an energy");
-            if self.factors.iter().any(|(f, e)| f == name && e.iter().any(|(n, d)| n == var && *d != Degree::Quadratic)) {
-                return None;
-            }
-            let mut ok = true;
-            let mut found = false;
-            energy.expr.walk(&mut |n| match &n.kind {
-                TExprKind::Const(c) => match self.model.constant(c).map(|c| &c.value) {
-                    Some(ConstValue::Graph(g)) if g.units() == units => {
-                        consts.insert(c.clone());
-                        found = true;
-                    }
-                    _ => ok &= n.shape.is_empty(),
-                },
-                TExprKind::Param(_) | TExprKind::Var(_) if !n.shape.is_empty() => ok &= matches!(&n.kind, TExprKind::Var(x) if x == var),
-                TExprKind::Net { .. } => ok = false,
-                _ => {}
-            });
-            if !ok || !found {
-                return None;
+            let mut parts = Vec::new();
+            additive_parts(&energy.expr, &mut parts);
+            // Only the parts that couple units matter; a field term beside them does not.
+            for part in parts.into_iter().filter(|p| degree(p, v, &self.model).degree().couples_units()) {
+                if degree(part, v, &self.model).degree() != Degree::Quadratic {
+                    return None;
+                }
+                let mut ok = true;
+                let mut found = false;
+                part.walk(&mut |n| match &n.kind {
+                    TExprKind::Const(c) => match self.model.constant(c).map(|c| &c.value) {
+                        Some(ConstValue::Graph(g)) if g.units() == units => {
+                            consts.insert(c.clone());
+                            found = true;
+                        }
+                        _ => ok &= n.shape.is_empty(),
+                    },
+                    TExprKind::Param(_) | TExprKind::Var(_) if !n.shape.is_empty() => ok &= matches!(&n.kind, TExprKind::Var(x) if x == var),
+                    TExprKind::Net { .. } => ok = false,
+                    _ => {}
+                });
+                if !ok || !found {
+                    return None;
+                }
             }
         }
         Some(consts.into_iter().collect())

@@ -18,6 +18,7 @@ pub mod ast;
 pub mod backend;
 pub mod check;
 pub mod diagnostic;
+pub mod export;
 pub mod format;
 pub mod graph;
 pub mod ir;

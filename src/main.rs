@@ -44,6 +44,41 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Run the planned sampler and write the visible variables' samples.
+    Sample {
+        file: PathBuf,
+        #[arg(long)]
+        model: Option<String>,
+        /// Trained parameters: a checkpoint directory or a .safetensors file
+        /// (default: the model's initialisers).
+        #[arg(long)]
+        params: Option<PathBuf>,
+        /// Independent chains (one sample each, unless --every).
+        #[arg(long, default_value_t = 64)]
+        chains: usize,
+        /// Sweeps after burn-in.
+        #[arg(long, default_value_t = 1000)]
+        steps: usize,
+        /// Sweeps before any sample is kept.
+        #[arg(long, default_value_t = 0)]
+        burn_in: usize,
+        /// Keep the chains' states every N sweeps after burn-in (default: only the last).
+        #[arg(long)]
+        every: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write samples as CSV (`.csv`) or NPY (`.npy`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write the final states of an image-shaped visible variable as a PNG grid.
+        #[arg(long)]
+        png: Option<PathBuf>,
+        /// Image size HxW for --png when the variable is not a square (e.g. 28x28).
+        #[arg(long, value_parser = parse_image_shape)]
+        image: Option<(usize, usize)>,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
+    },
     /// Rewrite files in the canonical layout (comments are kept).
     Fmt {
         #[arg(required = true)]
@@ -52,6 +87,27 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+impl From<DeviceArg> for ebmc::backend::DeviceKind {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Cpu => ebmc::backend::DeviceKind::Cpu,
+            DeviceArg::Cuda => ebmc::backend::DeviceKind::Cuda,
+        }
+    }
+}
+
+fn parse_image_shape(s: &str) -> Result<(usize, usize), String> {
+    let (h, w) = s.split_once('x').ok_or("expected HxW, e.g. 28x28")?;
+    let parse = |x: &str| x.trim().parse::<usize>().map_err(|_| format!("`{x}` is not a size; expected HxW, e.g. 28x28"));
+    Ok((parse(h)?, parse(w)?))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -79,6 +135,10 @@ fn main() -> ExitCode {
         Command::Check { files, message_format } => check(&files, message_format),
         Command::Graph { file, format, model } => graph(&file, format, model.as_deref()),
         Command::Plan { file, json, model } => plan(&file, json, model.as_deref()),
+        Command::Sample { file, model, params, chains, steps, burn_in, every, seed, out, png, image, device } => {
+            let opts = SampleArgs { params, chains, steps, burn_in, every, seed, out, png, image, device: device.into() };
+            sample(&file, model.as_deref(), &opts)
+        }
         Command::Fmt { files, check } => fmt(&files, check),
     };
     match result {
@@ -191,6 +251,121 @@ fn plan(path: &Path, json: bool, only: Option<&str>) -> Result<(), Failure> {
         for p in &plans {
             print!("{}", p.to_text());
         }
+    }
+    Ok(())
+}
+
+struct SampleArgs {
+    params: Option<PathBuf>,
+    chains: usize,
+    steps: usize,
+    burn_in: usize,
+    every: Option<usize>,
+    seed: u64,
+    out: Option<PathBuf>,
+    png: Option<PathBuf>,
+    image: Option<(usize, usize)>,
+    device: ebmc::backend::DeviceKind,
+}
+
+/// One model of a file: the named one, or the only one.
+fn one_model<'a>(program: &'a ebmc::program::Program, only: Option<&str>, command: &str) -> Result<&'a ebmc::program::Model, Failure> {
+    let models = selected(program, only)?;
+    if models.len() > 1 {
+        let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+        eprintln!("error: this file has several models ({}); pick one with `ebmc {command} --model NAME`", names.join(", "));
+        return Err(Failure::Input);
+    }
+    Ok(models[0])
+}
+
+fn load_params(path: Option<&Path>, lowered: &ebmc::ir::Lowered, seed: u64) -> Result<ebmc::tensor::Tensors, Failure> {
+    match path {
+        Some(p) => {
+            let file = if p.is_dir() { p.join("params.safetensors") } else { p.to_path_buf() };
+            ebmc::tensor::load_safetensors(&file).map_err(Failure::Io)
+        }
+        None => {
+            eprintln!("note: no --params given; using the model's initialisers (seed {seed})");
+            Ok(ebmc::tensor::initialise(&lowered.params, seed))
+        }
+    }
+}
+
+fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]").expect("valid template"));
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure> {
+    let (source, compiled) = compile(path)?;
+    let model = one_model(&compiled.program, only, "sample")?;
+    let plan = plans(path, &source, &compiled.program)?.into_iter().find(|p| p.model == model.name).ok_or(Failure::Input)?;
+    if a.chains == 0 {
+        return Err(Failure::Io("--chains must be at least 1".into()));
+    }
+    if a.every == Some(0) {
+        return Err(Failure::Io("--every must be at least 1".into()));
+    }
+    let lowered = ebmc::ir::program_to_ir(model);
+    let params = load_params(a.params.as_deref(), &lowered, a.seed)?;
+    let image_var = match &a.png {
+        Some(_) => {
+            let var = model
+                .variables
+                .iter()
+                .filter(|v| v.role == ebmc::ast::Role::Visible)
+                .find(|v| ebmc::export::image_shape(model, &v.name, a.image).is_some())
+                .ok_or_else(|| Failure::Io("no visible variable is image-shaped (a square number of units); give its size with --image HxW".into()))?;
+            Some((var.name.clone(), ebmc::export::image_shape(model, &var.name, a.image).expect("found above")))
+        }
+        None => None,
+    };
+    let mut sampler = ebmc::backend::Sampler::new(model, &plan, &params, a.chains, a.seed, a.device).map_err(Failure::Io)?;
+    let total = a.burn_in + a.steps;
+    let bar = progress(total as u64, "sampling");
+    let mut kept: Vec<ebmc::tensor::Tensors> = Vec::new();
+    for sweep in 1..=total {
+        sampler.sweep();
+        bar.inc(1);
+        if let Some(every) = a.every {
+            if sweep > a.burn_in && (sweep - a.burn_in) % every == 0 {
+                kept.push(sampler.state());
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let last = sampler.state();
+    if kept.is_empty() {
+        kept.push(last.clone());
+    }
+    println!("{} sweeps of {} chains of model {}", total, a.chains, model.name);
+    if let Some(rate) = sampler.acceptance() {
+        println!("MALA acceptance rate: {rate:.3}");
+    }
+    if let Some(out) = &a.out {
+        let mut names = Vec::new();
+        let mut rows = Vec::new();
+        for state in &kept {
+            let (n, r) = ebmc::export::visible_table(model, state);
+            names = n;
+            rows.extend(r);
+        }
+        let bytes = match out.extension().and_then(|e| e.to_str()) {
+            Some("npy") => ebmc::export::npy(&rows),
+            Some("csv") => ebmc::export::csv(&names, &rows).into_bytes(),
+            _ => return Err(Failure::Io(format!("cannot tell the format of `{}`: use a .csv or .npy file name", out.display()))),
+        };
+        ebmc::tensor::write_atomically(out, &bytes).map_err(Failure::Io)?;
+        println!("wrote {} samples ({} columns) to {}", rows.len(), names.len(), out.display());
+    }
+    if let (Some(png), Some((var, (h, w)))) = (&a.png, image_var) {
+        let images = ebmc::export::images_of(model, &last, &var);
+        let scale = if h * w <= 256 { 4 } else { 2 };
+        ebmc::tensor::write_atomically(png, &ebmc::export::png_grid(&images, h, w, scale)).map_err(Failure::Io)?;
+        println!("wrote {} images of {var} ({h}x{w}) to {}", images.len(), png.display());
     }
     Ok(())
 }
