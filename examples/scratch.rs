@@ -1,17 +1,24 @@
+use dfdx::prelude::*;
+use rand::{RngCore, SeedableRng};
 use std::time::Instant;
 fn main() {
-    let path = std::env::args().nth(1).unwrap();
-    let src = std::fs::read_to_string(&path).unwrap();
-    let c = ebmc::compile(&src).unwrap();
-    let (plans, _) = ebmc::plan(&c.program).unwrap();
-    for (m, p) in c.program.models.values().zip(&plans) {
-        let l = ebmc::ir::program_to_ir(m);
-        let params = ebmc::tensor::initialise(&l.params, 1);
-        let mut s = ebmc::backend::Sampler::new(m, p, &params, 16, 3, Default::default()).unwrap();
+    let dev = Cpu::seed_from_u64(0);
+    let a: Tensor<(usize, usize, usize), f32, _> = dev.sample_normal_like(&(100, 1, 784));
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+    for _ in 0..3 {
         let t = Instant::now();
-        for _ in 0..10 { s.sweep(); }
-        let st = s.state();
-        for (k, v) in &st { println!("{} {k} {:?} first {:?} acc {:?} ({:?})", m.name, v.shape, &v.data[..v.data.len().min(8)], s.acceptance(), t.elapsed()); }
-        println!("energy {:?}", &s.energy(&st)[..4]);
+        let mut data = Vec::new();
+        for _ in 0..100 { data = a.as_vec(); }
+        let t_asvec = t.elapsed().as_secs_f64() / 100.0;
+        let t = Instant::now();
+        for _ in 0..100 { for x in data.iter_mut() { *x = 1.0 / (1.0 + (-*x).exp()); } }
+        let t_exp = t.elapsed().as_secs_f64() / 100.0;
+        let t = Instant::now();
+        for _ in 0..100 { for x in data.iter_mut() { let u = (rng.next_u32() >> 8) as f32 * (1.0 / 16_777_216.0); *x = if u < *x { 1.0 } else { 0.0 }; } }
+        let t_rng = t.elapsed().as_secs_f64() / 100.0;
+        let t = Instant::now();
+        for _ in 0..100 { let _t = dev.tensor_from_vec(data.clone(), (100usize, 1usize, 784usize)); }
+        let t_from = t.elapsed().as_secs_f64() / 100.0;
+        println!("as_vec {:.3}ms exp {:.3}ms rng {:.3}ms from_vec(+clone) {:.3}ms", t_asvec*1e3, t_exp*1e3, t_rng*1e3, t_from*1e3);
     }
 }

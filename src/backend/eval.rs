@@ -6,7 +6,7 @@
 //! an op needs it, and products of a batch with a shared matrix run as one
 //! GEMM.
 
-use super::T3;
+use super::{Kernels, T3};
 use crate::ir::{Id, Ir, Op, Unary};
 use dfdx::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -21,9 +21,11 @@ pub fn canon(shape: &[usize]) -> (usize, usize) {
     }
 }
 
-/// Shared tensors of a model: parameters and constants, by name.
+/// Shared tensors of a model: parameters and constants, by name, and the
+/// neighbour lists of lattice constants (products with them are sparse).
 pub struct Leaves<D: Device<f32>, T> {
     pub tensors: BTreeMap<String, T3<D, T>>,
+    pub lattices: BTreeMap<String, Vec<Vec<usize>>>,
 }
 
 /// Broadcasts `t` to `(b, m, n)` along whichever axes are 1 in `t` and not in the target.
@@ -51,7 +53,7 @@ pub struct Evaluator<'a, D: Device<f32>, T> {
     pub leaves: &'a Leaves<D, T>,
 }
 
-impl<'a, D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a, D, T> {
+impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a, D, T> {
     pub fn eval(&self, roots: &[Id], vars: &BTreeMap<String, T3<D, T>>) -> Vec<T3<D, T>> {
         let mut order: Vec<Id> = roots.iter().flat_map(|r| self.ir.cone(*r)).collect();
         order.sort();
@@ -95,6 +97,15 @@ impl<'a, D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator
             }
             Op::MatMul(a, b) => {
                 let (ra, rb) = (self.ir.shape(*a).len(), self.ir.shape(*b).len());
+                if let Some(neighbours) = self.lattice_product(*a, *b) {
+                    let (dense, y) = (arg(*a), arg(*b));
+                    let (by, my, ny) = *y.shape();
+                    // A vector is a column of units; a matrix has units as rows.
+                    let col = if rb == 1 { y.reshape_like(&(by, ny, 1usize)) } else { y };
+                    let untaped = col.retaped::<NoneTape>();
+                    let out = self.dev.neighbour_sum(untaped, neighbours, &dense.retaped::<NoneTape>()).retaped::<T>();
+                    return if rb == 1 { out.reshape_like(&(by, 1usize, ny)) } else { out.reshape_like(&(by, my, ny)) };
+                }
                 let (x, y) = (arg(*a), arg(*b));
                 matmul(x, y, ra, rb)
             }
@@ -156,6 +167,17 @@ impl<'a, D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator
             }
             Op::Net(..) => unreachable!("nets are inlined before evaluation"),
         }
+    }
+}
+
+impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a, D, T> {
+    /// The neighbour lists when `a @ b` multiplies a lattice constant by
+    /// something that holds no parameter (so no gradient has to pass through).
+    fn lattice_product(&self, a: Id, b: Id) -> Option<&'a Vec<Vec<usize>>> {
+        let Op::Const(name) = &self.ir.node(a).op else { return None };
+        let neighbours = self.leaves.lattices.get(name)?;
+        let free = self.ir.cone(b).iter().all(|n| !matches!(self.ir.node(*n).op, Op::Param(_)));
+        free.then_some(neighbours)
     }
 }
 

@@ -13,11 +13,111 @@ use crate::program::{Domain, Model};
 use crate::tensor::{constants, HostTensor, Tensors};
 use dfdx::prelude::*;
 use eval::{canon, expand, Evaluator, Leaves};
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use std::collections::BTreeMap;
 
 /// A batch of per-example values: `(batch, rows, cols)`.
 pub(crate) type T3<D, T = NoneTape> = Tensor<(usize, usize, usize), f32, D, T>;
+
+/// Device-specific kernels that dfdx has no single op for. The Bernoulli
+/// draw of a Gibbs update is the hot loop of every discrete sampler: on the
+/// CPU it runs as one fused pass (sigmoid, uniform draw, compare) instead of
+/// six tensor ops; other devices compose dfdx ops.
+pub(crate) trait Kernels: Device<f32> {
+    /// `hi` where u < sigmoid(scale * (logits + bias)), else `lo`, elementwise;
+    /// `bias` is one per-example value shared by the whole batch.
+    fn bernoulli(&self, logits: T3<Self>, bias: Option<T3<Self>>, scale: f32, hi: f32, lo: f32, rng: &mut rand::rngs::SmallRng) -> T3<Self>;
+
+    /// `A @ x` for a 0/1 lattice adjacency `A` given by its neighbour lists
+    /// (`dense` is the same matrix, for devices without a gather kernel):
+    /// x is `(batch, units, k)`, each output unit the sum of its neighbours.
+    fn neighbour_sum(&self, x: T3<Self>, neighbours: &[Vec<usize>], dense: &T3<Self>) -> T3<Self>;
+}
+
+impl Kernels for Cpu {
+    fn bernoulli(&self, logits: T3<Self>, bias: Option<T3<Self>>, scale: f32, hi: f32, lo: f32, rng: &mut rand::rngs::SmallRng) -> T3<Self> {
+        let logits = logits.contiguous();
+        let shape = *logits.shape();
+        let mut data = vec![0.0; shape.num_elements()];
+        logits.copy_into(&mut data);
+        let row = shape.1 * shape.2;
+        let bias = match bias {
+            Some(b) => expand(b, 1, shape.1, shape.2).contiguous().as_vec(),
+            None => vec![0.0; row],
+        };
+        // Two passes: the first is branch- and call-free so it vectorises, the second draws.
+        for chunk in data.chunks_mut(row) {
+            for (x, b) in chunk.iter_mut().zip(&bias) {
+                *x = 1.0 / (1.0 + fast_exp(-scale * (*x + b)));
+            }
+        }
+        for pair in data.chunks_mut(2) {
+            // Two 24-bit uniforms per 64 random bits: u < p with u uniform on [0, 1).
+            let r = rng.next_u64();
+            for (k, x) in pair.iter_mut().enumerate() {
+                let u = ((r >> (40 * k)) & 0xff_ffff) as f32 * (1.0 / 16_777_216.0);
+                *x = if u < *x { hi } else { lo };
+            }
+        }
+        self.tensor_from_vec(data, shape)
+    }
+
+    fn neighbour_sum(&self, x: T3<Self>, neighbours: &[Vec<usize>], _dense: &T3<Self>) -> T3<Self> {
+        neighbour_sum_host(self, x, neighbours)
+    }
+}
+
+/// `A @ x` for a lattice on the CPU: each unit sums its neighbours.
+fn neighbour_sum_host(dev: &Cpu, x: T3<Cpu>, neighbours: &[Vec<usize>]) -> T3<Cpu> {
+    let x = x.contiguous();
+    let (b, n, k) = *x.shape();
+    let mut input = vec![0.0; b * n * k];
+    x.copy_into(&mut input);
+    let mut out = vec![0.0; b * n * k];
+    for (src, dst) in input.chunks(n * k).zip(out.chunks_mut(n * k)) {
+        for (i, ns) in neighbours.iter().enumerate() {
+            let row = &mut dst[i * k..(i + 1) * k];
+            for &j in ns {
+                for (o, v) in row.iter_mut().zip(&src[j * k..(j + 1) * k]) {
+                    *o += v;
+                }
+            }
+        }
+    }
+    dev.tensor_from_vec(out, (b, n, k))
+}
+
+/// exp(x) to within 2e-7 relative error, branch- and call-free so loops
+/// vectorise: 2^n through the exponent bits, 2^f (|f| <= 1/2) by a degree-6
+/// polynomial. Rounding adds and subtracts 1.5 * 2^23 (no SSE4.1 needed).
+#[inline(always)]
+fn fast_exp(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0;
+    let y = (x * std::f32::consts::LOG2_E).clamp(-126.0, 126.0);
+    let n = (y + ROUND) - ROUND;
+    let f = y - n;
+    let p = 1.0 + f * (0.693_147_2 + f * (0.240_226_5 + f * (0.055_504_11 + f * (0.009_618_129 + f * (0.001_333_355_8 + f * 0.000_154_035_3)))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+#[cfg(feature = "cuda")]
+impl Kernels for Cuda {
+    fn bernoulli(&self, logits: T3<Self>, bias: Option<T3<Self>>, scale: f32, hi: f32, lo: f32, _rng: &mut rand::rngs::SmallRng) -> T3<Self> {
+        let shape = *logits.shape();
+        let logits = match bias {
+            Some(b) => logits + expand(b, shape.0, shape.1, shape.2),
+            None => logits,
+        };
+        let u: T3<Self> = self.sample_uniform_like(&shape);
+        let p = (logits * scale).sigmoid();
+        u.lt(&p).choose(self.ones_like(&shape) * hi, self.ones_like(&shape) * lo)
+    }
+
+    fn neighbour_sum(&self, x: T3<Self>, _neighbours: &[Vec<usize>], dense: &T3<Self>) -> T3<Self> {
+        let (b, n, _) = *x.shape();
+        expand(dense.clone(), b, n, n).matmul(x)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -110,7 +210,8 @@ struct VarInfo {
 }
 
 enum Stage<D: Device<f32>> {
-    Block(Vec<(usize, Id)>),
+    /// Per variable: the logits' terms that depend on the chains, and those shared by all chains.
+    Block(Vec<(usize, Id, Option<Id>)>),
     Chromatic { var: usize, logits: Id, masks: Vec<T3<D>> },
     Sequential { var: usize },
     Langevin { vars: Vec<(usize, Id)>, mala: bool, step: f32, noise: f32, steps: usize, clip: Option<f32> },
@@ -130,6 +231,35 @@ struct ChainSet<D: Device<f32>> {
     accepted: f64,
     proposed: usize,
     rng: rand::rngs::StdRng,
+    fast_rng: rand::rngs::SmallRng,
+}
+
+/// Splits a sum into the terms that depend on some variable and those that
+/// do not (biases), so a bias is added inside the sampling kernel instead of
+/// as a separate broadcast pass over the batch.
+fn split_shared(ir: &mut Ir, root: Id) -> (Id, Option<Id>) {
+    let mut terms = Vec::new();
+    let mut stack = vec![(root, 1.0)];
+    while let Some((id, sign)) = stack.pop() {
+        match ir.node(id).op {
+            ir::Op::Add(a, b) => stack.extend([(b, sign), (a, sign)]),
+            ir::Op::Sub(a, b) => stack.extend([(b, -sign), (a, sign)]),
+            _ => terms.push((id, sign)),
+        }
+    }
+    let has_var = |ir: &Ir, id: Id| ir.cone(id).iter().any(|n| matches!(ir.node(*n).op, ir::Op::Var(_)));
+    let (batched, shared): (Vec<_>, Vec<_>) = terms.into_iter().partition(|(id, _)| has_var(ir, *id));
+    if batched.is_empty() || shared.is_empty() {
+        return (root, None);
+    }
+    let shape = ir.shape(root).clone();
+    let sum = |ir: &mut Ir, parts: Vec<(Id, f64)>| {
+        let zero = ir.zeros(&shape);
+        parts.into_iter().fold(zero, |acc, (id, sign)| if sign > 0.0 { ir.add(acc, id) } else { ir.sub(acc, id) })
+    };
+    let b = sum(ir, batched);
+    let s = sum(ir, shared);
+    (b, Some(s))
 }
 
 fn upload<D: Device<f32>>(dev: &D, t: &HostTensor, batch: usize) -> T3<D> {
@@ -138,7 +268,7 @@ fn upload<D: Device<f32>>(dev: &D, t: &HostTensor, batch: usize) -> T3<D> {
     dev.tensor_from_vec(t.data.clone(), (batch, m, n))
 }
 
-impl<D: Device<f32>> ChainSet<D> {
+impl<D: Kernels> ChainSet<D> {
     fn new(dev: D, model: &Model, plan: &Plan, params: &Tensors, chains: usize, seed: u64) -> Result<Self, String> {
         let mut lowered = ir::program_to_ir(model);
         let total = lowered.ir.inline_nets(lowered.total);
@@ -153,6 +283,14 @@ impl<D: Device<f32>> ChainSet<D> {
         for (name, t) in constants(model) {
             tensors.insert(name, upload(&dev, &t, 1));
         }
+        let lattices = model
+            .consts
+            .iter()
+            .filter_map(|c| match &c.value {
+                crate::program::ConstValue::Graph(g) => Some((c.name.clone(), crate::graph::lattice_adjacency(g))),
+                _ => None,
+            })
+            .collect();
         let vars: Vec<VarInfo> = model
             .variables
             .iter()
@@ -171,7 +309,9 @@ impl<D: Device<f32>> ChainSet<D> {
                     let mut block = Vec::new();
                     for name in group {
                         let g = ir.grad(total, name).unwrap_or_else(|| ir.zeros(&model.variable(name).expect("variable").shape));
-                        block.push((index(name), ir.neg(g)));
+                        let logits = ir.neg(g);
+                        let (batched, shared) = split_shared(ir, logits);
+                        block.push((index(name), batched, shared));
                     }
                     stages.push(Stage::Block(block));
                 }
@@ -210,7 +350,7 @@ impl<D: Device<f32>> ChainSet<D> {
         let mut set = ChainSet {
             dev,
             ir: lowered.ir,
-            leaves: Leaves { tensors },
+            leaves: Leaves { tensors, lattices },
             chains,
             vars,
             state: BTreeMap::new(),
@@ -221,6 +361,7 @@ impl<D: Device<f32>> ChainSet<D> {
             accepted: 0.0,
             proposed: 0,
             rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
+            fast_rng: rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5851_f42d_4c95_7f2d),
         };
         for i in 0..set.vars.len() {
             let init = set.initial(i);
@@ -234,7 +375,7 @@ impl<D: Device<f32>> ChainSet<D> {
     }
 
     /// A random starting state: uniform over discrete values, N(0, 1) or uniform in the bounds for reals.
-    fn initial(&self, var: usize) -> T3<D> {
+    fn initial(&mut self, var: usize) -> T3<D> {
         let shape = self.shape(var);
         match self.vars[var].domain {
             Domain::Real { bounds: None } => self.dev.sample_normal_like(&shape),
@@ -251,15 +392,28 @@ impl<D: Device<f32>> ChainSet<D> {
     }
 
     /// An exact draw from the conditional with the given logits (−∂E/∂x).
-    fn draw(&self, var: usize, logits: T3<D>) -> T3<D> {
+    fn draw(&mut self, var: usize, logits: T3<D>) -> T3<D> {
+        self.draw_with_bias(var, logits, None)
+    }
+
+    /// `draw` with logits given as chain-dependent terms plus shared ones.
+    fn draw_with_bias(&mut self, var: usize, logits: T3<D>, bias: Option<T3<D>>) -> T3<D> {
         let shape = self.shape(var);
         let logits = expand(logits, shape.0, shape.1, shape.2);
-        let u: T3<D> = self.dev.sample_uniform_like(&shape);
-        let ones: T3<D> = self.dev.ones_like(&shape);
         match self.vars[var].domain {
-            Domain::Binary => u.lt(&logits.sigmoid()).choose(ones, self.dev.zeros_like(&shape)),
-            Domain::Spin => u.lt(&(logits * 2.0).sigmoid()).choose(ones.clone(), ones.negate()),
+            Domain::Binary => return self.dev.bernoulli(logits, bias, 1.0, 1.0, 0.0, &mut self.fast_rng),
+            Domain::Spin => return self.dev.bernoulli(logits, bias, 2.0, 1.0, -1.0, &mut self.fast_rng),
+            _ => {}
+        }
+        let logits = match bias {
+            Some(b) => logits + expand(b, shape.0, shape.1, shape.2),
+            None => logits,
+        };
+        match self.vars[var].domain {
+            Domain::Binary | Domain::Spin => unreachable!("handled above"),
             Domain::Categorical { .. } => {
+                let u: T3<D> = self.dev.sample_uniform_like(&shape);
+                let ones: T3<D> = self.dev.ones_like(&shape);
                 // Gumbel-max: argmax(logits + Gumbel noise) along the category axis.
                 let gumbel = u.clamp(1e-12, 1.0 - 1e-7).ln().negate().ln().negate();
                 let z = logits + gumbel;
@@ -390,16 +544,18 @@ impl<D: Device<f32>> ChainSet<D> {
     }
 }
 
-impl<D: Device<f32>> Chains for ChainSet<D> {
+impl<D: Kernels> Chains for ChainSet<D> {
     fn sweep(&mut self) {
         let stages = std::mem::take(&mut self.stages);
         for stage in &stages {
             match stage {
                 Stage::Block(block) => {
-                    let roots: Vec<Id> = block.iter().map(|(_, l)| *l).collect();
-                    let logits = self.eval(&roots, &self.state);
-                    for ((var, _), l) in block.iter().zip(logits) {
-                        let new = self.draw(*var, l);
+                    let roots: Vec<Id> = block.iter().flat_map(|(_, l, b)| std::iter::once(*l).chain(*b)).collect();
+                    let mut values = self.eval(&roots, &self.state).into_iter();
+                    for (var, _, shared) in block {
+                        let logits = values.next().expect("one value per root");
+                        let bias = shared.map(|_| values.next().expect("one value per root"));
+                        let new = self.draw_with_bias(*var, logits, bias);
                         self.state.insert(self.vars[*var].name.clone(), new);
                     }
                 }
