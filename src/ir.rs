@@ -988,6 +988,20 @@ impl Ir {
         result
     }
 
+    /// The directional second derivative `H v` of the scalar `root` in
+    /// variable `var`, along the direction held in variable `direction`
+    /// (same shape): the gradient of `∇E · v`. Score matching needs
+    /// `vᵀ H v` (sliced) or the diagonal of `H` (exact, one direction per
+    /// coordinate).
+    pub fn hessian_vector(&mut self, root: Id, var: &str, direction: &str) -> Option<Id> {
+        let g = self.grad(root, var)?;
+        let shape = self.shape(g).clone();
+        let v = self.var(direction, &shape);
+        let gv = self.mul(g, v);
+        let dot = self.sum(gv);
+        self.grad(dot, var)
+    }
+
     /// f'(a) for `node = f(a)`; `None` where it is zero almost everywhere.
     fn derivative(&mut self, f: Unary, a: Id, node: Id) -> Option<Id> {
         Some(match f {

@@ -85,3 +85,39 @@ fn fmt_refuses_files_with_syntax_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("E0001"));
 }
+
+#[test]
+fn sample_runs_on_every_zoo_model_and_draws_image_grids() {
+    let dir = std::env::temp_dir().join(format!("ebmc-sample-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in zoo() {
+        let stem = Path::new(&file).file_stem().unwrap().to_string_lossy().to_string();
+        let csv = dir.join(format!("{stem}.csv"));
+        let out = ebmc(&["sample", &file, "--chains", "4", "--steps", "3", "--seed", "1", "--out", csv.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = std::fs::read_to_string(&csv).unwrap();
+        assert_eq!(text.lines().count(), 5, "{file}: header and one row per chain");
+    }
+    for image_model in ["models/rbm.ebm", "models/ising.ebm", "models/potts.ebm"] {
+        let png = dir.join("grid.png");
+        let out = ebmc(&["sample", image_model, "--chains", "9", "--steps", "2", "--png", png.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{image_model}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    }
+    let npy = dir.join("s.npy");
+    assert_eq!(ebmc(&["sample", "models/bars.ebm", "--chains", "2", "--steps", "1", "--out", npy.to_str().unwrap()]).status.code(), Some(0));
+    assert_eq!(&std::fs::read(&npy).unwrap()[..6], b"\x93NUMPY");
+    // Same seed, same samples.
+    let a = ebmc(&["sample", "models/bars.ebm", "--chains", "3", "--steps", "5", "--seed", "4", "--out", dir.join("a.csv").to_str().unwrap()]);
+    let b = ebmc(&["sample", "models/bars.ebm", "--chains", "3", "--steps", "5", "--seed", "4", "--out", dir.join("b.csv").to_str().unwrap()]);
+    assert!(a.status.success() && b.status.success());
+    assert_eq!(std::fs::read(dir.join("a.csv")).unwrap(), std::fs::read(dir.join("b.csv")).unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sample_refuses_png_for_non_image_models() {
+    let out = ebmc(&["sample", "models/ring.ebm", "--steps", "1", "--png", "/tmp/never.png"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--image HxW"));
+}

@@ -130,3 +130,39 @@ fn dfdx_backend_matches_the_reference_interpreter() {
     }
     assert!(compared >= 30, "too few expressions compared: {compared}");
 }
+
+#[test]
+fn hessian_vector_products_match_finite_differences_of_the_gradient() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let mut checked = 0;
+    for case in 0..100 {
+        let depth = rng.gen_range(1..4);
+        let e = expr(&mut rng, false, depth);
+        if e.contains("relu") || e.contains("abs") {
+            continue; // second derivatives of kinks are zero almost everywhere but not differentiable at them
+        }
+        let (_, mut lowered) = compile(&e);
+        let params = ebmc::tensor::initialise(&lowered.params, case);
+        let root = lowered.ir.inline_nets(lowered.energies[0].1);
+        let Some(g) = lowered.ir.grad(root, "x") else { continue };
+        let Some(hv) = lowered.ir.hessian_vector(root, "x", "dir") else { continue };
+        let x: Vec<f64> = (0..3).map(|_| rng.gen_range(-1.5..1.5)).collect();
+        let dir: Vec<f64> = (0..3).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let mut at = leaves(&params, &x);
+        at.insert("dir".into(), RefValue { shape: vec![3], data: dir.clone() });
+        let got = lowered.ir.eval_reference(hv, &at).data;
+        let h = 1e-5;
+        let shifted = |sign: f64| {
+            let xs: Vec<f64> = x.iter().zip(&dir).map(|(a, d)| a + sign * h * d).collect();
+            lowered.ir.eval_reference(g, &leaves(&params, &xs)).data
+        };
+        let (plus, minus) = (shifted(1.0), shifted(-1.0));
+        for i in 0..3 {
+            let fd = (plus[i] - minus[i]) / (2.0 * h);
+            let tol = 1e-4 * (1.0 + fd.abs().max(got[i].abs()));
+            assert!((fd - got[i]).abs() <= tol, "(H v)[{i}] of {e}: symbolic {} vs finite difference {fd}", got[i]);
+        }
+        checked += 1;
+    }
+    assert!(checked > 40, "too few cases: {checked}");
+}

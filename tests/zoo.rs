@@ -26,6 +26,14 @@ fn zoo_models_through_every_stage() {
             plan_text.push_str(&plan.to_text());
         }
         insta::assert_snapshot!("graph", graph_text);
+        let mut ir_text = String::new();
+        for model in compiled.program.models.values() {
+            let lowered = ebmc::ir::program_to_ir(model);
+            let mut roots = lowered.energies.clone();
+            roots.push(("total".into(), lowered.total));
+            ir_text.push_str(&format!("model {}\n{}", model.name, lowered.ir.listing(&roots)));
+        }
+        insta::assert_snapshot!("ir", ir_text);
         insta::assert_snapshot!("plan", plan_text);
         // Planning twice gives byte-identical JSON.
         let again = ebmc::plan(&compiled.program).unwrap().0;
