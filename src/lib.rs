@@ -17,6 +17,7 @@
 pub mod ast;
 pub mod backend;
 pub mod check;
+pub mod data;
 pub mod diagnostic;
 pub mod export;
 pub mod format;

@@ -248,9 +248,12 @@ pub static REGULARIZERS: &[Signature] = &[
 ];
 
 pub static DATA_SOURCES: &[Signature] = &[
-    Signature { name: "csv", options: &[opt!("path", Str, Required), opt!("header", Flag, Absent)] },
-    Signature { name: "npy", options: &[opt!("path", Str, Required)] },
-    Signature { name: "idx", options: &[opt!("path", Str, Required), opt!("scale", Positive, Num(1.0))] },
+    Signature {
+        name: "csv",
+        options: &[opt!("path", Str, Required), opt!("header", Flag, Absent), opt!("binarize", Real, Absent), opt!("scale", Positive, Num(1.0))],
+    },
+    Signature { name: "npy", options: &[opt!("path", Str, Required), opt!("binarize", Real, Absent), opt!("scale", Positive, Num(1.0))] },
+    Signature { name: "idx", options: &[opt!("path", Str, Required), opt!("binarize", Real, Absent), opt!("scale", Positive, Num(1.0))] },
     Signature { name: "digits", options: &[opt!("binarize", NonNegative, Absent), opt!("scale", Positive, Num(1.0))] },
     Signature { name: "bars_and_stripes", options: &[opt!("size", Whole { min: 2 }, Int(4))] },
     Signature {

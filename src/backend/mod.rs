@@ -14,6 +14,7 @@ use crate::tensor::{constants, HostTensor, Tensors};
 use dfdx::prelude::*;
 use eval::{canon, expand, Evaluator, Leaves};
 use rand::{Rng, RngCore, SeedableRng};
+use rand_distr::Distribution;
 use std::collections::BTreeMap;
 
 /// A batch of per-example values: `(batch, rows, cols)`.
@@ -27,6 +28,9 @@ pub(crate) trait Kernels: Device<f32> {
     /// `hi` where u < sigmoid(scale * (logits + bias)), else `lo`, elementwise;
     /// `bias` is one per-example value shared by the whole batch.
     fn bernoulli(&self, logits: T3<Self>, bias: Option<T3<Self>>, scale: f32, hi: f32, lo: f32, rng: &mut rand::rngs::SmallRng) -> T3<Self>;
+
+    /// A one-hot draw along the last axis from softmax(logits).
+    fn categorical(&self, logits: T3<Self>, rng: &mut rand::rngs::SmallRng) -> T3<Self>;
 
     /// `A @ x` for a 0/1 lattice adjacency `A` given by its neighbour lists
     /// (`dense` is the same matrix, for devices without a gather kernel):
@@ -64,6 +68,35 @@ impl Kernels for Cpu {
 
     fn neighbour_sum(&self, x: T3<Self>, neighbours: &[Vec<usize>], _dense: &T3<Self>) -> T3<Self> {
         neighbour_sum_host(self, x, neighbours)
+    }
+
+    fn categorical(&self, logits: T3<Self>, rng: &mut rand::rngs::SmallRng) -> T3<Self> {
+        let logits = logits.contiguous();
+        let shape = *logits.shape();
+        let mut data = vec![0.0; shape.num_elements()];
+        logits.copy_into(&mut data);
+        // Inverse CDF per row: one uniform, exact, no ties.
+        for row in data.chunks_mut(shape.2) {
+            let top = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0.0f64;
+            for x in row.iter_mut() {
+                *x = (*x - top).exp();
+                total += f64::from(*x);
+            }
+            let mut u = rng.r#gen::<f64>() * total;
+            let mut pick = row.len() - 1;
+            for (k, x) in row.iter().enumerate() {
+                u -= f64::from(*x);
+                if u < 0.0 {
+                    pick = k;
+                    break;
+                }
+            }
+            for (k, x) in row.iter_mut().enumerate() {
+                *x = f32::from(u8::from(k == pick));
+            }
+        }
+        self.tensor_from_vec(data, shape)
     }
 }
 
@@ -116,6 +149,16 @@ impl Kernels for Cuda {
     fn neighbour_sum(&self, x: T3<Self>, _neighbours: &[Vec<usize>], dense: &T3<Self>) -> T3<Self> {
         let (b, n, _) = *x.shape();
         expand(dense.clone(), b, n, n).matmul(x)
+    }
+
+    fn categorical(&self, logits: T3<Self>, _rng: &mut rand::rngs::SmallRng) -> T3<Self> {
+        // Gumbel-max: argmax(logits + Gumbel noise) along the category axis.
+        let shape = *logits.shape();
+        let u: T3<Self> = self.sample_uniform_like(&shape);
+        let gumbel = u.clamp(1e-12, 1.0 - 1e-7).ln().negate().ln().negate();
+        let z = logits + gumbel;
+        let best = z.clone().max::<(usize, usize), Axis<2>>().broadcast_like::<_, Axis<2>>(&shape);
+        z.ge(&best).choose(self.ones_like(&shape), self.zeros_like(&shape))
     }
 }
 
@@ -370,6 +413,25 @@ impl<D: Kernels> ChainSet<D> {
         Ok(set)
     }
 
+    /// Uniform [0, 1) draws from the chains' own generator, so that every
+    /// random number of a run follows from its seed (and `reseed`).
+    fn uniform(&mut self, shape: (usize, usize, usize)) -> T3<D> {
+        let n = shape.0 * shape.1 * shape.2;
+        let data: Vec<f32> = (0..n).map(|_| (self.fast_rng.next_u32() >> 8) as f32 * (1.0 / 16_777_216.0)).collect();
+        self.dev.tensor_from_vec(data, shape)
+    }
+
+    fn normal(&mut self, shape: (usize, usize, usize)) -> T3<D> {
+        let n = shape.0 * shape.1 * shape.2;
+        let data: Vec<f32> = (0..n).map(|_| rand_distr::StandardNormal.sample(&mut self.fast_rng)).collect();
+        self.dev.tensor_from_vec(data, shape)
+    }
+
+    fn reseed(&mut self, seed: u64) {
+        self.rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+        self.fast_rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5851_f42d_4c95_7f2d);
+    }
+
     fn shape(&self, var: usize) -> (usize, usize, usize) {
         (self.chains, self.vars[var].rows, self.vars[var].cols)
     }
@@ -378,8 +440,8 @@ impl<D: Kernels> ChainSet<D> {
     fn initial(&mut self, var: usize) -> T3<D> {
         let shape = self.shape(var);
         match self.vars[var].domain {
-            Domain::Real { bounds: None } => self.dev.sample_normal_like(&shape),
-            Domain::Real { bounds: Some((lo, hi)) } => self.dev.sample_uniform_like(&shape) * (hi - lo) as f32 + lo as f32,
+            Domain::Real { bounds: None } => self.normal(shape),
+            Domain::Real { bounds: Some((lo, hi)) } => self.uniform(shape) * (hi - lo) as f32 + lo as f32,
             _ => {
                 let zeros: T3<D> = self.dev.zeros_like(&shape);
                 self.draw(var, zeros)
@@ -411,15 +473,7 @@ impl<D: Kernels> ChainSet<D> {
         };
         match self.vars[var].domain {
             Domain::Binary | Domain::Spin => unreachable!("handled above"),
-            Domain::Categorical { .. } => {
-                let u: T3<D> = self.dev.sample_uniform_like(&shape);
-                let ones: T3<D> = self.dev.ones_like(&shape);
-                // Gumbel-max: argmax(logits + Gumbel noise) along the category axis.
-                let gumbel = u.clamp(1e-12, 1.0 - 1e-7).ln().negate().ln().negate();
-                let z = logits + gumbel;
-                let best = z.clone().max::<(usize, usize), Axis<2>>().broadcast_like::<_, Axis<2>>(&shape);
-                z.ge(&best).choose(ones, self.dev.zeros_like(&shape))
-            }
+            Domain::Categorical { .. } => self.dev.categorical(logits, &mut self.fast_rng),
             Domain::Real { .. } => unreachable!("continuous variables are not Gibbs-sampled"),
         }
     }
@@ -488,10 +542,10 @@ impl<D: Kernels> ChainSet<D> {
         let g0 = gradients(self, &self.state);
         let mut proposal = self.state.clone();
         for ((v, _), g) in vars.iter().zip(&g0) {
-            let name = &self.vars[*v].name;
+            let name = self.vars[*v].name.clone();
             let shape = self.shape(*v);
-            let z: T3<D> = self.dev.sample_normal_like(&shape);
-            let x = self.state[name].clone() - g.clone() * step + z * noise;
+            let z: T3<D> = self.normal(shape);
+            let x = self.state[&name].clone() - g.clone() * step + z * noise;
             proposal.insert(name.clone(), self.reflect(*v, x));
         }
         if !mala {
@@ -511,7 +565,7 @@ impl<D: Kernels> ChainSet<D> {
             let forth = (y - x + ga.clone() * step).square().sum::<(usize,), Axes2<1, 2>>();
             log_a = log_a + (forth - back) / (4.0 * step);
         }
-        let u: Tensor<(usize,), f32, D> = self.dev.sample_uniform_like(&(b,));
+        let u = self.uniform((b, 1, 1)).reshape_like(&(b,));
         let accept = u.ln().le(&log_a).choose(self.dev.ones_like(&(b,)), self.dev.zeros_like(&(b,)));
         self.accepted += f64::from(accept.clone().sum::<(), Axis<0>>().as_vec()[0]);
         self.proposed += b;
