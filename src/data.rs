@@ -134,9 +134,24 @@ impl Dataset {
     }
 }
 
+/// A relative path is tried from the working directory, then from `base`
+/// (the model file's directory).
 fn resolve(base: &Path, src: &Call) -> PathBuf {
     let p = PathBuf::from(src.options.get("path").and_then(Value::as_str).unwrap_or_default());
-    if p.is_absolute() { p } else { base.join(p) }
+    if p.is_absolute() || p.exists() { p } else { base.join(p) }
+}
+
+/// The data spec with its file replaced by `path` (the `--data` option):
+/// same binding, the format from the file name.
+pub fn with_file(spec: &DataSpec, path: &Path) -> DataSpec {
+    let kind = match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => "npy",
+        Some("idx") | Some("ubyte") => "idx",
+        _ => "csv",
+    };
+    let mut options = if spec.source.name == kind { spec.source.options.clone() } else { Default::default() };
+    options.insert("path".into(), Value::Str(path.display().to_string()));
+    DataSpec { source: Call { name: kind.into(), options, span: spec.source.span }, binding: spec.binding.clone(), span: spec.span }
 }
 
 /// Applies `scale` and then `binarize` (values at or above the threshold become 1).

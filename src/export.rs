@@ -148,3 +148,139 @@ pub fn image_shape(model: &Model, var: &str, given: Option<(usize, usize)>) -> O
         }
     }
 }
+
+/// 3x5 pixel glyphs (rows top to bottom, 3 bits each, high bit left).
+fn glyph(c: char) -> [u8; 5] {
+    match c.to_ascii_uppercase() {
+        '0' => [7, 5, 5, 5, 7],
+        '1' => [2, 6, 2, 2, 7],
+        '2' => [7, 1, 7, 4, 7],
+        '3' => [7, 1, 7, 1, 7],
+        '4' => [5, 5, 7, 1, 1],
+        '5' => [7, 4, 7, 1, 7],
+        '6' => [7, 4, 7, 5, 7],
+        '7' => [7, 1, 1, 1, 1],
+        '8' => [7, 5, 7, 5, 7],
+        '9' => [7, 5, 7, 1, 7],
+        '.' => [0, 0, 0, 0, 2],
+        '-' => [0, 0, 7, 0, 0],
+        '(' => [1, 2, 2, 2, 1],
+        ')' => [4, 2, 2, 2, 4],
+        'A' => [2, 5, 7, 5, 5],
+        'B' => [6, 5, 6, 5, 6],
+        'C' => [7, 4, 4, 4, 7],
+        'D' => [6, 5, 5, 5, 6],
+        'E' => [7, 4, 6, 4, 7],
+        'F' => [7, 4, 6, 4, 4],
+        'G' => [7, 4, 5, 5, 7],
+        'H' => [5, 5, 7, 5, 5],
+        'I' => [7, 2, 2, 2, 7],
+        'K' => [5, 5, 6, 5, 5],
+        'L' => [4, 4, 4, 4, 7],
+        'M' => [5, 7, 7, 5, 5],
+        'N' => [6, 5, 5, 5, 5],
+        'O' => [7, 5, 5, 5, 7],
+        'P' => [7, 5, 7, 4, 4],
+        'R' => [6, 5, 6, 5, 5],
+        'S' => [7, 4, 7, 1, 7],
+        'T' => [7, 2, 2, 2, 2],
+        'U' => [5, 5, 5, 5, 7],
+        'V' => [5, 5, 5, 5, 2],
+        'W' => [5, 5, 7, 7, 5],
+        'X' => [5, 5, 2, 5, 5],
+        'Y' => [5, 5, 2, 2, 2],
+        _ => [0; 5],
+    }
+}
+
+struct Canvas {
+    w: usize,
+    h: usize,
+    rgb: Vec<u8>,
+}
+
+impl Canvas {
+    fn set(&mut self, x: usize, y: usize, c: [u8; 3]) {
+        if x < self.w && y < self.h {
+            self.rgb[(y * self.w + x) * 3..(y * self.w + x) * 3 + 3].copy_from_slice(&c);
+        }
+    }
+
+    /// Text at 2x scale, top-left at (x, y).
+    fn text(&mut self, x: usize, y: usize, s: &str, c: [u8; 3]) {
+        for (i, ch) in s.chars().enumerate() {
+            for (row, bits) in glyph(ch).iter().enumerate() {
+                for col in 0..3 {
+                    if bits >> (2 - col) & 1 == 1 {
+                        for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                            self.set(x + i * 8 + col * 2 + dx, y + row * 2 + dy, c);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), c: [u8; 3]) {
+        let n = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
+        for i in 0..=n {
+            let t = i as f64 / n as f64;
+            let (x, y) = (x0 + t * (x1 - x0), y0 + t * (y1 - y0));
+            self.set(x.round() as usize, y.round() as usize, c);
+            self.set(x.round() as usize, y.round() as usize + 1, c);
+        }
+    }
+}
+
+fn short(x: f64) -> String {
+    if x.abs() >= 1e4 || (x != 0.0 && x.abs() < 1e-2) { format!("{x:.1E}") } else { format!("{x:.3}") }
+}
+
+/// A PNG of one panel per series, stacked: title, y range, x range and the
+/// curve — a training curve to look at, not a figure to publish.
+pub fn line_plots(panels: &[(&str, Vec<(f64, f64)>)]) -> Vec<u8> {
+    let (w, ph) = (640usize, 220usize);
+    let mut c = Canvas { w, h: ph * panels.len().max(1), rgb: vec![255; w * ph * panels.len().max(1) * 3] };
+    let (left, right, top, bottom) = (90.0, 20.0, 30.0, 30.0);
+    for (p, (title, points)) in panels.iter().enumerate() {
+        let y0 = (p * ph) as f64;
+        c.text(left as usize, p * ph + 8, title, [20, 20, 20]);
+        let (x_lo, x_hi) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (x, _)| (a.min(*x), b.max(*x)));
+        let (mut lo, mut hi) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (_, y)| (a.min(*y), b.max(*y)));
+        if !(hi > lo) {
+            lo -= 1.0;
+            hi += 1.0;
+        }
+        let (pw, plot_h) = (w as f64 - left - right, ph as f64 - top - bottom);
+        let grey = [170, 170, 170];
+        c.line((left, y0 + top), (left, y0 + top + plot_h), grey);
+        c.line((left, y0 + top + plot_h), (left + pw, y0 + top + plot_h), grey);
+        c.text(4, p * ph + top as usize, &short(hi), [80, 80, 80]);
+        c.text(4, p * ph + (top + plot_h) as usize - 10, &short(lo), [80, 80, 80]);
+        if points.is_empty() {
+            continue;
+        }
+        c.text(left as usize, p * ph + ph - 22, &short(x_lo), [80, 80, 80]);
+        c.text(w - 80, p * ph + ph - 22, &short(x_hi), [80, 80, 80]);
+        let span = if x_hi > x_lo { x_hi - x_lo } else { 1.0 };
+        let at = |(x, y): (f64, f64)| (left + (x - x_lo) / span * pw, y0 + top + (hi - y) / (hi - lo) * plot_h);
+        for pair in points.windows(2) {
+            c.line(at(pair[0]), at(pair[1]), [30, 90, 200]);
+        }
+        for pt in points {
+            let (x, y) = at(*pt);
+            for d in 0..3 {
+                c.set(x as usize + d, y as usize, [200, 60, 30]);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, c.w as u32, c.h as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header().expect("writing to memory");
+        writer.write_image_data(&c.rgb).expect("writing to memory");
+    }
+    out
+}

@@ -19,6 +19,7 @@ pub mod backend;
 pub mod check;
 pub mod data;
 pub mod diagnostic;
+pub mod evaluate;
 pub mod export;
 pub mod format;
 pub mod graph;
@@ -30,6 +31,7 @@ pub mod program;
 pub mod schema;
 pub mod span;
 pub mod tensor;
+pub mod train;
 
 use diagnostic::Diagnostic;
 

@@ -79,6 +79,29 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         device: DeviceArg,
     },
+    /// Train a model as its `train` block says; write checkpoints, metrics and plots.
+    Train {
+        file: PathBuf,
+        #[arg(long)]
+        model: Option<String>,
+        /// Read the training data from this file instead (CSV, NPY or IDX), with the same binding.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Override the number of epochs.
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Override the seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where checkpoints, metrics.jsonl, curve.png and samples.png go (default runs/MODEL).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue the run in this directory from its latest checkpoint.
+        #[arg(long, conflicts_with = "out")]
+        resume: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
+    },
     /// Rewrite files in the canonical layout (comments are kept).
     Fmt {
         #[arg(required = true)]
@@ -138,6 +161,9 @@ fn main() -> ExitCode {
         Command::Sample { file, model, params, chains, steps, burn_in, every, seed, out, png, image, device } => {
             let opts = SampleArgs { params, chains, steps, burn_in, every, seed, out, png, image, device: device.into() };
             sample(&file, model.as_deref(), &opts)
+        }
+        Command::Train { file, model, data, epochs, seed, out, resume, device } => {
+            train(&file, model.as_deref(), TrainArgs { data, epochs, seed, out, resume, device: device.into() })
         }
         Command::Fmt { files, check } => fmt(&files, check),
     };
@@ -368,6 +394,120 @@ fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure
         println!("wrote {} images of {var} ({h}x{w}) to {}", images.len(), png.display());
     }
     Ok(())
+}
+
+struct TrainArgs {
+    data: Option<PathBuf>,
+    epochs: Option<usize>,
+    seed: Option<u64>,
+    out: Option<PathBuf>,
+    resume: Option<PathBuf>,
+    device: ebmc::backend::DeviceKind,
+}
+
+fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
+    let (source, compiled) = compile(path)?;
+    let model = one_model(&compiled.program, only, "train")?;
+    let Some(spec) = compiled.program.trains.get(&model.name) else {
+        eprintln!("error: model `{}` has no `train {} {{ ... }}` block; add one to say what data and objective to use", model.name, model.name);
+        return Err(Failure::Input);
+    };
+    let plan = plans(path, &source, &compiled.program)?.into_iter().find(|p| p.model == model.name).ok_or(Failure::Input)?;
+    let graph = ebmc::graph::program_to_graph(model);
+    let base = path.parent().unwrap_or(Path::new("."));
+    let data_spec = match &a.data {
+        Some(file) => ebmc::data::with_file(&spec.data, file),
+        None => spec.data.clone(),
+    };
+    let data_error = |e: ebmc::data::DataError| {
+        eprintln!("error: {e}");
+        Failure::Input
+    };
+    let data = ebmc::data::load(&data_spec, model, base).map_err(data_error)?;
+    let (train_rows, test_rows) = ebmc::data::split(data, spec.test.as_ref(), model, base).map_err(data_error)?;
+    let out = a.resume.clone().or(a.out.clone()).unwrap_or_else(|| PathBuf::from("runs").join(&model.name));
+    let opts = ebmc::train::RunOptions { epochs: a.epochs.unwrap_or(spec.epochs), seed: a.seed.unwrap_or(spec.seed), out: out.clone(), resume: a.resume.is_some(), device: a.device };
+    eprintln!(
+        "training {} on {} rows ({} held out) with {}, {} epochs",
+        model.name,
+        train_rows.rows,
+        test_rows.as_ref().map_or(0, |t| t.rows),
+        spec.objective.name,
+        opts.epochs
+    );
+    let started = std::time::Instant::now();
+    let mut bar = None;
+    let mut last_loss = 0.0;
+    let result = ebmc::train::run(&source, &graph, &plan, spec, &train_rows, test_rows.as_ref(), &opts, &mut |p| match p {
+        ebmc::train::Progress::Start { epochs, steps_per_epoch, from_epoch } => {
+            let total = (epochs + 1 - from_epoch.min(epochs + 1)) * steps_per_epoch;
+            let b = indicatif::ProgressBar::new(total as u64);
+            b.set_style(indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}, {per_sec}]").expect("valid template"));
+            bar = Some(b);
+        }
+        ebmc::train::Progress::Step { epoch, loss } => {
+            last_loss = 0.9 * last_loss + 0.1 * loss;
+            if let Some(b) = &bar {
+                b.set_message(format!("epoch {epoch} loss {last_loss:.4}"));
+                b.inc(1);
+            }
+        }
+        ebmc::train::Progress::Epoch(m) => {
+            let ll = m.log_likelihood.map(|l| format!(", log-likelihood {l:.3} nats")).unwrap_or_default();
+            let line = format!("epoch {:>3}: loss {:.4}, |grad| {:.3}, lr {:.4}{ll} ({:.2}s)", m.epoch, m.loss, m.grad_norm, m.lr, m.seconds);
+            match &bar {
+                Some(b) if !b.is_hidden() => b.println(line),
+                _ => eprintln!("{line}"),
+            }
+        }
+    });
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    match result {
+        Ok(history) => {
+            let checkpoint = ebmc::train::latest_checkpoint(&out).unwrap_or(out.clone());
+            println!("trained {} in {:.1}s", model.name, started.elapsed().as_secs_f64());
+            if let Some(m) = history.last() {
+                let ll = m.log_likelihood.map(|l| format!(", average log-likelihood {l:.3} nats ({})", if test_rows.is_some() { "test rows" } else { "training rows" })).unwrap_or_default();
+                println!("final loss {:.4}{ll}", m.loss);
+            }
+            println!("checkpoint: {}", checkpoint.display());
+            println!("metrics:    {}", out.join("metrics.jsonl").display());
+            println!("curve:      {}", out.join("curve.png").display());
+            if let Some(grid) = sample_grid(model, &plan, &out)? {
+                println!("samples:    {}", grid.display());
+            }
+            Ok(())
+        }
+        Err(ebmc::train::RunError::Io(e)) => Err(Failure::Io(e)),
+        Err(ebmc::train::RunError::Train { error, epoch, last_good }) => {
+            eprintln!("error: {error} (epoch {epoch})");
+            match last_good {
+                Some(dir) => eprintln!("  the last good checkpoint is kept: {}", dir.display()),
+                None => eprintln!("  no checkpoint was written before this"),
+            }
+            eprintln!("  help: lower the learning rate, add `regularize = clip_grad(norm: 10);`, or check the data's scale");
+            Err(Failure::Input)
+        }
+    }
+}
+
+/// Draws a PNG grid of samples from the trained model when a visible variable is image-shaped.
+fn sample_grid(model: &ebmc::program::Model, plan: &ebmc::plan::Plan, out: &Path) -> Result<Option<PathBuf>, Failure> {
+    let Some(var) = model.variables.iter().filter(|v| v.role == ebmc::ast::Role::Visible).find(|v| ebmc::export::image_shape(model, &v.name, None).is_some()) else {
+        return Ok(None);
+    };
+    let (h, w) = ebmc::export::image_shape(model, &var.name, None).expect("found above");
+    let params = ebmc::train::load_params(out).map_err(Failure::Io)?;
+    let mut sampler = ebmc::backend::Sampler::new(model, plan, &params, 64, 0, Default::default()).map_err(Failure::Io)?;
+    for _ in 0..200 {
+        sampler.sweep();
+    }
+    let images = ebmc::export::images_of(model, &sampler.state(), &var.name);
+    let path = out.join("samples.png");
+    ebmc::tensor::write_atomically(&path, &ebmc::export::png_grid(&images, h, w, if h * w <= 256 { 4 } else { 2 })).map_err(Failure::Io)?;
+    Ok(Some(path))
 }
 
 fn fmt(files: &[PathBuf], check_only: bool) -> Result<(), Failure> {

@@ -418,3 +418,31 @@ impl From<&PlanError> for Diagnostic {
         }
     }
 }
+
+impl std::fmt::Display for crate::data::DataError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::data::DataError::*;
+        match self {
+            Read { source, reason } => write!(f, "cannot read data `{source}`: {reason}"),
+            Empty { source } => write!(f, "{source}: no data rows\n  help: the file is empty (or holds only a header)"),
+            ColumnCount { source, row, found, expected } => write!(
+                f,
+                "{source}:{row}: {found} columns, expected {expected}\n  help: the bound variables take {expected} columns (one per unit, one per categorical unit); name columns in a header (`v0`, `v1`, ...) to bind by name"
+            ),
+            NotANumber { source, row, column, text } => write!(f, "{source}:{row}:{column}: `{text}` is not a number"),
+            NotFinite { source, row, column } => write!(f, "{source}:{row}:{column}: NaN or infinity\n  help: remove or impute missing values before training"),
+            OutOfDomain { source, row, column, value, var, domain } => write!(f, "{source}:{row}:{column}: {value} is not a value of `{var}`, which takes {domain}"),
+            Format { source, reason } => write!(f, "{source}: {reason}"),
+            Split { reason } => write!(f, "bad test split: {reason}"),
+        }
+    }
+}
+
+impl std::fmt::Display for crate::backend::TrainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            crate::backend::TrainError::NonFinite { what, step } => write!(f, "training diverged at step {step}: {what} is not finite"),
+            crate::backend::TrainError::Setup(reason) => write!(f, "{reason}"),
+        }
+    }
+}

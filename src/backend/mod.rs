@@ -6,6 +6,9 @@
 //! `cuda` feature.
 
 mod eval;
+mod train;
+
+pub use train::{StepReport, TrainError, Trainer};
 
 use crate::ir::{self, Id, Ir};
 use crate::plan::{Kernel, Plan};
@@ -315,25 +318,12 @@ impl<D: Kernels> ChainSet<D> {
     fn new(dev: D, model: &Model, plan: &Plan, params: &Tensors, chains: usize, seed: u64) -> Result<Self, String> {
         let mut lowered = ir::program_to_ir(model);
         let total = lowered.ir.inline_nets(lowered.total);
-        let mut tensors = BTreeMap::new();
         for spec in &lowered.params {
-            let t = params.get(&spec.name).ok_or_else(|| format!("no value for parameter `{}`", spec.name))?;
-            if t.shape != spec.shape {
+            if let Some(t) = params.get(&spec.name).filter(|t| t.shape != spec.shape) {
                 return Err(format!("parameter `{}` has shape {:?}, the model needs {:?}", spec.name, t.shape, spec.shape));
             }
-            tensors.insert(spec.name.clone(), upload(&dev, t, 1));
         }
-        for (name, t) in constants(model) {
-            tensors.insert(name, upload(&dev, &t, 1));
-        }
-        let lattices = model
-            .consts
-            .iter()
-            .filter_map(|c| match &c.value {
-                crate::program::ConstValue::Graph(g) => Some((c.name.clone(), crate::graph::lattice_adjacency(g))),
-                _ => None,
-            })
-            .collect();
+        let leaves = device_leaves(&dev, model, &lowered, params)?;
         let vars: Vec<VarInfo> = model
             .variables
             .iter()
@@ -393,7 +383,7 @@ impl<D: Kernels> ChainSet<D> {
         let mut set = ChainSet {
             dev,
             ir: lowered.ir,
-            leaves: Leaves { tensors, lattices },
+            leaves,
             chains,
             vars,
             state: BTreeMap::new(),
@@ -598,12 +588,16 @@ impl<D: Kernels> ChainSet<D> {
     }
 }
 
-impl<D: Kernels> Chains for ChainSet<D> {
-    fn sweep(&mut self) {
+impl<D: Kernels> ChainSet<D> {
+    /// One sweep that leaves the variables in `clamped` as they are (the
+    /// positive phase samples latents with the data held fixed).
+    fn sweep_clamped(&mut self, clamped: &[String]) {
         let stages = std::mem::take(&mut self.stages);
+        let free = |s: &Self, var: &usize| !clamped.contains(&s.vars[*var].name);
         for stage in &stages {
             match stage {
                 Stage::Block(block) => {
+                    let block: Vec<&(usize, Id, Option<Id>)> = block.iter().filter(|(v, _, _)| free(self, v)).collect();
                     let roots: Vec<Id> = block.iter().flat_map(|(_, l, b)| std::iter::once(*l).chain(*b)).collect();
                     let mut values = self.eval(&roots, &self.state).into_iter();
                     for (var, _, shared) in block {
@@ -613,6 +607,7 @@ impl<D: Kernels> Chains for ChainSet<D> {
                         self.state.insert(self.vars[*var].name.clone(), new);
                     }
                 }
+                Stage::Chromatic { var, .. } | Stage::Sequential { var } if !free(self, var) => {}
                 Stage::Chromatic { var, logits, masks } => {
                     let name = self.vars[*var].name.clone();
                     for mask in masks {
@@ -626,13 +621,36 @@ impl<D: Kernels> Chains for ChainSet<D> {
                 }
                 Stage::Sequential { var } => self.sequential(*var),
                 Stage::Langevin { vars, mala, step, noise, steps, clip } => {
-                    for _ in 0..*steps {
-                        self.langevin(vars, *mala, *step, *noise, *clip);
+                    let vars: Vec<(usize, Id)> = vars.iter().filter(|(v, _)| free(self, v)).copied().collect();
+                    if !vars.is_empty() {
+                        for _ in 0..*steps {
+                            self.langevin(&vars, *mala, *step, *noise, *clip);
+                        }
                     }
                 }
             }
         }
         self.stages = stages;
+    }
+
+    /// Replaces parameter values (after an optimiser step).
+    fn set_params(&mut self, params: &BTreeMap<String, T3<D>>) {
+        for (k, v) in params {
+            self.leaves.tensors.insert(k.clone(), v.clone());
+        }
+    }
+
+    /// Sets some variables' chain states from device tensors.
+    fn set_vars(&mut self, vars: &BTreeMap<String, T3<D>>) {
+        for (k, v) in vars {
+            self.state.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+impl<D: Kernels> Chains for ChainSet<D> {
+    fn sweep(&mut self) {
+        self.sweep_clamped(&[]);
     }
 
     fn state(&self) -> Tensors {
@@ -688,4 +706,72 @@ impl<D: Kernels> Chains for ChainSet<D> {
         };
         HostTensor::new(shape, out.as_vec())
     }
+}
+
+impl From<String> for TrainError {
+    fn from(reason: String) -> Self {
+        TrainError::Setup(reason)
+    }
+}
+
+/// The energy of each row with the variables in `sum_out` summed out (each
+/// discrete, linear in the energy, and not touching one another); `rows`
+/// give every other variable as `[rows, ...shape]`.
+pub fn free_energy(model: &Model, params: &Tensors, sum_out: &[String], rows: &Tensors, device: DeviceKind) -> Result<Vec<f64>, String> {
+    match device {
+        DeviceKind::Cpu => free_energy_on(&Cpu::default(), model, params, sum_out, rows),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => free_energy_on(&Cuda::try_new(0).map_err(|e| format!("cannot open the CUDA device: {e:?}"))?, model, params, sum_out, rows),
+        #[cfg(not(feature = "cuda"))]
+        DeviceKind::Cuda => Err("this ebmc was built without the `cuda` feature; rebuild with `--features cuda`".into()),
+    }
+}
+
+fn free_energy_on<D: Kernels>(dev: &D, model: &Model, params: &Tensors, sum_out: &[String], rows: &Tensors) -> Result<Vec<f64>, String> {
+    let mut lowered = ir::program_to_ir(model);
+    let mut root = lowered.total;
+    for name in sum_out {
+        root = crate::plan::sum_out(&mut lowered.ir, root, model.variable(name).ok_or_else(|| format!("no variable `{name}`"))?).0;
+    }
+    let root = lowered.ir.inline_nets(root);
+    let leaves = device_leaves(dev, model, &lowered, params)?;
+    let n = rows.values().next().map_or(0, |t| t.shape[0]);
+    let ev = Evaluator { ir: &lowered.ir, dev, leaves: &leaves };
+    let mut out = Vec::with_capacity(n);
+    const CHUNK: usize = 16384;
+    for start in (0..n).step_by(CHUNK) {
+        let end = (start + CHUNK).min(n);
+        let vars: BTreeMap<String, T3<D>> = rows
+            .iter()
+            .map(|(k, t)| {
+                let per: usize = t.shape[1..].iter().product();
+                let mut shape = t.shape.clone();
+                shape[0] = end - start;
+                (k.clone(), upload(dev, &HostTensor::new(shape, t.data[start * per..end * per].to_vec()), end - start))
+            })
+            .collect();
+        let e = ev.eval(&[root], &vars).pop().expect("one root");
+        out.extend(expand(e, end - start, 1, 1).as_vec().into_iter().map(f64::from));
+    }
+    Ok(out)
+}
+
+fn device_leaves<D: Kernels>(dev: &D, model: &Model, lowered: &ir::Lowered, params: &Tensors) -> Result<Leaves<D, NoneTape>, String> {
+    let mut tensors = BTreeMap::new();
+    for spec in &lowered.params {
+        let t = params.get(&spec.name).ok_or_else(|| format!("no value for parameter `{}`", spec.name))?;
+        tensors.insert(spec.name.clone(), upload(dev, t, 1));
+    }
+    for (name, t) in constants(model) {
+        tensors.insert(name, upload(dev, &t, 1));
+    }
+    let lattices = model
+        .consts
+        .iter()
+        .filter_map(|c| match &c.value {
+            crate::program::ConstValue::Graph(g) => Some((c.name.clone(), crate::graph::lattice_adjacency(g))),
+            _ => None,
+        })
+        .collect();
+    Ok(Leaves { tensors, lattices })
 }

@@ -1,0 +1,526 @@
+//! Training steps on a device. The loss is evaluated through the IR with
+//! dfdx's tape on the parameters (each traced with `leaky_trace`; the tapes
+//! merge as traced values combine), so `backward` yields every parameter's
+//! gradient; samples enter as data, which stops gradients through them.
+//!
+//! CD-k and persistent CD minimise `mean F(data) − mean F(samples)`, with `F`
+//! the free energy where the plan sums latents out and the energy with
+//! sampled latents otherwise. Pseudo-likelihood minimises
+//! `−Σ_i log p(x_i | x_−i)` exactly, from energy differences.
+
+use super::eval::{Evaluator, Leaves};
+use super::{upload, ChainSet, Kernels, T3};
+use crate::ast::Role;
+use crate::ir::{self, Id, Ir, Op};
+use crate::plan::Plan;
+use crate::program::{Domain, Model, Train};
+use crate::schema::Value;
+use crate::tensor::{constants, HostTensor, Tensors};
+use dfdx::prelude::*;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// The surrogate loss (CD/PCD: mean free energy of data minus samples).
+    pub loss: f64,
+    /// Norm of the whole parameter gradient, before clipping.
+    pub grad_norm: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainError {
+    /// A loss, gradient or parameter became NaN or infinite.
+    NonFinite { what: String, step: usize },
+    Setup(String),
+}
+
+/// A model being trained on a device: parameters, optimiser state, chains.
+pub struct Trainer {
+    inner: Box<dyn Fit>,
+}
+
+trait Fit {
+    fn begin_epoch(&mut self, seed: u64);
+    fn step(&mut self, batch: &Tensors, lr: f64, step: usize) -> Result<StepReport, TrainError>;
+    fn params(&self) -> Tensors;
+    fn state(&self) -> Tensors;
+    fn chains(&self) -> Option<Tensors>;
+}
+
+impl Trainer {
+    /// `state` holds optimiser moments and persistent chains from a checkpoint (empty to start afresh).
+    pub fn new(model: &Model, plan: &Plan, train: &Train, params: &Tensors, state: &Tensors, seed: u64, device: super::DeviceKind) -> Result<Trainer, TrainError> {
+        let inner: Box<dyn Fit> = match device {
+            super::DeviceKind::Cpu => Box::new(Fitter::new(Cpu::seed_from_u64(seed), model, plan, train, params, state, seed)?),
+            #[cfg(feature = "cuda")]
+            super::DeviceKind::Cuda => {
+                let dev = Cuda::try_seed_from_u64(seed).map_err(|e| TrainError::Setup(format!("cannot open the CUDA device: {e:?}")))?;
+                Box::new(Fitter::new(dev, model, plan, train, params, state, seed)?)
+            }
+            #[cfg(not(feature = "cuda"))]
+            super::DeviceKind::Cuda => return Err(TrainError::Setup("this ebmc was built without the `cuda` feature; rebuild with `--features cuda`".into())),
+        };
+        Ok(Trainer { inner })
+    }
+
+    /// Reseeds every generator from the run's seed and the epoch, so that a
+    /// resumed run repeats an uninterrupted one exactly.
+    pub fn begin_epoch(&mut self, seed: u64) {
+        self.inner.begin_epoch(seed);
+    }
+
+    /// One optimiser step on a batch of visible rows, at learning rate `lr`.
+    pub fn step(&mut self, batch: &Tensors, lr: f64, step: usize) -> Result<StepReport, TrainError> {
+        self.inner.step(batch, lr, step)
+    }
+
+    pub fn params(&self) -> Tensors {
+        self.inner.params()
+    }
+
+    /// Optimiser moments and persistent chains, for checkpoints.
+    pub fn state(&self) -> Tensors {
+        self.inner.state()
+    }
+
+    /// The persistent chains' current states, when the objective keeps chains.
+    pub fn chains(&self) -> Option<Tensors> {
+        self.inner.chains()
+    }
+}
+
+enum Objective<D: Kernels> {
+    Cd { k: usize },
+    Pcd { k: usize, chains: Box<ChainSet<D>> },
+    Pl,
+}
+
+enum Optimizer {
+    Sgd { momentum: f32, nesterov: bool, weight_decay: f32 },
+    Adam { beta1: f32, beta2: f32, eps: f32, weight_decay: f32, t: i32 },
+}
+
+struct Fitter<D: Kernels> {
+    dev: D,
+    ir: Ir,
+    /// Free energy of the visible and kept variables (latents summed out where planned).
+    free_energy: Id,
+    /// The full energy (pseudo-likelihood).
+    total: Id,
+    params: BTreeMap<String, T3<D>>,
+    shapes: BTreeMap<String, Vec<usize>>,
+    /// Parameters the loss depends on (the others get no gradient).
+    used: Vec<String>,
+    consts: BTreeMap<String, T3<D>>,
+    lattices: BTreeMap<String, Vec<Vec<usize>>>,
+    objective: Objective<D>,
+    optimizer: Optimizer,
+    /// Optimiser moments: `m.NAME`, `v.NAME` (Adam) or `velocity.NAME` (SGD).
+    moments: BTreeMap<String, T3<D>>,
+    l1: f32,
+    l2: f32,
+    energy_alpha: f32,
+    clip: Option<f32>,
+    visible: Vec<String>,
+    kept: Vec<String>,
+    /// Batch-sized chains for the positive phase and for CD's negative phase.
+    scratch: Option<Box<ChainSet<D>>>,
+    model: Model,
+    plan: Plan,
+    seed: u64,
+}
+
+fn option(call: &crate::program::Call, key: &str) -> Option<f64> {
+    call.options.get(key).and_then(Value::as_f64)
+}
+
+impl<D: Kernels> Fitter<D> {
+    fn new(dev: D, model: &Model, plan: &Plan, train: &Train, params: &Tensors, state: &Tensors, seed: u64) -> Result<Self, TrainError> {
+        let mut lowered = ir::program_to_ir(model);
+        let total = lowered.ir.inline_nets(lowered.total);
+        let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
+        let mut free_energy = total;
+        for name in &summed {
+            free_energy = crate::plan::sum_out(&mut lowered.ir, free_energy, model.variable(name).expect("declared")).0;
+        }
+        let free_energy = lowered.ir.inline_nets(free_energy);
+        let mut up = BTreeMap::new();
+        let mut shapes = BTreeMap::new();
+        for spec in &lowered.params {
+            let t = params.get(&spec.name).ok_or_else(|| TrainError::Setup(format!("no value for parameter `{}`", spec.name)))?;
+            up.insert(spec.name.clone(), upload(&dev, t, 1));
+            shapes.insert(spec.name.clone(), spec.shape.clone());
+        }
+        let consts = constants(model).iter().map(|(k, t)| (k.clone(), upload(&dev, t, 1))).collect();
+        let lattices = model
+            .consts
+            .iter()
+            .filter_map(|c| match &c.value {
+                crate::program::ConstValue::Graph(g) => Some((c.name.clone(), crate::graph::lattice_adjacency(g))),
+                _ => None,
+            })
+            .collect();
+        let visible: Vec<String> = model.variables.iter().filter(|v| v.role == Role::Visible).map(|v| v.name.clone()).collect();
+        let kept: Vec<String> = model.variables.iter().filter(|v| v.role == Role::Hidden && !summed.contains(&v.name)).map(|v| v.name.clone()).collect();
+        let o = &train.objective;
+        let k = o.int("k").unwrap_or(1) as usize;
+        let objective = match o.name.as_str() {
+            "cd" => Objective::Cd { k },
+            "pcd" => {
+                let chains = o.int("chains").unwrap_or(100) as usize;
+                let mut set = ChainSet::new(dev.clone(), model, plan, params, chains, seed ^ 0x7063_6421)?;
+                if state.keys().any(|k| k.starts_with("chain.")) {
+                    let chain_state: Tensors = state.iter().filter_map(|(k, t)| k.strip_prefix("chain.").map(|n| (n.to_string(), t.clone()))).collect();
+                    super::Chains::set_state(&mut set, &chain_state).map_err(TrainError::Setup)?;
+                }
+                Objective::Pcd { k, chains: Box::new(set) }
+            }
+            "pl" => Objective::Pl,
+            other => return Err(TrainError::Setup(format!("the `{other}` objective trains continuous models; this build trains `cd`, `pcd` and `pl`"))),
+        };
+        let opt = &train.optimizer;
+        let weight_decay = option(opt, "weight_decay").unwrap_or(0.0) as f32;
+        let optimizer = match opt.name.as_str() {
+            "adam" => Optimizer::Adam {
+                beta1: option(opt, "beta1").unwrap_or(0.9) as f32,
+                beta2: option(opt, "beta2").unwrap_or(0.999) as f32,
+                eps: option(opt, "eps").unwrap_or(1e-8) as f32,
+                weight_decay,
+                t: state.get("adam.t").map_or(0, |t| t.data[0] as i32),
+            },
+            _ => Optimizer::Sgd { momentum: option(opt, "momentum").unwrap_or(0.0) as f32, nesterov: opt.options.get("nesterov").and_then(Value::as_bool).unwrap_or(false), weight_decay },
+        };
+        let moments = state.iter().filter(|(k, _)| k.starts_with("m.") || k.starts_with("v.") || k.starts_with("velocity.")).map(|(k, t)| (k.clone(), upload(&dev, t, 1))).collect();
+        let reg = |name: &str, key: &str| train.regularizers.iter().find(|r| r.name == name).and_then(|r| option(r, key)).unwrap_or(0.0) as f32;
+        let root = if matches!(objective, Objective::Pl) { total } else { free_energy };
+        let cone = lowered.ir.cone(root);
+        let used = lowered.params.iter().map(|p| p.name.clone()).filter(|n| cone.iter().any(|id| matches!(&lowered.ir.node(*id).op, Op::Param(p) if p == n))).collect();
+        Ok(Fitter {
+            dev,
+            ir: lowered.ir,
+            free_energy,
+            total,
+            params: up,
+            shapes,
+            used,
+            consts,
+            lattices,
+            objective,
+            optimizer,
+            moments,
+            l1: reg("l1", "weight"),
+            l2: reg("l2", "weight"),
+            energy_alpha: reg("energy_penalty", "alpha"),
+            clip: train.regularizers.iter().find(|r| r.name == "clip_grad").and_then(|r| option(r, "norm")).map(|c| c as f32),
+            visible,
+            kept,
+            scratch: None,
+            model: model.clone(),
+            plan: plan.clone(),
+            seed,
+        })
+    }
+
+    fn host_params(&self) -> Tensors {
+        self.params.iter().map(|(k, t)| (k.clone(), HostTensor::new(self.shapes[k].clone(), t.as_vec()))).collect()
+    }
+
+    /// A batch-sized chain set (made once per batch size), with current parameters.
+    fn scratch(&mut self, rows: usize) -> Result<&mut ChainSet<D>, TrainError> {
+        if self.scratch.as_ref().is_none_or(|s| s.chains != rows) {
+            let set = ChainSet::new(self.dev.clone(), &self.model, &self.plan, &self.host_params(), rows, self.seed ^ 0x5343_5241)?;
+            self.scratch = Some(Box::new(set));
+        }
+        let set = self.scratch.as_mut().expect("made above");
+        set.set_params(&self.params);
+        Ok(set)
+    }
+
+    /// Traced parameters and untaped constants for one loss evaluation.
+    fn taped_leaves(&self) -> Leaves<D, OwnedTape<f32, D>> {
+        let mut tensors: BTreeMap<String, T3<D, OwnedTape<f32, D>>> = self.params.iter().map(|(k, t)| (k.clone(), t.leaky_trace())).collect();
+        tensors.extend(self.consts.iter().map(|(k, t)| (k.clone(), t.retaped::<OwnedTape<f32, D>>())));
+        Leaves { tensors, lattices: self.lattices.clone() }
+    }
+
+    fn contrastive(&mut self, batch: &Tensors) -> Result<(f64, Gradients<f32, D>), TrainError> {
+        let rows = batch.values().next().map_or(0, |t| t.shape[0]);
+        let data: BTreeMap<String, T3<D>> = batch.iter().map(|(k, t)| (k.clone(), upload(&self.dev, t, rows))).collect();
+        let visible = self.visible.clone();
+        let kept = self.kept.clone();
+        // Positive phase: latents that are not summed out are sampled with the data held fixed.
+        let mut positive = data.clone();
+        let (k, persistent) = match &self.objective {
+            Objective::Cd { k } => (*k, false),
+            Objective::Pcd { k, .. } => (*k, true),
+            Objective::Pl => unreachable!("handled by pseudo_likelihood"),
+        };
+        if !kept.is_empty() || !persistent {
+            let set = self.scratch(rows)?;
+            set.set_vars(&data);
+            if !kept.is_empty() {
+                for _ in 0..k {
+                    set.sweep_clamped(&visible);
+                }
+                for name in &kept {
+                    positive.insert(name.clone(), set.state[name].clone());
+                }
+            }
+        }
+        // Negative phase: k sweeps from the data (CD) or from the persistent chains (PCD).
+        let negative = match &mut self.objective {
+            Objective::Pcd { chains, .. } => {
+                chains.set_params(&self.params);
+                for _ in 0..k {
+                    super::Chains::sweep(chains.as_mut());
+                }
+                chains.state.clone()
+            }
+            _ => {
+                let set = self.scratch.as_mut().expect("made for the positive phase");
+                for _ in 0..k {
+                    super::Chains::sweep(set.as_mut());
+                }
+                set.state.clone()
+            }
+        };
+        let leaves = self.taped_leaves();
+        let ev = Evaluator { ir: &self.ir, dev: &self.dev, leaves: &leaves };
+        let taped = |vars: &BTreeMap<String, T3<D>>, names: &[String]| -> BTreeMap<String, T3<D, OwnedTape<f32, D>>> {
+            names.iter().map(|n| (n.clone(), vars[n].retaped())).collect()
+        };
+        let names: Vec<String> = visible.iter().chain(&kept).cloned().collect();
+        let f_pos = ev.eval(&[self.free_energy], &taped(&positive, &names)).pop().expect("one root");
+        let f_neg = ev.eval(&[self.free_energy], &taped(&negative, &names)).pop().expect("one root");
+        let loss = if self.energy_alpha > 0.0 {
+            let penalty = f_pos.retaped::<OwnedTape<f32, D>>().square().mean::<(), Axes3<0, 1, 2>>() + f_neg.retaped::<OwnedTape<f32, D>>().square().mean::<(), Axes3<0, 1, 2>>();
+            f_pos.mean::<(), Axes3<0, 1, 2>>() - f_neg.mean::<(), Axes3<0, 1, 2>>() + penalty * self.energy_alpha
+        } else {
+            f_pos.mean::<(), Axes3<0, 1, 2>>() - f_neg.mean::<(), Axes3<0, 1, 2>>()
+        };
+        let value = f64::from(loss.as_vec()[0]);
+        Ok((value, loss.backward()))
+    }
+
+    /// Exact pseudo-likelihood of a batch: every unit of every visible
+    /// variable is set to each of its values in turn.
+    fn pseudo_likelihood(&mut self, batch: &Tensors) -> Result<(f64, BTreeMap<String, T3<D>>), TrainError> {
+        let rows = batch.values().next().map_or(0, |t| t.shape[0]);
+        let mut grads: BTreeMap<String, T3<D>> = BTreeMap::new();
+        let mut total_loss = 0.0;
+        for name in self.visible.clone() {
+            let v = self.model.variable(&name).expect("declared").clone();
+            let (width, values) = unit_values(&v.domain);
+            let units = v.shape.iter().product::<usize>() / width;
+            let k = values.len();
+            // Chunks of units keep the expanded batch near 2^16 rows.
+            let chunk = (65536 / (rows * k).max(1)).clamp(1, units);
+            for start in (0..units).step_by(chunk) {
+                let end = (start + chunk).min(units);
+                let c = end - start;
+                let expanded = expand_rows(batch, &name, width, &values, start, end);
+                let leaves = self.taped_leaves();
+                let ev = Evaluator { ir: &self.ir, dev: &self.dev, leaves: &leaves };
+                let n = rows * c * k;
+                let vars: BTreeMap<String, T3<D, OwnedTape<f32, D>>> = expanded.iter().map(|(k, t)| (k.clone(), upload(&self.dev, t, n).retaped())).collect();
+                let e = ev.eval(&[self.total], &vars).pop().expect("one root");
+                let e = super::eval::expand(e, n, 1, 1).reshape_like(&(rows, c, k));
+                // -log p(x_i | rest) = E(x) + logsumexp_k(-E(x with x_i = k)); E(x) is the
+                // row's own value among the k, found by the data.
+                let lse = e.retaped::<OwnedTape<f32, D>>().negate().logsumexp::<(usize, usize), Axis<2>>();
+                let own = own_mask(batch, &name, width, &values, start, end);
+                let own = self.dev.tensor_from_vec(own, (rows, c, k));
+                let e_own = (e * own).sum::<(usize, usize), Axis<2>>();
+                let loss = (e_own + lse).sum::<(), Axes2<0, 1>>() / rows as f32;
+                total_loss += f64::from(loss.as_vec()[0]);
+                let g = loss.backward();
+                for p in &self.used {
+                    let gp = g.get(&self.params[p]);
+                    let acc = match grads.remove(p) {
+                        Some(a) => a + gp,
+                        None => gp,
+                    };
+                    grads.insert(p.clone(), acc);
+                }
+            }
+        }
+        Ok((total_loss, grads))
+    }
+}
+
+/// The values one unit can take, each as its per-unit slice.
+fn unit_values(domain: &Domain) -> (usize, Vec<Vec<f32>>) {
+    match domain {
+        Domain::Binary => (1, vec![vec![0.0], vec![1.0]]),
+        Domain::Spin => (1, vec![vec![-1.0], vec![1.0]]),
+        Domain::Categorical { categories } => (*categories, (0..*categories).map(|k| (0..*categories).map(|j| f32::from(u8::from(j == k))).collect()).collect()),
+        Domain::Real { .. } => unreachable!("pseudo-likelihood is planned for discrete models only"),
+    }
+}
+
+/// Rows `(row, unit, value)`: the batch with unit `start + unit` of `var` set to each value.
+fn expand_rows(batch: &Tensors, var: &str, width: usize, values: &[Vec<f32>], start: usize, end: usize) -> Tensors {
+    let rows = batch.values().next().map_or(0, |t| t.shape[0]);
+    batch
+        .iter()
+        .map(|(name, t)| {
+            let per: usize = t.shape[1..].iter().product();
+            let mut data = Vec::with_capacity(rows * (end - start) * values.len() * per);
+            for r in 0..rows {
+                let row = &t.data[r * per..(r + 1) * per];
+                for unit in start..end {
+                    for value in values {
+                        let offset = data.len();
+                        data.extend_from_slice(row);
+                        if name == var {
+                            data[offset + unit * width..offset + (unit + 1) * width].copy_from_slice(value);
+                        }
+                    }
+                }
+            }
+            let mut shape = vec![rows * (end - start) * values.len()];
+            shape.extend(&t.shape[1..]);
+            (name.clone(), HostTensor::new(shape, data))
+        })
+        .collect()
+}
+
+/// 1 where the value equals the data's own value of the unit.
+fn own_mask(batch: &Tensors, var: &str, width: usize, values: &[Vec<f32>], start: usize, end: usize) -> Vec<f32> {
+    let t = &batch[var];
+    let per: usize = t.shape[1..].iter().product();
+    let rows = t.shape[0];
+    let mut out = Vec::with_capacity(rows * (end - start) * values.len());
+    for r in 0..rows {
+        for unit in start..end {
+            let own = &t.data[r * per + unit * width..r * per + (unit + 1) * width];
+            out.extend(values.iter().map(|v| f32::from(u8::from(v.as_slice() == own))));
+        }
+    }
+    out
+}
+
+impl<D: Kernels> Fit for Fitter<D> {
+    fn begin_epoch(&mut self, seed: u64) {
+        if let Objective::Pcd { chains, .. } = &mut self.objective {
+            chains.reseed(seed ^ 0x7063_6421);
+        }
+        // Batch-sized chains start afresh each epoch, so a resumed run matches.
+        self.scratch = None;
+        self.seed = seed;
+    }
+
+    fn step(&mut self, batch: &Tensors, lr: f64, step: usize) -> Result<StepReport, TrainError> {
+        let (loss, mut grads) = match self.objective {
+            Objective::Pl => self.pseudo_likelihood(batch)?,
+            _ => {
+                let (loss, g) = self.contrastive(batch)?;
+                let grads = self.used.iter().map(|p| (p.clone(), g.get(&self.params[p]))).collect();
+                (loss, grads)
+            }
+        };
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite { what: "the loss".into(), step });
+        }
+        // Regularisers act on the gradient.
+        for (name, g) in grads.iter_mut() {
+            let p = self.params[name].clone();
+            if self.l2 > 0.0 {
+                *g = g.clone() + p.clone() * self.l2;
+            }
+            if self.l1 > 0.0 {
+                let sign = p.clone().gt(0.0).choose(self.dev.ones_like(p.shape()), self.dev.zeros_like(p.shape())) - p.lt(0.0).choose(self.dev.ones_like(p.shape()), self.dev.zeros_like(p.shape()));
+                *g = g.clone() + sign * self.l1;
+            }
+        }
+        let mut norm2 = 0.0f64;
+        for (name, g) in &grads {
+            let n = f64::from(g.clone().square().sum::<(), Axes3<0, 1, 2>>().as_vec()[0]);
+            if !n.is_finite() {
+                return Err(TrainError::NonFinite { what: format!("the gradient of `{name}`"), step });
+            }
+            norm2 += n;
+        }
+        let grad_norm = norm2.sqrt();
+        if let Some(c) = self.clip {
+            if grad_norm > f64::from(c) {
+                let scale = c / grad_norm as f32;
+                for g in grads.values_mut() {
+                    *g = g.clone() * scale;
+                }
+            }
+        }
+        let lr = lr as f32;
+        if let Optimizer::Adam { t, .. } = &mut self.optimizer {
+            *t += 1;
+        }
+        for (name, g) in grads {
+            let p = self.params[&name].clone();
+            let new = match self.optimizer {
+                Optimizer::Sgd { momentum, nesterov, weight_decay } => {
+                    let g = if weight_decay > 0.0 { g + p.clone() * weight_decay } else { g };
+                    if momentum > 0.0 {
+                        let key = format!("velocity.{name}");
+                        let vel = match self.moments.remove(&key) {
+                            Some(v) => v * momentum + g.clone(),
+                            None => g.clone(),
+                        };
+                        let update = if nesterov { g + vel.clone() * momentum } else { vel.clone() };
+                        self.moments.insert(key, vel);
+                        p - update * lr
+                    } else {
+                        p - g * lr
+                    }
+                }
+                Optimizer::Adam { beta1, beta2, eps, weight_decay, t } => {
+                    let g = if weight_decay > 0.0 { g + p.clone() * weight_decay } else { g };
+                    let (mk, vk) = (format!("m.{name}"), format!("v.{name}"));
+                    let m = match self.moments.remove(&mk) {
+                        Some(m) => m * beta1 + g.clone() * (1.0 - beta1),
+                        None => g.clone() * (1.0 - beta1),
+                    };
+                    let v = match self.moments.remove(&vk) {
+                        Some(v) => v * beta2 + g.square() * (1.0 - beta2),
+                        None => g.square() * (1.0 - beta2),
+                    };
+                    let m_hat = m.clone() / (1.0 - beta1.powi(t));
+                    let v_hat = v.clone() / (1.0 - beta2.powi(t));
+                    self.moments.insert(mk, m);
+                    self.moments.insert(vk, v);
+                    p - m_hat / (v_hat.sqrt() + eps) * lr
+                }
+            };
+            self.params.insert(name, new);
+        }
+        Ok(StepReport { loss, grad_norm })
+    }
+
+    fn params(&self) -> Tensors {
+        self.host_params()
+    }
+
+    fn state(&self) -> Tensors {
+        let mut out: Tensors = self
+            .moments
+            .iter()
+            .map(|(k, t)| {
+                let name = k.split_once('.').map_or(k.as_str(), |(_, n)| n);
+                (k.clone(), HostTensor::new(self.shapes[name].clone(), t.as_vec()))
+            })
+            .collect();
+        if let Optimizer::Adam { t, .. } = self.optimizer {
+            out.insert("adam.t".into(), HostTensor::new(vec![1], vec![t as f32]));
+        }
+        if let Some(chains) = self.chains() {
+            out.extend(chains.into_iter().map(|(k, t)| (format!("chain.{k}"), t)));
+        }
+        out
+    }
+
+    fn chains(&self) -> Option<Tensors> {
+        match &self.objective {
+            Objective::Pcd { chains, .. } => Some(super::Chains::state(chains.as_ref())),
+            _ => None,
+        }
+    }
+}

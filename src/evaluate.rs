@@ -1,0 +1,154 @@
+//! Evaluation of a trained model on the host side of the backend: exact
+//! log Z and log-likelihood by enumeration, annealed importance sampling,
+//! pseudo-likelihood and reconstruction error.
+
+use crate::ast::Role;
+use crate::backend::{self, DeviceKind};
+use crate::graph::{Degree, FactorGraph};
+use crate::plan::Plan;
+use crate::program::{Domain, Model, Variable};
+use crate::tensor::{HostTensor, Tensors};
+
+/// The most joint states exact enumeration will visit.
+pub const ENUMERATION_LIMIT: u128 = 1 << 22;
+
+/// Which variables are enumerated and which summed out in closed form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enumeration {
+    pub enumerate: Vec<String>,
+    pub sum_out: Vec<String>,
+    pub states: u128,
+}
+
+fn values_per_unit(v: &Variable) -> Option<(u128, usize)> {
+    match v.domain {
+        Domain::Binary | Domain::Spin => Some((2, v.shape.iter().product())),
+        Domain::Categorical { categories } => Some((categories as u128, v.shape.iter().product::<usize>() / categories)),
+        Domain::Real { .. } => None,
+    }
+}
+
+fn states_of(model: &Model, vars: &[String]) -> Option<u128> {
+    vars.iter().try_fold(1u128, |acc, n| {
+        let (k, units) = values_per_unit(model.variable(n)?)?;
+        acc.checked_mul(k.checked_pow(units as u32)?)
+    })
+}
+
+/// Chooses the cheaper way to enumerate: the visible side with the plan's
+/// latents summed out, or the hidden side with the visibles summed out when
+/// the energy allows it (an RBM with fewer hidden than visible units).
+pub fn enumeration(graph: &FactorGraph, plan: &Plan) -> Result<Enumeration, String> {
+    let model = &graph.model;
+    let names = |role: Option<Role>| -> Vec<String> { model.variables.iter().filter(|v| role.is_none_or(|r| v.role == r)).map(|v| v.name.clone()).collect() };
+    let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
+    let mut options = Vec::new();
+    let rest: Vec<String> = names(None).into_iter().filter(|n| !summed.contains(n)).collect();
+    if let Some(states) = states_of(model, &rest) {
+        options.push(Enumeration { enumerate: rest, sum_out: summed.clone(), states });
+    }
+    let visible = names(Some(Role::Visible));
+    let summable = |n: &String| {
+        let v = model.variable(n).expect("declared");
+        v.domain.is_discrete() && graph.total_degree(n) <= Degree::Linear && graph.self_couplings(n).is_empty() && !visible.iter().any(|w| graph.neighbours(n).contains(w))
+    };
+    let hidden = names(Some(Role::Hidden));
+    if !hidden.is_empty() && visible.iter().all(summable) {
+        if let Some(states) = states_of(model, &hidden) {
+            options.push(Enumeration { enumerate: hidden, sum_out: visible, states });
+        }
+    }
+    let best = options.into_iter().min_by_key(|o| o.states).ok_or("exact log Z needs discrete variables on one side of the model; use AIS (`--ais`) or the grid integral for continuous models")?;
+    if best.states > ENUMERATION_LIMIT {
+        return Err(format!("exact log Z would enumerate {} states (limit {ENUMERATION_LIMIT}); use AIS (`--ais`) for a model this size", best.states));
+    }
+    Ok(best)
+}
+
+/// Every joint state of `vars` as rows `[states, ...shape]`.
+pub fn all_states(model: &Model, vars: &[String]) -> Tensors {
+    let states = states_of(model, vars).expect("checked by `enumeration`") as usize;
+    // Mixed radix: the last unit of the last variable varies fastest.
+    let mut out = Tensors::new();
+    let mut stride = 1usize;
+    for name in vars.iter().rev() {
+        let v = model.variable(name).expect("declared");
+        let (k, units) = values_per_unit(v).expect("discrete");
+        let k = k as usize;
+        let per: usize = v.shape.iter().product();
+        let width = per / units;
+        let mut data = vec![0.0f32; states * per];
+        for s in 0..states {
+            let mut rest = s / stride;
+            for u in (0..units).rev() {
+                set_unit(&v.domain, rest % k, &mut data[s * per + u * width..s * per + (u + 1) * width]);
+                rest /= k;
+            }
+        }
+        let mut shape = vec![states];
+        shape.extend(&v.shape);
+        out.insert(name.clone(), HostTensor::new(shape, data));
+        stride *= k.pow(units as u32);
+    }
+    out
+}
+
+fn set_unit(domain: &Domain, digit: usize, slot: &mut [f32]) {
+    match domain {
+        Domain::Binary => slot[0] = digit as f32,
+        Domain::Spin => slot[0] = if digit == 1 { 1.0 } else { -1.0 },
+        _ => {
+            for (j, x) in slot.iter_mut().enumerate() {
+                *x = f32::from(u8::from(j == digit));
+            }
+        }
+    }
+}
+
+pub fn log_sum_exp(x: &[f64]) -> f64 {
+    let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + x.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
+}
+
+/// Exact log Z by enumeration.
+pub fn exact_log_z(graph: &FactorGraph, plan: &Plan, params: &Tensors, device: DeviceKind) -> Result<f64, String> {
+    let e = enumeration(graph, plan)?;
+    let rows = all_states(&graph.model, &e.enumerate);
+    let f = backend::free_energy(&graph.model, params, &e.sum_out, &rows, device)?;
+    Ok(log_sum_exp(&f.iter().map(|x| -x).collect::<Vec<_>>()))
+}
+
+/// Exact log-likelihood of each data row, given log Z: the plan's latents
+/// summed out, any other latents enumerated per row.
+pub fn exact_log_likelihood(graph: &FactorGraph, plan: &Plan, params: &Tensors, data: &Tensors, log_z: f64, device: DeviceKind) -> Result<Vec<f64>, String> {
+    let model = &graph.model;
+    let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
+    let kept: Vec<String> = model.variables.iter().filter(|v| v.role == Role::Hidden && !summed.contains(&v.name)).map(|v| v.name.clone()).collect();
+    let n = data.values().next().map_or(0, |t| t.shape[0]);
+    if kept.is_empty() {
+        let f = backend::free_energy(model, params, &summed, data, device)?;
+        return Ok(f.into_iter().map(|x| -x - log_z).collect());
+    }
+    let states = states_of(model, &kept).filter(|s| *s <= ENUMERATION_LIMIT).ok_or("too many latent states to enumerate per row")? as usize;
+    let latent = all_states(model, &kept);
+    let mut out = Vec::with_capacity(n);
+    for r in 0..n {
+        // Rows: this data row repeated under every latent state.
+        let mut rows: Tensors = data
+            .iter()
+            .map(|(k, t)| {
+                let per: usize = t.shape[1..].iter().product();
+                let mut shape = t.shape.clone();
+                shape[0] = states;
+                (k.clone(), HostTensor::new(shape, t.data[r * per..(r + 1) * per].repeat(states)))
+            })
+            .collect();
+        rows.extend(latent.clone());
+        let f = backend::free_energy(model, params, &summed, &rows, device)?;
+        out.push(log_sum_exp(&f.iter().map(|x| -x).collect::<Vec<_>>()) - log_z);
+    }
+    Ok(out)
+}
