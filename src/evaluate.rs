@@ -152,3 +152,130 @@ pub fn exact_log_likelihood(graph: &FactorGraph, plan: &Plan, params: &Tensors, 
     }
     Ok(out)
 }
+
+/// Average log pseudo-likelihood per row, Σ_i log p(x_i | x_−i), over the
+/// visible discrete units (latents summed out as planned). With `units`
+/// given, a random subset of that many units per row, scaled up (stochastic PL).
+pub fn pseudo_likelihood(model: &Model, plan: &Plan, params: &Tensors, data: &Tensors, units: Option<usize>, seed: u64, device: DeviceKind) -> Result<f64, String> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
+    let n = data.values().next().map_or(0, |t| t.shape[0]);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut total = 0.0;
+    for v in model.variables.iter().filter(|v| v.role == Role::Visible) {
+        let (k, count) = values_per_unit(v).ok_or_else(|| format!("pseudo-likelihood needs discrete visible variables; `{}` is continuous", v.name))?;
+        let k = k as usize;
+        let per: usize = v.shape.iter().product();
+        let width = per / count;
+        let mut chosen: Vec<usize> = (0..count).collect();
+        let scale = match units {
+            Some(u) if u < count => {
+                chosen.shuffle(&mut rng);
+                chosen.truncate(u);
+                count as f64 / u as f64
+            }
+            _ => 1.0,
+        };
+        // Rows (row, unit, value) with that unit set to each value.
+        let rows_per = chosen.len() * k;
+        let mut expanded = Tensors::new();
+        for (name, t) in data {
+            let p: usize = t.shape[1..].iter().product();
+            let mut buf = Vec::with_capacity(n * rows_per * p);
+            for r in 0..n {
+                for &u in &chosen {
+                    for value in 0..k {
+                        let at = buf.len();
+                        buf.extend_from_slice(&t.data[r * p..(r + 1) * p]);
+                        if *name == v.name {
+                            set_unit(&v.domain, value, &mut buf[at + u * width..at + (u + 1) * width]);
+                        }
+                    }
+                }
+            }
+            let mut shape = t.shape.clone();
+            shape[0] = n * rows_per;
+            expanded.insert(name.clone(), HostTensor::new(shape, buf));
+        }
+        let f = crate::backend::free_energy(model, params, &summed, &expanded, device)?;
+        let own = &data[&v.name];
+        for r in 0..n {
+            for (j, &u) in chosen.iter().enumerate() {
+                let block = &f[(r * chosen.len() + j) * k..(r * chosen.len() + j + 1) * k];
+                let slot = &own.data[r * per + u * width..r * per + (u + 1) * width];
+                let mine = (0..k).find(|&value| {
+                    let mut probe = vec![0.0; width];
+                    set_unit(&v.domain, value, &mut probe);
+                    probe == slot
+                });
+                let mine = mine.ok_or("data value outside the variable's domain")?;
+                let lse = log_sum_exp(&block.iter().map(|x| -x).collect::<Vec<_>>());
+                total += scale * (-block[mine] - lse);
+            }
+        }
+    }
+    Ok(total / n as f64)
+}
+
+/// Mean squared reconstruction error of the visible rows after one
+/// up-down pass: sample the latents given the data, then compare the data
+/// with the visible units' conditional means. For models whose plan samples
+/// every latent in a Gibbs block.
+pub fn reconstruction_error(model: &Model, plan: &Plan, params: &Tensors, data: &Tensors, seed: u64, device: DeviceKind) -> Result<f64, String> {
+    use crate::backend::{Quantity, Sampler};
+    let hidden: Vec<&Variable> = model.variables.iter().filter(|v| v.role == Role::Hidden).collect();
+    let visible: Vec<&Variable> = model.variables.iter().filter(|v| v.role == Role::Visible).collect();
+    if hidden.is_empty() || !model.variables.iter().all(|v| v.domain.is_discrete()) {
+        return Err("reconstruction error needs a model with discrete hidden and visible variables".into());
+    }
+    let n = data.values().next().map_or(0, |t| t.shape[0]);
+    let sampler = Sampler::new(model, plan, params, 1, seed, device)?;
+    let mut rows = data.clone();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    for h in &hidden {
+        // Latents given the data (with other latents at zero: the bipartite case).
+        let mut given = rows.clone();
+        for other in hidden.iter().filter(|o| o.name != h.name && !rows.contains_key(&o.name)) {
+            let mut shape = vec![n];
+            shape.extend(&other.shape);
+            given.insert(other.name.clone(), HostTensor::filled(shape, 0.0));
+        }
+        let p = sampler.evaluate(Quantity::Conditional(h.name.clone()), &given);
+        let drawn = draw_host(&h.domain, &p, &mut rng);
+        rows.insert(h.name.clone(), drawn);
+    }
+    let mut err = 0.0;
+    for v in &visible {
+        let p = sampler.evaluate(Quantity::Conditional(v.name.clone()), &rows);
+        let mean: Vec<f32> = match v.domain {
+            Domain::Spin => p.data.iter().map(|q| 2.0 * q - 1.0).collect(),
+            _ => p.data.clone(),
+        };
+        err += data[&v.name].data.iter().zip(&mean).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>();
+    }
+    Ok(err / n as f64)
+}
+
+fn draw_host(domain: &Domain, p: &HostTensor, rng: &mut rand::rngs::StdRng) -> HostTensor {
+    use rand::Rng;
+    let data = match domain {
+        Domain::Binary => p.data.iter().map(|q| f32::from(u8::from(rng.r#gen::<f32>() < *q))).collect(),
+        Domain::Spin => p.data.iter().map(|q| if rng.r#gen::<f32>() < *q { 1.0 } else { -1.0 }).collect(),
+        Domain::Categorical { categories } => p
+            .data
+            .chunks(*categories)
+            .flat_map(|row| {
+                let mut u = rng.r#gen::<f32>();
+                let pick = row.iter().position(|q| {
+                    u -= q;
+                    u < 0.0
+                });
+                let pick = pick.unwrap_or(row.len() - 1);
+                (0..row.len()).map(move |k| f32::from(u8::from(k == pick)))
+            })
+            .collect(),
+        Domain::Real { .. } => p.data.clone(),
+    };
+    HostTensor::new(p.shape.clone(), data)
+}

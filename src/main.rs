@@ -102,6 +102,47 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         device: DeviceArg,
     },
+    /// Evaluate trained parameters: exact or AIS log Z, log-likelihood, pseudo-likelihood, reconstruction error.
+    Eval {
+        file: PathBuf,
+        #[arg(long)]
+        model: Option<String>,
+        /// A checkpoint directory or .safetensors file.
+        #[arg(long)]
+        params: PathBuf,
+        /// Evaluate on this file (default: the train block's test split, else its data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Estimate log Z by annealed importance sampling (also when it can be enumerated, to compare).
+        #[arg(long)]
+        ais: bool,
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        #[arg(long, default_value_t = 1000)]
+        temperatures: usize,
+        /// Stochastic pseudo-likelihood over this many random units per row (default: all units).
+        #[arg(long)]
+        pl_units: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
+    },
+    /// Print the (free) energy of each data row: latents summed out as planned.
+    Energy {
+        file: PathBuf,
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        params: PathBuf,
+        /// Rows to score (CSV, NPY or IDX), bound as the train block binds its data.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
+    },
     /// Rewrite files in the canonical layout (comments are kept).
     Fmt {
         #[arg(required = true)]
@@ -165,6 +206,10 @@ fn main() -> ExitCode {
         Command::Train { file, model, data, epochs, seed, out, resume, device } => {
             train(&file, model.as_deref(), TrainArgs { data, epochs, seed, out, resume, device: device.into() })
         }
+        Command::Eval { file, model, params, data, ais, runs, temperatures, pl_units, seed, json, device } => {
+            eval(&file, model.as_deref(), &EvalArgs { params, data, ais, runs, temperatures, pl_units, seed, json, device: device.into() })
+        }
+        Command::Energy { file, model, params, data, device } => energy(&file, model.as_deref(), &params, &data, device.into()),
         Command::Fmt { files, check } => fmt(&files, check),
     };
     match result {
@@ -508,6 +553,146 @@ fn sample_grid(model: &ebmc::program::Model, plan: &ebmc::plan::Plan, out: &Path
     let path = out.join("samples.png");
     ebmc::tensor::write_atomically(&path, &ebmc::export::png_grid(&images, h, w, if h * w <= 256 { 4 } else { 2 })).map_err(Failure::Io)?;
     Ok(Some(path))
+}
+
+struct EvalArgs {
+    params: PathBuf,
+    data: Option<PathBuf>,
+    ais: bool,
+    runs: usize,
+    temperatures: usize,
+    pl_units: Option<usize>,
+    seed: u64,
+    json: bool,
+    device: ebmc::backend::DeviceKind,
+}
+
+/// The model, its plan and graph, its train block, and trained parameters.
+struct Loaded {
+    source: String,
+    model: ebmc::program::Model,
+    plan: ebmc::plan::Plan,
+    graph: ebmc::graph::FactorGraph,
+    spec: ebmc::program::Train,
+    params: ebmc::tensor::Tensors,
+}
+
+fn load_trained(path: &Path, only: Option<&str>, params: &Path, command: &str) -> Result<Loaded, Failure> {
+    let (source, compiled) = compile(path)?;
+    let model = one_model(&compiled.program, only, command)?.clone();
+    let Some(spec) = compiled.program.trains.get(&model.name).cloned() else {
+        eprintln!("error: model `{}` has no train block, so ebmc does not know how its data is bound; add `train {} {{ data = ... -> ...; objective = ...; }}`", model.name, model.name);
+        return Err(Failure::Input);
+    };
+    let plan = plans(path, &source, &compiled.program)?.into_iter().find(|p| p.model == model.name).ok_or(Failure::Input)?;
+    let graph = ebmc::graph::program_to_graph(&model);
+    let params = ebmc::train::load_params(params).map_err(Failure::Io)?;
+    Ok(Loaded { source, model, plan, graph, spec, params })
+}
+
+fn rows_to_score(l: &Loaded, path: &Path, data: Option<&Path>) -> Result<(ebmc::data::Dataset, &'static str), Failure> {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let fail = |e: ebmc::data::DataError| {
+        eprintln!("error: {e}");
+        Failure::Input
+    };
+    if let Some(file) = data {
+        return Ok((ebmc::data::load(&ebmc::data::with_file(&l.spec.data, file), &l.model, base).map_err(fail)?, "given rows"));
+    }
+    let all = ebmc::data::load(&l.spec.data, &l.model, base).map_err(fail)?;
+    match ebmc::data::split(all, l.spec.test.as_ref(), &l.model, base).map_err(fail)? {
+        (_, Some(test)) => Ok((test, "test rows")),
+        (train, None) => Ok((train, "training rows")),
+    }
+}
+
+fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
+    let l = load_trained(path, only, &a.params, "eval")?;
+    let _ = &l.source;
+    let (rows, which) = rows_to_score(&l, path, a.data.as_deref())?;
+    let mut report = serde_json::Map::new();
+    report.insert("model".into(), l.model.name.clone().into());
+    report.insert("rows".into(), rows.rows.into());
+    report.insert("evaluated_on".into(), which.into());
+    let mut notes = Vec::new();
+    let exact_z = match ebmc::evaluate::exact_log_z(&l.graph, &l.plan, &l.params, a.device) {
+        Ok(z) => {
+            report.insert("exact_log_z".into(), z.into());
+            let ll = ebmc::evaluate::exact_log_likelihood(&l.graph, &l.plan, &l.params, &rows.vars, z, a.device).map_err(Failure::Io)?;
+            report.insert("log_likelihood".into(), (ll.iter().sum::<f64>() / ll.len() as f64).into());
+            Some(z)
+        }
+        Err(why) => {
+            notes.push(format!("no exact log Z: {why}"));
+            None
+        }
+    };
+    if a.ais || exact_z.is_none() {
+        match ebmc::backend::ais(&l.model, &l.plan, &l.params, a.runs, a.temperatures, a.seed, a.device) {
+            Ok(est) => {
+                report.insert("ais".into(), serde_json::to_value(&est).expect("serialises"));
+                if exact_z.is_none() {
+                    let summed = l.plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
+                    let f = ebmc::backend::free_energy(&l.model, &l.params, &summed, &rows.vars, a.device).map_err(Failure::Io)?;
+                    report.insert("log_likelihood_ais".into(), (-f.iter().sum::<f64>() / f.len() as f64 - est.log_z).into());
+                }
+            }
+            Err(why) => notes.push(format!("no AIS: {why}")),
+        }
+    }
+    match ebmc::evaluate::pseudo_likelihood(&l.model, &l.plan, &l.params, &rows.vars, a.pl_units, a.seed, a.device) {
+        Ok(pl) => {
+            report.insert(if a.pl_units.is_some() { "pseudo_log_likelihood_stochastic" } else { "pseudo_log_likelihood" }.into(), pl.into());
+        }
+        Err(why) => notes.push(format!("no pseudo-likelihood: {why}")),
+    }
+    match ebmc::evaluate::reconstruction_error(&l.model, &l.plan, &l.params, &rows.vars, a.seed, a.device) {
+        Ok(e) => {
+            report.insert("reconstruction_error".into(), e.into());
+        }
+        Err(why) => notes.push(format!("no reconstruction error: {why}")),
+    }
+    report.insert("notes".into(), notes.clone().into());
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("serialises"));
+        return Ok(());
+    }
+    println!("model {} on {} {which}", l.model.name, rows.rows);
+    let num = |k: &str| report.get(k).and_then(|v| v.as_f64());
+    if let Some(z) = num("exact_log_z") {
+        println!("  log Z (exact)                  {z:.4}");
+    }
+    if let Some(ais) = report.get("ais") {
+        println!("  log Z (AIS, {} runs x {} temps) {:.4} ± {:.4}", a.runs, a.temperatures, ais["log_z"].as_f64().unwrap_or(f64::NAN), ais["std_error"].as_f64().unwrap_or(f64::NAN));
+    }
+    if let Some(ll) = num("log_likelihood") {
+        println!("  average log-likelihood         {ll:.4} nats");
+    }
+    if let Some(ll) = num("log_likelihood_ais") {
+        println!("  average log-likelihood (AIS)   {ll:.4} nats");
+    }
+    if let Some(pl) = num("pseudo_log_likelihood").or(num("pseudo_log_likelihood_stochastic")) {
+        println!("  average log pseudo-likelihood  {pl:.4} nats");
+    }
+    if let Some(e) = num("reconstruction_error") {
+        println!("  reconstruction error           {e:.4} (squared, per row)");
+    }
+    for n in notes {
+        println!("  note: {n}");
+    }
+    Ok(())
+}
+
+fn energy(path: &Path, only: Option<&str>, params: &Path, data: &Path, device: ebmc::backend::DeviceKind) -> Result<(), Failure> {
+    let l = load_trained(path, only, params, "energy")?;
+    let (rows, _) = rows_to_score(&l, path, Some(data))?;
+    let summed = l.plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
+    let f = ebmc::backend::free_energy(&l.model, &l.params, &summed, &rows.vars, device).map_err(Failure::Io)?;
+    println!("row,energy");
+    for (i, e) in f.iter().enumerate() {
+        println!("{},{e}", i + 1);
+    }
+    Ok(())
 }
 
 fn fmt(files: &[PathBuf], check_only: bool) -> Result<(), Failure> {
