@@ -53,8 +53,17 @@ pub struct Evaluator<'a, D: Device<f32>, T> {
     pub leaves: &'a Leaves<D, T>,
 }
 
+/// Under a tape, the two operands of one op must be distinct tensors (dfdx
+/// reads one gradient and writes the other), so a value used more than once
+/// is given a fresh identity for its earlier uses. Set by the trainer.
+pub struct Taped<'a, D: Device<f32>, T>(pub Evaluator<'a, D, T>);
+
 impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a, D, T> {
     pub fn eval(&self, roots: &[Id], vars: &BTreeMap<String, T3<D, T>>) -> Vec<T3<D, T>> {
+        self.eval_with(roots, vars, false)
+    }
+
+    fn eval_with(&self, roots: &[Id], vars: &BTreeMap<String, T3<D, T>>, fresh: bool) -> Vec<T3<D, T>> {
         let mut order: Vec<Id> = roots.iter().flat_map(|r| self.ir.cone(*r)).collect();
         order.sort();
         order.dedup();
@@ -69,16 +78,16 @@ impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a,
         }
         let mut values: HashMap<Id, T3<D, T>> = HashMap::new();
         for &id in &order {
-            let v = self.node(id, &mut values, &mut uses, vars);
+            let v = self.node(id, &mut values, &mut uses, vars, fresh);
             values.insert(id, v);
         }
-        roots.iter().map(|r| take(&mut values, &mut uses, *r)).collect()
+        roots.iter().map(|r| take(&mut values, &mut uses, *r, fresh)).collect()
     }
 
-    fn node(&self, id: Id, values: &mut HashMap<Id, T3<D, T>>, uses: &mut HashMap<Id, usize>, vars: &BTreeMap<String, T3<D, T>>) -> T3<D, T> {
+    fn node(&self, id: Id, values: &mut HashMap<Id, T3<D, T>>, uses: &mut HashMap<Id, usize>, vars: &BTreeMap<String, T3<D, T>>, fresh: bool) -> T3<D, T> {
         let node = self.ir.node(id);
         let (m, n) = canon(&node.shape);
-        let mut arg = |x: Id| take(values, uses, x);
+        let mut arg = |x: Id| take(values, uses, x, fresh);
         match &node.op {
             Op::Num(bits) => self.dev.tensor_from_vec(vec![f64::from_bits(*bits) as f32], (1, 1, 1)).retaped::<T>(),
             Op::Var(name) => vars.get(name).unwrap_or_else(|| panic!("no value bound for variable `{name}`")).retaped::<T>(),
@@ -181,13 +190,22 @@ impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a,
     }
 }
 
+impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Taped<'a, D, T> {
+    pub fn eval(&self, roots: &[Id], vars: &BTreeMap<String, T3<D, T>>) -> Vec<T3<D, T>> {
+        self.0.eval_with(roots, vars, true)
+    }
+}
+
 /// Takes a value for one use: the last use gets the tensor itself (with its
-/// tape), earlier uses a copy that shares data and records onto a fresh tape.
-fn take<D: Device<f32>, T: Tape<f32, D>>(values: &mut HashMap<Id, T3<D, T>>, uses: &mut HashMap<Id, usize>, id: Id) -> T3<D, T> {
+/// tape), earlier uses a copy that shares data and records onto a fresh tape
+/// (with a fresh identity too, when `fresh`).
+fn take<D: Device<f32>, T: Tape<f32, D>>(values: &mut HashMap<Id, T3<D, T>>, uses: &mut HashMap<Id, usize>, id: Id, fresh: bool) -> T3<D, T> {
     let left = uses.get_mut(&id).expect("every use is counted");
     *left -= 1;
     if *left == 0 {
         values.remove(&id).expect("value computed before use")
+    } else if fresh {
+        values[&id].retaped::<T>() * 1.0
     } else {
         values[&id].retaped::<T>()
     }

@@ -8,7 +8,7 @@
 //! sampled latents otherwise. Pseudo-likelihood minimises
 //! `−Σ_i log p(x_i | x_−i)` exactly, from energy differences.
 
-use super::eval::{Evaluator, Leaves};
+use super::eval::{Evaluator, Leaves, Taped};
 use super::{upload, ChainSet, Kernels, T3};
 use crate::ast::Role;
 use crate::ir::{self, Id, Ir, Op};
@@ -92,7 +92,11 @@ impl Trainer {
 enum Objective<D: Kernels> {
     Cd { k: usize },
     Pcd { k: usize, chains: Box<ChainSet<D>> },
-    Pl,
+    /// Pseudo-likelihood. Variables in `logits` are linear in each unit (no
+    /// unit couples to itself), so p(x_i | rest) comes from the conditional
+    /// logits −∂E/∂x at the data, all units at once; the others use energy
+    /// differences, one unit at a time.
+    Pl { logits: BTreeMap<String, Id> },
 }
 
 enum Optimizer {
@@ -175,7 +179,16 @@ impl<D: Kernels> Fitter<D> {
                 }
                 Objective::Pcd { k, chains: Box::new(set) }
             }
-            "pl" => Objective::Pl,
+            "pl" => {
+                let mut logits = BTreeMap::new();
+                for v in &plan.variables {
+                    if matches!(v.kernel, crate::plan::Kernel::BlockGibbs { .. } | crate::plan::Kernel::ChromaticGibbs { .. }) {
+                        let g = lowered.ir.grad(total, &v.name).unwrap_or_else(|| lowered.ir.zeros(&model.variable(&v.name).expect("declared").shape));
+                        logits.insert(v.name.clone(), lowered.ir.neg(g));
+                    }
+                }
+                Objective::Pl { logits }
+            }
             other => return Err(TrainError::Setup(format!("the `{other}` objective trains continuous models; this build trains `cd`, `pcd` and `pl`"))),
         };
         let opt = &train.optimizer;
@@ -192,8 +205,11 @@ impl<D: Kernels> Fitter<D> {
         };
         let moments = state.iter().filter(|(k, _)| k.starts_with("m.") || k.starts_with("v.") || k.starts_with("velocity.")).map(|(k, t)| (k.clone(), upload(&dev, t, 1))).collect();
         let reg = |name: &str, key: &str| train.regularizers.iter().find(|r| r.name == name).and_then(|r| option(r, key)).unwrap_or(0.0) as f32;
-        let root = if matches!(objective, Objective::Pl) { total } else { free_energy };
-        let cone = lowered.ir.cone(root);
+        let roots: Vec<Id> = match &objective {
+            Objective::Pl { logits } => std::iter::once(total).chain(logits.values().copied()).collect(),
+            _ => vec![free_energy],
+        };
+        let cone: Vec<Id> = roots.iter().flat_map(|r| lowered.ir.cone(*r)).collect();
         let used = lowered.params.iter().map(|p| p.name.clone()).filter(|n| cone.iter().any(|id| matches!(&lowered.ir.node(*id).op, Op::Param(p) if p == n))).collect();
         Ok(Fitter {
             dev,
@@ -253,7 +269,7 @@ impl<D: Kernels> Fitter<D> {
         let (k, persistent) = match &self.objective {
             Objective::Cd { k } => (*k, false),
             Objective::Pcd { k, .. } => (*k, true),
-            Objective::Pl => unreachable!("handled by pseudo_likelihood"),
+            Objective::Pl { .. } => unreachable!("handled by pseudo_likelihood"),
         };
         if !kept.is_empty() || !persistent {
             let set = self.scratch(rows)?;
@@ -285,7 +301,7 @@ impl<D: Kernels> Fitter<D> {
             }
         };
         let leaves = self.taped_leaves();
-        let ev = Evaluator { ir: &self.ir, dev: &self.dev, leaves: &leaves };
+        let ev = Taped(Evaluator { ir: &self.ir, dev: &self.dev, leaves: &leaves });
         let taped = |vars: &BTreeMap<String, T3<D>>, names: &[String]| -> BTreeMap<String, T3<D, OwnedTape<f32, D>>> {
             names.iter().map(|n| (n.clone(), vars[n].retaped())).collect()
         };
@@ -308,19 +324,58 @@ impl<D: Kernels> Fitter<D> {
         let rows = batch.values().next().map_or(0, |t| t.shape[0]);
         let mut grads: BTreeMap<String, T3<D>> = BTreeMap::new();
         let mut total_loss = 0.0;
-        for name in self.visible.clone() {
+        let mut accumulate = |grads: &mut BTreeMap<String, T3<D>>, g: Gradients<f32, D>, params: &BTreeMap<String, T3<D>>, used: &[String]| {
+            for p in used {
+                let gp = g.get(&params[p]);
+                let acc = match grads.remove(p) {
+                    Some(a) => a + gp,
+                    None => gp,
+                };
+                grads.insert(p.clone(), acc);
+            }
+        };
+        let logits = match &self.objective {
+            Objective::Pl { logits } => logits.clone(),
+            _ => unreachable!("pseudo-likelihood objective"),
+        };
+        for (name, root) in &logits {
+            let v = self.model.variable(name).expect("declared").clone();
+            let leaves = self.taped_leaves();
+            let ev = Taped(Evaluator { ir: &self.ir, dev: &self.dev, leaves: &leaves });
+            let vars: BTreeMap<String, T3<D, OwnedTape<f32, D>>> = batch.iter().map(|(k, t)| (k.clone(), upload(&self.dev, t, rows).retaped())).collect();
+            let l = ev.eval(&[*root], &vars).pop().expect("one root");
+            let (m, n) = super::eval::canon(&v.shape);
+            let l = super::eval::expand(l, rows, m, n);
+            let x = upload(&self.dev, &batch[name], rows);
+            // -log p(x_i | rest) per unit, from the logits L = -dE/dx.
+            let nll = match v.domain {
+                Domain::Binary => super::eval::unary(crate::ir::Unary::Softplus, l * (x * -2.0 + 1.0)),
+                Domain::Spin => super::eval::unary(crate::ir::Unary::Softplus, l * (x * -2.0)),
+                _ => {
+                    let lse = l.retaped::<OwnedTape<f32, D>>().logsumexp::<(usize, usize), Axis<2>>();
+                    let own = (l * x).sum::<(usize, usize), Axis<2>>();
+                    (lse - own).reshape_like(&(rows, 1usize, m))
+                }
+            };
+            let loss = nll.sum::<(), Axes3<0, 1, 2>>() / rows as f32;
+            total_loss += f64::from(loss.as_vec()[0]);
+            let cone = self.ir.cone(*root);
+            let used: Vec<String> = self.used.iter().filter(|p| cone.iter().any(|id| matches!(&self.ir.node(*id).op, Op::Param(n) if n == *p))).cloned().collect();
+            accumulate(&mut grads, loss.backward(), &self.params, &used);
+        }
+        for name in self.visible.clone().into_iter().filter(|n| !logits.contains_key(n)) {
             let v = self.model.variable(&name).expect("declared").clone();
             let (width, values) = unit_values(&v.domain);
             let units = v.shape.iter().product::<usize>() / width;
             let k = values.len();
-            // Chunks of units keep the expanded batch near 2^16 rows.
-            let chunk = (65536 / (rows * k).max(1)).clamp(1, units);
+            // Chunks of units keep the expanded batch near 2^14 rows.
+            let chunk = (16384 / (rows * k).max(1)).clamp(1, units);
             for start in (0..units).step_by(chunk) {
                 let end = (start + chunk).min(units);
                 let c = end - start;
                 let expanded = expand_rows(batch, &name, width, &values, start, end);
                 let leaves = self.taped_leaves();
-                let ev = Evaluator { ir: &self.ir, dev: &self.dev, leaves: &leaves };
+                let ev = Taped(Evaluator { ir: &self.ir, dev: &self.dev, leaves: &leaves });
                 let n = rows * c * k;
                 let vars: BTreeMap<String, T3<D, OwnedTape<f32, D>>> = expanded.iter().map(|(k, t)| (k.clone(), upload(&self.dev, t, n).retaped())).collect();
                 let e = ev.eval(&[self.total], &vars).pop().expect("one root");
@@ -333,15 +388,7 @@ impl<D: Kernels> Fitter<D> {
                 let e_own = (e * own).sum::<(usize, usize), Axis<2>>();
                 let loss = (e_own + lse).sum::<(), Axes2<0, 1>>() / rows as f32;
                 total_loss += f64::from(loss.as_vec()[0]);
-                let g = loss.backward();
-                for p in &self.used {
-                    let gp = g.get(&self.params[p]);
-                    let acc = match grads.remove(p) {
-                        Some(a) => a + gp,
-                        None => gp,
-                    };
-                    grads.insert(p.clone(), acc);
-                }
+                accumulate(&mut grads, loss.backward(), &self.params, &self.used);
             }
         }
         Ok((total_loss, grads))
@@ -412,7 +459,7 @@ impl<D: Kernels> Fit for Fitter<D> {
 
     fn step(&mut self, batch: &Tensors, lr: f64, step: usize) -> Result<StepReport, TrainError> {
         let (loss, mut grads) = match self.objective {
-            Objective::Pl => self.pseudo_likelihood(batch)?,
+            Objective::Pl { .. } => self.pseudo_likelihood(batch)?,
             _ => {
                 let (loss, g) = self.contrastive(batch)?;
                 let grads = self.used.iter().map(|p| (p.clone(), g.get(&self.params[p]))).collect();
