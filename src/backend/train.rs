@@ -324,7 +324,7 @@ impl<D: Kernels> Fitter<D> {
         let rows = batch.values().next().map_or(0, |t| t.shape[0]);
         let mut grads: BTreeMap<String, T3<D>> = BTreeMap::new();
         let mut total_loss = 0.0;
-        let mut accumulate = |grads: &mut BTreeMap<String, T3<D>>, g: Gradients<f32, D>, params: &BTreeMap<String, T3<D>>, used: &[String]| {
+        let accumulate = |grads: &mut BTreeMap<String, T3<D>>, g: Gradients<f32, D>, params: &BTreeMap<String, T3<D>>, used: &[String]| {
             for p in used {
                 let gp = g.get(&params[p]);
                 let acc = match grads.remove(p) {
