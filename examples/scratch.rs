@@ -1,24 +1,18 @@
-use dfdx::prelude::*;
-use rand::{RngCore, SeedableRng};
-use std::time::Instant;
 fn main() {
-    let dev = Cpu::seed_from_u64(0);
-    let a: Tensor<(usize, usize, usize), f32, _> = dev.sample_normal_like(&(100, 1, 784));
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
-    for _ in 0..3 {
-        let t = Instant::now();
-        let mut data = Vec::new();
-        for _ in 0..100 { data = a.as_vec(); }
-        let t_asvec = t.elapsed().as_secs_f64() / 100.0;
-        let t = Instant::now();
-        for _ in 0..100 { for x in data.iter_mut() { *x = 1.0 / (1.0 + (-*x).exp()); } }
-        let t_exp = t.elapsed().as_secs_f64() / 100.0;
-        let t = Instant::now();
-        for _ in 0..100 { for x in data.iter_mut() { let u = (rng.next_u32() >> 8) as f32 * (1.0 / 16_777_216.0); *x = if u < *x { 1.0 } else { 0.0 }; } }
-        let t_rng = t.elapsed().as_secs_f64() / 100.0;
-        let t = Instant::now();
-        for _ in 0..100 { let _t = dev.tensor_from_vec(data.clone(), (100usize, 1usize, 784usize)); }
-        let t_from = t.elapsed().as_secs_f64() / 100.0;
-        println!("as_vec {:.3}ms exp {:.3}ms rng {:.3}ms from_vec(+clone) {:.3}ms", t_asvec*1e3, t_exp*1e3, t_rng*1e3, t_from*1e3);
+    let src = "model ising { const A = grid(6, 6, periodic: true); visible s : spin[36]; param J : real; param field : real;
+           energy e = -0.5 * J * (s @ A @ s) - field * sum(s); }
+         train ising { data = csv(\"unused.csv\") -> s; objective = pl; optimizer = adam(lr: 0.05); batch = 50; epochs = 40; }";
+    let c = ebmc::compile(src).unwrap();
+    let (plans, _) = ebmc::plan(&c.program).unwrap();
+    let m = &c.program.models["ising"];
+    let t = &c.program.trains["ising"];
+    for j0 in [0.0f32, 0.1] {
+        let mut p = ebmc::tensor::initialise(&ebmc::ir::program_to_ir(m).params, 0);
+        p.get_mut("J").unwrap().data[0] = j0;
+        let mut tr = ebmc::backend::Trainer::new(m, &plans[0], t, &p, &Default::default(), 1, Default::default()).unwrap();
+        let data: Vec<f32> = (0..50 * 36).map(|i| if (i / 36) % 3 == 0 { 1.0 } else if i % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        let batch: ebmc::tensor::Tensors = [("s".to_string(), ebmc::tensor::HostTensor::new(vec![50, 36], data))].into_iter().collect();
+        let r = tr.step(&batch, 0.05, 1).unwrap();
+        println!("J0 {j0}: {:?} -> {:?}", r, tr.params());
     }
 }

@@ -254,9 +254,11 @@ pub fn unary<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(f: Un
         Unary::Sqrt => x.sqrt(),
         Unary::Square => x.square(),
         Unary::Softplus => {
-            // max(x, 0) + ln(1 + exp(-|x|)), stable for any x.
-            let a = x.retaped::<T>().abs().negate();
-            x.relu() + log1p_exp_neg(a)
+            // log(e^0 + e^x): stable for any x, and its gradient (a softmax) is
+            // right at x = 0, where relu(x) + ln(1 + e^-|x|) would give 0 under
+            // dfdx's zero derivatives of relu and abs.
+            let zeros = x.device().zeros_like(x.shape()).retaped::<T>();
+            [x, zeros].stack().logsumexp::<(usize, usize, usize), Axis<0>>()
         }
         Unary::Swish => {
             let s = x.retaped::<T>().sigmoid();
