@@ -15,7 +15,7 @@ use crate::ir::{self, Id, Ir, Op};
 use crate::plan::Plan;
 use crate::program::{Domain, Model, Train};
 use crate::schema::Value;
-use crate::tensor::{constants, HostTensor, Tensors};
+use crate::tensor::{HostTensor, Tensors};
 use dfdx::prelude::*;
 use std::collections::BTreeMap;
 
@@ -148,22 +148,10 @@ impl<D: Kernels> Fitter<D> {
             free_energy = crate::plan::sum_out(&mut lowered.ir, free_energy, model.variable(name).expect("declared")).0;
         }
         let free_energy = lowered.ir.inline_nets(free_energy);
-        let mut up = BTreeMap::new();
-        let mut shapes = BTreeMap::new();
-        for spec in &lowered.params {
-            let t = params.get(&spec.name).ok_or_else(|| TrainError::Setup(format!("no value for parameter `{}`", spec.name)))?;
-            up.insert(spec.name.clone(), upload(&dev, t, 1));
-            shapes.insert(spec.name.clone(), spec.shape.clone());
-        }
-        let consts = constants(model).iter().map(|(k, t)| (k.clone(), upload(&dev, t, 1))).collect();
-        let lattices = model
-            .consts
-            .iter()
-            .filter_map(|c| match &c.value {
-                crate::program::ConstValue::Graph(g) => Some((c.name.clone(), crate::graph::lattice_adjacency(g))),
-                _ => None,
-            })
-            .collect();
+        let leaves = super::device_leaves(&dev, model, &lowered, params)?;
+        let shapes: BTreeMap<String, Vec<usize>> = lowered.params.iter().map(|p| (p.name.clone(), p.shape.clone())).collect();
+        let (up, consts): (BTreeMap<String, T3<D>>, BTreeMap<String, T3<D>>) = leaves.tensors.into_iter().partition(|(k, _)| shapes.contains_key(k));
+        let lattices = leaves.lattices;
         let visible: Vec<String> = model.variables.iter().filter(|v| v.role == Role::Visible).map(|v| v.name.clone()).collect();
         let kept: Vec<String> = model.variables.iter().filter(|v| v.role == Role::Hidden && !summed.contains(&v.name)).map(|v| v.name.clone()).collect();
         let o = &train.objective;
