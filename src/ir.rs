@@ -798,19 +798,30 @@ impl Ir {
     /// variable `var`; `None` when `root` does not depend on it.
     pub fn grad(&mut self, root: Id, var: &str) -> Option<Id> {
         let root = self.inline_nets_where(root, Some(var));
-        if !self.depends_on(root, var) {
-            return None;
-        }
+        self.grad_of(root, &Op::Var(var.to_string()))
+    }
+
+    /// The per-example gradient of the scalar `root` with respect to a
+    /// parameter (net weights included, as `f.w0`, `f.b0`, ...).
+    pub fn grad_param(&mut self, root: Id, param: &str) -> Option<Id> {
+        let root = self.inline_nets(root);
+        self.grad_of(root, &Op::Param(param.to_string()))
+    }
+
+    fn grad_of(&mut self, root: Id, leaf: &Op) -> Option<Id> {
         let cone = self.cone(root);
         let depends: BTreeSet<Id> = {
             let mut d = BTreeSet::new();
             for &id in &cone {
-                if matches!(&self.node(id).op, Op::Var(v) if v == var) || self.children(id).iter().any(|c| d.contains(c)) {
+                if self.node(id).op == *leaf || self.children(id).iter().any(|c| d.contains(c)) {
                     d.insert(id);
                 }
             }
             d
         };
+        if !depends.contains(&root) {
+            return None;
+        }
         let mut adj: HashMap<Id, Id> = HashMap::new();
         let one = self.num(1.0);
         adj.insert(root, one);
@@ -821,6 +832,10 @@ impl Ir {
                 continue;
             }
             let node = self.node(id).clone();
+            if node.op == *leaf {
+                result = Some(g);
+                continue;
+            }
             let mut push = |ir: &mut Ir, child: Id, contribution: Id| {
                 if depends.contains(&child) {
                     let total = match adj.get(&child) {
@@ -832,8 +847,7 @@ impl Ir {
             };
             let shape_of = |ir: &Ir, x: Id| ir.shape(x).clone();
             match node.op {
-                Op::Var(_) => result = Some(g),
-                Op::Num(_) | Op::Param(_) | Op::Const(_) => {}
+                Op::Num(_) | Op::Var(_) | Op::Param(_) | Op::Const(_) => {}
                 Op::Neg(a) => {
                     let c = self.neg(g);
                     push(self, a, c);

@@ -137,7 +137,7 @@ impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a,
                     }
                 }
             }
-            Op::Map(f, a) => unary(*f, arg(*a)),
+            Op::Map(f, a) => unary(*f, arg(*a), fresh),
             Op::Sum(a) => {
                 let x = arg(*a);
                 let b = x.shape().0;
@@ -216,6 +216,9 @@ fn matmul<D: Device<f32>, T: Tape<f32, D> + Merge<T>>(x: T3<D, T>, y: T3<D, T>, 
     let (by, my, ny) = *y.shape();
     let batch = bx.max(by);
     match (ra, rb) {
+        // batch of vectors . shared vector: one matrix-vector product.
+        (1, 1) if by == 1 && bx > 1 => x.reshape_like(&(bx, nx)).matmul(y.reshape_like(&(ny, 1usize))).reshape_like(&(bx, 1usize, 1usize)),
+        (1, 1) if bx == 1 && by > 1 => y.reshape_like(&(by, ny)).matmul(x.reshape_like(&(nx, 1usize))).reshape_like(&(by, 1usize, 1usize)),
         // vector . vector
         (1, 1) => {
             let p = expand(x, batch, 1, nx) * expand(y, batch, 1, ny);
@@ -243,7 +246,9 @@ fn log1p_exp_neg<D: Device<f32>, T: Tape<f32, D>>(y: T3<D, T>) -> T3<D, T> {
     (y.exp() + 1.0).ln()
 }
 
-pub fn unary<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(f: Unary, x: T3<D, T>) -> T3<D, T> {
+/// Applies an elementwise function; `taped` selects forms whose dfdx
+/// derivative is right everywhere (see softplus).
+pub fn unary<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(f: Unary, x: T3<D, T>, taped: bool) -> T3<D, T> {
     match f {
         Unary::Exp => x.exp(),
         Unary::Log => x.ln(),
@@ -253,12 +258,17 @@ pub fn unary<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(f: Un
         Unary::Abs => x.abs(),
         Unary::Sqrt => x.sqrt(),
         Unary::Square => x.square(),
-        Unary::Softplus => {
+        Unary::Softplus if taped => {
             // log(e^0 + e^x): stable for any x, and its gradient (a softmax) is
             // right at x = 0, where relu(x) + ln(1 + e^-|x|) would give 0 under
             // dfdx's zero derivatives of relu and abs.
             let zeros = x.device().zeros_like(x.shape()).retaped::<T>();
             [x, zeros].stack().logsumexp::<(usize, usize, usize), Axis<0>>()
+        }
+        Unary::Softplus => {
+            // max(x, 0) + ln(1 + exp(-|x|)): stable, fewer passes, no gradient needed.
+            let a = x.retaped::<T>().abs().negate();
+            x.relu() + log1p_exp_neg(a)
         }
         Unary::Swish => {
             let s = x.retaped::<T>().sigmoid();
@@ -279,5 +289,97 @@ pub fn unary<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(f: Un
             let out = if f == Unary::Step { positive } else { positive - x.lt(0.0).choose(ones, zeros) };
             out.retaped::<T>()
         }
+    }
+}
+
+/// One term of a per-example sum: `coefficient * scale * atom`, with `scale`
+/// an optional shared scalar.
+struct Term {
+    coefficient: f32,
+    scale: Option<Id>,
+    atom: Id,
+}
+
+fn has_var(ir: &Ir, id: Id) -> bool {
+    ir.cone(id).iter().any(|n| matches!(ir.node(*n).op, Op::Var(_)))
+}
+
+/// Splits a per-example expression into terms through `+`, `-`, negation
+/// and scaling by numbers or shared scalars.
+fn terms(ir: &Ir, id: Id, coefficient: f32, scale: Option<Id>, out: &mut Vec<Term>) {
+    match ir.node(id).op {
+        Op::Add(a, b) => {
+            terms(ir, a, coefficient, scale, out);
+            terms(ir, b, coefficient, scale, out);
+        }
+        Op::Sub(a, b) => {
+            terms(ir, a, coefficient, scale, out);
+            terms(ir, b, -coefficient, scale, out);
+        }
+        Op::Neg(a) => terms(ir, a, -coefficient, scale, out),
+        Op::Mul(s, x) if ir.shape(s).is_empty() && ir.num_value(s).is_some() => terms(ir, x, coefficient * ir.num_value(s).unwrap_or(1.0) as f32, scale, out),
+        Op::Mul(s, x) if ir.shape(s).is_empty() && scale.is_none() && !has_var(ir, s) => terms(ir, x, coefficient, Some(s), out),
+        _ => out.push(Term { coefficient, scale, atom: id }),
+    }
+}
+
+impl<'a, D: Kernels> Evaluator<'a, D, NoneTape> {
+    /// Sums over the batch of the per-example values of `roots`, each
+    /// `(1, rows, cols)`. An outer product of two per-example vectors sums to
+    /// one GEMM (`aᵀ b` over the batch), so parameter gradients of a batch
+    /// cost what a tape's backward pass would, without its elementwise passes.
+    pub fn eval_batch_sums(&self, roots: &[Id], vars: &BTreeMap<String, T3<D>>) -> Vec<T3<D>> {
+        let batch = vars.values().next().map_or(1, |t| t.shape().0);
+        let split: Vec<Vec<Term>> = roots
+            .iter()
+            .map(|r| {
+                let mut t = Vec::new();
+                terms(self.ir, *r, 1.0, None, &mut t);
+                t
+            })
+            .collect();
+        // Everything the terms need, evaluated together so shared subexpressions are computed once.
+        let mut needed: Vec<Id> = Vec::new();
+        for term in split.iter().flatten() {
+            match self.ir.node(term.atom).op {
+                Op::Outer(a, b) => needed.extend([a, b]),
+                _ => needed.push(term.atom),
+            }
+            needed.extend(term.scale);
+        }
+        needed.sort();
+        needed.dedup();
+        let values: HashMap<Id, T3<D>> = needed.iter().copied().zip(self.eval(&needed, vars)).collect();
+        let sum_batch = |x: T3<D>| -> T3<D> {
+            let (b, m, n) = *x.shape();
+            if b == 1 { x * batch as f32 } else { x.sum::<(usize, usize), Axis<0>>().reshape_like(&(1usize, m, n)) }
+        };
+        roots
+            .iter()
+            .zip(&split)
+            .map(|(root, parts)| {
+                let (m, n) = canon(self.ir.shape(*root));
+                let mut acc: Option<T3<D>> = None;
+                for term in parts {
+                    let value = match self.ir.node(term.atom).op {
+                        Op::Outer(a, b) => {
+                            let (x, y) = (expand(values[&a].clone(), batch, 1, m), expand(values[&b].clone(), batch, 1, n));
+                            x.reshape_like(&(batch, m)).permute::<_, Axes2<1, 0>>().matmul(y.reshape_like(&(batch, n))).reshape_like(&(1usize, m, n))
+                        }
+                        _ => sum_batch(expand(values[&term.atom].clone(), values[&term.atom].shape().0, m, n)),
+                    };
+                    let value = match term.scale {
+                        Some(s) => value * expand(values[&s].clone(), 1, m, n),
+                        None => value,
+                    };
+                    let value = if term.coefficient == 1.0 { value } else { value * term.coefficient };
+                    acc = Some(match acc {
+                        Some(a) => a + value,
+                        None => value,
+                    });
+                }
+                acc.unwrap_or_else(|| self.dev.zeros_like(&(1, m, n)))
+            })
+            .collect()
     }
 }
