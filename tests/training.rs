@@ -105,12 +105,13 @@ fn cd_and_pcd_move_the_exact_likelihood_to_its_maximum() {
     // The data's log-likelihood under the generating parameters is within
     // sampling noise of the maximum: with 2000 rows and 34 parameters the
     // maximum-likelihood fit exceeds it by about 34 / (2 * 2000) = 0.01 nats
-    // on average. A fit within 0.1 nats of it has recovered the model; the
-    // untrained model is ~1 nat worse.
+    // on average. The untrained model is 0.5 nats below it; a fit must close
+    // at least 80% of that gap and end within 0.05 nats of the generating
+    // parameters (CD's bias on a model this small is far below that).
     for (objective, epochs) in [("cd(k: 5)", 60), ("pcd(k: 1, chains: 100)", 60)] {
         let (before, after, truth) = train_and_score(objective, epochs);
-        assert!(after > before + 0.5, "{objective}: {before} -> {after}");
-        assert!(after > truth - 0.1, "{objective}: trained {after} vs generating {truth}");
+        assert!(after > before + 0.8 * (truth - before), "{objective}: {before} -> {after} (generating {truth})");
+        assert!(after > truth - 0.05, "{objective}: trained {after} vs generating {truth}");
     }
 }
 
@@ -146,7 +147,9 @@ fn resuming_reproduces_an_uninterrupted_run_exactly() {
     assert_eq!(std::fs::read(a.join("epoch-4/state.safetensors")).unwrap(), std::fs::read(b.join("epoch-4/state.safetensors")).unwrap());
     assert_eq!(straight.len(), resumed.len());
     for (x, y) in straight.iter().zip(&resumed) {
-        assert_eq!((x.epoch, x.loss, x.log_likelihood), (y.epoch, y.loss, y.log_likelihood));
+        assert_eq!((x.epoch, x.loss), (y.epoch, y.loss));
+        // The metric itself is evaluated with multithreaded GEMMs: equal up to rounding.
+        assert!((x.log_likelihood.unwrap() - y.log_likelihood.unwrap()).abs() < 1e-9);
     }
     // Only complete checkpoints exist, and `latest` names the newest.
     assert_eq!(std::fs::read_to_string(b.join("latest")).unwrap(), "epoch-4");
