@@ -143,6 +143,7 @@ pub fn run(
         (tensor::initialise(&lowered.params, opts.seed), Tensors::new(), 1, 0, Vec::new())
     };
     let mut trainer = Trainer::new(model, plan, train, &params, &state, opts.seed, opts.device).map_err(|error| RunError::Train { error, epoch: first_epoch, last_good: None })?;
+    trainer.prepare(&data.vars);
     let batch = train.batch.min(data.rows).max(1);
     let steps_per_epoch = data.rows / batch;
     progress(Progress::Start { epochs: opts.epochs, steps_per_epoch, from_epoch: first_epoch });

@@ -40,6 +40,8 @@ pub struct Trainer {
 }
 
 trait Fit {
+    /// Sees the whole training set once before the first epoch (NCE fits its noise to it).
+    fn prepare(&mut self, data: &Tensors);
     fn begin_epoch(&mut self, seed: u64);
     fn step(&mut self, batch: &Tensors, lr: f64, step: usize) -> Result<StepReport, TrainError>;
     fn params(&self) -> Tensors;
@@ -61,6 +63,11 @@ impl Trainer {
             super::DeviceKind::Cuda => return Err(TrainError::Setup("this ebmc was built without the `cuda` feature; rebuild with `--features cuda`".into())),
         };
         Ok(Trainer { inner })
+    }
+
+    /// Shows the trainer the whole training set before the first epoch.
+    pub fn prepare(&mut self, data: &Tensors) {
+        self.inner.prepare(data);
     }
 
     /// Reseeds every generator from the run's seed and the epoch, so that a
@@ -97,6 +104,36 @@ enum Objective<D: Kernels> {
     /// logits −∂E/∂x at the data, all units at once; the others use energy
     /// differences, one unit at a time.
     Pl { logits: BTreeMap<String, Id> },
+    /// Score matching and noise contrast for continuous visible variables.
+    Continuous(Continuous),
+}
+
+/// Roots and options of the continuous objectives. `grads[x]` is ∂F/∂x and
+/// `hvps[x]` the Hessian-vector product along the variable `__dir.x`.
+struct Continuous {
+    kind: ContinuousKind,
+    grads: BTreeMap<String, Id>,
+    hvps: BTreeMap<String, Id>,
+    rng: rand::rngs::SmallRng,
+    /// NCE's noise: mean, Cholesky factor of the covariance (row-major), box.
+    noise: Option<Noise>,
+}
+
+#[derive(Clone, Copy)]
+enum ContinuousKind {
+    Dsm { sigma: f32 },
+    Ssm { projections: usize, rademacher: bool, variance_reduced: bool },
+    Sm,
+    Cnce { sigma: f32 },
+    Nce { gaussian: bool, ratio: usize },
+}
+
+#[derive(Clone)]
+struct Noise {
+    mean: Vec<f64>,
+    chol: Vec<f64>,
+    low: Vec<f64>,
+    high: Vec<f64>,
 }
 
 enum Optimizer {
@@ -153,7 +190,14 @@ impl<D: Kernels> Fitter<D> {
         let free_energy = lowered.ir.inline_nets(free_energy);
         let leaves = super::device_leaves(&dev, model, &lowered, params)?;
         let shapes: BTreeMap<String, Vec<usize>> = lowered.params.iter().map(|p| (p.name.clone(), p.shape.clone())).collect();
-        let (up, consts): (BTreeMap<String, T3<D>>, BTreeMap<String, T3<D>>) = leaves.tensors.into_iter().partition(|(k, _)| shapes.contains_key(k));
+        let (mut up, consts): (BTreeMap<String, T3<D>>, BTreeMap<String, T3<D>>) = leaves.tensors.into_iter().partition(|(k, _)| shapes.contains_key(k));
+        let mut shapes = shapes;
+        if train.objective.name == "nce" {
+            // NCE learns the log-normaliser as one more parameter.
+            let c = params.get("nce.log_z").map_or(0.0, |t| t.data[0]);
+            up.insert("nce.log_z".into(), dev.tensor_from_vec(vec![c], (1, 1, 1)));
+            shapes.insert("nce.log_z".into(), vec![]);
+        }
         let lattices = leaves.lattices;
         let visible: Vec<String> = model.variables.iter().filter(|v| v.role == Role::Visible).map(|v| v.name.clone()).collect();
         let kept: Vec<String> = model.variables.iter().filter(|v| v.role == Role::Hidden && !summed.contains(&v.name)).map(|v| v.name.clone()).collect();
@@ -180,7 +224,34 @@ impl<D: Kernels> Fitter<D> {
                 }
                 Objective::Pl { logits }
             }
-            other => return Err(TrainError::Setup(format!("the `{other}` objective trains continuous models; this build trains `cd`, `pcd` and `pl`"))),
+            "jem" => return Err(TrainError::Setup("the `jem` objective is not implemented in this build; use `cd`, `pcd`, `pl`, `sm`, `dsm`, `ssm`, `nce` or `cnce`".into())),
+            name => {
+                let num = |k: &str, d: f64| option(o, k).unwrap_or(d) as f32;
+                let kind = match name {
+                    "dsm" => ContinuousKind::Dsm { sigma: num("sigma", 0.1) },
+                    "ssm" => ContinuousKind::Ssm {
+                        projections: o.int("projections").unwrap_or(1) as usize,
+                        rademacher: o.options.get("directions").and_then(Value::as_str) == Some("rademacher"),
+                        variance_reduced: o.options.get("variance_reduced").and_then(Value::as_bool).unwrap_or(false),
+                    },
+                    "sm" => ContinuousKind::Sm,
+                    "cnce" => ContinuousKind::Cnce { sigma: num("sigma", 0.1) },
+                    _ => ContinuousKind::Nce { gaussian: o.options.get("noise").and_then(Value::as_str) != Some("uniform"), ratio: o.int("ratio").unwrap_or(1) as usize },
+                };
+                let mut grads = BTreeMap::new();
+                let mut hvps = BTreeMap::new();
+                for v in model.variables.iter().filter(|v| v.role == Role::Visible) {
+                    if let Some(g) = lowered.ir.grad(free_energy, &v.name) {
+                        grads.insert(v.name.clone(), g);
+                    }
+                    if matches!(kind, ContinuousKind::Ssm { .. } | ContinuousKind::Sm) {
+                        if let Some(h) = lowered.ir.hessian_vector(free_energy, &v.name, &format!("__dir.{}", v.name)) {
+                            hvps.insert(v.name.clone(), h);
+                        }
+                    }
+                }
+                Objective::Continuous(Continuous { kind, grads, hvps, rng: rand::SeedableRng::seed_from_u64(seed ^ 0x736d), noise: None })
+            }
         };
         let opt = &train.optimizer;
         let weight_decay = option(opt, "weight_decay").unwrap_or(0.0) as f32;
@@ -198,12 +269,13 @@ impl<D: Kernels> Fitter<D> {
         let reg = |name: &str, key: &str| train.regularizers.iter().find(|r| r.name == name).and_then(|r| option(r, key)).unwrap_or(0.0) as f32;
         let roots: Vec<Id> = match &objective {
             Objective::Pl { logits } => std::iter::once(total).chain(logits.values().copied()).collect(),
+            Objective::Continuous(c) => std::iter::once(free_energy).chain(c.grads.values().copied()).chain(c.hvps.values().copied()).collect(),
             _ => vec![free_energy],
         };
         let cone: Vec<Id> = roots.iter().flat_map(|r| lowered.ir.cone(*r)).collect();
         let used: Vec<String> = lowered.params.iter().map(|p| p.name.clone()).filter(|n| cone.iter().any(|id| matches!(&lowered.ir.node(*id).op, Op::Param(p) if p == n))).collect();
         let param_grads = match objective {
-            Objective::Pl { .. } => Vec::new(),
+            Objective::Pl { .. } | Objective::Continuous(_) => Vec::new(),
             _ => used.iter().filter_map(|p| lowered.ir.grad_param(free_energy, p).map(|g| (p.clone(), g))).collect(),
         };
         Ok(Fitter {
@@ -266,7 +338,7 @@ impl<D: Kernels> Fitter<D> {
         let (k, persistent) = match &self.objective {
             Objective::Cd { k } => (*k, false),
             Objective::Pcd { k, .. } => (*k, true),
-            Objective::Pl { .. } => unreachable!("handled by pseudo_likelihood"),
+            Objective::Pl { .. } | Objective::Continuous(_) => unreachable!("handled by their own steps"),
         };
         if !kept.is_empty() || !persistent {
             let set = self.scratch(rows)?;
@@ -359,6 +431,186 @@ impl<D: Kernels> Fitter<D> {
         (loss, grads)
     }
 
+    /// Score matching (exact, denoising, sliced) and noise contrast on the
+    /// continuous visible variables, through the tape. Gradients and
+    /// Hessian-vector products of the energy in the data are IR, so the
+    /// tape only differentiates in the parameters.
+    fn continuous(&mut self, batch: &Tensors) -> Result<(f64, BTreeMap<String, T3<D>>), TrainError> {
+        let rows = batch.values().next().map_or(0, |t| t.shape[0]);
+        let Objective::Continuous(c) = &mut self.objective else { unreachable!("continuous objective") };
+        let (kind, grads, hvps, noise) = (c.kind, c.grads.clone(), c.hvps.clone(), c.noise.clone());
+        let mut rng = std::mem::replace(&mut c.rng, rand::SeedableRng::seed_from_u64(0));
+        let rng = &mut rng;
+        type Own<D> = OwnedTape<f32, D>;
+        let dev = self.dev.clone();
+        let leaves = self.taped_leaves();
+        let ev = Taped(Evaluator { ir: &self.ir, dev: &self.dev, leaves: &leaves });
+        let up = |t: &HostTensor, n: usize| upload(&dev, t, n).retaped::<Own<D>>();
+        let with = |batch: &Tensors, name: &str, data: Vec<f32>| -> Tensors {
+            let mut b = batch.clone();
+            let shape = b[name].shape.clone();
+            b.insert(name.to_string(), HostTensor::new(shape, data));
+            b
+        };
+        let taped = |b: &Tensors| -> BTreeMap<String, T3<D, Own<D>>> { b.iter().map(|(k, t)| (k.clone(), up(t, t.shape[0]))).collect() };
+        let per_row = |t: T3<D, Own<D>>| t.sum::<(usize,), Axes2<1, 2>>();
+        let loss: Tensor<(), f32, D, Own<D>> = match kind {
+            ContinuousKind::Dsm { sigma } => {
+                // ½ |σ ∇E(x + σz) − z|²: the denoising target is the noise itself.
+                let mut noisy = batch.clone();
+                let mut zs = BTreeMap::new();
+                for name in grads.keys() {
+                    let t = &batch[name];
+                    let z = normals(rng, t.data.len());
+                    noisy = with(&noisy, name, t.data.iter().zip(&z).map(|(x, e)| x + sigma * e).collect());
+                    zs.insert(name.clone(), up(&HostTensor::new(t.shape.clone(), z), rows));
+                }
+                let roots: Vec<Id> = grads.values().copied().collect();
+                let gs = ev.eval(&roots, &taped(&noisy));
+                let mut total: Option<Tensor<(), f32, D, Own<D>>> = None;
+                for ((name, _), g) in grads.iter().zip(gs) {
+                    let (m, n) = super::eval::canon(&self.model.variable(name).expect("declared").shape);
+                    let term = ((super::eval::expand(g, rows, m, n) * sigma) - zs.remove(name).expect("noise drawn")).square().sum::<(), Axes3<0, 1, 2>>();
+                    total = Some(match total { Some(t) => t + term, None => term });
+                }
+                total.expect("a continuous variable") * (0.5 / rows as f32)
+            }
+            ContinuousKind::Ssm { projections, rademacher, variance_reduced } => {
+                // ½ (vᵀ∇E)² − vᵀ(∇²E)v, or ½ |∇E|² − vᵀ(∇²E)v with the variance reduction.
+                let mut total: Option<Tensor<(), f32, D, Own<D>>> = None;
+                for _ in 0..projections {
+                    let mut b = batch.clone();
+                    let mut dirs = BTreeMap::new();
+                    for name in grads.keys() {
+                        let t = &batch[name];
+                        let v: Vec<f32> = if rademacher { normals(rng, t.data.len()).into_iter().map(|x| if x < 0.0 { -1.0 } else { 1.0 }).collect() } else { normals(rng, t.data.len()) };
+                        b.insert(format!("__dir.{name}"), HostTensor::new(t.shape.clone(), v.clone()));
+                        dirs.insert(name.clone(), HostTensor::new(t.shape.clone(), v));
+                    }
+                    let roots: Vec<Id> = grads.values().chain(hvps.values()).copied().collect();
+                    let mut vals = ev.eval(&roots, &taped(&b)).into_iter();
+                    let gs: Vec<_> = (0..grads.len()).map(|_| vals.next().expect("gradient")).collect();
+                    let hs: Vec<_> = vals.collect();
+                    let mut vg: Option<Tensor<(usize,), f32, D, Own<D>>> = None;
+                    let mut g2: Option<Tensor<(), f32, D, Own<D>>> = None;
+                    let mut vhv: Option<Tensor<(), f32, D, Own<D>>> = None;
+                    for ((name, g), h) in grads.keys().zip(gs).zip(hs) {
+                        let (m, n) = super::eval::canon(&self.model.variable(name).expect("declared").shape);
+                        let (g, h) = (super::eval::expand(g, rows, m, n), super::eval::expand(h, rows, m, n));
+                        let v = up(&dirs[name], rows);
+                        // Each gradient is consumed by the one term that uses it, so its tape reaches the loss.
+                        if variance_reduced {
+                            let sq = g.square().sum::<(), Axes3<0, 1, 2>>();
+                            g2 = Some(match g2 { Some(t) => t + sq, None => sq });
+                        } else {
+                            let dot = per_row(g * v.retaped::<Own<D>>());
+                            vg = Some(match vg { Some(t) => t + dot, None => dot });
+                        }
+                        let curv = (h * v).sum::<(), Axes3<0, 1, 2>>();
+                        vhv = Some(match vhv { Some(t) => t + curv, None => curv });
+                    }
+                    let first = if variance_reduced { g2.expect("gradients") * 0.5 } else { vg.expect("gradients").square().sum::<(), Axis<0>>() * 0.5 };
+                    let term = first - vhv.expect("Hessian-vector products");
+                    total = Some(match total { Some(t) => t + term, None => term });
+                }
+                total.expect("at least one projection") / (rows * projections) as f32
+            }
+            ContinuousKind::Sm => {
+                // Σ_i ½ (∂_i E)² − ∂²_i E: one Hessian-vector product per coordinate (the minus sign: s = −∇E, tr ∇s = −ΔE).
+                let roots: Vec<Id> = grads.values().copied().collect();
+                let gs = ev.eval(&roots, &taped(batch));
+                let mut total: Option<Tensor<(), f32, D, Own<D>>> = None;
+                for ((name, _), g) in grads.iter().zip(gs) {
+                    let v = self.model.variable(name).expect("declared");
+                    let (m, n) = super::eval::canon(&v.shape);
+                    let half = super::eval::expand(g, rows, m, n).square().sum::<(), Axes3<0, 1, 2>>() * 0.5;
+                    total = Some(match total { Some(t) => t + half, None => half });
+                    let dims: usize = v.shape.iter().product();
+                    for i in 0..dims {
+                        let unit: Vec<f32> = (0..rows * dims).map(|j| f32::from(u8::from(j % dims == i))).collect();
+                        let mut b = batch.clone();
+                        let mut shape = vec![rows];
+                        shape.extend(&v.shape);
+                        b.insert(format!("__dir.{name}"), HostTensor::new(shape.clone(), unit.clone()));
+                        let h = ev.eval(&[hvps[name]], &taped(&b)).pop().expect("one root");
+                        let diag = (super::eval::expand(h, rows, m, n) * up(&HostTensor::new(shape, unit), rows)).sum::<(), Axes3<0, 1, 2>>();
+                        total = Some(total.expect("started above") - diag);
+                    }
+                }
+                total.expect("a continuous variable") / rows as f32
+            }
+            ContinuousKind::Cnce { sigma } => {
+                // softplus(E(x) − E(x')), x' = x + σz: a symmetric noise needs no density.
+                let mut shifted = batch.clone();
+                for name in grads.keys() {
+                    let t = &batch[name];
+                    let z = normals(rng, t.data.len());
+                    shifted = with(&shifted, name, t.data.iter().zip(&z).map(|(x, e)| x + sigma * e).collect());
+                }
+                let e = ev.eval(&[self.free_energy], &taped(batch)).pop().expect("one root");
+                let e2 = ev.eval(&[self.free_energy], &taped(&shifted)).pop().expect("one root");
+                let d = super::eval::expand(e, rows, 1, 1) - super::eval::expand(e2, rows, 1, 1);
+                super::eval::unary(crate::ir::Unary::Softplus, d, true).sum::<(), Axes3<0, 1, 2>>() / rows as f32
+            }
+            ContinuousKind::Nce { gaussian: is_gaussian, ratio } => {
+                // Logistic regression of data against noise on -E(x) - c - log p_n(x), c learned.
+                let noise = noise.ok_or_else(|| TrainError::Setup("NCE's noise was not fitted to the data".into()))?;
+                let names: Vec<String> = grads.keys().cloned().collect();
+                let count = rows * ratio;
+                let d = noise.mean.len();
+                let mut noise_rows: Vec<Vec<f64>> = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let point: Vec<f64> = if is_gaussian {
+                        let z: Vec<f64> = normals(rng, d).into_iter().map(f64::from).collect();
+                        (0..d).map(|i| noise.mean[i] + (0..=i).map(|j| noise.chol[i * d + j] * z[j]).sum::<f64>()).collect()
+                    } else {
+                        (0..d).map(|i| noise.low[i] + (noise.high[i] - noise.low[i]) * f64::from(rand::Rng::r#gen::<f32>(rng))).collect()
+                    };
+                    noise_rows.push(point);
+                }
+                let data_rows: Vec<Vec<f64>> = (0..rows).map(|r| names.iter().flat_map(|n| {
+                    let t = &batch[n];
+                    let per: usize = t.shape[1..].iter().product();
+                    t.data[r * per..(r + 1) * per].iter().map(|x| f64::from(*x)).collect::<Vec<_>>()
+                }).collect()).collect();
+                let log_pn = |x: &[f64]| noise.log_density(x, is_gaussian) as f32;
+                let mut noise_batch = Tensors::new();
+                let mut at = 0;
+                for n in &names {
+                    let shape = &batch[n].shape;
+                    let per: usize = shape[1..].iter().product();
+                    let mut s = shape.clone();
+                    s[0] = count;
+                    noise_batch.insert(n.clone(), HostTensor::new(s, noise_rows.iter().flat_map(|p| p[at..at + per].iter().map(|x| *x as f32)).collect()));
+                    at += per;
+                }
+                let c_param = leaves.tensors["nce.log_z"].retaped::<Own<D>>();
+                let logit = |e: T3<D, Own<D>>, lp: Vec<f32>, n: usize| {
+                    let lp = up(&HostTensor::new(vec![n, 1, 1], lp), n);
+                    super::eval::expand(e, n, 1, 1).negate() - super::eval::expand(c_param.retaped::<Own<D>>(), n, 1, 1) - lp
+                };
+                let e_data = ev.eval(&[self.free_energy], &taped(batch)).pop().expect("one root");
+                let e_noise = ev.eval(&[self.free_energy], &taped(&noise_batch)).pop().expect("one root");
+                let l_data = logit(e_data, data_rows.iter().map(|p| log_pn(p)).collect(), rows);
+                let l_noise = logit(e_noise, noise_rows.iter().map(|p| log_pn(p)).collect(), count);
+                let pos = super::eval::unary(crate::ir::Unary::Softplus, l_data.negate(), true).sum::<(), Axes3<0, 1, 2>>() / rows as f32;
+                let neg = super::eval::unary(crate::ir::Unary::Softplus, l_noise, true).sum::<(), Axes3<0, 1, 2>>() / rows as f32;
+                drop(c_param);
+                pos + neg
+            }
+        };
+        let value = f64::from(loss.as_vec()[0]);
+        let g = loss.backward();
+        if let Objective::Continuous(c) = &mut self.objective {
+            c.rng = std::mem::replace(rng, rand::SeedableRng::seed_from_u64(0));
+        }
+        let mut used = self.used.clone();
+        if self.params.contains_key("nce.log_z") {
+            used.push("nce.log_z".into());
+        }
+        Ok((value, used.iter().map(|p| (p.clone(), g.get(&self.params[p]))).collect()))
+    }
+
     /// Exact pseudo-likelihood of a batch: every unit of every visible
     /// variable is set to each of its values in turn.
     fn pseudo_likelihood(&mut self, batch: &Tensors) -> Result<(f64, BTreeMap<String, T3<D>>), TrainError> {
@@ -436,6 +688,10 @@ impl<D: Kernels> Fitter<D> {
     }
 }
 
+fn normals(rng: &mut rand::rngs::SmallRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rand_distr::Distribution::<f32>::sample(&rand_distr::StandardNormal, rng)).collect()
+}
+
 /// The values one unit can take, each as its per-unit slice.
 fn unit_values(domain: &Domain) -> (usize, Vec<Vec<f32>>) {
     match domain {
@@ -488,8 +744,77 @@ fn own_mask(batch: &Tensors, var: &str, width: usize, values: &[Vec<f32>], start
     out
 }
 
+impl Noise {
+    /// Log-density of NCE's noise at `x`.
+    fn log_density(&self, x: &[f64], gaussian: bool) -> f64 {
+        let d = self.mean.len();
+        if !gaussian {
+            let inside = x.iter().enumerate().all(|(i, v)| *v >= self.low[i] && *v <= self.high[i]);
+            return if inside { -(0..d).map(|i| (self.high[i] - self.low[i]).ln()).sum::<f64>() } else { f64::NEG_INFINITY };
+        }
+        // Solve L y = x - mean; log N = -|y|^2/2 - sum log L_ii - d/2 log 2π.
+        let mut y = vec![0.0; d];
+        for i in 0..d {
+            let s: f64 = (0..i).map(|j| self.chol[i * d + j] * y[j]).sum();
+            y[i] = (x[i] - self.mean[i] - s) / self.chol[i * d + i];
+        }
+        -0.5 * y.iter().map(|v| v * v).sum::<f64>() - (0..d).map(|i| self.chol[i * d + i].ln()).sum::<f64>() - 0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln()
+    }
+
+    /// A Gaussian with the data's mean and covariance, and the data's box widened by a tenth.
+    fn fit(rows: &[Vec<f64>]) -> Noise {
+        let (n, d) = (rows.len() as f64, rows[0].len());
+        let mean: Vec<f64> = (0..d).map(|i| rows.iter().map(|r| r[i]).sum::<f64>() / n).collect();
+        let mut cov = vec![0.0; d * d];
+        for r in rows {
+            for i in 0..d {
+                for j in 0..d {
+                    cov[i * d + j] += (r[i] - mean[i]) * (r[j] - mean[j]) / n;
+                }
+            }
+        }
+        let mut chol = vec![0.0; d * d];
+        for i in 0..d {
+            for j in 0..=i {
+                let s: f64 = (0..j).map(|k| chol[i * d + k] * chol[j * d + k]).sum();
+                chol[i * d + j] = if i == j { (cov[i * d + i] - s).max(1e-9).sqrt() } else { (cov[i * d + j] - s) / chol[j * d + j] };
+            }
+        }
+        let low: Vec<f64> = (0..d).map(|i| rows.iter().map(|r| r[i]).fold(f64::INFINITY, f64::min)).collect();
+        let high: Vec<f64> = (0..d).map(|i| rows.iter().map(|r| r[i]).fold(f64::NEG_INFINITY, f64::max)).collect();
+        let pad: Vec<f64> = (0..d).map(|i| 0.1 * (high[i] - low[i]).max(1e-6)).collect();
+        Noise { mean, chol, low: (0..d).map(|i| low[i] - pad[i]).collect(), high: (0..d).map(|i| high[i] + pad[i]).collect() }
+    }
+}
+
 impl<D: Kernels> Fit for Fitter<D> {
+    fn prepare(&mut self, data: &Tensors) {
+        let names: Vec<String> = match &self.objective {
+            Objective::Continuous(Continuous { kind: ContinuousKind::Nce { .. }, grads, .. }) => grads.keys().cloned().collect(),
+            _ => return,
+        };
+        let n = data.values().next().map_or(0, |t| t.shape[0]);
+        let rows: Vec<Vec<f64>> = (0..n)
+            .map(|r| {
+                names
+                    .iter()
+                    .flat_map(|name| {
+                        let t = &data[name];
+                        let per: usize = t.shape[1..].iter().product();
+                        t.data[r * per..(r + 1) * per].iter().map(|x| f64::from(*x)).collect::<Vec<_>>()
+                    })
+                    .collect()
+            })
+            .collect();
+        if let Objective::Continuous(c) = &mut self.objective {
+            c.noise = Some(Noise::fit(&rows));
+        }
+    }
+
     fn begin_epoch(&mut self, seed: u64) {
+        if let Objective::Continuous(c) = &mut self.objective {
+            c.rng = rand::SeedableRng::seed_from_u64(seed ^ 0x736d);
+        }
         if let Objective::Pcd { chains, .. } = &mut self.objective {
             chains.reseed(seed ^ 0x7063_6421);
         }
@@ -501,6 +826,7 @@ impl<D: Kernels> Fit for Fitter<D> {
     fn step(&mut self, batch: &Tensors, lr: f64, step: usize) -> Result<StepReport, TrainError> {
         let (loss, mut grads) = match self.objective {
             Objective::Pl { .. } => self.pseudo_likelihood(batch)?,
+            Objective::Continuous(_) => self.continuous(batch)?,
             _ if self.energy_alpha == 0.0 => self.contrastive_symbolic(batch)?,
             _ => self.contrastive(batch)?,
         };
