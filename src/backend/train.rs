@@ -17,7 +17,7 @@ use crate::program::{Domain, Model, Train};
 use crate::schema::Value;
 use crate::tensor::{HostTensor, Tensors};
 use dfdx::prelude::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepReport {
@@ -604,7 +604,14 @@ impl<D: Kernels> Fitter<D> {
         if let Objective::Continuous(c) = &mut self.objective {
             c.rng = std::mem::replace(rng, rand::SeedableRng::seed_from_u64(0));
         }
-        let mut used = self.used.clone();
+        // Score matching sees the energy only through its derivatives in the
+        // data: a parameter that shifts the energy by a constant gets no gradient.
+        let loss_roots: Vec<Id> = match kind {
+            ContinuousKind::Dsm { .. } | ContinuousKind::Ssm { .. } | ContinuousKind::Sm => grads.values().chain(hvps.values()).copied().collect(),
+            _ => vec![self.free_energy],
+        };
+        let cone: BTreeSet<Id> = loss_roots.iter().flat_map(|r| self.ir.cone(*r)).collect();
+        let mut used: Vec<String> = self.used.iter().filter(|p| cone.iter().any(|id| matches!(&self.ir.node(*id).op, Op::Param(n) if n == *p))).cloned().collect();
         if self.params.contains_key("nce.log_z") {
             used.push("nce.log_z".into());
         }
