@@ -721,7 +721,7 @@ pub fn free_energy(model: &Model, params: &Tensors, sum_out: &[String], rows: &T
     match device {
         DeviceKind::Cpu => free_energy_on(&Cpu::default(), model, params, sum_out, rows),
         #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => free_energy_on(&Cuda::try_new(0).map_err(|e| format!("cannot open the CUDA device: {e:?}"))?, model, params, sum_out, rows),
+        DeviceKind::Cuda => free_energy_on(&Cuda::try_seed_from_u64(0).map_err(|e| format!("cannot open the CUDA device: {e:?}"))?, model, params, sum_out, rows),
         #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda => Err("this ebmc was built without the `cuda` feature; rebuild with `--features cuda`".into()),
     }
