@@ -58,7 +58,7 @@ pub fn enumeration(graph: &FactorGraph, plan: &Plan) -> Result<Enumeration, Stri
             options.push(Enumeration { enumerate: hidden, sum_out: visible, states });
         }
     }
-    let best = options.into_iter().min_by_key(|o| o.states).ok_or("exact log Z needs discrete variables on one side of the model; use AIS (`--ais`) or the grid integral for continuous models")?;
+    let best = options.into_iter().min_by_key(|o| o.states).ok_or("exact log Z needs discrete variables on one side of the model; use AIS (`--ais`) for RBM-like models")?;
     if best.states > ENUMERATION_LIMIT {
         return Err(format!("exact log Z would enumerate {} states (limit {ENUMERATION_LIMIT}); use AIS (`--ais`) for a model this size", best.states));
     }
@@ -278,4 +278,41 @@ fn draw_host(domain: &Domain, p: &HostTensor, rng: &mut rand::rngs::StdRng) -> H
         Domain::Real { .. } => p.data.clone(),
     };
     HostTensor::new(p.shape.clone(), data)
+}
+
+/// Accuracy and expected calibration error (10 equal-width confidence bins)
+/// of p(label | rest) for a model whose plan sums a visible label out (JEM).
+pub fn classification(model: &Model, plan: &Plan, params: &Tensors, data: &Tensors, device: DeviceKind) -> Result<(f64, f64), String> {
+    let label = plan.label_marginal.as_ref().map(|m| m.var.clone()).ok_or("classification needs a categorical label the plan sums out")?;
+    let sampler = crate::backend::Sampler::new(model, plan, params, 1, 0, device)?;
+    let inputs: Tensors = data.iter().filter(|(k, _)| **k != label).map(|(k, t)| (k.clone(), t.clone())).collect();
+    let p = sampler.evaluate(crate::backend::Quantity::Conditional(label.clone()), &inputs);
+    let k = *p.shape.last().expect("categories");
+    let truth = &data[&label].data;
+    let (mut correct, mut bins) = (0usize, vec![(0.0f64, 0.0f64, 0usize); 10]);
+    let rows = p.data.len() / k;
+    for r in 0..rows {
+        let row = &p.data[r * k..(r + 1) * k];
+        let (best, conf) = row.iter().enumerate().fold((0, f32::MIN), |acc, (i, q)| if *q > acc.1 { (i, *q) } else { acc });
+        let hit = truth[r * k + best] > 0.5;
+        correct += usize::from(hit);
+        let b = ((conf * 10.0) as usize).min(9);
+        bins[b].0 += f64::from(conf);
+        bins[b].1 += f64::from(u8::from(hit));
+        bins[b].2 += 1;
+    }
+    let ece = bins.iter().filter(|b| b.2 > 0).map(|(c, h, n)| (*n as f64 / rows as f64) * ((c - h) / *n as f64).abs()).sum();
+    Ok((correct as f64 / rows as f64, ece))
+}
+
+/// The variables `ebmc energy` sums out for rows that bind `given`: the
+/// plan's latents, and a JEM label the rows leave out.
+pub fn summed_for(plan: &Plan, given: &[String]) -> Vec<String> {
+    let mut summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
+    if let Some(m) = &plan.label_marginal {
+        if !given.contains(&m.var) {
+            summed.push(m.var.clone());
+        }
+    }
+    summed
 }

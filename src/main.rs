@@ -130,7 +130,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         device: DeviceArg,
     },
-    /// Print the (free) energy of each data row: latents summed out as planned.
+    /// Print the (free) energy of each data row: latents summed out as planned, and a JEM label the rows leave out (an out-of-distribution score).
     Energy {
         file: PathBuf,
         #[arg(long)]
@@ -646,6 +646,15 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
         }
         Err(why) => notes.push(format!("no pseudo-likelihood: {why}")),
     }
+    if l.plan.label_marginal.is_some() {
+        match ebmc::evaluate::classification(&l.model, &l.plan, &l.params, &rows.vars, a.device) {
+            Ok((acc, ece)) => {
+                report.insert("accuracy".into(), acc.into());
+                report.insert("expected_calibration_error".into(), ece.into());
+            }
+            Err(why) => notes.push(format!("no classification metrics: {why}")),
+        }
+    }
     match ebmc::evaluate::reconstruction_error(&l.model, &l.plan, &l.params, &rows.vars, a.seed, a.device) {
         Ok(e) => {
             report.insert("reconstruction_error".into(), e.into());
@@ -674,6 +683,12 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
     if let Some(pl) = num("pseudo_log_likelihood").or(num("pseudo_log_likelihood_stochastic")) {
         println!("  average log pseudo-likelihood  {pl:.4} nats");
     }
+    if let Some(acc) = num("accuracy") {
+        println!("  classification accuracy        {acc:.4}");
+    }
+    if let Some(ece) = num("expected_calibration_error") {
+        println!("  expected calibration error     {ece:.4}");
+    }
     if let Some(e) = num("reconstruction_error") {
         println!("  reconstruction error           {e:.4} (squared, per row)");
     }
@@ -684,9 +699,13 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
 }
 
 fn energy(path: &Path, only: Option<&str>, params: &Path, data: &Path, device: ebmc::backend::DeviceKind) -> Result<(), Failure> {
-    let l = load_trained(path, only, params, "energy")?;
+    let mut l = load_trained(path, only, params, "energy")?;
+    // A JEM label is summed out: the rows need only the inputs.
+    if let Some(m) = &l.plan.label_marginal {
+        l.spec.data.binding.retain(|b| *b != m.var);
+    }
     let (rows, _) = rows_to_score(&l, path, Some(data))?;
-    let summed = l.plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
+    let summed = ebmc::evaluate::summed_for(&l.plan, &rows.vars.keys().cloned().collect::<Vec<_>>());
     let f = ebmc::backend::free_energy(&l.model, &l.params, &summed, &rows.vars, device).map_err(Failure::Io)?;
     println!("row,energy");
     for (i, e) in f.iter().enumerate() {

@@ -633,6 +633,18 @@ impl<D: Kernels> ChainSet<D> {
         self.stages = stages;
     }
 
+    /// Fresh random states for every chain (replay buffers reinitialise from these).
+    fn random_state(&mut self) -> Tensors {
+        (0..self.vars.len())
+            .map(|i| {
+                let t = self.initial(i);
+                let mut shape = vec![self.chains];
+                shape.extend(&self.vars[i].shape);
+                (self.vars[i].name.clone(), HostTensor::new(shape, t.as_vec()))
+            })
+            .collect()
+    }
+
     /// Replaces parameter values (after an optimiser step).
     fn set_params(&mut self, params: &BTreeMap<String, T3<D>>) {
         for (k, v) in params {

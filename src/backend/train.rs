@@ -106,6 +106,25 @@ enum Objective<D: Kernels> {
     Pl { logits: BTreeMap<String, Id> },
     /// Score matching and noise contrast for continuous visible variables.
     Continuous(Continuous),
+    /// JEM: cross-entropy of p(label | rest) plus PCD on the energy with the
+    /// label summed out, its negatives drawn from a replay buffer.
+    Jem(Box<Jem<D>>),
+}
+
+struct Jem<D: Kernels> {
+    label: String,
+    /// −∂E/∂label: the classifier's logits.
+    logits: Id,
+    /// The energy with the label (and any planned latents) summed out.
+    marginal: Id,
+    k: usize,
+    reinit: f64,
+    /// Batch-sized chains that run the k sweeps of each step.
+    chains: Box<ChainSet<D>>,
+    /// Past samples of the other variables, a row each.
+    buffer: Vec<Tensors>,
+    capacity: usize,
+    rng: rand::rngs::SmallRng,
 }
 
 /// Roots and options of the continuous objectives. `grads[x]` is ∂F/∂x and
@@ -224,7 +243,26 @@ impl<D: Kernels> Fitter<D> {
                 }
                 Objective::Pl { logits }
             }
-            "jem" => return Err(TrainError::Setup("the `jem` objective is not implemented in this build; use `cd`, `pcd`, `pl`, `sm`, `dsm`, `ssm`, `nce` or `cnce`".into())),
+            "jem" => {
+                let label = plan.label_marginal.as_ref().map(|m| m.var.clone()).ok_or_else(|| TrainError::Setup("`jem` needs a categorical label the plan can sum out".into()))?;
+                let g = lowered.ir.grad(total, &label).ok_or_else(|| TrainError::Setup(format!("the energy does not depend on `{label}`")))?;
+                let logits = lowered.ir.neg(g);
+                let marginal = crate::plan::sum_out(&mut lowered.ir, free_energy, model.variable(&label).expect("declared")).0;
+                let marginal = lowered.ir.inline_nets(marginal);
+                let batch = train.batch.max(1);
+                let chains = ChainSet::new(dev.clone(), model, plan, params, batch, seed ^ 0x6a65_6d)?;
+                Objective::Jem(Box::new(Jem {
+                    label,
+                    logits,
+                    marginal,
+                    k,
+                    reinit: option(o, "reinit").unwrap_or(0.05),
+                    chains: Box::new(chains),
+                    buffer: Vec::new(),
+                    capacity: o.int("buffer").unwrap_or(10000) as usize,
+                    rng: rand::SeedableRng::seed_from_u64(seed ^ 0x6a65_6d),
+                }))
+            }
             name => {
                 let num = |k: &str, d: f64| option(o, k).unwrap_or(d) as f32;
                 let kind = match name {
@@ -270,12 +308,13 @@ impl<D: Kernels> Fitter<D> {
         let roots: Vec<Id> = match &objective {
             Objective::Pl { logits } => std::iter::once(total).chain(logits.values().copied()).collect(),
             Objective::Continuous(c) => std::iter::once(free_energy).chain(c.grads.values().copied()).chain(c.hvps.values().copied()).collect(),
+            Objective::Jem(j) => vec![j.logits, j.marginal],
             _ => vec![free_energy],
         };
         let cone: Vec<Id> = roots.iter().flat_map(|r| lowered.ir.cone(*r)).collect();
         let used: Vec<String> = lowered.params.iter().map(|p| p.name.clone()).filter(|n| cone.iter().any(|id| matches!(&lowered.ir.node(*id).op, Op::Param(p) if p == n))).collect();
         let param_grads = match objective {
-            Objective::Pl { .. } | Objective::Continuous(_) => Vec::new(),
+            Objective::Pl { .. } | Objective::Continuous(_) | Objective::Jem(_) => Vec::new(),
             _ => used.iter().filter_map(|p| lowered.ir.grad_param(free_energy, p).map(|g| (p.clone(), g))).collect(),
         };
         Ok(Fitter {
@@ -338,7 +377,7 @@ impl<D: Kernels> Fitter<D> {
         let (k, persistent) = match &self.objective {
             Objective::Cd { k } => (*k, false),
             Objective::Pcd { k, .. } => (*k, true),
-            Objective::Pl { .. } | Objective::Continuous(_) => unreachable!("handled by their own steps"),
+            Objective::Pl { .. } | Objective::Continuous(_) | Objective::Jem(_) => unreachable!("handled by their own steps"),
         };
         if !kept.is_empty() || !persistent {
             let set = self.scratch(rows)?;
@@ -618,6 +657,78 @@ impl<D: Kernels> Fitter<D> {
         Ok((value, used.iter().map(|p| (p.clone(), g.get(&self.params[p]))).collect()))
     }
 
+    /// One JEM step. Negatives start from the replay buffer (a fraction
+    /// `reinit` of them from fresh random states) and take `k` sweeps of the
+    /// plan's sampler (Langevin on the inputs, Gibbs on the label); the label
+    /// is then summed out of their energy.
+    fn jem(&mut self, batch: &Tensors) -> Result<(f64, BTreeMap<String, T3<D>>), TrainError> {
+        let rows = batch.values().next().map_or(0, |t| t.shape[0]);
+        let Objective::Jem(j) = &mut self.objective else { unreachable!("jem objective") };
+        if j.chains.chains != rows {
+            return Err(TrainError::Setup(format!("JEM runs batches of {} rows; got {rows}", j.chains.chains)));
+        }
+        // Start: buffer rows where there are enough, fresh random states otherwise.
+        let mut start: Tensors = j.chains.random_state();
+        for r in 0..rows {
+            let reuse = j.buffer.len() >= rows && rand::Rng::r#gen::<f64>(&mut j.rng) >= j.reinit;
+            if reuse {
+                let pick = &j.buffer[rand::Rng::gen_range(&mut j.rng, 0..j.buffer.len())];
+                for (name, t) in start.iter_mut() {
+                    let per: usize = t.shape[1..].iter().product();
+                    t.data[r * per..(r + 1) * per].copy_from_slice(&pick[name].data);
+                }
+            }
+        }
+        super::Chains::set_state(j.chains.as_mut(), &start).map_err(TrainError::Setup)?;
+        j.chains.set_params(&self.params);
+        for _ in 0..j.k {
+            super::Chains::sweep(j.chains.as_mut());
+        }
+        let end = super::Chains::state(j.chains.as_ref());
+        for r in 0..rows {
+            let row: Tensors = end
+                .iter()
+                .map(|(name, t)| {
+                    let per: usize = t.shape[1..].iter().product();
+                    (name.clone(), HostTensor::new(t.shape[1..].to_vec(), t.data[r * per..(r + 1) * per].to_vec()))
+                })
+                .collect();
+            if j.buffer.len() < j.capacity {
+                j.buffer.push(row);
+            } else {
+                let at = rand::Rng::gen_range(&mut j.rng, 0..j.capacity);
+                j.buffer[at] = row;
+            }
+        }
+        let (label, logits_root, marginal) = (j.label.clone(), j.logits, j.marginal);
+        type Own<D> = OwnedTape<f32, D>;
+        let leaves = self.taped_leaves();
+        let ev = Taped(Evaluator { ir: &self.ir, dev: &self.dev, leaves: &leaves });
+        let taped = |b: &Tensors| -> BTreeMap<String, T3<D, Own<D>>> { b.iter().map(|(k, t)| (k.clone(), upload(&self.dev, t, t.shape[0]).retaped::<Own<D>>())).collect() };
+        // Cross-entropy of the label given the rest: logsumexp(L) − L·y.
+        let l = ev.eval(&[logits_root], &taped(batch)).pop().expect("one root");
+        let (m, n) = super::eval::canon(&self.model.variable(&label).expect("declared").shape);
+        let l = super::eval::expand(l, rows, m, n);
+        let y = upload(&self.dev, &batch[&label], rows);
+        let ce = (l.retaped::<Own<D>>().logsumexp::<(usize, usize), Axis<2>>().sum::<(), Axes2<0, 1>>() - (l * y).sum::<(), Axes3<0, 1, 2>>()) / rows as f32;
+        // PCD on the marginal energy of the other variables.
+        let others = |b: &Tensors| -> Tensors { b.iter().filter(|(k, _)| **k != label).map(|(k, t)| (k.clone(), t.clone())).collect() };
+        let f_pos = ev.eval(&[marginal], &taped(&others(batch))).pop().expect("one root");
+        let f_neg = ev.eval(&[marginal], &taped(&others(&end))).pop().expect("one root");
+        let generative = if self.energy_alpha > 0.0 {
+            let penalty = f_pos.retaped::<Own<D>>().square().mean::<(), Axes3<0, 1, 2>>() + f_neg.retaped::<Own<D>>().square().mean::<(), Axes3<0, 1, 2>>();
+            f_pos.mean::<(), Axes3<0, 1, 2>>() - f_neg.mean::<(), Axes3<0, 1, 2>>() + penalty * self.energy_alpha
+        } else {
+            f_pos.mean::<(), Axes3<0, 1, 2>>() - f_neg.mean::<(), Axes3<0, 1, 2>>()
+        };
+        let loss = ce + generative;
+        let value = f64::from(loss.as_vec()[0]);
+        let g = loss.backward();
+        let cone: BTreeSet<Id> = [logits_root, marginal].iter().flat_map(|r| self.ir.cone(*r)).collect();
+        let used: Vec<String> = self.used.iter().filter(|p| cone.iter().any(|id| matches!(&self.ir.node(*id).op, Op::Param(n) if n == *p))).cloned().collect();
+        Ok((value, used.iter().map(|p| (p.clone(), g.get(&self.params[p]))).collect()))
+    }
+
     /// Exact pseudo-likelihood of a batch: every unit of every visible
     /// variable is set to each of its values in turn.
     fn pseudo_likelihood(&mut self, batch: &Tensors) -> Result<(f64, BTreeMap<String, T3<D>>), TrainError> {
@@ -822,6 +933,10 @@ impl<D: Kernels> Fit for Fitter<D> {
         if let Objective::Continuous(c) = &mut self.objective {
             c.rng = rand::SeedableRng::seed_from_u64(seed ^ 0x736d);
         }
+        if let Objective::Jem(j) = &mut self.objective {
+            j.rng = rand::SeedableRng::seed_from_u64(seed ^ 0x6a65_6d);
+            j.chains.reseed(seed ^ 0x6a65_6d);
+        }
         if let Objective::Pcd { chains, .. } = &mut self.objective {
             chains.reseed(seed ^ 0x7063_6421);
         }
@@ -834,6 +949,7 @@ impl<D: Kernels> Fit for Fitter<D> {
         let (loss, mut grads) = match self.objective {
             Objective::Pl { .. } => self.pseudo_likelihood(batch)?,
             Objective::Continuous(_) => self.continuous(batch)?,
+            Objective::Jem(_) => self.jem(batch)?,
             _ if self.energy_alpha == 0.0 => self.contrastive_symbolic(batch)?,
             _ => self.contrastive(batch)?,
         };
