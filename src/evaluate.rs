@@ -316,3 +316,30 @@ pub fn summed_for(plan: &Plan, given: &[String]) -> Vec<String> {
     }
     summed
 }
+
+/// log Z of a model over one or two continuous dimensions, by integrating
+/// exp(−F) on a grid of `resolution` midpoints per axis over `[low, high]`
+/// (latents summed out as planned): log Σ exp(−F) + log(cell volume).
+pub fn grid_log_z(model: &Model, plan: &Plan, params: &Tensors, low: f64, high: f64, resolution: usize, device: DeviceKind) -> Result<f64, String> {
+    let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
+    let rest: Vec<&Variable> = model.variables.iter().filter(|v| !summed.contains(&v.name)).collect();
+    let [v] = rest.as_slice() else {
+        return Err("the grid integral needs one continuous variable once latents are summed out".into());
+    };
+    let dims: usize = v.shape.iter().product();
+    if v.domain.is_discrete() || !(1..=2).contains(&dims) {
+        return Err(format!("the grid integral covers one or two continuous dimensions; `{}` has {dims}", v.name));
+    }
+    if !(high > low) || resolution < 2 {
+        return Err("the grid needs low < high and at least 2 points per axis".into());
+    }
+    let h = (high - low) / resolution as f64;
+    let axis: Vec<f32> = (0..resolution).map(|i| (low + (i as f64 + 0.5) * h) as f32).collect();
+    let points: Vec<f32> = if dims == 1 { axis.clone() } else { axis.iter().flat_map(|a| axis.iter().flat_map(move |b| [*a, *b])).collect() };
+    let n = points.len() / dims;
+    let mut shape = vec![n];
+    shape.extend(&v.shape);
+    let rows: Tensors = [(v.name.clone(), HostTensor::new(shape, points))].into_iter().collect();
+    let f = backend::free_energy(model, params, &summed, &rows, device)?;
+    Ok(log_sum_exp(&f.iter().map(|x| -x).collect::<Vec<_>>()) + dims as f64 * h.ln())
+}
