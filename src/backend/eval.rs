@@ -300,7 +300,8 @@ struct Term {
     atom: Id,
 }
 
-fn has_var(ir: &Ir, id: Id) -> bool {
+/// Whether the value of `id` depends on some variable (differs across a batch).
+pub(super) fn has_var(ir: &Ir, id: Id) -> bool {
     ir.cone(id).iter().any(|n| matches!(ir.node(*n).op, Op::Var(_)))
 }
 

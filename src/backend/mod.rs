@@ -293,8 +293,7 @@ fn split_shared(ir: &mut Ir, root: Id) -> (Id, Option<Id>) {
             _ => terms.push((id, sign)),
         }
     }
-    let has_var = |ir: &Ir, id: Id| ir.cone(id).iter().any(|n| matches!(ir.node(*n).op, ir::Op::Var(_)));
-    let (batched, shared): (Vec<_>, Vec<_>) = terms.into_iter().partition(|(id, _)| has_var(ir, *id));
+    let (batched, shared): (Vec<_>, Vec<_>) = terms.into_iter().partition(|(id, _)| eval::has_var(ir, *id));
     if batched.is_empty() || shared.is_empty() {
         return (root, None);
     }
