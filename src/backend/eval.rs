@@ -6,7 +6,7 @@
 //! an op needs it, and products of a batch with a shared matrix run as one
 //! GEMM.
 
-use super::{Kernels, T3};
+use super::{host::Arith, Kernels, T3};
 use crate::ir::{Id, Ir, Op, Unary};
 use dfdx::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -96,12 +96,23 @@ impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a,
             Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) | Op::Div(a, b) => {
                 let (x, y) = (arg(*a), arg(*b));
                 let batch = x.shape().0.max(y.shape().0);
+                let op = match node.op {
+                    Op::Add(..) => Arith::Add,
+                    Op::Sub(..) => Arith::Sub,
+                    Op::Mul(..) => Arith::Mul,
+                    _ => Arith::Div,
+                };
+                if !T::OWNS_TAPE {
+                    // Untaped values take the device's fused kernel.
+                    let ((x, tx), (y, ty)) = (x.split_tape(), y.split_tape());
+                    return self.dev.zip(op, x, y, (batch, m, n)).put_tape(tx.merge(ty));
+                }
                 let (x, y) = (expand(x, batch, m, n), expand(y, batch, m, n));
-                match node.op {
-                    Op::Add(..) => x + y,
-                    Op::Sub(..) => x - y,
-                    Op::Mul(..) => x * y,
-                    _ => x / y,
+                match op {
+                    Arith::Add => x + y,
+                    Arith::Sub => x - y,
+                    Arith::Mul => x * y,
+                    Arith::Div => x / y,
                 }
             }
             Op::MatMul(a, b) => {
@@ -137,7 +148,15 @@ impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a,
                     }
                 }
             }
+            Op::Map(f, a) if !T::OWNS_TAPE => {
+                let (x, tape) = arg(*a).split_tape();
+                self.dev.map(*f, x).put_tape(tape)
+            }
             Op::Map(f, a) => unary(*f, arg(*a), fresh),
+            Op::Sum(a) if !T::OWNS_TAPE => {
+                let (x, tape) = arg(*a).split_tape();
+                self.dev.sum_examples(x).put_tape(tape)
+            }
             Op::Sum(a) => {
                 let x = arg(*a);
                 let b = x.shape().0;
@@ -325,12 +344,14 @@ fn terms(ir: &Ir, id: Id, coefficient: f32, scale: Option<Id>, out: &mut Vec<Ter
 }
 
 impl<'a, D: Kernels> Evaluator<'a, D, NoneTape> {
-    /// Sums over the batch of the per-example values of `roots`, each
-    /// `(1, rows, cols)`. An outer product of two per-example vectors sums to
-    /// one GEMM (`aᵀ b` over the batch), so parameter gradients of a batch
-    /// cost what a tape's backward pass would, without its elementwise passes.
-    pub fn eval_batch_sums(&self, roots: &[Id], vars: &BTreeMap<String, T3<D>>) -> Vec<T3<D>> {
-        let batch = vars.values().next().map_or(1, |t| t.shape().0);
+    /// Weighted sums over batches, `Σ_p w_p Σ_i r(x_pi)`, of the per-example
+    /// values of `roots`, each `(1, rows, cols)`, for phases `p` given as
+    /// (variables, weight). An outer product of two per-example vectors sums
+    /// to a GEMM (`aᵀ b` over the batch) and all phases accumulate into one
+    /// result, so parameter gradients cost what a tape's backward pass
+    /// would, without its elementwise passes. With weights `1/n` and `-1/m`
+    /// this is a contrastive gradient: data mean minus sample mean.
+    pub fn eval_phase_sums(&self, roots: &[Id], phases: &[(&BTreeMap<String, T3<D>>, f32)]) -> Vec<T3<D>> {
         let split: Vec<Vec<Term>> = roots
             .iter()
             .map(|r| {
@@ -350,11 +371,14 @@ impl<'a, D: Kernels> Evaluator<'a, D, NoneTape> {
         }
         needed.sort();
         needed.dedup();
-        let values: HashMap<Id, T3<D>> = needed.iter().copied().zip(self.eval(&needed, vars)).collect();
-        let sum_batch = |x: T3<D>| -> T3<D> {
-            let (b, m, n) = *x.shape();
-            if b == 1 { x * batch as f32 } else { x.sum::<(usize, usize), Axis<0>>().reshape_like(&(1usize, m, n)) }
-        };
+        let values: Vec<(HashMap<Id, T3<D>>, usize, f32)> = phases
+            .iter()
+            .map(|(vars, weight)| {
+                let batch = vars.values().next().map_or(1, |t| t.shape().0);
+                (needed.iter().copied().zip(self.eval(&needed, vars)).collect(), batch, *weight)
+            })
+            .collect();
+        let shared = |id: Id| values[0].0[&id].shape().0 == 1;
         roots
             .iter()
             .zip(&split)
@@ -364,16 +388,21 @@ impl<'a, D: Kernels> Evaluator<'a, D, NoneTape> {
                 for term in parts {
                     let value = match self.ir.node(term.atom).op {
                         Op::Outer(a, b) => {
-                            let (x, y) = (expand(values[&a].clone(), batch, 1, m), expand(values[&b].clone(), batch, 1, n));
-                            x.reshape_like(&(batch, m)).permute::<_, Axes2<1, 0>>().matmul(y.reshape_like(&(batch, n))).reshape_like(&(1usize, m, n))
+                            let outers = values.iter().map(|(v, batch, w)| (expand(v[&a].clone(), *batch, 1, m), expand(v[&b].clone(), *batch, 1, n), w * term.coefficient)).collect();
+                            self.dev.outer_sums(outers, (m, n))
                         }
-                        _ => sum_batch(expand(values[&term.atom].clone(), values[&term.atom].shape().0, m, n)),
+                        // A shared value is the same for every example: its sum is a multiple.
+                        _ if shared(term.atom) => expand(values[0].0[&term.atom].clone(), 1, m, n) * (term.coefficient * values.iter().map(|(_, batch, w)| *batch as f32 * w).sum::<f32>()),
+                        _ => values
+                            .iter()
+                            .map(|(v, _, w)| expand(self.dev.sum_batch(v[&term.atom].clone()), 1, m, n) * (w * term.coefficient))
+                            .reduce(|x, y| x + y)
+                            .expect("at least one phase"),
                     };
                     let value = match term.scale {
-                        Some(s) => value * expand(values[&s].clone(), 1, m, n),
+                        Some(s) => value * expand(values[0].0[&s].clone(), 1, m, n),
                         None => value,
                     };
-                    let value = if term.coefficient == 1.0 { value } else { value * term.coefficient };
                     acc = Some(match acc {
                         Some(a) => a + value,
                         None => value,

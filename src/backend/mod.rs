@@ -6,6 +6,7 @@
 //! `cuda` feature.
 
 mod eval;
+mod host;
 mod train;
 
 pub use train::{StepReport, TrainError, Trainer};
@@ -16,6 +17,7 @@ use crate::program::{Domain, Model};
 use crate::tensor::{constants, HostTensor, Tensors};
 use dfdx::prelude::*;
 use eval::{canon, expand, Evaluator, Leaves};
+use host::Arith;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_distr::Distribution;
 use std::collections::BTreeMap;
@@ -39,34 +41,89 @@ pub(crate) trait Kernels: Device<f32> {
     /// (`dense` is the same matrix, for devices without a gather kernel):
     /// x is `(batch, units, k)`, each output unit the sum of its neighbours.
     fn neighbour_sum(&self, x: T3<Self>, neighbours: &[Vec<usize>], dense: &T3<Self>) -> T3<Self>;
+
+    /// `Σ_k c_k a_kᵀ b_k` for batches of vectors `a_k` `(b_k, 1, m)` and
+    /// `b_k` `(b_k, 1, n)`: batch-summed outer products, `(1, m, n)`.
+    fn outer_sums(&self, parts: Vec<(T3<Self>, T3<Self>, f32)>, (m, n): (usize, usize)) -> T3<Self> {
+        parts
+            .into_iter()
+            .map(|(a, b, c)| {
+                let batch = a.shape().0;
+                a.reshape_like(&(batch, m)).permute::<_, Axes2<1, 0>>().matmul(b.reshape_like(&(batch, n))).reshape_like(&(1usize, m, n)) * c
+            })
+            .reduce(|x, y| x + y)
+            .unwrap_or_else(|| self.zeros_like(&(1, m, n)))
+    }
+
+    /// `f(x)` elementwise, untaped.
+    fn map(&self, f: ir::Unary, x: T3<Self>) -> T3<Self> {
+        eval::unary(f, x, false)
+    }
+
+    /// `x op y`, each broadcast to `(b, m, n)`, untaped.
+    fn zip(&self, op: Arith, x: T3<Self>, y: T3<Self>, (b, m, n): (usize, usize, usize)) -> T3<Self> {
+        let (x, y) = (expand(x, b, m, n), expand(y, b, m, n));
+        match op {
+            Arith::Add => x + y,
+            Arith::Sub => x - y,
+            Arith::Mul => x * y,
+            Arith::Div => x / y,
+        }
+    }
+
+    /// Each example's sum: `(b, m, n) -> (b, 1, 1)`.
+    fn sum_examples(&self, x: T3<Self>) -> T3<Self> {
+        let b = x.shape().0;
+        x.sum::<(usize,), Axes2<1, 2>>().reshape_like(&(b, 1usize, 1usize))
+    }
+
+    /// The sum over the batch: `(b, m, n) -> (1, m, n)`.
+    fn sum_batch(&self, x: T3<Self>) -> T3<Self> {
+        let (_, m, n) = *x.shape();
+        x.sum::<(usize, usize), Axis<0>>().reshape_like(&(1usize, m, n))
+    }
+
+    /// The sum of the squares of all elements.
+    fn sum_squares(&self, x: &T3<Self>) -> f64 {
+        f64::from(x.clone().square().sum::<(), Axes3<0, 1, 2>>().as_vec()[0])
+    }
+}
+
+/// A CPU tensor's elements in order (strided views are laid out first).
+fn host_data(x: T3<Cpu>) -> (Vec<f32>, (usize, usize, usize)) {
+    let shape = *x.shape();
+    let data = with_host(&x, <[f32]>::to_vec);
+    (data, shape)
+}
+
+thread_local! {
+    /// Buffers that `with_host` reuses, so reading a tensor costs a copy only.
+    static HOST_BUFFERS: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a CPU tensor's elements, in order, copied into a reused buffer.
+fn with_host<R>(x: &T3<Cpu>, f: impl FnOnce(&[f32]) -> R) -> R {
+    let x = x.clone().contiguous();
+    let n = x.shape().num_elements();
+    let mut buffer = HOST_BUFFERS.with(|b| b.borrow_mut().pop()).unwrap_or_default();
+    if buffer.len() < n {
+        buffer.resize(n, 0.0);
+    }
+    x.copy_into(&mut buffer[..n]);
+    let out = f(&buffer[..n]);
+    HOST_BUFFERS.with(|b| b.borrow_mut().push(buffer));
+    out
 }
 
 impl Kernels for Cpu {
     fn bernoulli(&self, logits: T3<Self>, bias: Option<T3<Self>>, scale: f32, hi: f32, lo: f32, rng: &mut rand::rngs::SmallRng) -> T3<Self> {
-        let logits = logits.contiguous();
         let shape = *logits.shape();
-        let mut data = vec![0.0; shape.num_elements()];
-        logits.copy_into(&mut data);
-        let row = shape.1 * shape.2;
         let bias = match bias {
-            Some(b) => expand(b, 1, shape.1, shape.2).contiguous().as_vec(),
-            None => vec![0.0; row],
+            Some(b) => host_data(expand(b, 1, shape.1, shape.2)).0,
+            None => vec![0.0; shape.1 * shape.2],
         };
-        // Two passes: the first is branch- and call-free so it vectorises, the second draws.
-        for chunk in data.chunks_mut(row) {
-            for (x, b) in chunk.iter_mut().zip(&bias) {
-                *x = 1.0 / (1.0 + fast_exp(-scale * (*x + b)));
-            }
-        }
-        for pair in data.chunks_mut(2) {
-            // Two 24-bit uniforms per 64 random bits: u < p with u uniform on [0, 1).
-            let r = rng.next_u64();
-            for (k, x) in pair.iter_mut().enumerate() {
-                let u = ((r >> (40 * k)) & 0xff_ffff) as f32 * (1.0 / 16_777_216.0);
-                *x = if u < *x { hi } else { lo };
-            }
-        }
-        self.tensor_from_vec(data, shape)
+        let draws = with_host(&logits, |xs| host::bernoulli(xs, &bias, scale, hi, lo, rng));
+        self.tensor_from_vec(draws, shape)
     }
 
     fn neighbour_sum(&self, x: T3<Self>, neighbours: &[Vec<usize>], _dense: &T3<Self>) -> T3<Self> {
@@ -74,10 +131,7 @@ impl Kernels for Cpu {
     }
 
     fn categorical(&self, logits: T3<Self>, rng: &mut rand::rngs::SmallRng) -> T3<Self> {
-        let logits = logits.contiguous();
-        let shape = *logits.shape();
-        let mut data = vec![0.0; shape.num_elements()];
-        logits.copy_into(&mut data);
+        let (mut data, shape) = host_data(logits);
         // Inverse CDF per row: one uniform, exact, no ties.
         for row in data.chunks_mut(shape.2) {
             let top = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -101,39 +155,60 @@ impl Kernels for Cpu {
         }
         self.tensor_from_vec(data, shape)
     }
+
+    fn outer_sums(&self, parts: Vec<(T3<Self>, T3<Self>, f32)>, (m, n): (usize, usize)) -> T3<Self> {
+        // One output; each GEMM scales its product and adds it in, with no pass of its own.
+        let mut out = Vec::new();
+        for (k, (a, b, c)) in parts.into_iter().enumerate() {
+            let batch = a.shape().0;
+            with_host(&a, |a| with_host(&b, |b| host::gemm_at_b_into(&mut out, a, b, (m, batch, n), k > 0, c)));
+        }
+        self.tensor_from_vec(out, (1, m, n))
+    }
+
+    fn map(&self, f: ir::Unary, x: T3<Self>) -> T3<Self> {
+        let shape = *x.shape();
+        self.tensor_from_vec(with_host(&x, |xs| host::map(f, xs)), shape)
+    }
+
+    fn zip(&self, op: Arith, x: T3<Self>, y: T3<Self>, shape: (usize, usize, usize)) -> T3<Self> {
+        let (xs, ys) = (*x.shape(), *y.shape());
+        let out = with_host(&x, |x| with_host(&y, |y| host::zip(op, x, xs, y, ys, shape)));
+        self.tensor_from_vec(out, shape)
+    }
+
+    fn sum_examples(&self, x: T3<Self>) -> T3<Self> {
+        let (b, m, n) = *x.shape();
+        self.tensor_from_vec(with_host(&x, |xs| host::sum_runs(xs, m * n)), (b, 1, 1))
+    }
+
+    fn sum_batch(&self, x: T3<Self>) -> T3<Self> {
+        let (b, m, n) = *x.shape();
+        self.tensor_from_vec(with_host(&x, |xs| host::sum_leading(xs, b)), (1, m, n))
+    }
+
+    fn sum_squares(&self, x: &T3<Self>) -> f64 {
+        with_host(x, host::sum_squares)
+    }
 }
 
 /// `A @ x` for a lattice on the CPU: each unit sums its neighbours.
 fn neighbour_sum_host(dev: &Cpu, x: T3<Cpu>, neighbours: &[Vec<usize>]) -> T3<Cpu> {
-    let x = x.contiguous();
     let (b, n, k) = *x.shape();
-    let mut input = vec![0.0; b * n * k];
-    x.copy_into(&mut input);
     let mut out = vec![0.0; b * n * k];
-    for (src, dst) in input.chunks(n * k).zip(out.chunks_mut(n * k)) {
-        for (i, ns) in neighbours.iter().enumerate() {
-            let row = &mut dst[i * k..(i + 1) * k];
-            for &j in ns {
-                for (o, v) in row.iter_mut().zip(&src[j * k..(j + 1) * k]) {
-                    *o += v;
+    with_host(&x, |input| {
+        for (src, dst) in input.chunks(n * k).zip(out.chunks_mut(n * k)) {
+            for (i, ns) in neighbours.iter().enumerate() {
+                let row = &mut dst[i * k..(i + 1) * k];
+                for &j in ns {
+                    for (o, v) in row.iter_mut().zip(&src[j * k..(j + 1) * k]) {
+                        *o += v;
+                    }
                 }
             }
         }
-    }
+    });
     dev.tensor_from_vec(out, (b, n, k))
-}
-
-/// exp(x) to within 2e-7 relative error, branch- and call-free so loops
-/// vectorise: 2^n through the exponent bits, 2^f (|f| <= 1/2) by a degree-6
-/// polynomial. Rounding adds and subtracts 1.5 * 2^23 (no SSE4.1 needed).
-#[inline(always)]
-fn fast_exp(x: f32) -> f32 {
-    const ROUND: f32 = 12_582_912.0;
-    let y = (x * std::f32::consts::LOG2_E).clamp(-126.0, 126.0);
-    let n = (y + ROUND) - ROUND;
-    let f = y - n;
-    let p = 1.0 + f * (0.693_147_2 + f * (0.240_226_5 + f * (0.055_504_11 + f * (0.009_618_129 + f * (0.001_333_355_8 + f * 0.000_154_035_3)))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 #[cfg(feature = "cuda")]
@@ -648,6 +723,15 @@ impl<D: Kernels> ChainSet<D> {
     fn set_params(&mut self, params: &BTreeMap<String, T3<D>>) {
         for (k, v) in params {
             self.leaves.tensors.insert(k.clone(), v.clone());
+        }
+    }
+
+    /// Drops this set's references to the parameters, so that an optimiser
+    /// holding the only one updates them in place; `set_params` must come
+    /// before the next sweep.
+    fn release_params<'k>(&mut self, names: impl Iterator<Item = &'k String>) {
+        for k in names {
+            self.leaves.tensors.remove(k);
         }
     }
 

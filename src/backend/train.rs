@@ -359,6 +359,16 @@ impl<D: Kernels> Fitter<D> {
         Ok(set)
     }
 
+    /// Every chain set the objective keeps.
+    fn chain_sets(&mut self) -> Vec<&mut ChainSet<D>> {
+        let kept = match &mut self.objective {
+            Objective::Pcd { chains, .. } => Some(chains.as_mut()),
+            Objective::Jem(j) => Some(j.chains.as_mut()),
+            Objective::Cd { .. } | Objective::Pl { .. } | Objective::Continuous(_) => None,
+        };
+        kept.into_iter().chain(self.scratch.as_deref_mut()).collect()
+    }
+
     /// Traced parameters and untaped constants for one loss evaluation.
     fn taped_leaves(&self) -> Leaves<D, OwnedTape<f32, D>> {
         let mut tensors: BTreeMap<String, T3<D, OwnedTape<f32, D>>> = self.params.iter().map(|(k, t)| (k.clone(), t.leaky_trace())).collect();
@@ -452,22 +462,13 @@ impl<D: Kernels> Fitter<D> {
         let leaves = Leaves { tensors: self.params.iter().chain(&self.consts).map(|(k, t)| (k.clone(), t.clone())).collect(), lattices: self.lattices.clone() };
         let ev = Evaluator { ir: &self.ir, dev: &self.dev, leaves: &leaves };
         let roots: Vec<Id> = self.param_grads.iter().map(|(_, g)| *g).chain(std::iter::once(self.free_energy)).collect();
+        let (rows_pos, rows_neg) = (positive[&names[0]].shape().0, negative[&names[0]].shape().0);
         let pick = |vars: &BTreeMap<String, T3<D>>| names.iter().map(|n| (n.clone(), vars[n].clone())).collect::<BTreeMap<_, _>>();
-        let mut pos = ev.eval_batch_sums(&roots, &pick(positive));
-        let mut neg = ev.eval_batch_sums(&roots, &pick(negative));
-        let (rows_pos, rows_neg) = (positive[&names[0]].shape().0 as f32, negative[&names[0]].shape().0 as f32);
-        let (f_pos, f_neg) = (pos.pop().expect("free energy"), neg.pop().expect("free energy"));
-        let loss = f64::from(f_pos.as_vec()[0] / rows_pos - f_neg.as_vec()[0] / rows_neg);
-        let grads = self
-            .param_grads
-            .iter()
-            .zip(pos.into_iter().zip(neg))
-            .map(|((name, _), (mut p, n))| {
-                p.axpy(1.0 / rows_pos, &n, -1.0 / rows_neg);
-                (name.clone(), p)
-            })
-            .collect();
-        (loss, grads)
+        // Mean over the data minus mean over the samples.
+        let (pos, neg) = (pick(positive), pick(negative));
+        let mut sums = ev.eval_phase_sums(&roots, &[(&pos, 1.0 / rows_pos as f32), (&neg, -1.0 / rows_neg as f32)]);
+        let loss = f64::from(sums.pop().expect("free energy").as_vec()[0]);
+        (loss, self.param_grads.iter().map(|(name, _)| name.clone()).zip(sums).collect())
     }
 
     /// Score matching (exact, denoising, sliced) and noise contrast on the
@@ -969,7 +970,7 @@ impl<D: Kernels> Fit for Fitter<D> {
         }
         let mut norm2 = 0.0f64;
         for (name, g) in &grads {
-            let n = f64::from(g.clone().square().sum::<(), Axes3<0, 1, 2>>().as_vec()[0]);
+            let n = self.dev.sum_squares(g);
             if !n.is_finite() {
                 return Err(TrainError::NonFinite { what: format!("the gradient of `{name}`"), step });
             }
@@ -988,8 +989,14 @@ impl<D: Kernels> Fit for Fitter<D> {
         if let Optimizer::Adam { t, .. } = &mut self.optimizer {
             *t += 1;
         }
+        // The chains hold the parameters only while they sweep: released,
+        // the update below owns each parameter and runs in place.
+        let names: Vec<String> = self.params.keys().cloned().collect();
+        for set in self.chain_sets() {
+            set.release_params(names.iter());
+        }
         for (name, g) in grads {
-            let p = self.params[&name].clone();
+            let p = self.params.remove(&name).expect("a gradient for each parameter");
             let new = match self.optimizer {
                 Optimizer::Sgd { momentum, nesterov, weight_decay } => {
                     let g = if weight_decay > 0.0 { g + p.clone() * weight_decay } else { g };
