@@ -317,29 +317,50 @@ pub fn summed_for(plan: &Plan, given: &[String]) -> Vec<String> {
     summed
 }
 
+/// A model's free energy at the midpoints of a grid: `resolution` points per
+/// axis over `[low, high]`, in one or two continuous dimensions (latents
+/// summed out as planned). In 2-D the first coordinate is the outer index.
+pub struct Grid {
+    pub low: f64,
+    pub high: f64,
+    pub resolution: usize,
+    pub dims: usize,
+    pub free_energy: Vec<f64>,
+}
+
+impl Grid {
+    pub fn new(model: &Model, plan: &Plan, params: &Tensors, low: f64, high: f64, resolution: usize, device: DeviceKind) -> Result<Grid, String> {
+        let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
+        let rest: Vec<&Variable> = model.variables.iter().filter(|v| !summed.contains(&v.name)).collect();
+        let [v] = rest.as_slice() else {
+            return Err("the grid integral needs one continuous variable once latents are summed out".into());
+        };
+        let dims: usize = v.shape.iter().product();
+        if v.domain.is_discrete() || !(1..=2).contains(&dims) {
+            return Err(format!("the grid integral covers one or two continuous dimensions; `{}` has {dims}", v.name));
+        }
+        if !(high > low) || resolution < 2 {
+            return Err("the grid needs low < high and at least 2 points per axis".into());
+        }
+        let h = (high - low) / resolution as f64;
+        let axis: Vec<f32> = (0..resolution).map(|i| (low + (i as f64 + 0.5) * h) as f32).collect();
+        let points: Vec<f32> = if dims == 1 { axis.clone() } else { axis.iter().flat_map(|a| axis.iter().flat_map(move |b| [*a, *b])).collect() };
+        let mut shape = vec![points.len() / dims];
+        shape.extend(&v.shape);
+        let rows: Tensors = [(v.name.clone(), HostTensor::new(shape, points))].into_iter().collect();
+        let free_energy = backend::free_energy(model, params, &summed, &rows, device)?;
+        Ok(Grid { low, high, resolution, dims, free_energy })
+    }
+
+    /// log Z by the midpoint rule: log Σ exp(−F) + log(cell volume).
+    pub fn log_z(&self) -> f64 {
+        let h = (self.high - self.low) / self.resolution as f64;
+        log_sum_exp(&self.free_energy.iter().map(|x| -x).collect::<Vec<_>>()) + self.dims as f64 * h.ln()
+    }
+}
+
 /// log Z of a model over one or two continuous dimensions, by integrating
-/// exp(−F) on a grid of `resolution` midpoints per axis over `[low, high]`
-/// (latents summed out as planned): log Σ exp(−F) + log(cell volume).
+/// exp(−F) on a grid (see `Grid`).
 pub fn grid_log_z(model: &Model, plan: &Plan, params: &Tensors, low: f64, high: f64, resolution: usize, device: DeviceKind) -> Result<f64, String> {
-    let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
-    let rest: Vec<&Variable> = model.variables.iter().filter(|v| !summed.contains(&v.name)).collect();
-    let [v] = rest.as_slice() else {
-        return Err("the grid integral needs one continuous variable once latents are summed out".into());
-    };
-    let dims: usize = v.shape.iter().product();
-    if v.domain.is_discrete() || !(1..=2).contains(&dims) {
-        return Err(format!("the grid integral covers one or two continuous dimensions; `{}` has {dims}", v.name));
-    }
-    if !(high > low) || resolution < 2 {
-        return Err("the grid needs low < high and at least 2 points per axis".into());
-    }
-    let h = (high - low) / resolution as f64;
-    let axis: Vec<f32> = (0..resolution).map(|i| (low + (i as f64 + 0.5) * h) as f32).collect();
-    let points: Vec<f32> = if dims == 1 { axis.clone() } else { axis.iter().flat_map(|a| axis.iter().flat_map(move |b| [*a, *b])).collect() };
-    let n = points.len() / dims;
-    let mut shape = vec![n];
-    shape.extend(&v.shape);
-    let rows: Tensors = [(v.name.clone(), HostTensor::new(shape, points))].into_iter().collect();
-    let f = backend::free_energy(model, params, &summed, &rows, device)?;
-    Ok(log_sum_exp(&f.iter().map(|x| -x).collect::<Vec<_>>()) + dims as f64 * h.ln())
+    Ok(Grid::new(model, plan, params, low, high, resolution, device)?.log_z())
 }

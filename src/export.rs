@@ -96,6 +96,54 @@ pub fn png_grid(images: &[Vec<f32>], height: usize, width: usize, scale: usize) 
     out
 }
 
+/// A heat map of a 2-D density with points drawn over it: `log_density`
+/// holds `resolution`² values on the grid's midpoints over `[low, high]`²,
+/// first coordinate the outer index (drawn left to right), second the inner
+/// (drawn bottom to top). Density is shown relative to its maximum on a
+/// dark-to-light scale; points outside the square are left out.
+pub fn density_png(log_density: &[f64], resolution: usize, (low, high): (f64, f64), points: &[[f32; 2]]) -> Vec<u8> {
+    const SCALE: usize = 2;
+    // A dark purple to pale yellow ramp (after matplotlib's "magma").
+    const RAMP: [[f64; 3]; 5] = [[0.0, 0.0, 4.0], [81.0, 18.0, 124.0], [183.0, 55.0, 121.0], [252.0, 137.0, 97.0], [252.0, 253.0, 191.0]];
+    let side = resolution * SCALE;
+    let top = log_density.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let mut pixels = vec![0u8; side * side * 3];
+    for (k, ld) in log_density.iter().enumerate() {
+        let (i, j) = (k / resolution, k % resolution);
+        let t = if top.is_finite() { (ld - top).exp() } else { 0.0 } * (RAMP.len() - 1) as f64;
+        let lower = (t.floor() as usize).min(RAMP.len() - 2);
+        let f = t - lower as f64;
+        let colour: Vec<u8> = (0..3).map(|c| (RAMP[lower][c] * (1.0 - f) + RAMP[lower + 1][c] * f).round() as u8).collect();
+        let (x0, y0) = (i * SCALE, (resolution - 1 - j) * SCALE);
+        for y in y0..y0 + SCALE {
+            for x in x0..x0 + SCALE {
+                pixels[(y * side + x) * 3..(y * side + x) * 3 + 3].copy_from_slice(&colour);
+            }
+        }
+    }
+    let to_pixel = |v: f32| ((f64::from(v) - low) / (high - low) * side as f64).floor();
+    for [a, b] in points {
+        let (x, y) = (to_pixel(*a), side as f64 - 1.0 - to_pixel(*b));
+        if !(0.0..side as f64).contains(&x) || !(0.0..side as f64).contains(&y) {
+            continue;
+        }
+        let (x, y) = (x as usize, y as usize);
+        for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+            let (px, py) = ((x + dx).min(side - 1), (y + dy).min(side - 1));
+            pixels[(py * side + px) * 3..(py * side + px) * 3 + 3].copy_from_slice(&[80, 220, 255]);
+        }
+    }
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, side as u32, side as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header().expect("writing to memory");
+        writer.write_image_data(&pixels).expect("writing to memory");
+    }
+    out
+}
+
 /// Images of one visible variable, scaled to [0, 1] by its domain: binary and
 /// [0, 1]-bounded as they are, spins from [-1, 1], categories by index, other
 /// reals by the range of the samples.

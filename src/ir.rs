@@ -118,6 +118,12 @@ pub enum Op {
     SumTo(Id),
     /// A net applied to its input; `inline_nets` expands it into layers.
     Net(String, Id),
+    /// The spectral norm σ of a matrix (its largest singular value), by
+    /// power iteration.
+    SpectralNorm(Id),
+    /// `u vᵀ` for the matrix's top singular vectors: the derivative of σ.
+    /// Held constant when differentiated, as spectral normalisation does.
+    SpectralOuter(Id),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -607,6 +613,17 @@ impl Ir {
     }
 
     /// Sums `a` over leading axes down to `shape` (the adjoint of `broadcast`).
+    /// σ(a), the largest singular value of the matrix `a`.
+    pub fn spectral_norm(&mut self, a: Id) -> Id {
+        self.intern(Op::SpectralNorm(a), vec![])
+    }
+
+    /// `u vᵀ` for the top singular vectors of the matrix `a`.
+    pub fn spectral_outer(&mut self, a: Id) -> Id {
+        let shape = self.shape(a).to_vec();
+        self.intern(Op::SpectralOuter(a), shape)
+    }
+
     pub fn sum_to(&mut self, a: Id, shape: &[usize]) -> Id {
         if self.shape(a).as_slice() == shape {
             return a;
@@ -705,6 +722,8 @@ impl Ir {
                         Op::Broadcast(a) => self.broadcast(m(a), &node.shape),
                         Op::SumTo(a) => self.sum_to(m(a), &node.shape),
                         Op::Net(n, a) => self.net(&n, m(a)),
+                        Op::SpectralNorm(a) => self.spectral_norm(m(a)),
+                        Op::SpectralOuter(a) => self.spectral_outer(m(a)),
                     }
                 }
             };
@@ -738,6 +757,8 @@ impl Ir {
             | Op::SoftmaxLast(a)
             | Op::Broadcast(a)
             | Op::SumTo(a)
+            | Op::SpectralNorm(a)
+            | Op::SpectralOuter(a)
             | Op::Net(_, a) => vec![*a],
             Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) | Op::Div(a, b) | Op::MatMul(a, b) | Op::Outer(a, b) | Op::Pow(a, b) => vec![*a, *b],
         }
@@ -783,6 +804,13 @@ impl Ir {
                 h = self.broadcast(h, &[1]);
             }
             h = self.matmul(h, weight);
+            if net.spectral_norm {
+                // h @ (W / σ(W)): each layer 1-Lipschitz (Miyato et al., 2018).
+                // Dividing the product rather than W keeps the per-example
+                // gradient in W an outer product (one GEMM over a batch).
+                let sigma = self.spectral_norm(weight);
+                h = self.div(h, sigma);
+            }
             if net.bias {
                 let b = self.param(&format!("{name}.b{i}"), &[w[1]]);
                 h = self.add(h, b);
@@ -977,6 +1005,13 @@ impl Ir {
                     let c = self.broadcast(g, &sa);
                     push(self, a, c);
                 }
+                Op::SpectralNorm(a) => {
+                    // σ = uᵀ W v with u, v held fixed: dσ/dW = u vᵀ.
+                    let d = self.spectral_outer(a);
+                    let c = self.mul(g, d);
+                    push(self, a, c);
+                }
+                Op::SpectralOuter(_) => {}
                 Op::Softmax(a) => {
                     // d softmax: s * (g - sum(g * s))
                     let gs = self.mul(g, id);
@@ -1094,6 +1129,8 @@ impl Ir {
             Op::Broadcast(a) => self.show_prec(*a),
             Op::SumTo(a) => (format!("sum_rows({})", self.show(*a)), 6),
             Op::Net(n, a) => (format!("{n}({})", self.show(*a)), 6),
+            Op::SpectralNorm(a) => (format!("spectral_norm({})", self.show(*a)), 6),
+            Op::SpectralOuter(a) => (format!("spectral_outer({})", self.show(*a)), 6),
         }
     }
 
@@ -1143,6 +1180,8 @@ fn op_name(op: &Op) -> &'static str {
         Op::SoftmaxLast(_) => "softmax_rows",
         Op::Broadcast(_) => "broadcast",
         Op::SumTo(_) => "sum_to",
+        Op::SpectralNorm(_) => "spectral_norm",
+        Op::SpectralOuter(_) => "spectral_outer",
         _ => "op",
     }
 }
@@ -1233,11 +1272,65 @@ impl Ir {
                     out
                 }
                 Op::Net(..) => unreachable!("inlined"),
+                Op::SpectralNorm(a) => {
+                    let x = v(a);
+                    vec![top_singular(&x.data, x.shape[0], x.shape[1]).0]
+                }
+                Op::SpectralOuter(a) => {
+                    let x = v(a);
+                    let (_, u, w) = top_singular(&x.data, x.shape[0], x.shape[1]);
+                    u.iter().flat_map(|p| w.iter().map(move |q| p * q)).collect()
+                }
             };
             vals.insert(id, RefValue { shape, data });
         }
         vals.remove(&root).expect("root evaluated")
     }
+}
+
+/// The largest singular value of the row-major `m x n` matrix `w` and its
+/// singular vectors `(σ, u, v)`, by power iteration from a fixed start (so
+/// every evaluation of the same matrix agrees), until σ settles to within
+/// rounding or after 200 rounds.
+pub fn top_singular(w: &[f64], m: usize, n: usize) -> (f64, Vec<f64>, Vec<f64>) {
+    let norm = |x: &[f64]| x.iter().map(|a| a * a).sum::<f64>().sqrt();
+    // Four lanes, so the dot products vectorise.
+    let dot = |a: &[f64], b: &[f64]| {
+        let mut lanes = [0.0f64; 4];
+        let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+        let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+        for (x, y) in ca.zip(cb) {
+            for k in 0..4 {
+                lanes[k] += x[k] * y[k];
+            }
+        }
+        lanes.iter().sum::<f64>() + tail
+    };
+    // A start with no special alignment to any axis.
+    let mut v: Vec<f64> = (0..n).map(|j| 1.0 + 0.5 * (j as f64 * 0.618_034).fract()).collect();
+    let first = norm(&v);
+    v.iter_mut().for_each(|a| *a /= first);
+    let (mut u, mut sigma) = (vec![0.0; m], 0.0);
+    for _ in 0..200 {
+        u = w.chunks(n).map(|row| dot(row, &v)).collect();
+        let next = norm(&u);
+        if next == 0.0 {
+            return (0.0, u, v);
+        }
+        u.iter_mut().for_each(|a| *a /= next);
+        v.iter_mut().for_each(|a| *a = 0.0);
+        for (row, ui) in w.chunks(n).zip(&u) {
+            v.iter_mut().zip(row).for_each(|(a, x)| *a += ui * x);
+        }
+        let nv = norm(&v);
+        v.iter_mut().for_each(|a| *a /= nv);
+        let settled = (next - sigma).abs() <= 1e-15 * next;
+        sigma = next;
+        if settled {
+            break;
+        }
+    }
+    (u.iter().zip(w.chunks(n)).map(|(ui, row)| ui * dot(row, &v)).sum(), u, v)
 }
 
 fn broadcast_ref(x: &RefValue, shape: &[usize]) -> Vec<f64> {

@@ -360,10 +360,7 @@ fn one_model<'a>(program: &'a ebmc::program::Program, only: Option<&str>, comman
 
 fn load_params(path: Option<&Path>, lowered: &ebmc::ir::Lowered, seed: u64) -> Result<ebmc::tensor::Tensors, Failure> {
     match path {
-        Some(p) => {
-            let file = if p.is_dir() { p.join("params.safetensors") } else { p.to_path_buf() };
-            ebmc::tensor::load_safetensors(&file).map_err(Failure::Io)
-        }
+        Some(p) => ebmc::train::load_params(p).map_err(Failure::Io),
         None => {
             eprintln!("note: no --params given; using the model's initialisers (seed {seed})");
             Ok(ebmc::tensor::initialise(&lowered.params, seed))
@@ -390,16 +387,8 @@ fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure
     }
     let lowered = ebmc::ir::program_to_ir(model);
     let params = load_params(a.params.as_deref(), &lowered, a.seed)?;
-    let image_var = match &a.png {
-        Some(_) => {
-            let var = model
-                .variables
-                .iter()
-                .filter(|v| v.role == ebmc::ast::Role::Visible)
-                .find(|v| ebmc::export::image_shape(model, &v.name, a.image).is_some())
-                .ok_or_else(|| Failure::Io("no visible variable is image-shaped (a square number of units); give its size with --image HxW".into()))?;
-            Some((var.name.clone(), ebmc::export::image_shape(model, &var.name, a.image).expect("found above")))
-        }
+    let picture = match &a.png {
+        Some(_) => Some(picture_of(model, a.image).ok_or_else(|| Failure::Io("no visible variable is image-shaped (a square number of units) or a 2-D real point; give an image's size with --image HxW".into()))?),
         None => None,
     };
     let mut sampler = ebmc::backend::Sampler::new(model, &plan, &params, a.chains, a.seed, a.device).map_err(Failure::Io)?;
@@ -440,13 +429,49 @@ fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure
         ebmc::tensor::write_atomically(out, &bytes).map_err(Failure::Io)?;
         println!("wrote {} samples ({} columns) to {}", rows.len(), names.len(), out.display());
     }
-    if let (Some(png), Some((var, (h, w)))) = (&a.png, image_var) {
-        let images = ebmc::export::images_of(model, &last, &var);
-        let scale = if h * w <= 256 { 4 } else { 2 };
-        ebmc::tensor::write_atomically(png, &ebmc::export::png_grid(&images, h, w, scale)).map_err(Failure::Io)?;
-        println!("wrote {} images of {var} ({h}x{w}) to {}", images.len(), png.display());
+    match (&a.png, picture) {
+        (Some(png), Some(Picture::Images(var, (h, w)))) => {
+            let images = ebmc::export::images_of(model, &last, &var);
+            let scale = if h * w <= 256 { 4 } else { 2 };
+            ebmc::tensor::write_atomically(png, &ebmc::export::png_grid(&images, h, w, scale)).map_err(Failure::Io)?;
+            println!("wrote {} images of {var} ({h}x{w}) to {}", images.len(), png.display());
+        }
+        (Some(png), Some(Picture::Density(var))) => {
+            let (bytes, n) = density_picture(model, &plan, &params, &kept, &var, a.device)?;
+            ebmc::tensor::write_atomically(png, &bytes).map_err(Failure::Io)?;
+            println!("wrote {n} samples of {var} over the model's density to {}", png.display());
+        }
+        _ => {}
     }
     Ok(())
+}
+
+/// What a PNG of samples shows.
+enum Picture {
+    /// A grid of images of an image-shaped visible variable, with its size.
+    Images(String, (usize, usize)),
+    /// The samples of a 2-D real visible variable over the model's density.
+    Density(String),
+}
+
+fn picture_of(model: &ebmc::program::Model, image: Option<(usize, usize)>) -> Option<Picture> {
+    let visible = || model.variables.iter().filter(|v| v.role == ebmc::ast::Role::Visible);
+    if let Some(v) = visible().find(|v| ebmc::export::image_shape(model, &v.name, image).is_some()) {
+        return Some(Picture::Images(v.name.clone(), ebmc::export::image_shape(model, &v.name, image)?));
+    }
+    visible().find(|v| !v.domain.is_discrete() && v.shape.iter().product::<usize>() == 2).map(|v| Picture::Density(v.name.clone()))
+}
+
+/// A heat map of the model's density over the square the samples span
+/// (padded by a tenth), with the samples drawn on it; and how many there are.
+fn density_picture(model: &ebmc::program::Model, plan: &ebmc::plan::Plan, params: &ebmc::tensor::Tensors, states: &[ebmc::tensor::Tensors], var: &str, device: ebmc::backend::DeviceKind) -> Result<(Vec<u8>, usize), Failure> {
+    let points: Vec<[f32; 2]> = states.iter().flat_map(|s| s[var].data.chunks(2).map(|p| [p[0], p[1]]).collect::<Vec<_>>()).filter(|p| p.iter().all(|x| x.is_finite())).collect();
+    let (lo, hi) = points.iter().flatten().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(f64::from(*x)), hi.max(f64::from(*x))));
+    let (lo, hi) = if hi > lo { (lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo)) } else { (-1.0, 1.0) };
+    const RESOLUTION: usize = 200;
+    let grid = ebmc::evaluate::Grid::new(model, plan, params, lo, hi, RESOLUTION, device).map_err(Failure::Io)?;
+    let log_density: Vec<f64> = grid.free_energy.iter().map(|f| -f).collect();
+    Ok((ebmc::export::density_png(&log_density, RESOLUTION, (lo, hi), &points), points.len()))
 }
 
 struct TrainArgs {
@@ -548,18 +573,21 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
 
 /// Draws a PNG grid of samples from the trained model when a visible variable is image-shaped.
 fn sample_grid(model: &ebmc::program::Model, plan: &ebmc::plan::Plan, out: &Path) -> Result<Option<PathBuf>, Failure> {
-    let Some(var) = model.variables.iter().filter(|v| v.role == ebmc::ast::Role::Visible).find(|v| ebmc::export::image_shape(model, &v.name, None).is_some()) else {
+    let Some(picture) = picture_of(model, None) else {
         return Ok(None);
     };
-    let (h, w) = ebmc::export::image_shape(model, &var.name, None).expect("found above");
     let params = ebmc::train::load_params(out).map_err(Failure::Io)?;
-    let mut sampler = ebmc::backend::Sampler::new(model, plan, &params, 64, 0, Default::default()).map_err(Failure::Io)?;
+    let chains = if matches!(picture, Picture::Density(_)) { 500 } else { 64 };
+    let mut sampler = ebmc::backend::Sampler::new(model, plan, &params, chains, 0, Default::default()).map_err(Failure::Io)?;
     for _ in 0..200 {
         sampler.sweep();
     }
-    let images = ebmc::export::images_of(model, &sampler.state(), &var.name);
+    let bytes = match picture {
+        Picture::Images(var, (h, w)) => ebmc::export::png_grid(&ebmc::export::images_of(model, &sampler.state(), &var), h, w, if h * w <= 256 { 4 } else { 2 }),
+        Picture::Density(var) => density_picture(model, plan, &params, &[sampler.state()], &var, Default::default())?.0,
+    };
     let path = out.join("samples.png");
-    ebmc::tensor::write_atomically(&path, &ebmc::export::png_grid(&images, h, w, if h * w <= 256 { 4 } else { 2 })).map_err(Failure::Io)?;
+    ebmc::tensor::write_atomically(&path, &bytes).map_err(Failure::Io)?;
     Ok(Some(path))
 }
 

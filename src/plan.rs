@@ -257,7 +257,9 @@ fn langevin(override_: Option<&Call>, objective: Option<&Call>, bounds: Option<(
     let from = |k: &str| override_.and_then(|c| c.num(k)).or_else(|| objective.filter(|o| matches!(o.name.as_str(), "pcd" | "jem")).and_then(|o| o.num(k)));
     let step = from("step").unwrap_or(0.01);
     let noise = from("noise").unwrap_or((2.0 * step).sqrt());
-    let steps = override_.and_then(|c| c.int("steps")).or_else(|| objective.filter(|o| matches!(o.name.as_str(), "pcd" | "jem")).and_then(|o| o.int("k"))).unwrap_or(1) as usize;
+    // One step per sweep unless a `sample` block says otherwise: training's
+    // `k` counts sweeps, so a `pcd(k: 20)` update runs 20 Langevin steps.
+    let steps = override_.and_then(|c| c.int("steps")).unwrap_or(1) as usize;
     let clip = from("clip");
     let mala = override_.is_some_and(|c| c.name == "mala");
     Kernel::Langevin { mala, step, noise: if mala { (2.0 * step).sqrt() } else { noise }, steps, clip, bounds }

@@ -116,8 +116,19 @@ fn sample_runs_on_every_zoo_model_and_draws_image_grids() {
 }
 
 #[test]
-fn sample_refuses_png_for_non_image_models() {
-    let out = ebmc(&["sample", "models/ring.ebm", "--steps", "1", "--png", "/tmp/never.png"]);
+fn sample_draws_2d_models_over_their_density_and_refuses_other_shapes() {
+    let dir = std::env::temp_dir().join(format!("ebmc-density-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = dir.join("ring.png");
+    let out = ebmc(&["sample", "models/ring.ebm", "--chains", "50", "--steps", "2", "--png", png.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("over the model's density"));
+    assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    let three = dir.join("three.ebm");
+    std::fs::write(&three, "model three { visible x : real[3]; energy e = 0.5 * sum(square(x)); }\n").unwrap();
+    let out = ebmc(&["sample", three.to_str().unwrap(), "--steps", "1", "--png", dir.join("never.png").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--image HxW"));
+    assert!(!dir.join("never.png").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

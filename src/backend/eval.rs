@@ -194,6 +194,18 @@ impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a,
                 }
             }
             Op::Net(..) => unreachable!("nets are inlined before evaluation"),
+            Op::SpectralNorm(a) | Op::SpectralOuter(a) => {
+                let w = arg(*a);
+                let (wm, wn) = canon(self.ir.shape(*a));
+                let data: Vec<f64> = w.retaped::<NoneTape>().as_vec().into_iter().map(f64::from).collect();
+                let (_, u, v) = crate::ir::top_singular(&data, wm, wn);
+                let uv: T3<D> = self.dev.tensor_from_vec(u.iter().flat_map(|p| v.iter().map(move |q| (p * q) as f32)).collect(), (1, wm, wn));
+                if matches!(node.op, Op::SpectralOuter(_)) {
+                    return uv.put_tape(w.split_tape().1);
+                }
+                // σ = Σ W ⊙ u vᵀ: under a tape its gradient is u vᵀ, with u and v held fixed.
+                (w * uv).sum::<(usize,), Axes2<1, 2>>().reshape_like(&(1usize, 1usize, 1usize))
+            }
         }
     }
 }
@@ -312,7 +324,8 @@ pub fn unary<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(f: Un
 }
 
 /// One term of a per-example sum: `coefficient * scale * atom`, with `scale`
-/// an optional shared scalar.
+/// an optional shared factor: a scalar, or a value of the sum's shape when
+/// `atom` is a per-example scalar.
 struct Term {
     coefficient: f32,
     scale: Option<Id>,
@@ -339,6 +352,15 @@ fn terms(ir: &Ir, id: Id, coefficient: f32, scale: Option<Id>, out: &mut Vec<Ter
         Op::Neg(a) => terms(ir, a, -coefficient, scale, out),
         Op::Mul(s, x) if ir.shape(s).is_empty() && ir.num_value(s).is_some() => terms(ir, x, coefficient * ir.num_value(s).unwrap_or(1.0) as f32, scale, out),
         Op::Mul(s, x) if ir.shape(s).is_empty() && scale.is_none() && !has_var(ir, s) => terms(ir, x, coefficient, Some(s), out),
+        // A per-example scalar times a shared value: the scalars sum first.
+        Op::Mul(a, b) if scale.is_none() && ir.shape(a).is_empty() != ir.shape(b).is_empty() => {
+            let (scalar, other) = if ir.shape(a).is_empty() { (a, b) } else { (b, a) };
+            if has_var(ir, scalar) && !has_var(ir, other) {
+                terms(ir, scalar, coefficient, Some(other), out);
+            } else {
+                out.push(Term { coefficient, scale, atom: id });
+            }
+        }
         _ => out.push(Term { coefficient, scale, atom: id }),
     }
 }

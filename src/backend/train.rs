@@ -98,7 +98,9 @@ impl Trainer {
 
 enum Objective<D: Kernels> {
     Cd { k: usize },
-    Pcd { k: usize, chains: Box<ChainSet<D>> },
+    /// Persistent chains; with continuous visibles, restarted each step
+    /// from a replay buffer of past samples (a fraction from noise).
+    Pcd { k: usize, chains: Box<ChainSet<D>>, replay: Option<Replay> },
     /// Pseudo-likelihood. Variables in `logits` are linear in each unit (no
     /// unit couples to itself), so p(x_i | rest) comes from the conditional
     /// logits −∂E/∂x at the data, all units at once; the others use energy
@@ -118,13 +120,78 @@ struct Jem<D: Kernels> {
     /// The energy with the label (and any planned latents) summed out.
     marginal: Id,
     k: usize,
-    reinit: f64,
     /// Batch-sized chains that run the k sweeps of each step.
     chains: Box<ChainSet<D>>,
-    /// Past samples of the other variables, a row each.
-    buffer: Vec<Tensors>,
+    replay: Replay,
+}
+
+/// A replay buffer: past samples, a row each, from which chains restart.
+struct Replay {
+    rows: Vec<Tensors>,
     capacity: usize,
+    /// The fraction of chains restarted from fresh random states instead.
+    reinit: f64,
     rng: rand::rngs::SmallRng,
+}
+
+impl Replay {
+    fn new(capacity: usize, reinit: f64, seed: u64, saved: &Tensors) -> Replay {
+        let mut replay = Replay { rows: Vec::new(), capacity, reinit, rng: rand::SeedableRng::seed_from_u64(seed) };
+        // Saved as `replay.<var>` tensors of shape (rows, ...).
+        let saved: Vec<(&str, &HostTensor)> = saved.iter().filter_map(|(k, t)| k.strip_prefix("replay.").map(|n| (n, t))).collect();
+        let n = saved.first().map_or(0, |(_, t)| t.shape[0]);
+        replay.rows = (0..n).map(|r| saved.iter().map(|(name, t)| (name.to_string(), row_of(t, r))).collect()).collect();
+        replay
+    }
+
+    /// Start states: `fresh` rows kept with probability `reinit` (always while
+    /// the buffer holds fewer rows than a batch), the rest drawn from the buffer.
+    fn start(&mut self, mut fresh: Tensors) -> Tensors {
+        let rows = fresh.values().next().map_or(0, |t| t.shape[0]);
+        for r in 0..rows {
+            if self.rows.len() >= rows && rand::Rng::r#gen::<f64>(&mut self.rng) >= self.reinit {
+                let pick = &self.rows[rand::Rng::gen_range(&mut self.rng, 0..self.rows.len())];
+                for (name, t) in fresh.iter_mut() {
+                    let per: usize = t.shape[1..].iter().product();
+                    t.data[r * per..(r + 1) * per].copy_from_slice(&pick[name].data);
+                }
+            }
+        }
+        fresh
+    }
+
+    /// Adds the chains' end states, replacing random rows once full.
+    fn keep(&mut self, end: &Tensors) {
+        let rows = end.values().next().map_or(0, |t| t.shape[0]);
+        for r in 0..rows {
+            let row: Tensors = end.iter().map(|(name, t)| (name.clone(), row_of(t, r))).collect();
+            if self.rows.len() < self.capacity {
+                self.rows.push(row);
+            } else {
+                let at = rand::Rng::gen_range(&mut self.rng, 0..self.capacity);
+                self.rows[at] = row;
+            }
+        }
+    }
+
+    /// The buffer as `replay.<var>` tensors, for checkpoints.
+    fn saved(&self) -> Tensors {
+        let Some(first) = self.rows.first() else { return Tensors::new() };
+        first
+            .iter()
+            .map(|(name, t)| {
+                let mut shape = vec![self.rows.len()];
+                shape.extend(&t.shape);
+                (format!("replay.{name}"), HostTensor::new(shape, self.rows.iter().flat_map(|r| r[name].data.iter().copied()).collect()))
+            })
+            .collect()
+    }
+}
+
+/// Row `r` of a batched host tensor.
+fn row_of(t: &HostTensor, r: usize) -> HostTensor {
+    let per: usize = t.shape[1..].iter().product();
+    HostTensor::new(t.shape[1..].to_vec(), t.data[r * per..(r + 1) * per].to_vec())
 }
 
 /// Roots and options of the continuous objectives. `grads[x]` is ∂F/∂x and
@@ -231,7 +298,10 @@ impl<D: Kernels> Fitter<D> {
                     let chain_state: Tensors = state.iter().filter_map(|(k, t)| k.strip_prefix("chain.").map(|n| (n.to_string(), t.clone()))).collect();
                     super::Chains::set_state(&mut set, &chain_state).map_err(TrainError::Setup)?;
                 }
-                Objective::Pcd { k, chains: Box::new(set) }
+                // Langevin chains on the data's own variables restart from a replay buffer.
+                let langevin = plan.variables.iter().any(|v| visible.contains(&v.name) && matches!(v.kernel, crate::plan::Kernel::Langevin { .. }));
+                let replay = langevin.then(|| Replay::new(o.int("buffer").unwrap_or(10000) as usize, option(o, "reinit").unwrap_or(0.05), seed ^ 0x7270_6c79, state));
+                Objective::Pcd { k, chains: Box::new(set), replay }
             }
             "pl" => {
                 let mut logits = BTreeMap::new();
@@ -256,11 +326,8 @@ impl<D: Kernels> Fitter<D> {
                     logits,
                     marginal,
                     k,
-                    reinit: option(o, "reinit").unwrap_or(0.05),
                     chains: Box::new(chains),
-                    buffer: Vec::new(),
-                    capacity: o.int("buffer").unwrap_or(10000) as usize,
-                    rng: rand::SeedableRng::seed_from_u64(seed ^ 0x6a65_6d),
+                    replay: Replay::new(o.int("buffer").unwrap_or(10000) as usize, option(o, "reinit").unwrap_or(0.05), seed ^ 0x6a65_6d, state),
                 }))
             }
             name => {
@@ -403,10 +470,17 @@ impl<D: Kernels> Fitter<D> {
         }
         // Negative phase: k sweeps from the data (CD) or from the persistent chains (PCD).
         let negative = match &mut self.objective {
-            Objective::Pcd { chains, .. } => {
+            Objective::Pcd { chains, replay, .. } => {
+                if let Some(replay) = replay {
+                    let start = replay.start(chains.random_state());
+                    super::Chains::set_state(chains.as_mut(), &start).map_err(TrainError::Setup)?;
+                }
                 chains.set_params(&self.params);
                 for _ in 0..k {
                     super::Chains::sweep(chains.as_mut());
+                }
+                if let Some(replay) = replay {
+                    replay.keep(&super::Chains::state(chains.as_ref()));
                 }
                 chains.state.clone()
             }
@@ -668,39 +742,14 @@ impl<D: Kernels> Fitter<D> {
         if j.chains.chains != rows {
             return Err(TrainError::Setup(format!("JEM runs batches of {} rows; got {rows}", j.chains.chains)));
         }
-        // Start: buffer rows where there are enough, fresh random states otherwise.
-        let mut start: Tensors = j.chains.random_state();
-        for r in 0..rows {
-            let reuse = j.buffer.len() >= rows && rand::Rng::r#gen::<f64>(&mut j.rng) >= j.reinit;
-            if reuse {
-                let pick = &j.buffer[rand::Rng::gen_range(&mut j.rng, 0..j.buffer.len())];
-                for (name, t) in start.iter_mut() {
-                    let per: usize = t.shape[1..].iter().product();
-                    t.data[r * per..(r + 1) * per].copy_from_slice(&pick[name].data);
-                }
-            }
-        }
+        let start = j.replay.start(j.chains.random_state());
         super::Chains::set_state(j.chains.as_mut(), &start).map_err(TrainError::Setup)?;
         j.chains.set_params(&self.params);
         for _ in 0..j.k {
             super::Chains::sweep(j.chains.as_mut());
         }
         let end = super::Chains::state(j.chains.as_ref());
-        for r in 0..rows {
-            let row: Tensors = end
-                .iter()
-                .map(|(name, t)| {
-                    let per: usize = t.shape[1..].iter().product();
-                    (name.clone(), HostTensor::new(t.shape[1..].to_vec(), t.data[r * per..(r + 1) * per].to_vec()))
-                })
-                .collect();
-            if j.buffer.len() < j.capacity {
-                j.buffer.push(row);
-            } else {
-                let at = rand::Rng::gen_range(&mut j.rng, 0..j.capacity);
-                j.buffer[at] = row;
-            }
-        }
+        j.replay.keep(&end);
         let (label, logits_root, marginal) = (j.label.clone(), j.logits, j.marginal);
         type Own<D> = OwnedTape<f32, D>;
         let leaves = self.taped_leaves();
@@ -935,11 +984,14 @@ impl<D: Kernels> Fit for Fitter<D> {
             c.rng = rand::SeedableRng::seed_from_u64(seed ^ 0x736d);
         }
         if let Objective::Jem(j) = &mut self.objective {
-            j.rng = rand::SeedableRng::seed_from_u64(seed ^ 0x6a65_6d);
+            j.replay.rng = rand::SeedableRng::seed_from_u64(seed ^ 0x6a65_6d);
             j.chains.reseed(seed ^ 0x6a65_6d);
         }
-        if let Objective::Pcd { chains, .. } = &mut self.objective {
+        if let Objective::Pcd { chains, replay, .. } = &mut self.objective {
             chains.reseed(seed ^ 0x7063_6421);
+            if let Some(replay) = replay {
+                replay.rng = rand::SeedableRng::seed_from_u64(seed ^ 0x7270_6c79);
+            }
         }
         // Batch-sized chains start afresh each epoch, so a resumed run matches.
         self.scratch = None;
@@ -1056,6 +1108,11 @@ impl<D: Kernels> Fit for Fitter<D> {
         }
         if let Some(chains) = self.chains() {
             out.extend(chains.into_iter().map(|(k, t)| (format!("chain.{k}"), t)));
+        }
+        match &self.objective {
+            Objective::Pcd { replay: Some(replay), .. } => out.extend(replay.saved()),
+            Objective::Jem(j) => out.extend(j.replay.saved()),
+            _ => {}
         }
         out
     }
