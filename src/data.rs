@@ -436,8 +436,10 @@ pub const EIGHT_GAUSSIANS: [(f64, f64); 8] = [
     (0.0, -2.828427),
     (2.0, -2.0),
 ];
-/// Standard deviation of each of the 8 Gaussians.
-pub const EIGHT_GAUSSIANS_STD: f64 = 0.2;
+/// Standard deviation of each of the 8 Gaussians: 0.5 before the set is
+/// divided by 1.414, as in the set's usual definition (FFJORD's toy data),
+/// which puts the centres at radius 4 / 1.414.
+pub const EIGHT_GAUSSIANS_STD: f64 = 0.5 / 1.414;
 /// Radii and weights of the rings.
 pub const RINGS: [(f64, f64); 4] = [(1.0, 0.25), (2.0, 0.25), (3.0, 0.25), (4.0, 0.25)];
 /// Radial noise of the rings.

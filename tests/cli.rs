@@ -9,11 +9,14 @@ fn ebmc(args: &[&str]) -> Output {
 }
 
 fn zoo() -> Vec<String> {
-    let mut files: Vec<String> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
-        .unwrap()
-        .map(|e| format!("models/{}", e.unwrap().file_name().to_string_lossy()))
-        .filter(|f| f.ends_with(".ebm"))
-        .collect();
+    // The zoo's files and those one folder down (models/toy/).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path();
+        let inner: Vec<std::path::PathBuf> = if path.is_dir() { std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()).collect() } else { vec![path] };
+        files.extend(inner.into_iter().filter(|p| p.extension().is_some_and(|e| e == "ebm")).map(|p| p.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap().to_string_lossy().into_owned()));
+    }
     files.sort();
     files
 }
