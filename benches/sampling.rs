@@ -7,6 +7,9 @@
 //! (c) MLP energy 2 -> 128 -> 128 -> 1, 256 chains: Langevin steps per second,
 //!     and the ratio to a forward pass of the same MLP in raw dfdx.
 
+mod common;
+
+use common::{median, mlp_forward};
 use dfdx::prelude::*;
 use ebmc::backend::Sampler;
 use std::time::Instant;
@@ -20,19 +23,6 @@ fn setup_chains(src: &str, chains: usize) -> Sampler {
     Sampler::new(model, &plans[0], &params, chains, 1, Default::default()).expect("sampler builds")
 }
 
-/// Median seconds of `f` over `reps` runs after one warm-up.
-fn median(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[reps / 2]
-}
 
 /// Medians of `a`, of `b`, and of the per-pair ratio a/b, over `reps` alternating runs.
 fn paired(reps: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64, f64) {
@@ -95,17 +85,7 @@ fn main() {
         energy e = f(x) + 0.01 * sum(square(x)); sample { x: langevin(step: 0.01); } }";
     let mut s = setup_chains(mlp, 256);
     let step = median(50, || s.sweep());
-    let x: Tensor<(usize, usize), f32, _> = dev.sample_normal_like(&(256, 2));
-    let w0: Tensor<(usize, usize), f32, _> = dev.sample_normal_like(&(2, 128));
-    let w1: Tensor<(usize, usize), f32, _> = dev.sample_normal_like(&(128, 128));
-    let w2: Tensor<(usize, usize), f32, _> = dev.sample_normal_like(&(128, 1));
-    let forward = median(50, || {
-        let a = x.clone().matmul(w0.clone());
-        let a = a.clone() * a.sigmoid();
-        let b = a.matmul(w1.clone());
-        let b = b.clone() * b.sigmoid();
-        std::hint::black_box(b.matmul(w2.clone()));
-    });
+    let forward = mlp_forward(&dev);
     println!("(c) Langevin, MLP 2->128->128->1 energy, 256 chains");
     println!("    step (energy gradient)   {:>8.3} ms   {:>8.1} steps/s", step * 1e3, 1.0 / step);
     println!("    raw dfdx forward pass    {:>8.3} ms", forward * 1e3);

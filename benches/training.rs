@@ -12,6 +12,9 @@
 //!     PCD with 20 Langevin steps per update; against one raw dfdx forward
 //!     pass of the same MLP on 256 points.
 
+mod common;
+
+use common::{median, mlp_forward};
 use dfdx::prelude::*;
 use ebmc::tensor::HostTensor;
 use rand::{Rng, SeedableRng};
@@ -80,17 +83,7 @@ fn continuous_steps(dev: &Cpu) {
         .chunks(256)
         .map(|c| [("x".to_string(), HostTensor::new(vec![256, 2], c.iter().flatten().map(|v| *v as f32).collect()))].into_iter().collect())
         .collect();
-    let x: Tensor<(usize, usize), f32, _> = dev.sample_normal_like(&(256, 2));
-    let w0: Tensor<(usize, usize), f32, _> = dev.sample_normal_like(&(2, 128));
-    let w1: Tensor<(usize, usize), f32, _> = dev.sample_normal_like(&(128, 128));
-    let w2: Tensor<(usize, usize), f32, _> = dev.sample_normal_like(&(128, 1));
-    let forward = median(50, || {
-        let a = x.clone().matmul(w0.clone());
-        let a = a.clone() * a.sigmoid();
-        let b = a.matmul(w1.clone());
-        let b = b.clone() * b.sigmoid();
-        std::hint::black_box(b.matmul(w2.clone()));
-    });
+    let forward = mlp_forward(dev);
     println!("(b) 8gaussians, MLP 2->128->128->1 energy (swish), batch 256");
     println!("    raw dfdx forward pass    {:>8.3} ms", forward * 1e3);
     for (what, objective) in [("DSM (sigma 0.1)", "dsm(sigma: 0.1)"), ("PCD, 20 Langevin steps", "pcd(k: 20, chains: 256, step: 0.01)")] {
@@ -113,16 +106,3 @@ fn continuous_steps(dev: &Cpu) {
     }
 }
 
-/// Median seconds of `f` over `reps` runs after one warm-up.
-fn median(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[reps / 2]
-}

@@ -67,6 +67,19 @@ pub fn npy(rows: &[Vec<f32>]) -> Vec<u8> {
     out
 }
 
+/// An 8-bit PNG of `pixels`, rows top to bottom, in memory.
+fn encode_png(pixels: &[u8], width: usize, height: usize, colour: png::ColorType) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, width as u32, height as u32);
+        enc.set_color(colour);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header().expect("writing to memory");
+        writer.write_image_data(pixels).expect("writing to memory");
+    }
+    out
+}
+
 /// Tiles `images` (each `height * width` values in [0, 1]) into a grayscale
 /// PNG grid with a 1-pixel border, `scale` pixels per value.
 pub fn png_grid(images: &[Vec<f32>], height: usize, width: usize, scale: usize) -> Vec<u8> {
@@ -85,15 +98,7 @@ pub fn png_grid(images: &[Vec<f32>], height: usize, width: usize, scale: usize) 
             }
         }
     }
-    let mut out = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut out, img_w as u32, img_h as u32);
-        enc.set_color(png::ColorType::Grayscale);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc.write_header().expect("writing to memory");
-        writer.write_image_data(&pixels).expect("writing to memory");
-    }
-    out
+    encode_png(&pixels, img_w, img_h, png::ColorType::Grayscale)
 }
 
 /// A heat map of a 2-D density with points drawn over it: `log_density`
@@ -133,15 +138,7 @@ pub fn density_png(log_density: &[f64], resolution: usize, (low, high): (f64, f6
             pixels[(py * side + px) * 3..(py * side + px) * 3 + 3].copy_from_slice(&[80, 220, 255]);
         }
     }
-    let mut out = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut out, side as u32, side as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc.write_header().expect("writing to memory");
-        writer.write_image_data(&pixels).expect("writing to memory");
-    }
-    out
+    encode_png(&pixels, side, side, png::ColorType::Rgb)
 }
 
 /// Images of one visible variable, scaled to [0, 1] by its domain: binary and
@@ -322,13 +319,5 @@ pub fn line_plots(panels: &[(&str, Vec<(f64, f64)>)]) -> Vec<u8> {
             }
         }
     }
-    let mut out = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut out, c.w as u32, c.h as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc.write_header().expect("writing to memory");
-        writer.write_image_data(&c.rgb).expect("writing to memory");
-    }
-    out
+    encode_png(&c.rgb, c.w, c.h, png::ColorType::Rgb)
 }

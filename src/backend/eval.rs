@@ -107,13 +107,7 @@ impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a,
                     let ((x, tx), (y, ty)) = (x.split_tape(), y.split_tape());
                     return self.dev.zip(op, x, y, (batch, m, n)).put_tape(tx.merge(ty));
                 }
-                let (x, y) = (expand(x, batch, m, n), expand(y, batch, m, n));
-                match op {
-                    Arith::Add => x + y,
-                    Arith::Sub => x - y,
-                    Arith::Mul => x * y,
-                    Arith::Div => x / y,
-                }
+                arith(op, expand(x, batch, m, n), expand(y, batch, m, n))
             }
             Op::MatMul(a, b) => {
                 let (ra, rb) = (self.ir.shape(*a).len(), self.ir.shape(*b).len());
@@ -269,6 +263,16 @@ fn matmul<D: Device<f32>, T: Tape<f32, D> + Merge<T>>(x: T3<D, T>, y: T3<D, T>, 
         }
         (2, 2) if by == 1 => x.reshape_like(&(bx * mx, nx)).matmul(y.reshape_like(&(my, ny))).reshape_like(&(bx, mx, ny)),
         _ => expand(x, batch, mx, nx).matmul(expand(y, batch, my, ny)),
+    }
+}
+
+/// `x op y` for operands of one shape, through dfdx (taped or not).
+pub fn arith<D: Device<f32>, T: Tape<f32, D> + Merge<T>>(op: Arith, x: T3<D, T>, y: T3<D, T>) -> T3<D, T> {
+    match op {
+        Arith::Add => x + y,
+        Arith::Sub => x - y,
+        Arith::Mul => x * y,
+        Arith::Div => x / y,
     }
 }
 

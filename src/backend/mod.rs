@@ -62,13 +62,7 @@ pub(crate) trait Kernels: Device<f32> {
 
     /// `x op y`, each broadcast to `(b, m, n)`, untaped.
     fn zip(&self, op: Arith, x: T3<Self>, y: T3<Self>, (b, m, n): (usize, usize, usize)) -> T3<Self> {
-        let (x, y) = (expand(x, b, m, n), expand(y, b, m, n));
-        match op {
-            Arith::Add => x + y,
-            Arith::Sub => x - y,
-            Arith::Mul => x * y,
-            Arith::Div => x / y,
-        }
+        eval::arith(op, expand(x, b, m, n), expand(y, b, m, n))
     }
 
     /// Each example's sum: `(b, m, n) -> (b, 1, 1)`.
