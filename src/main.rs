@@ -388,7 +388,7 @@ fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure
     let lowered = ebmc::ir::program_to_ir(model);
     let params = load_params(a.params.as_deref(), &lowered, a.seed)?;
     let picture = match &a.png {
-        Some(_) => Some(picture_of(model, a.image).ok_or_else(|| Failure::Io("no visible variable is image-shaped (a square number of units) or a 2-D real point; give an image's size with --image HxW".into()))?),
+        Some(_) => Some(picture_of(model, &plan, a.image).ok_or_else(|| Failure::Io("no visible variable is image-shaped (a square number of units), nor is the model's density over one 2-D real variable; give an image's size with --image HxW".into()))?),
         None => None,
     };
     let mut sampler = ebmc::backend::Sampler::new(model, &plan, &params, a.chains, a.seed, a.device).map_err(Failure::Io)?;
@@ -454,12 +454,18 @@ enum Picture {
     Density(String),
 }
 
-fn picture_of(model: &ebmc::program::Model, image: Option<(usize, usize)>) -> Option<Picture> {
+/// A density is drawn when, latents summed out, one 2-D real variable is left.
+fn picture_of(model: &ebmc::program::Model, plan: &ebmc::plan::Plan, image: Option<(usize, usize)>) -> Option<Picture> {
     let visible = || model.variables.iter().filter(|v| v.role == ebmc::ast::Role::Visible);
     if let Some(v) = visible().find(|v| ebmc::export::image_shape(model, &v.name, image).is_some()) {
         return Some(Picture::Images(v.name.clone(), ebmc::export::image_shape(model, &v.name, image)?));
     }
-    visible().find(|v| !v.domain.is_discrete() && v.shape.iter().product::<usize>() == 2).map(|v| Picture::Density(v.name.clone()))
+    let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
+    let mut rest = model.variables.iter().filter(|v| !summed.contains(&v.name));
+    match (rest.next(), rest.next()) {
+        (Some(v), None) if v.role == ebmc::ast::Role::Visible && !v.domain.is_discrete() && v.shape.iter().product::<usize>() == 2 => Some(Picture::Density(v.name.clone())),
+        _ => None,
+    }
 }
 
 /// A heat map of the model's density over the square the samples span
@@ -573,7 +579,7 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
 
 /// Draws a PNG grid of samples from the trained model when a visible variable is image-shaped.
 fn sample_grid(model: &ebmc::program::Model, plan: &ebmc::plan::Plan, out: &Path) -> Result<Option<PathBuf>, Failure> {
-    let Some(picture) = picture_of(model, None) else {
+    let Some(picture) = picture_of(model, plan, None) else {
         return Ok(None);
     };
     let params = ebmc::train::load_params(out).map_err(Failure::Io)?;

@@ -135,3 +135,14 @@ fn sample_draws_2d_models_over_their_density_and_refuses_other_shapes() {
     assert!(!dir.join("never.png").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn train_finishes_cleanly_on_a_model_with_no_picture() {
+    // JEM's label is not summed out of its plan, so there is no density to draw.
+    let dir = std::env::temp_dir().join(format!("ebmc-jem-{}", std::process::id()));
+    let out = ebmc(&["train", "models/jem.ebm", "--epochs", "1", "--out", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("error"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.join("samples.png").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
