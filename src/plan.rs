@@ -145,10 +145,14 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
             }
         }
         let (kernel, reason, conditional) = if v.domain.is_discrete() {
-            let conditional = ir.grad(total, &v.name).map(|g| {
-                let minus = ir.neg(g);
-                conditional_text(ir, v, minus)
-            });
+            // Only Gibbs kernels with an exact conditional print one; deriving
+            // it costs a gradient and a printout, so only those pay.
+            let conditional = |ir: &mut Ir| {
+                ir.grad(total, &v.name).map(|g| {
+                    let minus = ir.neg(g);
+                    conditional_text(ir, v, minus)
+                })
+            };
             if let Some(block) = block_of(&v.name) {
                 let blocks = order.len();
                 let partners: Vec<String> = graph.neighbours(&v.name).into_iter().filter(|n| model.variable(n).is_some_and(|w| w.domain.is_discrete())).collect();
@@ -159,10 +163,10 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                     (false, true) => format!("bipartite with {}", partners.join(", ")),
                     (false, false) => format!("interaction graph is not bipartite; {blocks}-colour blocks, coupled to {}", partners.join(", ")),
                 };
-                (Kernel::BlockGibbs { block, blocks }, reason, conditional)
+                (Kernel::BlockGibbs { block, blocks }, reason, conditional(ir))
             } else if let Some(consts) = graph.sparse_coupling(&v.name) {
                 let (kernel, reason) = chromatic(model, v, &consts);
-                (kernel, reason, conditional)
+                (kernel, reason, conditional(ir))
             } else {
                 let via = graph.self_couplings(&v.name).join(", ");
                 let degree = graph.total_degree(&v.name);
