@@ -331,6 +331,15 @@ impl Ir {
         }
     }
 
+    /// The additive terms of `id` with their numeric coefficients, as the
+    /// simplifier sees them: `a - 2 * b` → [(1, a), (-2, b)]; a bare number
+    /// is `(c, None)`.
+    pub fn signed_terms(&mut self, id: Id) -> Vec<(f64, Option<Id>)> {
+        let mut out = Vec::new();
+        self.terms(id, 1.0, &mut out);
+        out
+    }
+
     /// A sum as signed terms: `a - 2 * b` → [(1, a), (-2, b)]. Iterative:
     /// a sum of many energy terms is a deep left-leaning tree.
     fn terms(&mut self, id: Id, sign: f64, out: &mut Vec<(f64, Option<Id>)>) {

@@ -269,8 +269,7 @@ pub fn check_sample(model: &Model, lowered: &Lowered, run: &SampleRun, available
     }
     let sweeps = (run.burn_in as u128) + (run.steps as u128);
     if sweeps > MAX_SWEEPS {
-        let flag = if run.burn_in as u128 > MAX_SWEEPS / 2 && run.burn_in >= run.steps { "--burn-in" } else { "--steps" };
-        out.push(LimitError::Count { flag, value: sweeps, limit: MAX_SWEEPS, unit: "sweeps" });
+        out.push(LimitError::Count { flag: "--burn-in and --steps", value: sweeps, limit: MAX_SWEEPS, unit: "sweeps" });
     }
     if !out.is_empty() {
         return Err(out);

@@ -388,9 +388,20 @@ impl From<&PlanError> for Diagnostic {
             NoFiniteZ { var, span, degree } => Diagnostic::error("E0401", format!("the density has no finite normaliser in `{var}`"))
                 .primary(*span, format!("the energy is {} in `{var}`, so exp(-E) does not integrate", degree.word()))
                 .help(format!("add a confining term such as `energy prior = 0.5 * sum(square({var}));`, or bound it: `real[..] in [lo, hi]`")),
-            NotProvablyNormalisable { var, span } => Diagnostic::warning("W0401", format!("cannot prove that exp(-E) integrates over `{var}`"))
-                .primary(*span, "the energy is not a polynomial in this variable")
-                .help(format!("training usually keeps such energies in check; a term like `0.01 * sum(square({var}))` makes it certain")),
+            LeadingTermFalls { var, span, term } => Diagnostic::error("E0401", format!("the density has no finite normaliser in `{var}`"))
+                .primary(*span, format!("the energy's leading term in `{var}`, `{term}`, falls without bound, so exp(-E) does not integrate"))
+                .help(format!("the leading term must rise in every direction: a positive even power such as `0.5 * sum(square({var}))`; or bound it: `real[..] in [lo, hi]`")),
+            NotProvablyNormalisable { var, span, why } => {
+                let d = Diagnostic::warning("W0401", format!("cannot prove that exp(-E) integrates over `{var}`"));
+                match why {
+                    crate::plan::Unproved::NoConfiningTerm { term } => d
+                        .primary(*span, format!("no term is a positive even power of `{var}`, and `{term}` is not known to rise in every direction"))
+                        .help(format!("training usually keeps such energies in check; a term like `energy prior = 0.01 * sum(square({var}));` makes it certain")),
+                    crate::plan::Unproved::Outgrown { term, confining } => d
+                        .primary(*span, format!("`{term}` may fall as fast as `{confining}` rises"))
+                        .help(format!("a confining term of higher order than the others, such as `0.01 * sum({var}^4)`, or bounds `real[..] in [lo, hi]` make it certain")),
+                }
+            }
             NeedsContinuous { objective, span, var, var_span, type_text } => Diagnostic::error("E0402", format!("`{objective}` needs continuous visible variables, but `{var}` is {type_text}"))
                 .primary(*span, "this objective differentiates the energy in the data")
                 .secondary(*var_span, "discrete variable declared here")
@@ -418,6 +429,10 @@ impl From<&PlanError> for Diagnostic {
             ScoreMatchingDimension { span, dims } => Diagnostic::warning("W0402", format!("exact score matching over {dims} dimensions costs {dims} second derivatives per example"))
                 .primary(*span, "slow for this many dimensions")
                 .help("`ssm(projections: 1)` or `dsm(sigma: 0.1)` estimate the same objective at the cost of one"),
+            ScoreMatchingBounded { objective, span, var, var_span, bounds: (lo, hi) } => Diagnostic::warning("W0403", format!("`{objective}` is biased on the bounded variable `{var}`"))
+                .primary(*span, "score matching assumes the density vanishes at the edges of its domain")
+                .secondary(*var_span, format!("bounded to [{lo}, {hi}] here; the boundary terms are ignored"))
+                .help("train with `pcd`, whose Langevin chains respect the bounds, or remove the bounds if the data never reaches them"),
         }
     }
 }
@@ -427,7 +442,15 @@ fn count(n: u128) -> String {
     if n == u128::MAX {
         "more than 3.4e38".to_string()
     } else if n < 1_000_000_000_000 {
-        n.to_string()
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
     } else {
         format!("{:.1e}", n as f64)
     }
@@ -459,7 +482,7 @@ impl From<&crate::limits::LimitError> for Diagnostic {
                 };
                 d.help(format!("use fewer {what}, at most {}", count(MAX_BATCH_VALUES / (*values).max(1))))
             }
-            Count { flag, value, limit, unit } => Diagnostic::error("E0506", format!("{flag} asks for {} {unit} (limit {})", count(*value), count(*limit))).help(format!("give {flag} a value of at most {}", count(*limit))),
+            Count { flag, value, limit, unit } => Diagnostic::error("E0506", format!("{flag}: {} {unit} in all (limit {})", count(*value), count(*limit))).help(format!("run at most {} {unit}; a longer run can continue from its saved state", count(*limit))),
             Memory { what, needed, available } => Diagnostic::error("E0507", format!("{what} needs about {} of memory, but {} is available", bytes(*needed), bytes(u128::from(*available))))
                 .help("use fewer chains, a smaller batch or fewer kept samples (--every)"),
         }
