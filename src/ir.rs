@@ -484,6 +484,12 @@ impl Ir {
             let scaled = self.mul(k, total);
             return self.broadcast(scaled, &shape);
         }
+        // (c 1) @ M = c times the column sums of M.
+        if let (Some(c), 1, 2) = (self.num_value(a), ra, rb) {
+            let columns = self.sum_to(b, &shape);
+            let k = self.num(c);
+            return self.mul(k, columns);
+        }
         // Scalars and signs come out of products: (c * X) @ Y = c * (X @ Y).
         for (side, other, left) in [(a, b, true), (b, a, false)] {
             let pulled = match self.node(side).op {

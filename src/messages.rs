@@ -391,6 +391,9 @@ impl From<&PlanError> for Diagnostic {
             LeadingTermFalls { var, span, term } => Diagnostic::error("E0401", format!("the density has no finite normaliser in `{var}`"))
                 .primary(*span, format!("the energy's leading term in `{var}`, `{term}`, falls without bound, so exp(-E) does not integrate"))
                 .help(format!("the leading term must rise in every direction: a positive even power such as `0.5 * sum(square({var}))`; or bound it: `real[..] in [lo, hi]`")),
+            BoundedEnergy { var, span, term } => Diagnostic::error("E0401", format!("the density has no finite normaliser in `{var}`"))
+                .primary(*span, format!("every term that varies with `{var}` is bounded (such as `{term}`), so exp(-E) stays above a positive floor over an infinite domain"))
+                .help(format!("add a confining term such as `energy prior = 0.5 * sum(square({var}));`, or bound it: `real[..] in [lo, hi]`")),
             NotProvablyNormalisable { var, span, why } => {
                 let d = Diagnostic::warning("W0401", format!("cannot prove that exp(-E) integrates over `{var}`"));
                 match why {
@@ -475,14 +478,14 @@ impl From<&crate::limits::LimitError> for Diagnostic {
                 .primary(*span, "lattice too large")
                 .help("graph constants are dense matrices over their units; use a lattice of at most 11,585 units (e.g. `grid(100, 100)`)"),
             Batch { what, span, rows, values, .. } => {
-                let d = Diagnostic::error("E0505", format!("{} {what} of {} values each hold {} values (limit {})", count(*rows), count(*values), count(rows.saturating_mul(*values)), count(MAX_BATCH_VALUES)));
+                let d = Diagnostic::error("E0505", format!("{what}: {} rows of {} values each make {} values (limit {})", count(*rows), count(*values), count(rows.saturating_mul(*values)), count(MAX_BATCH_VALUES)));
                 let d = match span {
                     Some(s) => d.primary(*s, "too large to allocate"),
                     None => d,
                 };
-                d.help(format!("use fewer {what}, at most {}", count(MAX_BATCH_VALUES / (*values).max(1))))
+                d.help(format!("at most {} rows of this model fit", count(MAX_BATCH_VALUES / (*values).max(1))))
             }
-            Count { flag, value, limit, unit } => Diagnostic::error("E0506", format!("{flag}: {} {unit} in all (limit {})", count(*value), count(*limit))).help(format!("run at most {} {unit}; a longer run can continue from its saved state", count(*limit))),
+            Count { flag, value, limit, unit } => Diagnostic::error("E0506", format!("{flag}: {} {unit} in all (limit {})", count(*value), count(*limit))).help(format!("use at most {} {unit}", count(*limit))),
             Memory { what, needed, available } => Diagnostic::error("E0507", format!("{what} needs about {} of memory, but {} is available", bytes(*needed), bytes(u128::from(*available))))
                 .help("use fewer chains, a smaller batch or fewer kept samples (--every)"),
         }

@@ -75,6 +75,9 @@ pub enum PlanError {
     /// The energy's leading term in `var` falls to -infinity in some
     /// direction (a negative even power, or an odd one).
     LeadingTermFalls { var: String, span: Span, term: String },
+    /// Every term that varies with the unbounded `var` is bounded (`term`
+    /// is one): exp(-E) stays above a positive floor and cannot integrate.
+    BoundedEnergy { var: String, span: Span, term: String },
     NotProvablyNormalisable { var: String, span: Span, why: Unproved },
     NeedsContinuous { objective: String, span: Span, var: String, var_span: Span, type_text: String },
     NeedsFreeEnergy { objective: String, span: Span, var: String, var_span: Span, why: String },
@@ -109,6 +112,7 @@ pub enum Unproved {
 enum Normalisability {
     Proved,
     Falls { term: String },
+    Bounded { term: String },
     Unproved(Unproved),
 }
 
@@ -225,6 +229,9 @@ fn normalisability(graph: &FactorGraph, ir: &mut Ir, total: Id, x: &crate::progr
     // The highest order of any term, and the terms holding it.
     let top = terms.iter().map(|t| t.order.unwrap_or(f64::INFINITY)).fold(0.0, f64::max);
     let leading: Vec<&Term> = terms.iter().filter(|t| t.order.unwrap_or(f64::INFINITY) == top).collect();
+    if top == 0.0 && !leading.is_empty() {
+        return Normalisability::Bounded { term: leading[0].text.clone() };
+    }
     if top.is_finite() && leading.iter().all(|t| t.power.is_some_and(|(p, _)| p % 2.0 == 0.0)) {
         // Even powers of one order: the sign of their summed factors decides.
         let factor: f64 = leading.iter().filter_map(|t| t.power).map(|(_, k)| k).sum();
@@ -356,6 +363,7 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                 (_, None) => match normalisability(graph, ir, total, v) {
                     Normalisability::Proved => {}
                     Normalisability::Falls { term } => problems.push(PlanError::LeadingTermFalls { var: v.name.clone(), span: v.span, term }),
+                    Normalisability::Bounded { term } => problems.push(PlanError::BoundedEnergy { var: v.name.clone(), span: v.span, term }),
                     Normalisability::Unproved(why) => problems.push(PlanError::NotProvablyNormalisable { var: v.name.clone(), span: v.span, why }),
                 },
                 _ => {}
