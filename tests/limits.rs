@@ -91,3 +91,123 @@ fn deep_input_at_the_limit_checks_and_plans_quickly() {
         assert!(seconds < 10.0, "{what}: {seconds:.2}s");
     }
 }
+
+fn ebmc(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ebmc")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("ebmc runs")
+}
+
+fn write_model(name: &str, source: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("ebmc-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, source).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn declared_sizes_past_their_limits_exit_1_with_a_code_and_a_span() {
+    let cases = [
+        ("units.ebm", "model m { visible v : binary[100000000]; energy e = sum(v); }", "E0502"),
+        ("grid.ebm", "model m { visible s : spin[100]; const J = grid(100000, 100000); energy e = -(s @ s) + sum(J); }", "E0504"),
+        ("overflow.ebm", "model m { visible s : spin[4]; const J = grid(4294967296, 4294967296); energy e = -(s @ s) + sum(J); }", "E0504"),
+        ("param.ebm", "model m { visible v : binary[4]; param W : real[100000, 100000]; energy e = sum(v) + sum(W); }", "E0503"),
+        ("net.ebm", "model m { visible x : real[2]; net f = mlp(2 -> 1000000000 -> 1); energy e = f(x) + sum(square(x)); }", "E0503"),
+        ("wide.ebm", "model m { visible v : binary[18446744073709551615, 18446744073709551615]; energy e = sum(v); }", "E0502"),
+    ];
+    for (name, source, code) in cases {
+        let path = write_model(name, source);
+        for command in ["check", "plan", "graph", "sample"] {
+            let out = ebmc(&[command, &path]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{name} {command}: {err}");
+            assert!(err.contains(&format!("error[{code}]")) && err.contains("(limit "), "{name} {command}: {err}");
+            assert!(err.contains(&format!("{name}:1:")), "{name} {command}: no location: {err}");
+        }
+    }
+}
+
+#[test]
+fn run_flags_past_their_limits_exit_2_before_sampling() {
+    let cases: [(&[&str], &str); 6] = [
+        (&["--chains", "1000000000"], "E0505"),
+        (&["--chains", "18446744073709551615"], "--chains"),
+        (&["--steps", "18446744073709551615"], "--steps"),
+        (&["--burn-in", "999999999", "--steps", "999999999"], "E0506"),
+        (&["--every", "0"], "--every"),
+        (&["--chains", "0"], "--chains"),
+    ];
+    for (flags, expect) in cases {
+        let mut args = vec!["sample", "models/rbm.ebm"];
+        args.extend(flags);
+        let started = std::time::Instant::now();
+        let out = ebmc(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
+        assert!(err.contains(expect) && (err.contains("limit") || err.contains("at least")), "{flags:?}: {err}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("sweeps"), "{flags:?} sampled");
+        assert!(started.elapsed().as_secs() < 20, "{flags:?} ran");
+    }
+    let out = ebmc(&["train", "models/rbm.ebm", "--epochs", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ebmc(&["train", "models/rbm.ebm", "--epochs", "18446744073709551615"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limit"));
+}
+
+#[test]
+fn a_run_is_checked_against_the_memory_available() {
+    let c = ebmc::compile(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/rbm.ebm")).unwrap()).unwrap();
+    let model = &c.program.models["rbm"];
+    let lowered = ebmc::ir::program_to_ir(model);
+    let run = limits::SampleRun { chains: 1000, burn_in: 0, steps: 100, every: Some(1) };
+    let needed = limits::check_sample(model, &lowered, &run, None).unwrap();
+    // 100 kept states of 1000 chains of the visible units, at least.
+    let visible: usize = model.variables.iter().filter(|v| v.role == ebmc::ast::Role::Visible).map(|v| v.shape.iter().product::<usize>()).sum();
+    assert!(needed >= (100 * 1000 * visible * 4) as u128, "{needed}");
+    assert!(limits::check_sample(model, &lowered, &run, Some(needed as u64)).is_ok());
+    let errors = limits::check_sample(model, &lowered, &run, Some(needed as u64 / 2)).unwrap_err();
+    let d = ebmc::diagnostic::Diagnostic::from(&errors[0]);
+    assert_eq!(d.code, "E0507");
+    assert!(errors[0].to_string().contains("is available"), "{}", errors[0]);
+    let train = &c.program.trains["rbm"];
+    let needed = limits::check_train(model, &lowered, train, 1000, 1, None).unwrap();
+    assert_eq!(ebmc::diagnostic::Diagnostic::from(&limits::check_train(model, &lowered, train, 1000, 1, Some(1)).unwrap_err()[0]).code, "E0507");
+    assert!(needed > 0);
+    assert_eq!(limits::available_from_meminfo("MemTotal: 100 kB\nMemAvailable:    2048 kB\n"), Some(2 << 20));
+    assert_eq!(limits::available_from_meminfo("MemTotal: 100 kB\n"), None);
+}
+
+#[test]
+fn state_counts_never_overflow() {
+    let c = ebmc::compile("model m { visible v : binary[784]; hidden h : binary[500]; visible y : categorical(3)[2]; param W : real[784, 500]; energy e = -(v @ W @ h) + sum(y); }").unwrap();
+    let m = &c.program.models["m"];
+    let states = limits::joint_states(m, &["v".to_string()]);
+    assert_eq!(states.to_string(), "2^784");
+    assert_eq!(states.exact, None);
+    assert_eq!(limits::joint_states(m, &["y".to_string()]).exact, Some(9));
+    assert_eq!(limits::joint_states(m, &["v".to_string(), "h".to_string()]).to_string(), "2^1284");
+}
+
+#[test]
+fn check_reports_the_planners_errors() {
+    let out = ebmc(&["check", "tests/errors/plan_no_finite_z.ebm", "tests/errors/plan_negative_leading_term.ebm"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("error[E0401]").count(), 2, "{err}");
+    let out = ebmc(&["check", "--message-format", "json", "tests/errors/plan_sm_bounded_warning.ebm"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"W0403\""));
+}
+
+#[test]
+fn fmt_and_graph_refuse_deep_input_cleanly() {
+    let deep = write_model("deep.ebm", &format!("model m {{ visible x : real[2]; energy e = {}; }}", vec!["sum(square(x))"; 9000].join(" + ")));
+    for command in [&["fmt", "--check"][..], &["fmt"], &["graph"], &["plan"], &["check"]] {
+        let mut args = command.to_vec();
+        args.push(&deep);
+        let out = ebmc(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command:?}: {err}");
+        assert!(err.contains("error[E0501]: expression nested too deeply (limit 256)"), "{command:?}: {err}");
+    }
+}
