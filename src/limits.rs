@@ -111,11 +111,7 @@ pub fn nesting(source: &str) -> Result<usize, Span> {
                 chains.push(0);
                 level_up = true;
             }
-            b')' | b']' | b'}' => {
-                if chains.len() > 1 {
-                    depth -= 1 + chains.pop().unwrap_or(0);
-                }
-            }
+            b')' | b']' | b'}' if chains.len() > 1 => depth -= 1 + chains.pop().unwrap_or(0),
             b',' | b';' | b':' | b'=' => {
                 let last = chains.last_mut().expect("level 0 is never popped");
                 depth -= *last;
@@ -192,10 +188,8 @@ pub fn check_program(program: &Program) -> Vec<LimitError> {
                 ConstValue::Fill(_) => {}
             }
         }
-        if out.is_empty() {
-            if let Some(t) = program.trains.get(&model.name) {
-                out.extend(check_train_block(model, t));
-            }
+        if let Some(t) = program.trains.get(&model.name).filter(|_| out.is_empty()) {
+            out.extend(check_train_block(model, t));
         }
     }
     out

@@ -211,3 +211,14 @@ fn fmt_and_graph_refuse_deep_input_cleanly() {
         assert!(err.contains("error[E0501]: expression nested too deeply (limit 256)"), "{command:?}: {err}");
     }
 }
+
+#[test]
+fn many_energy_declarations_add_up_without_a_deep_stack() {
+    // Each declaration resets the nesting count; their sum is one long chain
+    // inside the IR, which every stage walks without recursion.
+    let terms: String = (0..5000).map(|i| format!("    energy e{i} = {}.5 * sum(square(x)) - sum(v) + sum(sigmoid(v));\n", i % 3)).collect();
+    let source = format!("model m {{\n    visible x : real[2];\n    visible v : binary[3];\n{terms}}}\n");
+    let started = std::time::Instant::now();
+    all_stages(source).unwrap();
+    assert!(started.elapsed().as_secs() < 60);
+}
