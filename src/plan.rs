@@ -170,9 +170,24 @@ fn growth_of(graph: &FactorGraph, ir: &Ir, root: Id, var: &str) -> HashMap<Id, (
     out
 }
 
-/// `t` as `k * sum((x + rest)^p)` over every unit of `x`, `rest` free of `x`:
-/// returns `(p, k^p)`, the order and the factor of its leading term `|x|^p`.
-fn power_of(ir: &mut Ir, t: Id, x: &crate::program::Variable) -> Option<(f64, f64)> {
+/// A term that is a power of the variable: `k * sum(|x + rest|^p)` over every
+/// unit of `x`, `rest` free of `x`.
+#[derive(Clone, Copy)]
+struct Power {
+    order: f64,
+    /// The factor of its leading term `|x|^p`, the term's coefficient included.
+    factor: f64,
+    /// Of one sign whatever the direction: an even power, or `abs`.
+    definite: bool,
+}
+
+/// `t` as a power of `x` (`sum(square(x - mu))`, `sum(x^4)`, `sum(abs(x))`,
+/// `x @ x`), with the factor `k^p` of its leading term.
+fn power_of(ir: &mut Ir, t: Id, x: &crate::program::Variable) -> Option<Power> {
+    if let Op::MatMul(a, b) = ir.node(t).op {
+        // v @ v over one vector is the sum of its squares.
+        return (a == b && x.shape.len() == 1).then(|| base_scale(ir, a, x)).flatten().map(|k| Power { order: 2.0, factor: k * k, definite: true });
+    }
     let inner = match ir.node(t).op {
         Op::Sum(a) => a,
         _ if x.shape.is_empty() => t,
@@ -181,11 +196,21 @@ fn power_of(ir: &mut Ir, t: Id, x: &crate::program::Variable) -> Option<(f64, f6
     if *ir.shape(inner) != x.shape {
         return None;
     }
-    let (base, p) = match ir.node(inner).op {
-        Op::Map(Unary::Square, u) => (u, 2.0),
-        Op::Pow(u, e) => (u, ir.num_value(e).filter(|p| *p >= 1.0 && p.fract() == 0.0)?),
+    let (base, order, definite) = match ir.node(inner).op {
+        Op::Map(Unary::Square, u) => (u, 2.0, true),
+        Op::Map(Unary::Abs, u) => (u, 1.0, true),
+        Op::Pow(u, e) => {
+            let p = ir.num_value(e).filter(|p| *p >= 1.0 && p.fract() == 0.0)?;
+            (u, p, p % 2.0 == 0.0)
+        }
         _ => return None,
     };
+    let k = base_scale(ir, base, x)?;
+    Some(Power { order, factor: k.abs().powf(order), definite })
+}
+
+/// `k` when `base` is `k * x + rest` with `rest` free of `x` and `k != 0`.
+fn base_scale(ir: &mut Ir, base: Id, x: &crate::program::Variable) -> Option<f64> {
     let mut scale = None;
     for (c, r) in ir.signed_terms(base) {
         let Some(r) = r else { continue };
@@ -195,8 +220,7 @@ fn power_of(ir: &mut Ir, t: Id, x: &crate::program::Variable) -> Option<(f64, f6
             _ => {}
         }
     }
-    let k = scale.filter(|k| *k != 0.0)?;
-    Some((p, k.abs().powf(p)))
+    scale.filter(|k| *k != 0.0)
 }
 
 /// Whether exp(-E) integrates over the unbounded real variable `x` for
@@ -209,7 +233,7 @@ fn normalisability(graph: &FactorGraph, ir: &mut Ir, total: Id, x: &crate::progr
     // (order, leading factor if a power of x, grows never negative, printed)
     struct Term {
         order: Option<f64>,
-        power: Option<(f64, f64)>,
+        power: Option<Power>,
         rises: bool,
         text: String,
     }
@@ -219,22 +243,23 @@ fn normalisability(graph: &FactorGraph, ir: &mut Ir, total: Id, x: &crate::progr
         if !ir.depends_on(t, &x.name) {
             continue;
         }
-        let power = power_of(ir, t, x).map(|(p, k)| (p, c * k));
+        let power = power_of(ir, t, x).map(|p| Power { factor: c * p.factor, ..p });
         let (order, nonneg) = growth.get(&t).copied().unwrap_or((None, false));
         let k = ir.num(c);
         let shown = ir.mul(k, t);
-        terms.push(Term { order: power.map(|(p, _)| Some(p)).unwrap_or(order), power, rises: c > 0.0 && nonneg, text: ir.show(shown) });
+        terms.push(Term { order: power.map(|p| Some(p.order)).unwrap_or(order), power, rises: c > 0.0 && nonneg, text: ir.show(shown) });
     }
-    let confining = terms.iter().filter(|t| t.power.is_some_and(|(p, k)| p % 2.0 == 0.0 && k > 0.0)).max_by(|a, b| a.order.partial_cmp(&b.order).expect("finite orders"));
+    let confines = |t: &Term| t.power.is_some_and(|p| p.definite && p.factor > 0.0);
+    let confining = terms.iter().filter(|t| confines(t)).max_by(|a, b| a.order.partial_cmp(&b.order).expect("finite orders"));
     // The highest order of any term, and the terms holding it.
     let top = terms.iter().map(|t| t.order.unwrap_or(f64::INFINITY)).fold(0.0, f64::max);
     let leading: Vec<&Term> = terms.iter().filter(|t| t.order.unwrap_or(f64::INFINITY) == top).collect();
     if top == 0.0 && !leading.is_empty() {
         return Normalisability::Bounded { term: leading[0].text.clone() };
     }
-    if top.is_finite() && leading.iter().all(|t| t.power.is_some_and(|(p, _)| p % 2.0 == 0.0)) {
-        // Even powers of one order: the sign of their summed factors decides.
-        let factor: f64 = leading.iter().filter_map(|t| t.power).map(|(_, k)| k).sum();
+    if top.is_finite() && leading.iter().all(|t| t.power.is_some_and(|p| p.definite)) {
+        // Definite powers of one order: the sign of their summed factors decides.
+        let factor: f64 = leading.iter().filter_map(|t| t.power).map(|p| p.factor).sum();
         if factor > 0.0 {
             return Normalisability::Proved;
         }
@@ -242,12 +267,12 @@ fn normalisability(graph: &FactorGraph, ir: &mut Ir, total: Id, x: &crate::progr
             return Normalisability::Falls { term: leading[0].text.clone() };
         }
     }
-    if top.is_finite() && leading.len() == 1 && leading[0].power.is_some_and(|(p, _)| p % 2.0 == 1.0) {
+    if top.is_finite() && leading.len() == 1 && leading[0].power.is_some_and(|p| !p.definite) {
         return Normalisability::Falls { term: leading[0].text.clone() };
     }
     // Terms never negative cannot pull the energy down; the rest must grow
     // more slowly than the confining term.
-    let threat = terms.iter().filter(|t| !t.rises && !t.power.is_some_and(|(p, k)| p % 2.0 == 0.0 && k > 0.0)).max_by(|a, b| a.order.unwrap_or(f64::INFINITY).total_cmp(&b.order.unwrap_or(f64::INFINITY)));
+    let threat = terms.iter().filter(|t| !t.rises && !confines(t)).max_by(|a, b| a.order.unwrap_or(f64::INFINITY).total_cmp(&b.order.unwrap_or(f64::INFINITY)));
     match (confining, threat) {
         (Some(_), None) => Normalisability::Proved,
         (Some(c), Some(t)) if t.order.is_some_and(|o| Some(o) < c.order) => Normalisability::Proved,

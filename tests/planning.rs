@@ -186,11 +186,11 @@ fn verdict(energy: &str) -> Result<Vec<&'static str>, Vec<&'static str>> {
 #[test]
 fn normalisability_follows_the_sign_and_order_of_the_leading_term() {
     // Proved: a positive even power outgrows everything else.
-    for e in ["0.5 * sum(square(x))", "sum(x^4)", "sum(x^4) - sum(square(x))", "0.5 * sum(square(x - mu)) - mu @ x", "0.5 * sum(square(x - 1)) - 0.25 * sum(square(x))", "0.001 * sum(square(x)) - (g(x) @ y) - f(x)", "0.01 * sum(square(x)) + mu @ log(1 + 0.5 * square(W @ x))", "0.1 * sum(square(x)) + sum(exp(x))"] {
+    for e in ["0.5 * sum(square(x))", "sum(x^4)", "sum(x^4) - sum(square(x))", "0.5 * sum(square(x - mu)) - mu @ x", "0.5 * sum(square(x - 1)) - 0.25 * sum(square(x))", "0.001 * sum(square(x)) - (g(x) @ y) - f(x)", "0.01 * sum(square(x)) + mu @ log(1 + 0.5 * square(W @ x))", "0.1 * sum(square(x)) + sum(exp(x))", "0.5 * (x @ x) - mu @ x", "sum(abs(x - mu))"] {
         assert_eq!(verdict(e), Ok(vec![]), "{e}");
     }
     // Refused: the leading term falls, or nothing that varies with x grows.
-    for e in ["-0.5 * sum(square(x))", "-0.5 * sum(square(x)) + mu @ x", "0.5 * sum(square(x)) - 1.0 * sum(square(x))", "sum(x^3) + 0.5 * sum(square(x))", "sum(g(x))", "sum(tanh(x)) + sum(sigmoid(W @ x))"] {
+    for e in ["-0.5 * sum(square(x))", "-0.5 * sum(square(x)) + mu @ x", "0.5 * sum(square(x)) - 1.0 * sum(square(x))", "sum(x^3) + 0.5 * sum(square(x))", "sum(g(x))", "sum(tanh(x)) + sum(sigmoid(W @ x))", "-(x @ x)", "-sum(abs(x)) + sum(tanh(x))"] {
         assert_eq!(verdict(e), Err(vec!["E0401"]), "{e}");
     }
     // Unproved: no confining term, or one that may be outgrown.
