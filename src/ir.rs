@@ -331,25 +331,32 @@ impl Ir {
         }
     }
 
-    /// A sum as signed terms: `a - 2 * b` → [(1, a), (-2, b)].
+    /// The additive terms of `id` with their numeric coefficients, as the
+    /// simplifier sees them: `a - 2 * b` → [(1, a), (-2, b)]; a bare number
+    /// is `(c, None)`.
+    pub fn signed_terms(&mut self, id: Id) -> Vec<(f64, Option<Id>)> {
+        let mut out = Vec::new();
+        self.terms(id, 1.0, &mut out);
+        out
+    }
+
+    /// A sum as signed terms: `a - 2 * b` → [(1, a), (-2, b)]. Iterative:
+    /// a sum of many energy terms is a deep left-leaning tree.
     fn terms(&mut self, id: Id, sign: f64, out: &mut Vec<(f64, Option<Id>)>) {
-        match self.node(id).op {
-            Op::Add(a, b) => {
-                self.terms(a, sign, out);
-                self.terms(b, sign, out);
-            }
-            Op::Sub(a, b) => {
-                self.terms(a, sign, out);
-                self.terms(b, -sign, out);
-            }
-            Op::Neg(x) => self.terms(x, -sign, out),
-            Op::Mul(a, b) if self.num_value(a).is_some() && self.shape(a).is_empty() => {
-                let c = self.num_value(a).unwrap_or(1.0);
-                self.terms(b, sign * c, out);
-            }
-            _ => {
-                let (c, r) = self.coefficient(id);
-                out.push((sign * c, r));
+        let mut stack = vec![(id, sign)];
+        while let Some((id, sign)) = stack.pop() {
+            match self.node(id).op {
+                Op::Add(a, b) => stack.extend([(b, sign), (a, sign)]),
+                Op::Sub(a, b) => stack.extend([(b, -sign), (a, sign)]),
+                Op::Neg(x) => stack.push((x, -sign)),
+                Op::Mul(a, b) if self.num_value(a).is_some() && self.shape(a).is_empty() => {
+                    let c = self.num_value(a).unwrap_or(1.0);
+                    stack.push((b, sign * c));
+                }
+                _ => {
+                    let (c, r) = self.coefficient(id);
+                    out.push((sign * c, r));
+                }
             }
         }
     }
@@ -358,10 +365,14 @@ impl Ir {
     /// `-x + -y` is `-(x + y)`, `x + -y` is `x - y`.
     fn sum_of_terms(&mut self, terms: Vec<(f64, Option<Id>)>, shape: &[usize]) -> Id {
         let mut merged: Vec<(f64, Option<Id>)> = Vec::new();
+        let mut index: HashMap<Option<Id>, usize> = HashMap::new();
         for (c, r) in terms {
-            match merged.iter_mut().find(|m| m.1 == r) {
-                Some(m) => m.0 += c,
-                None => merged.push((c, r)),
+            match index.get(&r) {
+                Some(&i) => merged[i].0 += c,
+                None => {
+                    index.insert(r, merged.len());
+                    merged.push((c, r));
+                }
             }
         }
         merged.retain(|m| m.0 != 0.0);
@@ -458,6 +469,26 @@ impl Ir {
         let shape = matmul_shape(self.shape(a), self.shape(b));
         if self.is_zero(a) || self.is_zero(b) {
             return self.zeros(&shape);
+        }
+        // A constant-filled operand contracts to a sum, (c 1) @ v = c sum(v):
+        // there is no literal for a filled vector to print.
+        let (ra, rb) = (self.shape(a).len(), self.shape(b).len());
+        let filled = match (self.num_value(a), self.num_value(b)) {
+            (Some(c), _) if rb == 1 => Some((c, b)),
+            (_, Some(c)) if ra == 1 => Some((c, a)),
+            _ => None,
+        };
+        if let Some((c, v)) = filled {
+            let total = self.sum(v);
+            let k = self.num(c);
+            let scaled = self.mul(k, total);
+            return self.broadcast(scaled, &shape);
+        }
+        // (c 1) @ M = c times the column sums of M.
+        if let (Some(c), 1, 2) = (self.num_value(a), ra, rb) {
+            let columns = self.sum_to(b, &shape);
+            let k = self.num(c);
+            return self.mul(k, columns);
         }
         // Scalars and signs come out of products: (c * X) @ Y = c * (X @ Y).
         for (side, other, left) in [(a, b, true), (b, a, false)] {
@@ -1094,43 +1125,77 @@ impl Ir {
         })
     }
 
-    /// Prints `id` as an expression a person reads, with the fewest parentheses.
+    /// Prints `id` as an expression a person reads, with the fewest
+    /// parentheses. The DAG is printed as a tree, which can be exponentially
+    /// longer than the DAG; past `SHOW_LIMIT` characters it is summarised
+    /// (`<N operations, too long to print>`) instead.
     pub fn show(&self, id: Id) -> String {
-        self.show_prec(id).0
+        self.show_within(id, SHOW_LIMIT).unwrap_or_else(|| format!("<{} operations, too long to print>", self.cone(id).len()))
     }
 
-    fn show_prec(&self, id: Id) -> (String, u8) {
-        let wrap = |ir: &Ir, x: Id, min: u8| {
-            let (s, p) = ir.show_prec(x);
-            if p < min { format!("({s})") } else { s }
-        };
+    /// The printed form of `root` if it fits in `budget` bytes. Iterative, so
+    /// deep expressions cannot exhaust the stack, and linear in its output.
+    fn show_within(&self, root: Id, budget: usize) -> Option<String> {
+        let mut out = String::new();
+        let mut stack = vec![Piece::Node(root, 0)];
+        while let Some(piece) = stack.pop() {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Name(n) => out.push_str(n),
+                Piece::Number(x) => {
+                    let _ = write!(out, "{x}");
+                }
+                Piece::Node(id, min) => {
+                    let (pieces, prec) = self.layout(id);
+                    let wrap = prec < min;
+                    if wrap {
+                        stack.push(Piece::Text(")"));
+                    }
+                    stack.extend(pieces.into_iter().rev());
+                    if wrap {
+                        stack.push(Piece::Text("("));
+                    }
+                }
+            }
+            if out.len() > budget {
+                return None;
+            }
+        }
+        Some(out)
+    }
+
+    /// How one node prints: its pieces in order (children with the least
+    /// precedence they may have unbracketed) and its own precedence.
+    fn layout(&self, id: Id) -> (Vec<Piece<'_>>, u8) {
+        use Piece::{Node as N, Text as T};
+        let call = |name: &'static str, a: Id| (vec![T(name), T("("), N(a, 0), T(")")], 6);
         match &self.node(id).op {
             Op::Num(bits) => {
                 let x = f64::from_bits(*bits);
-                if x < 0.0 { (format!("-{}", -x), 3) } else { (format!("{x}"), 6) }
+                if x < 0.0 { (vec![T("-"), Piece::Number(-x)], 3) } else { (vec![Piece::Number(x)], 6) }
             }
-            Op::Var(n) | Op::Param(n) | Op::Const(n) => (n.clone(), 6),
-            Op::Neg(a) => (format!("-{}", wrap(self, *a, 4)), 3),
-            Op::Add(a, b) => (format!("{} + {}", wrap(self, *a, 1), wrap(self, *b, 2)), 1),
-            Op::Sub(a, b) => (format!("{} - {}", wrap(self, *a, 1), wrap(self, *b, 2)), 1),
-            Op::Mul(a, b) => (format!("{} * {}", wrap(self, *a, 2), wrap(self, *b, 3)), 2),
-            Op::Div(a, b) => (format!("{} / {}", wrap(self, *a, 2), wrap(self, *b, 3)), 2),
-            Op::MatMul(a, b) => (format!("{} @ {}", wrap(self, *a, 2), wrap(self, *b, 3)), 2),
-            Op::Pow(a, b) => (format!("{}^{}", wrap(self, *a, 5), wrap(self, *b, 4)), 4),
-            Op::Transpose(a) => (format!("{}.T", wrap(self, *a, 6)), 5),
-            Op::Outer(a, b) => (format!("outer({}, {})", self.show(*a), self.show(*b)), 6),
-            Op::Map(f, a) => (format!("{}({})", f.name(), self.show(*a)), 6),
-            Op::Sum(a) => (format!("sum({})", self.show(*a)), 6),
-            Op::LogSumExp(a) => (format!("logsumexp({})", self.show(*a)), 6),
-            Op::LogSumExpLast(a) => (format!("logsumexp_rows({})", self.show(*a)), 6),
-            Op::Softmax(a) => (format!("softmax({})", self.show(*a)), 6),
-            Op::SoftmaxLast(a) => (format!("softmax_rows({})", self.show(*a)), 6),
+            Op::Var(n) | Op::Param(n) | Op::Const(n) => (vec![Piece::Name(n)], 6),
+            Op::Neg(a) => (vec![T("-"), N(*a, 4)], 3),
+            Op::Add(a, b) => (vec![N(*a, 1), T(" + "), N(*b, 2)], 1),
+            Op::Sub(a, b) => (vec![N(*a, 1), T(" - "), N(*b, 2)], 1),
+            Op::Mul(a, b) => (vec![N(*a, 2), T(" * "), N(*b, 3)], 2),
+            Op::Div(a, b) => (vec![N(*a, 2), T(" / "), N(*b, 3)], 2),
+            Op::MatMul(a, b) => (vec![N(*a, 2), T(" @ "), N(*b, 3)], 2),
+            Op::Pow(a, b) => (vec![N(*a, 5), T("^"), N(*b, 4)], 4),
+            Op::Transpose(a) => (vec![N(*a, 6), T(".T")], 5),
+            Op::Outer(a, b) => (vec![T("outer("), N(*a, 0), T(", "), N(*b, 0), T(")")], 6),
+            Op::Map(f, a) => call(f.name(), *a),
+            Op::Sum(a) => call("sum", *a),
+            Op::LogSumExp(a) => call("logsumexp", *a),
+            Op::LogSumExpLast(a) => call("logsumexp_rows", *a),
+            Op::Softmax(a) => call("softmax", *a),
+            Op::SoftmaxLast(a) => call("softmax_rows", *a),
             // Broadcasting is implicit in per-example notation.
-            Op::Broadcast(a) => self.show_prec(*a),
-            Op::SumTo(a) => (format!("sum_rows({})", self.show(*a)), 6),
-            Op::Net(n, a) => (format!("{n}({})", self.show(*a)), 6),
-            Op::SpectralNorm(a) => (format!("spectral_norm({})", self.show(*a)), 6),
-            Op::SpectralOuter(a) => (format!("spectral_outer({})", self.show(*a)), 6),
+            Op::Broadcast(a) => self.layout(*a),
+            Op::SumTo(a) => call("sum_rows", *a),
+            Op::Net(n, a) => (vec![Piece::Name(n), T("("), N(*a, 0), T(")")], 6),
+            Op::SpectralNorm(a) => call("spectral_norm", *a),
+            Op::SpectralOuter(a) => call("spectral_outer", *a),
         }
     }
 
@@ -1160,6 +1225,18 @@ impl Ir {
         }
         out
     }
+}
+
+/// Longest expression `Ir::show` prints in full, in bytes.
+pub const SHOW_LIMIT: usize = 10_000;
+
+/// A piece of printed text, or a node still to print with the least
+/// precedence it may have without brackets.
+enum Piece<'a> {
+    Node(Id, u8),
+    Text(&'static str),
+    Name(&'a str),
+    Number(f64),
 }
 
 fn op_name(op: &Op) -> &'static str {

@@ -5,10 +5,17 @@
 //! ```text
 //! source ──parse::source_to_ast──▶ ast::File ──check::ast_to_program──▶ program::Program
 //!                                     │                                       │
-//!            canonical source ◀──format::ast_to_source          graph::program_to_graph
+//!            canonical source ◀──format::ast_to_source          limits::check_program
+//!                                                                             │
+//!                                                               graph::program_to_graph
 //!                                                                             ▼
 //!      plan::Plan ◀──plan::graph_to_plan── graph::FactorGraph         ir::program_to_ir ──▶ ir::Lowered
 //! ```
+//!
+//! `limits` bounds every size input can make large (`docs/limits.md`):
+//! nesting before the parser runs, declared sizes after the checker, and a
+//! run's chains, sweeps and memory (`limits::check_sample`,
+//! `limits::check_train`) before a command allocates anything.
 //!
 //! Every stage is pure: it takes data and returns data or its own error type.
 //! `messages` turns stage errors into `diagnostic::Diagnostic`s, which render
@@ -24,6 +31,7 @@ pub mod export;
 pub mod format;
 pub mod graph;
 pub mod ir;
+pub mod limits;
 pub mod messages;
 pub mod parse;
 pub mod plan;
@@ -43,13 +51,35 @@ pub struct Compiled {
     pub warnings: Vec<Diagnostic>,
 }
 
-/// Parses and checks `source`. On failure, every diagnostic found (errors
-/// and warnings, in source order within each kind).
+/// Parses and checks `source`, and checks its declared sizes against the
+/// limits. On failure, every diagnostic found (errors and warnings, in
+/// source order within each kind).
 pub fn compile(source: &str) -> Result<Compiled, Vec<Diagnostic>> {
     let ast = parse::source_to_ast(source).map_err(|e| vec![Diagnostic::from(&e)])?;
     match check::ast_to_program(&ast) {
-        Ok((program, warnings)) => Ok(Compiled { ast, program, warnings: warnings.iter().map(Diagnostic::from).collect() }),
+        Ok((program, warnings)) => {
+            let too_large = limits::check_program(&program);
+            if !too_large.is_empty() {
+                return Err(too_large.iter().map(Diagnostic::from).chain(warnings.iter().map(Diagnostic::from)).collect());
+            }
+            Ok(Compiled { ast, program, warnings: warnings.iter().map(Diagnostic::from).collect() })
+        }
         Err(problems) => Err(problems.iter().map(Diagnostic::from).collect()),
+    }
+}
+
+/// Everything `ebmc check` reports: `compile`, then the planner's checks of
+/// every model (normalisability, objectives, sampler overrides). `Ok` holds
+/// the warnings of both stages.
+pub fn check_source(source: &str) -> Result<Vec<Diagnostic>, Vec<Diagnostic>> {
+    let compiled = compile(source)?;
+    match plan(&compiled.program) {
+        Ok((_, warnings)) => Ok(compiled.warnings.into_iter().chain(warnings).collect()),
+        Err(problems) => {
+            let mut all: Vec<Diagnostic> = problems.into_iter().chain(compiled.warnings).collect();
+            all.sort_by_key(|d| !d.is_error());
+            Err(all)
+        }
     }
 }
 

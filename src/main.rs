@@ -54,16 +54,16 @@ enum Command {
         #[arg(long)]
         params: Option<PathBuf>,
         /// Independent chains (one sample each, unless --every).
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, value_parser = parse_chains)]
         chains: usize,
         /// Sweeps after burn-in.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = parse_sweeps)]
         steps: usize,
         /// Sweeps before any sample is kept.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = parse_sweeps)]
         burn_in: usize,
         /// Keep the chains' states every N sweeps after burn-in (default: only the last).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_every)]
         every: Option<usize>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -88,7 +88,7 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
         /// Override the number of epochs.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_epochs)]
         epochs: Option<usize>,
         /// Override the seed.
         #[arg(long)]
@@ -176,6 +176,46 @@ impl From<DeviceArg> for ebmc::backend::DeviceKind {
     }
 }
 
+/// A count flag between `min` and `max`, read wide so that a huge value is
+/// reported against its limit rather than as "too large" for the type.
+fn count_flag(s: &str, min: u128, max: u128, unit: &str) -> Result<usize, String> {
+    let n: u128 = s.trim().parse().map_err(|_| format!("`{s}` is not a whole number of {unit}"))?;
+    if n < min {
+        return Err(format!("must be at least {min}"));
+    }
+    if n > max {
+        return Err(format!("{n} {unit} is past the limit of {max} (see docs/limits.md)"));
+    }
+    usize::try_from(n).map_err(|_| format!("{n} does not fit in this machine's word"))
+}
+
+fn parse_chains(s: &str) -> Result<usize, String> {
+    // Chains times units is checked against the model once it is compiled.
+    count_flag(s, 1, ebmc::limits::MAX_BATCH_VALUES, "chains")
+}
+
+fn parse_sweeps(s: &str) -> Result<usize, String> {
+    count_flag(s, 0, ebmc::limits::MAX_SWEEPS, "sweeps")
+}
+
+fn parse_every(s: &str) -> Result<usize, String> {
+    count_flag(s, 1, ebmc::limits::MAX_SWEEPS, "sweeps")
+}
+
+fn parse_epochs(s: &str) -> Result<usize, String> {
+    count_flag(s, 1, ebmc::limits::MAX_EPOCHS, "epochs")
+}
+
+/// Memory the limits check runs against: Linux's MemAvailable, when known.
+fn available_memory() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| ebmc::limits::available_from_meminfo(&t))
+}
+
+/// A run past a limit cannot start on this machine (exit 2).
+fn limits_failure(errors: Vec<ebmc::limits::LimitError>) -> Failure {
+    Failure::Io(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\nerror: "))
+}
+
 fn parse_image_shape(s: &str) -> Result<(usize, usize), String> {
     let (h, w) = s.split_once('x').ok_or("expected HxW, e.g. 28x28")?;
     let parse = |x: &str| x.trim().parse::<usize>().map_err(|_| format!("`{x}` is not a size; expected HxW, e.g. 28x28"));
@@ -250,8 +290,8 @@ fn check(files: &[PathBuf], format: MessageFormat) -> Result<(), Failure> {
     let mut failed = false;
     for path in files {
         let source = read(path)?;
-        match ebmc::compile(&source) {
-            Ok(compiled) => report(path, &source, &compiled.warnings, format),
+        match ebmc::check_source(&source) {
+            Ok(warnings) => report(path, &source, &warnings, format),
             Err(diagnostics) => {
                 report(path, &source, &diagnostics, format);
                 failed = true;
@@ -379,13 +419,9 @@ fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure
     let (source, compiled) = compile(path)?;
     let model = one_model(&compiled.program, only, "sample")?;
     let plan = plans(path, &source, &compiled.program)?.into_iter().find(|p| p.model == model.name).ok_or(Failure::Input)?;
-    if a.chains == 0 {
-        return Err(Failure::Io("--chains must be at least 1".into()));
-    }
-    if a.every == Some(0) {
-        return Err(Failure::Io("--every must be at least 1".into()));
-    }
     let lowered = ebmc::ir::program_to_ir(model);
+    let run = ebmc::limits::SampleRun { chains: a.chains, burn_in: a.burn_in, steps: a.steps, every: a.every };
+    ebmc::limits::check_sample(model, &lowered, &run, available_memory()).map_err(limits_failure)?;
     let params = load_params(a.params.as_deref(), &lowered, a.seed)?;
     let picture = match &a.png {
         Some(_) => Some(picture_of(model, &plan, a.image).ok_or_else(|| Failure::Io("no visible variable is image-shaped (a square number of units), nor is the model's density over one 2-D real variable; give an image's size with --image HxW".into()))?),
@@ -510,6 +546,8 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
     let data = ebmc::data::load(&data_spec, model, base).map_err(data_error)?;
     let (train_rows, test_rows) = ebmc::data::split(data, spec.test.as_ref(), model, base).map_err(data_error)?;
     let out = a.resume.clone().or(a.out.clone()).unwrap_or_else(|| PathBuf::from("runs").join(&model.name));
+    let lowered = ebmc::ir::program_to_ir(model);
+    ebmc::limits::check_train(model, &lowered, spec, train_rows.rows, a.epochs.unwrap_or(spec.epochs), available_memory()).map_err(limits_failure)?;
     let opts = ebmc::train::RunOptions { epochs: a.epochs.unwrap_or(spec.epochs), seed: a.seed.unwrap_or(spec.seed), out: out.clone(), resume: a.resume.is_some(), device: a.device };
     eprintln!(
         "training {} on {} rows ({} held out) with {}, {} epochs",

@@ -32,6 +32,9 @@ impl From<&ParseError> for Diagnostic {
                 }
             }
             ParseError::IntegerTooLarge { span } => Diagnostic::error("E0002", "this size does not fit in 64 bits").primary(*span, "too large"),
+            ParseError::TooDeep { span, limit } => Diagnostic::error("E0501", format!("expression nested too deeply (limit {limit})"))
+                .primary(*span, format!("nesting passes {limit} levels here"))
+                .help("each bracket counts one level, and so does each operator of a chain (`a + b + c` nests like `(a + b) + c`); split a long sum into several `energy` declarations, which add up, or name parts with `const`"),
         }
     }
 }
@@ -385,9 +388,23 @@ impl From<&PlanError> for Diagnostic {
             NoFiniteZ { var, span, degree } => Diagnostic::error("E0401", format!("the density has no finite normaliser in `{var}`"))
                 .primary(*span, format!("the energy is {} in `{var}`, so exp(-E) does not integrate", degree.word()))
                 .help(format!("add a confining term such as `energy prior = 0.5 * sum(square({var}));`, or bound it: `real[..] in [lo, hi]`")),
-            NotProvablyNormalisable { var, span } => Diagnostic::warning("W0401", format!("cannot prove that exp(-E) integrates over `{var}`"))
-                .primary(*span, "the energy is not a polynomial in this variable")
-                .help(format!("training usually keeps such energies in check; a term like `0.01 * sum(square({var}))` makes it certain")),
+            LeadingTermFalls { var, span, term } => Diagnostic::error("E0401", format!("the density has no finite normaliser in `{var}`"))
+                .primary(*span, format!("the energy's leading term in `{var}`, `{term}`, falls without bound, so exp(-E) does not integrate"))
+                .help(format!("the leading term must rise in every direction: a positive even power such as `0.5 * sum(square({var}))`; or bound it: `real[..] in [lo, hi]`")),
+            BoundedEnergy { var, span, term } => Diagnostic::error("E0401", format!("the density has no finite normaliser in `{var}`"))
+                .primary(*span, format!("every term that varies with `{var}` is bounded (such as `{term}`), so exp(-E) stays above a positive floor over an infinite domain"))
+                .help(format!("add a confining term such as `energy prior = 0.5 * sum(square({var}));`, or bound it: `real[..] in [lo, hi]`")),
+            NotProvablyNormalisable { var, span, why } => {
+                let d = Diagnostic::warning("W0401", format!("cannot prove that exp(-E) integrates over `{var}`"));
+                match why {
+                    crate::plan::Unproved::NoConfiningTerm { term } => d
+                        .primary(*span, format!("no term is a positive even power of `{var}`, and `{term}` is not known to rise in every direction"))
+                        .help(format!("training usually keeps such energies in check; a term like `energy prior = 0.01 * sum(square({var}));` makes it certain")),
+                    crate::plan::Unproved::Outgrown { term, confining } => d
+                        .primary(*span, format!("`{term}` may fall as fast as `{confining}` rises"))
+                        .help(format!("a confining term of higher order than the others, such as `0.01 * sum({var}^4)`, or bounds `real[..] in [lo, hi]` make it certain")),
+                }
+            }
             NeedsContinuous { objective, span, var, var_span, type_text } => Diagnostic::error("E0402", format!("`{objective}` needs continuous visible variables, but `{var}` is {type_text}"))
                 .primary(*span, "this objective differentiates the energy in the data")
                 .secondary(*var_span, "discrete variable declared here")
@@ -415,6 +432,78 @@ impl From<&PlanError> for Diagnostic {
             ScoreMatchingDimension { span, dims } => Diagnostic::warning("W0402", format!("exact score matching over {dims} dimensions costs {dims} second derivatives per example"))
                 .primary(*span, "slow for this many dimensions")
                 .help("`ssm(projections: 1)` or `dsm(sigma: 0.1)` estimate the same objective at the cost of one"),
+            ScoreMatchingBounded { objective, span, var, var_span, bounds: (lo, hi) } => Diagnostic::warning("W0403", format!("`{objective}` is biased on the bounded variable `{var}`"))
+                .primary(*span, "score matching assumes the density vanishes at the edges of its domain")
+                .secondary(*var_span, format!("bounded to [{lo}, {hi}] here; the boundary terms are ignored"))
+                .help("train with `pcd`, whose Langevin chains respect the bounds, or remove the bounds if the data never reaches them"),
+        }
+    }
+}
+
+/// A count for people: digits up to a trillion, then powers of ten.
+fn count(n: u128) -> String {
+    if n == u128::MAX {
+        "more than 3.4e38".to_string()
+    } else if n < 1_000_000_000_000 {
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    } else {
+        format!("{:.1e}", n as f64)
+    }
+}
+
+fn bytes(n: u128) -> String {
+    let gib = n as f64 / f64::from(1u32 << 30);
+    if gib >= 0.1 { format!("{gib:.1} GiB") } else { format!("{:.1} MiB", n as f64 / f64::from(1u32 << 20)) }
+}
+
+impl From<&crate::limits::LimitError> for Diagnostic {
+    fn from(e: &crate::limits::LimitError) -> Self {
+        use crate::limits::{LimitError::*, *};
+        match e {
+            Units { var, span, units } => Diagnostic::error("E0502", format!("variable `{var}` has {} units (limit {})", count(*units), count(MAX_UNITS)))
+                .primary(*span, "too many units")
+                .help("every unit is held per chain and per example; use a smaller variable"),
+            Elements { what, name, span, elements } => Diagnostic::error("E0503", format!("{what} `{name}` has {} elements (limit {})", count(*elements), count(MAX_ELEMENTS)))
+                .primary(*span, "too large to allocate")
+                .help("shrink its dimensions; a tensor at the limit already takes 512 MiB"),
+            Lattice { name, span, units, elements } => Diagnostic::error("E0504", format!("graph constant `{name}` has {} units; its adjacency matrix would hold {} elements (limit {})", count(*units), count(*elements), count(MAX_ELEMENTS)))
+                .primary(*span, "lattice too large")
+                .help("graph constants are dense matrices over their units; use a lattice of at most 11,585 units (e.g. `grid(100, 100)`)"),
+            Batch { what, span, rows, values, .. } => {
+                let d = Diagnostic::error("E0505", format!("{what}: {} rows of {} values each make {} values (limit {})", count(*rows), count(*values), count(rows.saturating_mul(*values)), count(MAX_BATCH_VALUES)));
+                let d = match span {
+                    Some(s) => d.primary(*s, "too large to allocate"),
+                    None => d,
+                };
+                d.help(format!("at most {} rows of this model fit", count(MAX_BATCH_VALUES / (*values).max(1))))
+            }
+            Count { flag, value, limit, unit } => Diagnostic::error("E0506", format!("{flag}: {} {unit} in all (limit {})", count(*value), count(*limit))).help(format!("use at most {} {unit}", count(*limit))),
+            Memory { what, needed, available } => Diagnostic::error("E0507", format!("{what} needs about {} of memory, but {} is available", bytes(*needed), bytes(u128::from(*available))))
+                .help("use fewer chains, a smaller batch or fewer kept samples (--every)"),
+        }
+    }
+}
+
+/// For limits a flag passes (no span): `error[CODE]: message` and the help.
+impl std::fmt::Display for crate::limits::LimitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = Diagnostic::from(self);
+        let flag = match self {
+            crate::limits::LimitError::Batch { flag: Some(flag), .. } => format!(" ({flag})"),
+            _ => String::new(),
+        };
+        write!(f, "[{}] {}{flag}", d.code, d.message)?;
+        match &d.help {
+            Some(h) => write!(f, "\n  help: {h}"),
+            None => Ok(()),
         }
     }
 }

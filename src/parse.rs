@@ -22,9 +22,14 @@ pub enum ParseError {
     Syntax { span: Span, expected: Vec<Rule>, found: Option<String>, after: Option<Span> },
     /// An integer literal (a dimension) that does not fit in 64 bits.
     IntegerTooLarge { span: Span },
+    /// Brackets and operator chains nested deeper than `limit` (see
+    /// `limits::nesting`); found before the grammar runs.
+    TooDeep { span: Span, limit: usize },
 }
 
 pub fn source_to_ast(source: &str) -> Result<File, ParseError> {
+    // The grammar and every later stage recurse on nesting; bound it first.
+    crate::limits::nesting(source).map_err(|span| ParseError::TooDeep { span, limit: crate::limits::MAX_NESTING })?;
     let mut pairs = EbmParser::parse(Rule::file, source).map_err(|e| syntax_error(source, e))?;
     let file = pairs.next().expect("the file rule always produces a pair");
     let mut items = Vec::new();

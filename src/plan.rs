@@ -6,11 +6,11 @@
 
 use crate::ast::Role;
 use crate::graph::{colour, lattice_adjacency, type_text, units, ColourClass, Degree, FactorGraph};
-use crate::ir::{self, Id, Ir, Unary};
+use crate::ir::{self, Id, Ir, Op, Unary};
 use crate::program::{Call, ConstValue, Domain, Program, Train};
 use crate::span::Span;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
 
 /// Exact score matching costs one second derivative per dimension; past this
@@ -72,7 +72,13 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq)]
 pub enum PlanError {
     NoFiniteZ { var: String, span: Span, degree: Degree },
-    NotProvablyNormalisable { var: String, span: Span },
+    /// The energy's leading term in `var` falls to -infinity in some
+    /// direction (a negative even power, or an odd one).
+    LeadingTermFalls { var: String, span: Span, term: String },
+    /// Every term that varies with the unbounded `var` is bounded (`term`
+    /// is one): exp(-E) stays above a positive floor and cannot integrate.
+    BoundedEnergy { var: String, span: Span, term: String },
+    NotProvablyNormalisable { var: String, span: Span, why: Unproved },
     NeedsContinuous { objective: String, span: Span, var: String, var_span: Span, type_text: String },
     NeedsFreeEnergy { objective: String, span: Span, var: String, var_span: Span, why: String },
     JemNeedsLabel { span: Span },
@@ -81,11 +87,200 @@ pub enum PlanError {
     GibbsOnContinuous { var: String, span: Span },
     LangevinOnDiscrete { var: String, span: Span, kernel: String },
     ScoreMatchingDimension { span: Span, dims: usize },
+    /// Score matching on a bounded real variable: its objective drops the
+    /// boundary terms of the integration by parts, so the fit is biased.
+    ScoreMatchingBounded { objective: String, span: Span, var: String, var_span: Span, bounds: (f64, f64) },
 }
 
 impl PlanError {
     pub fn is_warning(&self) -> bool {
-        matches!(self, PlanError::NotProvablyNormalisable { .. } | PlanError::ScoreMatchingDimension { .. })
+        matches!(self, PlanError::NotProvablyNormalisable { .. } | PlanError::ScoreMatchingDimension { .. } | PlanError::ScoreMatchingBounded { .. })
+    }
+}
+
+/// Why the planner cannot prove that exp(-E) integrates over a real variable.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Unproved {
+    /// No term is a positive even power of the variable (`c * sum(square(x))`,
+    /// `c * sum(x^4)`, ...); `term` is the one that grows fastest.
+    NoConfiningTerm { term: String },
+    /// A confining term exists, but `term` may fall as fast as it rises.
+    Outgrown { term: String, confining: String },
+}
+
+/// The verdict on one unbounded real variable, the others held fixed.
+enum Normalisability {
+    Proved,
+    Falls { term: String },
+    Bounded { term: String },
+    Unproved(Unproved),
+}
+
+/// Growth order of |node| as the variable goes to infinity (an upper bound;
+/// `None`: faster than any power, or unknown), and whether the node is never
+/// negative. Computed for every node of the cone, children first.
+fn growth_of(graph: &FactorGraph, ir: &Ir, root: Id, var: &str) -> HashMap<Id, (Option<f64>, bool)> {
+    let mut out: HashMap<Id, (Option<f64>, bool)> = HashMap::new();
+    for id in ir.cone(root) {
+        let g = |x: &Id| out[x].0;
+        let nonneg = |x: &Id| out[x].1;
+        let both = |a: Option<f64>, b: Option<f64>, f: fn(f64, f64) -> f64| a.zip(b).map(|(a, b)| f(a, b));
+        let value = match &ir.node(id).op {
+            Op::Num(bits) => (Some(0.0), f64::from_bits(*bits) >= 0.0),
+            Op::Var(v) if v == var => (Some(1.0), false),
+            Op::Var(_) | Op::Param(_) | Op::Const(_) => (Some(0.0), false),
+            Op::Neg(a) | Op::Transpose(a) => (g(a), false),
+            Op::Sum(a) | Op::Broadcast(a) | Op::SumTo(a) => (g(a), nonneg(a)),
+            Op::LogSumExp(a) | Op::LogSumExpLast(a) => (g(a), false),
+            Op::Softmax(_) | Op::SoftmaxLast(_) => (Some(0.0), true),
+            Op::Add(a, b) => (both(g(a), g(b), f64::max), nonneg(a) && nonneg(b)),
+            Op::Sub(a, b) => (both(g(a), g(b), f64::max), false),
+            Op::Mul(a, b) | Op::MatMul(a, b) | Op::Outer(a, b) => (both(g(a), g(b), |x, y| x + y), nonneg(a) && nonneg(b)),
+            Op::Div(a, b) => (if g(b) == Some(0.0) { g(a) } else { None }, false),
+            Op::Pow(a, e) => {
+                let order = match ir.num_value(*e) {
+                    _ if g(a) == Some(0.0) && g(e) == Some(0.0) => Some(0.0),
+                    Some(p) if p >= 0.0 => g(a).map(|x| p * x),
+                    _ => None,
+                };
+                let even = ir.num_value(*e).is_some_and(|p| p.fract() == 0.0 && p % 2.0 == 0.0);
+                (order, even)
+            }
+            Op::Map(f, a) => {
+                let ga = g(a);
+                match f {
+                    Unary::Tanh | Unary::Sigmoid | Unary::Step | Unary::Sign => (Some(0.0), matches!(f, Unary::Sigmoid | Unary::Step)),
+                    Unary::Relu | Unary::Abs | Unary::Softplus | Unary::Log2Cosh => (ga, true),
+                    Unary::Swish => (ga, false),
+                    Unary::Square => (ga.map(|x| 2.0 * x), true),
+                    Unary::Sqrt => (ga.map(|x| x / 2.0), true),
+                    Unary::Exp => (if ga == Some(0.0) { Some(0.0) } else { None }, true),
+                    // log grows more slowly than any power.
+                    Unary::Log => (ga.map(|x| if x > 0.0 { 0.25 } else { 0.0 }), false),
+                }
+            }
+            Op::Net(name, a) => {
+                let bounded = graph.model.net(name).is_some_and(|n| n.layers.len() > 2 && matches!(n.activation.as_str(), "tanh" | "sigmoid"));
+                (if g(a) == Some(0.0) || bounded { Some(0.0) } else { g(a) }, false)
+            }
+            Op::SpectralNorm(a) | Op::SpectralOuter(a) => (g(a), false),
+        };
+        out.insert(id, value);
+    }
+    out
+}
+
+/// A term that is a power of the variable: `k * sum(|x + rest|^p)` over every
+/// unit of `x`, `rest` free of `x`.
+#[derive(Clone, Copy)]
+struct Power {
+    order: f64,
+    /// The factor of its leading term `|x|^p`, the term's coefficient included.
+    factor: f64,
+    /// Of one sign whatever the direction: an even power, or `abs`.
+    definite: bool,
+}
+
+/// `t` as a power of `x` (`sum(square(x - mu))`, `sum(x^4)`, `sum(abs(x))`,
+/// `x @ x`), with the factor `k^p` of its leading term.
+fn power_of(ir: &mut Ir, t: Id, x: &crate::program::Variable) -> Option<Power> {
+    if let Op::MatMul(a, b) = ir.node(t).op {
+        // v @ v over one vector is the sum of its squares.
+        return (a == b && x.shape.len() == 1).then(|| base_scale(ir, a, x)).flatten().map(|k| Power { order: 2.0, factor: k * k, definite: true });
+    }
+    let inner = match ir.node(t).op {
+        Op::Sum(a) => a,
+        _ if x.shape.is_empty() => t,
+        _ => return None,
+    };
+    if *ir.shape(inner) != x.shape {
+        return None;
+    }
+    let (base, order, definite) = match ir.node(inner).op {
+        Op::Map(Unary::Square, u) => (u, 2.0, true),
+        Op::Map(Unary::Abs, u) => (u, 1.0, true),
+        Op::Pow(u, e) => {
+            let p = ir.num_value(e).filter(|p| *p >= 1.0 && p.fract() == 0.0)?;
+            (u, p, p % 2.0 == 0.0)
+        }
+        _ => return None,
+    };
+    let k = base_scale(ir, base, x)?;
+    Some(Power { order, factor: k.abs().powf(order), definite })
+}
+
+/// `k` when `base` is `k * x + rest` with `rest` free of `x` and `k != 0`.
+fn base_scale(ir: &mut Ir, base: Id, x: &crate::program::Variable) -> Option<f64> {
+    let mut scale = None;
+    for (c, r) in ir.signed_terms(base) {
+        let Some(r) = r else { continue };
+        match &ir.node(r).op {
+            Op::Var(n) if *n == x.name && scale.is_none() => scale = Some(c),
+            _ if ir.depends_on(r, &x.name) => return None,
+            _ => {}
+        }
+    }
+    scale.filter(|k| *k != 0.0)
+}
+
+/// Whether exp(-E) integrates over the unbounded real variable `x` for
+/// fixed values of the others, from the sign and order of the energy's
+/// leading term: a positive even power of `x` that outgrows every other term
+/// proves it; a leading term that falls (a negative even power, an odd
+/// power) refutes it.
+fn normalisability(graph: &FactorGraph, ir: &mut Ir, total: Id, x: &crate::program::Variable) -> Normalisability {
+    let growth = growth_of(graph, ir, total, &x.name);
+    // (order, leading factor if a power of x, grows never negative, printed)
+    struct Term {
+        order: Option<f64>,
+        power: Option<Power>,
+        rises: bool,
+        text: String,
+    }
+    let mut terms = Vec::new();
+    for (c, r) in ir.signed_terms(total) {
+        let Some(t) = r else { continue };
+        if !ir.depends_on(t, &x.name) {
+            continue;
+        }
+        let power = power_of(ir, t, x).map(|p| Power { factor: c * p.factor, ..p });
+        let (order, nonneg) = growth.get(&t).copied().unwrap_or((None, false));
+        let k = ir.num(c);
+        let shown = ir.mul(k, t);
+        terms.push(Term { order: power.map(|p| Some(p.order)).unwrap_or(order), power, rises: c > 0.0 && nonneg, text: ir.show(shown) });
+    }
+    let confines = |t: &Term| t.power.is_some_and(|p| p.definite && p.factor > 0.0);
+    let confining = terms.iter().filter(|t| confines(t)).max_by(|a, b| a.order.partial_cmp(&b.order).expect("finite orders"));
+    // The highest order of any term, and the terms holding it.
+    let top = terms.iter().map(|t| t.order.unwrap_or(f64::INFINITY)).fold(0.0, f64::max);
+    let leading: Vec<&Term> = terms.iter().filter(|t| t.order.unwrap_or(f64::INFINITY) == top).collect();
+    if top == 0.0 && !leading.is_empty() {
+        return Normalisability::Bounded { term: leading[0].text.clone() };
+    }
+    if top.is_finite() && leading.iter().all(|t| t.power.is_some_and(|p| p.definite)) {
+        // Definite powers of one order: the sign of their summed factors decides.
+        let factor: f64 = leading.iter().filter_map(|t| t.power).map(|p| p.factor).sum();
+        if factor > 0.0 {
+            return Normalisability::Proved;
+        }
+        if factor < 0.0 {
+            return Normalisability::Falls { term: leading[0].text.clone() };
+        }
+    }
+    if top.is_finite() && leading.len() == 1 && leading[0].power.is_some_and(|p| !p.definite) {
+        return Normalisability::Falls { term: leading[0].text.clone() };
+    }
+    // Terms never negative cannot pull the energy down; the rest must grow
+    // more slowly than the confining term.
+    let threat = terms.iter().filter(|t| !t.rises && !confines(t)).max_by(|a, b| a.order.unwrap_or(f64::INFINITY).total_cmp(&b.order.unwrap_or(f64::INFINITY)));
+    match (confining, threat) {
+        (Some(_), None) => Normalisability::Proved,
+        (Some(c), Some(t)) if t.order.is_some_and(|o| Some(o) < c.order) => Normalisability::Proved,
+        (Some(c), Some(t)) => Normalisability::Unproved(Unproved::Outgrown { term: t.text.clone(), confining: c.text.clone() }),
+        (None, t) => {
+            let fastest = t.or_else(|| terms.iter().max_by(|a, b| a.order.unwrap_or(f64::INFINITY).total_cmp(&b.order.unwrap_or(f64::INFINITY))));
+            Normalisability::Unproved(Unproved::NoConfiningTerm { term: fastest.map(|t| t.text.clone()).unwrap_or_default() })
+        }
     }
 }
 
@@ -145,10 +340,14 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
             }
         }
         let (kernel, reason, conditional) = if v.domain.is_discrete() {
-            let conditional = ir.grad(total, &v.name).map(|g| {
-                let minus = ir.neg(g);
-                conditional_text(ir, v, minus)
-            });
+            // Only Gibbs kernels with an exact conditional print one; deriving
+            // it costs a gradient and a printout, so only those pay.
+            let conditional = |ir: &mut Ir| {
+                ir.grad(total, &v.name).map(|g| {
+                    let minus = ir.neg(g);
+                    conditional_text(ir, v, minus)
+                })
+            };
             if let Some(block) = block_of(&v.name) {
                 let blocks = order.len();
                 let partners: Vec<String> = graph.neighbours(&v.name).into_iter().filter(|n| model.variable(n).is_some_and(|w| w.domain.is_discrete())).collect();
@@ -159,10 +358,10 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                     (false, true) => format!("bipartite with {}", partners.join(", ")),
                     (false, false) => format!("interaction graph is not bipartite; {blocks}-colour blocks, coupled to {}", partners.join(", ")),
                 };
-                (Kernel::BlockGibbs { block, blocks }, reason, conditional)
+                (Kernel::BlockGibbs { block, blocks }, reason, conditional(ir))
             } else if let Some(consts) = graph.sparse_coupling(&v.name) {
                 let (kernel, reason) = chromatic(model, v, &consts);
-                (kernel, reason, conditional)
+                (kernel, reason, conditional(ir))
             } else {
                 let via = graph.self_couplings(&v.name).join(", ");
                 let degree = graph.total_degree(&v.name);
@@ -186,7 +385,12 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
             let degree = graph.total_degree(&v.name);
             match (degree, bounds) {
                 (Degree::Constant | Degree::Linear, None) => problems.push(PlanError::NoFiniteZ { var: v.name.clone(), span: v.span, degree }),
-                (Degree::Other, None) => problems.push(PlanError::NotProvablyNormalisable { var: v.name.clone(), span: v.span }),
+                (_, None) => match normalisability(graph, ir, total, v) {
+                    Normalisability::Proved => {}
+                    Normalisability::Falls { term } => problems.push(PlanError::LeadingTermFalls { var: v.name.clone(), span: v.span, term }),
+                    Normalisability::Bounded { term } => problems.push(PlanError::BoundedEnergy { var: v.name.clone(), span: v.span, term }),
+                    Normalisability::Unproved(why) => problems.push(PlanError::NotProvablyNormalisable { var: v.name.clone(), span: v.span, why }),
+                },
                 _ => {}
             }
             let kernel = langevin(override_.filter(|_| overridden).map(|o| &o.kernel), objective, bounds);
@@ -209,7 +413,8 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
     if let Some(t) = train {
         problems.extend(check_objective(graph, t, &kept, &label_marginal));
     }
-    let objective_text = train.map(|t| objective_text(&t.objective, &summed_out, &label_marginal));
+    let langevin = variables.iter().any(|v| matches!(v.kernel, Kernel::Langevin { .. }));
+    let objective_text = train.map(|t| objective_text(&t.objective, &summed_out, &label_marginal, langevin));
     if problems.iter().any(|p| !p.is_warning()) {
         return Err(problems);
     }
@@ -375,6 +580,13 @@ fn check_objective(graph: &FactorGraph, train: &Train, kept: &[(String, String)]
                 let span = model.variable(var).map_or(o.span, |v| v.span);
                 out.push(PlanError::NeedsFreeEnergy { objective: name.clone(), span: o.span, var: var.clone(), var_span: span, why: why.clone() });
             }
+            if matches!(name.as_str(), "sm" | "dsm" | "ssm") {
+                for v in visible() {
+                    if let Domain::Real { bounds: Some(bounds) } = v.domain {
+                        out.push(PlanError::ScoreMatchingBounded { objective: name.clone(), span: o.span, var: v.name.clone(), var_span: v.span, bounds });
+                    }
+                }
+            }
             if name == "sm" {
                 let dims: usize = visible().map(|v| v.shape.iter().product::<usize>()).sum();
                 if dims > SM_DIMENSION_LIMIT {
@@ -413,8 +625,10 @@ fn check_objective(graph: &FactorGraph, train: &Train, kept: &[(String, String)]
     out
 }
 
-fn objective_text(o: &Call, summed: &Option<Marginal>, label: &Option<Marginal>) -> String {
-    let opts: Vec<String> = o.options.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+/// The objective as a call with the options that apply: Langevin's only
+/// when some variable is sampled by Langevin dynamics.
+fn objective_text(o: &Call, summed: &Option<Marginal>, label: &Option<Marginal>, langevin: bool) -> String {
+    let opts: Vec<String> = o.options.iter().filter(|(k, _)| langevin || !crate::schema::LANGEVIN_OPTIONS.contains(&k.as_str())).map(|(k, v)| format!("{k}: {v}")).collect();
     let call = format!("{}({})", o.name, opts.join(", "));
     let positive = match summed {
         Some(m) => format!("positive phase on the free energy F({}), {} summed out", m.over.join(", "), m.var),

@@ -125,8 +125,10 @@ pub struct GraphConst {
 }
 
 impl GraphConst {
+    /// Saturates rather than wrapping: `limits::check_program` refuses a
+    /// lattice this large before anything is built from it.
     pub fn units(&self) -> usize {
-        self.rows * self.cols
+        self.rows.saturating_mul(self.cols)
     }
 }
 

@@ -169,6 +169,10 @@ const DIRECTIONS: &[&str] = &["gaussian", "rademacher"];
 const ACTIVATIONS: &[&str] = &["swish", "relu", "tanh", "softplus", "sigmoid"];
 pub const TOY_SETS: &[&str] = &["8gaussians", "2spirals", "moons", "checkerboard", "rings", "swissroll", "pinwheel"];
 
+/// Options of `pcd` and `jem` that only Langevin chains (continuous
+/// variables) use: a discrete model's plan leaves them out.
+pub const LANGEVIN_OPTIONS: &[&str] = &["step", "noise", "clip", "buffer", "reinit"];
+
 pub static OBJECTIVES: &[Signature] = &[
     Signature { name: "cd", options: &[opt!("k", POS_INT, Int(1))] },
     Signature {

@@ -173,3 +173,89 @@ fn dense_self_coupling_falls_back_to_sequential_gibbs() {
     let p = plan("visible s : spin[9]; const A = grid(3, 3); param J : real; energy e = -(J * (s @ A @ s));");
     assert!(matches!(p.variables[0].kernel, Kernel::ChromaticGibbs { colours: 2, .. }));
 }
+
+/// The planner's verdict on the normalisability of `x : real[2]` under `energy`:
+/// `Ok(codes of warnings)` or `Err(codes of errors)`.
+fn verdict(energy: &str) -> Result<Vec<&'static str>, Vec<&'static str>> {
+    let src = format!("model m {{ visible x : real[2]; visible y : categorical(3); param W : real[2, 2]; param mu : real[2]; net f = mlp(2 -> 8 -> 1, act: swish); net g = mlp(2 -> 8 -> 3, act: tanh);\n energy e = {energy};\n energy keep = 0 * (sum(W) + sum(mu) + sum(y) + f(x) + sum(g(x))); }}");
+    let c = ebmc::compile(&src).unwrap_or_else(|d| panic!("{}", ebmc::diagnostic::render_plain("m.ebm", &src, &d)));
+    let codes = |d: Vec<ebmc::diagnostic::Diagnostic>| d.into_iter().filter(|d| d.code.starts_with("E04") || d.code.starts_with("W04")).map(|d| d.code).collect();
+    ebmc::plan(&c.program).map(|(_, w)| codes(w)).map_err(codes)
+}
+
+#[test]
+fn normalisability_follows_the_sign_and_order_of_the_leading_term() {
+    // Proved: a positive even power outgrows everything else.
+    for e in ["0.5 * sum(square(x))", "sum(x^4)", "sum(x^4) - sum(square(x))", "0.5 * sum(square(x - mu)) - mu @ x", "0.5 * sum(square(x - 1)) - 0.25 * sum(square(x))", "0.001 * sum(square(x)) - (g(x) @ y) - f(x)", "0.01 * sum(square(x)) + mu @ log(1 + 0.5 * square(W @ x))", "0.1 * sum(square(x)) + sum(exp(x))", "0.5 * (x @ x) - mu @ x", "sum(abs(x - mu))"] {
+        assert_eq!(verdict(e), Ok(vec![]), "{e}");
+    }
+    // Refused: the leading term falls, or nothing that varies with x grows.
+    for e in ["-0.5 * sum(square(x))", "-0.5 * sum(square(x)) + mu @ x", "0.5 * sum(square(x)) - 1.0 * sum(square(x))", "sum(x^3) + 0.5 * sum(square(x))", "sum(g(x))", "sum(tanh(x)) + sum(sigmoid(W @ x))", "-(x @ x)", "-sum(abs(x)) + sum(tanh(x))"] {
+        assert_eq!(verdict(e), Err(vec!["E0401"]), "{e}");
+    }
+    // Unproved: no confining term, or one that may be outgrown.
+    for e in ["f(x)", "sum(exp(x))", "0.1 * sum(square(x)) - sum(square(W @ x))", "0.1 * sum(square(x)) - x @ W @ x"] {
+        assert_eq!(verdict(e), Ok(vec!["W0401"]), "{e}");
+    }
+}
+
+#[test]
+fn w0401_names_the_term_in_the_way_and_suggests_nothing_the_model_has() {
+    let src = "model m { visible x : real[2]; param W : real[2, 2]; energy e = 0.1 * sum(square(x)) - sum(square(W @ x)); }";
+    let c = ebmc::compile(src).unwrap();
+    let (_, warnings) = ebmc::plan(&c.program).unwrap();
+    let text = ebmc::diagnostic::render_plain("m.ebm", src, &warnings);
+    assert!(text.contains("W0401") && text.contains("`-sum(square(W @ x))` may fall as fast as `0.1 * sum(square(x))` rises"), "{text}");
+    assert!(!text.contains("polynomial") && !text.contains("0.01 * sum(square(x))"), "{text}");
+    // x^4 alone is proved: no warning calls it "not a polynomial".
+    let c = ebmc::compile("model m { visible x : real[2]; energy e = sum(x^4); }").unwrap();
+    assert!(ebmc::plan(&c.program).unwrap().1.is_empty());
+}
+
+#[test]
+fn score_matching_on_a_bounded_real_warns() {
+    for objective in ["sm", "dsm(sigma: 0.1)", "ssm"] {
+        let src = format!("model m {{ visible x : real[2] in [0, 1]; param a : real[2]; energy e = 0.5 * sum(square(x)) - a @ x; }}\ntrain m {{ data = toy(\"moons\", n: 10) -> x; objective = {objective}; }}");
+        let c = ebmc::compile(&src).unwrap();
+        let (_, warnings) = ebmc::plan(&c.program).unwrap();
+        assert_eq!(warnings.iter().map(|w| w.code).collect::<Vec<_>>(), vec!["W0403"], "{objective}");
+    }
+    let src = "model m { visible x : real[2]; param a : real[2]; energy e = 0.5 * sum(square(x)) - a @ x; }\ntrain m { data = toy(\"moons\", n: 10) -> x; objective = sm; }";
+    assert!(ebmc::plan(&ebmc::compile(src).unwrap().program).unwrap().1.is_empty());
+}
+
+/// Every printed conditional and free energy parses and checks as an energy
+/// over the same declarations (functions the planner prints but the
+/// language lacks aside): no `-1 @ v`, no `x @ 1`.
+#[test]
+fn printed_expressions_are_valid_syntax_with_negation_as_negation() {
+    let decls = "visible v : binary[3]; visible y : categorical(4); hidden h : binary[2]; param a : real[4]; param M : real[4, 3]; param W : real[3, 2];";
+    for energy in ["-(a @ y) - sum(M @ v) - y @ M @ v - v @ W @ h", "-(a @ y) - y @ M @ (-v) + sum(-(W.T @ v))", "-sum(M @ v) - sum(y * (M @ v)) - sum(W @ h)"] {
+        let p = plan(&format!("{decls} energy e = {energy};"));
+        let mut printed: Vec<String> = p.variables.iter().filter_map(|v| v.conditional.clone()).map(|c| c.split_once(") = ").unwrap().1.to_string()).collect();
+        printed.extend(p.summed_out.iter().map(|m| m.free_energy.split_once(") = ").unwrap().1.to_string()));
+        for text in printed {
+            assert!(!text.contains("@ -") && !text.contains("- -") && !text.contains("1 @"), "{energy}: {text}");
+            // Strip the outer sigmoid/softmax and check it as an expression.
+            let inner = text.trim_start_matches("sigmoid(").trim_start_matches("softmax(");
+            let inner = if inner.len() < text.len() { &inner[..inner.len() - 1] } else { inner };
+            let inner = inner.replace("softplus(", "sigmoid(").replace("sum_rows(", "sum(");
+            let src = format!("model m {{ {decls} energy e = sum({inner}) + 0 * (sum(a) + sum(M) + sum(W) + sum(v) + sum(y) + sum(h)); }}");
+            ebmc::parse::source_to_ast(&src).unwrap_or_else(|e| panic!("{energy}: `{text}` does not parse: {e:?}"));
+        }
+    }
+}
+
+#[test]
+fn objective_lists_only_the_options_that_apply() {
+    let rbm = "model m { visible v : binary[4]; hidden h : binary[2]; param W : real[4, 2]; energy e = -(v @ W @ h); }\ntrain m { data = csv(\"d.csv\") -> v; objective = pcd(k: 2); }";
+    let (plans, _) = ebmc::plan(&ebmc::compile(rbm).unwrap().program).unwrap();
+    let text = plans[0].to_text();
+    assert!(text.contains("objective pcd(alpha: 0, chains: 100, k: 2)"), "{text}");
+    for langevin_only in ["buffer", "reinit", "step", "noise"] {
+        assert!(!text.contains(langevin_only), "{text}");
+    }
+    let continuous = "model m { visible x : real[2]; energy e = 0.5 * sum(square(x)); }\ntrain m { data = toy(\"moons\", n: 10) -> x; objective = pcd(k: 2); }";
+    let (plans, _) = ebmc::plan(&ebmc::compile(continuous).unwrap().program).unwrap();
+    assert!(plans[0].to_text().contains("buffer: 10000"), "{}", plans[0].to_text());
+}
