@@ -105,6 +105,39 @@ fn set_unit(domain: &Domain, digit: usize, slot: &mut [f32]) {
     }
 }
 
+/// Base-rate logits (Salakhutdinov & Murray 2008) for each variable the rows
+/// bind that AIS samples: the factorised model matching the rows' mean of
+/// every unit, with the means clipped to [1/(2n), 1 − 1/(2n)] (n rows, at
+/// least 1e-3 from 0 and 1) so units the data never switches on keep a
+/// finite logit. Binary: log(p / (1 − p)); spin: half that, for
+/// p(s = +1); categorical: log p of each category.
+pub fn base_rates(model: &Model, plan: &Plan, rows: &Tensors) -> Tensors {
+    let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
+    let mut out = Tensors::new();
+    for v in model.variables.iter().filter(|v| !summed.contains(&v.name) && v.domain.is_discrete()) {
+        let Some(t) = rows.get(&v.name) else { continue };
+        let n = t.shape[0];
+        let per: usize = v.shape.iter().product();
+        if n == 0 || t.data.len() != n * per {
+            continue;
+        }
+        let eps = (0.5 / n as f64).min(1e-3);
+        let mut mean = vec![0.0f64; per];
+        for row in t.data.chunks(per) {
+            for (m, x) in mean.iter_mut().zip(row) {
+                *m += f64::from(*x) / n as f64;
+            }
+        }
+        let logits: Vec<f32> = match v.domain {
+            Domain::Binary => mean.iter().map(|m| m.clamp(eps, 1.0 - eps)).map(|p| (p / (1.0 - p)).ln() as f32).collect(),
+            Domain::Spin => mean.iter().map(|m| ((m + 1.0) / 2.0).clamp(eps, 1.0 - eps)).map(|p| (0.5 * (p / (1.0 - p)).ln()) as f32).collect(),
+            _ => mean.iter().map(|m| m.clamp(eps, 1.0).ln() as f32).collect(),
+        };
+        out.insert(v.name.clone(), HostTensor::new(v.shape.clone(), logits));
+    }
+    out
+}
+
 pub fn log_sum_exp(x: &[f64]) -> f64 {
     let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     if m == f64::NEG_INFINITY {
@@ -121,23 +154,23 @@ pub fn exact_log_z(graph: &FactorGraph, plan: &Plan, params: &Tensors, device: D
     Ok(log_sum_exp(&f.iter().map(|x| -x).collect::<Vec<_>>()))
 }
 
-/// Exact log-likelihood of each data row, given log Z: the plan's latents
-/// summed out, any other latents enumerated per row.
-pub fn exact_log_likelihood(graph: &FactorGraph, plan: &Plan, params: &Tensors, data: &Tensors, log_z: f64, device: DeviceKind) -> Result<Vec<f64>, String> {
-    let model = &graph.model;
-    let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
-    let kept: Vec<String> = model.variables.iter().filter(|v| v.role == Role::Hidden && !summed.contains(&v.name)).map(|v| v.name.clone()).collect();
-    let n = data.values().next().map_or(0, |t| t.shape[0]);
+/// Free energy of each row with every variable the rows leave unbound
+/// summed out: the plan's latents (and a JEM label) in closed form, any other
+/// latents (a DBM's even layers) by enumerating their states for each row.
+pub fn row_free_energy(model: &Model, plan: &Plan, params: &Tensors, rows: &Tensors, device: DeviceKind) -> Result<Vec<f64>, String> {
+    let given: Vec<String> = rows.keys().cloned().collect();
+    let summed = summed_for(plan, &given);
+    let kept: Vec<String> = model.variables.iter().filter(|v| !given.contains(&v.name) && !summed.contains(&v.name)).map(|v| v.name.clone()).collect();
     if kept.is_empty() {
-        let f = backend::free_energy(model, params, &summed, data, device)?;
-        return Ok(f.into_iter().map(|x| -x - log_z).collect());
+        return backend::free_energy(model, params, &summed, rows, device);
     }
-    let states = states_of(model, &kept).filter(|s| *s <= ENUMERATION_LIMIT).ok_or("too many latent states to enumerate per row")? as usize;
+    let states = states_of(model, &kept).filter(|s| *s <= ENUMERATION_LIMIT).ok_or_else(|| format!("the rows leave {} unbound and it cannot be summed out in closed form; enumerating it per row would visit more than {ENUMERATION_LIMIT} states", kept.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")))? as usize;
     let latent = all_states(model, &kept);
+    let n = rows.values().next().map_or(0, |t| t.shape[0]);
     let mut out = Vec::with_capacity(n);
     for r in 0..n {
-        // Rows: this data row repeated under every latent state.
-        let mut rows: Tensors = data
+        // This row repeated under every latent state.
+        let mut repeated: Tensors = rows
             .iter()
             .map(|(k, t)| {
                 let per: usize = t.shape[1..].iter().product();
@@ -146,21 +179,45 @@ pub fn exact_log_likelihood(graph: &FactorGraph, plan: &Plan, params: &Tensors, 
                 (k.clone(), HostTensor::new(shape, t.data[r * per..(r + 1) * per].repeat(states)))
             })
             .collect();
-        rows.extend(latent.clone());
-        let f = backend::free_energy(model, params, &summed, &rows, device)?;
-        out.push(log_sum_exp(&f.iter().map(|x| -x).collect::<Vec<_>>()) - log_z);
+        repeated.extend(latent.clone());
+        let f = backend::free_energy(model, params, &summed, &repeated, device)?;
+        out.push(-log_sum_exp(&f.iter().map(|x| -x).collect::<Vec<_>>()));
     }
     Ok(out)
 }
 
+/// Exact log-likelihood of each data row, given log Z: the plan's latents
+/// summed out, any other latents enumerated per row.
+pub fn exact_log_likelihood(graph: &FactorGraph, plan: &Plan, params: &Tensors, data: &Tensors, log_z: f64, device: DeviceKind) -> Result<Vec<f64>, String> {
+    Ok(row_free_energy(&graph.model, plan, params, data, device)?.into_iter().map(|f| -f - log_z).collect())
+}
+
+/// Rows of flipped copies pseudo-likelihood evaluates at once: bounds its
+/// memory to a few of these (MNIST: 2,000 rows × 784 units × 2 values would
+/// otherwise be 3 million rows of 784 floats).
+const PL_CHUNK_ROWS: usize = 8192;
+
 /// Average log pseudo-likelihood per row, Σ_i log p(x_i | x_−i), over the
 /// visible discrete units (latents summed out as planned). With `units`
-/// given, a random subset of that many units per row, scaled up (stochastic PL).
+/// given, a fresh random subset of that many units for each row, scaled up
+/// (stochastic PL, an unbiased estimate of the exact one). Rows are
+/// processed in chunks, so memory does not grow with the number of rows.
 pub fn pseudo_likelihood(model: &Model, plan: &Plan, params: &Tensors, data: &Tensors, units: Option<usize>, seed: u64, device: DeviceKind) -> Result<f64, String> {
-    use rand::seq::SliceRandom;
+    use rand::seq::index::sample;
     use rand::SeedableRng;
-    let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
     let n = data.values().next().map_or(0, |t| t.shape[0]);
+    if n == 0 {
+        return Err("pseudo-likelihood needs at least one row".into());
+    }
+    if units == Some(0) {
+        return Err("`--pl-units` must be at least 1".into());
+    }
+    let given: Vec<String> = data.keys().cloned().collect();
+    let summed = summed_for(plan, &given);
+    if let Some(v) = model.variables.iter().find(|v| !given.contains(&v.name) && !summed.contains(&v.name)) {
+        // Enumerating it for every flipped copy of every row is out of reach.
+        return Err(format!("pseudo-likelihood needs every latent summed out in closed form; `{}` is not", v.name));
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut total = 0.0;
     for v in model.variables.iter().filter(|v| v.role == Role::Visible) {
@@ -168,50 +225,49 @@ pub fn pseudo_likelihood(model: &Model, plan: &Plan, params: &Tensors, data: &Te
         let k = k as usize;
         let per: usize = v.shape.iter().product();
         let width = per / count;
-        let mut chosen: Vec<usize> = (0..count).collect();
-        let scale = match units {
-            Some(u) if u < count => {
-                chosen.shuffle(&mut rng);
-                chosen.truncate(u);
-                count as f64 / u as f64
-            }
-            _ => 1.0,
-        };
-        // Rows (row, unit, value) with that unit set to each value.
-        let rows_per = chosen.len() * k;
-        let mut expanded = Tensors::new();
-        for (name, t) in data {
-            let p: usize = t.shape[1..].iter().product();
-            let mut buf = Vec::with_capacity(n * rows_per * p);
-            for r in 0..n {
-                for &u in &chosen {
-                    for value in 0..k {
-                        let at = buf.len();
-                        buf.extend_from_slice(&t.data[r * p..(r + 1) * p]);
-                        if *name == v.name {
-                            set_unit(&v.domain, value, &mut buf[at + u * width..at + (u + 1) * width]);
+        let take = units.map_or(count, |u| u.min(count));
+        let scale = count as f64 / take as f64;
+        let own = &data[&v.name];
+        let rows_per = take * k;
+        let chunk = (PL_CHUNK_ROWS / rows_per).max(1);
+        for start in (0..n).step_by(chunk) {
+            let end = (start + chunk).min(n);
+            // Units scored for each row of the chunk: all, or a fresh random subset per row.
+            let chosen: Vec<Vec<usize>> = (start..end).map(|_| if take == count { (0..count).collect() } else { sample(&mut rng, count, take).into_vec() }).collect();
+            // Rows (row, unit, value) with that unit set to each value.
+            let mut expanded = Tensors::new();
+            for (name, t) in data {
+                let p: usize = t.shape[1..].iter().product();
+                let mut buf = Vec::with_capacity((end - start) * rows_per * p);
+                for (r, units) in (start..end).zip(&chosen) {
+                    for &u in units {
+                        for value in 0..k {
+                            let at = buf.len();
+                            buf.extend_from_slice(&t.data[r * p..(r + 1) * p]);
+                            if *name == v.name {
+                                set_unit(&v.domain, value, &mut buf[at + u * width..at + (u + 1) * width]);
+                            }
                         }
                     }
                 }
+                let mut shape = t.shape.clone();
+                shape[0] = (end - start) * rows_per;
+                expanded.insert(name.clone(), HostTensor::new(shape, buf));
             }
-            let mut shape = t.shape.clone();
-            shape[0] = n * rows_per;
-            expanded.insert(name.clone(), HostTensor::new(shape, buf));
-        }
-        let f = crate::backend::free_energy(model, params, &summed, &expanded, device)?;
-        let own = &data[&v.name];
-        for r in 0..n {
-            for (j, &u) in chosen.iter().enumerate() {
-                let block = &f[(r * chosen.len() + j) * k..(r * chosen.len() + j + 1) * k];
-                let slot = &own.data[r * per + u * width..r * per + (u + 1) * width];
-                let mine = (0..k).find(|&value| {
-                    let mut probe = vec![0.0; width];
-                    set_unit(&v.domain, value, &mut probe);
-                    probe == slot
-                });
-                let mine = mine.ok_or("data value outside the variable's domain")?;
-                let lse = log_sum_exp(&block.iter().map(|x| -x).collect::<Vec<_>>());
-                total += scale * (-block[mine] - lse);
+            let f = row_free_energy(model, plan, params, &expanded, device)?;
+            for (i, (r, units)) in (start..end).zip(&chosen).enumerate() {
+                for (j, &u) in units.iter().enumerate() {
+                    let block = &f[(i * take + j) * k..(i * take + j + 1) * k];
+                    let slot = &own.data[r * per + u * width..r * per + (u + 1) * width];
+                    let mine = (0..k).find(|&value| {
+                        let mut probe = vec![0.0; width];
+                        set_unit(&v.domain, value, &mut probe);
+                        probe == slot
+                    });
+                    let mine = mine.ok_or_else(|| format!("row {}: a value of `{}` lies outside the variable's domain", r + 1, v.name))?;
+                    let lse = log_sum_exp(&block.iter().map(|x| -x).collect::<Vec<_>>());
+                    total += scale * (-block[mine] - lse);
+                }
             }
         }
     }
