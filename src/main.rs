@@ -705,7 +705,7 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
             None
         }
     };
-    if exact_z.is_none() && continuous {
+    if continuous {
         let (low, high, n) = a.grid;
         match ebmc::evaluate::grid_log_z(&l.model, &l.plan, &l.params, low, high, n, a.device) {
             Ok(z) => {
@@ -726,7 +726,8 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
                     }
                 }
             }
-            Err(why) => notes.push(format!("no grid integral: {why}")),
+            Err(why) if exact_z.is_none() => notes.push(format!("no grid integral: {why}")),
+            Err(_) => {}
         }
     }
     if a.ais || (exact_z.is_none() && !continuous) {

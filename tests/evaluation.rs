@@ -348,3 +348,76 @@ fn eval_and_energy_on_the_zoo_dbm_do_not_panic() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+const GRBM: &str = "model g { visible v : real[D]; hidden h : binary[H];
+    param W : real[D, H]; param b : real[D]; param c : real[H];
+    energy quadratic = 0.5 * sum(square(v - b)); energy coupling = -(v @ W @ h); energy hbias = -(c @ h); }";
+
+fn grbm(d: usize, h: usize, seed: u64) -> (Setup, Tensors) {
+    let s = setup(&GRBM.replace('D', &d.to_string()).replace('H', &h.to_string()));
+    let p = random_params(&s, 1.0, seed);
+    (s, p)
+}
+
+#[test]
+fn exact_grbm_log_z_matches_a_numerical_integral_in_one_and_two_dimensions() {
+    for (d, h, seed) in [(1, 2, 1), (1, 3, 2), (2, 2, 3), (2, 4, 4)] {
+        let (s, p) = grbm(d, h, seed);
+        let exact = ebmc::evaluate::exact_log_z(&s.graph, &s.plan, &p, DeviceKind::Cpu).unwrap();
+        // Midpoint rule on [-16, 16]: the tails beyond are below e^-50 for these weights.
+        let points = if d == 1 { 20_000 } else { 1_200 };
+        let grid = ebmc::evaluate::grid_log_z(&s.graph.model, &s.plan, &p, -16.0, 16.0, points, DeviceKind::Cpu).unwrap();
+        assert!((exact - grid).abs() < 2e-3, "D={d} H={h}: closed form {exact} vs integral {grid}");
+    }
+}
+
+#[test]
+fn exact_grbm_log_z_matches_the_direct_formula() {
+    // Z = Σ_h (2π)^(d/2) exp(½‖b + W h‖² − ½‖b‖² + c·h).
+    let (d, h) = (5, 4);
+    let (s, p) = grbm(d, h, 9);
+    let (w, b, c) = (&p["W"].data, &p["b"].data, &p["c"].data);
+    let terms: Vec<f64> = (0..1usize << h)
+        .map(|state| {
+            let hv: Vec<f64> = (0..h).map(|j| ((state >> (h - 1 - j)) & 1) as f64).collect();
+            let mean: Vec<f64> = (0..d).map(|i| f64::from(b[i]) + (0..h).map(|j| f64::from(w[i * h + j]) * hv[j]).sum::<f64>()).collect();
+            0.5 * mean.iter().map(|m| m * m).sum::<f64>() - 0.5 * b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() + (0..h).map(|j| f64::from(c[j]) * hv[j]).sum::<f64>()
+        })
+        .collect();
+    let direct = ebmc::evaluate::log_sum_exp(&terms) + 0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();
+    let exact = ebmc::evaluate::exact_log_z(&s.graph, &s.plan, &p, DeviceKind::Cpu).unwrap();
+    assert!((exact - direct).abs() < 1e-3, "{exact} vs {direct}");
+}
+
+#[test]
+fn exact_log_z_refuses_energies_that_are_not_gaussian() {
+    let quartic = "model q { visible v : real[2]; hidden h : binary[2]; param W : real[2, 2];
+        energy e = 0.25 * sum(square(square(v))) - (v @ W @ h); }";
+    let s = setup(quartic);
+    let p = random_params(&s, 1.0, 1);
+    let err = ebmc::evaluate::exact_log_z(&s.graph, &s.plan, &p, DeviceKind::Cpu).unwrap_err();
+    assert!(err.contains("not quadratic"), "{err}");
+    // A quadratic whose curvature depends on h has no single Gaussian either.
+    let varying = "model q { visible v : real[2]; hidden h : binary[2]; param c : real[2];
+        energy e = 0.5 * sum(square(v)) * (1 + sum(h)) - c @ h; }";
+    let s = setup(varying);
+    let p = random_params(&s, 1.0, 2);
+    let err = ebmc::evaluate::exact_log_z(&s.graph, &s.plan, &p, DeviceKind::Cpu).unwrap_err();
+    assert!(err.contains("same curvature") || err.contains("not quadratic"), "{err}");
+}
+
+#[test]
+fn eval_reports_the_exact_grbm_log_likelihood_and_no_irrelevant_notes() {
+    let dir = tmp("grbm");
+    let params = trained("models/grbm.ebm", &dir);
+    let out = ebmc(&["eval", "models/grbm.ebm", "--params", &params, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(j["exact_log_z"].as_f64().is_some() && j["log_likelihood"].as_f64().is_some(), "{j}");
+    assert_eq!(j["evaluated_on"], "held-out test rows");
+    assert!(j["notes"].as_array().unwrap().is_empty(), "{}", j["notes"]);
+    let out = ebmc(&["eval", "models/grbm.ebm", "--params", &params]);
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(t.contains("log Z (exact)") && !t.contains("note: no"), "{t}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
