@@ -678,6 +678,7 @@ fn mean(x: &[f64]) -> f64 {
 fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
     let l = load_trained(path, only, &a.params, "eval")?;
     let _ = &l.source;
+    ebmc::backend::check_params(&l.model, &l.params).map_err(Failure::Io)?;
     ebmc::backend::check_ais_options(&l.model, a.runs, a.temperatures).map_err(Failure::Io)?;
     if a.pl_units == Some(0) {
         return Err(Failure::Io("`--pl-units` must be at least 1".into()));
@@ -870,6 +871,7 @@ fn num(report: &serde_json::Map<String, serde_json::Value>, key: &str) -> Option
 
 fn energy(path: &Path, only: Option<&str>, params: &Path, data: &Path, device: ebmc::backend::DeviceKind) -> Result<(), Failure> {
     let mut l = load_trained(path, only, params, "energy")?;
+    ebmc::backend::check_params(&l.model, &l.params).map_err(Failure::Io)?;
     // A JEM label is summed out: the rows need only the inputs.
     if let Some(m) = &l.plan.label_marginal {
         l.spec.data.binding.retain(|b| *b != m.var);

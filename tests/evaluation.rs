@@ -250,12 +250,14 @@ fn eval_prints_the_log_z_bracket_ess_and_the_rows_it_used() {
 }
 
 /// The zoo's bars RBM with every parameter drawn from N(0, scale²), saved as a safetensors file.
-fn bars_params(dir: &Path, scale: f64, poison: bool) -> String {
+fn bars_params(dir: &Path, scale: f64, poison: Option<f32>) -> String {
     let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/bars.ebm")).unwrap();
     let s = setup(&source);
     let mut params = random_params(&s, scale, 12);
-    if poison {
-        params.get_mut("W").unwrap().data[3] = f32::NAN;
+    if let Some(x) = poison {
+        // Two hidden units' weights: their softplus terms sum past float32's range when x is huge.
+        params.get_mut("W").unwrap().data[3] = x;
+        params.get_mut("W").unwrap().data[4] = x;
     }
     let path = dir.join("params.safetensors");
     ebmc::tensor::save_safetensors(&path, &params).unwrap();
@@ -265,7 +267,7 @@ fn bars_params(dir: &Path, scale: f64, poison: bool) -> String {
 #[test]
 fn eval_warns_when_few_runs_carry_the_ais_estimate() {
     let dir = tmp("ess");
-    let params = bars_params(&dir, 2.0, false);
+    let params = bars_params(&dir, 2.0, None);
     let out = ebmc(&["eval", "models/bars.ebm", "--params", &params, "--ais", "--runs", "200", "--temperatures", "2", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -281,21 +283,47 @@ fn eval_warns_when_few_runs_carry_the_ais_estimate() {
 }
 
 #[test]
-fn non_finite_parameters_are_an_error_not_a_figure() {
+fn non_finite_parameters_and_figures_are_errors_not_results() {
     let dir = tmp("nan");
-    let params = bars_params(&dir, 0.5, true);
+    let params = bars_params(&dir, 0.5, Some(f32::NAN));
     for args in [vec!["eval", "models/bars.ebm", "--params", &params], vec!["eval", "models/bars.ebm", "--params", &params, "--ais", "--runs", "10", "--temperatures", "10", "--json"]] {
         let out = ebmc(&args);
         assert_eq!(out.status.code(), Some(2), "{}", text(&out));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("not a finite number") || err.contains("non-finite"), "{err}");
-        assert!(!String::from_utf8_lossy(&out.stdout).contains("null"), "{}", text(&out));
+        assert!(err.contains("parameter `W` has a non-finite value"), "{err}");
+        assert!(out.stdout.is_empty(), "{}", text(&out));
     }
+    // Finite parameters whose energies overflow float32.
+    let huge = bars_params(&dir, 0.5, Some(3e38));
     let csv = dir.join("rows.csv");
     std::fs::write(&csv, (0..16).map(|i| format!("p{i}")).collect::<Vec<_>>().join(",") + "\n" + &["1"; 16].join(",") + "\n").unwrap();
-    let out = ebmc(&["energy", "models/bars.ebm", "--params", &params, "--data", csv.to_str().unwrap()]);
+    let out = ebmc(&["energy", "models/bars.ebm", "--params", &huge, "--data", csv.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("energy of row 1"), "{}", text(&out));
+    assert!(out.stdout.is_empty(), "no half-printed table: {}", text(&out));
+    let out = ebmc(&["eval", "models/bars.ebm", "--params", &huge, "--data", csv.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a finite number"), "{}", text(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_checkpoint_of_another_shape_or_rows_of_another_width_are_errors() {
+    let dir = tmp("shape");
+    let params = bars_params(&dir, 0.5, None);
+    let csv = dir.join("rows.csv");
+    std::fs::write(&csv, (0..64).map(|i| format!("p{i}")).collect::<Vec<_>>().join(",") + "\n" + &["1"; 64].join(",") + "\n").unwrap();
+    for args in [vec!["eval", "models/rbm.ebm", "--params", &params], vec!["energy", "models/rbm.ebm", "--params", &params, "--data", csv.to_str().unwrap()]] {
+        let out = ebmc(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("parameter `W` has shape [16, 8] in the checkpoint but [64, 16]"), "{}", text(&out));
+    }
+    // Through the library: a batch of the wrong width.
+    let s = setup(RBM);
+    let p = random_params(&s, 0.5, 1);
+    let rows: Tensors = [("v".to_string(), HostTensor::new(vec![2, 9], vec![0.0; 18]))].into_iter().collect();
+    let err = ebmc::backend::free_energy(&s.graph.model, &p, &["h".to_string()], &rows, DeviceKind::Cpu).unwrap_err();
+    assert!(err.contains("rows of `v` have shape [2, 9]"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -819,6 +819,13 @@ pub fn free_energy(model: &Model, params: &Tensors, sum_out: &[String], rows: &T
 }
 
 fn free_energy_on<D: Kernels>(dev: &D, model: &Model, params: &Tensors, sum_out: &[String], rows: &Tensors) -> Result<Vec<f64>, String> {
+    let n = rows.values().next().map_or(0, |t| t.shape.first().copied().unwrap_or(0));
+    for (name, t) in rows {
+        let v = model.variable(name).ok_or_else(|| format!("the rows bind `{name}`, which the model does not declare"))?;
+        if t.shape.first() != Some(&n) || t.shape[1..] != v.shape[..] || t.data.len() != t.shape.iter().product::<usize>() {
+            return Err(format!("rows of `{name}` have shape {:?}; expected [{n}, {}] for `{name}` : {:?}", t.shape, v.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "), v.shape));
+        }
+    }
     let mut lowered = ir::program_to_ir(model);
     let mut root = lowered.total;
     for name in sum_out {
@@ -826,7 +833,6 @@ fn free_energy_on<D: Kernels>(dev: &D, model: &Model, params: &Tensors, sum_out:
     }
     let root = lowered.ir.inline_nets(root);
     let leaves = device_leaves(dev, model, &lowered, params)?;
-    let n = rows.values().next().map_or(0, |t| t.shape[0]);
     let ev = Evaluator { ir: &lowered.ir, dev, leaves: &leaves };
     let mut out = Vec::with_capacity(n);
     const CHUNK: usize = 16384;
@@ -847,10 +853,29 @@ fn free_energy_on<D: Kernels>(dev: &D, model: &Model, params: &Tensors, sum_out:
     Ok(out)
 }
 
+/// Checks that `params` give every parameter of `model` with the model's
+/// shape and finite values, before any evaluation uses them.
+pub fn check_params(model: &Model, params: &Tensors) -> Result<(), String> {
+    let lowered = ir::program_to_ir(model);
+    for spec in &lowered.params {
+        let t = params.get(&spec.name).ok_or_else(|| format!("the checkpoint has no value for parameter `{}`", spec.name))?;
+        if t.shape != spec.shape || t.data.len() != spec.shape.iter().product::<usize>() {
+            return Err(format!("parameter `{}` has shape {:?} in the checkpoint but {:?} in the model; the checkpoint belongs to another version of the model", spec.name, t.shape, spec.shape));
+        }
+        if let Some(i) = t.data.iter().position(|x| !x.is_finite()) {
+            return Err(format!("parameter `{}` has a non-finite value ({}) at element {i}; the checkpoint comes from a run that diverged", spec.name, t.data[i]));
+        }
+    }
+    Ok(())
+}
+
 fn device_leaves<D: Kernels>(dev: &D, model: &Model, lowered: &ir::Lowered, params: &Tensors) -> Result<Leaves<D, NoneTape>, String> {
     let mut tensors = BTreeMap::new();
     for spec in &lowered.params {
         let t = params.get(&spec.name).ok_or_else(|| format!("no value for parameter `{}`", spec.name))?;
+        if t.shape != spec.shape || t.data.len() != spec.shape.iter().product::<usize>() {
+            return Err(format!("parameter `{}` has shape {:?} in the checkpoint but {:?} in the model; the checkpoint belongs to another version of the model", spec.name, t.shape, spec.shape));
+        }
         tensors.insert(spec.name.clone(), upload(dev, t, 1));
     }
     for (name, t) in constants(model) {
