@@ -28,11 +28,17 @@ fn values_per_unit(v: &Variable) -> Option<(u128, usize)> {
     }
 }
 
+/// The number of joint states of `vars` (saturating at u128::MAX), `None`
+/// when one of them is continuous.
 fn states_of(model: &Model, vars: &[String]) -> Option<u128> {
     vars.iter().try_fold(1u128, |acc, n| {
         let (k, units) = values_per_unit(model.variable(n)?)?;
-        acc.checked_mul(k.checked_pow(units as u32)?)
+        Some(acc.saturating_mul(k.saturating_pow(units.min(u32::MAX as usize) as u32)))
     })
+}
+
+fn count(states: u128) -> String {
+    if states == u128::MAX { "more than 2^128".into() } else { states.to_string() }
 }
 
 /// Chooses the cheaper way to enumerate: the visible side with the plan's
@@ -60,7 +66,7 @@ pub fn enumeration(graph: &FactorGraph, plan: &Plan) -> Result<Enumeration, Stri
     }
     let best = options.into_iter().min_by_key(|o| o.states).ok_or("exact log Z needs discrete variables on one side of the model; use AIS (`--ais`) for RBM-like models")?;
     if best.states > ENUMERATION_LIMIT {
-        return Err(format!("exact log Z would enumerate {} states (limit {ENUMERATION_LIMIT}); use AIS (`--ais`) for a model this size", best.states));
+        return Err(format!("exact log Z would enumerate {} states (limit {ENUMERATION_LIMIT}); use AIS (`--ais`) for a model this size", count(best.states)));
     }
     Ok(best)
 }
@@ -105,6 +111,39 @@ fn set_unit(domain: &Domain, digit: usize, slot: &mut [f32]) {
     }
 }
 
+/// Base-rate logits (Salakhutdinov & Murray 2008) for each variable the rows
+/// bind that AIS samples: the factorised model matching the rows' mean of
+/// every unit, with the means clipped to [1/(2n), 1 − 1/(2n)] (n rows, at
+/// least 1e-3 from 0 and 1) so units the data never switches on keep a
+/// finite logit. Binary: log(p / (1 − p)); spin: half that, for
+/// p(s = +1); categorical: log p of each category.
+pub fn base_rates(model: &Model, plan: &Plan, rows: &Tensors) -> Tensors {
+    let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
+    let mut out = Tensors::new();
+    for v in model.variables.iter().filter(|v| !summed.contains(&v.name) && v.domain.is_discrete()) {
+        let Some(t) = rows.get(&v.name) else { continue };
+        let n = t.shape[0];
+        let per: usize = v.shape.iter().product();
+        if n == 0 || t.data.len() != n * per {
+            continue;
+        }
+        let eps = (0.5 / n as f64).min(1e-3);
+        let mut mean = vec![0.0f64; per];
+        for row in t.data.chunks(per) {
+            for (m, x) in mean.iter_mut().zip(row) {
+                *m += f64::from(*x) / n as f64;
+            }
+        }
+        let logits: Vec<f32> = match v.domain {
+            Domain::Binary => mean.iter().map(|m| m.clamp(eps, 1.0 - eps)).map(|p| (p / (1.0 - p)).ln() as f32).collect(),
+            Domain::Spin => mean.iter().map(|m| ((m + 1.0) / 2.0).clamp(eps, 1.0 - eps)).map(|p| (0.5 * (p / (1.0 - p)).ln()) as f32).collect(),
+            _ => mean.iter().map(|m| m.clamp(eps, 1.0).ln() as f32).collect(),
+        };
+        out.insert(v.name.clone(), HostTensor::new(v.shape.clone(), logits));
+    }
+    out
+}
+
 pub fn log_sum_exp(x: &[f64]) -> f64 {
     let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     if m == f64::NEG_INFINITY {
@@ -113,31 +152,37 @@ pub fn log_sum_exp(x: &[f64]) -> f64 {
     m + x.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
 }
 
-/// Exact log Z by enumeration.
+/// Exact log Z: by enumeration for discrete models; for a model with one
+/// unbounded real variable whose energy is quadratic in it (a Gaussian–
+/// Bernoulli RBM), by enumerating the discrete variables and integrating the
+/// Gaussian in closed form.
 pub fn exact_log_z(graph: &FactorGraph, plan: &Plan, params: &Tensors, device: DeviceKind) -> Result<f64, String> {
+    if graph.model.variables.iter().any(|v| !v.domain.is_discrete()) {
+        return gaussian_log_z(&graph.model, plan, params, device);
+    }
     let e = enumeration(graph, plan)?;
     let rows = all_states(&graph.model, &e.enumerate);
     let f = backend::free_energy(&graph.model, params, &e.sum_out, &rows, device)?;
     Ok(log_sum_exp(&f.iter().map(|x| -x).collect::<Vec<_>>()))
 }
 
-/// Exact log-likelihood of each data row, given log Z: the plan's latents
-/// summed out, any other latents enumerated per row.
-pub fn exact_log_likelihood(graph: &FactorGraph, plan: &Plan, params: &Tensors, data: &Tensors, log_z: f64, device: DeviceKind) -> Result<Vec<f64>, String> {
-    let model = &graph.model;
-    let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
-    let kept: Vec<String> = model.variables.iter().filter(|v| v.role == Role::Hidden && !summed.contains(&v.name)).map(|v| v.name.clone()).collect();
-    let n = data.values().next().map_or(0, |t| t.shape[0]);
+/// Free energy of each row with every variable the rows leave unbound
+/// summed out: the plan's latents (and a JEM label) in closed form, any other
+/// latents (a DBM's even layers) by enumerating their states for each row.
+pub fn row_free_energy(model: &Model, plan: &Plan, params: &Tensors, rows: &Tensors, device: DeviceKind) -> Result<Vec<f64>, String> {
+    let given: Vec<String> = rows.keys().cloned().collect();
+    let summed = summed_for(plan, &given);
+    let kept: Vec<String> = model.variables.iter().filter(|v| !given.contains(&v.name) && !summed.contains(&v.name)).map(|v| v.name.clone()).collect();
     if kept.is_empty() {
-        let f = backend::free_energy(model, params, &summed, data, device)?;
-        return Ok(f.into_iter().map(|x| -x - log_z).collect());
+        return backend::free_energy(model, params, &summed, rows, device);
     }
-    let states = states_of(model, &kept).filter(|s| *s <= ENUMERATION_LIMIT).ok_or("too many latent states to enumerate per row")? as usize;
+    let states = states_of(model, &kept).filter(|s| *s <= ENUMERATION_LIMIT).ok_or_else(|| format!("the rows leave {} unbound and it cannot be summed out in closed form; enumerating it per row would visit more than {ENUMERATION_LIMIT} states", kept.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")))? as usize;
     let latent = all_states(model, &kept);
+    let n = rows.values().next().map_or(0, |t| t.shape[0]);
     let mut out = Vec::with_capacity(n);
     for r in 0..n {
-        // Rows: this data row repeated under every latent state.
-        let mut rows: Tensors = data
+        // This row repeated under every latent state.
+        let mut repeated: Tensors = rows
             .iter()
             .map(|(k, t)| {
                 let per: usize = t.shape[1..].iter().product();
@@ -146,21 +191,162 @@ pub fn exact_log_likelihood(graph: &FactorGraph, plan: &Plan, params: &Tensors, 
                 (k.clone(), HostTensor::new(shape, t.data[r * per..(r + 1) * per].repeat(states)))
             })
             .collect();
-        rows.extend(latent.clone());
-        let f = backend::free_energy(model, params, &summed, &rows, device)?;
-        out.push(log_sum_exp(&f.iter().map(|x| -x).collect::<Vec<_>>()) - log_z);
+        repeated.extend(latent.clone());
+        let f = backend::free_energy(model, params, &summed, &repeated, device)?;
+        out.push(-log_sum_exp(&f.iter().map(|x| -x).collect::<Vec<_>>()));
     }
     Ok(out)
 }
 
+/// The most continuous dimensions the closed-form Gaussian integral handles.
+pub const GAUSSIAN_DIMS_LIMIT: usize = 1024;
+
+/// log Z of E(x, s) = ½ xᵀA x − g(s)ᵀx + c(s) (x real and unbounded, s the
+/// discrete variables, A the same for every s and positive definite):
+/// Σ_s exp(½ g(s)ᵀA⁻¹g(s) − c(s)) · (2π)^(d/2) |A|^(−1/2). A, g and c are
+/// read off the energy at x = 0 and unit vectors, then checked at random
+/// points of several states, so an energy that is not of this form is refused.
+pub fn gaussian_log_z(model: &Model, plan: &Plan, params: &Tensors, device: DeviceKind) -> Result<f64, String> {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let continuous: Vec<&Variable> = model.variables.iter().filter(|v| !v.domain.is_discrete()).collect();
+    let [x] = continuous.as_slice() else {
+        return Err(format!("exact log Z integrates one continuous variable in closed form; this model has {}", continuous.len()));
+    };
+    if !matches!(x.domain, Domain::Real { bounds: None }) {
+        return Err(format!("exact log Z integrates an unbounded Gaussian; `{}` is bounded", x.name));
+    }
+    let d: usize = x.shape.iter().product();
+    if d > GAUSSIAN_DIMS_LIMIT {
+        return Err(format!("exact log Z integrates at most {GAUSSIAN_DIMS_LIMIT} Gaussian dimensions; `{}` has {d}", x.name));
+    }
+    let discrete: Vec<String> = model.variables.iter().filter(|v| v.domain.is_discrete()).map(|v| v.name.clone()).collect();
+    let states = states_of(model, &discrete).expect("discrete");
+    if states > ENUMERATION_LIMIT || states.saturating_mul(d as u128) > 1 << 26 {
+        return Err(format!("exact log Z would enumerate {} states of {} (limit {ENUMERATION_LIMIT}); use fewer hidden units for an exact log-likelihood", count(states), discrete.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")));
+    }
+    let n = states as usize;
+    let rows_with = |xs: Vec<f32>, pick: &dyn Fn(usize) -> usize, m: usize, all: &Tensors| -> Tensors {
+        let mut rows: Tensors = all
+            .iter()
+            .map(|(k, t)| {
+                let per: usize = t.shape[1..].iter().product();
+                let mut shape = t.shape.clone();
+                shape[0] = m;
+                (k.clone(), HostTensor::new(shape, (0..m).flat_map(|r| t.data[pick(r) * per..(pick(r) + 1) * per].iter().copied()).collect()))
+            })
+            .collect();
+        let mut shape = vec![m];
+        shape.extend(&x.shape);
+        rows.insert(x.name.clone(), HostTensor::new(shape, xs));
+        rows
+    };
+    let all = if discrete.is_empty() { Tensors::new() } else { all_states(model, &discrete) };
+    let sampler = backend::Sampler::new(model, plan, params, 1, 0, device)?;
+    let gradient = backend::Quantity::Gradient(x.name.clone());
+    let at_zero = rows_with(vec![0.0; n * d], &|r| r, n, &all);
+    let c: Vec<f64> = sampler.energy(&at_zero).into_iter().map(f64::from).collect();
+    let g0 = sampler.evaluate(gradient.clone(), &at_zero).data;
+    // A's columns: the gradient's change along each unit vector (state 0).
+    let units: Vec<f32> = (0..d * d).map(|i| f32::from(u8::from(i / d == i % d))).collect();
+    let ga = sampler.evaluate(gradient, &rows_with(units, &|_| 0, d, &all)).data;
+    let mut a = vec![0.0f64; d * d];
+    for i in 0..d {
+        for j in 0..d {
+            a[j * d + i] = f64::from(ga[i * d + j]) - f64::from(g0[j]);
+        }
+    }
+    let scale = a.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    if (0..d).any(|i| (0..i).any(|j| (a[i * d + j] - a[j * d + i]).abs() > 1e-4 * scale)) {
+        return Err(format!("the energy is not a quadratic form in `{}` (its second derivatives are not symmetric)", x.name));
+    }
+    let chol = cholesky(&a, d).ok_or_else(|| format!("the energy's quadratic part in `{}` is not positive definite, so exp(−E) is not integrable", x.name))?;
+    // Check the quadratic form at random points of a few states.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let m = n.min(8);
+    let probes: Vec<usize> = (0..m).map(|i| i * (n - 1) / (m - 1).max(1)).collect();
+    let xs: Vec<f32> = (0..probes.len() * d).map(|_| rand_distr::StandardNormal.sample(&mut rng)).collect();
+    let actual = sampler.energy(&rows_with(xs.clone(), &|r| probes[r], probes.len(), &all));
+    for (r, &s) in probes.iter().enumerate() {
+        let xr: Vec<f64> = xs[r * d..(r + 1) * d].iter().map(|v| f64::from(*v)).collect();
+        let quad: f64 = (0..d).map(|i| (0..d).map(|j| xr[i] * a[i * d + j] * xr[j]).sum::<f64>()).sum::<f64>();
+        let predicted = 0.5 * quad + (0..d).map(|i| f64::from(g0[s * d + i]) * xr[i]).sum::<f64>() + c[s];
+        if (predicted - f64::from(actual[r])).abs() > 1e-3 * (1.0 + predicted.abs()) {
+            return Err(format!("the energy is not quadratic in `{}` with the same curvature for every state of the other variables, so its integral has no closed form here", x.name));
+        }
+    }
+    let log_det: f64 = (0..d).map(|i| 2.0 * chol[i * d + i].ln()).sum();
+    let terms: Vec<f64> = (0..n)
+        .map(|s| {
+            let g: Vec<f64> = (0..d).map(|i| -f64::from(g0[s * d + i])).collect();
+            // ½ gᵀA⁻¹g = ½ ‖L⁻¹g‖².
+            let y = forward_solve(&chol, &g, d);
+            0.5 * y.iter().map(|v| v * v).sum::<f64>() - c[s]
+        })
+        .collect();
+    Ok(log_sum_exp(&terms) + 0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln() - 0.5 * log_det)
+}
+
+/// Lower-triangular L with L Lᵀ = A (row-major), or `None` when A is not positive definite.
+fn cholesky(a: &[f64], d: usize) -> Option<Vec<f64>> {
+    let mut l = vec![0.0; d * d];
+    for i in 0..d {
+        for j in 0..=i {
+            let s: f64 = (0..j).map(|k| l[i * d + k] * l[j * d + k]).sum();
+            if i == j {
+                let v = a[i * d + i] - s;
+                if !(v > 0.0) {
+                    return None;
+                }
+                l[i * d + i] = v.sqrt();
+            } else {
+                l[i * d + j] = (a[i * d + j] - s) / l[j * d + j];
+            }
+        }
+    }
+    Some(l)
+}
+
+fn forward_solve(l: &[f64], b: &[f64], d: usize) -> Vec<f64> {
+    let mut y = vec![0.0; d];
+    for i in 0..d {
+        y[i] = (b[i] - (0..i).map(|k| l[i * d + k] * y[k]).sum::<f64>()) / l[i * d + i];
+    }
+    y
+}
+
+/// Exact log-likelihood of each data row, given log Z: the plan's latents
+/// summed out, any other latents enumerated per row.
+pub fn exact_log_likelihood(graph: &FactorGraph, plan: &Plan, params: &Tensors, data: &Tensors, log_z: f64, device: DeviceKind) -> Result<Vec<f64>, String> {
+    Ok(row_free_energy(&graph.model, plan, params, data, device)?.into_iter().map(|f| -f - log_z).collect())
+}
+
+/// Rows of flipped copies pseudo-likelihood evaluates at once: bounds its
+/// memory to a few of these (MNIST: 2,000 rows × 784 units × 2 values would
+/// otherwise be 3 million rows of 784 floats).
+const PL_CHUNK_ROWS: usize = 8192;
+
 /// Average log pseudo-likelihood per row, Σ_i log p(x_i | x_−i), over the
 /// visible discrete units (latents summed out as planned). With `units`
-/// given, a random subset of that many units per row, scaled up (stochastic PL).
+/// given, a fresh random subset of that many units for each row, scaled up
+/// (stochastic PL, an unbiased estimate of the exact one). Rows are
+/// processed in chunks, so memory does not grow with the number of rows.
 pub fn pseudo_likelihood(model: &Model, plan: &Plan, params: &Tensors, data: &Tensors, units: Option<usize>, seed: u64, device: DeviceKind) -> Result<f64, String> {
-    use rand::seq::SliceRandom;
+    use rand::seq::index::sample;
     use rand::SeedableRng;
-    let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
     let n = data.values().next().map_or(0, |t| t.shape[0]);
+    if n == 0 {
+        return Err("pseudo-likelihood needs at least one row".into());
+    }
+    if units == Some(0) {
+        return Err("`--pl-units` must be at least 1".into());
+    }
+    let given: Vec<String> = data.keys().cloned().collect();
+    let summed = summed_for(plan, &given);
+    if let Some(v) = model.variables.iter().find(|v| !given.contains(&v.name) && !summed.contains(&v.name)) {
+        // Enumerating it for every flipped copy of every row is out of reach.
+        return Err(format!("pseudo-likelihood needs every latent summed out in closed form; `{}` is not", v.name));
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut total = 0.0;
     for v in model.variables.iter().filter(|v| v.role == Role::Visible) {
@@ -168,50 +354,49 @@ pub fn pseudo_likelihood(model: &Model, plan: &Plan, params: &Tensors, data: &Te
         let k = k as usize;
         let per: usize = v.shape.iter().product();
         let width = per / count;
-        let mut chosen: Vec<usize> = (0..count).collect();
-        let scale = match units {
-            Some(u) if u < count => {
-                chosen.shuffle(&mut rng);
-                chosen.truncate(u);
-                count as f64 / u as f64
-            }
-            _ => 1.0,
-        };
-        // Rows (row, unit, value) with that unit set to each value.
-        let rows_per = chosen.len() * k;
-        let mut expanded = Tensors::new();
-        for (name, t) in data {
-            let p: usize = t.shape[1..].iter().product();
-            let mut buf = Vec::with_capacity(n * rows_per * p);
-            for r in 0..n {
-                for &u in &chosen {
-                    for value in 0..k {
-                        let at = buf.len();
-                        buf.extend_from_slice(&t.data[r * p..(r + 1) * p]);
-                        if *name == v.name {
-                            set_unit(&v.domain, value, &mut buf[at + u * width..at + (u + 1) * width]);
+        let take = units.map_or(count, |u| u.min(count));
+        let scale = count as f64 / take as f64;
+        let own = &data[&v.name];
+        let rows_per = take * k;
+        let chunk = (PL_CHUNK_ROWS / rows_per).max(1);
+        for start in (0..n).step_by(chunk) {
+            let end = (start + chunk).min(n);
+            // Units scored for each row of the chunk: all, or a fresh random subset per row.
+            let chosen: Vec<Vec<usize>> = (start..end).map(|_| if take == count { (0..count).collect() } else { sample(&mut rng, count, take).into_vec() }).collect();
+            // Rows (row, unit, value) with that unit set to each value.
+            let mut expanded = Tensors::new();
+            for (name, t) in data {
+                let p: usize = t.shape[1..].iter().product();
+                let mut buf = Vec::with_capacity((end - start) * rows_per * p);
+                for (r, units) in (start..end).zip(&chosen) {
+                    for &u in units {
+                        for value in 0..k {
+                            let at = buf.len();
+                            buf.extend_from_slice(&t.data[r * p..(r + 1) * p]);
+                            if *name == v.name {
+                                set_unit(&v.domain, value, &mut buf[at + u * width..at + (u + 1) * width]);
+                            }
                         }
                     }
                 }
+                let mut shape = t.shape.clone();
+                shape[0] = (end - start) * rows_per;
+                expanded.insert(name.clone(), HostTensor::new(shape, buf));
             }
-            let mut shape = t.shape.clone();
-            shape[0] = n * rows_per;
-            expanded.insert(name.clone(), HostTensor::new(shape, buf));
-        }
-        let f = crate::backend::free_energy(model, params, &summed, &expanded, device)?;
-        let own = &data[&v.name];
-        for r in 0..n {
-            for (j, &u) in chosen.iter().enumerate() {
-                let block = &f[(r * chosen.len() + j) * k..(r * chosen.len() + j + 1) * k];
-                let slot = &own.data[r * per + u * width..r * per + (u + 1) * width];
-                let mine = (0..k).find(|&value| {
-                    let mut probe = vec![0.0; width];
-                    set_unit(&v.domain, value, &mut probe);
-                    probe == slot
-                });
-                let mine = mine.ok_or("data value outside the variable's domain")?;
-                let lse = log_sum_exp(&block.iter().map(|x| -x).collect::<Vec<_>>());
-                total += scale * (-block[mine] - lse);
+            let f = row_free_energy(model, plan, params, &expanded, device)?;
+            for (i, (r, units)) in (start..end).zip(&chosen).enumerate() {
+                for (j, &u) in units.iter().enumerate() {
+                    let block = &f[(i * take + j) * k..(i * take + j + 1) * k];
+                    let slot = &own.data[r * per + u * width..r * per + (u + 1) * width];
+                    let mine = (0..k).find(|&value| {
+                        let mut probe = vec![0.0; width];
+                        set_unit(&v.domain, value, &mut probe);
+                        probe == slot
+                    });
+                    let mine = mine.ok_or_else(|| format!("row {}: a value of `{}` lies outside the variable's domain", r + 1, v.name))?;
+                    let lse = log_sum_exp(&block.iter().map(|x| -x).collect::<Vec<_>>());
+                    total += scale * (-block[mine] - lse);
+                }
             }
         }
     }
@@ -330,7 +515,9 @@ pub struct Grid {
 
 impl Grid {
     pub fn new(model: &Model, plan: &Plan, params: &Tensors, low: f64, high: f64, resolution: usize, device: DeviceKind) -> Result<Grid, String> {
-        let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
+        // The plan's latents and a JEM label are summed out: the grid covers the inputs.
+        let inputs: Vec<String> = model.variables.iter().filter(|v| !v.domain.is_discrete()).map(|v| v.name.clone()).collect();
+        let summed = summed_for(plan, &inputs);
         let rest: Vec<&Variable> = model.variables.iter().filter(|v| !summed.contains(&v.name)).collect();
         let [v] = rest.as_slice() else {
             return Err("the grid integral needs one continuous variable once latents are summed out".into());

@@ -116,9 +116,11 @@ enum Command {
         /// Estimate log Z by annealed importance sampling (also when it can be enumerated, to compare).
         #[arg(long)]
         ais: bool,
+        /// AIS runs (and reverse-AIS runs, each from a random evaluated row).
         #[arg(long, default_value_t = 100)]
         runs: usize,
-        #[arg(long, default_value_t = 1000)]
+        /// Intermediate distributions of the AIS path, spaced as Salakhutdinov & Murray's 14,500.
+        #[arg(long, default_value_t = 14_500)]
         temperatures: usize,
         /// Stochastic pseudo-likelihood over this many random units per row (default: all units).
         #[arg(long)]
@@ -671,36 +673,70 @@ fn load_trained(path: &Path, only: Option<&str>, params: &Path, command: &str) -
     Ok(Loaded { source, model, plan, graph, spec, params })
 }
 
-fn rows_to_score(l: &Loaded, path: &Path, data: Option<&Path>) -> Result<(ebmc::data::Dataset, &'static str), Failure> {
+/// The rows to score, what they are, and the training rows when they can be
+/// loaded (AIS takes its base rates from them).
+struct Scored {
+    rows: ebmc::data::Dataset,
+    which: &'static str,
+    training: Option<ebmc::data::Dataset>,
+}
+
+fn rows_to_score(l: &Loaded, path: &Path, data: Option<&Path>) -> Result<Scored, Failure> {
     let base = path.parent().unwrap_or(Path::new("."));
     let fail = |e: ebmc::data::DataError| {
         eprintln!("error: {e}");
         Failure::Input
     };
     if let Some(file) = data {
-        return Ok((ebmc::data::load(&ebmc::data::with_file(&l.spec.data, file), &l.model, base).map_err(fail)?, "given rows"));
+        let rows = ebmc::data::load(&ebmc::data::with_file(&l.spec.data, file), &l.model, base).map_err(fail)?;
+        // The train block's own data may be absent (e.g. MNIST elsewhere); then there are no training rows.
+        let training = ebmc::data::load(&l.spec.data, &l.model, base).ok().and_then(|all| ebmc::data::split(all, l.spec.test.as_ref(), &l.model, base).ok()).map(|(train, _)| train);
+        return Ok(Scored { rows, which: "given rows", training });
     }
     let all = ebmc::data::load(&l.spec.data, &l.model, base).map_err(fail)?;
     match ebmc::data::split(all, l.spec.test.as_ref(), &l.model, base).map_err(fail)? {
-        (_, Some(test)) => Ok((test, "test rows")),
-        (train, None) => Ok((train, "training rows")),
+        (train, Some(test)) => Ok(Scored { rows: test, which: "held-out test rows", training: Some(train) }),
+        (train, None) => Ok(Scored { rows: train.clone(), which: "training rows (the train block has no test split)", training: Some(train) }),
     }
+}
+
+/// A figure for the report, refused when it is not finite (NaN would print as `null`).
+fn figure(report: &mut serde_json::Map<String, serde_json::Value>, key: &str, what: &str, x: f64) -> Result<(), Failure> {
+    if !x.is_finite() {
+        return Err(Failure::Io(format!("{what} is {x}, not a finite number; the parameters are likely not finite or too large")));
+    }
+    report.insert(key.into(), x.into());
+    Ok(())
+}
+
+fn mean(x: &[f64]) -> f64 {
+    x.iter().sum::<f64>() / x.len() as f64
 }
 
 fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
     let l = load_trained(path, only, &a.params, "eval")?;
     let _ = &l.source;
-    let (rows, which) = rows_to_score(&l, path, a.data.as_deref())?;
+    ebmc::backend::check_params(&l.model, &l.params).map_err(Failure::Io)?;
+    ebmc::backend::check_ais_options(&l.model, a.runs, a.temperatures).map_err(Failure::Io)?;
+    if a.pl_units == Some(0) {
+        return Err(Failure::Io("`--pl-units` must be at least 1".into()));
+    }
+    let Scored { rows, which, training } = rows_to_score(&l, path, a.data.as_deref())?;
+    if rows.rows == 0 {
+        return Err(Failure::Io(format!("there are no {which} to evaluate on")));
+    }
     let mut report = serde_json::Map::new();
     report.insert("model".into(), l.model.name.clone().into());
     report.insert("rows".into(), rows.rows.into());
     report.insert("evaluated_on".into(), which.into());
     let mut notes = Vec::new();
+    let mut warnings = Vec::new();
+    let continuous = l.model.variables.iter().any(|v| !v.domain.is_discrete());
     let exact_z = match ebmc::evaluate::exact_log_z(&l.graph, &l.plan, &l.params, a.device) {
         Ok(z) => {
-            report.insert("exact_log_z".into(), z.into());
+            figure(&mut report, "exact_log_z", "the exact log Z", z)?;
             let ll = ebmc::evaluate::exact_log_likelihood(&l.graph, &l.plan, &l.params, &rows.vars, z, a.device).map_err(Failure::Io)?;
-            report.insert("log_likelihood".into(), (ll.iter().sum::<f64>() / ll.len() as f64).into());
+            figure(&mut report, "log_likelihood", "the average log-likelihood", mean(&ll))?;
             Some(z)
         }
         Err(why) => {
@@ -708,76 +744,126 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
             None
         }
     };
-    let continuous = l.model.variables.iter().any(|v| !v.domain.is_discrete());
-    if exact_z.is_none() && continuous {
+    if continuous {
         let (low, high, n) = a.grid;
         match ebmc::evaluate::grid_log_z(&l.model, &l.plan, &l.params, low, high, n, a.device) {
             Ok(z) => {
-                report.insert("grid_log_z".into(), z.into());
-                let summed = ebmc::evaluate::summed_for(&l.plan, &rows.vars.keys().cloned().collect::<Vec<_>>());
-                let f = ebmc::backend::free_energy(&l.model, &l.params, &summed, &rows.vars, a.device).map_err(Failure::Io)?;
-                let ll = -f.iter().sum::<f64>() / f.len() as f64 - z;
-                report.insert("log_likelihood_grid".into(), ll.into());
+                // The grid is this model's log Z: the enumeration note does not apply.
+                notes.clear();
+                figure(&mut report, "grid_log_z", "the grid log Z", z)?;
+                let f = ebmc::evaluate::row_free_energy(&l.model, &l.plan, &l.params, &rows.vars, a.device).map_err(Failure::Io)?;
+                let ll = -mean(&f) - z;
+                figure(&mut report, "log_likelihood_grid", "the average log-likelihood (grid)", ll)?;
                 // With a toy set whose density is known: the gap to the true log-likelihood.
                 if let Some(name) = l.spec.data.source.options.get("name").and_then(|v| v.as_str()).filter(|_| l.spec.data.source.name == "toy") {
                     let x = rows.vars.values().next().expect("rows");
                     let truth: Option<Vec<f64>> = x.data.chunks(2).map(|p| ebmc::data::toy_log_density(name, f64::from(p[0]), f64::from(p[1]))).collect();
                     if let Some(t) = truth {
-                        let true_ll = t.iter().sum::<f64>() / t.len() as f64;
-                        report.insert("true_log_likelihood".into(), true_ll.into());
-                        report.insert("kl_gap".into(), (true_ll - ll).into());
+                        let true_ll = mean(&t);
+                        figure(&mut report, "true_log_likelihood", "the true log-likelihood", true_ll)?;
+                        figure(&mut report, "kl_gap", "the KL gap", true_ll - ll)?;
                     }
                 }
             }
-            Err(why) => notes.push(format!("no grid integral: {why}")),
+            Err(why) if exact_z.is_none() => notes.push(format!("no grid integral: {why}")),
+            Err(_) => {}
         }
     }
     if a.ais || (exact_z.is_none() && !continuous) {
-        match ebmc::backend::ais(&l.model, &l.plan, &l.params, a.runs, a.temperatures, a.seed, a.device) {
+        // Base rates from the training rows (S&M 2008); uniform only without rows.
+        let (base, base_from) = match &training {
+            Some(t) => (ebmc::evaluate::base_rates(&l.model, &l.plan, &t.vars), "the training rows' base rates"),
+            None => (ebmc::evaluate::base_rates(&l.model, &l.plan, &rows.vars), "the evaluated rows' base rates (the training data could not be loaded)"),
+        };
+        let base_from = if base.is_empty() { "the uniform distribution (no rows bind the variables AIS samples)" } else { base_from };
+        let opts = ebmc::backend::AisOptions { runs: a.runs, temperatures: a.temperatures, seed: a.seed, base };
+        match ebmc::backend::ais(&l.model, &l.plan, &l.params, &opts, a.device) {
             Ok(est) => {
+                figure(&mut report, "ais_log_z", "the AIS log Z", est.log_z)?;
                 report.insert("ais".into(), serde_json::to_value(&est).expect("serialises"));
+                report.insert("ais_base".into(), base_from.into());
+                if est.ess < 10.0f64.max(0.1 * a.runs as f64) {
+                    warnings.push(format!("the AIS importance weights have an effective sample size of {:.1} of {} runs: a few runs carry the estimate, and its error bar is unreliable; use more `--temperatures`", est.ess, a.runs));
+                }
+                let f = match ebmc::evaluate::row_free_energy(&l.model, &l.plan, &l.params, &rows.vars, a.device) {
+                    Ok(f) => Some(f),
+                    Err(why) => {
+                        notes.push(format!("no log-likelihood from AIS: {why}"));
+                        None
+                    }
+                };
+                let raise = ebmc::backend::raise(&l.model, &l.plan, &l.params, &rows.vars, &opts, a.device);
+                if let Some(f) = &f {
+                    let fit = -mean(f);
+                    figure(&mut report, "log_likelihood_ais", "the average log-likelihood (AIS)", fit - est.log_z)?;
+                    match raise {
+                        Ok(up) => {
+                            figure(&mut report, "raise_log_z", "the reverse-AIS log Z", up.log_z)?;
+                            report.insert("raise".into(), serde_json::to_value(&up).expect("serialises"));
+                            report.insert("log_z_bracket".into(), vec![est.log_z, up.log_z].into());
+                            report.insert("log_likelihood_bracket".into(), vec![fit - up.log_z, fit - est.log_z].into());
+                            if up.log_z + 3.0 * up.std_error < est.log_z - 3.0 * est.std_error {
+                                warnings.push("the reverse-AIS upper bound lies below the AIS lower bound beyond their error bars: the chains do not mix at this schedule; use more `--temperatures`".into());
+                            }
+                        }
+                        Err(why) => notes.push(format!("no upper bound on log Z (reverse AIS): {why}")),
+                    }
+                }
                 if exact_z.is_none() {
-                    let summed = l.plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
-                    let f = ebmc::backend::free_energy(&l.model, &l.params, &summed, &rows.vars, a.device).map_err(Failure::Io)?;
-                    report.insert("log_likelihood_ais".into(), (-f.iter().sum::<f64>() / f.len() as f64 - est.log_z).into());
+                    if let Some(ll) = num(&report, "log_likelihood_ais").filter(|ll| *ll > 0.0 && !continuous) {
+                        warnings.push(format!("the AIS log-likelihood {ll:.4} is positive, impossible for discrete data: log Z is underestimated; use more `--temperatures`"));
+                    }
                 }
             }
             Err(why) => notes.push(format!("no AIS: {why}")),
         }
     }
-    match ebmc::evaluate::pseudo_likelihood(&l.model, &l.plan, &l.params, &rows.vars, a.pl_units, a.seed, a.device) {
-        Ok(pl) => {
-            report.insert(if a.pl_units.is_some() { "pseudo_log_likelihood_stochastic" } else { "pseudo_log_likelihood" }.into(), pl.into());
+    let discrete_visible = l.model.variables.iter().filter(|v| v.role == ebmc::ast::Role::Visible).all(|v| v.domain.is_discrete());
+    if discrete_visible {
+        match ebmc::evaluate::pseudo_likelihood(&l.model, &l.plan, &l.params, &rows.vars, a.pl_units, a.seed, a.device) {
+            Ok(pl) => figure(&mut report, if a.pl_units.is_some() { "pseudo_log_likelihood_stochastic" } else { "pseudo_log_likelihood" }, "the pseudo-likelihood", pl)?,
+            Err(why) => notes.push(format!("no pseudo-likelihood: {why}")),
         }
-        Err(why) => notes.push(format!("no pseudo-likelihood: {why}")),
     }
     if l.plan.label_marginal.is_some() {
         match ebmc::evaluate::classification(&l.model, &l.plan, &l.params, &rows.vars, a.device) {
             Ok((acc, ece)) => {
-                report.insert("accuracy".into(), acc.into());
-                report.insert("expected_calibration_error".into(), ece.into());
+                figure(&mut report, "accuracy", "the classification accuracy", acc)?;
+                figure(&mut report, "expected_calibration_error", "the expected calibration error", ece)?;
             }
             Err(why) => notes.push(format!("no classification metrics: {why}")),
         }
     }
-    match ebmc::evaluate::reconstruction_error(&l.model, &l.plan, &l.params, &rows.vars, a.seed, a.device) {
-        Ok(e) => {
-            report.insert("reconstruction_error".into(), e.into());
+    if !continuous && l.model.variables.iter().any(|v| v.role == ebmc::ast::Role::Hidden) {
+        match ebmc::evaluate::reconstruction_error(&l.model, &l.plan, &l.params, &rows.vars, a.seed, a.device) {
+            Ok(e) => figure(&mut report, "reconstruction_error", "the reconstruction error", e)?,
+            Err(why) => notes.push(format!("no reconstruction error: {why}")),
         }
-        Err(why) => notes.push(format!("no reconstruction error: {why}")),
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
     }
     report.insert("notes".into(), notes.clone().into());
+    report.insert("warnings".into(), warnings.clone().into());
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report).expect("serialises"));
         return Ok(());
     }
     println!("model {} on {} {which}", l.model.name, rows.rows);
-    let num = |k: &str| report.get(k).and_then(|v| v.as_f64());
+    let num = |k: &str| num(&report, k);
     if let Some(z) = num("exact_log_z") {
         println!("  log Z (exact)                  {z:.4}");
     }
     if let Some(ais) = report.get("ais") {
-        println!("  log Z (AIS, {} runs x {} temps) {:.4} ± {:.4}", a.runs, a.temperatures, ais["log_z"].as_f64().unwrap_or(f64::NAN), ais["std_error"].as_f64().unwrap_or(f64::NAN));
+        let f = |k: &str| ais[k].as_f64().unwrap_or(f64::NAN);
+        println!("  log Z (AIS, {} runs x {} temps) {:.4} ± {:.4}, effective sample size {:.1}; from {}", a.runs, a.temperatures, f("log_z"), f("std_error"), f("ess"), report["ais_base"].as_str().unwrap_or(""));
+    }
+    if let Some(up) = report.get("raise") {
+        println!("  log Z (reverse AIS from {} rows) {:.4} ± {:.4}", a.runs, up["log_z"].as_f64().unwrap_or(f64::NAN), up["std_error"].as_f64().unwrap_or(f64::NAN));
+    }
+    let pair = |k: &str| report.get(k).and_then(|v| Some((v[0].as_f64()?, v[1].as_f64()?)));
+    if let Some((lo, hi)) = pair("log_z_bracket") {
+        println!("  log Z in [{lo:.4}, {hi:.4}]         (AIS lower, reverse AIS upper; stochastic bounds)");
     }
     if let Some(ll) = num("log_likelihood") {
         println!("  average log-likelihood         {ll:.4} nats");
@@ -791,8 +877,13 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
     if let (Some(t), Some(gap)) = (num("true_log_likelihood"), num("kl_gap")) {
         println!("  true log-likelihood            {t:.4} nats (KL gap {gap:.4} nats)");
     }
-    if let Some(ll) = num("log_likelihood_ais") {
-        println!("  average log-likelihood (AIS)   {ll:.4} nats");
+    match pair("log_likelihood_bracket") {
+        Some((lo, hi)) => println!("  average log-likelihood in [{lo:.4}, {hi:.4}] nats (from the log Z bracket)"),
+        None => {
+            if let Some(ll) = num("log_likelihood_ais") {
+                println!("  average log-likelihood (AIS)   {ll:.4} nats (an upper estimate: AIS underestimates log Z)");
+            }
+        }
     }
     if let Some(pl) = num("pseudo_log_likelihood").or(num("pseudo_log_likelihood_stochastic")) {
         println!("  average log pseudo-likelihood  {pl:.4} nats");
@@ -812,19 +903,27 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+fn num(report: &serde_json::Map<String, serde_json::Value>, key: &str) -> Option<f64> {
+    report.get(key).and_then(|v| v.as_f64())
+}
+
 fn energy(path: &Path, only: Option<&str>, params: &Path, data: &Path, device: ebmc::backend::DeviceKind) -> Result<(), Failure> {
     let mut l = load_trained(path, only, params, "energy")?;
+    ebmc::backend::check_params(&l.model, &l.params).map_err(Failure::Io)?;
     // A JEM label is summed out: the rows need only the inputs.
     if let Some(m) = &l.plan.label_marginal {
         l.spec.data.binding.retain(|b| *b != m.var);
     }
-    let (rows, _) = rows_to_score(&l, path, Some(data))?;
-    let summed = ebmc::evaluate::summed_for(&l.plan, &rows.vars.keys().cloned().collect::<Vec<_>>());
-    let f = ebmc::backend::free_energy(&l.model, &l.params, &summed, &rows.vars, device).map_err(Failure::Io)?;
-    println!("row,energy");
-    for (i, e) in f.iter().enumerate() {
-        println!("{},{e}", i + 1);
+    let Scored { rows, .. } = rows_to_score(&l, path, Some(data))?;
+    let f = ebmc::evaluate::row_free_energy(&l.model, &l.plan, &l.params, &rows.vars, device).map_err(Failure::Io)?;
+    if let Some(i) = f.iter().position(|e| !e.is_finite()) {
+        return Err(Failure::Io(format!("the energy of row {} is {}, not a finite number; the parameters are likely not finite or too large", i + 1, f[i])));
     }
+    let mut out = String::from("row,energy\n");
+    for (i, e) in f.iter().enumerate() {
+        out.push_str(&format!("{},{e}\n", i + 1));
+    }
+    print!("{out}");
     Ok(())
 }
 

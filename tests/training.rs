@@ -63,7 +63,8 @@ fn ais_agrees_with_exact_log_z_within_its_error_bar() {
     let s = setup(&TINY_RBM.replace("OBJECTIVE", "cd").replace("EPOCHS", "1"));
     let params = true_rbm_params(&s);
     let exact = ebmc::evaluate::exact_log_z(&s.graph, &s.plan, &params, DeviceKind::Cpu).unwrap();
-    let ais = ebmc::backend::ais(&s.graph.model, &s.plan, &params, 200, 2000, 11, DeviceKind::Cpu).unwrap();
+    let opts = ebmc::backend::AisOptions { runs: 200, temperatures: 2000, seed: 11, base: Default::default() };
+    let ais = ebmc::backend::ais(&s.graph.model, &s.plan, &params, &opts, DeviceKind::Cpu).unwrap();
     // AIS is consistent; with 200 runs its standard error is reported. Allow 3 of
     // them (a two-sided 99.7% band), and the 0.1 nats absolute bound.
     let gap = (ais.log_z - exact).abs();

@@ -5,10 +5,12 @@
 //! All code is generic over the dfdx device: `Cpu` always, `Cuda` with the
 //! `cuda` feature.
 
+mod ais;
 mod eval;
 mod host;
 mod train;
 
+pub use ais::{ais, check_options as check_ais_options, raise, schedule, AisEstimate, AisOptions, RaiseEstimate, MAX_CHAIN_ELEMENTS, MAX_RUNS, MAX_TEMPERATURES};
 pub use train::{StepReport, TrainError, Trainer};
 
 use crate::ir::{self, Id, Ir};
@@ -817,6 +819,13 @@ pub fn free_energy(model: &Model, params: &Tensors, sum_out: &[String], rows: &T
 }
 
 fn free_energy_on<D: Kernels>(dev: &D, model: &Model, params: &Tensors, sum_out: &[String], rows: &Tensors) -> Result<Vec<f64>, String> {
+    let n = rows.values().next().map_or(0, |t| t.shape.first().copied().unwrap_or(0));
+    for (name, t) in rows {
+        let v = model.variable(name).ok_or_else(|| format!("the rows bind `{name}`, which the model does not declare"))?;
+        if t.shape.first() != Some(&n) || t.shape[1..] != v.shape[..] || t.data.len() != t.shape.iter().product::<usize>() {
+            return Err(format!("rows of `{name}` have shape {:?}; expected [{n}, {}] for `{name}` : {:?}", t.shape, v.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "), v.shape));
+        }
+    }
     let mut lowered = ir::program_to_ir(model);
     let mut root = lowered.total;
     for name in sum_out {
@@ -824,7 +833,6 @@ fn free_energy_on<D: Kernels>(dev: &D, model: &Model, params: &Tensors, sum_out:
     }
     let root = lowered.ir.inline_nets(root);
     let leaves = device_leaves(dev, model, &lowered, params)?;
-    let n = rows.values().next().map_or(0, |t| t.shape[0]);
     let ev = Evaluator { ir: &lowered.ir, dev, leaves: &leaves };
     let mut out = Vec::with_capacity(n);
     const CHUNK: usize = 16384;
@@ -845,10 +853,29 @@ fn free_energy_on<D: Kernels>(dev: &D, model: &Model, params: &Tensors, sum_out:
     Ok(out)
 }
 
+/// Checks that `params` give every parameter of `model` with the model's
+/// shape and finite values, before any evaluation uses them.
+pub fn check_params(model: &Model, params: &Tensors) -> Result<(), String> {
+    let lowered = ir::program_to_ir(model);
+    for spec in &lowered.params {
+        let t = params.get(&spec.name).ok_or_else(|| format!("the checkpoint has no value for parameter `{}`", spec.name))?;
+        if t.shape != spec.shape || t.data.len() != spec.shape.iter().product::<usize>() {
+            return Err(format!("parameter `{}` has shape {:?} in the checkpoint but {:?} in the model; the checkpoint belongs to another version of the model", spec.name, t.shape, spec.shape));
+        }
+        if let Some(i) = t.data.iter().position(|x| !x.is_finite()) {
+            return Err(format!("parameter `{}` has a non-finite value ({}) at element {i}; the checkpoint comes from a run that diverged", spec.name, t.data[i]));
+        }
+    }
+    Ok(())
+}
+
 fn device_leaves<D: Kernels>(dev: &D, model: &Model, lowered: &ir::Lowered, params: &Tensors) -> Result<Leaves<D, NoneTape>, String> {
     let mut tensors = BTreeMap::new();
     for spec in &lowered.params {
         let t = params.get(&spec.name).ok_or_else(|| format!("no value for parameter `{}`", spec.name))?;
+        if t.shape != spec.shape || t.data.len() != spec.shape.iter().product::<usize>() {
+            return Err(format!("parameter `{}` has shape {:?} in the checkpoint but {:?} in the model; the checkpoint belongs to another version of the model", spec.name, t.shape, spec.shape));
+        }
         tensors.insert(spec.name.clone(), upload(dev, t, 1));
     }
     for (name, t) in constants(model) {
@@ -863,110 +890,4 @@ fn device_leaves<D: Kernels>(dev: &D, model: &Model, lowered: &ir::Lowered, para
         })
         .collect();
     Ok(Leaves { tensors, lattices })
-}
-
-/// The result of annealed importance sampling.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct AisEstimate {
-    pub log_z: f64,
-    /// Standard error of `log_z` (delta method on the importance weights).
-    pub std_error: f64,
-    pub runs: usize,
-    pub temperatures: usize,
-}
-
-/// Annealed importance sampling of log Z for a model whose latents the plan
-/// sums out and whose other variables are discrete and block-Gibbs sampled
-/// (RBM-like). The path runs from the uniform distribution (β = 0) to the
-/// model (β = 1) through exp(-β E); each run alternates a weight update with
-/// Gibbs transitions at the new β.
-pub fn ais(model: &Model, plan: &Plan, params: &Tensors, runs: usize, temperatures: usize, seed: u64, device: DeviceKind) -> Result<AisEstimate, String> {
-    match device {
-        DeviceKind::Cpu => ais_on(Cpu::seed_from_u64(seed), model, plan, params, runs, temperatures, seed),
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => ais_on(Cuda::try_seed_from_u64(seed).map_err(|e| format!("cannot open the CUDA device: {e:?}"))?, model, plan, params, runs, temperatures, seed),
-        #[cfg(not(feature = "cuda"))]
-        DeviceKind::Cuda => Err("this ebmc was built without the `cuda` feature; rebuild with `--features cuda`".into()),
-    }
-}
-
-fn ais_on<D: Kernels>(dev: D, model: &Model, plan: &Plan, params: &Tensors, runs: usize, temperatures: usize, seed: u64) -> Result<AisEstimate, String> {
-    let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
-    let blocked = |name: &String| plan.variables.iter().any(|v| v.name == *name && matches!(v.kernel, Kernel::BlockGibbs { .. }));
-    if summed.is_empty() || !model.variables.iter().all(|v| v.domain.is_discrete() && blocked(&v.name)) {
-        return Err("AIS needs an RBM-like model: discrete variables in Gibbs blocks, with latents the plan sums out".into());
-    }
-    let mut lowered = ir::program_to_ir(model);
-    let beta = lowered.ir.param("__beta", &[]);
-    let scaled = lowered.ir.mul(beta, lowered.total);
-    let mut f = scaled;
-    for name in &summed {
-        f = crate::plan::sum_out(&mut lowered.ir, f, model.variable(name).expect("declared")).0;
-    }
-    let visible: Vec<&crate::program::Variable> = model.variables.iter().filter(|v| !summed.contains(&v.name)).collect();
-    let latent: Vec<&crate::program::Variable> = model.variables.iter().filter(|v| summed.contains(&v.name)).collect();
-    let logits: BTreeMap<String, Id> = model
-        .variables
-        .iter()
-        .map(|v| {
-            let g = lowered.ir.grad(scaled, &v.name).unwrap_or_else(|| lowered.ir.zeros(&v.shape));
-            (v.name.clone(), lowered.ir.neg(g))
-        })
-        .collect();
-    let mut leaves = device_leaves(&dev, model, &lowered, params)?;
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-    let draw = |dev: &D, v: &crate::program::Variable, l: T3<D>, rng: &mut rand::rngs::SmallRng| {
-        let (m, n) = canon(&v.shape);
-        let l = expand(l, runs, m, n);
-        match v.domain {
-            Domain::Binary => dev.bernoulli(l, None, 1.0, 1.0, 0.0, rng),
-            Domain::Spin => dev.bernoulli(l, None, 2.0, 1.0, -1.0, rng),
-            _ => dev.categorical(l, rng),
-        }
-    };
-    // β = 0: every unit uniform.
-    let mut log_z0 = 0.0;
-    let mut state: BTreeMap<String, T3<D>> = BTreeMap::new();
-    for v in &model.variables {
-        let (m, n) = canon(&v.shape);
-        log_z0 += match v.domain {
-            Domain::Categorical { categories } => (v.shape.iter().product::<usize>() / categories) as f64 * (categories as f64).ln(),
-            _ => v.shape.iter().product::<usize>() as f64 * 2f64.ln(),
-        };
-        let zeros: T3<D> = dev.zeros_like(&(runs, m, n));
-        state.insert(v.name.clone(), draw(&dev, v, zeros, &mut rng));
-    }
-    let set_beta = |leaves: &mut Leaves<D, NoneTape>, b: f64| {
-        leaves.tensors.insert("__beta".into(), dev.tensor_from_vec(vec![b as f32], (1, 1, 1)));
-    };
-    let free = |leaves: &Leaves<D, NoneTape>, state: &BTreeMap<String, T3<D>>| -> Vec<f64> {
-        let e = Evaluator { ir: &lowered.ir, dev: &dev, leaves }.eval(&[f], state).pop().expect("one root");
-        expand(e, runs, 1, 1).as_vec().into_iter().map(f64::from).collect()
-    };
-    let mut log_w = vec![0.0f64; runs];
-    set_beta(&mut leaves, 0.0);
-    let mut previous = free(&leaves, &state);
-    for k in 1..=temperatures {
-        let b = k as f64 / temperatures as f64;
-        set_beta(&mut leaves, b);
-        let current = free(&leaves, &state);
-        for (w, (p, c)) in log_w.iter_mut().zip(previous.iter().zip(&current)) {
-            *w += p - c;
-        }
-        // Transition at β: latents given the rest, then the rest given the latents.
-        for group in [&latent, &visible] {
-            let roots: Vec<Id> = group.iter().map(|v| logits[&v.name]).collect();
-            let values = Evaluator { ir: &lowered.ir, dev: &dev, leaves: &leaves }.eval(&roots, &state);
-            for (v, l) in group.iter().zip(values) {
-                let new = draw(&dev, v, l, &mut rng);
-                state.insert(v.name.clone(), new);
-            }
-        }
-        previous = free(&leaves, &state);
-    }
-    let top = log_w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let w: Vec<f64> = log_w.iter().map(|x| (x - top).exp()).collect();
-    let mean = w.iter().sum::<f64>() / runs as f64;
-    let var = w.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (runs.max(2) - 1) as f64;
-    Ok(AisEstimate { log_z: log_z0 + top + mean.ln(), std_error: (var / runs as f64).sqrt() / mean, runs, temperatures })
 }
