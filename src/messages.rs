@@ -431,6 +431,12 @@ impl std::fmt::Display for crate::data::DataError {
             ),
             NotANumber { source, row, column, text } => write!(f, "{source}:{row}:{column}: `{text}` is not a number"),
             NotFinite { source, row, column } => write!(f, "{source}:{row}:{column}: NaN or infinity\n  help: remove or impute missing values before training"),
+            OutOfRange { source, row, column, value } => write!(f, "{source}:{row}:{column}: {value:e} is past the range of 32-bit floats (about ±3.4e38), which ebmc computes in\n  help: rescale the column (or use `scale:` on the data source)"),
+            MixedHeader { source, row, column, text } => write!(
+                f,
+                "{source}:{row}:{column}: `{text}` is not a number, but other cells of this first row are\n  help: a header row names every column and a data row is all numbers; fix the cell, or say `header: true` on the csv source"
+            ),
+            Binding { source, reason } => write!(f, "{source}: {reason}"),
             OutOfDomain { source, row, column, value, var, domain } => write!(f, "{source}:{row}:{column}: {value} is not a value of `{var}`, which takes {domain}"),
             Format { source, reason } => write!(f, "{source}: {reason}"),
             Split { reason } => write!(f, "bad test split: {reason}"),
