@@ -241,13 +241,13 @@ pub fn reconstruction_error(model: &Model, plan: &Plan, params: &Tensors, data: 
             shape.extend(&other.shape);
             given.insert(other.name.clone(), HostTensor::filled(shape, 0.0));
         }
-        let p = sampler.evaluate(Quantity::Conditional(h.name.clone()), &given);
+        let p = sampler.evaluate(Quantity::Conditional(h.name.clone()), &given)?;
         let drawn = draw_host(&h.domain, &p, &mut rng);
         rows.insert(h.name.clone(), drawn);
     }
     let mut err = 0.0;
     for v in &visible {
-        let p = sampler.evaluate(Quantity::Conditional(v.name.clone()), &rows);
+        let p = sampler.evaluate(Quantity::Conditional(v.name.clone()), &rows)?;
         let mean: Vec<f32> = match v.domain {
             Domain::Spin => p.data.iter().map(|q| 2.0 * q - 1.0).collect(),
             _ => p.data.clone(),
@@ -286,7 +286,7 @@ pub fn classification(model: &Model, plan: &Plan, params: &Tensors, data: &Tenso
     let label = plan.label_marginal.as_ref().map(|m| m.var.clone()).ok_or("classification needs a categorical label the plan sums out")?;
     let sampler = crate::backend::Sampler::new(model, plan, params, 1, 0, device)?;
     let inputs: Tensors = data.iter().filter(|(k, _)| **k != label).map(|(k, t)| (k.clone(), t.clone())).collect();
-    let p = sampler.evaluate(crate::backend::Quantity::Conditional(label.clone()), &inputs);
+    let p = sampler.evaluate(crate::backend::Quantity::Conditional(label.clone()), &inputs)?;
     let k = *p.shape.last().expect("categories");
     let truth = &data[&label].data;
     let (mut correct, mut bins) = (0usize, vec![(0.0f64, 0.0f64, 0usize); 10]);

@@ -452,3 +452,31 @@ impl std::fmt::Display for crate::backend::TrainError {
         }
     }
 }
+
+impl std::fmt::Display for crate::tensor::ShapeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::tensor::ShapeError::*;
+        match self {
+            MissingVariable { var } => write!(f, "no values for the variable `{var}`; give it as `[rows, ...shape]` beside the others"),
+            VariableShape { var, found, expected } => write!(f, "the rows of `{var}` have shape {found:?}, the model needs {expected:?} (rows first, then the variable's shape)"),
+            RowCounts { var, rows, other, other_rows } => write!(f, "`{var}` has {rows} rows but `{other}` has {other_rows}; give every variable the same rows"),
+            NoRows => write!(f, "no rows to evaluate"),
+            Inconsistent { name, shape, len } => write!(f, "`{name}` claims shape {shape:?} but holds {len} values"),
+            MissingParameter { name } => write!(f, "no value for the parameter `{name}`; are these parameters from another model?"),
+            ParameterShape { name, found, expected } => {
+                write!(f, "parameter `{name}` has shape {found:?}, the model declares {expected:?}; these parameters were trained for a different model (or an older version of it)")
+            }
+            UnknownParameter { name, known } => write!(f, "`{name}` is not a parameter of this model (it has {}); these parameters come from a different model", known.join(", ")),
+            NonFinite { what, shape, index, value } => {
+                let mut at = Vec::new();
+                let mut rest = *index;
+                for d in shape.iter().rev() {
+                    at.push(rest % d.max(&1));
+                    rest /= d.max(&1);
+                }
+                at.reverse();
+                write!(f, "{what} is {value} at index {at:?}; every value must be finite")
+            }
+        }
+    }
+}
