@@ -636,13 +636,18 @@ impl<D: Kernels> ChainSet<D> {
         }
     }
 
-    /// Folds a proposal back into the variable's box: lo + |x - lo|, then hi - |hi - x|.
+    /// Folds a proposal into the variable's box `[lo, hi]` by reflecting at
+    /// both walls as often as it takes: the reflected walk is periodic with
+    /// period 2(hi − lo), so x ↦ lo + w − |((x − lo) mod 2w) − w|, w = hi − lo,
+    /// whatever the step size. Non-finite values stay non-finite (and are
+    /// reported by the caller).
     fn reflect(&self, var: usize, x: T3<D>) -> T3<D> {
         match self.vars[var].domain {
             Domain::Real { bounds: Some((lo, hi)) } => {
-                let (lo, hi) = (lo as f32, hi as f32);
-                let up = (x - lo).abs() + lo;
-                (up.negate() + hi).abs().negate() + hi
+                let shape = *x.shape();
+                let w = hi - lo;
+                let folded = x.as_vec().into_iter().map(|v| (lo + w - ((f64::from(v) - lo).rem_euclid(2.0 * w) - w).abs()).clamp(lo, hi) as f32).collect();
+                self.dev.tensor_from_vec(folded, shape)
             }
             _ => x,
         }
