@@ -383,3 +383,95 @@ fn a_full_disk_leaves_only_whole_files() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// ---- 5 and 6. samplers: inside their box, finite or an error -----------------
+
+/// The Kolmogorov-Smirnov distance between `xs` and the CDF `cdf`.
+fn ks(mut xs: Vec<f64>, cdf: impl Fn(f64) -> f64) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len() as f64;
+    xs.iter().enumerate().map(|(i, &x)| (cdf(x) - i as f64 / n).max((i + 1) as f64 / n - cdf(x))).fold(0.0, f64::max)
+}
+
+#[test]
+fn bounded_reals_stay_in_their_box_and_are_uniform_under_a_flat_energy() {
+    // With a flat energy the walk is pure noise, folded into the box; steps
+    // from a tenth of the box to many boxes wide must all give a uniform
+    // sample. 4000 independent chains: the KS critical value at α = 0.001
+    // is 1.95/√4000 = 0.031.
+    for (lo, hi, step) in [(0.0, 1.0, 0.005), (0.0, 1.0, 0.5), (-2.0, 3.0, 50.0)] {
+        let src = format!("model u {{ visible x : real[2] in [{lo}, {hi}]; energy e = 0 * sum(x); sample {{ x: langevin(step: {step}); }} }}");
+        let (model, plan, params) = setup(&src);
+        let mut sampler = Sampler::new(&model, &plan, &params, 4000, 3, DeviceKind::Cpu).unwrap();
+        for _ in 0..40 {
+            sampler.sweep();
+        }
+        let xs: Vec<f64> = sampler.state()["x"].data.iter().map(|&v| f64::from(v)).collect();
+        assert!(xs.iter().all(|x| (lo..=hi).contains(x)), "step {step}: a sample left [{lo}, {hi}]");
+        let first: Vec<f64> = xs.iter().step_by(2).copied().collect();
+        let d = ks(first, |x| (x - lo) / (hi - lo));
+        assert!(d < 0.031, "step {step}: KS distance {d} from uniform");
+    }
+}
+
+#[test]
+fn bounded_reals_follow_a_truncated_exponential() {
+    // E = 3x on [0, 1]: density 3 e^{-3x} / (1 - e^{-3}). MALA with small
+    // steps corrects the discretisation; 4000 chains, α = 0.001: 0.031.
+    let src = "model t { visible x : real in [0, 1]; energy e = 3 * x; sample { x: langevin(step: 0.002, steps: 5); } }";
+    let (model, plan, params) = setup(src);
+    let mut sampler = Sampler::new(&model, &plan, &params, 4000, 5, DeviceKind::Cpu).unwrap();
+    for _ in 0..400 {
+        sampler.sweep();
+    }
+    let xs: Vec<f64> = sampler.state()["x"].data.iter().map(|&v| f64::from(v)).collect();
+    let d = ks(xs, |x| (1.0 - (-3.0 * x).exp()) / (1.0 - (-3.0f64).exp()));
+    assert!(d < 0.031, "KS distance {d}");
+}
+
+#[test]
+fn diverging_samples_are_an_error_not_nan_rows() {
+    let dir = scratch("diverge");
+    // x ← x − 5x + noise multiplies x by −4 each step: past f32 in ~64 steps.
+    let file = dir.join("d.ebm");
+    std::fs::write(&file, "model d { visible x : real[2]; energy e = 0.5 * sum(square(x)); sample { x: langevin(step: 5); } }").unwrap();
+    let csv = dir.join("s.csv");
+    let out = ebmc(&["sample", file.to_str().unwrap(), "--steps", "200", "--chains", "3", "--out", csv.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("sampling diverged: `x` of chain 1"), "{}", stderr(&out));
+    assert!(!csv.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---- 7. nce.log_z is log Z ---------------------------------------------------
+
+#[test]
+fn nce_learns_the_exact_log_z_of_a_gaussian() {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    // E = x² / (2σ²) with σ = 0.5: Z = σ √(2π), log Z = 0.2258. With data
+    // from that Gaussian the energy is exact and NCE fits c alone; its
+    // standard error with 5000 rows and ratio 4 is about √(1.25 / 5000) =
+    // 0.016, so 0.06 is four of them, far below the log 4 = 1.39 that the
+    // noise ratio added before.
+    let dir = scratch("nce");
+    let sigma: f64 = 0.5;
+    let normal = rand_distr::Normal::new(0.0, sigma).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let rows: String = (0..5000).map(|_| format!("{}\n", normal.sample(&mut rng))).collect();
+    std::fs::write(dir.join("g.csv"), rows).unwrap();
+    std::fs::write(
+        dir.join("g.ebm"),
+        "model g { visible x : real[1]; energy e = 2 * sum(square(x)); }
+         train g { data = csv(path: \"g.csv\") -> x; objective = nce(noise: gaussian, ratio: 4); optimizer = adam(lr: 0.01); batch = 500; epochs = 30; seed = 2; }",
+    )
+    .unwrap();
+    let run = dir.join("run");
+    let out = ebmc(&["train", dir.join("g.ebm").to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let params = ebmc::tensor::load_safetensors(&run.join("epoch-30/params.safetensors")).unwrap();
+    let learned = f64::from(params["nce.log_z"].data[0]);
+    let exact = (sigma * (2.0 * std::f64::consts::PI).sqrt()).ln();
+    assert!((learned - exact).abs() < 0.06, "nce.log_z {learned} against log Z {exact}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

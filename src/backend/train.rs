@@ -678,7 +678,9 @@ impl<D: Kernels> Fitter<D> {
                 super::eval::unary(crate::ir::Unary::Softplus, d, true).sum::<(), Axes3<0, 1, 2>>() / rows as f32
             }
             ContinuousKind::Nce { gaussian: is_gaussian, ratio } => {
-                // Logistic regression of data against noise on -E(x) - c - log p_n(x), c learned.
+                // Logistic regression of data against ν = `ratio` noise rows per data row
+                // on -E(x) - c - log(ν p_n(x)): at the optimum σ(logit) = p_d / (p_d + ν p_n),
+                // so c is log Z itself (without the log ν, c would learn log Z + log ν).
                 let noise = noise.ok_or_else(|| TrainError::Setup("NCE's noise was not fitted to the data".into()))?;
                 let names: Vec<String> = grads.keys().cloned().collect();
                 let count = rows * ratio;
@@ -698,7 +700,8 @@ impl<D: Kernels> Fitter<D> {
                     let per: usize = t.shape[1..].iter().product();
                     t.data[r * per..(r + 1) * per].iter().map(|x| f64::from(*x)).collect::<Vec<_>>()
                 }).collect()).collect();
-                let log_pn = |x: &[f64]| noise.log_density(x, is_gaussian) as f32;
+                let log_ratio = (ratio as f64).ln();
+                let log_pn = |x: &[f64]| (noise.log_density(x, is_gaussian) + log_ratio) as f32;
                 let mut noise_batch = Tensors::new();
                 let mut at = 0;
                 for n in &names {
