@@ -96,7 +96,7 @@ fn continuous_steps(dev: &Cpu) {
         let (model, train) = (&compiled.program.models["ring"], &compiled.program.trains["ring"]);
         let params = ebmc::tensor::initialise(&ebmc::ir::program_to_ir(model).params, 1);
         let mut trainer = ebmc::backend::Trainer::new(model, &plans[0], train, &params, &Default::default(), 1, Default::default()).expect("trainer");
-        trainer.prepare(&batches[0]);
+        trainer.prepare(&batches[0]).expect("data fits");
         let mut i = 0;
         let step = median(40, || {
             trainer.step(&batches[i % batches.len()], 1e-3, i + 1).expect("step");

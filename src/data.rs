@@ -12,6 +12,11 @@ use std::path::{Path, PathBuf};
 
 static DIGITS_CSV: &str = include_str!("../data/digits.csv");
 
+/// The largest `bars_and_stripes` size: 8,190 images of 144 pixels.
+pub const MAX_BARS_AND_STRIPES: i64 = 12;
+/// The most points a `toy` set generates.
+pub const MAX_TOY_POINTS: i64 = 1_000_000;
+
 /// Rows bound to visible variables: each `[rows, ...shape]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
@@ -27,12 +32,19 @@ pub enum DataError {
     ColumnCount { source: String, row: usize, found: usize, expected: usize },
     NotANumber { source: String, row: usize, column: usize, text: String },
     NotFinite { source: String, row: usize, column: usize },
+    /// A finite value that f32, the type ebmc computes in, cannot hold.
+    OutOfRange { source: String, row: usize, column: usize, value: f64 },
+    /// A first row that mixes names and numbers.
+    MixedHeader { source: String, row: usize, column: usize, text: String },
+    /// Columns that do not fit the variables bound to them.
+    Binding { source: String, reason: String },
     OutOfDomain { source: String, row: usize, column: usize, value: f64, var: String, domain: String },
     Format { source: String, reason: String },
     Split { reason: String },
 }
 
 /// A table of numbers with the place each came from.
+#[derive(Debug)]
 struct Table {
     source: String,
     /// Row number in the source (1-based) of the first data row.
@@ -54,10 +66,21 @@ pub fn load(spec: &DataSpec, model: &Model, base: &Path) -> Result<Dataset, Data
     let vars: Vec<&Variable> = spec.binding.iter().map(|n| model.variable(n).expect("binding checked")).collect();
     let src = &spec.source;
     match src.name.as_str() {
-        "bars_and_stripes" => bind_positional(&bars_and_stripes(src.int("size").unwrap_or(4) as usize), &vars),
+        "bars_and_stripes" => {
+            let size = src.int("size").unwrap_or(4);
+            if !(2..=MAX_BARS_AND_STRIPES).contains(&size) {
+                let reason = format!("size {size} would make {} images; sizes from 2 to {MAX_BARS_AND_STRIPES} are supported", if size < 63 { ((1u64 << (size + 1)) - 2).to_string() } else { format!("about 2^{}", size + 1) });
+                return Err(DataError::Format { source: format!("bars_and_stripes(size: {size})"), reason });
+            }
+            bind_positional(&bars_and_stripes(size as usize), &vars)
+        }
         "toy" => {
             let name = src.options.get("name").and_then(Value::as_str).unwrap_or("8gaussians");
-            let points = toy(name, src.int("n").unwrap_or(10000) as usize, src.int("seed").unwrap_or(0) as u64);
+            let n = src.int("n").unwrap_or(10000);
+            if !(1..=MAX_TOY_POINTS).contains(&n) {
+                return Err(DataError::Format { source: format!("toy(name: \"{name}\", n: {n})"), reason: format!("n must be from 1 to {MAX_TOY_POINTS}") });
+            }
+            let points = toy(name, n as usize, src.int("seed").unwrap_or(0) as u64);
             bind_positional(&points, &vars)
         }
         "digits" => {
@@ -168,10 +191,15 @@ fn transform(mut t: Table, src: &Call) -> Table {
 }
 
 fn parse_csv(source: &str, text: &str, header: Option<bool>) -> Result<Table, DataError> {
+    // A UTF-8 byte-order mark (Excel writes one) is not part of the first cell.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let lines: Vec<(usize, &str)> = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty()).collect();
-    let Some(&(_, first)) = lines.first() else { return Err(DataError::Empty { source: source.to_string() }) };
-    let has_header = header.unwrap_or_else(|| first.split(',').any(|c| c.trim().parse::<f64>().is_err()));
-    let header = has_header.then(|| first.split(',').map(|c| c.trim().to_string()).collect::<Vec<_>>());
+    let Some(&(first_row, first)) = lines.first() else { return Err(DataError::Empty { source: source.to_string() }) };
+    let has_header = match header {
+        Some(h) => h,
+        None => is_header(source, first_row, first)?,
+    };
+    let header = has_header.then(|| first.split(',').map(|c| c.trim().trim_matches('"').to_string()).collect::<Vec<_>>());
     let body = if has_header { &lines[1..] } else { &lines[..] };
     if body.is_empty() {
         return Err(DataError::Empty { source: source.to_string() });
@@ -194,68 +222,305 @@ fn parse_csv(source: &str, text: &str, header: Option<bool>) -> Result<Table, Da
     Ok(Table { source: source.to_string(), first_row: body[0].0, width, values, header })
 }
 
+/// Whether the first row names the columns: every cell a name (not a
+/// number) makes a header, every cell a number a data row; a mix is most
+/// likely a data row with a typo, which is an error rather than a lost row.
+fn is_header(source: &str, row: usize, line: &str) -> Result<bool, DataError> {
+    let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+    let numeric = |c: &str| c.parse::<f64>().is_ok();
+    if cells.iter().all(|c| numeric(c)) {
+        return Ok(false);
+    }
+    if cells.iter().all(|c| !numeric(c) && !c.is_empty()) {
+        return Ok(true);
+    }
+    let (column, text) = cells.iter().enumerate().find(|(_, c)| !numeric(c)).map(|(i, c)| (i + 1, c.to_string())).expect("some cell is not a number");
+    Err(DataError::MixedHeader { source: source.to_string(), row, column, text })
+}
+
 fn parse_npy(source: &str, bytes: &[u8]) -> Result<Table, DataError> {
-    let bad = |reason: &str| DataError::Format { source: source.to_string(), reason: reason.to_string() };
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(bad("not an NPY file (no \\x93NUMPY magic)"));
+    let bad = |reason: String| DataError::Format { source: source.to_string(), reason };
+    if bytes.len() < 8 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("not an NPY file (it does not start with \\x93NUMPY); save arrays with numpy.save".into()));
     }
-    let (len, start) = if bytes[6] == 1 { (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10) } else { (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12) };
-    let header = std::str::from_utf8(bytes.get(start..start + len).ok_or_else(|| bad("truncated header"))?).map_err(|_| bad("header is not text"))?;
-    if header.contains("'fortran_order': True") {
-        return Err(bad("Fortran-ordered arrays are not supported; save with numpy.ascontiguousarray"));
-    }
-    let descr = header.split("'descr':").nth(1).and_then(|s| s.split('\'').nth(1)).ok_or_else(|| bad("no 'descr' in header"))?;
-    let shape_text = header.split("'shape':").nth(1).and_then(|s| s.split('(').nth(1)).and_then(|s| s.split(')').next()).ok_or_else(|| bad("no 'shape' in header"))?;
-    let shape: Vec<usize> = shape_text.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().map_err(|_| bad("bad shape"))).collect::<Result<_, _>>()?;
-    let data = &bytes[start + len..];
-    let values: Vec<f64> = match descr {
-        "<f4" => data.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect(),
-        "<f8" => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
-        "|u1" | "<u1" => data.iter().map(|b| f64::from(*b)).collect(),
-        "<i4" => data.chunks_exact(4).map(|c| f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect(),
-        "<i8" => data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64).collect(),
-        other => return Err(bad(&format!("dtype {other} is not supported (use float32, float64, uint8, int32 or int64)"))),
+    let (len, start) = match bytes[6] {
+        1 => (bytes.get(8..10).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize), 10usize),
+        2 | 3 => (bytes.get(8..12).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize), 12),
+        v => return Err(bad(format!("NPY format version {v} is not supported (1, 2 or 3)"))),
     };
-    let rows = *shape.first().ok_or_else(|| bad("a 0-d array has no rows"))?;
-    let width = shape[1..].iter().product::<usize>().max(1);
-    if values.len() != rows * width {
-        return Err(bad("data length does not match the shape"));
+    let len = len.ok_or_else(|| bad(format!("the file is truncated: {} bytes, too short for an NPY header", bytes.len())))?;
+    let header = bytes.get(start..start.saturating_add(len)).ok_or_else(|| bad(format!("the file is truncated: the header needs {len} bytes after byte {start}, the file has {}", bytes.len())))?;
+    let h = parse_npy_header(header).map_err(|e| bad(format!("bad NPY header: {e}")))?;
+    let (kind, size, big_endian) = npy_dtype(&h.descr).map_err(bad)?;
+    let count = h.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|n| n.checked_mul(size).is_some()).ok_or_else(|| bad(format!("the shape {:?} is too large", h.shape)))?;
+    let data = &bytes[start + len..];
+    if data.len() != count * size {
+        return Err(bad(format!("the header's shape {:?} of {} needs {} bytes of data, the file holds {}; the file is truncated or not what its header says", h.shape, h.descr, count * size, data.len())));
     }
-    if rows == 0 {
+    let mut values: Vec<f64> = data.chunks_exact(size).map(|c| decode(kind, c, big_endian)).collect();
+    let rows = *h.shape.first().ok_or_else(|| bad("a 0-d array has no rows; save a 1-d or 2-d array".into()))?;
+    let width = h.shape[1..].iter().product::<usize>();
+    if rows == 0 || width == 0 {
+        return Err(DataError::Empty { source: source.to_string() });
+    }
+    if h.fortran_order {
+        values = row_major(&values, &h.shape);
+    }
+    check_finite(source, &values, width, 1)?;
+    Ok(Table { source: source.to_string(), first_row: 1, width, values, header: None })
+}
+
+/// A numeric NPY dtype: kind (`f`, `i`, `u`, `b`), bytes per value, byte order.
+fn npy_dtype(descr: &str) -> Result<(u8, usize, bool), String> {
+    let unsupported = || format!("dtype '{descr}' is not supported (use float32, float64, an integer type or bool)");
+    let b = descr.as_bytes();
+    if b.len() < 3 {
+        return Err(unsupported());
+    }
+    let big_endian = match b[0] {
+        b'<' => false,
+        b'>' => true,
+        b'|' | b'=' => cfg!(target_endian = "big"),
+        _ => return Err(unsupported()),
+    };
+    let size: usize = descr[2..].parse().map_err(|_| unsupported())?;
+    match (b[1], size) {
+        (b'f', 4 | 8) | (b'i' | b'u', 1 | 2 | 4 | 8) | (b'b', 1) => Ok((b[1], size, big_endian)),
+        _ => Err(unsupported()),
+    }
+}
+
+/// One value of `kind` (`f`, `i`, `u`, `b`) from its bytes.
+fn decode(kind: u8, c: &[u8], big_endian: bool) -> f64 {
+    let mut b = [0u8; 8];
+    b[..c.len()].copy_from_slice(c);
+    if big_endian {
+        b[..c.len()].reverse();
+    }
+    let bits = u64::from_le_bytes(b);
+    match (kind, c.len()) {
+        (b'f', 4) => f64::from(f32::from_bits(bits as u32)),
+        (b'f', _) => f64::from_bits(bits),
+        (b'u' | b'b', _) => bits as f64,
+        // Sign-extend a little-endian integer of `n` bytes.
+        (_, n) => ((bits << (64 - 8 * n)) as i64 >> (64 - 8 * n)) as f64,
+    }
+}
+
+/// The values of a column-major (Fortran-ordered) array of `shape` in row-major order.
+fn row_major(values: &[f64], shape: &[usize]) -> Vec<f64> {
+    let mut out = Vec::with_capacity(values.len());
+    let mut index = vec![0usize; shape.len()];
+    for _ in 0..values.len() {
+        let mut offset = 0;
+        let mut stride = 1;
+        for (i, d) in index.iter().zip(shape) {
+            offset += i * stride;
+            stride *= d;
+        }
+        out.push(values[offset]);
+        // Advance the row-major index, last axis fastest.
+        for axis in (0..shape.len()).rev() {
+            index[axis] += 1;
+            if index[axis] < shape[axis] {
+                break;
+            }
+            index[axis] = 0;
+        }
+    }
+    out
+}
+
+/// The IDX format of MNIST: magic 0, 0, type, rank; big-endian sizes; data.
+fn parse_idx(source: &str, bytes: &[u8]) -> Result<Table, DataError> {
+    let bad = |reason: String| DataError::Format { source: source.to_string(), reason };
+    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
+        return Err(bad("not an IDX file (its magic number must start with two zero bytes)".into()));
+    }
+    let (kind, rank) = (bytes[2], bytes[3] as usize);
+    let (decode_kind, size) = match kind {
+        0x08 => (b'u', 1),
+        0x09 => (b'i', 1),
+        0x0B => (b'i', 2),
+        0x0C => (b'i', 4),
+        0x0D => (b'f', 4),
+        0x0E => (b'f', 8),
+        other => return Err(bad(format!("IDX type 0x{other:02X} is not one of the format's types (0x08 to 0x0E)"))),
+    };
+    if rank == 0 {
+        return Err(bad("the IDX file has rank 0 (no dimensions), so no rows".into()));
+    }
+    let dims: Vec<usize> = (0..rank)
+        .map(|i| bytes.get(4 + 4 * i..8 + 4 * i).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize))
+        .collect::<Option<_>>()
+        .ok_or_else(|| bad(format!("the file is truncated: {} bytes, too short for the {rank} dimensions its header announces", bytes.len())))?;
+    let count = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|n| n.checked_mul(size).is_some()).ok_or_else(|| bad(format!("the dimensions {dims:?} are too large")))?;
+    let data = &bytes[4 + 4 * rank..];
+    if data.len() != count * size {
+        return Err(bad(format!("the header's dimensions {dims:?} need {} bytes of data, the file holds {}; the file is truncated or not what its header says", count * size, data.len())));
+    }
+    let values: Vec<f64> = data.chunks_exact(size).map(|c| decode(decode_kind, c, true)).collect();
+    let (rows, width) = (dims[0], dims[1..].iter().product::<usize>());
+    if rows == 0 || width == 0 {
         return Err(DataError::Empty { source: source.to_string() });
     }
     check_finite(source, &values, width, 1)?;
     Ok(Table { source: source.to_string(), first_row: 1, width, values, header: None })
 }
 
-/// The IDX format of MNIST: magic 0, 0, type, rank; big-endian sizes; data.
-fn parse_idx(source: &str, bytes: &[u8]) -> Result<Table, DataError> {
-    let bad = |reason: &str| DataError::Format { source: source.to_string(), reason: reason.to_string() };
-    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
-        return Err(bad("not an IDX file (magic must start with two zero bytes)"));
+/// The parts of an NPY header ebmc needs.
+struct NpyHeader {
+    descr: String,
+    fortran_order: bool,
+    shape: Vec<usize>,
+}
+
+/// A Python literal as NPY headers write them.
+#[derive(Debug, Clone, PartialEq)]
+enum PyValue {
+    Str(String),
+    Bool(bool),
+    Int(u64),
+    None,
+    Tuple(Vec<PyValue>),
+    Dict(Vec<(String, PyValue)>),
+}
+
+/// A recursive-descent parser for the Python literals of an NPY header (a
+/// dict of strings, booleans, integers and tuples); nesting is bounded so a
+/// hostile header cannot exhaust the stack.
+struct PyParser<'a> {
+    text: &'a [u8],
+    at: usize,
+}
+
+impl PyParser<'_> {
+    const MAX_DEPTH: usize = 16;
+
+    fn skip_space(&mut self) {
+        while self.text.get(self.at).is_some_and(u8::is_ascii_whitespace) {
+            self.at += 1;
+        }
     }
-    let (kind, rank) = (bytes[2], bytes[3] as usize);
-    let dims: Vec<usize> = (0..rank)
-        .map(|i| bytes.get(4 + 4 * i..8 + 4 * i).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).ok_or_else(|| bad("truncated header")))
-        .collect::<Result<_, _>>()?;
-    let data = &bytes[4 + 4 * rank..];
-    let values: Vec<f64> = match kind {
-        0x08 => data.iter().map(|b| f64::from(*b)).collect(),
-        0x09 => data.iter().map(|b| f64::from(*b as i8)).collect(),
-        0x0D => data.chunks_exact(4).map(|c| f64::from(f32::from_be_bytes([c[0], c[1], c[2], c[3]]))).collect(),
-        0x0E => data.chunks_exact(8).map(|c| f64::from_be_bytes(c.try_into().expect("8 bytes"))).collect(),
-        other => return Err(bad(&format!("IDX type 0x{other:02X} is not supported (use unsigned byte, byte, float or double)"))),
+
+    fn eat(&mut self, c: u8) -> bool {
+        self.skip_space();
+        if self.text.get(self.at) == Some(&c) {
+            self.at += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<PyValue, String> {
+        if depth > Self::MAX_DEPTH {
+            return Err("the header nests too deeply".into());
+        }
+        self.skip_space();
+        let Some(&c) = self.text.get(self.at) else { return Err("the header ends in the middle of a value".into()) };
+        match c {
+            b'{' => {
+                self.at += 1;
+                let mut entries = Vec::new();
+                loop {
+                    if self.eat(b'}') {
+                        break;
+                    }
+                    let PyValue::Str(key) = self.value(depth + 1)? else { return Err("a header key is not a string".into()) };
+                    if !self.eat(b':') {
+                        return Err(format!("no `:` after the key '{key}'"));
+                    }
+                    entries.push((key, self.value(depth + 1)?));
+                    if !self.eat(b',') && !self.eat(b'}') {
+                        return Err("expected `,` or `}` in the header dict".into());
+                    }
+                    if self.text[self.at - 1] == b'}' {
+                        break;
+                    }
+                }
+                Ok(PyValue::Dict(entries))
+            }
+            b'(' | b'[' => {
+                let close = if c == b'(' { b')' } else { b']' };
+                self.at += 1;
+                let mut items = Vec::new();
+                loop {
+                    if self.eat(close) {
+                        break;
+                    }
+                    items.push(self.value(depth + 1)?);
+                    if !self.eat(b',') && !self.eat(close) {
+                        return Err("expected `,` or a closing bracket in a tuple".into());
+                    }
+                    if self.text[self.at - 1] == close {
+                        break;
+                    }
+                }
+                Ok(PyValue::Tuple(items))
+            }
+            b'\'' | b'"' => {
+                self.at += 1;
+                let start = self.at;
+                while self.text.get(self.at).is_some_and(|&b| b != c) {
+                    self.at += 1;
+                }
+                if self.at >= self.text.len() {
+                    return Err("a string in the header is not closed".into());
+                }
+                let s = String::from_utf8_lossy(&self.text[start..self.at]).into_owned();
+                self.at += 1;
+                Ok(PyValue::Str(s))
+            }
+            b'0'..=b'9' => {
+                let start = self.at;
+                while self.text.get(self.at).is_some_and(|b| b.is_ascii_digit() || *b == b'L') {
+                    self.at += 1;
+                }
+                let digits = std::str::from_utf8(&self.text[start..self.at]).unwrap_or_default().trim_end_matches('L');
+                digits.parse().map(PyValue::Int).map_err(|_| format!("the integer {digits} in the header is too large"))
+            }
+            _ => {
+                let rest = &self.text[self.at..];
+                for (word, value) in [(&b"True"[..], PyValue::Bool(true)), (b"False", PyValue::Bool(false)), (b"None", PyValue::None)] {
+                    if rest.starts_with(word) {
+                        self.at += word.len();
+                        return Ok(value);
+                    }
+                }
+                Err(format!("unexpected `{}` in the header", char::from(c)))
+            }
+        }
+    }
+}
+
+fn parse_npy_header(text: &[u8]) -> Result<NpyHeader, String> {
+    let mut p = PyParser { text, at: 0 };
+    let PyValue::Dict(entries) = p.value(0)? else { return Err("the header is not a Python dict".into()) };
+    p.skip_space();
+    if p.at != text.len() {
+        return Err("text after the header dict".into());
+    }
+    let get = |key: &str| entries.iter().find(|(k, _)| k == key).map(|(_, v)| v).ok_or_else(|| format!("the header has no '{key}'"));
+    let descr = match get("descr")? {
+        PyValue::Str(s) => s.clone(),
+        _ => return Err("'descr' is a structured dtype; save a plain numeric array".into()),
     };
-    let rows = *dims.first().ok_or_else(|| bad("rank 0"))?;
-    let width = dims[1..].iter().product::<usize>().max(1);
-    if values.len() != rows * width {
-        return Err(bad("data length does not match the dimensions"));
-    }
-    if rows == 0 {
-        return Err(DataError::Empty { source: source.to_string() });
-    }
-    check_finite(source, &values, width, 1)?;
-    Ok(Table { source: source.to_string(), first_row: 1, width, values, header: None })
+    let fortran_order = match get("fortran_order")? {
+        PyValue::Bool(b) => *b,
+        _ => return Err("'fortran_order' is not True or False".into()),
+    };
+    let shape = match get("shape")? {
+        PyValue::Tuple(items) => items
+            .iter()
+            .map(|v| match v {
+                PyValue::Int(n) => usize::try_from(*n).map_err(|_| "a dimension of 'shape' is too large".to_string()),
+                _ => Err("'shape' holds something other than whole numbers".to_string()),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => return Err("'shape' is not a tuple".into()),
+    };
+    Ok(NpyHeader { descr, fortran_order, shape })
 }
 
 fn check_finite(source: &str, values: &[f64], width: usize, first_row: usize) -> Result<(), DataError> {
@@ -291,13 +556,7 @@ fn bind(t: &Table, vars: &[&Variable], src: &Call) -> Result<Dataset, DataError>
             .collect()
     });
     // The bundled digits: pixels then label, whatever the variables are called.
-    let digits_layout = (src.name == "digits").then(|| {
-        let mut cols = vec![(0..64).collect::<Vec<_>>()];
-        if vars.len() > 1 {
-            cols.push(vec![64]);
-        }
-        cols
-    });
+    let digits_layout = if src.name == "digits" && by_name.is_none() { Some(digits_columns(t, vars)?) } else { None };
     let columns = match by_name.or(digits_layout) {
         Some(c) => c,
         None => {
@@ -322,6 +581,9 @@ fn bind(t: &Table, vars: &[&Variable], src: &Call) -> Result<Dataset, DataError>
         for r in 0..rows {
             for &c in cols {
                 let value = t.values[r * t.width + c];
+                if !(value as f32).is_finite() {
+                    return Err(DataError::OutOfRange { source: t.source.clone(), row: t.first_row + r, column: c + 1, value });
+                }
                 push_value(&mut data, value, v).map_err(|domain| DataError::OutOfDomain {
                     source: t.source.clone(),
                     row: t.first_row + r,
@@ -337,6 +599,31 @@ fn bind(t: &Table, vars: &[&Variable], src: &Call) -> Result<Dataset, DataError>
         out.insert(v.name.clone(), HostTensor::new(shape, data));
     }
     Ok(Dataset { rows, vars: out })
+}
+
+/// The bundled digits' columns for `vars`: 64 pixels, then the label.
+fn digits_columns(t: &Table, vars: &[&Variable]) -> Result<Vec<Vec<usize>>, DataError> {
+    let widths: Vec<usize> = vars.iter().map(|v| columns_of(v)).collect();
+    let fits = match widths[..] {
+        [64] => true,
+        [64, 1] => true,
+        _ => false,
+    };
+    if !fits {
+        let found: Vec<String> = vars.iter().zip(&widths).map(|(v, w)| format!("`{}` takes {w}", v.name)).collect();
+        return Err(DataError::Binding {
+            source: t.source.clone(),
+            reason: format!(
+                "the digits are 64 pixel columns (8x8) and one label column, but {}; bind them as `-> x` or `-> (x, y)` with `x` 64 units (e.g. `binary[64]`) and `y` one unit (`categorical(10)`)",
+                found.join(" and ")
+            ),
+        });
+    }
+    let mut cols = vec![(0..64).collect::<Vec<_>>()];
+    if vars.len() > 1 {
+        cols.push(vec![64]);
+    }
+    Ok(cols)
 }
 
 /// Appends one unit's value, or says which values the variable accepts.
@@ -365,14 +652,13 @@ fn bind_positional(points: &[Vec<f64>], vars: &[&Variable]) -> Result<Dataset, D
 /// Every `size x size` image made of whole bars or whole stripes (30 for size 4).
 pub fn bars_and_stripes(size: usize) -> Vec<Vec<f64>> {
     let mut out: Vec<Vec<f64>> = Vec::new();
-    for mask in 0..(1usize << size) {
+    let all = (1usize << size) - 1;
+    for mask in 0..=all {
         let on = |i: usize| f64::from(u8::from(mask >> i & 1 == 1));
-        let bars: Vec<f64> = (0..size * size).map(|p| on(p % size)).collect();
-        let stripes: Vec<f64> = (0..size * size).map(|p| on(p / size)).collect();
-        for img in [bars, stripes] {
-            if !out.contains(&img) {
-                out.push(img);
-            }
+        out.push((0..size * size).map(|p| on(p % size)).collect());
+        // All off and all on are both a bar pattern and a stripe pattern: count them once.
+        if mask != 0 && mask != all {
+            out.push((0..size * size).map(|p| on(p / size)).collect());
         }
     }
     out
@@ -469,4 +755,109 @@ pub fn toy_log_density(name: &str, x: f64, y: f64) -> Option<f64> {
 fn log_mean_exp(x: &[f64]) -> f64 {
     let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     m + (x.iter().map(|v| (v - m).exp()).sum::<f64>() / x.len() as f64).ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn npy(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    fn f4(values: &[f32], big: bool) -> Vec<u8> {
+        values.iter().flat_map(|v| if big { v.to_be_bytes() } else { v.to_le_bytes() }).collect()
+    }
+
+    fn format_reason(e: DataError) -> String {
+        match e {
+            DataError::Format { reason, .. } => reason,
+            other => panic!("expected a format error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn npy_headers_are_parsed_as_python_literals() {
+        // The same 2x3 array [[1, 2, 3], [4, 5, 6]] in C order, in Fortran order
+        // written without spaces, and big-endian.
+        let c = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", &f4(&[1., 2., 3., 4., 5., 6.], false));
+        let f = npy("{'descr':'<f4','fortran_order':True,'shape':(2,3)}", &f4(&[1., 4., 2., 5., 3., 6.], false));
+        let be = npy("{\"descr\": \">f4\", \"shape\": (2, 3), \"fortran_order\": False}", &f4(&[1., 2., 3., 4., 5., 6.], true));
+        for bytes in [c, f, be] {
+            let t = parse_npy("a.npy", &bytes).unwrap();
+            assert_eq!((t.width, t.values.clone()), (3, vec![1., 2., 3., 4., 5., 6.]));
+        }
+        // Three dimensions in Fortran order: element (i, j, k) at i + 2j + 4k.
+        let data: Vec<f32> = (0..8).map(|o| o as f32).collect();
+        let t = parse_npy("a.npy", &npy("{'descr':'<f4','fortran_order':True,'shape':(2,2,2)}", &f4(&data, false))).unwrap();
+        assert_eq!(t.values, vec![0., 4., 2., 6., 1., 5., 3., 7.]);
+        // Integer dtypes are sign-extended in either byte order.
+        let t = parse_npy("a.npy", &npy("{'descr':'>i2','fortran_order':False,'shape':(2,)}", &[0xFF, 0xFE, 0x00, 0x07])).unwrap();
+        assert_eq!(t.values, vec![-2., 7.]);
+    }
+
+    #[test]
+    fn broken_npy_files_are_errors_not_panics() {
+        let good = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", &f4(&[1.; 6], false));
+        for n in 0..good.len() {
+            assert!(parse_npy("a.npy", &good[..n]).is_err(), "{n} bytes");
+        }
+        let mut v2 = good.clone();
+        v2[6] = 2;
+        assert!(parse_npy("a.npy", &v2[..10]).is_err());
+        assert!(format_reason(parse_npy("a.npy", &[good.clone(), vec![0; 4]].concat()).unwrap_err()).contains("needs 24 bytes of data, the file holds 28"));
+        for (header, says) in [
+            ("{'descr': '<c8', 'fortran_order': False, 'shape': (2, 3)}", "dtype '<c8'"),
+            ("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2, 3)}", "structured"),
+            ("{'descr': '<f4', 'shape': (2, 3)}", "no 'fortran_order'"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999, 99999999999999, 9999999)}", "too large"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)", "expected `,` or `}`"),
+            ("((((((((((((((((((((((((((((((", "nests too deeply"),
+        ] {
+            let reason = format_reason(parse_npy("a.npy", &npy(header, &f4(&[1.; 6], false))).unwrap_err());
+            assert!(reason.contains(says), "{header}: {reason}");
+        }
+    }
+
+    #[test]
+    fn idx_files_are_checked_against_their_header() {
+        let mut good = vec![0, 0, 0x08, 2, 0, 0, 0, 2, 0, 0, 0, 3];
+        good.extend([1, 2, 3, 4, 5, 6]);
+        assert_eq!(parse_idx("a.idx", &good).unwrap().values, vec![1., 2., 3., 4., 5., 6.]);
+        for n in 0..good.len() {
+            assert!(parse_idx("a.idx", &good[..n]).is_err(), "{n} bytes");
+        }
+        assert!(format_reason(parse_idx("a.idx", &[1, 0, 8, 1]).unwrap_err()).contains("magic"));
+        assert!(format_reason(parse_idx("a.idx", &[0, 0, 0x07, 1, 0, 0, 0, 1, 0]).unwrap_err()).contains("0x07"));
+        assert!(format_reason(parse_idx("a.idx", &[0, 0, 0x0E, 2, 255, 255, 255, 255, 255, 255, 255, 255]).unwrap_err()).contains("too large"));
+        assert!(format_reason(parse_idx("a.idx", &[0, 0, 0x08, 1, 0, 0, 0, 5, 1, 2, 3]).unwrap_err()).contains("need 5 bytes of data, the file holds 3"));
+    }
+
+    #[test]
+    fn a_csv_header_is_all_names_and_a_bom_is_not_a_cell() {
+        let t = parse_csv("a.csv", "\u{feff}1,0\n0,1\n", None).unwrap();
+        assert_eq!((t.header, t.values.len(), t.first_row), (None, 4, 1));
+        let t = parse_csv("a.csv", "\u{feff}v0,v1\n0,1\n", None).unwrap();
+        assert_eq!(t.header, Some(vec!["v0".to_string(), "v1".to_string()]));
+        match parse_csv("a.csv", "1,O,1\n0,1,1\n", None) {
+            Err(DataError::MixedHeader { row: 1, column: 2, text, .. }) => assert_eq!(text, "O"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_csv("a.csv", "1,0\nnan,1\n", None), Err(DataError::NotFinite { row: 2, column: 1, .. })));
+    }
+
+    #[test]
+    fn bars_and_stripes_counts_each_image_once() {
+        for size in 2..=6 {
+            let images = bars_and_stripes(size);
+            assert_eq!(images.len(), (1 << (size + 1)) - 2);
+            for (i, a) in images.iter().enumerate() {
+                assert!(!images[i + 1..].contains(a));
+            }
+        }
+    }
 }

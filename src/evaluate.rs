@@ -245,11 +245,11 @@ pub fn gaussian_log_z(model: &Model, plan: &Plan, params: &Tensors, device: Devi
     let sampler = backend::Sampler::new(model, plan, params, 1, 0, device)?;
     let gradient = backend::Quantity::Gradient(x.name.clone());
     let at_zero = rows_with(vec![0.0; n * d], &|r| r, n, &all);
-    let c: Vec<f64> = sampler.energy(&at_zero).into_iter().map(f64::from).collect();
-    let g0 = sampler.evaluate(gradient.clone(), &at_zero).data;
+    let c: Vec<f64> = sampler.energy(&at_zero)?.into_iter().map(f64::from).collect();
+    let g0 = sampler.evaluate(gradient.clone(), &at_zero)?.data;
     // A's columns: the gradient's change along each unit vector (state 0).
     let units: Vec<f32> = (0..d * d).map(|i| f32::from(u8::from(i / d == i % d))).collect();
-    let ga = sampler.evaluate(gradient, &rows_with(units, &|_| 0, d, &all)).data;
+    let ga = sampler.evaluate(gradient, &rows_with(units, &|_| 0, d, &all))?.data;
     let mut a = vec![0.0f64; d * d];
     for i in 0..d {
         for j in 0..d {
@@ -266,7 +266,7 @@ pub fn gaussian_log_z(model: &Model, plan: &Plan, params: &Tensors, device: Devi
     let m = n.min(8);
     let probes: Vec<usize> = (0..m).map(|i| i * (n - 1) / (m - 1).max(1)).collect();
     let xs: Vec<f32> = (0..probes.len() * d).map(|_| rand_distr::StandardNormal.sample(&mut rng)).collect();
-    let actual = sampler.energy(&rows_with(xs.clone(), &|r| probes[r], probes.len(), &all));
+    let actual = sampler.energy(&rows_with(xs.clone(), &|r| probes[r], probes.len(), &all))?;
     for (r, &s) in probes.iter().enumerate() {
         let xr: Vec<f64> = xs[r * d..(r + 1) * d].iter().map(|v| f64::from(*v)).collect();
         let quad: f64 = (0..d).map(|i| (0..d).map(|j| xr[i] * a[i * d + j] * xr[j]).sum::<f64>()).sum::<f64>();
@@ -426,13 +426,13 @@ pub fn reconstruction_error(model: &Model, plan: &Plan, params: &Tensors, data: 
             shape.extend(&other.shape);
             given.insert(other.name.clone(), HostTensor::filled(shape, 0.0));
         }
-        let p = sampler.evaluate(Quantity::Conditional(h.name.clone()), &given);
+        let p = sampler.evaluate(Quantity::Conditional(h.name.clone()), &given)?;
         let drawn = draw_host(&h.domain, &p, &mut rng);
         rows.insert(h.name.clone(), drawn);
     }
     let mut err = 0.0;
     for v in &visible {
-        let p = sampler.evaluate(Quantity::Conditional(v.name.clone()), &rows);
+        let p = sampler.evaluate(Quantity::Conditional(v.name.clone()), &rows)?;
         let mean: Vec<f32> = match v.domain {
             Domain::Spin => p.data.iter().map(|q| 2.0 * q - 1.0).collect(),
             _ => p.data.clone(),
@@ -471,7 +471,7 @@ pub fn classification(model: &Model, plan: &Plan, params: &Tensors, data: &Tenso
     let label = plan.label_marginal.as_ref().map(|m| m.var.clone()).ok_or("classification needs a categorical label the plan sums out")?;
     let sampler = crate::backend::Sampler::new(model, plan, params, 1, 0, device)?;
     let inputs: Tensors = data.iter().filter(|(k, _)| **k != label).map(|(k, t)| (k.clone(), t.clone())).collect();
-    let p = sampler.evaluate(crate::backend::Quantity::Conditional(label.clone()), &inputs);
+    let p = sampler.evaluate(crate::backend::Quantity::Conditional(label.clone()), &inputs)?;
     let k = *p.shape.last().expect("categories");
     let truth = &data[&label].data;
     let (mut correct, mut bins) = (0usize, vec![(0.0f64, 0.0f64, 0usize); 10]);

@@ -400,9 +400,10 @@ fn one_model<'a>(program: &'a ebmc::program::Program, only: Option<&str>, comman
     Ok(models[0])
 }
 
-fn load_params(path: Option<&Path>, lowered: &ebmc::ir::Lowered, seed: u64) -> Result<ebmc::tensor::Tensors, Failure> {
+/// Checked parameters for `model` from `path`, or its initialisers.
+fn load_params(path: Option<&Path>, model: &ebmc::program::Model, lowered: &ebmc::ir::Lowered, seed: u64) -> Result<ebmc::tensor::Tensors, Failure> {
     match path {
-        Some(p) => ebmc::train::load_params(p).map_err(Failure::Io),
+        Some(p) => ebmc::train::load_model_params(p, model).map_err(Failure::Io),
         None => {
             eprintln!("note: no --params given; using the model's initialisers (seed {seed})");
             Ok(ebmc::tensor::initialise(&lowered.params, seed))
@@ -421,10 +422,22 @@ fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure
     let (source, compiled) = compile(path)?;
     let model = one_model(&compiled.program, only, "sample")?;
     let plan = plans(path, &source, &compiled.program)?.into_iter().find(|p| p.model == model.name).ok_or(Failure::Input)?;
+    if a.chains == 0 {
+        return Err(Failure::Io("--chains must be at least 1".into()));
+    }
+    if a.every == Some(0) {
+        return Err(Failure::Io("--every must be at least 1".into()));
+    }
+    if let Some(out) = &a.out {
+        writable(out, &["csv", "npy"])?;
+    }
+    if let Some(png) = &a.png {
+        writable(png, &["png"])?;
+    }
     let lowered = ebmc::ir::program_to_ir(model);
     let run = ebmc::limits::SampleRun { chains: a.chains, burn_in: a.burn_in, steps: a.steps, every: a.every };
     ebmc::limits::check_sample(model, &lowered, &run, available_memory()).map_err(limits_failure)?;
-    let params = load_params(a.params.as_deref(), &lowered, a.seed)?;
+    let params = load_params(a.params.as_deref(), model, &lowered, a.seed)?;
     let picture = match &a.png {
         Some(_) => Some(picture_of(model, &plan, a.image).ok_or_else(|| Failure::Io("no visible variable is image-shaped (a square number of units), nor is the model's density over one 2-D real variable; give an image's size with --image HxW".into()))?),
         None => None,
@@ -447,6 +460,13 @@ fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure
     if kept.is_empty() {
         kept.push(last.clone());
     }
+    for state in kept.iter().chain(std::iter::once(&last)) {
+        if let Some((var, chain, value)) = ebmc::tensor::first_non_finite(state) {
+            eprintln!("error: sampling diverged: `{var}` of chain {} is {value} after {total} sweeps, so no samples are written", chain + 1);
+            eprintln!("  help: lower the Langevin step (`sample {{ {var}: langevin(step: ...); }}`), add `clip`, or check that the energy grows in every direction");
+            return Err(Failure::Input);
+        }
+    }
     println!("{} sweeps of {} chains of model {}", total, a.chains, model.name);
     if let Some(rate) = sampler.acceptance() {
         println!("MALA acceptance rate: {rate:.3}");
@@ -461,8 +481,7 @@ fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure
         }
         let bytes = match out.extension().and_then(|e| e.to_str()) {
             Some("npy") => ebmc::export::npy(&rows),
-            Some("csv") => ebmc::export::csv(&names, &rows).into_bytes(),
-            _ => return Err(Failure::Io(format!("cannot tell the format of `{}`: use a .csv or .npy file name", out.display()))),
+            _ => ebmc::export::csv(&names, &rows).into_bytes(),
         };
         ebmc::tensor::write_atomically(out, &bytes).map_err(Failure::Io)?;
         println!("wrote {} samples ({} columns) to {}", rows.len(), names.len(), out.display());
@@ -482,6 +501,36 @@ fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure
         _ => {}
     }
     Ok(())
+}
+
+/// Checks, before any work, that an output can be written: its extension
+/// is one of `formats` and a file can be created beside it.
+fn writable(path: &Path, formats: &[&str]) -> Result<(), Failure> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    if !formats.contains(&ext) {
+        let names: Vec<String> = formats.iter().map(|f| format!(".{f}")).collect();
+        return Err(Failure::Io(format!("cannot tell the format of `{}`: use a {} file name", path.display(), names.join(" or "))));
+    }
+    if path.is_dir() {
+        return Err(Failure::Io(format!("cannot write `{}`: it is a directory", path.display())));
+    }
+    let mut probe = path.as_os_str().to_owned();
+    probe.push(".tmp");
+    let probe = PathBuf::from(probe);
+    std::fs::File::create(&probe).map_err(|e| Failure::Io(format!("cannot write `{}`: {e}", path.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// A data error as a failure: an unreadable file means the command could not run (2), a bad one is an input error (1).
+fn data_failure(e: ebmc::data::DataError) -> Failure {
+    match e {
+        ebmc::data::DataError::Read { .. } => Failure::Io(e.to_string()),
+        e => {
+            eprintln!("error: {e}");
+            Failure::Input
+        }
+    }
 }
 
 /// What a PNG of samples shows.
@@ -541,13 +590,16 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
         Some(file) => ebmc::data::with_file(&spec.data, file),
         None => spec.data.clone(),
     };
-    let data_error = |e: ebmc::data::DataError| {
-        eprintln!("error: {e}");
-        Failure::Input
-    };
-    let data = ebmc::data::load(&data_spec, model, base).map_err(data_error)?;
-    let (train_rows, test_rows) = ebmc::data::split(data, spec.test.as_ref(), model, base).map_err(data_error)?;
+    let data = ebmc::data::load(&data_spec, model, base).map_err(data_failure)?;
+    let (train_rows, test_rows) = ebmc::data::split(data, spec.test.as_ref(), model, base).map_err(data_failure)?;
     let out = a.resume.clone().or(a.out.clone()).unwrap_or_else(|| PathBuf::from("runs").join(&model.name));
+    // A resumed run continues with the seed it was started with.
+    if let (Some(dir), Some(seed)) = (&a.resume, a.seed) {
+        let meta = ebmc::train::checkpoint_meta(dir).map_err(Failure::Io)?;
+        if meta.seed != seed {
+            return Err(Failure::Io(format!("the run in `{}` was started with seed {}; a resumed run keeps it: drop --seed or pass --seed {}", dir.display(), meta.seed, meta.seed)));
+        }
+    }
     let lowered = ebmc::ir::program_to_ir(model);
     ebmc::limits::check_train(model, &lowered, spec, train_rows.rows, a.epochs.unwrap_or(spec.epochs), available_memory()).map_err(limits_failure)?;
     let opts = ebmc::train::RunOptions { epochs: a.epochs.unwrap_or(spec.epochs), seed: a.seed.unwrap_or(spec.seed), out: out.clone(), resume: a.resume.is_some(), device: a.device };
@@ -606,12 +658,17 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
         }
         Err(ebmc::train::RunError::Io(e)) => Err(Failure::Io(e)),
         Err(ebmc::train::RunError::Train { error, epoch, last_good }) => {
-            eprintln!("error: {error} (epoch {epoch})");
+            match &error {
+                ebmc::backend::TrainError::NonFinite { what, step } => eprintln!("error: training diverged at epoch {epoch}, step {step}: {what} is not finite (NaN or infinite)"),
+                other => eprintln!("error: {other} (epoch {epoch})"),
+            }
             match last_good {
                 Some(dir) => eprintln!("  the last good checkpoint is kept: {}", dir.display()),
                 None => eprintln!("  no checkpoint was written before this"),
             }
-            eprintln!("  help: lower the learning rate, add `regularize = clip_grad(norm: 10);`, or check the data's scale");
+            if matches!(error, ebmc::backend::TrainError::NonFinite { .. }) {
+                eprintln!("  help: lower the learning rate, add `regularize = clip_grad(norm: 10);`, or check the data's scale");
+            }
             Err(Failure::Input)
         }
     }
@@ -622,7 +679,7 @@ fn sample_grid(model: &ebmc::program::Model, plan: &ebmc::plan::Plan, out: &Path
     let Some(picture) = picture_of(model, plan, None) else {
         return Ok(None);
     };
-    let params = ebmc::train::load_params(out).map_err(Failure::Io)?;
+    let params = ebmc::train::load_model_params(out, model).map_err(Failure::Io)?;
     let chains = if matches!(picture, Picture::Density(_)) { 500 } else { 64 };
     let mut sampler = ebmc::backend::Sampler::new(model, plan, &params, chains, 0, Default::default()).map_err(Failure::Io)?;
     for _ in 0..200 {
@@ -669,7 +726,7 @@ fn load_trained(path: &Path, only: Option<&str>, params: &Path, command: &str) -
     };
     let plan = plans(path, &source, &compiled.program)?.into_iter().find(|p| p.model == model.name).ok_or(Failure::Input)?;
     let graph = ebmc::graph::program_to_graph(&model);
-    let params = ebmc::train::load_params(params).map_err(Failure::Io)?;
+    let params = ebmc::train::load_model_params(params, &model).map_err(Failure::Io)?;
     Ok(Loaded { source, model, plan, graph, spec, params })
 }
 
@@ -683,10 +740,7 @@ struct Scored {
 
 fn rows_to_score(l: &Loaded, path: &Path, data: Option<&Path>) -> Result<Scored, Failure> {
     let base = path.parent().unwrap_or(Path::new("."));
-    let fail = |e: ebmc::data::DataError| {
-        eprintln!("error: {e}");
-        Failure::Input
-    };
+    let fail = data_failure;
     if let Some(file) = data {
         let rows = ebmc::data::load(&ebmc::data::with_file(&l.spec.data, file), &l.model, base).map_err(fail)?;
         // The train block's own data may be absent (e.g. MNIST elsewhere); then there are no training rows.
@@ -716,7 +770,6 @@ fn mean(x: &[f64]) -> f64 {
 fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
     let l = load_trained(path, only, &a.params, "eval")?;
     let _ = &l.source;
-    ebmc::backend::check_params(&l.model, &l.params).map_err(Failure::Io)?;
     ebmc::backend::check_ais_options(&l.model, a.runs, a.temperatures).map_err(Failure::Io)?;
     if a.pl_units == Some(0) {
         return Err(Failure::Io("`--pl-units` must be at least 1".into()));
@@ -909,7 +962,6 @@ fn num(report: &serde_json::Map<String, serde_json::Value>, key: &str) -> Option
 
 fn energy(path: &Path, only: Option<&str>, params: &Path, data: &Path, device: ebmc::backend::DeviceKind) -> Result<(), Failure> {
     let mut l = load_trained(path, only, params, "energy")?;
-    ebmc::backend::check_params(&l.model, &l.params).map_err(Failure::Io)?;
     // A JEM label is summed out: the rows need only the inputs.
     if let Some(m) = &l.plan.label_marginal {
         l.spec.data.binding.retain(|b| *b != m.var);
@@ -952,10 +1004,7 @@ fn fmt(files: &[PathBuf], check_only: bool) -> Result<(), Failure> {
     if failed { Err(Failure::Input) } else { Ok(()) }
 }
 
-/// Writes through a temporary file and a rename, so an interrupted write never leaves half a file.
+/// Writes through a synced temporary file and a rename, so an interrupted write never leaves half a file.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    let tmp = path.with_extension("ebm.tmp");
-    let io = |e: std::io::Error| Failure::Io(format!("cannot write `{}`: {e}", path.display()));
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    ebmc::tensor::write_atomically(path, bytes).map_err(Failure::Io)
 }

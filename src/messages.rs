@@ -520,6 +520,12 @@ impl std::fmt::Display for crate::data::DataError {
             ),
             NotANumber { source, row, column, text } => write!(f, "{source}:{row}:{column}: `{text}` is not a number"),
             NotFinite { source, row, column } => write!(f, "{source}:{row}:{column}: NaN or infinity\n  help: remove or impute missing values before training"),
+            OutOfRange { source, row, column, value } => write!(f, "{source}:{row}:{column}: {value:e} is past the range of 32-bit floats (about ±3.4e38), which ebmc computes in\n  help: rescale the column (or use `scale:` on the data source)"),
+            MixedHeader { source, row, column, text } => write!(
+                f,
+                "{source}:{row}:{column}: `{text}` is not a number, but other cells of this first row are\n  help: a header row names every column and a data row is all numbers; fix the cell, or say `header: true` on the csv source"
+            ),
+            Binding { source, reason } => write!(f, "{source}: {reason}"),
             OutOfDomain { source, row, column, value, var, domain } => write!(f, "{source}:{row}:{column}: {value} is not a value of `{var}`, which takes {domain}"),
             Format { source, reason } => write!(f, "{source}: {reason}"),
             Split { reason } => write!(f, "bad test split: {reason}"),
@@ -532,6 +538,34 @@ impl std::fmt::Display for crate::backend::TrainError {
         match self {
             crate::backend::TrainError::NonFinite { what, step } => write!(f, "training diverged at step {step}: {what} is not finite"),
             crate::backend::TrainError::Setup(reason) => write!(f, "{reason}"),
+        }
+    }
+}
+
+impl std::fmt::Display for crate::tensor::ShapeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::tensor::ShapeError::*;
+        match self {
+            MissingVariable { var } => write!(f, "no values for the variable `{var}`; give it as `[rows, ...shape]` beside the others"),
+            VariableShape { var, found, expected } => write!(f, "the rows of `{var}` have shape {found:?}, the model needs {expected:?} (rows first, then the variable's shape)"),
+            RowCounts { var, rows, other, other_rows } => write!(f, "`{var}` has {rows} rows but `{other}` has {other_rows}; give every variable the same rows"),
+            NoRows => write!(f, "no rows to evaluate"),
+            Inconsistent { name, shape, len } => write!(f, "`{name}` claims shape {shape:?} but holds {len} values"),
+            MissingParameter { name } => write!(f, "no value for the parameter `{name}`; are these parameters from another model?"),
+            ParameterShape { name, found, expected } => {
+                write!(f, "parameter `{name}` has shape {found:?}, the model declares {expected:?}; these parameters were trained for a different model (or an older version of it)")
+            }
+            UnknownParameter { name, known } => write!(f, "`{name}` is not a parameter of this model (it has {}); these parameters come from a different model", known.join(", ")),
+            NonFinite { what, shape, index, value } => {
+                let mut at = Vec::new();
+                let mut rest = *index;
+                for d in shape.iter().rev() {
+                    at.push(rest % d.max(&1));
+                    rest /= d.max(&1);
+                }
+                at.reverse();
+                write!(f, "{what} is {value} at index {at:?}; every value must be finite")
+            }
         }
     }
 }

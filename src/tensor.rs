@@ -31,6 +31,87 @@ impl HostTensor {
 
 pub type Tensors = BTreeMap<String, HostTensor>;
 
+/// Why tensors handed to the library do not fit the model. Wording lives in `messages.rs`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ShapeError {
+    /// The rows give no values for a variable the computation reads.
+    MissingVariable { var: String },
+    /// A variable's rows are not `[rows, ...shape]`.
+    VariableShape { var: String, found: Vec<usize>, expected: Vec<usize> },
+    /// Two variables give different numbers of rows.
+    RowCounts { var: String, rows: usize, other: String, other_rows: usize },
+    /// No rows at all.
+    NoRows,
+    /// A tensor whose data length is not the product of its shape.
+    Inconsistent { name: String, shape: Vec<usize>, len: usize },
+    MissingParameter { name: String },
+    ParameterShape { name: String, found: Vec<usize>, expected: Vec<usize> },
+    /// A checkpoint tensor the model has no parameter for.
+    UnknownParameter { name: String, known: Vec<String> },
+    /// A NaN or infinite value: in `what`, at flat index `index` of a tensor of `shape`.
+    NonFinite { what: String, shape: Vec<usize>, index: usize, value: f32 },
+}
+
+/// Checks rows handed to the library: every variable in `needed` is given
+/// as `[rows, ...shape]`, all with the same number of rows (at least one),
+/// each with as many values as its shape says. Returns the number of rows.
+/// Every public entry point of the backend that takes rows calls this, so a
+/// batch of the wrong width is an error rather than a panic inside dfdx.
+pub fn check_rows(model: &Model, rows: &Tensors, needed: &[String]) -> Result<usize, ShapeError> {
+    let mut count: Option<(usize, &str)> = None;
+    for name in needed {
+        let Some(v) = model.variable(name) else { continue };
+        let t = rows.get(name).ok_or_else(|| ShapeError::MissingVariable { var: name.clone() })?;
+        check_consistent(name, t)?;
+        let mut expected = vec![t.shape.first().copied().unwrap_or(0)];
+        expected.extend(&v.shape);
+        if t.shape != expected {
+            let mut wanted = vec![count.map_or(t.shape.first().copied().unwrap_or(0), |c| c.0)];
+            wanted.extend(&v.shape);
+            return Err(ShapeError::VariableShape { var: name.clone(), found: t.shape.clone(), expected: wanted });
+        }
+        match count {
+            Some((n, other)) if n != t.shape[0] => return Err(ShapeError::RowCounts { var: name.clone(), rows: t.shape[0], other: other.to_string(), other_rows: n }),
+            _ => count = Some((t.shape[0], name)),
+        }
+    }
+    match count {
+        Some((0, _)) => Err(ShapeError::NoRows),
+        Some((n, _)) => Ok(n),
+        None => Ok(rows.values().next().map_or(0, |t| t.shape.first().copied().unwrap_or(0))),
+    }
+}
+
+/// Checks parameter values against the model's parameters: each present,
+/// of its declared shape and finite. Names the model does not declare are
+/// left alone (objectives keep their own, such as `nce.log_z`).
+pub fn check_params(specs: &[ParamSpec], params: &Tensors) -> Result<(), ShapeError> {
+    for spec in specs {
+        let t = params.get(&spec.name).ok_or_else(|| ShapeError::MissingParameter { name: spec.name.clone() })?;
+        check_consistent(&spec.name, t)?;
+        if t.shape != spec.shape {
+            return Err(ShapeError::ParameterShape { name: spec.name.clone(), found: t.shape.clone(), expected: spec.shape.clone() });
+        }
+        check_finite(&format!("parameter `{}`", spec.name), t)?;
+    }
+    Ok(())
+}
+
+/// Checks that every value of `t` is finite; `what` names it in the error.
+pub fn check_finite(what: &str, t: &HostTensor) -> Result<(), ShapeError> {
+    match t.data.iter().position(|x| !x.is_finite()) {
+        Some(index) => Err(ShapeError::NonFinite { what: what.to_string(), shape: t.shape.clone(), index, value: t.data[index] }),
+        None => Ok(()),
+    }
+}
+
+fn check_consistent(name: &str, t: &HostTensor) -> Result<(), ShapeError> {
+    match t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
+        Some(n) if n == t.data.len() => Ok(()),
+        _ => Err(ShapeError::Inconsistent { name: name.to_string(), shape: t.shape.clone(), len: t.data.len() }),
+    }
+}
+
 /// Draws every parameter from its initialiser, in name order, from one seeded stream.
 pub fn initialise(specs: &[ParamSpec], seed: u64) -> Tensors {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -107,10 +188,40 @@ pub fn load_safetensors(path: &Path) -> Result<Tensors, String> {
     Ok(out)
 }
 
+/// Writes `bytes` to `path` through `path.tmp`: written, flushed to disk,
+/// then renamed over `path` (and the directory synced), so a crash or a
+/// full disk never leaves a partial file under `path`, and no `.tmp` file is
+/// left behind when writing fails.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(|e| format!("cannot write `{}`: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write `{}`: {e}", path.display()))
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("cannot write `{}`: {e}", path.display()));
+    }
+    sync_dir(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
+}
+
+/// Flushes a directory's entries (new names, renames) to disk.
+pub fn sync_dir(dir: &Path) -> Result<(), String> {
+    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Ok(()) => Ok(()),
+        // Some platforms and file systems cannot sync a directory; the data itself is synced.
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::Unsupported | std::io::ErrorKind::InvalidInput) => Ok(()),
+        Err(e) => Err(format!("cannot sync `{}`: {e}", dir.display())),
+    }
+}
+
+/// The first non-finite value among `tensors`: its tensor and row (first index).
+pub fn first_non_finite(tensors: &Tensors) -> Option<(String, usize, f32)> {
+    tensors.iter().find_map(|(name, t)| {
+        let per = t.shape.get(1..).map_or(1, |s| s.iter().product::<usize>()).max(1);
+        t.data.iter().position(|x| !x.is_finite()).map(|i| (name.clone(), i / per, t.data[i]))
+    })
 }

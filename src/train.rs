@@ -6,12 +6,17 @@
 //! `state.safetensors` with optimiser moments and persistent chains,
 //! `meta.json`) and a `latest` file naming the newest; a folder is complete
 //! before `latest` points to it, so a kill never leaves a half-written one.
+//! Old folders are renamed to a `.trash-` name before they are deleted, so a
+//! kill during clean-up never leaves an `epoch-N/` with files missing; the
+//! next run removes what a kill left behind (`.trash-*`, `.*.partial`,
+//! `*.tmp`). A run holds an exclusive lock on `DIR/lock` (with its pid) for
+//! as long as it writes, so two runs never interleave in one directory.
 
 use crate::backend::{DeviceKind, TrainError, Trainer};
 use crate::data::Dataset;
 use crate::graph::FactorGraph;
 use crate::plan::Plan;
-use crate::program::{Call, Train};
+use crate::program::{Call, Model, Train};
 use crate::tensor::{self, Tensors};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -101,15 +106,119 @@ pub fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
     path.is_dir().then_some(path)
 }
 
+/// The parameter file of a checkpoint directory (its latest epoch), an
+/// epoch folder, or a `.safetensors` file.
+fn params_file(path: &Path) -> PathBuf {
+    if path.is_dir() { latest_checkpoint(path).unwrap_or_else(|| path.to_path_buf()).join("params.safetensors") } else { path.to_path_buf() }
+}
+
 /// Reads `params.safetensors` from a checkpoint directory (its latest epoch),
-/// an epoch folder, or a `.safetensors` file.
+/// an epoch folder, or a `.safetensors` file, unchecked; `load_model_params`
+/// checks them against a model.
 pub fn load_params(path: &Path) -> Result<Tensors, String> {
-    let file = if path.is_dir() {
-        latest_checkpoint(path).unwrap_or_else(|| path.to_path_buf()).join("params.safetensors")
-    } else {
-        path.to_path_buf()
-    };
-    tensor::load_safetensors(&file)
+    tensor::load_safetensors(&params_file(path))
+}
+
+/// Parameters that objectives learn beside the model's own (NCE's log Z).
+const OBJECTIVE_PARAMS: &[&str] = &["nce.log_z"];
+
+/// Reads parameters as `load_params` does and checks them against `model`:
+/// every declared parameter present with its declared shape, every value
+/// finite, no tensor the model does not declare. The one loader that
+/// `sample`, `train --resume`, `eval` and `energy` use.
+pub fn load_model_params(path: &Path, model: &Model) -> Result<Tensors, String> {
+    let file = params_file(path);
+    let params = tensor::load_safetensors(&file)?;
+    check_model_params(model, &params).map_err(|e| format!("`{}`: {e}", file.display()))?;
+    Ok(params)
+}
+
+/// `tensor::check_params` for a model's parameters, refusing unknown names too.
+pub fn check_model_params(model: &Model, params: &Tensors) -> Result<(), tensor::ShapeError> {
+    let specs = crate::ir::program_to_ir(model).params;
+    tensor::check_params(&specs, params)?;
+    for (name, t) in params {
+        if OBJECTIVE_PARAMS.contains(&name.as_str()) {
+            tensor::check_finite(&format!("parameter `{name}`"), t)?;
+        } else if !specs.iter().any(|p| p.name == *name) {
+            return Err(tensor::ShapeError::UnknownParameter { name: name.clone(), known: specs.iter().map(|p| p.name.clone()).collect() });
+        }
+    }
+    Ok(())
+}
+
+/// The metadata of the latest checkpoint in `dir`.
+pub fn checkpoint_meta(dir: &Path) -> Result<Meta, String> {
+    let latest = latest_checkpoint(dir).ok_or_else(|| format!("no checkpoint to resume in `{}` (no `latest` file)", dir.display()))?;
+    let path = latest.join("meta.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("`{}` is not a checkpoint's metadata: {e}", path.display()))
+}
+
+/// An exclusive lock on a run directory, held until dropped (or until the
+/// process ends, however it ends: the operating system releases it). The
+/// `lock` file stays behind with the last holder's pid; only the lock on it
+/// matters. Taking it again in the same process succeeds.
+pub struct RunLock {
+    /// `None` when this process already held the lock.
+    file: Option<(std::fs::File, PathBuf)>,
+}
+
+static HELD_LOCKS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+impl RunLock {
+    pub fn acquire(dir: &Path) -> Result<RunLock, String> {
+        use std::io::{Read, Seek, Write};
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+        let key = dir.canonicalize().map_err(|e| format!("cannot open `{}`: {e}", dir.display()))?;
+        let mut held = HELD_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+        if held.contains(&key) {
+            return Ok(RunLock { file: None });
+        }
+        let path = dir.join("lock");
+        let cannot = |e: std::io::Error| format!("cannot lock `{}`: {e}", path.display());
+        let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(cannot)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim().parse::<u32>().map_or_else(|_| "another process".to_string(), |pid| format!("process {pid}"));
+                return Err(format!(
+                    "`{}` is in use: {holder} holds its lock `{}`; wait for that run to finish, or choose another --out",
+                    dir.display(),
+                    path.display()
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(cannot(e)),
+        }
+        file.set_len(0).and_then(|()| file.rewind()).and_then(|()| writeln!(file, "{}", std::process::id())).and_then(|()| file.sync_all()).map_err(cannot)?;
+        held.push(key.clone());
+        Ok(RunLock { file: Some((file, key)) })
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        if let Some((file, key)) = self.file.take() {
+            HELD_LOCKS.lock().unwrap_or_else(|e| e.into_inner()).retain(|k| *k != key);
+            let _ = file.unlock();
+        }
+    }
+}
+
+/// Removes what an interrupted run left in `dir`: staging folders, old
+/// checkpoints on their way out, temporary files.
+fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".trash-") || (name.starts_with('.') && name.ends_with(".partial")) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        } else if name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -125,34 +234,41 @@ pub fn run(
 ) -> Result<Vec<EpochMetrics>, RunError> {
     let model = &graph.model;
     let io = |e: String| RunError::Io(e);
-    std::fs::create_dir_all(&opts.out).map_err(|e| io(format!("cannot create `{}`: {e}", opts.out.display())))?;
+    if opts.epochs == 0 {
+        return Err(io("0 epochs: nothing to train, so nothing is written; give at least 1 epoch".into()));
+    }
+    let _lock = RunLock::acquire(&opts.out).map_err(io)?;
+    remove_leftovers(&opts.out);
     let hash = source_hash(source);
     let lowered = crate::ir::program_to_ir(model);
-    let (params, state, first_epoch, mut step, mut history) = if opts.resume {
-        let dir = latest_checkpoint(&opts.out).ok_or_else(|| io(format!("no checkpoint to resume in `{}` (no `latest` file)", opts.out.display())))?;
-        let meta: Meta = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).map_err(|e| io(format!("cannot read `{}`: {e}", dir.join("meta.json").display())))?)
-            .map_err(|e| io(format!("`{}` is not a checkpoint's metadata: {e}", dir.join("meta.json").display())))?;
+    // A resumed run keeps the seed it started with, whatever `opts.seed` says.
+    let (params, state, first_epoch, mut step, mut history, run_seed) = if opts.resume {
+        let meta = checkpoint_meta(&opts.out).map_err(io)?;
+        let dir = latest_checkpoint(&opts.out).expect("checkpoint_meta found it");
         if meta.model != model.name || meta.source_hash != hash {
             return Err(io(format!("the checkpoint in `{}` was made from a different model source; train afresh with another --out", opts.out.display())));
         }
-        let params = tensor::load_safetensors(&dir.join("params.safetensors")).map_err(io)?;
+        let params = load_model_params(&dir, model).map_err(io)?;
         let state = tensor::load_safetensors(&dir.join("state.safetensors")).map_err(io)?;
         let history: Vec<EpochMetrics> = read_metrics(&opts.out).into_iter().filter(|m| m.epoch <= meta.epoch).collect();
-        (params, state, meta.epoch + 1, meta.step, history)
+        (params, state, meta.epoch + 1, meta.step, history, meta.seed)
     } else {
-        (tensor::initialise(&lowered.params, opts.seed), Tensors::new(), 1, 0, Vec::new())
+        (tensor::initialise(&lowered.params, opts.seed), Tensors::new(), 1, 0, Vec::new(), opts.seed)
     };
-    let mut trainer = Trainer::new(model, plan, train, &params, &state, opts.seed, opts.device).map_err(|error| RunError::Train { error, epoch: first_epoch, last_good: None })?;
-    trainer.prepare(&data.vars);
+    let mut trainer = Trainer::new(model, plan, train, &params, &state, run_seed, opts.device).map_err(|error| RunError::Train { error, epoch: first_epoch, last_good: None })?;
+    trainer.prepare(&data.vars).map_err(|error| RunError::Train { error, epoch: first_epoch, last_good: None })?;
     let batch = train.batch.min(data.rows).max(1);
     let steps_per_epoch = data.rows / batch;
     progress(Progress::Start { epochs: opts.epochs, steps_per_epoch, from_epoch: first_epoch });
     let base_lr = train.optimizer.num("lr").unwrap_or(0.01);
     let exact = crate::evaluate::enumeration(graph, plan).is_ok();
-    write_metrics(&opts.out, &history).map_err(io)?;
+    if opts.resume {
+        // Drop the metrics of epochs after the checkpoint (a kill between the two writes).
+        write_metrics(&opts.out, &history).map_err(io)?;
+    }
     for epoch in first_epoch..=opts.epochs {
         let started = Instant::now();
-        let seed = epoch_seed(opts.seed, epoch);
+        let seed = epoch_seed(run_seed, epoch);
         trainer.begin_epoch(seed);
         let mut order: Vec<usize> = (0..data.rows).collect();
         order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
@@ -180,11 +296,16 @@ pub fn run(
             None
         };
         let metrics = EpochMetrics { epoch, step, loss: loss_sum / steps_per_epoch as f64, grad_norm: norm_sum / steps_per_epoch as f64, lr, seconds: started.elapsed().as_secs_f64(), log_likelihood };
+        for (what, value) in [("the epoch's mean loss", metrics.loss), ("the epoch's mean gradient norm", metrics.grad_norm), ("the log-likelihood", log_likelihood.unwrap_or(0.0))] {
+            if !value.is_finite() {
+                return Err(RunError::Train { error: TrainError::NonFinite { what: what.into(), step }, epoch, last_good: latest_checkpoint(&opts.out) });
+            }
+        }
         let meta = Meta {
             model: model.name.clone(),
             source_hash: hash.clone(),
             compiler_version: env!("CARGO_PKG_VERSION").to_string(),
-            seed: opts.seed,
+            seed: run_seed,
             epoch,
             step,
             device: opts.device,
@@ -202,22 +323,47 @@ fn save_checkpoint(dir: &Path, epoch: usize, params: &Tensors, state: &Tensors, 
     let name = format!("epoch-{epoch}");
     let staging = dir.join(format!(".{name}.partial"));
     let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(|e| format!("cannot create `{}`: {e}", staging.display()))?;
-    tensor::save_safetensors(&staging.join("params.safetensors"), params)?;
-    tensor::save_safetensors(&staging.join("state.safetensors"), state)?;
-    tensor::write_atomically(&staging.join("meta.json"), serde_json::to_string_pretty(meta).expect("meta serialises").as_bytes())?;
+    let written = (|| {
+        std::fs::create_dir_all(&staging).map_err(|e| format!("cannot create `{}`: {e}", staging.display()))?;
+        tensor::save_safetensors(&staging.join("params.safetensors"), params)?;
+        tensor::save_safetensors(&staging.join("state.safetensors"), state)?;
+        tensor::write_atomically(&staging.join("meta.json"), serde_json::to_string_pretty(meta).expect("meta serialises").as_bytes())?;
+        tensor::sync_dir(&staging)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
     let target = dir.join(&name);
-    let _ = std::fs::remove_dir_all(&target);
-    std::fs::rename(&staging, &target).map_err(|e| format!("cannot write `{}`: {e}", target.display()))?;
+    if target.exists() {
+        // A folder of this epoch from a run killed before `latest` named it.
+        discard(dir, &target);
+    }
+    if let Err(e) = std::fs::rename(&staging, &target) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(format!("cannot write `{}`: {e}", target.display()));
+    }
+    tensor::sync_dir(dir)?;
     tensor::write_atomically(&dir.join("latest"), name.as_bytes())?;
     // Keep the newest two complete checkpoints.
     for entry in std::fs::read_dir(dir).map_err(|e| format!("cannot list `{}`: {e}", dir.display()))?.flatten() {
         let old = entry.file_name().to_str().and_then(|n| n.strip_prefix("epoch-")).and_then(|n| n.parse::<usize>().ok());
         if old.is_some_and(|k| k + 1 < epoch) {
-            let _ = std::fs::remove_dir_all(entry.path());
+            discard(dir, &entry.path());
         }
     }
     Ok(())
+}
+
+/// Deletes a checkpoint folder so that a kill at any moment leaves either
+/// the whole folder or none of it under its name: first a rename out of
+/// the way (atomic), then the deletion.
+fn discard(dir: &Path, folder: &Path) {
+    let name = folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let trash = dir.join(format!(".trash-{name}-{}", std::process::id()));
+    if std::fs::rename(folder, &trash).is_ok() {
+        let _ = std::fs::remove_dir_all(&trash);
+    }
 }
 
 pub fn read_metrics(dir: &Path) -> Vec<EpochMetrics> {

@@ -109,8 +109,8 @@ fn dfdx_backend_matches_the_reference_interpreter() {
         let xs: Vec<f32> = (0..rows * 3).map(|_| rng.gen_range(-1.5f32..1.5)).collect();
         let mut input = BTreeMap::new();
         input.insert("x".to_string(), HostTensor::new(vec![rows, 3], xs.clone()));
-        let energy = sampler.energy(&input);
-        let grad = sampler.evaluate(ebmc::backend::Quantity::Gradient("x".into()), &input).data;
+        let energy = sampler.energy(&input).unwrap();
+        let grad = sampler.evaluate(ebmc::backend::Quantity::Gradient("x".into()), &input).unwrap().data;
         let mut ir = lowered.ir.clone();
         let Some(g) = ir.grad(lowered.total, "x") else { continue };
         for r in 0..rows {
@@ -199,6 +199,6 @@ fn spectral_normalisation_divides_by_the_top_singular_value() {
     let (plan, _) = ebmc::plan::graph_to_plan(&graph, None).unwrap();
     let params: ebmc::tensor::Tensors = [("f.w0".to_string(), HostTensor::new(vec![2, 2], vec![2.0, 1.0, 0.0, 1.0]))].into_iter().collect();
     let sampler = ebmc::backend::Sampler::new(&model, &plan, &params, 1, 1, Default::default()).unwrap();
-    let energy = sampler.energy(&[("x".to_string(), HostTensor::new(vec![1, 2], vec![1.0, 0.5]))].into_iter().collect());
+    let energy = sampler.energy(&[("x".to_string(), HostTensor::new(vec![1, 2], vec![1.0, 0.5]))].into_iter().collect()).unwrap();
     assert!((f64::from(energy[0]) - want).abs() < 1e-5, "dfdx {} vs {want}", energy[0]);
 }

@@ -84,7 +84,7 @@ fn all_states(model: &Model, vars: &[&str]) -> Tensors {
 
 fn exact_distribution(sampler: &Sampler, model: &Model, vars: &[&str]) -> Vec<f64> {
     let states = all_states(model, vars);
-    let e = sampler.energy(&states);
+    let e = sampler.energy(&states).unwrap();
     let low = e.iter().cloned().fold(f32::INFINITY, f32::min);
     let w: Vec<f64> = e.iter().map(|x| f64::from(low - x).exp()).collect();
     let z: f64 = w.iter().sum();

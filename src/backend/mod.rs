@@ -16,7 +16,7 @@ pub use train::{StepReport, TrainError, Trainer};
 use crate::ir::{self, Id, Ir};
 use crate::plan::{Kernel, Plan};
 use crate::program::{Domain, Model};
-use crate::tensor::{constants, HostTensor, Tensors};
+use crate::tensor::{check_rows, constants, HostTensor, Tensors};
 use dfdx::prelude::*;
 use eval::{canon, expand, Evaluator, Leaves};
 use host::Arith;
@@ -254,7 +254,7 @@ trait Chains {
     fn state(&self) -> Tensors;
     fn set_state(&mut self, state: &Tensors) -> Result<(), String>;
     fn acceptance(&self) -> Option<f64>;
-    fn evaluate(&self, what: Quantity, rows: &Tensors) -> HostTensor;
+    fn evaluate(&self, what: Quantity, rows: &Tensors) -> Result<HostTensor, String>;
 }
 
 /// What `Sampler::evaluate` computes for each row.
@@ -308,12 +308,14 @@ impl Sampler {
     }
 
     /// Total energy of each row of `rows` (every variable given, `[rows, ...shape]`).
-    pub fn energy(&self, rows: &Tensors) -> Vec<f32> {
-        self.inner.evaluate(Quantity::Energy, rows).data
+    pub fn energy(&self, rows: &Tensors) -> Result<Vec<f32>, String> {
+        Ok(self.inner.evaluate(Quantity::Energy, rows)?.data)
     }
 
-    /// Evaluates a quantity of the model on rows: `[rows, ...]` per variable.
-    pub fn evaluate(&self, what: Quantity, rows: &Tensors) -> HostTensor {
+    /// Evaluates a quantity of the model on rows: `[rows, ...]` per variable,
+    /// for every variable the quantity depends on (an error names a missing
+    /// one or one of the wrong shape).
+    pub fn evaluate(&self, what: Quantity, rows: &Tensors) -> Result<HostTensor, String> {
         self.inner.evaluate(what, rows)
     }
 }
@@ -336,6 +338,7 @@ enum Stage<D: Device<f32>> {
 
 struct ChainSet<D: Device<f32>> {
     dev: D,
+    model: Model,
     ir: Ir,
     leaves: Leaves<D, NoneTape>,
     chains: usize,
@@ -388,11 +391,6 @@ impl<D: Kernels> ChainSet<D> {
     fn new(dev: D, model: &Model, plan: &Plan, params: &Tensors, chains: usize, seed: u64) -> Result<Self, String> {
         let mut lowered = ir::program_to_ir(model);
         let total = lowered.ir.inline_nets(lowered.total);
-        for spec in &lowered.params {
-            if let Some(t) = params.get(&spec.name).filter(|t| t.shape != spec.shape) {
-                return Err(format!("parameter `{}` has shape {:?}, the model needs {:?}", spec.name, t.shape, spec.shape));
-            }
-        }
         let leaves = device_leaves(&dev, model, &lowered, params)?;
         let vars: Vec<VarInfo> = model
             .variables
@@ -452,6 +450,7 @@ impl<D: Kernels> ChainSet<D> {
         let gradients = model.variables.iter().map(|v| (v.name.clone(), ir.grad(total, &v.name).unwrap_or_else(|| ir.zeros(&v.shape)))).collect();
         let mut set = ChainSet {
             dev,
+            model: model.clone(),
             ir: lowered.ir,
             leaves,
             chains,
@@ -639,22 +638,26 @@ impl<D: Kernels> ChainSet<D> {
         }
     }
 
-    /// Folds a proposal back into the variable's box: lo + |x - lo|, then hi - |hi - x|.
+    /// Folds a proposal into the variable's box `[lo, hi]` by reflecting at
+    /// both walls as often as it takes: the reflected walk is periodic with
+    /// period 2(hi − lo), so x ↦ lo + w − |((x − lo) mod 2w) − w|, w = hi − lo,
+    /// whatever the step size. Non-finite values stay non-finite (and are
+    /// reported by the caller).
     fn reflect(&self, var: usize, x: T3<D>) -> T3<D> {
         match self.vars[var].domain {
             Domain::Real { bounds: Some((lo, hi)) } => {
-                let (lo, hi) = (lo as f32, hi as f32);
-                let up = (x - lo).abs() + lo;
-                (up.negate() + hi).abs().negate() + hi
+                let shape = *x.shape();
+                let w = hi - lo;
+                let folded = x.as_vec().into_iter().map(|v| (lo + w - ((f64::from(v) - lo).rem_euclid(2.0 * w) - w).abs()).clamp(lo, hi) as f32).collect();
+                self.dev.tensor_from_vec(folded, shape)
             }
             _ => x,
         }
     }
 
-    fn upload_rows(&self, rows: &Tensors) -> (usize, BTreeMap<String, T3<D>>) {
-        let n = rows.values().next().map_or(0, |t| t.shape[0]);
-        let vars = rows.iter().map(|(name, t)| (name.clone(), upload(&self.dev, t, n))).collect();
-        (n, vars)
+    /// The model's variables among `rows` (checked to have `n` rows) on the device.
+    fn upload_rows(&self, rows: &Tensors, n: usize) -> BTreeMap<String, T3<D>> {
+        rows.iter().filter(|(name, t)| self.model.variable(name).is_some() && t.shape.first() == Some(&n)).map(|(name, t)| (name.clone(), upload(&self.dev, t, n))).collect()
     }
 }
 
@@ -756,12 +759,17 @@ impl<D: Kernels> Chains for ChainSet<D> {
     }
 
     fn set_state(&mut self, state: &Tensors) -> Result<(), String> {
-        for v in &self.vars {
-            let t = state.get(&v.name).ok_or_else(|| format!("no state for `{}`", v.name))?;
-            if t.shape[1..] != v.shape[..] || t.shape[0] != self.chains {
-                return Err(format!("state of `{}` has shape {:?}, expected [{}, {:?}]", v.name, t.shape, self.chains, v.shape));
-            }
-            self.state.insert(v.name.clone(), upload(&self.dev, t, self.chains));
+        let names: Vec<String> = self.vars.iter().map(|v| v.name.clone()).collect();
+        let n = check_rows(&self.model, state, &names).map_err(|e| e.to_string())?;
+        if n != self.chains {
+            return Err(format!("the state has {n} rows, one per chain is needed ({} chains)", self.chains));
+        }
+        for name in &names {
+            crate::tensor::check_finite(&format!("the state of `{name}`"), &state[name]).map_err(|e| e.to_string())?;
+        }
+        for name in names {
+            let t = upload(&self.dev, &state[&name], self.chains);
+            self.state.insert(name, t);
         }
         Ok(())
     }
@@ -770,19 +778,23 @@ impl<D: Kernels> Chains for ChainSet<D> {
         (self.proposed > 0).then(|| self.accepted / self.proposed as f64)
     }
 
-    fn evaluate(&self, what: Quantity, rows: &Tensors) -> HostTensor {
-        let (n, vars) = self.upload_rows(rows);
+    fn evaluate(&self, what: Quantity, rows: &Tensors) -> Result<HostTensor, String> {
         let (root, var) = match &what {
             Quantity::Energy => (self.total, None),
             Quantity::FreeEnergy => (self.free_energy, None),
             Quantity::Gradient(v) | Quantity::Conditional(v) => {
-                let i = self.vars.iter().position(|x| x.name == *v).unwrap_or_else(|| panic!("no variable `{v}`"));
+                let i = self.vars.iter().position(|x| x.name == *v).ok_or_else(|| format!("`{v}` is not a variable of model `{}`", self.model.name))?;
+                if matches!(what, Quantity::Conditional(_)) && !self.vars[i].domain.is_discrete() {
+                    return Err(format!("`{v}` is continuous and has no Gibbs conditional"));
+                }
                 (self.gradients[v], Some(i))
             }
         };
+        let n = check_rows(&self.model, rows, &vars_of(&self.ir, root)).map_err(|e| e.to_string())?;
+        let vars = self.upload_rows(rows, n);
         let value = self.eval(&[root], &vars).pop().expect("one root");
         let Some(i) = var else {
-            return HostTensor::new(vec![n], expand(value, n, 1, 1).as_vec());
+            return Ok(HostTensor::new(vec![n], expand(value, n, 1, 1).as_vec()));
         };
         let info = &self.vars[i];
         let mut shape = vec![n];
@@ -793,9 +805,9 @@ impl<D: Kernels> Chains for ChainSet<D> {
             (_, Domain::Binary) => g.negate().sigmoid(),
             (_, Domain::Spin) => (g * -2.0).sigmoid(),
             (_, Domain::Categorical { .. }) => g.negate().softmax::<Axis<2>>(),
-            (_, Domain::Real { .. }) => panic!("`{}` is continuous and has no Gibbs conditional", info.name),
+            (_, Domain::Real { .. }) => unreachable!("refused above"),
         };
-        HostTensor::new(shape, out.as_vec())
+        Ok(HostTensor::new(shape, out.as_vec()))
     }
 }
 
@@ -819,13 +831,6 @@ pub fn free_energy(model: &Model, params: &Tensors, sum_out: &[String], rows: &T
 }
 
 fn free_energy_on<D: Kernels>(dev: &D, model: &Model, params: &Tensors, sum_out: &[String], rows: &Tensors) -> Result<Vec<f64>, String> {
-    let n = rows.values().next().map_or(0, |t| t.shape.first().copied().unwrap_or(0));
-    for (name, t) in rows {
-        let v = model.variable(name).ok_or_else(|| format!("the rows bind `{name}`, which the model does not declare"))?;
-        if t.shape.first() != Some(&n) || t.shape[1..] != v.shape[..] || t.data.len() != t.shape.iter().product::<usize>() {
-            return Err(format!("rows of `{name}` have shape {:?}; expected [{n}, {}] for `{name}` : {:?}", t.shape, v.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "), v.shape));
-        }
-    }
     let mut lowered = ir::program_to_ir(model);
     let mut root = lowered.total;
     for name in sum_out {
@@ -833,6 +838,7 @@ fn free_energy_on<D: Kernels>(dev: &D, model: &Model, params: &Tensors, sum_out:
     }
     let root = lowered.ir.inline_nets(root);
     let leaves = device_leaves(dev, model, &lowered, params)?;
+    let n = check_rows(model, rows, &vars_of(&lowered.ir, root)).map_err(|e| e.to_string())?;
     let ev = Evaluator { ir: &lowered.ir, dev, leaves: &leaves };
     let mut out = Vec::with_capacity(n);
     const CHUNK: usize = 16384;
@@ -840,6 +846,7 @@ fn free_energy_on<D: Kernels>(dev: &D, model: &Model, params: &Tensors, sum_out:
         let end = (start + CHUNK).min(n);
         let vars: BTreeMap<String, T3<D>> = rows
             .iter()
+            .filter(|(k, t)| model.variable(k).is_some() && t.shape.first() == Some(&n))
             .map(|(k, t)| {
                 let per: usize = t.shape[1..].iter().product();
                 let mut shape = t.shape.clone();
@@ -853,23 +860,19 @@ fn free_energy_on<D: Kernels>(dev: &D, model: &Model, params: &Tensors, sum_out:
     Ok(out)
 }
 
-/// Checks that `params` give every parameter of `model` with the model's
-/// shape and finite values, before any evaluation uses them.
-pub fn check_params(model: &Model, params: &Tensors) -> Result<(), String> {
-    let lowered = ir::program_to_ir(model);
-    for spec in &lowered.params {
-        let t = params.get(&spec.name).ok_or_else(|| format!("the checkpoint has no value for parameter `{}`", spec.name))?;
-        if t.shape != spec.shape || t.data.len() != spec.shape.iter().product::<usize>() {
-            return Err(format!("parameter `{}` has shape {:?} in the checkpoint but {:?} in the model; the checkpoint belongs to another version of the model", spec.name, t.shape, spec.shape));
-        }
-        if let Some(i) = t.data.iter().position(|x| !x.is_finite()) {
-            return Err(format!("parameter `{}` has a non-finite value ({}) at element {i}; the checkpoint comes from a run that diverged", spec.name, t.data[i]));
-        }
-    }
-    Ok(())
+/// The variables an expression reads, each once.
+fn vars_of(ir: &Ir, root: Id) -> Vec<String> {
+    let mut names: Vec<String> = ir.cone(root).iter().filter_map(|n| if let ir::Op::Var(v) = &ir.node(*n).op { Some(v.clone()) } else { None }).collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
+/// Parameters and constants on the device; the parameters are checked
+/// against the model first (present, declared shape, finite), so every
+/// entry point that evaluates the model refuses bad values with an error.
 fn device_leaves<D: Kernels>(dev: &D, model: &Model, lowered: &ir::Lowered, params: &Tensors) -> Result<Leaves<D, NoneTape>, String> {
+    crate::tensor::check_params(&lowered.params, params).map_err(|e| e.to_string())?;
     let mut tensors = BTreeMap::new();
     for spec in &lowered.params {
         let t = params.get(&spec.name).ok_or_else(|| format!("no value for parameter `{}`", spec.name))?;

@@ -37,6 +37,9 @@ pub enum TrainError {
 /// A model being trained on a device: parameters, optimiser state, chains.
 pub struct Trainer {
     inner: Box<dyn Fit>,
+    model: Model,
+    /// The variables every batch must give (the visible ones).
+    visible: Vec<String>,
 }
 
 trait Fit {
@@ -62,12 +65,15 @@ impl Trainer {
             #[cfg(not(feature = "cuda"))]
             super::DeviceKind::Cuda => return Err(TrainError::Setup("this ebmc was built without the `cuda` feature; rebuild with `--features cuda`".into())),
         };
-        Ok(Trainer { inner })
+        let visible = model.variables.iter().filter(|v| v.role == Role::Visible).map(|v| v.name.clone()).collect();
+        Ok(Trainer { inner, model: model.clone(), visible })
     }
 
     /// Shows the trainer the whole training set before the first epoch.
-    pub fn prepare(&mut self, data: &Tensors) {
+    pub fn prepare(&mut self, data: &Tensors) -> Result<(), TrainError> {
+        crate::tensor::check_rows(&self.model, data, &self.visible).map_err(|e| TrainError::Setup(format!("training data: {e}")))?;
         self.inner.prepare(data);
+        Ok(())
     }
 
     /// Reseeds every generator from the run's seed and the epoch, so that a
@@ -78,6 +84,7 @@ impl Trainer {
 
     /// One optimiser step on a batch of visible rows, at learning rate `lr`.
     pub fn step(&mut self, batch: &Tensors, lr: f64, step: usize) -> Result<StepReport, TrainError> {
+        crate::tensor::check_rows(&self.model, batch, &self.visible).map_err(|e| TrainError::Setup(format!("training batch: {e}")))?;
         self.inner.step(batch, lr, step)
     }
 
@@ -280,7 +287,11 @@ impl<D: Kernels> Fitter<D> {
         let mut shapes = shapes;
         if train.objective.name == "nce" {
             // NCE learns the log-normaliser as one more parameter.
-            let c = params.get("nce.log_z").map_or(0.0, |t| t.data[0]);
+            let c = match params.get("nce.log_z") {
+                None => 0.0,
+                Some(t) if t.data.len() == 1 && t.data[0].is_finite() => t.data[0],
+                Some(t) => return Err(TrainError::Setup(format!("`nce.log_z` must be one finite number, the checkpoint holds {:?}", t.data))),
+            };
             up.insert("nce.log_z".into(), dev.tensor_from_vec(vec![c], (1, 1, 1)));
             shapes.insert("nce.log_z".into(), vec![]);
         }
@@ -667,7 +678,9 @@ impl<D: Kernels> Fitter<D> {
                 super::eval::unary(crate::ir::Unary::Softplus, d, true).sum::<(), Axes3<0, 1, 2>>() / rows as f32
             }
             ContinuousKind::Nce { gaussian: is_gaussian, ratio } => {
-                // Logistic regression of data against noise on -E(x) - c - log p_n(x), c learned.
+                // Logistic regression of data against ν = `ratio` noise rows per data row
+                // on -E(x) - c - log(ν p_n(x)): at the optimum σ(logit) = p_d / (p_d + ν p_n),
+                // so c is log Z itself (without the log ν, c would learn log Z + log ν).
                 let noise = noise.ok_or_else(|| TrainError::Setup("NCE's noise was not fitted to the data".into()))?;
                 let names: Vec<String> = grads.keys().cloned().collect();
                 let count = rows * ratio;
@@ -687,7 +700,8 @@ impl<D: Kernels> Fitter<D> {
                     let per: usize = t.shape[1..].iter().product();
                     t.data[r * per..(r + 1) * per].iter().map(|x| f64::from(*x)).collect::<Vec<_>>()
                 }).collect()).collect();
-                let log_pn = |x: &[f64]| noise.log_density(x, is_gaussian) as f32;
+                let log_ratio = (ratio as f64).ln();
+                let log_pn = |x: &[f64]| (noise.log_density(x, is_gaussian) + log_ratio) as f32;
                 let mut noise_batch = Tensors::new();
                 let mut at = 0;
                 for n in &names {
