@@ -534,6 +534,7 @@ pub fn generated() -> Vec<Generated> {
         g("shape whose product overflows", "model m {\n    visible v : binary[4294967296, 4294967296, 16];\n    energy e = -sum(v);\n}\n".into(), true),
         g("categorical(1000000000)", "model m {\n    visible y : categorical(1000000000);\n    param b : real[1000000000] = zeros;\n    energy e = -(b @ y);\n}\n".into(), true),
         g("an MLP of 100000000 units", "model m {\n    visible x : real[2];\n    net f = mlp(2 -> 100000000 -> 1, act: swish);\n    energy e = f(x) + 0.5 * sum(square(x));\n}\n".into(), true),
+        g("no model at all", "// a file with nothing but a comment\n".into(), true),
         g("const of 10^10 elements", "model m {\n    const J : real[100000, 100000] = ones;\n    visible s : spin[100000];\n    energy e = -(s @ J @ s);\n}\n".into(), true),
     ]
 }
@@ -605,4 +606,75 @@ pub fn half_written(dir: &Path) -> Vec<String> {
         }
     }
     found
+}
+
+/// A 6x3 RBM trained on `rows.csv` (8 rows), small enough to enumerate.
+pub const RBM: &str = "model r {
+    visible v : binary[6];
+    hidden h : binary[3];
+    param W : real[6, 3] = normal(0, 0.1);
+    param b : real[6] = zeros;
+    param c : real[3] = zeros;
+    energy e = -(v @ W @ h) - b @ v - c @ h;
+}
+
+train r {
+    data = csv(\"rows.csv\") -> v;
+    objective = cd(k: 1);
+    optimizer = sgd(lr: 0.1);
+    batch = 4;
+    epochs = 2;
+    seed = 3;
+}
+";
+
+pub const ROWS: [[u8; 6]; 8] = [[1, 0, 1, 0, 1, 0], [0, 1, 0, 1, 0, 1], [1, 1, 0, 0, 1, 1], [0, 0, 1, 1, 0, 0], [1, 0, 0, 1, 1, 0], [0, 1, 1, 0, 0, 1], [1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]];
+
+pub fn rows_csv(rows: &[[u8; 6]]) -> String {
+    rows.iter().map(|r| r.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",") + "\n").collect()
+}
+
+/// Parameters of `RBM` with every weight distinct, so a misread shows.
+pub fn rbm_params() -> Vec<u8> {
+    let w: Vec<f32> = (0..18).map(|i| (i as f32 - 9.0) / 20.0).collect();
+    safetensors(&[("W", vec![6, 3], w), ("b", vec![6], vec![0.1; 6]), ("c", vec![3], vec![-0.1; 3])], "F32")
+}
+
+/// One to three byte-level mutations of a binary file (checkpoints, NPY):
+/// a byte set to an edge value, a length field blown up, a cut, a run repeated.
+pub fn mutate_bytes(rng: &mut Rng, input: &[u8]) -> (Vec<u8>, Vec<String>) {
+    let mut bytes = input.to_vec();
+    let mut how = Vec::new();
+    for _ in 0..1 + rng.below(3) {
+        if bytes.is_empty() {
+            break;
+        }
+        let at = rng.below(bytes.len());
+        match rng.below(4) {
+            0 => {
+                let random = rng.next() as u8;
+                let b = *rng.pick(&[0x00u8, 0x01, 0x7f, 0x80, 0xff, b'"', b'}', b',', b'9', random]);
+                bytes[at] = b;
+                how.push(format!("byte {at} set to 0x{b:02x}"));
+            }
+            1 => {
+                let end = (at + 8).min(bytes.len());
+                for b in &mut bytes[at..end] {
+                    *b = 0xff;
+                }
+                how.push(format!("bytes {at}..{end} set to 0xff"));
+            }
+            2 => {
+                bytes.truncate(at);
+                how.push(format!("truncated to {at} bytes"));
+            }
+            _ => {
+                let end = (at + 1 + rng.below(64)).min(bytes.len());
+                let run = bytes[at..end].to_vec();
+                bytes.splice(at..at, run);
+                how.push(format!("bytes {at}..{end} repeated"));
+            }
+        }
+    }
+    (bytes, how)
 }
