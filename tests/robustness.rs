@@ -163,7 +163,10 @@ fn mutated_zoo_files_keep_the_contract() {
             a.insert(1, p(&path));
             let run = ebmc(&a, &dir.0);
             checks |= command[0] == "check" && run.code == Some(0);
-            findings.check(how, Some((file, bytes)), &run, command[0] == "sample", std::slice::from_ref(&samples));
+            if findings.check(how, Some((file, bytes)), &run, command[0] == "sample", std::slice::from_ref(&samples)).is_none() && command[0] == "plan" && checks && run.code == Some(1) {
+                // A user runs `check` in CI: what `plan` refuses, `check` must report.
+                findings.add(Class::Wrong, how, Some((file, bytes)), &run, "`check` exits 0 on this file but `plan` refuses it with exit 1");
+            }
         }
     });
     findings.assert_none();
@@ -668,6 +671,69 @@ fn training_is_deterministic_and_resume_keeps_the_seed() {
     }
     if params_of("c") != params_of("a") {
         findings.wrong("--seed 5 for 2 epochs, then --resume to 4", &resumed, "resumed parameters differ from an uninterrupted run with the same --seed");
+    }
+    findings.assert_none();
+}
+
+#[test]
+fn check_reports_what_plan_and_sampling_would_refuse() {
+    let dir = Scratch::new("check-plan");
+    dir.write("rows.csv", "0,1,0,1\n1,0,1,0\n");
+    let findings = Findings::new("check-plan");
+    let train = |objective: &str| format!("\ntrain m {{\n    data = csv(\"rows.csv\") -> v;\n    objective = {objective};\n    optimizer = sgd(lr: 0.1);\n    batch = 2;\n    epochs = 1;\n}}\n");
+    // (what, source, what `check` must print: an error, or a warning)
+    let cases = [
+        ("an energy linear in an unbounded real (E0401)", "model m {\n    visible x : real[2];\n    energy e = sum(x);\n}\n".to_string(), "error"),
+        ("a negative quadratic energy on an unbounded real", "model m {\n    visible x : real[2];\n    energy e = -0.5 * sum(square(x));\n}\n".to_string(), "error"),
+        ("a negative quartic energy on an unbounded real", "model m {\n    visible x : real[2];\n    energy e = 0.5 * sum(square(x)) - sum(square(square(x)));\n}\n".to_string(), "error"),
+        ("score matching on binary data (E0402)", format!("model m {{\n    visible v : binary[4];\n    param b : real[4] = zeros;\n    energy e = -(b @ v);\n}}\n{}", train("sm")), "error"),
+        ("Gibbs on a real variable (E0404)", "model m {\n    visible x : real[2];\n    energy e = 0.5 * sum(square(x));\n    sample { x: gibbs; }\n}\n".to_string(), "error"),
+        ("score matching on a bounded real", format!("model m {{\n    visible v : real[4] in [0, 1];\n    param b : real[4] = zeros;\n    energy e = 0.5 * sum(square(v - b));\n}}\n{}", train("sm")), "warning"),
+    ];
+    for (i, (what, source, expected)) in cases.iter().enumerate() {
+        let file = dir.write(&format!("case{i}.ebm"), source);
+        let run = ebmc(&args(&["check", &p(&file)]), &dir.0);
+        if findings.check(what, Some((&format!("check-plan-{i}.ebm"), source.as_bytes())), &run, false, &[]).is_some() {
+            continue;
+        }
+        let said = run.stderr.lines().any(|l| l.starts_with(expected));
+        let exit_right = if *expected == "error" { run.code == Some(1) } else { run.code == Some(0) };
+        if !said || !exit_right {
+            findings.add(Class::Wrong, what, Some((&format!("check-plan-{i}.ebm"), source.as_bytes())), &run, &format!("`check` should print {} {expected} (exit {}); it exited {:?} with: {}", if *expected == "error" { "an" } else { "a" }, u8::from(*expected == "error"), run.code, run.stderr.trim()));
+        }
+    }
+    findings.assert_none();
+}
+
+#[test]
+fn bounded_reals_stay_in_their_box_when_sampled() {
+    let dir = Scratch::new("box");
+    let findings = Findings::new("box");
+    // Energies that push hard against the walls: the samples must stay inside.
+    let cases = [
+        ("a linear pull past both walls", "model m {\n    visible x : real[3] in [0, 1];\n    param w : real[3] = ones;\n    energy e = 20 * sum(x) - 40 * (w @ x);\n}\n"),
+        ("a quadratic centred outside the box", "model m {\n    visible x : real[3] in [0, 1];\n    energy e = 5 * sum(square(x + 3));\n}\n"),
+        // A gradient step of 10 box widths: one reflection cannot bring it back.
+        ("a steep pull below the lower wall", "model m {\n    visible x : real[3] in [0, 1];\n    energy e = 1000 * sum(x);\n}\n"),
+        ("a steep push above the upper wall", "model m {\n    visible x : real[3] in [0, 1];\n    energy e = -1000 * sum(x);\n}\n"),
+    ];
+    for (i, (what, source)) in cases.iter().enumerate() {
+        let file = dir.write(&format!("box{i}.ebm"), source);
+        let out = dir.path(&format!("box{i}.csv"));
+        let run = ebmc(&args(&["sample", &p(&file), "--chains", "200", "--steps", "50", "--seed", "3", "--out", &p(&out)]), &dir.0);
+        if findings.check(what, Some((&format!("box{i}.ebm"), source.as_bytes())), &run, true, std::slice::from_ref(&out)).is_some() || run.code != Some(0) {
+            if run.code != Some(0) {
+                findings.wrong(what, &run, &format!("sampling failed: {}", run.stderr.trim()));
+            }
+            continue;
+        }
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let values: Vec<f64> = text.lines().skip(1).flat_map(|l| l.split(',').map(|c| c.trim().parse::<f64>().unwrap_or(f64::NAN)).collect::<Vec<_>>()).collect();
+        let outside = values.iter().filter(|v| !(0.0..=1.0).contains(*v)).count();
+        if values.is_empty() || outside > 0 {
+            let worst = values.iter().cloned().fold(0.0f64, |w, v| if (v - 0.5).abs() > (w - 0.5).abs() { v } else { w });
+            findings.wrong(what, &run, &format!("{outside} of {} sampled values lie outside [0, 1] (furthest: {worst})", values.len()));
+        }
     }
     findings.assert_none();
 }
