@@ -533,7 +533,7 @@ fn bad_checkpoints_keep_the_contract() {
         for (a, files) in [
             (args(&["eval", &model, "--params", params]), vec![]),
             (args(&["eval", &model, "--params", params, "--json"]), vec![]),
-            (args(&["eval", &model, "--params", params, "--ais", "--runs", "4", "--temperatures", "20"]), vec![]),
+            (args(&["eval", &model, "--params", params, "--ais", "--runs", "4", "--temperatures", "100"]), vec![]),
             (args(&["energy", &model, "--params", params, "--data", &rows]), vec![]),
             (args(&["sample", &model, "--params", params, "--chains", "3", "--steps", "2", "--out", &p(&csv)]), vec![csv.clone()]),
         ] {
