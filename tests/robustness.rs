@@ -628,8 +628,12 @@ fn two_trainings_into_one_directory_do_not_interleave() {
     if first.code != Some(0) {
         findings.wrong(what, &first, &format!("the first run, which had the directory to itself, failed: {}", first.stderr.trim()));
     }
+    // Epochs the second run finished (its per-epoch lines): with a lock it finishes none.
+    let epochs = second.stderr.lines().filter(|l| l.trim_start().starts_with("epoch") && l.contains("loss")).count();
     if overlapped && second.code == Some(0) {
-        findings.wrong(what, &second, "both runs exited 0: nothing stopped the second from writing into the first's directory (no lock)");
+        findings.wrong(what, &second, "the second run exited 0: nothing stopped it from writing into the directory the first was writing (no lock)");
+    } else if overlapped && epochs > 0 {
+        findings.wrong(what, &second, &format!("the second run wrote {epochs} epoch(s) into the first's directory before it stopped (no lock): {}", second.stderr.lines().last().unwrap_or("")));
     }
     // What the first run leaves is what it leaves alone, byte for byte.
     let solo = p(&dir.path("solo-run"));
