@@ -741,3 +741,63 @@ fn bounded_reals_stay_in_their_box_when_sampled() {
     }
     findings.assert_none();
 }
+
+/// Every file under `dir` whose name shows an unfinished write.
+fn temp_files(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") || name.contains("partial") {
+            found.push(p(&e.path()));
+        }
+        if e.path().is_dir() {
+            found.extend(temp_files(&e.path()));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_full_disk_leaves_no_temporary_or_cut_files() {
+    let dir = Scratch::new("full-disk");
+    tiny_models(&dir);
+    let r = p(&dir.path("r.ebm"));
+    let findings = Findings::new("full-disk");
+    // Each size lets a different write be the first that fails: the first
+    // curve.png (6 KB), or the curve after epoch 1, 2 or 3 (17, 21, 23 KB),
+    // each after a checkpoint; the samples (600 B) and the formatted file (70 B).
+    for bytes in [0u64, 300, 6000, 17000, 21000] {
+        let limits = harness::Limits { file_bytes: Some(bytes), ..LIMITS };
+        let what = format!("files limited to {bytes} bytes (RLIMIT_FSIZE), as on a full disk");
+        let out = dir.path(&format!("run-{bytes}"));
+        let run = harness::run(&bin(), &args(&["train", &r, "--epochs", "3", "--out", &p(&out)]), &dir.0, &limits);
+        if findings.check(&what, None, &run, false, &[]).is_none() {
+            let mut left = harness::half_written(&out);
+            // half_written looks one folder down; temp files deeper than that count too.
+            left.extend(temp_files(&out).into_iter().filter(|f| Path::new(f).parent() != Some(out.as_path()) && !Path::new(f).parent().is_some_and(|d| d.parent() == Some(out.as_path()))));
+            if !left.is_empty() {
+                findings.wrong(&what, &run, &format!("exit {:?}; left in {}: {left:?}", run.code, out.display()));
+            }
+        }
+        let samples = dir.path(&format!("samples-{bytes}.csv"));
+        let run = harness::run(&bin(), &args(&["sample", &r, "--params", &p(&dir.path("r.safetensors")), "--chains", "50", "--steps", "2", "--out", &p(&samples)]), &dir.0, &limits);
+        if findings.check(&what, None, &run, true, &[]).is_none() {
+            let tmp: Vec<String> = temp_files(&dir.0).into_iter().filter(|f| f.contains(&format!("samples-{bytes}.csv"))).collect();
+            let cut = run.code != Some(0) && samples.exists();
+            if !tmp.is_empty() || cut {
+                findings.wrong(&what, &run, &format!("exit {:?}; left {tmp:?}{}", run.code, if cut { " and a samples file although sampling failed" } else { "" }));
+            }
+        }
+        let messy = "model m{visible v:binary[2];energy e=sum(v);}";
+        let file = dir.write(&format!("messy-{bytes}.ebm"), messy);
+        let run = harness::run(&bin(), &args(&["fmt", &p(&file)]), &dir.0, &limits);
+        if findings.check(&what, None, &run, false, &[]).is_none() {
+            let now = std::fs::read_to_string(&file).unwrap_or_default();
+            let tmp: Vec<String> = temp_files(&dir.0).into_iter().filter(|f| f.contains(&format!("messy-{bytes}.ebm"))).collect();
+            if !tmp.is_empty() || (run.code != Some(0) && now != messy) {
+                findings.wrong(&what, &run, &format!("fmt exit {:?}; left {tmp:?}; the file now reads {now:?}", run.code));
+            }
+        }
+    }
+    findings.assert_none();
+}

@@ -22,9 +22,12 @@ pub struct Limits {
     pub wall: Duration,
     /// Address space (RLIMIT_AS), so a runaway allocation fails inside the bound.
     pub memory_bytes: u64,
+    /// Largest file the run may write (RLIMIT_FSIZE, with SIGXFSZ ignored so a
+    /// write past it fails as on a full disk), if any.
+    pub file_bytes: Option<u64>,
 }
 
-pub const LIMITS: Limits = Limits { wall: Duration::from_secs(20), memory_bytes: 4 << 30 };
+pub const LIMITS: Limits = Limits { wall: Duration::from_secs(20), memory_bytes: 4 << 30, file_bytes: None };
 
 /// What one run of the binary did.
 #[derive(Debug, Clone)]
@@ -82,11 +85,15 @@ mod rlimit {
         pub cur: u64,
         pub max: u64,
     }
+    pub const RLIMIT_FSIZE: i32 = 1;
     pub const RLIMIT_CORE: i32 = 4;
     pub const RLIMIT_AS: i32 = 9;
+    pub const SIGXFSZ: i32 = 25;
+    pub const SIG_IGN: usize = 1;
     unsafe extern "C" {
-        // std links the C library already; this is its setrlimit(2).
+        // std links the C library already; these are its setrlimit(2) and signal(2).
         pub fn setrlimit(resource: i32, limit: *const RLimit) -> i32;
+        pub fn signal(signum: i32, handler: usize) -> usize;
     }
 }
 
@@ -114,14 +121,21 @@ pub fn run(bin: &Path, args: &[String], cwd: &Path, limits: &Limits) -> Run {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;
-        let memory = limits.memory_bytes;
-        // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+        let (memory, file) = (limits.memory_bytes, limits.file_bytes);
+        // SAFETY: setrlimit and signal are async-signal-safe and touch no memory of the parent.
         unsafe {
             cmd.pre_exec(move || {
                 let core = rlimit::RLimit { cur: 0, max: 0 };
                 let space = rlimit::RLimit { cur: memory, max: memory };
                 if rlimit::setrlimit(rlimit::RLIMIT_CORE, &core) != 0 || rlimit::setrlimit(rlimit::RLIMIT_AS, &space) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(bytes) = file {
+                    let size = rlimit::RLimit { cur: bytes, max: bytes };
+                    // An ignored disposition survives exec: the write fails with EFBIG instead of killing.
+                    if rlimit::signal(rlimit::SIGXFSZ, rlimit::SIG_IGN) == usize::MAX || rlimit::setrlimit(rlimit::RLIMIT_FSIZE, &size) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -577,9 +591,23 @@ pub fn npy(header: &str, data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A safetensors file whose header parses and whose data ends where the header says.
+fn whole_safetensors(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else { return false };
+    let Some(n) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize) else { return false };
+    let Some(header) = bytes.get(8..8usize.saturating_add(n)).and_then(|h| serde_json::from_slice::<serde_json::Value>(h).ok()) else { return false };
+    let end = header.as_object().map_or(0, |o| o.values().filter_map(|t| t["data_offsets"][1].as_u64()).max().unwrap_or(0));
+    bytes.len() == 8 + n + end as usize
+}
+
+/// A PNG file that ends with its IEND chunk.
+fn whole_png(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.starts_with(b"\x89PNG") && b.len() >= 12 && &b[b.len() - 8..b.len() - 4] == b"IEND")
+}
+
 /// Files in a run directory that show a write or clean-up was cut short:
-/// temp files, staging folders, checkpoint folders missing a file, a
-/// `latest` that names no complete folder.
+/// temp files, staging folders, checkpoint folders missing a file, files cut
+/// short (safetensors, JSON, PNG), a `latest` that names no complete folder.
 pub fn half_written(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else { return found };
@@ -589,10 +617,21 @@ pub fn half_written(dir: &Path) -> Vec<String> {
         if name.ends_with(".tmp") || name.contains("partial") {
             found.push(name.clone());
         }
+        if name.ends_with(".png") && !whole_png(&p) {
+            found.push(format!("{name} cut short"));
+        }
+        if name == "metrics.jsonl" && std::fs::read_to_string(&p).map_or(true, |t| t.lines().any(|l| serde_json::from_str::<serde_json::Value>(l).is_err())) {
+            found.push(format!("{name} with a line that is not JSON"));
+        }
         if name.starts_with("epoch-") && p.is_dir() {
             for needed in ["params.safetensors", "state.safetensors", "meta.json"] {
-                if !p.join(needed).is_file() {
+                let f = p.join(needed);
+                if !f.is_file() {
                     found.push(format!("{name}/ without {needed}"));
+                } else if needed.ends_with(".safetensors") && !whole_safetensors(&f) {
+                    found.push(format!("{name}/{needed} cut short"));
+                } else if needed == "meta.json" && std::fs::read_to_string(&f).map_or(true, |t| serde_json::from_str::<serde_json::Value>(&t).is_err()) {
+                    found.push(format!("{name}/{needed} is not JSON"));
                 }
             }
             if let Ok(inner) = std::fs::read_dir(&p) {
