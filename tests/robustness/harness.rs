@@ -532,6 +532,8 @@ pub fn generated() -> Vec<Generated> {
         g("10,000 nested calls", real2(format!("0.5 * sum(square({}v{}))", "abs(".repeat(n), ")".repeat(n))), false),
         g("10,000 nested sums of a scalar", real2(format!("{}0.5 * sum(square(v)){}", "sum(".repeat(n), ")".repeat(n))), false),
         g("9,000-term sum", real2(vec!["0.5 * sum(square(v))"; 9000].join(" + ")), false),
+        // 9,000 terms overflow the release build's stack; the test build's frames need more.
+        g("100,000-term sum", real2(vec!["0.5 * sum(square(v))"; 100_000].join(" + ")), false),
         g("9,000-term product", real2(format!("0.5 * sum(square(v)) {}", " * 1".repeat(9000))), false),
         g("10,000 unary minuses", real2(format!("{}0.5 * sum(square(v))", "- ".repeat(n))), false),
         g("1,500 nested calls", real2(format!("0.5 * sum(square({}v{}))", "abs(".repeat(1500), ")".repeat(1500))), true),
