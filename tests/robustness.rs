@@ -20,6 +20,9 @@ use std::sync::Mutex;
 const MUTANTS_PER_FILE: u64 = 24;
 /// Base seed of the mutated inputs; file `i` of the sorted zoo uses `SEED + i`.
 const SEED: u64 = 10;
+/// Bounds for the 400-epoch trainings of the lock and kill tests: 400
+/// checkpoints, each synced to disk, may take longer than one ordinary run.
+const SLOW: harness::Limits = harness::Limits { wall: std::time::Duration::from_secs(90), ..LIMITS };
 /// Runs at once inside one test (the test harness runs tests side by side too).
 const WORKERS: usize = 2;
 
@@ -612,9 +615,10 @@ fn two_trainings_into_one_directory_do_not_interleave() {
     let slow = p(&dir.path("slow.ebm"));
     let out = p(&dir.path("shared-run"));
     let a = args(&["train", &slow, "--out", &out]);
+    let long = |a: &[String]| harness::run(&bin(), a, &dir.0, &SLOW);
     let started = std::time::Instant::now();
     let (first, second, second_start) = std::thread::scope(|s| {
-        let first = s.spawn(|| ebmc(&a, &dir.0));
+        let first = s.spawn(|| long(&a));
         std::thread::sleep(std::time::Duration::from_millis(300));
         let second_start = started.elapsed().as_secs_f64();
         let second = ebmc(&a, &dir.0);
@@ -637,7 +641,7 @@ fn two_trainings_into_one_directory_do_not_interleave() {
     }
     // What the first run leaves is what it leaves alone, byte for byte.
     let solo = p(&dir.path("solo-run"));
-    let alone = ebmc(&args(&["train", &slow, "--out", &solo]), &dir.0);
+    let alone = long(&args(&["train", &slow, "--out", &solo]));
     let params = |d: &str| std::fs::read(Path::new(d).join("epoch-400/params.safetensors")).unwrap_or_default();
     if alone.code == Some(0) && params(&out) != params(&solo) {
         findings.wrong(what, &second, "the shared directory's last checkpoint differs from the same run made alone (the runs interleaved)");
@@ -811,7 +815,8 @@ fn a_killed_training_resumes_to_the_same_bytes() {
     let slow = p(&dir.path("slow.ebm"));
     let findings = Findings::new("kill");
     let reference = dir.path("uninterrupted");
-    let run = ebmc(&args(&["train", &slow, "--out", &p(&reference)]), &dir.0);
+    let long = |a: &[String]| harness::run(&bin(), a, &dir.0, &SLOW);
+    let run = long(&args(&["train", &slow, "--out", &p(&reference)]));
     findings.check("the uninterrupted run", None, &run, false, &[]);
     let last = |d: &Path| std::fs::read(d.join("epoch-400/params.safetensors")).unwrap_or_default();
     assert!(!last(&reference).is_empty(), "the uninterrupted run wrote no epoch-400: {}", run.stderr);
@@ -825,7 +830,7 @@ fn a_killed_training_resumes_to_the_same_bytes() {
         if !broken.is_empty() {
             findings.wrong(&what, &killed, &format!("after the kill: {broken:?}"));
         }
-        let resumed = if out.join("latest").exists() { ebmc(&args(&["train", &slow, "--resume", &p(&out)]), &dir.0) } else { ebmc(&args(&["train", &slow, "--out", &p(&out)]), &dir.0) };
+        let resumed = if out.join("latest").exists() { long(&args(&["train", &slow, "--resume", &p(&out)])) } else { long(&args(&["train", &slow, "--out", &p(&out)])) };
         if findings.check(&what, None, &resumed, false, &[]).is_some() {
             continue;
         }
