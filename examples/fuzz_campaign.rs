@@ -185,7 +185,7 @@ fn signature(class: Class, detail: &str, command: &str) -> String {
     let place = detail
         .split("panicked at ")
         .nth(1)
-        .map(|rest| rest.split(|c: char| c == '\n' || c == ' ').next().unwrap_or("").trim_end_matches(':').to_string())
+        .map(|rest| rest.split(['\n', ' ']).next().unwrap_or("").trim_end_matches(':').to_string())
         .or_else(|| detail.contains("stack overflow").then(|| "stack overflow".to_string()))
         .or_else(|| detail.contains("memory allocation of").then(|| "failed allocation".to_string()))
         .unwrap_or_default();

@@ -778,7 +778,7 @@ fn a_full_disk_leaves_no_temporary_or_cut_files() {
         if findings.check(&what, None, &run, false, &[]).is_none() {
             let mut left = harness::half_written(&out);
             // half_written looks one folder down; temp files deeper than that count too.
-            left.extend(temp_files(&out).into_iter().filter(|f| Path::new(f).parent() != Some(out.as_path()) && !Path::new(f).parent().is_some_and(|d| d.parent() == Some(out.as_path()))));
+            left.extend(temp_files(&out).into_iter().filter(|f| Path::new(f).parent() != Some(out.as_path()) && Path::new(f).parent().is_none_or(|d| d.parent() != Some(out.as_path()))));
             if !left.is_empty() {
                 findings.wrong(&what, &run, &format!("exit {:?}; left in {}: {left:?}", run.code, out.display()));
             }

@@ -582,7 +582,7 @@ pub fn safetensors(tensors: &[(&str, Vec<usize>, Vec<f32>)], dtype: &str) -> Vec
 /// An NPY file with `header` (the dict text) and raw `data`.
 pub fn npy(header: &str, data: &[u8]) -> Vec<u8> {
     let mut text = header.to_string();
-    while (10 + text.len() + 1) % 64 != 0 {
+    while !(10 + text.len() + 1).is_multiple_of(64) {
         text.push(' ');
     }
     text.push('\n');
@@ -641,10 +641,10 @@ pub fn half_written(dir: &Path) -> Vec<String> {
             }
         }
     }
-    if let Ok(latest) = std::fs::read_to_string(dir.join("latest")) {
-        if !dir.join(latest.trim()).join("params.safetensors").is_file() {
-            found.push(format!("latest names `{}`, which is not a complete checkpoint", latest.trim()));
-        }
+    if let Ok(latest) = std::fs::read_to_string(dir.join("latest"))
+        && !dir.join(latest.trim()).join("params.safetensors").is_file()
+    {
+        found.push(format!("latest names `{}`, which is not a complete checkpoint", latest.trim()));
     }
     found
 }
