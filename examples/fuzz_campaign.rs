@@ -108,20 +108,39 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// Builds input `index` and runs it through its commands in `dir`.
-fn fuzz_one(o: &Options, m: &Material, dir: &Path, index: u64) -> Vec<Outcome> {
-    let mut rng = Rng::for_input(o.seed, index);
-    let mut outcomes = Vec::new();
-    let mut go = |file: &str, bytes: &[u8], how: &str, args: Vec<String>, figures: bool, files: &[PathBuf]| {
+/// The runs of one input, in order.
+struct Runs<'a> {
+    o: &'a Options,
+    dir: &'a Path,
+    index: u64,
+    outcomes: Vec<Outcome>,
+}
+
+impl Runs<'_> {
+    /// Runs `ebmc args` on the input and returns its exit code and stdout.
+    fn go(&mut self, file: &str, bytes: &[u8], how: &str, args: Vec<String>, figures: bool, files: &[PathBuf]) -> (Option<i32>, String) {
         for f in files {
             let _ = std::fs::remove_file(f);
         }
-        let run = harness::run(&o.bin, &args, dir, &o.limits);
+        let run = harness::run(&self.o.bin, &args, self.dir, &self.o.limits);
         let breach = breach(&run, figures, files);
-        let ok = run.code == Some(0);
-        outcomes.push(Outcome { index, file: file.to_string(), bytes: bytes.to_vec(), how: how.to_string(), run, breach });
-        ok
-    };
+        let result = (run.code, run.stdout.clone());
+        self.outcomes.push(Outcome { index: self.index, file: file.to_string(), bytes: bytes.to_vec(), how: how.to_string(), run, breach });
+        result
+    }
+
+    /// Marks the last run as wrong, unless it already broke the contract.
+    fn wrong(&mut self, detail: String) {
+        if let Some(last) = self.outcomes.last_mut().filter(|l| l.breach.is_none()) {
+            last.breach = Some((Class::Wrong, detail));
+        }
+    }
+}
+
+/// Builds input `index` and runs it through its commands in `dir`.
+fn fuzz_one(o: &Options, m: &Material, dir: &Path, index: u64) -> Vec<Outcome> {
+    let mut rng = Rng::for_input(o.seed, index);
+    let mut r = Runs { o, dir, index, outcomes: Vec::new() };
     let samples = dir.join("samples.csv");
     match rng.below(100) {
         kind @ 0..=89 => {
@@ -138,15 +157,33 @@ fn fuzz_one(o: &Options, m: &Material, dir: &Path, index: u64) -> Vec<Outcome> {
             let path = dir.join("input.ebm");
             std::fs::write(&path, &bytes).expect("worker folder is writable");
             let file = format!("{index}.ebm");
-            let checks = go(&file, &bytes, &how, vec!["check".into(), s(&path)], false, &[]);
-            go(&file, &bytes, &how, vec!["plan".into(), s(&path)], false, &[]);
-            go(&file, &bytes, &how, vec!["graph".into(), s(&path)], false, &[]);
+            let on = |command: &str| vec![command.to_string(), s(&path)];
+            let checks = r.go(&file, &bytes, &how, on("check"), false, &[]).0 == Some(0);
+            let plan = r.go(&file, &bytes, &how, on("plan"), false, &[]);
+            if checks && plan.0 == Some(1) {
+                r.wrong("`check` exits 0 on this file but `plan` refuses it with exit 1".into());
+            }
+            let graph = r.go(&file, &bytes, &how, on("graph"), false, &[]).1;
             if checks {
                 let a = ["sample", &s(&path), "--chains", "2", "--steps", "2", "--out", &s(&samples)].map(String::from).to_vec();
-                go(&file, &bytes, &how, a, true, std::slice::from_ref(&samples));
+                r.go(&file, &bytes, &how, a, true, std::slice::from_ref(&samples));
             }
-            // Last: fmt rewrites the file.
-            go(&file, &bytes, &how, vec!["fmt".into(), s(&path)], false, &[]);
+            // Last: fmt rewrites the file; it must keep the meaning and be idempotent.
+            if r.go(&file, &bytes, &how, on("fmt"), false, &[]).0 == Some(0) && checks {
+                let formatted = std::fs::read(&path).unwrap_or_default();
+                if r.go(&file, &bytes, &how, on("check"), false, &[]).0 != Some(0) {
+                    r.wrong(format!("the file checks, but not once formatted:\n{}", String::from_utf8_lossy(&formatted)));
+                }
+                let replanned = r.go(&file, &bytes, &how, on("plan"), false, &[]).1;
+                let regraphed = r.go(&file, &bytes, &how, on("graph"), false, &[]).1;
+                if (replanned, regraphed) != (plan.1, graph) {
+                    r.wrong(format!("formatting changed the plan or graph; formatted text:\n{}", String::from_utf8_lossy(&formatted)));
+                }
+                r.go(&file, &bytes, &how, on("fmt"), false, &[]);
+                if std::fs::read(&path).unwrap_or_default() != formatted {
+                    r.wrong("fmt is not idempotent: a second fmt changed the formatted file".into());
+                }
+            }
         }
         90..=94 => {
             let (bytes, how) = harness::mutate(&mut rng, &m.rows, std::slice::from_ref(&m.rows));
@@ -155,13 +192,13 @@ fn fuzz_one(o: &Options, m: &Material, dir: &Path, index: u64) -> Vec<Outcome> {
             std::fs::write(&data, &bytes).expect("worker folder is writable");
             let (model, params, out) = (dir.join("r.ebm"), dir.join("r.safetensors"), dir.join("run"));
             let file = format!("{index}.csv");
-            go(&file, &bytes, &how, ["energy", &s(&model), "--params", &s(&params), "--data", &s(&data)].map(String::from).to_vec(), true, &[]);
-            go(&file, &bytes, &how, ["eval", &s(&model), "--params", &s(&params), "--data", &s(&data), "--json"].map(String::from).to_vec(), true, &[]);
+            r.go(&file, &bytes, &how, ["energy", &s(&model), "--params", &s(&params), "--data", &s(&data)].map(String::from).to_vec(), true, &[]);
+            r.go(&file, &bytes, &how, ["eval", &s(&model), "--params", &s(&params), "--data", &s(&data), "--json"].map(String::from).to_vec(), true, &[]);
             let _ = std::fs::remove_dir_all(&out);
-            go(&file, &bytes, &how, ["train", &s(&model), "--data", &s(&data), "--epochs", "1", "--out", &s(&out)].map(String::from).to_vec(), false, &[]);
+            r.go(&file, &bytes, &how, ["train", &s(&model), "--data", &s(&data), "--epochs", "1", "--out", &s(&out)].map(String::from).to_vec(), false, &[]);
             let left = harness::half_written(&out);
-            if let (false, Some(last)) = (left.is_empty(), outcomes.last_mut()) {
-                last.breach = Some((Class::Wrong, format!("train left {} half-written: {left:?}", out.display())));
+            if !left.is_empty() {
+                r.wrong(format!("train left {} half-written: {left:?}", out.display()));
             }
         }
         _ => {
@@ -171,13 +208,13 @@ fn fuzz_one(o: &Options, m: &Material, dir: &Path, index: u64) -> Vec<Outcome> {
             std::fs::write(&params, &bytes).expect("worker folder is writable");
             let (model, rows) = (dir.join("r.ebm"), dir.join("rows.csv"));
             let file = format!("{index}.safetensors");
-            go(&file, &bytes, &how, ["eval", &s(&model), "--params", &s(&params), "--json"].map(String::from).to_vec(), true, &[]);
-            go(&file, &bytes, &how, ["energy", &s(&model), "--params", &s(&params), "--data", &s(&rows)].map(String::from).to_vec(), true, &[]);
+            r.go(&file, &bytes, &how, ["eval", &s(&model), "--params", &s(&params), "--json"].map(String::from).to_vec(), true, &[]);
+            r.go(&file, &bytes, &how, ["energy", &s(&model), "--params", &s(&params), "--data", &s(&rows)].map(String::from).to_vec(), true, &[]);
             let a = ["sample", &s(&model), "--params", &s(&params), "--chains", "2", "--steps", "2", "--out", &s(&samples)].map(String::from).to_vec();
-            go(&file, &bytes, &how, a, true, std::slice::from_ref(&samples));
+            r.go(&file, &bytes, &how, a, true, std::slice::from_ref(&samples));
         }
     }
-    outcomes
+    r.outcomes
 }
 
 /// Groups failures that are one bug: the panic's location, or the kind of abort.

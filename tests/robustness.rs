@@ -156,6 +156,8 @@ fn mutated_zoo_files_keep_the_contract() {
         let samples = dir.path(&format!("{file}.csv"));
         let sample = ["sample", "--chains", "2", "--steps", "2", "--out", &p(&samples)];
         let mut checks = false;
+        let mut before = Vec::new();
+        let mut formatted = None;
         // fmt last: it rewrites the file.
         for command in [&["check"][..], &["plan"], &["graph"], &["graph", "--format", "dot"], &sample, &["fmt"]] {
             // A model that checks is sampled too: the run-time half of the front end's promises.
@@ -166,10 +168,36 @@ fn mutated_zoo_files_keep_the_contract() {
             a.insert(1, p(&path));
             let run = ebmc(&a, &dir.0);
             checks |= command[0] == "check" && run.code == Some(0);
+            if command[0] == "fmt" && run.code == Some(0) {
+                formatted = Some(run.clone());
+            }
+            if matches!(command, ["plan"] | ["graph"]) {
+                before.push(run.stdout.clone());
+            }
             if findings.check(how, Some((file, bytes)), &run, command[0] == "sample", std::slice::from_ref(&samples)).is_none() && command[0] == "plan" && checks && run.code == Some(1) {
                 // A user runs `check` in CI: what `plan` refuses, `check` must report.
                 findings.add(Class::Wrong, how, Some((file, bytes)), &run, "`check` exits 0 on this file but `plan` refuses it with exit 1");
             }
+        }
+        let Some(fmt_run) = formatted.filter(|_| checks) else { return };
+        // fmt keeps the meaning (same plan, same graph) and is idempotent.
+        let text = std::fs::read(&path).unwrap_or_default();
+        let mut after = Vec::new();
+        for command in ["check", "plan", "graph", "fmt"] {
+            let run = ebmc(&args(&[command, &p(&path)]), &dir.0);
+            if findings.check(how, Some((file, bytes)), &run, false, &[]).is_some() {
+                return;
+            }
+            let shown = String::from_utf8_lossy(&text);
+            match command {
+                "check" if run.code != Some(0) => findings.add(Class::Wrong, how, Some((file, bytes)), &run, &format!("the file checks, but not once formatted:\n{shown}")),
+                "plan" | "graph" => after.push(run.stdout),
+                "fmt" if std::fs::read(&path).unwrap_or_default() != text => findings.add(Class::Wrong, how, Some((file, bytes)), &run, "fmt is not idempotent: a second fmt changed the formatted file"),
+                _ => {}
+            }
+        }
+        if before != after {
+            findings.add(Class::Wrong, how, Some((file, bytes)), &fmt_run, &format!("formatting changed the plan or graph; formatted text:\n{}", String::from_utf8_lossy(&text)));
         }
     });
     findings.assert_none();
