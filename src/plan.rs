@@ -250,7 +250,7 @@ fn normalisability(graph: &FactorGraph, ir: &mut Ir, total: Id, x: &crate::progr
         terms.push(Term { order: power.map(|p| Some(p.order)).unwrap_or(order), power, rises: c > 0.0 && nonneg, text: ir.show(shown) });
     }
     let confines = |t: &Term| t.power.is_some_and(|p| p.definite && p.factor > 0.0);
-    let confining = terms.iter().filter(|t| confines(t)).max_by(|a, b| a.order.partial_cmp(&b.order).expect("finite orders"));
+    let confining = terms.iter().filter(|t| confines(t)).max_by(|a, b| a.order.unwrap_or(f64::INFINITY).total_cmp(&b.order.unwrap_or(f64::INFINITY)));
     // The highest order of any term, and the terms holding it.
     let top = terms.iter().map(|t| t.order.unwrap_or(f64::INFINITY)).fold(0.0, f64::max);
     let leading: Vec<&Term> = terms.iter().filter(|t| t.order.unwrap_or(f64::INFINITY) == top).collect();
