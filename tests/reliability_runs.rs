@@ -475,3 +475,23 @@ fn nce_learns_the_exact_log_z_of_a_gaussian() {
     assert!((learned - exact).abs() < 0.06, "nce.log_z {learned} against log Z {exact}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_diverging_run_names_epoch_step_and_what_went_non_finite() {
+    // 1e20 fits in f32 but its square does not: the loss overflows at once.
+    let dir = scratch("overflow");
+    std::fs::write(dir.join("big.csv"), "1e20\n-1e20\n3e20\n2e20\n").unwrap();
+    std::fs::write(
+        dir.join("q.ebm"),
+        "model q { visible x : real[1]; param m : real[1] = zeros; energy e = 0.5 * sum(square(x - m)); }
+         train q { data = csv(path: \"big.csv\") -> x; objective = sm; optimizer = sgd(lr: 0.1); batch = 2; epochs = 2; }",
+    )
+    .unwrap();
+    let run = dir.join("run");
+    let out = ebmc(&["train", dir.join("q.ebm").to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("training diverged at epoch 1, step 1: the loss is not finite"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("check the data's scale"));
+    assert_eq!(listing(&run), ["lock"], "no metrics, curve or checkpoint of a run that produced no finite epoch");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
