@@ -604,12 +604,7 @@ fn bind(t: &Table, vars: &[&Variable], src: &Call) -> Result<Dataset, DataError>
 /// The bundled digits' columns for `vars`: 64 pixels, then the label.
 fn digits_columns(t: &Table, vars: &[&Variable]) -> Result<Vec<Vec<usize>>, DataError> {
     let widths: Vec<usize> = vars.iter().map(|v| columns_of(v)).collect();
-    let fits = match widths[..] {
-        [64] => true,
-        [64, 1] => true,
-        _ => false,
-    };
-    if !fits {
+    if !matches!(widths[..], [64] | [64, 1]) {
         let found: Vec<String> = vars.iter().zip(&widths).map(|(v, w)| format!("`{}` takes {w}", v.name)).collect();
         return Err(DataError::Binding {
             source: t.source.clone(),

@@ -430,6 +430,25 @@ fn bounded_reals_follow_a_truncated_exponential() {
 }
 
 #[test]
+fn mala_with_steps_as_wide_as_the_box_is_exact() {
+    // MALA's acceptance uses the folded proposal's density (a sum over the
+    // reflected images), so even steps that cross both walls leave the
+    // truncated exponential exactly invariant. Same test and bound as above.
+    for step in [0.3, 3.0] {
+        let src = format!("model t {{ visible x : real in [0, 1]; energy e = 3 * x; sample {{ x: mala(step: {step}, steps: 5); }} }}");
+        let (model, plan, params) = setup(&src);
+        let mut sampler = Sampler::new(&model, &plan, &params, 4000, 6, DeviceKind::Cpu).unwrap();
+        for _ in 0..100 {
+            sampler.sweep();
+        }
+        let xs: Vec<f64> = sampler.state()["x"].data.iter().map(|&v| f64::from(v)).collect();
+        assert!(xs.iter().all(|x| (0.0..=1.0).contains(x)));
+        let d = ks(xs, |x| (1.0 - (-3.0 * x).exp()) / (1.0 - (-3.0f64).exp()));
+        assert!(d < 0.031, "step {step}: KS distance {d}, acceptance {:?}", sampler.acceptance());
+    }
+}
+
+#[test]
 fn diverging_samples_are_an_error_not_nan_rows() {
     let dir = scratch("diverge");
     // x ← x − 5x + noise multiplies x by −4 each step: past f32 in ~64 steps.
@@ -473,5 +492,25 @@ fn nce_learns_the_exact_log_z_of_a_gaussian() {
     let learned = f64::from(params["nce.log_z"].data[0]);
     let exact = (sigma * (2.0 * std::f64::consts::PI).sqrt()).ln();
     assert!((learned - exact).abs() < 0.06, "nce.log_z {learned} against log Z {exact}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_diverging_run_names_epoch_step_and_what_went_non_finite() {
+    // 1e20 fits in f32 but its square does not: the loss overflows at once.
+    let dir = scratch("overflow");
+    std::fs::write(dir.join("big.csv"), "1e20\n-1e20\n3e20\n2e20\n").unwrap();
+    std::fs::write(
+        dir.join("q.ebm"),
+        "model q { visible x : real[1]; param m : real[1] = zeros; energy e = 0.5 * sum(square(x - m)); }
+         train q { data = csv(path: \"big.csv\") -> x; objective = sm; optimizer = sgd(lr: 0.1); batch = 2; epochs = 2; }",
+    )
+    .unwrap();
+    let run = dir.join("run");
+    let out = ebmc(&["train", dir.join("q.ebm").to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("training diverged at epoch 1, step 1: the loss is not finite"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("check the data's scale"));
+    assert_eq!(listing(&run), ["lock"], "no metrics, curve or checkpoint of a run that produced no finite epoch");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -620,9 +620,26 @@ impl<D: Kernels> ChainSet<D> {
         for (((v, _), ga), gb) in vars.iter().zip(&g0).zip(&g1) {
             let name = &self.vars[*v].name;
             let (x, y) = (self.state[name].clone(), proposal[name].clone());
+            if let Domain::Real { bounds: Some((lo, hi)) } = self.vars[*v].domain {
+                // The folded proposal's density sums the Gaussian over every image of the point.
+                let (xs, ys, gas, gbs) = (x.as_vec(), y.as_vec(), ga.clone().as_vec(), gb.clone().as_vec());
+                let per = xs.len() / b;
+                let ratio: Vec<f32> = (0..b)
+                    .map(|c| {
+                        (c * per..(c + 1) * per)
+                            .map(|i| {
+                                let q = |to: f32, from: f32, g: f32| log_folded_gaussian(f64::from(to), f64::from(from - step * g), f64::from(noise), lo, hi);
+                                q(xs[i], ys[i], gbs[i]) - q(ys[i], xs[i], gas[i])
+                            })
+                            .sum::<f64>() as f32
+                    })
+                    .collect();
+                log_a = log_a + self.dev.tensor_from_vec(ratio, (b,));
+                continue;
+            }
             let back = (x.clone() - y.clone() + gb.clone() * step).square().sum::<(usize,), Axes2<1, 2>>();
             let forth = (y - x + ga.clone() * step).square().sum::<(usize,), Axes2<1, 2>>();
-            log_a = log_a + (forth - back) / (4.0 * step);
+            log_a = log_a + (forth - back) / (2.0 * noise * noise);
         }
         let u = self.uniform((b, 1, 1)).reshape_like(&(b,));
         let accept = u.ln().le(&log_a).choose(self.dev.ones_like(&(b,)), self.dev.zeros_like(&(b,)));
@@ -858,6 +875,27 @@ fn free_energy_on<D: Kernels>(dev: &D, model: &Model, params: &Tensors, sum_out:
         out.extend(expand(e, end - start, 1, 1).as_vec().into_iter().map(f64::from));
     }
     Ok(out)
+}
+
+/// The log-density at `y` in `[lo, hi]` of `N(mean, sd²)` folded into the
+/// interval by reflection: the sum over the images of `y` under the
+/// reflections, `lo + 2kw ± (y − lo)` with `w = hi − lo`, within 12 sd of the
+/// mean. A proposal spread over thousands of periods is uniform on the box
+/// to within rounding, and is taken as such.
+fn log_folded_gaussian(y: f64, mean: f64, sd: f64, lo: f64, hi: f64) -> f64 {
+    let w = hi - lo;
+    let t = y - lo;
+    let reach = 12.0 * sd;
+    let (first, last) = (((mean - reach - lo - w) / (2.0 * w)).floor(), ((mean + reach - lo + w) / (2.0 * w)).ceil());
+    if !(last - first).is_finite() || last - first > 10_000.0 {
+        return -w.ln();
+    }
+    let terms: Vec<f64> = (first as i64..=last as i64)
+        .flat_map(|k| [lo + 2.0 * k as f64 * w + t, lo + 2.0 * k as f64 * w - t])
+        .map(|z| -(z - mean).powi(2) / (2.0 * sd * sd))
+        .collect();
+    let top = terms.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    top + terms.iter().map(|l| (l - top).exp()).sum::<f64>().ln()
 }
 
 /// The variables an expression reads, each once.
