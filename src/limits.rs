@@ -311,3 +311,12 @@ pub fn available_from_meminfo(text: &str) -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     kb.checked_mul(1024)
 }
+
+/// The soft cap on the address space, in bytes, from the text of Linux's
+/// `/proc/self/limits`; `None` when it is unlimited or not given. A run
+/// under such a cap (`ulimit -v`) fails its allocations long before the
+/// machine's memory runs out, so the cap bounds what is available too.
+pub fn address_space_cap(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("Max address space"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}

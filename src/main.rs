@@ -210,7 +210,12 @@ fn parse_epochs(s: &str) -> Result<usize, String> {
 
 /// Memory the limits check runs against: Linux's MemAvailable, when known.
 fn available_memory() -> Option<u64> {
-    std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| ebmc::limits::available_from_meminfo(&t))
+    let free = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| ebmc::limits::available_from_meminfo(&t));
+    let cap = std::fs::read_to_string("/proc/self/limits").ok().and_then(|t| ebmc::limits::address_space_cap(&t));
+    match (free, cap) {
+        (Some(f), Some(c)) => Some(f.min(c)),
+        (f, c) => f.or(c),
+    }
 }
 
 /// A run past a limit cannot start on this machine (exit 2).
@@ -422,12 +427,6 @@ fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure
     let (source, compiled) = compile(path)?;
     let model = one_model(&compiled.program, only, "sample")?;
     let plan = plans(path, &source, &compiled.program)?.into_iter().find(|p| p.model == model.name).ok_or(Failure::Input)?;
-    if a.chains == 0 {
-        return Err(Failure::Io("--chains must be at least 1".into()));
-    }
-    if a.every == Some(0) {
-        return Err(Failure::Io("--every must be at least 1".into()));
-    }
     if let Some(out) = &a.out {
         writable(out, &["csv", "npy"])?;
     }

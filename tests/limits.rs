@@ -175,6 +175,8 @@ fn a_run_is_checked_against_the_memory_available() {
     assert!(needed > 0);
     assert_eq!(limits::available_from_meminfo("MemTotal: 100 kB\nMemAvailable:    2048 kB\n"), Some(2 << 20));
     assert_eq!(limits::available_from_meminfo("MemTotal: 100 kB\n"), None);
+    assert_eq!(limits::address_space_cap("Max stack size            8388608              unlimited            bytes\nMax address space         4294967296           unlimited            bytes\n"), Some(4 << 30));
+    assert_eq!(limits::address_space_cap("Max address space         unlimited            unlimited            bytes\n"), None);
 }
 
 #[test]

@@ -357,33 +357,6 @@ fn failed_writes_leave_no_temporary_files() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A full disk, on a 256 KiB tmpfs: training stops with exit 2, and what is
-/// left is whole: no temporary files or staging folders, `latest` names a
-/// complete checkpoint. Needs root to mount; run with `--ignored`.
-#[test]
-#[ignore]
-fn a_full_disk_leaves_only_whole_files() {
-    let dir = scratch("full");
-    let model = rbm_in(&dir, ROWS);
-    let disk = dir.join("disk");
-    std::fs::create_dir_all(&disk).unwrap();
-    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=256k", "tmpfs", disk.to_str().unwrap()]).status().unwrap();
-    assert!(mounted.success(), "mount needs root");
-    let run = disk.join("run");
-    let out = ebmc(&["train", &model, "--epochs", "1000000", "--out", run.to_str().unwrap()]);
-    let names = listing(&run);
-    let latest = std::fs::read_to_string(run.join("latest"));
-    let _ = Command::new("umount").arg(&disk).status();
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("No space left on device"), "{}", stderr(&out));
-    assert!(!names.iter().any(|n| n.contains(".partial") || n.contains(".trash-") || n.ends_with(".tmp")), "{names:?}");
-    let latest = latest.unwrap();
-    for file in ["meta.json", "params.safetensors", "state.safetensors"] {
-        assert!(names.contains(&format!("{}/{file}", latest.trim())), "{names:?}");
-    }
-    std::fs::remove_dir_all(&dir).unwrap();
-}
-
 // ---- 5 and 6. samplers: inside their box, finite or an error -----------------
 
 /// The Kolmogorov-Smirnov distance between `xs` and the CDF `cdf`.
