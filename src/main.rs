@@ -854,8 +854,12 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
                             report.insert("raise".into(), serde_json::to_value(&up).expect("serialises"));
                             report.insert("log_z_bracket".into(), vec![est.log_z, up.log_z].into());
                             report.insert("log_likelihood_bracket".into(), vec![fit - up.log_z, fit - est.log_z].into());
-                            if up.log_z + 3.0 * up.std_error < est.log_z - 3.0 * est.std_error {
+                            let noise = 3.0 * (up.std_error + est.std_error);
+                            if up.log_z + noise < est.log_z {
                                 warnings.push("the reverse-AIS upper bound lies below the AIS lower bound beyond their error bars: the chains do not mix at this schedule; use more `--temperatures`".into());
+                            } else if up.log_z - est.log_z > 1.0 + noise {
+                                // ESS cannot see chains that all miss the same mass; the bracket can.
+                                warnings.push(format!("the log Z bracket is {:.1} nats wide: AIS and reverse AIS disagree, so neither log Z nor the log-likelihood is known better than that; use more `--temperatures` or `--runs`", up.log_z - est.log_z));
                             }
                         }
                         Err(why) => notes.push(format!("no upper bound on log Z (reverse AIS): {why}")),

@@ -275,6 +275,10 @@ fn eval_warns_when_few_runs_carry_the_ais_estimate() {
     assert!(ess < 20.0, "a 2-temperature path on strong weights should degenerate: ESS {ess}");
     assert!(j["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("effective sample size")), "{}", j["warnings"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("warning: the AIS importance weights"));
+    // The bracket shows what ESS cannot: the two bounds far apart.
+    let width = j["log_z_bracket"][1].as_f64().unwrap() - j["log_z_bracket"][0].as_f64().unwrap();
+    let wide = j["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("bracket is"));
+    assert!(width > 2.0 && wide, "width {width}, warnings {}", j["warnings"]);
     // The same model on a proper path: no warning.
     let out = ebmc(&["eval", "models/bars.ebm", "--params", &params, "--ais", "--runs", "50", "--temperatures", "3000", "--json"]);
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
