@@ -513,22 +513,45 @@ pub struct Grid {
     pub free_energy: Vec<f64>,
 }
 
+/// The most points of a grid integral (per axis in 1-D, 4,096 per axis in
+/// 2-D): their free energies fit in a few hundred MiB.
+pub const MAX_GRID_POINTS: usize = 1 << 24;
+
+/// Grid bounds and resolution a grid integral over `dims` dimensions can
+/// honour: finite bounds, `low < high`, at least 2 points per axis and at
+/// most [`MAX_GRID_POINTS`] in all.
+pub fn check_grid_options(low: f64, high: f64, resolution: usize, dims: usize) -> Result<(), String> {
+    if !(low.is_finite() && high.is_finite() && low < high) {
+        return Err(format!("the grid bounds must be finite with --grid-low < --grid-high; got {low} and {high}"));
+    }
+    let points = u32::try_from(dims).ok().and_then(|d| resolution.checked_pow(d)).filter(|p| *p <= MAX_GRID_POINTS);
+    if resolution < 2 || points.is_none() {
+        return Err(format!("--grid must be at least 2 points per axis and at most {MAX_GRID_POINTS} points in all over {dims} dimension(s); got {resolution} per axis"));
+    }
+    Ok(())
+}
+
+/// The one continuous variable a grid integral covers once the plan's
+/// latents (and a JEM label) are summed out, the variables summed out, and
+/// its number of dimensions (1 or 2).
+pub fn grid_variable<'m>(model: &'m Model, plan: &Plan) -> Result<(&'m Variable, Vec<String>, usize), String> {
+    let inputs: Vec<String> = model.variables.iter().filter(|v| !v.domain.is_discrete()).map(|v| v.name.clone()).collect();
+    let summed = summed_for(plan, &inputs);
+    let rest: Vec<&Variable> = model.variables.iter().filter(|v| !summed.contains(&v.name)).collect();
+    let [v] = rest.as_slice() else {
+        return Err("the grid integral needs one continuous variable once latents are summed out".into());
+    };
+    let dims: usize = v.shape.iter().product();
+    if v.domain.is_discrete() || !(1..=2).contains(&dims) {
+        return Err(format!("the grid integral covers one or two continuous dimensions; `{}` has {dims}", v.name));
+    }
+    Ok((v, summed, dims))
+}
+
 impl Grid {
     pub fn new(model: &Model, plan: &Plan, params: &Tensors, low: f64, high: f64, resolution: usize, device: DeviceKind) -> Result<Grid, String> {
-        // The plan's latents and a JEM label are summed out: the grid covers the inputs.
-        let inputs: Vec<String> = model.variables.iter().filter(|v| !v.domain.is_discrete()).map(|v| v.name.clone()).collect();
-        let summed = summed_for(plan, &inputs);
-        let rest: Vec<&Variable> = model.variables.iter().filter(|v| !summed.contains(&v.name)).collect();
-        let [v] = rest.as_slice() else {
-            return Err("the grid integral needs one continuous variable once latents are summed out".into());
-        };
-        let dims: usize = v.shape.iter().product();
-        if v.domain.is_discrete() || !(1..=2).contains(&dims) {
-            return Err(format!("the grid integral covers one or two continuous dimensions; `{}` has {dims}", v.name));
-        }
-        if !(high > low) || resolution < 2 {
-            return Err("the grid needs low < high and at least 2 points per axis".into());
-        }
+        let (v, summed, dims) = grid_variable(model, plan)?;
+        check_grid_options(low, high, resolution, dims)?;
         let h = (high - low) / resolution as f64;
         let axis: Vec<f32> = (0..resolution).map(|i| (low + (i as f64 + 0.5) * h) as f32).collect();
         let points: Vec<f32> = if dims == 1 { axis.clone() } else { axis.iter().flat_map(|a| axis.iter().flat_map(move |b| [*a, *b])).collect() };

@@ -397,6 +397,10 @@ struct SampleArgs {
 /// One model of a file: the named one, or the only one.
 fn one_model<'a>(program: &'a ebmc::program::Program, only: Option<&str>, command: &str) -> Result<&'a ebmc::program::Model, Failure> {
     let models = selected(program, only)?;
+    if models.is_empty() {
+        eprintln!("error: this file declares no model for `ebmc {command}`; write one as `model NAME {{ ... }}`");
+        return Err(Failure::Input);
+    }
     if models.len() > 1 {
         let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
         eprintln!("error: this file has several models ({}); pick one with `ebmc {command} --model NAME`", names.join(", "));
@@ -770,6 +774,9 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
     let l = load_trained(path, only, &a.params, "eval")?;
     let _ = &l.source;
     ebmc::backend::check_ais_options(&l.model, a.runs, a.temperatures).map_err(Failure::Io)?;
+    if let Ok((_, _, dims)) = ebmc::evaluate::grid_variable(&l.model, &l.plan) {
+        ebmc::evaluate::check_grid_options(a.grid.0, a.grid.1, a.grid.2, dims).map_err(Failure::Io)?;
+    }
     if a.pl_units == Some(0) {
         return Err(Failure::Io("`--pl-units` must be at least 1".into()));
     }

@@ -196,17 +196,26 @@ fn power_of(ir: &mut Ir, t: Id, x: &crate::program::Variable) -> Option<Power> {
     if *ir.shape(inner) != x.shape {
         return None;
     }
-    let (base, order, definite) = match ir.node(inner).op {
-        Op::Map(Unary::Square, u) => (u, 2.0, true),
-        Op::Map(Unary::Abs, u) => (u, 1.0, true),
-        Op::Pow(u, e) => {
+    if !matches!(ir.node(inner).op, Op::Map(Unary::Square | Unary::Abs, _) | Op::Pow(..)) {
+        return None;
+    }
+    elementwise_power(ir, inner, x)
+}
+
+/// `u` as `|k x + rest|^p` unit by unit, through nested powers
+/// (`square(square(x))` is `x^4`); the factor is `|k|^p`.
+fn elementwise_power(ir: &mut Ir, u: Id, x: &crate::program::Variable) -> Option<Power> {
+    let (base, order, definite) = match ir.node(u).op {
+        Op::Map(Unary::Square, v) => (v, 2.0, true),
+        Op::Map(Unary::Abs, v) => (v, 1.0, true),
+        Op::Pow(v, e) => {
             let p = ir.num_value(e).filter(|p| *p >= 1.0 && p.fract() == 0.0)?;
-            (u, p, p % 2.0 == 0.0)
+            (v, p, p % 2.0 == 0.0)
         }
-        _ => return None,
+        _ => return base_scale(ir, u, x).map(|k| Power { order: 1.0, factor: k.abs(), definite: false }),
     };
-    let k = base_scale(ir, base, x)?;
-    Some(Power { order, factor: k.abs().powf(order), definite })
+    let inner = elementwise_power(ir, base, x)?;
+    Some(Power { order: inner.order * order, factor: inner.factor.powf(order), definite: definite || inner.definite })
 }
 
 /// `k` when `base` is `k * x + rest` with `rest` free of `x` and `k != 0`.
