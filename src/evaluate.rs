@@ -37,10 +37,6 @@ fn states_of(model: &Model, vars: &[String]) -> Option<u128> {
     })
 }
 
-fn count(states: u128) -> String {
-    if states == u128::MAX { "more than 2^128".into() } else { states.to_string() }
-}
-
 /// Chooses the cheaper way to enumerate: the visible side with the plan's
 /// latents summed out, or the hidden side with the visibles summed out when
 /// the energy allows it (an RBM with fewer hidden than visible units).
@@ -66,7 +62,7 @@ pub fn enumeration(graph: &FactorGraph, plan: &Plan) -> Result<Enumeration, Stri
     }
     let best = options.into_iter().min_by_key(|o| o.states).ok_or("exact log Z needs discrete variables on one side of the model; use AIS (`--ais`) for RBM-like models")?;
     if best.states > ENUMERATION_LIMIT {
-        return Err(format!("exact log Z would enumerate {} states (limit {ENUMERATION_LIMIT}); use AIS (`--ais`) for a model this size", count(best.states)));
+        return Err(format!("exact log Z would enumerate {} states (limit {ENUMERATION_LIMIT}); use AIS (`--ais`) for a model this size", crate::limits::joint_states(model, &best.enumerate)));
     }
     Ok(best)
 }
@@ -223,7 +219,7 @@ pub fn gaussian_log_z(model: &Model, plan: &Plan, params: &Tensors, device: Devi
     let discrete: Vec<String> = model.variables.iter().filter(|v| v.domain.is_discrete()).map(|v| v.name.clone()).collect();
     let states = states_of(model, &discrete).expect("discrete");
     if states > ENUMERATION_LIMIT || states.saturating_mul(d as u128) > 1 << 26 {
-        return Err(format!("exact log Z would enumerate {} states of {} (limit {ENUMERATION_LIMIT}); use fewer hidden units for an exact log-likelihood", count(states), discrete.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")));
+        return Err(format!("exact log Z would enumerate {} states of {} (limit {ENUMERATION_LIMIT}); use fewer hidden units for an exact log-likelihood", crate::limits::joint_states(model, &discrete), discrete.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")));
     }
     let n = states as usize;
     let rows_with = |xs: Vec<f32>, pick: &dyn Fn(usize) -> usize, m: usize, all: &Tensors| -> Tensors {
