@@ -418,7 +418,8 @@ impl<D: Kernels> ChainSet<D> {
                 }
                 Kernel::ChromaticGibbs { colours, unit_colours, .. } => {
                     let var = index(&first.name);
-                    let g = ir.grad(total, &first.name).expect("a coupled variable appears in the energy");
+                    // A coupling the simplifier folded to zero (`0 * J * ...`) leaves no gradient: the logits are zero.
+                    let g = ir.grad(total, &first.name).unwrap_or_else(|| ir.zeros(&model.variable(&first.name).expect("variable").shape));
                     let logits = ir.neg(g);
                     let info = &vars[var];
                     let masks = (0..*colours)
