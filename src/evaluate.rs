@@ -178,15 +178,7 @@ pub fn row_free_energy(model: &Model, plan: &Plan, params: &Tensors, rows: &Tens
     let mut out = Vec::with_capacity(n);
     for r in 0..n {
         // This row repeated under every latent state.
-        let mut repeated: Tensors = rows
-            .iter()
-            .map(|(k, t)| {
-                let per: usize = t.shape[1..].iter().product();
-                let mut shape = t.shape.clone();
-                shape[0] = states;
-                (k.clone(), HostTensor::new(shape, t.data[r * per..(r + 1) * per].repeat(states)))
-            })
-            .collect();
+        let mut repeated = crate::tensor::gather_rows(rows, states, |_| r);
         repeated.extend(latent.clone());
         let f = backend::free_energy(model, params, &summed, &repeated, device)?;
         out.push(-log_sum_exp(&f.iter().map(|x| -x).collect::<Vec<_>>()));
@@ -223,15 +215,7 @@ pub fn gaussian_log_z(model: &Model, plan: &Plan, params: &Tensors, device: Devi
     }
     let n = states as usize;
     let rows_with = |xs: Vec<f32>, pick: &dyn Fn(usize) -> usize, m: usize, all: &Tensors| -> Tensors {
-        let mut rows: Tensors = all
-            .iter()
-            .map(|(k, t)| {
-                let per: usize = t.shape[1..].iter().product();
-                let mut shape = t.shape.clone();
-                shape[0] = m;
-                (k.clone(), HostTensor::new(shape, (0..m).flat_map(|r| t.data[pick(r) * per..(pick(r) + 1) * per].iter().copied()).collect()))
-            })
-            .collect();
+        let mut rows = crate::tensor::gather_rows(all, m, pick);
         let mut shape = vec![m];
         shape.extend(&x.shape);
         rows.insert(x.name.clone(), HostTensor::new(shape, xs));

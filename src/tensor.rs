@@ -52,6 +52,20 @@ pub enum ShapeError {
     NonFinite { what: String, shape: Vec<usize>, index: usize, value: f32 },
 }
 
+/// `m` rows gathered from every tensor of `tensors` (each `[rows, ...]`):
+/// row `r` of the result is row `pick(r)` of the input.
+pub fn gather_rows(tensors: &Tensors, m: usize, pick: impl Fn(usize) -> usize) -> Tensors {
+    tensors
+        .iter()
+        .map(|(k, t)| {
+            let per: usize = t.shape[1..].iter().product();
+            let mut shape = t.shape.clone();
+            shape[0] = m;
+            (k.clone(), HostTensor::new(shape, (0..m).flat_map(|r| t.data[pick(r) * per..(pick(r) + 1) * per].iter().copied()).collect()))
+        })
+        .collect()
+}
+
 /// Checks rows handed to the library: every variable in `needed` is given
 /// as `[rows, ...shape]`, all with the same number of rows (at least one),
 /// each with as many values as its shape says. Returns the number of rows.
