@@ -78,7 +78,7 @@ fn main() {
 }
 
 fn continuous_steps(dev: &Cpu) {
-    let rows = ebmc::data::toy("8gaussians", 256 * 20, 1);
+    let rows = ebmc::runtime::data::toy("8gaussians", 256 * 20, 1);
     let batches: Vec<ebmc::tensor::Tensors> = rows
         .chunks(256)
         .map(|c| [("x".to_string(), HostTensor::new(vec![256, 2], c.iter().flatten().map(|v| *v as f32).collect()))].into_iter().collect())

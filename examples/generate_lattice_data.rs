@@ -11,7 +11,7 @@ use ebmc::tensor::{HostTensor, Tensors};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
-fn sample(file: &str, params: &[(&str, Vec<f32>)], rows: usize, sweeps: usize) -> (ebmc::program::Model, Tensors) {
+fn sample(file: &str, params: &[(&str, Vec<f32>)], rows: usize, sweeps: usize) -> (ebmc::analysis::program::Model, Tensors) {
     let source = std::fs::read_to_string(file).expect("run from the repository root");
     let compiled = ebmc::compile(&source).expect("zoo model compiles");
     let (plans, _) = ebmc::plan(&compiled.program).expect("zoo model plans");
@@ -29,9 +29,9 @@ fn sample(file: &str, params: &[(&str, Vec<f32>)], rows: usize, sweeps: usize) -
     (model, sampler.state())
 }
 
-fn write(path: &str, model: &ebmc::program::Model, state: &Tensors) {
-    let (names, rows) = ebmc::export::visible_table(model, state);
-    std::fs::write(path, ebmc::export::csv(&names, &rows)).expect("writable data/");
+fn write(path: &str, model: &ebmc::analysis::program::Model, state: &Tensors) {
+    let (names, rows) = ebmc::runtime::export::visible_table(model, state);
+    std::fs::write(path, ebmc::runtime::export::csv(&names, &rows)).expect("writable data/");
     println!("wrote {} rows to {path}", rows.len());
 }
 

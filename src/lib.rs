@@ -1,6 +1,16 @@
 //! ebmc: a declarative language and compiler for energy-based models.
 //!
-//! The pipeline, one module per stage:
+//! The pipeline, one folder per part and one module per stage:
+//!
+//! - `front`: text to syntax tree and back (`parse`, `format`, `diagnostic`);
+//! - `analysis`: syntax tree to checked program, factor graph and plan
+//!   (`check`, `limits`, `graph`, `plan`);
+//! - `ir`: a model's energy as a DAG with symbolic derivatives;
+//! - `backend`: the only code that names the tensor library (samplers,
+//!   trainers, kernels);
+//! - `runtime`: data, training runs, evaluation and exports on top of the
+//!   backend;
+//! - `messages`: every wording, above the stages it words.
 //!
 //! ```text
 //! source ──parse::source_to_ast──▶ ast::File ──check::ast_to_program──▶ program::Program
@@ -21,27 +31,17 @@
 //! `messages` turns stage errors into `diagnostic::Diagnostic`s, which render
 //! for people (codespan-reporting) or programs (JSON lines).
 
-pub mod ast;
+pub mod analysis;
 pub mod backend;
-pub mod check;
-pub mod data;
-pub mod diagnostic;
-pub mod evaluate;
-pub mod export;
-pub mod format;
-pub mod graph;
+pub mod front;
 pub mod ir;
-pub mod limits;
 pub mod messages;
-pub mod parse;
-pub mod plan;
-pub mod program;
-pub mod schema;
-pub mod span;
+pub mod runtime;
 pub mod tensor;
-pub mod train;
 
-use diagnostic::Diagnostic;
+use analysis::{check, limits, plan as planner, program};
+use front::diagnostic::Diagnostic;
+use front::{ast, format, parse};
 
 /// A file that parsed and checked, with its warnings.
 #[derive(Debug)]
@@ -85,8 +85,8 @@ pub fn check_source(source: &str) -> Result<Vec<Diagnostic>, Vec<Diagnostic>> {
 
 /// Plans every model of a compiled program: samplers, summed-out latents,
 /// objective checks. Warnings come back with the plans.
-pub fn plan(program: &program::Program) -> Result<(Vec<plan::Plan>, Vec<Diagnostic>), Vec<Diagnostic>> {
-    match plan::program_to_plans(program) {
+pub fn plan(program: &program::Program) -> Result<(Vec<planner::Plan>, Vec<Diagnostic>), Vec<Diagnostic>> {
+    match planner::program_to_plans(program) {
         Ok((plans, warnings)) => Ok((plans, warnings.iter().map(Diagnostic::from).collect())),
         Err(problems) => Err(problems.iter().map(Diagnostic::from).collect()),
     }

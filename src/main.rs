@@ -4,7 +4,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use codespan_reporting::term::termcolor::{ColorChoice, StandardStream};
-use ebmc::diagnostic::{self, Diagnostic};
+use ebmc::front::diagnostic::{self, Diagnostic};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -193,25 +193,25 @@ fn count_flag(s: &str, min: u128, max: u128, unit: &str) -> Result<usize, String
 
 fn parse_chains(s: &str) -> Result<usize, String> {
     // Chains times units is checked against the model once it is compiled.
-    count_flag(s, 1, ebmc::limits::MAX_BATCH_VALUES, "chains")
+    count_flag(s, 1, ebmc::analysis::limits::MAX_BATCH_VALUES, "chains")
 }
 
 fn parse_sweeps(s: &str) -> Result<usize, String> {
-    count_flag(s, 0, ebmc::limits::MAX_SWEEPS, "sweeps")
+    count_flag(s, 0, ebmc::analysis::limits::MAX_SWEEPS, "sweeps")
 }
 
 fn parse_every(s: &str) -> Result<usize, String> {
-    count_flag(s, 1, ebmc::limits::MAX_SWEEPS, "sweeps")
+    count_flag(s, 1, ebmc::analysis::limits::MAX_SWEEPS, "sweeps")
 }
 
 fn parse_epochs(s: &str) -> Result<usize, String> {
-    count_flag(s, 1, ebmc::limits::MAX_EPOCHS, "epochs")
+    count_flag(s, 1, ebmc::analysis::limits::MAX_EPOCHS, "epochs")
 }
 
 /// Memory the limits check runs against: Linux's MemAvailable, when known.
 fn available_memory() -> Option<u64> {
-    let free = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| ebmc::limits::available_from_meminfo(&t));
-    let cap = std::fs::read_to_string("/proc/self/limits").ok().and_then(|t| ebmc::limits::address_space_cap(&t));
+    let free = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| ebmc::analysis::limits::available_from_meminfo(&t));
+    let cap = std::fs::read_to_string("/proc/self/limits").ok().and_then(|t| ebmc::analysis::limits::address_space_cap(&t));
     match (free, cap) {
         (Some(f), Some(c)) => Some(f.min(c)),
         (f, c) => f.or(c),
@@ -219,7 +219,7 @@ fn available_memory() -> Option<u64> {
 }
 
 /// A run past a limit cannot start on this machine (exit 2).
-fn limits_failure(errors: Vec<ebmc::limits::LimitError>) -> Failure {
+fn limits_failure(errors: Vec<ebmc::analysis::limits::LimitError>) -> Failure {
     Failure::Io(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\nerror: "))
 }
 
@@ -323,7 +323,7 @@ fn compile(path: &Path) -> Result<(String, ebmc::Compiled), Failure> {
     }
 }
 
-fn selected<'a>(program: &'a ebmc::program::Program, only: Option<&str>) -> Result<Vec<&'a ebmc::program::Model>, Failure> {
+fn selected<'a>(program: &'a ebmc::analysis::program::Program, only: Option<&str>) -> Result<Vec<&'a ebmc::analysis::program::Model>, Failure> {
     match only {
         None => Ok(program.models.values().collect()),
         Some(name) => match program.models.get(name) {
@@ -337,7 +337,7 @@ fn selected<'a>(program: &'a ebmc::program::Program, only: Option<&str>) -> Resu
     }
 }
 
-fn plans(path: &Path, source: &str, program: &ebmc::program::Program) -> Result<Vec<ebmc::plan::Plan>, Failure> {
+fn plans(path: &Path, source: &str, program: &ebmc::analysis::program::Program) -> Result<Vec<ebmc::analysis::plan::Plan>, Failure> {
     match ebmc::plan(program) {
         Ok((plans, warnings)) => {
             report(path, source, &warnings, MessageFormat::Human);
@@ -354,10 +354,10 @@ fn graph(path: &Path, format: GraphFormat, only: Option<&str>) -> Result<(), Fai
     let (source, compiled) = compile(path)?;
     let models = selected(&compiled.program, only)?;
     // Colour classes come from the plan; a model the planner refuses is drawn without them.
-    let planned = ebmc::plan::program_to_plans(&compiled.program).map(|(p, _)| p).unwrap_or_default();
+    let planned = ebmc::analysis::plan::program_to_plans(&compiled.program).map(|(p, _)| p).unwrap_or_default();
     let _ = source;
     for model in models {
-        let g = ebmc::graph::program_to_graph(model);
+        let g = ebmc::analysis::graph::program_to_graph(model);
         let colours = planned.iter().find(|p| p.model == model.name).map(|p| p.colour_classes()).unwrap_or_default();
         match format {
             GraphFormat::Text => print!("{}", g.to_text(&colours)),
@@ -395,7 +395,7 @@ struct SampleArgs {
 }
 
 /// One model of a file: the named one, or the only one.
-fn one_model<'a>(program: &'a ebmc::program::Program, only: Option<&str>, command: &str) -> Result<&'a ebmc::program::Model, Failure> {
+fn one_model<'a>(program: &'a ebmc::analysis::program::Program, only: Option<&str>, command: &str) -> Result<&'a ebmc::analysis::program::Model, Failure> {
     let models = selected(program, only)?;
     if models.is_empty() {
         eprintln!("error: this file declares no model for `ebmc {command}`; write one as `model NAME {{ ... }}`");
@@ -410,9 +410,9 @@ fn one_model<'a>(program: &'a ebmc::program::Program, only: Option<&str>, comman
 }
 
 /// Checked parameters for `model` from `path`, or its initialisers.
-fn load_params(path: Option<&Path>, model: &ebmc::program::Model, lowered: &ebmc::ir::Lowered, seed: u64) -> Result<ebmc::tensor::Tensors, Failure> {
+fn load_params(path: Option<&Path>, model: &ebmc::analysis::program::Model, lowered: &ebmc::ir::Lowered, seed: u64) -> Result<ebmc::tensor::Tensors, Failure> {
     match path {
-        Some(p) => ebmc::train::load_model_params(p, model).map_err(Failure::Io),
+        Some(p) => ebmc::runtime::train::load_model_params(p, model).map_err(Failure::Io),
         None => {
             eprintln!("note: no --params given; using the model's initialisers (seed {seed})");
             Ok(ebmc::tensor::initialise(&lowered.params, seed))
@@ -438,8 +438,8 @@ fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure
         writable(png, &["png"])?;
     }
     let lowered = ebmc::ir::program_to_ir(model);
-    let run = ebmc::limits::SampleRun { chains: a.chains, burn_in: a.burn_in, steps: a.steps, every: a.every };
-    ebmc::limits::check_sample(model, &lowered, &run, available_memory()).map_err(limits_failure)?;
+    let run = ebmc::analysis::limits::SampleRun { chains: a.chains, burn_in: a.burn_in, steps: a.steps, every: a.every };
+    ebmc::analysis::limits::check_sample(model, &lowered, &run, available_memory()).map_err(limits_failure)?;
     let params = load_params(a.params.as_deref(), model, &lowered, a.seed)?;
     let picture = match &a.png {
         Some(_) => Some(picture_of(model, &plan, a.image).ok_or_else(|| Failure::Io("no visible variable is image-shaped (a square number of units), nor is the model's density over one 2-D real variable; give an image's size with --image HxW".into()))?),
@@ -478,22 +478,22 @@ fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure
         let mut names = Vec::new();
         let mut rows = Vec::new();
         for state in &kept {
-            let (n, r) = ebmc::export::visible_table(model, state);
+            let (n, r) = ebmc::runtime::export::visible_table(model, state);
             names = n;
             rows.extend(r);
         }
         let bytes = match out.extension().and_then(|e| e.to_str()) {
-            Some("npy") => ebmc::export::npy(&rows),
-            _ => ebmc::export::csv(&names, &rows).into_bytes(),
+            Some("npy") => ebmc::runtime::export::npy(&rows),
+            _ => ebmc::runtime::export::csv(&names, &rows).into_bytes(),
         };
         ebmc::tensor::write_atomically(out, &bytes).map_err(Failure::Io)?;
         println!("wrote {} samples ({} columns) to {}", rows.len(), names.len(), out.display());
     }
     match (&a.png, picture) {
         (Some(png), Some(Picture::Images(var, (h, w)))) => {
-            let images = ebmc::export::images_of(model, &last, &var);
+            let images = ebmc::runtime::export::images_of(model, &last, &var);
             let scale = if h * w <= 256 { 4 } else { 2 };
-            ebmc::tensor::write_atomically(png, &ebmc::export::png_grid(&images, h, w, scale)).map_err(Failure::Io)?;
+            ebmc::tensor::write_atomically(png, &ebmc::runtime::export::png_grid(&images, h, w, scale)).map_err(Failure::Io)?;
             println!("wrote {} images of {var} ({h}x{w}) to {}", images.len(), png.display());
         }
         (Some(png), Some(Picture::Density(var))) => {
@@ -526,9 +526,9 @@ fn writable(path: &Path, formats: &[&str]) -> Result<(), Failure> {
 }
 
 /// A data error as a failure: an unreadable file means the command could not run (2), a bad one is an input error (1).
-fn data_failure(e: ebmc::data::DataError) -> Failure {
+fn data_failure(e: ebmc::runtime::data::DataError) -> Failure {
     match e {
-        ebmc::data::DataError::Read { .. } => Failure::Io(e.to_string()),
+        ebmc::runtime::data::DataError::Read { .. } => Failure::Io(e.to_string()),
         e => {
             eprintln!("error: {e}");
             Failure::Input
@@ -545,29 +545,29 @@ enum Picture {
 }
 
 /// A density is drawn when, latents summed out, one 2-D real variable is left.
-fn picture_of(model: &ebmc::program::Model, plan: &ebmc::plan::Plan, image: Option<(usize, usize)>) -> Option<Picture> {
-    let visible = || model.variables.iter().filter(|v| v.role == ebmc::ast::Role::Visible);
-    if let Some(v) = visible().find(|v| ebmc::export::image_shape(model, &v.name, image).is_some()) {
-        return Some(Picture::Images(v.name.clone(), ebmc::export::image_shape(model, &v.name, image)?));
+fn picture_of(model: &ebmc::analysis::program::Model, plan: &ebmc::analysis::plan::Plan, image: Option<(usize, usize)>) -> Option<Picture> {
+    let visible = || model.variables.iter().filter(|v| v.role == ebmc::front::ast::Role::Visible);
+    if let Some(v) = visible().find(|v| ebmc::runtime::export::image_shape(model, &v.name, image).is_some()) {
+        return Some(Picture::Images(v.name.clone(), ebmc::runtime::export::image_shape(model, &v.name, image)?));
     }
     let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
     let mut rest = model.variables.iter().filter(|v| !summed.contains(&v.name));
     match (rest.next(), rest.next()) {
-        (Some(v), None) if v.role == ebmc::ast::Role::Visible && !v.domain.is_discrete() && v.shape.iter().product::<usize>() == 2 => Some(Picture::Density(v.name.clone())),
+        (Some(v), None) if v.role == ebmc::front::ast::Role::Visible && !v.domain.is_discrete() && v.shape.iter().product::<usize>() == 2 => Some(Picture::Density(v.name.clone())),
         _ => None,
     }
 }
 
 /// A heat map of the model's density over the square the samples span
 /// (padded by a tenth), with the samples drawn on it; and how many there are.
-fn density_picture(model: &ebmc::program::Model, plan: &ebmc::plan::Plan, params: &ebmc::tensor::Tensors, states: &[ebmc::tensor::Tensors], var: &str, device: ebmc::backend::DeviceKind) -> Result<(Vec<u8>, usize), Failure> {
+fn density_picture(model: &ebmc::analysis::program::Model, plan: &ebmc::analysis::plan::Plan, params: &ebmc::tensor::Tensors, states: &[ebmc::tensor::Tensors], var: &str, device: ebmc::backend::DeviceKind) -> Result<(Vec<u8>, usize), Failure> {
     let points: Vec<[f32; 2]> = states.iter().flat_map(|s| s[var].data.chunks(2).map(|p| [p[0], p[1]]).collect::<Vec<_>>()).filter(|p| p.iter().all(|x| x.is_finite())).collect();
     let (lo, hi) = points.iter().flatten().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(f64::from(*x)), hi.max(f64::from(*x))));
     let (lo, hi) = if hi > lo { (lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo)) } else { (-1.0, 1.0) };
     const RESOLUTION: usize = 200;
-    let grid = ebmc::evaluate::Grid::new(model, plan, params, lo, hi, RESOLUTION, device).map_err(Failure::Io)?;
+    let grid = ebmc::runtime::evaluate::Grid::new(model, plan, params, lo, hi, RESOLUTION, device).map_err(Failure::Io)?;
     let log_density: Vec<f64> = grid.free_energy.iter().map(|f| -f).collect();
-    Ok((ebmc::export::density_png(&log_density, RESOLUTION, (lo, hi), &points), points.len()))
+    Ok((ebmc::runtime::export::density_png(&log_density, RESOLUTION, (lo, hi), &points), points.len()))
 }
 
 struct TrainArgs {
@@ -587,25 +587,25 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
         return Err(Failure::Input);
     };
     let plan = plans(path, &source, &compiled.program)?.into_iter().find(|p| p.model == model.name).ok_or(Failure::Input)?;
-    let graph = ebmc::graph::program_to_graph(model);
+    let graph = ebmc::analysis::graph::program_to_graph(model);
     let base = path.parent().unwrap_or(Path::new("."));
     let data_spec = match &a.data {
-        Some(file) => ebmc::data::with_file(&spec.data, file),
+        Some(file) => ebmc::runtime::data::with_file(&spec.data, file),
         None => spec.data.clone(),
     };
-    let data = ebmc::data::load(&data_spec, model, base).map_err(data_failure)?;
-    let (train_rows, test_rows) = ebmc::data::split(data, spec.test.as_ref(), model, base).map_err(data_failure)?;
+    let data = ebmc::runtime::data::load(&data_spec, model, base).map_err(data_failure)?;
+    let (train_rows, test_rows) = ebmc::runtime::data::split(data, spec.test.as_ref(), model, base).map_err(data_failure)?;
     let out = a.resume.clone().or(a.out.clone()).unwrap_or_else(|| PathBuf::from("runs").join(&model.name));
     // A resumed run continues with the seed it was started with.
     if let (Some(dir), Some(seed)) = (&a.resume, a.seed) {
-        let meta = ebmc::train::checkpoint_meta(dir).map_err(Failure::Io)?;
+        let meta = ebmc::runtime::train::checkpoint_meta(dir).map_err(Failure::Io)?;
         if meta.seed != seed {
             return Err(Failure::Io(format!("the run in `{}` was started with seed {}; a resumed run keeps it: drop --seed or pass --seed {}", dir.display(), meta.seed, meta.seed)));
         }
     }
     let lowered = ebmc::ir::program_to_ir(model);
-    ebmc::limits::check_train(model, &lowered, spec, train_rows.rows, a.epochs.unwrap_or(spec.epochs), available_memory()).map_err(limits_failure)?;
-    let opts = ebmc::train::RunOptions { epochs: a.epochs.unwrap_or(spec.epochs), seed: a.seed.unwrap_or(spec.seed), out: out.clone(), resume: a.resume.is_some(), device: a.device };
+    ebmc::analysis::limits::check_train(model, &lowered, spec, train_rows.rows, a.epochs.unwrap_or(spec.epochs), available_memory()).map_err(limits_failure)?;
+    let opts = ebmc::runtime::train::RunOptions { epochs: a.epochs.unwrap_or(spec.epochs), seed: a.seed.unwrap_or(spec.seed), out: out.clone(), resume: a.resume.is_some(), device: a.device };
     eprintln!(
         "training {} on {} rows ({} held out) with {}, {} epochs",
         model.name,
@@ -617,21 +617,21 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
     let started = std::time::Instant::now();
     let mut bar = None;
     let mut last_loss = 0.0;
-    let result = ebmc::train::run(&source, &graph, &plan, spec, &train_rows, test_rows.as_ref(), &opts, &mut |p| match p {
-        ebmc::train::Progress::Start { epochs, steps_per_epoch, from_epoch } => {
+    let result = ebmc::runtime::train::run(&source, &graph, &plan, spec, &train_rows, test_rows.as_ref(), &opts, &mut |p| match p {
+        ebmc::runtime::train::Progress::Start { epochs, steps_per_epoch, from_epoch } => {
             let total = (epochs + 1 - from_epoch.min(epochs + 1)) * steps_per_epoch;
             let b = indicatif::ProgressBar::new(total as u64);
             b.set_style(indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}, {per_sec}]").expect("valid template"));
             bar = Some(b);
         }
-        ebmc::train::Progress::Step { epoch, loss } => {
+        ebmc::runtime::train::Progress::Step { epoch, loss } => {
             last_loss = 0.9 * last_loss + 0.1 * loss;
             if let Some(b) = &bar {
                 b.set_message(format!("epoch {epoch} loss {last_loss:.4}"));
                 b.inc(1);
             }
         }
-        ebmc::train::Progress::Epoch(m) => {
+        ebmc::runtime::train::Progress::Epoch(m) => {
             let ll = m.log_likelihood.map(|l| format!(", log-likelihood {l:.3} nats")).unwrap_or_default();
             let line = format!("epoch {:>3}: loss {:.4}, |grad| {:.3}, lr {:.4}{ll} ({:.2}s)", m.epoch, m.loss, m.grad_norm, m.lr, m.seconds);
             match &bar {
@@ -645,7 +645,7 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
     }
     match result {
         Ok(history) => {
-            let checkpoint = ebmc::train::latest_checkpoint(&out).unwrap_or(out.clone());
+            let checkpoint = ebmc::runtime::train::latest_checkpoint(&out).unwrap_or(out.clone());
             println!("trained {} in {:.1}s", model.name, started.elapsed().as_secs_f64());
             if let Some(m) = history.last() {
                 let ll = m.log_likelihood.map(|l| format!(", average log-likelihood {l:.3} nats ({})", if test_rows.is_some() { "test rows" } else { "training rows" })).unwrap_or_default();
@@ -659,8 +659,8 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Err(ebmc::train::RunError::Io(e)) => Err(Failure::Io(e)),
-        Err(ebmc::train::RunError::Train { error, epoch, last_good }) => {
+        Err(ebmc::runtime::train::RunError::Io(e)) => Err(Failure::Io(e)),
+        Err(ebmc::runtime::train::RunError::Train { error, epoch, last_good }) => {
             match &error {
                 ebmc::backend::TrainError::NonFinite { what, step } => eprintln!("error: training diverged at epoch {epoch}, step {step}: {what} is not finite (NaN or infinite)"),
                 other => eprintln!("error: {other} (epoch {epoch})"),
@@ -678,18 +678,18 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
 }
 
 /// Draws a PNG grid of samples from the trained model when a visible variable is image-shaped.
-fn sample_grid(model: &ebmc::program::Model, plan: &ebmc::plan::Plan, out: &Path) -> Result<Option<PathBuf>, Failure> {
+fn sample_grid(model: &ebmc::analysis::program::Model, plan: &ebmc::analysis::plan::Plan, out: &Path) -> Result<Option<PathBuf>, Failure> {
     let Some(picture) = picture_of(model, plan, None) else {
         return Ok(None);
     };
-    let params = ebmc::train::load_model_params(out, model).map_err(Failure::Io)?;
+    let params = ebmc::runtime::train::load_model_params(out, model).map_err(Failure::Io)?;
     let chains = if matches!(picture, Picture::Density(_)) { 500 } else { 64 };
     let mut sampler = ebmc::backend::Sampler::new(model, plan, &params, chains, 0, Default::default()).map_err(Failure::Io)?;
     for _ in 0..200 {
         sampler.sweep();
     }
     let bytes = match picture {
-        Picture::Images(var, (h, w)) => ebmc::export::png_grid(&ebmc::export::images_of(model, &sampler.state(), &var), h, w, if h * w <= 256 { 4 } else { 2 }),
+        Picture::Images(var, (h, w)) => ebmc::runtime::export::png_grid(&ebmc::runtime::export::images_of(model, &sampler.state(), &var), h, w, if h * w <= 256 { 4 } else { 2 }),
         Picture::Density(var) => density_picture(model, plan, &params, &[sampler.state()], &var, Default::default())?.0,
     };
     let path = out.join("samples.png");
@@ -713,10 +713,10 @@ struct EvalArgs {
 /// The model, its plan and graph, its train block, and trained parameters.
 struct Loaded {
     source: String,
-    model: ebmc::program::Model,
-    plan: ebmc::plan::Plan,
-    graph: ebmc::graph::FactorGraph,
-    spec: ebmc::program::Train,
+    model: ebmc::analysis::program::Model,
+    plan: ebmc::analysis::plan::Plan,
+    graph: ebmc::analysis::graph::FactorGraph,
+    spec: ebmc::analysis::program::Train,
     params: ebmc::tensor::Tensors,
 }
 
@@ -728,30 +728,30 @@ fn load_trained(path: &Path, only: Option<&str>, params: &Path, command: &str) -
         return Err(Failure::Input);
     };
     let plan = plans(path, &source, &compiled.program)?.into_iter().find(|p| p.model == model.name).ok_or(Failure::Input)?;
-    let graph = ebmc::graph::program_to_graph(&model);
-    let params = ebmc::train::load_model_params(params, &model).map_err(Failure::Io)?;
+    let graph = ebmc::analysis::graph::program_to_graph(&model);
+    let params = ebmc::runtime::train::load_model_params(params, &model).map_err(Failure::Io)?;
     Ok(Loaded { source, model, plan, graph, spec, params })
 }
 
 /// The rows to score, what they are, and the training rows when they can be
 /// loaded (AIS takes its base rates from them).
 struct Scored {
-    rows: ebmc::data::Dataset,
+    rows: ebmc::runtime::data::Dataset,
     which: &'static str,
-    training: Option<ebmc::data::Dataset>,
+    training: Option<ebmc::runtime::data::Dataset>,
 }
 
 fn rows_to_score(l: &Loaded, path: &Path, data: Option<&Path>) -> Result<Scored, Failure> {
     let base = path.parent().unwrap_or(Path::new("."));
     let fail = data_failure;
     if let Some(file) = data {
-        let rows = ebmc::data::load(&ebmc::data::with_file(&l.spec.data, file), &l.model, base).map_err(fail)?;
+        let rows = ebmc::runtime::data::load(&ebmc::runtime::data::with_file(&l.spec.data, file), &l.model, base).map_err(fail)?;
         // The train block's own data may be absent (e.g. MNIST elsewhere); then there are no training rows.
-        let training = ebmc::data::load(&l.spec.data, &l.model, base).ok().and_then(|all| ebmc::data::split(all, l.spec.test.as_ref(), &l.model, base).ok()).map(|(train, _)| train);
+        let training = ebmc::runtime::data::load(&l.spec.data, &l.model, base).ok().and_then(|all| ebmc::runtime::data::split(all, l.spec.test.as_ref(), &l.model, base).ok()).map(|(train, _)| train);
         return Ok(Scored { rows, which: "given rows", training });
     }
-    let all = ebmc::data::load(&l.spec.data, &l.model, base).map_err(fail)?;
-    match ebmc::data::split(all, l.spec.test.as_ref(), &l.model, base).map_err(fail)? {
+    let all = ebmc::runtime::data::load(&l.spec.data, &l.model, base).map_err(fail)?;
+    match ebmc::runtime::data::split(all, l.spec.test.as_ref(), &l.model, base).map_err(fail)? {
         (train, Some(test)) => Ok(Scored { rows: test, which: "held-out test rows", training: Some(train) }),
         (train, None) => Ok(Scored { rows: train.clone(), which: "training rows (the train block has no test split)", training: Some(train) }),
     }
@@ -774,8 +774,8 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
     let l = load_trained(path, only, &a.params, "eval")?;
     let _ = &l.source;
     ebmc::backend::check_ais_options(&l.model, a.runs, a.temperatures).map_err(Failure::Io)?;
-    if let Ok((_, _, dims)) = ebmc::evaluate::grid_variable(&l.model, &l.plan) {
-        ebmc::evaluate::check_grid_options(a.grid.0, a.grid.1, a.grid.2, dims).map_err(Failure::Io)?;
+    if let Ok((_, _, dims)) = ebmc::runtime::evaluate::grid_variable(&l.model, &l.plan) {
+        ebmc::runtime::evaluate::check_grid_options(a.grid.0, a.grid.1, a.grid.2, dims).map_err(Failure::Io)?;
     }
     if a.pl_units == Some(0) {
         return Err(Failure::Io("`--pl-units` must be at least 1".into()));
@@ -791,10 +791,10 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
     let mut notes = Vec::new();
     let mut warnings = Vec::new();
     let continuous = l.model.variables.iter().any(|v| !v.domain.is_discrete());
-    let exact_z = match ebmc::evaluate::exact_log_z(&l.graph, &l.plan, &l.params, a.device) {
+    let exact_z = match ebmc::runtime::evaluate::exact_log_z(&l.graph, &l.plan, &l.params, a.device) {
         Ok(z) => {
             figure(&mut report, "exact_log_z", "the exact log Z", z)?;
-            let ll = ebmc::evaluate::exact_log_likelihood(&l.graph, &l.plan, &l.params, &rows.vars, z, a.device).map_err(Failure::Io)?;
+            let ll = ebmc::runtime::evaluate::exact_log_likelihood(&l.graph, &l.plan, &l.params, &rows.vars, z, a.device).map_err(Failure::Io)?;
             figure(&mut report, "log_likelihood", "the average log-likelihood", mean(&ll))?;
             Some(z)
         }
@@ -805,18 +805,18 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
     };
     if continuous {
         let (low, high, n) = a.grid;
-        match ebmc::evaluate::grid_log_z(&l.model, &l.plan, &l.params, low, high, n, a.device) {
+        match ebmc::runtime::evaluate::grid_log_z(&l.model, &l.plan, &l.params, low, high, n, a.device) {
             Ok(z) => {
                 // The grid is this model's log Z: the enumeration note does not apply.
                 notes.clear();
                 figure(&mut report, "grid_log_z", "the grid log Z", z)?;
-                let f = ebmc::evaluate::row_free_energy(&l.model, &l.plan, &l.params, &rows.vars, a.device).map_err(Failure::Io)?;
+                let f = ebmc::runtime::evaluate::row_free_energy(&l.model, &l.plan, &l.params, &rows.vars, a.device).map_err(Failure::Io)?;
                 let ll = -mean(&f) - z;
                 figure(&mut report, "log_likelihood_grid", "the average log-likelihood (grid)", ll)?;
                 // With a toy set whose density is known: the gap to the true log-likelihood.
                 if let Some(name) = l.spec.data.source.options.get("name").and_then(|v| v.as_str()).filter(|_| l.spec.data.source.name == "toy") {
                     let x = rows.vars.values().next().expect("rows");
-                    let truth: Option<Vec<f64>> = x.data.chunks(2).map(|p| ebmc::data::toy_log_density(name, f64::from(p[0]), f64::from(p[1]))).collect();
+                    let truth: Option<Vec<f64>> = x.data.chunks(2).map(|p| ebmc::runtime::data::toy_log_density(name, f64::from(p[0]), f64::from(p[1]))).collect();
                     if let Some(t) = truth {
                         let true_ll = mean(&t);
                         figure(&mut report, "true_log_likelihood", "the true log-likelihood", true_ll)?;
@@ -831,8 +831,8 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
     if a.ais || (exact_z.is_none() && !continuous) {
         // Base rates from the training rows (S&M 2008); uniform only without rows.
         let (base, base_from) = match &training {
-            Some(t) => (ebmc::evaluate::base_rates(&l.model, &l.plan, &t.vars), "the training rows' base rates"),
-            None => (ebmc::evaluate::base_rates(&l.model, &l.plan, &rows.vars), "the evaluated rows' base rates (the training data could not be loaded)"),
+            Some(t) => (ebmc::runtime::evaluate::base_rates(&l.model, &l.plan, &t.vars), "the training rows' base rates"),
+            None => (ebmc::runtime::evaluate::base_rates(&l.model, &l.plan, &rows.vars), "the evaluated rows' base rates (the training data could not be loaded)"),
         };
         let base_from = if base.is_empty() { "the uniform distribution (no rows bind the variables AIS samples)" } else { base_from };
         let opts = ebmc::backend::AisOptions { runs: a.runs, temperatures: a.temperatures, seed: a.seed, base };
@@ -844,7 +844,7 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
                 if est.ess < 10.0f64.max(0.1 * a.runs as f64) {
                     warnings.push(format!("the AIS importance weights have an effective sample size of {:.1} of {} runs: a few runs carry the estimate, and its error bar is unreliable; use more `--temperatures`", est.ess, a.runs));
                 }
-                let f = match ebmc::evaluate::row_free_energy(&l.model, &l.plan, &l.params, &rows.vars, a.device) {
+                let f = match ebmc::runtime::evaluate::row_free_energy(&l.model, &l.plan, &l.params, &rows.vars, a.device) {
                     Ok(f) => Some(f),
                     Err(why) => {
                         notes.push(format!("no log-likelihood from AIS: {why}"));
@@ -881,15 +881,15 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
             Err(why) => notes.push(format!("no AIS: {why}")),
         }
     }
-    let discrete_visible = l.model.variables.iter().filter(|v| v.role == ebmc::ast::Role::Visible).all(|v| v.domain.is_discrete());
+    let discrete_visible = l.model.variables.iter().filter(|v| v.role == ebmc::front::ast::Role::Visible).all(|v| v.domain.is_discrete());
     if discrete_visible {
-        match ebmc::evaluate::pseudo_likelihood(&l.model, &l.plan, &l.params, &rows.vars, a.pl_units, a.seed, a.device) {
+        match ebmc::runtime::evaluate::pseudo_likelihood(&l.model, &l.plan, &l.params, &rows.vars, a.pl_units, a.seed, a.device) {
             Ok(pl) => figure(&mut report, if a.pl_units.is_some() { "pseudo_log_likelihood_stochastic" } else { "pseudo_log_likelihood" }, "the pseudo-likelihood", pl)?,
             Err(why) => notes.push(format!("no pseudo-likelihood: {why}")),
         }
     }
     if l.plan.label_marginal.is_some() {
-        match ebmc::evaluate::classification(&l.model, &l.plan, &l.params, &rows.vars, a.device) {
+        match ebmc::runtime::evaluate::classification(&l.model, &l.plan, &l.params, &rows.vars, a.device) {
             Ok((acc, ece)) => {
                 figure(&mut report, "accuracy", "the classification accuracy", acc)?;
                 figure(&mut report, "expected_calibration_error", "the expected calibration error", ece)?;
@@ -897,8 +897,8 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
             Err(why) => notes.push(format!("no classification metrics: {why}")),
         }
     }
-    if !continuous && l.model.variables.iter().any(|v| v.role == ebmc::ast::Role::Hidden) {
-        match ebmc::evaluate::reconstruction_error(&l.model, &l.plan, &l.params, &rows.vars, a.seed, a.device) {
+    if !continuous && l.model.variables.iter().any(|v| v.role == ebmc::front::ast::Role::Hidden) {
+        match ebmc::runtime::evaluate::reconstruction_error(&l.model, &l.plan, &l.params, &rows.vars, a.seed, a.device) {
             Ok(e) => figure(&mut report, "reconstruction_error", "the reconstruction error", e)?,
             Err(why) => notes.push(format!("no reconstruction error: {why}")),
         }
@@ -977,7 +977,7 @@ fn energy(path: &Path, only: Option<&str>, params: &Path, data: &Path, device: e
         l.spec.data.binding.retain(|b| *b != m.var);
     }
     let Scored { rows, .. } = rows_to_score(&l, path, Some(data))?;
-    let f = ebmc::evaluate::row_free_energy(&l.model, &l.plan, &l.params, &rows.vars, device).map_err(Failure::Io)?;
+    let f = ebmc::runtime::evaluate::row_free_energy(&l.model, &l.plan, &l.params, &rows.vars, device).map_err(Failure::Io)?;
     if let Some(i) = f.iter().position(|e| !e.is_finite()) {
         return Err(Failure::Io(format!("the energy of row {} is {}, not a finite number; the parameters are likely not finite or too large", i + 1, f[i])));
     }

@@ -2,13 +2,13 @@
 //! report plain data (`ParseError`, `CheckError`, ...); this module turns each
 //! into a `Diagnostic`. `docs/diagnostics.md` lists the codes.
 
-use crate::ast::BinOp;
-use crate::check::{CheckError, DeclKind};
-use crate::diagnostic::Diagnostic;
-use crate::parse::{ParseError, Rule};
-use crate::plan::PlanError;
-use crate::program::{shape_str, NetKind};
-use crate::schema::OptType;
+use crate::front::ast::BinOp;
+use crate::analysis::check::{CheckError, DeclKind};
+use crate::front::diagnostic::Diagnostic;
+use crate::front::parse::{ParseError, Rule};
+use crate::analysis::plan::PlanError;
+use crate::analysis::program::{shape_str, NetKind};
+use crate::analysis::schema::OptType;
 
 impl From<&ParseError> for Diagnostic {
     fn from(e: &ParseError) -> Self {
@@ -397,10 +397,10 @@ impl From<&PlanError> for Diagnostic {
             NotProvablyNormalisable { var, span, why } => {
                 let d = Diagnostic::warning("W0401", format!("cannot prove that exp(-E) integrates over `{var}`"));
                 match why {
-                    crate::plan::Unproved::NoConfiningTerm { term } => d
+                    crate::analysis::plan::Unproved::NoConfiningTerm { term } => d
                         .primary(*span, format!("no term is a positive even power of `{var}`, and `{term}` is not known to rise in every direction"))
                         .help(format!("training usually keeps such energies in check; a term like `energy prior = 0.01 * sum(square({var}));` makes it certain")),
-                    crate::plan::Unproved::Outgrown { term, confining } => d
+                    crate::analysis::plan::Unproved::Outgrown { term, confining } => d
                         .primary(*span, format!("`{term}` may fall as fast as `{confining}` rises"))
                         .help(format!("a confining term of higher order than the others, such as `0.01 * sum({var}^4)`, or bounds `real[..] in [lo, hi]` make it certain")),
                 }
@@ -464,9 +464,9 @@ fn bytes(n: u128) -> String {
     if gib >= 0.1 { format!("{gib:.1} GiB") } else { format!("{:.1} MiB", n as f64 / f64::from(1u32 << 20)) }
 }
 
-impl From<&crate::limits::LimitError> for Diagnostic {
-    fn from(e: &crate::limits::LimitError) -> Self {
-        use crate::limits::{LimitError::*, *};
+impl From<&crate::analysis::limits::LimitError> for Diagnostic {
+    fn from(e: &crate::analysis::limits::LimitError) -> Self {
+        use crate::analysis::limits::{LimitError::*, *};
         match e {
             Units { var, span, units } => Diagnostic::error("E0502", format!("variable `{var}` has {} units (limit {})", count(*units), count(MAX_UNITS)))
                 .primary(*span, "too many units")
@@ -493,11 +493,11 @@ impl From<&crate::limits::LimitError> for Diagnostic {
 }
 
 /// For limits a flag passes (no span): `error[CODE]: message` and the help.
-impl std::fmt::Display for crate::limits::LimitError {
+impl std::fmt::Display for crate::analysis::limits::LimitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let d = Diagnostic::from(self);
         let flag = match self {
-            crate::limits::LimitError::Batch { flag: Some(flag), .. } => format!(" ({flag})"),
+            crate::analysis::limits::LimitError::Batch { flag: Some(flag), .. } => format!(" ({flag})"),
             _ => String::new(),
         };
         write!(f, "[{}] {}{flag}", d.code, d.message)?;
@@ -508,9 +508,9 @@ impl std::fmt::Display for crate::limits::LimitError {
     }
 }
 
-impl std::fmt::Display for crate::data::DataError {
+impl std::fmt::Display for crate::runtime::data::DataError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use crate::data::DataError::*;
+        use crate::runtime::data::DataError::*;
         match self {
             Read { source, reason } => write!(f, "cannot read data `{source}`: {reason}"),
             Empty { source } => write!(f, "{source}: no data rows\n  help: the file is empty (or holds only a header)"),

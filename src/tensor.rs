@@ -2,9 +2,9 @@
 //! `Vec<f32>` with a shape. The backend moves them onto a device; everything
 //! else in the crate works with these.
 
-use crate::graph::lattice_adjacency;
+use crate::analysis::graph::lattice_adjacency;
 use crate::ir::ParamSpec;
-use crate::program::{ConstValue, Init, Model};
+use crate::analysis::program::{ConstValue, Init, Model};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal, Uniform};
 use serde::{Deserialize, Serialize};

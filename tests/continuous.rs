@@ -31,15 +31,15 @@ fn fit(objective: &str, epochs: usize) -> ([f64; 2], [[f64; 2]; 2]) {
          train g {{ data = csv(\"unused.csv\") -> x; objective = {objective}; optimizer = adam(lr: 0.05); schedule = cosine; batch = 200; epochs = {epochs}; seed = 4; }}"
     );
     let c = ebmc::compile(&src).unwrap();
-    let (plans, _) = ebmc::plan(&c.program).unwrap_or_else(|d| panic!("{}", ebmc::diagnostic::render_plain("g.ebm", &src, &d)));
+    let (plans, _) = ebmc::plan(&c.program).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("g.ebm", &src, &d)));
     let model = c.program.models["g"].clone();
-    let graph = ebmc::graph::program_to_graph(&model);
-    let data = ebmc::data::Dataset { rows: 4000, vars: [("x".to_string(), gaussian_rows(4000))].into_iter().collect() };
+    let graph = ebmc::analysis::graph::program_to_graph(&model);
+    let data = ebmc::runtime::data::Dataset { rows: 4000, vars: [("x".to_string(), gaussian_rows(4000))].into_iter().collect() };
     let out = std::env::temp_dir().join(format!("ebmc-cont-{}-{}", std::process::id(), objective.split('(').next().unwrap()));
     let _ = std::fs::remove_dir_all(&out);
-    let opts = ebmc::train::RunOptions { epochs, seed: 4, out: out.clone(), resume: false, device: DeviceKind::Cpu };
-    ebmc::train::run(&src, &graph, &plans[0], &c.program.trains["g"], &data, None, &opts, &mut |_| {}).unwrap();
-    let p = ebmc::train::load_params(&out).unwrap();
+    let opts = ebmc::runtime::train::RunOptions { epochs, seed: 4, out: out.clone(), resume: false, device: DeviceKind::Cpu };
+    ebmc::runtime::train::run(&src, &graph, &plans[0], &c.program.trains["g"], &data, None, &opts, &mut |_| {}).unwrap();
+    let p = ebmc::runtime::train::load_params(&out).unwrap();
     std::fs::remove_dir_all(&out).unwrap();
     let a = &p["A"].data;
     let a = |i: usize, j: usize| f64::from(a[i * 2 + j]);
@@ -117,7 +117,7 @@ fn grid_integral_matches_a_gaussians_normaliser() {
     // Z = 2π / |det A|; the midpoint rule on a smooth, well-contained integrand
     // is accurate far beyond the 1e-3 allowed (f32 energies limit it).
     let exact = (2.0 * std::f64::consts::PI).ln() - 1.2f64.ln();
-    let grid = ebmc::evaluate::grid_log_z(model, &plans[0], &params, -8.0, 8.0, 400, DeviceKind::Cpu).unwrap();
+    let grid = ebmc::runtime::evaluate::grid_log_z(model, &plans[0], &params, -8.0, 8.0, 400, DeviceKind::Cpu).unwrap();
     assert!((grid - exact).abs() < 1e-3, "grid {grid} vs exact {exact}");
 }
 
@@ -129,11 +129,11 @@ fn langevin_pcd_keeps_its_replay_buffer_across_a_resume() {
     let c = ebmc::compile(src).unwrap();
     let (plans, _) = ebmc::plan(&c.program).unwrap();
     let model = c.program.models["g"].clone();
-    let graph = ebmc::graph::program_to_graph(&model);
-    let data = ebmc::data::Dataset { rows: 400, vars: [("x".to_string(), gaussian_rows(400))].into_iter().collect() };
+    let graph = ebmc::analysis::graph::program_to_graph(&model);
+    let data = ebmc::runtime::data::Dataset { rows: 400, vars: [("x".to_string(), gaussian_rows(400))].into_iter().collect() };
     let run = |out: &std::path::PathBuf, epochs: usize, resume: bool| {
-        let opts = ebmc::train::RunOptions { epochs, seed: 4, out: out.clone(), resume, device: DeviceKind::Cpu };
-        ebmc::train::run(src, &graph, &plans[0], &c.program.trains["g"], &data, None, &opts, &mut |_| {}).unwrap()
+        let opts = ebmc::runtime::train::RunOptions { epochs, seed: 4, out: out.clone(), resume, device: DeviceKind::Cpu };
+        ebmc::runtime::train::run(src, &graph, &plans[0], &c.program.trains["g"], &data, None, &opts, &mut |_| {}).unwrap()
     };
     let dir = |name: &str| {
         let d = std::env::temp_dir().join(format!("ebmc-replay-{}-{name}", std::process::id()));

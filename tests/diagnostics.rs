@@ -30,13 +30,13 @@ fn broken_files_render_diagnostics() {
                 assert!(l.span.start <= l.span.end && l.span.end <= source.len());
             }
         }
-        let json = ebmc::diagnostic::render_json(&file_name, &source, &diagnostics);
+        let json = ebmc::front::diagnostic::render_json(&file_name, &source, &diagnostics);
         assert_eq!(json.lines().count(), diagnostics.len());
         for line in json.lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             assert!(v["line"].as_u64().unwrap() >= 1);
         }
-        insta::assert_snapshot!(ebmc::diagnostic::render_plain(&file_name, &source, &diagnostics));
+        insta::assert_snapshot!(ebmc::front::diagnostic::render_plain(&file_name, &source, &diagnostics));
     });
 }
 

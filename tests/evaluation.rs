@@ -12,15 +12,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 struct Setup {
-    graph: ebmc::graph::FactorGraph,
-    plan: ebmc::plan::Plan,
+    graph: ebmc::analysis::graph::FactorGraph,
+    plan: ebmc::analysis::plan::Plan,
 }
 
 fn setup(src: &str) -> Setup {
-    let c = ebmc::compile(src).unwrap_or_else(|d| panic!("{}", ebmc::diagnostic::render_plain("t.ebm", src, &d)));
+    let c = ebmc::compile(src).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("t.ebm", src, &d)));
     let (plans, _) = ebmc::plan(&c.program).unwrap();
     let model = c.program.models.values().next().unwrap().clone();
-    Setup { graph: ebmc::graph::program_to_graph(&model), plan: plans[0].clone() }
+    Setup { graph: ebmc::analysis::graph::program_to_graph(&model), plan: plans[0].clone() }
 }
 
 /// Every parameter drawn from N(0, scale²) with a fixed seed.
@@ -41,7 +41,7 @@ fn model_rows(s: &Setup, params: &Tensors, rows: usize) -> Tensors {
     for _ in 0..300 {
         sampler.sweep();
     }
-    let visible: Vec<String> = s.graph.model.variables.iter().filter(|v| v.role == ebmc::ast::Role::Visible).map(|v| v.name.clone()).collect();
+    let visible: Vec<String> = s.graph.model.variables.iter().filter(|v| v.role == ebmc::front::ast::Role::Visible).map(|v| v.name.clone()).collect();
     sampler.state().into_iter().filter(|(k, _)| visible.contains(k)).collect()
 }
 
@@ -54,9 +54,9 @@ struct Bracket {
 fn bracket(src: &str, scale: f64, seed: u64, temperatures: usize) -> Bracket {
     let s = setup(src);
     let params = random_params(&s, scale, seed);
-    let exact = ebmc::evaluate::exact_log_z(&s.graph, &s.plan, &params, DeviceKind::Cpu).unwrap();
+    let exact = ebmc::runtime::evaluate::exact_log_z(&s.graph, &s.plan, &params, DeviceKind::Cpu).unwrap();
     let rows = model_rows(&s, &params, 500);
-    let base = ebmc::evaluate::base_rates(&s.graph.model, &s.plan, &rows);
+    let base = ebmc::runtime::evaluate::base_rates(&s.graph.model, &s.plan, &rows);
     let opts = AisOptions { runs: 100, temperatures, seed, base };
     let lo = ebmc::backend::ais(&s.graph.model, &s.plan, &params, &opts, DeviceKind::Cpu).unwrap();
     let hi = ebmc::backend::raise(&s.graph.model, &s.plan, &params, &rows, &opts, DeviceKind::Cpu).unwrap();
@@ -120,13 +120,13 @@ fn ais_on_a_dbm_matches_exact_log_z() {
         energy e = -(v @ W1 @ h1) - (h1 @ W2 @ h2) - b @ v - c1 @ h1 - c2 @ h2; }";
     let s = setup(src);
     let params = random_params(&s, 0.8, 6);
-    let exact = ebmc::evaluate::exact_log_z(&s.graph, &s.plan, &params, DeviceKind::Cpu).unwrap();
+    let exact = ebmc::runtime::evaluate::exact_log_z(&s.graph, &s.plan, &params, DeviceKind::Cpu).unwrap();
     let opts = AisOptions { runs: 100, temperatures: 2000, seed: 6, base: Tensors::new() };
     let est = ebmc::backend::ais(&s.graph.model, &s.plan, &params, &opts, DeviceKind::Cpu).unwrap();
     assert!((est.log_z - exact).abs() < 3.0 * est.std_error + 0.01, "AIS {} ± {} vs exact {exact}", est.log_z, est.std_error);
     // The rows bind v only: each row's free energy enumerates h2.
     let rows = model_rows(&s, &params, 20);
-    let ll = ebmc::evaluate::exact_log_likelihood(&s.graph, &s.plan, &params, &rows, exact, DeviceKind::Cpu).unwrap();
+    let ll = ebmc::runtime::evaluate::exact_log_likelihood(&s.graph, &s.plan, &params, &rows, exact, DeviceKind::Cpu).unwrap();
     assert!(ll.iter().all(|x| x.is_finite() && *x < 0.0));
 }
 
@@ -147,7 +147,7 @@ fn pl_row_by_row(s: &Setup, params: &Tensors, rows: &Tensors) -> f64 {
     let mut total = 0.0;
     for r in 0..n {
         let one: Tensors = rows.iter().map(|(k, t)| (k.clone(), HostTensor::new(vec![1, t.shape[1]], t.data[r * t.shape[1]..(r + 1) * t.shape[1]].to_vec()))).collect();
-        total += ebmc::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, params, &one, None, 0, DeviceKind::Cpu).unwrap();
+        total += ebmc::runtime::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, params, &one, None, 0, DeviceKind::Cpu).unwrap();
     }
     total / n as f64
 }
@@ -158,7 +158,7 @@ fn exact_pseudo_likelihood_is_the_same_in_chunks_as_row_by_row() {
     let params = random_params(&s, 0.8, 7);
     // 1,000 rows x 20 flipped copies cross several chunk boundaries.
     let rows = model_rows(&s, &params, 1000);
-    let chunked = ebmc::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, &params, &rows, None, 0, DeviceKind::Cpu).unwrap();
+    let chunked = ebmc::runtime::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, &params, &rows, None, 0, DeviceKind::Cpu).unwrap();
     let direct = pl_row_by_row(&s, &params, &rows);
     assert!((chunked - direct).abs() < 1e-4, "{chunked} vs {direct}");
 }
@@ -168,8 +168,8 @@ fn stochastic_pseudo_likelihood_draws_units_per_row_and_is_unbiased() {
     let s = setup(RBM);
     let params = random_params(&s, 1.0, 8);
     let rows = model_rows(&s, &params, 200);
-    let exact = ebmc::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, &params, &rows, None, 0, DeviceKind::Cpu).unwrap();
-    let estimates: Vec<f64> = (0..30).map(|seed| ebmc::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, &params, &rows, Some(2), seed, DeviceKind::Cpu).unwrap()).collect();
+    let exact = ebmc::runtime::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, &params, &rows, None, 0, DeviceKind::Cpu).unwrap();
+    let estimates: Vec<f64> = (0..30).map(|seed| ebmc::runtime::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, &params, &rows, Some(2), seed, DeviceKind::Cpu).unwrap()).collect();
     let mean = estimates.iter().sum::<f64>() / 30.0;
     let sd = (estimates.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 29.0).sqrt();
     // Unbiased: the mean of 30 seeds is within 4 standard errors of the exact value.
@@ -180,8 +180,8 @@ fn stochastic_pseudo_likelihood_draws_units_per_row_and_is_unbiased() {
     let single: Vec<f64> = (0..30)
         .map(|seed| {
             let one: Tensors = rows.iter().map(|(k, t)| (k.clone(), HostTensor::new(vec![1, t.shape[1]], t.data[..t.shape[1]].to_vec()))).collect();
-            let e = ebmc::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, &params, &one, None, 0, DeviceKind::Cpu).unwrap();
-            ebmc::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, &params, &one, Some(2), seed, DeviceKind::Cpu).unwrap() - e
+            let e = ebmc::runtime::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, &params, &one, None, 0, DeviceKind::Cpu).unwrap();
+            ebmc::runtime::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, &params, &one, Some(2), seed, DeviceKind::Cpu).unwrap() - e
         })
         .collect();
     let single_sd = (single.iter().map(|x| x * x).sum::<f64>() / 30.0).sqrt();
@@ -395,10 +395,10 @@ fn grbm(d: usize, h: usize, seed: u64) -> (Setup, Tensors) {
 fn exact_grbm_log_z_matches_a_numerical_integral_in_one_and_two_dimensions() {
     for (d, h, seed) in [(1, 2, 1), (1, 3, 2), (2, 2, 3), (2, 4, 4)] {
         let (s, p) = grbm(d, h, seed);
-        let exact = ebmc::evaluate::exact_log_z(&s.graph, &s.plan, &p, DeviceKind::Cpu).unwrap();
+        let exact = ebmc::runtime::evaluate::exact_log_z(&s.graph, &s.plan, &p, DeviceKind::Cpu).unwrap();
         // Midpoint rule on [-16, 16]: the tails beyond are below e^-50 for these weights.
         let points = if d == 1 { 20_000 } else { 1_200 };
-        let grid = ebmc::evaluate::grid_log_z(&s.graph.model, &s.plan, &p, -16.0, 16.0, points, DeviceKind::Cpu).unwrap();
+        let grid = ebmc::runtime::evaluate::grid_log_z(&s.graph.model, &s.plan, &p, -16.0, 16.0, points, DeviceKind::Cpu).unwrap();
         assert!((exact - grid).abs() < 2e-3, "D={d} H={h}: closed form {exact} vs integral {grid}");
     }
 }
@@ -416,8 +416,8 @@ fn exact_grbm_log_z_matches_the_direct_formula() {
             0.5 * mean.iter().map(|m| m * m).sum::<f64>() - 0.5 * b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() + (0..h).map(|j| f64::from(c[j]) * hv[j]).sum::<f64>()
         })
         .collect();
-    let direct = ebmc::evaluate::log_sum_exp(&terms) + 0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();
-    let exact = ebmc::evaluate::exact_log_z(&s.graph, &s.plan, &p, DeviceKind::Cpu).unwrap();
+    let direct = ebmc::runtime::evaluate::log_sum_exp(&terms) + 0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();
+    let exact = ebmc::runtime::evaluate::exact_log_z(&s.graph, &s.plan, &p, DeviceKind::Cpu).unwrap();
     assert!((exact - direct).abs() < 1e-3, "{exact} vs {direct}");
 }
 
@@ -427,14 +427,14 @@ fn exact_log_z_refuses_energies_that_are_not_gaussian() {
         energy e = 0.25 * sum(square(square(v))) - (v @ W @ h); }";
     let s = setup(quartic);
     let p = random_params(&s, 1.0, 1);
-    let err = ebmc::evaluate::exact_log_z(&s.graph, &s.plan, &p, DeviceKind::Cpu).unwrap_err();
+    let err = ebmc::runtime::evaluate::exact_log_z(&s.graph, &s.plan, &p, DeviceKind::Cpu).unwrap_err();
     assert!(err.contains("not quadratic"), "{err}");
     // A quadratic whose curvature depends on h has no single Gaussian either.
     let varying = "model q { visible v : real[2]; hidden h : binary[2]; param c : real[2];
         energy e = 0.5 * sum(square(v)) * (1 + sum(h)) - c @ h; }";
     let s = setup(varying);
     let p = random_params(&s, 1.0, 2);
-    let err = ebmc::evaluate::exact_log_z(&s.graph, &s.plan, &p, DeviceKind::Cpu).unwrap_err();
+    let err = ebmc::runtime::evaluate::exact_log_z(&s.graph, &s.plan, &p, DeviceKind::Cpu).unwrap_err();
     assert!(err.contains("same curvature") || err.contains("not quadratic"), "{err}");
 }
 

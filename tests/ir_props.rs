@@ -35,12 +35,12 @@ fn expr(rng: &mut impl Rng, vector: bool, depth: u32) -> String {
     }
 }
 
-fn compile(energy: &str) -> (ebmc::program::Model, ebmc::ir::Lowered) {
+fn compile(energy: &str) -> (ebmc::analysis::program::Model, ebmc::ir::Lowered) {
     let src = format!(
         "model m {{ visible x : real[3]; param W : real[3, 3]; param u : real[3]; param t : real; net f = mlp(3 -> 4 -> 1, act: tanh);
          energy e = {energy}; energy keep = 0.01 * (t + sum(u) + sum(W)); }}"
     );
-    let c = ebmc::compile(&src).unwrap_or_else(|d| panic!("{}\n{}", src, ebmc::diagnostic::render_plain("e.ebm", &src, &d)));
+    let c = ebmc::compile(&src).unwrap_or_else(|d| panic!("{}\n{}", src, ebmc::front::diagnostic::render_plain("e.ebm", &src, &d)));
     let m = c.program.models["m"].clone();
     let l = ebmc::ir::program_to_ir(&m);
     (m, l)
@@ -98,8 +98,8 @@ fn dfdx_backend_matches_the_reference_interpreter() {
         let depth = rng.gen_range(1..4);
         let e = expr(&mut rng, false, depth);
         let (model, lowered) = compile(&e);
-        let graph = ebmc::graph::program_to_graph(&model);
-        let plan = match ebmc::plan::graph_to_plan(&graph, None) {
+        let graph = ebmc::analysis::graph::program_to_graph(&model);
+        let plan = match ebmc::analysis::plan::graph_to_plan(&graph, None) {
             Ok((p, _)) => p,
             Err(_) => continue, // e.g. an energy linear in x: nothing to sample, still nothing to compare
         };
@@ -195,8 +195,8 @@ fn spectral_normalisation_divides_by_the_top_singular_value() {
         let fd = (scalar(&lowered.ir, lowered.total, &at(&up)) - scalar(&lowered.ir, lowered.total, &at(&down))) / (2.0 * h);
         assert!((grad[k] - fd).abs() < 1e-6, "d/dW[{k}]: symbolic {} vs differences {fd}", grad[k]);
     }
-    let graph = ebmc::graph::program_to_graph(&model);
-    let (plan, _) = ebmc::plan::graph_to_plan(&graph, None).unwrap();
+    let graph = ebmc::analysis::graph::program_to_graph(&model);
+    let (plan, _) = ebmc::analysis::plan::graph_to_plan(&graph, None).unwrap();
     let params: ebmc::tensor::Tensors = [("f.w0".to_string(), HostTensor::new(vec![2, 2], vec![2.0, 1.0, 0.0, 1.0]))].into_iter().collect();
     let sampler = ebmc::backend::Sampler::new(&model, &plan, &params, 1, 1, Default::default()).unwrap();
     let energy = sampler.energy(&[("x".to_string(), HostTensor::new(vec![1, 2], vec![1.0, 0.5]))].into_iter().collect()).unwrap();

@@ -1,7 +1,7 @@
 //! Resource limits and deep nesting: inputs at each limit work through every
 //! stage on a small stack; inputs past it get a coded error, never a crash.
 
-use ebmc::limits::{self, MAX_NESTING};
+use ebmc::analysis::limits::{self, MAX_NESTING};
 
 /// Runs `f` on a thread with a 2 MiB stack (the default for spawned
 /// threads), so a stage that recursed per level would overflow here first.
@@ -14,7 +14,7 @@ fn nested_calls(n: usize, f: &str, var: &str) -> String {
 }
 
 /// Every stage a file goes through: check, plan, IR with derivatives, printing, fmt.
-fn all_stages(source: String) -> Result<(), Vec<ebmc::diagnostic::Diagnostic>> {
+fn all_stages(source: String) -> Result<(), Vec<ebmc::front::diagnostic::Diagnostic>> {
     on_small_stack(move || {
         ebmc::format_source(&source).map_err(|d| vec![d])?;
         let compiled = ebmc::compile(&source)?;
@@ -23,7 +23,7 @@ fn all_stages(source: String) -> Result<(), Vec<ebmc::diagnostic::Diagnostic>> {
             let _ = p.to_text();
         }
         for model in compiled.program.models.values() {
-            let _ = ebmc::graph::program_to_graph(model).to_text(&Default::default());
+            let _ = ebmc::analysis::graph::program_to_graph(model).to_text(&Default::default());
             let mut lowered = ebmc::ir::program_to_ir(model);
             for v in &model.variables {
                 if let Some(g) = lowered.ir.grad(lowered.total, &v.name) {
@@ -162,16 +162,16 @@ fn a_run_is_checked_against_the_memory_available() {
     let run = limits::SampleRun { chains: 1000, burn_in: 0, steps: 100, every: Some(1) };
     let needed = limits::check_sample(model, &lowered, &run, None).unwrap();
     // 100 kept states of 1000 chains of the visible units, at least.
-    let visible: usize = model.variables.iter().filter(|v| v.role == ebmc::ast::Role::Visible).map(|v| v.shape.iter().product::<usize>()).sum();
+    let visible: usize = model.variables.iter().filter(|v| v.role == ebmc::front::ast::Role::Visible).map(|v| v.shape.iter().product::<usize>()).sum();
     assert!(needed >= (100 * 1000 * visible * 4) as u128, "{needed}");
     assert!(limits::check_sample(model, &lowered, &run, Some(needed as u64)).is_ok());
     let errors = limits::check_sample(model, &lowered, &run, Some(needed as u64 / 2)).unwrap_err();
-    let d = ebmc::diagnostic::Diagnostic::from(&errors[0]);
+    let d = ebmc::front::diagnostic::Diagnostic::from(&errors[0]);
     assert_eq!(d.code, "E0507");
     assert!(errors[0].to_string().contains("is available"), "{}", errors[0]);
     let train = &c.program.trains["rbm"];
     let needed = limits::check_train(model, &lowered, train, 1000, 1, None).unwrap();
-    assert_eq!(ebmc::diagnostic::Diagnostic::from(&limits::check_train(model, &lowered, train, 1000, 1, Some(1)).unwrap_err()[0]).code, "E0507");
+    assert_eq!(ebmc::front::diagnostic::Diagnostic::from(&limits::check_train(model, &lowered, train, 1000, 1, Some(1)).unwrap_err()[0]).code, "E0507");
     assert!(needed > 0);
     assert_eq!(limits::available_from_meminfo("MemTotal: 100 kB\nMemAvailable:    2048 kB\n"), Some(2 << 20));
     assert_eq!(limits::available_from_meminfo("MemTotal: 100 kB\n"), None);

@@ -13,13 +13,13 @@ fn zoo() -> Vec<String> {
 
 fn compile_and_render(source: &str) {
     if let Err(d) = ebmc::compile(source) {
-        let _ = ebmc::diagnostic::render_plain("input.ebm", source, &d);
-        let _ = ebmc::diagnostic::render_json("input.ebm", source, &d);
+        let _ = ebmc::front::diagnostic::render_plain("input.ebm", source, &d);
+        let _ = ebmc::front::diagnostic::render_json("input.ebm", source, &d);
     }
     if let Ok(formatted) = ebmc::format_source(source) {
         // Whatever parses must format to something that parses to the same tree.
-        let a = ebmc::parse::source_to_ast(source).unwrap().outline();
-        let b = ebmc::parse::source_to_ast(&formatted).expect("formatted output parses").outline();
+        let a = ebmc::front::parse::source_to_ast(source).unwrap().outline();
+        let b = ebmc::front::parse::source_to_ast(&formatted).expect("formatted output parses").outline();
         assert_eq!(a, b);
     }
 }

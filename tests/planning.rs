@@ -2,20 +2,20 @@
 //! bipartiteness over every component, colouring, conditionals and free
 //! energies in closed form.
 
-use ebmc::graph::{colour, lattice_adjacency, program_to_graph, two_colour, Degree};
-use ebmc::plan::{Kernel, Plan};
-use ebmc::program::{GraphConst, Lattice};
+use ebmc::analysis::graph::{colour, lattice_adjacency, program_to_graph, two_colour, Degree};
+use ebmc::analysis::plan::{Kernel, Plan};
+use ebmc::analysis::program::{GraphConst, Lattice};
 
-fn model(body: &str) -> ebmc::program::Model {
+fn model(body: &str) -> ebmc::analysis::program::Model {
     let src = format!("model m {{\n{body}\n}}");
-    let c = ebmc::compile(&src).unwrap_or_else(|d| panic!("{}", ebmc::diagnostic::render_plain("m.ebm", &src, &d)));
+    let c = ebmc::compile(&src).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("m.ebm", &src, &d)));
     c.program.models["m"].clone()
 }
 
 fn plan(body: &str) -> Plan {
     let m = model(body);
     let g = program_to_graph(&m);
-    ebmc::plan::graph_to_plan(&g, None).unwrap_or_else(|e| panic!("{e:?}")).0
+    ebmc::analysis::plan::graph_to_plan(&g, None).unwrap_or_else(|e| panic!("{e:?}")).0
 }
 
 /// Degree of energy `expr` in `var`, with a fixed set of declarations.
@@ -178,8 +178,8 @@ fn dense_self_coupling_falls_back_to_sequential_gibbs() {
 /// `Ok(codes of warnings)` or `Err(codes of errors)`.
 fn verdict(energy: &str) -> Result<Vec<&'static str>, Vec<&'static str>> {
     let src = format!("model m {{ visible x : real[2]; visible y : categorical(3); param W : real[2, 2]; param mu : real[2]; net f = mlp(2 -> 8 -> 1, act: swish); net g = mlp(2 -> 8 -> 3, act: tanh);\n energy e = {energy};\n energy keep = 0 * (sum(W) + sum(mu) + sum(y) + f(x) + sum(g(x))); }}");
-    let c = ebmc::compile(&src).unwrap_or_else(|d| panic!("{}", ebmc::diagnostic::render_plain("m.ebm", &src, &d)));
-    let codes = |d: Vec<ebmc::diagnostic::Diagnostic>| d.into_iter().filter(|d| d.code.starts_with("E04") || d.code.starts_with("W04")).map(|d| d.code).collect();
+    let c = ebmc::compile(&src).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("m.ebm", &src, &d)));
+    let codes = |d: Vec<ebmc::front::diagnostic::Diagnostic>| d.into_iter().filter(|d| d.code.starts_with("E04") || d.code.starts_with("W04")).map(|d| d.code).collect();
     ebmc::plan(&c.program).map(|(_, w)| codes(w)).map_err(codes)
 }
 
@@ -204,7 +204,7 @@ fn w0401_names_the_term_in_the_way_and_suggests_nothing_the_model_has() {
     let src = "model m { visible x : real[2]; param W : real[2, 2]; energy e = 0.1 * sum(square(x)) - sum(square(W @ x)); }";
     let c = ebmc::compile(src).unwrap();
     let (_, warnings) = ebmc::plan(&c.program).unwrap();
-    let text = ebmc::diagnostic::render_plain("m.ebm", src, &warnings);
+    let text = ebmc::front::diagnostic::render_plain("m.ebm", src, &warnings);
     assert!(text.contains("W0401") && text.contains("`-sum(square(W @ x))` may fall as fast as `0.1 * sum(square(x))` rises"), "{text}");
     assert!(!text.contains("polynomial") && !text.contains("0.01 * sum(square(x))"), "{text}");
     // x^4 alone is proved: no warning calls it "not a polynomial".
@@ -241,7 +241,7 @@ fn printed_expressions_are_valid_syntax_with_negation_as_negation() {
             let inner = if inner.len() < text.len() { &inner[..inner.len() - 1] } else { inner };
             let inner = inner.replace("softplus(", "sigmoid(").replace("sum_rows(", "sum(");
             let src = format!("model m {{ {decls} energy e = sum({inner}) + 0 * (sum(a) + sum(M) + sum(W) + sum(v) + sum(y) + sum(h)); }}");
-            ebmc::parse::source_to_ast(&src).unwrap_or_else(|e| panic!("{energy}: `{text}` does not parse: {e:?}"));
+            ebmc::front::parse::source_to_ast(&src).unwrap_or_else(|e| panic!("{energy}: `{text}` does not parse: {e:?}"));
         }
     }
 }

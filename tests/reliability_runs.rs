@@ -62,9 +62,9 @@ fn rbm_in(dir: &Path, data: &str) -> String {
     dir.join("m.ebm").to_string_lossy().into_owned()
 }
 
-fn setup(src: &str) -> (ebmc::program::Model, ebmc::plan::Plan, Tensors) {
-    let c = ebmc::compile(src).unwrap_or_else(|d| panic!("{}", ebmc::diagnostic::render_plain("t.ebm", src, &d)));
-    let (plans, _) = ebmc::plan(&c.program).unwrap_or_else(|d| panic!("{}", ebmc::diagnostic::render_plain("t.ebm", src, &d)));
+fn setup(src: &str) -> (ebmc::analysis::program::Model, ebmc::analysis::plan::Plan, Tensors) {
+    let c = ebmc::compile(src).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("t.ebm", src, &d)));
+    let (plans, _) = ebmc::plan(&c.program).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("t.ebm", src, &d)));
     let model = c.program.models.values().next().unwrap().clone();
     let params = ebmc::tensor::initialise(&ebmc::ir::program_to_ir(&model).params, 0);
     (model, plans[0].clone(), params)
@@ -130,8 +130,8 @@ fn sampler_state_and_parameters_are_checked() {
     // Checkpoints are also refused for tensors the model does not declare.
     let mut extra = params.clone();
     extra.insert("V".into(), HostTensor::filled(vec![1], 0.0));
-    assert!(matches!(ebmc::train::check_model_params(&model, &extra), Err(ebmc::tensor::ShapeError::UnknownParameter { .. })));
-    assert!(ebmc::train::check_model_params(&model, &params).is_ok());
+    assert!(matches!(ebmc::runtime::train::check_model_params(&model, &extra), Err(ebmc::tensor::ShapeError::UnknownParameter { .. })));
+    assert!(ebmc::runtime::train::check_model_params(&model, &params).is_ok());
 }
 
 #[test]
@@ -272,10 +272,10 @@ fn a_second_run_into_a_locked_directory_exits_2_naming_the_holder() {
         assert!(err.contains(&format!("process {pid} holds its lock")) && err.contains("lock`"), "{err}");
     }
     // A killed holder's lock is released with it: the run resumes.
-    let done = ebmc::train::checkpoint_meta(&run).unwrap().epoch;
+    let done = ebmc::runtime::train::checkpoint_meta(&run).unwrap().epoch;
     let out = ebmc(&["train", &model, "--resume", run.to_str().unwrap(), "--epochs", &(done + 1).to_string()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(ebmc::train::checkpoint_meta(&run).unwrap().epoch, done + 1);
+    assert_eq!(ebmc::runtime::train::checkpoint_meta(&run).unwrap().epoch, done + 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

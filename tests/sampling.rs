@@ -5,13 +5,13 @@
 //! Seeds are fixed; every tolerance is derived in a comment.
 
 use ebmc::backend::Sampler;
-use ebmc::program::{Domain, Model};
+use ebmc::analysis::program::{Domain, Model};
 use ebmc::tensor::{HostTensor, Tensors};
 use std::collections::BTreeMap;
 
-fn setup(src: &str, params: &[(&str, Vec<f32>)]) -> (Model, ebmc::plan::Plan, Tensors) {
-    let c = ebmc::compile(src).unwrap_or_else(|d| panic!("{}", ebmc::diagnostic::render_plain("t.ebm", src, &d)));
-    let (plans, _) = ebmc::plan(&c.program).unwrap_or_else(|d| panic!("{}", ebmc::diagnostic::render_plain("t.ebm", src, &d)));
+fn setup(src: &str, params: &[(&str, Vec<f32>)]) -> (Model, ebmc::analysis::plan::Plan, Tensors) {
+    let c = ebmc::compile(src).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("t.ebm", src, &d)));
+    let (plans, _) = ebmc::plan(&c.program).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("t.ebm", src, &d)));
     let model = c.program.models.values().next().unwrap().clone();
     let lowered = ebmc::ir::program_to_ir(&model);
     let mut values = ebmc::tensor::initialise(&lowered.params, 0);

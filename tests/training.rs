@@ -9,17 +9,17 @@ use std::path::PathBuf;
 
 struct Setup {
     source: String,
-    graph: ebmc::graph::FactorGraph,
-    plan: ebmc::plan::Plan,
-    train: ebmc::program::Train,
+    graph: ebmc::analysis::graph::FactorGraph,
+    plan: ebmc::analysis::plan::Plan,
+    train: ebmc::analysis::program::Train,
 }
 
 fn setup(src: &str) -> Setup {
-    let c = ebmc::compile(src).unwrap_or_else(|d| panic!("{}", ebmc::diagnostic::render_plain("t.ebm", src, &d)));
+    let c = ebmc::compile(src).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("t.ebm", src, &d)));
     let (plans, _) = ebmc::plan(&c.program).unwrap();
     let model = c.program.models.values().next().unwrap().clone();
     let train = c.program.trains.get(&model.name).cloned().unwrap_or_else(|| panic!("needs a train block"));
-    Setup { source: src.to_string(), graph: ebmc::graph::program_to_graph(&model), plan: plans[0].clone(), train }
+    Setup { source: src.to_string(), graph: ebmc::analysis::graph::program_to_graph(&model), plan: plans[0].clone(), train }
 }
 
 fn params_with(s: &Setup, values: &[(&str, Vec<f32>)]) -> Tensors {
@@ -62,7 +62,7 @@ fn true_rbm_params(s: &Setup) -> Tensors {
 fn ais_agrees_with_exact_log_z_within_its_error_bar() {
     let s = setup(&TINY_RBM.replace("OBJECTIVE", "cd").replace("EPOCHS", "1"));
     let params = true_rbm_params(&s);
-    let exact = ebmc::evaluate::exact_log_z(&s.graph, &s.plan, &params, DeviceKind::Cpu).unwrap();
+    let exact = ebmc::runtime::evaluate::exact_log_z(&s.graph, &s.plan, &params, DeviceKind::Cpu).unwrap();
     let opts = ebmc::backend::AisOptions { runs: 200, temperatures: 2000, seed: 11, base: Default::default() };
     let ais = ebmc::backend::ais(&s.graph.model, &s.plan, &params, &opts, DeviceKind::Cpu).unwrap();
     // AIS is consistent; with 200 runs its standard error is reported. Allow 3 of
@@ -73,30 +73,30 @@ fn ais_agrees_with_exact_log_z_within_its_error_bar() {
 }
 
 /// Rows drawn from the true tiny RBM.
-fn rbm_data(s: &Setup, rows: usize) -> ebmc::data::Dataset {
+fn rbm_data(s: &Setup, rows: usize) -> ebmc::runtime::data::Dataset {
     let params = true_rbm_params(s);
     let mut sampler = Sampler::new(&s.graph.model, &s.plan, &params, rows, 5, DeviceKind::Cpu).unwrap();
     for _ in 0..200 {
         sampler.sweep();
     }
     let v = sampler.state()["v"].clone();
-    ebmc::data::Dataset { rows, vars: [("v".to_string(), v)].into_iter().collect() }
+    ebmc::runtime::data::Dataset { rows, vars: [("v".to_string(), v)].into_iter().collect() }
 }
 
 fn train_and_score(objective: &str, epochs: usize) -> (f64, f64, f64) {
     let s = setup(&TINY_RBM.replace("OBJECTIVE", objective).replace("EPOCHS", &epochs.to_string()));
     let data = rbm_data(&s, 2000);
     let ll = |p: &Tensors| {
-        let z = ebmc::evaluate::exact_log_z(&s.graph, &s.plan, p, DeviceKind::Cpu).unwrap();
-        mean(&ebmc::evaluate::exact_log_likelihood(&s.graph, &s.plan, p, &data.vars, z, DeviceKind::Cpu).unwrap())
+        let z = ebmc::runtime::evaluate::exact_log_z(&s.graph, &s.plan, p, DeviceKind::Cpu).unwrap();
+        mean(&ebmc::runtime::evaluate::exact_log_likelihood(&s.graph, &s.plan, p, &data.vars, z, DeviceKind::Cpu).unwrap())
     };
     let lowered = ebmc::ir::program_to_ir(&s.graph.model);
     let before = ll(&ebmc::tensor::initialise(&lowered.params, 3));
     let truth = ll(&true_rbm_params(&s));
     let out = tmp(objective.split('(').next().unwrap());
-    let opts = ebmc::train::RunOptions { epochs, seed: 3, out: out.clone(), resume: false, device: DeviceKind::Cpu };
-    ebmc::train::run(&s.source, &s.graph, &s.plan, &s.train, &data, None, &opts, &mut |_| {}).unwrap();
-    let after = ll(&ebmc::train::load_params(&out).unwrap());
+    let opts = ebmc::runtime::train::RunOptions { epochs, seed: 3, out: out.clone(), resume: false, device: DeviceKind::Cpu };
+    ebmc::runtime::train::run(&s.source, &s.graph, &s.plan, &s.train, &data, None, &opts, &mut |_| {}).unwrap();
+    let after = ll(&ebmc::runtime::train::load_params(&out).unwrap());
     std::fs::remove_dir_all(&out).unwrap();
     (before, after, truth)
 }
@@ -121,12 +121,12 @@ fn digits_rbm_reaches_the_log_likelihood_bar() {
     let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/rbm.ebm")).unwrap();
     let s = setup(&source);
     let base = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let data = ebmc::data::load(&s.train.data, &s.graph.model, &base).unwrap();
-    let (train, test) = ebmc::data::split(data, s.train.test.as_ref(), &s.graph.model, &base).unwrap();
+    let data = ebmc::runtime::data::load(&s.train.data, &s.graph.model, &base).unwrap();
+    let (train, test) = ebmc::runtime::data::split(data, s.train.test.as_ref(), &s.graph.model, &base).unwrap();
     assert_eq!((train.rows, test.as_ref().unwrap().rows), (1500, 297));
     let out = tmp("digits");
-    let opts = ebmc::train::RunOptions { epochs: s.train.epochs, seed: s.train.seed, out: out.clone(), resume: false, device: DeviceKind::Cpu };
-    let history = ebmc::train::run(&s.source, &s.graph, &s.plan, &s.train, &train, test.as_ref(), &opts, &mut |_| {}).unwrap();
+    let opts = ebmc::runtime::train::RunOptions { epochs: s.train.epochs, seed: s.train.seed, out: out.clone(), resume: false, device: DeviceKind::Cpu };
+    let history = ebmc::runtime::train::run(&s.source, &s.graph, &s.plan, &s.train, &train, test.as_ref(), &opts, &mut |_| {}).unwrap();
     let ll = history.last().unwrap().log_likelihood.unwrap();
     assert!(ll >= -20.6, "test log-likelihood {ll} nats");
     std::fs::remove_dir_all(&out).unwrap();
@@ -137,8 +137,8 @@ fn resuming_reproduces_an_uninterrupted_run_exactly() {
     let s = setup(&TINY_RBM.replace("OBJECTIVE", "pcd(k: 1, chains: 20)").replace("EPOCHS", "4"));
     let data = rbm_data(&s, 200);
     let run = |out: &PathBuf, epochs: usize, resume: bool| {
-        let opts = ebmc::train::RunOptions { epochs, seed: 9, out: out.clone(), resume, device: DeviceKind::Cpu };
-        ebmc::train::run(&s.source, &s.graph, &s.plan, &s.train, &data, None, &opts, &mut |_| {}).unwrap()
+        let opts = ebmc::runtime::train::RunOptions { epochs, seed: 9, out: out.clone(), resume, device: DeviceKind::Cpu };
+        ebmc::runtime::train::run(&s.source, &s.graph, &s.plan, &s.train, &data, None, &opts, &mut |_| {}).unwrap()
     };
     let (a, b) = (tmp("straight"), tmp("resumed"));
     let straight = run(&a, 4, false);
@@ -165,23 +165,23 @@ fn divergence_stops_training_and_keeps_the_last_good_checkpoint() {
         energy e = 0.5 * sum(square(x)) - x @ W @ h; }
         train g { data = toy(\"moons\", n: 200) -> x; objective = cd(k: 1); optimizer = sgd(lr: LR); batch = 50; epochs = 3; }";
     let good = setup(&src.replace("LR", "0.01"));
-    let data = ebmc::data::load(&good.train.data, &good.graph.model, std::path::Path::new(".")).unwrap();
+    let data = ebmc::runtime::data::load(&good.train.data, &good.graph.model, std::path::Path::new(".")).unwrap();
     let out = tmp("diverge");
-    let opts = |epochs| ebmc::train::RunOptions { epochs, seed: 1, out: out.clone(), resume: false, device: DeviceKind::Cpu };
-    ebmc::train::run(&good.source, &good.graph, &good.plan, &good.train, &data, None, &opts(1), &mut |_| {}).unwrap();
+    let opts = |epochs| ebmc::runtime::train::RunOptions { epochs, seed: 1, out: out.clone(), resume: false, device: DeviceKind::Cpu };
+    ebmc::runtime::train::run(&good.source, &good.graph, &good.plan, &good.train, &data, None, &opts(1), &mut |_| {}).unwrap();
     let kept = std::fs::read(out.join("epoch-1/params.safetensors")).unwrap();
     // An absurd step size, in a fresh directory; the earlier run's checkpoint is untouched.
     let bad = setup(&src.replace("LR", "1e30"));
     let fresh = tmp("diverge-fresh");
-    let err = ebmc::train::run(&bad.source, &bad.graph, &bad.plan, &bad.train, &data, None, &ebmc::train::RunOptions { epochs: 3, seed: 1, out: fresh.clone(), resume: false, device: DeviceKind::Cpu }, &mut |_| {}).unwrap_err();
+    let err = ebmc::runtime::train::run(&bad.source, &bad.graph, &bad.plan, &bad.train, &data, None, &ebmc::runtime::train::RunOptions { epochs: 3, seed: 1, out: fresh.clone(), resume: false, device: DeviceKind::Cpu }, &mut |_| {}).unwrap_err();
     match err {
-        ebmc::train::RunError::Train { error: ebmc::backend::TrainError::NonFinite { what, step }, .. } => {
+        ebmc::runtime::train::RunError::Train { error: ebmc::backend::TrainError::NonFinite { what, step }, .. } => {
             assert!(what.contains("W") || what.contains("loss") || what.contains("gradient"), "{what}");
             assert!(step >= 1);
         }
         other => panic!("expected a divergence, got {other:?}"),
     }
-    assert!(ebmc::train::latest_checkpoint(&fresh).is_none(), "no checkpoint is written from diverged parameters");
+    assert!(ebmc::runtime::train::latest_checkpoint(&fresh).is_none(), "no checkpoint is written from diverged parameters");
     assert_eq!(std::fs::read(out.join("epoch-1/params.safetensors")).unwrap(), kept);
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&fresh);
@@ -201,11 +201,11 @@ fn pseudo_likelihood_recovers_lattice_couplings_from_a_zero_start() {
     for _ in 0..300 {
         sampler.sweep();
     }
-    let data = ebmc::data::Dataset { rows: 2000, vars: [("s".to_string(), sampler.state()["s"].clone())].into_iter().collect() };
+    let data = ebmc::runtime::data::Dataset { rows: 2000, vars: [("s".to_string(), sampler.state()["s"].clone())].into_iter().collect() };
     let out = tmp("pl");
-    let opts = ebmc::train::RunOptions { epochs: 40, seed: 2, out: out.clone(), resume: false, device: DeviceKind::Cpu };
-    ebmc::train::run(&ising.source, &ising.graph, &ising.plan, &ising.train, &data, None, &opts, &mut |_| {}).unwrap();
-    let fit = ebmc::train::load_params(&out).unwrap();
+    let opts = ebmc::runtime::train::RunOptions { epochs: 40, seed: 2, out: out.clone(), resume: false, device: DeviceKind::Cpu };
+    ebmc::runtime::train::run(&ising.source, &ising.graph, &ising.plan, &ising.train, &data, None, &opts, &mut |_| {}).unwrap();
+    let fit = ebmc::runtime::train::load_params(&out).unwrap();
 
     // Pseudo-likelihood is consistent; with 2000 x 36 spins its error on J and the
     // field is about 0.01, so 0.05 is a wide, still discriminating band.
@@ -225,7 +225,7 @@ fn load_err(source_call: &str, file_text: &[u8], var: &str, ext: &str) -> String
     )
     .replace("PATH", &file.display().to_string());
     let s = setup(&src);
-    let msg = match ebmc::data::load(&s.train.data, &s.graph.model, &dir) {
+    let msg = match ebmc::runtime::data::load(&s.train.data, &s.graph.model, &dir) {
         Ok(_) => "ok".to_string(),
         Err(e) => e.to_string(),
     };
@@ -247,7 +247,7 @@ fn bad_data_is_reported_with_source_row_and_column() {
     let cat = load_err("csv(\"PATH\")", b"3\n", "v : categorical(3)", "csv");
     assert!(cat.contains("3 is not a value of `v`, which takes categorical(3)"), "{cat}");
     // NPY and IDX
-    let npy = ebmc::export::npy(&[vec![1.0, 0.0, 1.0], vec![0.0, 1.0, 1.0]]);
+    let npy = ebmc::runtime::export::npy(&[vec![1.0, 0.0, 1.0], vec![0.0, 1.0, 1.0]]);
     assert_eq!(load_err("npy(\"PATH\")", &npy, "v : binary[3]", "npy"), "ok");
     let mut idx = vec![0u8, 0, 0x08, 2, 0, 0, 0, 2, 0, 0, 0, 3];
     idx.extend([0, 255, 255, 255, 0, 0]);
@@ -258,14 +258,14 @@ fn bad_data_is_reported_with_source_row_and_column() {
 
 #[test]
 fn bundled_sets_have_their_documented_sizes() {
-    assert_eq!(ebmc::data::bars_and_stripes(4).len(), 30);
-    for name in ebmc::schema::TOY_SETS {
-        let pts = ebmc::data::toy(name, 500, 1);
+    assert_eq!(ebmc::runtime::data::bars_and_stripes(4).len(), 30);
+    for name in ebmc::analysis::schema::TOY_SETS {
+        let pts = ebmc::runtime::data::toy(name, 500, 1);
         assert_eq!(pts.len(), 500);
         assert!(pts.iter().all(|p| p.len() == 2 && p.iter().all(|x| x.is_finite() && x.abs() < 20.0)), "{name}");
     }
     // The 8-Gaussian density integrates to one (grid over [-6, 6]^2).
     let h = 0.02;
-    let total: f64 = (0..600).flat_map(|i| (0..600).map(move |j| (-6.0 + i as f64 * h, -6.0 + j as f64 * h))).map(|(x, y)| ebmc::data::toy_log_density("8gaussians", x, y).unwrap().exp() * h * h).sum();
+    let total: f64 = (0..600).flat_map(|i| (0..600).map(move |j| (-6.0 + i as f64 * h, -6.0 + j as f64 * h))).map(|(x, y)| ebmc::runtime::data::toy_log_density("8gaussians", x, y).unwrap().exp() * h * h).sum();
     assert!((total - 1.0).abs() < 1e-3, "{total}");
 }

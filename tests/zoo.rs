@@ -11,17 +11,17 @@ fn zoo_models_through_every_stage() {
         let source = fs::read_to_string(path).unwrap();
         let name = path.display().to_string();
 
-        let ast = ebmc::parse::source_to_ast(&source).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let ast = ebmc::front::parse::source_to_ast(&source).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         insta::assert_snapshot!("ast", ast.outline());
 
-        let compiled = ebmc::compile(&source).unwrap_or_else(|d| panic!("{}", ebmc::diagnostic::render_plain(&name, &source, &d)));
-        assert!(compiled.warnings.is_empty(), "{}", ebmc::diagnostic::render_plain(&name, &source, &compiled.warnings));
+        let compiled = ebmc::compile(&source).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain(&name, &source, &d)));
+        assert!(compiled.warnings.is_empty(), "{}", ebmc::front::diagnostic::render_plain(&name, &source, &compiled.warnings));
 
-        let (plans, _warnings) = ebmc::plan(&compiled.program).unwrap_or_else(|d| panic!("{}", ebmc::diagnostic::render_plain(&name, &source, &d)));
+        let (plans, _warnings) = ebmc::plan(&compiled.program).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain(&name, &source, &d)));
         let mut graph_text = String::new();
         let mut plan_text = String::new();
         for (model, plan) in compiled.program.models.values().zip(&plans) {
-            let graph = ebmc::graph::program_to_graph(model);
+            let graph = ebmc::analysis::graph::program_to_graph(model);
             graph_text.push_str(&graph.to_text(&plan.colour_classes()));
             plan_text.push_str(&plan.to_text());
         }
@@ -41,9 +41,9 @@ fn zoo_models_through_every_stage() {
 
         let formatted = ebmc::format_source(&source).unwrap();
         assert_eq!(formatted, source, "{name} is not in canonical format");
-        let reparsed = ebmc::parse::source_to_ast(&formatted).unwrap();
+        let reparsed = ebmc::front::parse::source_to_ast(&formatted).unwrap();
         assert_eq!(reparsed.outline(), ast.outline(), "fmt changed the meaning of {name}");
-        let texts = |f: &ebmc::ast::File| f.comments.iter().map(|c| c.text.clone()).collect::<Vec<_>>();
+        let texts = |f: &ebmc::front::ast::File| f.comments.iter().map(|c| c.text.clone()).collect::<Vec<_>>();
         assert_eq!(texts(&reparsed), texts(&ast), "fmt lost or reordered comments in {name}");
     });
 }
@@ -57,8 +57,8 @@ fn fmt_canonicalises_messy_layout() {
     insta::assert_snapshot!(once);
     let twice = ebmc::format_source(&once).unwrap();
     assert_eq!(once, twice);
-    let before = ebmc::parse::source_to_ast(messy).unwrap();
-    let after = ebmc::parse::source_to_ast(&once).unwrap();
+    let before = ebmc::front::parse::source_to_ast(messy).unwrap();
+    let after = ebmc::front::parse::source_to_ast(&once).unwrap();
     assert_eq!(before.outline(), after.outline());
     assert_eq!(before.comments.len(), after.comments.len());
 }
@@ -82,13 +82,13 @@ fn precedence_and_associativity() {
     ];
     for (text, outline) in cases {
         let source = format!("model m {{ energy e = {text}; }}");
-        let ast = ebmc::parse::source_to_ast(&source).unwrap();
-        let ebmc::ast::Item::Model(m) = &ast.items[0] else { panic!() };
-        let ebmc::ast::ModelStmt::Energy(e) = &m.stmts[0] else { panic!() };
+        let ast = ebmc::front::parse::source_to_ast(&source).unwrap();
+        let ebmc::front::ast::Item::Model(m) = &ast.items[0] else { panic!() };
+        let ebmc::front::ast::ModelStmt::Energy(e) = &m.stmts[0] else { panic!() };
         assert_eq!(e.expr.outline(), outline, "{text}");
         // Printing and re-parsing keeps the tree.
-        let printed = ebmc::format::expr(&e.expr);
-        let again = ebmc::parse::source_to_ast(&format!("model m {{ energy e = {printed}; }}")).unwrap();
+        let printed = ebmc::front::format::expr(&e.expr);
+        let again = ebmc::front::parse::source_to_ast(&format!("model m {{ energy e = {printed}; }}")).unwrap();
         assert_eq!(again.outline(), ast.outline(), "{text} printed as {printed}");
     }
 }

@@ -14,10 +14,10 @@
 
 use super::eval::{canon, expand, Evaluator, Leaves};
 use super::{device_leaves, Kernels, T3};
-use crate::graph::Degree;
+use crate::analysis::graph::Degree;
 use crate::ir::{self, Id};
-use crate::plan::Plan;
-use crate::program::{Domain, Model, Variable};
+use crate::analysis::plan::Plan;
+use crate::analysis::program::{Domain, Model, Variable};
 use crate::tensor::{HostTensor, Tensors};
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -124,7 +124,7 @@ struct Path<'m, D: Kernels> {
 /// The sampled and summed-out variables of a model AIS can anneal, or why it cannot.
 fn split_variables<'m>(model: &'m Model, plan: &Plan) -> Result<(Vec<&'m Variable>, Vec<&'m Variable>), String> {
     let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
-    let graph = crate::graph::program_to_graph(model);
+    let graph = crate::analysis::graph::program_to_graph(model);
     let sampled: Vec<&Variable> = model.variables.iter().filter(|v| !summed.contains(&v.name)).collect();
     let latent: Vec<&Variable> = model.variables.iter().filter(|v| summed.contains(&v.name)).collect();
     if latent.is_empty() || !model.variables.iter().all(|v| v.domain.is_discrete()) {
@@ -144,7 +144,7 @@ fn unit_log_z(domain: &Domain, a: &[f32]) -> f64 {
     match domain {
         Domain::Binary => a.iter().map(|x| softplus(f64::from(*x))).sum(),
         Domain::Spin => a.iter().map(|x| softplus(2.0 * f64::from(*x)) - f64::from(*x)).sum(),
-        Domain::Categorical { categories } => a.chunks(*categories).map(|row| crate::evaluate::log_sum_exp(&row.iter().map(|x| f64::from(*x)).collect::<Vec<_>>())).sum(),
+        Domain::Categorical { categories } => a.chunks(*categories).map(|row| crate::runtime::evaluate::log_sum_exp(&row.iter().map(|x| f64::from(*x)).collect::<Vec<_>>())).sum(),
         Domain::Real { .. } => unreachable!("AIS checks that every variable is discrete"),
     }
 }
@@ -184,8 +184,8 @@ impl<'m, D: Kernels> Path<'m, D> {
         let energy_b = at(&mut lowered.ir, "b");
         let (mut free_a, mut free_b) = (energy_a, energy_b);
         for v in &latent {
-            free_a = crate::plan::sum_out(&mut lowered.ir, free_a, v).0;
-            free_b = crate::plan::sum_out(&mut lowered.ir, free_b, v).0;
+            free_a = crate::analysis::plan::sum_out(&mut lowered.ir, free_a, v).0;
+            free_b = crate::analysis::plan::sum_out(&mut lowered.ir, free_b, v).0;
         }
         let logits_b = model
             .variables

@@ -14,8 +14,8 @@ pub use ais::{ais, check_options as check_ais_options, raise, schedule, AisEstim
 pub use train::{StepReport, TrainError, Trainer};
 
 use crate::ir::{self, Id, Ir};
-use crate::plan::{Kernel, Plan};
-use crate::program::{Domain, Model};
+use crate::analysis::plan::{Kernel, Plan};
+use crate::analysis::program::{Domain, Model};
 use crate::tensor::{check_rows, constants, HostTensor, Tensors};
 use dfdx::prelude::*;
 use eval::{canon, expand, Evaluator, Leaves};
@@ -445,7 +445,7 @@ impl<D: Kernels> ChainSet<D> {
         let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
         let mut free_energy = total;
         for name in &summed {
-            free_energy = crate::plan::sum_out(ir, free_energy, model.variable(name).expect("summed variables are declared")).0;
+            free_energy = crate::analysis::plan::sum_out(ir, free_energy, model.variable(name).expect("summed variables are declared")).0;
         }
         let free_energy = ir.inline_nets(free_energy);
         let gradients = model.variables.iter().map(|v| (v.name.clone(), ir.grad(total, &v.name).unwrap_or_else(|| ir.zeros(&v.shape)))).collect();
@@ -852,7 +852,7 @@ fn free_energy_on<D: Kernels>(dev: &D, model: &Model, params: &Tensors, sum_out:
     let mut lowered = ir::program_to_ir(model);
     let mut root = lowered.total;
     for name in sum_out {
-        root = crate::plan::sum_out(&mut lowered.ir, root, model.variable(name).ok_or_else(|| format!("no variable `{name}`"))?).0;
+        root = crate::analysis::plan::sum_out(&mut lowered.ir, root, model.variable(name).ok_or_else(|| format!("no variable `{name}`"))?).0;
     }
     let root = lowered.ir.inline_nets(root);
     let leaves = device_leaves(dev, model, &lowered, params)?;
@@ -924,7 +924,7 @@ fn device_leaves<D: Kernels>(dev: &D, model: &Model, lowered: &ir::Lowered, para
         .consts
         .iter()
         .filter_map(|c| match &c.value {
-            crate::program::ConstValue::Graph(g) => Some((c.name.clone(), crate::graph::lattice_adjacency(g))),
+            crate::analysis::program::ConstValue::Graph(g) => Some((c.name.clone(), crate::analysis::graph::lattice_adjacency(g))),
             _ => None,
         })
         .collect();

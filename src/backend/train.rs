@@ -10,11 +10,11 @@
 
 use super::eval::{Evaluator, Leaves, Taped};
 use super::{upload, ChainSet, Kernels, T3};
-use crate::ast::Role;
+use crate::front::ast::Role;
 use crate::ir::{self, Id, Ir, Op};
-use crate::plan::Plan;
-use crate::program::{Domain, Model, Train};
-use crate::schema::Value;
+use crate::analysis::plan::Plan;
+use crate::analysis::program::{Domain, Model, Train};
+use crate::analysis::schema::Value;
 use crate::tensor::{HostTensor, Tensors};
 use dfdx::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -267,7 +267,7 @@ struct Fitter<D: Kernels> {
     seed: u64,
 }
 
-fn option(call: &crate::program::Call, key: &str) -> Option<f64> {
+fn option(call: &crate::analysis::program::Call, key: &str) -> Option<f64> {
     call.options.get(key).and_then(Value::as_f64)
 }
 
@@ -278,7 +278,7 @@ impl<D: Kernels> Fitter<D> {
         let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
         let mut free_energy = total;
         for name in &summed {
-            free_energy = crate::plan::sum_out(&mut lowered.ir, free_energy, model.variable(name).expect("declared")).0;
+            free_energy = crate::analysis::plan::sum_out(&mut lowered.ir, free_energy, model.variable(name).expect("declared")).0;
         }
         let free_energy = lowered.ir.inline_nets(free_energy);
         let leaves = super::device_leaves(&dev, model, &lowered, params)?;
@@ -310,14 +310,14 @@ impl<D: Kernels> Fitter<D> {
                     super::Chains::set_state(&mut set, &chain_state).map_err(TrainError::Setup)?;
                 }
                 // Langevin chains on the data's own variables restart from a replay buffer.
-                let langevin = plan.variables.iter().any(|v| visible.contains(&v.name) && matches!(v.kernel, crate::plan::Kernel::Langevin { .. }));
+                let langevin = plan.variables.iter().any(|v| visible.contains(&v.name) && matches!(v.kernel, crate::analysis::plan::Kernel::Langevin { .. }));
                 let replay = langevin.then(|| Replay::new(o.int("buffer").unwrap_or(10000) as usize, option(o, "reinit").unwrap_or(0.05), seed ^ 0x7270_6c79, state));
                 Objective::Pcd { k, chains: Box::new(set), replay }
             }
             "pl" => {
                 let mut logits = BTreeMap::new();
                 for v in &plan.variables {
-                    if matches!(v.kernel, crate::plan::Kernel::BlockGibbs { .. } | crate::plan::Kernel::ChromaticGibbs { .. }) {
+                    if matches!(v.kernel, crate::analysis::plan::Kernel::BlockGibbs { .. } | crate::analysis::plan::Kernel::ChromaticGibbs { .. }) {
                         let g = lowered.ir.grad(total, &v.name).unwrap_or_else(|| lowered.ir.zeros(&model.variable(&v.name).expect("declared").shape));
                         logits.insert(v.name.clone(), lowered.ir.neg(g));
                     }
@@ -328,7 +328,7 @@ impl<D: Kernels> Fitter<D> {
                 let label = plan.label_marginal.as_ref().map(|m| m.var.clone()).ok_or_else(|| TrainError::Setup("`jem` needs a categorical label the plan can sum out".into()))?;
                 let g = lowered.ir.grad(total, &label).ok_or_else(|| TrainError::Setup(format!("the energy does not depend on `{label}`")))?;
                 let logits = lowered.ir.neg(g);
-                let marginal = crate::plan::sum_out(&mut lowered.ir, free_energy, model.variable(&label).expect("declared")).0;
+                let marginal = crate::analysis::plan::sum_out(&mut lowered.ir, free_energy, model.variable(&label).expect("declared")).0;
                 let marginal = lowered.ir.inline_nets(marginal);
                 let batch = train.batch.max(1);
                 let chains = ChainSet::new(dev.clone(), model, plan, params, batch, seed ^ 0x6a65_6d)?;

@@ -3,10 +3,10 @@
 //! shape of every expression. Reports every problem it finds, not just the
 //! first, and warns about declarations no energy uses.
 
-use crate::ast::{self, BinOp, ExprKind, ModelStmt, Role};
-use crate::program::*;
-use crate::schema::{self, Family, OptType, Value};
-use crate::span::Span;
+use crate::front::ast::{self, BinOp, ExprKind, ModelStmt, Role};
+use crate::analysis::program::*;
+use crate::analysis::schema::{self, Family, OptType, Value};
+use crate::front::span::Span;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a checked declaration is, for messages ("`W` is a parameter").

@@ -2,7 +2,7 @@
 //! renderings: codespan-reporting text for people, JSON lines for programs.
 //! The wording itself lives in `messages.rs`.
 
-use crate::span::{line_col, Span};
+use crate::front::span::{line_col, Span};
 use codespan_reporting::diagnostic as cs;
 use codespan_reporting::files::SimpleFile;
 use codespan_reporting::term::{self, termcolor::WriteColor};

@@ -3,14 +3,14 @@
 //! and 2-D toy sets. Every value is checked against its variable's type, and
 //! a bad value is reported with the source, row and column.
 
-use crate::program::{Call, DataSpec, Domain, Model, TestSpec, Variable};
-use crate::schema::Value;
+use crate::analysis::program::{Call, DataSpec, Domain, Model, TestSpec, Variable};
+use crate::analysis::schema::Value;
 use crate::tensor::{HostTensor, Tensors};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use std::path::{Path, PathBuf};
 
-static DIGITS_CSV: &str = include_str!("../data/digits.csv");
+static DIGITS_CSV: &str = include_str!("../../data/digits.csv");
 
 /// The largest `bars_and_stripes` size: 8,190 images of 144 pixels.
 pub const MAX_BARS_AND_STRIPES: i64 = 12;

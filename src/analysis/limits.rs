@@ -6,10 +6,10 @@
 //! memory of a run (`check_sample`, `check_train`). Pure: the caller passes
 //! in what it knows of the machine (`available_bytes`).
 
-use crate::graph::units;
+use crate::analysis::graph::units;
 use crate::ir::{Lowered, Op};
-use crate::program::{ConstValue, Domain, Model, Program, Train, Variable};
-use crate::span::Span;
+use crate::analysis::program::{ConstValue, Domain, Model, Program, Train, Variable};
+use crate::front::span::Span;
 
 /// Deepest expression nesting: open brackets plus the operators of the
 /// chains they hold (see `nesting`). Deeper input is refused (E0501) so no
@@ -268,7 +268,7 @@ pub fn check_sample(model: &Model, lowered: &Lowered, run: &SampleRun, available
     if !out.is_empty() {
         return Err(out);
     }
-    let visible: Vec<&Variable> = model.variables.iter().filter(|v| v.role == crate::ast::Role::Visible).collect();
+    let visible: Vec<&Variable> = model.variables.iter().filter(|v| v.role == crate::front::ast::Role::Visible).collect();
     let kept = run.every.map_or(1, |e| (run.steps / e.max(1)).max(1)) as u128;
     // A kept state is held as f32 and again as an f64 output row.
     let needed = param_bytes(model, lowered)

@@ -2,8 +2,8 @@
 //! (`grammar/ebm.pest`) recognises the text; this module builds the tree and
 //! gives expressions their precedence with pest's Pratt parser.
 
-use crate::ast::*;
-use crate::span::Span;
+use crate::front::ast::*;
+use crate::front::span::Span;
 use pest::iterators::{Pair, Pairs};
 use pest::pratt_parser::{Assoc, Op, PrattParser};
 use pest::Parser;
@@ -29,7 +29,7 @@ pub enum ParseError {
 
 pub fn source_to_ast(source: &str) -> Result<File, ParseError> {
     // The grammar and every later stage recurse on nesting; bound it first.
-    crate::limits::nesting(source).map_err(|span| ParseError::TooDeep { span, limit: crate::limits::MAX_NESTING })?;
+    crate::analysis::limits::nesting(source).map_err(|span| ParseError::TooDeep { span, limit: crate::analysis::limits::MAX_NESTING })?;
     let mut pairs = EbmParser::parse(Rule::file, source).map_err(|e| syntax_error(source, e))?;
     let file = pairs.next().expect("the file rule always produces a pair");
     let mut items = Vec::new();

@@ -7,8 +7,8 @@
 //! Shapes are per example; the backend adds the batch axis. `grad` is
 //! symbolic reverse-mode differentiation with respect to a variable.
 
-use crate::ast::BinOp;
-use crate::program::{ConstValue, Func, Init, Model, Net, Shape, TExpr, TExprKind};
+use crate::front::ast::BinOp;
+use crate::analysis::program::{ConstValue, Func, Init, Model, Net, Shape, TExpr, TExprKind};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
@@ -1218,7 +1218,7 @@ impl Ir {
                 Op::Net(n, _) => format!("net {n} {}", args.join(" ")),
                 other => format!("{} {}", op_name(other), args.join(" ")),
             };
-            let _ = writeln!(out, "%{} : {} = {}", id.0, crate::program::shape_str(&node.shape), op);
+            let _ = writeln!(out, "%{} : {} = {}", id.0, crate::analysis::program::shape_str(&node.shape), op);
         }
         for (name, r) in roots {
             let _ = writeln!(out, "{name} = %{}", r.0);

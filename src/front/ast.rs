@@ -3,7 +3,7 @@
 //! tree without spans: snapshots use it, and `fmt` uses it to prove that
 //! formatting never changes meaning.
 
-use crate::span::Span;
+use crate::front::span::Span;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 

@@ -3,7 +3,7 @@
 //! follows them, end-of-line comments after the statement they follow. Single
 //! blank lines between statements are kept; runs of them shrink to one.
 
-use crate::ast::*;
+use crate::front::ast::*;
 
 const INDENT: &str = "    ";
 

@@ -13,10 +13,10 @@
 //! as long as it writes, so two runs never interleave in one directory.
 
 use crate::backend::{DeviceKind, TrainError, Trainer};
-use crate::data::Dataset;
-use crate::graph::FactorGraph;
-use crate::plan::Plan;
-use crate::program::{Call, Model, Train};
+use crate::runtime::data::Dataset;
+use crate::analysis::graph::FactorGraph;
+use crate::analysis::plan::Plan;
+use crate::analysis::program::{Call, Model, Train};
 use crate::tensor::{self, Tensors};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -261,7 +261,7 @@ pub fn run(
     let steps_per_epoch = data.rows / batch;
     progress(Progress::Start { epochs: opts.epochs, steps_per_epoch, from_epoch: first_epoch });
     let base_lr = train.optimizer.num("lr").unwrap_or(0.01);
-    let exact = crate::evaluate::enumeration(graph, plan).is_ok();
+    let exact = crate::runtime::evaluate::enumeration(graph, plan).is_ok();
     if opts.resume {
         // Drop the metrics of epochs after the checkpoint (a kill between the two writes).
         write_metrics(&opts.out, &history).map_err(io)?;
@@ -288,8 +288,8 @@ pub fn run(
         }
         let log_likelihood = if exact {
             let eval_rows = test.unwrap_or(data);
-            crate::evaluate::exact_log_z(graph, plan, &params, opts.device)
-                .and_then(|z| crate::evaluate::exact_log_likelihood(graph, plan, &params, &eval_rows.vars, z, opts.device))
+            crate::runtime::evaluate::exact_log_z(graph, plan, &params, opts.device)
+                .and_then(|z| crate::runtime::evaluate::exact_log_likelihood(graph, plan, &params, &eval_rows.vars, z, opts.device))
                 .ok()
                 .map(|ll| ll.iter().sum::<f64>() / ll.len() as f64)
         } else {
@@ -379,5 +379,5 @@ fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<(), String> {
     if !ll.is_empty() {
         panels.push(("log-likelihood (nats)", ll));
     }
-    tensor::write_atomically(&dir.join("curve.png"), &crate::export::line_plots(&panels))
+    tensor::write_atomically(&dir.join("curve.png"), &crate::runtime::export::line_plots(&panels))
 }

@@ -2,9 +2,9 @@
 //! bound with its default. This is what the factor graph and planner read.
 //! Shapes are per example; the batch dimension is added when lowering.
 
-use crate::ast::{BinOp, Role};
-use crate::schema::Value;
-use crate::span::Span;
+use crate::front::ast::{BinOp, Role};
+use crate::analysis::schema::Value;
+use crate::front::span::Span;
 use serde::Serialize;
 use std::collections::BTreeMap;
 

@@ -4,11 +4,11 @@
 //! allows, and refuses models and objectives that cannot work (no finite
 //! normaliser, score matching on discrete data, invalid sampler overrides).
 
-use crate::ast::Role;
-use crate::graph::{colour, lattice_adjacency, type_text, units, ColourClass, Degree, FactorGraph};
+use crate::front::ast::Role;
+use crate::analysis::graph::{colour, lattice_adjacency, type_text, units, ColourClass, Degree, FactorGraph};
 use crate::ir::{self, Id, Ir, Op, Unary};
-use crate::program::{Call, ConstValue, Domain, Program, Train};
-use crate::span::Span;
+use crate::analysis::program::{Call, ConstValue, Domain, Program, Train};
+use crate::front::span::Span;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
@@ -183,7 +183,7 @@ struct Power {
 
 /// `t` as a power of `x` (`sum(square(x - mu))`, `sum(x^4)`, `sum(abs(x))`,
 /// `x @ x`), with the factor `k^p` of its leading term.
-fn power_of(ir: &mut Ir, t: Id, x: &crate::program::Variable) -> Option<Power> {
+fn power_of(ir: &mut Ir, t: Id, x: &crate::analysis::program::Variable) -> Option<Power> {
     if let Op::MatMul(a, b) = ir.node(t).op {
         // v @ v over one vector is the sum of its squares.
         return (a == b && x.shape.len() == 1).then(|| base_scale(ir, a, x)).flatten().map(|k| Power { order: 2.0, factor: k * k, definite: true });
@@ -204,7 +204,7 @@ fn power_of(ir: &mut Ir, t: Id, x: &crate::program::Variable) -> Option<Power> {
 
 /// `u` as `|k x + rest|^p` unit by unit, through nested powers
 /// (`square(square(x))` is `x^4`); the factor is `|k|^p`.
-fn elementwise_power(ir: &mut Ir, u: Id, x: &crate::program::Variable) -> Option<Power> {
+fn elementwise_power(ir: &mut Ir, u: Id, x: &crate::analysis::program::Variable) -> Option<Power> {
     let (base, order, definite) = match ir.node(u).op {
         Op::Map(Unary::Square, v) => (v, 2.0, true),
         Op::Map(Unary::Abs, v) => (v, 1.0, true),
@@ -219,7 +219,7 @@ fn elementwise_power(ir: &mut Ir, u: Id, x: &crate::program::Variable) -> Option
 }
 
 /// `k` when `base` is `k * x + rest` with `rest` free of `x` and `k != 0`.
-fn base_scale(ir: &mut Ir, base: Id, x: &crate::program::Variable) -> Option<f64> {
+fn base_scale(ir: &mut Ir, base: Id, x: &crate::analysis::program::Variable) -> Option<f64> {
     let mut scale = None;
     for (c, r) in ir.signed_terms(base) {
         let Some(r) = r else { continue };
@@ -237,7 +237,7 @@ fn base_scale(ir: &mut Ir, base: Id, x: &crate::program::Variable) -> Option<f64
 /// leading term: a positive even power of `x` that outgrows every other term
 /// proves it; a leading term that falls (a negative even power, an odd
 /// power) refutes it.
-fn normalisability(graph: &FactorGraph, ir: &mut Ir, total: Id, x: &crate::program::Variable) -> Normalisability {
+fn normalisability(graph: &FactorGraph, ir: &mut Ir, total: Id, x: &crate::analysis::program::Variable) -> Normalisability {
     let growth = growth_of(graph, ir, total, &x.name);
     // (order, leading factor if a power of x, grows never negative, printed)
     struct Term {
@@ -298,7 +298,7 @@ pub fn program_to_plans(program: &Program) -> Result<(Vec<Plan>, Vec<PlanError>)
     let mut plans = Vec::new();
     let mut problems = Vec::new();
     for model in program.models.values() {
-        let graph = crate::graph::program_to_graph(model);
+        let graph = crate::analysis::graph::program_to_graph(model);
         match graph_to_plan(&graph, program.trains.get(&model.name)) {
             Ok((plan, warnings)) => {
                 plans.push(plan);
@@ -318,7 +318,7 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
     let ir = &mut lowered.ir;
 
     // Discrete variables whose units do not interact can be updated as whole blocks.
-    let discrete: Vec<&crate::program::Variable> = model.variables.iter().filter(|v| v.domain.is_discrete()).collect();
+    let discrete: Vec<&crate::analysis::program::Variable> = model.variables.iter().filter(|v| v.domain.is_discrete()).collect();
     let blockable: Vec<String> = discrete.iter().filter(|v| graph.self_couplings(&v.name).is_empty()).map(|v| v.name.clone()).collect();
     let adjacency: Vec<Vec<usize>> = blockable
         .iter()
@@ -334,7 +334,7 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
     let block_of = |v: &str| blockable.iter().position(|b| b == v).map(|i| order.iter().position(|c| *c == block_colour[i]).expect("colour is ordered"));
     let bipartite = graph.bipartite(&blockable);
 
-    let overrides: BTreeMap<&str, &crate::program::Override> = model.overrides.iter().map(|o| (o.var.as_str(), o)).collect();
+    let overrides: BTreeMap<&str, &crate::analysis::program::Override> = model.overrides.iter().map(|o| (o.var.as_str(), o)).collect();
     let objective = train.map(|t| &t.objective);
 
     let mut variables = Vec::new();
@@ -431,7 +431,7 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
     Ok((plan, problems))
 }
 
-fn conditional_text(ir: &mut Ir, v: &crate::program::Variable, minus_grad: Id) -> String {
+fn conditional_text(ir: &mut Ir, v: &crate::analysis::program::Variable, minus_grad: Id) -> String {
     let given = "rest";
     match v.domain {
         Domain::Binary => format!("p({} = 1 | {given}) = sigmoid({})", v.name, ir.show(minus_grad)),
@@ -445,7 +445,7 @@ fn conditional_text(ir: &mut Ir, v: &crate::program::Variable, minus_grad: Id) -
     }
 }
 
-fn chromatic(model: &crate::program::Model, v: &crate::program::Variable, consts: &[String]) -> (Kernel, String) {
+fn chromatic(model: &crate::analysis::program::Model, v: &crate::analysis::program::Variable, consts: &[String]) -> (Kernel, String) {
     let n = units(v);
     let mut adjacency: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
     let mut names = Vec::new();
@@ -538,7 +538,7 @@ fn sum_out_latents(graph: &FactorGraph, ir: &mut Ir, total: Id) -> (Option<Margi
 
 /// `E = E0 + a · x` summed over the values of `x`: E0 - Σ softplus(-a) for
 /// binary units, E0 - Σ log 2cosh(a) for spins, E0 - logsumexp(-a) for one-hot.
-pub fn sum_out(ir: &mut Ir, energy: Id, v: &crate::program::Variable) -> (Id, &'static str) {
+pub fn sum_out(ir: &mut Ir, energy: Id, v: &crate::analysis::program::Variable) -> (Id, &'static str) {
     let Some(a) = ir.grad(energy, &v.name) else { return (energy, "constant") };
     let zeros = ir.zeros(&v.shape);
     let e0 = ir.substitute(energy, &v.name, zeros);
@@ -637,7 +637,7 @@ fn check_objective(graph: &FactorGraph, train: &Train, kept: &[(String, String)]
 /// The objective as a call with the options that apply: Langevin's only
 /// when some variable is sampled by Langevin dynamics.
 fn objective_text(o: &Call, summed: &Option<Marginal>, label: &Option<Marginal>, langevin: bool) -> String {
-    let opts: Vec<String> = o.options.iter().filter(|(k, _)| langevin || !crate::schema::LANGEVIN_OPTIONS.contains(&k.as_str())).map(|(k, v)| format!("{k}: {v}")).collect();
+    let opts: Vec<String> = o.options.iter().filter(|(k, _)| langevin || !crate::analysis::schema::LANGEVIN_OPTIONS.contains(&k.as_str())).map(|(k, v)| format!("{k}: {v}")).collect();
     let call = format!("{}({})", o.name, opts.join(", "));
     let positive = match summed {
         Some(m) => format!("positive phase on the free energy F({}), {} summed out", m.over.join(", "), m.var),

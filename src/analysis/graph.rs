@@ -5,8 +5,8 @@
 //! binary and one-hot units satisfy `x^2 = x`, spins `s^2 = 1`, so products of
 //! a unit with itself never couple two different units.
 
-use crate::ast::{BinOp, Role};
-use crate::program::{shape_str, ConstValue, Domain, Func, Model, TExpr, TExprKind, Variable};
+use crate::front::ast::{BinOp, Role};
+use crate::analysis::program::{shape_str, ConstValue, Domain, Func, Model, TExpr, TExprKind, Variable};
 use petgraph::graph::{NodeIndex, UnGraph};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -363,8 +363,8 @@ pub fn colour(adjacency: &[Vec<usize>]) -> Vec<usize> {
 }
 
 /// The unit-level graph of a lattice constant: neighbours of each unit.
-pub fn lattice_adjacency(g: &crate::program::GraphConst) -> Vec<Vec<usize>> {
-    use crate::program::Lattice;
+pub fn lattice_adjacency(g: &crate::analysis::program::GraphConst) -> Vec<Vec<usize>> {
+    use crate::analysis::program::Lattice;
     let (rows, cols) = (g.rows, g.cols);
     let n = rows * cols;
     let mut adj: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];

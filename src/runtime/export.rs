@@ -1,7 +1,7 @@
 //! Encoders for samples and data leaving ebmc: CSV, NPY and PNG image grids.
 //! Each returns bytes; the caller decides where they go.
 
-use crate::program::{Domain, Model};
+use crate::analysis::program::{Domain, Model};
 use crate::tensor::Tensors;
 use std::fmt::Write;
 
@@ -11,7 +11,7 @@ pub fn visible_table(model: &Model, samples: &Tensors) -> (Vec<String>, Vec<Vec<
     let mut names = Vec::new();
     let rows = samples.values().next().map_or(0, |t| t.shape[0]);
     let mut table = vec![Vec::new(); rows];
-    for v in model.variables.iter().filter(|v| v.role == crate::ast::Role::Visible) {
+    for v in model.variables.iter().filter(|v| v.role == crate::front::ast::Role::Visible) {
         let t = &samples[&v.name];
         let per: usize = v.shape.iter().product();
         match v.domain {

@@ -2,11 +2,11 @@
 //! log Z and log-likelihood by enumeration, annealed importance sampling,
 //! pseudo-likelihood and reconstruction error.
 
-use crate::ast::Role;
+use crate::front::ast::Role;
 use crate::backend::{self, DeviceKind};
-use crate::graph::{Degree, FactorGraph};
-use crate::plan::Plan;
-use crate::program::{Domain, Model, Variable};
+use crate::analysis::graph::{Degree, FactorGraph};
+use crate::analysis::plan::Plan;
+use crate::analysis::program::{Domain, Model, Variable};
 use crate::tensor::{HostTensor, Tensors};
 
 /// The most joint states exact enumeration will visit.
@@ -62,7 +62,7 @@ pub fn enumeration(graph: &FactorGraph, plan: &Plan) -> Result<Enumeration, Stri
     }
     let best = options.into_iter().min_by_key(|o| o.states).ok_or("exact log Z needs discrete variables on one side of the model; use AIS (`--ais`) for RBM-like models")?;
     if best.states > ENUMERATION_LIMIT {
-        return Err(format!("exact log Z would enumerate {} states (limit {ENUMERATION_LIMIT}); use AIS (`--ais`) for a model this size", crate::limits::joint_states(model, &best.enumerate)));
+        return Err(format!("exact log Z would enumerate {} states (limit {ENUMERATION_LIMIT}); use AIS (`--ais`) for a model this size", crate::analysis::limits::joint_states(model, &best.enumerate)));
     }
     Ok(best)
 }
@@ -211,7 +211,7 @@ pub fn gaussian_log_z(model: &Model, plan: &Plan, params: &Tensors, device: Devi
     let discrete: Vec<String> = model.variables.iter().filter(|v| v.domain.is_discrete()).map(|v| v.name.clone()).collect();
     let states = states_of(model, &discrete).expect("discrete");
     if states > ENUMERATION_LIMIT || states.saturating_mul(d as u128) > 1 << 26 {
-        return Err(format!("exact log Z would enumerate {} states of {} (limit {ENUMERATION_LIMIT}); use fewer hidden units for an exact log-likelihood", crate::limits::joint_states(model, &discrete), discrete.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")));
+        return Err(format!("exact log Z would enumerate {} states of {} (limit {ENUMERATION_LIMIT}); use fewer hidden units for an exact log-likelihood", crate::analysis::limits::joint_states(model, &discrete), discrete.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")));
     }
     let n = states as usize;
     let rows_with = |xs: Vec<f32>, pick: &dyn Fn(usize) -> usize, m: usize, all: &Tensors| -> Tensors {

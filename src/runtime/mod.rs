@@ -1,0 +1,8 @@
+//! The runtime: what runs a planned model on data. Data sources, training
+//! runs (epochs, checkpoints, locks), evaluation and exports. It drives the
+//! `backend`, which alone names the tensor library.
+
+pub mod data;
+pub mod evaluate;
+pub mod export;
+pub mod train;
