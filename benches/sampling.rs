@@ -23,7 +23,6 @@ fn setup_chains(src: &str, chains: usize) -> Sampler {
     Sampler::new(model, &plans[0], &params, chains, 1, Default::default()).expect("sampler builds")
 }
 
-
 /// Medians of `a`, of `b`, and of the per-pair ratio a/b, over `reps` alternating runs.
 fn paired(reps: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64, f64) {
     a();
@@ -78,7 +77,11 @@ fn main() {
     let mut s = setup_chains(ising, 64);
     let sweep = median(5, || s.sweep());
     println!("(b) Ising 64x64 periodic, 64 chains, chromatic Gibbs");
-    println!("    sweep                    {:>8.3} ms   {:>8.2} M spin updates/s", sweep * 1e3, 4096.0 * 64.0 / sweep / 1e6);
+    println!(
+        "    sweep                    {:>8.3} ms   {:>8.2} M spin updates/s",
+        sweep * 1e3,
+        4096.0 * 64.0 / sweep / 1e6
+    );
 
     // (c) Langevin on an MLP energy
     let mlp = "model ring { visible x : real[2]; net f = mlp(2 -> 128 -> 128 -> 1, act: swish);
@@ -89,5 +92,8 @@ fn main() {
     println!("(c) Langevin, MLP 2->128->128->1 energy, 256 chains");
     println!("    step (energy gradient)   {:>8.3} ms   {:>8.1} steps/s", step * 1e3, 1.0 / step);
     println!("    raw dfdx forward pass    {:>8.3} ms", forward * 1e3);
-    println!("    step / forward           {:>8.2}x  (a gradient step is a forward and a backward pass)", step / forward);
+    println!(
+        "    step / forward           {:>8.2}x  (a gradient step is a forward and a backward pass)",
+        step / forward
+    );
 }

@@ -31,12 +31,18 @@ fn main() {
     let train = &compiled.program.trains["rbm"];
     let lowered = ebmc::ir::program_to_ir(model);
     let params = ebmc::tensor::initialise(&lowered.params, 1);
-    let mut trainer = ebmc::backend::Trainer::new(model, &plans[0], train, &params, &Default::default(), 1, Default::default()).expect("trainer");
+    let mut trainer =
+        ebmc::backend::Trainer::new(model, &plans[0], train, &params, &Default::default(), 1, Default::default())
+            .expect("trainer");
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let rows = 8000;
     let data: Vec<f32> = (0..rows * 784).map(|_| f32::from(u8::from(rng.r#gen::<bool>()))).collect();
     let batches: Vec<ebmc::tensor::Tensors> = (0..rows / 100)
-        .map(|b| [("v".to_string(), HostTensor::new(vec![100, 784], data[b * 100 * 784..(b + 1) * 100 * 784].to_vec()))].into_iter().collect())
+        .map(|b| {
+            [("v".to_string(), HostTensor::new(vec![100, 784], data[b * 100 * 784..(b + 1) * 100 * 784].to_vec()))]
+                .into_iter()
+                .collect()
+        })
         .collect();
     let dev = Cpu::seed_from_u64(0);
     let v: Tensor<(usize, usize), f32, _> = dev.sample_uniform_like(&(100, 784));
@@ -81,12 +87,18 @@ fn continuous_steps(dev: &Cpu) {
     let rows = ebmc::runtime::data::toy("8gaussians", 256 * 20, 1);
     let batches: Vec<ebmc::tensor::Tensors> = rows
         .chunks(256)
-        .map(|c| [("x".to_string(), HostTensor::new(vec![256, 2], c.iter().flatten().map(|v| *v as f32).collect()))].into_iter().collect())
+        .map(|c| {
+            [("x".to_string(), HostTensor::new(vec![256, 2], c.iter().flatten().map(|v| *v as f32).collect()))]
+                .into_iter()
+                .collect()
+        })
         .collect();
     let forward = mlp_forward(dev);
     println!("(b) 8gaussians, MLP 2->128->128->1 energy (swish), batch 256");
     println!("    raw dfdx forward pass    {:>8.3} ms", forward * 1e3);
-    for (what, objective) in [("DSM (sigma 0.1)", "dsm(sigma: 0.1)"), ("PCD, 20 Langevin steps", "pcd(k: 20, chains: 256, step: 0.01)")] {
+    for (what, objective) in
+        [("DSM (sigma 0.1)", "dsm(sigma: 0.1)"), ("PCD, 20 Langevin steps", "pcd(k: 20, chains: 256, step: 0.01)")]
+    {
         let src = format!(
             "model ring {{ visible x : real[2]; net f = mlp(2 -> 128 -> 128 -> 1, act: swish); energy e = f(x); }}
              train ring {{ data = toy(\"8gaussians\") -> x; objective = {objective}; optimizer = adam(lr: 1e-3); batch = 256; }}"
@@ -95,14 +107,20 @@ fn continuous_steps(dev: &Cpu) {
         let (plans, _) = ebmc::plan(&compiled.program).expect("plans");
         let (model, train) = (&compiled.program.models["ring"], &compiled.program.trains["ring"]);
         let params = ebmc::tensor::initialise(&ebmc::ir::program_to_ir(model).params, 1);
-        let mut trainer = ebmc::backend::Trainer::new(model, &plans[0], train, &params, &Default::default(), 1, Default::default()).expect("trainer");
+        let mut trainer =
+            ebmc::backend::Trainer::new(model, &plans[0], train, &params, &Default::default(), 1, Default::default())
+                .expect("trainer");
         trainer.prepare(&batches[0]).expect("data fits");
         let mut i = 0;
         let step = median(40, || {
             trainer.step(&batches[i % batches.len()], 1e-3, i + 1).expect("step");
             i += 1;
         });
-        println!("    {what:<24} {:>8.3} ms   {:>8.1} steps/s   {:>6.1}x a forward pass", step * 1e3, 1.0 / step, step / forward);
+        println!(
+            "    {what:<24} {:>8.3} ms   {:>8.1} steps/s   {:>6.1}x a forward pass",
+            step * 1e3,
+            1.0 / step,
+            step / forward
+        );
     }
 }
-

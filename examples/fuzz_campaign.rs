@@ -17,7 +17,7 @@
 #[path = "../tests/robustness/harness.rs"]
 mod harness;
 
-use harness::{breach, Class, Limits, Rng, Run};
+use harness::{Class, Limits, Rng, Run, breach};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -118,14 +118,29 @@ struct Runs<'a> {
 
 impl Runs<'_> {
     /// Runs `ebmc args` on the input and returns its exit code and stdout.
-    fn go(&mut self, file: &str, bytes: &[u8], how: &str, args: Vec<String>, figures: bool, files: &[PathBuf]) -> (Option<i32>, String) {
+    fn go(
+        &mut self,
+        file: &str,
+        bytes: &[u8],
+        how: &str,
+        args: Vec<String>,
+        figures: bool,
+        files: &[PathBuf],
+    ) -> (Option<i32>, String) {
         for f in files {
             let _ = std::fs::remove_file(f);
         }
         let run = harness::run(&self.o.bin, &args, self.dir, &self.o.limits);
         let breach = breach(&run, figures, files);
         let result = (run.code, run.stdout.clone());
-        self.outcomes.push(Outcome { index: self.index, file: file.to_string(), bytes: bytes.to_vec(), how: how.to_string(), run, breach });
+        self.outcomes.push(Outcome {
+            index: self.index,
+            file: file.to_string(),
+            bytes: bytes.to_vec(),
+            how: how.to_string(),
+            run,
+            breach,
+        });
         result
     }
 
@@ -165,19 +180,27 @@ fn fuzz_one(o: &Options, m: &Material, dir: &Path, index: u64) -> Vec<Outcome> {
             }
             let graph = r.go(&file, &bytes, &how, on("graph"), false, &[]).1;
             if checks {
-                let a = ["sample", &s(&path), "--chains", "2", "--steps", "2", "--out", &s(&samples)].map(String::from).to_vec();
+                let a = ["sample", &s(&path), "--chains", "2", "--steps", "2", "--out", &s(&samples)]
+                    .map(String::from)
+                    .to_vec();
                 r.go(&file, &bytes, &how, a, true, std::slice::from_ref(&samples));
             }
             // Last: fmt rewrites the file; it must keep the meaning and be idempotent.
             if r.go(&file, &bytes, &how, on("fmt"), false, &[]).0 == Some(0) && checks {
                 let formatted = std::fs::read(&path).unwrap_or_default();
                 if r.go(&file, &bytes, &how, on("check"), false, &[]).0 != Some(0) {
-                    r.wrong(format!("the file checks, but not once formatted:\n{}", String::from_utf8_lossy(&formatted)));
+                    r.wrong(format!(
+                        "the file checks, but not once formatted:\n{}",
+                        String::from_utf8_lossy(&formatted)
+                    ));
                 }
                 let replanned = r.go(&file, &bytes, &how, on("plan"), false, &[]).1;
                 let regraphed = r.go(&file, &bytes, &how, on("graph"), false, &[]).1;
                 if (replanned, regraphed) != (plan.1, graph) {
-                    r.wrong(format!("formatting changed the plan or graph; formatted text:\n{}", String::from_utf8_lossy(&formatted)));
+                    r.wrong(format!(
+                        "formatting changed the plan or graph; formatted text:\n{}",
+                        String::from_utf8_lossy(&formatted)
+                    ));
                 }
                 r.go(&file, &bytes, &how, on("fmt"), false, &[]);
                 if std::fs::read(&path).unwrap_or_default() != formatted {
@@ -192,10 +215,33 @@ fn fuzz_one(o: &Options, m: &Material, dir: &Path, index: u64) -> Vec<Outcome> {
             std::fs::write(&data, &bytes).expect("worker folder is writable");
             let (model, params, out) = (dir.join("r.ebm"), dir.join("r.safetensors"), dir.join("run"));
             let file = format!("{index}.csv");
-            r.go(&file, &bytes, &how, ["energy", &s(&model), "--params", &s(&params), "--data", &s(&data)].map(String::from).to_vec(), true, &[]);
-            r.go(&file, &bytes, &how, ["eval", &s(&model), "--params", &s(&params), "--data", &s(&data), "--json"].map(String::from).to_vec(), true, &[]);
+            r.go(
+                &file,
+                &bytes,
+                &how,
+                ["energy", &s(&model), "--params", &s(&params), "--data", &s(&data)].map(String::from).to_vec(),
+                true,
+                &[],
+            );
+            r.go(
+                &file,
+                &bytes,
+                &how,
+                ["eval", &s(&model), "--params", &s(&params), "--data", &s(&data), "--json"].map(String::from).to_vec(),
+                true,
+                &[],
+            );
             let _ = std::fs::remove_dir_all(&out);
-            r.go(&file, &bytes, &how, ["train", &s(&model), "--data", &s(&data), "--epochs", "1", "--out", &s(&out)].map(String::from).to_vec(), false, &[]);
+            r.go(
+                &file,
+                &bytes,
+                &how,
+                ["train", &s(&model), "--data", &s(&data), "--epochs", "1", "--out", &s(&out)]
+                    .map(String::from)
+                    .to_vec(),
+                false,
+                &[],
+            );
             let left = harness::half_written(&out);
             if !left.is_empty() {
                 r.wrong(format!("train left {} half-written: {left:?}", out.display()));
@@ -208,9 +254,26 @@ fn fuzz_one(o: &Options, m: &Material, dir: &Path, index: u64) -> Vec<Outcome> {
             std::fs::write(&params, &bytes).expect("worker folder is writable");
             let (model, rows) = (dir.join("r.ebm"), dir.join("rows.csv"));
             let file = format!("{index}.safetensors");
-            r.go(&file, &bytes, &how, ["eval", &s(&model), "--params", &s(&params), "--json"].map(String::from).to_vec(), true, &[]);
-            r.go(&file, &bytes, &how, ["energy", &s(&model), "--params", &s(&params), "--data", &s(&rows)].map(String::from).to_vec(), true, &[]);
-            let a = ["sample", &s(&model), "--params", &s(&params), "--chains", "2", "--steps", "2", "--out", &s(&samples)].map(String::from).to_vec();
+            r.go(
+                &file,
+                &bytes,
+                &how,
+                ["eval", &s(&model), "--params", &s(&params), "--json"].map(String::from).to_vec(),
+                true,
+                &[],
+            );
+            r.go(
+                &file,
+                &bytes,
+                &how,
+                ["energy", &s(&model), "--params", &s(&params), "--data", &s(&rows)].map(String::from).to_vec(),
+                true,
+                &[],
+            );
+            let a =
+                ["sample", &s(&model), "--params", &s(&params), "--chains", "2", "--steps", "2", "--out", &s(&samples)]
+                    .map(String::from)
+                    .to_vec();
             r.go(&file, &bytes, &how, a, true, std::slice::from_ref(&samples));
         }
     }
@@ -355,7 +418,16 @@ fn main() -> std::process::ExitCode {
         for outcomes in receive {
             if o.only.is_some() {
                 for out in &outcomes {
-                    println!("ebmc {}\n  exit {:?} signal {:?} in {:.2}s; {}", out.run.args.join(" "), out.run.code, out.run.signal, out.run.seconds, out.breach.as_ref().map_or("keeps the contract".to_string(), |(c, d)| format!("{}: {d}", c.name())));
+                    println!(
+                        "ebmc {}\n  exit {:?} signal {:?} in {:.2}s; {}",
+                        out.run.args.join(" "),
+                        out.run.code,
+                        out.run.signal,
+                        out.run.seconds,
+                        out.breach
+                            .as_ref()
+                            .map_or("keeps the contract".to_string(), |(c, d)| format!("{}: {d}", c.name()))
+                    );
                 }
                 println!("input: {}", outcomes.first().map_or("", |o| o.how.as_str()));
             }

@@ -11,7 +11,12 @@ use ebmc::tensor::{HostTensor, Tensors};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
-fn sample(file: &str, params: &[(&str, Vec<f32>)], rows: usize, sweeps: usize) -> (ebmc::analysis::program::Model, Tensors) {
+fn sample(
+    file: &str,
+    params: &[(&str, Vec<f32>)],
+    rows: usize,
+    sweeps: usize,
+) -> (ebmc::analysis::program::Model, Tensors) {
     let source = std::fs::read_to_string(file).expect("run from the repository root");
     let compiled = ebmc::compile(&source).expect("zoo model compiles");
     let (plans, _) = ebmc::plan(&compiled.program).expect("zoo model plans");
@@ -22,7 +27,8 @@ fn sample(file: &str, params: &[(&str, Vec<f32>)], rows: usize, sweeps: usize) -
         let t = values.get_mut(*name).expect("parameter exists");
         *t = HostTensor::new(t.shape.clone(), data.clone());
     }
-    let mut sampler = ebmc::backend::Sampler::new(&model, &plans[0], &values, rows, 2024, Default::default()).expect("sampler");
+    let mut sampler =
+        ebmc::backend::Sampler::new(&model, &plans[0], &values, rows, 2024, Default::default()).expect("sampler");
     for _ in 0..sweeps {
         sampler.sweep();
     }
@@ -55,7 +61,11 @@ fn main() {
     for i in 0..2000 {
         let k = i % 10;
         let a = k as f64 * std::f64::consts::TAU / 10.0;
-        text.push_str(&format!("{:.4},{:.4},{k}\n", 3.0 * a.cos() + noise.sample(&mut rng), 3.0 * a.sin() + noise.sample(&mut rng)));
+        text.push_str(&format!(
+            "{:.4},{:.4},{k}\n",
+            3.0 * a.cos() + noise.sample(&mut rng),
+            3.0 * a.sin() + noise.sample(&mut rng)
+        ));
     }
     std::fs::write("data/points_labelled.csv", text).expect("writable data/");
     println!("wrote 2000 rows to data/points_labelled.csv");

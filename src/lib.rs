@@ -60,7 +60,11 @@ pub fn compile(source: &str) -> Result<Compiled, Vec<Diagnostic>> {
         Ok((program, warnings)) => {
             let too_large = limits::check_program(&program);
             if !too_large.is_empty() {
-                return Err(too_large.iter().map(Diagnostic::from).chain(warnings.iter().map(Diagnostic::from)).collect());
+                return Err(too_large
+                    .iter()
+                    .map(Diagnostic::from)
+                    .chain(warnings.iter().map(Diagnostic::from))
+                    .collect());
             }
             Ok(Compiled { ast, program, warnings: warnings.iter().map(Diagnostic::from).collect() })
         }

@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "ebmc", version, about = "Compile, train, sample and evaluate energy-based models written in the .ebm language")]
+#[command(
+    name = "ebmc",
+    version,
+    about = "Compile, train, sample and evaluate energy-based models written in the .ebm language"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -210,8 +214,10 @@ fn parse_epochs(s: &str) -> Result<usize, String> {
 
 /// Memory the limits check runs against: Linux's MemAvailable, when known.
 fn available_memory() -> Option<u64> {
-    let free = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| ebmc::analysis::limits::available_from_meminfo(&t));
-    let cap = std::fs::read_to_string("/proc/self/limits").ok().and_then(|t| ebmc::analysis::limits::address_space_cap(&t));
+    let free =
+        std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| ebmc::analysis::limits::available_from_meminfo(&t));
+    let cap =
+        std::fs::read_to_string("/proc/self/limits").ok().and_then(|t| ebmc::analysis::limits::address_space_cap(&t));
     match (free, cap) {
         (Some(f), Some(c)) => Some(f.min(c)),
         (f, c) => f.or(c),
@@ -225,7 +231,8 @@ fn limits_failure(errors: Vec<ebmc::analysis::limits::LimitError>) -> Failure {
 
 fn parse_image_shape(s: &str) -> Result<(usize, usize), String> {
     let (h, w) = s.split_once('x').ok_or("expected HxW, e.g. 28x28")?;
-    let parse = |x: &str| x.trim().parse::<usize>().map_err(|_| format!("`{x}` is not a size; expected HxW, e.g. 28x28"));
+    let parse =
+        |x: &str| x.trim().parse::<usize>().map_err(|_| format!("`{x}` is not a size; expected HxW, e.g. 28x28"));
     Ok((parse(h)?, parse(w)?))
 }
 
@@ -255,16 +262,47 @@ fn main() -> ExitCode {
         Command::Graph { file, format, model } => graph(&file, format, model.as_deref()),
         Command::Plan { file, json, model } => plan(&file, json, model.as_deref()),
         Command::Sample { file, model, params, chains, steps, burn_in, every, seed, out, png, image, device } => {
-            let opts = SampleArgs { params, chains, steps, burn_in, every, seed, out, png, image, device: device.into() };
+            let opts =
+                SampleArgs { params, chains, steps, burn_in, every, seed, out, png, image, device: device.into() };
             sample(&file, model.as_deref(), &opts)
         }
         Command::Train { file, model, data, epochs, seed, out, resume, device } => {
             train(&file, model.as_deref(), TrainArgs { data, epochs, seed, out, resume, device: device.into() })
         }
-        Command::Eval { file, model, params, data, ais, runs, temperatures, pl_units, grid_low, grid_high, grid, seed, json, device } => {
-            eval(&file, model.as_deref(), &EvalArgs { params, data, ais, runs, temperatures, pl_units, grid: (grid_low, grid_high, grid), seed, json, device: device.into() })
+        Command::Eval {
+            file,
+            model,
+            params,
+            data,
+            ais,
+            runs,
+            temperatures,
+            pl_units,
+            grid_low,
+            grid_high,
+            grid,
+            seed,
+            json,
+            device,
+        } => eval(
+            &file,
+            model.as_deref(),
+            &EvalArgs {
+                params,
+                data,
+                ais,
+                runs,
+                temperatures,
+                pl_units,
+                grid: (grid_low, grid_high, grid),
+                seed,
+                json,
+                device: device.into(),
+            },
+        ),
+        Command::Energy { file, model, params, data, device } => {
+            energy(&file, model.as_deref(), &params, &data, device.into())
         }
-        Command::Energy { file, model, params, data, device } => energy(&file, model.as_deref(), &params, &data, device.into()),
         Command::Fmt { files, check } => fmt(&files, check),
     };
     match result {
@@ -323,7 +361,10 @@ fn compile(path: &Path) -> Result<(String, ebmc::Compiled), Failure> {
     }
 }
 
-fn selected<'a>(program: &'a ebmc::analysis::program::Program, only: Option<&str>) -> Result<Vec<&'a ebmc::analysis::program::Model>, Failure> {
+fn selected<'a>(
+    program: &'a ebmc::analysis::program::Program,
+    only: Option<&str>,
+) -> Result<Vec<&'a ebmc::analysis::program::Model>, Failure> {
     match only {
         None => Ok(program.models.values().collect()),
         Some(name) => match program.models.get(name) {
@@ -337,7 +378,11 @@ fn selected<'a>(program: &'a ebmc::analysis::program::Program, only: Option<&str
     }
 }
 
-fn plans(path: &Path, source: &str, program: &ebmc::analysis::program::Program) -> Result<Vec<ebmc::analysis::plan::Plan>, Failure> {
+fn plans(
+    path: &Path,
+    source: &str,
+    program: &ebmc::analysis::program::Program,
+) -> Result<Vec<ebmc::analysis::plan::Plan>, Failure> {
     match ebmc::plan(program) {
         Ok((plans, warnings)) => {
             report(path, source, &warnings, MessageFormat::Human);
@@ -370,7 +415,8 @@ fn graph(path: &Path, format: GraphFormat, only: Option<&str>) -> Result<(), Fai
 fn plan(path: &Path, json: bool, only: Option<&str>) -> Result<(), Failure> {
     let (source, compiled) = compile(path)?;
     let names: Vec<String> = selected(&compiled.program, only)?.iter().map(|m| m.name.clone()).collect();
-    let plans: Vec<_> = plans(path, &source, &compiled.program)?.into_iter().filter(|p| names.contains(&p.model)).collect();
+    let plans: Vec<_> =
+        plans(path, &source, &compiled.program)?.into_iter().filter(|p| names.contains(&p.model)).collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&plans).expect("plans serialise"));
     } else {
@@ -395,7 +441,11 @@ struct SampleArgs {
 }
 
 /// One model of a file: the named one, or the only one.
-fn one_model<'a>(program: &'a ebmc::analysis::program::Program, only: Option<&str>, command: &str) -> Result<&'a ebmc::analysis::program::Model, Failure> {
+fn one_model<'a>(
+    program: &'a ebmc::analysis::program::Program,
+    only: Option<&str>,
+    command: &str,
+) -> Result<&'a ebmc::analysis::program::Model, Failure> {
     let models = selected(program, only)?;
     if models.is_empty() {
         eprintln!("error: this file declares no model for `ebmc {command}`; write one as `model NAME {{ ... }}`");
@@ -403,14 +453,22 @@ fn one_model<'a>(program: &'a ebmc::analysis::program::Program, only: Option<&st
     }
     if models.len() > 1 {
         let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-        eprintln!("error: this file has several models ({}); pick one with `ebmc {command} --model NAME`", names.join(", "));
+        eprintln!(
+            "error: this file has several models ({}); pick one with `ebmc {command} --model NAME`",
+            names.join(", ")
+        );
         return Err(Failure::Input);
     }
     Ok(models[0])
 }
 
 /// Checked parameters for `model` from `path`, or its initialisers.
-fn load_params(path: Option<&Path>, model: &ebmc::analysis::program::Model, lowered: &ebmc::ir::Lowered, seed: u64) -> Result<ebmc::tensor::Tensors, Failure> {
+fn load_params(
+    path: Option<&Path>,
+    model: &ebmc::analysis::program::Model,
+    lowered: &ebmc::ir::Lowered,
+    seed: u64,
+) -> Result<ebmc::tensor::Tensors, Failure> {
     match path {
         Some(p) => ebmc::runtime::train::load_model_params(p, model).map_err(Failure::Io),
         None => {
@@ -422,7 +480,12 @@ fn load_params(path: Option<&Path>, model: &ebmc::analysis::program::Model, lowe
 
 fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]").expect("valid template"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]",
+        )
+        .expect("valid template"),
+    );
     bar.set_message(what.to_string());
     bar
 }
@@ -430,7 +493,8 @@ fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
 fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure> {
     let (source, compiled) = compile(path)?;
     let model = one_model(&compiled.program, only, "sample")?;
-    let plan = plans(path, &source, &compiled.program)?.into_iter().find(|p| p.model == model.name).ok_or(Failure::Input)?;
+    let plan =
+        plans(path, &source, &compiled.program)?.into_iter().find(|p| p.model == model.name).ok_or(Failure::Input)?;
     if let Some(out) = &a.out {
         writable(out, &["csv", "npy"])?;
     }
@@ -438,14 +502,16 @@ fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure
         writable(png, &["png"])?;
     }
     let lowered = ebmc::ir::program_to_ir(model);
-    let run = ebmc::analysis::limits::SampleRun { chains: a.chains, burn_in: a.burn_in, steps: a.steps, every: a.every };
+    let run =
+        ebmc::analysis::limits::SampleRun { chains: a.chains, burn_in: a.burn_in, steps: a.steps, every: a.every };
     ebmc::analysis::limits::check_sample(model, &lowered, &run, available_memory()).map_err(limits_failure)?;
     let params = load_params(a.params.as_deref(), model, &lowered, a.seed)?;
     let picture = match &a.png {
         Some(_) => Some(picture_of(model, &plan, a.image).ok_or_else(|| Failure::Io("no visible variable is image-shaped (a square number of units), nor is the model's density over one 2-D real variable; give an image's size with --image HxW".into()))?),
         None => None,
     };
-    let mut sampler = ebmc::backend::Sampler::new(model, &plan, &params, a.chains, a.seed, a.device).map_err(Failure::Io)?;
+    let mut sampler =
+        ebmc::backend::Sampler::new(model, &plan, &params, a.chains, a.seed, a.device).map_err(Failure::Io)?;
     let total = a.burn_in + a.steps;
     let bar = progress(total as u64, "sampling");
     let mut kept: Vec<ebmc::tensor::Tensors> = Vec::new();
@@ -465,8 +531,13 @@ fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure
     }
     for state in kept.iter().chain(std::iter::once(&last)) {
         if let Some((var, chain, value)) = ebmc::tensor::first_non_finite(state) {
-            eprintln!("error: sampling diverged: `{var}` of chain {} is {value} after {total} sweeps, so no samples are written", chain + 1);
-            eprintln!("  help: lower the Langevin step (`sample {{ {var}: langevin(step: ...); }}`), add `clip`, or check that the energy grows in every direction");
+            eprintln!(
+                "error: sampling diverged: `{var}` of chain {} is {value} after {total} sweeps, so no samples are written",
+                chain + 1
+            );
+            eprintln!(
+                "  help: lower the Langevin step (`sample {{ {var}: langevin(step: ...); }}`), add `clip`, or check that the energy grows in every direction"
+            );
             return Err(Failure::Input);
         }
     }
@@ -493,7 +564,8 @@ fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure
         (Some(png), Some(Picture::Images(var, (h, w)))) => {
             let images = ebmc::runtime::export::images_of(model, &last, &var);
             let scale = if h * w <= 256 { 4 } else { 2 };
-            ebmc::tensor::write_atomically(png, &ebmc::runtime::export::png_grid(&images, h, w, scale)).map_err(Failure::Io)?;
+            ebmc::tensor::write_atomically(png, &ebmc::runtime::export::png_grid(&images, h, w, scale))
+                .map_err(Failure::Io)?;
             println!("wrote {} images of {var} ({h}x{w}) to {}", images.len(), png.display());
         }
         (Some(png), Some(Picture::Density(var))) => {
@@ -512,7 +584,11 @@ fn writable(path: &Path, formats: &[&str]) -> Result<(), Failure> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
     if !formats.contains(&ext) {
         let names: Vec<String> = formats.iter().map(|f| format!(".{f}")).collect();
-        return Err(Failure::Io(format!("cannot tell the format of `{}`: use a {} file name", path.display(), names.join(" or "))));
+        return Err(Failure::Io(format!(
+            "cannot tell the format of `{}`: use a {} file name",
+            path.display(),
+            names.join(" or ")
+        )));
     }
     if path.is_dir() {
         return Err(Failure::Io(format!("cannot write `{}`: it is a directory", path.display())));
@@ -545,7 +621,11 @@ enum Picture {
 }
 
 /// A density is drawn when, latents summed out, one 2-D real variable is left.
-fn picture_of(model: &ebmc::analysis::program::Model, plan: &ebmc::analysis::plan::Plan, image: Option<(usize, usize)>) -> Option<Picture> {
+fn picture_of(
+    model: &ebmc::analysis::program::Model,
+    plan: &ebmc::analysis::plan::Plan,
+    image: Option<(usize, usize)>,
+) -> Option<Picture> {
     let visible = || model.variables.iter().filter(|v| v.role == ebmc::front::ast::Role::Visible);
     if let Some(v) = visible().find(|v| ebmc::runtime::export::image_shape(model, &v.name, image).is_some()) {
         return Some(Picture::Images(v.name.clone(), ebmc::runtime::export::image_shape(model, &v.name, image)?));
@@ -553,19 +633,40 @@ fn picture_of(model: &ebmc::analysis::program::Model, plan: &ebmc::analysis::pla
     let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
     let mut rest = model.variables.iter().filter(|v| !summed.contains(&v.name));
     match (rest.next(), rest.next()) {
-        (Some(v), None) if v.role == ebmc::front::ast::Role::Visible && !v.domain.is_discrete() && v.shape.iter().product::<usize>() == 2 => Some(Picture::Density(v.name.clone())),
+        (Some(v), None)
+            if v.role == ebmc::front::ast::Role::Visible
+                && !v.domain.is_discrete()
+                && v.shape.iter().product::<usize>() == 2 =>
+        {
+            Some(Picture::Density(v.name.clone()))
+        }
         _ => None,
     }
 }
 
 /// A heat map of the model's density over the square the samples span
 /// (padded by a tenth), with the samples drawn on it; and how many there are.
-fn density_picture(model: &ebmc::analysis::program::Model, plan: &ebmc::analysis::plan::Plan, params: &ebmc::tensor::Tensors, states: &[ebmc::tensor::Tensors], var: &str, device: ebmc::backend::DeviceKind) -> Result<(Vec<u8>, usize), Failure> {
-    let points: Vec<[f32; 2]> = states.iter().flat_map(|s| s[var].data.chunks(2).map(|p| [p[0], p[1]]).collect::<Vec<_>>()).filter(|p| p.iter().all(|x| x.is_finite())).collect();
-    let (lo, hi) = points.iter().flatten().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(f64::from(*x)), hi.max(f64::from(*x))));
+fn density_picture(
+    model: &ebmc::analysis::program::Model,
+    plan: &ebmc::analysis::plan::Plan,
+    params: &ebmc::tensor::Tensors,
+    states: &[ebmc::tensor::Tensors],
+    var: &str,
+    device: ebmc::backend::DeviceKind,
+) -> Result<(Vec<u8>, usize), Failure> {
+    let points: Vec<[f32; 2]> = states
+        .iter()
+        .flat_map(|s| s[var].data.chunks(2).map(|p| [p[0], p[1]]).collect::<Vec<_>>())
+        .filter(|p| p.iter().all(|x| x.is_finite()))
+        .collect();
+    let (lo, hi) = points
+        .iter()
+        .flatten()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(f64::from(*x)), hi.max(f64::from(*x))));
     let (lo, hi) = if hi > lo { (lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo)) } else { (-1.0, 1.0) };
     const RESOLUTION: usize = 200;
-    let grid = ebmc::runtime::evaluate::Grid::new(model, plan, params, lo, hi, RESOLUTION, device).map_err(Failure::Io)?;
+    let grid =
+        ebmc::runtime::evaluate::Grid::new(model, plan, params, lo, hi, RESOLUTION, device).map_err(Failure::Io)?;
     let log_density: Vec<f64> = grid.free_energy.iter().map(|f| -f).collect();
     Ok((ebmc::runtime::export::density_png(&log_density, RESOLUTION, (lo, hi), &points), points.len()))
 }
@@ -583,10 +684,14 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
     let (source, compiled) = compile(path)?;
     let model = one_model(&compiled.program, only, "train")?;
     let Some(spec) = compiled.program.trains.get(&model.name) else {
-        eprintln!("error: model `{}` has no `train {} {{ ... }}` block; add one to say what data and objective to use", model.name, model.name);
+        eprintln!(
+            "error: model `{}` has no `train {} {{ ... }}` block; add one to say what data and objective to use",
+            model.name, model.name
+        );
         return Err(Failure::Input);
     };
-    let plan = plans(path, &source, &compiled.program)?.into_iter().find(|p| p.model == model.name).ok_or(Failure::Input)?;
+    let plan =
+        plans(path, &source, &compiled.program)?.into_iter().find(|p| p.model == model.name).ok_or(Failure::Input)?;
     let graph = ebmc::analysis::graph::program_to_graph(model);
     let base = path.parent().unwrap_or(Path::new("."));
     let data_spec = match &a.data {
@@ -594,18 +699,38 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
         None => spec.data.clone(),
     };
     let data = ebmc::runtime::data::load(&data_spec, model, base).map_err(data_failure)?;
-    let (train_rows, test_rows) = ebmc::runtime::data::split(data, spec.test.as_ref(), model, base).map_err(data_failure)?;
+    let (train_rows, test_rows) =
+        ebmc::runtime::data::split(data, spec.test.as_ref(), model, base).map_err(data_failure)?;
     let out = a.resume.clone().or(a.out.clone()).unwrap_or_else(|| PathBuf::from("runs").join(&model.name));
     // A resumed run continues with the seed it was started with.
     if let (Some(dir), Some(seed)) = (&a.resume, a.seed) {
         let meta = ebmc::runtime::train::checkpoint_meta(dir).map_err(Failure::Io)?;
         if meta.seed != seed {
-            return Err(Failure::Io(format!("the run in `{}` was started with seed {}; a resumed run keeps it: drop --seed or pass --seed {}", dir.display(), meta.seed, meta.seed)));
+            return Err(Failure::Io(format!(
+                "the run in `{}` was started with seed {}; a resumed run keeps it: drop --seed or pass --seed {}",
+                dir.display(),
+                meta.seed,
+                meta.seed
+            )));
         }
     }
     let lowered = ebmc::ir::program_to_ir(model);
-    ebmc::analysis::limits::check_train(model, &lowered, spec, train_rows.rows, a.epochs.unwrap_or(spec.epochs), available_memory()).map_err(limits_failure)?;
-    let opts = ebmc::runtime::train::RunOptions { epochs: a.epochs.unwrap_or(spec.epochs), seed: a.seed.unwrap_or(spec.seed), out: out.clone(), resume: a.resume.is_some(), device: a.device };
+    ebmc::analysis::limits::check_train(
+        model,
+        &lowered,
+        spec,
+        train_rows.rows,
+        a.epochs.unwrap_or(spec.epochs),
+        available_memory(),
+    )
+    .map_err(limits_failure)?;
+    let opts = ebmc::runtime::train::RunOptions {
+        epochs: a.epochs.unwrap_or(spec.epochs),
+        seed: a.seed.unwrap_or(spec.seed),
+        out: out.clone(),
+        resume: a.resume.is_some(),
+        device: a.device,
+    };
     eprintln!(
         "training {} on {} rows ({} held out) with {}, {} epochs",
         model.name,
@@ -617,29 +742,46 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
     let started = std::time::Instant::now();
     let mut bar = None;
     let mut last_loss = 0.0;
-    let result = ebmc::runtime::train::run(&source, &graph, &plan, spec, &train_rows, test_rows.as_ref(), &opts, &mut |p| match p {
-        ebmc::runtime::train::Progress::Start { epochs, steps_per_epoch, from_epoch } => {
-            let total = (epochs + 1 - from_epoch.min(epochs + 1)) * steps_per_epoch;
-            let b = indicatif::ProgressBar::new(total as u64);
-            b.set_style(indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}, {per_sec}]").expect("valid template"));
-            bar = Some(b);
-        }
-        ebmc::runtime::train::Progress::Step { epoch, loss } => {
-            last_loss = 0.9 * last_loss + 0.1 * loss;
-            if let Some(b) = &bar {
-                b.set_message(format!("epoch {epoch} loss {last_loss:.4}"));
-                b.inc(1);
+    let result = ebmc::runtime::train::run(
+        &source,
+        &graph,
+        &plan,
+        spec,
+        &train_rows,
+        test_rows.as_ref(),
+        &opts,
+        &mut |p| match p {
+            ebmc::runtime::train::Progress::Start { epochs, steps_per_epoch, from_epoch } => {
+                let total = (epochs + 1 - from_epoch.min(epochs + 1)) * steps_per_epoch;
+                let b = indicatif::ProgressBar::new(total as u64);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}, {per_sec}]",
+                    )
+                    .expect("valid template"),
+                );
+                bar = Some(b);
             }
-        }
-        ebmc::runtime::train::Progress::Epoch(m) => {
-            let ll = m.log_likelihood.map(|l| format!(", log-likelihood {l:.3} nats")).unwrap_or_default();
-            let line = format!("epoch {:>3}: loss {:.4}, |grad| {:.3}, lr {:.4}{ll} ({:.2}s)", m.epoch, m.loss, m.grad_norm, m.lr, m.seconds);
-            match &bar {
-                Some(b) if !b.is_hidden() => b.println(line),
-                _ => eprintln!("{line}"),
+            ebmc::runtime::train::Progress::Step { epoch, loss } => {
+                last_loss = 0.9 * last_loss + 0.1 * loss;
+                if let Some(b) = &bar {
+                    b.set_message(format!("epoch {epoch} loss {last_loss:.4}"));
+                    b.inc(1);
+                }
             }
-        }
-    });
+            ebmc::runtime::train::Progress::Epoch(m) => {
+                let ll = m.log_likelihood.map(|l| format!(", log-likelihood {l:.3} nats")).unwrap_or_default();
+                let line = format!(
+                    "epoch {:>3}: loss {:.4}, |grad| {:.3}, lr {:.4}{ll} ({:.2}s)",
+                    m.epoch, m.loss, m.grad_norm, m.lr, m.seconds
+                );
+                match &bar {
+                    Some(b) if !b.is_hidden() => b.println(line),
+                    _ => eprintln!("{line}"),
+                }
+            }
+        },
+    );
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -648,7 +790,15 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
             let checkpoint = ebmc::runtime::train::latest_checkpoint(&out).unwrap_or(out.clone());
             println!("trained {} in {:.1}s", model.name, started.elapsed().as_secs_f64());
             if let Some(m) = history.last() {
-                let ll = m.log_likelihood.map(|l| format!(", average log-likelihood {l:.3} nats ({})", if test_rows.is_some() { "test rows" } else { "training rows" })).unwrap_or_default();
+                let ll = m
+                    .log_likelihood
+                    .map(|l| {
+                        format!(
+                            ", average log-likelihood {l:.3} nats ({})",
+                            if test_rows.is_some() { "test rows" } else { "training rows" }
+                        )
+                    })
+                    .unwrap_or_default();
                 println!("final loss {:.4}{ll}", m.loss);
             }
             println!("checkpoint: {}", checkpoint.display());
@@ -662,7 +812,9 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
         Err(ebmc::runtime::train::RunError::Io(e)) => Err(Failure::Io(e)),
         Err(ebmc::runtime::train::RunError::Train { error, epoch, last_good }) => {
             match &error {
-                ebmc::backend::TrainError::NonFinite { what, step } => eprintln!("error: training diverged at epoch {epoch}, step {step}: {what} is not finite (NaN or infinite)"),
+                ebmc::backend::TrainError::NonFinite { what, step } => eprintln!(
+                    "error: training diverged at epoch {epoch}, step {step}: {what} is not finite (NaN or infinite)"
+                ),
                 other => eprintln!("error: {other} (epoch {epoch})"),
             }
             match last_good {
@@ -670,7 +822,9 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
                 None => eprintln!("  no checkpoint was written before this"),
             }
             if matches!(error, ebmc::backend::TrainError::NonFinite { .. }) {
-                eprintln!("  help: lower the learning rate, add `regularize = clip_grad(norm: 10);`, or check the data's scale");
+                eprintln!(
+                    "  help: lower the learning rate, add `regularize = clip_grad(norm: 10);`, or check the data's scale"
+                );
             }
             Err(Failure::Input)
         }
@@ -678,18 +832,28 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
 }
 
 /// Draws a PNG grid of samples from the trained model when a visible variable is image-shaped.
-fn sample_grid(model: &ebmc::analysis::program::Model, plan: &ebmc::analysis::plan::Plan, out: &Path) -> Result<Option<PathBuf>, Failure> {
+fn sample_grid(
+    model: &ebmc::analysis::program::Model,
+    plan: &ebmc::analysis::plan::Plan,
+    out: &Path,
+) -> Result<Option<PathBuf>, Failure> {
     let Some(picture) = picture_of(model, plan, None) else {
         return Ok(None);
     };
     let params = ebmc::runtime::train::load_model_params(out, model).map_err(Failure::Io)?;
     let chains = if matches!(picture, Picture::Density(_)) { 500 } else { 64 };
-    let mut sampler = ebmc::backend::Sampler::new(model, plan, &params, chains, 0, Default::default()).map_err(Failure::Io)?;
+    let mut sampler =
+        ebmc::backend::Sampler::new(model, plan, &params, chains, 0, Default::default()).map_err(Failure::Io)?;
     for _ in 0..200 {
         sampler.sweep();
     }
     let bytes = match picture {
-        Picture::Images(var, (h, w)) => ebmc::runtime::export::png_grid(&ebmc::runtime::export::images_of(model, &sampler.state(), &var), h, w, if h * w <= 256 { 4 } else { 2 }),
+        Picture::Images(var, (h, w)) => ebmc::runtime::export::png_grid(
+            &ebmc::runtime::export::images_of(model, &sampler.state(), &var),
+            h,
+            w,
+            if h * w <= 256 { 4 } else { 2 },
+        ),
         Picture::Density(var) => density_picture(model, plan, &params, &[sampler.state()], &var, Default::default())?.0,
     };
     let path = out.join("samples.png");
@@ -724,10 +888,14 @@ fn load_trained(path: &Path, only: Option<&str>, params: &Path, command: &str) -
     let (source, compiled) = compile(path)?;
     let model = one_model(&compiled.program, only, command)?.clone();
     let Some(spec) = compiled.program.trains.get(&model.name).cloned() else {
-        eprintln!("error: model `{}` has no train block, so ebmc does not know how its data is bound; add `train {} {{ data = ... -> ...; objective = ...; }}`", model.name, model.name);
+        eprintln!(
+            "error: model `{}` has no train block, so ebmc does not know how its data is bound; add `train {} {{ data = ... -> ...; objective = ...; }}`",
+            model.name, model.name
+        );
         return Err(Failure::Input);
     };
-    let plan = plans(path, &source, &compiled.program)?.into_iter().find(|p| p.model == model.name).ok_or(Failure::Input)?;
+    let plan =
+        plans(path, &source, &compiled.program)?.into_iter().find(|p| p.model == model.name).ok_or(Failure::Input)?;
     let graph = ebmc::analysis::graph::program_to_graph(&model);
     let params = ebmc::runtime::train::load_model_params(params, &model).map_err(Failure::Io)?;
     Ok(Loaded { source, model, plan, graph, spec, params })
@@ -745,22 +913,37 @@ fn rows_to_score(l: &Loaded, path: &Path, data: Option<&Path>) -> Result<Scored,
     let base = path.parent().unwrap_or(Path::new("."));
     let fail = data_failure;
     if let Some(file) = data {
-        let rows = ebmc::runtime::data::load(&ebmc::runtime::data::with_file(&l.spec.data, file), &l.model, base).map_err(fail)?;
+        let rows = ebmc::runtime::data::load(&ebmc::runtime::data::with_file(&l.spec.data, file), &l.model, base)
+            .map_err(fail)?;
         // The train block's own data may be absent (e.g. MNIST elsewhere); then there are no training rows.
-        let training = ebmc::runtime::data::load(&l.spec.data, &l.model, base).ok().and_then(|all| ebmc::runtime::data::split(all, l.spec.test.as_ref(), &l.model, base).ok()).map(|(train, _)| train);
+        let training = ebmc::runtime::data::load(&l.spec.data, &l.model, base)
+            .ok()
+            .and_then(|all| ebmc::runtime::data::split(all, l.spec.test.as_ref(), &l.model, base).ok())
+            .map(|(train, _)| train);
         return Ok(Scored { rows, which: "given rows", training });
     }
     let all = ebmc::runtime::data::load(&l.spec.data, &l.model, base).map_err(fail)?;
     match ebmc::runtime::data::split(all, l.spec.test.as_ref(), &l.model, base).map_err(fail)? {
         (train, Some(test)) => Ok(Scored { rows: test, which: "held-out test rows", training: Some(train) }),
-        (train, None) => Ok(Scored { rows: train.clone(), which: "training rows (the train block has no test split)", training: Some(train) }),
+        (train, None) => Ok(Scored {
+            rows: train.clone(),
+            which: "training rows (the train block has no test split)",
+            training: Some(train),
+        }),
     }
 }
 
 /// A figure for the report, refused when it is not finite (NaN would print as `null`).
-fn figure(report: &mut serde_json::Map<String, serde_json::Value>, key: &str, what: &str, x: f64) -> Result<(), Failure> {
+fn figure(
+    report: &mut serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    what: &str,
+    x: f64,
+) -> Result<(), Failure> {
     if !x.is_finite() {
-        return Err(Failure::Io(format!("{what} is {x}, not a finite number; the parameters are likely not finite or too large")));
+        return Err(Failure::Io(format!(
+            "{what} is {x}, not a finite number; the parameters are likely not finite or too large"
+        )));
     }
     report.insert(key.into(), x.into());
     Ok(())
@@ -794,7 +977,9 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
     let exact_z = match ebmc::runtime::evaluate::exact_log_z(&l.graph, &l.plan, &l.params, a.device) {
         Ok(z) => {
             figure(&mut report, "exact_log_z", "the exact log Z", z)?;
-            let ll = ebmc::runtime::evaluate::exact_log_likelihood(&l.graph, &l.plan, &l.params, &rows.vars, z, a.device).map_err(Failure::Io)?;
+            let ll =
+                ebmc::runtime::evaluate::exact_log_likelihood(&l.graph, &l.plan, &l.params, &rows.vars, z, a.device)
+                    .map_err(Failure::Io)?;
             figure(&mut report, "log_likelihood", "the average log-likelihood", mean(&ll))?;
             Some(z)
         }
@@ -810,13 +995,26 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
                 // The grid is this model's log Z: the enumeration note does not apply.
                 notes.clear();
                 figure(&mut report, "grid_log_z", "the grid log Z", z)?;
-                let f = ebmc::runtime::evaluate::row_free_energy(&l.model, &l.plan, &l.params, &rows.vars, a.device).map_err(Failure::Io)?;
+                let f = ebmc::runtime::evaluate::row_free_energy(&l.model, &l.plan, &l.params, &rows.vars, a.device)
+                    .map_err(Failure::Io)?;
                 let ll = -mean(&f) - z;
                 figure(&mut report, "log_likelihood_grid", "the average log-likelihood (grid)", ll)?;
                 // With a toy set whose density is known: the gap to the true log-likelihood.
-                if let Some(name) = l.spec.data.source.options.get("name").and_then(|v| v.as_str()).filter(|_| l.spec.data.source.name == "toy") {
+                if let Some(name) = l
+                    .spec
+                    .data
+                    .source
+                    .options
+                    .get("name")
+                    .and_then(|v| v.as_str())
+                    .filter(|_| l.spec.data.source.name == "toy")
+                {
                     let x = rows.vars.values().next().expect("rows");
-                    let truth: Option<Vec<f64>> = x.data.chunks(2).map(|p| ebmc::runtime::data::toy_log_density(name, f64::from(p[0]), f64::from(p[1]))).collect();
+                    let truth: Option<Vec<f64>> = x
+                        .data
+                        .chunks(2)
+                        .map(|p| ebmc::runtime::data::toy_log_density(name, f64::from(p[0]), f64::from(p[1])))
+                        .collect();
                     if let Some(t) = truth {
                         let true_ll = mean(&t);
                         figure(&mut report, "true_log_likelihood", "the true log-likelihood", true_ll)?;
@@ -831,10 +1029,19 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
     if a.ais || (exact_z.is_none() && !continuous) {
         // Base rates from the training rows (S&M 2008); uniform only without rows.
         let (base, base_from) = match &training {
-            Some(t) => (ebmc::runtime::evaluate::base_rates(&l.model, &l.plan, &t.vars), "the training rows' base rates"),
-            None => (ebmc::runtime::evaluate::base_rates(&l.model, &l.plan, &rows.vars), "the evaluated rows' base rates (the training data could not be loaded)"),
+            Some(t) => {
+                (ebmc::runtime::evaluate::base_rates(&l.model, &l.plan, &t.vars), "the training rows' base rates")
+            }
+            None => (
+                ebmc::runtime::evaluate::base_rates(&l.model, &l.plan, &rows.vars),
+                "the evaluated rows' base rates (the training data could not be loaded)",
+            ),
         };
-        let base_from = if base.is_empty() { "the uniform distribution (no rows bind the variables AIS samples)" } else { base_from };
+        let base_from = if base.is_empty() {
+            "the uniform distribution (no rows bind the variables AIS samples)"
+        } else {
+            base_from
+        };
         let opts = ebmc::backend::AisOptions { runs: a.runs, temperatures: a.temperatures, seed: a.seed, base };
         match ebmc::backend::ais(&l.model, &l.plan, &l.params, &opts, a.device) {
             Ok(est) => {
@@ -844,7 +1051,9 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
                 if est.ess < 10.0f64.max(0.1 * a.runs as f64) {
                     warnings.push(format!("the AIS importance weights have an effective sample size of {:.1} of {} runs: a few runs carry the estimate, and its error bar is unreliable; use more `--temperatures`", est.ess, a.runs));
                 }
-                let f = match ebmc::runtime::evaluate::row_free_energy(&l.model, &l.plan, &l.params, &rows.vars, a.device) {
+                let f = match ebmc::runtime::evaluate::row_free_energy(
+                    &l.model, &l.plan, &l.params, &rows.vars, a.device,
+                ) {
                     Ok(f) => Some(f),
                     Err(why) => {
                         notes.push(format!("no log-likelihood from AIS: {why}"));
@@ -860,7 +1069,8 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
                             figure(&mut report, "raise_log_z", "the reverse-AIS log Z", up.log_z)?;
                             report.insert("raise".into(), serde_json::to_value(&up).expect("serialises"));
                             report.insert("log_z_bracket".into(), vec![est.log_z, up.log_z].into());
-                            report.insert("log_likelihood_bracket".into(), vec![fit - up.log_z, fit - est.log_z].into());
+                            report
+                                .insert("log_likelihood_bracket".into(), vec![fit - up.log_z, fit - est.log_z].into());
                             let noise = 3.0 * (up.std_error + est.std_error);
                             if up.log_z + noise < est.log_z {
                                 warnings.push("the reverse-AIS upper bound lies below the AIS lower bound beyond their error bars: the chains do not mix at this schedule; use more `--temperatures`".into());
@@ -881,10 +1091,18 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
             Err(why) => notes.push(format!("no AIS: {why}")),
         }
     }
-    let discrete_visible = l.model.variables.iter().filter(|v| v.role == ebmc::front::ast::Role::Visible).all(|v| v.domain.is_discrete());
+    let discrete_visible =
+        l.model.variables.iter().filter(|v| v.role == ebmc::front::ast::Role::Visible).all(|v| v.domain.is_discrete());
     if discrete_visible {
-        match ebmc::runtime::evaluate::pseudo_likelihood(&l.model, &l.plan, &l.params, &rows.vars, a.pl_units, a.seed, a.device) {
-            Ok(pl) => figure(&mut report, if a.pl_units.is_some() { "pseudo_log_likelihood_stochastic" } else { "pseudo_log_likelihood" }, "the pseudo-likelihood", pl)?,
+        match ebmc::runtime::evaluate::pseudo_likelihood(
+            &l.model, &l.plan, &l.params, &rows.vars, a.pl_units, a.seed, a.device,
+        ) {
+            Ok(pl) => figure(
+                &mut report,
+                if a.pl_units.is_some() { "pseudo_log_likelihood_stochastic" } else { "pseudo_log_likelihood" },
+                "the pseudo-likelihood",
+                pl,
+            )?,
             Err(why) => notes.push(format!("no pseudo-likelihood: {why}")),
         }
     }
@@ -898,7 +1116,8 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
         }
     }
     if !continuous && l.model.variables.iter().any(|v| v.role == ebmc::front::ast::Role::Hidden) {
-        match ebmc::runtime::evaluate::reconstruction_error(&l.model, &l.plan, &l.params, &rows.vars, a.seed, a.device) {
+        match ebmc::runtime::evaluate::reconstruction_error(&l.model, &l.plan, &l.params, &rows.vars, a.seed, a.device)
+        {
             Ok(e) => figure(&mut report, "reconstruction_error", "the reconstruction error", e)?,
             Err(why) => notes.push(format!("no reconstruction error: {why}")),
         }
@@ -919,10 +1138,23 @@ fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
     }
     if let Some(ais) = report.get("ais") {
         let f = |k: &str| ais[k].as_f64().unwrap_or(f64::NAN);
-        println!("  log Z (AIS, {} runs x {} temps) {:.4} ± {:.4}, effective sample size {:.1}; from {}", a.runs, a.temperatures, f("log_z"), f("std_error"), f("ess"), report["ais_base"].as_str().unwrap_or(""));
+        println!(
+            "  log Z (AIS, {} runs x {} temps) {:.4} ± {:.4}, effective sample size {:.1}; from {}",
+            a.runs,
+            a.temperatures,
+            f("log_z"),
+            f("std_error"),
+            f("ess"),
+            report["ais_base"].as_str().unwrap_or("")
+        );
     }
     if let Some(up) = report.get("raise") {
-        println!("  log Z (reverse AIS from {} rows) {:.4} ± {:.4}", a.runs, up["log_z"].as_f64().unwrap_or(f64::NAN), up["std_error"].as_f64().unwrap_or(f64::NAN));
+        println!(
+            "  log Z (reverse AIS from {} rows) {:.4} ± {:.4}",
+            a.runs,
+            up["log_z"].as_f64().unwrap_or(f64::NAN),
+            up["std_error"].as_f64().unwrap_or(f64::NAN)
+        );
     }
     let pair = |k: &str| report.get(k).and_then(|v| Some((v[0].as_f64()?, v[1].as_f64()?)));
     if let Some((lo, hi)) = pair("log_z_bracket") {
@@ -970,16 +1202,27 @@ fn num(report: &serde_json::Map<String, serde_json::Value>, key: &str) -> Option
     report.get(key).and_then(|v| v.as_f64())
 }
 
-fn energy(path: &Path, only: Option<&str>, params: &Path, data: &Path, device: ebmc::backend::DeviceKind) -> Result<(), Failure> {
+fn energy(
+    path: &Path,
+    only: Option<&str>,
+    params: &Path,
+    data: &Path,
+    device: ebmc::backend::DeviceKind,
+) -> Result<(), Failure> {
     let mut l = load_trained(path, only, params, "energy")?;
     // A JEM label is summed out: the rows need only the inputs.
     if let Some(m) = &l.plan.label_marginal {
         l.spec.data.binding.retain(|b| *b != m.var);
     }
     let Scored { rows, .. } = rows_to_score(&l, path, Some(data))?;
-    let f = ebmc::runtime::evaluate::row_free_energy(&l.model, &l.plan, &l.params, &rows.vars, device).map_err(Failure::Io)?;
+    let f = ebmc::runtime::evaluate::row_free_energy(&l.model, &l.plan, &l.params, &rows.vars, device)
+        .map_err(Failure::Io)?;
     if let Some(i) = f.iter().position(|e| !e.is_finite()) {
-        return Err(Failure::Io(format!("the energy of row {} is {}, not a finite number; the parameters are likely not finite or too large", i + 1, f[i])));
+        return Err(Failure::Io(format!(
+            "the energy of row {} is {}, not a finite number; the parameters are likely not finite or too large",
+            i + 1,
+            f[i]
+        )));
     }
     let mut out = String::from("row,energy\n");
     for (i, e) in f.iter().enumerate() {

@@ -2,13 +2,13 @@
 //! report plain data (`ParseError`, `CheckError`, ...); this module turns each
 //! into a `Diagnostic`. `docs/diagnostics.md` lists the codes.
 
-use crate::front::ast::BinOp;
 use crate::analysis::check::{CheckError, DeclKind};
+use crate::analysis::plan::PlanError;
+use crate::analysis::program::{NetKind, shape_str};
+use crate::analysis::schema::OptType;
+use crate::front::ast::BinOp;
 use crate::front::diagnostic::Diagnostic;
 use crate::front::parse::{ParseError, Rule};
-use crate::analysis::plan::PlanError;
-use crate::analysis::program::{shape_str, NetKind};
-use crate::analysis::schema::OptType;
 
 impl From<&ParseError> for Diagnostic {
     fn from(e: &ParseError) -> Self {
@@ -42,14 +42,19 @@ impl From<&ParseError> for Diagnostic {
 /// What a grammar rule looks like to a person. Tokens that begin an
 /// expression collapse into "an expression".
 fn expected_tokens(rules: &[Rule]) -> Vec<String> {
-    let starts_expr = |r: &Rule| matches!(r, Rule::expr | Rule::number | Rule::string | Rule::call | Rule::list | Rule::paren | Rule::neg);
+    let starts_expr = |r: &Rule| {
+        matches!(r, Rule::expr | Rule::number | Rule::string | Rule::call | Rule::list | Rule::paren | Rule::neg)
+    };
     let mut out: Vec<String> = Vec::new();
     if rules.iter().any(starts_expr) {
         out.push("an expression".to_string());
     }
     // Names, `(` and `[` also start expressions; say so once.
     let in_expr = !out.is_empty();
-    for r in rules.iter().filter(|r| !starts_expr(r) && !(in_expr && matches!(r, Rule::ident | Rule::lparen | Rule::lbracket))) {
+    for r in rules
+        .iter()
+        .filter(|r| !starts_expr(r) && !(in_expr && matches!(r, Rule::ident | Rule::lparen | Rule::lbracket)))
+    {
         let text = match r {
             Rule::EOI => "end of file",
             Rule::ident => "a name",
@@ -68,7 +73,13 @@ fn expected_tokens(rules: &[Rule]) -> Vec<String> {
             Rule::kw_energy | Rule::energy_decl => "`energy`",
             Rule::kw_sample | Rule::sample_block => "`sample`",
             Rule::kw_in | Rule::bounds => "`in`",
-            Rule::type_expr | Rule::base_type | Rule::ty_binary | Rule::ty_spin | Rule::ty_real | Rule::ty_categorical | Rule::categorical => "a type",
+            Rule::type_expr
+            | Rule::base_type
+            | Rule::ty_binary
+            | Rule::ty_spin
+            | Rule::ty_real
+            | Rule::ty_categorical
+            | Rule::categorical => "a type",
             Rule::lbrace => "`{`",
             Rule::rbrace => "`}`",
             Rule::lparen => "`(`",
@@ -380,7 +391,6 @@ impl From<&CheckError> for Diagnostic {
     }
 }
 
-
 impl From<&PlanError> for Diagnostic {
     fn from(e: &PlanError) -> Self {
         use PlanError::*;
@@ -519,14 +529,22 @@ impl std::fmt::Display for crate::runtime::data::DataError {
                 "{source}:{row}: {found} columns, expected {expected}\n  help: the bound variables take {expected} columns (one per unit, one per categorical unit); name columns in a header (`v0`, `v1`, ...) to bind by name"
             ),
             NotANumber { source, row, column, text } => write!(f, "{source}:{row}:{column}: `{text}` is not a number"),
-            NotFinite { source, row, column } => write!(f, "{source}:{row}:{column}: NaN or infinity\n  help: remove or impute missing values before training"),
-            OutOfRange { source, row, column, value } => write!(f, "{source}:{row}:{column}: {value:e} is past the range of 32-bit floats (about ±3.4e38), which ebmc computes in\n  help: rescale the column (or use `scale:` on the data source)"),
+            NotFinite { source, row, column } => write!(
+                f,
+                "{source}:{row}:{column}: NaN or infinity\n  help: remove or impute missing values before training"
+            ),
+            OutOfRange { source, row, column, value } => write!(
+                f,
+                "{source}:{row}:{column}: {value:e} is past the range of 32-bit floats (about ±3.4e38), which ebmc computes in\n  help: rescale the column (or use `scale:` on the data source)"
+            ),
             MixedHeader { source, row, column, text } => write!(
                 f,
                 "{source}:{row}:{column}: `{text}` is not a number, but other cells of this first row are\n  help: a header row names every column and a data row is all numbers; fix the cell, or say `header: true` on the csv source"
             ),
             Binding { source, reason } => write!(f, "{source}: {reason}"),
-            OutOfDomain { source, row, column, value, var, domain } => write!(f, "{source}:{row}:{column}: {value} is not a value of `{var}`, which takes {domain}"),
+            OutOfDomain { source, row, column, value, var, domain } => {
+                write!(f, "{source}:{row}:{column}: {value} is not a value of `{var}`, which takes {domain}")
+            }
             Format { source, reason } => write!(f, "{source}: {reason}"),
             Split { reason } => write!(f, "bad test split: {reason}"),
         }
@@ -536,7 +554,9 @@ impl std::fmt::Display for crate::runtime::data::DataError {
 impl std::fmt::Display for crate::backend::TrainError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            crate::backend::TrainError::NonFinite { what, step } => write!(f, "training diverged at step {step}: {what} is not finite"),
+            crate::backend::TrainError::NonFinite { what, step } => {
+                write!(f, "training diverged at step {step}: {what} is not finite")
+            }
             crate::backend::TrainError::Setup(reason) => write!(f, "{reason}"),
         }
     }
@@ -546,16 +566,32 @@ impl std::fmt::Display for crate::tensor::ShapeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use crate::tensor::ShapeError::*;
         match self {
-            MissingVariable { var } => write!(f, "no values for the variable `{var}`; give it as `[rows, ...shape]` beside the others"),
-            VariableShape { var, found, expected } => write!(f, "the rows of `{var}` have shape {found:?}, the model needs {expected:?} (rows first, then the variable's shape)"),
-            RowCounts { var, rows, other, other_rows } => write!(f, "`{var}` has {rows} rows but `{other}` has {other_rows}; give every variable the same rows"),
+            MissingVariable { var } => {
+                write!(f, "no values for the variable `{var}`; give it as `[rows, ...shape]` beside the others")
+            }
+            VariableShape { var, found, expected } => write!(
+                f,
+                "the rows of `{var}` have shape {found:?}, the model needs {expected:?} (rows first, then the variable's shape)"
+            ),
+            RowCounts { var, rows, other, other_rows } => {
+                write!(f, "`{var}` has {rows} rows but `{other}` has {other_rows}; give every variable the same rows")
+            }
             NoRows => write!(f, "no rows to evaluate"),
             Inconsistent { name, shape, len } => write!(f, "`{name}` claims shape {shape:?} but holds {len} values"),
-            MissingParameter { name } => write!(f, "no value for the parameter `{name}`; are these parameters from another model?"),
-            ParameterShape { name, found, expected } => {
-                write!(f, "parameter `{name}` has shape {found:?}, the model declares {expected:?}; these parameters were trained for a different model (or an older version of it)")
+            MissingParameter { name } => {
+                write!(f, "no value for the parameter `{name}`; are these parameters from another model?")
             }
-            UnknownParameter { name, known } => write!(f, "`{name}` is not a parameter of this model (it has {}); these parameters come from a different model", known.join(", ")),
+            ParameterShape { name, found, expected } => {
+                write!(
+                    f,
+                    "parameter `{name}` has shape {found:?}, the model declares {expected:?}; these parameters were trained for a different model (or an older version of it)"
+                )
+            }
+            UnknownParameter { name, known } => write!(
+                f,
+                "`{name}` is not a parameter of this model (it has {}); these parameters come from a different model",
+                known.join(", ")
+            ),
             NonFinite { what, shape, index, value } => {
                 let mut at = Vec::new();
                 let mut rest = *index;

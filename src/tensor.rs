@@ -3,8 +3,8 @@
 //! else in the crate works with these.
 
 use crate::analysis::graph::lattice_adjacency;
-use crate::ir::ParamSpec;
 use crate::analysis::program::{ConstValue, Init, Model};
+use crate::ir::ParamSpec;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal, Uniform};
 use serde::{Deserialize, Serialize};
@@ -35,21 +35,50 @@ pub type Tensors = BTreeMap<String, HostTensor>;
 #[derive(Debug, Clone, PartialEq)]
 pub enum ShapeError {
     /// The rows give no values for a variable the computation reads.
-    MissingVariable { var: String },
+    MissingVariable {
+        var: String,
+    },
     /// A variable's rows are not `[rows, ...shape]`.
-    VariableShape { var: String, found: Vec<usize>, expected: Vec<usize> },
+    VariableShape {
+        var: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
     /// Two variables give different numbers of rows.
-    RowCounts { var: String, rows: usize, other: String, other_rows: usize },
+    RowCounts {
+        var: String,
+        rows: usize,
+        other: String,
+        other_rows: usize,
+    },
     /// No rows at all.
     NoRows,
     /// A tensor whose data length is not the product of its shape.
-    Inconsistent { name: String, shape: Vec<usize>, len: usize },
-    MissingParameter { name: String },
-    ParameterShape { name: String, found: Vec<usize>, expected: Vec<usize> },
+    Inconsistent {
+        name: String,
+        shape: Vec<usize>,
+        len: usize,
+    },
+    MissingParameter {
+        name: String,
+    },
+    ParameterShape {
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
     /// A checkpoint tensor the model has no parameter for.
-    UnknownParameter { name: String, known: Vec<String> },
+    UnknownParameter {
+        name: String,
+        known: Vec<String>,
+    },
     /// A NaN or infinite value: in `what`, at flat index `index` of a tensor of `shape`.
-    NonFinite { what: String, shape: Vec<usize>, index: usize, value: f32 },
+    NonFinite {
+        what: String,
+        shape: Vec<usize>,
+        index: usize,
+        value: f32,
+    },
 }
 
 /// `m` rows gathered from every tensor of `tensors` (each `[rows, ...]`):
@@ -61,7 +90,13 @@ pub fn gather_rows(tensors: &Tensors, m: usize, pick: impl Fn(usize) -> usize) -
             let per: usize = t.shape[1..].iter().product();
             let mut shape = t.shape.clone();
             shape[0] = m;
-            (k.clone(), HostTensor::new(shape, (0..m).flat_map(|r| t.data[pick(r) * per..(pick(r) + 1) * per].iter().copied()).collect()))
+            (
+                k.clone(),
+                HostTensor::new(
+                    shape,
+                    (0..m).flat_map(|r| t.data[pick(r) * per..(pick(r) + 1) * per].iter().copied()).collect(),
+                ),
+            )
         })
         .collect()
 }
@@ -85,7 +120,14 @@ pub fn check_rows(model: &Model, rows: &Tensors, needed: &[String]) -> Result<us
             return Err(ShapeError::VariableShape { var: name.clone(), found: t.shape.clone(), expected: wanted });
         }
         match count {
-            Some((n, other)) if n != t.shape[0] => return Err(ShapeError::RowCounts { var: name.clone(), rows: t.shape[0], other: other.to_string(), other_rows: n }),
+            Some((n, other)) if n != t.shape[0] => {
+                return Err(ShapeError::RowCounts {
+                    var: name.clone(),
+                    rows: t.shape[0],
+                    other: other.to_string(),
+                    other_rows: n,
+                });
+            }
             _ => count = Some((t.shape[0], name)),
         }
     }
@@ -104,7 +146,11 @@ pub fn check_params(specs: &[ParamSpec], params: &Tensors) -> Result<(), ShapeEr
         let t = params.get(&spec.name).ok_or_else(|| ShapeError::MissingParameter { name: spec.name.clone() })?;
         check_consistent(&spec.name, t)?;
         if t.shape != spec.shape {
-            return Err(ShapeError::ParameterShape { name: spec.name.clone(), found: t.shape.clone(), expected: spec.shape.clone() });
+            return Err(ShapeError::ParameterShape {
+                name: spec.name.clone(),
+                found: t.shape.clone(),
+                expected: spec.shape.clone(),
+            });
         }
         check_finite(&format!("parameter `{}`", spec.name), t)?;
     }
@@ -114,7 +160,9 @@ pub fn check_params(specs: &[ParamSpec], params: &Tensors) -> Result<(), ShapeEr
 /// Checks that every value of `t` is finite; `what` names it in the error.
 pub fn check_finite(what: &str, t: &HostTensor) -> Result<(), ShapeError> {
     match t.data.iter().position(|x| !x.is_finite()) {
-        Some(index) => Err(ShapeError::NonFinite { what: what.to_string(), shape: t.shape.clone(), index, value: t.data[index] }),
+        Some(index) => {
+            Err(ShapeError::NonFinite { what: what.to_string(), shape: t.shape.clone(), index, value: t.data[index] })
+        }
         None => Ok(()),
     }
 }
@@ -178,11 +226,18 @@ pub fn constants(model: &Model) -> Tensors {
 /// Writes tensors as safetensors (f32, little-endian) through a temporary
 /// file and a rename, so a crash never leaves a partial file.
 pub fn save_safetensors(path: &Path, tensors: &Tensors) -> Result<(), String> {
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> =
-        tensors.iter().map(|(k, t)| (k.clone(), t.data.iter().flat_map(|x| x.to_le_bytes()).collect(), t.shape.clone())).collect();
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.data.iter().flat_map(|x| x.to_le_bytes()).collect(), t.shape.clone()))
+        .collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
         .iter()
-        .map(|(k, b, s)| (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).expect("sizes agree")))
+        .map(|(k, b, s)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).expect("sizes agree"),
+            )
+        })
         .collect();
     let data = safetensors::serialize(views, &None).map_err(|e| format!("cannot encode tensors: {e}"))?;
     write_atomically(path, &data)
@@ -190,7 +245,8 @@ pub fn save_safetensors(path: &Path, tensors: &Tensors) -> Result<(), String> {
 
 pub fn load_safetensors(path: &Path) -> Result<Tensors, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("`{}` is not a safetensors file: {e}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| format!("`{}` is not a safetensors file: {e}", path.display()))?;
     let mut out = Tensors::new();
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
@@ -227,7 +283,16 @@ pub fn sync_dir(dir: &Path) -> Result<(), String> {
     match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
         Ok(()) => Ok(()),
         // Some platforms and file systems cannot sync a directory; the data itself is synced.
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::Unsupported | std::io::ErrorKind::InvalidInput) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::Unsupported
+                    | std::io::ErrorKind::InvalidInput
+            ) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(format!("cannot sync `{}`: {e}", dir.display())),
     }
 }

@@ -5,7 +5,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn ebmc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ebmc")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("ebmc runs")
+    Command::new(env!("CARGO_BIN_EXE_ebmc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("ebmc runs")
 }
 
 fn zoo() -> Vec<String> {
@@ -14,8 +18,17 @@ fn zoo() -> Vec<String> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(&root).unwrap() {
         let path = entry.unwrap().path();
-        let inner: Vec<std::path::PathBuf> = if path.is_dir() { std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()).collect() } else { vec![path] };
-        files.extend(inner.into_iter().filter(|p| p.extension().is_some_and(|e| e == "ebm")).map(|p| p.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap().to_string_lossy().into_owned()));
+        let inner: Vec<std::path::PathBuf> = if path.is_dir() {
+            std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()).collect()
+        } else {
+            vec![path]
+        };
+        files.extend(
+            inner
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "ebm"))
+                .map(|p| p.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap().to_string_lossy().into_owned()),
+        );
     }
     files.sort();
     files
@@ -84,7 +97,10 @@ fn fmt_check_passes_on_the_zoo_and_rewrites_messy_files() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not formatted"));
     assert_eq!(ebmc(&["fmt", path]).status.code(), Some(0));
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), "model m {\n    visible v : binary[2];\n    energy e = sum(v);\n}\n");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "model m {\n    visible v : binary[2];\n    energy e = sum(v);\n}\n"
+    );
     assert_eq!(ebmc(&["fmt", "--check", path]).status.code(), Some(0));
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -103,7 +119,8 @@ fn sample_runs_on_every_zoo_model_and_draws_image_grids() {
     for file in zoo() {
         let stem = Path::new(&file).file_stem().unwrap().to_string_lossy().to_string();
         let csv = dir.join(format!("{stem}.csv"));
-        let out = ebmc(&["sample", &file, "--chains", "4", "--steps", "3", "--seed", "1", "--out", csv.to_str().unwrap()]);
+        let out =
+            ebmc(&["sample", &file, "--chains", "4", "--steps", "3", "--seed", "1", "--out", csv.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(0), "{file}: {}", String::from_utf8_lossy(&out.stderr));
         let text = std::fs::read_to_string(&csv).unwrap();
         assert_eq!(text.lines().count(), 5, "{file}: header and one row per chain");
@@ -115,11 +132,38 @@ fn sample_runs_on_every_zoo_model_and_draws_image_grids() {
         assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
     }
     let npy = dir.join("s.npy");
-    assert_eq!(ebmc(&["sample", "models/bars.ebm", "--chains", "2", "--steps", "1", "--out", npy.to_str().unwrap()]).status.code(), Some(0));
+    assert_eq!(
+        ebmc(&["sample", "models/bars.ebm", "--chains", "2", "--steps", "1", "--out", npy.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
     assert_eq!(&std::fs::read(&npy).unwrap()[..6], b"\x93NUMPY");
     // Same seed, same samples.
-    let a = ebmc(&["sample", "models/bars.ebm", "--chains", "3", "--steps", "5", "--seed", "4", "--out", dir.join("a.csv").to_str().unwrap()]);
-    let b = ebmc(&["sample", "models/bars.ebm", "--chains", "3", "--steps", "5", "--seed", "4", "--out", dir.join("b.csv").to_str().unwrap()]);
+    let a = ebmc(&[
+        "sample",
+        "models/bars.ebm",
+        "--chains",
+        "3",
+        "--steps",
+        "5",
+        "--seed",
+        "4",
+        "--out",
+        dir.join("a.csv").to_str().unwrap(),
+    ]);
+    let b = ebmc(&[
+        "sample",
+        "models/bars.ebm",
+        "--chains",
+        "3",
+        "--steps",
+        "5",
+        "--seed",
+        "4",
+        "--out",
+        dir.join("b.csv").to_str().unwrap(),
+    ]);
     assert!(a.status.success() && b.status.success());
     assert_eq!(std::fs::read(dir.join("a.csv")).unwrap(), std::fs::read(dir.join("b.csv")).unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
@@ -136,7 +180,8 @@ fn sample_draws_2d_models_over_their_density_and_refuses_other_shapes() {
     assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
     let three = dir.join("three.ebm");
     std::fs::write(&three, "model three { visible x : real[3]; energy e = 0.5 * sum(square(x)); }\n").unwrap();
-    let out = ebmc(&["sample", three.to_str().unwrap(), "--steps", "1", "--png", dir.join("never.png").to_str().unwrap()]);
+    let out =
+        ebmc(&["sample", three.to_str().unwrap(), "--steps", "1", "--png", dir.join("never.png").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--image HxW"));
     assert!(!dir.join("never.png").exists());
@@ -162,10 +207,23 @@ fn a_lattice_coupling_folded_to_zero_samples_uniform_spins() {
     let model = dir.join("zero.ebm");
     std::fs::write(&model, "model m {\n    const A = triangular(6, 6, periodic: true);\n    visible s : spin[36];\n    param J : real = -0.2;\n    energy coupling = -0 * J * (s @ A @ s);\n}\n").unwrap();
     let samples = dir.join("s.csv");
-    let out = ebmc(&["sample", model.to_str().unwrap(), "--chains", "200", "--steps", "5", "--out", samples.to_str().unwrap()]);
+    let out = ebmc(&[
+        "sample",
+        model.to_str().unwrap(),
+        "--chains",
+        "200",
+        "--steps",
+        "5",
+        "--out",
+        samples.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&samples).unwrap();
-    let values: Vec<f64> = text.lines().skip(1).flat_map(|l| l.split(',').filter_map(|x| x.parse::<f64>().ok()).collect::<Vec<_>>()).collect();
+    let values: Vec<f64> = text
+        .lines()
+        .skip(1)
+        .flat_map(|l| l.split(',').filter_map(|x| x.parse::<f64>().ok()).collect::<Vec<_>>())
+        .collect();
     assert!(values.iter().all(|v| *v == 1.0 || *v == -1.0), "spins are ±1");
     // Uniform spins: the mean of n = 7,200+ draws is within 4 standard errors of 0.
     let mean = values.iter().sum::<f64>() / values.len() as f64;

@@ -31,20 +31,30 @@ fn fit(objective: &str, epochs: usize) -> ([f64; 2], [[f64; 2]; 2]) {
          train g {{ data = csv(\"unused.csv\") -> x; objective = {objective}; optimizer = adam(lr: 0.05); schedule = cosine; batch = 200; epochs = {epochs}; seed = 4; }}"
     );
     let c = ebmc::compile(&src).unwrap();
-    let (plans, _) = ebmc::plan(&c.program).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("g.ebm", &src, &d)));
+    let (plans, _) = ebmc::plan(&c.program)
+        .unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("g.ebm", &src, &d)));
     let model = c.program.models["g"].clone();
     let graph = ebmc::analysis::graph::program_to_graph(&model);
-    let data = ebmc::runtime::data::Dataset { rows: 4000, vars: [("x".to_string(), gaussian_rows(4000))].into_iter().collect() };
-    let out = std::env::temp_dir().join(format!("ebmc-cont-{}-{}", std::process::id(), objective.split('(').next().unwrap()));
+    let data = ebmc::runtime::data::Dataset {
+        rows: 4000,
+        vars: [("x".to_string(), gaussian_rows(4000))].into_iter().collect(),
+    };
+    let out =
+        std::env::temp_dir().join(format!("ebmc-cont-{}-{}", std::process::id(), objective.split('(').next().unwrap()));
     let _ = std::fs::remove_dir_all(&out);
-    let opts = ebmc::runtime::train::RunOptions { epochs, seed: 4, out: out.clone(), resume: false, device: DeviceKind::Cpu };
-    ebmc::runtime::train::run(&src, &graph, &plans[0], &c.program.trains["g"], &data, None, &opts, &mut |_| {}).unwrap();
+    let opts =
+        ebmc::runtime::train::RunOptions { epochs, seed: 4, out: out.clone(), resume: false, device: DeviceKind::Cpu };
+    ebmc::runtime::train::run(&src, &graph, &plans[0], &c.program.trains["g"], &data, None, &opts, &mut |_| {})
+        .unwrap();
     let p = ebmc::runtime::train::load_params(&out).unwrap();
     std::fs::remove_dir_all(&out).unwrap();
     let a = &p["A"].data;
     let a = |i: usize, j: usize| f64::from(a[i * 2 + j]);
     // Precision P = AᵀA; covariance its inverse.
-    let pr = [[a(0, 0) * a(0, 0) + a(1, 0) * a(1, 0), a(0, 0) * a(0, 1) + a(1, 0) * a(1, 1)], [0.0, a(0, 1) * a(0, 1) + a(1, 1) * a(1, 1)]];
+    let pr = [
+        [a(0, 0) * a(0, 0) + a(1, 0) * a(1, 0), a(0, 0) * a(0, 1) + a(1, 0) * a(1, 1)],
+        [0.0, a(0, 1) * a(0, 1) + a(1, 1) * a(1, 1)],
+    ];
     let det = pr[0][0] * pr[1][1] - pr[0][1] * pr[0][1];
     let cov = [[pr[1][1] / det, -pr[0][1] / det], [-pr[0][1] / det, pr[0][0] / det]];
     ([f64::from(p["mu"].data[0]), f64::from(p["mu"].data[1])], cov)
@@ -130,10 +140,13 @@ fn langevin_pcd_keeps_its_replay_buffer_across_a_resume() {
     let (plans, _) = ebmc::plan(&c.program).unwrap();
     let model = c.program.models["g"].clone();
     let graph = ebmc::analysis::graph::program_to_graph(&model);
-    let data = ebmc::runtime::data::Dataset { rows: 400, vars: [("x".to_string(), gaussian_rows(400))].into_iter().collect() };
+    let data =
+        ebmc::runtime::data::Dataset { rows: 400, vars: [("x".to_string(), gaussian_rows(400))].into_iter().collect() };
     let run = |out: &std::path::PathBuf, epochs: usize, resume: bool| {
-        let opts = ebmc::runtime::train::RunOptions { epochs, seed: 4, out: out.clone(), resume, device: DeviceKind::Cpu };
-        ebmc::runtime::train::run(src, &graph, &plans[0], &c.program.trains["g"], &data, None, &opts, &mut |_| {}).unwrap()
+        let opts =
+            ebmc::runtime::train::RunOptions { epochs, seed: 4, out: out.clone(), resume, device: DeviceKind::Cpu };
+        ebmc::runtime::train::run(src, &graph, &plans[0], &c.program.trains["g"], &data, None, &opts, &mut |_| {})
+            .unwrap()
     };
     let dir = |name: &str| {
         let d = std::env::temp_dir().join(format!("ebmc-replay-{}-{name}", std::process::id()));
@@ -148,7 +161,11 @@ fn langevin_pcd_keeps_its_replay_buffer_across_a_resume() {
     assert_eq!(state["replay.x"].shape, vec![300, 2]);
     run(&b, 4, true);
     for file in ["params.safetensors", "state.safetensors"] {
-        assert_eq!(std::fs::read(a.join("epoch-4").join(file)).unwrap(), std::fs::read(b.join("epoch-4").join(file)).unwrap(), "{file}");
+        assert_eq!(
+            std::fs::read(a.join("epoch-4").join(file)).unwrap(),
+            std::fs::read(b.join("epoch-4").join(file)).unwrap(),
+            "{file}"
+        );
     }
     std::fs::remove_dir_all(&a).unwrap();
     std::fs::remove_dir_all(&b).unwrap();

@@ -17,7 +17,8 @@ struct Setup {
 }
 
 fn setup(src: &str) -> Setup {
-    let c = ebmc::compile(src).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("t.ebm", src, &d)));
+    let c =
+        ebmc::compile(src).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("t.ebm", src, &d)));
     let (plans, _) = ebmc::plan(&c.program).unwrap();
     let model = c.program.models.values().next().unwrap().clone();
     Setup { graph: ebmc::analysis::graph::program_to_graph(&model), plan: plans[0].clone() }
@@ -41,7 +42,14 @@ fn model_rows(s: &Setup, params: &Tensors, rows: usize) -> Tensors {
     for _ in 0..300 {
         sampler.sweep();
     }
-    let visible: Vec<String> = s.graph.model.variables.iter().filter(|v| v.role == ebmc::front::ast::Role::Visible).map(|v| v.name.clone()).collect();
+    let visible: Vec<String> = s
+        .graph
+        .model
+        .variables
+        .iter()
+        .filter(|v| v.role == ebmc::front::ast::Role::Visible)
+        .map(|v| v.name.clone())
+        .collect();
     sampler.state().into_iter().filter(|(k, _)| visible.contains(k)).collect()
 }
 
@@ -68,8 +76,22 @@ fn bracket(src: &str, scale: f64, seed: u64, temperatures: usize) -> Bracket {
 /// wrong side; both ends must also be close.
 fn assert_brackets(name: &str, b: &Bracket) {
     let (lo, hi) = (b.lo.log_z - 3.0 * b.lo.std_error - 0.005, b.hi.log_z + 3.0 * b.hi.std_error + 0.005);
-    assert!(lo <= b.exact && b.exact <= hi, "{name}: exact {} outside [{} ± {}, {} ± {}]", b.exact, b.lo.log_z, b.lo.std_error, b.hi.log_z, b.hi.std_error);
-    assert!((b.lo.log_z - b.exact).abs() < 0.15 && (b.hi.log_z - b.exact).abs() < 0.15, "{name}: bracket [{}, {}] far from exact {}", b.lo.log_z, b.hi.log_z, b.exact);
+    assert!(
+        lo <= b.exact && b.exact <= hi,
+        "{name}: exact {} outside [{} ± {}, {} ± {}]",
+        b.exact,
+        b.lo.log_z,
+        b.lo.std_error,
+        b.hi.log_z,
+        b.hi.std_error
+    );
+    assert!(
+        (b.lo.log_z - b.exact).abs() < 0.15 && (b.hi.log_z - b.exact).abs() < 0.15,
+        "{name}: bracket [{}, {}] far from exact {}",
+        b.lo.log_z,
+        b.hi.log_z,
+        b.exact
+    );
     assert!(b.lo.ess > 20.0, "{name}: ESS {}", b.lo.ess);
 }
 
@@ -109,7 +131,13 @@ fn ais_agrees_with_exact_on_a_larger_rbm_with_known_random_weights() {
         energy e = -(v @ W @ h) - b @ v - c @ h; }";
     let b = bracket(src, 0.5, 5, 3000);
     assert_brackets("RBM 24x12", &b);
-    assert!((b.lo.log_z - b.exact).abs() < 3.0 * b.lo.std_error + 0.01, "AIS {} ± {} vs exact {}", b.lo.log_z, b.lo.std_error, b.exact);
+    assert!(
+        (b.lo.log_z - b.exact).abs() < 3.0 * b.lo.std_error + 0.01,
+        "AIS {} ± {} vs exact {}",
+        b.lo.log_z,
+        b.lo.std_error,
+        b.exact
+    );
 }
 
 #[test]
@@ -123,10 +151,16 @@ fn ais_on_a_dbm_matches_exact_log_z() {
     let exact = ebmc::runtime::evaluate::exact_log_z(&s.graph, &s.plan, &params, DeviceKind::Cpu).unwrap();
     let opts = AisOptions { runs: 100, temperatures: 2000, seed: 6, base: Tensors::new() };
     let est = ebmc::backend::ais(&s.graph.model, &s.plan, &params, &opts, DeviceKind::Cpu).unwrap();
-    assert!((est.log_z - exact).abs() < 3.0 * est.std_error + 0.01, "AIS {} ± {} vs exact {exact}", est.log_z, est.std_error);
+    assert!(
+        (est.log_z - exact).abs() < 3.0 * est.std_error + 0.01,
+        "AIS {} ± {} vs exact {exact}",
+        est.log_z,
+        est.std_error
+    );
     // The rows bind v only: each row's free energy enumerates h2.
     let rows = model_rows(&s, &params, 20);
-    let ll = ebmc::runtime::evaluate::exact_log_likelihood(&s.graph, &s.plan, &params, &rows, exact, DeviceKind::Cpu).unwrap();
+    let ll = ebmc::runtime::evaluate::exact_log_likelihood(&s.graph, &s.plan, &params, &rows, exact, DeviceKind::Cpu)
+        .unwrap();
     assert!(ll.iter().all(|x| x.is_finite() && *x < 0.0));
 }
 
@@ -146,8 +180,15 @@ fn pl_row_by_row(s: &Setup, params: &Tensors, rows: &Tensors) -> f64 {
     let n = rows["v"].shape[0];
     let mut total = 0.0;
     for r in 0..n {
-        let one: Tensors = rows.iter().map(|(k, t)| (k.clone(), HostTensor::new(vec![1, t.shape[1]], t.data[r * t.shape[1]..(r + 1) * t.shape[1]].to_vec()))).collect();
-        total += ebmc::runtime::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, params, &one, None, 0, DeviceKind::Cpu).unwrap();
+        let one: Tensors = rows
+            .iter()
+            .map(|(k, t)| {
+                (k.clone(), HostTensor::new(vec![1, t.shape[1]], t.data[r * t.shape[1]..(r + 1) * t.shape[1]].to_vec()))
+            })
+            .collect();
+        total +=
+            ebmc::runtime::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, params, &one, None, 0, DeviceKind::Cpu)
+                .unwrap();
     }
     total / n as f64
 }
@@ -158,7 +199,9 @@ fn exact_pseudo_likelihood_is_the_same_in_chunks_as_row_by_row() {
     let params = random_params(&s, 0.8, 7);
     // 1,000 rows x 20 flipped copies cross several chunk boundaries.
     let rows = model_rows(&s, &params, 1000);
-    let chunked = ebmc::runtime::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, &params, &rows, None, 0, DeviceKind::Cpu).unwrap();
+    let chunked =
+        ebmc::runtime::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, &params, &rows, None, 0, DeviceKind::Cpu)
+            .unwrap();
     let direct = pl_row_by_row(&s, &params, &rows);
     assert!((chunked - direct).abs() < 1e-4, "{chunked} vs {direct}");
 }
@@ -168,8 +211,23 @@ fn stochastic_pseudo_likelihood_draws_units_per_row_and_is_unbiased() {
     let s = setup(RBM);
     let params = random_params(&s, 1.0, 8);
     let rows = model_rows(&s, &params, 200);
-    let exact = ebmc::runtime::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, &params, &rows, None, 0, DeviceKind::Cpu).unwrap();
-    let estimates: Vec<f64> = (0..30).map(|seed| ebmc::runtime::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, &params, &rows, Some(2), seed, DeviceKind::Cpu).unwrap()).collect();
+    let exact =
+        ebmc::runtime::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, &params, &rows, None, 0, DeviceKind::Cpu)
+            .unwrap();
+    let estimates: Vec<f64> = (0..30)
+        .map(|seed| {
+            ebmc::runtime::evaluate::pseudo_likelihood(
+                &s.graph.model,
+                &s.plan,
+                &params,
+                &rows,
+                Some(2),
+                seed,
+                DeviceKind::Cpu,
+            )
+            .unwrap()
+        })
+        .collect();
     let mean = estimates.iter().sum::<f64>() / 30.0;
     let sd = (estimates.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 29.0).sqrt();
     // Unbiased: the mean of 30 seeds is within 4 standard errors of the exact value.
@@ -179,9 +237,31 @@ fn stochastic_pseudo_likelihood_draws_units_per_row_and_is_unbiased() {
     // the spread is far below the spread of single-row estimates.
     let single: Vec<f64> = (0..30)
         .map(|seed| {
-            let one: Tensors = rows.iter().map(|(k, t)| (k.clone(), HostTensor::new(vec![1, t.shape[1]], t.data[..t.shape[1]].to_vec()))).collect();
-            let e = ebmc::runtime::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, &params, &one, None, 0, DeviceKind::Cpu).unwrap();
-            ebmc::runtime::evaluate::pseudo_likelihood(&s.graph.model, &s.plan, &params, &one, Some(2), seed, DeviceKind::Cpu).unwrap() - e
+            let one: Tensors = rows
+                .iter()
+                .map(|(k, t)| (k.clone(), HostTensor::new(vec![1, t.shape[1]], t.data[..t.shape[1]].to_vec())))
+                .collect();
+            let e = ebmc::runtime::evaluate::pseudo_likelihood(
+                &s.graph.model,
+                &s.plan,
+                &params,
+                &one,
+                None,
+                0,
+                DeviceKind::Cpu,
+            )
+            .unwrap();
+            ebmc::runtime::evaluate::pseudo_likelihood(
+                &s.graph.model,
+                &s.plan,
+                &params,
+                &one,
+                Some(2),
+                seed,
+                DeviceKind::Cpu,
+            )
+            .unwrap()
+                - e
         })
         .collect();
     let single_sd = (single.iter().map(|x| x * x).sum::<f64>() / 30.0).sqrt();
@@ -191,7 +271,11 @@ fn stochastic_pseudo_likelihood_draws_units_per_row_and_is_unbiased() {
 // --- the binary, as a user runs it ---
 
 fn ebmc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ebmc")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("ebmc runs")
+    Command::new(env!("CARGO_BIN_EXE_ebmc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("ebmc runs")
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -216,7 +300,14 @@ fn trained(model: &str, dir: &Path) -> String {
 fn eval_refuses_bad_ais_arguments_with_exit_2() {
     let dir = tmp("args");
     let params = trained("models/bars.ebm", &dir);
-    for (flag, value) in [("--runs", "0"), ("--runs", "1"), ("--temperatures", "0"), ("--temperatures", "1"), ("--runs", "100000000"), ("--temperatures", "99999999999")] {
+    for (flag, value) in [
+        ("--runs", "0"),
+        ("--runs", "1"),
+        ("--temperatures", "0"),
+        ("--temperatures", "1"),
+        ("--runs", "100000000"),
+        ("--temperatures", "99999999999"),
+    ] {
         let out = ebmc(&["eval", "models/bars.ebm", "--params", &params, "--ais", flag, value]);
         assert_eq!(out.status.code(), Some(2), "{flag} {value}: {}", text(&out));
         assert!(String::from_utf8_lossy(&out.stderr).contains(flag), "{flag} {value}: {}", text(&out));
@@ -231,7 +322,18 @@ fn eval_refuses_bad_ais_arguments_with_exit_2() {
 fn eval_prints_the_log_z_bracket_ess_and_the_rows_it_used() {
     let dir = tmp("bracket");
     let params = trained("models/bars.ebm", &dir);
-    let out = ebmc(&["eval", "models/bars.ebm", "--params", &params, "--ais", "--runs", "50", "--temperatures", "1000", "--json"]);
+    let out = ebmc(&[
+        "eval",
+        "models/bars.ebm",
+        "--params",
+        &params,
+        "--ais",
+        "--runs",
+        "50",
+        "--temperatures",
+        "1000",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let exact = j["exact_log_z"].as_f64().unwrap();
@@ -243,9 +345,13 @@ fn eval_prints_the_log_z_bracket_ess_and_the_rows_it_used() {
     assert!(j["ais_base"].as_str().unwrap().contains("base rates"));
     let ll = &j["log_likelihood_bracket"];
     assert!(ll[0].as_f64().unwrap() < 0.0 && ll[1].as_f64().unwrap() < 0.0);
-    let out = ebmc(&["eval", "models/bars.ebm", "--params", &params, "--ais", "--runs", "50", "--temperatures", "1000"]);
+    let out =
+        ebmc(&["eval", "models/bars.ebm", "--params", &params, "--ais", "--runs", "50", "--temperatures", "1000"]);
     let t = String::from_utf8_lossy(&out.stdout);
-    assert!(t.contains("log Z in [") && t.contains("effective sample size") && t.contains("average log-likelihood in ["), "{t}");
+    assert!(
+        t.contains("log Z in [") && t.contains("effective sample size") && t.contains("average log-likelihood in ["),
+        "{t}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -268,19 +374,45 @@ fn bars_params(dir: &Path, scale: f64, poison: Option<f32>) -> String {
 fn eval_warns_when_few_runs_carry_the_ais_estimate() {
     let dir = tmp("ess");
     let params = bars_params(&dir, 2.0, None);
-    let out = ebmc(&["eval", "models/bars.ebm", "--params", &params, "--ais", "--runs", "200", "--temperatures", "2", "--json"]);
+    let out = ebmc(&[
+        "eval",
+        "models/bars.ebm",
+        "--params",
+        &params,
+        "--ais",
+        "--runs",
+        "200",
+        "--temperatures",
+        "2",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ess = j["ais"]["ess"].as_f64().unwrap();
     assert!(ess < 20.0, "a 2-temperature path on strong weights should degenerate: ESS {ess}");
-    assert!(j["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("effective sample size")), "{}", j["warnings"]);
+    assert!(
+        j["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("effective sample size")),
+        "{}",
+        j["warnings"]
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("warning: the AIS importance weights"));
     // The bracket shows what ESS cannot: the two bounds far apart.
     let width = j["log_z_bracket"][1].as_f64().unwrap() - j["log_z_bracket"][0].as_f64().unwrap();
     let wide = j["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("bracket is"));
     assert!(width > 2.0 && wide, "width {width}, warnings {}", j["warnings"]);
     // The same model on a proper path: no warning.
-    let out = ebmc(&["eval", "models/bars.ebm", "--params", &params, "--ais", "--runs", "50", "--temperatures", "3000", "--json"]);
+    let out = ebmc(&[
+        "eval",
+        "models/bars.ebm",
+        "--params",
+        &params,
+        "--ais",
+        "--runs",
+        "50",
+        "--temperatures",
+        "3000",
+        "--json",
+    ]);
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(j["ais"]["ess"].as_f64().unwrap() >= 10.0 && j["warnings"].as_array().unwrap().is_empty(), "{j}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -290,7 +422,10 @@ fn eval_warns_when_few_runs_carry_the_ais_estimate() {
 fn non_finite_parameters_and_figures_are_errors_not_results() {
     let dir = tmp("nan");
     let params = bars_params(&dir, 0.5, Some(f32::NAN));
-    for args in [vec!["eval", "models/bars.ebm", "--params", &params], vec!["eval", "models/bars.ebm", "--params", &params, "--ais", "--runs", "10", "--temperatures", "10", "--json"]] {
+    for args in [
+        vec!["eval", "models/bars.ebm", "--params", &params],
+        vec!["eval", "models/bars.ebm", "--params", &params, "--ais", "--runs", "10", "--temperatures", "10", "--json"],
+    ] {
         let out = ebmc(&args);
         assert_eq!(out.status.code(), Some(2), "{}", text(&out));
         let err = String::from_utf8_lossy(&out.stderr);
@@ -300,7 +435,11 @@ fn non_finite_parameters_and_figures_are_errors_not_results() {
     // Finite parameters whose energies overflow float32.
     let huge = bars_params(&dir, 0.5, Some(3e38));
     let csv = dir.join("rows.csv");
-    std::fs::write(&csv, (0..16).map(|i| format!("p{i}")).collect::<Vec<_>>().join(",") + "\n" + &["1"; 16].join(",") + "\n").unwrap();
+    std::fs::write(
+        &csv,
+        (0..16).map(|i| format!("p{i}")).collect::<Vec<_>>().join(",") + "\n" + &["1"; 16].join(",") + "\n",
+    )
+    .unwrap();
     let out = ebmc(&["energy", "models/bars.ebm", "--params", &huge, "--data", csv.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("energy of row 1"), "{}", text(&out));
@@ -316,11 +455,23 @@ fn a_checkpoint_of_another_shape_or_rows_of_another_width_are_errors() {
     let dir = tmp("shape");
     let params = bars_params(&dir, 0.5, None);
     let csv = dir.join("rows.csv");
-    std::fs::write(&csv, (0..64).map(|i| format!("p{i}")).collect::<Vec<_>>().join(",") + "\n" + &["1"; 64].join(",") + "\n").unwrap();
-    for args in [vec!["eval", "models/rbm.ebm", "--params", &params], vec!["energy", "models/rbm.ebm", "--params", &params, "--data", csv.to_str().unwrap()]] {
+    std::fs::write(
+        &csv,
+        (0..64).map(|i| format!("p{i}")).collect::<Vec<_>>().join(",") + "\n" + &["1"; 64].join(",") + "\n",
+    )
+    .unwrap();
+    for args in [
+        vec!["eval", "models/rbm.ebm", "--params", &params],
+        vec!["energy", "models/rbm.ebm", "--params", &params, "--data", csv.to_str().unwrap()],
+    ] {
         let out = ebmc(&args);
         assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("parameter `W` has shape [16, 8], the model declares [64, 16]"), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("parameter `W` has shape [16, 8], the model declares [64, 16]"),
+            "{}",
+            text(&out)
+        );
     }
     // Through the library: a batch of the wrong width.
     let s = setup(RBM);
@@ -367,10 +518,23 @@ fn eval_and_energy_on_the_zoo_dbm_do_not_panic() {
     // Three rows of 64 pixels: each row's free energy enumerates h2's 2^16 states.
     let csv = dir.join("rows.csv");
     let header: Vec<String> = (0..64).map(|i| format!("p{i}")).collect();
-    let row = |k: usize| (0..64).map(|i| ((i * k) % 3 == 0).then_some("1").unwrap_or("0")).collect::<Vec<_>>().join(",");
+    let row =
+        |k: usize| (0..64).map(|i| ((i * k) % 3 == 0).then_some("1").unwrap_or("0")).collect::<Vec<_>>().join(",");
     std::fs::write(&csv, format!("{}\n{}\n{}\n{}\n", header.join(","), row(1), row(2), row(5))).unwrap();
     let data = csv.to_str().unwrap();
-    let out = ebmc(&["eval", "models/dbm.ebm", "--params", &params, "--data", data, "--runs", "10", "--temperatures", "100", "--json"]);
+    let out = ebmc(&[
+        "eval",
+        "models/dbm.ebm",
+        "--params",
+        &params,
+        "--data",
+        data,
+        "--runs",
+        "10",
+        "--temperatures",
+        "100",
+        "--json",
+    ]);
     assert!(!text(&out).contains("panicked"), "{}", text(&out));
     assert!(out.status.success(), "{}", text(&out));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -398,7 +562,9 @@ fn exact_grbm_log_z_matches_a_numerical_integral_in_one_and_two_dimensions() {
         let exact = ebmc::runtime::evaluate::exact_log_z(&s.graph, &s.plan, &p, DeviceKind::Cpu).unwrap();
         // Midpoint rule on [-16, 16]: the tails beyond are below e^-50 for these weights.
         let points = if d == 1 { 20_000 } else { 1_200 };
-        let grid = ebmc::runtime::evaluate::grid_log_z(&s.graph.model, &s.plan, &p, -16.0, 16.0, points, DeviceKind::Cpu).unwrap();
+        let grid =
+            ebmc::runtime::evaluate::grid_log_z(&s.graph.model, &s.plan, &p, -16.0, 16.0, points, DeviceKind::Cpu)
+                .unwrap();
         assert!((exact - grid).abs() < 2e-3, "D={d} H={h}: closed form {exact} vs integral {grid}");
     }
 }
@@ -412,8 +578,11 @@ fn exact_grbm_log_z_matches_the_direct_formula() {
     let terms: Vec<f64> = (0..1usize << h)
         .map(|state| {
             let hv: Vec<f64> = (0..h).map(|j| ((state >> (h - 1 - j)) & 1) as f64).collect();
-            let mean: Vec<f64> = (0..d).map(|i| f64::from(b[i]) + (0..h).map(|j| f64::from(w[i * h + j]) * hv[j]).sum::<f64>()).collect();
-            0.5 * mean.iter().map(|m| m * m).sum::<f64>() - 0.5 * b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() + (0..h).map(|j| f64::from(c[j]) * hv[j]).sum::<f64>()
+            let mean: Vec<f64> = (0..d)
+                .map(|i| f64::from(b[i]) + (0..h).map(|j| f64::from(w[i * h + j]) * hv[j]).sum::<f64>())
+                .collect();
+            0.5 * mean.iter().map(|m| m * m).sum::<f64>() - 0.5 * b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>()
+                + (0..h).map(|j| f64::from(c[j]) * hv[j]).sum::<f64>()
         })
         .collect();
     let direct = ebmc::runtime::evaluate::log_sum_exp(&terms) + 0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();

@@ -40,14 +40,20 @@ fn compile(energy: &str) -> (ebmc::analysis::program::Model, ebmc::ir::Lowered) 
         "model m {{ visible x : real[3]; param W : real[3, 3]; param u : real[3]; param t : real; net f = mlp(3 -> 4 -> 1, act: tanh);
          energy e = {energy}; energy keep = 0.01 * (t + sum(u) + sum(W)); }}"
     );
-    let c = ebmc::compile(&src).unwrap_or_else(|d| panic!("{}\n{}", src, ebmc::front::diagnostic::render_plain("e.ebm", &src, &d)));
+    let c = ebmc::compile(&src)
+        .unwrap_or_else(|d| panic!("{}\n{}", src, ebmc::front::diagnostic::render_plain("e.ebm", &src, &d)));
     let m = c.program.models["m"].clone();
     let l = ebmc::ir::program_to_ir(&m);
     (m, l)
 }
 
 fn leaves(params: &BTreeMap<String, HostTensor>, x: &[f64]) -> BTreeMap<String, RefValue> {
-    let mut out: BTreeMap<String, RefValue> = params.iter().map(|(k, t)| (k.clone(), RefValue { shape: t.shape.clone(), data: t.data.iter().map(|v| f64::from(*v)).collect() })).collect();
+    let mut out: BTreeMap<String, RefValue> = params
+        .iter()
+        .map(|(k, t)| {
+            (k.clone(), RefValue { shape: t.shape.clone(), data: t.data.iter().map(|v| f64::from(*v)).collect() })
+        })
+        .collect();
     out.insert("x".into(), RefValue { shape: vec![3], data: x.to_vec() });
     out
 }
@@ -76,12 +82,18 @@ fn symbolic_gradients_match_finite_differences() {
                 let (mut xp, mut xm) = (x.clone(), x.clone());
                 xp[i] += h;
                 xm[i] -= h;
-                let fd = (scalar(&lowered.ir, root, &leaves(&params, &xp)) - scalar(&lowered.ir, root, &leaves(&params, &xm))) / (2.0 * h);
+                let fd = (scalar(&lowered.ir, root, &leaves(&params, &xp))
+                    - scalar(&lowered.ir, root, &leaves(&params, &xm)))
+                    / (2.0 * h);
                 // Central differences err by O(h^2 f''') plus rounding O(eps f / h); kinks (relu, abs) are skipped.
                 let kinked = e.contains("relu") || e.contains("abs");
                 let tol = 1e-5 * (1.0 + fd.abs().max(grad[i].abs()));
                 if !kinked {
-                    assert!((fd - grad[i]).abs() <= tol, "d/dx{i} of {e} at {x:?}: symbolic {} vs finite difference {fd}", grad[i]);
+                    assert!(
+                        (fd - grad[i]).abs() <= tol,
+                        "d/dx{i} of {e} at {x:?}: symbolic {} vs finite difference {fd}",
+                        grad[i]
+                    );
                 }
             }
             checked += 1;
@@ -119,11 +131,20 @@ fn dfdx_backend_matches_the_reference_interpreter() {
             let want = scalar(&ir, lowered.total, &at);
             // f32 arithmetic: relative error a few ulps times the depth of the expression.
             let tol = 1e-4 * (1.0 + want.abs());
-            assert!((f64::from(energy[r]) - want).abs() <= tol, "energy of {e}: dfdx {} vs reference {want}", energy[r]);
+            assert!(
+                (f64::from(energy[r]) - want).abs() <= tol,
+                "energy of {e}: dfdx {} vs reference {want}",
+                energy[r]
+            );
             let want_g = ir.eval_reference(g, &at).data;
             for i in 0..3 {
                 let tol = 1e-3 * (1.0 + want_g[i].abs());
-                assert!((f64::from(grad[r * 3 + i]) - want_g[i]).abs() <= tol, "gradient of {e}: dfdx {} vs reference {}", grad[r * 3 + i], want_g[i]);
+                assert!(
+                    (f64::from(grad[r * 3 + i]) - want_g[i]).abs() <= tol,
+                    "gradient of {e}: dfdx {} vs reference {}",
+                    grad[r * 3 + i],
+                    want_g[i]
+                );
             }
         }
         compared += 1;
@@ -180,7 +201,12 @@ fn spectral_normalisation_divides_by_the_top_singular_value() {
     let mut lowered = ebmc::ir::program_to_ir(&model);
     let w = [2.0, 1.0, 0.0, 1.0];
     let at = |w: &[f64]| -> BTreeMap<String, RefValue> {
-        [("f.w0".to_string(), RefValue { shape: vec![2, 2], data: w.to_vec() }), ("x".to_string(), RefValue { shape: vec![2], data: vec![1.0, 0.5] })].into_iter().collect()
+        [
+            ("f.w0".to_string(), RefValue { shape: vec![2, 2], data: w.to_vec() }),
+            ("x".to_string(), RefValue { shape: vec![2], data: vec![1.0, 0.5] }),
+        ]
+        .into_iter()
+        .collect()
     };
     // x W = [2, 1.5]; |x W|² / σ² = 6.25 / (3 + √5).
     let want = 6.25 / (3.0 + 5f64.sqrt());
@@ -192,13 +218,17 @@ fn spectral_normalisation_divides_by_the_top_singular_value() {
         let (mut up, mut down) = (w, w);
         up[k] += h;
         down[k] -= h;
-        let fd = (scalar(&lowered.ir, lowered.total, &at(&up)) - scalar(&lowered.ir, lowered.total, &at(&down))) / (2.0 * h);
+        let fd =
+            (scalar(&lowered.ir, lowered.total, &at(&up)) - scalar(&lowered.ir, lowered.total, &at(&down))) / (2.0 * h);
         assert!((grad[k] - fd).abs() < 1e-6, "d/dW[{k}]: symbolic {} vs differences {fd}", grad[k]);
     }
     let graph = ebmc::analysis::graph::program_to_graph(&model);
     let (plan, _) = ebmc::analysis::plan::graph_to_plan(&graph, None).unwrap();
-    let params: ebmc::tensor::Tensors = [("f.w0".to_string(), HostTensor::new(vec![2, 2], vec![2.0, 1.0, 0.0, 1.0]))].into_iter().collect();
+    let params: ebmc::tensor::Tensors =
+        [("f.w0".to_string(), HostTensor::new(vec![2, 2], vec![2.0, 1.0, 0.0, 1.0]))].into_iter().collect();
     let sampler = ebmc::backend::Sampler::new(&model, &plan, &params, 1, 1, Default::default()).unwrap();
-    let energy = sampler.energy(&[("x".to_string(), HostTensor::new(vec![1, 2], vec![1.0, 0.5]))].into_iter().collect()).unwrap();
+    let energy = sampler
+        .energy(&[("x".to_string(), HostTensor::new(vec![1, 2], vec![1.0, 0.5]))].into_iter().collect())
+        .unwrap();
     assert!((f64::from(energy[0]) - want).abs() < 1e-5, "dfdx {} vs {want}", energy[0]);
 }

@@ -17,7 +17,12 @@ fn blobs(n: usize, seed: u64) -> ebmc::runtime::data::Dataset {
         x.push((3.0 * a.sin() + noise.sample(&mut rng)) as f32);
         y.extend((0..3).map(|j| f32::from(u8::from(j == k))));
     }
-    ebmc::runtime::data::Dataset { rows: n, vars: [("x".to_string(), HostTensor::new(vec![n, 2], x)), ("y".to_string(), HostTensor::new(vec![n, 3], y))].into_iter().collect() }
+    ebmc::runtime::data::Dataset {
+        rows: n,
+        vars: [("x".to_string(), HostTensor::new(vec![n, 2], x)), ("y".to_string(), HostTensor::new(vec![n, 3], y))]
+            .into_iter()
+            .collect(),
+    }
 }
 
 #[test]
@@ -32,14 +37,31 @@ fn jem_classifies_and_its_marginal_energy_detects_far_points() {
     let graph = ebmc::analysis::graph::program_to_graph(&model);
     let out = std::env::temp_dir().join(format!("ebmc-jem-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let opts = ebmc::runtime::train::RunOptions { epochs: 8, seed: 2, out: out.clone(), resume: false, device: DeviceKind::Cpu };
-    ebmc::runtime::train::run(src, &graph, &plans[0], &c.program.trains["jem"], &blobs(1500, 1), None, &opts, &mut |_| {}).unwrap();
+    let opts = ebmc::runtime::train::RunOptions {
+        epochs: 8,
+        seed: 2,
+        out: out.clone(),
+        resume: false,
+        device: DeviceKind::Cpu,
+    };
+    ebmc::runtime::train::run(
+        src,
+        &graph,
+        &plans[0],
+        &c.program.trains["jem"],
+        &blobs(1500, 1),
+        None,
+        &opts,
+        &mut |_| {},
+    )
+    .unwrap();
     let params = ebmc::runtime::train::load_params(&out).unwrap();
     std::fs::remove_dir_all(&out).unwrap();
 
     // Blobs 3 apart with noise 0.5: the Bayes error is below 0.1%; 95% is a low bar a broken classifier misses.
     let test = blobs(600, 7);
-    let (accuracy, ece) = ebmc::runtime::evaluate::classification(&model, &plans[0], &params, &test.vars, DeviceKind::Cpu).unwrap();
+    let (accuracy, ece) =
+        ebmc::runtime::evaluate::classification(&model, &plans[0], &params, &test.vars, DeviceKind::Cpu).unwrap();
     assert!(accuracy > 0.95, "accuracy {accuracy}");
     assert!(ece < 0.1, "expected calibration error {ece}");
 
@@ -47,10 +69,12 @@ fn jem_classifies_and_its_marginal_energy_detects_far_points() {
     let inputs: ebmc::tensor::Tensors = [("x".to_string(), test.vars["x"].clone())].into_iter().collect();
     let summed = ebmc::runtime::evaluate::summed_for(&plans[0], &["x".to_string()]);
     let e_in = ebmc::backend::free_energy(&model, &params, &summed, &inputs, DeviceKind::Cpu).unwrap();
-    let far: Vec<f32> = (0..600).flat_map(|i| {
-        let a = i as f64 * 0.0105;
-        [(10.0 * a.cos()) as f32, (10.0 * a.sin()) as f32]
-    }).collect();
+    let far: Vec<f32> = (0..600)
+        .flat_map(|i| {
+            let a = i as f64 * 0.0105;
+            [(10.0 * a.cos()) as f32, (10.0 * a.sin()) as f32]
+        })
+        .collect();
     let far: ebmc::tensor::Tensors = [("x".to_string(), HostTensor::new(vec![600, 2], far))].into_iter().collect();
     let e_out = ebmc::backend::free_energy(&model, &params, &summed, &far, DeviceKind::Cpu).unwrap();
     // AUROC: the probability that a far point scores a higher energy than an in-distribution one.

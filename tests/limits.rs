@@ -93,7 +93,11 @@ fn deep_input_at_the_limit_checks_and_plans_quickly() {
 }
 
 fn ebmc(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_ebmc")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("ebmc runs")
+    std::process::Command::new(env!("CARGO_BIN_EXE_ebmc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("ebmc runs")
 }
 
 fn write_model(name: &str, source: &str) -> String {
@@ -108,11 +112,31 @@ fn write_model(name: &str, source: &str) -> String {
 fn declared_sizes_past_their_limits_exit_1_with_a_code_and_a_span() {
     let cases = [
         ("units.ebm", "model m { visible v : binary[100000000]; energy e = sum(v); }", "E0502"),
-        ("grid.ebm", "model m { visible s : spin[100]; const J = grid(100000, 100000); energy e = -(s @ s) + sum(J); }", "E0504"),
-        ("overflow.ebm", "model m { visible s : spin[4]; const J = grid(4294967296, 4294967296); energy e = -(s @ s) + sum(J); }", "E0504"),
-        ("param.ebm", "model m { visible v : binary[4]; param W : real[100000, 100000]; energy e = sum(v) + sum(W); }", "E0503"),
-        ("net.ebm", "model m { visible x : real[2]; net f = mlp(2 -> 1000000000 -> 1); energy e = f(x) + sum(square(x)); }", "E0503"),
-        ("wide.ebm", "model m { visible v : binary[18446744073709551615, 18446744073709551615]; energy e = sum(v); }", "E0502"),
+        (
+            "grid.ebm",
+            "model m { visible s : spin[100]; const J = grid(100000, 100000); energy e = -(s @ s) + sum(J); }",
+            "E0504",
+        ),
+        (
+            "overflow.ebm",
+            "model m { visible s : spin[4]; const J = grid(4294967296, 4294967296); energy e = -(s @ s) + sum(J); }",
+            "E0504",
+        ),
+        (
+            "param.ebm",
+            "model m { visible v : binary[4]; param W : real[100000, 100000]; energy e = sum(v) + sum(W); }",
+            "E0503",
+        ),
+        (
+            "net.ebm",
+            "model m { visible x : real[2]; net f = mlp(2 -> 1000000000 -> 1); energy e = f(x) + sum(square(x)); }",
+            "E0503",
+        ),
+        (
+            "wide.ebm",
+            "model m { visible v : binary[18446744073709551615, 18446744073709551615]; energy e = sum(v); }",
+            "E0502",
+        ),
     ];
     for (name, source, code) in cases {
         let path = write_model(name, source);
@@ -156,13 +180,19 @@ fn run_flags_past_their_limits_exit_2_before_sampling() {
 
 #[test]
 fn a_run_is_checked_against_the_memory_available() {
-    let c = ebmc::compile(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/rbm.ebm")).unwrap()).unwrap();
+    let c = ebmc::compile(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/rbm.ebm")).unwrap())
+        .unwrap();
     let model = &c.program.models["rbm"];
     let lowered = ebmc::ir::program_to_ir(model);
     let run = limits::SampleRun { chains: 1000, burn_in: 0, steps: 100, every: Some(1) };
     let needed = limits::check_sample(model, &lowered, &run, None).unwrap();
     // 100 kept states of 1000 chains of the visible units, at least.
-    let visible: usize = model.variables.iter().filter(|v| v.role == ebmc::front::ast::Role::Visible).map(|v| v.shape.iter().product::<usize>()).sum();
+    let visible: usize = model
+        .variables
+        .iter()
+        .filter(|v| v.role == ebmc::front::ast::Role::Visible)
+        .map(|v| v.shape.iter().product::<usize>())
+        .sum();
     assert!(needed >= (100 * 1000 * visible * 4) as u128, "{needed}");
     assert!(limits::check_sample(model, &lowered, &run, Some(needed as u64)).is_ok());
     let errors = limits::check_sample(model, &lowered, &run, Some(needed as u64 / 2)).unwrap_err();
@@ -171,12 +201,26 @@ fn a_run_is_checked_against_the_memory_available() {
     assert!(errors[0].to_string().contains("is available"), "{}", errors[0]);
     let train = &c.program.trains["rbm"];
     let needed = limits::check_train(model, &lowered, train, 1000, 1, None).unwrap();
-    assert_eq!(ebmc::front::diagnostic::Diagnostic::from(&limits::check_train(model, &lowered, train, 1000, 1, Some(1)).unwrap_err()[0]).code, "E0507");
+    assert_eq!(
+        ebmc::front::diagnostic::Diagnostic::from(
+            &limits::check_train(model, &lowered, train, 1000, 1, Some(1)).unwrap_err()[0]
+        )
+        .code,
+        "E0507"
+    );
     assert!(needed > 0);
     assert_eq!(limits::available_from_meminfo("MemTotal: 100 kB\nMemAvailable:    2048 kB\n"), Some(2 << 20));
     assert_eq!(limits::available_from_meminfo("MemTotal: 100 kB\n"), None);
-    assert_eq!(limits::address_space_cap("Max stack size            8388608              unlimited            bytes\nMax address space         4294967296           unlimited            bytes\n"), Some(4 << 30));
-    assert_eq!(limits::address_space_cap("Max address space         unlimited            unlimited            bytes\n"), None);
+    assert_eq!(
+        limits::address_space_cap(
+            "Max stack size            8388608              unlimited            bytes\nMax address space         4294967296           unlimited            bytes\n"
+        ),
+        Some(4 << 30)
+    );
+    assert_eq!(
+        limits::address_space_cap("Max address space         unlimited            unlimited            bytes\n"),
+        None
+    );
 }
 
 #[test]
@@ -203,7 +247,10 @@ fn check_reports_the_planners_errors() {
 
 #[test]
 fn fmt_and_graph_refuse_deep_input_cleanly() {
-    let deep = write_model("deep.ebm", &format!("model m {{ visible x : real[2]; energy e = {}; }}", vec!["sum(square(x))"; 9000].join(" + ")));
+    let deep = write_model(
+        "deep.ebm",
+        &format!("model m {{ visible x : real[2]; energy e = {}; }}", vec!["sum(square(x))"; 9000].join(" + ")),
+    );
     for command in [&["fmt", "--check"][..], &["fmt"], &["graph"], &["plan"], &["check"]] {
         let mut args = command.to_vec();
         args.push(&deep);
@@ -218,7 +265,9 @@ fn fmt_and_graph_refuse_deep_input_cleanly() {
 fn many_energy_declarations_add_up_without_a_deep_stack() {
     // Each declaration resets the nesting count; their sum is one long chain
     // inside the IR, which every stage walks without recursion.
-    let terms: String = (0..5000).map(|i| format!("    energy e{i} = {}.5 * sum(square(x)) - sum(v) + sum(sigmoid(v));\n", i % 3)).collect();
+    let terms: String = (0..5000)
+        .map(|i| format!("    energy e{i} = {}.5 * sum(square(x)) - sum(v) + sum(sigmoid(v));\n", i % 3))
+        .collect();
     let source = format!("model m {{\n    visible x : real[2];\n    visible v : binary[3];\n{terms}}}\n");
     let started = std::time::Instant::now();
     all_stages(source).unwrap();

@@ -6,7 +6,11 @@ use std::fs;
 
 fn zoo() -> Vec<String> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/models");
-    let mut files: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "ebm")).collect();
+    let mut files: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ebm"))
+        .collect();
     files.sort();
     files.into_iter().map(|p| fs::read_to_string(p).unwrap()).collect()
 }
@@ -25,8 +29,49 @@ fn compile_and_render(source: &str) {
 }
 
 const TOKENS: &[&str] = &[
-    "model", "train", "visible", "hidden", "param", "const", "net", "energy", "sample", "in", "{", "}", "(", ")", "[", "]", ";", ":", ",", "=", "->", "@", "^", "-", "+",
-    "*", "/", ".T", "binary", "real", "spin", "categorical", "v", "W", "0", "1.5", "1e99999", "99999999999999999999999", "\"s\"", "//c\n", "\n", "é", "",
+    "model",
+    "train",
+    "visible",
+    "hidden",
+    "param",
+    "const",
+    "net",
+    "energy",
+    "sample",
+    "in",
+    "{",
+    "}",
+    "(",
+    ")",
+    "[",
+    "]",
+    ";",
+    ":",
+    ",",
+    "=",
+    "->",
+    "@",
+    "^",
+    "-",
+    "+",
+    "*",
+    "/",
+    ".T",
+    "binary",
+    "real",
+    "spin",
+    "categorical",
+    "v",
+    "W",
+    "0",
+    "1.5",
+    "1e99999",
+    "99999999999999999999999",
+    "\"s\"",
+    "//c\n",
+    "\n",
+    "é",
+    "",
 ];
 
 proptest! {

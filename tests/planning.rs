@@ -2,13 +2,14 @@
 //! bipartiteness over every component, colouring, conditionals and free
 //! energies in closed form.
 
-use ebmc::analysis::graph::{colour, lattice_adjacency, program_to_graph, two_colour, Degree};
+use ebmc::analysis::graph::{Degree, colour, lattice_adjacency, program_to_graph, two_colour};
 use ebmc::analysis::plan::{Kernel, Plan};
 use ebmc::analysis::program::{GraphConst, Lattice};
 
 fn model(body: &str) -> ebmc::analysis::program::Model {
     let src = format!("model m {{\n{body}\n}}");
-    let c = ebmc::compile(&src).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("m.ebm", &src, &d)));
+    let c =
+        ebmc::compile(&src).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("m.ebm", &src, &d)));
     c.program.models["m"].clone()
 }
 
@@ -152,15 +153,20 @@ fn rbm_conditional_and_free_energy_are_the_textbook_ones() {
     let model = model(body);
     let mut lowered = ebmc::ir::program_to_ir(&model);
     let g = lowered.ir.grad(lowered.total, "h").unwrap();
-    let matmuls = lowered.ir.cone(g).iter().filter(|id| matches!(lowered.ir.node(**id).op, ebmc::ir::Op::MatMul(..))).count();
+    let matmuls =
+        lowered.ir.cone(g).iter().filter(|id| matches!(lowered.ir.node(**id).op, ebmc::ir::Op::MatMul(..))).count();
     assert_eq!(matmuls, 1);
 }
 
 #[test]
 fn spin_and_categorical_latents_sum_out_with_their_own_rules() {
-    let p = plan("visible x : real[2]; hidden s : spin[3]; param W : real[2, 3]; energy e = 0.5 * sum(square(x)) - x @ W @ s;");
+    let p = plan(
+        "visible x : real[2]; hidden s : spin[3]; param W : real[2, 3]; energy e = 0.5 * sum(square(x)) - x @ W @ s;",
+    );
     assert_eq!(p.summed_out.unwrap().free_energy, "F(x) = 0.5 * sum(square(x)) - sum(log2cosh(x @ W))");
-    let p = plan("visible x : real[2]; hidden z : categorical(3); param W : real[2, 3]; energy e = 0.5 * sum(square(x)) - x @ W @ z;");
+    let p = plan(
+        "visible x : real[2]; hidden z : categorical(3); param W : real[2, 3]; energy e = 0.5 * sum(square(x)) - x @ W @ z;",
+    );
     assert_eq!(p.summed_out.unwrap().free_energy, "F(x) = 0.5 * sum(square(x)) - logsumexp(x @ W)");
 }
 
@@ -169,7 +175,11 @@ fn dense_self_coupling_falls_back_to_sequential_gibbs() {
     let p = plan("visible s : spin[5]; param W : real[5, 5]; energy e = -(s @ W @ s);");
     assert_eq!(p.variables[0].kernel, Kernel::SequentialGibbs);
     let p = plan("visible s : spin[9]; const A = grid(3, 3); param W : real[9, 9]; energy e = -(s @ (A * W) @ s);");
-    assert_eq!(p.variables[0].kernel, Kernel::SequentialGibbs, "a learned matrix inside the coupling has no known sparsity");
+    assert_eq!(
+        p.variables[0].kernel,
+        Kernel::SequentialGibbs,
+        "a learned matrix inside the coupling has no known sparsity"
+    );
     let p = plan("visible s : spin[9]; const A = grid(3, 3); param J : real; energy e = -(J * (s @ A @ s));");
     assert!(matches!(p.variables[0].kernel, Kernel::ChromaticGibbs { colours: 2, .. }));
 }
@@ -177,20 +187,45 @@ fn dense_self_coupling_falls_back_to_sequential_gibbs() {
 /// The planner's verdict on the normalisability of `x : real[2]` under `energy`:
 /// `Ok(codes of warnings)` or `Err(codes of errors)`.
 fn verdict(energy: &str) -> Result<Vec<&'static str>, Vec<&'static str>> {
-    let src = format!("model m {{ visible x : real[2]; visible y : categorical(3); param W : real[2, 2]; param mu : real[2]; net f = mlp(2 -> 8 -> 1, act: swish); net g = mlp(2 -> 8 -> 3, act: tanh);\n energy e = {energy};\n energy keep = 0 * (sum(W) + sum(mu) + sum(y) + f(x) + sum(g(x))); }}");
-    let c = ebmc::compile(&src).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("m.ebm", &src, &d)));
-    let codes = |d: Vec<ebmc::front::diagnostic::Diagnostic>| d.into_iter().filter(|d| d.code.starts_with("E04") || d.code.starts_with("W04")).map(|d| d.code).collect();
+    let src = format!(
+        "model m {{ visible x : real[2]; visible y : categorical(3); param W : real[2, 2]; param mu : real[2]; net f = mlp(2 -> 8 -> 1, act: swish); net g = mlp(2 -> 8 -> 3, act: tanh);\n energy e = {energy};\n energy keep = 0 * (sum(W) + sum(mu) + sum(y) + f(x) + sum(g(x))); }}"
+    );
+    let c =
+        ebmc::compile(&src).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("m.ebm", &src, &d)));
+    let codes = |d: Vec<ebmc::front::diagnostic::Diagnostic>| {
+        d.into_iter().filter(|d| d.code.starts_with("E04") || d.code.starts_with("W04")).map(|d| d.code).collect()
+    };
     ebmc::plan(&c.program).map(|(_, w)| codes(w)).map_err(codes)
 }
 
 #[test]
 fn normalisability_follows_the_sign_and_order_of_the_leading_term() {
     // Proved: a positive even power outgrows everything else.
-    for e in ["0.5 * sum(square(x))", "sum(x^4)", "sum(x^4) - sum(square(x))", "0.5 * sum(square(x - mu)) - mu @ x", "0.5 * sum(square(x - 1)) - 0.25 * sum(square(x))", "0.001 * sum(square(x)) - (g(x) @ y) - f(x)", "0.01 * sum(square(x)) + mu @ log(1 + 0.5 * square(W @ x))", "0.1 * sum(square(x)) + sum(exp(x))", "0.5 * (x @ x) - mu @ x", "sum(abs(x - mu))"] {
+    for e in [
+        "0.5 * sum(square(x))",
+        "sum(x^4)",
+        "sum(x^4) - sum(square(x))",
+        "0.5 * sum(square(x - mu)) - mu @ x",
+        "0.5 * sum(square(x - 1)) - 0.25 * sum(square(x))",
+        "0.001 * sum(square(x)) - (g(x) @ y) - f(x)",
+        "0.01 * sum(square(x)) + mu @ log(1 + 0.5 * square(W @ x))",
+        "0.1 * sum(square(x)) + sum(exp(x))",
+        "0.5 * (x @ x) - mu @ x",
+        "sum(abs(x - mu))",
+    ] {
         assert_eq!(verdict(e), Ok(vec![]), "{e}");
     }
     // Refused: the leading term falls, or nothing that varies with x grows.
-    for e in ["-0.5 * sum(square(x))", "-0.5 * sum(square(x)) + mu @ x", "0.5 * sum(square(x)) - 1.0 * sum(square(x))", "sum(x^3) + 0.5 * sum(square(x))", "sum(g(x))", "sum(tanh(x)) + sum(sigmoid(W @ x))", "-(x @ x)", "-sum(abs(x)) + sum(tanh(x))"] {
+    for e in [
+        "-0.5 * sum(square(x))",
+        "-0.5 * sum(square(x)) + mu @ x",
+        "0.5 * sum(square(x)) - 1.0 * sum(square(x))",
+        "sum(x^3) + 0.5 * sum(square(x))",
+        "sum(g(x))",
+        "sum(tanh(x)) + sum(sigmoid(W @ x))",
+        "-(x @ x)",
+        "-sum(abs(x)) + sum(tanh(x))",
+    ] {
         assert_eq!(verdict(e), Err(vec!["E0401"]), "{e}");
     }
     // Unproved: no confining term, or one that may be outgrown.
@@ -201,11 +236,16 @@ fn normalisability_follows_the_sign_and_order_of_the_leading_term() {
 
 #[test]
 fn w0401_names_the_term_in_the_way_and_suggests_nothing_the_model_has() {
-    let src = "model m { visible x : real[2]; param W : real[2, 2]; energy e = 0.1 * sum(square(x)) - sum(square(W @ x)); }";
+    let src =
+        "model m { visible x : real[2]; param W : real[2, 2]; energy e = 0.1 * sum(square(x)) - sum(square(W @ x)); }";
     let c = ebmc::compile(src).unwrap();
     let (_, warnings) = ebmc::plan(&c.program).unwrap();
     let text = ebmc::front::diagnostic::render_plain("m.ebm", src, &warnings);
-    assert!(text.contains("W0401") && text.contains("`-sum(square(W @ x))` may fall as fast as `0.1 * sum(square(x))` rises"), "{text}");
+    assert!(
+        text.contains("W0401")
+            && text.contains("`-sum(square(W @ x))` may fall as fast as `0.1 * sum(square(x))` rises"),
+        "{text}"
+    );
     assert!(!text.contains("polynomial") && !text.contains("0.01 * sum(square(x))"), "{text}");
     // x^4 alone is proved: no warning calls it "not a polynomial".
     let c = ebmc::compile("model m { visible x : real[2]; energy e = sum(x^4); }").unwrap();
@@ -215,7 +255,9 @@ fn w0401_names_the_term_in_the_way_and_suggests_nothing_the_model_has() {
 #[test]
 fn score_matching_on_a_bounded_real_warns() {
     for objective in ["sm", "dsm(sigma: 0.1)", "ssm"] {
-        let src = format!("model m {{ visible x : real[2] in [0, 1]; param a : real[2]; energy e = 0.5 * sum(square(x)) - a @ x; }}\ntrain m {{ data = toy(\"moons\", n: 10) -> x; objective = {objective}; }}");
+        let src = format!(
+            "model m {{ visible x : real[2] in [0, 1]; param a : real[2]; energy e = 0.5 * sum(square(x)) - a @ x; }}\ntrain m {{ data = toy(\"moons\", n: 10) -> x; objective = {objective}; }}"
+        );
         let c = ebmc::compile(&src).unwrap();
         let (_, warnings) = ebmc::plan(&c.program).unwrap();
         assert_eq!(warnings.iter().map(|w| w.code).collect::<Vec<_>>(), vec!["W0403"], "{objective}");
@@ -230,9 +272,18 @@ fn score_matching_on_a_bounded_real_warns() {
 #[test]
 fn printed_expressions_are_valid_syntax_with_negation_as_negation() {
     let decls = "visible v : binary[3]; visible y : categorical(4); hidden h : binary[2]; param a : real[4]; param M : real[4, 3]; param W : real[3, 2];";
-    for energy in ["-(a @ y) - sum(M @ v) - y @ M @ v - v @ W @ h", "-(a @ y) - y @ M @ (-v) + sum(-(W.T @ v))", "-sum(M @ v) - sum(y * (M @ v)) - sum(W @ h)"] {
+    for energy in [
+        "-(a @ y) - sum(M @ v) - y @ M @ v - v @ W @ h",
+        "-(a @ y) - y @ M @ (-v) + sum(-(W.T @ v))",
+        "-sum(M @ v) - sum(y * (M @ v)) - sum(W @ h)",
+    ] {
         let p = plan(&format!("{decls} energy e = {energy};"));
-        let mut printed: Vec<String> = p.variables.iter().filter_map(|v| v.conditional.clone()).map(|c| c.split_once(") = ").unwrap().1.to_string()).collect();
+        let mut printed: Vec<String> = p
+            .variables
+            .iter()
+            .filter_map(|v| v.conditional.clone())
+            .map(|c| c.split_once(") = ").unwrap().1.to_string())
+            .collect();
         printed.extend(p.summed_out.iter().map(|m| m.free_energy.split_once(") = ").unwrap().1.to_string()));
         for text in printed {
             assert!(!text.contains("@ -") && !text.contains("- -") && !text.contains("1 @"), "{energy}: {text}");
@@ -240,8 +291,11 @@ fn printed_expressions_are_valid_syntax_with_negation_as_negation() {
             let inner = text.trim_start_matches("sigmoid(").trim_start_matches("softmax(");
             let inner = if inner.len() < text.len() { &inner[..inner.len() - 1] } else { inner };
             let inner = inner.replace("softplus(", "sigmoid(").replace("sum_rows(", "sum(");
-            let src = format!("model m {{ {decls} energy e = sum({inner}) + 0 * (sum(a) + sum(M) + sum(W) + sum(v) + sum(y) + sum(h)); }}");
-            ebmc::front::parse::source_to_ast(&src).unwrap_or_else(|e| panic!("{energy}: `{text}` does not parse: {e:?}"));
+            let src = format!(
+                "model m {{ {decls} energy e = sum({inner}) + 0 * (sum(a) + sum(M) + sum(W) + sum(v) + sum(y) + sum(h)); }}"
+            );
+            ebmc::front::parse::source_to_ast(&src)
+                .unwrap_or_else(|e| panic!("{energy}: `{text}` does not parse: {e:?}"));
         }
     }
 }

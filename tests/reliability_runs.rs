@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn ebmc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ebmc")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("ebmc runs")
+    Command::new(env!("CARGO_BIN_EXE_ebmc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("ebmc runs")
 }
 
 fn stderr(out: &Output) -> String {
@@ -63,8 +67,10 @@ fn rbm_in(dir: &Path, data: &str) -> String {
 }
 
 fn setup(src: &str) -> (ebmc::analysis::program::Model, ebmc::analysis::plan::Plan, Tensors) {
-    let c = ebmc::compile(src).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("t.ebm", src, &d)));
-    let (plans, _) = ebmc::plan(&c.program).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("t.ebm", src, &d)));
+    let c =
+        ebmc::compile(src).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("t.ebm", src, &d)));
+    let (plans, _) = ebmc::plan(&c.program)
+        .unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("t.ebm", src, &d)));
     let model = c.program.models.values().next().unwrap().clone();
     let params = ebmc::tensor::initialise(&ebmc::ir::program_to_ir(&model).params, 0);
     (model, plans[0].clone(), params)
@@ -90,7 +96,10 @@ fn backend_entry_points_refuse_rows_of_the_wrong_shape() {
     let err = sampler.energy(&rows(&[("v", vec![5, 4], 1.0), ("h", vec![4, 2], 0.0)])).unwrap_err();
     assert!(err.contains("rows"), "{err}");
     // A quantity needs only the variables it reads: p(h | v) reads v.
-    assert_eq!(sampler.evaluate(Quantity::Conditional("h".into()), &rows(&[("v", vec![5, 4], 1.0)])).unwrap().shape, vec![5, 2]);
+    assert_eq!(
+        sampler.evaluate(Quantity::Conditional("h".into()), &rows(&[("v", vec![5, 4], 1.0)])).unwrap().shape,
+        vec![5, 2]
+    );
     assert!(sampler.evaluate(Quantity::Conditional("h".into()), &rows(&[("v", vec![5, 5], 1.0)])).is_err());
     assert!(sampler.evaluate(Quantity::FreeEnergy, &rows(&[("v", vec![2, 8], 1.0)])).is_err());
     assert!(sampler.evaluate(Quantity::Gradient("nope".into()), &good).unwrap_err().contains("not a variable"));
@@ -101,8 +110,16 @@ fn backend_entry_points_refuse_rows_of_the_wrong_shape() {
 
     let err = ebmc::backend::free_energy(&model, &params, &["h".into()], &narrow, DeviceKind::Cpu).unwrap_err();
     assert!(err.contains("[5, 3]"), "{err}");
-    assert!(ebmc::backend::free_energy(&model, &params, &["h".into()], &rows(&[("h", vec![5, 2], 0.0)]), DeviceKind::Cpu).is_err());
-    assert_eq!(ebmc::backend::free_energy(&model, &params, &["h".into()], &rows(&[("v", vec![5, 4], 1.0)]), DeviceKind::Cpu).unwrap().len(), 5);
+    assert!(
+        ebmc::backend::free_energy(&model, &params, &["h".into()], &rows(&[("h", vec![5, 2], 0.0)]), DeviceKind::Cpu)
+            .is_err()
+    );
+    assert_eq!(
+        ebmc::backend::free_energy(&model, &params, &["h".into()], &rows(&[("v", vec![5, 4], 1.0)]), DeviceKind::Cpu)
+            .unwrap()
+            .len(),
+        5
+    );
 }
 
 #[test]
@@ -110,9 +127,13 @@ fn sampler_state_and_parameters_are_checked() {
     let (model, plan, params) = setup(RBM);
     let mut sampler = Sampler::new(&model, &plan, &params, 3, 0, DeviceKind::Cpu).unwrap();
     assert!(sampler.set_state(&rows(&[("v", vec![3, 4], 1.0), ("h", vec![3, 2], 0.0)])).is_ok());
-    assert!(sampler.set_state(&rows(&[("v", vec![2, 4], 1.0), ("h", vec![2, 2], 0.0)])).unwrap_err().contains("3 chains"));
+    assert!(
+        sampler.set_state(&rows(&[("v", vec![2, 4], 1.0), ("h", vec![2, 2], 0.0)])).unwrap_err().contains("3 chains")
+    );
     assert!(sampler.set_state(&rows(&[("v", vec![3, 5], 1.0), ("h", vec![3, 2], 0.0)])).is_err());
-    assert!(sampler.set_state(&rows(&[("v", vec![3, 4], f32::NAN), ("h", vec![3, 2], 0.0)])).unwrap_err().contains("NaN"));
+    assert!(
+        sampler.set_state(&rows(&[("v", vec![3, 4], f32::NAN), ("h", vec![3, 2], 0.0)])).unwrap_err().contains("NaN")
+    );
 
     let mut wide = params.clone();
     wide.insert("W".into(), HostTensor::filled(vec![5, 2], 0.0));
@@ -122,15 +143,24 @@ fn sampler_state_and_parameters_are_checked() {
     nan.get_mut("b").unwrap().data[2] = f32::NAN;
     let err = Sampler::new(&model, &plan, &nan, 3, 0, DeviceKind::Cpu).err().unwrap();
     assert!(err.contains("parameter `b` is NaN at index [2]"), "{err}");
-    let err = ebmc::backend::free_energy(&model, &wide, &["h".into()], &rows(&[("v", vec![5, 4], 1.0)]), DeviceKind::Cpu).unwrap_err();
+    let err =
+        ebmc::backend::free_energy(&model, &wide, &["h".into()], &rows(&[("v", vec![5, 4], 1.0)]), DeviceKind::Cpu)
+            .unwrap_err();
     assert!(err.contains("`W` has shape [5, 2]"), "{err}");
     let mut missing = params.clone();
     missing.remove("b");
-    assert!(ebmc::backend::free_energy(&model, &missing, &["h".into()], &rows(&[("v", vec![5, 4], 1.0)]), DeviceKind::Cpu).unwrap_err().contains("no value for the parameter `b`"));
+    assert!(
+        ebmc::backend::free_energy(&model, &missing, &["h".into()], &rows(&[("v", vec![5, 4], 1.0)]), DeviceKind::Cpu)
+            .unwrap_err()
+            .contains("no value for the parameter `b`")
+    );
     // Checkpoints are also refused for tensors the model does not declare.
     let mut extra = params.clone();
     extra.insert("V".into(), HostTensor::filled(vec![1], 0.0));
-    assert!(matches!(ebmc::runtime::train::check_model_params(&model, &extra), Err(ebmc::tensor::ShapeError::UnknownParameter { .. })));
+    assert!(matches!(
+        ebmc::runtime::train::check_model_params(&model, &extra),
+        Err(ebmc::tensor::ShapeError::UnknownParameter { .. })
+    ));
     assert!(ebmc::runtime::train::check_model_params(&model, &params).is_ok());
 }
 
@@ -140,7 +170,16 @@ fn training_steps_refuse_batches_of_the_wrong_shape() {
     let (plans, _) = ebmc::plan(&c.program).unwrap();
     let model = &c.program.models["m"];
     let params = ebmc::tensor::initialise(&ebmc::ir::program_to_ir(model).params, 0);
-    let mut trainer = ebmc::backend::Trainer::new(model, &plans[0], &c.program.trains["m"], &params, &Tensors::new(), 1, DeviceKind::Cpu).unwrap();
+    let mut trainer = ebmc::backend::Trainer::new(
+        model,
+        &plans[0],
+        &c.program.trains["m"],
+        &params,
+        &Tensors::new(),
+        1,
+        DeviceKind::Cpu,
+    )
+    .unwrap();
     assert!(trainer.prepare(&rows(&[("v", vec![4, 4], 1.0)])).is_ok());
     assert!(trainer.prepare(&rows(&[("v", vec![4, 3], 1.0)])).is_err());
     let err = trainer.step(&rows(&[("v", vec![2, 5], 1.0)]), 0.1, 1).unwrap_err().to_string();
@@ -168,7 +207,11 @@ fn bad_data_files_are_errors_naming_the_place() {
         ("nan.csv", b"1,0,1,0\n0,1,NaN,1\n".to_vec(), "nan.csv:2:3: NaN or infinity"),
         ("short.npy", b"\x93NUMPY\x01\x00\x76\x00".to_vec(), "short.npy: the file is truncated"),
         ("ten.npy", b"\x93NUMPY\x02\x00\x76\x00".to_vec(), "ten.npy: the file is truncated"),
-        ("bad.idx", vec![0, 0, 8, 2, 0, 0, 0, 9, 0, 0, 0, 4, 1, 0], "bad.idx: the header's dimensions [9, 4] need 36 bytes of data, the file holds 2"),
+        (
+            "bad.idx",
+            vec![0, 0, 8, 2, 0, 0, 0, 9, 0, 0, 0, 4, 1, 0],
+            "bad.idx: the header's dimensions [9, 4] need 36 bytes of data, the file holds 2",
+        ),
     ];
     for (name, bytes, says) in cases {
         let out = train_on(name, &bytes);
@@ -182,7 +225,14 @@ fn bad_data_files_are_errors_naming_the_place() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("on 4 rows"), "{}", stderr(&out));
     // A file that is not there: the command could not run (2).
-    let out = ebmc(&["train", &model, "--data", dir.join("absent.csv").to_str().unwrap(), "--out", out_dir.to_str().unwrap()]);
+    let out = ebmc(&[
+        "train",
+        &model,
+        "--data",
+        dir.join("absent.csv").to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("absent.csv"));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -193,11 +243,23 @@ fn generated_and_bundled_data_refuse_sizes_that_do_not_fit() {
     let dir = scratch("gen");
     let cases = [
         // The digits are 64 pixels: 32 or 65 units do not fit.
-        ("model m { visible x : binary[32]; param b : real[32] = zeros; energy e = -(b @ x); } train m { data = digits(binarize: 8) -> x; objective = pl; }", "`x` takes 32"),
-        ("model m { visible x : binary[65]; param b : real[65] = zeros; energy e = -(b @ x); } train m { data = digits(binarize: 8) -> x; objective = pl; }", "`x` takes 65"),
-        ("model m { visible x : binary[64]; visible y : binary[2]; param b : real[64] = zeros; energy e = -(b @ x) - sum(y); } train m { data = digits(binarize: 8) -> (x, y); objective = pl; }", "`y` takes 2"),
+        (
+            "model m { visible x : binary[32]; param b : real[32] = zeros; energy e = -(b @ x); } train m { data = digits(binarize: 8) -> x; objective = pl; }",
+            "`x` takes 32",
+        ),
+        (
+            "model m { visible x : binary[65]; param b : real[65] = zeros; energy e = -(b @ x); } train m { data = digits(binarize: 8) -> x; objective = pl; }",
+            "`x` takes 65",
+        ),
+        (
+            "model m { visible x : binary[64]; visible y : binary[2]; param b : real[64] = zeros; energy e = -(b @ x) - sum(y); } train m { data = digits(binarize: 8) -> (x, y); objective = pl; }",
+            "`y` takes 2",
+        ),
         // 2^70 bars-and-stripes images do not exist in memory.
-        ("model m { visible v : binary[4900]; param b : real[4900] = zeros; energy e = -(b @ v); } train m { data = bars_and_stripes(size: 70) -> v; objective = pl; }", "sizes from 2 to 12"),
+        (
+            "model m { visible v : binary[4900]; param b : real[4900] = zeros; energy e = -(b @ v); } train m { data = bars_and_stripes(size: 70) -> v; objective = pl; }",
+            "sizes from 2 to 12",
+        ),
     ];
     for (i, (src, says)) in cases.iter().enumerate() {
         let file = dir.join(format!("m{i}.ebm"));
@@ -241,7 +303,12 @@ fn every_command_refuses_a_checkpoint_of_another_model() {
     let bad = dir.join("nan.safetensors");
     ebmc::tensor::save_safetensors(&bad, &params).unwrap();
     for cmd in ["sample", "eval"] {
-        let out = ebmc(&[cmd, &model, "--params", bad.to_str().unwrap(), "--steps", "1"].into_iter().filter(|a| cmd == "sample" || (*a != "--steps" && *a != "1")).collect::<Vec<_>>());
+        let out = ebmc(
+            &[cmd, &model, "--params", bad.to_str().unwrap(), "--steps", "1"]
+                .into_iter()
+                .filter(|a| cmd == "sample" || (*a != "--steps" && *a != "1"))
+                .collect::<Vec<_>>(),
+        );
         assert_eq!(out.status.code(), Some(2), "{cmd}: {}", stderr(&out));
         assert!(stderr(&out).contains("parameter `W` is NaN at index [2, 1]"), "{cmd}: {}", stderr(&out));
     }
@@ -255,7 +322,11 @@ fn a_second_run_into_a_locked_directory_exits_2_naming_the_holder() {
     let dir = scratch("lock");
     let model = rbm_in(&dir, ROWS);
     let run = dir.join("run");
-    let mut first = Command::new(env!("CARGO_BIN_EXE_ebmc")).args(["train", &model, "--epochs", "1000000", "--out", run.to_str().unwrap()]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut first = Command::new(env!("CARGO_BIN_EXE_ebmc"))
+        .args(["train", &model, "--epochs", "1000000", "--out", run.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let pid = first.id().to_string();
     let started = std::time::Instant::now();
     while !run.join("latest").exists() {
@@ -284,17 +355,26 @@ fn resume_keeps_the_seed_of_the_first_run() {
     let dir = scratch("seed");
     let model = rbm_in(&dir, ROWS);
     let (whole, part) = (dir.join("whole"), dir.join("part"));
-    assert!(ebmc(&["train", &model, "--seed", "11", "--epochs", "4", "--out", whole.to_str().unwrap()]).status.success());
-    assert!(ebmc(&["train", &model, "--seed", "11", "--epochs", "2", "--out", part.to_str().unwrap()]).status.success());
+    assert!(
+        ebmc(&["train", &model, "--seed", "11", "--epochs", "4", "--out", whole.to_str().unwrap()]).status.success()
+    );
+    assert!(
+        ebmc(&["train", &model, "--seed", "11", "--epochs", "2", "--out", part.to_str().unwrap()]).status.success()
+    );
     let out = ebmc(&["train", &model, "--seed", "12", "--epochs", "4", "--resume", part.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("started with seed 11"), "{}", stderr(&out));
     // Without --seed (the train block says 5) the run goes on with 11.
     assert!(ebmc(&["train", &model, "--epochs", "4", "--resume", part.to_str().unwrap()]).status.success());
     for file in ["params.safetensors", "state.safetensors"] {
-        assert_eq!(std::fs::read(whole.join("epoch-4").join(file)).unwrap(), std::fs::read(part.join("epoch-4").join(file)).unwrap(), "{file}");
+        assert_eq!(
+            std::fs::read(whole.join("epoch-4").join(file)).unwrap(),
+            std::fs::read(part.join("epoch-4").join(file)).unwrap(),
+            "{file}"
+        );
     }
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(part.join("epoch-4/meta.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(part.join("epoch-4/meta.json")).unwrap()).unwrap();
     assert_eq!(meta["seed"], 11);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -305,7 +385,10 @@ fn interrupted_clean_up_is_finished_by_the_next_run_and_nothing_partial_is_read(
     let model = rbm_in(&dir, ROWS);
     let run = dir.join("run");
     assert!(ebmc(&["train", &model, "--epochs", "5", "--out", run.to_str().unwrap()]).status.success());
-    assert_eq!(listing(&run).iter().filter(|p| !p.contains('/')).cloned().collect::<Vec<_>>(), ["curve.png", "epoch-4", "epoch-5", "latest", "lock", "metrics.jsonl", "samples.png"]);
+    assert_eq!(
+        listing(&run).iter().filter(|p| !p.contains('/')).cloned().collect::<Vec<_>>(),
+        ["curve.png", "epoch-4", "epoch-5", "latest", "lock", "metrics.jsonl", "samples.png"]
+    );
     // What kills at each stage leave behind: a staging folder, an old
     // checkpoint renamed for deletion, a temporary file.
     for leftover in [".epoch-6.partial", ".trash-epoch-3-77"] {
@@ -373,7 +456,9 @@ fn bounded_reals_stay_in_their_box_and_are_uniform_under_a_flat_energy() {
     // sample. 4000 independent chains: the KS critical value at α = 0.001
     // is 1.95/√4000 = 0.031.
     for (lo, hi, step) in [(0.0, 1.0, 0.005), (0.0, 1.0, 0.5), (-2.0, 3.0, 50.0)] {
-        let src = format!("model u {{ visible x : real[2] in [{lo}, {hi}]; energy e = 0 * sum(x); sample {{ x: langevin(step: {step}); }} }}");
+        let src = format!(
+            "model u {{ visible x : real[2] in [{lo}, {hi}]; energy e = 0 * sum(x); sample {{ x: langevin(step: {step}); }} }}"
+        );
         let (model, plan, params) = setup(&src);
         let mut sampler = Sampler::new(&model, &plan, &params, 4000, 3, DeviceKind::Cpu).unwrap();
         for _ in 0..40 {
@@ -391,7 +476,8 @@ fn bounded_reals_stay_in_their_box_and_are_uniform_under_a_flat_energy() {
 fn bounded_reals_follow_a_truncated_exponential() {
     // E = 3x on [0, 1]: density 3 e^{-3x} / (1 - e^{-3}). MALA with small
     // steps corrects the discretisation; 4000 chains, α = 0.001: 0.031.
-    let src = "model t { visible x : real in [0, 1]; energy e = 3 * x; sample { x: langevin(step: 0.002, steps: 5); } }";
+    let src =
+        "model t { visible x : real in [0, 1]; energy e = 3 * x; sample { x: langevin(step: 0.002, steps: 5); } }";
     let (model, plan, params) = setup(src);
     let mut sampler = Sampler::new(&model, &plan, &params, 4000, 5, DeviceKind::Cpu).unwrap();
     for _ in 0..400 {
@@ -408,7 +494,9 @@ fn mala_with_steps_as_wide_as_the_box_is_exact() {
     // reflected images), so even steps that cross both walls leave the
     // truncated exponential exactly invariant. Same test and bound as above.
     for step in [0.3, 3.0] {
-        let src = format!("model t {{ visible x : real in [0, 1]; energy e = 3 * x; sample {{ x: mala(step: {step}, steps: 5); }} }}");
+        let src = format!(
+            "model t {{ visible x : real in [0, 1]; energy e = 3 * x; sample {{ x: mala(step: {step}, steps: 5); }} }}"
+        );
         let (model, plan, params) = setup(&src);
         let mut sampler = Sampler::new(&model, &plan, &params, 4000, 6, DeviceKind::Cpu).unwrap();
         for _ in 0..100 {
@@ -426,9 +514,14 @@ fn diverging_samples_are_an_error_not_nan_rows() {
     let dir = scratch("diverge");
     // x ← x − 5x + noise multiplies x by −4 each step: past f32 in ~64 steps.
     let file = dir.join("d.ebm");
-    std::fs::write(&file, "model d { visible x : real[2]; energy e = 0.5 * sum(square(x)); sample { x: langevin(step: 5); } }").unwrap();
+    std::fs::write(
+        &file,
+        "model d { visible x : real[2]; energy e = 0.5 * sum(square(x)); sample { x: langevin(step: 5); } }",
+    )
+    .unwrap();
     let csv = dir.join("s.csv");
-    let out = ebmc(&["sample", file.to_str().unwrap(), "--steps", "200", "--chains", "3", "--out", csv.to_str().unwrap()]);
+    let out =
+        ebmc(&["sample", file.to_str().unwrap(), "--steps", "200", "--chains", "3", "--out", csv.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("sampling diverged: `x` of chain 1"), "{}", stderr(&out));
     assert!(!csv.exists());

@@ -10,10 +10,10 @@
 #[path = "robustness/harness.rs"]
 mod harness;
 
-use harness::{breach, rows_csv, Class, Rng, Run, LIMITS, RBM, ROWS};
+use harness::{Class, LIMITS, RBM, ROWS, Rng, Run, breach, rows_csv};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Mutants per zoo file: 16 files x 24 mutants x 5 or 6 commands keeps this
 /// test near 20 s on two busy cores once no input hangs.
@@ -72,7 +72,14 @@ impl Findings {
     }
 
     /// Records `run`'s breach of the contract, if any; keeps the input file for reproduction.
-    fn check(&self, input: &str, keep: Option<(&str, &[u8])>, run: &Run, figures: bool, files: &[PathBuf]) -> Option<Class> {
+    fn check(
+        &self,
+        input: &str,
+        keep: Option<(&str, &[u8])>,
+        run: &Run,
+        figures: bool,
+        files: &[PathBuf],
+    ) -> Option<Class> {
         let (class, detail) = breach(run, figures, files)?;
         self.add(class, input, keep, run, &detail);
         Some(class)
@@ -91,7 +98,11 @@ impl Findings {
         });
         let args = run.args.join(" ");
         let args: String = args.chars().take(300).collect();
-        self.found.lock().unwrap().push(format!("[{}] ebmc {args}\n  input: {input}\n  {detail}{}", class.name(), kept.unwrap_or_default()));
+        self.found.lock().unwrap().push(format!(
+            "[{}] ebmc {args}\n  input: {input}\n  {detail}{}",
+            class.name(),
+            kept.unwrap_or_default()
+        ));
     }
 
     fn wrong(&self, input: &str, run: &Run, detail: &str) {
@@ -147,7 +158,11 @@ fn mutated_zoo_files_keep_the_contract() {
             let mut rng = Rng::for_input(SEED + i as u64, j);
             let (bytes, how) = harness::mutate(&mut rng, text, &donors);
             let file = format!("{}-{j}.ebm", name.trim_end_matches(".ebm").replace('/', "-"));
-            inputs.push((file, bytes, format!("{name} mutated by seed {} input {j}: {}", SEED + i as u64, how.join("; "))));
+            inputs.push((
+                file,
+                bytes,
+                format!("{name} mutated by seed {} input {j}: {}", SEED + i as u64, how.join("; ")),
+            ));
         }
     }
     let findings = Findings::new("mutants");
@@ -174,9 +189,21 @@ fn mutated_zoo_files_keep_the_contract() {
             if matches!(command, ["plan"] | ["graph"]) {
                 before.push(run.stdout.clone());
             }
-            if findings.check(how, Some((file, bytes)), &run, command[0] == "sample", std::slice::from_ref(&samples)).is_none() && command[0] == "plan" && checks && run.code == Some(1) {
+            if findings
+                .check(how, Some((file, bytes)), &run, command[0] == "sample", std::slice::from_ref(&samples))
+                .is_none()
+                && command[0] == "plan"
+                && checks
+                && run.code == Some(1)
+            {
                 // A user runs `check` in CI: what `plan` refuses, `check` must report.
-                findings.add(Class::Wrong, how, Some((file, bytes)), &run, "`check` exits 0 on this file but `plan` refuses it with exit 1");
+                findings.add(
+                    Class::Wrong,
+                    how,
+                    Some((file, bytes)),
+                    &run,
+                    "`check` exits 0 on this file but `plan` refuses it with exit 1",
+                );
             }
         }
         let Some(fmt_run) = formatted.filter(|_| checks) else { return };
@@ -190,14 +217,32 @@ fn mutated_zoo_files_keep_the_contract() {
             }
             let shown = String::from_utf8_lossy(&text);
             match command {
-                "check" if run.code != Some(0) => findings.add(Class::Wrong, how, Some((file, bytes)), &run, &format!("the file checks, but not once formatted:\n{shown}")),
+                "check" if run.code != Some(0) => findings.add(
+                    Class::Wrong,
+                    how,
+                    Some((file, bytes)),
+                    &run,
+                    &format!("the file checks, but not once formatted:\n{shown}"),
+                ),
                 "plan" | "graph" => after.push(run.stdout),
-                "fmt" if std::fs::read(&path).unwrap_or_default() != text => findings.add(Class::Wrong, how, Some((file, bytes)), &run, "fmt is not idempotent: a second fmt changed the formatted file"),
+                "fmt" if std::fs::read(&path).unwrap_or_default() != text => findings.add(
+                    Class::Wrong,
+                    how,
+                    Some((file, bytes)),
+                    &run,
+                    "fmt is not idempotent: a second fmt changed the formatted file",
+                ),
                 _ => {}
             }
         }
         if before != after {
-            findings.add(Class::Wrong, how, Some((file, bytes)), &fmt_run, &format!("formatting changed the plan or graph; formatted text:\n{}", String::from_utf8_lossy(&text)));
+            findings.add(
+                Class::Wrong,
+                how,
+                Some((file, bytes)),
+                &fmt_run,
+                &format!("formatting changed the plan or graph; formatted text:\n{}", String::from_utf8_lossy(&text)),
+            );
         }
     });
     findings.assert_none();
@@ -231,7 +276,13 @@ fn deep_and_huge_inputs_keep_the_contract() {
             a.extend(["--out".to_string(), p(&csv)]);
         }
         let run = ebmc(&a, &dir.0);
-        findings.check(&case.name, Some((&format!("case{i}.ebm"), case.source.as_bytes())), &run, command[0] == "sample", &[csv]);
+        findings.check(
+            &case.name,
+            Some((&format!("case{i}.ebm"), case.source.as_bytes())),
+            &run,
+            command[0] == "sample",
+            &[csv],
+        );
     });
     findings.assert_none();
 }
@@ -298,14 +349,23 @@ fn tiny_models(dir: &Scratch) {
     dir.write("g.ebm", GRBM);
     dir.write("q.ebm", GAUSS);
     dir.write("rows.csv", rows_csv(&ROWS));
-    dir.write("reals.csv", "0.5,-1.0,0.25,2.0\n1.5,0.0,-0.5,1.0\n-0.5,0.5,1.0,0.0\n0.0,1.0,-1.5,0.5\n1.0,1.0,0.0,-1.0\n");
+    dir.write(
+        "reals.csv",
+        "0.5,-1.0,0.25,2.0\n1.5,0.0,-0.5,1.0\n-0.5,0.5,1.0,0.0\n0.0,1.0,-1.5,0.5\n1.0,1.0,0.0,-1.0\n",
+    );
     dir.write("points.csv", "0.5,-1.0\n1.5,0.0\n-0.5,0.5\n0.0,1.0\n1.0,1.0\n");
     dir.write("r.safetensors", harness::rbm_params());
     dir.write(
         "d.safetensors",
-        harness::safetensors(&[("W1", vec![6, 4], vec![0.05; 24]), ("W2", vec![4, 3], vec![-0.05; 12]), ("b", vec![6], vec![0.0; 6])], "F32"),
+        harness::safetensors(
+            &[("W1", vec![6, 4], vec![0.05; 24]), ("W2", vec![4, 3], vec![-0.05; 12]), ("b", vec![6], vec![0.0; 6])],
+            "F32",
+        ),
     );
-    dir.write("g.safetensors", harness::safetensors(&[("W", vec![4, 3], vec![0.1; 12]), ("b", vec![4], vec![0.0; 4])], "F32"));
+    dir.write(
+        "g.safetensors",
+        harness::safetensors(&[("W", vec![4, 3], vec![0.1; 12]), ("b", vec![4], vec![0.0; 4])], "F32"),
+    );
     dir.write("q.safetensors", harness::safetensors(&[("m", vec![2], vec![0.5, -0.5])], "F32"));
 }
 
@@ -338,9 +398,40 @@ fn flags_at_their_limits_keep_the_contract() {
         (sample(&["--chains", "2", "--steps", "4", "--every", "18446744073709551615"]), false),
         // A bad output must be refused before the (long) sampling, not after it.
         (args(&["sample", &r, "--chains", "2", "--steps", "100000000", "--out", &p(&dir.path("x.txt"))]), true),
-        (args(&["sample", &r, "--chains", "2", "--steps", "100000000", "--out", &p(&dir.path("no/such/dir/x.csv"))]), true),
-        (args(&["sample", &r, "--chains", "4", "--steps", "100000000", "--png", &p(&dir.path("no/such/dir/x.png")), "--image", "2x3"]), true),
-        (args(&["sample", &r, "--chains", "4", "--steps", "1", "--png", &p(&dir.path("x.png")), "--image", "100000x100000"]), true),
+        (
+            args(&["sample", &r, "--chains", "2", "--steps", "100000000", "--out", &p(&dir.path("no/such/dir/x.csv"))]),
+            true,
+        ),
+        (
+            args(&[
+                "sample",
+                &r,
+                "--chains",
+                "4",
+                "--steps",
+                "100000000",
+                "--png",
+                &p(&dir.path("no/such/dir/x.png")),
+                "--image",
+                "2x3",
+            ]),
+            true,
+        ),
+        (
+            args(&[
+                "sample",
+                &r,
+                "--chains",
+                "4",
+                "--steps",
+                "1",
+                "--png",
+                &p(&dir.path("x.png")),
+                "--image",
+                "100000x100000",
+            ]),
+            true,
+        ),
         (eval(&r, &params, &["--ais", "--runs", "0"]), true),
         (eval(&r, &params, &["--ais", "--temperatures", "0"]), true),
         (eval(&r, &params, &["--ais", "--temperatures", "1"]), false),
@@ -393,14 +484,60 @@ fn bad_data() -> Vec<BadData> {
     vec![
         d("ten-bytes-v1.npy", b"\x93NUMPY\x01\x00\xff\xff".to_vec(), "r", None),
         d("ten-bytes-v2.npy", b"\x93NUMPY\x02\x00\x00\x00".to_vec(), "r", None),
-        d("truncated.npy", harness::npy("{'descr': '<f4', 'fortran_order': False, 'shape': (8, 6), }", &f4(&c_order)[..20]), "r", None),
-        d("header-cut.npy", harness::npy("{'descr': '<f4', 'fortran_order': False, 'shape': (8, 6), }", &[])[..30].to_vec(), "r", None),
-        d("fortran.npy", harness::npy("{'descr': '<f4', 'fortran_order':True, 'shape': (8, 6), }", &f4(&fortran)), "r", Some(8)),
-        d("fortran-spaced.npy", harness::npy("{'descr':'<f4','fortran_order' : True,'shape':(8,6)}", &f4(&fortran)), "r", Some(8)),
-        d("shape-overflow.npy", harness::npy("{'descr': '<f4', 'fortran_order': False, 'shape': (18446744073709551615, 2), }", &f4(&c_order)), "r", None),
-        d("shape-huge.npy", harness::npy("{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000, 6), }", &f4(&c_order)), "r", None),
-        d("big-endian.npy", harness::npy("{'descr': '>f4', 'fortran_order': False, 'shape': (8, 6), }", &f4(&c_order)), "r", None),
-        d("nan.npy", harness::npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4), }", &f4(&[0.5, f32::NAN, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0])), "g", None),
+        d(
+            "truncated.npy",
+            harness::npy("{'descr': '<f4', 'fortran_order': False, 'shape': (8, 6), }", &f4(&c_order)[..20]),
+            "r",
+            None,
+        ),
+        d(
+            "header-cut.npy",
+            harness::npy("{'descr': '<f4', 'fortran_order': False, 'shape': (8, 6), }", &[])[..30].to_vec(),
+            "r",
+            None,
+        ),
+        d(
+            "fortran.npy",
+            harness::npy("{'descr': '<f4', 'fortran_order':True, 'shape': (8, 6), }", &f4(&fortran)),
+            "r",
+            Some(8),
+        ),
+        d(
+            "fortran-spaced.npy",
+            harness::npy("{'descr':'<f4','fortran_order' : True,'shape':(8,6)}", &f4(&fortran)),
+            "r",
+            Some(8),
+        ),
+        d(
+            "shape-overflow.npy",
+            harness::npy(
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (18446744073709551615, 2), }",
+                &f4(&c_order),
+            ),
+            "r",
+            None,
+        ),
+        d(
+            "shape-huge.npy",
+            harness::npy("{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000, 6), }", &f4(&c_order)),
+            "r",
+            None,
+        ),
+        d(
+            "big-endian.npy",
+            harness::npy("{'descr': '>f4', 'fortran_order': False, 'shape': (8, 6), }", &f4(&c_order)),
+            "r",
+            None,
+        ),
+        d(
+            "nan.npy",
+            harness::npy(
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4), }",
+                &f4(&[0.5, f32::NAN, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]),
+            ),
+            "g",
+            None,
+        ),
         d("bom.csv", format!("\u{feff}{good}").into_bytes(), "r", Some(8)),
         d("typo-first-row.csv", with_row(0, "1,0,l,0,1,0").into_bytes(), "r", Some(8)),
         d("letter-o-first-row.csv", with_row(0, "1,O,1,0,1,0").into_bytes(), "r", Some(8)),
@@ -431,7 +568,8 @@ fn bad_data_files_keep_the_contract() {
     let cases = bad_data();
     each(&cases, |case| {
         let file = dir.write(case.name, &case.bytes);
-        let (model, params) = (p(&dir.path(&format!("{}.ebm", case.model))), p(&dir.path(&format!("{}.safetensors", case.model))));
+        let (model, params) =
+            (p(&dir.path(&format!("{}.ebm", case.model))), p(&dir.path(&format!("{}.safetensors", case.model))));
         let out = dir.path(&format!("run-{}", case.name));
         let what = format!("data file {} ({} bytes) for the tiny model `{}`", case.name, case.bytes.len(), case.model);
         let keep = Some((case.name, &case.bytes[..]));
@@ -472,7 +610,11 @@ fn bad_data_files_keep_the_contract() {
     for name in ["fortran.npy", "fortran-spaced.npy"] {
         let run = ebmc(&args(&["energy", &model, "--params", &params, "--data", &p(&dir.path(name))]), &dir.0);
         if run.code == Some(0) && run.stdout != reference.stdout {
-            findings.wrong(&format!("{name}: the rows of rows.csv stored column-major"), &run, &format!("read as other rows than rows.csv:\n{}\nagainst\n{}", run.stdout, reference.stdout));
+            findings.wrong(
+                &format!("{name}: the rows of rows.csv stored column-major"),
+                &run,
+                &format!("read as other rows than rows.csv:\n{}\nagainst\n{}", run.stdout, reference.stdout),
+            );
         }
     }
     findings.assert_none();
@@ -483,7 +625,9 @@ fn data_sources_of_the_wrong_size_keep_the_contract() {
     let dir = Scratch::new("sources");
     let findings = Findings::new("sources");
     let model = |width: usize, data: &str| {
-        format!("model m {{\n    visible v : binary[{width}];\n    param b : real[{width}] = zeros;\n    energy e = -(b @ v);\n}}\n\ntrain m {{\n    data = {data} -> v;\n    objective = pl;\n    optimizer = sgd(lr: 0.1);\n    batch = 10;\n    epochs = 1;\n}}\n")
+        format!(
+            "model m {{\n    visible v : binary[{width}];\n    param b : real[{width}] = zeros;\n    energy e = -(b @ v);\n}}\n\ntrain m {{\n    data = {data} -> v;\n    objective = pl;\n    optimizer = sgd(lr: 0.1);\n    batch = 10;\n    epochs = 1;\n}}\n"
+        )
     };
     let cases = vec![
         // The digits are 64 pixels: any other width is a misreading.
@@ -501,7 +645,10 @@ fn data_sources_of_the_wrong_size_keep_the_contract() {
         let file = dir.write(&name, source);
         let out = dir.path(&format!("run-{name}"));
         let run = ebmc(&args(&["train", &p(&file), "--epochs", "1", "--out", &p(&out)]), &dir.0);
-        if findings.check(what, Some((&name, source.as_bytes())), &run, false, &[]).is_none() && *must_fail && run.code == Some(0) {
+        if findings.check(what, Some((&name, source.as_bytes())), &run, false, &[]).is_none()
+            && *must_fail
+            && run.code == Some(0)
+        {
             findings.wrong(what, &run, "trained with exit 0 on rows of another width");
         }
     });
@@ -558,7 +705,8 @@ fn bad_checkpoints_keep_the_contract() {
         let model = p(&dir.path(if name.starts_with("dbm") { "d.ebm" } else { "r.ebm" }));
         let rows = p(&dir.path("rows.csv"));
         let csv = dir.path(&format!("samples-{name}.csv"));
-        let what = format!("checkpoint {name} for the tiny {}", if name.starts_with("dbm") { "DBM" } else { "RBM 6x3" });
+        let what =
+            format!("checkpoint {name} for the tiny {}", if name.starts_with("dbm") { "DBM" } else { "RBM 6x3" });
         let keep = bytes.as_ref().map(|b| (name.as_str(), &b[..]));
         let non_finite = name.starts_with("nan") || name.starts_with("inf");
         for (a, files) in [
@@ -566,14 +714,21 @@ fn bad_checkpoints_keep_the_contract() {
             (args(&["eval", &model, "--params", params, "--json"]), vec![]),
             (args(&["eval", &model, "--params", params, "--ais", "--runs", "4", "--temperatures", "100"]), vec![]),
             (args(&["energy", &model, "--params", params, "--data", &rows]), vec![]),
-            (args(&["sample", &model, "--params", params, "--chains", "3", "--steps", "2", "--out", &p(&csv)]), vec![csv.clone()]),
+            (
+                args(&["sample", &model, "--params", params, "--chains", "3", "--steps", "2", "--out", &p(&csv)]),
+                vec![csv.clone()],
+            ),
         ] {
             let run = ebmc(&a, &dir.0);
             if findings.check(&what, keep, &run, true, &files).is_some() {
                 continue;
             }
             if non_finite && run.code == Some(0) {
-                findings.wrong(&what, &run, "a checkpoint holding NaN or infinity was used with exit 0 (it must be refused, naming the tensor)");
+                findings.wrong(
+                    &what,
+                    &run,
+                    "a checkpoint holding NaN or infinity was used with exit 0 (it must be refused, naming the tensor)",
+                );
             }
             // The header line alone: every figure was NaN and left out without a word.
             if a[0] == "eval" && run.code == Some(0) && run.stdout.trim().lines().count() < 2 {
@@ -620,7 +775,12 @@ fn failed_or_empty_training_leaves_no_half_written_run_directory() {
         let mut left = harness::half_written(&out);
         // A run that wrote no checkpoint leaves no metrics or curve either.
         if !out.join("latest").exists() {
-            left.extend(["metrics.jsonl", "curve.png", "samples.png"].into_iter().filter(|f| out.join(f).exists()).map(|f| format!("{f} without a checkpoint")));
+            left.extend(
+                ["metrics.jsonl", "curve.png", "samples.png"]
+                    .into_iter()
+                    .filter(|f| out.join(f).exists())
+                    .map(|f| format!("{f} without a checkpoint")),
+            );
         }
         if !left.is_empty() {
             findings.wrong(what, &run, &format!("exit {:?}; left in {}: {left:?}", run.code, out.display()));
@@ -658,21 +818,36 @@ fn two_trainings_into_one_directory_do_not_interleave() {
     let overlapped = second_start < first.seconds;
     let what = "two runs of one training into one --out, the second started 0.3 s after the first";
     if first.code != Some(0) {
-        findings.wrong(what, &first, &format!("the first run, which had the directory to itself, failed: {}", first.stderr.trim()));
+        findings.wrong(
+            what,
+            &first,
+            &format!("the first run, which had the directory to itself, failed: {}", first.stderr.trim()),
+        );
     }
     // Epochs the second run finished (its per-epoch lines): with a lock it finishes none.
     let epochs = second.stderr.lines().filter(|l| l.trim_start().starts_with("epoch") && l.contains("loss")).count();
     if overlapped && second.code == Some(0) {
         findings.wrong(what, &second, "the second run exited 0: nothing stopped it from writing into the directory the first was writing (no lock)");
     } else if overlapped && epochs > 0 {
-        findings.wrong(what, &second, &format!("the second run wrote {epochs} epoch(s) into the first's directory before it stopped (no lock): {}", second.stderr.lines().last().unwrap_or("")));
+        findings.wrong(
+            what,
+            &second,
+            &format!(
+                "the second run wrote {epochs} epoch(s) into the first's directory before it stopped (no lock): {}",
+                second.stderr.lines().last().unwrap_or("")
+            ),
+        );
     }
     // What the first run leaves is what it leaves alone, byte for byte.
     let solo = p(&dir.path("solo-run"));
     let alone = long(&args(&["train", &slow, "--out", &solo]));
     let params = |d: &str| std::fs::read(Path::new(d).join("epoch-400/params.safetensors")).unwrap_or_default();
     if alone.code == Some(0) && params(&out) != params(&solo) {
-        findings.wrong(what, &second, "the shared directory's last checkpoint differs from the same run made alone (the runs interleaved)");
+        findings.wrong(
+            what,
+            &second,
+            "the shared directory's last checkpoint differs from the same run made alone (the runs interleaved)",
+        );
     }
     let left = harness::half_written(Path::new(&out));
     if !left.is_empty() {
@@ -706,7 +881,11 @@ fn training_is_deterministic_and_resume_keeps_the_seed() {
         findings.wrong("two runs with --seed 5", &run, "the same seed gave different parameters");
     }
     if params_of("c") != params_of("a") {
-        findings.wrong("--seed 5 for 2 epochs, then --resume to 4", &resumed, "resumed parameters differ from an uninterrupted run with the same --seed");
+        findings.wrong(
+            "--seed 5 for 2 epochs, then --resume to 4",
+            &resumed,
+            "resumed parameters differ from an uninterrupted run with the same --seed",
+        );
     }
     findings.assert_none();
 }
@@ -716,15 +895,51 @@ fn check_reports_what_plan_and_sampling_would_refuse() {
     let dir = Scratch::new("check-plan");
     dir.write("rows.csv", "0,1,0,1\n1,0,1,0\n");
     let findings = Findings::new("check-plan");
-    let train = |objective: &str| format!("\ntrain m {{\n    data = csv(\"rows.csv\") -> v;\n    objective = {objective};\n    optimizer = sgd(lr: 0.1);\n    batch = 2;\n    epochs = 1;\n}}\n");
+    let train = |objective: &str| {
+        format!(
+            "\ntrain m {{\n    data = csv(\"rows.csv\") -> v;\n    objective = {objective};\n    optimizer = sgd(lr: 0.1);\n    batch = 2;\n    epochs = 1;\n}}\n"
+        )
+    };
     // (what, source, what `check` must print: an error, or a warning)
     let cases = [
-        ("an energy linear in an unbounded real (E0401)", "model m {\n    visible x : real[2];\n    energy e = sum(x);\n}\n".to_string(), "error"),
-        ("a negative quadratic energy on an unbounded real", "model m {\n    visible x : real[2];\n    energy e = -0.5 * sum(square(x));\n}\n".to_string(), "error"),
-        ("a negative quartic energy on an unbounded real", "model m {\n    visible x : real[2];\n    energy e = 0.5 * sum(square(x)) - sum(square(square(x)));\n}\n".to_string(), "error"),
-        ("score matching on binary data (E0402)", format!("model m {{\n    visible v : binary[4];\n    param b : real[4] = zeros;\n    energy e = -(b @ v);\n}}\n{}", train("sm")), "error"),
-        ("Gibbs on a real variable (E0404)", "model m {\n    visible x : real[2];\n    energy e = 0.5 * sum(square(x));\n    sample { x: gibbs; }\n}\n".to_string(), "error"),
-        ("score matching on a bounded real", format!("model m {{\n    visible v : real[4] in [0, 1];\n    param b : real[4] = zeros;\n    energy e = 0.5 * sum(square(v - b));\n}}\n{}", train("sm")), "warning"),
+        (
+            "an energy linear in an unbounded real (E0401)",
+            "model m {\n    visible x : real[2];\n    energy e = sum(x);\n}\n".to_string(),
+            "error",
+        ),
+        (
+            "a negative quadratic energy on an unbounded real",
+            "model m {\n    visible x : real[2];\n    energy e = -0.5 * sum(square(x));\n}\n".to_string(),
+            "error",
+        ),
+        (
+            "a negative quartic energy on an unbounded real",
+            "model m {\n    visible x : real[2];\n    energy e = 0.5 * sum(square(x)) - sum(square(square(x)));\n}\n"
+                .to_string(),
+            "error",
+        ),
+        (
+            "score matching on binary data (E0402)",
+            format!(
+                "model m {{\n    visible v : binary[4];\n    param b : real[4] = zeros;\n    energy e = -(b @ v);\n}}\n{}",
+                train("sm")
+            ),
+            "error",
+        ),
+        (
+            "Gibbs on a real variable (E0404)",
+            "model m {\n    visible x : real[2];\n    energy e = 0.5 * sum(square(x));\n    sample { x: gibbs; }\n}\n"
+                .to_string(),
+            "error",
+        ),
+        (
+            "score matching on a bounded real",
+            format!(
+                "model m {{\n    visible v : real[4] in [0, 1];\n    param b : real[4] = zeros;\n    energy e = 0.5 * sum(square(v - b));\n}}\n{}",
+                train("sm")
+            ),
+            "warning",
+        ),
     ];
     for (i, (what, source, expected)) in cases.iter().enumerate() {
         let file = dir.write(&format!("case{i}.ebm"), source);
@@ -735,7 +950,19 @@ fn check_reports_what_plan_and_sampling_would_refuse() {
         let said = run.stderr.lines().any(|l| l.starts_with(expected));
         let exit_right = if *expected == "error" { run.code == Some(1) } else { run.code == Some(0) };
         if !said || !exit_right {
-            findings.add(Class::Wrong, what, Some((&format!("check-plan-{i}.ebm"), source.as_bytes())), &run, &format!("`check` should print {} {expected} (exit {}); it exited {:?} with: {}", if *expected == "error" { "an" } else { "a" }, u8::from(*expected == "error"), run.code, run.stderr.trim()));
+            findings.add(
+                Class::Wrong,
+                what,
+                Some((&format!("check-plan-{i}.ebm"), source.as_bytes())),
+                &run,
+                &format!(
+                    "`check` should print {} {expected} (exit {}); it exited {:?} with: {}",
+                    if *expected == "error" { "an" } else { "a" },
+                    u8::from(*expected == "error"),
+                    run.code,
+                    run.stderr.trim()
+                ),
+            );
         }
     }
     findings.assert_none();
@@ -747,28 +974,56 @@ fn bounded_reals_stay_in_their_box_when_sampled() {
     let findings = Findings::new("box");
     // Energies that push hard against the walls: the samples must stay inside.
     let cases = [
-        ("a linear pull past both walls", "model m {\n    visible x : real[3] in [0, 1];\n    param w : real[3] = ones;\n    energy e = 20 * sum(x) - 40 * (w @ x);\n}\n"),
-        ("a quadratic centred outside the box", "model m {\n    visible x : real[3] in [0, 1];\n    energy e = 5 * sum(square(x + 3));\n}\n"),
+        (
+            "a linear pull past both walls",
+            "model m {\n    visible x : real[3] in [0, 1];\n    param w : real[3] = ones;\n    energy e = 20 * sum(x) - 40 * (w @ x);\n}\n",
+        ),
+        (
+            "a quadratic centred outside the box",
+            "model m {\n    visible x : real[3] in [0, 1];\n    energy e = 5 * sum(square(x + 3));\n}\n",
+        ),
         // A gradient step of 10 box widths: one reflection cannot bring it back.
-        ("a steep pull below the lower wall", "model m {\n    visible x : real[3] in [0, 1];\n    energy e = 1000 * sum(x);\n}\n"),
-        ("a steep push above the upper wall", "model m {\n    visible x : real[3] in [0, 1];\n    energy e = -1000 * sum(x);\n}\n"),
+        (
+            "a steep pull below the lower wall",
+            "model m {\n    visible x : real[3] in [0, 1];\n    energy e = 1000 * sum(x);\n}\n",
+        ),
+        (
+            "a steep push above the upper wall",
+            "model m {\n    visible x : real[3] in [0, 1];\n    energy e = -1000 * sum(x);\n}\n",
+        ),
     ];
     for (i, (what, source)) in cases.iter().enumerate() {
         let file = dir.write(&format!("box{i}.ebm"), source);
         let out = dir.path(&format!("box{i}.csv"));
-        let run = ebmc(&args(&["sample", &p(&file), "--chains", "200", "--steps", "50", "--seed", "3", "--out", &p(&out)]), &dir.0);
-        if findings.check(what, Some((&format!("box{i}.ebm"), source.as_bytes())), &run, true, std::slice::from_ref(&out)).is_some() || run.code != Some(0) {
+        let run = ebmc(
+            &args(&["sample", &p(&file), "--chains", "200", "--steps", "50", "--seed", "3", "--out", &p(&out)]),
+            &dir.0,
+        );
+        if findings
+            .check(what, Some((&format!("box{i}.ebm"), source.as_bytes())), &run, true, std::slice::from_ref(&out))
+            .is_some()
+            || run.code != Some(0)
+        {
             if run.code != Some(0) {
                 findings.wrong(what, &run, &format!("sampling failed: {}", run.stderr.trim()));
             }
             continue;
         }
         let text = std::fs::read_to_string(&out).unwrap_or_default();
-        let values: Vec<f64> = text.lines().skip(1).flat_map(|l| l.split(',').map(|c| c.trim().parse::<f64>().unwrap_or(f64::NAN)).collect::<Vec<_>>()).collect();
+        let values: Vec<f64> = text
+            .lines()
+            .skip(1)
+            .flat_map(|l| l.split(',').map(|c| c.trim().parse::<f64>().unwrap_or(f64::NAN)).collect::<Vec<_>>())
+            .collect();
         let outside = values.iter().filter(|v| !(0.0..=1.0).contains(*v)).count();
         if values.is_empty() || outside > 0 {
-            let worst = values.iter().cloned().fold(0.0f64, |w, v| if (v - 0.5).abs() > (w - 0.5).abs() { v } else { w });
-            findings.wrong(what, &run, &format!("{outside} of {} sampled values lie outside [0, 1] (furthest: {worst})", values.len()));
+            let worst =
+                values.iter().cloned().fold(0.0f64, |w, v| if (v - 0.5).abs() > (w - 0.5).abs() { v } else { w });
+            findings.wrong(
+                what,
+                &run,
+                &format!("{outside} of {} sampled values lie outside [0, 1] (furthest: {worst})", values.len()),
+            );
         }
     }
     findings.assert_none();
@@ -806,18 +1061,46 @@ fn a_full_disk_leaves_no_temporary_or_cut_files() {
         if findings.check(&what, None, &run, false, &[]).is_none() {
             let mut left = harness::half_written(&out);
             // half_written looks one folder down; temp files deeper than that count too.
-            left.extend(temp_files(&out).into_iter().filter(|f| Path::new(f).parent() != Some(out.as_path()) && Path::new(f).parent().is_none_or(|d| d.parent() != Some(out.as_path()))));
+            left.extend(temp_files(&out).into_iter().filter(|f| {
+                Path::new(f).parent() != Some(out.as_path())
+                    && Path::new(f).parent().is_none_or(|d| d.parent() != Some(out.as_path()))
+            }));
             if !left.is_empty() {
                 findings.wrong(&what, &run, &format!("exit {:?}; left in {}: {left:?}", run.code, out.display()));
             }
         }
         let samples = dir.path(&format!("samples-{bytes}.csv"));
-        let run = harness::run(&bin(), &args(&["sample", &r, "--params", &p(&dir.path("r.safetensors")), "--chains", "50", "--steps", "2", "--out", &p(&samples)]), &dir.0, &limits);
+        let run = harness::run(
+            &bin(),
+            &args(&[
+                "sample",
+                &r,
+                "--params",
+                &p(&dir.path("r.safetensors")),
+                "--chains",
+                "50",
+                "--steps",
+                "2",
+                "--out",
+                &p(&samples),
+            ]),
+            &dir.0,
+            &limits,
+        );
         if findings.check(&what, None, &run, true, &[]).is_none() {
-            let tmp: Vec<String> = temp_files(&dir.0).into_iter().filter(|f| f.contains(&format!("samples-{bytes}.csv"))).collect();
+            let tmp: Vec<String> =
+                temp_files(&dir.0).into_iter().filter(|f| f.contains(&format!("samples-{bytes}.csv"))).collect();
             let cut = run.code != Some(0) && samples.exists();
             if !tmp.is_empty() || cut {
-                findings.wrong(&what, &run, &format!("exit {:?}; left {tmp:?}{}", run.code, if cut { " and a samples file although sampling failed" } else { "" }));
+                findings.wrong(
+                    &what,
+                    &run,
+                    &format!(
+                        "exit {:?}; left {tmp:?}{}",
+                        run.code,
+                        if cut { " and a samples file although sampling failed" } else { "" }
+                    ),
+                );
             }
         }
         let messy = "model m{visible v:binary[2];energy e=sum(v);}";
@@ -825,9 +1108,14 @@ fn a_full_disk_leaves_no_temporary_or_cut_files() {
         let run = harness::run(&bin(), &args(&["fmt", &p(&file)]), &dir.0, &limits);
         if findings.check(&what, None, &run, false, &[]).is_none() {
             let now = std::fs::read_to_string(&file).unwrap_or_default();
-            let tmp: Vec<String> = temp_files(&dir.0).into_iter().filter(|f| f.contains(&format!("messy-{bytes}.ebm"))).collect();
+            let tmp: Vec<String> =
+                temp_files(&dir.0).into_iter().filter(|f| f.contains(&format!("messy-{bytes}.ebm"))).collect();
             if !tmp.is_empty() || (run.code != Some(0) && now != messy) {
-                findings.wrong(&what, &run, &format!("fmt exit {:?}; left {tmp:?}; the file now reads {now:?}", run.code));
+                findings.wrong(
+                    &what,
+                    &run,
+                    &format!("fmt exit {:?}; left {tmp:?}; the file now reads {now:?}", run.code),
+                );
             }
         }
     }
@@ -854,20 +1142,39 @@ fn a_killed_training_resumes_to_the_same_bytes() {
         let kill = harness::Limits { wall: std::time::Duration::from_millis(delay_ms), ..LIMITS };
         let killed = harness::run(&bin(), &args(&["train", &slow, "--out", &p(&out)]), &dir.0, &kill);
         // A kill may leave a staging folder or a temp file, never a checkpoint missing a file.
-        let broken: Vec<String> = harness::half_written(&out).into_iter().filter(|f| !f.ends_with(".tmp") && !f.contains("partial")).collect();
+        let broken: Vec<String> = harness::half_written(&out)
+            .into_iter()
+            .filter(|f| !f.ends_with(".tmp") && !f.contains("partial"))
+            .collect();
         if !broken.is_empty() {
             findings.wrong(&what, &killed, &format!("after the kill: {broken:?}"));
         }
-        let resumed = if out.join("latest").exists() { long(&args(&["train", &slow, "--resume", &p(&out)])) } else { long(&args(&["train", &slow, "--out", &p(&out)])) };
+        let resumed = if out.join("latest").exists() {
+            long(&args(&["train", &slow, "--resume", &p(&out)]))
+        } else {
+            long(&args(&["train", &slow, "--out", &p(&out)]))
+        };
         if findings.check(&what, None, &resumed, false, &[]).is_some() {
             continue;
         }
         let mut left = harness::half_written(&out);
         left.extend(temp_files(&out));
         if resumed.code != Some(0) || !left.is_empty() {
-            findings.wrong(&what, &resumed, &format!("the resumed run exited {:?} and left {left:?}: {}", resumed.code, resumed.stderr.lines().last().unwrap_or("")));
+            findings.wrong(
+                &what,
+                &resumed,
+                &format!(
+                    "the resumed run exited {:?} and left {left:?}: {}",
+                    resumed.code,
+                    resumed.stderr.lines().last().unwrap_or("")
+                ),
+            );
         } else if last(&out) != last(&reference) {
-            findings.wrong(&what, &resumed, "the resumed run's epoch-400 parameters differ from the uninterrupted run's");
+            findings.wrong(
+                &what,
+                &resumed,
+                "the resumed run's epoch-400 parameters differ from the uninterrupted run's",
+            );
         }
     }
     findings.assert_none();

@@ -4,14 +4,16 @@
 //! moments; on a skewed density, MALA must pass a Kolmogorov-Smirnov test.
 //! Seeds are fixed; every tolerance is derived in a comment.
 
-use ebmc::backend::Sampler;
 use ebmc::analysis::program::{Domain, Model};
+use ebmc::backend::Sampler;
 use ebmc::tensor::{HostTensor, Tensors};
 use std::collections::BTreeMap;
 
 fn setup(src: &str, params: &[(&str, Vec<f32>)]) -> (Model, ebmc::analysis::plan::Plan, Tensors) {
-    let c = ebmc::compile(src).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("t.ebm", src, &d)));
-    let (plans, _) = ebmc::plan(&c.program).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("t.ebm", src, &d)));
+    let c =
+        ebmc::compile(src).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("t.ebm", src, &d)));
+    let (plans, _) = ebmc::plan(&c.program)
+        .unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("t.ebm", src, &d)));
     let model = c.program.models.values().next().unwrap().clone();
     let lowered = ebmc::ir::program_to_ir(&model);
     let mut values = ebmc::tensor::initialise(&lowered.params, 0);
@@ -28,7 +30,10 @@ fn unit_values(domain: &Domain) -> (usize, Vec<Vec<f32>>) {
     match domain {
         Domain::Binary => (1, vec![vec![0.0], vec![1.0]]),
         Domain::Spin => (1, vec![vec![-1.0], vec![1.0]]),
-        Domain::Categorical { categories } => (*categories, (0..*categories).map(|k| (0..*categories).map(|j| f32::from(u8::from(j == k))).collect()).collect()),
+        Domain::Categorical { categories } => (
+            *categories,
+            (0..*categories).map(|k| (0..*categories).map(|j| f32::from(u8::from(j == k))).collect()).collect(),
+        ),
         Domain::Real { .. } => unreachable!(),
     }
 }
@@ -93,7 +98,16 @@ fn exact_distribution(sampler: &Sampler, model: &Model, vars: &[&str]) -> Vec<f6
 
 /// Runs `chains` chains for `burn_in` sweeps, then histograms the joint state
 /// of `vars` every `spacing` sweeps, `rounds` times.
-fn histogram(sampler: &mut Sampler, model: &Model, vars: &[&str], states: usize, chains: usize, burn_in: usize, spacing: usize, rounds: usize) -> Vec<f64> {
+fn histogram(
+    sampler: &mut Sampler,
+    model: &Model,
+    vars: &[&str],
+    states: usize,
+    chains: usize,
+    burn_in: usize,
+    spacing: usize,
+    rounds: usize,
+) -> Vec<f64> {
     for _ in 0..burn_in {
         sampler.sweep();
     }
@@ -123,13 +137,21 @@ fn tv(p: &[f64], q: &[f64]) -> f64 {
 /// of 2 in the spin conditional or a wrong colouring moves TV far beyond this.
 fn tv_tolerance(p: &[f64], draws: usize) -> f64 {
     let n_eff = draws as f64 / 2.0;
-    let expected: f64 = 0.5 * p.iter().map(|pi| (2.0 * pi * (1.0 - pi) / (std::f64::consts::PI * n_eff)).sqrt()).sum::<f64>();
+    let expected: f64 =
+        0.5 * p.iter().map(|pi| (2.0 * pi * (1.0 - pi) / (std::f64::consts::PI * n_eff)).sqrt()).sum::<f64>();
     2.5 * expected
 }
 
 /// Samples with the planned kernel (which must be `kernel`) and compares the
 /// joint distribution of `vars` with exact enumeration.
-fn check_against_enumeration(src: &str, params: &[(&str, Vec<f32>)], vars: &[&str], kernel: &str, chains: usize, rounds: usize) -> f64 {
+fn check_against_enumeration(
+    src: &str,
+    params: &[(&str, Vec<f32>)],
+    vars: &[&str],
+    kernel: &str,
+    chains: usize,
+    rounds: usize,
+) -> f64 {
     let (model, plan, values) = setup(src, params);
     assert!(plan.to_text().contains(kernel), "expected {kernel}:\n{}", plan.to_text());
     let mut sampler = Sampler::new(&model, &plan, &values, chains, 42, Default::default()).unwrap();
@@ -138,7 +160,13 @@ fn check_against_enumeration(src: &str, params: &[(&str, Vec<f32>)], vars: &[&st
     let d = tv(&exact, &sampled);
     let tol = tv_tolerance(&exact, chains * rounds);
     eprintln!("TV {d:.4} (tolerance {tol:.4})");
-    assert!(d < tol, "TV distance {d:.4} exceeds {tol:.4} ({} states, {} draws)\nplan:\n{}", exact.len(), chains * rounds, plan.to_text());
+    assert!(
+        d < tol,
+        "TV distance {d:.4} exceeds {tol:.4} ({} states, {} draws)\nplan:\n{}",
+        exact.len(),
+        chains * rounds,
+        plan.to_text()
+    );
     d
 }
 
@@ -189,7 +217,11 @@ fn tiny_dbm_two_block_gibbs_matches_enumeration() {
         "model dbm { visible v : binary[3]; hidden h1 : binary[2]; hidden h2 : binary[2];
            param W1 : real[3, 2]; param W2 : real[2, 2]; param b : real[3];
            energy e = -(v @ W1 @ h1) - h1 @ W2 @ h2 - b @ v; }",
-        &[("W1", vec![1.0, -0.7, 0.4, 0.9, -1.1, 0.3]), ("W2", vec![0.8, -0.6, -0.5, 1.2]), ("b", vec![0.2, -0.3, 0.1])],
+        &[
+            ("W1", vec![1.0, -0.7, 0.4, 0.9, -1.1, 0.3]),
+            ("W2", vec![0.8, -0.6, -0.5, 1.2]),
+            ("b", vec![0.2, -0.3, 0.1]),
+        ],
         &["v", "h1", "h2"],
         "block Gibbs, block 2 of 2",
         2000,
@@ -201,7 +233,13 @@ fn tiny_dbm_two_block_gibbs_matches_enumeration() {
 fn fully_visible_boltzmann_machine_sequential_gibbs_matches_enumeration() {
     check_against_enumeration(
         "model bm { visible s : spin[5]; param W : real[5, 5]; energy e = -0.5 * (s @ W @ s); }",
-        &[("W", vec![0.0, 0.5, -0.3, 0.2, 0.4, 0.5, 0.0, 0.6, -0.2, 0.1, -0.3, 0.6, 0.0, 0.3, -0.4, 0.2, -0.2, 0.3, 0.0, 0.5, 0.4, 0.1, -0.4, 0.5, 0.0])],
+        &[(
+            "W",
+            vec![
+                0.0, 0.5, -0.3, 0.2, 0.4, 0.5, 0.0, 0.6, -0.2, 0.1, -0.3, 0.6, 0.0, 0.3, -0.4, 0.2, -0.2, 0.3, 0.0,
+                0.5, 0.4, 0.1, -0.4, 0.5, 0.0,
+            ],
+        )],
         &["s"],
         "sequential Gibbs",
         1000,
@@ -224,7 +262,8 @@ fn mixed_grbm_discrete_marginal_matches_closed_form() {
     let mut exact = Vec::new();
     for s in 0..8 {
         let h: Vec<f64> = (0..3).map(|j| f64::from(((s >> (2 - j)) & 1) as u8)).collect();
-        let m: Vec<f64> = (0..2).map(|i| f64::from(b[i]) + (0..3).map(|j| f64::from(w[i * 3 + j]) * h[j]).sum::<f64>()).collect();
+        let m: Vec<f64> =
+            (0..2).map(|i| f64::from(b[i]) + (0..3).map(|j| f64::from(w[i * 3 + j]) * h[j]).sum::<f64>()).collect();
         let logp = 0.5 * m.iter().map(|x| x * x).sum::<f64>() + (0..3).map(|j| f64::from(c[j]) * h[j]).sum::<f64>();
         exact.push(logp.exp());
     }
@@ -241,7 +280,13 @@ fn moments(state: &HostTensor) -> (Vec<f64>, Vec<Vec<f64>>) {
     let (n, d) = (state.shape[0], state.shape[1]);
     let x = |r: usize, i: usize| f64::from(state.data[r * d + i]);
     let mean: Vec<f64> = (0..d).map(|i| (0..n).map(|r| x(r, i)).sum::<f64>() / n as f64).collect();
-    let cov = (0..d).map(|i| (0..d).map(|j| (0..n).map(|r| (x(r, i) - mean[i]) * (x(r, j) - mean[j])).sum::<f64>() / (n - 1) as f64).collect()).collect();
+    let cov = (0..d)
+        .map(|i| {
+            (0..d)
+                .map(|j| (0..n).map(|r| (x(r, i) - mean[i]) * (x(r, j) - mean[j])).sum::<f64>() / (n - 1) as f64)
+                .collect()
+        })
+        .collect();
     (mean, cov)
 }
 
@@ -269,8 +314,14 @@ fn langevin_reaches_its_known_stationary_gaussian() {
     let step = 0.05;
     let (_, x) = gaussian_run(&format!("langevin(step: {step}, steps: 10)"), 4000, 60);
     let p = [[2.0, 0.6], [0.6, 1.0]];
-    let p2 = [[p[0][0] * p[0][0] + p[0][1] * p[1][0], p[0][0] * p[0][1] + p[0][1] * p[1][1]], [p[1][0] * p[0][0] + p[1][1] * p[1][0], p[1][0] * p[0][1] + p[1][1] * p[1][1]]];
-    let m = [[p[0][0] - step * p2[0][0] / 2.0, p[0][1] - step * p2[0][1] / 2.0], [p[1][0] - step * p2[1][0] / 2.0, p[1][1] - step * p2[1][1] / 2.0]];
+    let p2 = [
+        [p[0][0] * p[0][0] + p[0][1] * p[1][0], p[0][0] * p[0][1] + p[0][1] * p[1][1]],
+        [p[1][0] * p[0][0] + p[1][1] * p[1][0], p[1][0] * p[0][1] + p[1][1] * p[1][1]],
+    ];
+    let m = [
+        [p[0][0] - step * p2[0][0] / 2.0, p[0][1] - step * p2[0][1] / 2.0],
+        [p[1][0] - step * p2[1][0] / 2.0, p[1][1] - step * p2[1][1] / 2.0],
+    ];
     let det = m[0][0] * m[1][1] - m[0][1] * m[1][0];
     let c = [[m[1][1] / det, -m[0][1] / det], [-m[1][0] / det, m[0][0] / det]];
     check_moments(&x, [1.0, -2.0], c, 4000);

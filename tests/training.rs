@@ -15,11 +15,17 @@ struct Setup {
 }
 
 fn setup(src: &str) -> Setup {
-    let c = ebmc::compile(src).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("t.ebm", src, &d)));
+    let c =
+        ebmc::compile(src).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("t.ebm", src, &d)));
     let (plans, _) = ebmc::plan(&c.program).unwrap();
     let model = c.program.models.values().next().unwrap().clone();
     let train = c.program.trains.get(&model.name).cloned().unwrap_or_else(|| panic!("needs a train block"));
-    Setup { source: src.to_string(), graph: ebmc::analysis::graph::program_to_graph(&model), plan: plans[0].clone(), train }
+    Setup {
+        source: src.to_string(),
+        graph: ebmc::analysis::graph::program_to_graph(&model),
+        plan: plans[0].clone(),
+        train,
+    }
 }
 
 fn params_with(s: &Setup, values: &[(&str, Vec<f32>)]) -> Tensors {
@@ -51,7 +57,13 @@ fn true_rbm_params(s: &Setup) -> Tensors {
     params_with(
         s,
         &[
-            ("W", vec![2.0, -1.5, 0.5, 0.0, -1.0, 1.8, 0.0, 0.7, 1.2, 0.3, -2.0, 0.4, -0.6, 0.9, 1.5, -1.2, 0.8, -0.4, 0.2, 1.6, 0.0, -1.3, 0.6, 1.1]),
+            (
+                "W",
+                vec![
+                    2.0, -1.5, 0.5, 0.0, -1.0, 1.8, 0.0, 0.7, 1.2, 0.3, -2.0, 0.4, -0.6, 0.9, 1.5, -1.2, 0.8, -0.4,
+                    0.2, 1.6, 0.0, -1.3, 0.6, 1.1,
+                ],
+            ),
             ("b", vec![-0.5, 0.3, 0.0, 0.4, -0.2, 0.1]),
             ("c", vec![0.2, -0.3, 0.5, -0.1]),
         ],
@@ -88,13 +100,17 @@ fn train_and_score(objective: &str, epochs: usize) -> (f64, f64, f64) {
     let data = rbm_data(&s, 2000);
     let ll = |p: &Tensors| {
         let z = ebmc::runtime::evaluate::exact_log_z(&s.graph, &s.plan, p, DeviceKind::Cpu).unwrap();
-        mean(&ebmc::runtime::evaluate::exact_log_likelihood(&s.graph, &s.plan, p, &data.vars, z, DeviceKind::Cpu).unwrap())
+        mean(
+            &ebmc::runtime::evaluate::exact_log_likelihood(&s.graph, &s.plan, p, &data.vars, z, DeviceKind::Cpu)
+                .unwrap(),
+        )
     };
     let lowered = ebmc::ir::program_to_ir(&s.graph.model);
     let before = ll(&ebmc::tensor::initialise(&lowered.params, 3));
     let truth = ll(&true_rbm_params(&s));
     let out = tmp(objective.split('(').next().unwrap());
-    let opts = ebmc::runtime::train::RunOptions { epochs, seed: 3, out: out.clone(), resume: false, device: DeviceKind::Cpu };
+    let opts =
+        ebmc::runtime::train::RunOptions { epochs, seed: 3, out: out.clone(), resume: false, device: DeviceKind::Cpu };
     ebmc::runtime::train::run(&s.source, &s.graph, &s.plan, &s.train, &data, None, &opts, &mut |_| {}).unwrap();
     let after = ll(&ebmc::runtime::train::load_params(&out).unwrap());
     std::fs::remove_dir_all(&out).unwrap();
@@ -125,8 +141,16 @@ fn digits_rbm_reaches_the_log_likelihood_bar() {
     let (train, test) = ebmc::runtime::data::split(data, s.train.test.as_ref(), &s.graph.model, &base).unwrap();
     assert_eq!((train.rows, test.as_ref().unwrap().rows), (1500, 297));
     let out = tmp("digits");
-    let opts = ebmc::runtime::train::RunOptions { epochs: s.train.epochs, seed: s.train.seed, out: out.clone(), resume: false, device: DeviceKind::Cpu };
-    let history = ebmc::runtime::train::run(&s.source, &s.graph, &s.plan, &s.train, &train, test.as_ref(), &opts, &mut |_| {}).unwrap();
+    let opts = ebmc::runtime::train::RunOptions {
+        epochs: s.train.epochs,
+        seed: s.train.seed,
+        out: out.clone(),
+        resume: false,
+        device: DeviceKind::Cpu,
+    };
+    let history =
+        ebmc::runtime::train::run(&s.source, &s.graph, &s.plan, &s.train, &train, test.as_ref(), &opts, &mut |_| {})
+            .unwrap();
     let ll = history.last().unwrap().log_likelihood.unwrap();
     assert!(ll >= -20.6, "test log-likelihood {ll} nats");
     std::fs::remove_dir_all(&out).unwrap();
@@ -137,15 +161,22 @@ fn resuming_reproduces_an_uninterrupted_run_exactly() {
     let s = setup(&TINY_RBM.replace("OBJECTIVE", "pcd(k: 1, chains: 20)").replace("EPOCHS", "4"));
     let data = rbm_data(&s, 200);
     let run = |out: &PathBuf, epochs: usize, resume: bool| {
-        let opts = ebmc::runtime::train::RunOptions { epochs, seed: 9, out: out.clone(), resume, device: DeviceKind::Cpu };
+        let opts =
+            ebmc::runtime::train::RunOptions { epochs, seed: 9, out: out.clone(), resume, device: DeviceKind::Cpu };
         ebmc::runtime::train::run(&s.source, &s.graph, &s.plan, &s.train, &data, None, &opts, &mut |_| {}).unwrap()
     };
     let (a, b) = (tmp("straight"), tmp("resumed"));
     let straight = run(&a, 4, false);
     run(&b, 2, false);
     let resumed = run(&b, 4, true);
-    assert_eq!(std::fs::read(a.join("epoch-4/params.safetensors")).unwrap(), std::fs::read(b.join("epoch-4/params.safetensors")).unwrap());
-    assert_eq!(std::fs::read(a.join("epoch-4/state.safetensors")).unwrap(), std::fs::read(b.join("epoch-4/state.safetensors")).unwrap());
+    assert_eq!(
+        std::fs::read(a.join("epoch-4/params.safetensors")).unwrap(),
+        std::fs::read(b.join("epoch-4/params.safetensors")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(a.join("epoch-4/state.safetensors")).unwrap(),
+        std::fs::read(b.join("epoch-4/state.safetensors")).unwrap()
+    );
     assert_eq!(straight.len(), resumed.len());
     for (x, y) in straight.iter().zip(&resumed) {
         assert_eq!((x.epoch, x.loss), (y.epoch, y.loss));
@@ -167,21 +198,49 @@ fn divergence_stops_training_and_keeps_the_last_good_checkpoint() {
     let good = setup(&src.replace("LR", "0.01"));
     let data = ebmc::runtime::data::load(&good.train.data, &good.graph.model, std::path::Path::new(".")).unwrap();
     let out = tmp("diverge");
-    let opts = |epochs| ebmc::runtime::train::RunOptions { epochs, seed: 1, out: out.clone(), resume: false, device: DeviceKind::Cpu };
-    ebmc::runtime::train::run(&good.source, &good.graph, &good.plan, &good.train, &data, None, &opts(1), &mut |_| {}).unwrap();
+    let opts = |epochs| ebmc::runtime::train::RunOptions {
+        epochs,
+        seed: 1,
+        out: out.clone(),
+        resume: false,
+        device: DeviceKind::Cpu,
+    };
+    ebmc::runtime::train::run(&good.source, &good.graph, &good.plan, &good.train, &data, None, &opts(1), &mut |_| {})
+        .unwrap();
     let kept = std::fs::read(out.join("epoch-1/params.safetensors")).unwrap();
     // An absurd step size, in a fresh directory; the earlier run's checkpoint is untouched.
     let bad = setup(&src.replace("LR", "1e30"));
     let fresh = tmp("diverge-fresh");
-    let err = ebmc::runtime::train::run(&bad.source, &bad.graph, &bad.plan, &bad.train, &data, None, &ebmc::runtime::train::RunOptions { epochs: 3, seed: 1, out: fresh.clone(), resume: false, device: DeviceKind::Cpu }, &mut |_| {}).unwrap_err();
+    let err = ebmc::runtime::train::run(
+        &bad.source,
+        &bad.graph,
+        &bad.plan,
+        &bad.train,
+        &data,
+        None,
+        &ebmc::runtime::train::RunOptions {
+            epochs: 3,
+            seed: 1,
+            out: fresh.clone(),
+            resume: false,
+            device: DeviceKind::Cpu,
+        },
+        &mut |_| {},
+    )
+    .unwrap_err();
     match err {
-        ebmc::runtime::train::RunError::Train { error: ebmc::backend::TrainError::NonFinite { what, step }, .. } => {
+        ebmc::runtime::train::RunError::Train {
+            error: ebmc::backend::TrainError::NonFinite { what, step }, ..
+        } => {
             assert!(what.contains("W") || what.contains("loss") || what.contains("gradient"), "{what}");
             assert!(step >= 1);
         }
         other => panic!("expected a divergence, got {other:?}"),
     }
-    assert!(ebmc::runtime::train::latest_checkpoint(&fresh).is_none(), "no checkpoint is written from diverged parameters");
+    assert!(
+        ebmc::runtime::train::latest_checkpoint(&fresh).is_none(),
+        "no checkpoint is written from diverged parameters"
+    );
     assert_eq!(std::fs::read(out.join("epoch-1/params.safetensors")).unwrap(), kept);
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&fresh);
@@ -201,10 +260,20 @@ fn pseudo_likelihood_recovers_lattice_couplings_from_a_zero_start() {
     for _ in 0..300 {
         sampler.sweep();
     }
-    let data = ebmc::runtime::data::Dataset { rows: 2000, vars: [("s".to_string(), sampler.state()["s"].clone())].into_iter().collect() };
+    let data = ebmc::runtime::data::Dataset {
+        rows: 2000,
+        vars: [("s".to_string(), sampler.state()["s"].clone())].into_iter().collect(),
+    };
     let out = tmp("pl");
-    let opts = ebmc::runtime::train::RunOptions { epochs: 40, seed: 2, out: out.clone(), resume: false, device: DeviceKind::Cpu };
-    ebmc::runtime::train::run(&ising.source, &ising.graph, &ising.plan, &ising.train, &data, None, &opts, &mut |_| {}).unwrap();
+    let opts = ebmc::runtime::train::RunOptions {
+        epochs: 40,
+        seed: 2,
+        out: out.clone(),
+        resume: false,
+        device: DeviceKind::Cpu,
+    };
+    ebmc::runtime::train::run(&ising.source, &ising.graph, &ising.plan, &ising.train, &data, None, &opts, &mut |_| {})
+        .unwrap();
     let fit = ebmc::runtime::train::load_params(&out).unwrap();
 
     // Pseudo-likelihood is consistent; with 2000 x 36 spins its error on J and the
@@ -266,6 +335,9 @@ fn bundled_sets_have_their_documented_sizes() {
     }
     // The 8-Gaussian density integrates to one (grid over [-6, 6]^2).
     let h = 0.02;
-    let total: f64 = (0..600).flat_map(|i| (0..600).map(move |j| (-6.0 + i as f64 * h, -6.0 + j as f64 * h))).map(|(x, y)| ebmc::runtime::data::toy_log_density("8gaussians", x, y).unwrap().exp() * h * h).sum();
+    let total: f64 = (0..600)
+        .flat_map(|i| (0..600).map(move |j| (-6.0 + i as f64 * h, -6.0 + j as f64 * h)))
+        .map(|(x, y)| ebmc::runtime::data::toy_log_density("8gaussians", x, y).unwrap().exp() * h * h)
+        .sum();
     assert!((total - 1.0).abs() < 1e-3, "{total}");
 }

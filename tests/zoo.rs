@@ -14,10 +14,16 @@ fn zoo_models_through_every_stage() {
         let ast = ebmc::front::parse::source_to_ast(&source).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         insta::assert_snapshot!("ast", ast.outline());
 
-        let compiled = ebmc::compile(&source).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain(&name, &source, &d)));
-        assert!(compiled.warnings.is_empty(), "{}", ebmc::front::diagnostic::render_plain(&name, &source, &compiled.warnings));
+        let compiled = ebmc::compile(&source)
+            .unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain(&name, &source, &d)));
+        assert!(
+            compiled.warnings.is_empty(),
+            "{}",
+            ebmc::front::diagnostic::render_plain(&name, &source, &compiled.warnings)
+        );
 
-        let (plans, _warnings) = ebmc::plan(&compiled.program).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain(&name, &source, &d)));
+        let (plans, _warnings) = ebmc::plan(&compiled.program)
+            .unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain(&name, &source, &d)));
         let mut graph_text = String::new();
         let mut plan_text = String::new();
         for (model, plan) in compiled.program.models.values().zip(&plans) {

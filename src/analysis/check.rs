@@ -3,9 +3,9 @@
 //! shape of every expression. Reports every problem it finds, not just the
 //! first, and warns about declarations no energy uses.
 
-use crate::front::ast::{self, BinOp, ExprKind, ModelStmt, Role};
 use crate::analysis::program::*;
 use crate::analysis::schema::{self, Family, OptType, Value};
+use crate::front::ast::{self, BinOp, ExprKind, ModelStmt, Role};
 use crate::front::span::Span;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -81,7 +81,12 @@ pub fn ast_to_program(file: &ast::File) -> Result<(Program, Vec<CheckError>), Ve
     for item in &file.items {
         if let ast::Item::Model(m) = item {
             if let Some(first) = model_spans.get(&m.name.name) {
-                errors.push(CheckError::Duplicate { what: "model", name: m.name.name.clone(), span: m.name.span, first: *first });
+                errors.push(CheckError::Duplicate {
+                    what: "model",
+                    name: m.name.name.clone(),
+                    span: m.name.span,
+                    first: *first,
+                });
                 continue;
             }
             model_spans.insert(m.name.name.clone(), m.name.span);
@@ -105,7 +110,12 @@ pub fn ast_to_program(file: &ast::File) -> Result<(Program, Vec<CheckError>), Ve
                 continue;
             }
             if let Some(first) = train_spans.get(&t.model.name) {
-                errors.push(CheckError::Duplicate { what: "train block for model", name: t.model.name.clone(), span: t.model.span, first: *first });
+                errors.push(CheckError::Duplicate {
+                    what: "train block for model",
+                    name: t.model.name.clone(),
+                    span: t.model.span,
+                    first: *first,
+                });
                 continue;
             }
             train_spans.insert(t.model.name.clone(), t.model.span);
@@ -117,11 +127,7 @@ pub fn ast_to_program(file: &ast::File) -> Result<(Program, Vec<CheckError>), Ve
         }
     }
     errors.sort_by_key(|e| (e.is_warning(), first_span(e).start));
-    if errors.iter().any(|e| !e.is_warning()) {
-        Err(errors)
-    } else {
-        Ok((Program { models, trains }, errors))
-    }
+    if errors.iter().any(|e| !e.is_warning()) { Err(errors) } else { Ok((Program { models, trains }, errors)) }
 }
 
 /// The span a diagnostic is ordered by.
@@ -184,7 +190,14 @@ struct ModelChecker<'e> {
 
 impl<'e> ModelChecker<'e> {
     fn new(errors: &'e mut Vec<CheckError>) -> Self {
-        ModelChecker { errors, decls: BTreeMap::new(), int_consts: BTreeMap::new(), shapes: BTreeMap::new(), nets: BTreeMap::new(), used: BTreeSet::new() }
+        ModelChecker {
+            errors,
+            decls: BTreeMap::new(),
+            int_consts: BTreeMap::new(),
+            shapes: BTreeMap::new(),
+            nets: BTreeMap::new(),
+            used: BTreeSet::new(),
+        }
     }
 
     fn err(&mut self, e: CheckError) {
@@ -224,7 +237,12 @@ impl<'e> ModelChecker<'e> {
             if let ModelStmt::Sample(b) = stmt {
                 for o in &b.overrides {
                     if let Some(first) = overridden.get(&o.var.name) {
-                        self.err(CheckError::Duplicate { what: "sampler override for", name: o.var.name.clone(), span: o.var.span, first: *first });
+                        self.err(CheckError::Duplicate {
+                            what: "sampler override for",
+                            name: o.var.name.clone(),
+                            span: o.var.span,
+                            first: *first,
+                        });
                         continue;
                     }
                     overridden.insert(o.var.name.clone(), o.var.span);
@@ -255,7 +273,12 @@ impl<'e> ModelChecker<'e> {
             };
             if let Some((_, first)) = self.decls.get(&name.name) {
                 let first = *first;
-                self.err(CheckError::Duplicate { what: "declaration of", name: name.name.clone(), span: name.span, first });
+                self.err(CheckError::Duplicate {
+                    what: "declaration of",
+                    name: name.name.clone(),
+                    span: name.span,
+                    first,
+                });
                 continue;
             }
             self.decls.insert(name.name.clone(), (kind, name.span));
@@ -431,7 +454,11 @@ impl<'e> ModelChecker<'e> {
             let g = GraphConst { lattice, rows, cols, periodic };
             let built = vec![g.units(), g.units()];
             if let Some(declared) = declared.filter(|s| *s != built) {
-                self.err(CheckError::ConstShape { span: d.ty.as_ref().map_or(d.value.span, |t| t.span), declared, built });
+                self.err(CheckError::ConstShape {
+                    span: d.ty.as_ref().map_or(d.value.span, |t| t.span),
+                    declared,
+                    built,
+                });
                 return None;
             }
             (built, ConstValue::Graph(g))
@@ -486,7 +513,12 @@ impl<'e> ModelChecker<'e> {
             }
             None => {
                 let candidates = self.names_of(DeclKind::Variable);
-                self.err(CheckError::Undefined { what: "variable", name: o.var.name.clone(), span: o.var.span, candidates });
+                self.err(CheckError::Undefined {
+                    what: "variable",
+                    name: o.var.name.clone(),
+                    span: o.var.span,
+                    candidates,
+                });
                 return None;
             }
         }
@@ -514,7 +546,12 @@ impl<'e> ModelChecker<'e> {
                 let (kind, _) = match self.decls.get(name) {
                     Some(d) => *d,
                     None => {
-                        let candidates = self.decls.iter().filter(|(_, (k, _))| *k != DeclKind::Energy).map(|(n, _)| n.clone()).collect();
+                        let candidates = self
+                            .decls
+                            .iter()
+                            .filter(|(_, (k, _))| *k != DeclKind::Energy)
+                            .map(|(n, _)| n.clone())
+                            .collect();
                         self.err(CheckError::Undefined { what: "name", name: name.clone(), span, candidates });
                         return None;
                     }
@@ -596,10 +633,20 @@ impl<'e> ModelChecker<'e> {
             let width = net.layers[0];
             let fits = arg.shape == [width] || (width == 1 && arg.shape.is_empty());
             if !fits {
-                self.err(CheckError::NetInput { net: name.clone(), span: arg.span, expected: width, found: arg.shape, decl: net.span });
+                self.err(CheckError::NetInput {
+                    net: name.clone(),
+                    span: arg.span,
+                    expected: width,
+                    found: arg.shape,
+                    decl: net.span,
+                });
                 return None;
             }
-            return Some(TExpr { kind: TExprKind::Net { net: name.clone(), arg: Box::new(arg) }, shape: net.output_shape(), span });
+            return Some(TExpr {
+                kind: TExprKind::Net { net: name.clone(), arg: Box::new(arg) },
+                shape: net.output_shape(),
+                span,
+            });
         }
         let func = builtin.expect("checked above");
         let shape = if func.is_reduction() { vec![] } else { arg.shape.clone() };
@@ -636,7 +683,11 @@ impl<'e> ModelChecker<'e> {
                 if long.ends_with(short) {
                     Some(long.clone())
                 } else {
-                    self.err(CheckError::ElementwiseMismatch { op, lhs: (l.span, ls.clone()), rhs: (r.span, rs.clone()) });
+                    self.err(CheckError::ElementwiseMismatch {
+                        op,
+                        lhs: (l.span, ls.clone()),
+                        rhs: (r.span, rs.clone()),
+                    });
                     None
                 }
             }
@@ -670,7 +721,12 @@ fn bind_call(family: Family, e: &ast::Expr, errors: &mut Vec<CheckError>) -> Opt
 }
 
 /// `bind_call`, where whole-number options may also name the integer constants in `ints`.
-fn bind_call_with(family: Family, e: &ast::Expr, ints: &BTreeMap<String, usize>, errors: &mut Vec<CheckError>) -> Option<Call> {
+fn bind_call_with(
+    family: Family,
+    e: &ast::Expr,
+    ints: &BTreeMap<String, usize>,
+    errors: &mut Vec<CheckError>,
+) -> Option<Call> {
     let (func, args): (&str, &[ast::Arg]) = match &e.kind {
         ExprKind::Name(n) => (n, &[]),
         ExprKind::Call { func, args } => (&func.name, args),
@@ -694,7 +750,12 @@ fn bind_call_with(family: Family, e: &ast::Expr, ints: &BTreeMap<String, usize>,
             Some(n) => match sig.options.iter().find(|o| o.name == n.name) {
                 Some(o) => (o.name, n.span),
                 None => {
-                    errors.push(CheckError::UnknownOption { family, callee: func.to_string(), name: n.name.clone(), span: n.span });
+                    errors.push(CheckError::UnknownOption {
+                        family,
+                        callee: func.to_string(),
+                        name: n.name.clone(),
+                        span: n.span,
+                    });
                     ok = false;
                     continue;
                 }
@@ -702,7 +763,11 @@ fn bind_call_with(family: Family, e: &ast::Expr, ints: &BTreeMap<String, usize>,
             None => match sig.options.get(i) {
                 Some(o) => (o.name, arg.value.span),
                 None => {
-                    errors.push(CheckError::TooManyArgs { callee: func.to_string(), span: arg.value.span, max: sig.options.len() });
+                    errors.push(CheckError::TooManyArgs {
+                        callee: func.to_string(),
+                        span: arg.value.span,
+                        max: sig.options.len(),
+                    });
                     ok = false;
                     continue;
                 }
@@ -721,14 +786,23 @@ fn bind_call_with(family: Family, e: &ast::Expr, ints: &BTreeMap<String, usize>,
             Some((_, value_expr)) => match option_value(value_expr, opt.ty, ints) {
                 Some(v) => v,
                 None => {
-                    errors.push(CheckError::BadOptionValue { callee: func.to_string(), option: opt.name.to_string(), span: value_expr.span, expected: opt.ty });
+                    errors.push(CheckError::BadOptionValue {
+                        callee: func.to_string(),
+                        option: opt.name.to_string(),
+                        span: value_expr.span,
+                        expected: opt.ty,
+                    });
                     ok = false;
                     continue;
                 }
             },
             None => match opt.default {
                 schema::Fallback::Required => {
-                    errors.push(CheckError::MissingOption { callee: func.to_string(), option: opt.name.to_string(), span: e.span });
+                    errors.push(CheckError::MissingOption {
+                        callee: func.to_string(),
+                        option: opt.name.to_string(),
+                        span: e.span,
+                    });
                     ok = false;
                     continue;
                 }
@@ -780,7 +854,8 @@ fn option_value(e: &ast::Expr, ty: OptType, ints: &BTreeMap<String, usize>) -> O
     }
 }
 
-const TRAIN_KEYS: &[&str] = &["data", "test", "objective", "optimizer", "schedule", "regularize", "batch", "epochs", "seed"];
+const TRAIN_KEYS: &[&str] =
+    &["data", "test", "objective", "optimizer", "schedule", "regularize", "batch", "epochs", "seed"];
 
 fn train_block(t: &ast::TrainBlock, model: Option<&Model>, errors: &mut Vec<CheckError>) -> Option<Train> {
     let mut seen: BTreeMap<&str, Span> = BTreeMap::new();
@@ -800,13 +875,21 @@ fn train_block(t: &ast::TrainBlock, model: Option<&Model>, errors: &mut Vec<Chec
             continue;
         }
         if let Some(first) = seen.get(key) {
-            errors.push(CheckError::Duplicate { what: "setting", name: key.to_string(), span: s.key.span, first: *first });
+            errors.push(CheckError::Duplicate {
+                what: "setting",
+                name: key.to_string(),
+                span: s.key.span,
+                first: *first,
+            });
             ok = false;
             continue;
         }
         seen.insert(key, s.key.span);
         if !s.binding.is_empty() && key != "data" && key != "test" {
-            errors.push(CheckError::UnexpectedBinding { key: key.to_string(), span: s.binding[0].span.to(s.binding[s.binding.len() - 1].span) });
+            errors.push(CheckError::UnexpectedBinding {
+                key: key.to_string(),
+                span: s.binding[0].span.to(s.binding[s.binding.len() - 1].span),
+            });
             ok = false;
             continue;
         }
@@ -827,7 +910,12 @@ fn train_block(t: &ast::TrainBlock, model: Option<&Model>, errors: &mut Vec<Chec
                     ExprKind::List(items) => items.iter().collect(),
                     _ => vec![&s.value],
                 };
-                regularizers = items.into_iter().map(|e| bind_call(Family::Regularizer, e, errors)).collect::<Vec<_>>().into_iter().collect();
+                regularizers = items
+                    .into_iter()
+                    .map(|e| bind_call(Family::Regularizer, e, errors))
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .collect();
             }
             "batch" => batch = count_setting(s, 1, errors),
             "epochs" => epochs = count_setting(s, 1, errors),
@@ -909,7 +997,12 @@ fn data_spec(s: &ast::Setting, model: Option<&Model>, errors: &mut Vec<CheckErro
     let mut bound: BTreeMap<&str, Span> = BTreeMap::new();
     for b in &s.binding {
         if let Some(first) = bound.get(b.name.as_str()) {
-            errors.push(CheckError::Duplicate { what: "binding of", name: b.name.clone(), span: b.span, first: *first });
+            errors.push(CheckError::Duplicate {
+                what: "binding of",
+                name: b.name.clone(),
+                span: b.span,
+                first: *first,
+            });
             ok = false;
             continue;
         }
@@ -922,8 +1015,14 @@ fn data_spec(s: &ast::Setting, model: Option<&Model>, errors: &mut Vec<CheckErro
                     ok = false;
                 }
                 None => {
-                    let candidates = model.variables.iter().filter(|v| v.role == Role::Visible).map(|v| v.name.clone()).collect();
-                    errors.push(CheckError::Undefined { what: "visible variable", name: b.name.clone(), span: b.span, candidates });
+                    let candidates =
+                        model.variables.iter().filter(|v| v.role == Role::Visible).map(|v| v.name.clone()).collect();
+                    errors.push(CheckError::Undefined {
+                        what: "visible variable",
+                        name: b.name.clone(),
+                        span: b.span,
+                        candidates,
+                    });
                     ok = false;
                 }
             }

@@ -5,8 +5,8 @@
 //! binary and one-hot units satisfy `x^2 = x`, spins `s^2 = 1`, so products of
 //! a unit with itself never couple two different units.
 
+use crate::analysis::program::{ConstValue, Domain, Func, Model, TExpr, TExprKind, Variable, shape_str};
 use crate::front::ast::{BinOp, Role};
-use crate::analysis::program::{shape_str, ConstValue, Domain, Func, Model, TExpr, TExprKind, Variable};
 use petgraph::graph::{NodeIndex, UnGraph};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -79,7 +79,14 @@ pub fn program_to_graph(model: &Model) -> FactorGraph {
         couplings.push(
             parts
                 .iter()
-                .map(|p| model.variables.iter().filter(|v| mentions(p, &v.name) && degree(p, v, model).deg > 0).map(|v| v.name.clone()).collect())
+                .map(|p| {
+                    model
+                        .variables
+                        .iter()
+                        .filter(|v| mentions(p, &v.name) && degree(p, v, model).deg > 0)
+                        .map(|v| v.name.clone())
+                        .collect()
+                })
                 .collect(),
         );
         let f = graph.add_node(GraphNode::Factor(e.name.clone()));
@@ -109,8 +116,12 @@ fn additive_parts<'a>(e: &'a TExpr, out: &mut Vec<&'a TExpr>) {
             additive_parts(lhs, out);
             additive_parts(rhs, out);
         }
-        TExprKind::Binary { op: BinOp::Mul, lhs, rhs } if lhs.shape.is_empty() && !has_var(lhs) => additive_parts(rhs, out),
-        TExprKind::Binary { op: BinOp::Mul | BinOp::Div, lhs, rhs } if rhs.shape.is_empty() && !has_var(rhs) => additive_parts(lhs, out),
+        TExprKind::Binary { op: BinOp::Mul, lhs, rhs } if lhs.shape.is_empty() && !has_var(lhs) => {
+            additive_parts(rhs, out)
+        }
+        TExprKind::Binary { op: BinOp::Mul | BinOp::Div, lhs, rhs } if rhs.shape.is_empty() && !has_var(rhs) => {
+            additive_parts(lhs, out)
+        }
         TExprKind::Neg(x) | TExprKind::Func { func: Func::Sum | Func::Mean, arg: x } => additive_parts(x, out),
         _ => out.push(e),
     }
@@ -231,17 +242,32 @@ impl FactorGraph {
 
     /// Degree of the whole energy in `var`: the highest over its terms.
     pub fn total_degree(&self, var: &str) -> Degree {
-        self.factors.iter().flat_map(|(_, e)| e.iter()).filter(|(v, _)| v == var).map(|(_, d)| *d).max().unwrap_or(Degree::Constant)
+        self.factors
+            .iter()
+            .flat_map(|(_, e)| e.iter())
+            .filter(|(v, _)| v == var)
+            .map(|(_, d)| *d)
+            .max()
+            .unwrap_or(Degree::Constant)
     }
 
     /// Terms whose units of `var` interact with each other.
     pub fn self_couplings(&self, var: &str) -> Vec<&str> {
-        self.factors.iter().filter(|(_, e)| e.iter().any(|(v, d)| v == var && d.couples_units())).map(|(f, _)| f.as_str()).collect()
+        self.factors
+            .iter()
+            .filter(|(_, e)| e.iter().any(|(v, d)| v == var && d.couples_units()))
+            .map(|(f, _)| f.as_str())
+            .collect()
     }
 
     /// Variables that interact with `var`: some additive part of a term varies with both.
     pub fn neighbours(&self, var: &str) -> BTreeSet<String> {
-        self.couplings.iter().flatten().filter(|part| part.contains(var)).flat_map(|part| part.iter().filter(|n| *n != var).cloned()).collect()
+        self.couplings
+            .iter()
+            .flatten()
+            .filter(|part| part.contains(var))
+            .flat_map(|part| part.iter().filter(|n| *n != var).cloned())
+            .collect()
     }
 
     /// The terms through which `a` and `b` interact.
@@ -281,7 +307,9 @@ impl FactorGraph {
                         }
                         _ => ok &= n.shape.is_empty(),
                     },
-                    TExprKind::Param(_) | TExprKind::Var(_) if !n.shape.is_empty() => ok &= matches!(&n.kind, TExprKind::Var(x) if x == var),
+                    TExprKind::Param(_) | TExprKind::Var(_) if !n.shape.is_empty() => {
+                        ok &= matches!(&n.kind, TExprKind::Var(x) if x == var)
+                    }
                     TExprKind::Net { .. } => ok = false,
                     _ => {}
                 });
@@ -409,7 +437,9 @@ pub fn type_text(v: &Variable) -> String {
     match &v.domain {
         Domain::Binary => format!("binary{}", dims(&v.shape)),
         Domain::Spin => format!("spin{}", dims(&v.shape)),
-        Domain::Categorical { categories } => format!("categorical({categories}){}", dims(&v.shape[..v.shape.len() - 1])),
+        Domain::Categorical { categories } => {
+            format!("categorical({categories}){}", dims(&v.shape[..v.shape.len() - 1]))
+        }
         Domain::Real { bounds: None } => format!("real{}", dims(&v.shape)),
         Domain::Real { bounds: Some((lo, hi)) } => format!("real{} in [{lo}, {hi}]", dims(&v.shape)),
     }
@@ -472,7 +502,13 @@ impl FactorGraph {
                 Some(ColourClass::Units(n)) => ("#ffffff", format!("\\n{n} unit colours")),
                 None => ("#eeeeee", String::new()),
             };
-            let _ = writeln!(out, "  \"v:{}\" [shape=circle, style=\"{style}\", fillcolor=\"{fill}\", label=\"{}\\n{}{note}\"];", v.name, v.name, type_text(v));
+            let _ = writeln!(
+                out,
+                "  \"v:{}\" [shape=circle, style=\"{style}\", fillcolor=\"{fill}\", label=\"{}\\n{}{note}\"];",
+                v.name,
+                v.name,
+                type_text(v)
+            );
         }
         for (f, edges) in &self.factors {
             let _ = writeln!(out, "  \"f:{f}\" [shape=box, label=\"{f}\"];");

@@ -7,9 +7,9 @@
 //! in what it knows of the machine (`available_bytes`).
 
 use crate::analysis::graph::units;
-use crate::ir::{Lowered, Op};
 use crate::analysis::program::{ConstValue, Domain, Model, Program, Train, Variable};
 use crate::front::span::Span;
+use crate::ir::{Lowered, Op};
 
 /// Deepest expression nesting: open brackets plus the operators of the
 /// chains they hold (see `nesting`). Deeper input is refused (E0501) so no
@@ -74,7 +74,8 @@ pub fn joint_states(model: &Model, vars: &[String]) -> States {
         };
         let n = units(v) as u128;
         log2 += n as f64 * (per_unit as f64).log2();
-        exact = exact.and_then(|e| u32::try_from(n).ok().and_then(|n| per_unit.checked_pow(n)).and_then(|p| e.checked_mul(p)));
+        exact = exact
+            .and_then(|e| u32::try_from(n).ok().and_then(|n| per_unit.checked_pow(n)).and_then(|p| e.checked_mul(p)));
     }
     States { log2, exact }
 }
@@ -172,7 +173,12 @@ pub fn check_program(program: &Program) -> Vec<LimitError> {
         }
         for n in &model.nets {
             if let Some(w) = n.layers.windows(2).find(|w| elements(w) > MAX_ELEMENTS) {
-                out.push(LimitError::Elements { what: "net layer of", name: n.name.clone(), span: n.span, elements: elements(w) });
+                out.push(LimitError::Elements {
+                    what: "net layer of",
+                    name: n.name.clone(),
+                    span: n.span,
+                    elements: elements(w),
+                });
             }
         }
         for c in &model.consts {
@@ -181,10 +187,17 @@ pub fn check_program(program: &Program) -> Vec<LimitError> {
                 ConstValue::Graph(g) => {
                     let units = (g.rows as u128).saturating_mul(g.cols as u128);
                     if n > MAX_ELEMENTS || units > MAX_UNITS {
-                        out.push(LimitError::Lattice { name: c.name.clone(), span: c.span, units, elements: units.saturating_mul(units) });
+                        out.push(LimitError::Lattice {
+                            name: c.name.clone(),
+                            span: c.span,
+                            units,
+                            elements: units.saturating_mul(units),
+                        });
                     }
                 }
-                ConstValue::Fill(_) if n > MAX_ELEMENTS => out.push(LimitError::Elements { what: "constant", name: c.name.clone(), span: c.span, elements: n }),
+                ConstValue::Fill(_) if n > MAX_ELEMENTS => {
+                    out.push(LimitError::Elements { what: "constant", name: c.name.clone(), span: c.span, elements: n })
+                }
                 ConstValue::Fill(_) => {}
             }
         }
@@ -204,7 +217,11 @@ fn check_train_block(model: &Model, t: &Train) -> Vec<LimitError> {
     let mut rows = vec![("batch", t.batch as u128, t.span)];
     for key in ["chains", "buffer"] {
         if let Some(n) = t.objective.int(key) {
-            rows.push((if key == "chains" { "persistent chains" } else { "replay buffer" }, n.max(0) as u128, t.objective.span));
+            rows.push((
+                if key == "chains" { "persistent chains" } else { "replay buffer" },
+                n.max(0) as u128,
+                t.objective.span,
+            ));
         }
     }
     for (what, n, span) in rows {
@@ -253,7 +270,12 @@ fn check_memory(what: &'static str, needed: u128, available: Option<u64>) -> Opt
 /// the number of sweeps, and the estimated memory (chains, the energy's
 /// per-chain working values, the kept states) against `available_bytes`.
 /// `Ok` holds the estimate in bytes.
-pub fn check_sample(model: &Model, lowered: &Lowered, run: &SampleRun, available_bytes: Option<u64>) -> Result<u128, Vec<LimitError>> {
+pub fn check_sample(
+    model: &Model,
+    lowered: &Lowered,
+    run: &SampleRun,
+    available_bytes: Option<u64>,
+) -> Result<u128, Vec<LimitError>> {
     let mut out = Vec::new();
     let all: Vec<&Variable> = model.variables.iter().collect();
     let row = values(&all);
@@ -268,7 +290,8 @@ pub fn check_sample(model: &Model, lowered: &Lowered, run: &SampleRun, available
     if !out.is_empty() {
         return Err(out);
     }
-    let visible: Vec<&Variable> = model.variables.iter().filter(|v| v.role == crate::front::ast::Role::Visible).collect();
+    let visible: Vec<&Variable> =
+        model.variables.iter().filter(|v| v.role == crate::front::ast::Role::Visible).collect();
     let kept = run.every.map_or(1, |e| (run.steps / e.max(1)).max(1)) as u128;
     // A kept state is held as f32 and again as an f64 output row.
     let needed = param_bytes(model, lowered)
@@ -284,9 +307,21 @@ pub fn check_sample(model: &Model, lowered: &Lowered, run: &SampleRun, available
 /// estimated memory (parameters with gradients and optimiser moments, the
 /// `rows` of data, a batch's values forward and backward, persistent chains
 /// and replay buffer) against `available_bytes`. `Ok` holds the estimate.
-pub fn check_train(model: &Model, lowered: &Lowered, train: &Train, rows: usize, epochs: usize, available_bytes: Option<u64>) -> Result<u128, Vec<LimitError>> {
+pub fn check_train(
+    model: &Model,
+    lowered: &Lowered,
+    train: &Train,
+    rows: usize,
+    epochs: usize,
+    available_bytes: Option<u64>,
+) -> Result<u128, Vec<LimitError>> {
     if epochs as u128 > MAX_EPOCHS {
-        return Err(vec![LimitError::Count { flag: "--epochs", value: epochs as u128, limit: MAX_EPOCHS, unit: "epochs" }]);
+        return Err(vec![LimitError::Count {
+            flag: "--epochs",
+            value: epochs as u128,
+            limit: MAX_EPOCHS,
+            unit: "epochs",
+        }]);
     }
     let all: Vec<&Variable> = model.variables.iter().collect();
     let row = values(&all).saturating_mul(4);

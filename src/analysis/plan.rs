@@ -4,11 +4,11 @@
 //! allows, and refuses models and objectives that cannot work (no finite
 //! normaliser, score matching on discrete data, invalid sampler overrides).
 
-use crate::front::ast::Role;
-use crate::analysis::graph::{colour, lattice_adjacency, type_text, units, ColourClass, Degree, FactorGraph};
-use crate::ir::{self, Id, Ir, Op, Unary};
+use crate::analysis::graph::{ColourClass, Degree, FactorGraph, colour, lattice_adjacency, type_text, units};
 use crate::analysis::program::{Call, ConstValue, Domain, Program, Train};
+use crate::front::ast::Role;
 use crate::front::span::Span;
+use crate::ir::{self, Id, Ir, Op, Unary};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
@@ -20,12 +20,26 @@ pub const SM_DIMENSION_LIMIT: usize = 64;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Kernel {
     /// Exact Gibbs update of the whole variable at once; `block` of `blocks`.
-    BlockGibbs { block: usize, blocks: usize },
+    BlockGibbs {
+        block: usize,
+        blocks: usize,
+    },
     /// Exact Gibbs update of one colour class of units at a time.
-    ChromaticGibbs { colours: usize, lattice: String, unit_colours: Vec<usize> },
+    ChromaticGibbs {
+        colours: usize,
+        lattice: String,
+        unit_colours: Vec<usize>,
+    },
     /// One unit at a time, from energy differences.
     SequentialGibbs,
-    Langevin { mala: bool, step: f64, noise: f64, steps: usize, clip: Option<f64>, bounds: Option<(f64, f64)> },
+    Langevin {
+        mala: bool,
+        step: f64,
+        noise: f64,
+        steps: usize,
+        clip: Option<f64>,
+        bounds: Option<(f64, f64)>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,30 +85,88 @@ pub struct Plan {
 /// A reason the planner refuses a model or objective, or warns about it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PlanError {
-    NoFiniteZ { var: String, span: Span, degree: Degree },
+    NoFiniteZ {
+        var: String,
+        span: Span,
+        degree: Degree,
+    },
     /// The energy's leading term in `var` falls to -infinity in some
     /// direction (a negative even power, or an odd one).
-    LeadingTermFalls { var: String, span: Span, term: String },
+    LeadingTermFalls {
+        var: String,
+        span: Span,
+        term: String,
+    },
     /// Every term that varies with the unbounded `var` is bounded (`term`
     /// is one): exp(-E) stays above a positive floor and cannot integrate.
-    BoundedEnergy { var: String, span: Span, term: String },
-    NotProvablyNormalisable { var: String, span: Span, why: Unproved },
-    NeedsContinuous { objective: String, span: Span, var: String, var_span: Span, type_text: String },
-    NeedsFreeEnergy { objective: String, span: Span, var: String, var_span: Span, why: String },
-    JemNeedsLabel { span: Span },
-    JemNeedsContinuous { span: Span },
-    PlNeedsFullyVisible { span: Span, var: String, var_span: Span, why: String },
-    GibbsOnContinuous { var: String, span: Span },
-    LangevinOnDiscrete { var: String, span: Span, kernel: String },
-    ScoreMatchingDimension { span: Span, dims: usize },
+    BoundedEnergy {
+        var: String,
+        span: Span,
+        term: String,
+    },
+    NotProvablyNormalisable {
+        var: String,
+        span: Span,
+        why: Unproved,
+    },
+    NeedsContinuous {
+        objective: String,
+        span: Span,
+        var: String,
+        var_span: Span,
+        type_text: String,
+    },
+    NeedsFreeEnergy {
+        objective: String,
+        span: Span,
+        var: String,
+        var_span: Span,
+        why: String,
+    },
+    JemNeedsLabel {
+        span: Span,
+    },
+    JemNeedsContinuous {
+        span: Span,
+    },
+    PlNeedsFullyVisible {
+        span: Span,
+        var: String,
+        var_span: Span,
+        why: String,
+    },
+    GibbsOnContinuous {
+        var: String,
+        span: Span,
+    },
+    LangevinOnDiscrete {
+        var: String,
+        span: Span,
+        kernel: String,
+    },
+    ScoreMatchingDimension {
+        span: Span,
+        dims: usize,
+    },
     /// Score matching on a bounded real variable: its objective drops the
     /// boundary terms of the integration by parts, so the fit is biased.
-    ScoreMatchingBounded { objective: String, span: Span, var: String, var_span: Span, bounds: (f64, f64) },
+    ScoreMatchingBounded {
+        objective: String,
+        span: Span,
+        var: String,
+        var_span: Span,
+        bounds: (f64, f64),
+    },
 }
 
 impl PlanError {
     pub fn is_warning(&self) -> bool {
-        matches!(self, PlanError::NotProvablyNormalisable { .. } | PlanError::ScoreMatchingDimension { .. } | PlanError::ScoreMatchingBounded { .. })
+        matches!(
+            self,
+            PlanError::NotProvablyNormalisable { .. }
+                | PlanError::ScoreMatchingDimension { .. }
+                | PlanError::ScoreMatchingBounded { .. }
+        )
     }
 }
 
@@ -135,7 +207,9 @@ fn growth_of(graph: &FactorGraph, ir: &Ir, root: Id, var: &str) -> HashMap<Id, (
             Op::Softmax(_) | Op::SoftmaxLast(_) => (Some(0.0), true),
             Op::Add(a, b) => (both(g(a), g(b), f64::max), nonneg(a) && nonneg(b)),
             Op::Sub(a, b) => (both(g(a), g(b), f64::max), false),
-            Op::Mul(a, b) | Op::MatMul(a, b) | Op::Outer(a, b) => (both(g(a), g(b), |x, y| x + y), nonneg(a) && nonneg(b)),
+            Op::Mul(a, b) | Op::MatMul(a, b) | Op::Outer(a, b) => {
+                (both(g(a), g(b), |x, y| x + y), nonneg(a) && nonneg(b))
+            }
             Op::Div(a, b) => (if g(b) == Some(0.0) { g(a) } else { None }, false),
             Op::Pow(a, e) => {
                 let order = match ir.num_value(*e) {
@@ -149,7 +223,9 @@ fn growth_of(graph: &FactorGraph, ir: &Ir, root: Id, var: &str) -> HashMap<Id, (
             Op::Map(f, a) => {
                 let ga = g(a);
                 match f {
-                    Unary::Tanh | Unary::Sigmoid | Unary::Step | Unary::Sign => (Some(0.0), matches!(f, Unary::Sigmoid | Unary::Step)),
+                    Unary::Tanh | Unary::Sigmoid | Unary::Step | Unary::Sign => {
+                        (Some(0.0), matches!(f, Unary::Sigmoid | Unary::Step))
+                    }
                     Unary::Relu | Unary::Abs | Unary::Softplus | Unary::Log2Cosh => (ga, true),
                     Unary::Swish => (ga, false),
                     Unary::Square => (ga.map(|x| 2.0 * x), true),
@@ -160,7 +236,10 @@ fn growth_of(graph: &FactorGraph, ir: &Ir, root: Id, var: &str) -> HashMap<Id, (
                 }
             }
             Op::Net(name, a) => {
-                let bounded = graph.model.net(name).is_some_and(|n| n.layers.len() > 2 && matches!(n.activation.as_str(), "tanh" | "sigmoid"));
+                let bounded = graph
+                    .model
+                    .net(name)
+                    .is_some_and(|n| n.layers.len() > 2 && matches!(n.activation.as_str(), "tanh" | "sigmoid"));
                 (if g(a) == Some(0.0) || bounded { Some(0.0) } else { g(a) }, false)
             }
             Op::SpectralNorm(a) | Op::SpectralOuter(a) => (g(a), false),
@@ -186,7 +265,11 @@ struct Power {
 fn power_of(ir: &mut Ir, t: Id, x: &crate::analysis::program::Variable) -> Option<Power> {
     if let Op::MatMul(a, b) = ir.node(t).op {
         // v @ v over one vector is the sum of its squares.
-        return (a == b && x.shape.len() == 1).then(|| base_scale(ir, a, x)).flatten().map(|k| Power { order: 2.0, factor: k * k, definite: true });
+        return (a == b && x.shape.len() == 1).then(|| base_scale(ir, a, x)).flatten().map(|k| Power {
+            order: 2.0,
+            factor: k * k,
+            definite: true,
+        });
     }
     let inner = match ir.node(t).op {
         Op::Sum(a) => a,
@@ -237,7 +320,12 @@ fn base_scale(ir: &mut Ir, base: Id, x: &crate::analysis::program::Variable) -> 
 /// leading term: a positive even power of `x` that outgrows every other term
 /// proves it; a leading term that falls (a negative even power, an odd
 /// power) refutes it.
-fn normalisability(graph: &FactorGraph, ir: &mut Ir, total: Id, x: &crate::analysis::program::Variable) -> Normalisability {
+fn normalisability(
+    graph: &FactorGraph,
+    ir: &mut Ir,
+    total: Id,
+    x: &crate::analysis::program::Variable,
+) -> Normalisability {
     let growth = growth_of(graph, ir, total, &x.name);
     // (order, leading factor if a power of x, grows never negative, printed)
     struct Term {
@@ -256,10 +344,18 @@ fn normalisability(graph: &FactorGraph, ir: &mut Ir, total: Id, x: &crate::analy
         let (order, nonneg) = growth.get(&t).copied().unwrap_or((None, false));
         let k = ir.num(c);
         let shown = ir.mul(k, t);
-        terms.push(Term { order: power.map(|p| Some(p.order)).unwrap_or(order), power, rises: c > 0.0 && nonneg, text: ir.show(shown) });
+        terms.push(Term {
+            order: power.map(|p| Some(p.order)).unwrap_or(order),
+            power,
+            rises: c > 0.0 && nonneg,
+            text: ir.show(shown),
+        });
     }
     let confines = |t: &Term| t.power.is_some_and(|p| p.definite && p.factor > 0.0);
-    let confining = terms.iter().filter(|t| confines(t)).max_by(|a, b| a.order.unwrap_or(f64::INFINITY).total_cmp(&b.order.unwrap_or(f64::INFINITY)));
+    let confining = terms
+        .iter()
+        .filter(|t| confines(t))
+        .max_by(|a, b| a.order.unwrap_or(f64::INFINITY).total_cmp(&b.order.unwrap_or(f64::INFINITY)));
     // The highest order of any term, and the terms holding it.
     let top = terms.iter().map(|t| t.order.unwrap_or(f64::INFINITY)).fold(0.0, f64::max);
     let leading: Vec<&Term> = terms.iter().filter(|t| t.order.unwrap_or(f64::INFINITY) == top).collect();
@@ -281,14 +377,25 @@ fn normalisability(graph: &FactorGraph, ir: &mut Ir, total: Id, x: &crate::analy
     }
     // Terms never negative cannot pull the energy down; the rest must grow
     // more slowly than the confining term.
-    let threat = terms.iter().filter(|t| !t.rises && !confines(t)).max_by(|a, b| a.order.unwrap_or(f64::INFINITY).total_cmp(&b.order.unwrap_or(f64::INFINITY)));
+    let threat = terms
+        .iter()
+        .filter(|t| !t.rises && !confines(t))
+        .max_by(|a, b| a.order.unwrap_or(f64::INFINITY).total_cmp(&b.order.unwrap_or(f64::INFINITY)));
     match (confining, threat) {
         (Some(_), None) => Normalisability::Proved,
         (Some(c), Some(t)) if t.order.is_some_and(|o| Some(o) < c.order) => Normalisability::Proved,
-        (Some(c), Some(t)) => Normalisability::Unproved(Unproved::Outgrown { term: t.text.clone(), confining: c.text.clone() }),
+        (Some(c), Some(t)) => {
+            Normalisability::Unproved(Unproved::Outgrown { term: t.text.clone(), confining: c.text.clone() })
+        }
         (None, t) => {
-            let fastest = t.or_else(|| terms.iter().max_by(|a, b| a.order.unwrap_or(f64::INFINITY).total_cmp(&b.order.unwrap_or(f64::INFINITY))));
-            Normalisability::Unproved(Unproved::NoConfiningTerm { term: fastest.map(|t| t.text.clone()).unwrap_or_default() })
+            let fastest = t.or_else(|| {
+                terms
+                    .iter()
+                    .max_by(|a, b| a.order.unwrap_or(f64::INFINITY).total_cmp(&b.order.unwrap_or(f64::INFINITY)))
+            });
+            Normalisability::Unproved(Unproved::NoConfiningTerm {
+                term: fastest.map(|t| t.text.clone()).unwrap_or_default(),
+            })
         }
     }
 }
@@ -318,8 +425,10 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
     let ir = &mut lowered.ir;
 
     // Discrete variables whose units do not interact can be updated as whole blocks.
-    let discrete: Vec<&crate::analysis::program::Variable> = model.variables.iter().filter(|v| v.domain.is_discrete()).collect();
-    let blockable: Vec<String> = discrete.iter().filter(|v| graph.self_couplings(&v.name).is_empty()).map(|v| v.name.clone()).collect();
+    let discrete: Vec<&crate::analysis::program::Variable> =
+        model.variables.iter().filter(|v| v.domain.is_discrete()).collect();
+    let blockable: Vec<String> =
+        discrete.iter().filter(|v| graph.self_couplings(&v.name).is_empty()).map(|v| v.name.clone()).collect();
     let adjacency: Vec<Vec<usize>> = blockable
         .iter()
         .map(|v| {
@@ -330,11 +439,25 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
     let block_colour = colour(&adjacency);
     // Blocks holding only latents go first, so a sweep starts from the data.
     let mut order: Vec<usize> = block_colour.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
-    order.sort_by_key(|c| (blockable.iter().zip(&block_colour).any(|(v, k)| k == c && model.variable(v).is_some_and(|v| v.role == Role::Visible)), *c));
-    let block_of = |v: &str| blockable.iter().position(|b| b == v).map(|i| order.iter().position(|c| *c == block_colour[i]).expect("colour is ordered"));
+    order.sort_by_key(|c| {
+        (
+            blockable
+                .iter()
+                .zip(&block_colour)
+                .any(|(v, k)| k == c && model.variable(v).is_some_and(|v| v.role == Role::Visible)),
+            *c,
+        )
+    });
+    let block_of = |v: &str| {
+        blockable
+            .iter()
+            .position(|b| b == v)
+            .map(|i| order.iter().position(|c| *c == block_colour[i]).expect("colour is ordered"))
+    };
     let bipartite = graph.bipartite(&blockable);
 
-    let overrides: BTreeMap<&str, &crate::analysis::program::Override> = model.overrides.iter().map(|o| (o.var.as_str(), o)).collect();
+    let overrides: BTreeMap<&str, &crate::analysis::program::Override> =
+        model.overrides.iter().map(|o| (o.var.as_str(), o)).collect();
     let objective = train.map(|t| &t.objective);
 
     let mut variables = Vec::new();
@@ -344,7 +467,11 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
         if let Some(o) = override_ {
             match (v.domain.is_discrete(), o.kernel.name.as_str()) {
                 (false, "gibbs") => problems.push(PlanError::GibbsOnContinuous { var: v.name.clone(), span: o.span }),
-                (true, k @ ("langevin" | "mala")) => problems.push(PlanError::LangevinOnDiscrete { var: v.name.clone(), span: o.span, kernel: k.to_string() }),
+                (true, k @ ("langevin" | "mala")) => problems.push(PlanError::LangevinOnDiscrete {
+                    var: v.name.clone(),
+                    span: o.span,
+                    kernel: k.to_string(),
+                }),
                 _ => overridden = true,
             }
         }
@@ -359,13 +486,20 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
             };
             if let Some(block) = block_of(&v.name) {
                 let blocks = order.len();
-                let partners: Vec<String> = graph.neighbours(&v.name).into_iter().filter(|n| model.variable(n).is_some_and(|w| w.domain.is_discrete())).collect();
+                let partners: Vec<String> = graph
+                    .neighbours(&v.name)
+                    .into_iter()
+                    .filter(|n| model.variable(n).is_some_and(|w| w.domain.is_discrete()))
+                    .collect();
                 let all: Vec<String> = graph.neighbours(&v.name).into_iter().collect();
                 let reason = match (partners.is_empty(), bipartite) {
                     (true, _) if all.is_empty() => "units are independent".to_string(),
                     (true, _) => format!("units are conditionally independent given {}", all.join(", ")),
                     (false, true) => format!("bipartite with {}", partners.join(", ")),
-                    (false, false) => format!("interaction graph is not bipartite; {blocks}-colour blocks, coupled to {}", partners.join(", ")),
+                    (false, false) => format!(
+                        "interaction graph is not bipartite; {blocks}-colour blocks, coupled to {}",
+                        partners.join(", ")
+                    ),
                 };
                 (Kernel::BlockGibbs { block, blocks }, reason, conditional(ir))
             } else if let Some(consts) = graph.sparse_coupling(&v.name) {
@@ -393,12 +527,20 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
             };
             let degree = graph.total_degree(&v.name);
             match (degree, bounds) {
-                (Degree::Constant | Degree::Linear, None) => problems.push(PlanError::NoFiniteZ { var: v.name.clone(), span: v.span, degree }),
+                (Degree::Constant | Degree::Linear, None) => {
+                    problems.push(PlanError::NoFiniteZ { var: v.name.clone(), span: v.span, degree })
+                }
                 (_, None) => match normalisability(graph, ir, total, v) {
                     Normalisability::Proved => {}
-                    Normalisability::Falls { term } => problems.push(PlanError::LeadingTermFalls { var: v.name.clone(), span: v.span, term }),
-                    Normalisability::Bounded { term } => problems.push(PlanError::BoundedEnergy { var: v.name.clone(), span: v.span, term }),
-                    Normalisability::Unproved(why) => problems.push(PlanError::NotProvablyNormalisable { var: v.name.clone(), span: v.span, why }),
+                    Normalisability::Falls { term } => {
+                        problems.push(PlanError::LeadingTermFalls { var: v.name.clone(), span: v.span, term })
+                    }
+                    Normalisability::Bounded { term } => {
+                        problems.push(PlanError::BoundedEnergy { var: v.name.clone(), span: v.span, term })
+                    }
+                    Normalisability::Unproved(why) => {
+                        problems.push(PlanError::NotProvablyNormalisable { var: v.name.clone(), span: v.span, why })
+                    }
                 },
                 _ => {}
             }
@@ -413,7 +555,15 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
             }
             (kernel, reason, None)
         };
-        variables.push(VarPlan { name: v.name.clone(), role: v.role, type_text: type_text(v), kernel, reason, conditional, overridden });
+        variables.push(VarPlan {
+            name: v.name.clone(),
+            role: v.role,
+            type_text: type_text(v),
+            kernel,
+            reason,
+            conditional,
+            overridden,
+        });
     }
 
     let sweep = sweep(&variables);
@@ -427,7 +577,15 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
     if problems.iter().any(|p| !p.is_warning()) {
         return Err(problems);
     }
-    let plan = Plan { model: model.name.clone(), variables, sweep, summed_out, kept, label_marginal, objective: objective_text };
+    let plan = Plan {
+        model: model.name.clone(),
+        variables,
+        sweep,
+        summed_out,
+        kept,
+        label_marginal,
+        objective: objective_text,
+    };
     Ok((plan, problems))
 }
 
@@ -445,7 +603,11 @@ fn conditional_text(ir: &mut Ir, v: &crate::analysis::program::Variable, minus_g
     }
 }
 
-fn chromatic(model: &crate::analysis::program::Model, v: &crate::analysis::program::Variable, consts: &[String]) -> (Kernel, String) {
+fn chromatic(
+    model: &crate::analysis::program::Model,
+    v: &crate::analysis::program::Variable,
+    consts: &[String],
+) -> (Kernel, String) {
     let n = units(v);
     let mut adjacency: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
     let mut names = Vec::new();
@@ -456,7 +618,11 @@ fn chromatic(model: &crate::analysis::program::Model, v: &crate::analysis::progr
             }
             let kind = format!("{:?}", g.lattice).to_lowercase();
             let periodic = if g.periodic { ", periodic" } else { "" };
-            names.push(if g.rows > 1 { format!("{kind} {}x{}{periodic} via {c}", g.rows, g.cols) } else { format!("{kind} of {}{periodic} via {c}", g.cols) });
+            names.push(if g.rows > 1 {
+                format!("{kind} {}x{}{periodic} via {c}", g.rows, g.cols)
+            } else {
+                format!("{kind} of {}{periodic} via {c}", g.cols)
+            });
         }
     }
     let adjacency: Vec<Vec<usize>> = adjacency.into_iter().map(|s| s.into_iter().collect()).collect();
@@ -468,7 +634,11 @@ fn chromatic(model: &crate::analysis::program::Model, v: &crate::analysis::progr
 }
 
 fn langevin(override_: Option<&Call>, objective: Option<&Call>, bounds: Option<(f64, f64)>) -> Kernel {
-    let from = |k: &str| override_.and_then(|c| c.num(k)).or_else(|| objective.filter(|o| matches!(o.name.as_str(), "pcd" | "jem")).and_then(|o| o.num(k)));
+    let from = |k: &str| {
+        override_
+            .and_then(|c| c.num(k))
+            .or_else(|| objective.filter(|o| matches!(o.name.as_str(), "pcd" | "jem")).and_then(|o| o.num(k)))
+    };
     let step = from("step").unwrap_or(0.01);
     let noise = from("noise").unwrap_or((2.0 * step).sqrt());
     // One step per sweep unless a `sample` block says otherwise: training's
@@ -530,9 +700,16 @@ fn sum_out_latents(graph: &FactorGraph, ir: &mut Ir, total: Id) -> (Option<Margi
         f = reduced;
         rules.push(rule);
     }
-    let over: Vec<String> = model.variables.iter().filter(|v| !chosen.contains(&v.name)).map(|v| v.name.clone()).collect();
+    let over: Vec<String> =
+        model.variables.iter().filter(|v| !chosen.contains(&v.name)).map(|v| v.name.clone()).collect();
     rules.dedup();
-    let marginal = Marginal { var: chosen.join(", "), summed: chosen.clone(), rule: rules.join(", "), free_energy: format!("F({}) = {}", over.join(", "), ir.show(f)), over };
+    let marginal = Marginal {
+        var: chosen.join(", "),
+        summed: chosen.clone(),
+        rule: rules.join(", "),
+        free_energy: format!("F({}) = {}", over.join(", "), ir.show(f)),
+        over,
+    };
     (Some(marginal), kept)
 }
 
@@ -565,16 +742,31 @@ pub fn sum_out(ir: &mut Ir, energy: Id, v: &crate::analysis::program::Variable) 
 /// for the marginal energy of the other visibles (JEM's `-logsumexp f(x)`).
 fn label_marginal(graph: &FactorGraph, ir: &mut Ir, total: Id) -> Option<Marginal> {
     let model = &graph.model;
-    let label = model.variables.iter().find(|v| v.role == Role::Visible && matches!(v.domain, Domain::Categorical { .. }) && graph.total_degree(&v.name) <= Degree::Linear)?;
+    let label = model.variables.iter().find(|v| {
+        v.role == Role::Visible
+            && matches!(v.domain, Domain::Categorical { .. })
+            && graph.total_degree(&v.name) <= Degree::Linear
+    })?;
     if !model.variables.iter().any(|v| v.role == Role::Visible && !v.domain.is_discrete()) {
         return None;
     }
     let (f, rule) = sum_out(ir, total, label);
     let over: Vec<String> = model.variables.iter().filter(|v| v.name != label.name).map(|v| v.name.clone()).collect();
-    Some(Marginal { var: label.name.clone(), summed: vec![label.name.clone()], rule: rule.to_string(), free_energy: format!("F({}) = {}", over.join(", "), ir.show(f)), over })
+    Some(Marginal {
+        var: label.name.clone(),
+        summed: vec![label.name.clone()],
+        rule: rule.to_string(),
+        free_energy: format!("F({}) = {}", over.join(", "), ir.show(f)),
+        over,
+    })
 }
 
-fn check_objective(graph: &FactorGraph, train: &Train, kept: &[(String, String)], label: &Option<Marginal>) -> Vec<PlanError> {
+fn check_objective(
+    graph: &FactorGraph,
+    train: &Train,
+    kept: &[(String, String)],
+    label: &Option<Marginal>,
+) -> Vec<PlanError> {
     let model = &graph.model;
     let o = &train.objective;
     let name = o.name.clone();
@@ -583,16 +775,34 @@ fn check_objective(graph: &FactorGraph, train: &Train, kept: &[(String, String)]
     match name.as_str() {
         "sm" | "dsm" | "ssm" | "nce" | "cnce" => {
             for v in visible().filter(|v| v.domain.is_discrete()) {
-                out.push(PlanError::NeedsContinuous { objective: name.clone(), span: o.span, var: v.name.clone(), var_span: v.span, type_text: type_text(v) });
+                out.push(PlanError::NeedsContinuous {
+                    objective: name.clone(),
+                    span: o.span,
+                    var: v.name.clone(),
+                    var_span: v.span,
+                    type_text: type_text(v),
+                });
             }
             for (var, why) in kept {
                 let span = model.variable(var).map_or(o.span, |v| v.span);
-                out.push(PlanError::NeedsFreeEnergy { objective: name.clone(), span: o.span, var: var.clone(), var_span: span, why: why.clone() });
+                out.push(PlanError::NeedsFreeEnergy {
+                    objective: name.clone(),
+                    span: o.span,
+                    var: var.clone(),
+                    var_span: span,
+                    why: why.clone(),
+                });
             }
             if matches!(name.as_str(), "sm" | "dsm" | "ssm") {
                 for v in visible() {
                     if let Domain::Real { bounds: Some(bounds) } = v.domain {
-                        out.push(PlanError::ScoreMatchingBounded { objective: name.clone(), span: o.span, var: v.name.clone(), var_span: v.span, bounds });
+                        out.push(PlanError::ScoreMatchingBounded {
+                            objective: name.clone(),
+                            span: o.span,
+                            var: v.name.clone(),
+                            var_span: v.span,
+                            bounds,
+                        });
                     }
                 }
             }
@@ -605,9 +815,17 @@ fn check_objective(graph: &FactorGraph, train: &Train, kept: &[(String, String)]
         }
         "jem" => {
             if label.is_none() {
-                if visible().any(|v| matches!(v.domain, Domain::Categorical { .. })) && visible().any(|v| !v.domain.is_discrete()) {
+                if visible().any(|v| matches!(v.domain, Domain::Categorical { .. }))
+                    && visible().any(|v| !v.domain.is_discrete())
+                {
                     let v = visible().find(|v| matches!(v.domain, Domain::Categorical { .. })).expect("checked");
-                    out.push(PlanError::NeedsFreeEnergy { objective: name, span: o.span, var: v.name.clone(), var_span: v.span, why: format!("the energy is not linear in {}", v.name) });
+                    out.push(PlanError::NeedsFreeEnergy {
+                        objective: name,
+                        span: o.span,
+                        var: v.name.clone(),
+                        var_span: v.span,
+                        why: format!("the energy is not linear in {}", v.name),
+                    });
                 } else if visible().any(|v| matches!(v.domain, Domain::Categorical { .. })) {
                     out.push(PlanError::JemNeedsContinuous { span: o.span });
                 } else {
@@ -625,7 +843,12 @@ fn check_objective(graph: &FactorGraph, train: &Train, kept: &[(String, String)]
                     None
                 };
                 if let Some(why) = why {
-                    out.push(PlanError::PlNeedsFullyVisible { span: o.span, var: v.name.clone(), var_span: v.span, why });
+                    out.push(PlanError::PlNeedsFullyVisible {
+                        span: o.span,
+                        var: v.name.clone(),
+                        var_span: v.span,
+                        why,
+                    });
                 }
             }
         }
@@ -637,7 +860,12 @@ fn check_objective(graph: &FactorGraph, train: &Train, kept: &[(String, String)]
 /// The objective as a call with the options that apply: Langevin's only
 /// when some variable is sampled by Langevin dynamics.
 fn objective_text(o: &Call, summed: &Option<Marginal>, label: &Option<Marginal>, langevin: bool) -> String {
-    let opts: Vec<String> = o.options.iter().filter(|(k, _)| langevin || !crate::analysis::schema::LANGEVIN_OPTIONS.contains(&k.as_str())).map(|(k, v)| format!("{k}: {v}")).collect();
+    let opts: Vec<String> = o
+        .options
+        .iter()
+        .filter(|(k, _)| langevin || !crate::analysis::schema::LANGEVIN_OPTIONS.contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
     let call = format!("{}({})", o.name, opts.join(", "));
     let positive = match summed {
         Some(m) => format!("positive phase on the free energy F({}), {} summed out", m.over.join(", "), m.var),

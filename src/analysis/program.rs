@@ -2,8 +2,8 @@
 //! bound with its default. This is what the factor graph and planner read.
 //! Shapes are per example; the batch dimension is added when lowering.
 
-use crate::front::ast::{BinOp, Role};
 use crate::analysis::schema::Value;
+use crate::front::ast::{BinOp, Role};
 use crate::front::span::Span;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -65,8 +65,12 @@ pub enum Domain {
     Binary,
     Spin,
     /// One-hot over `categories` values; the last axis of the shape.
-    Categorical { categories: usize },
-    Real { bounds: Option<(f64, f64)> },
+    Categorical {
+        categories: usize,
+    },
+    Real {
+        bounds: Option<(f64, f64)>,
+    },
 }
 
 impl Domain {

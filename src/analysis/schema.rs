@@ -85,7 +85,9 @@ pub enum OptType {
     /// A number in (0, 1).
     OpenUnit,
     /// An integer >= min.
-    Whole { min: i64 },
+    Whole {
+        min: i64,
+    },
     Flag,
     Str,
     Choice(&'static [&'static str]),
@@ -199,7 +201,10 @@ pub static OBJECTIVES: &[Signature] = &[
             opt!("variance_reduced", Flag, Bool(false)),
         ],
     },
-    Signature { name: "nce", options: &[opt!("noise", Choice(NOISE_KINDS), Word("gaussian")), opt!("ratio", POS_INT, Int(1))] },
+    Signature {
+        name: "nce",
+        options: &[opt!("noise", Choice(NOISE_KINDS), Word("gaussian")), opt!("ratio", POS_INT, Int(1))],
+    },
     Signature { name: "cnce", options: &[opt!("sigma", Positive, Num(0.1))] },
     Signature {
         name: "jem",
@@ -254,15 +259,30 @@ pub static REGULARIZERS: &[Signature] = &[
 pub static DATA_SOURCES: &[Signature] = &[
     Signature {
         name: "csv",
-        options: &[opt!("path", Str, Required), opt!("header", Flag, Absent), opt!("binarize", Real, Absent), opt!("scale", Positive, Num(1.0))],
+        options: &[
+            opt!("path", Str, Required),
+            opt!("header", Flag, Absent),
+            opt!("binarize", Real, Absent),
+            opt!("scale", Positive, Num(1.0)),
+        ],
     },
-    Signature { name: "npy", options: &[opt!("path", Str, Required), opt!("binarize", Real, Absent), opt!("scale", Positive, Num(1.0))] },
-    Signature { name: "idx", options: &[opt!("path", Str, Required), opt!("binarize", Real, Absent), opt!("scale", Positive, Num(1.0))] },
+    Signature {
+        name: "npy",
+        options: &[opt!("path", Str, Required), opt!("binarize", Real, Absent), opt!("scale", Positive, Num(1.0))],
+    },
+    Signature {
+        name: "idx",
+        options: &[opt!("path", Str, Required), opt!("binarize", Real, Absent), opt!("scale", Positive, Num(1.0))],
+    },
     Signature { name: "digits", options: &[opt!("binarize", NonNegative, Absent), opt!("scale", Positive, Num(1.0))] },
     Signature { name: "bars_and_stripes", options: &[opt!("size", Whole { min: 2 }, Int(4))] },
     Signature {
         name: "toy",
-        options: &[opt!("name", Choice(TOY_SETS), Required), opt!("n", POS_INT, Int(10000)), opt!("seed", Whole { min: 0 }, Int(0))],
+        options: &[
+            opt!("name", Choice(TOY_SETS), Required),
+            opt!("n", POS_INT, Int(10000)),
+            opt!("seed", Whole { min: 0 }, Int(0)),
+        ],
     },
 ];
 
@@ -279,10 +299,21 @@ pub static INITIALIZERS: &[Signature] = &[
 ];
 
 pub static CONST_BUILDERS: &[Signature] = &[
-    Signature { name: "grid", options: &[opt!("rows", POS_INT, Required), opt!("cols", POS_INT, Required), opt!("periodic", Flag, Bool(false))] },
+    Signature {
+        name: "grid",
+        options: &[
+            opt!("rows", POS_INT, Required),
+            opt!("cols", POS_INT, Required),
+            opt!("periodic", Flag, Bool(false)),
+        ],
+    },
     Signature {
         name: "triangular",
-        options: &[opt!("rows", POS_INT, Required), opt!("cols", POS_INT, Required), opt!("periodic", Flag, Bool(false))],
+        options: &[
+            opt!("rows", POS_INT, Required),
+            opt!("cols", POS_INT, Required),
+            opt!("periodic", Flag, Bool(false)),
+        ],
     },
     Signature { name: "chain", options: &[opt!("n", POS_INT, Required), opt!("periodic", Flag, Bool(false))] },
     Signature { name: "complete", options: &[opt!("n", POS_INT, Required)] },
@@ -300,7 +331,12 @@ pub static SAMPLERS: &[Signature] = &[
     Signature { name: "gibbs", options: &[] },
     Signature {
         name: "langevin",
-        options: &[opt!("step", Positive, Num(0.01)), opt!("noise", NonNegative, Absent), opt!("steps", POS_INT, Int(1)), opt!("clip", Positive, Absent)],
+        options: &[
+            opt!("step", Positive, Num(0.01)),
+            opt!("noise", NonNegative, Absent),
+            opt!("steps", POS_INT, Int(1)),
+            opt!("clip", Positive, Absent),
+        ],
     },
     Signature { name: "mala", options: &[opt!("step", Positive, Num(0.01)), opt!("steps", POS_INT, Int(1))] },
 ];

@@ -12,12 +12,12 @@
 //! two-block Gibbs step h | x, x | h at the current β, which is reversible
 //! for the marginal chain on `x` (what RAISE needs).
 
-use super::eval::{canon, expand, Evaluator, Leaves};
-use super::{device_leaves, Kernels, T3};
+use super::eval::{Evaluator, Leaves, canon, expand};
+use super::{Kernels, T3, device_leaves};
 use crate::analysis::graph::Degree;
-use crate::ir::{self, Id};
 use crate::analysis::plan::Plan;
 use crate::analysis::program::{Domain, Model, Variable};
+use crate::ir::{self, Id};
 use crate::tensor::{HostTensor, Tensors};
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -38,7 +38,11 @@ pub fn schedule(temperatures: usize) -> Vec<f64> {
     let k = temperatures as f64;
     let first = ((k * 500.0 / 14_500.0).round() as usize).max(1);
     let second = ((k * 4_000.0 / 14_500.0).round() as usize).max(1);
-    let parts = if temperatures >= 3 { [(first, 0.0, 0.5), (second, 0.5, 0.9), (temperatures - first - second, 0.9, 1.0)] } else { [(0, 0.0, 0.0), (0, 0.0, 0.0), (temperatures, 0.0, 1.0)] };
+    let parts = if temperatures >= 3 {
+        [(first, 0.0, 0.5), (second, 0.5, 0.9), (temperatures - first - second, 0.9, 1.0)]
+    } else {
+        [(0, 0.0, 0.0), (0, 0.0, 0.0), (temperatures, 0.0, 1.0)]
+    };
     let mut betas = vec![0.0];
     for (steps, lo, hi) in parts {
         for i in 1..=steps {
@@ -92,14 +96,21 @@ pub struct RaiseEstimate {
 /// Checks runs and temperatures before anything is allocated.
 pub fn check_options(model: &Model, runs: usize, temperatures: usize) -> Result<(), String> {
     if !(2..=MAX_RUNS).contains(&runs) {
-        return Err(format!("AIS needs between 2 and {MAX_RUNS} runs (`--runs`), not {runs}: one run has no error bar and no effective sample size"));
+        return Err(format!(
+            "AIS needs between 2 and {MAX_RUNS} runs (`--runs`), not {runs}: one run has no error bar and no effective sample size"
+        ));
     }
     if !(2..=MAX_TEMPERATURES).contains(&temperatures) {
-        return Err(format!("AIS needs between 2 and {MAX_TEMPERATURES} temperatures (`--temperatures`), not {temperatures}: with fewer there is no path from the base model to the model"));
+        return Err(format!(
+            "AIS needs between 2 and {MAX_TEMPERATURES} temperatures (`--temperatures`), not {temperatures}: with fewer there is no path from the base model to the model"
+        ));
     }
     let units: usize = model.variables.iter().map(|v| v.shape.iter().product::<usize>()).sum();
     if runs.saturating_mul(units) > MAX_CHAIN_ELEMENTS {
-        return Err(format!("AIS with {runs} runs of {units} units would hold {} chain elements (limit {MAX_CHAIN_ELEMENTS}); use fewer `--runs`", runs.saturating_mul(units)));
+        return Err(format!(
+            "AIS with {runs} runs of {units} units would hold {} chain elements (limit {MAX_CHAIN_ELEMENTS}); use fewer `--runs`",
+            runs.saturating_mul(units)
+        ));
     }
     Ok(())
 }
@@ -132,9 +143,14 @@ fn split_variables<'m>(model: &'m Model, plan: &Plan) -> Result<(Vec<&'m Variabl
     }
     // x | h must factorise: no sampled variable couples to itself or to another sampled one.
     for v in &sampled {
-        let bad = graph.total_degree(&v.name) > Degree::Linear || !graph.self_couplings(&v.name).is_empty() || sampled.iter().any(|w| graph.neighbours(&v.name).contains(&w.name));
+        let bad = graph.total_degree(&v.name) > Degree::Linear
+            || !graph.self_couplings(&v.name).is_empty()
+            || sampled.iter().any(|w| graph.neighbours(&v.name).contains(&w.name));
         if bad {
-            return Err(format!("AIS needs the variables it samples to be independent given the summed-out latents; `{}` is coupled to itself or to another sampled variable", v.name));
+            return Err(format!(
+                "AIS needs the variables it samples to be independent given the summed-out latents; `{}` is coupled to itself or to another sampled variable",
+                v.name
+            ));
         }
     }
     Ok((sampled, latent))
@@ -144,7 +160,10 @@ fn unit_log_z(domain: &Domain, a: &[f32]) -> f64 {
     match domain {
         Domain::Binary => a.iter().map(|x| softplus(f64::from(*x))).sum(),
         Domain::Spin => a.iter().map(|x| softplus(2.0 * f64::from(*x)) - f64::from(*x)).sum(),
-        Domain::Categorical { categories } => a.chunks(*categories).map(|row| crate::runtime::evaluate::log_sum_exp(&row.iter().map(|x| f64::from(*x)).collect::<Vec<_>>())).sum(),
+        Domain::Categorical { categories } => a
+            .chunks(*categories)
+            .map(|row| crate::runtime::evaluate::log_sum_exp(&row.iter().map(|x| f64::from(*x)).collect::<Vec<_>>()))
+            .sum(),
         Domain::Real { .. } => unreachable!("AIS checks that every variable is discrete"),
     }
 }
@@ -201,7 +220,12 @@ impl<'m, D: Kernels> Path<'m, D> {
             let units: usize = v.shape.iter().product();
             let a = match opts.base.get(&v.name) {
                 Some(t) if t.shape == v.shape && t.data.iter().all(|x| x.is_finite()) => t.data.clone(),
-                Some(t) => return Err(format!("base rates for `{}` have shape {:?} or non-finite values; expected finite values of shape {:?}", v.name, t.shape, v.shape)),
+                Some(t) => {
+                    return Err(format!(
+                        "base rates for `{}` have shape {:?} or non-finite values; expected finite values of shape {:?}",
+                        v.name, t.shape, v.shape
+                    ));
+                }
                 None => vec![0.0; units],
             };
             log_z_base += unit_log_z(&v.domain, &a);
@@ -215,13 +239,29 @@ impl<'m, D: Kernels> Path<'m, D> {
             log_z_base += units as f64 * unit_values(&v.domain).ln();
         }
         let rng = rand::rngs::SmallRng::seed_from_u64(opts.seed);
-        Ok(Path { dev, ir: lowered.ir, leaves, sampled, latent, free_a, free_b, logits_b, log_z_base, runs: opts.runs, rng })
+        Ok(Path {
+            dev,
+            ir: lowered.ir,
+            leaves,
+            sampled,
+            latent,
+            free_a,
+            free_b,
+            logits_b,
+            log_z_base,
+            runs: opts.runs,
+            rng,
+        })
     }
 
     fn set_betas(&mut self, a: f64, b: f64) {
         for (which, beta) in [("a", a), ("b", b)] {
-            self.leaves.tensors.insert(format!("__beta_{which}"), self.dev.tensor_from_vec(vec![beta as f32], (1, 1, 1)));
-            self.leaves.tensors.insert(format!("__rest_{which}"), self.dev.tensor_from_vec(vec![(1.0 - beta) as f32], (1, 1, 1)));
+            self.leaves
+                .tensors
+                .insert(format!("__beta_{which}"), self.dev.tensor_from_vec(vec![beta as f32], (1, 1, 1)));
+            self.leaves
+                .tensors
+                .insert(format!("__rest_{which}"), self.dev.tensor_from_vec(vec![(1.0 - beta) as f32], (1, 1, 1)));
         }
     }
 
@@ -245,7 +285,8 @@ impl<'m, D: Kernels> Path<'m, D> {
         if draw {
             roots.extend(self.latent.iter().map(|v| self.logits_b[&v.name]));
         }
-        let mut values = Evaluator { ir: &self.ir, dev: &self.dev, leaves: &self.leaves }.eval(&roots, state).into_iter();
+        let mut values =
+            Evaluator { ir: &self.ir, dev: &self.dev, leaves: &self.leaves }.eval(&roots, state).into_iter();
         let fa = self.per_run(values.next().expect("one value per root"));
         let fb = self.per_run(values.next().expect("one value per root"));
         if draw {
@@ -300,7 +341,9 @@ impl<'m, D: Kernels> Path<'m, D> {
     fn reverse(&mut self, betas: &[f64], start: &Tensors) -> Result<(Vec<f64>, Vec<f64>), String> {
         let mut state: BTreeMap<String, T3<D>> = BTreeMap::new();
         for v in &self.sampled {
-            let t = start.get(&v.name).ok_or_else(|| format!("reverse AIS starts from data rows, and the rows do not bind `{}`", v.name))?;
+            let t = start
+                .get(&v.name)
+                .ok_or_else(|| format!("reverse AIS starts from data rows, and the rows do not bind `{}`", v.name))?;
             state.insert(v.name.clone(), super::upload(&self.dev, t, self.runs));
         }
         let k_max = betas.len() - 1;
@@ -331,7 +374,11 @@ impl<'m, D: Kernels> Path<'m, D> {
 
 fn finite(xs: &[f64], what: &str) -> Result<(), String> {
     match xs.iter().position(|x| !x.is_finite()) {
-        Some(i) => Err(format!("{what} went non-finite (run {}: {}); the parameters are likely too large or not finite", i + 1, xs[i])),
+        Some(i) => Err(format!(
+            "{what} went non-finite (run {}: {}); the parameters are likely too large or not finite",
+            i + 1,
+            xs[i]
+        )),
         None => Ok(()),
     }
 }
@@ -348,7 +395,13 @@ fn summarise(log_w: &[f64], log_z_base: f64) -> (f64, f64, f64) {
 }
 
 /// Forward AIS estimate of log Z for an RBM-like model (see the module notes).
-pub fn ais(model: &Model, plan: &Plan, params: &Tensors, opts: &AisOptions, device: super::DeviceKind) -> Result<AisEstimate, String> {
+pub fn ais(
+    model: &Model,
+    plan: &Plan,
+    params: &Tensors,
+    opts: &AisOptions,
+    device: super::DeviceKind,
+) -> Result<AisEstimate, String> {
     check_options(model, opts.runs, opts.temperatures)?;
     let betas = schedule(opts.temperatures);
     let run = |path: Result<Vec<f64>, String>, base: f64| -> Result<AisEstimate, String> {
@@ -369,14 +422,23 @@ pub fn ais(model: &Model, plan: &Plan, params: &Tensors, opts: &AisOptions, devi
             run(w, p.log_z_base)
         }
         #[cfg(not(feature = "cuda"))]
-        super::DeviceKind::Cuda => Err("this ebmc was built without the `cuda` feature; rebuild with `--features cuda`".into()),
+        super::DeviceKind::Cuda => {
+            Err("this ebmc was built without the `cuda` feature; rebuild with `--features cuda`".into())
+        }
     }
 }
 
 /// Reverse AIS (RAISE) from `opts.runs` rows drawn at random from `rows`:
 /// a stochastic upper bound on log Z beside forward AIS's lower one. The
 /// rows must bind every variable the path samples.
-pub fn raise(model: &Model, plan: &Plan, params: &Tensors, rows: &Tensors, opts: &AisOptions, device: super::DeviceKind) -> Result<RaiseEstimate, String> {
+pub fn raise(
+    model: &Model,
+    plan: &Plan,
+    params: &Tensors,
+    rows: &Tensors,
+    opts: &AisOptions,
+    device: super::DeviceKind,
+) -> Result<RaiseEstimate, String> {
     check_options(model, opts.runs, opts.temperatures)?;
     let betas = schedule(opts.temperatures);
     let n = rows.values().next().map_or(0, |t| t.shape[0]);
@@ -392,7 +454,13 @@ pub fn raise(model: &Model, plan: &Plan, params: &Tensors, rows: &Tensors, opts:
             let per: usize = t.shape[1..].iter().product();
             let mut shape = t.shape.clone();
             shape[0] = opts.runs;
-            (k.clone(), HostTensor::new(shape, picks.iter().flat_map(|r| t.data[r * per..(r + 1) * per].iter().copied()).collect()))
+            (
+                k.clone(),
+                HostTensor::new(
+                    shape,
+                    picks.iter().flat_map(|r| t.data[r * per..(r + 1) * per].iter().copied()).collect(),
+                ),
+            )
         })
         .collect();
     let done = |out: Result<(Vec<f64>, Vec<f64>), String>| -> Result<RaiseEstimate, String> {
@@ -400,18 +468,28 @@ pub fn raise(model: &Model, plan: &Plan, params: &Tensors, rows: &Tensors, opts:
         let r = implied.len() as f64;
         let mean = implied.iter().sum::<f64>() / r;
         let var = implied.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (r - 1.0);
-        Ok(RaiseEstimate { log_z: mean, std_error: (var / r).sqrt(), log_likelihood: log_q.iter().sum::<f64>() / r, runs: opts.runs, temperatures: opts.temperatures })
+        Ok(RaiseEstimate {
+            log_z: mean,
+            std_error: (var / r).sqrt(),
+            log_likelihood: log_q.iter().sum::<f64>() / r,
+            runs: opts.runs,
+            temperatures: opts.temperatures,
+        })
     };
     let opts = AisOptions { seed: opts.seed.wrapping_add(1), ..opts.clone() };
     match device {
-        super::DeviceKind::Cpu => done(Path::new(Cpu::seed_from_u64(opts.seed), model, plan, params, &opts)?.reverse(&betas, &start)),
+        super::DeviceKind::Cpu => {
+            done(Path::new(Cpu::seed_from_u64(opts.seed), model, plan, params, &opts)?.reverse(&betas, &start))
+        }
         #[cfg(feature = "cuda")]
         super::DeviceKind::Cuda => {
             let dev = Cuda::try_seed_from_u64(opts.seed).map_err(|e| format!("cannot open the CUDA device: {e:?}"))?;
             done(Path::new(dev, model, plan, params, &opts)?.reverse(&betas, &start))
         }
         #[cfg(not(feature = "cuda"))]
-        super::DeviceKind::Cuda => Err("this ebmc was built without the `cuda` feature; rebuild with `--features cuda`".into()),
+        super::DeviceKind::Cuda => {
+            Err("this ebmc was built without the `cuda` feature; rebuild with `--features cuda`".into())
+        }
     }
 }
 

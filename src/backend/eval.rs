@@ -6,7 +6,7 @@
 //! an op needs it, and products of a batch with a shared matrix run as one
 //! GEMM.
 
-use super::{host::Arith, Kernels, T3};
+use super::{Kernels, T3, host::Arith};
 use crate::ir::{Id, Ir, Op, Unary};
 use dfdx::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -84,14 +84,25 @@ impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a,
         roots.iter().map(|r| take(&mut values, &mut uses, *r, fresh)).collect()
     }
 
-    fn node(&self, id: Id, values: &mut HashMap<Id, T3<D, T>>, uses: &mut HashMap<Id, usize>, vars: &BTreeMap<String, T3<D, T>>, fresh: bool) -> T3<D, T> {
+    fn node(
+        &self,
+        id: Id,
+        values: &mut HashMap<Id, T3<D, T>>,
+        uses: &mut HashMap<Id, usize>,
+        vars: &BTreeMap<String, T3<D, T>>,
+        fresh: bool,
+    ) -> T3<D, T> {
         let node = self.ir.node(id);
         let (m, n) = canon(&node.shape);
         let mut arg = |x: Id| take(values, uses, x, fresh);
         match &node.op {
             Op::Num(bits) => self.dev.tensor_from_vec(vec![f64::from_bits(*bits) as f32], (1, 1, 1)).retaped::<T>(),
-            Op::Var(name) => vars.get(name).unwrap_or_else(|| panic!("no value bound for variable `{name}`")).retaped::<T>(),
-            Op::Param(name) | Op::Const(name) => self.leaves.tensors.get(name).unwrap_or_else(|| panic!("no tensor for `{name}`")).retaped::<T>(),
+            Op::Var(name) => {
+                vars.get(name).unwrap_or_else(|| panic!("no value bound for variable `{name}`")).retaped::<T>()
+            }
+            Op::Param(name) | Op::Const(name) => {
+                self.leaves.tensors.get(name).unwrap_or_else(|| panic!("no tensor for `{name}`")).retaped::<T>()
+            }
             Op::Neg(a) => arg(*a).negate(),
             Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) | Op::Div(a, b) => {
                 let (x, y) = (arg(*a), arg(*b));
@@ -193,7 +204,10 @@ impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a,
                 let (wm, wn) = canon(self.ir.shape(*a));
                 let data: Vec<f64> = w.retaped::<NoneTape>().as_vec().into_iter().map(f64::from).collect();
                 let (_, u, v) = crate::ir::top_singular(&data, wm, wn);
-                let uv: T3<D> = self.dev.tensor_from_vec(u.iter().flat_map(|p| v.iter().map(move |q| (p * q) as f32)).collect(), (1, wm, wn));
+                let uv: T3<D> = self.dev.tensor_from_vec(
+                    u.iter().flat_map(|p| v.iter().map(move |q| (p * q) as f32)).collect(),
+                    (1, wm, wn),
+                );
                 if matches!(node.op, Op::SpectralOuter(_)) {
                     return uv.put_tape(w.split_tape().1);
                 }
@@ -224,7 +238,12 @@ impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Taped<'a, D, 
 /// Takes a value for one use: the last use gets the tensor itself (with its
 /// tape), earlier uses a copy that shares data and records onto a fresh tape
 /// (with a fresh identity too, when `fresh`).
-fn take<D: Device<f32>, T: Tape<f32, D>>(values: &mut HashMap<Id, T3<D, T>>, uses: &mut HashMap<Id, usize>, id: Id, fresh: bool) -> T3<D, T> {
+fn take<D: Device<f32>, T: Tape<f32, D>>(
+    values: &mut HashMap<Id, T3<D, T>>,
+    uses: &mut HashMap<Id, usize>,
+    id: Id,
+    fresh: bool,
+) -> T3<D, T> {
     let left = uses.get_mut(&id).expect("every use is counted");
     *left -= 1;
     if *left == 0 {
@@ -242,15 +261,21 @@ fn matmul<D: Device<f32>, T: Tape<f32, D> + Merge<T>>(x: T3<D, T>, y: T3<D, T>, 
     let batch = bx.max(by);
     match (ra, rb) {
         // batch of vectors . shared vector: one matrix-vector product.
-        (1, 1) if by == 1 && bx > 1 => x.reshape_like(&(bx, nx)).matmul(y.reshape_like(&(ny, 1usize))).reshape_like(&(bx, 1usize, 1usize)),
-        (1, 1) if bx == 1 && by > 1 => y.reshape_like(&(by, ny)).matmul(x.reshape_like(&(nx, 1usize))).reshape_like(&(by, 1usize, 1usize)),
+        (1, 1) if by == 1 && bx > 1 => {
+            x.reshape_like(&(bx, nx)).matmul(y.reshape_like(&(ny, 1usize))).reshape_like(&(bx, 1usize, 1usize))
+        }
+        (1, 1) if bx == 1 && by > 1 => {
+            y.reshape_like(&(by, ny)).matmul(x.reshape_like(&(nx, 1usize))).reshape_like(&(by, 1usize, 1usize))
+        }
         // vector . vector
         (1, 1) => {
             let p = expand(x, batch, 1, nx) * expand(y, batch, 1, ny);
             p.sum::<(usize,), Axes2<1, 2>>().reshape_like(&(batch, 1usize, 1usize))
         }
         // vector @ shared matrix: one GEMM over the batch.
-        (1, 2) if by == 1 => x.reshape_like(&(bx, nx)).matmul(y.reshape_like(&(my, ny))).reshape_like(&(bx, 1usize, ny)),
+        (1, 2) if by == 1 => {
+            x.reshape_like(&(bx, nx)).matmul(y.reshape_like(&(my, ny))).reshape_like(&(bx, 1usize, ny))
+        }
         (1, 2) => expand(x, batch, 1, nx).matmul(y),
         // shared matrix @ vector: x_b @ W^T.
         (2, 1) if bx == 1 => {
@@ -261,7 +286,9 @@ fn matmul<D: Device<f32>, T: Tape<f32, D> + Merge<T>>(x: T3<D, T>, y: T3<D, T>, 
             let col = expand(y, batch, 1, ny).permute::<_, Axes3<0, 2, 1>>();
             x.matmul(col).reshape_like(&(batch, 1usize, mx))
         }
-        (2, 2) if by == 1 => x.reshape_like(&(bx * mx, nx)).matmul(y.reshape_like(&(my, ny))).reshape_like(&(bx, mx, ny)),
+        (2, 2) if by == 1 => {
+            x.reshape_like(&(bx * mx, nx)).matmul(y.reshape_like(&(my, ny))).reshape_like(&(bx, mx, ny))
+        }
         _ => expand(x, batch, mx, nx).matmul(expand(y, batch, my, ny)),
     }
 }
@@ -283,7 +310,11 @@ fn log1p_exp_neg<D: Device<f32>, T: Tape<f32, D>>(y: T3<D, T>) -> T3<D, T> {
 
 /// Applies an elementwise function; `taped` selects forms whose dfdx
 /// derivative is right everywhere (see softplus).
-pub fn unary<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(f: Unary, x: T3<D, T>, taped: bool) -> T3<D, T> {
+pub fn unary<D: Device<f32>, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
+    f: Unary,
+    x: T3<D, T>,
+    taped: bool,
+) -> T3<D, T> {
     match f {
         Unary::Exp => x.exp(),
         Unary::Log => x.ln(),
@@ -354,8 +385,12 @@ fn terms(ir: &Ir, id: Id, coefficient: f32, scale: Option<Id>, out: &mut Vec<Ter
             terms(ir, b, -coefficient, scale, out);
         }
         Op::Neg(a) => terms(ir, a, -coefficient, scale, out),
-        Op::Mul(s, x) if ir.shape(s).is_empty() && ir.num_value(s).is_some() => terms(ir, x, coefficient * ir.num_value(s).unwrap_or(1.0) as f32, scale, out),
-        Op::Mul(s, x) if ir.shape(s).is_empty() && scale.is_none() && !has_var(ir, s) => terms(ir, x, coefficient, Some(s), out),
+        Op::Mul(s, x) if ir.shape(s).is_empty() && ir.num_value(s).is_some() => {
+            terms(ir, x, coefficient * ir.num_value(s).unwrap_or(1.0) as f32, scale, out)
+        }
+        Op::Mul(s, x) if ir.shape(s).is_empty() && scale.is_none() && !has_var(ir, s) => {
+            terms(ir, x, coefficient, Some(s), out)
+        }
         // A per-example scalar times a shared value: the scalars sum first.
         Op::Mul(a, b) if scale.is_none() && ir.shape(a).is_empty() != ir.shape(b).is_empty() => {
             let (scalar, other) = if ir.shape(a).is_empty() { (a, b) } else { (b, a) };
@@ -414,14 +449,28 @@ impl<'a, D: Kernels> Evaluator<'a, D, NoneTape> {
                 for term in parts {
                     let value = match self.ir.node(term.atom).op {
                         Op::Outer(a, b) => {
-                            let outers = values.iter().map(|(v, batch, w)| (expand(v[&a].clone(), *batch, 1, m), expand(v[&b].clone(), *batch, 1, n), w * term.coefficient)).collect();
+                            let outers = values
+                                .iter()
+                                .map(|(v, batch, w)| {
+                                    (
+                                        expand(v[&a].clone(), *batch, 1, m),
+                                        expand(v[&b].clone(), *batch, 1, n),
+                                        w * term.coefficient,
+                                    )
+                                })
+                                .collect();
                             self.dev.outer_sums(outers, (m, n))
                         }
                         // A shared value is the same for every example: its sum is a multiple.
-                        _ if shared(term.atom) => expand(values[0].0[&term.atom].clone(), 1, m, n) * (term.coefficient * values.iter().map(|(_, batch, w)| *batch as f32 * w).sum::<f32>()),
+                        _ if shared(term.atom) => {
+                            expand(values[0].0[&term.atom].clone(), 1, m, n)
+                                * (term.coefficient * values.iter().map(|(_, batch, w)| *batch as f32 * w).sum::<f32>())
+                        }
                         _ => values
                             .iter()
-                            .map(|(v, _, w)| expand(self.dev.sum_batch(v[&term.atom].clone()), 1, m, n) * (w * term.coefficient))
+                            .map(|(v, _, w)| {
+                                expand(self.dev.sum_batch(v[&term.atom].clone()), 1, m, n) * (w * term.coefficient)
+                            })
                             .reduce(|x, y| x + y)
                             .expect("at least one phase"),
                     };

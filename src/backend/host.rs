@@ -25,7 +25,10 @@ pub fn fast_exp(x: f32) -> f32 {
     let k = x * std::f32::consts::LOG2_E + ROUND;
     let n = k - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     p * f32::from_bits(k.to_bits().wrapping_sub(ROUND.to_bits() - 127) << 23)
 }
 
@@ -33,7 +36,10 @@ pub fn fast_exp(x: f32) -> f32 {
 #[inline(always)]
 fn two_atanh(s: f32) -> f32 {
     let z = s * s;
-    let p = 1.0 + z * (1.0 / 3.0 + z * (1.0 / 5.0 + z * (1.0 / 7.0 + z * (1.0 / 9.0 + z * (1.0 / 11.0 + z * (1.0 / 13.0 + z * (1.0 / 15.0)))))));
+    let p = 1.0
+        + z * (1.0 / 3.0
+            + z * (1.0 / 5.0
+                + z * (1.0 / 7.0 + z * (1.0 / 9.0 + z * (1.0 / 11.0 + z * (1.0 / 13.0 + z * (1.0 / 15.0)))))));
     2.0 * s * p
 }
 
@@ -61,7 +67,10 @@ fn fast_tanh(x: f32) -> f32 {
     let e = fast_exp(-2.0 * a);
     let far = ((1.0 - e) / (1.0 + e)).copysign(x);
     let z = x * x;
-    let near = x * (1.0 + z * (-1.0 / 3.0 + z * (2.0 / 15.0 + z * (-17.0 / 315.0 + z * (62.0 / 2835.0 + z * (-1382.0 / 155_925.0))))));
+    let near = x
+        * (1.0
+            + z * (-1.0 / 3.0
+                + z * (2.0 / 15.0 + z * (-17.0 / 315.0 + z * (62.0 / 2835.0 + z * (-1382.0 / 155_925.0))))));
     if a < 0.25 { near } else { far }
 }
 
@@ -159,7 +168,12 @@ pub fn bernoulli(xs: &[f32], bias: &[f32], scale: f32, hi: f32, lo: f32, rng: &m
 /// `fast` where every input is `covered`; otherwise `exact` for the inputs
 /// that are not (a scan that vectorises decides).
 #[inline(always)]
-fn covered_or_exact(xs: &[f32], covered: impl Fn(f32) -> bool + Copy, fast: impl Fn(f32) -> f32 + Copy + Send + Sync, exact: impl Fn(f32) -> f32) -> Vec<f32> {
+fn covered_or_exact(
+    xs: &[f32],
+    covered: impl Fn(f32) -> bool + Copy,
+    fast: impl Fn(f32) -> f32 + Copy + Send + Sync,
+    exact: impl Fn(f32) -> f32,
+) -> Vec<f32> {
     if xs.iter().fold(true, |all, &x| all & covered(x)) {
         each(xs, fast)
     } else {
@@ -184,7 +198,14 @@ pub enum Arith {
 
 /// `x op y` broadcast to `(b, m, n)`; each operand's shape has, on every
 /// axis, either the target's extent or 1.
-pub fn zip(op: Arith, x: &[f32], xs: (usize, usize, usize), y: &[f32], ys: (usize, usize, usize), (b, m, n): (usize, usize, usize)) -> Vec<f32> {
+pub fn zip(
+    op: Arith,
+    x: &[f32],
+    xs: (usize, usize, usize),
+    y: &[f32],
+    ys: (usize, usize, usize),
+    (b, m, n): (usize, usize, usize),
+) -> Vec<f32> {
     wide(|| match op {
         Arith::Add => zip_with(x, xs, y, ys, (b, m, n), |p, q| p + q),
         Arith::Sub => zip_with(x, xs, y, ys, (b, m, n), |p, q| p - q),
@@ -194,9 +215,18 @@ pub fn zip(op: Arith, x: &[f32], xs: (usize, usize, usize), y: &[f32], ys: (usiz
 }
 
 #[inline(always)]
-fn zip_with(x: &[f32], xs: (usize, usize, usize), y: &[f32], ys: (usize, usize, usize), (b, m, n): (usize, usize, usize), f: impl Fn(f32, f32) -> f32 + Copy) -> Vec<f32> {
+fn zip_with(
+    x: &[f32],
+    xs: (usize, usize, usize),
+    y: &[f32],
+    ys: (usize, usize, usize),
+    (b, m, n): (usize, usize, usize),
+    f: impl Fn(f32, f32) -> f32 + Copy,
+) -> Vec<f32> {
     let mut out = Vec::with_capacity(b * m * n);
-    let offset = |s: (usize, usize, usize), i: usize, j: usize| (if s.0 == 1 { 0 } else { i }) * s.1 * s.2 + (if s.1 == 1 { 0 } else { j }) * s.2;
+    let offset = |s: (usize, usize, usize), i: usize, j: usize| {
+        (if s.0 == 1 { 0 } else { i }) * s.1 * s.2 + (if s.1 == 1 { 0 } else { j }) * s.2
+    };
     for i in 0..b {
         for j in 0..m {
             let (px, py) = (offset(xs, i, j), offset(ys, i, j));
@@ -215,8 +245,18 @@ fn zip_with(x: &[f32], xs: (usize, usize, usize), y: &[f32], ys: (usize, usize, 
 /// `(m, n)`, or added to it when `accumulate`; by the `gemm` crate on all
 /// of rayon's threads. A written product fills `out` directly, with no
 /// zeroing pass first.
-pub fn gemm_at_b_into(out: &mut Vec<f32>, a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize), accumulate: bool, c: f32) {
-    assert!(a.len() == k * m && b.len() == k * n && (!accumulate || out.len() == m * n), "gemm operands match their shapes");
+pub fn gemm_at_b_into(
+    out: &mut Vec<f32>,
+    a: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    c: f32,
+) {
+    assert!(
+        a.len() == k * m && b.len() == k * n && (!accumulate || out.len() == m * n),
+        "gemm operands match their shapes"
+    );
     if !accumulate {
         out.clear();
         if k == 0 {
@@ -232,7 +272,27 @@ pub fn gemm_at_b_into(out: &mut Vec<f32>, a: &[f32], b: &[f32], (m, k, n): (usiz
     // `accumulate`, gemm reads nothing from `out` and, with k > 0, writes
     // every one of its m * n values before the length is set.
     unsafe {
-        gemm::gemm(m, n, k, out.as_mut_ptr(), 1, stride(n), accumulate, a.as_ptr(), stride(m), 1, b.as_ptr(), 1, stride(n), 1.0, c, false, false, false, gemm::Parallelism::Rayon(rayon::current_num_threads()));
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            stride(n),
+            accumulate,
+            a.as_ptr(),
+            stride(m),
+            1,
+            b.as_ptr(),
+            1,
+            stride(n),
+            1.0,
+            c,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
         out.set_len(m * n);
     }
 }
@@ -307,8 +367,39 @@ mod tests {
     fn functions_match_f64() {
         let mut inputs: Vec<f32> = (-400..=400).map(|k| (k as f32 / 40.0).exp() - 1.0).collect();
         inputs.extend(inputs.clone().iter().map(|x| -x));
-        inputs.extend([0.0, -0.0, 1e-30, 1e-39, 80.0, 88.0, 89.0, 100.0, -100.0, 0.25, -0.25, 0.2499, 1.0, f32::INFINITY, f32::NEG_INFINITY, f32::MAX]);
-        let all = [Unary::Exp, Unary::Log, Unary::Sigmoid, Unary::Swish, Unary::Softplus, Unary::Log2Cosh, Unary::Tanh, Unary::Relu, Unary::Abs, Unary::Sqrt, Unary::Square, Unary::Step, Unary::Sign];
+        inputs.extend([
+            0.0,
+            -0.0,
+            1e-30,
+            1e-39,
+            80.0,
+            88.0,
+            89.0,
+            100.0,
+            -100.0,
+            0.25,
+            -0.25,
+            0.2499,
+            1.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+        ]);
+        let all = [
+            Unary::Exp,
+            Unary::Log,
+            Unary::Sigmoid,
+            Unary::Swish,
+            Unary::Softplus,
+            Unary::Log2Cosh,
+            Unary::Tanh,
+            Unary::Relu,
+            Unary::Abs,
+            Unary::Sqrt,
+            Unary::Square,
+            Unary::Step,
+            Unary::Sign,
+        ];
         for f in all {
             let out = map(f, &inputs);
             for (x, got) in inputs.iter().zip(&out) {
@@ -331,7 +422,10 @@ mod tests {
         let y = [10.0, 20.0, 30.0]; // (1, 1, 3)
         assert_eq!(zip(Arith::Sub, &x, (2, 1, 3), &y, (1, 1, 3), (2, 1, 3)), [-10.0, -19.0, -28.0, -7.0, -16.0, -25.0]);
         assert_eq!(zip(Arith::Mul, &[2.0], (1, 1, 1), &x, (2, 1, 3), (2, 1, 3)), [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
-        assert_eq!(zip(Arith::Add, &[1.0, 2.0], (2, 1, 1), &y, (1, 1, 3), (2, 1, 3)), [11.0, 21.0, 31.0, 12.0, 22.0, 32.0]);
+        assert_eq!(
+            zip(Arith::Add, &[1.0, 2.0], (2, 1, 1), &y, (1, 1, 3), (2, 1, 3)),
+            [11.0, 21.0, 31.0, 12.0, 22.0, 32.0]
+        );
         assert_eq!(zip(Arith::Div, &x, (1, 2, 3), &[1.0, 2.0], (1, 2, 1), (1, 2, 3)), [0.0, 1.0, 2.0, 1.5, 2.0, 2.5]);
         assert_eq!(sum_runs(&x, 3), [3.0, 12.0]);
         assert_eq!(sum_leading(&x, 2), [3.0, 5.0, 7.0]);

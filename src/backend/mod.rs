@@ -10,15 +10,18 @@ mod eval;
 mod host;
 mod train;
 
-pub use ais::{ais, check_options as check_ais_options, raise, schedule, AisEstimate, AisOptions, RaiseEstimate, MAX_CHAIN_ELEMENTS, MAX_RUNS, MAX_TEMPERATURES};
+pub use ais::{
+    AisEstimate, AisOptions, MAX_CHAIN_ELEMENTS, MAX_RUNS, MAX_TEMPERATURES, RaiseEstimate, ais,
+    check_options as check_ais_options, raise, schedule,
+};
 pub use train::{StepReport, TrainError, Trainer};
 
-use crate::ir::{self, Id, Ir};
 use crate::analysis::plan::{Kernel, Plan};
 use crate::analysis::program::{Domain, Model};
-use crate::tensor::{check_rows, constants, HostTensor, Tensors};
+use crate::ir::{self, Id, Ir};
+use crate::tensor::{HostTensor, Tensors, check_rows, constants};
 use dfdx::prelude::*;
-use eval::{canon, expand, Evaluator, Leaves};
+use eval::{Evaluator, Leaves, canon, expand};
 use host::Arith;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_distr::Distribution;
@@ -34,7 +37,15 @@ pub(crate) type T3<D, T = NoneTape> = Tensor<(usize, usize, usize), f32, D, T>;
 pub(crate) trait Kernels: Device<f32> {
     /// `hi` where u < sigmoid(scale * (logits + bias)), else `lo`, elementwise;
     /// `bias` is one per-example value shared by the whole batch.
-    fn bernoulli(&self, logits: T3<Self>, bias: Option<T3<Self>>, scale: f32, hi: f32, lo: f32, rng: &mut rand::rngs::SmallRng) -> T3<Self>;
+    fn bernoulli(
+        &self,
+        logits: T3<Self>,
+        bias: Option<T3<Self>>,
+        scale: f32,
+        hi: f32,
+        lo: f32,
+        rng: &mut rand::rngs::SmallRng,
+    ) -> T3<Self>;
 
     /// A one-hot draw along the last axis from softmax(logits).
     fn categorical(&self, logits: T3<Self>, rng: &mut rand::rngs::SmallRng) -> T3<Self>;
@@ -51,7 +62,11 @@ pub(crate) trait Kernels: Device<f32> {
             .into_iter()
             .map(|(a, b, c)| {
                 let batch = a.shape().0;
-                a.reshape_like(&(batch, m)).permute::<_, Axes2<1, 0>>().matmul(b.reshape_like(&(batch, n))).reshape_like(&(1usize, m, n)) * c
+                a.reshape_like(&(batch, m))
+                    .permute::<_, Axes2<1, 0>>()
+                    .matmul(b.reshape_like(&(batch, n)))
+                    .reshape_like(&(1usize, m, n))
+                    * c
             })
             .reduce(|x, y| x + y)
             .unwrap_or_else(|| self.zeros_like(&(1, m, n)))
@@ -112,7 +127,15 @@ fn with_host<R>(x: &T3<Cpu>, f: impl FnOnce(&[f32]) -> R) -> R {
 }
 
 impl Kernels for Cpu {
-    fn bernoulli(&self, logits: T3<Self>, bias: Option<T3<Self>>, scale: f32, hi: f32, lo: f32, rng: &mut rand::rngs::SmallRng) -> T3<Self> {
+    fn bernoulli(
+        &self,
+        logits: T3<Self>,
+        bias: Option<T3<Self>>,
+        scale: f32,
+        hi: f32,
+        lo: f32,
+        rng: &mut rand::rngs::SmallRng,
+    ) -> T3<Self> {
         let shape = *logits.shape();
         let bias = match bias {
             Some(b) => host_data(expand(b, 1, shape.1, shape.2)).0,
@@ -209,7 +232,15 @@ fn neighbour_sum_host(dev: &Cpu, x: T3<Cpu>, neighbours: &[Vec<usize>]) -> T3<Cp
 
 #[cfg(feature = "cuda")]
 impl Kernels for Cuda {
-    fn bernoulli(&self, logits: T3<Self>, bias: Option<T3<Self>>, scale: f32, hi: f32, lo: f32, _rng: &mut rand::rngs::SmallRng) -> T3<Self> {
+    fn bernoulli(
+        &self,
+        logits: T3<Self>,
+        bias: Option<T3<Self>>,
+        scale: f32,
+        hi: f32,
+        lo: f32,
+        _rng: &mut rand::rngs::SmallRng,
+    ) -> T3<Self> {
         let shape = *logits.shape();
         let logits = match bias {
             Some(b) => logits + expand(b, shape.0, shape.1, shape.2),
@@ -274,7 +305,14 @@ pub enum Quantity {
 impl Sampler {
     /// Compiles the plan of `model` into kernels over `chains` chains, with
     /// parameter values `params` (by name; missing ones are an error).
-    pub fn new(model: &Model, plan: &Plan, params: &Tensors, chains: usize, seed: u64, device: DeviceKind) -> Result<Sampler, String> {
+    pub fn new(
+        model: &Model,
+        plan: &Plan,
+        params: &Tensors,
+        chains: usize,
+        seed: u64,
+        device: DeviceKind,
+    ) -> Result<Sampler, String> {
         let inner: Box<dyn Chains> = match device {
             DeviceKind::Cpu => Box::new(ChainSet::new(Cpu::seed_from_u64(seed), model, plan, params, chains, seed)?),
             #[cfg(feature = "cuda")]
@@ -283,7 +321,9 @@ impl Sampler {
                 Box::new(ChainSet::new(dev, model, plan, params, chains, seed)?)
             }
             #[cfg(not(feature = "cuda"))]
-            DeviceKind::Cuda => return Err("this ebmc was built without the `cuda` feature; rebuild with `--features cuda`".into()),
+            DeviceKind::Cuda => {
+                return Err("this ebmc was built without the `cuda` feature; rebuild with `--features cuda`".into());
+            }
         };
         Ok(Sampler { inner })
     }
@@ -331,9 +371,22 @@ struct VarInfo {
 enum Stage<D: Device<f32>> {
     /// Per variable: the logits' terms that depend on the chains, and those shared by all chains.
     Block(Vec<(usize, Id, Option<Id>)>),
-    Chromatic { var: usize, logits: Id, masks: Vec<T3<D>> },
-    Sequential { var: usize },
-    Langevin { vars: Vec<(usize, Id)>, mala: bool, step: f32, noise: f32, steps: usize, clip: Option<f32> },
+    Chromatic {
+        var: usize,
+        logits: Id,
+        masks: Vec<T3<D>>,
+    },
+    Sequential {
+        var: usize,
+    },
+    Langevin {
+        vars: Vec<(usize, Id)>,
+        mala: bool,
+        step: f32,
+        noise: f32,
+        steps: usize,
+        clip: Option<f32>,
+    },
 }
 
 struct ChainSet<D: Device<f32>> {
@@ -409,7 +462,9 @@ impl<D: Kernels> ChainSet<D> {
                 Kernel::BlockGibbs { .. } => {
                     let mut block = Vec::new();
                     for name in group {
-                        let g = ir.grad(total, name).unwrap_or_else(|| ir.zeros(&model.variable(name).expect("variable").shape));
+                        let g = ir
+                            .grad(total, name)
+                            .unwrap_or_else(|| ir.zeros(&model.variable(name).expect("variable").shape));
                         let logits = ir.neg(g);
                         let (batched, shared) = split_shared(ir, logits);
                         block.push((index(name), batched, shared));
@@ -419,13 +474,18 @@ impl<D: Kernels> ChainSet<D> {
                 Kernel::ChromaticGibbs { colours, unit_colours, .. } => {
                     let var = index(&first.name);
                     // A coupling the simplifier folded to zero (`0 * J * ...`) leaves no gradient: the logits are zero.
-                    let g = ir.grad(total, &first.name).unwrap_or_else(|| ir.zeros(&model.variable(&first.name).expect("variable").shape));
+                    let g = ir
+                        .grad(total, &first.name)
+                        .unwrap_or_else(|| ir.zeros(&model.variable(&first.name).expect("variable").shape));
                     let logits = ir.neg(g);
                     let info = &vars[var];
                     let masks = (0..*colours)
                         .map(|c| {
                             let per_unit = info.cols * info.rows / unit_colours.len();
-                            let data: Vec<f32> = unit_colours.iter().flat_map(|&u| std::iter::repeat_n(f32::from(u8::from(u == c)), per_unit)).collect();
+                            let data: Vec<f32> = unit_colours
+                                .iter()
+                                .flat_map(|&u| std::iter::repeat_n(f32::from(u8::from(u == c)), per_unit))
+                                .collect();
                             dev.tensor_from_vec(data, (1, info.rows, info.cols))
                         })
                         .collect();
@@ -435,20 +495,38 @@ impl<D: Kernels> ChainSet<D> {
                 Kernel::Langevin { mala, step, noise, steps, clip, .. } => {
                     let mut lv = Vec::new();
                     for name in group {
-                        let g = ir.grad(total, name).unwrap_or_else(|| ir.zeros(&model.variable(name).expect("variable").shape));
+                        let g = ir
+                            .grad(total, name)
+                            .unwrap_or_else(|| ir.zeros(&model.variable(name).expect("variable").shape));
                         lv.push((index(name), g));
                     }
-                    stages.push(Stage::Langevin { vars: lv, mala: *mala, step: *step as f32, noise: *noise as f32, steps: *steps, clip: clip.map(|c| c as f32) });
+                    stages.push(Stage::Langevin {
+                        vars: lv,
+                        mala: *mala,
+                        step: *step as f32,
+                        noise: *noise as f32,
+                        steps: *steps,
+                        clip: clip.map(|c| c as f32),
+                    });
                 }
             }
         }
         let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
         let mut free_energy = total;
         for name in &summed {
-            free_energy = crate::analysis::plan::sum_out(ir, free_energy, model.variable(name).expect("summed variables are declared")).0;
+            free_energy = crate::analysis::plan::sum_out(
+                ir,
+                free_energy,
+                model.variable(name).expect("summed variables are declared"),
+            )
+            .0;
         }
         let free_energy = ir.inline_nets(free_energy);
-        let gradients = model.variables.iter().map(|v| (v.name.clone(), ir.grad(total, &v.name).unwrap_or_else(|| ir.zeros(&v.shape)))).collect();
+        let gradients = model
+            .variables
+            .iter()
+            .map(|v| (v.name.clone(), ir.grad(total, &v.name).unwrap_or_else(|| ir.zeros(&v.shape))))
+            .collect();
         let mut set = ChainSet {
             dev,
             model: model.clone(),
@@ -550,7 +628,11 @@ impl<D: Kernels> ChainSet<D> {
         let (units, per_unit, values): (usize, usize, Vec<Vec<f32>>) = match info.domain {
             Domain::Binary => (rows * cols, 1, vec![vec![0.0], vec![1.0]]),
             Domain::Spin => (rows * cols, 1, vec![vec![-1.0], vec![1.0]]),
-            Domain::Categorical { categories } => (rows, categories, (0..categories).map(|k| (0..categories).map(|j| f32::from(u8::from(j == k))).collect()).collect()),
+            Domain::Categorical { categories } => (
+                rows,
+                categories,
+                (0..categories).map(|k| (0..categories).map(|j| f32::from(u8::from(j == k))).collect()).collect(),
+            ),
             Domain::Real { .. } => unreachable!("continuous variables are not Gibbs-sampled"),
         };
         let name = info.name.clone();
@@ -629,7 +711,15 @@ impl<D: Kernels> ChainSet<D> {
                     .map(|c| {
                         (c * per..(c + 1) * per)
                             .map(|i| {
-                                let q = |to: f32, from: f32, g: f32| log_folded_gaussian(f64::from(to), f64::from(from - step * g), f64::from(noise), lo, hi);
+                                let q = |to: f32, from: f32, g: f32| {
+                                    log_folded_gaussian(
+                                        f64::from(to),
+                                        f64::from(from - step * g),
+                                        f64::from(noise),
+                                        lo,
+                                        hi,
+                                    )
+                                };
                                 q(xs[i], ys[i], gbs[i]) - q(ys[i], xs[i], gas[i])
                             })
                             .sum::<f64>() as f32
@@ -666,7 +756,11 @@ impl<D: Kernels> ChainSet<D> {
             Domain::Real { bounds: Some((lo, hi)) } => {
                 let shape = *x.shape();
                 let w = hi - lo;
-                let folded = x.as_vec().into_iter().map(|v| (lo + w - ((f64::from(v) - lo).rem_euclid(2.0 * w) - w).abs()).clamp(lo, hi) as f32).collect();
+                let folded = x
+                    .as_vec()
+                    .into_iter()
+                    .map(|v| (lo + w - ((f64::from(v) - lo).rem_euclid(2.0 * w) - w).abs()).clamp(lo, hi) as f32)
+                    .collect();
                 self.dev.tensor_from_vec(folded, shape)
             }
             _ => x,
@@ -675,7 +769,10 @@ impl<D: Kernels> ChainSet<D> {
 
     /// The model's variables among `rows` (checked to have `n` rows) on the device.
     fn upload_rows(&self, rows: &Tensors, n: usize) -> BTreeMap<String, T3<D>> {
-        rows.iter().filter(|(name, t)| self.model.variable(name).is_some() && t.shape.first() == Some(&n)).map(|(name, t)| (name.clone(), upload(&self.dev, t, n))).collect()
+        rows.iter()
+            .filter(|(name, t)| self.model.variable(name).is_some() && t.shape.first() == Some(&n))
+            .map(|(name, t)| (name.clone(), upload(&self.dev, t, n)))
+            .collect()
     }
 }
 
@@ -801,7 +898,11 @@ impl<D: Kernels> Chains for ChainSet<D> {
             Quantity::Energy => (self.total, None),
             Quantity::FreeEnergy => (self.free_energy, None),
             Quantity::Gradient(v) | Quantity::Conditional(v) => {
-                let i = self.vars.iter().position(|x| x.name == *v).ok_or_else(|| format!("`{v}` is not a variable of model `{}`", self.model.name))?;
+                let i = self
+                    .vars
+                    .iter()
+                    .position(|x| x.name == *v)
+                    .ok_or_else(|| format!("`{v}` is not a variable of model `{}`", self.model.name))?;
                 if matches!(what, Quantity::Conditional(_)) && !self.vars[i].domain.is_discrete() {
                     return Err(format!("`{v}` is continuous and has no Gibbs conditional"));
                 }
@@ -838,21 +939,46 @@ impl From<String> for TrainError {
 /// The energy of each row with the variables in `sum_out` summed out (each
 /// discrete, linear in the energy, and not touching one another); `rows`
 /// give every other variable as `[rows, ...shape]`.
-pub fn free_energy(model: &Model, params: &Tensors, sum_out: &[String], rows: &Tensors, device: DeviceKind) -> Result<Vec<f64>, String> {
+pub fn free_energy(
+    model: &Model,
+    params: &Tensors,
+    sum_out: &[String],
+    rows: &Tensors,
+    device: DeviceKind,
+) -> Result<Vec<f64>, String> {
     match device {
         DeviceKind::Cpu => free_energy_on(&Cpu::default(), model, params, sum_out, rows),
         #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => free_energy_on(&Cuda::try_seed_from_u64(0).map_err(|e| format!("cannot open the CUDA device: {e:?}"))?, model, params, sum_out, rows),
+        DeviceKind::Cuda => free_energy_on(
+            &Cuda::try_seed_from_u64(0).map_err(|e| format!("cannot open the CUDA device: {e:?}"))?,
+            model,
+            params,
+            sum_out,
+            rows,
+        ),
         #[cfg(not(feature = "cuda"))]
-        DeviceKind::Cuda => Err("this ebmc was built without the `cuda` feature; rebuild with `--features cuda`".into()),
+        DeviceKind::Cuda => {
+            Err("this ebmc was built without the `cuda` feature; rebuild with `--features cuda`".into())
+        }
     }
 }
 
-fn free_energy_on<D: Kernels>(dev: &D, model: &Model, params: &Tensors, sum_out: &[String], rows: &Tensors) -> Result<Vec<f64>, String> {
+fn free_energy_on<D: Kernels>(
+    dev: &D,
+    model: &Model,
+    params: &Tensors,
+    sum_out: &[String],
+    rows: &Tensors,
+) -> Result<Vec<f64>, String> {
     let mut lowered = ir::program_to_ir(model);
     let mut root = lowered.total;
     for name in sum_out {
-        root = crate::analysis::plan::sum_out(&mut lowered.ir, root, model.variable(name).ok_or_else(|| format!("no variable `{name}`"))?).0;
+        root = crate::analysis::plan::sum_out(
+            &mut lowered.ir,
+            root,
+            model.variable(name).ok_or_else(|| format!("no variable `{name}`"))?,
+        )
+        .0;
     }
     let root = lowered.ir.inline_nets(root);
     let leaves = device_leaves(dev, model, &lowered, params)?;
@@ -901,7 +1027,11 @@ fn log_folded_gaussian(y: f64, mean: f64, sd: f64, lo: f64, hi: f64) -> f64 {
 
 /// The variables an expression reads, each once.
 fn vars_of(ir: &Ir, root: Id) -> Vec<String> {
-    let mut names: Vec<String> = ir.cone(root).iter().filter_map(|n| if let ir::Op::Var(v) = &ir.node(*n).op { Some(v.clone()) } else { None }).collect();
+    let mut names: Vec<String> = ir
+        .cone(root)
+        .iter()
+        .filter_map(|n| if let ir::Op::Var(v) = &ir.node(*n).op { Some(v.clone()) } else { None })
+        .collect();
     names.sort();
     names.dedup();
     names
@@ -910,7 +1040,12 @@ fn vars_of(ir: &Ir, root: Id) -> Vec<String> {
 /// Parameters and constants on the device; the parameters are checked
 /// against the model first (present, declared shape, finite), so every
 /// entry point that evaluates the model refuses bad values with an error.
-fn device_leaves<D: Kernels>(dev: &D, model: &Model, lowered: &ir::Lowered, params: &Tensors) -> Result<Leaves<D, NoneTape>, String> {
+fn device_leaves<D: Kernels>(
+    dev: &D,
+    model: &Model,
+    lowered: &ir::Lowered,
+    params: &Tensors,
+) -> Result<Leaves<D, NoneTape>, String> {
     crate::tensor::check_params(&lowered.params, params).map_err(|e| e.to_string())?;
     let mut tensors = BTreeMap::new();
     for spec in &lowered.params {
@@ -924,7 +1059,9 @@ fn device_leaves<D: Kernels>(dev: &D, model: &Model, lowered: &ir::Lowered, para
         .consts
         .iter()
         .filter_map(|c| match &c.value {
-            crate::analysis::program::ConstValue::Graph(g) => Some((c.name.clone(), crate::analysis::graph::lattice_adjacency(g))),
+            crate::analysis::program::ConstValue::Graph(g) => {
+                Some((c.name.clone(), crate::analysis::graph::lattice_adjacency(g)))
+            }
             _ => None,
         })
         .collect();

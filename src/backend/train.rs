@@ -9,12 +9,12 @@
 //! `−Σ_i log p(x_i | x_−i)` exactly, from energy differences.
 
 use super::eval::{Evaluator, Leaves, Taped};
-use super::{upload, ChainSet, Kernels, T3};
-use crate::front::ast::Role;
-use crate::ir::{self, Id, Ir, Op};
+use super::{ChainSet, Kernels, T3, upload};
 use crate::analysis::plan::Plan;
 use crate::analysis::program::{Domain, Model, Train};
 use crate::analysis::schema::Value;
+use crate::front::ast::Role;
+use crate::ir::{self, Id, Ir, Op};
 use crate::tensor::{HostTensor, Tensors};
 use dfdx::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,7 +30,10 @@ pub struct StepReport {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainError {
     /// A loss, gradient or parameter became NaN or infinite.
-    NonFinite { what: String, step: usize },
+    NonFinite {
+        what: String,
+        step: usize,
+    },
     Setup(String),
 }
 
@@ -54,16 +57,31 @@ trait Fit {
 
 impl Trainer {
     /// `state` holds optimiser moments and persistent chains from a checkpoint (empty to start afresh).
-    pub fn new(model: &Model, plan: &Plan, train: &Train, params: &Tensors, state: &Tensors, seed: u64, device: super::DeviceKind) -> Result<Trainer, TrainError> {
+    pub fn new(
+        model: &Model,
+        plan: &Plan,
+        train: &Train,
+        params: &Tensors,
+        state: &Tensors,
+        seed: u64,
+        device: super::DeviceKind,
+    ) -> Result<Trainer, TrainError> {
         let inner: Box<dyn Fit> = match device {
-            super::DeviceKind::Cpu => Box::new(Fitter::new(Cpu::seed_from_u64(seed), model, plan, train, params, state, seed)?),
+            super::DeviceKind::Cpu => {
+                Box::new(Fitter::new(Cpu::seed_from_u64(seed), model, plan, train, params, state, seed)?)
+            }
             #[cfg(feature = "cuda")]
             super::DeviceKind::Cuda => {
-                let dev = Cuda::try_seed_from_u64(seed).map_err(|e| TrainError::Setup(format!("cannot open the CUDA device: {e:?}")))?;
+                let dev = Cuda::try_seed_from_u64(seed)
+                    .map_err(|e| TrainError::Setup(format!("cannot open the CUDA device: {e:?}")))?;
                 Box::new(Fitter::new(dev, model, plan, train, params, state, seed)?)
             }
             #[cfg(not(feature = "cuda"))]
-            super::DeviceKind::Cuda => return Err(TrainError::Setup("this ebmc was built without the `cuda` feature; rebuild with `--features cuda`".into())),
+            super::DeviceKind::Cuda => {
+                return Err(TrainError::Setup(
+                    "this ebmc was built without the `cuda` feature; rebuild with `--features cuda`".into(),
+                ));
+            }
         };
         let visible = model.variables.iter().filter(|v| v.role == Role::Visible).map(|v| v.name.clone()).collect();
         Ok(Trainer { inner, model: model.clone(), visible })
@@ -71,7 +89,8 @@ impl Trainer {
 
     /// Shows the trainer the whole training set before the first epoch.
     pub fn prepare(&mut self, data: &Tensors) -> Result<(), TrainError> {
-        crate::tensor::check_rows(&self.model, data, &self.visible).map_err(|e| TrainError::Setup(format!("training data: {e}")))?;
+        crate::tensor::check_rows(&self.model, data, &self.visible)
+            .map_err(|e| TrainError::Setup(format!("training data: {e}")))?;
         self.inner.prepare(data);
         Ok(())
     }
@@ -84,7 +103,8 @@ impl Trainer {
 
     /// One optimiser step on a batch of visible rows, at learning rate `lr`.
     pub fn step(&mut self, batch: &Tensors, lr: f64, step: usize) -> Result<StepReport, TrainError> {
-        crate::tensor::check_rows(&self.model, batch, &self.visible).map_err(|e| TrainError::Setup(format!("training batch: {e}")))?;
+        crate::tensor::check_rows(&self.model, batch, &self.visible)
+            .map_err(|e| TrainError::Setup(format!("training batch: {e}")))?;
         self.inner.step(batch, lr, step)
     }
 
@@ -104,15 +124,23 @@ impl Trainer {
 }
 
 enum Objective<D: Kernels> {
-    Cd { k: usize },
+    Cd {
+        k: usize,
+    },
     /// Persistent chains; with continuous visibles, restarted each step
     /// from a replay buffer of past samples (a fraction from noise).
-    Pcd { k: usize, chains: Box<ChainSet<D>>, replay: Option<Replay> },
+    Pcd {
+        k: usize,
+        chains: Box<ChainSet<D>>,
+        replay: Option<Replay>,
+    },
     /// Pseudo-likelihood. Variables in `logits` are linear in each unit (no
     /// unit couples to itself), so p(x_i | rest) comes from the conditional
     /// logits −∂E/∂x at the data, all units at once; the others use energy
     /// differences, one unit at a time.
-    Pl { logits: BTreeMap<String, Id> },
+    Pl {
+        logits: BTreeMap<String, Id>,
+    },
     /// Score matching and noise contrast for continuous visible variables.
     Continuous(Continuous),
     /// JEM: cross-entropy of p(label | rest) plus PCD on the energy with the
@@ -145,9 +173,11 @@ impl Replay {
     fn new(capacity: usize, reinit: f64, seed: u64, saved: &Tensors) -> Replay {
         let mut replay = Replay { rows: Vec::new(), capacity, reinit, rng: rand::SeedableRng::seed_from_u64(seed) };
         // Saved as `replay.<var>` tensors of shape (rows, ...).
-        let saved: Vec<(&str, &HostTensor)> = saved.iter().filter_map(|(k, t)| k.strip_prefix("replay.").map(|n| (n, t))).collect();
+        let saved: Vec<(&str, &HostTensor)> =
+            saved.iter().filter_map(|(k, t)| k.strip_prefix("replay.").map(|n| (n, t))).collect();
         let n = saved.first().map_or(0, |(_, t)| t.shape[0]);
-        replay.rows = (0..n).map(|r| saved.iter().map(|(name, t)| (name.to_string(), row_of(t, r))).collect()).collect();
+        replay.rows =
+            (0..n).map(|r| saved.iter().map(|(name, t)| (name.to_string(), row_of(t, r))).collect()).collect();
         replay
     }
 
@@ -189,7 +219,10 @@ impl Replay {
             .map(|(name, t)| {
                 let mut shape = vec![self.rows.len()];
                 shape.extend(&t.shape);
-                (format!("replay.{name}"), HostTensor::new(shape, self.rows.iter().flat_map(|r| r[name].data.iter().copied()).collect()))
+                (
+                    format!("replay.{name}"),
+                    HostTensor::new(shape, self.rows.iter().flat_map(|r| r[name].data.iter().copied()).collect()),
+                )
             })
             .collect()
     }
@@ -272,32 +305,54 @@ fn option(call: &crate::analysis::program::Call, key: &str) -> Option<f64> {
 }
 
 impl<D: Kernels> Fitter<D> {
-    fn new(dev: D, model: &Model, plan: &Plan, train: &Train, params: &Tensors, state: &Tensors, seed: u64) -> Result<Self, TrainError> {
+    fn new(
+        dev: D,
+        model: &Model,
+        plan: &Plan,
+        train: &Train,
+        params: &Tensors,
+        state: &Tensors,
+        seed: u64,
+    ) -> Result<Self, TrainError> {
         let mut lowered = ir::program_to_ir(model);
         let total = lowered.ir.inline_nets(lowered.total);
         let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
         let mut free_energy = total;
         for name in &summed {
-            free_energy = crate::analysis::plan::sum_out(&mut lowered.ir, free_energy, model.variable(name).expect("declared")).0;
+            free_energy =
+                crate::analysis::plan::sum_out(&mut lowered.ir, free_energy, model.variable(name).expect("declared")).0;
         }
         let free_energy = lowered.ir.inline_nets(free_energy);
         let leaves = super::device_leaves(&dev, model, &lowered, params)?;
-        let shapes: BTreeMap<String, Vec<usize>> = lowered.params.iter().map(|p| (p.name.clone(), p.shape.clone())).collect();
-        let (mut up, consts): (BTreeMap<String, T3<D>>, BTreeMap<String, T3<D>>) = leaves.tensors.into_iter().partition(|(k, _)| shapes.contains_key(k));
+        let shapes: BTreeMap<String, Vec<usize>> =
+            lowered.params.iter().map(|p| (p.name.clone(), p.shape.clone())).collect();
+        let (mut up, consts): (BTreeMap<String, T3<D>>, BTreeMap<String, T3<D>>) =
+            leaves.tensors.into_iter().partition(|(k, _)| shapes.contains_key(k));
         let mut shapes = shapes;
         if train.objective.name == "nce" {
             // NCE learns the log-normaliser as one more parameter.
             let c = match params.get("nce.log_z") {
                 None => 0.0,
                 Some(t) if t.data.len() == 1 && t.data[0].is_finite() => t.data[0],
-                Some(t) => return Err(TrainError::Setup(format!("`nce.log_z` must be one finite number, the checkpoint holds {:?}", t.data))),
+                Some(t) => {
+                    return Err(TrainError::Setup(format!(
+                        "`nce.log_z` must be one finite number, the checkpoint holds {:?}",
+                        t.data
+                    )));
+                }
             };
             up.insert("nce.log_z".into(), dev.tensor_from_vec(vec![c], (1, 1, 1)));
             shapes.insert("nce.log_z".into(), vec![]);
         }
         let lattices = leaves.lattices;
-        let visible: Vec<String> = model.variables.iter().filter(|v| v.role == Role::Visible).map(|v| v.name.clone()).collect();
-        let kept: Vec<String> = model.variables.iter().filter(|v| v.role == Role::Hidden && !summed.contains(&v.name)).map(|v| v.name.clone()).collect();
+        let visible: Vec<String> =
+            model.variables.iter().filter(|v| v.role == Role::Visible).map(|v| v.name.clone()).collect();
+        let kept: Vec<String> = model
+            .variables
+            .iter()
+            .filter(|v| v.role == Role::Hidden && !summed.contains(&v.name))
+            .map(|v| v.name.clone())
+            .collect();
         let o = &train.objective;
         let k = o.int("k").unwrap_or(1) as usize;
         let objective = match o.name.as_str() {
@@ -306,29 +361,59 @@ impl<D: Kernels> Fitter<D> {
                 let chains = o.int("chains").unwrap_or(100) as usize;
                 let mut set = ChainSet::new(dev.clone(), model, plan, params, chains, seed ^ 0x7063_6421)?;
                 if state.keys().any(|k| k.starts_with("chain.")) {
-                    let chain_state: Tensors = state.iter().filter_map(|(k, t)| k.strip_prefix("chain.").map(|n| (n.to_string(), t.clone()))).collect();
+                    let chain_state: Tensors = state
+                        .iter()
+                        .filter_map(|(k, t)| k.strip_prefix("chain.").map(|n| (n.to_string(), t.clone())))
+                        .collect();
                     super::Chains::set_state(&mut set, &chain_state).map_err(TrainError::Setup)?;
                 }
                 // Langevin chains on the data's own variables restart from a replay buffer.
-                let langevin = plan.variables.iter().any(|v| visible.contains(&v.name) && matches!(v.kernel, crate::analysis::plan::Kernel::Langevin { .. }));
-                let replay = langevin.then(|| Replay::new(o.int("buffer").unwrap_or(10000) as usize, option(o, "reinit").unwrap_or(0.05), seed ^ 0x7270_6c79, state));
+                let langevin = plan.variables.iter().any(|v| {
+                    visible.contains(&v.name) && matches!(v.kernel, crate::analysis::plan::Kernel::Langevin { .. })
+                });
+                let replay = langevin.then(|| {
+                    Replay::new(
+                        o.int("buffer").unwrap_or(10000) as usize,
+                        option(o, "reinit").unwrap_or(0.05),
+                        seed ^ 0x7270_6c79,
+                        state,
+                    )
+                });
                 Objective::Pcd { k, chains: Box::new(set), replay }
             }
             "pl" => {
                 let mut logits = BTreeMap::new();
                 for v in &plan.variables {
-                    if matches!(v.kernel, crate::analysis::plan::Kernel::BlockGibbs { .. } | crate::analysis::plan::Kernel::ChromaticGibbs { .. }) {
-                        let g = lowered.ir.grad(total, &v.name).unwrap_or_else(|| lowered.ir.zeros(&model.variable(&v.name).expect("declared").shape));
+                    if matches!(
+                        v.kernel,
+                        crate::analysis::plan::Kernel::BlockGibbs { .. }
+                            | crate::analysis::plan::Kernel::ChromaticGibbs { .. }
+                    ) {
+                        let g = lowered
+                            .ir
+                            .grad(total, &v.name)
+                            .unwrap_or_else(|| lowered.ir.zeros(&model.variable(&v.name).expect("declared").shape));
                         logits.insert(v.name.clone(), lowered.ir.neg(g));
                     }
                 }
                 Objective::Pl { logits }
             }
             "jem" => {
-                let label = plan.label_marginal.as_ref().map(|m| m.var.clone()).ok_or_else(|| TrainError::Setup("`jem` needs a categorical label the plan can sum out".into()))?;
-                let g = lowered.ir.grad(total, &label).ok_or_else(|| TrainError::Setup(format!("the energy does not depend on `{label}`")))?;
+                let label =
+                    plan.label_marginal.as_ref().map(|m| m.var.clone()).ok_or_else(|| {
+                        TrainError::Setup("`jem` needs a categorical label the plan can sum out".into())
+                    })?;
+                let g = lowered
+                    .ir
+                    .grad(total, &label)
+                    .ok_or_else(|| TrainError::Setup(format!("the energy does not depend on `{label}`")))?;
                 let logits = lowered.ir.neg(g);
-                let marginal = crate::analysis::plan::sum_out(&mut lowered.ir, free_energy, model.variable(&label).expect("declared")).0;
+                let marginal = crate::analysis::plan::sum_out(
+                    &mut lowered.ir,
+                    free_energy,
+                    model.variable(&label).expect("declared"),
+                )
+                .0;
                 let marginal = lowered.ir.inline_nets(marginal);
                 let batch = train.batch.max(1);
                 let chains = ChainSet::new(dev.clone(), model, plan, params, batch, seed ^ 0x6a65_6d)?;
@@ -338,7 +423,12 @@ impl<D: Kernels> Fitter<D> {
                     marginal,
                     k,
                     chains: Box::new(chains),
-                    replay: Replay::new(o.int("buffer").unwrap_or(10000) as usize, option(o, "reinit").unwrap_or(0.05), seed ^ 0x6a65_6d, state),
+                    replay: Replay::new(
+                        o.int("buffer").unwrap_or(10000) as usize,
+                        option(o, "reinit").unwrap_or(0.05),
+                        seed ^ 0x6a65_6d,
+                        state,
+                    ),
                 }))
             }
             name => {
@@ -352,7 +442,10 @@ impl<D: Kernels> Fitter<D> {
                     },
                     "sm" => ContinuousKind::Sm,
                     "cnce" => ContinuousKind::Cnce { sigma: num("sigma", 0.1) },
-                    _ => ContinuousKind::Nce { gaussian: o.options.get("noise").and_then(Value::as_str) != Some("uniform"), ratio: o.int("ratio").unwrap_or(1) as usize },
+                    _ => ContinuousKind::Nce {
+                        gaussian: o.options.get("noise").and_then(Value::as_str) != Some("uniform"),
+                        ratio: o.int("ratio").unwrap_or(1) as usize,
+                    },
                 };
                 let mut grads = BTreeMap::new();
                 let mut hvps = BTreeMap::new();
@@ -366,7 +459,13 @@ impl<D: Kernels> Fitter<D> {
                         }
                     }
                 }
-                Objective::Continuous(Continuous { kind, grads, hvps, rng: rand::SeedableRng::seed_from_u64(seed ^ 0x736d), noise: None })
+                Objective::Continuous(Continuous {
+                    kind,
+                    grads,
+                    hvps,
+                    rng: rand::SeedableRng::seed_from_u64(seed ^ 0x736d),
+                    noise: None,
+                })
             }
         };
         let opt = &train.optimizer;
@@ -379,18 +478,35 @@ impl<D: Kernels> Fitter<D> {
                 weight_decay,
                 t: state.get("adam.t").map_or(0, |t| t.data[0] as i32),
             },
-            _ => Optimizer::Sgd { momentum: option(opt, "momentum").unwrap_or(0.0) as f32, nesterov: opt.options.get("nesterov").and_then(Value::as_bool).unwrap_or(false), weight_decay },
+            _ => Optimizer::Sgd {
+                momentum: option(opt, "momentum").unwrap_or(0.0) as f32,
+                nesterov: opt.options.get("nesterov").and_then(Value::as_bool).unwrap_or(false),
+                weight_decay,
+            },
         };
-        let moments = state.iter().filter(|(k, _)| k.starts_with("m.") || k.starts_with("v.") || k.starts_with("velocity.")).map(|(k, t)| (k.clone(), upload(&dev, t, 1))).collect();
-        let reg = |name: &str, key: &str| train.regularizers.iter().find(|r| r.name == name).and_then(|r| option(r, key)).unwrap_or(0.0) as f32;
+        let moments = state
+            .iter()
+            .filter(|(k, _)| k.starts_with("m.") || k.starts_with("v.") || k.starts_with("velocity."))
+            .map(|(k, t)| (k.clone(), upload(&dev, t, 1)))
+            .collect();
+        let reg = |name: &str, key: &str| {
+            train.regularizers.iter().find(|r| r.name == name).and_then(|r| option(r, key)).unwrap_or(0.0) as f32
+        };
         let roots: Vec<Id> = match &objective {
             Objective::Pl { logits } => std::iter::once(total).chain(logits.values().copied()).collect(),
-            Objective::Continuous(c) => std::iter::once(free_energy).chain(c.grads.values().copied()).chain(c.hvps.values().copied()).collect(),
+            Objective::Continuous(c) => {
+                std::iter::once(free_energy).chain(c.grads.values().copied()).chain(c.hvps.values().copied()).collect()
+            }
             Objective::Jem(j) => vec![j.logits, j.marginal],
             _ => vec![free_energy],
         };
         let cone: Vec<Id> = roots.iter().flat_map(|r| lowered.ir.cone(*r)).collect();
-        let used: Vec<String> = lowered.params.iter().map(|p| p.name.clone()).filter(|n| cone.iter().any(|id| matches!(&lowered.ir.node(*id).op, Op::Param(p) if p == n))).collect();
+        let used: Vec<String> = lowered
+            .params
+            .iter()
+            .map(|p| p.name.clone())
+            .filter(|n| cone.iter().any(|id| matches!(&lowered.ir.node(*id).op, Op::Param(p) if p == n)))
+            .collect();
         let param_grads = match objective {
             Objective::Pl { .. } | Objective::Continuous(_) | Objective::Jem(_) => Vec::new(),
             _ => used.iter().filter_map(|p| lowered.ir.grad_param(free_energy, p).map(|g| (p.clone(), g))).collect(),
@@ -412,7 +528,12 @@ impl<D: Kernels> Fitter<D> {
             l1: reg("l1", "weight"),
             l2: reg("l2", "weight"),
             energy_alpha: reg("energy_penalty", "alpha"),
-            clip: train.regularizers.iter().find(|r| r.name == "clip_grad").and_then(|r| option(r, "norm")).map(|c| c as f32),
+            clip: train
+                .regularizers
+                .iter()
+                .find(|r| r.name == "clip_grad")
+                .and_then(|r| option(r, "norm"))
+                .map(|c| c as f32),
             visible,
             kept,
             scratch: None,
@@ -429,7 +550,14 @@ impl<D: Kernels> Fitter<D> {
     /// A batch-sized chain set (made once per batch size), with current parameters.
     fn scratch(&mut self, rows: usize) -> Result<&mut ChainSet<D>, TrainError> {
         if self.scratch.as_ref().is_none_or(|s| s.chains != rows) {
-            let set = ChainSet::new(self.dev.clone(), &self.model, &self.plan, &self.host_params(), rows, self.seed ^ 0x5343_5241)?;
+            let set = ChainSet::new(
+                self.dev.clone(),
+                &self.model,
+                &self.plan,
+                &self.host_params(),
+                rows,
+                self.seed ^ 0x5343_5241,
+            )?;
             self.scratch = Some(Box::new(set));
         }
         let set = self.scratch.as_mut().expect("made above");
@@ -449,7 +577,8 @@ impl<D: Kernels> Fitter<D> {
 
     /// Traced parameters and untaped constants for one loss evaluation.
     fn taped_leaves(&self) -> Leaves<D, OwnedTape<f32, D>> {
-        let mut tensors: BTreeMap<String, T3<D, OwnedTape<f32, D>>> = self.params.iter().map(|(k, t)| (k.clone(), t.leaky_trace())).collect();
+        let mut tensors: BTreeMap<String, T3<D, OwnedTape<f32, D>>> =
+            self.params.iter().map(|(k, t)| (k.clone(), t.leaky_trace())).collect();
         tensors.extend(self.consts.iter().map(|(k, t)| (k.clone(), t.retaped::<OwnedTape<f32, D>>())));
         Leaves { tensors, lattices: self.lattices.clone() }
     }
@@ -457,7 +586,8 @@ impl<D: Kernels> Fitter<D> {
     /// The positive and negative phases' variables for one batch.
     fn phases(&mut self, batch: &Tensors) -> Result<(BTreeMap<String, T3<D>>, BTreeMap<String, T3<D>>), TrainError> {
         let rows = batch.values().next().map_or(0, |t| t.shape[0]);
-        let data: BTreeMap<String, T3<D>> = batch.iter().map(|(k, t)| (k.clone(), upload(&self.dev, t, rows))).collect();
+        let data: BTreeMap<String, T3<D>> =
+            batch.iter().map(|(k, t)| (k.clone(), upload(&self.dev, t, rows))).collect();
         let visible = self.visible.clone();
         let kept = self.kept.clone();
         // Positive phase: latents that are not summed out are sampled with the data held fixed.
@@ -465,7 +595,9 @@ impl<D: Kernels> Fitter<D> {
         let (k, persistent) = match &self.objective {
             Objective::Cd { k } => (*k, false),
             Objective::Pcd { k, .. } => (*k, true),
-            Objective::Pl { .. } | Objective::Continuous(_) | Objective::Jem(_) => unreachable!("handled by their own steps"),
+            Objective::Pl { .. } | Objective::Continuous(_) | Objective::Jem(_) => {
+                unreachable!("handled by their own steps")
+            }
         };
         if !kept.is_empty() || !persistent {
             let set = self.scratch(rows)?;
@@ -512,7 +644,11 @@ impl<D: Kernels> Fitter<D> {
         Ok(self.tape_gradients(&positive, &negative))
     }
 
-    fn tape_gradients(&self, positive: &BTreeMap<String, T3<D>>, negative: &BTreeMap<String, T3<D>>) -> (f64, BTreeMap<String, T3<D>>) {
+    fn tape_gradients(
+        &self,
+        positive: &BTreeMap<String, T3<D>>,
+        negative: &BTreeMap<String, T3<D>>,
+    ) -> (f64, BTreeMap<String, T3<D>>) {
         let (visible, kept) = (self.visible.clone(), self.kept.clone());
         let leaves = self.taped_leaves();
         let ev = Taped(Evaluator { ir: &self.ir, dev: &self.dev, leaves: &leaves });
@@ -523,7 +659,8 @@ impl<D: Kernels> Fitter<D> {
         let f_pos = ev.eval(&[self.free_energy], &taped(positive, &names)).pop().expect("one root");
         let f_neg = ev.eval(&[self.free_energy], &taped(negative, &names)).pop().expect("one root");
         let loss = if self.energy_alpha > 0.0 {
-            let penalty = f_pos.retaped::<OwnedTape<f32, D>>().square().mean::<(), Axes3<0, 1, 2>>() + f_neg.retaped::<OwnedTape<f32, D>>().square().mean::<(), Axes3<0, 1, 2>>();
+            let penalty = f_pos.retaped::<OwnedTape<f32, D>>().square().mean::<(), Axes3<0, 1, 2>>()
+                + f_neg.retaped::<OwnedTape<f32, D>>().square().mean::<(), Axes3<0, 1, 2>>();
             f_pos.mean::<(), Axes3<0, 1, 2>>() - f_neg.mean::<(), Axes3<0, 1, 2>>() + penalty * self.energy_alpha
         } else {
             f_pos.mean::<(), Axes3<0, 1, 2>>() - f_neg.mean::<(), Axes3<0, 1, 2>>()
@@ -542,13 +679,23 @@ impl<D: Kernels> Fitter<D> {
         Ok(self.symbolic_gradients(&positive, &negative))
     }
 
-    fn symbolic_gradients(&self, positive: &BTreeMap<String, T3<D>>, negative: &BTreeMap<String, T3<D>>) -> (f64, BTreeMap<String, T3<D>>) {
+    fn symbolic_gradients(
+        &self,
+        positive: &BTreeMap<String, T3<D>>,
+        negative: &BTreeMap<String, T3<D>>,
+    ) -> (f64, BTreeMap<String, T3<D>>) {
         let names: Vec<String> = self.visible.iter().chain(&self.kept).cloned().collect();
-        let leaves = Leaves { tensors: self.params.iter().chain(&self.consts).map(|(k, t)| (k.clone(), t.clone())).collect(), lattices: self.lattices.clone() };
+        let leaves = Leaves {
+            tensors: self.params.iter().chain(&self.consts).map(|(k, t)| (k.clone(), t.clone())).collect(),
+            lattices: self.lattices.clone(),
+        };
         let ev = Evaluator { ir: &self.ir, dev: &self.dev, leaves: &leaves };
-        let roots: Vec<Id> = self.param_grads.iter().map(|(_, g)| *g).chain(std::iter::once(self.free_energy)).collect();
+        let roots: Vec<Id> =
+            self.param_grads.iter().map(|(_, g)| *g).chain(std::iter::once(self.free_energy)).collect();
         let (rows_pos, rows_neg) = (positive[&names[0]].shape().0, negative[&names[0]].shape().0);
-        let pick = |vars: &BTreeMap<String, T3<D>>| names.iter().map(|n| (n.clone(), vars[n].clone())).collect::<BTreeMap<_, _>>();
+        let pick = |vars: &BTreeMap<String, T3<D>>| {
+            names.iter().map(|n| (n.clone(), vars[n].clone())).collect::<BTreeMap<_, _>>()
+        };
         // Mean over the data minus mean over the samples.
         let (pos, neg) = (pick(positive), pick(negative));
         let mut sums = ev.eval_phase_sums(&roots, &[(&pos, 1.0 / rows_pos as f32), (&neg, -1.0 / rows_neg as f32)]);
@@ -577,7 +724,9 @@ impl<D: Kernels> Fitter<D> {
             b.insert(name.to_string(), HostTensor::new(shape, data));
             b
         };
-        let taped = |b: &Tensors| -> BTreeMap<String, T3<D, Own<D>>> { b.iter().map(|(k, t)| (k.clone(), up(t, t.shape[0]))).collect() };
+        let taped = |b: &Tensors| -> BTreeMap<String, T3<D, Own<D>>> {
+            b.iter().map(|(k, t)| (k.clone(), up(t, t.shape[0]))).collect()
+        };
         let per_row = |t: T3<D, Own<D>>| t.sum::<(usize,), Axes2<1, 2>>();
         let loss: Tensor<(), f32, D, Own<D>> = match kind {
             ContinuousKind::Dsm { sigma } => {
@@ -595,8 +744,13 @@ impl<D: Kernels> Fitter<D> {
                 let mut total: Option<Tensor<(), f32, D, Own<D>>> = None;
                 for ((name, _), g) in grads.iter().zip(gs) {
                     let (m, n) = super::eval::canon(&self.model.variable(name).expect("declared").shape);
-                    let term = ((super::eval::expand(g, rows, m, n) * sigma) - zs.remove(name).expect("noise drawn")).square().sum::<(), Axes3<0, 1, 2>>();
-                    total = Some(match total { Some(t) => t + term, None => term });
+                    let term = ((super::eval::expand(g, rows, m, n) * sigma) - zs.remove(name).expect("noise drawn"))
+                        .square()
+                        .sum::<(), Axes3<0, 1, 2>>();
+                    total = Some(match total {
+                        Some(t) => t + term,
+                        None => term,
+                    });
                 }
                 total.expect("a continuous variable") * (0.5 / rows as f32)
             }
@@ -608,7 +762,11 @@ impl<D: Kernels> Fitter<D> {
                     let mut dirs = BTreeMap::new();
                     for name in grads.keys() {
                         let t = &batch[name];
-                        let v: Vec<f32> = if rademacher { normals(rng, t.data.len()).into_iter().map(|x| if x < 0.0 { -1.0 } else { 1.0 }).collect() } else { normals(rng, t.data.len()) };
+                        let v: Vec<f32> = if rademacher {
+                            normals(rng, t.data.len()).into_iter().map(|x| if x < 0.0 { -1.0 } else { 1.0 }).collect()
+                        } else {
+                            normals(rng, t.data.len())
+                        };
                         b.insert(format!("__dir.{name}"), HostTensor::new(t.shape.clone(), v.clone()));
                         dirs.insert(name.clone(), HostTensor::new(t.shape.clone(), v));
                     }
@@ -626,17 +784,33 @@ impl<D: Kernels> Fitter<D> {
                         // Each gradient is consumed by the one term that uses it, so its tape reaches the loss.
                         if variance_reduced {
                             let sq = g.square().sum::<(), Axes3<0, 1, 2>>();
-                            g2 = Some(match g2 { Some(t) => t + sq, None => sq });
+                            g2 = Some(match g2 {
+                                Some(t) => t + sq,
+                                None => sq,
+                            });
                         } else {
                             let dot = per_row(g * v.retaped::<Own<D>>());
-                            vg = Some(match vg { Some(t) => t + dot, None => dot });
+                            vg = Some(match vg {
+                                Some(t) => t + dot,
+                                None => dot,
+                            });
                         }
                         let curv = (h * v).sum::<(), Axes3<0, 1, 2>>();
-                        vhv = Some(match vhv { Some(t) => t + curv, None => curv });
+                        vhv = Some(match vhv {
+                            Some(t) => t + curv,
+                            None => curv,
+                        });
                     }
-                    let first = if variance_reduced { g2.expect("gradients") * 0.5 } else { vg.expect("gradients").square().sum::<(), Axis<0>>() * 0.5 };
+                    let first = if variance_reduced {
+                        g2.expect("gradients") * 0.5
+                    } else {
+                        vg.expect("gradients").square().sum::<(), Axis<0>>() * 0.5
+                    };
                     let term = first - vhv.expect("Hessian-vector products");
-                    total = Some(match total { Some(t) => t + term, None => term });
+                    total = Some(match total {
+                        Some(t) => t + term,
+                        None => term,
+                    });
                 }
                 total.expect("at least one projection") / (rows * projections) as f32
             }
@@ -649,7 +823,10 @@ impl<D: Kernels> Fitter<D> {
                     let v = self.model.variable(name).expect("declared");
                     let (m, n) = super::eval::canon(&v.shape);
                     let half = super::eval::expand(g, rows, m, n).square().sum::<(), Axes3<0, 1, 2>>() * 0.5;
-                    total = Some(match total { Some(t) => t + half, None => half });
+                    total = Some(match total {
+                        Some(t) => t + half,
+                        None => half,
+                    });
                     let dims: usize = v.shape.iter().product();
                     for i in 0..dims {
                         let unit: Vec<f32> = (0..rows * dims).map(|j| f32::from(u8::from(j % dims == i))).collect();
@@ -658,7 +835,8 @@ impl<D: Kernels> Fitter<D> {
                         shape.extend(&v.shape);
                         b.insert(format!("__dir.{name}"), HostTensor::new(shape.clone(), unit.clone()));
                         let h = ev.eval(&[hvps[name]], &taped(&b)).pop().expect("one root");
-                        let diag = (super::eval::expand(h, rows, m, n) * up(&HostTensor::new(shape, unit), rows)).sum::<(), Axes3<0, 1, 2>>();
+                        let diag = (super::eval::expand(h, rows, m, n) * up(&HostTensor::new(shape, unit), rows))
+                            .sum::<(), Axes3<0, 1, 2>>();
                         total = Some(total.expect("started above") - diag);
                     }
                 }
@@ -689,17 +867,30 @@ impl<D: Kernels> Fitter<D> {
                 for _ in 0..count {
                     let point: Vec<f64> = if is_gaussian {
                         let z: Vec<f64> = normals(rng, d).into_iter().map(f64::from).collect();
-                        (0..d).map(|i| noise.mean[i] + (0..=i).map(|j| noise.chol[i * d + j] * z[j]).sum::<f64>()).collect()
+                        (0..d)
+                            .map(|i| noise.mean[i] + (0..=i).map(|j| noise.chol[i * d + j] * z[j]).sum::<f64>())
+                            .collect()
                     } else {
-                        (0..d).map(|i| noise.low[i] + (noise.high[i] - noise.low[i]) * f64::from(rand::Rng::r#gen::<f32>(rng))).collect()
+                        (0..d)
+                            .map(|i| {
+                                noise.low[i] + (noise.high[i] - noise.low[i]) * f64::from(rand::Rng::r#gen::<f32>(rng))
+                            })
+                            .collect()
                     };
                     noise_rows.push(point);
                 }
-                let data_rows: Vec<Vec<f64>> = (0..rows).map(|r| names.iter().flat_map(|n| {
-                    let t = &batch[n];
-                    let per: usize = t.shape[1..].iter().product();
-                    t.data[r * per..(r + 1) * per].iter().map(|x| f64::from(*x)).collect::<Vec<_>>()
-                }).collect()).collect();
+                let data_rows: Vec<Vec<f64>> = (0..rows)
+                    .map(|r| {
+                        names
+                            .iter()
+                            .flat_map(|n| {
+                                let t = &batch[n];
+                                let per: usize = t.shape[1..].iter().product();
+                                t.data[r * per..(r + 1) * per].iter().map(|x| f64::from(*x)).collect::<Vec<_>>()
+                            })
+                            .collect()
+                    })
+                    .collect();
                 let log_ratio = (ratio as f64).ln();
                 let log_pn = |x: &[f64]| (noise.log_density(x, is_gaussian) + log_ratio) as f32;
                 let mut noise_batch = Tensors::new();
@@ -709,20 +900,31 @@ impl<D: Kernels> Fitter<D> {
                     let per: usize = shape[1..].iter().product();
                     let mut s = shape.clone();
                     s[0] = count;
-                    noise_batch.insert(n.clone(), HostTensor::new(s, noise_rows.iter().flat_map(|p| p[at..at + per].iter().map(|x| *x as f32)).collect()));
+                    noise_batch.insert(
+                        n.clone(),
+                        HostTensor::new(
+                            s,
+                            noise_rows.iter().flat_map(|p| p[at..at + per].iter().map(|x| *x as f32)).collect(),
+                        ),
+                    );
                     at += per;
                 }
                 let c_param = leaves.tensors["nce.log_z"].retaped::<Own<D>>();
                 let logit = |e: T3<D, Own<D>>, lp: Vec<f32>, n: usize| {
                     let lp = up(&HostTensor::new(vec![n, 1, 1], lp), n);
-                    super::eval::expand(e, n, 1, 1).negate() - super::eval::expand(c_param.retaped::<Own<D>>(), n, 1, 1) - lp
+                    super::eval::expand(e, n, 1, 1).negate()
+                        - super::eval::expand(c_param.retaped::<Own<D>>(), n, 1, 1)
+                        - lp
                 };
                 let e_data = ev.eval(&[self.free_energy], &taped(batch)).pop().expect("one root");
                 let e_noise = ev.eval(&[self.free_energy], &taped(&noise_batch)).pop().expect("one root");
                 let l_data = logit(e_data, data_rows.iter().map(|p| log_pn(p)).collect(), rows);
                 let l_noise = logit(e_noise, noise_rows.iter().map(|p| log_pn(p)).collect(), count);
-                let pos = super::eval::unary(crate::ir::Unary::Softplus, l_data.negate(), true).sum::<(), Axes3<0, 1, 2>>() / rows as f32;
-                let neg = super::eval::unary(crate::ir::Unary::Softplus, l_noise, true).sum::<(), Axes3<0, 1, 2>>() / rows as f32;
+                let pos = super::eval::unary(crate::ir::Unary::Softplus, l_data.negate(), true)
+                    .sum::<(), Axes3<0, 1, 2>>()
+                    / rows as f32;
+                let neg = super::eval::unary(crate::ir::Unary::Softplus, l_noise, true).sum::<(), Axes3<0, 1, 2>>()
+                    / rows as f32;
                 drop(c_param);
                 pos + neg
             }
@@ -735,11 +937,18 @@ impl<D: Kernels> Fitter<D> {
         // Score matching sees the energy only through its derivatives in the
         // data: a parameter that shifts the energy by a constant gets no gradient.
         let loss_roots: Vec<Id> = match kind {
-            ContinuousKind::Dsm { .. } | ContinuousKind::Ssm { .. } | ContinuousKind::Sm => grads.values().chain(hvps.values()).copied().collect(),
+            ContinuousKind::Dsm { .. } | ContinuousKind::Ssm { .. } | ContinuousKind::Sm => {
+                grads.values().chain(hvps.values()).copied().collect()
+            }
             _ => vec![self.free_energy],
         };
         let cone: BTreeSet<Id> = loss_roots.iter().flat_map(|r| self.ir.cone(*r)).collect();
-        let mut used: Vec<String> = self.used.iter().filter(|p| cone.iter().any(|id| matches!(&self.ir.node(*id).op, Op::Param(n) if n == *p))).cloned().collect();
+        let mut used: Vec<String> = self
+            .used
+            .iter()
+            .filter(|p| cone.iter().any(|id| matches!(&self.ir.node(*id).op, Op::Param(n) if n == *p)))
+            .cloned()
+            .collect();
         if self.params.contains_key("nce.log_z") {
             used.push("nce.log_z".into());
         }
@@ -768,19 +977,26 @@ impl<D: Kernels> Fitter<D> {
         type Own<D> = OwnedTape<f32, D>;
         let leaves = self.taped_leaves();
         let ev = Taped(Evaluator { ir: &self.ir, dev: &self.dev, leaves: &leaves });
-        let taped = |b: &Tensors| -> BTreeMap<String, T3<D, Own<D>>> { b.iter().map(|(k, t)| (k.clone(), upload(&self.dev, t, t.shape[0]).retaped::<Own<D>>())).collect() };
+        let taped = |b: &Tensors| -> BTreeMap<String, T3<D, Own<D>>> {
+            b.iter().map(|(k, t)| (k.clone(), upload(&self.dev, t, t.shape[0]).retaped::<Own<D>>())).collect()
+        };
         // Cross-entropy of the label given the rest: logsumexp(L) − L·y.
         let l = ev.eval(&[logits_root], &taped(batch)).pop().expect("one root");
         let (m, n) = super::eval::canon(&self.model.variable(&label).expect("declared").shape);
         let l = super::eval::expand(l, rows, m, n);
         let y = upload(&self.dev, &batch[&label], rows);
-        let ce = (l.retaped::<Own<D>>().logsumexp::<(usize, usize), Axis<2>>().sum::<(), Axes2<0, 1>>() - (l * y).sum::<(), Axes3<0, 1, 2>>()) / rows as f32;
+        let ce = (l.retaped::<Own<D>>().logsumexp::<(usize, usize), Axis<2>>().sum::<(), Axes2<0, 1>>()
+            - (l * y).sum::<(), Axes3<0, 1, 2>>())
+            / rows as f32;
         // PCD on the marginal energy of the other variables.
-        let others = |b: &Tensors| -> Tensors { b.iter().filter(|(k, _)| **k != label).map(|(k, t)| (k.clone(), t.clone())).collect() };
+        let others = |b: &Tensors| -> Tensors {
+            b.iter().filter(|(k, _)| **k != label).map(|(k, t)| (k.clone(), t.clone())).collect()
+        };
         let f_pos = ev.eval(&[marginal], &taped(&others(batch))).pop().expect("one root");
         let f_neg = ev.eval(&[marginal], &taped(&others(&end))).pop().expect("one root");
         let generative = if self.energy_alpha > 0.0 {
-            let penalty = f_pos.retaped::<Own<D>>().square().mean::<(), Axes3<0, 1, 2>>() + f_neg.retaped::<Own<D>>().square().mean::<(), Axes3<0, 1, 2>>();
+            let penalty = f_pos.retaped::<Own<D>>().square().mean::<(), Axes3<0, 1, 2>>()
+                + f_neg.retaped::<Own<D>>().square().mean::<(), Axes3<0, 1, 2>>();
             f_pos.mean::<(), Axes3<0, 1, 2>>() - f_neg.mean::<(), Axes3<0, 1, 2>>() + penalty * self.energy_alpha
         } else {
             f_pos.mean::<(), Axes3<0, 1, 2>>() - f_neg.mean::<(), Axes3<0, 1, 2>>()
@@ -789,7 +1005,12 @@ impl<D: Kernels> Fitter<D> {
         let value = f64::from(loss.as_vec()[0]);
         let g = loss.backward();
         let cone: BTreeSet<Id> = [logits_root, marginal].iter().flat_map(|r| self.ir.cone(*r)).collect();
-        let used: Vec<String> = self.used.iter().filter(|p| cone.iter().any(|id| matches!(&self.ir.node(*id).op, Op::Param(n) if n == *p))).cloned().collect();
+        let used: Vec<String> = self
+            .used
+            .iter()
+            .filter(|p| cone.iter().any(|id| matches!(&self.ir.node(*id).op, Op::Param(n) if n == *p)))
+            .cloned()
+            .collect();
         Ok((value, used.iter().map(|p| (p.clone(), g.get(&self.params[p]))).collect()))
     }
 
@@ -799,7 +1020,10 @@ impl<D: Kernels> Fitter<D> {
         let rows = batch.values().next().map_or(0, |t| t.shape[0]);
         let mut grads: BTreeMap<String, T3<D>> = BTreeMap::new();
         let mut total_loss = 0.0;
-        let accumulate = |grads: &mut BTreeMap<String, T3<D>>, g: Gradients<f32, D>, params: &BTreeMap<String, T3<D>>, used: &[String]| {
+        let accumulate = |grads: &mut BTreeMap<String, T3<D>>,
+                          g: Gradients<f32, D>,
+                          params: &BTreeMap<String, T3<D>>,
+                          used: &[String]| {
             for p in used {
                 let gp = g.get(&params[p]);
                 let acc = match grads.remove(p) {
@@ -817,7 +1041,8 @@ impl<D: Kernels> Fitter<D> {
             let v = self.model.variable(name).expect("declared").clone();
             let leaves = self.taped_leaves();
             let ev = Taped(Evaluator { ir: &self.ir, dev: &self.dev, leaves: &leaves });
-            let vars: BTreeMap<String, T3<D, OwnedTape<f32, D>>> = batch.iter().map(|(k, t)| (k.clone(), upload(&self.dev, t, rows).retaped())).collect();
+            let vars: BTreeMap<String, T3<D, OwnedTape<f32, D>>> =
+                batch.iter().map(|(k, t)| (k.clone(), upload(&self.dev, t, rows).retaped())).collect();
             let l = ev.eval(&[*root], &vars).pop().expect("one root");
             let (m, n) = super::eval::canon(&v.shape);
             let l = super::eval::expand(l, rows, m, n);
@@ -835,7 +1060,12 @@ impl<D: Kernels> Fitter<D> {
             let loss = nll.sum::<(), Axes3<0, 1, 2>>() / rows as f32;
             total_loss += f64::from(loss.as_vec()[0]);
             let cone = self.ir.cone(*root);
-            let used: Vec<String> = self.used.iter().filter(|p| cone.iter().any(|id| matches!(&self.ir.node(*id).op, Op::Param(n) if n == *p))).cloned().collect();
+            let used: Vec<String> = self
+                .used
+                .iter()
+                .filter(|p| cone.iter().any(|id| matches!(&self.ir.node(*id).op, Op::Param(n) if n == *p)))
+                .cloned()
+                .collect();
             accumulate(&mut grads, loss.backward(), &self.params, &used);
         }
         for name in self.visible.clone().into_iter().filter(|n| !logits.contains_key(n)) {
@@ -852,7 +1082,8 @@ impl<D: Kernels> Fitter<D> {
                 let leaves = self.taped_leaves();
                 let ev = Taped(Evaluator { ir: &self.ir, dev: &self.dev, leaves: &leaves });
                 let n = rows * c * k;
-                let vars: BTreeMap<String, T3<D, OwnedTape<f32, D>>> = expanded.iter().map(|(k, t)| (k.clone(), upload(&self.dev, t, n).retaped())).collect();
+                let vars: BTreeMap<String, T3<D, OwnedTape<f32, D>>> =
+                    expanded.iter().map(|(k, t)| (k.clone(), upload(&self.dev, t, n).retaped())).collect();
                 let e = ev.eval(&[self.total], &vars).pop().expect("one root");
                 let e = super::eval::expand(e, n, 1, 1).reshape_like(&(rows, c, k));
                 // -log p(x_i | rest) = E(x) + logsumexp_k(-E(x with x_i = k)); E(x) is the
@@ -879,7 +1110,10 @@ fn unit_values(domain: &Domain) -> (usize, Vec<Vec<f32>>) {
     match domain {
         Domain::Binary => (1, vec![vec![0.0], vec![1.0]]),
         Domain::Spin => (1, vec![vec![-1.0], vec![1.0]]),
-        Domain::Categorical { categories } => (*categories, (0..*categories).map(|k| (0..*categories).map(|j| f32::from(u8::from(j == k))).collect()).collect()),
+        Domain::Categorical { categories } => (
+            *categories,
+            (0..*categories).map(|k| (0..*categories).map(|j| f32::from(u8::from(j == k))).collect()).collect(),
+        ),
         Domain::Real { .. } => unreachable!("pseudo-likelihood is planned for discrete models only"),
     }
 }
@@ -932,7 +1166,11 @@ impl Noise {
         let d = self.mean.len();
         if !gaussian {
             let inside = x.iter().enumerate().all(|(i, v)| *v >= self.low[i] && *v <= self.high[i]);
-            return if inside { -(0..d).map(|i| (self.high[i] - self.low[i]).ln()).sum::<f64>() } else { f64::NEG_INFINITY };
+            return if inside {
+                -(0..d).map(|i| (self.high[i] - self.low[i]).ln()).sum::<f64>()
+            } else {
+                f64::NEG_INFINITY
+            };
         }
         // Solve L y = x - mean; log N = -|y|^2/2 - sum log L_ii - d/2 log 2π.
         let mut y = vec![0.0; d];
@@ -940,7 +1178,9 @@ impl Noise {
             let s: f64 = (0..i).map(|j| self.chol[i * d + j] * y[j]).sum();
             y[i] = (x[i] - self.mean[i] - s) / self.chol[i * d + i];
         }
-        -0.5 * y.iter().map(|v| v * v).sum::<f64>() - (0..d).map(|i| self.chol[i * d + i].ln()).sum::<f64>() - 0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln()
+        -0.5 * y.iter().map(|v| v * v).sum::<f64>()
+            - (0..d).map(|i| self.chol[i * d + i].ln()).sum::<f64>()
+            - 0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln()
     }
 
     /// A Gaussian with the data's mean and covariance, and the data's box widened by a tenth.
@@ -959,20 +1199,28 @@ impl Noise {
         for i in 0..d {
             for j in 0..=i {
                 let s: f64 = (0..j).map(|k| chol[i * d + k] * chol[j * d + k]).sum();
-                chol[i * d + j] = if i == j { (cov[i * d + i] - s).max(1e-9).sqrt() } else { (cov[i * d + j] - s) / chol[j * d + j] };
+                chol[i * d + j] =
+                    if i == j { (cov[i * d + i] - s).max(1e-9).sqrt() } else { (cov[i * d + j] - s) / chol[j * d + j] };
             }
         }
         let low: Vec<f64> = (0..d).map(|i| rows.iter().map(|r| r[i]).fold(f64::INFINITY, f64::min)).collect();
         let high: Vec<f64> = (0..d).map(|i| rows.iter().map(|r| r[i]).fold(f64::NEG_INFINITY, f64::max)).collect();
         let pad: Vec<f64> = (0..d).map(|i| 0.1 * (high[i] - low[i]).max(1e-6)).collect();
-        Noise { mean, chol, low: (0..d).map(|i| low[i] - pad[i]).collect(), high: (0..d).map(|i| high[i] + pad[i]).collect() }
+        Noise {
+            mean,
+            chol,
+            low: (0..d).map(|i| low[i] - pad[i]).collect(),
+            high: (0..d).map(|i| high[i] + pad[i]).collect(),
+        }
     }
 }
 
 impl<D: Kernels> Fit for Fitter<D> {
     fn prepare(&mut self, data: &Tensors) {
         let names: Vec<String> = match &self.objective {
-            Objective::Continuous(Continuous { kind: ContinuousKind::Nce { .. }, grads, .. }) => grads.keys().cloned().collect(),
+            Objective::Continuous(Continuous { kind: ContinuousKind::Nce { .. }, grads, .. }) => {
+                grads.keys().cloned().collect()
+            }
             _ => return,
         };
         let n = data.values().next().map_or(0, |t| t.shape[0]);
@@ -1030,7 +1278,8 @@ impl<D: Kernels> Fit for Fitter<D> {
                 *g = g.clone() + p.clone() * self.l2;
             }
             if self.l1 > 0.0 {
-                let sign = p.clone().gt(0.0).choose(self.dev.ones_like(p.shape()), self.dev.zeros_like(p.shape())) - p.lt(0.0).choose(self.dev.ones_like(p.shape()), self.dev.zeros_like(p.shape()));
+                let sign = p.clone().gt(0.0).choose(self.dev.ones_like(p.shape()), self.dev.zeros_like(p.shape()))
+                    - p.lt(0.0).choose(self.dev.ones_like(p.shape()), self.dev.zeros_like(p.shape()));
                 *g = g.clone() + sign * self.l1;
             }
         }
@@ -1162,11 +1411,13 @@ mod tests {
             let model = c.program.models["m"].clone();
             let train = c.program.trains["m"].clone();
             let params = crate::tensor::initialise(&crate::ir::program_to_ir(&model).params, 1);
-            let mut fit = Fitter::new(Cpu::seed_from_u64(0), &model, &plans[0], &train, &params, &Tensors::new(), 1).expect("fitter");
+            let mut fit = Fitter::new(Cpu::seed_from_u64(0), &model, &plans[0], &train, &params, &Tensors::new(), 1)
+                .expect("fitter");
             let rows = 6;
             let mut set = ChainSet::new(Cpu::seed_from_u64(2), &model, &plans[0], &params, rows, 2).expect("chains");
             super::super::Chains::sweep(&mut set);
-            let batch: Tensors = fit.visible.iter().map(|v| (v.clone(), super::super::Chains::state(&set)[v].clone())).collect();
+            let batch: Tensors =
+                fit.visible.iter().map(|v| (v.clone(), super::super::Chains::state(&set)[v].clone())).collect();
             let (positive, negative) = fit.phases(&batch).expect("phases");
             let (l1, g1) = fit.tape_gradients(&positive, &negative);
             let (l2, g2) = fit.symbolic_gradients(&positive, &negative);
@@ -1175,7 +1426,10 @@ mod tests {
             for (name, a) in &g1 {
                 let (a, b) = (a.as_vec(), g2[name].as_vec());
                 for (x, y) in a.iter().zip(&b) {
-                    assert!((x - y).abs() < 1e-4 * (1.0 + x.abs()), "gradient of {name}: tape {x} vs symbolic {y}\n{src}");
+                    assert!(
+                        (x - y).abs() < 1e-4 * (1.0 + x.abs()),
+                        "gradient of {name}: tape {x} vs symbolic {y}\n{src}"
+                    );
                 }
             }
         }

@@ -196,14 +196,24 @@ pub struct Expr {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ExprKind {
     /// The literal text is kept so that `fmt` prints numbers as written.
-    Number { value: f64, text: String },
+    Number {
+        value: f64,
+        text: String,
+    },
     Str(String),
     Name(String),
     List(Vec<Expr>),
-    Call { func: Ident, args: Vec<Arg> },
+    Call {
+        func: Ident,
+        args: Vec<Arg>,
+    },
     Neg(Box<Expr>),
     Transpose(Box<Expr>),
-    Binary { op: BinOp, lhs: Box<Expr>, rhs: Box<Expr> },
+    Binary {
+        op: BinOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -322,7 +332,8 @@ fn stmt_outline(s: &ModelStmt) -> String {
         }
         ModelStmt::Energy(d) => format!("(energy {} {})", d.name.name, d.expr.outline()),
         ModelStmt::Sample(b) => {
-            let o: Vec<String> = b.overrides.iter().map(|o| format!("({} {})", o.var.name, o.kernel.outline())).collect();
+            let o: Vec<String> =
+                b.overrides.iter().map(|o| format!("({} {})", o.var.name, o.kernel.outline())).collect();
             format!("(sample{})", prefixed(&o))
         }
     }

@@ -2,7 +2,7 @@
 //! renderings: codespan-reporting text for people, JSON lines for programs.
 //! The wording itself lives in `messages.rs`.
 
-use crate::front::span::{line_col, Span};
+use crate::front::span::{Span, line_col};
 use codespan_reporting::diagnostic as cs;
 use codespan_reporting::files::SimpleFile;
 use codespan_reporting::term::{self, termcolor::WriteColor};
@@ -74,7 +74,11 @@ impl Diagnostic {
             .labels
             .iter()
             .map(|l| {
-                let label = if l.primary { cs::Label::primary((), l.span.range()) } else { cs::Label::secondary((), l.span.range()) };
+                let label = if l.primary {
+                    cs::Label::primary((), l.span.range())
+                } else {
+                    cs::Label::secondary((), l.span.range())
+                };
                 label.with_message(l.message.clone())
             })
             .collect();
@@ -87,7 +91,12 @@ impl Diagnostic {
 
 /// Renders diagnostics for a person: file name, line and column, the source
 /// lines with underlined spans, and the hint.
-pub fn render(writer: &mut dyn WriteColor, file_name: &str, source: &str, diagnostics: &[Diagnostic]) -> std::io::Result<()> {
+pub fn render(
+    writer: &mut dyn WriteColor,
+    file_name: &str,
+    source: &str,
+    diagnostics: &[Diagnostic],
+) -> std::io::Result<()> {
     let file = SimpleFile::new(file_name, source);
     let config = term::Config::default();
     for d in diagnostics {
@@ -138,10 +147,28 @@ pub fn render_json(file_name: &str, source: &str, diagnostics: &[Diagnostic]) ->
             .map(|l| {
                 let (line, column) = line_col(source, l.span.start);
                 let (end_line, end_column) = line_col(source, l.span.end);
-                JsonLabel { line, column, end_line, end_column, start: l.span.start, end: l.span.end, message: &l.message, primary: l.primary }
+                JsonLabel {
+                    line,
+                    column,
+                    end_line,
+                    end_column,
+                    start: l.span.start,
+                    end: l.span.end,
+                    message: &l.message,
+                    primary: l.primary,
+                }
             })
             .collect();
-        let j = JsonDiagnostic { file: file_name, severity: d.severity, code: d.code, message: &d.message, line, column, labels, help: d.help.as_deref() };
+        let j = JsonDiagnostic {
+            file: file_name,
+            severity: d.severity,
+            code: d.code,
+            message: &d.message,
+            line,
+            column,
+            labels,
+            help: d.help.as_deref(),
+        };
         out.push_str(&serde_json::to_string(&j).expect("diagnostics serialise"));
         out.push('\n');
     }

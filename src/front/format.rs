@@ -8,7 +8,8 @@ use crate::front::ast::*;
 const INDENT: &str = "    ";
 
 pub fn ast_to_source(file: &File, source: &str) -> String {
-    let mut p = Printer { src: source, comments: &file.comments, next: 0, out: String::new(), last_end: 0, gap_allowed: false };
+    let mut p =
+        Printer { src: source, comments: &file.comments, next: 0, out: String::new(), last_end: 0, gap_allowed: false };
     for (i, item) in file.items.iter().enumerate() {
         if i > 0 {
             p.out.push('\n');
@@ -220,7 +221,9 @@ pub fn expr(e: &Expr) -> String {
         ExprKind::Str(s) => format!("\"{s}\""),
         ExprKind::Name(n) => n.clone(),
         ExprKind::List(items) => format!("[{}]", items.iter().map(expr).collect::<Vec<_>>().join(", ")),
-        ExprKind::Call { func, args } => format!("{}({})", func.name, args.iter().map(arg).collect::<Vec<_>>().join(", ")),
+        ExprKind::Call { func, args } => {
+            format!("{}({})", func.name, args.iter().map(arg).collect::<Vec<_>>().join(", "))
+        }
         ExprKind::Neg(inner) => format!("-{}", wrap(inner, inner.precedence() < NEG_PRECEDENCE)),
         ExprKind::Transpose(inner) => format!("{}.T", wrap(inner, inner.precedence() < ATOM_PRECEDENCE)),
         ExprKind::Binary { op, lhs, rhs } => {

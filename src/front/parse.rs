@@ -4,9 +4,9 @@
 
 use crate::front::ast::*;
 use crate::front::span::Span;
+use pest::Parser;
 use pest::iterators::{Pair, Pairs};
 use pest::pratt_parser::{Assoc, Op, PrattParser};
-use pest::Parser;
 use std::sync::OnceLock;
 
 #[derive(pest_derive::Parser)]
@@ -29,7 +29,8 @@ pub enum ParseError {
 
 pub fn source_to_ast(source: &str) -> Result<File, ParseError> {
     // The grammar and every later stage recurse on nesting; bound it first.
-    crate::analysis::limits::nesting(source).map_err(|span| ParseError::TooDeep { span, limit: crate::analysis::limits::MAX_NESTING })?;
+    crate::analysis::limits::nesting(source)
+        .map_err(|span| ParseError::TooDeep { span, limit: crate::analysis::limits::MAX_NESTING })?;
     let mut pairs = EbmParser::parse(Rule::file, source).map_err(|e| syntax_error(source, e))?;
     let file = pairs.next().expect("the file rule always produces a pair");
     let mut items = Vec::new();
@@ -215,7 +216,10 @@ fn net_decl(pair: Pair<'_, Rule>) -> Result<NetDecl, ParseError> {
     let mut it = inner(pair);
     let name = ident(it.next().expect("net name"));
     let kind = ident(it.next().expect("net kind"));
-    let layers = inner(it.next().expect("net layers")).filter(|p| p.as_rule() == Rule::dim).map(dim).collect::<Result<_, _>>()?;
+    let layers = inner(it.next().expect("net layers"))
+        .filter(|p| p.as_rule() == Rule::dim)
+        .map(dim)
+        .collect::<Result<_, _>>()?;
     let options = it.map(named_arg).collect::<Result<_, _>>()?;
     Ok(NetDecl { name, kind, layers, options, span })
 }
@@ -265,7 +269,9 @@ fn dim(pair: Pair<'_, Rule>) -> Result<Dim, ParseError> {
     let p = pair.into_inner().next().expect("dim");
     let span: Span = p.as_span().into();
     match p.as_rule() {
-        Rule::integer => p.as_str().parse().map(|n| Dim::Lit(n, span)).map_err(|_| ParseError::IntegerTooLarge { span }),
+        Rule::integer => {
+            p.as_str().parse().map(|n| Dim::Lit(n, span)).map_err(|_| ParseError::IntegerTooLarge { span })
+        }
         _ => Ok(Dim::Name(ident(p))),
     }
 }
@@ -298,7 +304,9 @@ fn pratt() -> &'static PrattParser<Rule> {
         // Lowest binding first; must agree with `BinOp::precedence`.
         PrattParser::new()
             .op(Op::infix(Rule::add, Assoc::Left) | Op::infix(Rule::sub, Assoc::Left))
-            .op(Op::infix(Rule::mul, Assoc::Left) | Op::infix(Rule::div, Assoc::Left) | Op::infix(Rule::matmul, Assoc::Left))
+            .op(Op::infix(Rule::mul, Assoc::Left)
+                | Op::infix(Rule::div, Assoc::Left)
+                | Op::infix(Rule::matmul, Assoc::Left))
             .op(Op::prefix(Rule::neg))
             .op(Op::infix(Rule::pow, Assoc::Right))
             .op(Op::postfix(Rule::transpose))

@@ -7,8 +7,8 @@
 //! Shapes are per example; the backend adds the batch axis. `grad` is
 //! symbolic reverse-mode differentiation with respect to a variable.
 
-use crate::front::ast::BinOp;
 use crate::analysis::program::{ConstValue, Func, Init, Model, Net, Shape, TExpr, TExprKind};
+use crate::front::ast::BinOp;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
@@ -172,7 +172,11 @@ pub fn program_to_ir(model: &Model) -> Lowered {
     }
     let energies: Vec<(String, Id)> = model.energies.iter().map(|e| (e.name.clone(), ir.lower(&e.expr))).collect();
     let total = energies.iter().skip(1).fold(energies[0].1, |acc, (_, id)| ir.add(acc, *id));
-    let mut params: Vec<ParamSpec> = model.params.iter().map(|p| ParamSpec { name: p.name.clone(), shape: p.shape.clone(), init: p.init.clone() }).collect();
+    let mut params: Vec<ParamSpec> = model
+        .params
+        .iter()
+        .map(|p| ParamSpec { name: p.name.clone(), shape: p.shape.clone(), init: p.init.clone() })
+        .collect();
     for n in &model.nets {
         params.extend(net_params(n));
     }
@@ -184,7 +188,11 @@ pub fn program_to_ir(model: &Model) -> Lowered {
 pub fn net_params(n: &Net) -> Vec<ParamSpec> {
     let mut out = Vec::new();
     for (i, w) in n.layers.windows(2).enumerate() {
-        out.push(ParamSpec { name: format!("{}.w{i}", n.name), shape: vec![w[0], w[1]], init: Init::Normal { mean: 0.0, std: 1.0 / (w[0] as f64).sqrt() } });
+        out.push(ParamSpec {
+            name: format!("{}.w{i}", n.name),
+            shape: vec![w[0], w[1]],
+            init: Init::Normal { mean: 0.0, std: 1.0 / (w[0] as f64).sqrt() },
+        });
         if n.bias {
             out.push(ParamSpec { name: format!("{}.b{i}", n.name), shape: vec![w[1]], init: Init::Constant(0.0) });
         }
@@ -791,7 +799,13 @@ impl Ir {
             | Op::SpectralNorm(a)
             | Op::SpectralOuter(a)
             | Op::Net(_, a) => vec![*a],
-            Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) | Op::Div(a, b) | Op::MatMul(a, b) | Op::Outer(a, b) | Op::Pow(a, b) => vec![*a, *b],
+            Op::Add(a, b)
+            | Op::Sub(a, b)
+            | Op::Mul(a, b)
+            | Op::Div(a, b)
+            | Op::MatMul(a, b)
+            | Op::Outer(a, b)
+            | Op::Pow(a, b) => vec![*a, *b],
         }
     }
 
@@ -1130,7 +1144,8 @@ impl Ir {
     /// longer than the DAG; past `SHOW_LIMIT` characters it is summarised
     /// (`<N operations, too long to print>`) instead.
     pub fn show(&self, id: Id) -> String {
-        self.show_within(id, SHOW_LIMIT).unwrap_or_else(|| format!("<{} operations, too long to print>", self.cone(id).len()))
+        self.show_within(id, SHOW_LIMIT)
+            .unwrap_or_else(|| format!("<{} operations, too long to print>", self.cone(id).len()))
     }
 
     /// The printed form of `root` if it fits in `budget` bytes. Iterative, so
@@ -1288,7 +1303,9 @@ impl Ir {
             let v = |x: &Id| vals[x].clone();
             let data: Vec<f64> = match &node.op {
                 Op::Num(b) => vec![f64::from_bits(*b)],
-                Op::Var(n) | Op::Param(n) | Op::Const(n) => leaves.get(n).unwrap_or_else(|| panic!("no value for `{n}`")).data.clone(),
+                Op::Var(n) | Op::Param(n) | Op::Const(n) => {
+                    leaves.get(n).unwrap_or_else(|| panic!("no value for `{n}`")).data.clone()
+                }
                 Op::Neg(a) => v(a).data.iter().map(|x| -x).collect(),
                 Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) | Op::Div(a, b) | Op::Pow(a, b) => {
                     let (x, y) = (broadcast_ref(&v(a), &shape), broadcast_ref(&v(b), &shape));

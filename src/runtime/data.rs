@@ -27,20 +27,64 @@ pub struct Dataset {
 /// Why data could not be loaded. Wording lives in `messages.rs`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DataError {
-    Read { source: String, reason: String },
-    Empty { source: String },
-    ColumnCount { source: String, row: usize, found: usize, expected: usize },
-    NotANumber { source: String, row: usize, column: usize, text: String },
-    NotFinite { source: String, row: usize, column: usize },
+    Read {
+        source: String,
+        reason: String,
+    },
+    Empty {
+        source: String,
+    },
+    ColumnCount {
+        source: String,
+        row: usize,
+        found: usize,
+        expected: usize,
+    },
+    NotANumber {
+        source: String,
+        row: usize,
+        column: usize,
+        text: String,
+    },
+    NotFinite {
+        source: String,
+        row: usize,
+        column: usize,
+    },
     /// A finite value that f32, the type ebmc computes in, cannot hold.
-    OutOfRange { source: String, row: usize, column: usize, value: f64 },
+    OutOfRange {
+        source: String,
+        row: usize,
+        column: usize,
+        value: f64,
+    },
     /// A first row that mixes names and numbers.
-    MixedHeader { source: String, row: usize, column: usize, text: String },
+    MixedHeader {
+        source: String,
+        row: usize,
+        column: usize,
+        text: String,
+    },
     /// Columns that do not fit the variables bound to them.
-    Binding { source: String, reason: String },
-    OutOfDomain { source: String, row: usize, column: usize, value: f64, var: String, domain: String },
-    Format { source: String, reason: String },
-    Split { reason: String },
+    Binding {
+        source: String,
+        reason: String,
+    },
+    OutOfDomain {
+        source: String,
+        row: usize,
+        column: usize,
+        value: f64,
+        var: String,
+        domain: String,
+    },
+    Format {
+        source: String,
+        reason: String,
+    },
+    Split {
+        reason: String,
+    },
 }
 
 /// A table of numbers with the place each came from.
@@ -69,7 +113,10 @@ pub fn load(spec: &DataSpec, model: &Model, base: &Path) -> Result<Dataset, Data
         "bars_and_stripes" => {
             let size = src.int("size").unwrap_or(4);
             if !(2..=MAX_BARS_AND_STRIPES).contains(&size) {
-                let reason = format!("size {size} would make {} images; sizes from 2 to {MAX_BARS_AND_STRIPES} are supported", if size < 63 { ((1u64 << (size + 1)) - 2).to_string() } else { format!("about 2^{}", size + 1) });
+                let reason = format!(
+                    "size {size} would make {} images; sizes from 2 to {MAX_BARS_AND_STRIPES} are supported",
+                    if size < 63 { ((1u64 << (size + 1)) - 2).to_string() } else { format!("about 2^{}", size + 1) }
+                );
                 return Err(DataError::Format { source: format!("bars_and_stripes(size: {size})"), reason });
             }
             bind_positional(&bars_and_stripes(size as usize), &vars)
@@ -78,7 +125,10 @@ pub fn load(spec: &DataSpec, model: &Model, base: &Path) -> Result<Dataset, Data
             let name = src.options.get("name").and_then(Value::as_str).unwrap_or("8gaussians");
             let n = src.int("n").unwrap_or(10000);
             if !(1..=MAX_TOY_POINTS).contains(&n) {
-                return Err(DataError::Format { source: format!("toy(name: \"{name}\", n: {n})"), reason: format!("n must be from 1 to {MAX_TOY_POINTS}") });
+                return Err(DataError::Format {
+                    source: format!("toy(name: \"{name}\", n: {n})"),
+                    reason: format!("n must be from 1 to {MAX_TOY_POINTS}"),
+                });
             }
             let points = toy(name, n as usize, src.int("seed").unwrap_or(0) as u64);
             bind_positional(&points, &vars)
@@ -89,14 +139,16 @@ pub fn load(spec: &DataSpec, model: &Model, base: &Path) -> Result<Dataset, Data
         }
         "csv" => {
             let path = resolve(base, src);
-            let text = std::fs::read_to_string(&path).map_err(|e| DataError::Read { source: path.display().to_string(), reason: e.to_string() })?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| DataError::Read { source: path.display().to_string(), reason: e.to_string() })?;
             let header = src.options.get("header").and_then(Value::as_bool);
             let table = transform(parse_csv(&path.display().to_string(), &text, header)?, src);
             bind(&table, &vars, src)
         }
         "npy" | "idx" => {
             let path = resolve(base, src);
-            let bytes = std::fs::read(&path).map_err(|e| DataError::Read { source: path.display().to_string(), reason: e.to_string() })?;
+            let bytes = std::fs::read(&path)
+                .map_err(|e| DataError::Read { source: path.display().to_string(), reason: e.to_string() })?;
             let name = path.display().to_string();
             let table = if src.name == "npy" { parse_npy(&name, &bytes)? } else { parse_idx(&name, &bytes)? };
             bind(&transform(table, src), &vars, src)
@@ -106,7 +158,12 @@ pub fn load(spec: &DataSpec, model: &Model, base: &Path) -> Result<Dataset, Data
 }
 
 /// Splits off test rows as the train block says; `None` when it says nothing.
-pub fn split(data: Dataset, test: Option<&TestSpec>, model: &Model, base: &Path) -> Result<(Dataset, Option<Dataset>), DataError> {
+pub fn split(
+    data: Dataset,
+    test: Option<&TestSpec>,
+    model: &Model,
+    base: &Path,
+) -> Result<(Dataset, Option<Dataset>), DataError> {
     match test {
         None => Ok((data, None)),
         Some(TestSpec::Data(spec)) => {
@@ -120,7 +177,11 @@ pub fn split(data: Dataset, test: Option<&TestSpec>, model: &Model, base: &Path)
                 _ => (call.num("of").unwrap_or(0.0) * n as f64).round() as usize,
             };
             if test_rows == 0 || test_rows >= n {
-                return Err(DataError::Split { reason: format!("cannot hold out {test_rows} of {n} rows for testing; keep at least one row for each side") });
+                return Err(DataError::Split {
+                    reason: format!(
+                        "cannot hold out {test_rows} of {n} rows for testing; keep at least one row for each side"
+                    ),
+                });
             }
             Ok((data.slice(0, n - test_rows), Some(data.slice(n - test_rows, n))))
         }
@@ -174,7 +235,11 @@ pub fn with_file(spec: &DataSpec, path: &Path) -> DataSpec {
     };
     let mut options = if spec.source.name == kind { spec.source.options.clone() } else { Default::default() };
     options.insert("path".into(), Value::Str(path.display().to_string()));
-    DataSpec { source: Call { name: kind.into(), options, span: spec.source.span }, binding: spec.binding.clone(), span: spec.span }
+    DataSpec {
+        source: Call { name: kind.into(), options, span: spec.source.span },
+        binding: spec.binding.clone(),
+        span: spec.span,
+    }
 }
 
 /// Applies `scale` and then `binarize` (values at or above the threshold become 1).
@@ -193,13 +258,15 @@ fn transform(mut t: Table, src: &Call) -> Table {
 fn parse_csv(source: &str, text: &str, header: Option<bool>) -> Result<Table, DataError> {
     // A UTF-8 byte-order mark (Excel writes one) is not part of the first cell.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let lines: Vec<(usize, &str)> = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty()).collect();
+    let lines: Vec<(usize, &str)> =
+        text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty()).collect();
     let Some(&(first_row, first)) = lines.first() else { return Err(DataError::Empty { source: source.to_string() }) };
     let has_header = match header {
         Some(h) => h,
         None => is_header(source, first_row, first)?,
     };
-    let header = has_header.then(|| first.split(',').map(|c| c.trim().trim_matches('"').to_string()).collect::<Vec<_>>());
+    let header =
+        has_header.then(|| first.split(',').map(|c| c.trim().trim_matches('"').to_string()).collect::<Vec<_>>());
     let body = if has_header { &lines[1..] } else { &lines[..] };
     if body.is_empty() {
         return Err(DataError::Empty { source: source.to_string() });
@@ -209,10 +276,20 @@ fn parse_csv(source: &str, text: &str, header: Option<bool>) -> Result<Table, Da
     for &(row, line) in body {
         let cells: Vec<&str> = line.split(',').collect();
         if cells.len() != width {
-            return Err(DataError::ColumnCount { source: source.to_string(), row, found: cells.len(), expected: width });
+            return Err(DataError::ColumnCount {
+                source: source.to_string(),
+                row,
+                found: cells.len(),
+                expected: width,
+            });
         }
         for (c, cell) in cells.iter().enumerate() {
-            let v: f64 = cell.trim().parse().map_err(|_| DataError::NotANumber { source: source.to_string(), row, column: c + 1, text: cell.trim().to_string() })?;
+            let v: f64 = cell.trim().parse().map_err(|_| DataError::NotANumber {
+                source: source.to_string(),
+                row,
+                column: c + 1,
+                text: cell.trim().to_string(),
+            })?;
             if !v.is_finite() {
                 return Err(DataError::NotFinite { source: source.to_string(), row, column: c + 1 });
             }
@@ -234,7 +311,12 @@ fn is_header(source: &str, row: usize, line: &str) -> Result<bool, DataError> {
     if cells.iter().all(|c| !numeric(c) && !c.is_empty()) {
         return Ok(true);
     }
-    let (column, text) = cells.iter().enumerate().find(|(_, c)| !numeric(c)).map(|(i, c)| (i + 1, c.to_string())).expect("some cell is not a number");
+    let (column, text) = cells
+        .iter()
+        .enumerate()
+        .find(|(_, c)| !numeric(c))
+        .map(|(i, c)| (i + 1, c.to_string()))
+        .expect("some cell is not a number");
     Err(DataError::MixedHeader { source: source.to_string(), row, column, text })
 }
 
@@ -248,14 +330,31 @@ fn parse_npy(source: &str, bytes: &[u8]) -> Result<Table, DataError> {
         2 | 3 => (bytes.get(8..12).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize), 12),
         v => return Err(bad(format!("NPY format version {v} is not supported (1, 2 or 3)"))),
     };
-    let len = len.ok_or_else(|| bad(format!("the file is truncated: {} bytes, too short for an NPY header", bytes.len())))?;
-    let header = bytes.get(start..start.saturating_add(len)).ok_or_else(|| bad(format!("the file is truncated: the header needs {len} bytes after byte {start}, the file has {}", bytes.len())))?;
+    let len =
+        len.ok_or_else(|| bad(format!("the file is truncated: {} bytes, too short for an NPY header", bytes.len())))?;
+    let header = bytes.get(start..start.saturating_add(len)).ok_or_else(|| {
+        bad(format!(
+            "the file is truncated: the header needs {len} bytes after byte {start}, the file has {}",
+            bytes.len()
+        ))
+    })?;
     let h = parse_npy_header(header).map_err(|e| bad(format!("bad NPY header: {e}")))?;
     let (kind, size, big_endian) = npy_dtype(&h.descr).map_err(bad)?;
-    let count = h.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|n| n.checked_mul(size).is_some()).ok_or_else(|| bad(format!("the shape {:?} is too large", h.shape)))?;
+    let count = h
+        .shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|n| n.checked_mul(size).is_some())
+        .ok_or_else(|| bad(format!("the shape {:?} is too large", h.shape)))?;
     let data = &bytes[start + len..];
     if data.len() != count * size {
-        return Err(bad(format!("the header's shape {:?} of {} needs {} bytes of data, the file holds {}; the file is truncated or not what its header says", h.shape, h.descr, count * size, data.len())));
+        return Err(bad(format!(
+            "the header's shape {:?} of {} needs {} bytes of data, the file holds {}; the file is truncated or not what its header says",
+            h.shape,
+            h.descr,
+            count * size,
+            data.len()
+        )));
     }
     let mut values: Vec<f64> = data.chunks_exact(size).map(|c| decode(kind, c, big_endian)).collect();
     let rows = *h.shape.first().ok_or_else(|| bad("a 0-d array has no rows; save a 1-d or 2-d array".into()))?;
@@ -353,11 +452,24 @@ fn parse_idx(source: &str, bytes: &[u8]) -> Result<Table, DataError> {
     let dims: Vec<usize> = (0..rank)
         .map(|i| bytes.get(4 + 4 * i..8 + 4 * i).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize))
         .collect::<Option<_>>()
-        .ok_or_else(|| bad(format!("the file is truncated: {} bytes, too short for the {rank} dimensions its header announces", bytes.len())))?;
-    let count = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|n| n.checked_mul(size).is_some()).ok_or_else(|| bad(format!("the dimensions {dims:?} are too large")))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "the file is truncated: {} bytes, too short for the {rank} dimensions its header announces",
+                bytes.len()
+            ))
+        })?;
+    let count = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|n| n.checked_mul(size).is_some())
+        .ok_or_else(|| bad(format!("the dimensions {dims:?} are too large")))?;
     let data = &bytes[4 + 4 * rank..];
     if data.len() != count * size {
-        return Err(bad(format!("the header's dimensions {dims:?} need {} bytes of data, the file holds {}; the file is truncated or not what its header says", count * size, data.len())));
+        return Err(bad(format!(
+            "the header's dimensions {dims:?} need {} bytes of data, the file holds {}; the file is truncated or not what its header says",
+            count * size,
+            data.len()
+        )));
     }
     let values: Vec<f64> = data.chunks_exact(size).map(|c| decode(decode_kind, c, true)).collect();
     let (rows, width) = (dims[0], dims[1..].iter().product::<usize>());
@@ -427,7 +539,9 @@ impl PyParser<'_> {
                     if self.eat(b'}') {
                         break;
                     }
-                    let PyValue::Str(key) = self.value(depth + 1)? else { return Err("a header key is not a string".into()) };
+                    let PyValue::Str(key) = self.value(depth + 1)? else {
+                        return Err("a header key is not a string".into());
+                    };
                     if !self.eat(b':') {
                         return Err(format!("no `:` after the key '{key}'"));
                     }
@@ -482,7 +596,9 @@ impl PyParser<'_> {
             }
             _ => {
                 let rest = &self.text[self.at..];
-                for (word, value) in [(&b"True"[..], PyValue::Bool(true)), (b"False", PyValue::Bool(false)), (b"None", PyValue::None)] {
+                for (word, value) in
+                    [(&b"True"[..], PyValue::Bool(true)), (b"False", PyValue::Bool(false)), (b"None", PyValue::None)]
+                {
                     if rest.starts_with(word) {
                         self.at += word.len();
                         return Ok(value);
@@ -501,7 +617,9 @@ fn parse_npy_header(text: &[u8]) -> Result<NpyHeader, String> {
     if p.at != text.len() {
         return Err("text after the header dict".into());
     }
-    let get = |key: &str| entries.iter().find(|(k, _)| k == key).map(|(_, v)| v).ok_or_else(|| format!("the header has no '{key}'"));
+    let get = |key: &str| {
+        entries.iter().find(|(k, _)| k == key).map(|(_, v)| v).ok_or_else(|| format!("the header has no '{key}'"))
+    };
     let descr = match get("descr")? {
         PyValue::Str(s) => s.clone(),
         _ => return Err("'descr' is a structured dtype; save a plain numeric array".into()),
@@ -525,7 +643,9 @@ fn parse_npy_header(text: &[u8]) -> Result<NpyHeader, String> {
 
 fn check_finite(source: &str, values: &[f64], width: usize, first_row: usize) -> Result<(), DataError> {
     match values.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(DataError::NotFinite { source: source.to_string(), row: first_row + i / width, column: i % width + 1 }),
+        Some(i) => {
+            Err(DataError::NotFinite { source: source.to_string(), row: first_row + i / width, column: i % width + 1 })
+        }
         None => Ok(()),
     }
 }
@@ -548,7 +668,11 @@ fn bind(t: &Table, vars: &[&Variable], src: &Call) -> Result<Dataset, DataError>
                 let n = columns_of(v);
                 (0..n)
                     .map(|i| {
-                        let names = if n == 1 { vec![v.name.clone(), format!("{}0", v.name)] } else { vec![format!("{}{i}", v.name), format!("{}_{i}", v.name)] };
+                        let names = if n == 1 {
+                            vec![v.name.clone(), format!("{}0", v.name)]
+                        } else {
+                            vec![format!("{}{i}", v.name), format!("{}_{i}", v.name)]
+                        };
                         h.iter().position(|c| names.contains(c))
                     })
                     .collect::<Option<Vec<usize>>>()
@@ -562,7 +686,12 @@ fn bind(t: &Table, vars: &[&Variable], src: &Call) -> Result<Dataset, DataError>
         None => {
             let expected: usize = vars.iter().map(|v| columns_of(v)).sum();
             if t.width != expected {
-                return Err(DataError::ColumnCount { source: t.source.clone(), row: t.first_row, found: t.width, expected });
+                return Err(DataError::ColumnCount {
+                    source: t.source.clone(),
+                    row: t.first_row,
+                    found: t.width,
+                    expected,
+                });
             }
             let mut next = 0;
             vars.iter()
@@ -582,7 +711,12 @@ fn bind(t: &Table, vars: &[&Variable], src: &Call) -> Result<Dataset, DataError>
             for &c in cols {
                 let value = t.values[r * t.width + c];
                 if !(value as f32).is_finite() {
-                    return Err(DataError::OutOfRange { source: t.source.clone(), row: t.first_row + r, column: c + 1, value });
+                    return Err(DataError::OutOfRange {
+                        source: t.source.clone(),
+                        row: t.first_row + r,
+                        column: c + 1,
+                        value,
+                    });
                 }
                 push_value(&mut data, value, v).map_err(|domain| DataError::OutOfDomain {
                     source: t.source.clone(),
@@ -628,11 +762,17 @@ fn push_value(data: &mut Vec<f32>, value: f64, v: &Variable) -> Result<(), Strin
         Domain::Binary => return Err("binary: 0 or 1 (use `binarize: t` on the source to threshold)".into()),
         Domain::Spin if value == -1.0 || value == 1.0 => data.push(value as f32),
         Domain::Spin => return Err("spin: -1 or 1".into()),
-        Domain::Categorical { categories } if value.fract() == 0.0 && value >= 0.0 && (value as usize) < *categories => {
+        Domain::Categorical { categories }
+            if value.fract() == 0.0 && value >= 0.0 && (value as usize) < *categories =>
+        {
             data.extend((0..*categories).map(|k| f32::from(u8::from(k == value as usize))));
         }
-        Domain::Categorical { categories } => return Err(format!("categorical({categories}): a whole number from 0 to {}", categories - 1)),
-        Domain::Real { bounds: Some((lo, hi)) } if value < *lo || value > *hi => return Err(format!("real in [{lo}, {hi}]")),
+        Domain::Categorical { categories } => {
+            return Err(format!("categorical({categories}): a whole number from 0 to {}", categories - 1));
+        }
+        Domain::Real { bounds: Some((lo, hi)) } if value < *lo || value > *hi => {
+            return Err(format!("real in [{lo}, {hi}]"));
+        }
         Domain::Real { .. } => data.push(value as f32),
     }
     Ok(())
@@ -640,7 +780,13 @@ fn push_value(data: &mut Vec<f32>, value: f64, v: &Variable) -> Result<(), Strin
 
 fn bind_positional(points: &[Vec<f64>], vars: &[&Variable]) -> Result<Dataset, DataError> {
     let width = points.first().map_or(0, Vec::len);
-    let table = Table { source: "generated data".into(), first_row: 1, width, values: points.iter().flatten().copied().collect(), header: None };
+    let table = Table {
+        source: "generated data".into(),
+        first_row: 1,
+        width,
+        values: points.iter().flatten().copied().collect(),
+        header: None,
+    };
     bind(&table, vars, &Call { name: "generated".into(), options: Default::default(), span: Default::default() })
 }
 
@@ -731,7 +877,12 @@ pub fn toy_log_density(name: &str, x: f64, y: f64) -> Option<f64> {
     match name {
         "8gaussians" => {
             let s2 = EIGHT_GAUSSIANS_STD * EIGHT_GAUSSIANS_STD;
-            let terms: Vec<f64> = EIGHT_GAUSSIANS.iter().map(|(cx, cy)| -((x - cx).powi(2) + (y - cy).powi(2)) / (2.0 * s2) - (2.0 * std::f64::consts::PI * s2).ln()).collect();
+            let terms: Vec<f64> = EIGHT_GAUSSIANS
+                .iter()
+                .map(|(cx, cy)| {
+                    -((x - cx).powi(2) + (y - cy).powi(2)) / (2.0 * s2) - (2.0 * std::f64::consts::PI * s2).ln()
+                })
+                .collect();
             Some(log_mean_exp(&terms))
         }
         "rings" => {
@@ -740,7 +891,12 @@ pub fn toy_log_density(name: &str, x: f64, y: f64) -> Option<f64> {
             // is exp(-(|x| - R)^2 / 2s^2) / ((2π)^{3/2} s R) for R >> s.
             let r = (x * x + y * y).sqrt();
             let s = RINGS_STD;
-            let terms: Vec<f64> = RINGS.iter().map(|(rk, _)| -(r - rk).powi(2) / (2.0 * s * s) - (2.0 * std::f64::consts::PI).powf(1.5).ln() - s.ln() - rk.ln()).collect();
+            let terms: Vec<f64> = RINGS
+                .iter()
+                .map(|(rk, _)| {
+                    -(r - rk).powi(2) / (2.0 * s * s) - (2.0 * std::f64::consts::PI).powf(1.5).ln() - s.ln() - rk.ln()
+                })
+                .collect();
             Some(log_mean_exp(&terms))
         }
         _ => None,
@@ -779,19 +935,26 @@ mod tests {
     fn npy_headers_are_parsed_as_python_literals() {
         // The same 2x3 array [[1, 2, 3], [4, 5, 6]] in C order, in Fortran order
         // written without spaces, and big-endian.
-        let c = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", &f4(&[1., 2., 3., 4., 5., 6.], false));
+        let c =
+            npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", &f4(&[1., 2., 3., 4., 5., 6.], false));
         let f = npy("{'descr':'<f4','fortran_order':True,'shape':(2,3)}", &f4(&[1., 4., 2., 5., 3., 6.], false));
-        let be = npy("{\"descr\": \">f4\", \"shape\": (2, 3), \"fortran_order\": False}", &f4(&[1., 2., 3., 4., 5., 6.], true));
+        let be = npy(
+            "{\"descr\": \">f4\", \"shape\": (2, 3), \"fortran_order\": False}",
+            &f4(&[1., 2., 3., 4., 5., 6.], true),
+        );
         for bytes in [c, f, be] {
             let t = parse_npy("a.npy", &bytes).unwrap();
             assert_eq!((t.width, t.values.clone()), (3, vec![1., 2., 3., 4., 5., 6.]));
         }
         // Three dimensions in Fortran order: element (i, j, k) at i + 2j + 4k.
         let data: Vec<f32> = (0..8).map(|o| o as f32).collect();
-        let t = parse_npy("a.npy", &npy("{'descr':'<f4','fortran_order':True,'shape':(2,2,2)}", &f4(&data, false))).unwrap();
+        let t = parse_npy("a.npy", &npy("{'descr':'<f4','fortran_order':True,'shape':(2,2,2)}", &f4(&data, false)))
+            .unwrap();
         assert_eq!(t.values, vec![0., 4., 2., 6., 1., 5., 3., 7.]);
         // Integer dtypes are sign-extended in either byte order.
-        let t = parse_npy("a.npy", &npy("{'descr':'>i2','fortran_order':False,'shape':(2,)}", &[0xFF, 0xFE, 0x00, 0x07])).unwrap();
+        let t =
+            parse_npy("a.npy", &npy("{'descr':'>i2','fortran_order':False,'shape':(2,)}", &[0xFF, 0xFE, 0x00, 0x07]))
+                .unwrap();
         assert_eq!(t.values, vec![-2., 7.]);
     }
 
@@ -804,12 +967,18 @@ mod tests {
         let mut v2 = good.clone();
         v2[6] = 2;
         assert!(parse_npy("a.npy", &v2[..10]).is_err());
-        assert!(format_reason(parse_npy("a.npy", &[good.clone(), vec![0; 4]].concat()).unwrap_err()).contains("needs 24 bytes of data, the file holds 28"));
+        assert!(
+            format_reason(parse_npy("a.npy", &[good.clone(), vec![0; 4]].concat()).unwrap_err())
+                .contains("needs 24 bytes of data, the file holds 28")
+        );
         for (header, says) in [
             ("{'descr': '<c8', 'fortran_order': False, 'shape': (2, 3)}", "dtype '<c8'"),
             ("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2, 3)}", "structured"),
             ("{'descr': '<f4', 'shape': (2, 3)}", "no 'fortran_order'"),
-            ("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999, 99999999999999, 9999999)}", "too large"),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999, 99999999999999, 9999999)}",
+                "too large",
+            ),
             ("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)", "expected `,` or `}`"),
             ("((((((((((((((((((((((((((((((", "nests too deeply"),
         ] {
@@ -828,8 +997,14 @@ mod tests {
         }
         assert!(format_reason(parse_idx("a.idx", &[1, 0, 8, 1]).unwrap_err()).contains("magic"));
         assert!(format_reason(parse_idx("a.idx", &[0, 0, 0x07, 1, 0, 0, 0, 1, 0]).unwrap_err()).contains("0x07"));
-        assert!(format_reason(parse_idx("a.idx", &[0, 0, 0x0E, 2, 255, 255, 255, 255, 255, 255, 255, 255]).unwrap_err()).contains("too large"));
-        assert!(format_reason(parse_idx("a.idx", &[0, 0, 0x08, 1, 0, 0, 0, 5, 1, 2, 3]).unwrap_err()).contains("need 5 bytes of data, the file holds 3"));
+        assert!(
+            format_reason(parse_idx("a.idx", &[0, 0, 0x0E, 2, 255, 255, 255, 255, 255, 255, 255, 255]).unwrap_err())
+                .contains("too large")
+        );
+        assert!(
+            format_reason(parse_idx("a.idx", &[0, 0, 0x08, 1, 0, 0, 0, 5, 1, 2, 3]).unwrap_err())
+                .contains("need 5 bytes of data, the file holds 3")
+        );
     }
 
     #[test]
@@ -842,7 +1017,10 @@ mod tests {
             Err(DataError::MixedHeader { row: 1, column: 2, text, .. }) => assert_eq!(text, "O"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse_csv("a.csv", "1,0\nnan,1\n", None), Err(DataError::NotFinite { row: 2, column: 1, .. })));
+        assert!(matches!(
+            parse_csv("a.csv", "1,0\nnan,1\n", None),
+            Err(DataError::NotFinite { row: 2, column: 1, .. })
+        ));
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //! log Z and log-likelihood by enumeration, annealed importance sampling,
 //! pseudo-likelihood and reconstruction error.
 
-use crate::front::ast::Role;
-use crate::backend::{self, DeviceKind};
 use crate::analysis::graph::{Degree, FactorGraph};
 use crate::analysis::plan::Plan;
 use crate::analysis::program::{Domain, Model, Variable};
+use crate::backend::{self, DeviceKind};
+use crate::front::ast::Role;
 use crate::tensor::{HostTensor, Tensors};
 
 /// The most joint states exact enumeration will visit.
@@ -23,7 +23,9 @@ pub struct Enumeration {
 fn values_per_unit(v: &Variable) -> Option<(u128, usize)> {
     match v.domain {
         Domain::Binary | Domain::Spin => Some((2, v.shape.iter().product())),
-        Domain::Categorical { categories } => Some((categories as u128, v.shape.iter().product::<usize>() / categories)),
+        Domain::Categorical { categories } => {
+            Some((categories as u128, v.shape.iter().product::<usize>() / categories))
+        }
         Domain::Real { .. } => None,
     }
 }
@@ -42,7 +44,9 @@ fn states_of(model: &Model, vars: &[String]) -> Option<u128> {
 /// the energy allows it (an RBM with fewer hidden than visible units).
 pub fn enumeration(graph: &FactorGraph, plan: &Plan) -> Result<Enumeration, String> {
     let model = &graph.model;
-    let names = |role: Option<Role>| -> Vec<String> { model.variables.iter().filter(|v| role.is_none_or(|r| v.role == r)).map(|v| v.name.clone()).collect() };
+    let names = |role: Option<Role>| -> Vec<String> {
+        model.variables.iter().filter(|v| role.is_none_or(|r| v.role == r)).map(|v| v.name.clone()).collect()
+    };
     let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
     let mut options = Vec::new();
     let rest: Vec<String> = names(None).into_iter().filter(|n| !summed.contains(n)).collect();
@@ -52,7 +56,10 @@ pub fn enumeration(graph: &FactorGraph, plan: &Plan) -> Result<Enumeration, Stri
     let visible = names(Some(Role::Visible));
     let summable = |n: &String| {
         let v = model.variable(n).expect("declared");
-        v.domain.is_discrete() && graph.total_degree(n) <= Degree::Linear && graph.self_couplings(n).is_empty() && !visible.iter().any(|w| graph.neighbours(n).contains(w))
+        v.domain.is_discrete()
+            && graph.total_degree(n) <= Degree::Linear
+            && graph.self_couplings(n).is_empty()
+            && !visible.iter().any(|w| graph.neighbours(n).contains(w))
     };
     let hidden = names(Some(Role::Hidden));
     if !hidden.is_empty() && visible.iter().all(summable) {
@@ -60,9 +67,14 @@ pub fn enumeration(graph: &FactorGraph, plan: &Plan) -> Result<Enumeration, Stri
             options.push(Enumeration { enumerate: hidden, sum_out: visible, states });
         }
     }
-    let best = options.into_iter().min_by_key(|o| o.states).ok_or("exact log Z needs discrete variables on one side of the model; use AIS (`--ais`) for RBM-like models")?;
+    let best = options.into_iter().min_by_key(|o| o.states).ok_or(
+        "exact log Z needs discrete variables on one side of the model; use AIS (`--ais`) for RBM-like models",
+    )?;
     if best.states > ENUMERATION_LIMIT {
-        return Err(format!("exact log Z would enumerate {} states (limit {ENUMERATION_LIMIT}); use AIS (`--ais`) for a model this size", crate::analysis::limits::joint_states(model, &best.enumerate)));
+        return Err(format!(
+            "exact log Z would enumerate {} states (limit {ENUMERATION_LIMIT}); use AIS (`--ais`) for a model this size",
+            crate::analysis::limits::joint_states(model, &best.enumerate)
+        ));
     }
     Ok(best)
 }
@@ -131,8 +143,14 @@ pub fn base_rates(model: &Model, plan: &Plan, rows: &Tensors) -> Tensors {
             }
         }
         let logits: Vec<f32> = match v.domain {
-            Domain::Binary => mean.iter().map(|m| m.clamp(eps, 1.0 - eps)).map(|p| (p / (1.0 - p)).ln() as f32).collect(),
-            Domain::Spin => mean.iter().map(|m| ((m + 1.0) / 2.0).clamp(eps, 1.0 - eps)).map(|p| (0.5 * (p / (1.0 - p)).ln()) as f32).collect(),
+            Domain::Binary => {
+                mean.iter().map(|m| m.clamp(eps, 1.0 - eps)).map(|p| (p / (1.0 - p)).ln() as f32).collect()
+            }
+            Domain::Spin => mean
+                .iter()
+                .map(|m| ((m + 1.0) / 2.0).clamp(eps, 1.0 - eps))
+                .map(|p| (0.5 * (p / (1.0 - p)).ln()) as f32)
+                .collect(),
             _ => mean.iter().map(|m| m.clamp(eps, 1.0).ln() as f32).collect(),
         };
         out.insert(v.name.clone(), HostTensor::new(v.shape.clone(), logits));
@@ -165,10 +183,21 @@ pub fn exact_log_z(graph: &FactorGraph, plan: &Plan, params: &Tensors, device: D
 /// Free energy of each row with every variable the rows leave unbound
 /// summed out: the plan's latents (and a JEM label) in closed form, any other
 /// latents (a DBM's even layers) by enumerating their states for each row.
-pub fn row_free_energy(model: &Model, plan: &Plan, params: &Tensors, rows: &Tensors, device: DeviceKind) -> Result<Vec<f64>, String> {
+pub fn row_free_energy(
+    model: &Model,
+    plan: &Plan,
+    params: &Tensors,
+    rows: &Tensors,
+    device: DeviceKind,
+) -> Result<Vec<f64>, String> {
     let given: Vec<String> = rows.keys().cloned().collect();
     let summed = summed_for(plan, &given);
-    let kept: Vec<String> = model.variables.iter().filter(|v| !given.contains(&v.name) && !summed.contains(&v.name)).map(|v| v.name.clone()).collect();
+    let kept: Vec<String> = model
+        .variables
+        .iter()
+        .filter(|v| !given.contains(&v.name) && !summed.contains(&v.name))
+        .map(|v| v.name.clone())
+        .collect();
     if kept.is_empty() {
         return backend::free_energy(model, params, &summed, rows, device);
     }
@@ -199,19 +228,30 @@ pub fn gaussian_log_z(model: &Model, plan: &Plan, params: &Tensors, device: Devi
     use rand_distr::Distribution;
     let continuous: Vec<&Variable> = model.variables.iter().filter(|v| !v.domain.is_discrete()).collect();
     let [x] = continuous.as_slice() else {
-        return Err(format!("exact log Z integrates one continuous variable in closed form; this model has {}", continuous.len()));
+        return Err(format!(
+            "exact log Z integrates one continuous variable in closed form; this model has {}",
+            continuous.len()
+        ));
     };
     if !matches!(x.domain, Domain::Real { bounds: None }) {
         return Err(format!("exact log Z integrates an unbounded Gaussian; `{}` is bounded", x.name));
     }
     let d: usize = x.shape.iter().product();
     if d > GAUSSIAN_DIMS_LIMIT {
-        return Err(format!("exact log Z integrates at most {GAUSSIAN_DIMS_LIMIT} Gaussian dimensions; `{}` has {d}", x.name));
+        return Err(format!(
+            "exact log Z integrates at most {GAUSSIAN_DIMS_LIMIT} Gaussian dimensions; `{}` has {d}",
+            x.name
+        ));
     }
-    let discrete: Vec<String> = model.variables.iter().filter(|v| v.domain.is_discrete()).map(|v| v.name.clone()).collect();
+    let discrete: Vec<String> =
+        model.variables.iter().filter(|v| v.domain.is_discrete()).map(|v| v.name.clone()).collect();
     let states = states_of(model, &discrete).expect("discrete");
     if states > ENUMERATION_LIMIT || states.saturating_mul(d as u128) > 1 << 26 {
-        return Err(format!("exact log Z would enumerate {} states of {} (limit {ENUMERATION_LIMIT}); use fewer hidden units for an exact log-likelihood", crate::analysis::limits::joint_states(model, &discrete), discrete.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")));
+        return Err(format!(
+            "exact log Z would enumerate {} states of {} (limit {ENUMERATION_LIMIT}); use fewer hidden units for an exact log-likelihood",
+            crate::analysis::limits::joint_states(model, &discrete),
+            discrete.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        ));
     }
     let n = states as usize;
     let rows_with = |xs: Vec<f32>, pick: &dyn Fn(usize) -> usize, m: usize, all: &Tensors| -> Tensors {
@@ -238,9 +278,14 @@ pub fn gaussian_log_z(model: &Model, plan: &Plan, params: &Tensors, device: Devi
     }
     let scale = a.iter().fold(1.0f64, |m, v| m.max(v.abs()));
     if (0..d).any(|i| (0..i).any(|j| (a[i * d + j] - a[j * d + i]).abs() > 1e-4 * scale)) {
-        return Err(format!("the energy is not a quadratic form in `{}` (its second derivatives are not symmetric)", x.name));
+        return Err(format!(
+            "the energy is not a quadratic form in `{}` (its second derivatives are not symmetric)",
+            x.name
+        ));
     }
-    let chol = cholesky(&a, d).ok_or_else(|| format!("the energy's quadratic part in `{}` is not positive definite, so exp(−E) is not integrable", x.name))?;
+    let chol = cholesky(&a, d).ok_or_else(|| {
+        format!("the energy's quadratic part in `{}` is not positive definite, so exp(−E) is not integrable", x.name)
+    })?;
     // Check the quadratic form at random points of a few states.
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let m = n.min(8);
@@ -252,7 +297,10 @@ pub fn gaussian_log_z(model: &Model, plan: &Plan, params: &Tensors, device: Devi
         let quad: f64 = (0..d).map(|i| (0..d).map(|j| xr[i] * a[i * d + j] * xr[j]).sum::<f64>()).sum::<f64>();
         let predicted = 0.5 * quad + (0..d).map(|i| f64::from(g0[s * d + i]) * xr[i]).sum::<f64>() + c[s];
         if (predicted - f64::from(actual[r])).abs() > 1e-3 * (1.0 + predicted.abs()) {
-            return Err(format!("the energy is not quadratic in `{}` with the same curvature for every state of the other variables, so its integral has no closed form here", x.name));
+            return Err(format!(
+                "the energy is not quadratic in `{}` with the same curvature for every state of the other variables, so its integral has no closed form here",
+                x.name
+            ));
         }
     }
     let log_det: f64 = (0..d).map(|i| 2.0 * chol[i * d + i].ln()).sum();
@@ -297,7 +345,14 @@ fn forward_solve(l: &[f64], b: &[f64], d: usize) -> Vec<f64> {
 
 /// Exact log-likelihood of each data row, given log Z: the plan's latents
 /// summed out, any other latents enumerated per row.
-pub fn exact_log_likelihood(graph: &FactorGraph, plan: &Plan, params: &Tensors, data: &Tensors, log_z: f64, device: DeviceKind) -> Result<Vec<f64>, String> {
+pub fn exact_log_likelihood(
+    graph: &FactorGraph,
+    plan: &Plan,
+    params: &Tensors,
+    data: &Tensors,
+    log_z: f64,
+    device: DeviceKind,
+) -> Result<Vec<f64>, String> {
     Ok(row_free_energy(&graph.model, plan, params, data, device)?.into_iter().map(|f| -f - log_z).collect())
 }
 
@@ -311,9 +366,17 @@ const PL_CHUNK_ROWS: usize = 8192;
 /// given, a fresh random subset of that many units for each row, scaled up
 /// (stochastic PL, an unbiased estimate of the exact one). Rows are
 /// processed in chunks, so memory does not grow with the number of rows.
-pub fn pseudo_likelihood(model: &Model, plan: &Plan, params: &Tensors, data: &Tensors, units: Option<usize>, seed: u64, device: DeviceKind) -> Result<f64, String> {
-    use rand::seq::index::sample;
+pub fn pseudo_likelihood(
+    model: &Model,
+    plan: &Plan,
+    params: &Tensors,
+    data: &Tensors,
+    units: Option<usize>,
+    seed: u64,
+    device: DeviceKind,
+) -> Result<f64, String> {
     use rand::SeedableRng;
+    use rand::seq::index::sample;
     let n = data.values().next().map_or(0, |t| t.shape[0]);
     if n == 0 {
         return Err("pseudo-likelihood needs at least one row".into());
@@ -330,7 +393,8 @@ pub fn pseudo_likelihood(model: &Model, plan: &Plan, params: &Tensors, data: &Te
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut total = 0.0;
     for v in model.variables.iter().filter(|v| v.role == Role::Visible) {
-        let (k, count) = values_per_unit(v).ok_or_else(|| format!("pseudo-likelihood needs discrete visible variables; `{}` is continuous", v.name))?;
+        let (k, count) = values_per_unit(v)
+            .ok_or_else(|| format!("pseudo-likelihood needs discrete visible variables; `{}` is continuous", v.name))?;
         let k = k as usize;
         let per: usize = v.shape.iter().product();
         let width = per / count;
@@ -342,7 +406,9 @@ pub fn pseudo_likelihood(model: &Model, plan: &Plan, params: &Tensors, data: &Te
         for start in (0..n).step_by(chunk) {
             let end = (start + chunk).min(n);
             // Units scored for each row of the chunk: all, or a fresh random subset per row.
-            let chosen: Vec<Vec<usize>> = (start..end).map(|_| if take == count { (0..count).collect() } else { sample(&mut rng, count, take).into_vec() }).collect();
+            let chosen: Vec<Vec<usize>> = (start..end)
+                .map(|_| if take == count { (0..count).collect() } else { sample(&mut rng, count, take).into_vec() })
+                .collect();
             // Rows (row, unit, value) with that unit set to each value.
             let mut expanded = Tensors::new();
             for (name, t) in data {
@@ -373,7 +439,9 @@ pub fn pseudo_likelihood(model: &Model, plan: &Plan, params: &Tensors, data: &Te
                         set_unit(&v.domain, value, &mut probe);
                         probe == slot
                     });
-                    let mine = mine.ok_or_else(|| format!("row {}: a value of `{}` lies outside the variable's domain", r + 1, v.name))?;
+                    let mine = mine.ok_or_else(|| {
+                        format!("row {}: a value of `{}` lies outside the variable's domain", r + 1, v.name)
+                    })?;
                     let lse = log_sum_exp(&block.iter().map(|x| -x).collect::<Vec<_>>());
                     total += scale * (-block[mine] - lse);
                 }
@@ -387,7 +455,14 @@ pub fn pseudo_likelihood(model: &Model, plan: &Plan, params: &Tensors, data: &Te
 /// up-down pass: sample the latents given the data, then compare the data
 /// with the visible units' conditional means. For models whose plan samples
 /// every latent in a Gibbs block.
-pub fn reconstruction_error(model: &Model, plan: &Plan, params: &Tensors, data: &Tensors, seed: u64, device: DeviceKind) -> Result<f64, String> {
+pub fn reconstruction_error(
+    model: &Model,
+    plan: &Plan,
+    params: &Tensors,
+    data: &Tensors,
+    seed: u64,
+    device: DeviceKind,
+) -> Result<f64, String> {
     use crate::backend::{Quantity, Sampler};
     let hidden: Vec<&Variable> = model.variables.iter().filter(|v| v.role == Role::Hidden).collect();
     let visible: Vec<&Variable> = model.variables.iter().filter(|v| v.role == Role::Visible).collect();
@@ -447,8 +522,18 @@ fn draw_host(domain: &Domain, p: &HostTensor, rng: &mut rand::rngs::StdRng) -> H
 
 /// Accuracy and expected calibration error (10 equal-width confidence bins)
 /// of p(label | rest) for a model whose plan sums a visible label out (JEM).
-pub fn classification(model: &Model, plan: &Plan, params: &Tensors, data: &Tensors, device: DeviceKind) -> Result<(f64, f64), String> {
-    let label = plan.label_marginal.as_ref().map(|m| m.var.clone()).ok_or("classification needs a categorical label the plan sums out")?;
+pub fn classification(
+    model: &Model,
+    plan: &Plan,
+    params: &Tensors,
+    data: &Tensors,
+    device: DeviceKind,
+) -> Result<(f64, f64), String> {
+    let label = plan
+        .label_marginal
+        .as_ref()
+        .map(|m| m.var.clone())
+        .ok_or("classification needs a categorical label the plan sums out")?;
     let sampler = crate::backend::Sampler::new(model, plan, params, 1, 0, device)?;
     let inputs: Tensors = data.iter().filter(|(k, _)| **k != label).map(|(k, t)| (k.clone(), t.clone())).collect();
     let p = sampler.evaluate(crate::backend::Quantity::Conditional(label.clone()), &inputs)?;
@@ -458,7 +543,8 @@ pub fn classification(model: &Model, plan: &Plan, params: &Tensors, data: &Tenso
     let rows = p.data.len() / k;
     for r in 0..rows {
         let row = &p.data[r * k..(r + 1) * k];
-        let (best, conf) = row.iter().enumerate().fold((0, f32::MIN), |acc, (i, q)| if *q > acc.1 { (i, *q) } else { acc });
+        let (best, conf) =
+            row.iter().enumerate().fold((0, f32::MIN), |acc, (i, q)| if *q > acc.1 { (i, *q) } else { acc });
         let hit = truth[r * k + best] > 0.5;
         correct += usize::from(hit);
         let b = ((conf * 10.0) as usize).min(9);
@@ -466,7 +552,8 @@ pub fn classification(model: &Model, plan: &Plan, params: &Tensors, data: &Tenso
         bins[b].1 += f64::from(u8::from(hit));
         bins[b].2 += 1;
     }
-    let ece = bins.iter().filter(|b| b.2 > 0).map(|(c, h, n)| (*n as f64 / rows as f64) * ((c - h) / *n as f64).abs()).sum();
+    let ece =
+        bins.iter().filter(|b| b.2 > 0).map(|(c, h, n)| (*n as f64 / rows as f64) * ((c - h) / *n as f64).abs()).sum();
     Ok((correct as f64 / rows as f64, ece))
 }
 
@@ -506,7 +593,9 @@ pub fn check_grid_options(low: f64, high: f64, resolution: usize, dims: usize) -
     }
     let points = u32::try_from(dims).ok().and_then(|d| resolution.checked_pow(d)).filter(|p| *p <= MAX_GRID_POINTS);
     if resolution < 2 || points.is_none() {
-        return Err(format!("--grid must be at least 2 points per axis and at most {MAX_GRID_POINTS} points in all over {dims} dimension(s); got {resolution} per axis"));
+        return Err(format!(
+            "--grid must be at least 2 points per axis and at most {MAX_GRID_POINTS} points in all over {dims} dimension(s); got {resolution} per axis"
+        ));
     }
     Ok(())
 }
@@ -515,7 +604,8 @@ pub fn check_grid_options(low: f64, high: f64, resolution: usize, dims: usize) -
 /// latents (and a JEM label) are summed out, the variables summed out, and
 /// its number of dimensions (1 or 2).
 pub fn grid_variable<'m>(model: &'m Model, plan: &Plan) -> Result<(&'m Variable, Vec<String>, usize), String> {
-    let inputs: Vec<String> = model.variables.iter().filter(|v| !v.domain.is_discrete()).map(|v| v.name.clone()).collect();
+    let inputs: Vec<String> =
+        model.variables.iter().filter(|v| !v.domain.is_discrete()).map(|v| v.name.clone()).collect();
     let summed = summed_for(plan, &inputs);
     let rest: Vec<&Variable> = model.variables.iter().filter(|v| !summed.contains(&v.name)).collect();
     let [v] = rest.as_slice() else {
@@ -529,12 +619,24 @@ pub fn grid_variable<'m>(model: &'m Model, plan: &Plan) -> Result<(&'m Variable,
 }
 
 impl Grid {
-    pub fn new(model: &Model, plan: &Plan, params: &Tensors, low: f64, high: f64, resolution: usize, device: DeviceKind) -> Result<Grid, String> {
+    pub fn new(
+        model: &Model,
+        plan: &Plan,
+        params: &Tensors,
+        low: f64,
+        high: f64,
+        resolution: usize,
+        device: DeviceKind,
+    ) -> Result<Grid, String> {
         let (v, summed, dims) = grid_variable(model, plan)?;
         check_grid_options(low, high, resolution, dims)?;
         let h = (high - low) / resolution as f64;
         let axis: Vec<f32> = (0..resolution).map(|i| (low + (i as f64 + 0.5) * h) as f32).collect();
-        let points: Vec<f32> = if dims == 1 { axis.clone() } else { axis.iter().flat_map(|a| axis.iter().flat_map(move |b| [*a, *b])).collect() };
+        let points: Vec<f32> = if dims == 1 {
+            axis.clone()
+        } else {
+            axis.iter().flat_map(|a| axis.iter().flat_map(move |b| [*a, *b])).collect()
+        };
         let mut shape = vec![points.len() / dims];
         shape.extend(&v.shape);
         let rows: Tensors = [(v.name.clone(), HostTensor::new(shape, points))].into_iter().collect();
@@ -551,6 +653,14 @@ impl Grid {
 
 /// log Z of a model over one or two continuous dimensions, by integrating
 /// exp(−F) on a grid (see `Grid`).
-pub fn grid_log_z(model: &Model, plan: &Plan, params: &Tensors, low: f64, high: f64, resolution: usize, device: DeviceKind) -> Result<f64, String> {
+pub fn grid_log_z(
+    model: &Model,
+    plan: &Plan,
+    params: &Tensors,
+    low: f64,
+    high: f64,
+    resolution: usize,
+    device: DeviceKind,
+) -> Result<f64, String> {
     Ok(Grid::new(model, plan, params, low, high, resolution, device)?.log_z())
 }

@@ -21,7 +21,10 @@ pub fn visible_table(model: &Model, samples: &Tensors) -> (Vec<String>, Vec<Vec<
                 for (r, row) in table.iter_mut().enumerate() {
                     for u in 0..units {
                         let one_hot = &t.data[r * per + u * categories..r * per + (u + 1) * categories];
-                        let k = one_hot.iter().enumerate().fold(0, |best, (i, x)| if *x > one_hot[best] { i } else { best });
+                        let k = one_hot
+                            .iter()
+                            .enumerate()
+                            .fold(0, |best, (i, x)| if *x > one_hot[best] { i } else { best });
                         row.push(k as f32);
                     }
                 }
@@ -109,7 +112,8 @@ pub fn png_grid(images: &[Vec<f32>], height: usize, width: usize, scale: usize) 
 pub fn density_png(log_density: &[f64], resolution: usize, (low, high): (f64, f64), points: &[[f32; 2]]) -> Vec<u8> {
     const SCALE: usize = 2;
     // A dark purple to pale yellow ramp (after matplotlib's "magma").
-    const RAMP: [[f64; 3]; 5] = [[0.0, 0.0, 4.0], [81.0, 18.0, 124.0], [183.0, 55.0, 121.0], [252.0, 137.0, 97.0], [252.0, 253.0, 191.0]];
+    const RAMP: [[f64; 3]; 5] =
+        [[0.0, 0.0, 4.0], [81.0, 18.0, 124.0], [183.0, 55.0, 121.0], [252.0, 137.0, 97.0], [252.0, 253.0, 191.0]];
     let side = resolution * SCALE;
     let top = log_density.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let mut pixels = vec![0u8; side * side * 3];
@@ -118,7 +122,8 @@ pub fn density_png(log_density: &[f64], resolution: usize, (low, high): (f64, f6
         let t = if top.is_finite() { (ld - top).exp() } else { 0.0 } * (RAMP.len() - 1) as f64;
         let lower = (t.floor() as usize).min(RAMP.len() - 2);
         let f = t - lower as f64;
-        let colour: Vec<u8> = (0..3).map(|c| (RAMP[lower][c] * (1.0 - f) + RAMP[lower + 1][c] * f).round() as u8).collect();
+        let colour: Vec<u8> =
+            (0..3).map(|c| (RAMP[lower][c] * (1.0 - f) + RAMP[lower + 1][c] * f).round() as u8).collect();
         let (x0, y0) = (i * SCALE, (resolution - 1 - j) * SCALE);
         for y in y0..y0 + SCALE {
             for x in x0..x0 + SCALE {
@@ -150,16 +155,17 @@ pub fn images_of(model: &Model, samples: &Tensors, var: &str) -> Vec<Vec<f32>> {
     let rows = t.shape[0];
     let per: usize = v.shape.iter().product();
     let values: Vec<Vec<f32>> = match v.domain {
-        Domain::Categorical { categories } => {
-            (0..rows)
-                .map(|r| {
-                    t.data[r * per..(r + 1) * per]
-                        .chunks(categories)
-                        .map(|c| c.iter().enumerate().fold(0, |best, (i, x)| if *x > c[best] { i } else { best }) as f32 / (categories - 1) as f32)
-                        .collect()
-                })
-                .collect()
-        }
+        Domain::Categorical { categories } => (0..rows)
+            .map(|r| {
+                t.data[r * per..(r + 1) * per]
+                    .chunks(categories)
+                    .map(|c| {
+                        c.iter().enumerate().fold(0, |best, (i, x)| if *x > c[best] { i } else { best }) as f32
+                            / (categories - 1) as f32
+                    })
+                    .collect()
+            })
+            .collect(),
         _ => (0..rows).map(|r| t.data[r * per..(r + 1) * per].to_vec()).collect(),
     };
     let (lo, hi) = match v.domain {
@@ -290,8 +296,10 @@ pub fn line_plots(panels: &[(&str, Vec<(f64, f64)>)]) -> Vec<u8> {
     for (p, (title, points)) in panels.iter().enumerate() {
         let y0 = (p * ph) as f64;
         c.text(left as usize, p * ph + 8, title, [20, 20, 20]);
-        let (x_lo, x_hi) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (x, _)| (a.min(*x), b.max(*x)));
-        let (mut lo, mut hi) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (_, y)| (a.min(*y), b.max(*y)));
+        let (x_lo, x_hi) =
+            points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (x, _)| (a.min(*x), b.max(*x)));
+        let (mut lo, mut hi) =
+            points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (_, y)| (a.min(*y), b.max(*y)));
         if !(hi > lo) {
             lo -= 1.0;
             hi += 1.0;

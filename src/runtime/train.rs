@@ -12,14 +12,14 @@
 //! `*.tmp`). A run holds an exclusive lock on `DIR/lock` (with its pid) for
 //! as long as it writes, so two runs never interleave in one directory.
 
-use crate::backend::{DeviceKind, TrainError, Trainer};
-use crate::runtime::data::Dataset;
 use crate::analysis::graph::FactorGraph;
 use crate::analysis::plan::Plan;
 use crate::analysis::program::{Call, Model, Train};
+use crate::backend::{DeviceKind, TrainError, Trainer};
+use crate::runtime::data::Dataset;
 use crate::tensor::{self, Tensors};
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -85,7 +85,12 @@ pub fn learning_rate(base: f64, schedule: &Call, epoch: usize, epochs: usize) ->
     let e = epoch as f64;
     match schedule.name.as_str() {
         "exponential" => base * schedule.num("gamma").unwrap_or(1.0).powf(e),
-        "step" => base * schedule.num("gamma").unwrap_or(0.1).powf((epoch / schedule.int("every").unwrap_or(1).max(1) as usize) as f64),
+        "step" => {
+            base * schedule
+                .num("gamma")
+                .unwrap_or(0.1)
+                .powf((epoch / schedule.int("every").unwrap_or(1).max(1) as usize) as f64)
+        }
         "cosine" => {
             let min = schedule.num("min_lr").unwrap_or(0.0);
             min + (base - min) * (1.0 + (std::f64::consts::PI * e / epochs.max(1) as f64).cos()) / 2.0
@@ -109,7 +114,11 @@ pub fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
 /// The parameter file of a checkpoint directory (its latest epoch), an
 /// epoch folder, or a `.safetensors` file.
 fn params_file(path: &Path) -> PathBuf {
-    if path.is_dir() { latest_checkpoint(path).unwrap_or_else(|| path.to_path_buf()).join("params.safetensors") } else { path.to_path_buf() }
+    if path.is_dir() {
+        latest_checkpoint(path).unwrap_or_else(|| path.to_path_buf()).join("params.safetensors")
+    } else {
+        path.to_path_buf()
+    }
 }
 
 /// Reads `params.safetensors` from a checkpoint directory (its latest epoch),
@@ -141,7 +150,10 @@ pub fn check_model_params(model: &Model, params: &Tensors) -> Result<(), tensor:
         if OBJECTIVE_PARAMS.contains(&name.as_str()) {
             tensor::check_finite(&format!("parameter `{name}`"), t)?;
         } else if !specs.iter().any(|p| p.name == *name) {
-            return Err(tensor::ShapeError::UnknownParameter { name: name.clone(), known: specs.iter().map(|p| p.name.clone()).collect() });
+            return Err(tensor::ShapeError::UnknownParameter {
+                name: name.clone(),
+                known: specs.iter().map(|p| p.name.clone()).collect(),
+            });
         }
     }
     Ok(())
@@ -149,7 +161,8 @@ pub fn check_model_params(model: &Model, params: &Tensors) -> Result<(), tensor:
 
 /// The metadata of the latest checkpoint in `dir`.
 pub fn checkpoint_meta(dir: &Path) -> Result<Meta, String> {
-    let latest = latest_checkpoint(dir).ok_or_else(|| format!("no checkpoint to resume in `{}` (no `latest` file)", dir.display()))?;
+    let latest = latest_checkpoint(dir)
+        .ok_or_else(|| format!("no checkpoint to resume in `{}` (no `latest` file)", dir.display()))?;
     let path = latest.join("meta.json");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("`{}` is not a checkpoint's metadata: {e}", path.display()))
@@ -177,13 +190,22 @@ impl RunLock {
         }
         let path = dir.join("lock");
         let cannot = |e: std::io::Error| format!("cannot lock `{}`: {e}", path.display());
-        let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(cannot)?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(cannot)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim().parse::<u32>().map_or_else(|_| "another process".to_string(), |pid| format!("process {pid}"));
+                let holder = holder
+                    .trim()
+                    .parse::<u32>()
+                    .map_or_else(|_| "another process".to_string(), |pid| format!("process {pid}"));
                 return Err(format!(
                     "`{}` is in use: {holder} holds its lock `{}`; wait for that run to finish, or choose another --out",
                     dir.display(),
@@ -192,7 +214,11 @@ impl RunLock {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(cannot(e)),
         }
-        file.set_len(0).and_then(|()| file.rewind()).and_then(|()| writeln!(file, "{}", std::process::id())).and_then(|()| file.sync_all()).map_err(cannot)?;
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .and_then(|()| file.sync_all())
+            .map_err(cannot)?;
         held.push(key.clone());
         Ok(RunLock { file: Some((file, key)) })
     }
@@ -246,16 +272,21 @@ pub fn run(
         let meta = checkpoint_meta(&opts.out).map_err(io)?;
         let dir = latest_checkpoint(&opts.out).expect("checkpoint_meta found it");
         if meta.model != model.name || meta.source_hash != hash {
-            return Err(io(format!("the checkpoint in `{}` was made from a different model source; train afresh with another --out", opts.out.display())));
+            return Err(io(format!(
+                "the checkpoint in `{}` was made from a different model source; train afresh with another --out",
+                opts.out.display()
+            )));
         }
         let params = load_model_params(&dir, model).map_err(io)?;
         let state = tensor::load_safetensors(&dir.join("state.safetensors")).map_err(io)?;
-        let history: Vec<EpochMetrics> = read_metrics(&opts.out).into_iter().filter(|m| m.epoch <= meta.epoch).collect();
+        let history: Vec<EpochMetrics> =
+            read_metrics(&opts.out).into_iter().filter(|m| m.epoch <= meta.epoch).collect();
         (params, state, meta.epoch + 1, meta.step, history, meta.seed)
     } else {
         (tensor::initialise(&lowered.params, opts.seed), Tensors::new(), 1, 0, Vec::new(), opts.seed)
     };
-    let mut trainer = Trainer::new(model, plan, train, &params, &state, run_seed, opts.device).map_err(|error| RunError::Train { error, epoch: first_epoch, last_good: None })?;
+    let mut trainer = Trainer::new(model, plan, train, &params, &state, run_seed, opts.device)
+        .map_err(|error| RunError::Train { error, epoch: first_epoch, last_good: None })?;
     trainer.prepare(&data.vars).map_err(|error| RunError::Train { error, epoch: first_epoch, last_good: None })?;
     let batch = train.batch.min(data.rows).max(1);
     let steps_per_epoch = data.rows / batch;
@@ -277,28 +308,61 @@ pub fn run(
         for b in 0..steps_per_epoch {
             let rows = data.rows_at(&order[b * batch..(b + 1) * batch]);
             step += 1;
-            let report = trainer.step(&rows, lr, step).map_err(|error| RunError::Train { error, epoch, last_good: latest_checkpoint(&opts.out) })?;
+            let report = trainer.step(&rows, lr, step).map_err(|error| RunError::Train {
+                error,
+                epoch,
+                last_good: latest_checkpoint(&opts.out),
+            })?;
             loss_sum += report.loss;
             norm_sum += report.grad_norm;
             progress(Progress::Step { epoch, loss: report.loss });
         }
         let params = trainer.params();
         if let Some((name, _)) = params.iter().find(|(_, t)| t.data.iter().any(|x| !x.is_finite())) {
-            return Err(RunError::Train { error: TrainError::NonFinite { what: format!("parameter `{name}`"), step }, epoch, last_good: latest_checkpoint(&opts.out) });
+            return Err(RunError::Train {
+                error: TrainError::NonFinite { what: format!("parameter `{name}`"), step },
+                epoch,
+                last_good: latest_checkpoint(&opts.out),
+            });
         }
         let log_likelihood = if exact {
             let eval_rows = test.unwrap_or(data);
             crate::runtime::evaluate::exact_log_z(graph, plan, &params, opts.device)
-                .and_then(|z| crate::runtime::evaluate::exact_log_likelihood(graph, plan, &params, &eval_rows.vars, z, opts.device))
+                .and_then(|z| {
+                    crate::runtime::evaluate::exact_log_likelihood(
+                        graph,
+                        plan,
+                        &params,
+                        &eval_rows.vars,
+                        z,
+                        opts.device,
+                    )
+                })
                 .ok()
                 .map(|ll| ll.iter().sum::<f64>() / ll.len() as f64)
         } else {
             None
         };
-        let metrics = EpochMetrics { epoch, step, loss: loss_sum / steps_per_epoch as f64, grad_norm: norm_sum / steps_per_epoch as f64, lr, seconds: started.elapsed().as_secs_f64(), log_likelihood };
-        for (what, value) in [("the epoch's mean loss", metrics.loss), ("the epoch's mean gradient norm", metrics.grad_norm), ("the log-likelihood", log_likelihood.unwrap_or(0.0))] {
+        let metrics = EpochMetrics {
+            epoch,
+            step,
+            loss: loss_sum / steps_per_epoch as f64,
+            grad_norm: norm_sum / steps_per_epoch as f64,
+            lr,
+            seconds: started.elapsed().as_secs_f64(),
+            log_likelihood,
+        };
+        for (what, value) in [
+            ("the epoch's mean loss", metrics.loss),
+            ("the epoch's mean gradient norm", metrics.grad_norm),
+            ("the log-likelihood", log_likelihood.unwrap_or(0.0)),
+        ] {
             if !value.is_finite() {
-                return Err(RunError::Train { error: TrainError::NonFinite { what: what.into(), step }, epoch, last_good: latest_checkpoint(&opts.out) });
+                return Err(RunError::Train {
+                    error: TrainError::NonFinite { what: what.into(), step },
+                    epoch,
+                    last_good: latest_checkpoint(&opts.out),
+                });
             }
         }
         let meta = Meta {
@@ -327,7 +391,10 @@ fn save_checkpoint(dir: &Path, epoch: usize, params: &Tensors, state: &Tensors, 
         std::fs::create_dir_all(&staging).map_err(|e| format!("cannot create `{}`: {e}", staging.display()))?;
         tensor::save_safetensors(&staging.join("params.safetensors"), params)?;
         tensor::save_safetensors(&staging.join("state.safetensors"), state)?;
-        tensor::write_atomically(&staging.join("meta.json"), serde_json::to_string_pretty(meta).expect("meta serialises").as_bytes())?;
+        tensor::write_atomically(
+            &staging.join("meta.json"),
+            serde_json::to_string_pretty(meta).expect("meta serialises").as_bytes(),
+        )?;
         tensor::sync_dir(&staging)
     })();
     if let Err(e) = written {
@@ -347,7 +414,8 @@ fn save_checkpoint(dir: &Path, epoch: usize, params: &Tensors, state: &Tensors, 
     tensor::write_atomically(&dir.join("latest"), name.as_bytes())?;
     // Keep the newest two complete checkpoints.
     for entry in std::fs::read_dir(dir).map_err(|e| format!("cannot list `{}`: {e}", dir.display()))?.flatten() {
-        let old = entry.file_name().to_str().and_then(|n| n.strip_prefix("epoch-")).and_then(|n| n.parse::<usize>().ok());
+        let old =
+            entry.file_name().to_str().and_then(|n| n.strip_prefix("epoch-")).and_then(|n| n.parse::<usize>().ok());
         if old.is_some_and(|k| k + 1 < epoch) {
             discard(dir, &entry.path());
         }
@@ -367,7 +435,11 @@ fn discard(dir: &Path, folder: &Path) {
 }
 
 pub fn read_metrics(dir: &Path) -> Vec<EpochMetrics> {
-    std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<(), String> {

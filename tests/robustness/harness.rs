@@ -61,7 +61,17 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 9] = [Class::Panic, Class::Abort, Class::OverMemory, Class::Signal, Class::Timeout, Class::ExitCode, Class::NoMessage, Class::NonFinite, Class::Wrong];
+    pub const ALL: [Class; 9] = [
+        Class::Panic,
+        Class::Abort,
+        Class::OverMemory,
+        Class::Signal,
+        Class::Timeout,
+        Class::ExitCode,
+        Class::NoMessage,
+        Class::NonFinite,
+        Class::Wrong,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -117,7 +127,13 @@ fn drain(mut r: impl Read + Send + 'static, cap: usize) -> std::thread::JoinHand
 pub fn run(bin: &Path, args: &[String], cwd: &Path, limits: &Limits) -> Run {
     let mut cmd = Command::new(bin);
     // Two sampler threads per run: bounded CPU and address space when many runs share a machine.
-    cmd.args(args).current_dir(cwd).env_remove("RUST_BACKTRACE").env("RAYON_NUM_THREADS", "2").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_BACKTRACE")
+        .env("RAYON_NUM_THREADS", "2")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;
@@ -127,13 +143,17 @@ pub fn run(bin: &Path, args: &[String], cwd: &Path, limits: &Limits) -> Run {
             cmd.pre_exec(move || {
                 let core = rlimit::RLimit { cur: 0, max: 0 };
                 let space = rlimit::RLimit { cur: memory, max: memory };
-                if rlimit::setrlimit(rlimit::RLIMIT_CORE, &core) != 0 || rlimit::setrlimit(rlimit::RLIMIT_AS, &space) != 0 {
+                if rlimit::setrlimit(rlimit::RLIMIT_CORE, &core) != 0
+                    || rlimit::setrlimit(rlimit::RLIMIT_AS, &space) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 if let Some(bytes) = file {
                     let size = rlimit::RLimit { cur: bytes, max: bytes };
                     // An ignored disposition survives exec: the write fails with EFBIG instead of killing.
-                    if rlimit::signal(rlimit::SIGXFSZ, rlimit::SIG_IGN) == usize::MAX || rlimit::setrlimit(rlimit::RLIMIT_FSIZE, &size) != 0 {
+                    if rlimit::signal(rlimit::SIGXFSZ, rlimit::SIG_IGN) == usize::MAX
+                        || rlimit::setrlimit(rlimit::RLIMIT_FSIZE, &size) != 0
+                    {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -164,13 +184,23 @@ pub fn run(bin: &Path, args: &[String], cwd: &Path, limits: &Limits) -> Run {
     let signal = std::os::unix::process::ExitStatusExt::signal(&status);
     #[cfg(not(unix))]
     let signal = None;
-    Run { args: args.to_vec(), code: status.code(), signal, timed_out, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default(), seconds }
+    Run {
+        args: args.to_vec(),
+        code: status.code(),
+        signal,
+        timed_out,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        seconds,
+    }
 }
 
 /// Words that mean a figure is not a number.
 fn non_finite_word(text: &str) -> Option<String> {
     text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-        .find(|w| matches!(w.trim_start_matches('-').to_ascii_lowercase().as_str(), "nan" | "inf" | "infinity" | "null"))
+        .find(|w| {
+            matches!(w.trim_start_matches('-').to_ascii_lowercase().as_str(), "nan" | "inf" | "infinity" | "null")
+        })
         .map(str::to_string)
 }
 
@@ -217,7 +247,9 @@ pub fn breach(run: &Run, figures: bool, files: &[PathBuf]) -> Option<(Class, Str
             if let Some(w) = non_finite_word(&text) {
                 return Some((Class::NonFinite, format!("`{w}` in {}", f.display())));
             }
-            if f.extension().is_some_and(|e| e == "npy") && npy_f64_values(&std::fs::read(f).unwrap_or_default()).iter().any(|x| !x.is_finite()) {
+            if f.extension().is_some_and(|e| e == "npy")
+                && npy_f64_values(&std::fs::read(f).unwrap_or_default()).iter().any(|x| !x.is_finite())
+            {
                 return Some((Class::NonFinite, format!("a non-finite value in {}", f.display())));
             }
         }
@@ -230,7 +262,11 @@ fn npy_f64_values(bytes: &[u8]) -> Vec<f64> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Vec::new();
     }
-    let (len, start) = if bytes[6] == 1 { (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10) } else { (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12) };
+    let (len, start) = if bytes[6] == 1 {
+        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
+    } else {
+        (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+    };
     let Some(header) = bytes.get(start..start + len).map(String::from_utf8_lossy) else { return Vec::new() };
     let data = &bytes[(start + len).min(bytes.len())..];
     if header.contains("<f8") {
@@ -301,8 +337,42 @@ pub const EDGE_NUMBERS: [&str; 22] = [
 
 /// Names a rename may use: keywords, types, built-ins and the zoo's usual names.
 const NAMES: [&str; 36] = [
-    "model", "visible", "hidden", "param", "energy", "const", "net", "train", "sample", "binary", "spin", "real", "categorical", "sum", "mean", "square",
-    "sigmoid", "grid", "zeros", "ones", "normal", "mlp", "cd", "pcd", "adam", "sgd", "digits", "csv", "v", "h", "W", "x", "y", "b", "c", "in",
+    "model",
+    "visible",
+    "hidden",
+    "param",
+    "energy",
+    "const",
+    "net",
+    "train",
+    "sample",
+    "binary",
+    "spin",
+    "real",
+    "categorical",
+    "sum",
+    "mean",
+    "square",
+    "sigmoid",
+    "grid",
+    "zeros",
+    "ones",
+    "normal",
+    "mlp",
+    "cd",
+    "pcd",
+    "adam",
+    "sgd",
+    "digits",
+    "csv",
+    "v",
+    "h",
+    "W",
+    "x",
+    "y",
+    "b",
+    "c",
+    "in",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -329,7 +399,11 @@ fn tokens(s: &str) -> Vec<(Kind, String)> {
             }
             Kind::Ident
         } else if c.is_ascii_digit() {
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.' || ((chars[i] == '-' || chars[i] == '+') && matches!(chars[i - 1], 'e' | 'E'))) {
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric()
+                    || chars[i] == '.'
+                    || ((chars[i] == '-' || chars[i] == '+') && matches!(chars[i - 1], 'e' | 'E')))
+            {
                 i += 1;
             }
             Kind::Number
@@ -416,10 +490,14 @@ fn mutate_once(rng: &mut Rng, input: &[u8], donors: &[String]) -> (Vec<u8>, Stri
             let line = *rng.pick(&donor_lines);
             let at = rng.below(lines.len() + 1);
             lines.insert(at, line);
-            (lines.concat().into_bytes(), format!("line `{}` from another file inserted at line {}", line.trim_end(), at + 1))
+            (
+                lines.concat().into_bytes(),
+                format!("line `{}` from another file inserted at line {}", line.trim_end(), at + 1),
+            )
         }
         6 => {
-            let numbers: Vec<usize> = toks.iter().enumerate().filter(|(_, (k, _))| *k == Kind::Number).map(|(i, _)| i).collect();
+            let numbers: Vec<usize> =
+                toks.iter().enumerate().filter(|(_, (k, _))| *k == Kind::Number).map(|(i, _)| i).collect();
             let edge = rng.pick(&EDGE_NUMBERS).to_string();
             match numbers.is_empty() {
                 true => (format!("{text}\n{edge}").into_bytes(), format!("`{edge}` appended")),
@@ -431,7 +509,8 @@ fn mutate_once(rng: &mut Rng, input: &[u8], donors: &[String]) -> (Vec<u8>, Stri
             }
         }
         7 => {
-            let idents: Vec<usize> = toks.iter().enumerate().filter(|(_, (k, _))| *k == Kind::Ident).map(|(i, _)| i).collect();
+            let idents: Vec<usize> =
+                toks.iter().enumerate().filter(|(_, (k, _))| *k == Kind::Ident).map(|(i, _)| i).collect();
             if idents.is_empty() {
                 return (input.to_vec(), "unchanged (no identifier)".into());
             }
@@ -511,7 +590,15 @@ pub fn zoo() -> Vec<(String, String)> {
     let mut files = Vec::new();
     walk(&root.join("models"), &mut files);
     files.sort();
-    files.into_iter().map(|p| (p.strip_prefix(root).expect("under the crate").display().to_string(), std::fs::read_to_string(&p).expect("zoo file is text"))).collect()
+    files
+        .into_iter()
+        .map(|p| {
+            (
+                p.strip_prefix(root).expect("under the crate").display().to_string(),
+                std::fs::read_to_string(&p).expect("zoo file is text"),
+            )
+        })
+        .collect()
 }
 
 /// A generated input: a name that says what it is, and its text.
@@ -567,7 +654,10 @@ pub fn safetensors(tensors: &[(&str, Vec<usize>, Vec<f32>)], dtype: &str) -> Vec
                 _ => data.extend_from_slice(&v.to_le_bytes()),
             }
         }
-        header.insert(name.to_string(), serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [start, data.len()] }));
+        header.insert(
+            name.to_string(),
+            serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [start, data.len()] }),
+        );
     }
     let mut text = serde_json::to_string(&header).expect("header serialises");
     while text.len() % 8 != 0 {
@@ -596,15 +686,23 @@ pub fn npy(header: &str, data: &[u8]) -> Vec<u8> {
 /// A safetensors file whose header parses and whose data ends where the header says.
 fn whole_safetensors(path: &Path) -> bool {
     let Ok(bytes) = std::fs::read(path) else { return false };
-    let Some(n) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize) else { return false };
-    let Some(header) = bytes.get(8..8usize.saturating_add(n)).and_then(|h| serde_json::from_slice::<serde_json::Value>(h).ok()) else { return false };
-    let end = header.as_object().map_or(0, |o| o.values().filter_map(|t| t["data_offsets"][1].as_u64()).max().unwrap_or(0));
+    let Some(n) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize) else {
+        return false;
+    };
+    let Some(header) =
+        bytes.get(8..8usize.saturating_add(n)).and_then(|h| serde_json::from_slice::<serde_json::Value>(h).ok())
+    else {
+        return false;
+    };
+    let end =
+        header.as_object().map_or(0, |o| o.values().filter_map(|t| t["data_offsets"][1].as_u64()).max().unwrap_or(0));
     bytes.len() == 8 + n + end as usize
 }
 
 /// A PNG file that ends with its IEND chunk.
 fn whole_png(path: &Path) -> bool {
-    std::fs::read(path).is_ok_and(|b| b.starts_with(b"\x89PNG") && b.len() >= 12 && &b[b.len() - 8..b.len() - 4] == b"IEND")
+    std::fs::read(path)
+        .is_ok_and(|b| b.starts_with(b"\x89PNG") && b.len() >= 12 && &b[b.len() - 8..b.len() - 4] == b"IEND")
 }
 
 /// Files in a run directory that show a write or clean-up was cut short:
@@ -622,7 +720,10 @@ pub fn half_written(dir: &Path) -> Vec<String> {
         if name.ends_with(".png") && !whole_png(&p) {
             found.push(format!("{name} cut short"));
         }
-        if name == "metrics.jsonl" && std::fs::read_to_string(&p).map_or(true, |t| t.lines().any(|l| serde_json::from_str::<serde_json::Value>(l).is_err())) {
+        if name == "metrics.jsonl"
+            && std::fs::read_to_string(&p)
+                .map_or(true, |t| t.lines().any(|l| serde_json::from_str::<serde_json::Value>(l).is_err()))
+        {
             found.push(format!("{name} with a line that is not JSON"));
         }
         if name.starts_with("epoch-") && p.is_dir() {
@@ -632,12 +733,21 @@ pub fn half_written(dir: &Path) -> Vec<String> {
                     found.push(format!("{name}/ without {needed}"));
                 } else if needed.ends_with(".safetensors") && !whole_safetensors(&f) {
                     found.push(format!("{name}/{needed} cut short"));
-                } else if needed == "meta.json" && std::fs::read_to_string(&f).map_or(true, |t| serde_json::from_str::<serde_json::Value>(&t).is_err()) {
+                } else if needed == "meta.json"
+                    && std::fs::read_to_string(&f)
+                        .map_or(true, |t| serde_json::from_str::<serde_json::Value>(&t).is_err())
+                {
                     found.push(format!("{name}/{needed} is not JSON"));
                 }
             }
             if let Ok(inner) = std::fs::read_dir(&p) {
-                found.extend(inner.flatten().map(|i| i.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".tmp")).map(|n| format!("{name}/{n}")));
+                found.extend(
+                    inner
+                        .flatten()
+                        .map(|i| i.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.ends_with(".tmp"))
+                        .map(|n| format!("{name}/{n}")),
+                );
             }
         }
     }
@@ -669,7 +779,16 @@ train r {
 }
 ";
 
-pub const ROWS: [[u8; 6]; 8] = [[1, 0, 1, 0, 1, 0], [0, 1, 0, 1, 0, 1], [1, 1, 0, 0, 1, 1], [0, 0, 1, 1, 0, 0], [1, 0, 0, 1, 1, 0], [0, 1, 1, 0, 0, 1], [1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]];
+pub const ROWS: [[u8; 6]; 8] = [
+    [1, 0, 1, 0, 1, 0],
+    [0, 1, 0, 1, 0, 1],
+    [1, 1, 0, 0, 1, 1],
+    [0, 0, 1, 1, 0, 0],
+    [1, 0, 0, 1, 1, 0],
+    [0, 1, 1, 0, 0, 1],
+    [1, 1, 1, 0, 0, 0],
+    [0, 0, 0, 1, 1, 1],
+];
 
 pub fn rows_csv(rows: &[[u8; 6]]) -> String {
     rows.iter().map(|r| r.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",") + "\n").collect()
