@@ -1,5 +1,5 @@
 //! The documentation and the editor grammar against the implementation:
-//! every ```ebm example in docs/ checks as it claims, the EBNF in
+//! every ```ebm example in docs/ checks as it claims (and is formatted), the EBNF in
 //! docs/language.md is grammar/ebm.pest rule for rule, and the TextMate
 //! grammar's word lists cover the language's keywords, types and built-ins.
 //! Everything is read from the sources at test time, so a change to the
@@ -79,7 +79,13 @@ fn every_ebm_example_in_the_docs_checks_as_marked() {
             };
             *checked.entry(name.clone()).or_insert(0) += 1;
             match (ebmc::check_source(&b.text), expect_error) {
-                (Ok(_), false) | (Err(_), true) => {}
+                (Ok(_), false) => {
+                    // Examples are what `ebmc fmt` would print, so readers copy the house style.
+                    if !ebmc::format_source(&b.text).is_ok_and(|f| f == b.text) {
+                        failures.push(format!("{name}:{}: not in the canonical layout of `ebmc fmt`", b.line));
+                    }
+                }
+                (Err(_), true) => {}
                 (Ok(_), true) => failures.push(format!("{name}:{}: marked ebm,error but checks clean", b.line)),
                 (Err(diags), false) => {
                     let codes: Vec<String> = diags.iter().map(|d| format!("{d:?}")).collect();
