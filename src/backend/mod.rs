@@ -277,11 +277,12 @@ pub enum DeviceKind {
 
 /// Runs the planned kernels over `chains` independent chains.
 pub struct Sampler {
-    inner: Box<dyn Chains>,
+    inner: Box<dyn Chains + Send>,
 }
 
 trait Chains {
     fn sweep(&mut self);
+    fn sweep_clamped(&mut self, clamped: &[String]);
     fn state(&self) -> Tensors;
     fn set_state(&mut self, state: &Tensors) -> Result<(), String>;
     fn acceptance(&self) -> Option<f64>;
@@ -313,7 +314,7 @@ impl Sampler {
         seed: u64,
         device: DeviceKind,
     ) -> Result<Sampler, String> {
-        let inner: Box<dyn Chains> = match device {
+        let inner: Box<dyn Chains + Send> = match device {
             DeviceKind::Cpu => Box::new(ChainSet::new(Cpu::seed_from_u64(seed), model, plan, params, chains, seed)?),
             #[cfg(feature = "cuda")]
             DeviceKind::Cuda => {
@@ -331,6 +332,13 @@ impl Sampler {
     /// One sweep of the plan: every Gibbs block once, then the Langevin steps.
     pub fn sweep(&mut self) {
         self.inner.sweep();
+    }
+
+    /// One sweep that leaves the variables in `clamped` as they are: their
+    /// kernels are skipped, so every other variable is updated from its
+    /// conditional given the clamped values (exact clamping for every kernel).
+    pub fn sweep_clamped(&mut self, clamped: &[String]) {
+        self.inner.sweep_clamped(clamped);
     }
 
     /// Current chain states: each variable as `[chains, ...shape]`.
@@ -860,6 +868,10 @@ impl<D: Kernels> ChainSet<D> {
 impl<D: Kernels> Chains for ChainSet<D> {
     fn sweep(&mut self) {
         self.sweep_clamped(&[]);
+    }
+
+    fn sweep_clamped(&mut self, clamped: &[String]) {
+        ChainSet::sweep_clamped(self, clamped);
     }
 
     fn state(&self) -> Tensors {

@@ -39,7 +39,7 @@ pub enum TrainError {
 
 /// A model being trained on a device: parameters, optimiser state, chains.
 pub struct Trainer {
-    inner: Box<dyn Fit>,
+    inner: Box<dyn Fit + Send>,
     model: Model,
     /// The variables every batch must give (the visible ones).
     visible: Vec<String>,
@@ -66,7 +66,7 @@ impl Trainer {
         seed: u64,
         device: super::DeviceKind,
     ) -> Result<Trainer, TrainError> {
-        let inner: Box<dyn Fit> = match device {
+        let inner: Box<dyn Fit + Send> = match device {
             super::DeviceKind::Cpu => {
                 Box::new(Fitter::new(Cpu::seed_from_u64(seed), model, plan, train, params, state, seed)?)
             }
