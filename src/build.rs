@@ -12,7 +12,7 @@
 //! }
 //! ```
 
-use crate::api::{Error, Model};
+use crate::api::Error;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
@@ -82,11 +82,9 @@ fn check_file(path: &Path) -> Result<String, Error> {
         Ok(warnings) => warnings,
         Err(diagnostics) => return Err(Error::Compile { file, source, diagnostics }),
     };
-    // `check_source` plans every model; a source without one is an error for a host too.
-    if let Err(e @ Error::Model { .. }) = Model::from_source(&source) {
-        if matches!(&e, Error::Model { models, .. } if models.is_empty()) {
-            return Err(e);
-        }
+    // `check_source` accepts a file without models; a host embedding one needs one.
+    if crate::compile(&source).is_ok_and(|c| c.program.models.is_empty()) {
+        return Err(Error::Model { wanted: None, models: vec![] });
     }
     Ok(crate::front::diagnostic::render_plain(&file, &source, &warnings))
 }
