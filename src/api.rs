@@ -20,6 +20,8 @@
 //! the declared shapes) and returns an [`Error`] rather than panicking.
 //! Nothing is written to disk unless [`Model::save`] is called.
 
+#![warn(missing_docs)]
+
 use crate::analysis::limits::{self, LimitError, SampleRun};
 use crate::analysis::plan::Plan;
 use crate::analysis::program::{Domain, Program, Train, Variable};
@@ -47,17 +49,45 @@ pub use crate::runtime::train::EpochMetrics;
 pub enum Error {
     /// The source does not parse, check or plan: every diagnostic found,
     /// with the text and file name they point into.
-    Compile { file: String, source: String, diagnostics: Vec<Diagnostic> },
+    Compile {
+        /// The file name the diagnostics render with (`<source>` for a string).
+        file: String,
+        /// The text the diagnostics' spans point into.
+        source: String,
+        /// Errors first, then warnings.
+        diagnostics: Vec<Diagnostic>,
+    },
     /// The source has no model of the name asked for, or several models and
     /// no name (`wanted` is `None`).
-    Model { wanted: Option<String>, models: Vec<String> },
+    Model {
+        /// The name asked for.
+        wanted: Option<String>,
+        /// The source's models.
+        models: Vec<String>,
+    },
     /// Rows that do not fit the model: a missing variable, a wrong shape,
     /// different row counts, a NaN.
     Rows(ShapeError),
     /// A name in the rows that is not a variable of the model.
-    UnknownVariable { name: String, known: Vec<String> },
+    UnknownVariable {
+        /// The name in the rows.
+        name: String,
+        /// The model's variables.
+        known: Vec<String>,
+    },
     /// A row value outside its variable's domain (a 0.5 for a binary unit).
-    Domain { var: String, row: usize, index: usize, value: f32, domain: String },
+    Domain {
+        /// The variable.
+        var: String,
+        /// The row (0-based).
+        row: usize,
+        /// The flat index within the row (0-based).
+        index: usize,
+        /// The value found.
+        value: f32,
+        /// The values the variable takes, in words.
+        domain: String,
+    },
     /// Parameters that do not fit the model: missing, of the wrong shape,
     /// not finite, or of another model.
     Params(ShapeError),
@@ -65,9 +95,19 @@ pub enum Error {
     Data(DataError),
     /// `fit` has no objective: the file has no train block for the model and
     /// the options give no settings.
-    NoTraining { model: String },
+    NoTraining {
+        /// The model's name.
+        model: String,
+    },
     /// An option out of its range (`epochs: 0`, a negative learning rate).
-    Option { option: &'static str, value: String, expected: &'static str },
+    Option {
+        /// The option's name.
+        option: &'static str,
+        /// The value given.
+        value: String,
+        /// The values it takes, in words.
+        expected: &'static str,
+    },
     /// A size past a limit (`docs/limits.md`).
     Limit(LimitError),
     /// Training failed: a loss, gradient or parameter became non-finite, or
@@ -76,9 +116,19 @@ pub enum Error {
     /// The backend refused to run: its reason.
     Backend(String),
     /// What was asked cannot be computed for this model, with the reason.
-    Unavailable { what: &'static str, reason: String },
+    Unavailable {
+        /// What was asked, in words.
+        what: &'static str,
+        /// Why it cannot be computed.
+        reason: String,
+    },
     /// A file or checkpoint could not be read or written.
-    Io { path: PathBuf, reason: String },
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's (or the checkpoint reader's) reason.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -256,7 +306,9 @@ pub struct FitOptions {
     /// every key but `data` and `test`), used instead of the file's train
     /// block; needed when the file has none for the model.
     pub settings: Option<String>,
+    /// Passes over the rows.
     pub epochs: Option<usize>,
+    /// Rows per optimiser step (at most the number of rows).
     pub batch: Option<usize>,
     /// The base learning rate (the optimiser's `lr` otherwise).
     pub lr: Option<f64>,
@@ -316,14 +368,29 @@ impl FitOptions {
 #[non_exhaustive]
 pub enum Event<'a> {
     /// After each optimiser step (1-based epoch and step).
-    Step { epoch: usize, step: usize, loss: f64, grad_norm: f64 },
+    Step {
+        /// The epoch, from 1.
+        epoch: usize,
+        /// The optimiser step, from 1.
+        step: usize,
+        /// The objective's surrogate loss on the batch.
+        loss: f64,
+        /// The norm of the whole gradient, before clipping.
+        grad_norm: f64,
+    },
     /// After each epoch, with the parameters reached.
-    Epoch { metrics: &'a EpochMetrics, params: &'a Params },
+    Epoch {
+        /// The epoch's means, as `ebmc train` records them.
+        metrics: &'a EpochMetrics,
+        /// The parameters after the epoch.
+        params: &'a Params,
+    },
 }
 
 /// What the callback of [`Model::fit_with`] asks for next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
+    /// Go on with the next step.
     Continue,
     /// End the fit now, keeping the parameters of the last step.
     Stop,
@@ -332,6 +399,7 @@ pub enum Control {
 /// The result of [`Model::fit`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fitted {
+    /// The parameters reached.
     pub params: Params,
     /// Metrics of each completed epoch.
     pub history: Vec<EpochMetrics>,
@@ -347,18 +415,38 @@ pub enum Method {
     /// Enumeration of the discrete states (and the closed-form Gaussian integral).
     Exact,
     /// The midpoint rule on a grid of `resolution` points per axis over `[low, high]`.
-    Grid { low: f64, high: f64, resolution: usize },
+    Grid {
+        /// Lower bound of every axis.
+        low: f64,
+        /// Upper bound of every axis.
+        high: f64,
+        /// Points per axis.
+        resolution: usize,
+    },
     /// Annealed importance sampling: a stochastic lower bound on log Z, so the
     /// log-likelihood is an estimate that errs high by about `std_error` or more.
-    Ais { runs: usize, temperatures: usize, std_error: f64, ess: f64 },
+    Ais {
+        /// Independent annealing runs.
+        runs: usize,
+        /// Intermediate distributions of each run.
+        temperatures: usize,
+        /// Standard error of log Z.
+        std_error: f64,
+        /// Effective sample size of the importance weights.
+        ess: f64,
+    },
 }
 
 /// Log-likelihoods of rows under a model, in nats.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogLikelihood {
+    /// Each row's log-likelihood.
     pub per_row: Vec<f64>,
+    /// Their mean.
     pub mean: f64,
+    /// The log normaliser used.
     pub log_z: f64,
+    /// How `log_z` was found.
     pub method: Method,
 }
 

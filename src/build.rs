@@ -12,6 +12,8 @@
 //! }
 //! ```
 
+#![warn(missing_docs)]
+
 use crate::api::Error;
 use std::io::Write;
 use std::path::Path;
