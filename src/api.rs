@@ -300,7 +300,7 @@ impl Rows {
 
 /// What [`Model::fit`] does. Unset fields come from the model's train block,
 /// and without one from the train block's defaults (`docs/language.md`).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FitOptions {
     /// Train-block settings (`objective = cd(k: 1); optimizer = adam(lr: 0.01);`,
     /// every key but `data` and `test`), used instead of the file's train
@@ -319,11 +319,17 @@ pub struct FitOptions {
     pub track_log_likelihood: bool,
 }
 
+impl Default for FitOptions {
+    fn default() -> FitOptions {
+        FitOptions::new()
+    }
+}
+
 impl FitOptions {
     /// Everything from the train block (or its defaults); the exact
     /// log-likelihood tracked when the model is small enough.
     pub fn new() -> FitOptions {
-        FitOptions { track_log_likelihood: true, ..FitOptions::default() }
+        FitOptions { settings: None, epochs: None, batch: None, lr: None, seed: None, track_log_likelihood: true }
     }
 
     /// Sets [`FitOptions::settings`].
@@ -656,10 +662,11 @@ impl Model {
 
     /// The free energy of each row: the variables the rows leave out summed
     /// out (in closed form where the plan allows, by enumeration per row
-    /// otherwise); `rows` give at least the visible variables.
+    /// otherwise; a JEM label left out gives the out-of-distribution score
+    /// `ebmc energy` prints). A continuous variable left out is an error.
     pub fn free_energy(&self, params: &Params, rows: &Rows) -> Result<Vec<f64>, Error> {
         self.check_params(params)?;
-        self.check_rows(rows, &self.visible())?;
+        self.check_rows(rows, &[])?;
         evaluate::row_free_energy(&self.graph.model, &self.plan, &params.tensors, &rows.tensors, self.device)
             .map_err(|reason| Error::Unavailable { what: "the free energy of these rows", reason })
     }
@@ -822,8 +829,7 @@ impl Model {
         let data = Dataset { rows, vars: visible_only };
         let mut spec = train.clone();
         spec.batch = batch;
-        limits::check_train(model, &self.lowered, &spec, rows, epochs, None)
-            .map_err(|mut e| Error::Limit(e.remove(0)))?;
+        limits::check_train(model, &self.lowered, &spec, rows, epochs, None).map_err(first_limit)?;
         let setup = Error::Train;
         let mut trainer =
             Trainer::new(model, &plan, &spec, &start.tensors, &Tensors::new(), seed, self.device).map_err(setup)?;
@@ -921,8 +927,7 @@ impl Model {
             return Err(Error::Option { option: "chains", value: "0".into(), expected: "at least 1" });
         }
         let run = SampleRun { chains, burn_in: 0, steps: 0, every: None };
-        limits::check_sample(&self.graph.model, &self.lowered, &run, None)
-            .map_err(|mut e| Error::Limit(e.remove(0)))?;
+        limits::check_sample(&self.graph.model, &self.lowered, &run, None).map_err(first_limit)?;
         let inner = backend::Sampler::new(&self.graph.model, &self.plan, &params.tensors, chains, seed, self.device)
             .map_err(Error::Backend)?;
         Ok(Sampler { inner, model: self.clone(), chains, clamped: Vec::new() })
@@ -972,6 +977,11 @@ impl Model {
             crate::runtime::data::split(data, train.test.as_ref(), model, base.as_ref()).map_err(Error::Data)?;
         Ok((Rows { tensors: data.vars }, test.map(|t| Rows { tensors: t.vars })))
     }
+}
+
+/// The first limit a run passes (`limits` reports one or more with every `Err`).
+fn first_limit(passed: Vec<LimitError>) -> Error {
+    passed.into_iter().next().map_or_else(|| Error::Backend("a size limit was passed".into()), Error::Limit)
 }
 
 /// Refuses values a variable cannot take: binary units other than 0 and 1,

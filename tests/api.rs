@@ -334,3 +334,23 @@ fn a_broken_model_fails_the_build_script_with_its_diagnostic() {
     assert!(text.contains(&format!("{}:3:", broken.display())), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_sampler_moves_to_a_worker_thread() {
+    let (model, params) = tiny();
+    let mut sampler = model.sampler(&params, 16, 4).unwrap();
+    let state = std::thread::spawn(move || sampler.run(3)).join().unwrap();
+    assert_eq!(state.get("v").unwrap().1, [16, 3]);
+}
+
+#[test]
+fn a_free_energy_over_a_continuous_variable_left_out_is_an_error() {
+    let model = Model::from_source(
+        "model c { visible x : real[2]; visible y : binary[2]; energy e = 0.5 * sum(square(x)) - sum(x * y); }",
+    )
+    .unwrap();
+    let rows = Rows::new().with("y", vec![1.0, 0.0], &[1, 2]).unwrap();
+    let err = model.free_energy(&model.init_params(0), &rows).unwrap_err();
+    assert_eq!(err.code(), "E0608");
+    assert!(err.to_string().contains("`x`"), "{err}");
+}

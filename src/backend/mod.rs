@@ -275,7 +275,8 @@ pub enum DeviceKind {
     Cuda,
 }
 
-/// Runs the planned kernels over `chains` independent chains.
+/// Runs the planned kernels over `chains` independent chains. `Send`: a host
+/// may move it to a worker thread.
 pub struct Sampler {
     inner: Box<dyn Chains + Send>,
 }
@@ -287,6 +288,41 @@ trait Chains {
     fn set_state(&mut self, state: &Tensors) -> Result<(), String>;
     fn acceptance(&self) -> Option<f64>;
     fn evaluate(&self, what: Quantity, rows: &Tensors) -> Result<HostTensor, String>;
+}
+
+/// A CUDA chain set or trainer, declared `Send`. cudarc 0.9 leaves its
+/// `CudaStream` (a raw stream handle and an `Arc<CudaDevice>`) without
+/// `Send`, though it declares `CudaDevice`, which holds the same kind of
+/// handle, `Send` and `Sync`: a CUDA stream is not tied to a thread, and
+/// every cudarc call binds the device's context to the calling thread first.
+/// So moving the one owner to another thread is sound.
+#[cfg(feature = "cuda")]
+pub(crate) struct MovableCuda<T>(pub(crate) T);
+
+// SAFETY: see `MovableCuda`; only moves are allowed (no `Sync`).
+#[cfg(feature = "cuda")]
+unsafe impl<T> Send for MovableCuda<T> {}
+
+#[cfg(feature = "cuda")]
+impl<T: Chains> Chains for MovableCuda<T> {
+    fn sweep(&mut self) {
+        self.0.sweep();
+    }
+    fn sweep_clamped(&mut self, clamped: &[String]) {
+        self.0.sweep_clamped(clamped);
+    }
+    fn state(&self) -> Tensors {
+        self.0.state()
+    }
+    fn set_state(&mut self, state: &Tensors) -> Result<(), String> {
+        self.0.set_state(state)
+    }
+    fn acceptance(&self) -> Option<f64> {
+        self.0.acceptance()
+    }
+    fn evaluate(&self, what: Quantity, rows: &Tensors) -> Result<HostTensor, String> {
+        self.0.evaluate(what, rows)
+    }
 }
 
 /// What `Sampler::evaluate` computes for each row.
@@ -319,7 +355,7 @@ impl Sampler {
             #[cfg(feature = "cuda")]
             DeviceKind::Cuda => {
                 let dev = Cuda::try_seed_from_u64(seed).map_err(|e| format!("cannot open the CUDA device: {e:?}"))?;
-                Box::new(ChainSet::new(dev, model, plan, params, chains, seed)?)
+                Box::new(MovableCuda(ChainSet::new(dev, model, plan, params, chains, seed)?))
             }
             #[cfg(not(feature = "cuda"))]
             DeviceKind::Cuda => {
