@@ -268,13 +268,13 @@ impl Rows {
     /// The values of row `row` of variable `var`.
     pub fn row(&self, var: &str, row: usize) -> Option<&[f32]> {
         let t = self.tensors.get(var)?;
-        let per: usize = t.shape[1..].iter().product();
-        (row < t.shape[0]).then(|| &t.data[row * per..(row + 1) * per])
+        let per: usize = t.shape.get(1..)?.iter().product();
+        t.data.get(row * per..(row + 1) * per).filter(|_| row < t.shape[0])
     }
 
     /// The number of rows (of the first variable; 0 when there is none).
     pub fn len(&self) -> usize {
-        self.tensors.values().next().map_or(0, |t| t.shape[0])
+        self.tensors.values().next().and_then(|t| t.shape.first().copied()).unwrap_or(0)
     }
 
     /// Whether there are no rows.

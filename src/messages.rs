@@ -641,6 +641,8 @@ impl From<&crate::api::Error> for Diagnostic {
                 .help("lower the learning rate, or clip gradients with `regularize = clip_grad(1.0);`"),
             Backend(reason) => Diagnostic::error("E0607", format!("the model cannot run: {reason}")),
             Unavailable { what, reason } => Diagnostic::error("E0608", format!("cannot compute {what}: {reason}")),
+            // The checkpoint reader's reasons name the file already; the operating system's do not.
+            Io { path, reason } if reason.contains(&path.display().to_string()) => Diagnostic::error("E0609", reason.clone()),
             Io { path, reason } => Diagnostic::error("E0609", format!("`{}`: {reason}", path.display())),
         }
     }
