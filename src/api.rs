@@ -122,6 +122,23 @@ pub enum Error {
         /// Why it cannot be computed.
         reason: String,
     },
+    /// No way to find log Z: why enumeration failed, and why the grid
+    /// integral (continuous models) or AIS (discrete ones) did.
+    NoLogZ {
+        /// Why there is no exact log Z.
+        exact: String,
+        /// Why there is no grid integral, when one was tried.
+        grid: Option<String>,
+        /// Why there is no AIS estimate, when one was tried.
+        ais: Option<String>,
+    },
+    /// A result that came out NaN or infinite (the energies overflow).
+    NotFinite {
+        /// The result, in words.
+        what: &'static str,
+        /// The value it came out as.
+        value: f64,
+    },
     /// A file or checkpoint could not be read or written.
     Io {
         /// The file or directory.
@@ -702,40 +719,32 @@ impl Model {
                     .map_err(|reason| Error::Unavailable { what: "the log-likelihood", reason })?;
                 let continuous = graph.model.variables.iter().any(|v| !v.domain.is_discrete());
                 let (low, high, resolution) = GRID;
-                let (z, method) = match evaluate::grid_log_z(&graph.model, plan, p, low, high, resolution, device) {
-                    Ok(z) => (z, Method::Grid { low, high, resolution }),
-                    Err(grid_why) if continuous => {
-                        return Err(Error::Unavailable {
-                            what: "the log-likelihood",
-                            reason: format!("no exact log Z ({exact_why}) and no grid integral ({grid_why})"),
-                        });
-                    }
-                    Err(_) => {
-                        let base = evaluate::base_rates(&graph.model, plan, r);
-                        let opts = backend::AisOptions { runs: AIS.0, temperatures: AIS.1, seed: 0, base };
-                        let est =
-                            backend::ais(&graph.model, plan, p, &opts, device).map_err(|why| Error::Unavailable {
-                                what: "the log-likelihood",
-                                reason: format!("no exact log Z ({exact_why}) and no AIS estimate ({why})"),
-                            })?;
-                        let method = Method::Ais {
-                            runs: est.runs,
-                            temperatures: est.temperatures,
-                            std_error: est.std_error,
-                            ess: est.ess,
-                        };
-                        (est.log_z, method)
-                    }
-                };
+                let (z, method) =
+                    match evaluate::grid_log_z(&graph.model, plan, p, low, high, resolution, device) {
+                        Ok(z) => (z, Method::Grid { low, high, resolution }),
+                        Err(grid_why) if continuous => {
+                            return Err(Error::NoLogZ { exact: exact_why, grid: Some(grid_why), ais: None });
+                        }
+                        Err(_) => {
+                            let base = evaluate::base_rates(&graph.model, plan, r);
+                            let opts = backend::AisOptions { runs: AIS.0, temperatures: AIS.1, seed: 0, base };
+                            let est = backend::ais(&graph.model, plan, p, &opts, device)
+                                .map_err(|why| Error::NoLogZ { exact: exact_why, grid: None, ais: Some(why) })?;
+                            let method = Method::Ais {
+                                runs: est.runs,
+                                temperatures: est.temperatures,
+                                std_error: est.std_error,
+                                ess: est.ess,
+                            };
+                            (est.log_z, method)
+                        }
+                    };
                 (z, method, free.iter().map(|f| -f - z).collect())
             }
         };
         let mean = per_row.iter().sum::<f64>() / per_row.len() as f64;
         if !mean.is_finite() {
-            return Err(Error::Unavailable {
-                what: "the log-likelihood",
-                reason: format!("it came out as {mean}: the parameters make the energies overflow"),
-            });
+            return Err(Error::NotFinite { what: "the average log-likelihood", value: mean });
         }
         Ok(LogLikelihood { per_row, mean, log_z, method })
     }

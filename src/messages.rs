@@ -641,6 +641,16 @@ impl From<&crate::api::Error> for Diagnostic {
                 .help("lower the learning rate, or clip gradients with `regularize = clip_grad(1.0);`"),
             Backend(reason) => Diagnostic::error("E0607", format!("the model cannot run: {reason}")),
             Unavailable { what, reason } => Diagnostic::error("E0608", format!("cannot compute {what}: {reason}")),
+            NoLogZ { exact, grid, ais } => {
+                let other = match (grid, ais) {
+                    (Some(why), _) => format!("; no grid integral: {why}"),
+                    (None, Some(why)) => format!("; no AIS estimate: {why}"),
+                    (None, None) => String::new(),
+                };
+                Diagnostic::error("E0608", format!("cannot compute the log-likelihood: no exact log Z: {exact}{other}"))
+            }
+            NotFinite { what, value } => Diagnostic::error("E0608", format!("{what} came out as {value}"))
+                .help("the parameters make the energies overflow; check them, or lower the learning rate that produced them"),
             // The checkpoint reader's reasons name the file already; the operating system's do not.
             Io { path, reason } if reason.contains(&path.display().to_string()) => Diagnostic::error("E0609", reason.clone()),
             Io { path, reason } => Diagnostic::error("E0609", format!("`{}`: {reason}", path.display())),

@@ -354,3 +354,13 @@ fn a_free_energy_over_a_continuous_variable_left_out_is_an_error() {
     assert_eq!(err.code(), "E0608");
     assert!(err.to_string().contains("`x`"), "{err}");
 }
+
+#[test]
+fn a_log_likelihood_without_any_log_z_is_an_error_saying_why() {
+    // Quartic in three dimensions: not Gaussian, and past the grid's two.
+    let model = Model::from_source("model q { visible x : real[3]; energy e = sum(square(square(x))); }").unwrap();
+    let rows = Rows::new().with("x", vec![0.0, 0.5, -0.5], &[1, 3]).unwrap();
+    let err = model.log_likelihood(&model.init_params(0), &rows).unwrap_err();
+    assert_eq!(err.code(), "E0608");
+    assert!(err.to_string().contains("no grid integral"), "{err}");
+}
