@@ -10,7 +10,10 @@
 //!   trainers, kernels);
 //! - `runtime`: data, training runs, evaluation and exports on top of the
 //!   backend;
-//! - `messages`: every wording, above the stages it words.
+//! - `messages`: every wording, above the stages it words;
+//! - `api`: the façade a host program embeds ([`Model`], [`Rows`],
+//!   [`Params`], [`Sampler`], [`Error`]; see `docs/library.md`), and `build`
+//!   for checking models from a host's `build.rs`.
 //!
 //! ```text
 //! source ──parse::source_to_ast──▶ ast::File ──check::ast_to_program──▶ program::Program
@@ -32,12 +35,16 @@
 //! for people (codespan-reporting) or programs (JSON lines).
 
 pub mod analysis;
+pub mod api;
 pub mod backend;
+pub mod build;
 pub mod front;
 pub mod ir;
 pub mod messages;
 pub mod runtime;
 pub mod tensor;
+
+pub use api::{Control, Error, Event, FitOptions, Fitted, LogLikelihood, Method, Model, Params, Rows, Sampler};
 
 use analysis::{check, limits, plan as planner, program};
 use front::diagnostic::Diagnostic;

@@ -605,3 +605,130 @@ impl std::fmt::Display for crate::tensor::ShapeError {
         }
     }
 }
+
+/// The façade's errors (`ebmc::api::Error`), E0601–E0609; a compile error
+/// keeps its own diagnostics (`Error::diagnostics`), and this gives its first.
+impl From<&crate::api::Error> for Diagnostic {
+    fn from(e: &crate::api::Error) -> Self {
+        use crate::api::Error::*;
+        use crate::tensor::ShapeError;
+        match e {
+            Compile { diagnostics, .. } => diagnostics
+                .iter()
+                .find(|d| d.is_error())
+                .or(diagnostics.first())
+                .cloned()
+                .unwrap_or_else(|| Diagnostic::error("E0600", "the source does not compile")),
+            Model { wanted: Some(name), models } => Diagnostic::error("E0601", format!("the source has no model `{name}`"))
+                .help(format!("its models are {}", names(models))),
+            Model { wanted: None, models } if models.is_empty() => Diagnostic::error("E0601", "the source declares no model")
+                .help("declare one: `model NAME { visible v : binary[4]; ... }`"),
+            Model { wanted: None, models } => Diagnostic::error("E0601", format!("the source declares {} models: {}", models.len(), names(models)))
+                .help("choose one by name with `Model::from_source_named` or `Model::from_file_named`"),
+            Rows(ShapeError::NoRows) => Diagnostic::error("E0602", "the rows are empty").help("give at least one row, as `[rows, ...shape]` per variable"),
+            Rows(e) => Diagnostic::error("E0602", format!("the rows do not fit the model: {e}")),
+            UnknownVariable { name, known } => Diagnostic::error("E0602", format!("the rows give `{name}`, which is not a variable of the model"))
+                .help(format!("its variables are {}", names(known))),
+            Domain { var, row, index, value, domain } => Diagnostic::error("E0602", format!("row {row} of `{var}` holds {value} at index {index}, but `{var}` takes {domain}")),
+            Params(e) => Diagnostic::error("E0603", format!("the parameters do not fit the model: {e}"))
+                .help("start from `Model::init_params`, or load a checkpoint of this model with `Model::load`"),
+            Data(e) => Diagnostic::error("E0604", format!("the training data cannot be loaded: {e}")),
+            NoTraining { model } => Diagnostic::error("E0605", format!("nothing says how to fit `{model}`: the source has no train block for it"))
+                .help("give train settings with `FitOptions::settings`, e.g. `objective = cd(k: 1); optimizer = adam(lr: 0.01);`"),
+            Option { option, value, expected } => Diagnostic::error("E0605", format!("`{option}` is {value}, but it must be {expected}")),
+            Limit(e) => Diagnostic::from(e),
+            Train(e) => Diagnostic::error("E0606", format!("training failed: {e}"))
+                .help("lower the learning rate, or clip gradients with `regularize = clip_grad(1.0);`"),
+            Backend(reason) => Diagnostic::error("E0607", format!("the model cannot run: {reason}")),
+            Unavailable { what, reason } => Diagnostic::error("E0608", format!("cannot compute {what}: {reason}")),
+            NoLogZ { exact, grid, ais } => {
+                let other = match (grid, ais) {
+                    (Some(why), _) => format!("; no grid integral: {why}"),
+                    (None, Some(why)) => format!("; no AIS estimate: {why}"),
+                    (None, None) => String::new(),
+                };
+                Diagnostic::error("E0608", format!("cannot compute the log-likelihood: no exact log Z: {exact}{other}"))
+            }
+            NotFinite { what, value } => Diagnostic::error("E0608", format!("{what} came out as {value}"))
+                .help("the parameters make the energies overflow; check them, or lower the learning rate that produced them"),
+            // The checkpoint reader's reasons name the file already; the operating system's do not.
+            Io { path, reason } if reason.contains(&path.display().to_string()) => Diagnostic::error("E0609", reason.clone()),
+            Io { path, reason } => Diagnostic::error("E0609", format!("`{}`: {reason}", path.display())),
+        }
+    }
+}
+
+fn names(list: &[String]) -> String {
+    list.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// As `ebmc check` renders: `error[CODE]: message`, the source excerpt of
+/// a compile error, and the help (no colour).
+impl std::fmt::Display for crate::api::Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            crate::api::Error::Compile { file, source, diagnostics } => {
+                write!(f, "{}", crate::front::diagnostic::render_plain(file, source, diagnostics).trim_end())
+            }
+            other => {
+                let d = Diagnostic::from(other);
+                write!(f, "error[{}]: {}", d.code, d.message)?;
+                match &d.help {
+                    Some(h) => write!(f, "\n  = help: {h}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+impl std::error::Error for crate::api::Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        use crate::api::Error::*;
+        match self {
+            Rows(e) | Params(e) => Some(e),
+            Data(e) => Some(e),
+            Train(e) => Some(e),
+            Limit(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for crate::runtime::train::RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            crate::runtime::train::RunError::Io(reason) => write!(f, "{reason}"),
+            crate::runtime::train::RunError::Train { error, epoch, .. } => write!(f, "epoch {epoch}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for crate::runtime::train::RunError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            crate::runtime::train::RunError::Train { error, .. } => Some(error),
+            crate::runtime::train::RunError::Io(_) => None,
+        }
+    }
+}
+
+impl std::error::Error for crate::runtime::data::DataError {}
+impl std::error::Error for crate::backend::TrainError {}
+impl std::error::Error for crate::tensor::ShapeError {}
+impl std::error::Error for crate::analysis::limits::LimitError {}
+
+/// The stage errors carry spans; rendered alone they read `[CODE] message`
+/// (render their `Diagnostic` against the source for the excerpt).
+macro_rules! display_as_diagnostic {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let d = Diagnostic::from(self);
+                write!(f, "[{}] {}", d.code, d.message)
+            }
+        }
+        impl std::error::Error for $t {}
+    )*};
+}
+display_as_diagnostic!(ParseError, CheckError, PlanError);

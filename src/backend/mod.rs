@@ -275,17 +275,54 @@ pub enum DeviceKind {
     Cuda,
 }
 
-/// Runs the planned kernels over `chains` independent chains.
+/// Runs the planned kernels over `chains` independent chains. `Send`: a host
+/// may move it to a worker thread.
 pub struct Sampler {
-    inner: Box<dyn Chains>,
+    inner: Box<dyn Chains + Send>,
 }
 
 trait Chains {
     fn sweep(&mut self);
+    fn sweep_clamped(&mut self, clamped: &[String]);
     fn state(&self) -> Tensors;
     fn set_state(&mut self, state: &Tensors) -> Result<(), String>;
     fn acceptance(&self) -> Option<f64>;
     fn evaluate(&self, what: Quantity, rows: &Tensors) -> Result<HostTensor, String>;
+}
+
+/// A CUDA chain set or trainer, declared `Send`. cudarc 0.9 leaves its
+/// `CudaStream` (a raw stream handle and an `Arc<CudaDevice>`) without
+/// `Send`, though it declares `CudaDevice`, which holds the same kind of
+/// handle, `Send` and `Sync`: a CUDA stream is not tied to a thread, and
+/// every cudarc call binds the device's context to the calling thread first.
+/// So moving the one owner to another thread is sound.
+#[cfg(feature = "cuda")]
+pub(crate) struct MovableCuda<T>(pub(crate) T);
+
+// SAFETY: see `MovableCuda`; only moves are allowed (no `Sync`).
+#[cfg(feature = "cuda")]
+unsafe impl<T> Send for MovableCuda<T> {}
+
+#[cfg(feature = "cuda")]
+impl<T: Chains> Chains for MovableCuda<T> {
+    fn sweep(&mut self) {
+        self.0.sweep();
+    }
+    fn sweep_clamped(&mut self, clamped: &[String]) {
+        self.0.sweep_clamped(clamped);
+    }
+    fn state(&self) -> Tensors {
+        self.0.state()
+    }
+    fn set_state(&mut self, state: &Tensors) -> Result<(), String> {
+        self.0.set_state(state)
+    }
+    fn acceptance(&self) -> Option<f64> {
+        self.0.acceptance()
+    }
+    fn evaluate(&self, what: Quantity, rows: &Tensors) -> Result<HostTensor, String> {
+        self.0.evaluate(what, rows)
+    }
 }
 
 /// What `Sampler::evaluate` computes for each row.
@@ -313,12 +350,12 @@ impl Sampler {
         seed: u64,
         device: DeviceKind,
     ) -> Result<Sampler, String> {
-        let inner: Box<dyn Chains> = match device {
+        let inner: Box<dyn Chains + Send> = match device {
             DeviceKind::Cpu => Box::new(ChainSet::new(Cpu::seed_from_u64(seed), model, plan, params, chains, seed)?),
             #[cfg(feature = "cuda")]
             DeviceKind::Cuda => {
                 let dev = Cuda::try_seed_from_u64(seed).map_err(|e| format!("cannot open the CUDA device: {e:?}"))?;
-                Box::new(ChainSet::new(dev, model, plan, params, chains, seed)?)
+                Box::new(MovableCuda(ChainSet::new(dev, model, plan, params, chains, seed)?))
             }
             #[cfg(not(feature = "cuda"))]
             DeviceKind::Cuda => {
@@ -331,6 +368,13 @@ impl Sampler {
     /// One sweep of the plan: every Gibbs block once, then the Langevin steps.
     pub fn sweep(&mut self) {
         self.inner.sweep();
+    }
+
+    /// One sweep that leaves the variables in `clamped` as they are: their
+    /// kernels are skipped, so every other variable is updated from its
+    /// conditional given the clamped values (exact clamping for every kernel).
+    pub fn sweep_clamped(&mut self, clamped: &[String]) {
+        self.inner.sweep_clamped(clamped);
     }
 
     /// Current chain states: each variable as `[chains, ...shape]`.
@@ -860,6 +904,10 @@ impl<D: Kernels> ChainSet<D> {
 impl<D: Kernels> Chains for ChainSet<D> {
     fn sweep(&mut self) {
         self.sweep_clamped(&[]);
+    }
+
+    fn sweep_clamped(&mut self, clamped: &[String]) {
+        ChainSet::sweep_clamped(self, clamped);
     }
 
     fn state(&self) -> Tensors {

@@ -39,7 +39,7 @@ pub enum TrainError {
 
 /// A model being trained on a device: parameters, optimiser state, chains.
 pub struct Trainer {
-    inner: Box<dyn Fit>,
+    inner: Box<dyn Fit + Send>,
     model: Model,
     /// The variables every batch must give (the visible ones).
     visible: Vec<String>,
@@ -55,6 +55,28 @@ trait Fit {
     fn chains(&self) -> Option<Tensors>;
 }
 
+#[cfg(feature = "cuda")]
+impl<T: Fit> Fit for super::MovableCuda<T> {
+    fn prepare(&mut self, data: &Tensors) {
+        self.0.prepare(data);
+    }
+    fn begin_epoch(&mut self, seed: u64) {
+        self.0.begin_epoch(seed);
+    }
+    fn step(&mut self, batch: &Tensors, lr: f64, step: usize) -> Result<StepReport, TrainError> {
+        self.0.step(batch, lr, step)
+    }
+    fn params(&self) -> Tensors {
+        self.0.params()
+    }
+    fn state(&self) -> Tensors {
+        self.0.state()
+    }
+    fn chains(&self) -> Option<Tensors> {
+        self.0.chains()
+    }
+}
+
 impl Trainer {
     /// `state` holds optimiser moments and persistent chains from a checkpoint (empty to start afresh).
     pub fn new(
@@ -66,7 +88,7 @@ impl Trainer {
         seed: u64,
         device: super::DeviceKind,
     ) -> Result<Trainer, TrainError> {
-        let inner: Box<dyn Fit> = match device {
+        let inner: Box<dyn Fit + Send> = match device {
             super::DeviceKind::Cpu => {
                 Box::new(Fitter::new(Cpu::seed_from_u64(seed), model, plan, train, params, state, seed)?)
             }
@@ -74,7 +96,7 @@ impl Trainer {
             super::DeviceKind::Cuda => {
                 let dev = Cuda::try_seed_from_u64(seed)
                     .map_err(|e| TrainError::Setup(format!("cannot open the CUDA device: {e:?}")))?;
-                Box::new(Fitter::new(dev, model, plan, train, params, state, seed)?)
+                Box::new(super::MovableCuda(Fitter::new(dev, model, plan, train, params, state, seed)?))
             }
             #[cfg(not(feature = "cuda"))]
             super::DeviceKind::Cuda => {

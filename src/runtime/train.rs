@@ -100,7 +100,7 @@ pub fn learning_rate(base: f64, schedule: &Call, epoch: usize, epochs: usize) ->
 }
 
 /// Seed of one epoch's randomness, from the run's seed.
-fn epoch_seed(seed: u64, epoch: usize) -> u64 {
+pub fn epoch_seed(seed: u64, epoch: usize) -> u64 {
     seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (epoch as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)
 }
 
@@ -383,7 +383,10 @@ pub fn run(
     Ok(history)
 }
 
-fn save_checkpoint(dir: &Path, epoch: usize, params: &Tensors, state: &Tensors, meta: &Meta) -> Result<(), String> {
+/// Writes `epoch-N/` (parameters, optimiser state, metadata) into `dir`
+/// atomically, points `latest` at it and keeps the newest two; the caller
+/// holds `dir`'s `RunLock`.
+pub fn save_checkpoint(dir: &Path, epoch: usize, params: &Tensors, state: &Tensors, meta: &Meta) -> Result<(), String> {
     let name = format!("epoch-{epoch}");
     let staging = dir.join(format!(".{name}.partial"));
     let _ = std::fs::remove_dir_all(&staging);
