@@ -27,8 +27,7 @@ use std::process::ExitCode;
     after_help = "Examples:\n  ebmc check models/*.ebm\n  ebmc train models/rbm.ebm && ebmc eval models/rbm.ebm --params runs/rbm\n\nExit codes: 0 ok, 1 the input has errors, 2 the command could not run."
 )]
 struct Cli {
-    /// How results, diagnostics and errors are printed: `human` for people, `json` for programs
-    /// (results on stdout, each diagnostic or error as one JSON object a line on stderr).
+    /// `human` for people; `json` for programs: results on stdout, diagnostics and errors as JSON lines on stderr.
     #[arg(long, global = true, value_enum, default_value_t = MessageFormat::Human)]
     message_format: MessageFormat,
     /// When to colour diagnostics: `auto` colours only on a terminal.
@@ -225,6 +224,7 @@ enum Command {
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DeviceArg {
     Cpu,
+    /// An NVIDIA GPU (a build with the `cuda` feature).
     Cuda,
 }
 
@@ -288,6 +288,7 @@ fn parse_image_shape(s: &str) -> Result<(usize, usize), String> {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum GraphFormat {
+    /// Variables, factors and interactions, to read.
     Text,
     /// Graphviz; render with `dot -Tpng` or `neato -Tpng`.
     Dot,
@@ -295,12 +296,15 @@ enum GraphFormat {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum MessageFormat {
+    /// Text for people; diagnostics with source excerpts.
     Human,
+    /// JSON documents and JSON lines for programs (docs/cli.md).
     Json,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ColorArg {
+    /// Colour when stderr is a terminal.
     Auto,
     Always,
     Never,
@@ -514,7 +518,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         Err(e) => {
-            let _ = e.print();
+            // clap's message with the code every error carries; plain, so the code can be put in.
+            let text = e.render().to_string();
+            eprint!(
+                "{}",
+                text.strip_prefix("error: ").map_or(text.clone(), |t| format!("error[{}]: {t}", code::USAGE))
+            );
             return ExitCode::from(2);
         }
     };
@@ -1308,4 +1317,41 @@ fn fmt(out: Out, files: &[PathBuf], check_only: bool) -> Result<(), Failure> {
 /// Writes through a synced temporary file and a rename, so an interrupted write never leaves half a file.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
     ebmc::tensor::write_atomically(path, bytes).map_err(|e| Problem::run(code::IO, e).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed_and_every_flag_has_help() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        for sub in cli.get_subcommands() {
+            let name = sub.get_name();
+            assert!(sub.get_about().is_some(), "`ebmc {name}` has no description");
+            let after = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(after.contains(&format!("ebmc {name} ")), "`ebmc {name}` has no example: {after}");
+            for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+                assert!(arg.get_help().is_some(), "`ebmc {name}` flag `{}` has no help", arg.get_id());
+            }
+        }
+    }
+
+    #[test]
+    fn raw_flags_are_read_in_both_spellings() {
+        let args: Vec<String> = ["ebmc", "check", "--color=never", "--message-format", "json"].map(String::from).into();
+        assert_eq!(raw_flag(&args, "--message-format").as_deref(), Some("json"));
+        assert_eq!(raw_flag(&args, "--color").as_deref(), Some("never"));
+        assert_eq!(raw_flag(&args, "--model"), None);
+    }
+
+    #[test]
+    fn help_lines_of_a_message_become_help() {
+        let p = Problem::input(code::DATA, "d.csv:3: 2 columns, expected 4\n  help: bind by name");
+        assert_eq!(p.message, "d.csv:3: 2 columns, expected 4");
+        assert_eq!(p.help, ["bind by name"]);
+        assert_eq!(p.exit, 1);
+        assert_eq!(Problem::run(code::IO, "x").exit, 2);
+    }
 }

@@ -245,10 +245,9 @@ pub fn evaluate(t: &Trained, rows: &EvalRows, opts: &EvalOptions) -> Result<Eval
             // The grid is this model's log Z: the enumeration note does not apply.
             exact_note = None;
         } else if r.exact_log_z.is_none() {
-            // Most continuous models have neither: one note says what is left, not one per method.
-            exact_note = grid_note
-                .filter(|_| !opts.ais)
-                .map(|why| format!("no log Z in closed form or on a grid ({why}); estimate it with `--ais`"));
+            // Most continuous models have neither: one note, not one per method.
+            exact_note =
+                grid_note.map(|why| format!("no log-likelihood: neither a closed form nor a grid gives log Z ({why})"));
         }
     }
     r.notes.extend(exact_note);
