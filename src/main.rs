@@ -1339,6 +1339,14 @@ mod tests {
     }
 
     #[test]
+    fn every_command_error_code_is_documented() {
+        let doc = include_str!("../docs/diagnostics.md");
+        for c in [code::IO, code::USAGE, code::MODEL, code::DATA, code::PARAMS, code::DIVERGED, code::RESULT] {
+            assert!(doc.contains(&format!("| {c} |")), "{c} is not in docs/diagnostics.md");
+        }
+    }
+
+    #[test]
     fn raw_flags_are_read_in_both_spellings() {
         let args: Vec<String> = ["ebmc", "check", "--color=never", "--message-format", "json"].map(String::from).into();
         assert_eq!(raw_flag(&args, "--message-format").as_deref(), Some("json"));
