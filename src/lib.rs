@@ -8,8 +8,9 @@
 //! - `ir`: a model's energy as a DAG with symbolic derivatives;
 //! - `backend`: the only code that names the tensor library (samplers,
 //!   trainers, kernels);
-//! - `runtime`: data, training runs, evaluation and exports on top of the
-//!   backend;
+//! - `runtime`: data, training runs and their directories (`run_dir`),
+//!   evaluation and its report (`report`), pictures of samples (`figures`)
+//!   and exports on top of the backend; the CLI is a thin layer over these;
 //! - `messages`: every wording, above the stages it words.
 //!
 //! ```text

@@ -385,16 +385,20 @@ struct Out {
     json_results: bool,
     /// Diagnostics and errors as JSON lines on stderr.
     json_messages: bool,
+    /// The deprecated `--json`: one pretty-printed document, as it always was.
+    pretty: bool,
     color: ColorChoice,
 }
 
 impl Out {
     /// The command's result: JSON (one line, with its `kind`) or the human text.
     fn result(&self, kind: &str, value: &impl Serialize, human: impl FnOnce() -> String) {
-        if self.json_results {
-            println!("{}", with_kind(kind, value));
+        if self.pretty {
+            stdout(&format!("{:#}\n", with_kind(kind, value)));
+        } else if self.json_results {
+            stdout(&format!("{}\n", with_kind(kind, value)));
         } else {
-            print!("{}", human());
+            stdout(&human());
         }
     }
 
@@ -445,6 +449,22 @@ impl Out {
     fn warning(&self, message: &str) {
         if !self.json_messages {
             eprintln!("warning: {message}");
+        }
+    }
+}
+
+/// Writes to stdout. A reader that has gone (`ebmc plan f | head`) ends the
+/// command quietly instead of the panic `print!` would raise; any other
+/// failure (a full disk) is an error, so a cut-off result never exits 0.
+fn stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error[{}]: cannot write the result to stdout: {e}", code::IO);
+            std::process::exit(2);
         }
     }
 }
@@ -513,7 +533,7 @@ fn main() -> ExitCode {
             let text = e.render().to_string();
             let mut lines = text.lines().filter(|l| !l.trim().is_empty());
             let message = lines.next().unwrap_or_default().trim_start_matches("error: ").to_string();
-            let out = Out { json_results: true, json_messages: true, color: ColorChoice::Never };
+            let out = Out { json_results: true, json_messages: true, pretty: false, color: ColorChoice::Never };
             out.problem(&Problem::run(code::USAGE, message).help("run `ebmc --help` for the flags"));
             return ExitCode::from(2);
         }
@@ -528,9 +548,9 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.message_format == MessageFormat::Json;
-    let out = Out { json_results: json, json_messages: json, color: color_choice(cli.color) };
+    let out = Out { json_results: json, json_messages: json, pretty: false, color: color_choice(cli.color) };
     // The deprecated `--json` of `plan` and `eval`: results as JSON, messages as before.
-    let legacy = Out { json_results: true, ..out };
+    let legacy = Out { json_results: true, pretty: true, ..out };
     let (out, result) = match cli.command {
         Command::Check { files } => (out, check(out, &files)),
         Command::Graph { file, format, model } => (out, graph(out, &file, format, model.as_deref())),
@@ -638,14 +658,14 @@ fn check(out: Out, files: &[PathBuf]) -> Result<(), Failure> {
         if out.json_results {
             // check's diagnostics are its result: on stdout, one JSON object a line.
             for line in diagnostic_json(path, &source, &diagnostics) {
-                println!("{line}");
+                stdout(&format!("{line}\n"));
             }
         } else {
             out.diagnostics(path, &source, &diagnostics);
         }
     }
     if out.json_results {
-        println!("{}", with_kind("check", &summary));
+        stdout(&format!("{}\n", with_kind("check", &summary)));
     }
     if summary.errors > 0 { Err(Failure::Reported) } else { Ok(()) }
 }
@@ -1113,7 +1133,7 @@ fn train(out: Out, path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), 
             ebmc::runtime::train::Progress::Epoch(m) => {
                 if out.json_results {
                     // One JSON line per epoch, as it ends.
-                    println!("{}", with_kind("epoch", m));
+                    stdout(&format!("{}\n", with_kind("epoch", m)));
                     return;
                 }
                 let ll = m.log_likelihood.map(|l| format!(", log-likelihood {l:.3} nats")).unwrap_or_default();

@@ -238,3 +238,29 @@ fn eval_on_a_continuous_model_without_log_z_gives_one_note() {
     assert!(!t.contains("pseudo-likelihood") && !t.contains("reconstruction") && !t.contains("AIS"), "{t}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_closed_stdout_ends_quietly_and_a_full_one_is_an_error() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ebmc"))
+        .args(["plan", "models/dbm.ebm"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{}", text(&out));
+    if Path::new("/dev/full").exists() {
+        let out = Command::new(env!("CARGO_BIN_EXE_ebmc"))
+            .args(["plan", "models/dbm.ebm"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "a cut-off result is not a success: {}", text(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("error[E0901]"), "{}", text(&out));
+    }
+}
