@@ -369,12 +369,13 @@ impl Problem {
 /// Why a command failed: diagnostics already printed (1), or a problem to print.
 enum Failure {
     Reported,
-    Problem(Problem),
+    /// Boxed: a `Result<_, Failure>` stays small on the happy path.
+    Problem(Box<Problem>),
 }
 
 impl From<Problem> for Failure {
     fn from(p: Problem) -> Self {
-        Failure::Problem(p)
+        Failure::Problem(Box::new(p))
     }
 }
 
@@ -897,10 +898,8 @@ fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(
     for sweep in 1..=total {
         sampler.sweep();
         bar.inc(1);
-        if let Some(every) = a.every {
-            if sweep > a.burn_in && (sweep - a.burn_in) % every == 0 {
-                kept.push(sampler.state());
-            }
+        if a.every.is_some_and(|every| sweep > a.burn_in && (sweep - a.burn_in).is_multiple_of(every)) {
+            kept.push(sampler.state());
         }
     }
     bar.finish_and_clear();

@@ -379,10 +379,8 @@ fn ais_figures(
             Err(why) => r.notes.push(format!("no upper bound on log Z (reverse AIS): {why}")),
         }
     }
-    if r.exact_log_z.is_none() {
-        if let Some(ll) = r.log_likelihood_ais.filter(|ll| *ll > 0.0 && !continuous) {
-            r.warnings.push(format!("the AIS log-likelihood {ll:.4} is positive, impossible for discrete data: log Z is underestimated; use more `--temperatures`"));
-        }
+    if let Some(ll) = r.log_likelihood_ais.filter(|ll| *ll > 0.0 && !continuous && r.exact_log_z.is_none()) {
+        r.warnings.push(format!("the AIS log-likelihood {ll:.4} is positive, impossible for discrete data: log Z is underestimated; use more `--temperatures`"));
     }
     r.ais = Some(est);
     Ok(())
