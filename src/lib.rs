@@ -8,12 +8,14 @@
 //! - `ir`: a model's energy as a DAG with symbolic derivatives;
 //! - `backend`: the only code that names the tensor library (samplers,
 //!   trainers, kernels);
-//! - `runtime`: data, training runs, evaluation and exports on top of the
-//!   backend;
+//! - `runtime`: data, training runs and their directories (`run_dir`),
+//!   evaluation and its report (`report`), pictures of samples (`figures`)
+//!   and exports on top of the backend;
 //! - `messages`: every wording, above the stages it words;
 //! - `api`: the façade a host program embeds ([`Model`], [`Rows`],
 //!   [`Params`], [`Sampler`], [`Error`]; see `docs/library.md`), and `build`
-//!   for checking models from a host's `build.rs`.
+//!   for checking models from a host's `build.rs`. The CLI is a thin layer
+//!   over `api` and `runtime`.
 //!
 //! ```text
 //! source ──parse::source_to_ast──▶ ast::File ──check::ast_to_program──▶ program::Program

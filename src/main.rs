@@ -1,10 +1,20 @@
 //! The `ebmc` command line: reads files, calls the library, prints results.
 //! Exit codes: 0 success, 1 the input has errors, 2 the command could not run
 //! (unreadable file, bad arguments).
+//!
+//! With `--message-format json`, stdout carries the results as JSON (one
+//! document, or JSON lines for `check`'s diagnostics and `train`'s epochs)
+//! and stderr carries every diagnostic and error as one JSON object a line.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use codespan_reporting::term::termcolor::{ColorChoice, StandardStream};
+use ebmc::analysis::plan::Plan;
+use ebmc::analysis::program::{Model, Program};
 use ebmc::front::diagnostic::{self, Diagnostic};
+use ebmc::runtime::figures::{self, Picture};
+use ebmc::runtime::{report, run_dir};
+use serde::Serialize;
+use serde_json::{Value, json};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,10 +22,17 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(
     name = "ebmc",
-    version,
-    about = "Compile, train, sample and evaluate energy-based models written in the .ebm language"
+    version = env!("EBMC_VERSION"),
+    about = "Compile, train, sample and evaluate energy-based models written in the .ebm language",
+    after_help = "Examples:\n  ebmc check models/*.ebm\n  ebmc train models/rbm.ebm && ebmc eval models/rbm.ebm --params runs/rbm\n\nExit codes: 0 ok, 1 the input has errors, 2 the command could not run."
 )]
 struct Cli {
+    /// `human` for people; `json` for programs: results on stdout, diagnostics and errors as JSON lines on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = MessageFormat::Human)]
+    message_format: MessageFormat,
+    /// When to colour diagnostics: `auto` colours only on a terminal.
+    #[arg(long, global = true, value_enum, default_value_t = ColorArg::Auto)]
+    color: ColorArg,
     #[command(subcommand)]
     command: Command,
 }
@@ -23,16 +40,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Parse and check files; print diagnostics. Silent when all is well.
+    #[command(
+        after_help = "Example:\n  ebmc check models/rbm.ebm models/grbm.ebm\n\nWith --message-format json: one JSON object per diagnostic on stdout, then a summary object."
+    )]
     Check {
+        /// The .ebm files to check.
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// `human` renders source excerpts; `json` prints one JSON object per diagnostic.
-        #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
-        message_format: MessageFormat,
     },
     /// Print the factor graph: variables, energy terms and the degree of each term in each variable.
+    #[command(after_help = "Example:\n  ebmc graph models/rbm.ebm --format dot | dot -Tpng > rbm.png")]
     Graph {
+        /// The .ebm file.
         file: PathBuf,
+        /// `text` to read, `dot` for Graphviz (ignored with --message-format json).
         #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
         format: GraphFormat,
         /// Only this model (default: every model in the file).
@@ -40,17 +61,25 @@ enum Command {
         model: Option<String>,
     },
     /// Explain how each model will be sampled and trained, and why.
+    #[command(after_help = "Example:\n  ebmc plan models/dbm.ebm --message-format json")]
     Plan {
+        /// The .ebm file.
         file: PathBuf,
-        /// Print the plan as JSON.
-        #[arg(long)]
+        /// Deprecated spelling of `--message-format json` for the plan itself (errors stay human).
+        #[arg(long, hide = true)]
         json: bool,
+        /// Only this model (default: every model in the file).
         #[arg(long)]
         model: Option<String>,
     },
     /// Run the planned sampler and write the visible variables' samples.
+    #[command(
+        after_help = "Example:\n  ebmc sample models/rbm.ebm --params runs/rbm --chains 64 --steps 1000 --out samples.csv --png samples.png"
+    )]
     Sample {
+        /// The .ebm file.
         file: PathBuf,
+        /// The model to sample, when the file has several.
         #[arg(long)]
         model: Option<String>,
         /// Trained parameters: a checkpoint directory or a .safetensors file
@@ -69,23 +98,31 @@ enum Command {
         /// Keep the chains' states every N sweeps after burn-in (default: only the last).
         #[arg(long, value_parser = parse_every)]
         every: Option<usize>,
+        /// Seed of the chains' initial states and of every sweep (and of the initialisers without --params).
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Write samples as CSV (`.csv`) or NPY (`.npy`).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Write the final states of an image-shaped visible variable as a PNG grid.
+        /// Write the final states of an image-shaped visible variable as a PNG grid
+        /// (or, for one 2-D real variable, the samples over the model's density).
         #[arg(long)]
         png: Option<PathBuf>,
         /// Image size HxW for --png when the variable is not a square (e.g. 28x28).
         #[arg(long, value_parser = parse_image_shape)]
         image: Option<(usize, usize)>,
+        /// Where tensors run (`cuda` needs a build with the `cuda` feature).
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         device: DeviceArg,
     },
     /// Train a model as its `train` block says; write checkpoints, metrics and plots.
+    #[command(
+        after_help = "Example:\n  ebmc train models/rbm.ebm --epochs 10 --out runs/rbm\n  ebmc train models/rbm.ebm --resume runs/rbm --epochs 20\n\nWith --message-format json: one JSON object per epoch on stdout, then the run's summary."
+    )]
     Train {
+        /// The .ebm file.
         file: PathBuf,
+        /// The model to train, when the file has several.
         #[arg(long)]
         model: Option<String>,
         /// Read the training data from this file instead (CSV, NPY or IDX), with the same binding.
@@ -103,12 +140,18 @@ enum Command {
         /// Continue the run in this directory from its latest checkpoint.
         #[arg(long, conflicts_with = "out")]
         resume: Option<PathBuf>,
+        /// Where tensors run (`cuda` needs a build with the `cuda` feature).
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         device: DeviceArg,
     },
     /// Evaluate trained parameters: exact or AIS log Z, log-likelihood, pseudo-likelihood, reconstruction error.
+    #[command(
+        after_help = "Example:\n  ebmc eval models/bars.ebm --params runs/bars --ais --runs 100 --temperatures 1000\n  ebmc eval models/toy/8gaussians_sm.ebm --params runs/8gaussians_sm --message-format json"
+    )]
     Eval {
+        /// The .ebm file.
         file: PathBuf,
+        /// The model to evaluate, when the file has several.
         #[arg(long)]
         model: Option<String>,
         /// A checkpoint directory or .safetensors file.
@@ -129,36 +172,47 @@ enum Command {
         /// Stochastic pseudo-likelihood over this many random units per row (default: all units).
         #[arg(long)]
         pl_units: Option<usize>,
-        /// Bounds of the grid integral for one- or two-dimensional continuous models.
+        /// Lower bound of the grid integral for one- or two-dimensional continuous models.
         #[arg(long, default_value_t = -6.0, allow_hyphen_values = true)]
         grid_low: f64,
+        /// Upper bound of the grid integral.
         #[arg(long, default_value_t = 6.0, allow_hyphen_values = true)]
         grid_high: f64,
         /// Grid points per axis.
         #[arg(long, default_value_t = 300)]
         grid: usize,
+        /// Seed of AIS, the stochastic pseudo-likelihood and reconstructions.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        #[arg(long)]
+        /// Deprecated spelling of `--message-format json` for the report itself (errors stay human).
+        #[arg(long, hide = true)]
         json: bool,
+        /// Where tensors run (`cuda` needs a build with the `cuda` feature).
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         device: DeviceArg,
     },
     /// Print the (free) energy of each data row: latents summed out as planned, and a JEM label the rows leave out (an out-of-distribution score).
+    #[command(after_help = "Example:\n  ebmc energy models/rbm.ebm --params runs/rbm --data rows.csv > energies.csv")]
     Energy {
+        /// The .ebm file.
         file: PathBuf,
+        /// The model to score with, when the file has several.
         #[arg(long)]
         model: Option<String>,
+        /// A checkpoint directory or .safetensors file.
         #[arg(long)]
         params: PathBuf,
         /// Rows to score (CSV, NPY or IDX), bound as the train block binds its data.
         #[arg(long)]
         data: PathBuf,
+        /// Where tensors run (`cuda` needs a build with the `cuda` feature).
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         device: DeviceArg,
     },
     /// Rewrite files in the canonical layout (comments are kept).
+    #[command(after_help = "Example:\n  ebmc fmt models/*.ebm\n  ebmc fmt --check models/*.ebm   # in CI")]
     Fmt {
+        /// The .ebm files to format in place.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Change nothing; exit 1 if any file is not formatted.
@@ -170,6 +224,7 @@ enum Command {
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DeviceArg {
     Cpu,
+    /// An NVIDIA GPU (a build with the `cuda` feature).
     Cuda,
 }
 
@@ -224,11 +279,6 @@ fn available_memory() -> Option<u64> {
     }
 }
 
-/// A run past a limit cannot start on this machine (exit 2).
-fn limits_failure(errors: Vec<ebmc::analysis::limits::LimitError>) -> Failure {
-    Failure::Io(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\nerror: "))
-}
-
 fn parse_image_shape(s: &str) -> Result<(usize, usize), String> {
     let (h, w) = s.split_once('x').ok_or("expected HxW, e.g. 28x28")?;
     let parse =
@@ -238,6 +288,7 @@ fn parse_image_shape(s: &str) -> Result<(usize, usize), String> {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum GraphFormat {
+    /// Variables, factors and interactions, to read.
     Text,
     /// Graphviz; render with `dot -Tpng` or `neato -Tpng`.
     Dot,
@@ -245,29 +296,300 @@ enum GraphFormat {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum MessageFormat {
+    /// Text for people; diagnostics with source excerpts.
     Human,
+    /// JSON documents and JSON lines for programs (docs/cli.md).
     Json,
 }
 
-/// Why a command failed: the input was wrong (1) or the command could not run (2).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ColorArg {
+    /// Colour when stderr is a terminal.
+    Auto,
+    Always,
+    Never,
+}
+
+/// The codes of errors that have no source span (docs/diagnostics.md, "Command errors").
+mod code {
+    /// A file that cannot be read or written.
+    pub const IO: &str = "E0901";
+    /// A flag that is malformed, missing, conflicting or out of range for this model.
+    pub const USAGE: &str = "E0902";
+    /// No model, several models, no such model, or no train block.
+    pub const MODEL: &str = "E0903";
+    /// Data rows that do not fit the model.
+    pub const DATA: &str = "E0904";
+    /// Parameters that cannot be read or do not fit the model.
+    pub const PARAMS: &str = "E0905";
+    /// Training or sampling diverged.
+    pub const DIVERGED: &str = "E0906";
+    /// A result that is not finite or could not be computed.
+    pub const RESULT: &str = "E0907";
+}
+
+/// An error without a source span: a stable code, the message, where it is
+/// (file, row or line, column) when known, help, and the exit code.
+struct Problem {
+    code: &'static str,
+    message: String,
+    file: Option<String>,
+    line: Option<usize>,
+    column: Option<usize>,
+    help: Vec<String>,
+    exit: u8,
+}
+
+impl Problem {
+    /// A problem with the input (exit 1). A message's `\n  help: ...` lines become help.
+    fn input(code: &'static str, message: impl Into<String>) -> Problem {
+        let message = message.into();
+        let mut parts = message.split("\n  help: ");
+        let first = parts.next().unwrap_or_default().to_string();
+        let help = parts.map(String::from).collect();
+        Problem { code, message: first, file: None, line: None, column: None, help, exit: 1 }
+    }
+
+    /// A command that could not run (exit 2).
+    fn run(code: &'static str, message: impl Into<String>) -> Problem {
+        Problem { exit: 2, ..Problem::input(code, message) }
+    }
+
+    fn at(mut self, file: &str, line: Option<usize>, column: Option<usize>) -> Problem {
+        (self.file, self.line, self.column) = (Some(file.to_string()), line, column);
+        self
+    }
+
+    fn help(mut self, help: impl Into<String>) -> Problem {
+        self.help.push(help.into());
+        self
+    }
+}
+
+/// Why a command failed: diagnostics already printed (1), or a problem to print.
 enum Failure {
-    Input,
-    Io(String),
+    Reported,
+    /// Boxed: a `Result<_, Failure>` stays small on the happy path.
+    Problem(Box<Problem>),
+}
+
+impl From<Problem> for Failure {
+    fn from(p: Problem) -> Self {
+        Failure::Problem(Box::new(p))
+    }
+}
+
+/// How this invocation prints.
+#[derive(Clone, Copy)]
+struct Out {
+    /// Results as JSON on stdout.
+    json_results: bool,
+    /// Diagnostics and errors as JSON lines on stderr.
+    json_messages: bool,
+    /// The deprecated `--json`: one pretty-printed document, as it always was.
+    pretty: bool,
+    color: ColorChoice,
+}
+
+impl Out {
+    /// The command's result: JSON (one line, with its `kind`) or the human text.
+    fn result(&self, kind: &str, value: &impl Serialize, human: impl FnOnce() -> String) {
+        if self.pretty {
+            stdout(&format!("{:#}\n", with_kind(kind, value)));
+        } else if self.json_results {
+            stdout(&format!("{}\n", with_kind(kind, value)));
+        } else {
+            stdout(&human());
+        }
+    }
+
+    /// A line of progress or commentary for people; nothing in JSON.
+    fn note(&self, line: impl std::fmt::Display) {
+        if !self.json_results {
+            eprintln!("{line}");
+        }
+    }
+
+    /// A file's diagnostics, on stderr.
+    fn diagnostics(&self, path: &Path, source: &str, diagnostics: &[Diagnostic]) {
+        if diagnostics.is_empty() {
+            return;
+        }
+        if self.json_messages {
+            for line in diagnostic_json(path, source, diagnostics) {
+                eprintln!("{line}");
+            }
+        } else {
+            let stream = StandardStream::stderr(self.color);
+            let _ = diagnostic::render(&mut stream.lock(), &path.display().to_string(), source, diagnostics);
+        }
+    }
+
+    fn problem(&self, p: &Problem) {
+        if self.json_messages {
+            let j = json!({
+                "kind": "diagnostic",
+                "severity": "error",
+                "code": p.code,
+                "message": p.message,
+                "file": p.file,
+                "line": p.line,
+                "column": p.column,
+                "labels": [],
+                "help": (!p.help.is_empty()).then(|| p.help.join("\n")),
+            });
+            eprintln!("{j}");
+        } else {
+            eprintln!("error[{}]: {}", p.code, p.message);
+            for h in &p.help {
+                eprintln!("  help: {h}");
+            }
+        }
+    }
+
+    fn warning(&self, message: &str) {
+        if !self.json_messages {
+            eprintln!("warning: {message}");
+        }
+    }
+}
+
+/// Writes to stdout. A reader that has gone (`ebmc plan f | head`) ends the
+/// command quietly instead of the panic `print!` would raise; any other
+/// failure (a full disk) is an error, so a cut-off result never exits 0.
+fn stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error[{}]: cannot write the result to stdout: {e}", code::IO);
+            std::process::exit(2);
+        }
+    }
+}
+
+/// `value` as a JSON object with `"kind": kind` added.
+fn with_kind(kind: &str, value: &impl Serialize) -> Value {
+    let mut v = serde_json::to_value(value).unwrap_or(Value::Null);
+    match &mut v {
+        Value::Object(map) => {
+            map.insert("kind".into(), kind.into());
+            v
+        }
+        _ => json!({ "kind": kind, "value": v }),
+    }
+}
+
+/// A file's diagnostics as JSON objects (`diagnostic::render_json`), each with `"kind": "diagnostic"`.
+fn diagnostic_json(path: &Path, source: &str, diagnostics: &[Diagnostic]) -> Vec<Value> {
+    diagnostic::render_json(&path.display().to_string(), source, diagnostics)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|mut v| {
+            if let Value::Object(map) = &mut v {
+                map.insert("kind".into(), "diagnostic".into());
+            }
+            v
+        })
+        .collect()
+}
+
+/// The value of a flag in the raw arguments, before clap has parsed them
+/// (clap's own errors must already be printed in the asked format).
+fn raw_flag(args: &[String], flag: &str) -> Option<String> {
+    let eq = format!("{flag}=");
+    args.iter()
+        .enumerate()
+        .find_map(|(i, a)| if a == flag { args.get(i + 1).cloned() } else { a.strip_prefix(&eq).map(String::from) })
+}
+
+fn color_choice(color: ColorArg) -> ColorChoice {
+    match color {
+        ColorArg::Always => ColorChoice::Always,
+        ColorArg::Never => ColorChoice::Never,
+        ColorArg::Auto if std::io::stderr().is_terminal() => ColorChoice::Auto,
+        ColorArg::Auto => ColorChoice::Never,
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Check { files, message_format } => check(&files, message_format),
-        Command::Graph { file, format, model } => graph(&file, format, model.as_deref()),
-        Command::Plan { file, json, model } => plan(&file, json, model.as_deref()),
-        Command::Sample { file, model, params, chains, steps, burn_in, every, seed, out, png, image, device } => {
-            let opts =
-                SampleArgs { params, chains, steps, burn_in, every, seed, out, png, image, device: device.into() };
-            sample(&file, model.as_deref(), &opts)
+    let args: Vec<String> = std::env::args().collect();
+    let json = raw_flag(&args, "--message-format").as_deref() == Some("json");
+    let clap_color = match raw_flag(&args, "--color").as_deref() {
+        Some("always") => clap::ColorChoice::Always,
+        Some("never") => clap::ColorChoice::Never,
+        _ => clap::ColorChoice::Auto,
+    };
+    let parsed = Cli::command().color(clap_color).try_get_matches_from(&args).and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
         }
-        Command::Train { file, model, data, epochs, seed, out, resume, device } => {
-            train(&file, model.as_deref(), TrainArgs { data, epochs, seed, out, resume, device: device.into() })
+        Err(e) if json => {
+            let text = e.render().to_string();
+            let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+            let message = lines.next().unwrap_or_default().trim_start_matches("error: ").to_string();
+            let out = Out { json_results: true, json_messages: true, pretty: false, color: ColorChoice::Never };
+            out.problem(&Problem::run(code::USAGE, message).help("run `ebmc --help` for the flags"));
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            // clap's message with the code every error carries; plain, so the code can be put in.
+            let text = e.render().to_string();
+            eprint!(
+                "{}",
+                text.strip_prefix("error: ").map_or(text.clone(), |t| format!("error[{}]: {t}", code::USAGE))
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let json = cli.message_format == MessageFormat::Json;
+    let out = Out { json_results: json, json_messages: json, pretty: false, color: color_choice(cli.color) };
+    // The deprecated `--json` of `plan` and `eval`: results as JSON, messages as before.
+    let legacy = Out { json_results: true, pretty: true, ..out };
+    let (out, result) = match cli.command {
+        Command::Check { files } => (out, check(out, &files)),
+        Command::Graph { file, format, model } => (out, graph(out, &file, format, model.as_deref())),
+        Command::Plan { file, json, model } => {
+            let out = if json { legacy } else { out };
+            (out, plan(out, &file, model.as_deref()))
+        }
+        Command::Sample {
+            file,
+            model,
+            params,
+            chains,
+            steps,
+            burn_in,
+            every,
+            seed,
+            out: samples,
+            png,
+            image,
+            device,
+        } => {
+            let opts = SampleArgs {
+                params,
+                chains,
+                steps,
+                burn_in,
+                every,
+                seed,
+                out: samples,
+                png,
+                image,
+                device: device.into(),
+            };
+            (out, sample(out, &file, model.as_deref(), &opts))
+        }
+        Command::Train { file, model, data, epochs, seed, out: dir, resume, device } => {
+            let opts = TrainArgs { data, epochs, seed, out: dir, resume, device: device.into() };
+            (out, train(out, &file, model.as_deref(), opts))
         }
         Command::Eval {
             file,
@@ -284,146 +606,142 @@ fn main() -> ExitCode {
             seed,
             json,
             device,
-        } => eval(
-            &file,
-            model.as_deref(),
-            &EvalArgs {
-                params,
-                data,
+        } => {
+            let out = if json { legacy } else { out };
+            let opts = report::EvalOptions {
                 ais,
                 runs,
                 temperatures,
                 pl_units,
-                grid: (grid_low, grid_high, grid),
+                grid_low,
+                grid_high,
+                grid_points: grid,
                 seed,
-                json,
                 device: device.into(),
-            },
-        ),
-        Command::Energy { file, model, params, data, device } => {
-            energy(&file, model.as_deref(), &params, &data, device.into())
+            };
+            (out, eval(out, &file, model.as_deref(), &params, data.as_deref(), &opts))
         }
-        Command::Fmt { files, check } => fmt(&files, check),
+        Command::Energy { file, model, params, data, device } => {
+            (out, energy(out, &file, model.as_deref(), &params, &data, device.into()))
+        }
+        Command::Fmt { files, check } => (out, fmt(out, &files, check)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Input) => ExitCode::from(1),
-        Err(Failure::Io(message)) => {
-            eprintln!("error: {message}");
-            ExitCode::from(2)
+        Err(Failure::Reported) => ExitCode::from(1),
+        Err(Failure::Problem(p)) => {
+            out.problem(&p);
+            ExitCode::from(p.exit)
         }
     }
 }
 
 fn read(path: &Path) -> Result<String, Failure> {
-    std::fs::read_to_string(path).map_err(|e| Failure::Io(format!("cannot read `{}`: {e}", path.display())))
+    std::fs::read_to_string(path)
+        .map_err(|e| Problem::run(code::IO, format!("cannot read `{}`: {e}", path.display())).into())
 }
 
-fn report(path: &Path, source: &str, diagnostics: &[Diagnostic], format: MessageFormat) {
-    let name = path.display().to_string();
-    match format {
-        MessageFormat::Json => print!("{}", diagnostic::render_json(&name, source, diagnostics)),
-        MessageFormat::Human => {
-            let color = if std::io::stderr().is_terminal() { ColorChoice::Auto } else { ColorChoice::Never };
-            let stream = StandardStream::stderr(color);
-            let _ = diagnostic::render(&mut stream.lock(), &name, source, diagnostics);
-        }
-    }
+/// The result of `check`: how many files, errors and warnings.
+#[derive(Serialize)]
+struct CheckSummary {
+    files: usize,
+    errors: usize,
+    warnings: usize,
 }
 
-fn check(files: &[PathBuf], format: MessageFormat) -> Result<(), Failure> {
-    let mut failed = false;
+fn check(out: Out, files: &[PathBuf]) -> Result<(), Failure> {
+    let mut summary = CheckSummary { files: files.len(), errors: 0, warnings: 0 };
     for path in files {
         let source = read(path)?;
-        match ebmc::check_source(&source) {
-            Ok(warnings) => report(path, &source, &warnings, format),
-            Err(diagnostics) => {
-                report(path, &source, &diagnostics, format);
-                failed = true;
+        let diagnostics = ebmc::check_source(&source).unwrap_or_else(|d| d);
+        summary.errors += diagnostics.iter().filter(|d| d.is_error()).count();
+        summary.warnings += diagnostics.iter().filter(|d| !d.is_error()).count();
+        if out.json_results {
+            // check's diagnostics are its result: on stdout, one JSON object a line.
+            for line in diagnostic_json(path, &source, &diagnostics) {
+                stdout(&format!("{line}\n"));
             }
+        } else {
+            out.diagnostics(path, &source, &diagnostics);
         }
     }
-    if failed { Err(Failure::Input) } else { Ok(()) }
+    if out.json_results {
+        stdout(&format!("{}\n", with_kind("check", &summary)));
+    }
+    if summary.errors > 0 { Err(Failure::Reported) } else { Ok(()) }
 }
 
 /// Reads and compiles a file, printing its warnings; errors end the command.
-fn compile(path: &Path) -> Result<(String, ebmc::Compiled), Failure> {
+fn compile(out: Out, path: &Path) -> Result<(String, ebmc::Compiled), Failure> {
     let source = read(path)?;
     match ebmc::compile(&source) {
         Ok(compiled) => {
-            report(path, &source, &compiled.warnings, MessageFormat::Human);
+            out.diagnostics(path, &source, &compiled.warnings);
             Ok((source, compiled))
         }
         Err(diagnostics) => {
-            report(path, &source, &diagnostics, MessageFormat::Human);
-            Err(Failure::Input)
+            out.diagnostics(path, &source, &diagnostics);
+            Err(Failure::Reported)
         }
     }
 }
 
-fn selected<'a>(
-    program: &'a ebmc::analysis::program::Program,
-    only: Option<&str>,
-) -> Result<Vec<&'a ebmc::analysis::program::Model>, Failure> {
+fn selected<'a>(program: &'a Program, only: Option<&str>) -> Result<Vec<&'a Model>, Failure> {
     match only {
         None => Ok(program.models.values().collect()),
         Some(name) => match program.models.get(name) {
             Some(m) => Ok(vec![m]),
             None => {
                 let known: Vec<&str> = program.models.keys().map(String::as_str).collect();
-                eprintln!("error: no model `{name}` in this file; models: {}", known.join(", "));
-                Err(Failure::Input)
+                Err(Problem::input(
+                    code::MODEL,
+                    format!("no model `{name}` in this file; models: {}", known.join(", ")),
+                )
+                .into())
             }
         },
     }
 }
 
-fn plans(
-    path: &Path,
-    source: &str,
-    program: &ebmc::analysis::program::Program,
-) -> Result<Vec<ebmc::analysis::plan::Plan>, Failure> {
+fn plans(out: Out, path: &Path, source: &str, program: &Program) -> Result<Vec<Plan>, Failure> {
     match ebmc::plan(program) {
         Ok((plans, warnings)) => {
-            report(path, source, &warnings, MessageFormat::Human);
+            out.diagnostics(path, source, &warnings);
             Ok(plans)
         }
         Err(diagnostics) => {
-            report(path, source, &diagnostics, MessageFormat::Human);
-            Err(Failure::Input)
+            out.diagnostics(path, source, &diagnostics);
+            Err(Failure::Reported)
         }
     }
 }
 
-fn graph(path: &Path, format: GraphFormat, only: Option<&str>) -> Result<(), Failure> {
-    let (source, compiled) = compile(path)?;
+fn graph(out: Out, path: &Path, format: GraphFormat, only: Option<&str>) -> Result<(), Failure> {
+    let (_, compiled) = compile(out, path)?;
     let models = selected(&compiled.program, only)?;
     // Colour classes come from the plan; a model the planner refuses is drawn without them.
     let planned = ebmc::analysis::plan::program_to_plans(&compiled.program).map(|(p, _)| p).unwrap_or_default();
-    let _ = source;
+    let mut graphs = Vec::new();
+    let mut text = String::new();
     for model in models {
         let g = ebmc::analysis::graph::program_to_graph(model);
         let colours = planned.iter().find(|p| p.model == model.name).map(|p| p.colour_classes()).unwrap_or_default();
         match format {
-            GraphFormat::Text => print!("{}", g.to_text(&colours)),
-            GraphFormat::Dot => print!("{}", g.to_dot(&colours)),
+            GraphFormat::Text => text.push_str(&g.to_text(&colours)),
+            GraphFormat::Dot => text.push_str(&g.to_dot(&colours)),
         }
+        graphs.push(report::graph_report(&g, &colours));
     }
+    out.result("graph", &json!({ "graphs": graphs }), || text);
     Ok(())
 }
 
-fn plan(path: &Path, json: bool, only: Option<&str>) -> Result<(), Failure> {
-    let (source, compiled) = compile(path)?;
+fn plan(out: Out, path: &Path, only: Option<&str>) -> Result<(), Failure> {
+    let (source, compiled) = compile(out, path)?;
     let names: Vec<String> = selected(&compiled.program, only)?.iter().map(|m| m.name.clone()).collect();
     let plans: Vec<_> =
-        plans(path, &source, &compiled.program)?.into_iter().filter(|p| names.contains(&p.model)).collect();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&plans).expect("plans serialise"));
-    } else {
-        for p in &plans {
-            print!("{}", p.to_text());
-        }
-    }
+        plans(out, path, &source, &compiled.program)?.into_iter().filter(|p| names.contains(&p.model)).collect();
+    out.result("plan", &json!({ "plans": plans }), || plans.iter().map(|p| p.to_text()).collect());
     Ok(())
 }
 
@@ -441,62 +759,124 @@ struct SampleArgs {
 }
 
 /// One model of a file: the named one, or the only one.
-fn one_model<'a>(
-    program: &'a ebmc::analysis::program::Program,
-    only: Option<&str>,
-    command: &str,
-) -> Result<&'a ebmc::analysis::program::Model, Failure> {
+fn one_model<'a>(program: &'a Program, only: Option<&str>, command: &str) -> Result<&'a Model, Failure> {
     let models = selected(program, only)?;
-    if models.is_empty() {
-        eprintln!("error: this file declares no model for `ebmc {command}`; write one as `model NAME {{ ... }}`");
-        return Err(Failure::Input);
+    match models.as_slice() {
+        [m] => Ok(m),
+        [] => Err(Problem::input(
+            code::MODEL,
+            format!("this file declares no model for `ebmc {command}`; write one as `model NAME {{ ... }}`"),
+        )
+        .into()),
+        _ => {
+            let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+            Err(Problem::input(
+                code::MODEL,
+                format!(
+                    "this file has several models ({}); pick one with `ebmc {command} --model NAME`",
+                    names.join(", ")
+                ),
+            )
+            .into())
+        }
     }
-    if models.len() > 1 {
-        let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-        eprintln!(
-            "error: this file has several models ({}); pick one with `ebmc {command} --model NAME`",
-            names.join(", ")
-        );
-        return Err(Failure::Input);
+}
+
+/// The plan of `model` among a file's plans.
+fn plan_of(out: Out, path: &Path, source: &str, program: &Program, model: &Model) -> Result<Plan, Failure> {
+    plans(out, path, source, program)?.into_iter().find(|p| p.model == model.name).ok_or(Failure::Reported)
+}
+
+fn params_problem(e: String) -> Failure {
+    Problem::run(code::PARAMS, e).into()
+}
+
+/// A run past a limit cannot start on this machine (exit 2).
+fn limits_failure(errors: Vec<ebmc::analysis::limits::LimitError>) -> Failure {
+    // The first carries the code; the rest are listed as help, each with its own.
+    let mut problems = errors.iter().map(|e| {
+        let d = Diagnostic::from(e);
+        let flag = match e {
+            ebmc::analysis::limits::LimitError::Batch { flag: Some(flag), .. } => format!(" ({flag})"),
+            _ => String::new(),
+        };
+        (d.code, format!("{}{flag}", d.message), d.help)
+    });
+    let Some((code, message, help)) = problems.next() else {
+        return Problem::run(code::USAGE, "a limit was passed").into();
+    };
+    let mut p = Problem::run(code, message);
+    p.help.extend(help);
+    for (code, message, _) in problems {
+        p.help.push(format!("also [{code}] {message}"));
     }
-    Ok(models[0])
+    p.into()
 }
 
 /// Checked parameters for `model` from `path`, or its initialisers.
 fn load_params(
+    out: Out,
     path: Option<&Path>,
-    model: &ebmc::analysis::program::Model,
+    model: &Model,
     lowered: &ebmc::ir::Lowered,
     seed: u64,
 ) -> Result<ebmc::tensor::Tensors, Failure> {
     match path {
-        Some(p) => ebmc::runtime::train::load_model_params(p, model).map_err(Failure::Io),
+        Some(p) => ebmc::runtime::train::load_model_params(p, model).map_err(params_problem),
         None => {
-            eprintln!("note: no --params given; using the model's initialisers (seed {seed})");
+            out.note(format!("note: no --params given; using the model's initialisers (seed {seed})"));
             Ok(ebmc::tensor::initialise(&lowered.params, seed))
         }
     }
 }
 
-fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+fn progress(out: Out, len: u64, template: &str) -> indicatif::ProgressBar {
+    if out.json_results {
+        return indicatif::ProgressBar::hidden();
+    }
     let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]",
-        )
-        .expect("valid template"),
-    );
-    bar.set_message(what.to_string());
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
     bar
 }
 
-fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure> {
-    let (source, compiled) = compile(path)?;
+/// What `sample` did: sweeps, chains, MALA's acceptance and the files written.
+#[derive(Serialize)]
+struct SampleResult {
+    model: String,
+    sweeps: usize,
+    chains: usize,
+    acceptance: Option<f64>,
+    samples: Option<WrittenSamples>,
+    picture: Option<WrittenPicture>,
+}
+
+#[derive(Serialize)]
+struct WrittenSamples {
+    path: PathBuf,
+    rows: usize,
+    columns: usize,
+}
+
+#[derive(Serialize)]
+struct WrittenPicture {
+    path: PathBuf,
+    /// `images` or `density`.
+    shows: &'static str,
+    variable: String,
+    /// Images drawn, or samples over the density.
+    count: usize,
+    /// Height and width of each image.
+    size: Option<(usize, usize)>,
+}
+
+fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure> {
+    let (source, compiled) = compile(out, path)?;
     let model = one_model(&compiled.program, only, "sample")?;
-    let plan =
-        plans(path, &source, &compiled.program)?.into_iter().find(|p| p.model == model.name).ok_or(Failure::Input)?;
-    if let Some(out) = &a.out {
-        writable(out, &["csv", "npy"])?;
+    let plan = plan_of(out, path, &source, &compiled.program, model)?;
+    if let Some(file) = &a.out {
+        writable(file, &["csv", "npy"])?;
     }
     if let Some(png) = &a.png {
         writable(png, &["png"])?;
@@ -505,23 +885,21 @@ fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure
     let run =
         ebmc::analysis::limits::SampleRun { chains: a.chains, burn_in: a.burn_in, steps: a.steps, every: a.every };
     ebmc::analysis::limits::check_sample(model, &lowered, &run, available_memory()).map_err(limits_failure)?;
-    let params = load_params(a.params.as_deref(), model, &lowered, a.seed)?;
+    let params = load_params(out, a.params.as_deref(), model, &lowered, a.seed)?;
     let picture = match &a.png {
-        Some(_) => Some(picture_of(model, &plan, a.image).ok_or_else(|| Failure::Io("no visible variable is image-shaped (a square number of units), nor is the model's density over one 2-D real variable; give an image's size with --image HxW".into()))?),
+        Some(_) => Some(figures::picture_of(model, &plan, a.image).ok_or_else(|| Problem::run(code::USAGE, "no visible variable is image-shaped (a square number of units), nor is the model's density over one 2-D real variable; give an image's size with --image HxW"))?),
         None => None,
     };
-    let mut sampler =
-        ebmc::backend::Sampler::new(model, &plan, &params, a.chains, a.seed, a.device).map_err(Failure::Io)?;
+    let mut sampler = ebmc::backend::Sampler::new(model, &plan, &params, a.chains, a.seed, a.device)
+        .map_err(|e| Problem::run(code::RESULT, e))?;
     let total = a.burn_in + a.steps;
-    let bar = progress(total as u64, "sampling");
+    let bar = progress(out, total as u64, "sampling {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]");
     let mut kept: Vec<ebmc::tensor::Tensors> = Vec::new();
     for sweep in 1..=total {
         sampler.sweep();
         bar.inc(1);
-        if let Some(every) = a.every {
-            if sweep > a.burn_in && (sweep - a.burn_in) % every == 0 {
-                kept.push(sampler.state());
-            }
+        if a.every.is_some_and(|every| sweep > a.burn_in && (sweep - a.burn_in).is_multiple_of(every)) {
+            kept.push(sampler.state());
         }
     }
     bar.finish_and_clear();
@@ -531,21 +909,28 @@ fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure
     }
     for state in kept.iter().chain(std::iter::once(&last)) {
         if let Some((var, chain, value)) = ebmc::tensor::first_non_finite(state) {
-            eprintln!(
-                "error: sampling diverged: `{var}` of chain {} is {value} after {total} sweeps, so no samples are written",
-                chain + 1
-            );
-            eprintln!(
-                "  help: lower the Langevin step (`sample {{ {var}: langevin(step: ...); }}`), add `clip`, or check that the energy grows in every direction"
-            );
-            return Err(Failure::Input);
+            return Err(Problem::input(
+                code::DIVERGED,
+                format!(
+                    "sampling diverged: `{var}` of chain {} is {value} after {total} sweeps, so no samples are written",
+                    chain + 1
+                ),
+            )
+            .help(format!(
+                "lower the Langevin step (`sample {{ {var}: langevin(step: ...); }}`), add `clip`, or check that the energy grows in every direction"
+            ))
+            .into());
         }
     }
-    println!("{} sweeps of {} chains of model {}", total, a.chains, model.name);
-    if let Some(rate) = sampler.acceptance() {
-        println!("MALA acceptance rate: {rate:.3}");
-    }
-    if let Some(out) = &a.out {
+    let mut result = SampleResult {
+        model: model.name.clone(),
+        sweeps: total,
+        chains: a.chains,
+        acceptance: sampler.acceptance(),
+        samples: None,
+        picture: None,
+    };
+    if let Some(file) = &a.out {
         let mut names = Vec::new();
         let mut rows = Vec::new();
         for state in &kept {
@@ -553,28 +938,53 @@ fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure
             names = n;
             rows.extend(r);
         }
-        let bytes = match out.extension().and_then(|e| e.to_str()) {
+        let bytes = match file.extension().and_then(|e| e.to_str()) {
             Some("npy") => ebmc::runtime::export::npy(&rows),
             _ => ebmc::runtime::export::csv(&names, &rows).into_bytes(),
         };
-        ebmc::tensor::write_atomically(out, &bytes).map_err(Failure::Io)?;
-        println!("wrote {} samples ({} columns) to {}", rows.len(), names.len(), out.display());
+        write_atomically(file, &bytes)?;
+        result.samples = Some(WrittenSamples { path: file.clone(), rows: rows.len(), columns: names.len() });
     }
-    match (&a.png, picture) {
-        (Some(png), Some(Picture::Images(var, (h, w)))) => {
-            let images = ebmc::runtime::export::images_of(model, &last, &var);
-            let scale = if h * w <= 256 { 4 } else { 2 };
-            ebmc::tensor::write_atomically(png, &ebmc::runtime::export::png_grid(&images, h, w, scale))
-                .map_err(Failure::Io)?;
-            println!("wrote {} images of {var} ({h}x{w}) to {}", images.len(), png.display());
-        }
-        (Some(png), Some(Picture::Density(var))) => {
-            let (bytes, n) = density_picture(model, &plan, &params, &kept, &var, a.device)?;
-            ebmc::tensor::write_atomically(png, &bytes).map_err(Failure::Io)?;
-            println!("wrote {n} samples of {var} over the model's density to {}", png.display());
-        }
-        _ => {}
+    if let (Some(png), Some(picture)) = (&a.png, picture) {
+        let (bytes, shows, variable, count, size) = match picture {
+            Picture::Images(var, shape) => {
+                let (bytes, n) = figures::image_grid(model, &last, &var, shape);
+                (bytes, "images", var, n, Some(shape))
+            }
+            Picture::Density(var) => {
+                let (bytes, n) = figures::density_picture(model, &plan, &params, &kept, &var, a.device)
+                    .map_err(|e| Problem::run(code::RESULT, e))?;
+                (bytes, "density", var, n, None)
+            }
+        };
+        write_atomically(png, &bytes)?;
+        result.picture = Some(WrittenPicture { path: png.clone(), shows, variable, count, size });
     }
+    out.result("sample", &result, || {
+        let mut s = format!("{} sweeps of {} chains of model {}\n", total, a.chains, model.name);
+        if let Some(rate) = result.acceptance {
+            s += &format!("MALA acceptance rate: {rate:.3}\n");
+        }
+        if let Some(w) = &result.samples {
+            s += &format!("wrote {} samples ({} columns) to {}\n", w.rows, w.columns, w.path.display());
+        }
+        if let Some(p) = &result.picture {
+            s += &match p.size {
+                Some((h, w)) => {
+                    format!("wrote {} images of {} ({h}x{w}) to {}\n", p.count, p.variable, p.path.display())
+                }
+                None => {
+                    format!(
+                        "wrote {} samples of {} over the model's density to {}\n",
+                        p.count,
+                        p.variable,
+                        p.path.display()
+                    )
+                }
+            };
+        }
+        s
+    });
     Ok(())
 }
 
@@ -584,91 +994,44 @@ fn writable(path: &Path, formats: &[&str]) -> Result<(), Failure> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
     if !formats.contains(&ext) {
         let names: Vec<String> = formats.iter().map(|f| format!(".{f}")).collect();
-        return Err(Failure::Io(format!(
-            "cannot tell the format of `{}`: use a {} file name",
-            path.display(),
-            names.join(" or ")
-        )));
+        return Err(Problem::run(
+            code::USAGE,
+            format!("cannot tell the format of `{}`: use a {} file name", path.display(), names.join(" or ")),
+        )
+        .into());
     }
     if path.is_dir() {
-        return Err(Failure::Io(format!("cannot write `{}`: it is a directory", path.display())));
+        return Err(Problem::run(code::IO, format!("cannot write `{}`: it is a directory", path.display())).into());
     }
     let mut probe = path.as_os_str().to_owned();
     probe.push(".tmp");
     let probe = PathBuf::from(probe);
-    std::fs::File::create(&probe).map_err(|e| Failure::Io(format!("cannot write `{}`: {e}", path.display())))?;
+    std::fs::File::create(&probe)
+        .map_err(|e| Problem::run(code::IO, format!("cannot write `{}`: {e}", path.display())))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
 
 /// A data error as a failure: an unreadable file means the command could not run (2), a bad one is an input error (1).
 fn data_failure(e: ebmc::runtime::data::DataError) -> Failure {
-    match e {
-        ebmc::runtime::data::DataError::Read { .. } => Failure::Io(e.to_string()),
-        e => {
-            eprintln!("error: {e}");
-            Failure::Input
+    use ebmc::runtime::data::DataError::*;
+    let message = e.to_string();
+    match &e {
+        Read { source, .. } => Problem::run(code::IO, message).at(source, None, None),
+        ColumnCount { source, row, .. } => Problem::input(code::DATA, message).at(source, Some(*row), None),
+        NotANumber { source, row, column, .. }
+        | NotFinite { source, row, column }
+        | OutOfRange { source, row, column, .. }
+        | MixedHeader { source, row, column, .. }
+        | OutOfDomain { source, row, column, .. } => {
+            Problem::input(code::DATA, message).at(source, Some(*row), Some(*column))
         }
-    }
-}
-
-/// What a PNG of samples shows.
-enum Picture {
-    /// A grid of images of an image-shaped visible variable, with its size.
-    Images(String, (usize, usize)),
-    /// The samples of a 2-D real visible variable over the model's density.
-    Density(String),
-}
-
-/// A density is drawn when, latents summed out, one 2-D real variable is left.
-fn picture_of(
-    model: &ebmc::analysis::program::Model,
-    plan: &ebmc::analysis::plan::Plan,
-    image: Option<(usize, usize)>,
-) -> Option<Picture> {
-    let visible = || model.variables.iter().filter(|v| v.role == ebmc::front::ast::Role::Visible);
-    if let Some(v) = visible().find(|v| ebmc::runtime::export::image_shape(model, &v.name, image).is_some()) {
-        return Some(Picture::Images(v.name.clone(), ebmc::runtime::export::image_shape(model, &v.name, image)?));
-    }
-    let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
-    let mut rest = model.variables.iter().filter(|v| !summed.contains(&v.name));
-    match (rest.next(), rest.next()) {
-        (Some(v), None)
-            if v.role == ebmc::front::ast::Role::Visible
-                && !v.domain.is_discrete()
-                && v.shape.iter().product::<usize>() == 2 =>
-        {
-            Some(Picture::Density(v.name.clone()))
+        Empty { source } | Binding { source, .. } | Format { source, .. } => {
+            Problem::input(code::DATA, message).at(source, None, None)
         }
-        _ => None,
+        Split { .. } => Problem::input(code::DATA, message),
     }
-}
-
-/// A heat map of the model's density over the square the samples span
-/// (padded by a tenth), with the samples drawn on it; and how many there are.
-fn density_picture(
-    model: &ebmc::analysis::program::Model,
-    plan: &ebmc::analysis::plan::Plan,
-    params: &ebmc::tensor::Tensors,
-    states: &[ebmc::tensor::Tensors],
-    var: &str,
-    device: ebmc::backend::DeviceKind,
-) -> Result<(Vec<u8>, usize), Failure> {
-    let points: Vec<[f32; 2]> = states
-        .iter()
-        .flat_map(|s| s[var].data.chunks(2).map(|p| [p[0], p[1]]).collect::<Vec<_>>())
-        .filter(|p| p.iter().all(|x| x.is_finite()))
-        .collect();
-    let (lo, hi) = points
-        .iter()
-        .flatten()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(f64::from(*x)), hi.max(f64::from(*x))));
-    let (lo, hi) = if hi > lo { (lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo)) } else { (-1.0, 1.0) };
-    const RESOLUTION: usize = 200;
-    let grid =
-        ebmc::runtime::evaluate::Grid::new(model, plan, params, lo, hi, RESOLUTION, device).map_err(Failure::Io)?;
-    let log_density: Vec<f64> = grid.free_energy.iter().map(|f| -f).collect();
-    Ok((ebmc::runtime::export::density_png(&log_density, RESOLUTION, (lo, hi), &points), points.len()))
+    .into()
 }
 
 struct TrainArgs {
@@ -680,18 +1043,35 @@ struct TrainArgs {
     device: ebmc::backend::DeviceKind,
 }
 
-fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
-    let (source, compiled) = compile(path)?;
+/// What `train` did: the run's size, its last epoch and its files.
+#[derive(Serialize)]
+struct TrainResult {
+    model: String,
+    rows: usize,
+    held_out: usize,
+    objective: String,
+    epochs: usize,
+    seconds: f64,
+    last: Option<ebmc::runtime::train::EpochMetrics>,
+    /// Which rows `last.log_likelihood` is of.
+    log_likelihood_on: &'static str,
+    files: run_dir::RunFiles,
+}
+
+fn train(out: Out, path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
+    let (source, compiled) = compile(out, path)?;
     let model = one_model(&compiled.program, only, "train")?;
     let Some(spec) = compiled.program.trains.get(&model.name) else {
-        eprintln!(
-            "error: model `{}` has no `train {} {{ ... }}` block; add one to say what data and objective to use",
-            model.name, model.name
-        );
-        return Err(Failure::Input);
+        return Err(Problem::input(
+            code::MODEL,
+            format!(
+                "model `{}` has no `train {} {{ ... }}` block; add one to say what data and objective to use",
+                model.name, model.name
+            ),
+        )
+        .into());
     };
-    let plan =
-        plans(path, &source, &compiled.program)?.into_iter().find(|p| p.model == model.name).ok_or(Failure::Input)?;
+    let plan = plan_of(out, path, &source, &compiled.program, model)?;
     let graph = ebmc::analysis::graph::program_to_graph(model);
     let base = path.parent().unwrap_or(Path::new("."));
     let data_spec = match &a.data {
@@ -701,44 +1081,27 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
     let data = ebmc::runtime::data::load(&data_spec, model, base).map_err(data_failure)?;
     let (train_rows, test_rows) =
         ebmc::runtime::data::split(data, spec.test.as_ref(), model, base).map_err(data_failure)?;
-    let out = a.resume.clone().or(a.out.clone()).unwrap_or_else(|| PathBuf::from("runs").join(&model.name));
+    let dir = a.resume.clone().or(a.out.clone()).unwrap_or_else(|| run_dir::default_run_dir(&model.name));
     // A resumed run continues with the seed it was started with.
-    if let (Some(dir), Some(seed)) = (&a.resume, a.seed) {
-        let meta = ebmc::runtime::train::checkpoint_meta(dir).map_err(Failure::Io)?;
-        if meta.seed != seed {
-            return Err(Failure::Io(format!(
-                "the run in `{}` was started with seed {}; a resumed run keeps it: drop --seed or pass --seed {}",
-                dir.display(),
-                meta.seed,
-                meta.seed
-            )));
-        }
+    if let Some(resumed) = &a.resume {
+        run_dir::check_resume_seed(resumed, a.seed).map_err(|e| Problem::run(code::USAGE, e))?;
     }
     let lowered = ebmc::ir::program_to_ir(model);
-    ebmc::analysis::limits::check_train(
-        model,
-        &lowered,
-        spec,
-        train_rows.rows,
-        a.epochs.unwrap_or(spec.epochs),
-        available_memory(),
-    )
-    .map_err(limits_failure)?;
+    let epochs = a.epochs.unwrap_or(spec.epochs);
+    ebmc::analysis::limits::check_train(model, &lowered, spec, train_rows.rows, epochs, available_memory())
+        .map_err(limits_failure)?;
     let opts = ebmc::runtime::train::RunOptions {
-        epochs: a.epochs.unwrap_or(spec.epochs),
+        epochs,
         seed: a.seed.unwrap_or(spec.seed),
-        out: out.clone(),
+        out: dir.clone(),
         resume: a.resume.is_some(),
         device: a.device,
     };
-    eprintln!(
-        "training {} on {} rows ({} held out) with {}, {} epochs",
-        model.name,
-        train_rows.rows,
-        test_rows.as_ref().map_or(0, |t| t.rows),
-        spec.objective.name,
-        opts.epochs
-    );
+    let held_out = test_rows.as_ref().map_or(0, |t| t.rows);
+    out.note(format!(
+        "training {} on {} rows ({held_out} held out) with {}, {} epochs",
+        model.name, train_rows.rows, spec.objective.name, opts.epochs
+    ));
     let started = std::time::Instant::now();
     let mut bar = None;
     let mut last_loss = 0.0;
@@ -753,14 +1116,11 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
         &mut |p| match p {
             ebmc::runtime::train::Progress::Start { epochs, steps_per_epoch, from_epoch } => {
                 let total = (epochs + 1 - from_epoch.min(epochs + 1)) * steps_per_epoch;
-                let b = indicatif::ProgressBar::new(total as u64);
-                b.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{msg} {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}, {per_sec}]",
-                    )
-                    .expect("valid template"),
-                );
-                bar = Some(b);
+                bar = Some(progress(
+                    out,
+                    total as u64,
+                    "{msg} {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}, {per_sec}]",
+                ));
             }
             ebmc::runtime::train::Progress::Step { epoch, loss } => {
                 last_loss = 0.9 * last_loss + 0.1 * loss;
@@ -770,6 +1130,11 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
                 }
             }
             ebmc::runtime::train::Progress::Epoch(m) => {
+                if out.json_results {
+                    // One JSON line per epoch, as it ends.
+                    stdout(&format!("{}\n", with_kind("epoch", m)));
+                    return;
+                }
                 let ll = m.log_likelihood.map(|l| format!(", log-likelihood {l:.3} nats")).unwrap_or_default();
                 let line = format!(
                     "epoch {:>3}: loss {:.4}, |grad| {:.3}, lr {:.4}{ll} ({:.2}s)",
@@ -785,479 +1150,235 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    match result {
-        Ok(history) => {
-            let checkpoint = ebmc::runtime::train::latest_checkpoint(&out).unwrap_or(out.clone());
-            println!("trained {} in {:.1}s", model.name, started.elapsed().as_secs_f64());
-            if let Some(m) = history.last() {
-                let ll = m
-                    .log_likelihood
-                    .map(|l| {
-                        format!(
-                            ", average log-likelihood {l:.3} nats ({})",
-                            if test_rows.is_some() { "test rows" } else { "training rows" }
-                        )
-                    })
-                    .unwrap_or_default();
-                println!("final loss {:.4}{ll}", m.loss);
-            }
-            println!("checkpoint: {}", checkpoint.display());
-            println!("metrics:    {}", out.join("metrics.jsonl").display());
-            println!("curve:      {}", out.join("curve.png").display());
-            if let Some(grid) = sample_grid(model, &plan, &out)? {
-                println!("samples:    {}", grid.display());
-            }
-            Ok(())
-        }
-        Err(ebmc::runtime::train::RunError::Io(e)) => Err(Failure::Io(e)),
+    let history = match result {
+        Ok(history) => history,
+        Err(ebmc::runtime::train::RunError::Io(e)) => return Err(Problem::run(code::IO, e).into()),
         Err(ebmc::runtime::train::RunError::Train { error, epoch, last_good }) => {
-            match &error {
-                ebmc::backend::TrainError::NonFinite { what, step } => eprintln!(
-                    "error: training diverged at epoch {epoch}, step {step}: {what} is not finite (NaN or infinite)"
+            let mut p = match &error {
+                ebmc::backend::TrainError::NonFinite { what, step } => Problem::input(
+                    code::DIVERGED,
+                    format!("training diverged at epoch {epoch}, step {step}: {what} is not finite (NaN or infinite)"),
                 ),
-                other => eprintln!("error: {other} (epoch {epoch})"),
-            }
-            match last_good {
-                Some(dir) => eprintln!("  the last good checkpoint is kept: {}", dir.display()),
-                None => eprintln!("  no checkpoint was written before this"),
-            }
+                other => Problem::input(code::DIVERGED, format!("{other} (epoch {epoch})")),
+            };
+            p = p.help(match last_good {
+                Some(dir) => format!("the last good checkpoint is kept: {}", dir.display()),
+                None => "no checkpoint was written before this".to_string(),
+            });
             if matches!(error, ebmc::backend::TrainError::NonFinite { .. }) {
-                eprintln!(
-                    "  help: lower the learning rate, add `regularize = clip_grad(norm: 10);`, or check the data's scale"
+                p = p.help(
+                    "lower the learning rate, add `regularize = clip_grad(norm: 10);`, or check the data's scale",
                 );
             }
-            Err(Failure::Input)
+            return Err(p.into());
         }
-    }
-}
-
-/// Draws a PNG grid of samples from the trained model when a visible variable is image-shaped.
-fn sample_grid(
-    model: &ebmc::analysis::program::Model,
-    plan: &ebmc::analysis::plan::Plan,
-    out: &Path,
-) -> Result<Option<PathBuf>, Failure> {
-    let Some(picture) = picture_of(model, plan, None) else {
-        return Ok(None);
     };
-    let params = ebmc::runtime::train::load_model_params(out, model).map_err(Failure::Io)?;
-    let chains = if matches!(picture, Picture::Density(_)) { 500 } else { 64 };
-    let mut sampler =
-        ebmc::backend::Sampler::new(model, plan, &params, chains, 0, Default::default()).map_err(Failure::Io)?;
-    for _ in 0..200 {
-        sampler.sweep();
+    // A picture of fresh samples from the trained model, beside its checkpoints.
+    let params = ebmc::runtime::train::load_model_params(&dir, model).map_err(params_problem)?;
+    if let Some(bytes) = figures::samples_picture(model, &plan, &params, 0, Default::default())
+        .map_err(|e| Problem::run(code::RESULT, e))?
+    {
+        write_atomically(&dir.join(run_dir::SAMPLES), &bytes)?;
     }
-    let bytes = match picture {
-        Picture::Images(var, (h, w)) => ebmc::runtime::export::png_grid(
-            &ebmc::runtime::export::images_of(model, &sampler.state(), &var),
-            h,
-            w,
-            if h * w <= 256 { 4 } else { 2 },
-        ),
-        Picture::Density(var) => density_picture(model, plan, &params, &[sampler.state()], &var, Default::default())?.0,
+    let result = TrainResult {
+        model: model.name.clone(),
+        rows: train_rows.rows,
+        held_out,
+        objective: spec.objective.name.clone(),
+        epochs: opts.epochs,
+        seconds: started.elapsed().as_secs_f64(),
+        last: history.last().cloned(),
+        log_likelihood_on: if test_rows.is_some() { "test rows" } else { "training rows" },
+        files: run_dir::run_files(&dir),
     };
-    let path = out.join("samples.png");
-    ebmc::tensor::write_atomically(&path, &bytes).map_err(Failure::Io)?;
-    Ok(Some(path))
-}
-
-struct EvalArgs {
-    params: PathBuf,
-    data: Option<PathBuf>,
-    ais: bool,
-    runs: usize,
-    temperatures: usize,
-    pl_units: Option<usize>,
-    grid: (f64, f64, usize),
-    seed: u64,
-    json: bool,
-    device: ebmc::backend::DeviceKind,
-}
-
-/// The model, its plan and graph, its train block, and trained parameters.
-struct Loaded {
-    source: String,
-    model: ebmc::analysis::program::Model,
-    plan: ebmc::analysis::plan::Plan,
-    graph: ebmc::analysis::graph::FactorGraph,
-    spec: ebmc::analysis::program::Train,
-    params: ebmc::tensor::Tensors,
-}
-
-fn load_trained(path: &Path, only: Option<&str>, params: &Path, command: &str) -> Result<Loaded, Failure> {
-    let (source, compiled) = compile(path)?;
-    let model = one_model(&compiled.program, only, command)?.clone();
-    let Some(spec) = compiled.program.trains.get(&model.name).cloned() else {
-        eprintln!(
-            "error: model `{}` has no train block, so ebmc does not know how its data is bound; add `train {} {{ data = ... -> ...; objective = ...; }}`",
-            model.name, model.name
-        );
-        return Err(Failure::Input);
-    };
-    let plan =
-        plans(path, &source, &compiled.program)?.into_iter().find(|p| p.model == model.name).ok_or(Failure::Input)?;
-    let graph = ebmc::analysis::graph::program_to_graph(&model);
-    let params = ebmc::runtime::train::load_model_params(params, &model).map_err(Failure::Io)?;
-    Ok(Loaded { source, model, plan, graph, spec, params })
-}
-
-/// The rows to score, what they are, and the training rows when they can be
-/// loaded (AIS takes its base rates from them).
-struct Scored {
-    rows: ebmc::runtime::data::Dataset,
-    which: &'static str,
-    training: Option<ebmc::runtime::data::Dataset>,
-}
-
-fn rows_to_score(l: &Loaded, path: &Path, data: Option<&Path>) -> Result<Scored, Failure> {
-    let base = path.parent().unwrap_or(Path::new("."));
-    let fail = data_failure;
-    if let Some(file) = data {
-        let rows = ebmc::runtime::data::load(&ebmc::runtime::data::with_file(&l.spec.data, file), &l.model, base)
-            .map_err(fail)?;
-        // The train block's own data may be absent (e.g. MNIST elsewhere); then there are no training rows.
-        let training = ebmc::runtime::data::load(&l.spec.data, &l.model, base)
-            .ok()
-            .and_then(|all| ebmc::runtime::data::split(all, l.spec.test.as_ref(), &l.model, base).ok())
-            .map(|(train, _)| train);
-        return Ok(Scored { rows, which: "given rows", training });
-    }
-    let all = ebmc::runtime::data::load(&l.spec.data, &l.model, base).map_err(fail)?;
-    match ebmc::runtime::data::split(all, l.spec.test.as_ref(), &l.model, base).map_err(fail)? {
-        (train, Some(test)) => Ok(Scored { rows: test, which: "held-out test rows", training: Some(train) }),
-        (train, None) => Ok(Scored {
-            rows: train.clone(),
-            which: "training rows (the train block has no test split)",
-            training: Some(train),
-        }),
-    }
-}
-
-/// A figure for the report, refused when it is not finite (NaN would print as `null`).
-fn figure(
-    report: &mut serde_json::Map<String, serde_json::Value>,
-    key: &str,
-    what: &str,
-    x: f64,
-) -> Result<(), Failure> {
-    if !x.is_finite() {
-        return Err(Failure::Io(format!(
-            "{what} is {x}, not a finite number; the parameters are likely not finite or too large"
-        )));
-    }
-    report.insert(key.into(), x.into());
+    out.result("train", &result, || {
+        let mut s = format!("trained {} in {:.1}s\n", result.model, result.seconds);
+        if let Some(m) = &result.last {
+            let ll = m
+                .log_likelihood
+                .map(|l| format!(", average log-likelihood {l:.3} nats ({})", result.log_likelihood_on))
+                .unwrap_or_default();
+            s += &format!("final loss {:.4}{ll}\n", m.loss);
+        }
+        let f = &result.files;
+        s += &format!("checkpoint: {}\n", f.checkpoint.display());
+        s += &format!("metrics:    {}\n", f.metrics.display());
+        s += &format!("curve:      {}\n", f.curve.display());
+        if let Some(samples) = &f.samples {
+            s += &format!("samples:    {}\n", samples.display());
+        }
+        s
+    });
     Ok(())
 }
 
-fn mean(x: &[f64]) -> f64 {
-    x.iter().sum::<f64>() / x.len() as f64
-}
-
-fn eval(path: &Path, only: Option<&str>, a: &EvalArgs) -> Result<(), Failure> {
-    let l = load_trained(path, only, &a.params, "eval")?;
-    let _ = &l.source;
-    ebmc::backend::check_ais_options(&l.model, a.runs, a.temperatures).map_err(Failure::Io)?;
-    if let Ok((_, _, dims)) = ebmc::runtime::evaluate::grid_variable(&l.model, &l.plan) {
-        ebmc::runtime::evaluate::check_grid_options(a.grid.0, a.grid.1, a.grid.2, dims).map_err(Failure::Io)?;
-    }
-    if a.pl_units == Some(0) {
-        return Err(Failure::Io("`--pl-units` must be at least 1".into()));
-    }
-    let Scored { rows, which, training } = rows_to_score(&l, path, a.data.as_deref())?;
-    if rows.rows == 0 {
-        return Err(Failure::Io(format!("there are no {which} to evaluate on")));
-    }
-    let mut report = serde_json::Map::new();
-    report.insert("model".into(), l.model.name.clone().into());
-    report.insert("rows".into(), rows.rows.into());
-    report.insert("evaluated_on".into(), which.into());
-    let mut notes = Vec::new();
-    let mut warnings = Vec::new();
-    let continuous = l.model.variables.iter().any(|v| !v.domain.is_discrete());
-    let exact_z = match ebmc::runtime::evaluate::exact_log_z(&l.graph, &l.plan, &l.params, a.device) {
-        Ok(z) => {
-            figure(&mut report, "exact_log_z", "the exact log Z", z)?;
-            let ll =
-                ebmc::runtime::evaluate::exact_log_likelihood(&l.graph, &l.plan, &l.params, &rows.vars, z, a.device)
-                    .map_err(Failure::Io)?;
-            figure(&mut report, "log_likelihood", "the average log-likelihood", mean(&ll))?;
-            Some(z)
-        }
-        Err(why) => {
-            notes.push(format!("no exact log Z: {why}"));
-            None
-        }
-    };
-    if continuous {
-        let (low, high, n) = a.grid;
-        match ebmc::runtime::evaluate::grid_log_z(&l.model, &l.plan, &l.params, low, high, n, a.device) {
-            Ok(z) => {
-                // The grid is this model's log Z: the enumeration note does not apply.
-                notes.clear();
-                figure(&mut report, "grid_log_z", "the grid log Z", z)?;
-                let f = ebmc::runtime::evaluate::row_free_energy(&l.model, &l.plan, &l.params, &rows.vars, a.device)
-                    .map_err(Failure::Io)?;
-                let ll = -mean(&f) - z;
-                figure(&mut report, "log_likelihood_grid", "the average log-likelihood (grid)", ll)?;
-                // With a toy set whose density is known: the gap to the true log-likelihood.
-                if let Some(name) = l
-                    .spec
-                    .data
-                    .source
-                    .options
-                    .get("name")
-                    .and_then(|v| v.as_str())
-                    .filter(|_| l.spec.data.source.name == "toy")
-                {
-                    let x = rows.vars.values().next().expect("rows");
-                    let truth: Option<Vec<f64>> = x
-                        .data
-                        .chunks(2)
-                        .map(|p| ebmc::runtime::data::toy_log_density(name, f64::from(p[0]), f64::from(p[1])))
-                        .collect();
-                    if let Some(t) = truth {
-                        let true_ll = mean(&t);
-                        figure(&mut report, "true_log_likelihood", "the true log-likelihood", true_ll)?;
-                        figure(&mut report, "kl_gap", "the KL gap", true_ll - ll)?;
-                    }
-                }
-            }
-            Err(why) if exact_z.is_none() => notes.push(format!("no grid integral: {why}")),
-            Err(_) => {}
-        }
-    }
-    if a.ais || (exact_z.is_none() && !continuous) {
-        // Base rates from the training rows (S&M 2008); uniform only without rows.
-        let (base, base_from) = match &training {
-            Some(t) => {
-                (ebmc::runtime::evaluate::base_rates(&l.model, &l.plan, &t.vars), "the training rows' base rates")
-            }
-            None => (
-                ebmc::runtime::evaluate::base_rates(&l.model, &l.plan, &rows.vars),
-                "the evaluated rows' base rates (the training data could not be loaded)",
+/// The model of `path` with its plan, train block and the parameters in `params`.
+fn load_trained(
+    out: Out,
+    path: &Path,
+    only: Option<&str>,
+    params: &Path,
+    command: &str,
+) -> Result<report::Trained, Failure> {
+    let (source, compiled) = compile(out, path)?;
+    let model = one_model(&compiled.program, only, command)?;
+    if !compiled.program.trains.contains_key(&model.name) {
+        return Err(Problem::input(
+            code::MODEL,
+            format!(
+                "model `{}` has no train block, so ebmc does not know how its data is bound; add `train {} {{ data = ... -> ...; objective = ...; }}`",
+                model.name, model.name
             ),
-        };
-        let base_from = if base.is_empty() {
-            "the uniform distribution (no rows bind the variables AIS samples)"
-        } else {
-            base_from
-        };
-        let opts = ebmc::backend::AisOptions { runs: a.runs, temperatures: a.temperatures, seed: a.seed, base };
-        match ebmc::backend::ais(&l.model, &l.plan, &l.params, &opts, a.device) {
-            Ok(est) => {
-                figure(&mut report, "ais_log_z", "the AIS log Z", est.log_z)?;
-                report.insert("ais".into(), serde_json::to_value(&est).expect("serialises"));
-                report.insert("ais_base".into(), base_from.into());
-                if est.ess < 10.0f64.max(0.1 * a.runs as f64) {
-                    warnings.push(format!("the AIS importance weights have an effective sample size of {:.1} of {} runs: a few runs carry the estimate, and its error bar is unreliable; use more `--temperatures`", est.ess, a.runs));
-                }
-                let f = match ebmc::runtime::evaluate::row_free_energy(
-                    &l.model, &l.plan, &l.params, &rows.vars, a.device,
-                ) {
-                    Ok(f) => Some(f),
-                    Err(why) => {
-                        notes.push(format!("no log-likelihood from AIS: {why}"));
-                        None
-                    }
-                };
-                let raise = ebmc::backend::raise(&l.model, &l.plan, &l.params, &rows.vars, &opts, a.device);
-                if let Some(f) = &f {
-                    let fit = -mean(f);
-                    figure(&mut report, "log_likelihood_ais", "the average log-likelihood (AIS)", fit - est.log_z)?;
-                    match raise {
-                        Ok(up) => {
-                            figure(&mut report, "raise_log_z", "the reverse-AIS log Z", up.log_z)?;
-                            report.insert("raise".into(), serde_json::to_value(&up).expect("serialises"));
-                            report.insert("log_z_bracket".into(), vec![est.log_z, up.log_z].into());
-                            report
-                                .insert("log_likelihood_bracket".into(), vec![fit - up.log_z, fit - est.log_z].into());
-                            let noise = 3.0 * (up.std_error + est.std_error);
-                            if up.log_z + noise < est.log_z {
-                                warnings.push("the reverse-AIS upper bound lies below the AIS lower bound beyond their error bars: the chains do not mix at this schedule; use more `--temperatures`".into());
-                            } else if up.log_z - est.log_z > 1.0 + noise {
-                                // ESS cannot see chains that all miss the same mass; the bracket can.
-                                warnings.push(format!("the log Z bracket is {:.1} nats wide: AIS and reverse AIS disagree, so neither log Z nor the log-likelihood is known better than that; use more `--temperatures` or `--runs`", up.log_z - est.log_z));
-                            }
-                        }
-                        Err(why) => notes.push(format!("no upper bound on log Z (reverse AIS): {why}")),
-                    }
-                }
-                if exact_z.is_none() {
-                    if let Some(ll) = num(&report, "log_likelihood_ais").filter(|ll| *ll > 0.0 && !continuous) {
-                        warnings.push(format!("the AIS log-likelihood {ll:.4} is positive, impossible for discrete data: log Z is underestimated; use more `--temperatures`"));
-                    }
-                }
-            }
-            Err(why) => notes.push(format!("no AIS: {why}")),
-        }
+        )
+        .into());
     }
-    let discrete_visible =
-        l.model.variables.iter().filter(|v| v.role == ebmc::front::ast::Role::Visible).all(|v| v.domain.is_discrete());
-    if discrete_visible {
-        match ebmc::runtime::evaluate::pseudo_likelihood(
-            &l.model, &l.plan, &l.params, &rows.vars, a.pl_units, a.seed, a.device,
-        ) {
-            Ok(pl) => figure(
-                &mut report,
-                if a.pl_units.is_some() { "pseudo_log_likelihood_stochastic" } else { "pseudo_log_likelihood" },
-                "the pseudo-likelihood",
-                pl,
-            )?,
-            Err(why) => notes.push(format!("no pseudo-likelihood: {why}")),
-        }
-    }
-    if l.plan.label_marginal.is_some() {
-        match ebmc::runtime::evaluate::classification(&l.model, &l.plan, &l.params, &rows.vars, a.device) {
-            Ok((acc, ece)) => {
-                figure(&mut report, "accuracy", "the classification accuracy", acc)?;
-                figure(&mut report, "expected_calibration_error", "the expected calibration error", ece)?;
-            }
-            Err(why) => notes.push(format!("no classification metrics: {why}")),
-        }
-    }
-    if !continuous && l.model.variables.iter().any(|v| v.role == ebmc::front::ast::Role::Hidden) {
-        match ebmc::runtime::evaluate::reconstruction_error(&l.model, &l.plan, &l.params, &rows.vars, a.seed, a.device)
-        {
-            Ok(e) => figure(&mut report, "reconstruction_error", "the reconstruction error", e)?,
-            Err(why) => notes.push(format!("no reconstruction error: {why}")),
-        }
-    }
-    for w in &warnings {
-        eprintln!("warning: {w}");
-    }
-    report.insert("notes".into(), notes.clone().into());
-    report.insert("warnings".into(), warnings.clone().into());
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("serialises"));
-        return Ok(());
-    }
-    println!("model {} on {} {which}", l.model.name, rows.rows);
-    let num = |k: &str| num(&report, k);
-    if let Some(z) = num("exact_log_z") {
-        println!("  log Z (exact)                  {z:.4}");
-    }
-    if let Some(ais) = report.get("ais") {
-        let f = |k: &str| ais[k].as_f64().unwrap_or(f64::NAN);
-        println!(
-            "  log Z (AIS, {} runs x {} temps) {:.4} ± {:.4}, effective sample size {:.1}; from {}",
-            a.runs,
-            a.temperatures,
-            f("log_z"),
-            f("std_error"),
-            f("ess"),
-            report["ais_base"].as_str().unwrap_or("")
-        );
-    }
-    if let Some(up) = report.get("raise") {
-        println!(
-            "  log Z (reverse AIS from {} rows) {:.4} ± {:.4}",
-            a.runs,
-            up["log_z"].as_f64().unwrap_or(f64::NAN),
-            up["std_error"].as_f64().unwrap_or(f64::NAN)
-        );
-    }
-    let pair = |k: &str| report.get(k).and_then(|v| Some((v[0].as_f64()?, v[1].as_f64()?)));
-    if let Some((lo, hi)) = pair("log_z_bracket") {
-        println!("  log Z in [{lo:.4}, {hi:.4}]         (AIS lower, reverse AIS upper; stochastic bounds)");
-    }
-    if let Some(ll) = num("log_likelihood") {
-        println!("  average log-likelihood         {ll:.4} nats");
-    }
-    if let Some(z) = num("grid_log_z") {
-        println!("  log Z (grid, {} points per axis) {z:.4}", a.grid.2);
-    }
-    if let Some(ll) = num("log_likelihood_grid") {
-        println!("  average log-likelihood (grid)  {ll:.4} nats");
-    }
-    if let (Some(t), Some(gap)) = (num("true_log_likelihood"), num("kl_gap")) {
-        println!("  true log-likelihood            {t:.4} nats (KL gap {gap:.4} nats)");
-    }
-    match pair("log_likelihood_bracket") {
-        Some((lo, hi)) => println!("  average log-likelihood in [{lo:.4}, {hi:.4}] nats (from the log Z bracket)"),
-        None => {
-            if let Some(ll) = num("log_likelihood_ais") {
-                println!("  average log-likelihood (AIS)   {ll:.4} nats (an upper estimate: AIS underestimates log Z)");
-            }
-        }
-    }
-    if let Some(pl) = num("pseudo_log_likelihood").or(num("pseudo_log_likelihood_stochastic")) {
-        println!("  average log pseudo-likelihood  {pl:.4} nats");
-    }
-    if let Some(acc) = num("accuracy") {
-        println!("  classification accuracy        {acc:.4}");
-    }
-    if let Some(ece) = num("expected_calibration_error") {
-        println!("  expected calibration error     {ece:.4}");
-    }
-    if let Some(e) = num("reconstruction_error") {
-        println!("  reconstruction error           {e:.4} (squared, per row)");
-    }
-    for n in notes {
-        println!("  note: {n}");
-    }
-    Ok(())
+    let plans = plans(out, path, &source, &compiled.program)?;
+    let params = ebmc::runtime::train::load_model_params(params, model).map_err(params_problem)?;
+    report::Trained::new(&compiled.program, &plans, &model.name, params).ok_or(Failure::Reported)
 }
 
-fn num(report: &serde_json::Map<String, serde_json::Value>, key: &str) -> Option<f64> {
-    report.get(key).and_then(|v| v.as_f64())
+fn eval(
+    out: Out,
+    path: &Path,
+    only: Option<&str>,
+    params: &Path,
+    data: Option<&Path>,
+    opts: &report::EvalOptions,
+) -> Result<(), Failure> {
+    let trained = load_trained(out, path, only, params, "eval")?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let rows = report::rows_to_evaluate(&trained, base, data).map_err(data_failure)?;
+    let r = report::evaluate(&trained, &rows, opts).map_err(|e| {
+        let code = if matches!(e, report::EvalError::Options(_)) { code::USAGE } else { code::RESULT };
+        Problem::run(code, e.to_string())
+    })?;
+    for w in &r.warnings {
+        out.warning(w);
+    }
+    out.result("eval", &r, || r.to_text());
+    Ok(())
 }
 
 fn energy(
+    out: Out,
     path: &Path,
     only: Option<&str>,
     params: &Path,
     data: &Path,
     device: ebmc::backend::DeviceKind,
 ) -> Result<(), Failure> {
-    let mut l = load_trained(path, only, params, "energy")?;
+    let mut t = load_trained(out, path, only, params, "energy")?;
     // A JEM label is summed out: the rows need only the inputs.
-    if let Some(m) = &l.plan.label_marginal {
-        l.spec.data.binding.retain(|b| *b != m.var);
+    if let Some(m) = &t.plan.label_marginal {
+        t.spec.data.binding.retain(|b| *b != m.var);
     }
-    let Scored { rows, .. } = rows_to_score(&l, path, Some(data))?;
-    let f = ebmc::runtime::evaluate::row_free_energy(&l.model, &l.plan, &l.params, &rows.vars, device)
-        .map_err(Failure::Io)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let rows = report::rows_to_evaluate(&t, base, Some(data)).map_err(data_failure)?;
+    let f = ebmc::runtime::evaluate::row_free_energy(&t.model, &t.plan, &t.params, &rows.rows.vars, device)
+        .map_err(|e| Problem::run(code::RESULT, e))?;
     if let Some(i) = f.iter().position(|e| !e.is_finite()) {
-        return Err(Failure::Io(format!(
-            "the energy of row {} is {}, not a finite number; the parameters are likely not finite or too large",
-            i + 1,
-            f[i]
-        )));
+        return Err(Problem::run(
+            code::RESULT,
+            format!(
+                "the energy of row {} is {}, not a finite number; the parameters are likely not finite or too large",
+                i + 1,
+                f[i]
+            ),
+        )
+        .into());
     }
-    let mut out = String::from("row,energy\n");
-    for (i, e) in f.iter().enumerate() {
-        out.push_str(&format!("{},{e}\n", i + 1));
-    }
-    print!("{out}");
+    out.result("energy", &json!({ "model": t.model.name, "rows": f.len(), "energy": f }), || {
+        let mut s = String::from("row,energy\n");
+        for (i, e) in f.iter().enumerate() {
+            s.push_str(&format!("{},{e}\n", i + 1));
+        }
+        s
+    });
     Ok(())
 }
 
-fn fmt(files: &[PathBuf], check_only: bool) -> Result<(), Failure> {
+/// What `fmt` did to one file: `formatted` (left as it was), `rewritten`,
+/// `unformatted` (with `--check`) or `error` (a syntax error; see stderr).
+#[derive(Serialize)]
+struct FmtFile {
+    file: PathBuf,
+    status: &'static str,
+}
+
+fn fmt(out: Out, files: &[PathBuf], check_only: bool) -> Result<(), Failure> {
     let mut failed = false;
+    let mut done = Vec::new();
     for path in files {
         let source = read(path)?;
-        let formatted = match ebmc::format_source(&source) {
-            Ok(f) => f,
+        let status = match ebmc::format_source(&source) {
             Err(d) => {
-                report(path, &source, &[d], MessageFormat::Human);
+                out.diagnostics(path, &source, &[d]);
                 failed = true;
-                continue;
+                "error"
+            }
+            Ok(formatted) if formatted == source => "formatted",
+            Ok(_) if check_only => {
+                out.note(format!("{} is not formatted; run `ebmc fmt {}`", path.display(), path.display()));
+                failed = true;
+                "unformatted"
+            }
+            Ok(formatted) => {
+                write_atomically(path, formatted.as_bytes())?;
+                "rewritten"
             }
         };
-        if formatted == source {
-            continue;
-        }
-        if check_only {
-            eprintln!("{} is not formatted; run `ebmc fmt {}`", path.display(), path.display());
-            failed = true;
-        } else {
-            write_atomically(path, formatted.as_bytes())?;
-        }
+        done.push(FmtFile { file: path.clone(), status });
     }
-    if failed { Err(Failure::Input) } else { Ok(()) }
+    out.result("fmt", &json!({ "files": done }), String::new);
+    if failed { Err(Failure::Reported) } else { Ok(()) }
 }
 
 /// Writes through a synced temporary file and a rename, so an interrupted write never leaves half a file.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    ebmc::tensor::write_atomically(path, bytes).map_err(Failure::Io)
+    ebmc::tensor::write_atomically(path, bytes).map_err(|e| Problem::run(code::IO, e).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed_and_every_flag_has_help() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        for sub in cli.get_subcommands() {
+            let name = sub.get_name();
+            assert!(sub.get_about().is_some(), "`ebmc {name}` has no description");
+            let after = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(after.contains(&format!("ebmc {name} ")), "`ebmc {name}` has no example: {after}");
+            for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+                assert!(arg.get_help().is_some(), "`ebmc {name}` flag `{}` has no help", arg.get_id());
+            }
+        }
+    }
+
+    #[test]
+    fn every_command_error_code_is_documented() {
+        let doc = include_str!("../docs/diagnostics.md");
+        for c in [code::IO, code::USAGE, code::MODEL, code::DATA, code::PARAMS, code::DIVERGED, code::RESULT] {
+            assert!(doc.contains(&format!("| {c} |")), "{c} is not in docs/diagnostics.md");
+        }
+    }
+
+    #[test]
+    fn raw_flags_are_read_in_both_spellings() {
+        let args: Vec<String> = ["ebmc", "check", "--color=never", "--message-format", "json"].map(String::from).into();
+        assert_eq!(raw_flag(&args, "--message-format").as_deref(), Some("json"));
+        assert_eq!(raw_flag(&args, "--color").as_deref(), Some("never"));
+        assert_eq!(raw_flag(&args, "--model"), None);
+    }
+
+    #[test]
+    fn help_lines_of_a_message_become_help() {
+        let p = Problem::input(code::DATA, "d.csv:3: 2 columns, expected 4\n  help: bind by name");
+        assert_eq!(p.message, "d.csv:3: 2 columns, expected 4");
+        assert_eq!(p.help, ["bind by name"]);
+        assert_eq!(p.exit, 1);
+        assert_eq!(Problem::run(code::IO, "x").exit, 2);
+    }
 }

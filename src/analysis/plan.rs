@@ -21,6 +21,8 @@ pub const SM_DIMENSION_LIMIT: usize = 64;
 pub enum Kernel {
     /// Exact Gibbs update of the whole variable at once; `block` of `blocks`.
     BlockGibbs {
+        /// Counted from 0 here; serialised from 1, as the text counts.
+        #[serde(serialize_with = "from_one")]
         block: usize,
         blocks: usize,
     },
@@ -40,6 +42,10 @@ pub enum Kernel {
         clip: Option<f64>,
         bounds: Option<(f64, f64)>,
     },
+}
+
+fn from_one<S: serde::Serializer>(block: &usize, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(*block as u64 + 1)
 }
 
 #[derive(Debug, Clone, Serialize)]

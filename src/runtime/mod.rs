@@ -5,4 +5,7 @@
 pub mod data;
 pub mod evaluate;
 pub mod export;
+pub mod figures;
+pub mod report;
+pub mod run_dir;
 pub mod train;
