@@ -9,7 +9,7 @@
 //! pass; chains run in blocks on rayon's threads, each chain with its own
 //! generator, so a seed gives the same draws whatever the thread count.
 
-use super::host::fast_exp;
+use super::host::{fast_exp, wide};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore};
 use rayon::prelude::*;
@@ -24,14 +24,24 @@ pub enum Draw {
 }
 
 /// `logits = W x + bias` over `units` units of `width` values each, `W` as
-/// CSR rows with one `width × width` block an entry.
+/// CSR rows with one `width × width` block an entry. Rows are stored in the
+/// order a sweep visits the units (colour class after colour class), so a
+/// sweep reads the operator front to back.
 #[derive(Debug, Clone)]
 pub struct Operator {
     width: usize,
+    /// Units in visit order, and where each colour class ends in it.
+    order: Vec<u32>,
+    class_ends: Vec<usize>,
+    /// Row of each unit.
+    row_of: Vec<usize>,
     starts: Vec<usize>,
+    /// Entries per row when every row has the same number (a regular lattice).
+    degree: Option<usize>,
     cols: Vec<u32>,
     /// Entry `e`'s block: `[e * width² + r * width + l]` = ∂ logit(i, r) / ∂ x(u, l).
     blocks: Vec<f32>,
+    /// Per row.
     bias: Vec<f32>,
 }
 
@@ -81,15 +91,30 @@ impl Probes {
 impl Operator {
     /// The operator from the affine map's values on `probes` (`responses`,
     /// laid out like the probe states), with entries where `adjacency` (or
-    /// the unit itself) allows and the block is not zero.
-    pub fn from_probes(adjacency: &[Vec<usize>], probes: &Probes, responses: &[f32]) -> Operator {
+    /// the unit itself) allows and the block is not zero; rows in the order
+    /// of `classes` (the units of each colour).
+    pub fn from_probes(adjacency: &[Vec<usize>], probes: &Probes, responses: &[f32], classes: &[Vec<u32>]) -> Operator {
         let (units, width) = (adjacency.len(), probes.width);
         let stride = units * width;
-        let bias = responses[..stride].to_vec();
+        let order: Vec<u32> = classes.concat();
+        let class_ends = classes
+            .iter()
+            .scan(0, |end, c| {
+                *end += c.len();
+                Some(*end)
+            })
+            .collect();
+        let mut row_of = vec![0; units];
+        for (r, &i) in order.iter().enumerate() {
+            row_of[i as usize] = r;
+        }
+        let zero = &responses[..stride];
+        let bias = order.iter().flat_map(|&i| &zero[i as usize * width..][..width]).copied().collect();
         let (mut starts, mut cols, mut blocks) = (vec![0], Vec::new(), Vec::new());
         let mut block = vec![0.0; width * width];
-        for (i, ns) in adjacency.iter().enumerate() {
-            let mut closed: Vec<usize> = ns.iter().copied().chain([i]).collect();
+        for &i in &order {
+            let i = i as usize;
+            let mut closed: Vec<usize> = adjacency[i].iter().copied().chain([i]).collect();
             closed.sort_unstable();
             closed.dedup();
             for u in closed {
@@ -97,7 +122,7 @@ impl Operator {
                 for l in 0..width {
                     let probe = &responses[(1 + d * width + l) * stride..][..stride];
                     for r in 0..width {
-                        block[r * width + l] = probe[i * width + r] - bias[i * width + r];
+                        block[r * width + l] = probe[i * width + r] - zero[i * width + r];
                     }
                 }
                 if block.iter().any(|w| *w != 0.0) {
@@ -107,29 +132,36 @@ impl Operator {
             }
             starts.push(cols.len());
         }
-        Operator { width, starts, cols, blocks, bias }
+        let first = starts.get(1).copied().unwrap_or(0);
+        let degree = starts.windows(2).all(|s| s[1] - s[0] == first).then_some(first);
+        Operator { width, order, class_ends, row_of, starts, degree, cols, blocks, bias }
     }
 
     pub fn units(&self) -> usize {
-        self.starts.len() - 1
+        self.order.len()
     }
 
-    /// Adds a term that every chain shares to the bias.
+    /// Adds a term that every chain shares (laid out by unit) to the bias.
     pub fn add_bias(&mut self, shared: &[f32]) {
-        self.bias.iter_mut().zip(shared).for_each(|(b, s)| *b += s);
+        let w = self.width;
+        for (r, &i) in self.order.iter().enumerate() {
+            for (b, s) in self.bias[r * w..][..w].iter_mut().zip(&shared[i as usize * w..][..w]) {
+                *b += s;
+            }
+        }
     }
 
-    /// Unit `i`'s logits at state `x` (one chain), added into `out`.
+    /// The coupling part of row `r`'s logits at state `x` (one chain), added into `out`.
     #[inline(always)]
-    fn field(&self, i: usize, x: &[f32], out: &mut [f32]) {
+    fn field(&self, r: usize, x: &[f32], out: &mut [f32]) {
         let w = self.width;
-        for e in self.starts[i]..self.starts[i + 1] {
+        for e in self.starts[r]..self.starts[r + 1] {
             let xu = &x[self.cols[e] as usize * w..][..w];
             let block = &self.blocks[e * w * w..][..w * w];
             for (l, &v) in xu.iter().enumerate() {
                 if v != 0.0 {
-                    for (r, o) in out.iter_mut().enumerate() {
-                        *o += block[r * w + l] * v;
+                    for (k, o) in out.iter_mut().enumerate() {
+                        *o += block[k * w + l] * v;
                     }
                 }
             }
@@ -143,18 +175,19 @@ impl Operator {
         let w = self.width;
         states.chunks(stride).zip(responses.chunks(stride)).all(|(x, y)| {
             (0..self.units()).all(|i| {
-                let mut got = self.bias[i * w..][..w].to_vec();
-                self.field(i, x, &mut got);
+                let row = self.row_of[i];
+                let mut got = self.bias[row * w..][..w].to_vec();
+                self.field(row, x, &mut got);
                 let mut scale = vec![1.0f32; w];
-                for e in self.starts[i]..self.starts[i + 1] {
+                for e in self.starts[row]..self.starts[row + 1] {
                     let xu = &x[self.cols[e] as usize * w..][..w];
-                    for (r, s) in scale.iter_mut().enumerate() {
-                        *s += (0..w).map(|l| (self.blocks[e * w * w + r * w + l] * xu[l]).abs()).sum::<f32>();
+                    for (k, s) in scale.iter_mut().enumerate() {
+                        *s += (0..w).map(|l| (self.blocks[e * w * w + k * w + l] * xu[l]).abs()).sum::<f32>();
                     }
                 }
-                (0..w).all(|r| {
-                    let tol = 1e-4 * (scale[r] + self.bias[i * w + r].abs());
-                    (got[r] - y[i * w + r]).abs() <= tol
+                (0..w).all(|k| {
+                    let tol = 1e-4 * (scale[k] + self.bias[row * w + k].abs());
+                    (got[k] - y[i * w + k]).abs() <= tol
                 })
             })
         })
@@ -164,20 +197,20 @@ impl Operator {
     /// `state`: for each colour class in turn, every site of the class drawn
     /// from its exact conditional. `chained` holds per-chain terms of the
     /// logits (laid out like `state`); `rngs` one generator per chain.
-    pub fn sweep(
-        &self,
-        draw: Draw,
-        classes: &[Vec<u32>],
-        state: &mut [f32],
-        chained: Option<&[f32]>,
-        rngs: &mut [SmallRng],
-    ) {
+    pub fn sweep(&self, draw: Draw, state: &mut [f32], chained: Option<&[f32]>, rngs: &mut [SmallRng]) {
         let stride = self.units() * self.width;
         let chains = rngs.len();
         debug_assert_eq!(state.len(), chains * stride);
-        let one = |x: &mut [f32], c: Option<&[f32]>, rng: &mut SmallRng| match draw {
-            Draw::Bernoulli { scale, hi, lo } => self.bernoulli_chain(classes, x, c, rng, scale, hi, lo),
-            Draw::Categorical => self.categorical_chain(classes, x, c, rng),
+        let one = |x: &mut [f32], c: Option<&[f32]>, rng: &mut SmallRng| match (draw, self.degree) {
+            // The usual lattices' degrees get fixed-length loops.
+            (Draw::Bernoulli { scale, hi, lo }, Some(4)) => {
+                wide(|| self.bernoulli_chain::<4>(x, c, rng, scale, hi, lo))
+            }
+            (Draw::Bernoulli { scale, hi, lo }, Some(6)) => {
+                wide(|| self.bernoulli_chain::<6>(x, c, rng, scale, hi, lo))
+            }
+            (Draw::Bernoulli { scale, hi, lo }, _) => wide(|| self.bernoulli_chain::<0>(x, c, rng, scale, hi, lo)),
+            (Draw::Categorical, _) => self.categorical_chain(x, c, rng),
         };
         // Blocks of about PIECE site updates: enough work to pay for a hand-off.
         const PIECE: usize = 1 << 15;
@@ -197,10 +230,13 @@ impl Operator {
             .for_each(|(b, block)| run(block, chained.map(|c| &c[b * per_block * stride..])));
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn bernoulli_chain(
+    /// The Bernoulli draws of one chain; `D` > 0 when every row has `D`
+    /// entries (fixed-length loops), 0 for rows of any length. Sites go in
+    /// runs of `RUN`: their fields gathered first, then drawn in one loop
+    /// that vectorises (sites of one colour do not read each other).
+    #[inline(always)]
+    fn bernoulli_chain<const D: usize>(
         &self,
-        classes: &[Vec<u32>],
         x: &mut [f32],
         chained: Option<&[f32]>,
         rng: &mut SmallRng,
@@ -208,53 +244,73 @@ impl Operator {
         hi: f32,
         lo: f32,
     ) {
-        let mut words = vec![0u32; classes.iter().map(Vec::len).max().unwrap_or(0)];
-        for class in classes {
-            let words = &mut words[..class.len()];
-            rng.fill(words);
-            for (&i, &word) in class.iter().zip(words.iter()) {
-                let i = i as usize;
-                let mut z = self.bias[i] + chained.map_or(0.0, |c| c[i]);
-                for e in self.starts[i]..self.starts[i + 1] {
-                    z += self.blocks[e] * x[self.cols[e] as usize];
+        const RUN: usize = 64;
+        let mut words = vec![0u32; self.units()];
+        rng.fill(&mut words[..]);
+        let mut start = 0;
+        for &end in &self.class_ends {
+            for run in (start..end).step_by(RUN) {
+                let n = RUN.min(end - run);
+                let mut z = [0.0f32; RUN];
+                for (k, z) in z[..n].iter_mut().enumerate() {
+                    let r = run + k;
+                    let mut field = self.bias[r] + chained.map_or(0.0, |c| c[self.order[r] as usize]);
+                    if D > 0 {
+                        let cols: &[u32; D] = self.cols[r * D..][..D].try_into().expect("D entries");
+                        let ws: &[f32; D] = self.blocks[r * D..][..D].try_into().expect("D entries");
+                        for (&u, &w) in cols.iter().zip(ws) {
+                            field += w * x[u as usize];
+                        }
+                    } else {
+                        for e in self.starts[r]..self.starts[r + 1] {
+                            field += self.blocks[e] * x[self.cols[e] as usize];
+                        }
+                    }
+                    *z = field;
                 }
-                let p = 1.0 / (1.0 + fast_exp(-scale * z));
-                let u = (word >> 8) as f32 * (1.0 / 16_777_216.0);
-                x[i] = if u < p { hi } else { lo };
+                let mut word = [0u32; RUN];
+                word[..n].copy_from_slice(&words[run..run + n]);
+                for (z, w) in z.iter_mut().zip(&word) {
+                    let p = 1.0 / (1.0 + fast_exp(-scale * *z));
+                    let u = (w >> 8) as f32 * (1.0 / 16_777_216.0);
+                    *z = if u < p { hi } else { lo };
+                }
+                for (&i, &v) in self.order[run..run + n].iter().zip(&z) {
+                    x[i as usize] = v;
+                }
             }
+            start = end;
         }
     }
 
-    fn categorical_chain(&self, classes: &[Vec<u32>], x: &mut [f32], chained: Option<&[f32]>, rng: &mut SmallRng) {
+    fn categorical_chain(&self, x: &mut [f32], chained: Option<&[f32]>, rng: &mut SmallRng) {
         let w = self.width;
         let mut logits = vec![0.0f32; w];
-        for class in classes {
-            for &i in class {
-                let i = i as usize;
-                logits.copy_from_slice(&self.bias[i * w..][..w]);
-                if let Some(c) = chained {
-                    logits.iter_mut().zip(&c[i * w..][..w]).for_each(|(l, c)| *l += c);
+        for (r, &i) in self.order.iter().enumerate() {
+            let i = i as usize;
+            logits.copy_from_slice(&self.bias[r * w..][..w]);
+            if let Some(c) = chained {
+                logits.iter_mut().zip(&c[i * w..][..w]).for_each(|(l, c)| *l += c);
+            }
+            self.field(r, x, &mut logits);
+            // Inverse CDF with one uniform: exact, no ties.
+            let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0.0f64;
+            for l in logits.iter_mut() {
+                *l = (*l - top).exp();
+                total += f64::from(*l);
+            }
+            let mut u = (rng.next_u64() >> 11) as f64 * (1.0 / 9_007_199_254_740_992.0) * total;
+            let mut pick = w - 1;
+            for (k, l) in logits.iter().enumerate() {
+                u -= f64::from(*l);
+                if u < 0.0 {
+                    pick = k;
+                    break;
                 }
-                self.field(i, x, &mut logits);
-                // Inverse CDF with one uniform: exact, no ties.
-                let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut total = 0.0f64;
-                for l in logits.iter_mut() {
-                    *l = (*l - top).exp();
-                    total += f64::from(*l);
-                }
-                let mut u = (rng.next_u64() >> 11) as f64 * (1.0 / 9_007_199_254_740_992.0) * total;
-                let mut pick = w - 1;
-                for (k, l) in logits.iter().enumerate() {
-                    u -= f64::from(*l);
-                    if u < 0.0 {
-                        pick = k;
-                        break;
-                    }
-                }
-                for (k, v) in x[i * w..][..w].iter_mut().enumerate() {
-                    *v = f32::from(u8::from(k == pick));
-                }
+            }
+            for (k, v) in x[i * w..][..w].iter_mut().enumerate() {
+                *v = f32::from(u8::from(k == pick));
             }
         }
     }
@@ -301,11 +357,12 @@ mod tests {
         };
         let probes = Probes::new(&adjacency, 2);
         let respond = |dense| probes.states.chunks(10).flat_map(|x| map(x, dense)).collect::<Vec<f32>>();
-        let op = Operator::from_probes(&adjacency, &probes, &respond(false));
+        let classes = vec![vec![0, 2, 4], vec![1, 3]];
+        let op = Operator::from_probes(&adjacency, &probes, &respond(false), &classes);
         let test: Vec<f32> = (0..20).map(|k| ((k * 37 % 11) as f32 - 5.0) / 5.0).collect();
         let truth: Vec<f32> = test.chunks(10).flat_map(|x| map(x, false)).collect();
         assert!(op.agrees(&test, &truth));
-        let dense = Operator::from_probes(&adjacency, &probes, &respond(true));
+        let dense = Operator::from_probes(&adjacency, &probes, &respond(true), &classes);
         let truth: Vec<f32> = test.chunks(10).flat_map(|x| map(x, true)).collect();
         assert!(!dense.agrees(&test, &truth), "couplings outside the unit graph must be caught");
     }

@@ -73,6 +73,11 @@ pub(crate) trait Kernels: Device<f32> {
             .unwrap_or_else(|| self.zeros_like(&(1, m, n)))
     }
 
+    /// A tensor's elements in order, on the host.
+    fn to_host(&self, x: &T3<Self>) -> Vec<f32> {
+        x.as_vec()
+    }
+
     /// `f(x)` elementwise, untaped.
     fn map(&self, f: ir::Unary, x: T3<Self>) -> T3<Self> {
         eval::unary(f, x, false)
@@ -148,6 +153,11 @@ impl Kernels for Cpu {
 
     fn neighbour_sum(&self, x: T3<Self>, neighbours: &[Vec<usize>], _dense: &T3<Self>) -> T3<Self> {
         neighbour_sum_host(self, x, neighbours)
+    }
+
+    fn to_host(&self, x: &T3<Self>) -> Vec<f32> {
+        // A copy of the buffer: dfdx's `as_vec` walks it by index.
+        with_host(x, <[f32]>::to_vec)
     }
 
     fn categorical(&self, logits: T3<Self>, rng: &mut rand::rngs::SmallRng) -> T3<Self> {
@@ -778,11 +788,11 @@ impl<D: Kernels> ChainSet<D> {
         let shape = self.shape(var);
         let chained = stage.chained.map(|id| {
             let t = self.eval(&[id], &self.state).pop().expect("one root");
-            expand(t, shape.0, shape.1, shape.2).as_vec()
+            self.dev.to_host(&expand(t, shape.0, shape.1, shape.2))
         });
         let name = &self.vars[var].name;
-        let mut x = self.state[name].as_vec();
-        op.sweep(stage.draw, &stage.classes, &mut x, chained.as_deref(), &mut self.chain_rngs);
+        let mut x = self.dev.to_host(&self.state[name]);
+        op.sweep(stage.draw, &mut x, chained.as_deref(), &mut self.chain_rngs);
         let t = self.dev.tensor_from_vec(x, shape);
         self.state.insert(name.clone(), t);
     }
@@ -799,8 +809,12 @@ impl<D: Kernels> ChainSet<D> {
             expand(t, n, rows, cols).as_vec()
         };
         let probes = lattice::Probes::new(&stage.adjacency, width);
-        let mut op =
-            lattice::Operator::from_probes(&stage.adjacency, &probes, &respond(probes.states.clone(), probes.count));
+        let mut op = lattice::Operator::from_probes(
+            &stage.adjacency,
+            &probes,
+            &respond(probes.states.clone(), probes.count),
+            &stage.classes,
+        );
         // Fixed test states: the check must not move the chains' random streams.
         let mut rng = rand::rngs::SmallRng::seed_from_u64(0x6c61_7474_6963_65);
         let test: Vec<f32> = (0..2 * rows * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
