@@ -39,7 +39,7 @@ pub struct Operator {
     /// Entries per row when every row has the same number (a regular lattice).
     degree: Option<usize>,
     cols: Vec<u32>,
-    /// Entry `e`'s block: `[e * width² + r * width + l]` = ∂ logit(i, r) / ∂ x(u, l).
+    /// Entry `e`'s block by columns: `[e * width² + l * width + r]` = ∂ logit(i, r) / ∂ x(u, l).
     blocks: Vec<f32>,
     /// Per row.
     bias: Vec<f32>,
@@ -122,7 +122,7 @@ impl Operator {
                 for l in 0..width {
                     let probe = &responses[(1 + d * width + l) * stride..][..stride];
                     for r in 0..width {
-                        block[r * width + l] = probe[i * width + r] - zero[i * width + r];
+                        block[l * width + r] = probe[i * width + r] - zero[i * width + r];
                     }
                 }
                 if block.iter().any(|w| *w != 0.0) {
@@ -158,11 +158,10 @@ impl Operator {
         for e in self.starts[r]..self.starts[r + 1] {
             let xu = &x[self.cols[e] as usize * w..][..w];
             let block = &self.blocks[e * w * w..][..w * w];
-            for (l, &v) in xu.iter().enumerate() {
+            // A one-hot state has one nonzero value: one column of the block.
+            for (column, &v) in block.chunks_exact(w).zip(xu) {
                 if v != 0.0 {
-                    for (k, o) in out.iter_mut().enumerate() {
-                        *o += block[k * w + l] * v;
-                    }
+                    out.iter_mut().zip(column).for_each(|(o, c)| *o += c * v);
                 }
             }
         }
@@ -182,7 +181,7 @@ impl Operator {
                 for e in self.starts[row]..self.starts[row + 1] {
                     let xu = &x[self.cols[e] as usize * w..][..w];
                     for (k, s) in scale.iter_mut().enumerate() {
-                        *s += (0..w).map(|l| (self.blocks[e * w * w + k * w + l] * xu[l]).abs()).sum::<f32>();
+                        *s += (0..w).map(|l| (self.blocks[e * w * w + l * w + k] * xu[l]).abs()).sum::<f32>();
                     }
                 }
                 (0..w).all(|k| {
@@ -210,7 +209,13 @@ impl Operator {
                 wide(|| self.bernoulli_chain::<6>(x, c, rng, scale, hi, lo))
             }
             (Draw::Bernoulli { scale, hi, lo }, _) => wide(|| self.bernoulli_chain::<0>(x, c, rng, scale, hi, lo)),
-            (Draw::Categorical, _) => self.categorical_chain(x, c, rng),
+            // Small category counts get fixed-length loops.
+            (Draw::Categorical, _) => match self.width {
+                2 => self.categorical_chain(x, c, rng, [0.0; 2]),
+                3 => self.categorical_chain(x, c, rng, [0.0; 3]),
+                4 => self.categorical_chain(x, c, rng, [0.0; 4]),
+                w => self.categorical_chain(x, c, rng, vec![0.0; w]),
+            },
         };
         // Blocks of about PIECE site updates: enough work to pay for a hand-off.
         const PIECE: usize = 1 << 15;
@@ -283,31 +288,38 @@ impl Operator {
         }
     }
 
-    fn categorical_chain(&self, x: &mut [f32], chained: Option<&[f32]>, rng: &mut SmallRng) {
-        let w = self.width;
-        let mut logits = vec![0.0f32; w];
+    /// The one-hot draws of one chain, with `logits` a buffer of one unit's width.
+    #[inline(always)]
+    fn categorical_chain(
+        &self,
+        x: &mut [f32],
+        chained: Option<&[f32]>,
+        rng: &mut SmallRng,
+        mut logits: impl AsMut<[f32]>,
+    ) {
+        let logits = logits.as_mut();
+        let w = logits.len();
         for (r, &i) in self.order.iter().enumerate() {
             let i = i as usize;
             logits.copy_from_slice(&self.bias[r * w..][..w]);
             if let Some(c) = chained {
                 logits.iter_mut().zip(&c[i * w..][..w]).for_each(|(l, c)| *l += c);
             }
-            self.field(r, x, &mut logits);
-            // Inverse CDF with one uniform: exact, no ties.
+            self.field(r, x, logits);
+            // Inverse CDF with one uniform: exact to f32 rounding, no ties.
             let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut total = 0.0f64;
+            let mut total = 0.0f32;
             for l in logits.iter_mut() {
-                *l = (*l - top).exp();
-                total += f64::from(*l);
+                *l = fast_exp(*l - top);
+                total += *l;
             }
-            let mut u = (rng.next_u64() >> 11) as f64 * (1.0 / 9_007_199_254_740_992.0) * total;
-            let mut pick = w - 1;
-            for (k, l) in logits.iter().enumerate() {
-                u -= f64::from(*l);
-                if u < 0.0 {
-                    pick = k;
-                    break;
-                }
+            let u = (rng.next_u32() >> 8) as f32 * (1.0 / 16_777_216.0) * total;
+            // The first k whose cumulative weight exceeds u, counted without branches (they mispredict).
+            let mut cumulative = 0.0;
+            let mut pick = 0;
+            for l in &logits[..w - 1] {
+                cumulative += *l;
+                pick += usize::from(cumulative <= u);
             }
             for (k, v) in x[i * w..][..w].iter_mut().enumerate() {
                 *v = f32::from(u8::from(k == pick));
