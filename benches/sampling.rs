@@ -3,7 +3,10 @@
 //!
 //! (a) RBM 784x500, 100 chains: block-Gibbs sweeps per second, and the ratio
 //!     of one sweep to the two raw dfdx matrix products it contains (limit 1.0).
-//! (b) Ising 64x64 (periodic), 64 chains: spin updates per second.
+//! (b) Ising 64x64 (periodic), 128 chains: spin updates per second, and the
+//!     ratio to thrml's sampler on the same lattice in the same run (a
+//!     Python/JAX script, `benches/thrml_ising.py`; skipped with a note when
+//!     thrml is not installed).
 //! (c) MLP energy 2 -> 128 -> 128 -> 1, 256 chains: Langevin steps per second,
 //!     and the ratio to a forward pass of the same MLP in raw dfdx.
 
@@ -47,6 +50,20 @@ fn paired(reps: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64, f
     (ta[reps / 2], tb[reps / 2], r[reps / 2])
 }
 
+/// thrml's spin updates per second on the same lattice and chain count,
+/// from `benches/thrml_ising.py` (needs `pip install thrml`).
+fn thrml_rate(side: usize, chains: usize) -> Result<f64, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/thrml_ising.py");
+    let out = std::process::Command::new("python3")
+        .args([script, &side.to_string(), &chains.to_string(), "100", "5"])
+        .output()
+        .map_err(|e| format!("cannot run python3: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("thrml ").and_then(|r| r.trim().parse().ok()))
+        .ok_or_else(|| format!("{script} printed no rate: {}", String::from_utf8_lossy(&out.stderr).trim()))
+}
+
 fn main() {
     let dev = Cpu::seed_from_u64(0);
 
@@ -71,17 +88,36 @@ fn main() {
     println!("    raw dfdx matmuls (2)     {:>8.3} ms", gemm * 1e3);
     println!("    sweep / matmuls          {:>8.2}x  (median of paired runs)", ratio);
 
-    // (b) Ising
+    // (b) Ising: ebmc's timings bracket thrml's, so load on the machine shows in the spread.
     let ising = "model ising { const A = grid(64, 64, periodic: true); visible s : spin[4096]; param J : real = 0.4;
         energy e = -0.5 * J * (s @ A @ s); }";
-    let mut s = setup_chains(ising, 64);
-    let sweep = median(5, || s.sweep());
-    println!("(b) Ising 64x64 periodic, 64 chains, chromatic Gibbs");
+    let (chains, sites) = (128, 4096.0);
+    let mut s = setup_chains(ising, chains);
+    let before = median(21, || s.sweep());
+    let thrml = thrml_rate(64, chains);
+    let after = median(21, || s.sweep());
+    let rate = |t: f64| sites * chains as f64 / t / 1e6;
+    println!("(b) Ising 64x64 periodic, {chains} chains, chromatic Gibbs (2 colours)");
     println!(
-        "    sweep                    {:>8.3} ms   {:>8.2} M spin updates/s",
-        sweep * 1e3,
-        4096.0 * 64.0 / sweep / 1e6
+        "    sweep                    {:>8.3} ms   {:>8.1} M spin updates/s  (before thrml's run: {:.1})",
+        after * 1e3,
+        rate(after),
+        rate(before)
     );
+    match thrml {
+        Ok(r) => {
+            println!(
+                "    thrml (JAX jit, CPU)                  {:>8.1} M spin updates/s  (benches/thrml_ising.py)",
+                r / 1e6
+            );
+            let ebmc = rate((before + after) / 2.0) * 1e6;
+            println!(
+                "    ebmc / thrml             {:>8.2}x  (rate ratio; ebmc's sweep time the mean of both runs)",
+                ebmc / r
+            );
+        }
+        Err(why) => println!("    thrml not measured: {why}"),
+    }
 
     // (c) Langevin on an MLP energy
     let mlp = "model ring { visible x : real[2]; net f = mlp(2 -> 128 -> 128 -> 1, act: swish);

@@ -5,7 +5,8 @@
 //!     cargo run --release --example generate_lattice_data
 //!
 //! Training `models/ising.ebm` on `data/ising_32x32.csv` should then recover
-//! J = 0.3 and a field near 0.
+//! J = 0.3 and a field near 0, and `models/potts_learned.ebm` on
+//! `data/potts_4x4.csv` the interaction matrix K below.
 
 use ebmc::tensor::{HostTensor, Tensors};
 use rand::{Rng, SeedableRng};
@@ -46,6 +47,9 @@ fn main() {
     write("data/ising_32x32.csv", &m, &s);
     let (m, s) = sample("models/potts.ebm", &[("J", vec![0.8]), ("field", vec![0.3, 0.0, -0.3])], 400, 400);
     write("data/potts_8x8.csv", &m, &s);
+    let k = vec![0.9, -0.2, 0.1, -0.2, 0.6, 0.0, 0.1, 0.0, 0.8];
+    let (m, s) = sample("models/potts_learned.ebm", &[("K", k), ("field", vec![0.2, 0.0, -0.2])], 400, 400);
+    write("data/potts_4x4.csv", &m, &s);
     let mut rng = rand::rngs::StdRng::seed_from_u64(16);
     let w: Vec<f32> = (0..256).map(|i| if i / 16 == i % 16 { 0.0 } else { rng.gen_range(-0.4..0.4) }).collect();
     let w: Vec<f32> = (0..256).map(|i| 0.5 * (w[i] + w[(i % 16) * 16 + i / 16])).collect();

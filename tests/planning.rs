@@ -313,3 +313,33 @@ fn objective_lists_only_the_options_that_apply() {
     let (plans, _) = ebmc::plan(&ebmc::compile(continuous).unwrap().program).unwrap();
     assert!(plans[0].to_text().contains("buffer: 10000"), "{}", plans[0].to_text());
 }
+
+#[test]
+fn learned_potts_and_cubic_lattices_plan_chromatic_gibbs() {
+    let potts = plan(
+        "const A = grid(4, 4, periodic: true); visible y : categorical(3)[16]; param K : real[3, 3];
+         energy e = -0.5 * sum(A * (y @ K @ y.T));",
+    );
+    assert!(matches!(potts.variables[0].kernel, Kernel::ChromaticGibbs { colours: 2, .. }), "{}", potts.to_text());
+    let cubic = plan(
+        "const G = grid(4, 4, periodic: true); const Z = chain(4, periodic: true); visible s : spin[16, 4];
+         param J : real; energy e = -J * sum(s * (G @ s)) - J * sum(s * (s @ Z));",
+    );
+    let Kernel::ChromaticGibbs { colours: 2, unit_colours, .. } = &cubic.variables[0].kernel else {
+        panic!("{}", cubic.to_text())
+    };
+    // Unit (i, a) is s[i, a]: neighbours in the plane (same a) and along z (same i) differ.
+    let c = |i: usize, a: usize| unit_colours[i * 4 + a];
+    assert_ne!(c(0, 0), c(1, 0));
+    assert_ne!(c(0, 0), c(0, 1));
+    assert_ne!(c(0, 0), c(0, 3), "z is periodic");
+    // Both lattices on one product couple diagonally; a K over the sites' axis is dense.
+    let both =
+        plan("const G = chain(4); const Z = chain(3); visible s : spin[4, 3]; energy e = -sum(s * (G @ s @ Z));");
+    let Kernel::ChromaticGibbs { colours, .. } = both.variables[0].kernel else { panic!("{}", both.to_text()) };
+    assert!(colours >= 4, "the strong product of two paths has 2x2 cliques: {colours} colours");
+    let dense = plan(
+        "const A = chain(3); visible y : categorical(3)[3]; param K : real[3, 3]; energy e = -sum(A * (y @ K @ y.T));",
+    );
+    assert!(matches!(dense.variables[0].kernel, Kernel::SequentialGibbs), "{}", dense.to_text());
+}

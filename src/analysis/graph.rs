@@ -5,7 +5,7 @@
 //! binary and one-hot units satisfy `x^2 = x`, spins `s^2 = 1`, so products of
 //! a unit with itself never couple two different units.
 
-use crate::analysis::program::{ConstValue, Domain, Func, Model, TExpr, TExprKind, Variable, shape_str};
+use crate::analysis::program::{ConstValue, Domain, Func, GraphConst, Model, TExpr, TExprKind, Variable, shape_str};
 use crate::front::ast::{BinOp, Role};
 use petgraph::graph::{NodeIndex, UnGraph};
 use serde::Serialize;
@@ -280,14 +280,26 @@ impl FactorGraph {
             .collect()
     }
 
-    /// The graph constants that carry every self-coupling of `var`, when the
-    /// coupling goes through them alone (scalars aside): then units interact
-    /// only along the constants' edges. `None` when some coupling is dense or
-    /// not quadratic.
-    pub fn sparse_coupling(&self, var: &str) -> Option<Vec<String>> {
+    /// The unit graph of `var` when every self-coupling goes through graph
+    /// constants (beside scalars, and for a categorical variable square
+    /// parameters over its categories, a learned K×K interaction): units
+    /// interact only along the constants' edges. A constant over all the
+    /// units adds its edges; one over an axis of a matrix-shaped variable
+    /// (`G @ s`, `s @ Z` for `s : spin[16, 4]`) adds them along that axis, and
+    /// a part with constants on both axes couples along both at once (the
+    /// strong product). Returns the neighbour lists and the constants'
+    /// names; `None` when some coupling is dense or not quadratic.
+    pub fn unit_graph(&self, var: &str) -> Option<(Vec<Vec<usize>>, Vec<String>)> {
         let v = self.variable(var);
         let units = units(v);
-        let mut consts = BTreeSet::new();
+        let categories = match v.domain {
+            Domain::Categorical { categories } => Some(categories),
+            _ => None,
+        };
+        // Axes whose lengths a lattice may act along: a matrix of binary or spin units.
+        let axes: &[usize] = if categories.is_none() && v.shape.len() == 2 { &v.shape } else { &[] };
+        let mut edges: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); units];
+        let mut names = BTreeSet::new();
         for name in self.self_couplings(var) {
             let energy = self.model.energies.iter().find(|e| e.name == name).expect("factor is an energy");
             let mut parts = Vec::new();
@@ -298,27 +310,47 @@ impl FactorGraph {
                     return None;
                 }
                 let mut ok = true;
-                let mut found = false;
+                let mut whole: Vec<&GraphConst> = Vec::new();
+                let mut along: [Vec<&GraphConst>; 2] = [Vec::new(), Vec::new()];
                 part.walk(&mut |n| match &n.kind {
                     TExprKind::Const(c) => match self.model.constant(c).map(|c| &c.value) {
                         Some(ConstValue::Graph(g)) if g.units() == units => {
-                            consts.insert(c.clone());
-                            found = true;
+                            names.insert(c.clone());
+                            whole.push(g);
+                        }
+                        Some(ConstValue::Graph(g)) if axes.contains(&g.units()) => {
+                            names.insert(c.clone());
+                            // A square variable leaves the axis open: both are assumed.
+                            for (a, len) in axes.iter().enumerate() {
+                                if *len == g.units() {
+                                    along[a].push(g);
+                                }
+                            }
                         }
                         _ => ok &= n.shape.is_empty(),
                     },
+                    TExprKind::Param(_) if categories.is_some_and(|k| n.shape == [k, k] && k != units) => {}
                     TExprKind::Param(_) | TExprKind::Var(_) if !n.shape.is_empty() => {
                         ok &= matches!(&n.kind, TExprKind::Var(x) if x == var)
                     }
                     TExprKind::Net { .. } => ok = false,
                     _ => {}
                 });
-                if !ok || !found {
+                let on_axes = along.iter().any(|a| !a.is_empty());
+                if !ok || (whole.is_empty() && !on_axes) || (!whole.is_empty() && on_axes) {
                     return None;
+                }
+                for g in whole {
+                    for (u, ns) in lattice_adjacency(g).into_iter().enumerate() {
+                        edges[u].extend(ns);
+                    }
+                }
+                if on_axes {
+                    axis_product(axes, &along, &mut edges);
                 }
             }
         }
-        Some(consts.into_iter().collect())
+        Some((edges.into_iter().map(|s| s.into_iter().collect()).collect(), names.into_iter().collect()))
     }
 
     /// Whether the interaction graph among `vars` is bipartite, checked over
@@ -390,8 +422,42 @@ pub fn colour(adjacency: &[Vec<usize>]) -> Vec<usize> {
     colour
 }
 
+/// Edges of units `(i, j)` of a `rows × cols` variable along lattices on its
+/// axes: `(i, j) ~ (i', j)` for `i ~ i'` on axis 0, likewise on axis 1, and
+/// both steps at once when both axes have lattices.
+fn axis_product(shape: &[usize], along: &[Vec<&GraphConst>; 2], edges: &mut [BTreeSet<usize>]) {
+    let step = |a: usize| -> Vec<Vec<usize>> {
+        let mut adj: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); shape[a]];
+        for g in &along[a] {
+            for (u, ns) in lattice_adjacency(g).into_iter().enumerate() {
+                adj[u].extend(ns);
+            }
+        }
+        // Staying put is a move too, so a product of steps reaches the diagonals.
+        adj.iter_mut().enumerate().for_each(|(u, s)| {
+            s.insert(u);
+        });
+        adj.into_iter().map(|s| s.into_iter().collect()).collect()
+    };
+    let (rows, cols) = (step(0), step(1));
+    let (fixed0, fixed1) = (along[0].is_empty(), along[1].is_empty());
+    for i in 0..shape[0] {
+        for j in 0..shape[1] {
+            let is: &[usize] = if fixed0 { std::slice::from_ref(&i) } else { &rows[i] };
+            let js: &[usize] = if fixed1 { std::slice::from_ref(&j) } else { &cols[j] };
+            for &a in is {
+                for &b in js {
+                    if (a, b) != (i, j) {
+                        edges[i * shape[1] + j].insert(a * shape[1] + b);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The unit-level graph of a lattice constant: neighbours of each unit.
-pub fn lattice_adjacency(g: &crate::analysis::program::GraphConst) -> Vec<Vec<usize>> {
+pub fn lattice_adjacency(g: &GraphConst) -> Vec<Vec<usize>> {
     use crate::analysis::program::Lattice;
     let (rows, cols) = (g.rows, g.cols);
     let n = rows * cols;

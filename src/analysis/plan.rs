@@ -4,7 +4,7 @@
 //! allows, and refuses models and objectives that cannot work (no finite
 //! normaliser, score matching on discrete data, invalid sampler overrides).
 
-use crate::analysis::graph::{ColourClass, Degree, FactorGraph, colour, lattice_adjacency, type_text, units};
+use crate::analysis::graph::{ColourClass, Degree, FactorGraph, colour, type_text};
 use crate::analysis::program::{Call, ConstValue, Domain, Program, Train};
 use crate::front::ast::Role;
 use crate::front::span::Span;
@@ -508,8 +508,8 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                     ),
                 };
                 (Kernel::BlockGibbs { block, blocks }, reason, conditional(ir))
-            } else if let Some(consts) = graph.sparse_coupling(&v.name) {
-                let (kernel, reason) = chromatic(model, v, &consts);
+            } else if let Some((adjacency, consts)) = graph.unit_graph(&v.name) {
+                let (kernel, reason) = chromatic(model, &adjacency, &consts);
                 (kernel, reason, conditional(ir))
             } else {
                 let via = graph.self_couplings(&v.name).join(", ");
@@ -609,19 +609,10 @@ fn conditional_text(ir: &mut Ir, v: &crate::analysis::program::Variable, minus_g
     }
 }
 
-fn chromatic(
-    model: &crate::analysis::program::Model,
-    v: &crate::analysis::program::Variable,
-    consts: &[String],
-) -> (Kernel, String) {
-    let n = units(v);
-    let mut adjacency: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+fn chromatic(model: &crate::analysis::program::Model, adjacency: &[Vec<usize>], consts: &[String]) -> (Kernel, String) {
     let mut names = Vec::new();
     for c in consts {
         if let Some(ConstValue::Graph(g)) = model.constant(c).map(|c| &c.value) {
-            for (u, ns) in lattice_adjacency(g).into_iter().enumerate() {
-                adjacency[u].extend(ns);
-            }
             let kind = format!("{:?}", g.lattice).to_lowercase();
             let periodic = if g.periodic { ", periodic" } else { "" };
             names.push(if g.rows > 1 {
@@ -631,8 +622,7 @@ fn chromatic(
             });
         }
     }
-    let adjacency: Vec<Vec<usize>> = adjacency.into_iter().map(|s| s.into_iter().collect()).collect();
-    let unit_colours = colour(&adjacency);
+    let unit_colours = colour(adjacency);
     let colours = unit_colours.iter().max().map_or(1, |m| m + 1);
     let lattice = names.join(", ");
     let reason = format!("{lattice}; units of one colour are conditionally independent");

@@ -8,6 +8,7 @@
 mod ais;
 mod eval;
 mod host;
+mod lattice;
 mod train;
 
 pub use ais::{
@@ -70,6 +71,11 @@ pub(crate) trait Kernels: Device<f32> {
             })
             .reduce(|x, y| x + y)
             .unwrap_or_else(|| self.zeros_like(&(1, m, n)))
+    }
+
+    /// A tensor's elements in order, on the host.
+    fn to_host(&self, x: &T3<Self>) -> Vec<f32> {
+        x.as_vec()
     }
 
     /// `f(x)` elementwise, untaped.
@@ -147,6 +153,11 @@ impl Kernels for Cpu {
 
     fn neighbour_sum(&self, x: T3<Self>, neighbours: &[Vec<usize>], _dense: &T3<Self>) -> T3<Self> {
         neighbour_sum_host(self, x, neighbours)
+    }
+
+    fn to_host(&self, x: &T3<Self>) -> Vec<f32> {
+        // A copy of the buffer: dfdx's `as_vec` walks it by index.
+        with_host(x, <[f32]>::to_vec)
     }
 
     fn categorical(&self, logits: T3<Self>, rng: &mut rand::rngs::SmallRng) -> T3<Self> {
@@ -417,8 +428,7 @@ enum Stage<D: Device<f32>> {
     Block(Vec<(usize, Id, Option<Id>)>),
     Chromatic {
         var: usize,
-        logits: Id,
-        masks: Vec<T3<D>>,
+        form: Chromatic<D>,
     },
     Sequential {
         var: usize,
@@ -431,6 +441,38 @@ enum Stage<D: Device<f32>> {
         steps: usize,
         clip: Option<f32>,
     },
+}
+
+enum Chromatic<D: Device<f32>> {
+    /// Logits affine in the variable alone (other variables only add to them):
+    /// one sparse operator, each colour's sites gathered and drawn in one pass.
+    Lattice(Box<LatticeStage>),
+    /// Logits that mix the variable with others: every site's logits are
+    /// computed and the colour's draws blended in through its mask.
+    Masked { logits: Id, masks: Vec<T3<D>> },
+}
+
+struct LatticeStage {
+    /// Neighbours of each unit in the unit graph the plan coloured.
+    adjacency: Vec<Vec<usize>>,
+    /// The logits' terms in the variable, in no variable, and in other variables.
+    coupling: Id,
+    shared: Option<Id>,
+    chained: Option<Id>,
+    /// Units of each colour, in order.
+    classes: Vec<Vec<u32>>,
+    draw: lattice::Draw,
+    built: Built,
+}
+
+/// The operator of a lattice stage for the current parameters.
+enum Built {
+    Stale,
+    Operator(lattice::Operator),
+    /// The logits reach beyond the unit graph (a product the planner could
+    /// not see through): the colouring may not hold, so units are drawn one
+    /// at a time from energy differences instead.
+    Beyond,
 }
 
 struct ChainSet<D: Device<f32>> {
@@ -449,6 +491,17 @@ struct ChainSet<D: Device<f32>> {
     proposed: usize,
     rng: rand::rngs::StdRng,
     fast_rng: rand::rngs::SmallRng,
+    /// One generator per chain for the lattice kernel, so its draws do not depend on how chains are split among threads.
+    chain_rngs: Vec<rand::rngs::SmallRng>,
+}
+
+/// Generators for each chain, from the run's seed.
+fn chain_rngs(seed: u64, chains: usize) -> Vec<rand::rngs::SmallRng> {
+    (0..chains as u64)
+        .map(|c| {
+            rand::rngs::SmallRng::seed_from_u64(seed ^ 0x2545_f491_4f6c_dd1d ^ c.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        })
+        .collect()
 }
 
 /// Splits a sum into the terms that depend on some variable and those that
@@ -469,13 +522,43 @@ fn split_shared(ir: &mut Ir, root: Id) -> (Id, Option<Id>) {
         return (root, None);
     }
     let shape = ir.shape(root).clone();
-    let sum = |ir: &mut Ir, parts: Vec<(Id, f64)>| {
-        let zero = ir.zeros(&shape);
-        parts.into_iter().fold(zero, |acc, (id, sign)| if sign > 0.0 { ir.add(acc, id) } else { ir.sub(acc, id) })
-    };
-    let b = sum(ir, batched);
-    let s = sum(ir, shared);
+    let b = signed_sum(ir, &shape, batched);
+    let s = signed_sum(ir, &shape, shared);
     (b, Some(s))
+}
+
+fn signed_sum(ir: &mut Ir, shape: &[usize], parts: Vec<(Id, f64)>) -> Id {
+    let zero = ir.zeros(shape);
+    parts.into_iter().fold(zero, |acc, (id, sign)| if sign > 0.0 { ir.add(acc, id) } else { ir.sub(acc, id) })
+}
+
+/// Splits the logits of `var` into the terms in `var` alone, in no variable
+/// and in other variables only; `None` when some term mixes `var` with
+/// another variable (its coupling would then change from chain to chain).
+fn split_coupling(ir: &mut Ir, root: Id, var: &str) -> Option<(Id, Option<Id>, Option<Id>)> {
+    let (mut own, mut shared, mut chained) = (Vec::new(), Vec::new(), Vec::new());
+    let mut stack = vec![(root, 1.0)];
+    while let Some((id, sign)) = stack.pop() {
+        match ir.node(id).op {
+            ir::Op::Add(a, b) => stack.extend([(b, sign), (a, sign)]),
+            ir::Op::Sub(a, b) => stack.extend([(b, -sign), (a, sign)]),
+            ir::Op::Neg(a) => stack.push((a, -sign)),
+            _ => {
+                let other = ir.cone(id).iter().any(|n| matches!(&ir.node(*n).op, ir::Op::Var(v) if v != var));
+                match (ir.depends_on(id, var), other) {
+                    (true, true) => return None,
+                    (true, false) => own.push((id, sign)),
+                    (false, false) => shared.push((id, sign)),
+                    (false, true) => chained.push((id, sign)),
+                }
+            }
+        }
+    }
+    let shape = ir.shape(root).clone();
+    let coupling = signed_sum(ir, &shape, own);
+    let mut part = |parts: Vec<(Id, f64)>| (!parts.is_empty()).then(|| signed_sum(ir, &shape, parts));
+    let shared = part(shared);
+    Some((coupling, shared, part(chained)))
 }
 
 fn upload<D: Device<f32>>(dev: &D, t: &HostTensor, batch: usize) -> T3<D> {
@@ -499,6 +582,7 @@ impl<D: Kernels> ChainSet<D> {
             .collect();
         let index = |name: &str| vars.iter().position(|v| v.name == name).expect("plan names model variables");
         let ir = &mut lowered.ir;
+        let graph = crate::analysis::graph::program_to_graph(model);
         let mut stages = Vec::new();
         for group in &plan.sweep {
             let first = plan.variables.iter().find(|v| v.name == group[0]).expect("sweep names planned variables");
@@ -523,17 +607,45 @@ impl<D: Kernels> ChainSet<D> {
                         .unwrap_or_else(|| ir.zeros(&model.variable(&first.name).expect("variable").shape));
                     let logits = ir.neg(g);
                     let info = &vars[var];
-                    let masks = (0..*colours)
-                        .map(|c| {
-                            let per_unit = info.cols * info.rows / unit_colours.len();
-                            let data: Vec<f32> = unit_colours
-                                .iter()
-                                .flat_map(|&u| std::iter::repeat_n(f32::from(u8::from(u == c)), per_unit))
+                    let adjacency = graph.unit_graph(&first.name).map(|(a, _)| a);
+                    let form = match (adjacency, split_coupling(ir, logits, &first.name)) {
+                        (Some(adjacency), Some((coupling, shared, chained)))
+                            if adjacency.len() == unit_colours.len() =>
+                        {
+                            let mut classes = vec![Vec::new(); *colours];
+                            for (u, &c) in unit_colours.iter().enumerate() {
+                                classes[c].push(u as u32);
+                            }
+                            let draw = match info.domain {
+                                Domain::Binary => lattice::Draw::Bernoulli { scale: 1.0, hi: 1.0, lo: 0.0 },
+                                Domain::Spin => lattice::Draw::Bernoulli { scale: 2.0, hi: 1.0, lo: -1.0 },
+                                _ => lattice::Draw::Categorical,
+                            };
+                            Chromatic::Lattice(Box::new(LatticeStage {
+                                adjacency,
+                                coupling,
+                                shared,
+                                chained,
+                                classes,
+                                draw,
+                                built: Built::Stale,
+                            }))
+                        }
+                        _ => {
+                            let masks = (0..*colours)
+                                .map(|c| {
+                                    let per_unit = info.cols * info.rows / unit_colours.len();
+                                    let data: Vec<f32> = unit_colours
+                                        .iter()
+                                        .flat_map(|&u| std::iter::repeat_n(f32::from(u8::from(u == c)), per_unit))
+                                        .collect();
+                                    dev.tensor_from_vec(data, (1, info.rows, info.cols))
+                                })
                                 .collect();
-                            dev.tensor_from_vec(data, (1, info.rows, info.cols))
-                        })
-                        .collect();
-                    stages.push(Stage::Chromatic { var, logits, masks });
+                            Chromatic::Masked { logits, masks }
+                        }
+                    };
+                    stages.push(Stage::Chromatic { var, form });
                 }
                 Kernel::SequentialGibbs => stages.push(Stage::Sequential { var: index(&first.name) }),
                 Kernel::Langevin { mala, step, noise, steps, clip, .. } => {
@@ -587,6 +699,7 @@ impl<D: Kernels> ChainSet<D> {
             proposed: 0,
             rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
             fast_rng: rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5851_f42d_4c95_7f2d),
+            chain_rngs: chain_rngs(seed, chains),
         };
         for i in 0..set.vars.len() {
             let init = set.initial(i);
@@ -612,6 +725,7 @@ impl<D: Kernels> ChainSet<D> {
     fn reseed(&mut self, seed: u64) {
         self.rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
         self.fast_rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5851_f42d_4c95_7f2d);
+        self.chain_rngs = chain_rngs(seed, self.chains);
     }
 
     fn shape(&self, var: usize) -> (usize, usize, usize) {
@@ -707,6 +821,55 @@ impl<D: Kernels> ChainSet<D> {
         }
         let t = self.dev.tensor_from_vec(host, (chains, rows, cols));
         self.state.insert(name, t);
+    }
+
+    /// One chromatic sweep of `var` through its lattice operator (built first when stale).
+    fn lattice_sweep(&mut self, var: usize, stage: &mut LatticeStage) {
+        if let Built::Stale = stage.built {
+            stage.built = self.build_operator(var, stage);
+        }
+        let Built::Operator(op) = &stage.built else { return self.sequential(var) };
+        let shape = self.shape(var);
+        let chained = stage.chained.map(|id| {
+            let t = self.eval(&[id], &self.state).pop().expect("one root");
+            self.dev.to_host(&expand(t, shape.0, shape.1, shape.2))
+        });
+        let name = &self.vars[var].name;
+        let mut x = self.dev.to_host(&self.state[name]);
+        op.sweep(stage.draw, &mut x, chained.as_deref(), &mut self.chain_rngs);
+        let t = self.dev.tensor_from_vec(x, shape);
+        self.state.insert(name.clone(), t);
+    }
+
+    /// Reads the stage's coupling off the compiled logits on probe states and
+    /// checks it on two random states.
+    fn build_operator(&self, var: usize, stage: &LatticeStage) -> Built {
+        let (_, rows, cols) = self.shape(var);
+        let name = self.vars[var].name.clone();
+        let width = rows * cols / stage.adjacency.len();
+        let respond = |states: Vec<f32>, n: usize| {
+            let vars = BTreeMap::from([(name.clone(), self.dev.tensor_from_vec(states, (n, rows, cols)))]);
+            let t = self.eval(&[stage.coupling], &vars).pop().expect("one root");
+            expand(t, n, rows, cols).as_vec()
+        };
+        let probes = lattice::Probes::new(&stage.adjacency, width);
+        let mut op = lattice::Operator::from_probes(
+            &stage.adjacency,
+            &probes,
+            &respond(probes.states.clone(), probes.count),
+            &stage.classes,
+        );
+        // Fixed test states: the check must not move the chains' random streams.
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(0x6c61_7474_6963_65);
+        let test: Vec<f32> = (0..2 * rows * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        if !op.agrees(&test, &respond(test.clone(), 2)) {
+            return Built::Beyond;
+        }
+        if let Some(id) = stage.shared {
+            let t = self.eval(&[id], &BTreeMap::new()).pop().expect("one root");
+            op.add_bias(&expand(t, 1, rows, cols).as_vec());
+        }
+        Built::Operator(op)
     }
 
     fn langevin(&mut self, vars: &[(usize, Id)], mala: bool, step: f32, noise: f32, clip: Option<f32>) {
@@ -824,9 +987,9 @@ impl<D: Kernels> ChainSet<D> {
     /// One sweep that leaves the variables in `clamped` as they are (the
     /// positive phase samples latents with the data held fixed).
     fn sweep_clamped(&mut self, clamped: &[String]) {
-        let stages = std::mem::take(&mut self.stages);
+        let mut stages = std::mem::take(&mut self.stages);
         let free = |s: &Self, var: &usize| !clamped.contains(&s.vars[*var].name);
-        for stage in &stages {
+        for stage in &mut stages {
             match stage {
                 Stage::Block(block) => {
                     let block: Vec<&(usize, Id, Option<Id>)> = block.iter().filter(|(v, _, _)| free(self, v)).collect();
@@ -840,7 +1003,8 @@ impl<D: Kernels> ChainSet<D> {
                     }
                 }
                 Stage::Chromatic { var, .. } | Stage::Sequential { var } if !free(self, var) => {}
-                Stage::Chromatic { var, logits, masks } => {
+                Stage::Chromatic { var, form: Chromatic::Lattice(stage) } => self.lattice_sweep(*var, stage),
+                Stage::Chromatic { var, form: Chromatic::Masked { logits, masks } } => {
                     let name = self.vars[*var].name.clone();
                     for mask in masks {
                         let l = self.eval(&[*logits], &self.state).pop().expect("one root");
@@ -881,6 +1045,11 @@ impl<D: Kernels> ChainSet<D> {
     fn set_params(&mut self, params: &BTreeMap<String, T3<D>>) {
         for (k, v) in params {
             self.leaves.tensors.insert(k.clone(), v.clone());
+        }
+        for stage in &mut self.stages {
+            if let Stage::Chromatic { form: Chromatic::Lattice(l), .. } = stage {
+                l.built = Built::Stale;
+            }
         }
     }
 
@@ -1114,4 +1283,58 @@ fn device_leaves<D: Kernels>(
         })
         .collect();
     Ok(Leaves { tensors, lattices })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lattice stage's operator after one sweep, for a one-model source.
+    fn built(src: &str) -> Vec<&'static str> {
+        let c = crate::compile(src).expect("compiles");
+        let (plans, _) = crate::plan(&c.program).expect("plans");
+        let model = c.program.models.values().next().expect("a model");
+        let params = crate::tensor::initialise(&ir::program_to_ir(model).params, 1);
+        let mut set = ChainSet::new(Cpu::default(), model, &plans[0], &params, 4, 1).expect("chains");
+        set.sweep_clamped(&[]);
+        set.stages
+            .iter()
+            .filter_map(|s| match s {
+                Stage::Chromatic { form: Chromatic::Lattice(l), .. } => Some(match l.built {
+                    Built::Stale => "stale",
+                    Built::Operator(_) => "operator",
+                    Built::Beyond => "beyond",
+                }),
+                Stage::Chromatic { form: Chromatic::Masked { .. }, .. } => Some("masked"),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lattice_models_sample_through_the_sparse_operator() {
+        let ising = "model m { const A = grid(4, 4, periodic: true); visible s : spin[16]; param J : real = 0.4;
+            param h : real[16] = normal(0, 1); energy e = -0.5 * J * (s @ A @ s) - h @ s; }";
+        assert_eq!(built(ising), ["operator"]);
+        let potts =
+            "model m { const A = grid(4, 4); visible y : categorical(3)[16]; param K : real[3, 3] = normal(0, 1);
+            energy e = -0.5 * sum(A * (y @ K @ y.T)); }";
+        assert_eq!(built(potts), ["operator"]);
+        let cubic = "model m { const G = grid(4, 4, periodic: true); const Z = chain(4); visible s : spin[16, 4];
+            param J : real = 0.3; energy e = -J * sum(s * (G @ s)) - J * sum(s * (s @ Z)); }";
+        assert_eq!(built(cubic), ["operator"]);
+        // A hidden layer only adds to the lattice's logits: still the operator, with per-chain terms.
+        let hidden = "model m { const A = chain(6); visible s : spin[6]; hidden h : binary[3];
+            param W : real[6, 3] = normal(0, 1); param J : real = 0.4;
+            energy e = -0.5 * J * (s @ A @ s) - s @ W @ h; }";
+        assert_eq!(built(hidden), ["operator"]);
+    }
+
+    #[test]
+    fn a_coupling_beyond_the_lattice_falls_back_to_exact_sequential_draws() {
+        // `s @ A @ A @ s` couples units two steps apart, which the lattice's colouring does not separate.
+        let two_step = "model m { const A = chain(6); visible s : spin[6]; param J : real = 0.4;
+            energy e = -0.5 * J * (s @ A @ A @ s); }";
+        assert_eq!(built(two_step), ["beyond"]);
+    }
 }

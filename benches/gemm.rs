@@ -1,0 +1,132 @@
+//! GEMM candidates on the products ebmc runs, each beside numpy's (OpenBLAS)
+//! time for the same product in the same run. Run with
+//! `cargo bench --bench gemm`; numpy's figures come from
+//! `python3 benches/numpy_gemm.py` (skipped with a note without numpy).
+//! Prints; asserts nothing.
+//!
+//! Products: an RBM 784x500 step at batch 100 and 10 (`v @ W`, `h @ Wᵀ`,
+//! the batch-summed outer product `vᵀ σ`) and the MLP 2→128→128→1 layer at
+//! batch 256. Candidates: the `gemm` crate (what dfdx and ebmc call) on all
+//! of rayon's threads and on one.
+
+// Only `median` is needed here; the MLP baseline serves the other benches.
+#[allow(dead_code)]
+mod common;
+
+use common::median;
+
+/// A product `(m, k) × (k, n)`, each operand read as stored or transposed.
+struct Product {
+    name: &'static str,
+    m: usize,
+    k: usize,
+    n: usize,
+    lhs_t: bool,
+    rhs_t: bool,
+}
+
+const PRODUCTS: [Product; 7] = [
+    Product { name: "v @ W      100x784x500", m: 100, k: 784, n: 500, lhs_t: false, rhs_t: false },
+    Product { name: "h @ W.T    100x500x784", m: 100, k: 500, n: 784, lhs_t: false, rhs_t: true },
+    Product { name: "v.T @ s    784x100x500", m: 784, k: 100, n: 500, lhs_t: true, rhs_t: false },
+    Product { name: "v @ W       10x784x500", m: 10, k: 784, n: 500, lhs_t: false, rhs_t: false },
+    Product { name: "h @ W.T     10x500x784", m: 10, k: 500, n: 784, lhs_t: false, rhs_t: true },
+    Product { name: "v.T @ s     784x10x500", m: 784, k: 10, n: 500, lhs_t: true, rhs_t: false },
+    Product { name: "x @ W      256x128x128", m: 256, k: 128, n: 128, lhs_t: false, rhs_t: false },
+];
+
+/// Seconds of one product by the `gemm` crate with the given parallelism.
+fn gemm_crate(p: &Product, parallelism: gemm::Parallelism) -> f64 {
+    let (m, k, n) = (p.m, p.k, p.n);
+    let lhs: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+    let rhs: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+    let mut out = vec![0.0f32; m * n];
+    let s = |x: usize| x as isize;
+    // A transposed operand is stored the other way round: (k, m) or (n, k), row-major.
+    let (lhs_cs, lhs_rs) = if p.lhs_t { (s(m), 1) } else { (1, s(k)) };
+    let (rhs_cs, rhs_rs) = if p.rhs_t { (s(k), 1) } else { (1, s(n)) };
+    median(41, || {
+        // SAFETY: every operand holds its extents under the strides given, and none overlaps another.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                s(n),
+                false,
+                lhs.as_ptr(),
+                lhs_cs,
+                lhs_rs,
+                rhs.as_ptr(),
+                rhs_cs,
+                rhs_rs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+        std::hint::black_box(&out);
+    })
+}
+
+/// numpy's seconds per product, in `PRODUCTS` order.
+fn numpy() -> Result<Vec<f64>, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/numpy_gemm.py");
+    let specs: Vec<String> = PRODUCTS
+        .iter()
+        .map(|p| format!("{},{},{},{},{}", p.m, p.k, p.n, u8::from(p.lhs_t), u8::from(p.rhs_t)))
+        .collect();
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(&specs)
+        .output()
+        .map_err(|e| format!("cannot run python3: {e}"))?;
+    let times: Vec<f64> =
+        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|t| t.parse().ok()).collect();
+    if times.len() == PRODUCTS.len() {
+        Ok(times)
+    } else {
+        Err(format!("{script} printed no times: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+fn main() {
+    let threads = rayon::current_num_threads();
+    let numpy = numpy();
+    if let Err(why) = &numpy {
+        println!("numpy not measured: {why}");
+    }
+    println!(
+        "{:<24} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "product",
+        format!("gemm x{threads}"),
+        "gemm x1",
+        "numpy",
+        "best/np",
+        "GFLOP/s"
+    );
+    for (i, p) in PRODUCTS.iter().enumerate() {
+        let all = gemm_crate(p, gemm::Parallelism::Rayon(threads));
+        let one = gemm_crate(p, gemm::Parallelism::None);
+        let best = all.min(one);
+        let flops = 2.0 * (p.m * p.k * p.n) as f64;
+        let (np, ratio) = match &numpy {
+            Ok(t) => (format!("{:.1} us", t[i] * 1e6), format!("{:.2}x", best / t[i])),
+            Err(_) => ("-".into(), "-".into()),
+        };
+        println!(
+            "{:<24} {:>7.1} us {:>7.1} us {:>10} {:>8} {:>8.1}",
+            p.name,
+            all * 1e6,
+            one * 1e6,
+            np,
+            ratio,
+            flops / best / 1e9
+        );
+    }
+}
