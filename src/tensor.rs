@@ -250,8 +250,31 @@ pub fn save_safetensors_with_metadata(
         })
         .collect();
     let info = (!metadata.is_empty()).then(|| metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
-    let data = safetensors::serialize(views, info).map_err(|e| format!("cannot encode tensors: {e}"))?;
+    let mut data = safetensors::serialize(views, info).map_err(|e| format!("cannot encode tensors: {e}"))?;
+    sort_metadata(&mut data);
     write_atomically(path, &data)
+}
+
+/// safetensors writes `__metadata__` from a `HashMap`, in an order that
+/// changes from process to process; the header is rewritten with its keys
+/// sorted, so a file's bytes depend only on its contents (a resumed run is
+/// checked byte for byte against an uninterrupted one). The JSON has the
+/// same text in another order, so the same length: the offsets stand.
+fn sort_metadata(file: &mut [u8]) {
+    let len = u64::from_le_bytes(file[..8].try_into().expect("8 bytes")) as usize;
+    let header = &file[8..8 + len];
+    let text_len = header.iter().rposition(|b| *b != b' ').map_or(0, |i| i + 1);
+    let Ok(mut entries) = serde_json::from_slice::<BTreeMap<String, serde_json::Value>>(&header[..text_len]) else {
+        return;
+    };
+    if let Some(meta) = entries.get_mut("__metadata__") {
+        let sorted: BTreeMap<String, String> = serde_json::from_value(meta.take()).unwrap_or_default();
+        *meta = serde_json::to_value(sorted).expect("strings serialise");
+    }
+    let text = serde_json::to_vec(&entries).expect("JSON serialises");
+    if text.len() == text_len {
+        file[8..8 + text_len].copy_from_slice(&text);
+    }
 }
 
 pub fn load_safetensors(path: &Path) -> Result<Tensors, String> {

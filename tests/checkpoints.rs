@@ -143,3 +143,23 @@ fn a_checkpoint_without_a_schema_version_is_refused_on_resume_and_its_parameters
     assert!(e.contains("schema version 99") && e.contains("newer ebmc"), "{e}");
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn safetensors_metadata_is_written_in_one_order() {
+    let out = scratch("order");
+    std::fs::create_dir_all(&out).unwrap();
+    let tensors: ebmc::tensor::Tensors =
+        [("W".to_string(), ebmc::tensor::HostTensor::new(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]))].into_iter().collect();
+    let metadata = (0..8).map(|i| (format!("key{i}"), format!("value {i}"))).collect();
+    let files: Vec<Vec<u8>> = (0..6)
+        .map(|i| {
+            let path = out.join(format!("{i}.safetensors"));
+            ebmc::tensor::save_safetensors_with_metadata(&path, &tensors, &metadata).unwrap();
+            std::fs::read(&path).unwrap()
+        })
+        .collect();
+    assert!(files.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(ebmc::tensor::safetensors_metadata(&out.join("0.safetensors")).unwrap(), metadata);
+    assert_eq!(ebmc::tensor::load_safetensors(&out.join("0.safetensors")).unwrap(), tensors);
+    std::fs::remove_dir_all(&out).unwrap();
+}

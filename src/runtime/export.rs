@@ -126,11 +126,21 @@ fn magma(t: f64) -> plotters::style::RGBColor {
     plotters::style::RGBColor(c(0), c(1), c(2))
 }
 
-/// Tick labels with as many decimals as the axis's span needs (0.05 steps
-/// print as `0.05`, steps of 10 as `10`), so every label is a round number.
+/// Ticks on a value axis: plotters puts them at round numbers (steps of 1,
+/// 2 or 5 times a power of ten).
+const VALUE_TICKS: usize = 8;
+
+/// Tick labels for the `VALUE_TICKS` ticks plotters puts on `lo..hi`, all
+/// with the fewest decimals that print every tick exactly (`-24.6`,
+/// `-24.8`; `0.05`, `0.10`; `200`).
 fn tick_format(lo: f64, hi: f64) -> impl Fn(&f64) -> String {
-    let span = (hi - lo).abs().max(f64::MIN_POSITIVE);
-    let decimals = (1.0 - span.log10().floor()).clamp(0.0, 8.0) as usize;
+    use plotters::coord::ranged1d::Ranged;
+    let ticks = plotters::coord::types::RangedCoordf64::from(lo..hi).key_points(VALUE_TICKS);
+    let exact = |v: f64, d: i32| {
+        let p = 10f64.powi(d);
+        ((v * p).round() / p - v).abs() <= 1e-9 * v.abs().max(1.0)
+    };
+    let decimals = ticks.iter().map(|&v| (0..8).find(|&d| exact(v, d)).unwrap_or(8)).max().unwrap_or(0) as usize;
     let large = lo.abs().max(hi.abs()) >= 1e5;
     move |x: &f64| if large { format!("{x:.2e}") } else { format!("{x:.decimals$}") }
 }
@@ -185,6 +195,8 @@ pub fn density_png(log_density: &[f64], resolution: usize, (low, high): (f64, f6
             .disable_mesh()
             .x_desc("first coordinate")
             .y_desc("second coordinate")
+            .x_labels(VALUE_TICKS)
+            .y_labels(VALUE_TICKS)
             .x_label_formatter(&ticks)
             .y_label_formatter(&ticks)
             .label_style((SANS, 14))
@@ -335,6 +347,7 @@ pub fn line_plots(panels: &[Panel]) -> Vec<u8> {
                 // Whole epochs only: never more ticks than there are epochs.
                 .x_labels((x_hi - x_lo + 1).min(11))
                 .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_labels(VALUE_TICKS)
                 .y_label_formatter(&y_ticks)
                 .label_style((SANS, 14))
                 .axis_desc_style((SANS, 15))
@@ -414,8 +427,10 @@ mod tests {
 
     #[test]
     fn tick_labels_are_round() {
+        // Ticks every 0.05 need two decimals, every 0.1 one, every 100 none.
         let f = tick_format(-0.3, 0.05);
         assert_eq!((f(&-0.25), f(&0.0)), ("-0.25".to_string(), "0.00".to_string()));
+        assert_eq!(tick_format(-25.3, -24.6)(&-24.8), "-24.8");
         assert_eq!(tick_format(0.0, 600.0)(&200.0), "200");
     }
 }
