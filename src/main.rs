@@ -1105,6 +1105,8 @@ fn train(out: Out, path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), 
     let started = std::time::Instant::now();
     let mut bar = None;
     let mut last_loss = 0.0;
+    // The checkpoints record the data actually used: `--data` replaces the block's.
+    let spec = &ebmc::analysis::program::Train { data: data_spec, ..spec.clone() };
     let result = ebmc::runtime::train::run(
         &source,
         &graph,

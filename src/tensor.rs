@@ -226,6 +226,16 @@ pub fn constants(model: &Model) -> Tensors {
 /// Writes tensors as safetensors (f32, little-endian) through a temporary
 /// file and a rename, so a crash never leaves a partial file.
 pub fn save_safetensors(path: &Path, tensors: &Tensors) -> Result<(), String> {
+    save_safetensors_with_metadata(path, tensors, &BTreeMap::new())
+}
+
+/// `save_safetensors` with string pairs in the file's `__metadata__` block,
+/// which any safetensors reader returns (`safe_open(...).metadata()` in Python).
+pub fn save_safetensors_with_metadata(
+    path: &Path,
+    tensors: &Tensors,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), String> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(k, t)| (k.clone(), t.data.iter().flat_map(|x| x.to_le_bytes()).collect(), t.shape.clone()))
@@ -239,8 +249,32 @@ pub fn save_safetensors(path: &Path, tensors: &Tensors) -> Result<(), String> {
             )
         })
         .collect();
-    let data = safetensors::serialize(views, &None).map_err(|e| format!("cannot encode tensors: {e}"))?;
+    let info = (!metadata.is_empty()).then(|| metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+    let mut data = safetensors::serialize(views, info).map_err(|e| format!("cannot encode tensors: {e}"))?;
+    sort_metadata(&mut data);
     write_atomically(path, &data)
+}
+
+/// safetensors writes `__metadata__` from a `HashMap`, in an order that
+/// changes from process to process; the header is rewritten with its keys
+/// sorted, so a file's bytes depend only on its contents (a resumed run is
+/// checked byte for byte against an uninterrupted one). The JSON has the
+/// same text in another order, so the same length: the offsets stand.
+fn sort_metadata(file: &mut [u8]) {
+    let len = u64::from_le_bytes(file[..8].try_into().expect("8 bytes")) as usize;
+    let header = &file[8..8 + len];
+    let text_len = header.iter().rposition(|b| *b != b' ').map_or(0, |i| i + 1);
+    let Ok(mut entries) = serde_json::from_slice::<BTreeMap<String, serde_json::Value>>(&header[..text_len]) else {
+        return;
+    };
+    if let Some(meta) = entries.get_mut("__metadata__") {
+        let sorted: BTreeMap<String, String> = serde_json::from_value(meta.take()).unwrap_or_default();
+        *meta = serde_json::to_value(sorted).expect("strings serialise");
+    }
+    let text = serde_json::to_vec(&entries).expect("JSON serialises");
+    if text.len() == text_len {
+        file[8..8 + text_len].copy_from_slice(&text);
+    }
 }
 
 pub fn load_safetensors(path: &Path) -> Result<Tensors, String> {
@@ -256,6 +290,14 @@ pub fn load_safetensors(path: &Path) -> Result<Tensors, String> {
         out.insert(name, HostTensor::new(view.shape().to_vec(), data));
     }
     Ok(out)
+}
+
+/// The `__metadata__` block of a safetensors file (empty when it has none).
+pub fn safetensors_metadata(path: &Path) -> Result<BTreeMap<String, String>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| format!("`{}` is not a safetensors file: {e}", path.display()))?;
+    Ok(header.metadata().clone().unwrap_or_default().into_iter().collect())
 }
 
 /// Writes `bytes` to `path` through `path.tmp`: written, flushed to disk,

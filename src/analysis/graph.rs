@@ -401,6 +401,11 @@ pub fn two_colour(adjacency: &[Vec<usize>]) -> Option<Vec<usize>> {
 
 /// A proper colouring with few colours: exact 2-colouring when the graph is
 /// bipartite, DSatur otherwise (3 colours on triangular lattices).
+// Not petgraph's `dsatur_coloring` (0.8): the same algorithm, but it breaks
+// ties in binary-heap order, which petgraph does not specify, while here a
+// tie goes to the lowest unit index, so the colour classes (the chromatic
+// Gibbs blocks that `ebmc plan` prints and a seeded run samples in) are a
+// fixed function of the lattice, and it needs no petgraph graph built per call.
 pub fn colour(adjacency: &[Vec<usize>]) -> Vec<usize> {
     if let Some(c) = two_colour(adjacency) {
         return c;

@@ -100,7 +100,7 @@ pub fn render(
     let file = SimpleFile::new(file_name, source);
     let config = term::Config::default();
     for d in diagnostics {
-        term::emit(writer, &config, &file, &d.to_codespan()).map_err(std::io::Error::other)?;
+        term::emit_to_write_style(writer, &config, &file, &d.to_codespan()).map_err(std::io::Error::other)?;
     }
     Ok(())
 }

@@ -255,43 +255,61 @@ fn transform(mut t: Table, src: &Call) -> Table {
     t
 }
 
+/// Reads CSV with the `csv` crate (quoted cells, CRLF, a byte-order mark),
+/// keeping each row's line number for errors; blank lines are skipped.
 fn parse_csv(source: &str, text: &str, header: Option<bool>) -> Result<Table, DataError> {
     // A UTF-8 byte-order mark (Excel writes one) is not part of the first cell.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let lines: Vec<(usize, &str)> =
-        text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty()).collect();
-    let Some(&(first_row, first)) = lines.first() else { return Err(DataError::Empty { source: source.to_string() }) };
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(text.as_bytes());
+    let mut lines: Vec<(usize, Vec<String>)> = Vec::new();
+    // Line numbers from byte offsets: the csv crate's own count lags a line
+    // after CRLF terminators. A record's offset may fall on the end of the
+    // line before, so its line is that of its first byte past line breaks.
+    let bytes = text.as_bytes();
+    let (mut counted_to, mut line) = (0, 1);
+    for record in reader.records() {
+        let record = record.map_err(|e| DataError::Format { source: source.to_string(), reason: e.to_string() })?;
+        let cells: Vec<String> = record.iter().map(|c| c.trim().to_string()).collect();
+        if cells.iter().all(String::is_empty) {
+            continue;
+        }
+        let at = record.position().map_or(counted_to, |p| p.byte() as usize).clamp(counted_to, bytes.len());
+        let start = bytes[at..].iter().position(|b| !matches!(b, b'\r' | b'\n')).map_or(bytes.len(), |i| at + i);
+        line += bytes[counted_to..start].iter().filter(|&&b| b == b'\n').count();
+        counted_to = start;
+        lines.push((line, cells));
+    }
+    let Some((first_row, first)) = lines.first() else { return Err(DataError::Empty { source: source.to_string() }) };
     let has_header = match header {
         Some(h) => h,
-        None => is_header(source, first_row, first)?,
+        None => is_header(source, *first_row, first)?,
     };
-    let header =
-        has_header.then(|| first.split(',').map(|c| c.trim().trim_matches('"').to_string()).collect::<Vec<_>>());
+    // Quotes that a space kept from being CSV quoting (`"a", "b"`) are not part of a name.
+    let header = has_header.then(|| first.iter().map(|c| c.trim_matches('"').to_string()).collect::<Vec<_>>());
     let body = if has_header { &lines[1..] } else { &lines[..] };
     if body.is_empty() {
         return Err(DataError::Empty { source: source.to_string() });
     }
-    let width = header.as_ref().map_or_else(|| body[0].1.split(',').count(), Vec::len);
+    let width = header.as_ref().map_or_else(|| body[0].1.len(), Vec::len);
     let mut values = Vec::with_capacity(body.len() * width);
-    for &(row, line) in body {
-        let cells: Vec<&str> = line.split(',').collect();
+    for (row, cells) in body {
         if cells.len() != width {
             return Err(DataError::ColumnCount {
                 source: source.to_string(),
-                row,
+                row: *row,
                 found: cells.len(),
                 expected: width,
             });
         }
         for (c, cell) in cells.iter().enumerate() {
-            let v: f64 = cell.trim().parse().map_err(|_| DataError::NotANumber {
+            let v: f64 = cell.parse().map_err(|_| DataError::NotANumber {
                 source: source.to_string(),
-                row,
+                row: *row,
                 column: c + 1,
-                text: cell.trim().to_string(),
+                text: cell.to_string(),
             })?;
             if !v.is_finite() {
-                return Err(DataError::NotFinite { source: source.to_string(), row, column: c + 1 });
+                return Err(DataError::NotFinite { source: source.to_string(), row: *row, column: c + 1 });
             }
             values.push(v);
         }
@@ -302,8 +320,8 @@ fn parse_csv(source: &str, text: &str, header: Option<bool>) -> Result<Table, Da
 /// Whether the first row names the columns: every cell a name (not a
 /// number) makes a header, every cell a number a data row; a mix is most
 /// likely a data row with a typo, which is an error rather than a lost row.
-fn is_header(source: &str, row: usize, line: &str) -> Result<bool, DataError> {
-    let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+fn is_header(source: &str, row: usize, cells: &[String]) -> Result<bool, DataError> {
+    let cells: Vec<&str> = cells.iter().map(String::as_str).collect();
     let numeric = |c: &str| c.parse::<f64>().is_ok();
     if cells.iter().all(|c| numeric(c)) {
         return Ok(false);
@@ -320,6 +338,11 @@ fn is_header(source: &str, row: usize, line: &str) -> Result<bool, DataError> {
     Err(DataError::MixedHeader { source: source.to_string(), row, column, text })
 }
 
+/// NPY is read here rather than with `npyz` (which writes ebmc's NPY files):
+/// on npyz 0.9.1, a header whose shape overflows `u64` panics (an overflowing
+/// product), a file with bytes after its data is read without a word, and a
+/// truncated file says only "failed to fill whole buffer". This reader
+/// checks every size, bounds the header's nesting, and names what is wrong.
 fn parse_npy(source: &str, bytes: &[u8]) -> Result<Table, DataError> {
     let bad = |reason: String| DataError::Format { source: source.to_string(), reason };
     if bytes.len() < 8 || &bytes[..6] != b"\x93NUMPY" {
@@ -1020,6 +1043,23 @@ mod tests {
         assert!(matches!(
             parse_csv("a.csv", "1,0\nnan,1\n", None),
             Err(DataError::NotFinite { row: 2, column: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn csv_rows_keep_their_line_numbers_through_quotes_crlf_and_blank_lines() {
+        let t = parse_csv("a.csv", "\"v0\", \"v1\"\r\n0,1\r\n\r\n1, 0\r\n", None).unwrap();
+        assert_eq!(
+            (t.header, t.values, t.first_row),
+            (Some(vec!["v0".to_string(), "v1".to_string()]), vec![0., 1., 1., 0.], 2)
+        );
+        match parse_csv("a.csv", "v0,v1\n0,1\n\n1,x\n", None) {
+            Err(DataError::NotANumber { row: 4, column: 2, text, .. }) => assert_eq!(text, "x"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_csv("a.csv", "0,1\n1,0,1\n", None),
+            Err(DataError::ColumnCount { row: 2, found: 3, expected: 2, .. })
         ));
     }
 

@@ -1,9 +1,8 @@
-//! Encoders for samples and data leaving ebmc: CSV, NPY and PNG image grids.
-//! Each returns bytes; the caller decides where they go.
+//! Encoders for samples and data leaving ebmc: CSV, NPY, PNG image grids and
+//! plots (drawn with plotters). Each returns bytes; the caller decides where they go.
 
 use crate::analysis::program::{Domain, Model};
 use crate::tensor::Tensors;
-use std::fmt::Write;
 
 /// Column names and per-row values of the visible variables: one column per
 /// unit, a categorical unit as its category index.
@@ -40,33 +39,30 @@ pub fn visible_table(model: &Model, samples: &Tensors) -> (Vec<String>, Vec<Vec<
     (names, table)
 }
 
+/// A header row of `names`, then one row per sample (values as Rust prints
+/// f32: the shortest text that reads back to the same number).
 pub fn csv(names: &[String], rows: &[Vec<f32>]) -> String {
-    let mut out = names.join(",");
-    out.push('\n');
+    let mut out = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
+    out.write_record(names).expect("writing to memory");
     for row in rows {
-        let cells: Vec<String> = row.iter().map(|x| format!("{x}")).collect();
-        let _ = writeln!(out, "{}", cells.join(","));
+        out.write_record(row.iter().map(|x| format!("{x}"))).expect("writing to memory");
     }
-    out
+    String::from_utf8(out.into_inner().expect("writing to memory")).expect("the CSV is UTF-8")
 }
 
-/// A 2-D little-endian f32 NPY array (format version 1.0).
+/// A 2-D little-endian f32 NPY array, as `numpy.load` reads it.
 pub fn npy(rows: &[Vec<f32>]) -> Vec<u8> {
+    use npyz::WriterBuilder;
     let cols = rows.first().map_or(0, Vec::len);
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}", rows.len(), cols);
-    // Pad so that magic (6) + version (2) + length (2) + header ends on a 64-byte boundary.
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    for row in rows {
-        for x in row {
-            out.extend_from_slice(&x.to_le_bytes());
-        }
-    }
+    let mut out = Vec::new();
+    let mut writer = npyz::WriteOptions::<f32>::new()
+        .default_dtype()
+        .shape(&[rows.len() as u64, cols as u64])
+        .writer(&mut out)
+        .begin_nd()
+        .expect("writing to memory");
+    writer.extend(rows.iter().flatten().copied()).expect("writing to memory");
+    writer.finish().expect("writing to memory");
     out
 }
 
@@ -83,67 +79,162 @@ fn encode_png(pixels: &[u8], width: usize, height: usize, colour: png::ColorType
     out
 }
 
+/// Grids narrower than this are upscaled: a person can judge an 8x8 digit
+/// at 8 to the row only when each is at least 64 pixels across.
+const MIN_GRID_PIXELS: usize = 512;
+/// Grey pixels between cells and around the grid.
+const GRID_GAP: usize = 2;
+
 /// Tiles `images` (each `height * width` values in [0, 1]) into a grayscale
-/// PNG grid with a 1-pixel border, `scale` pixels per value.
-pub fn png_grid(images: &[Vec<f32>], height: usize, width: usize, scale: usize) -> Vec<u8> {
+/// PNG grid, each value a square of at least `min_scale` pixels and more
+/// until the grid is at least 512 pixels wide, with a 2-pixel grey gap
+/// between cells.
+pub fn png_grid(images: &[Vec<f32>], height: usize, width: usize, min_scale: usize) -> Vec<u8> {
     let n = images.len().max(1);
     let cols = (n as f64).sqrt().ceil() as usize;
     let rows = n.div_ceil(cols);
-    let (cell_h, cell_w) = (height * scale + 1, width * scale + 1);
-    let (img_h, img_w) = (rows * cell_h + 1, cols * cell_w + 1);
-    let mut pixels = vec![96u8; img_h * img_w];
+    let scale =
+        (min_scale.max(1)..).find(|s| cols * (width * s + GRID_GAP) + GRID_GAP >= MIN_GRID_PIXELS).expect("unbounded");
+    let (cell_h, cell_w) = (height * scale + GRID_GAP, width * scale + GRID_GAP);
+    let (img_h, img_w) = (rows * cell_h + GRID_GAP, cols * cell_w + GRID_GAP);
+    let mut pixels = vec![128u8; img_h * img_w];
     for (i, image) in images.iter().enumerate() {
         let (gr, gc) = (i / cols, i % cols);
         for y in 0..height * scale {
             for x in 0..width * scale {
                 let v = image[(y / scale) * width + x / scale].clamp(0.0, 1.0);
-                pixels[(gr * cell_h + 1 + y) * img_w + gc * cell_w + 1 + x] = (v * 255.0).round() as u8;
+                pixels[(gr * cell_h + GRID_GAP + y) * img_w + gc * cell_w + GRID_GAP + x] = (v * 255.0).round() as u8;
             }
         }
     }
     encode_png(&pixels, img_w, img_h, png::ColorType::Grayscale)
 }
 
-/// A heat map of a 2-D density with points drawn over it: `log_density`
-/// holds `resolution`² values on the grid's midpoints over `[low, high]`²,
-/// first coordinate the outer index (drawn left to right), second the inner
-/// (drawn bottom to top). Density is shown relative to its maximum on a
-/// dark-to-light scale; points outside the square are left out.
-pub fn density_png(log_density: &[f64], resolution: usize, (low, high): (f64, f64), points: &[[f32; 2]]) -> Vec<u8> {
-    const SCALE: usize = 2;
-    // A dark purple to pale yellow ramp (after matplotlib's "magma").
+/// The bundled font: a Latin-1 subset of DejaVu Sans (see `data/README.md`),
+/// so plots need no system font library.
+static FONT: &[u8] = include_bytes!("../../data/fonts/DejaVuSans-subset.ttf");
+const SANS: &str = "sans-serif";
+
+/// A dark purple to pale yellow ramp (after matplotlib's "magma"), `t` in [0, 1].
+fn magma(t: f64) -> plotters::style::RGBColor {
     const RAMP: [[f64; 3]; 5] =
         [[0.0, 0.0, 4.0], [81.0, 18.0, 124.0], [183.0, 55.0, 121.0], [252.0, 137.0, 97.0], [252.0, 253.0, 191.0]];
-    let side = resolution * SCALE;
+    let t = t.clamp(0.0, 1.0) * (RAMP.len() - 1) as f64;
+    let lower = (t.floor() as usize).min(RAMP.len() - 2);
+    let f = t - lower as f64;
+    let c = |k: usize| (RAMP[lower][k] * (1.0 - f) + RAMP[lower + 1][k] * f).round() as u8;
+    plotters::style::RGBColor(c(0), c(1), c(2))
+}
+
+/// Ticks on a value axis: plotters puts them at round numbers (steps of 1,
+/// 2 or 5 times a power of ten).
+const VALUE_TICKS: usize = 8;
+
+/// Tick labels for the `VALUE_TICKS` ticks plotters puts on `lo..hi`, all
+/// with the fewest decimals that print every tick exactly (`-24.6`,
+/// `-24.8`; `0.05`, `0.10`; `200`).
+fn tick_format(lo: f64, hi: f64) -> impl Fn(&f64) -> String {
+    use plotters::coord::ranged1d::Ranged;
+    let ticks = plotters::coord::types::RangedCoordf64::from(lo..hi).key_points(VALUE_TICKS);
+    let exact = |v: f64, d: i32| {
+        let p = 10f64.powi(d);
+        ((v * p).round() / p - v).abs() <= 1e-9 * v.abs().max(1.0)
+    };
+    let decimals = ticks.iter().map(|&v| (0..8).find(|&d| exact(v, d)).unwrap_or(8)).max().unwrap_or(0) as usize;
+    let large = lo.abs().max(hi.abs()) >= 1e5;
+    move |x: &f64| if large { format!("{x:.2e}") } else { format!("{x:.decimals$}") }
+}
+
+type Area<'a> = plotters::drawing::DrawingArea<plotters::prelude::BitMapBackend<'a>, plotters::coord::Shift>;
+type DrawResult<'a> = Result<
+    (),
+    plotters::drawing::DrawingAreaErrorKind<
+        <plotters::prelude::BitMapBackend<'a> as plotters::prelude::DrawingBackend>::ErrorType,
+    >,
+>;
+
+/// A `w` x `h` RGB PNG drawn by `draw` on a white canvas.
+fn plot_png(w: u32, h: u32, draw: impl for<'a> FnOnce(&Area<'a>) -> DrawResult<'a>) -> Vec<u8> {
+    use plotters::prelude::*;
+    static FONT_REGISTERED: std::sync::Once = std::sync::Once::new();
+    FONT_REGISTERED.call_once(|| {
+        plotters::style::register_font(SANS, plotters::style::FontStyle::Normal, FONT)
+            .unwrap_or_else(|_| panic!("the bundled font does not parse"))
+    });
+    let mut rgb = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        // Drawing into memory with a bundled font fails only on a bug in ebmc.
+        root.fill(&WHITE).and_then(|()| draw(&root)).and_then(|()| root.present()).expect("drawing in memory");
+    }
+    encode_png(&rgb, w as usize, h as usize, png::ColorType::Rgb)
+}
+
+/// A heat map of a 2-D density with points drawn over it: `log_density`
+/// holds `resolution`² values on the grid's midpoints over `[low, high]`²,
+/// first coordinate the outer index (the x axis), second the inner (the y
+/// axis). Density is shown relative to its maximum on a dark-to-light scale
+/// with a colour bar; points outside the square are left out.
+pub fn density_png(log_density: &[f64], resolution: usize, (low, high): (f64, f64), points: &[[f32; 2]]) -> Vec<u8> {
+    use plotters::prelude::*;
+    let (w, h) = (760u32, 640u32);
     let top = log_density.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let mut pixels = vec![0u8; side * side * 3];
-    for (k, ld) in log_density.iter().enumerate() {
-        let (i, j) = (k / resolution, k % resolution);
-        let t = if top.is_finite() { (ld - top).exp() } else { 0.0 } * (RAMP.len() - 1) as f64;
-        let lower = (t.floor() as usize).min(RAMP.len() - 2);
-        let f = t - lower as f64;
-        let colour: Vec<u8> =
-            (0..3).map(|c| (RAMP[lower][c] * (1.0 - f) + RAMP[lower + 1][c] * f).round() as u8).collect();
-        let (x0, y0) = (i * SCALE, (resolution - 1 - j) * SCALE);
-        for y in y0..y0 + SCALE {
-            for x in x0..x0 + SCALE {
-                pixels[(y * side + x) * 3..(y * side + x) * 3 + 3].copy_from_slice(&colour);
-            }
-        }
-    }
-    let to_pixel = |v: f32| ((f64::from(v) - low) / (high - low) * side as f64).floor();
-    for [a, b] in points {
-        let (x, y) = (to_pixel(*a), side as f64 - 1.0 - to_pixel(*b));
-        if !(0.0..side as f64).contains(&x) || !(0.0..side as f64).contains(&y) {
-            continue;
-        }
-        let (x, y) = (x as usize, y as usize);
-        for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-            let (px, py) = ((x + dx).min(side - 1), (y + dy).min(side - 1));
-            pixels[(py * side + px) * 3..(py * side + px) * 3 + 3].copy_from_slice(&[80, 220, 255]);
-        }
-    }
-    encode_png(&pixels, side, side, png::ColorType::Rgb)
+    let relative = |ld: f64| if top.is_finite() { (ld - top).exp() } else { 0.0 };
+    let step = (high - low) / resolution.max(1) as f64;
+    plot_png(w, h, |root| {
+        let (map, bar) = root.split_horizontally(w - 120);
+        let mut chart = ChartBuilder::on(&map)
+            .caption("model density with samples", (SANS, 20))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(low..high, low..high)?;
+        let ticks = tick_format(low, high);
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("first coordinate")
+            .y_desc("second coordinate")
+            .x_labels(VALUE_TICKS)
+            .y_labels(VALUE_TICKS)
+            .x_label_formatter(&ticks)
+            .y_label_formatter(&ticks)
+            .label_style((SANS, 14))
+            .axis_desc_style((SANS, 15))
+            .draw()?;
+        chart.draw_series(log_density.iter().enumerate().map(|(k, ld)| {
+            let (i, j) = (k / resolution, k % resolution);
+            let (x, y) = (low + i as f64 * step, low + j as f64 * step);
+            Rectangle::new([(x, y), (x + step, y + step)], magma(relative(*ld)).filled())
+        }))?;
+        let inside = |v: f32| (low..=high).contains(&f64::from(v));
+        chart.draw_series(
+            points
+                .iter()
+                .filter(|[a, b]| inside(*a) && inside(*b))
+                .map(|[a, b]| Circle::new((f64::from(*a), f64::from(*b)), 2, RGBColor(80, 220, 255).filled())),
+        )?;
+        let mut scale = ChartBuilder::on(&bar)
+            .margin_top(44)
+            .margin_bottom(57)
+            .margin_right(20)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..1.0, 0.0..1.0)?;
+        scale
+            .configure_mesh()
+            .disable_mesh()
+            .disable_x_axis()
+            .y_desc("density / its maximum")
+            .y_label_formatter(&|v| format!("{v:.1}"))
+            .label_style((SANS, 14))
+            .axis_desc_style((SANS, 15))
+            .draw()?;
+        scale.draw_series((0..100).map(|k| {
+            let y = k as f64 / 100.0;
+            Rectangle::new([(0.0, y), (1.0, y + 0.01)], magma(y + 0.005).filled())
+        }))?;
+        Ok(())
+    })
 }
 
 /// Images of one visible variable, scaled to [0, 1] by its domain: binary and
@@ -200,132 +291,146 @@ pub fn image_shape(model: &Model, var: &str, given: Option<(usize, usize)>) -> O
     }
 }
 
-/// 3x5 pixel glyphs (rows top to bottom, 3 bits each, high bit left).
-fn glyph(c: char) -> [u8; 5] {
-    match c.to_ascii_uppercase() {
-        '0' => [7, 5, 5, 5, 7],
-        '1' => [2, 6, 2, 2, 7],
-        '2' => [7, 1, 7, 4, 7],
-        '3' => [7, 1, 7, 1, 7],
-        '4' => [5, 5, 7, 1, 1],
-        '5' => [7, 4, 7, 1, 7],
-        '6' => [7, 4, 7, 5, 7],
-        '7' => [7, 1, 1, 1, 1],
-        '8' => [7, 5, 7, 5, 7],
-        '9' => [7, 5, 7, 1, 7],
-        '.' => [0, 0, 0, 0, 2],
-        '-' => [0, 0, 7, 0, 0],
-        '(' => [1, 2, 2, 2, 1],
-        ')' => [4, 2, 2, 2, 4],
-        'A' => [2, 5, 7, 5, 5],
-        'B' => [6, 5, 6, 5, 6],
-        'C' => [7, 4, 4, 4, 7],
-        'D' => [6, 5, 5, 5, 6],
-        'E' => [7, 4, 6, 4, 7],
-        'F' => [7, 4, 6, 4, 4],
-        'G' => [7, 4, 5, 5, 7],
-        'H' => [5, 5, 7, 5, 5],
-        'I' => [7, 2, 2, 2, 7],
-        'K' => [5, 5, 6, 5, 5],
-        'L' => [4, 4, 4, 4, 7],
-        'M' => [5, 7, 7, 5, 5],
-        'N' => [6, 5, 5, 5, 5],
-        'O' => [7, 5, 5, 5, 7],
-        'P' => [7, 5, 7, 4, 4],
-        'R' => [6, 5, 6, 5, 5],
-        'S' => [7, 4, 7, 1, 7],
-        'T' => [7, 2, 2, 2, 2],
-        'U' => [5, 5, 5, 5, 7],
-        'V' => [5, 5, 5, 5, 2],
-        'W' => [5, 5, 7, 7, 5],
-        'X' => [5, 5, 2, 5, 5],
-        'Y' => [5, 5, 2, 2, 2],
-        _ => [0; 5],
-    }
+/// One line of a panel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Shown in the panel's legend when it has more than one line.
+    pub label: String,
+    /// (epoch, value) pairs.
+    pub points: Vec<(usize, f64)>,
 }
 
-struct Canvas {
-    w: usize,
-    h: usize,
-    rgb: Vec<u8>,
+/// One panel of `line_plots`: a title, the y axis's title with its unit,
+/// and one or more lines over epochs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Panel {
+    pub title: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
 }
 
-impl Canvas {
-    fn set(&mut self, x: usize, y: usize, c: [u8; 3]) {
-        if x < self.w && y < self.h {
-            self.rgb[(y * self.w + x) * 3..(y * self.w + x) * 3 + 3].copy_from_slice(&c);
-        }
-    }
+const LINE_COLOURS: [plotters::style::RGBColor; 4] = [
+    plotters::style::RGBColor(31, 119, 180),
+    plotters::style::RGBColor(255, 127, 14),
+    plotters::style::RGBColor(44, 160, 44),
+    plotters::style::RGBColor(214, 39, 40),
+];
 
-    /// Text at 2x scale, top-left at (x, y).
-    fn text(&mut self, x: usize, y: usize, s: &str, c: [u8; 3]) {
-        for (i, ch) in s.chars().enumerate() {
-            for (row, bits) in glyph(ch).iter().enumerate() {
-                for col in 0..3 {
-                    if bits >> (2 - col) & 1 == 1 {
-                        for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
-                            self.set(x + i * 8 + col * 2 + dx, y + row * 2 + dy, c);
-                        }
-                    }
-                }
+/// A PNG of one panel per entry, stacked, each with its title, an `epoch`
+/// x axis with whole-number ticks, the y axis titled with its unit and
+/// round ticks, and a legend when lines share the panel.
+pub fn line_plots(panels: &[Panel]) -> Vec<u8> {
+    use plotters::prelude::*;
+    let (w, ph) = (800u32, 300u32);
+    plot_png(w, ph * panels.len().max(1) as u32, |root| {
+        for (panel, area) in panels.iter().zip(root.split_evenly((panels.len().max(1), 1))) {
+            let all = panel.series.iter().flat_map(|s| s.points.iter());
+            let (x_lo, x_hi) = all.clone().fold((usize::MAX, 0), |(a, b), (x, _)| (a.min(*x), b.max(*x)));
+            let (x_lo, x_hi) = if x_lo > x_hi { (0, 1) } else { (x_lo, x_hi.max(x_lo + 1)) };
+            let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (_, y)| (a.min(*y), b.max(*y)));
+            let (lo, hi) = match (lo.is_finite() && hi.is_finite(), hi - lo) {
+                (false, _) => (0.0, 1.0),
+                (true, d) if d > 0.0 => (lo - 0.05 * d, hi + 0.05 * d),
+                (true, _) => (lo - 0.1 * lo.abs().max(1.0), hi + 0.1 * hi.abs().max(1.0)),
+            };
+            let mut chart = ChartBuilder::on(&area)
+                .caption(&panel.title, (SANS, 20))
+                .margin(12)
+                .x_label_area_size(45)
+                .y_label_area_size(80)
+                .build_cartesian_2d(x_lo as f64..x_hi as f64, lo..hi)?;
+            let y_ticks = tick_format(lo, hi);
+            chart
+                .configure_mesh()
+                .x_desc("epoch")
+                .y_desc(&panel.y_label)
+                // Whole epochs only: never more ticks than there are epochs.
+                .x_labels((x_hi - x_lo + 1).min(11))
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_labels(VALUE_TICKS)
+                .y_label_formatter(&y_ticks)
+                .label_style((SANS, 14))
+                .axis_desc_style((SANS, 15))
+                .light_line_style(RGBColor(235, 235, 235))
+                .draw()?;
+            for (series, colour) in panel.series.iter().zip(LINE_COLOURS.iter().cycle()) {
+                let points = series.points.iter().map(|(x, y)| (*x as f64, *y));
+                chart
+                    .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
+                    .label(series.label.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+                chart.draw_series(points.map(|p| Circle::new(p, 2, colour.filled())))?;
+            }
+            if panel.series.len() > 1 {
+                chart
+                    .configure_series_labels()
+                    .position(SeriesLabelPosition::UpperRight)
+                    .label_font((SANS, 14))
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(RGBColor(160, 160, 160))
+                    .draw()?;
             }
         }
-    }
-
-    fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), c: [u8; 3]) {
-        let n = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
-        for i in 0..=n {
-            let t = i as f64 / n as f64;
-            let (x, y) = (x0 + t * (x1 - x0), y0 + t * (y1 - y0));
-            self.set(x.round() as usize, y.round() as usize, c);
-            self.set(x.round() as usize, y.round() as usize + 1, c);
-        }
-    }
+        Ok(())
+    })
 }
 
-fn short(x: f64) -> String {
-    if x.abs() >= 1e4 || (x != 0.0 && x.abs() < 1e-2) { format!("{x:.1E}") } else { format!("{x:.3}") }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// A PNG of one panel per series, stacked: title, y range, x range and the
-/// curve — a training curve to look at, not a figure to publish.
-pub fn line_plots(panels: &[(&str, Vec<(f64, f64)>)]) -> Vec<u8> {
-    let (w, ph) = (640usize, 220usize);
-    let mut c = Canvas { w, h: ph * panels.len().max(1), rgb: vec![255; w * ph * panels.len().max(1) * 3] };
-    let (left, right, top, bottom) = (90.0, 20.0, 30.0, 30.0);
-    for (p, (title, points)) in panels.iter().enumerate() {
-        let y0 = (p * ph) as f64;
-        c.text(left as usize, p * ph + 8, title, [20, 20, 20]);
-        let (x_lo, x_hi) =
-            points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (x, _)| (a.min(*x), b.max(*x)));
-        let (mut lo, mut hi) =
-            points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (_, y)| (a.min(*y), b.max(*y)));
-        if !(hi > lo) {
-            lo -= 1.0;
-            hi += 1.0;
-        }
-        let (pw, plot_h) = (w as f64 - left - right, ph as f64 - top - bottom);
-        let grey = [170, 170, 170];
-        c.line((left, y0 + top), (left, y0 + top + plot_h), grey);
-        c.line((left, y0 + top + plot_h), (left + pw, y0 + top + plot_h), grey);
-        c.text(4, p * ph + top as usize, &short(hi), [80, 80, 80]);
-        c.text(4, p * ph + (top + plot_h) as usize - 10, &short(lo), [80, 80, 80]);
-        if points.is_empty() {
-            continue;
-        }
-        c.text(left as usize, p * ph + ph - 22, &short(x_lo), [80, 80, 80]);
-        c.text(w - 80, p * ph + ph - 22, &short(x_hi), [80, 80, 80]);
-        let span = if x_hi > x_lo { x_hi - x_lo } else { 1.0 };
-        let at = |(x, y): (f64, f64)| (left + (x - x_lo) / span * pw, y0 + top + (hi - y) / (hi - lo) * plot_h);
-        for pair in points.windows(2) {
-            c.line(at(pair[0]), at(pair[1]), [30, 90, 200]);
-        }
-        for pt in points {
-            let (x, y) = at(*pt);
-            for d in 0..3 {
-                c.set(x as usize + d, y as usize, [200, 60, 30]);
-            }
-        }
+    fn size(png: &[u8]) -> (u32, u32) {
+        let info = png::Decoder::new(std::io::Cursor::new(png)).read_info().expect("a PNG").info().clone();
+        (info.width, info.height)
     }
-    encode_png(&c.rgb, c.w, c.h, png::ColorType::Rgb)
+
+    #[test]
+    fn a_grid_of_64_digits_is_at_least_512_pixels_with_gaps() {
+        let images = vec![vec![1.0; 64]; 64];
+        let png = png_grid(&images, 8, 8, 4);
+        let (w, h) = size(&png);
+        assert!(w >= 512 && h >= 512, "{w}x{h}");
+        // 8 cells of 8 values at scale s, 9 gaps of 2 pixels.
+        assert_eq!((w - 18) % 64, 0);
+        // Large images keep the scale they were given.
+        assert_eq!(size(&png_grid(&[vec![0.5; 784]], 28, 28, 20)).0, 28 * 20 + 4);
+    }
+
+    #[test]
+    fn plots_are_drawn_with_the_bundled_font() {
+        let series = |label: &str, k: f64| Series {
+            label: label.into(),
+            points: (1..=60).map(|e| (e, k * (e as f64).ln())).collect(),
+        };
+        let panels = [
+            Panel { title: "loss".into(), y_label: "mean loss per batch".into(), series: vec![series("loss", -1.0)] },
+            Panel {
+                title: "log-likelihood".into(),
+                y_label: "nats per row".into(),
+                series: vec![series("train", 2.0), series("test", 1.5)],
+            },
+        ];
+        let png = line_plots(&panels);
+        assert_eq!(size(&png), (800, 600));
+        // One epoch, or no points at all, still draws.
+        let one = Panel {
+            title: "t".into(),
+            y_label: "y".into(),
+            series: vec![Series { label: "a".into(), points: vec![(1, 3.0)] }],
+        };
+        assert_eq!(size(&line_plots(&[one])), (800, 300));
+        assert_eq!(size(&line_plots(&[])), (800, 300));
+        let density: Vec<f64> =
+            (0..400).map(|k| -(((k / 20) as f64 - 10.0).powi(2) + ((k % 20) as f64 - 10.0).powi(2)) / 20.0).collect();
+        assert_eq!(size(&density_png(&density, 20, (-2.0, 2.0), &[[0.0, 0.0], [9.0, 9.0]])), (760, 640));
+    }
+
+    #[test]
+    fn tick_labels_are_round() {
+        // Ticks every 0.05 need two decimals, every 0.1 one, every 100 none.
+        let f = tick_format(-0.3, 0.05);
+        assert_eq!((f(&-0.25), f(&0.0)), ("-0.25".to_string(), "0.00".to_string()));
+        assert_eq!(tick_format(-25.3, -24.6)(&-24.8), "-24.8");
+        assert_eq!(tick_format(0.0, 600.0)(&200.0), "200");
+    }
 }

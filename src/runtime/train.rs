@@ -14,27 +14,171 @@
 
 use crate::analysis::graph::FactorGraph;
 use crate::analysis::plan::Plan;
-use crate::analysis::program::{Call, Model, Train};
+use crate::analysis::program::{Call, Model, TestSpec, Train};
+use crate::analysis::schema::Value;
 use crate::backend::{DeviceKind, TrainError, Trainer};
 use crate::runtime::data::Dataset;
 use crate::tensor::{self, Tensors};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The version of `meta.json`'s layout, raised when a field is removed or changes meaning.
+pub const META_SCHEMA_VERSION: u32 = 1;
+/// The `format_version` in a checkpoint's safetensors metadata.
+pub const CHECKPOINT_FORMAT_VERSION: &str = "1";
+
+/// `epoch-N/meta.json`: everything needed to read the checkpoint without
+/// ebmc (the model source, every parameter's shape) and to tell where it came
+/// from (data, seed, options). Plain JSON: names and numbers, no spans.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Meta {
+    pub schema_version: u32,
+    pub ebmc_version: String,
     pub model: String,
-    /// FNV-1a hash of the model file's text.
-    pub source_hash: String,
-    pub compiler_version: String,
+    /// `source_hash` of `source`.
+    pub source_sha256: String,
+    /// The whole `.ebm` file the model was compiled from.
+    pub source: String,
+    /// Every tensor of `params.safetensors` (all float32, row-major) and its shape.
+    pub params: BTreeMap<String, Vec<usize>>,
+    pub data: DataProvenance,
     pub seed: u64,
     pub epoch: usize,
     pub step: usize,
     pub device: DeviceKind,
-    pub train: serde_json::Value,
+    pub options: TrainOptions,
+}
+
+/// Where the training rows came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataProvenance {
+    /// The data source of the train block (or `--data`), defaults filled in: `digits(binarize: 8, scale: 1)`.
+    pub source: String,
+    /// The visible variables its columns feed, in order.
+    pub binding: Vec<String>,
+    /// Training rows (after the test split).
+    pub rows: usize,
+    /// SHA-256 of the training rows as trained on: for each bound variable in
+    /// `binding` order, its `[rows, ...shape]` values as little-endian float32.
+    pub sha256: String,
+    /// The held-out rows, e.g. `last(rows: 297)`, if any.
+    pub test: Option<String>,
+}
+
+/// The train block's options, each a built-in's name and its options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub objective: Builtin,
+    pub optimizer: Builtin,
+    pub schedule: Builtin,
+    pub regularizers: Vec<Builtin>,
+    pub batch: usize,
+    pub epochs: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Builtin {
+    pub name: String,
+    pub options: BTreeMap<String, Value>,
+}
+
+impl From<&Call> for Builtin {
+    fn from(c: &Call) -> Self {
+        Builtin { name: c.name.clone(), options: c.options.clone() }
+    }
+}
+
+/// A call as the language writes it: `cd(k: 10)`.
+fn call_text(c: &Call) -> String {
+    let options: Vec<String> = c
+        .options
+        .iter()
+        .map(|(k, v)| match v {
+            Value::Str(s) => format!("{k}: {s:?}"),
+            Value::Int(i) => format!("{k}: {i}"),
+            Value::Num(x) => format!("{k}: {x}"),
+            Value::Bool(b) => format!("{k}: {b}"),
+        })
+        .collect();
+    format!("{}({})", c.name, options.join(", "))
+}
+
+fn rows_sha256(data: &Dataset, binding: &[String]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for name in binding {
+        if let Some(t) = data.vars.get(name) {
+            for x in &t.data {
+                h.update(x.to_le_bytes());
+            }
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Meta {
+    /// The metadata of a run before its first epoch.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        source: &str,
+        model: &Model,
+        train: &Train,
+        data: &Dataset,
+        params: &Tensors,
+        seed: u64,
+        device: DeviceKind,
+    ) -> Meta {
+        Meta {
+            schema_version: META_SCHEMA_VERSION,
+            ebmc_version: env!("CARGO_PKG_VERSION").to_string(),
+            model: model.name.clone(),
+            source_sha256: source_hash(source),
+            source: source.to_string(),
+            params: params.iter().map(|(k, t)| (k.clone(), t.shape.clone())).collect(),
+            data: DataProvenance {
+                source: call_text(&train.data.source),
+                binding: train.data.binding.clone(),
+                rows: data.rows,
+                sha256: rows_sha256(data, &train.data.binding),
+                test: train.test.as_ref().map(|t| match t {
+                    TestSpec::Split(c) => call_text(c),
+                    TestSpec::Data(d) => call_text(&d.source),
+                }),
+            },
+            seed,
+            epoch: 0,
+            step: 0,
+            device,
+            options: TrainOptions {
+                objective: (&train.objective).into(),
+                optimizer: (&train.optimizer).into(),
+                schedule: (&train.schedule).into(),
+                regularizers: train.regularizers.iter().map(Builtin::from).collect(),
+                batch: train.batch,
+                epochs: train.epochs,
+            },
+        }
+    }
+
+    /// The `__metadata__` of the checkpoint's safetensors files: enough to
+    /// tell what a lone `params.safetensors` is.
+    fn safetensors_metadata(&self) -> BTreeMap<String, String> {
+        [
+            ("format", "ebmc-checkpoint".to_string()),
+            ("format_version", CHECKPOINT_FORMAT_VERSION.to_string()),
+            ("ebmc_version", self.ebmc_version.clone()),
+            ("model", self.model.clone()),
+            ("source_sha256", self.source_sha256.clone()),
+            ("epoch", self.epoch.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,13 +215,14 @@ pub enum RunError {
     Train { error: TrainError, epoch: usize, last_good: Option<PathBuf> },
 }
 
+/// SHA-256 of the model file's text, in lower-case hex (what `sha256sum` prints).
 pub fn source_hash(source: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in source.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    sha256_hex(source.as_bytes())
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The learning rate of `epoch` (0-based) under the schedule.
@@ -159,13 +304,29 @@ pub fn check_model_params(model: &Model, params: &Tensors) -> Result<(), tensor:
     Ok(())
 }
 
-/// The metadata of the latest checkpoint in `dir`.
+/// The metadata of the latest checkpoint in `dir`. A checkpoint without a
+/// `schema_version` (written by ebmc before checkpoints described themselves)
+/// or with a newer one is refused by name; its `params.safetensors` still
+/// loads for `sample`, `eval` and `energy`.
 pub fn checkpoint_meta(dir: &Path) -> Result<Meta, String> {
     let latest = latest_checkpoint(dir)
         .ok_or_else(|| format!("no checkpoint to resume in `{}` (no `latest` file)", dir.display()))?;
     let path = latest.join("meta.json");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("`{}` is not a checkpoint's metadata: {e}", path.display()))
+    let not_meta = |e: serde_json::Error| format!("`{}` is not a checkpoint's metadata: {e}", path.display());
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(not_meta)?;
+    match value.get("schema_version").and_then(serde_json::Value::as_u64) {
+        None => Err(format!(
+            "`{}` has no `schema_version`: it was written by an older ebmc whose checkpoints cannot be resumed; train afresh with another --out (its parameters still load for sample, eval and energy)",
+            path.display()
+        )),
+        Some(v) if v > u64::from(META_SCHEMA_VERSION) => Err(format!(
+            "`{}` has schema version {v}, newer than the {META_SCHEMA_VERSION} this ebmc {} reads; resume it with a newer ebmc",
+            path.display(),
+            env!("CARGO_PKG_VERSION")
+        )),
+        Some(_) => serde_json::from_value(value).map_err(not_meta),
+    }
 }
 
 /// An exclusive lock on a run directory, held until dropped (or until the
@@ -271,7 +432,7 @@ pub fn run(
     let (params, state, first_epoch, mut step, mut history, run_seed) = if opts.resume {
         let meta = checkpoint_meta(&opts.out).map_err(io)?;
         let dir = latest_checkpoint(&opts.out).expect("checkpoint_meta found it");
-        if meta.model != model.name || meta.source_hash != hash {
+        if meta.model != model.name || meta.source_sha256 != hash {
             return Err(io(format!(
                 "the checkpoint in `{}` was made from a different model source; train afresh with another --out",
                 opts.out.display()
@@ -285,6 +446,7 @@ pub fn run(
     } else {
         (tensor::initialise(&lowered.params, opts.seed), Tensors::new(), 1, 0, Vec::new(), opts.seed)
     };
+    let mut meta = Meta::new(source, model, train, data, &params, run_seed, opts.device);
     let mut trainer = Trainer::new(model, plan, train, &params, &state, run_seed, opts.device)
         .map_err(|error| RunError::Train { error, epoch: first_epoch, last_good: None })?;
     trainer.prepare(&data.vars).map_err(|error| RunError::Train { error, epoch: first_epoch, last_good: None })?;
@@ -365,16 +527,7 @@ pub fn run(
                 });
             }
         }
-        let meta = Meta {
-            model: model.name.clone(),
-            source_hash: hash.clone(),
-            compiler_version: env!("CARGO_PKG_VERSION").to_string(),
-            seed: run_seed,
-            epoch,
-            step,
-            device: opts.device,
-            train: serde_json::to_value(train).expect("train spec serialises"),
-        };
+        (meta.epoch, meta.step) = (epoch, step);
         save_checkpoint(&opts.out, epoch, &params, &trainer.state(), &meta).map_err(io)?;
         history.push(metrics.clone());
         write_metrics(&opts.out, &history).map_err(io)?;
@@ -392,8 +545,9 @@ pub fn save_checkpoint(dir: &Path, epoch: usize, params: &Tensors, state: &Tenso
     let _ = std::fs::remove_dir_all(&staging);
     let written = (|| {
         std::fs::create_dir_all(&staging).map_err(|e| format!("cannot create `{}`: {e}", staging.display()))?;
-        tensor::save_safetensors(&staging.join("params.safetensors"), params)?;
-        tensor::save_safetensors(&staging.join("state.safetensors"), state)?;
+        let header = meta.safetensors_metadata();
+        tensor::save_safetensors_with_metadata(&staging.join("params.safetensors"), params, &header)?;
+        tensor::save_safetensors_with_metadata(&staging.join("state.safetensors"), state, &header)?;
         tensor::write_atomically(
             &staging.join("meta.json"),
             serde_json::to_string_pretty(meta).expect("meta serialises").as_bytes(),
@@ -448,11 +602,30 @@ pub fn read_metrics(dir: &Path) -> Vec<EpochMetrics> {
 fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<(), String> {
     let text: String = history.iter().map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n").collect();
     tensor::write_atomically(&dir.join("metrics.jsonl"), text.as_bytes())?;
-    let loss: Vec<(f64, f64)> = history.iter().map(|m| (m.epoch as f64, m.loss)).collect();
-    let ll: Vec<(f64, f64)> = history.iter().filter_map(|m| m.log_likelihood.map(|l| (m.epoch as f64, l))).collect();
-    let mut panels = vec![("loss", loss)];
+    use crate::runtime::export::{Panel, Series};
+    let line = |label: &str, points: Vec<(usize, f64)>| Series { label: label.into(), points };
+    let mut panels = vec![
+        Panel {
+            title: "training loss".into(),
+            y_label: "mean loss per batch".into(),
+            series: vec![line("loss", history.iter().map(|m| (m.epoch, m.loss)).collect())],
+        },
+        Panel {
+            title: "gradient norm".into(),
+            y_label: "mean L2 norm per step".into(),
+            series: vec![line("gradient norm", history.iter().map(|m| (m.epoch, m.grad_norm)).collect())],
+        },
+    ];
+    let ll: Vec<(usize, f64)> = history.iter().filter_map(|m| m.log_likelihood.map(|l| (m.epoch, l))).collect();
     if !ll.is_empty() {
-        panels.push(("log-likelihood (nats)", ll));
+        panels.insert(
+            1,
+            Panel {
+                title: "exact log-likelihood".into(),
+                y_label: "nats per row".into(),
+                series: vec![line("log-likelihood", ll)],
+            },
+        );
     }
     tensor::write_atomically(&dir.join("curve.png"), &crate::runtime::export::line_plots(&panels))
 }
