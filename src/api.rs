@@ -953,16 +953,8 @@ impl Model {
         let io = |reason: String| Error::Io { path: dir.to_path_buf(), reason };
         let _lock = run::RunLock::acquire(dir).map_err(io)?;
         let epoch = run::checkpoint_meta(dir).map_or(1, |m| m.epoch + 1);
-        let meta = run::Meta {
-            model: self.name().to_string(),
-            source_hash: run::source_hash(&self.source),
-            compiler_version: env!("CARGO_PKG_VERSION").to_string(),
-            seed: self.train().map_or(0, |t| t.seed),
-            epoch,
-            step: 0,
-            device: self.device,
-            train: self.train().and_then(|t| serde_json::to_value(t).ok()).unwrap_or_default(),
-        };
+        let seed = self.train().map_or(0, |t| t.seed);
+        let meta = run::Meta::of_params(&self.source, self.name(), &params.tensors, seed, epoch, self.device);
         run::save_checkpoint(dir, epoch, &params.tensors, &Tensors::new(), &meta).map_err(io)?;
         Ok(dir.join(format!("epoch-{epoch}")))
     }

@@ -45,12 +45,15 @@ pub struct Meta {
     pub source: String,
     /// Every tensor of `params.safetensors` (all float32, row-major) and its shape.
     pub params: BTreeMap<String, Vec<usize>>,
-    pub data: DataProvenance,
+    /// Absent for parameters a host saved with `api::Model::save`, which
+    /// were not trained by a run of this checkpoint.
+    pub data: Option<DataProvenance>,
     pub seed: u64,
     pub epoch: usize,
     pub step: usize,
     pub device: DeviceKind,
-    pub options: TrainOptions,
+    /// The train block's options; absent as `data` is.
+    pub options: Option<TrainOptions>,
 }
 
 /// Where the training rows came from.
@@ -139,7 +142,7 @@ impl Meta {
             source_sha256: source_hash(source),
             source: source.to_string(),
             params: params.iter().map(|(k, t)| (k.clone(), t.shape.clone())).collect(),
-            data: DataProvenance {
+            data: Some(DataProvenance {
                 source: call_text(&train.data.source),
                 binding: train.data.binding.clone(),
                 rows: data.rows,
@@ -148,19 +151,38 @@ impl Meta {
                     TestSpec::Split(c) => call_text(c),
                     TestSpec::Data(d) => call_text(&d.source),
                 }),
-            },
+            }),
             seed,
             epoch: 0,
             step: 0,
             device,
-            options: TrainOptions {
+            options: Some(TrainOptions {
                 objective: (&train.objective).into(),
                 optimizer: (&train.optimizer).into(),
                 schedule: (&train.schedule).into(),
                 regularizers: train.regularizers.iter().map(Builtin::from).collect(),
                 batch: train.batch,
                 epochs: train.epochs,
-            },
+            }),
+        }
+    }
+
+    /// The metadata of parameters saved outside a training run: the model
+    /// and its parameters, no data or options.
+    pub fn of_params(source: &str, model: &str, params: &Tensors, seed: u64, epoch: usize, device: DeviceKind) -> Meta {
+        Meta {
+            schema_version: META_SCHEMA_VERSION,
+            ebmc_version: env!("CARGO_PKG_VERSION").to_string(),
+            model: model.to_string(),
+            source_sha256: source_hash(source),
+            source: source.to_string(),
+            params: params.iter().map(|(k, t)| (k.clone(), t.shape.clone())).collect(),
+            data: None,
+            seed,
+            epoch,
+            step: 0,
+            device,
+            options: None,
         }
     }
 
