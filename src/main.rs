@@ -501,11 +501,11 @@ fn sample(path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(), Failure
     if let Some(png) = &a.png {
         writable(png, &["png"])?;
     }
-    let lowered = ebmc::ir::program_to_ir(model);
+    let lowered = &plan.lowered;
     let run =
         ebmc::analysis::limits::SampleRun { chains: a.chains, burn_in: a.burn_in, steps: a.steps, every: a.every };
-    ebmc::analysis::limits::check_sample(model, &lowered, &run, available_memory()).map_err(limits_failure)?;
-    let params = load_params(a.params.as_deref(), model, &lowered, a.seed)?;
+    ebmc::analysis::limits::check_sample(model, lowered, &run, available_memory()).map_err(limits_failure)?;
+    let params = load_params(a.params.as_deref(), model, lowered, a.seed)?;
     let picture = match &a.png {
         Some(_) => Some(picture_of(model, &plan, a.image).ok_or_else(|| Failure::Io("no visible variable is image-shaped (a square number of units), nor is the model's density over one 2-D real variable; give an image's size with --image HxW".into()))?),
         None => None,
@@ -714,10 +714,9 @@ fn train(path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), Failure> {
             )));
         }
     }
-    let lowered = ebmc::ir::program_to_ir(model);
     ebmc::analysis::limits::check_train(
         model,
-        &lowered,
+        &plan.lowered,
         spec,
         train_rows.rows,
         a.epochs.unwrap_or(spec.epochs),

@@ -80,6 +80,11 @@ pub struct Plan {
     /// A visible categorical label summed out for the marginal of the rest (JEM).
     pub label_marginal: Option<Marginal>,
     pub objective: Option<String>,
+    /// The IR the plan was made from, as `ir::program_to_ir` lowered it, so
+    /// the backend and runtime start from it instead of lowering again. Not
+    /// printed: `ebmc plan` shows what the plan decided, not the IR.
+    #[serde(skip)]
+    pub lowered: ir::Lowered,
 }
 
 /// A reason the planner refuses a model or objective, or warns about it.
@@ -420,7 +425,9 @@ pub fn program_to_plans(program: &Program) -> Result<(Vec<Plan>, Vec<PlanError>)
 pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan, Vec<PlanError>), Vec<PlanError>> {
     let model = &graph.model;
     let mut problems = Vec::new();
-    let mut lowered = ir::program_to_ir(model);
+    let planned_from = ir::program_to_ir(model);
+    // The planner adds nodes as it analyses; the plan keeps the IR as lowered.
+    let mut lowered = planned_from.clone();
     let total = lowered.total;
     let ir = &mut lowered.ir;
 
@@ -585,6 +592,7 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
         kept,
         label_marginal,
         objective: objective_text,
+        lowered: planned_from,
     };
     Ok((plan, problems))
 }

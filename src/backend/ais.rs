@@ -182,7 +182,7 @@ fn unit_values(domain: &Domain) -> f64 {
 impl<'m, D: Kernels> Path<'m, D> {
     fn new(dev: D, model: &'m Model, plan: &Plan, params: &Tensors, opts: &AisOptions) -> Result<Self, String> {
         let (sampled, latent) = split_variables(model, plan)?;
-        let mut lowered = ir::program_to_ir(model);
+        let mut lowered = plan.lowered.clone();
         let base_names: Vec<String> = sampled.iter().map(|v| format!("__base_{}", v.name)).collect();
         let mut base = lowered.ir.num(0.0);
         for (v, p) in sampled.iter().zip(&base_names) {

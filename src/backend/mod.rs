@@ -442,7 +442,7 @@ fn upload<D: Device<f32>>(dev: &D, t: &HostTensor, batch: usize) -> T3<D> {
 
 impl<D: Kernels> ChainSet<D> {
     fn new(dev: D, model: &Model, plan: &Plan, params: &Tensors, chains: usize, seed: u64) -> Result<Self, String> {
-        let mut lowered = ir::program_to_ir(model);
+        let mut lowered = plan.lowered.clone();
         let total = lowered.ir.inline_nets(lowered.total);
         let leaves = device_leaves(&dev, model, &lowered, params)?;
         let vars: Vec<VarInfo> = model

@@ -14,7 +14,7 @@ use crate::analysis::plan::Plan;
 use crate::analysis::program::{Domain, Model, Train};
 use crate::analysis::schema::Value;
 use crate::front::ast::Role;
-use crate::ir::{self, Id, Ir, Op};
+use crate::ir::{Id, Ir, Op};
 use crate::tensor::{HostTensor, Tensors};
 use dfdx::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -314,7 +314,7 @@ impl<D: Kernels> Fitter<D> {
         state: &Tensors,
         seed: u64,
     ) -> Result<Self, TrainError> {
-        let mut lowered = ir::program_to_ir(model);
+        let mut lowered = plan.lowered.clone();
         let total = lowered.ir.inline_nets(lowered.total);
         let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
         let mut free_energy = total;

@@ -18,6 +18,12 @@ pub fn program_to_ir(model: &Model) -> Lowered {
     }
     let energies: Vec<(String, Id)> = model.energies.iter().map(|e| (e.name.clone(), ir.lower(&e.expr))).collect();
     let total = energies.iter().skip(1).fold(energies[0].1, |acc, (_, id)| ir.add(acc, *id));
+    Lowered { ir, energies, total, params: param_specs(model) }
+}
+
+/// Every parameter a model declares, its nets' weights included, without
+/// lowering the energy.
+pub fn param_specs(model: &Model) -> Vec<ParamSpec> {
     let mut params: Vec<ParamSpec> = model
         .params
         .iter()
@@ -26,7 +32,7 @@ pub fn program_to_ir(model: &Model) -> Lowered {
     for n in &model.nets {
         params.extend(net_params(n));
     }
-    Lowered { ir, energies, total, params }
+    params
 }
 
 /// The weights of a net: `f.w0 : [in, h1]`, `f.b0 : [h1]`, ... Weights start

@@ -18,7 +18,7 @@ mod lower;
 mod print;
 mod reference;
 
-pub use lower::{net_params, program_to_ir};
+pub use lower::{net_params, param_specs, program_to_ir};
 pub use print::SHOW_LIMIT;
 pub use reference::{RefValue, top_singular};
 

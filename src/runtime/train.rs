@@ -144,7 +144,7 @@ pub fn load_model_params(path: &Path, model: &Model) -> Result<Tensors, String> 
 
 /// `tensor::check_params` for a model's parameters, refusing unknown names too.
 pub fn check_model_params(model: &Model, params: &Tensors) -> Result<(), tensor::ShapeError> {
-    let specs = crate::ir::program_to_ir(model).params;
+    let specs = crate::ir::param_specs(model);
     tensor::check_params(&specs, params)?;
     for (name, t) in params {
         if OBJECTIVE_PARAMS.contains(&name.as_str()) {
@@ -266,7 +266,7 @@ pub fn run(
     let _lock = RunLock::acquire(&opts.out).map_err(io)?;
     remove_leftovers(&opts.out);
     let hash = source_hash(source);
-    let lowered = crate::ir::program_to_ir(model);
+    let lowered = &plan.lowered;
     // A resumed run keeps the seed it started with, whatever `opts.seed` says.
     let (params, state, first_epoch, mut step, mut history, run_seed) = if opts.resume {
         let meta = checkpoint_meta(&opts.out).map_err(io)?;
