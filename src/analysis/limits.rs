@@ -325,8 +325,9 @@ pub fn check_train(
     }
     let all: Vec<&Variable> = model.variables.iter().collect();
     let row = values(&all).saturating_mul(4);
-    let chains = train.objective.int("chains").unwrap_or(0).max(0) as u128;
-    let buffer = train.objective.int("buffer").unwrap_or(0).max(0) as u128;
+    let persistent = train.options.objective.persistent();
+    let chains = persistent.map_or(0, |p| p.chains) as u128;
+    let buffer = persistent.map_or(0, |p| p.buffer) as u128;
     let batch = train.batch as u128;
     let needed = param_bytes(model, lowered)
         .saturating_mul(4)

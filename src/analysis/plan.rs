@@ -5,7 +5,7 @@
 //! normaliser, score matching on discrete data, invalid sampler overrides).
 
 use crate::analysis::graph::{ColourClass, Degree, FactorGraph, colour, lattice_adjacency, type_text, units};
-use crate::analysis::program::{Call, ConstValue, Domain, Program, Train};
+use crate::analysis::program::{Call, ConstValue, Domain, Objective, Program, Sampler, Train};
 use crate::front::ast::Role;
 use crate::front::span::Span;
 use crate::ir::{self, Id, Ir, Op, Unary};
@@ -465,7 +465,7 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
 
     let overrides: BTreeMap<&str, &crate::analysis::program::Override> =
         model.overrides.iter().map(|o| (o.var.as_str(), o)).collect();
-    let objective = train.map(|t| &t.objective);
+    let objective = train.map(|t| &t.options.objective);
 
     let mut variables = Vec::new();
     for v in &model.variables {
@@ -551,7 +551,7 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                 },
                 _ => {}
             }
-            let kernel = langevin(override_.filter(|_| overridden).map(|o| &o.kernel), objective, bounds);
+            let kernel = langevin(override_.filter(|_| overridden).map(|o| &o.sampler), objective, bounds);
             let mut reason = match (bounds, degree) {
                 (Some((lo, hi)), _) => format!("continuous, reflected at the bounds [{lo}, {hi}]"),
                 (None, Degree::Quadratic) => "continuous, energy grows quadratically".to_string(),
@@ -641,20 +641,23 @@ fn chromatic(
     (Kernel::ChromaticGibbs { colours, lattice, unit_colours }, reason)
 }
 
-fn langevin(override_: Option<&Call>, objective: Option<&Call>, bounds: Option<(f64, f64)>) -> Kernel {
-    let from = |k: &str| {
-        override_
-            .and_then(|c| c.num(k))
-            .or_else(|| objective.filter(|o| matches!(o.name.as_str(), "pcd" | "jem")).and_then(|o| o.num(k)))
-    };
-    let step = from("step").unwrap_or(0.01);
-    let noise = from("noise").unwrap_or((2.0 * step).sqrt());
+fn langevin(override_: Option<&Sampler>, objective: Option<&Objective>, bounds: Option<(f64, f64)>) -> Kernel {
+    // A `sample` block's kernel wins; what it leaves out comes from a
+    // persistent objective's chains, then from Langevin's own defaults.
+    let persistent = objective.and_then(Objective::persistent);
+    let base = crate::analysis::check::default_langevin();
+    let step_default = persistent.map_or(base.step, |p| p.step);
+    let noise_of =
+        |step: f64, own: Option<f64>| own.or(persistent.and_then(|p| p.noise)).unwrap_or((2.0 * step).sqrt());
+    let clip_of = |own: Option<f64>| own.or(persistent.and_then(|p| p.clip));
     // One step per sweep unless a `sample` block says otherwise: training's
     // `k` counts sweeps, so a `pcd(k: 20)` update runs 20 Langevin steps.
-    let steps = override_.and_then(|c| c.int("steps")).unwrap_or(1) as usize;
-    let clip = from("clip");
-    let mala = override_.is_some_and(|c| c.name == "mala");
-    Kernel::Langevin { mala, step, noise: if mala { (2.0 * step).sqrt() } else { noise }, steps, clip, bounds }
+    let (mala, step, noise, steps, clip) = match override_ {
+        Some(Sampler::Langevin(l)) => (false, l.step, noise_of(l.step, l.noise), l.steps, clip_of(l.clip)),
+        Some(Sampler::Mala { step, steps }) => (true, *step, (2.0 * step).sqrt(), *steps, clip_of(None)),
+        _ => (false, step_default, noise_of(step_default, None), base.steps, clip_of(None)),
+    };
+    Kernel::Langevin { mala, step, noise, steps, clip, bounds }
 }
 
 fn sweep(vars: &[VarPlan]) -> Vec<Vec<String>> {

@@ -11,8 +11,9 @@
 use super::eval::{Evaluator, Leaves, Taped};
 use super::{ChainSet, Kernels, T3, upload};
 use crate::analysis::plan::Plan;
-use crate::analysis::program::{Domain, Model, Train};
-use crate::analysis::schema::Value;
+use crate::analysis::program::{
+    Directions, Domain, Model, NoiseKind, Objective as ProgramObjective, Optimizer as ProgramOptimizer, Train,
+};
 use crate::front::ast::Role;
 use crate::ir::{Id, Ir, Op};
 use crate::tensor::{HostTensor, Tensors};
@@ -300,10 +301,6 @@ struct Fitter<D: Kernels> {
     seed: u64,
 }
 
-fn option(call: &crate::analysis::program::Call, key: &str) -> Option<f64> {
-    call.options.get(key).and_then(Value::as_f64)
-}
-
 impl<D: Kernels> Fitter<D> {
     fn new(
         dev: D,
@@ -329,7 +326,7 @@ impl<D: Kernels> Fitter<D> {
         let (mut up, consts): (BTreeMap<String, T3<D>>, BTreeMap<String, T3<D>>) =
             leaves.tensors.into_iter().partition(|(k, _)| shapes.contains_key(k));
         let mut shapes = shapes;
-        if train.objective.name == "nce" {
+        if matches!(train.options.objective, ProgramObjective::Nce { .. }) {
             // NCE learns the log-normaliser as one more parameter.
             let c = match params.get("nce.log_z") {
                 None => 0.0,
@@ -353,13 +350,10 @@ impl<D: Kernels> Fitter<D> {
             .filter(|v| v.role == Role::Hidden && !summed.contains(&v.name))
             .map(|v| v.name.clone())
             .collect();
-        let o = &train.objective;
-        let k = o.int("k").unwrap_or(1) as usize;
-        let objective = match o.name.as_str() {
-            "cd" => Objective::Cd { k },
-            "pcd" => {
-                let chains = o.int("chains").unwrap_or(100) as usize;
-                let mut set = ChainSet::new(dev.clone(), model, plan, params, chains, seed ^ 0x7063_6421)?;
+        let objective = match &train.options.objective {
+            ProgramObjective::Cd { k } => Objective::Cd { k: *k },
+            ProgramObjective::Pcd(p) => {
+                let mut set = ChainSet::new(dev.clone(), model, plan, params, p.chains, seed ^ 0x7063_6421)?;
                 if state.keys().any(|k| k.starts_with("chain.")) {
                     let chain_state: Tensors = state
                         .iter()
@@ -371,17 +365,10 @@ impl<D: Kernels> Fitter<D> {
                 let langevin = plan.variables.iter().any(|v| {
                     visible.contains(&v.name) && matches!(v.kernel, crate::analysis::plan::Kernel::Langevin { .. })
                 });
-                let replay = langevin.then(|| {
-                    Replay::new(
-                        o.int("buffer").unwrap_or(10000) as usize,
-                        option(o, "reinit").unwrap_or(0.05),
-                        seed ^ 0x7270_6c79,
-                        state,
-                    )
-                });
-                Objective::Pcd { k, chains: Box::new(set), replay }
+                let replay = langevin.then(|| Replay::new(p.buffer, p.reinit, seed ^ 0x7270_6c79, state));
+                Objective::Pcd { k: p.k, chains: Box::new(set), replay }
             }
-            "pl" => {
+            ProgramObjective::Pl => {
                 let mut logits = BTreeMap::new();
                 for v in &plan.variables {
                     if matches!(
@@ -398,7 +385,7 @@ impl<D: Kernels> Fitter<D> {
                 }
                 Objective::Pl { logits }
             }
-            "jem" => {
+            ProgramObjective::Jem(p) => {
                 let label =
                     plan.label_marginal.as_ref().map(|m| m.var.clone()).ok_or_else(|| {
                         TrainError::Setup("`jem` needs a categorical label the plan can sum out".into())
@@ -421,31 +408,26 @@ impl<D: Kernels> Fitter<D> {
                     label,
                     logits,
                     marginal,
-                    k,
+                    k: p.k,
                     chains: Box::new(chains),
-                    replay: Replay::new(
-                        o.int("buffer").unwrap_or(10000) as usize,
-                        option(o, "reinit").unwrap_or(0.05),
-                        seed ^ 0x6a65_6d,
-                        state,
-                    ),
+                    replay: Replay::new(p.buffer, p.reinit, seed ^ 0x6a65_6d, state),
                 }))
             }
-            name => {
-                let num = |k: &str, d: f64| option(o, k).unwrap_or(d) as f32;
-                let kind = match name {
-                    "dsm" => ContinuousKind::Dsm { sigma: num("sigma", 0.1) },
-                    "ssm" => ContinuousKind::Ssm {
-                        projections: o.int("projections").unwrap_or(1) as usize,
-                        rademacher: o.options.get("directions").and_then(Value::as_str) == Some("rademacher"),
-                        variance_reduced: o.options.get("variance_reduced").and_then(Value::as_bool).unwrap_or(false),
+            continuous => {
+                let kind = match *continuous {
+                    ProgramObjective::Dsm { sigma } => ContinuousKind::Dsm { sigma: sigma as f32 },
+                    ProgramObjective::Ssm { projections, directions, variance_reduced } => ContinuousKind::Ssm {
+                        projections,
+                        rademacher: directions == Directions::Rademacher,
+                        variance_reduced,
                     },
-                    "sm" => ContinuousKind::Sm,
-                    "cnce" => ContinuousKind::Cnce { sigma: num("sigma", 0.1) },
-                    _ => ContinuousKind::Nce {
-                        gaussian: o.options.get("noise").and_then(Value::as_str) != Some("uniform"),
-                        ratio: o.int("ratio").unwrap_or(1) as usize,
-                    },
+                    ProgramObjective::Sm => ContinuousKind::Sm,
+                    ProgramObjective::Cnce { sigma } => ContinuousKind::Cnce { sigma: sigma as f32 },
+                    ProgramObjective::Nce { noise, ratio } => {
+                        ContinuousKind::Nce { gaussian: noise == NoiseKind::Gaussian, ratio }
+                    }
+                    // Cannot fire: the arms above took the other objectives.
+                    _ => unreachable!("discrete objectives are matched above"),
                 };
                 let mut grads = BTreeMap::new();
                 let mut hvps = BTreeMap::new();
@@ -468,30 +450,25 @@ impl<D: Kernels> Fitter<D> {
                 })
             }
         };
-        let opt = &train.optimizer;
-        let weight_decay = option(opt, "weight_decay").unwrap_or(0.0) as f32;
-        let optimizer = match opt.name.as_str() {
-            "adam" => Optimizer::Adam {
-                beta1: option(opt, "beta1").unwrap_or(0.9) as f32,
-                beta2: option(opt, "beta2").unwrap_or(0.999) as f32,
-                eps: option(opt, "eps").unwrap_or(1e-8) as f32,
-                weight_decay,
+        let optimizer = match train.options.optimizer {
+            ProgramOptimizer::Adam { beta1, beta2, eps, weight_decay, .. } => Optimizer::Adam {
+                beta1: beta1 as f32,
+                beta2: beta2 as f32,
+                eps: eps as f32,
+                weight_decay: weight_decay as f32,
                 t: state.get("adam.t").map_or(0, |t| t.data[0] as i32),
             },
-            _ => Optimizer::Sgd {
-                momentum: option(opt, "momentum").unwrap_or(0.0) as f32,
-                nesterov: opt.options.get("nesterov").and_then(Value::as_bool).unwrap_or(false),
-                weight_decay,
-            },
+            ProgramOptimizer::Sgd { momentum, weight_decay, nesterov, .. } => {
+                Optimizer::Sgd { momentum: momentum as f32, nesterov, weight_decay: weight_decay as f32 }
+            }
         };
         let moments = state
             .iter()
             .filter(|(k, _)| k.starts_with("m.") || k.starts_with("v.") || k.starts_with("velocity."))
             .map(|(k, t)| (k.clone(), upload(&dev, t, 1)))
             .collect();
-        let reg = |name: &str, key: &str| {
-            train.regularizers.iter().find(|r| r.name == name).and_then(|r| option(r, key)).unwrap_or(0.0) as f32
-        };
+        let regs = &train.options.regularizers;
+        let reg = |r: Option<f64>| r.unwrap_or(0.0) as f32;
         let roots: Vec<Id> = match &objective {
             Objective::Pl { logits } => std::iter::once(total).chain(logits.values().copied()).collect(),
             Objective::Continuous(c) => {
@@ -525,15 +502,10 @@ impl<D: Kernels> Fitter<D> {
             objective,
             optimizer,
             moments,
-            l1: reg("l1", "weight"),
-            l2: reg("l2", "weight"),
-            energy_alpha: reg("energy_penalty", "alpha"),
-            clip: train
-                .regularizers
-                .iter()
-                .find(|r| r.name == "clip_grad")
-                .and_then(|r| option(r, "norm"))
-                .map(|c| c as f32),
+            l1: reg(regs.l1),
+            l2: reg(regs.l2),
+            energy_alpha: reg(regs.energy_penalty),
+            clip: regs.clip_grad.map(|c| c as f32),
             visible,
             kept,
             scratch: None,

@@ -14,7 +14,7 @@
 
 use crate::analysis::graph::FactorGraph;
 use crate::analysis::plan::Plan;
-use crate::analysis::program::{Call, Model, Train};
+use crate::analysis::program::{Model, Schedule, Train};
 use crate::backend::{DeviceKind, TrainError, Trainer};
 use crate::runtime::data::Dataset;
 use crate::tensor::{self, Tensors};
@@ -81,21 +81,15 @@ pub fn source_hash(source: &str) -> String {
 }
 
 /// The learning rate of `epoch` (0-based) under the schedule.
-pub fn learning_rate(base: f64, schedule: &Call, epoch: usize, epochs: usize) -> f64 {
+pub fn learning_rate(base: f64, schedule: &Schedule, epoch: usize, epochs: usize) -> f64 {
     let e = epoch as f64;
-    match schedule.name.as_str() {
-        "exponential" => base * schedule.num("gamma").unwrap_or(1.0).powf(e),
-        "step" => {
-            base * schedule
-                .num("gamma")
-                .unwrap_or(0.1)
-                .powf((epoch / schedule.int("every").unwrap_or(1).max(1) as usize) as f64)
+    match *schedule {
+        Schedule::Exponential { gamma } => base * gamma.powf(e),
+        Schedule::Step { every, gamma } => base * gamma.powf((epoch / every.max(1)) as f64),
+        Schedule::Cosine { min_lr } => {
+            min_lr + (base - min_lr) * (1.0 + (std::f64::consts::PI * e / epochs.max(1) as f64).cos()) / 2.0
         }
-        "cosine" => {
-            let min = schedule.num("min_lr").unwrap_or(0.0);
-            min + (base - min) * (1.0 + (std::f64::consts::PI * e / epochs.max(1) as f64).cos()) / 2.0
-        }
-        _ => base,
+        Schedule::Constant => base,
     }
 }
 
@@ -291,7 +285,7 @@ pub fn run(
     let batch = train.batch.min(data.rows).max(1);
     let steps_per_epoch = data.rows / batch;
     progress(Progress::Start { epochs: opts.epochs, steps_per_epoch, from_epoch: first_epoch });
-    let base_lr = train.optimizer.num("lr").unwrap_or(0.01);
+    let base_lr = train.options.optimizer.lr();
     let exact = crate::runtime::evaluate::enumeration(graph, plan).is_ok();
     if opts.resume {
         // Drop the metrics of epochs after the checkpoint (a kill between the two writes).
@@ -303,7 +297,7 @@ pub fn run(
         trainer.begin_epoch(seed);
         let mut order: Vec<usize> = (0..data.rows).collect();
         order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
-        let lr = learning_rate(base_lr, &train.schedule, epoch - 1, opts.epochs);
+        let lr = learning_rate(base_lr, &train.options.schedule, epoch - 1, opts.epochs);
         let (mut loss_sum, mut norm_sum) = (0.0, 0.0);
         for b in 0..steps_per_epoch {
             let rows = data.rows_at(&order[b * batch..(b + 1) * batch]);
