@@ -8,6 +8,10 @@
 mod ais;
 mod eval;
 mod host;
+mod noise;
+mod objectives;
+mod optim;
+mod replay;
 mod train;
 
 pub use ais::{
