@@ -226,6 +226,16 @@ pub fn constants(model: &Model) -> Tensors {
 /// Writes tensors as safetensors (f32, little-endian) through a temporary
 /// file and a rename, so a crash never leaves a partial file.
 pub fn save_safetensors(path: &Path, tensors: &Tensors) -> Result<(), String> {
+    save_safetensors_with(path, tensors, &BTreeMap::new())
+}
+
+/// `save_safetensors` with string metadata in the file's `__metadata__`
+/// header (optimiser step counts: integers, not tensors).
+pub fn save_safetensors_with(
+    path: &Path,
+    tensors: &Tensors,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), String> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(k, t)| (k.clone(), t.data.iter().flat_map(|x| x.to_le_bytes()).collect(), t.shape.clone()))
@@ -239,14 +249,23 @@ pub fn save_safetensors(path: &Path, tensors: &Tensors) -> Result<(), String> {
             )
         })
         .collect();
-    let data = safetensors::serialize(views, &None).map_err(|e| format!("cannot encode tensors: {e}"))?;
+    let metadata = (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect());
+    let data = safetensors::serialize(views, &metadata).map_err(|e| format!("cannot encode tensors: {e}"))?;
     write_atomically(path, &data)
 }
 
 pub fn load_safetensors(path: &Path) -> Result<Tensors, String> {
+    load_safetensors_with(path).map(|(tensors, _)| tensors)
+}
+
+/// `load_safetensors` with the file's `__metadata__` header (empty if none).
+pub fn load_safetensors_with(path: &Path) -> Result<(Tensors, BTreeMap<String, String>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| format!("`{}` is not a safetensors file: {e}", path.display()))?;
+    let not_safetensors =
+        |e: safetensors::SafeTensorError| format!("`{}` is not a safetensors file: {e}", path.display());
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(not_safetensors)?;
+    let metadata: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(not_safetensors)?;
     let mut out = Tensors::new();
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
@@ -255,7 +274,7 @@ pub fn load_safetensors(path: &Path) -> Result<Tensors, String> {
         let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         out.insert(name, HostTensor::new(view.shape().to_vec(), data));
     }
-    Ok(out)
+    Ok((out, metadata))
 }
 
 /// Writes `bytes` to `path` through `path.tmp`: written, flushed to disk,

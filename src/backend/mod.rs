@@ -18,7 +18,7 @@ pub use ais::{
     AisEstimate, AisOptions, MAX_CHAIN_ELEMENTS, MAX_RUNS, MAX_TEMPERATURES, RaiseEstimate, ais,
     check_options as check_ais_options, raise, schedule,
 };
-pub use train::{StepReport, TrainError, Trainer};
+pub use train::{StepReport, TrainError, TrainState, Trainer};
 
 use crate::analysis::plan::{Kernel, Plan};
 use crate::analysis::program::{Domain, Model};

@@ -49,11 +49,22 @@ trait Fit {
     fn step(&mut self, batch: &Tensors, lr: f64, step: usize) -> Result<StepReport, TrainError>;
     fn params(&self) -> Tensors;
     fn state(&self) -> Tensors;
+    fn state_metadata(&self) -> BTreeMap<String, String>;
     fn chains(&self) -> Option<Tensors>;
 }
 
+/// What a checkpoint keeps of a trainer besides the parameters: tensors
+/// (optimiser moments, persistent chains, replay buffers) and counters
+/// (Adam's step count) as metadata, which whole numbers stay exact in.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrainState {
+    pub tensors: Tensors,
+    pub metadata: BTreeMap<String, String>,
+}
+
 impl Trainer {
-    /// `state` holds optimiser moments and persistent chains from a checkpoint (empty to start afresh).
+    /// `state` holds optimiser moments and persistent chains from a checkpoint
+    /// (empty to start afresh); `Trainer::resume` also restores the counters.
     pub fn new(
         model: &Model,
         plan: &Plan,
@@ -63,15 +74,42 @@ impl Trainer {
         seed: u64,
         device: super::DeviceKind,
     ) -> Result<Trainer, TrainError> {
+        Self::with_state(model, plan, train, params, state, &BTreeMap::new(), seed, device)
+    }
+
+    /// A trainer that continues from a checkpoint's `Trainer::checkpoint`.
+    pub fn resume(
+        model: &Model,
+        plan: &Plan,
+        train: &Train,
+        params: &Tensors,
+        state: &TrainState,
+        seed: u64,
+        device: super::DeviceKind,
+    ) -> Result<Trainer, TrainError> {
+        Self::with_state(model, plan, train, params, &state.tensors, &state.metadata, seed, device)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn with_state(
+        model: &Model,
+        plan: &Plan,
+        train: &Train,
+        params: &Tensors,
+        state: &Tensors,
+        metadata: &BTreeMap<String, String>,
+        seed: u64,
+        device: super::DeviceKind,
+    ) -> Result<Trainer, TrainError> {
         let inner: Box<dyn Fit> = match device {
             super::DeviceKind::Cpu => {
-                Box::new(Fitter::new(Cpu::seed_from_u64(seed), model, plan, train, params, state, seed)?)
+                Box::new(Fitter::new(Cpu::seed_from_u64(seed), model, plan, train, params, state, metadata, seed)?)
             }
             #[cfg(feature = "cuda")]
             super::DeviceKind::Cuda => {
                 let dev = Cuda::try_seed_from_u64(seed)
                     .map_err(|e| TrainError::Setup(format!("cannot open the CUDA device: {e:?}")))?;
-                Box::new(Fitter::new(dev, model, plan, train, params, state, seed)?)
+                Box::new(Fitter::new(dev, model, plan, train, params, state, metadata, seed)?)
             }
             #[cfg(not(feature = "cuda"))]
             super::DeviceKind::Cuda => {
@@ -112,6 +150,11 @@ impl Trainer {
     /// Optimiser moments and persistent chains, for checkpoints.
     pub fn state(&self) -> Tensors {
         self.inner.state()
+    }
+
+    /// Everything `Trainer::resume` needs besides the parameters.
+    pub fn checkpoint(&self) -> TrainState {
+        TrainState { tensors: self.inner.state(), metadata: self.inner.state_metadata() }
     }
 
     /// The persistent chains' current states, when the objective keeps chains.
@@ -185,6 +228,7 @@ pub(super) fn on_device<D: Kernels>(
 }
 
 impl<D: Kernels> Fitter<D> {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         dev: D,
         model: &Model,
@@ -192,12 +236,13 @@ impl<D: Kernels> Fitter<D> {
         train: &Train,
         params: &Tensors,
         state: &Tensors,
+        metadata: &BTreeMap<String, String>,
         seed: u64,
     ) -> Result<Self, TrainError> {
         let (mut on, declared) = on_device(dev, model, plan, train, params, seed)?;
         let objective = objectives::build(&mut on, &train.options, train.batch.max(1), params, state, seed)?;
         on.used = on.params_in(&objective.roots(&on), &declared);
-        let optimizer = Optimizer::new(&on.dev, &train.options.optimizer, state);
+        let optimizer = Optimizer::new(&on.dev, &train.options.optimizer, state, metadata)?;
         let regs = &train.options.regularizers;
         Ok(Fitter {
             model: on,
@@ -283,6 +328,10 @@ impl<D: Kernels> Fit for Fitter<D> {
         let mut out = self.optimizer.state(&self.model.shapes);
         out.extend(self.objective.state());
         out
+    }
+
+    fn state_metadata(&self) -> BTreeMap<String, String> {
+        self.optimizer.metadata()
     }
 
     fn chains(&self) -> Option<Tensors> {

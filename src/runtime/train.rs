@@ -15,7 +15,7 @@
 use crate::analysis::graph::FactorGraph;
 use crate::analysis::plan::Plan;
 use crate::analysis::program::{Model, Schedule, Train};
-use crate::backend::{DeviceKind, TrainError, Trainer};
+use crate::backend::{DeviceKind, TrainError, TrainState, Trainer};
 use crate::runtime::data::Dataset;
 use crate::tensor::{self, Tensors};
 use rand::SeedableRng;
@@ -272,14 +272,15 @@ pub fn run(
             )));
         }
         let params = load_model_params(&dir, model).map_err(io)?;
-        let state = tensor::load_safetensors(&dir.join("state.safetensors")).map_err(io)?;
+        let (tensors, metadata) = tensor::load_safetensors_with(&dir.join("state.safetensors")).map_err(io)?;
+        let state = TrainState { tensors, metadata };
         let history: Vec<EpochMetrics> =
             read_metrics(&opts.out).into_iter().filter(|m| m.epoch <= meta.epoch).collect();
         (params, state, meta.epoch + 1, meta.step, history, meta.seed)
     } else {
-        (tensor::initialise(&lowered.params, opts.seed), Tensors::new(), 1, 0, Vec::new(), opts.seed)
+        (tensor::initialise(&lowered.params, opts.seed), TrainState::default(), 1, 0, Vec::new(), opts.seed)
     };
-    let mut trainer = Trainer::new(model, plan, train, &params, &state, run_seed, opts.device)
+    let mut trainer = Trainer::resume(model, plan, train, &params, &state, run_seed, opts.device)
         .map_err(|error| RunError::Train { error, epoch: first_epoch, last_good: None })?;
     trainer.prepare(&data.vars).map_err(|error| RunError::Train { error, epoch: first_epoch, last_good: None })?;
     let batch = train.batch.min(data.rows).max(1);
@@ -369,7 +370,7 @@ pub fn run(
             device: opts.device,
             train: serde_json::to_value(train).expect("train spec serialises"),
         };
-        save_checkpoint(&opts.out, epoch, &params, &trainer.state(), &meta).map_err(io)?;
+        save_checkpoint(&opts.out, epoch, &params, &trainer.checkpoint(), &meta).map_err(io)?;
         history.push(metrics.clone());
         write_metrics(&opts.out, &history).map_err(io)?;
         progress(Progress::Epoch(&metrics));
@@ -377,14 +378,14 @@ pub fn run(
     Ok(history)
 }
 
-fn save_checkpoint(dir: &Path, epoch: usize, params: &Tensors, state: &Tensors, meta: &Meta) -> Result<(), String> {
+fn save_checkpoint(dir: &Path, epoch: usize, params: &Tensors, state: &TrainState, meta: &Meta) -> Result<(), String> {
     let name = format!("epoch-{epoch}");
     let staging = dir.join(format!(".{name}.partial"));
     let _ = std::fs::remove_dir_all(&staging);
     let written = (|| {
         std::fs::create_dir_all(&staging).map_err(|e| format!("cannot create `{}`: {e}", staging.display()))?;
         tensor::save_safetensors(&staging.join("params.safetensors"), params)?;
-        tensor::save_safetensors(&staging.join("state.safetensors"), state)?;
+        tensor::save_safetensors_with(&staging.join("state.safetensors"), &state.tensors, &state.metadata)?;
         tensor::write_atomically(
             &staging.join("meta.json"),
             serde_json::to_string_pretty(meta).expect("meta serialises").as_bytes(),
