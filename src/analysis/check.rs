@@ -412,6 +412,7 @@ impl<'e> ModelChecker<'e> {
             return self.number(e).map(Init::Constant);
         }
         let call = bind_call(Family::Initializer, e, self.errors)?;
+        // Cannot fire: every initializer option has a numeric default in the schema table, which `bind_call` filled in.
         let num = |k: &str| call.num(k).expect("initializer options have defaults");
         Some(match call.name.as_str() {
             "zeros" => Init::Constant(0.0),
@@ -648,6 +649,7 @@ impl<'e> ModelChecker<'e> {
                 span,
             });
         }
+        // Cannot fire: the `None` case returned an error just above.
         let func = builtin.expect("checked above");
         let shape = if func.is_reduction() { vec![] } else { arg.shape.clone() };
         Some(TExpr { kind: TExprKind::Func { func, arg: Box::new(arg) }, shape, span })

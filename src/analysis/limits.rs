@@ -114,15 +114,18 @@ pub fn nesting(source: &str) -> Result<usize, Span> {
             }
             b')' | b']' | b'}' if chains.len() > 1 => depth -= 1 + chains.pop().unwrap_or(0),
             b',' | b';' | b':' | b'=' => {
+                // Cannot fire: `chains` starts with level 0 and pops only above it.
                 let last = chains.last_mut().expect("level 0 is never popped");
                 depth -= *last;
                 *last = 0;
             }
             b'+' | b'-' | b'*' | b'/' | b'@' | b'^' => {
+                // Cannot fire: `chains` starts with level 0 and pops only above it.
                 *chains.last_mut().expect("level 0 is never popped") += 1;
                 level_up = true;
             }
             b'.' if bytes.get(i + 1) == Some(&b'T') => {
+                // Cannot fire: `chains` starts with level 0 and pops only above it.
                 *chains.last_mut().expect("level 0 is never popped") += 1;
                 level_up = true;
             }

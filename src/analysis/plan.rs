@@ -459,6 +459,7 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
         blockable
             .iter()
             .position(|b| b == v)
+            // Cannot fire: `order` holds every colour `colour` assigned.
             .map(|i| order.iter().position(|c| *c == block_colour[i]).expect("colour is ordered"))
     };
     let bipartite = graph.bipartite(&blockable);
@@ -706,6 +707,7 @@ fn sum_out_latents(graph: &FactorGraph, ir: &mut Ir, total: Id) -> (Option<Margi
     let mut f = total;
     let mut rules = Vec::new();
     for name in &chosen {
+        // Cannot fire: `name` was taken from the model's own variables.
         let v = model.variable(name).expect("chosen from the model");
         let (reduced, rule) = sum_out(ir, f, v);
         f = reduced;
@@ -829,6 +831,7 @@ fn check_objective(
                 if visible().any(|v| matches!(v.domain, Domain::Categorical { .. }))
                     && visible().any(|v| !v.domain.is_discrete())
                 {
+                    // Cannot fire: the `any` in the condition above found one.
                     let v = visible().find(|v| matches!(v.domain, Domain::Categorical { .. })).expect("checked");
                     out.push(PlanError::NeedsFreeEnergy {
                         objective: name,

@@ -157,6 +157,7 @@ pub enum NetKind {
 impl Net {
     /// A net whose last width is 1 returns a scalar.
     pub fn output_shape(&self) -> Shape {
+        // Cannot fire: the checker builds nets from `a -> b ...`, at least two widths.
         match *self.layers.last().expect("nets have layers") {
             1 => vec![],
             n => vec![n],

@@ -457,10 +457,12 @@ impl<D: Kernels> ChainSet<D> {
                 VarInfo { name: v.name.clone(), domain: v.domain.clone(), shape: v.shape.clone(), rows, cols }
             })
             .collect();
+        // Cannot fire: the plan was made from this model.
         let index = |name: &str| vars.iter().position(|v| v.name == name).expect("plan names model variables");
         let ir = &mut lowered.ir;
         let mut stages = Vec::new();
         for group in &plan.sweep {
+            // Cannot fire: the plan's sweep groups list its own variables.
             let first = plan.variables.iter().find(|v| v.name == group[0]).expect("sweep names planned variables");
             match &first.kernel {
                 Kernel::BlockGibbs { .. } => {
@@ -468,6 +470,7 @@ impl<D: Kernels> ChainSet<D> {
                     for name in group {
                         let g = ir
                             .grad(total, name)
+                            // Cannot fire: the plan was made from this model.
                             .unwrap_or_else(|| ir.zeros(&model.variable(name).expect("variable").shape));
                         let logits = ir.neg(g);
                         let (batched, shared) = split_shared(ir, logits);
@@ -480,6 +483,7 @@ impl<D: Kernels> ChainSet<D> {
                     // A coupling the simplifier folded to zero (`0 * J * ...`) leaves no gradient: the logits are zero.
                     let g = ir
                         .grad(total, &first.name)
+                        // Cannot fire: the plan was made from this model.
                         .unwrap_or_else(|| ir.zeros(&model.variable(&first.name).expect("variable").shape));
                     let logits = ir.neg(g);
                     let info = &vars[var];
@@ -501,6 +505,7 @@ impl<D: Kernels> ChainSet<D> {
                     for name in group {
                         let g = ir
                             .grad(total, name)
+                            // Cannot fire: the plan was made from this model.
                             .unwrap_or_else(|| ir.zeros(&model.variable(name).expect("variable").shape));
                         lv.push((index(name), g));
                     }
@@ -521,6 +526,7 @@ impl<D: Kernels> ChainSet<D> {
             free_energy = crate::analysis::plan::sum_out(
                 ir,
                 free_energy,
+                // Cannot fire: the plan sums out variables of this model.
                 model.variable(name).expect("summed variables are declared"),
             )
             .0;
@@ -614,6 +620,7 @@ impl<D: Kernels> ChainSet<D> {
             None => logits,
         };
         match self.vars[var].domain {
+            // Cannot fire: binary and spin variables took the branch above.
             Domain::Binary | Domain::Spin => unreachable!("handled above"),
             Domain::Categorical { .. } => self.dev.categorical(logits, &mut self.fast_rng),
             Domain::Real { .. } => unreachable!("continuous variables are not Gibbs-sampled"),
@@ -621,7 +628,7 @@ impl<D: Kernels> ChainSet<D> {
     }
 
     fn energies(&self, state: &BTreeMap<String, T3<D>>) -> T3<D> {
-        let e = self.eval(&[self.total], state).pop().expect("one root");
+        let e = eval::one(self.eval(&[self.total], state));
         expand(e, self.chains, 1, 1)
     }
 
@@ -637,6 +644,7 @@ impl<D: Kernels> ChainSet<D> {
                 categories,
                 (0..categories).map(|k| (0..categories).map(|j| f32::from(u8::from(j == k))).collect()).collect(),
             ),
+            // Cannot fire: the planner gives continuous variables Langevin kernels only.
             Domain::Real { .. } => unreachable!("continuous variables are not Gibbs-sampled"),
         };
         let name = info.name.clone();
@@ -793,6 +801,7 @@ impl<D: Kernels> ChainSet<D> {
                     let roots: Vec<Id> = block.iter().flat_map(|(_, l, b)| std::iter::once(*l).chain(*b)).collect();
                     let mut values = self.eval(&roots, &self.state).into_iter();
                     for (var, _, shared) in block {
+                        // Cannot fire: the evaluator returns one value per root, and these roots were passed.
                         let logits = values.next().expect("one value per root");
                         let bias = shared.map(|_| values.next().expect("one value per root"));
                         let new = self.draw_with_bias(*var, logits, bias);
@@ -803,7 +812,7 @@ impl<D: Kernels> ChainSet<D> {
                 Stage::Chromatic { var, logits, masks } => {
                     let name = self.vars[*var].name.clone();
                     for mask in masks {
-                        let l = self.eval(&[*logits], &self.state).pop().expect("one root");
+                        let l = eval::one(self.eval(&[*logits], &self.state));
                         let proposal = self.draw(*var, l);
                         let (b, m, n) = self.shape(*var);
                         let old = self.state[&name].clone();
@@ -915,7 +924,7 @@ impl<D: Kernels> Chains for ChainSet<D> {
         };
         let n = check_rows(&self.model, rows, &vars_of(&self.ir, root)).map_err(|e| e.to_string())?;
         let vars = self.upload_rows(rows, n);
-        let value = self.eval(&[root], &vars).pop().expect("one root");
+        let value = eval::one(self.eval(&[root], &vars));
         let Some(i) = var else {
             return Ok(HostTensor::new(vec![n], expand(value, n, 1, 1).as_vec()));
         };
@@ -928,6 +937,7 @@ impl<D: Kernels> Chains for ChainSet<D> {
             (_, Domain::Binary) => g.negate().sigmoid(),
             (_, Domain::Spin) => (g * -2.0).sigmoid(),
             (_, Domain::Categorical { .. }) => g.negate().softmax::<Axis<2>>(),
+            // Cannot fire: real variables returned an error above.
             (_, Domain::Real { .. }) => unreachable!("refused above"),
         };
         Ok(HostTensor::new(shape, out.as_vec()))
@@ -1002,7 +1012,7 @@ fn free_energy_on<D: Kernels>(
                 (k.clone(), upload(dev, &HostTensor::new(shape, t.data[start * per..end * per].to_vec()), end - start))
             })
             .collect();
-        let e = ev.eval(&[root], &vars).pop().expect("one root");
+        let e = eval::one(ev.eval(&[root], &vars));
         out.extend(expand(e, end - start, 1, 1).as_vec().into_iter().map(f64::from));
     }
     Ok(out)

@@ -170,6 +170,7 @@ impl Ir {
                     push(self, a, c);
                 }
                 Op::LogSumExpLast(a) => {
+                    // Cannot fire: softmax/logsumexp over rows is built on values of rank >= 1.
                     let k = *self.shape(a).last().expect("matrix");
                     let s = self.softmax_last(a);
                     let one = self.num(1.0);
@@ -204,6 +205,7 @@ impl Ir {
                     push(self, a, c);
                 }
                 Op::SoftmaxLast(a) => {
+                    // Cannot fire: softmax/logsumexp over rows is built on values of rank >= 1.
                     let k = *self.shape(a).last().expect("matrix");
                     let gs = self.mul(g, id);
                     let one = self.num(1.0);
@@ -214,6 +216,7 @@ impl Ir {
                     let c = self.mul(id, diff);
                     push(self, a, c);
                 }
+                // Cannot fire: `grad`/`grad_param` inline the nets on the path first.
                 Op::Net(..) => unreachable!("nets on the path to the variable are inlined first"),
             }
         }

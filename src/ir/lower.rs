@@ -64,6 +64,7 @@ fn unary_of(f: Func) -> Unary {
         Func::Abs => Unary::Abs,
         Func::Sqrt => Unary::Sqrt,
         Func::Square => Unary::Square,
+        // Cannot fire: `lower` sends reductions to their own constructors before calling this.
         Func::Sum | Func::Mean | Func::Logsumexp => unreachable!("reductions are not elementwise"),
     }
 }

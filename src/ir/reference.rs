@@ -31,6 +31,7 @@ impl Ir {
             let data: Vec<f64> = match &node.op {
                 Op::Num(b) => vec![f64::from_bits(*b)],
                 Op::Var(n) | Op::Param(n) | Op::Const(n) => {
+                    // Cannot fire: the reference interpreter is a test oracle; its callers bind every leaf.
                     leaves.get(n).unwrap_or_else(|| panic!("no value for `{n}`")).data.clone()
                 }
                 Op::Neg(a) => v(a).data.iter().map(|x| -x).collect(),
@@ -73,12 +74,14 @@ impl Ir {
                 Op::LogSumExp(a) => vec![lse(&v(a).data)],
                 Op::LogSumExpLast(a) => {
                     let x = v(a);
+                    // Cannot fire: row-wise ops are built on values of rank >= 1.
                     let k = *x.shape.last().expect("rank >= 1");
                     x.data.chunks(k).map(lse).collect()
                 }
                 Op::Softmax(a) => softmax_ref(&v(a).data),
                 Op::SoftmaxLast(a) => {
                     let x = v(a);
+                    // Cannot fire: row-wise ops are built on values of rank >= 1.
                     let k = *x.shape.last().expect("rank >= 1");
                     x.data.chunks(k).flat_map(softmax_ref).collect()
                 }
@@ -92,6 +95,7 @@ impl Ir {
                     }
                     out
                 }
+                // Cannot fire: `eval_reference` inlines nets first.
                 Op::Net(..) => unreachable!("inlined"),
                 Op::SpectralNorm(a) => {
                     let x = v(a);
@@ -105,6 +109,7 @@ impl Ir {
             };
             vals.insert(id, RefValue { shape, data });
         }
+        // Cannot fire: the root is the last node of its own cone, evaluated in the loop.
         vals.remove(&root).expect("root evaluated")
     }
 }

@@ -264,7 +264,9 @@ pub fn run(
     // A resumed run keeps the seed it started with, whatever `opts.seed` says.
     let (params, state, first_epoch, mut step, mut history, run_seed) = if opts.resume {
         let meta = checkpoint_meta(&opts.out).map_err(io)?;
-        let dir = latest_checkpoint(&opts.out).expect("checkpoint_meta found it");
+        // `checkpoint_meta` found it, but another process may have removed it since.
+        let dir = latest_checkpoint(&opts.out)
+            .ok_or_else(|| io(format!("no complete checkpoint in `{}` to resume from", opts.out.display())))?;
         if meta.model != model.name || meta.source_hash != hash {
             return Err(io(format!(
                 "the checkpoint in `{}` was made from a different model source; train afresh with another --out",
@@ -368,6 +370,7 @@ pub fn run(
             epoch,
             step,
             device: opts.device,
+            // Cannot fire: the train block holds strings, numbers and maps only.
             train: serde_json::to_value(train).expect("train spec serialises"),
         };
         save_checkpoint(&opts.out, epoch, &params, &trainer.checkpoint(), &meta).map_err(io)?;
@@ -388,6 +391,7 @@ fn save_checkpoint(dir: &Path, epoch: usize, params: &Tensors, state: &TrainStat
         tensor::save_safetensors_with(&staging.join("state.safetensors"), &state.tensors, &state.metadata)?;
         tensor::write_atomically(
             &staging.join("meta.json"),
+            // Cannot fire: the metadata holds strings, numbers and maps only.
             serde_json::to_string_pretty(meta).expect("meta serialises").as_bytes(),
         )?;
         tensor::sync_dir(&staging)
@@ -438,6 +442,7 @@ pub fn read_metrics(dir: &Path) -> Vec<EpochMetrics> {
 }
 
 fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<(), String> {
+    // Cannot fire: metrics are plain numbers (non-finite ones are refused before).
     let text: String = history.iter().map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n").collect();
     tensor::write_atomically(&dir.join("metrics.jsonl"), text.as_bytes())?;
     let loss: Vec<(f64, f64)> = history.iter().map(|m| (m.epoch as f64, m.loss)).collect();

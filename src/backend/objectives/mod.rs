@@ -26,6 +26,7 @@ mod pseudo_likelihood;
 mod score;
 
 use super::eval::Leaves;
+pub(super) use super::eval::one;
 use super::{ChainSet, Kernels, T3};
 use crate::analysis::plan::Plan;
 use crate::analysis::program::{Model, Objective as Options, Persistent, TrainOptions};
@@ -243,10 +244,4 @@ fn data_gradients(ir: &mut Ir, root: Id, model: &Model) -> BTreeMap<String, Id> 
 /// Gradients by tape for `used`, read off a backward pass.
 fn tape_grads<D: Kernels>(model: &OnDevice<D>, g: &Gradients<f32, D>, used: &[String]) -> Grads<D> {
     used.iter().map(|p| (p.clone(), g.get(&model.params[p]))).collect()
-}
-
-/// The value of the one root an evaluation was asked for.
-fn one<T>(mut values: Vec<T>) -> T {
-    // Cannot fire: the evaluators return one value per root, and every caller passes one root.
-    values.pop().expect("one value per root")
 }
