@@ -119,7 +119,7 @@ pub enum Op {
     Sum(Id),
     /// log-sum-exp over all elements.
     LogSumExp(Id),
-    /// log-sum-exp over the last axis ([n, K] → [n]).
+    /// log-sum-exp over the last axis (`[n, K]` → `[n]`).
     LogSumExpLast(Id),
     /// Softmax over all elements.
     Softmax(Id),
