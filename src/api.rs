@@ -816,7 +816,7 @@ impl Model {
         let epochs = opts.epochs.unwrap_or(train.epochs);
         let batch = opts.batch.unwrap_or(train.batch);
         let seed = opts.seed.unwrap_or(train.seed);
-        let base_lr = opts.lr.or_else(|| train.optimizer.num("lr")).unwrap_or(0.01);
+        let base_lr = opts.lr.unwrap_or(train.options.optimizer.lr());
         if epochs == 0 {
             return Err(Error::Option { option: "epochs", value: "0".into(), expected: "at least 1" });
         }
@@ -853,7 +853,7 @@ impl Model {
             trainer.begin_epoch(epoch_seed);
             let mut order: Vec<usize> = (0..rows).collect();
             order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed));
-            let lr = run::learning_rate(base_lr, &spec.schedule, epoch - 1, epochs);
+            let lr = run::learning_rate(base_lr, &spec.options.schedule, epoch - 1, epochs);
             let (mut loss_sum, mut norm_sum) = (0.0, 0.0);
             for b in 0..steps_per_epoch {
                 let batch_rows = data.rows_at(&order[b * batch..(b + 1) * batch]);
@@ -955,7 +955,7 @@ impl Model {
         let epoch = run::checkpoint_meta(dir).map_or(1, |m| m.epoch + 1);
         let seed = self.train().map_or(0, |t| t.seed);
         let meta = run::Meta::of_params(&self.source, self.name(), &params.tensors, seed, epoch, self.device);
-        run::save_checkpoint(dir, epoch, &params.tensors, &Tensors::new(), &meta).map_err(io)?;
+        run::save_checkpoint(dir, epoch, &params.tensors, &backend::TrainState::default(), &meta).map_err(io)?;
         Ok(dir.join(format!("epoch-{epoch}")))
     }
 

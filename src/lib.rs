@@ -5,9 +5,12 @@
 //! - `front`: text to syntax tree and back (`parse`, `format`, `diagnostic`);
 //! - `analysis`: syntax tree to checked program, factor graph and plan
 //!   (`check`, `limits`, `graph`, `plan`);
-//! - `ir`: a model's energy as a DAG with symbolic derivatives;
+//! - `ir`: a model's energy as a DAG with symbolic derivatives (`lower`,
+//!   `build`, `derive`, `print`, `reference`); the plan carries it
+//!   (`Plan::lowered`), so later stages never lower again;
 //! - `backend`: the only code that names the tensor library (samplers,
-//!   trainers, kernels);
+//!   trainers, kernels); a training step is `train` (the `Trainer`) asking an
+//!   objective in `objectives/` for its draw and its loss, then `optim`;
 //! - `runtime`: data, training runs and their directories (`run_dir`),
 //!   evaluation and its report (`report`), pictures of samples (`figures`)
 //!   and exports on top of the backend;

@@ -881,11 +881,11 @@ fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Result<(
     if let Some(png) = &a.png {
         writable(png, &["png"])?;
     }
-    let lowered = ebmc::ir::program_to_ir(model);
+    let lowered = &plan.lowered;
     let run =
         ebmc::analysis::limits::SampleRun { chains: a.chains, burn_in: a.burn_in, steps: a.steps, every: a.every };
-    ebmc::analysis::limits::check_sample(model, &lowered, &run, available_memory()).map_err(limits_failure)?;
-    let params = load_params(out, a.params.as_deref(), model, &lowered, a.seed)?;
+    ebmc::analysis::limits::check_sample(model, lowered, &run, available_memory()).map_err(limits_failure)?;
+    let params = load_params(out, a.params.as_deref(), model, lowered, a.seed)?;
     let picture = match &a.png {
         Some(_) => Some(figures::picture_of(model, &plan, a.image).ok_or_else(|| Problem::run(code::USAGE, "no visible variable is image-shaped (a square number of units), nor is the model's density over one 2-D real variable; give an image's size with --image HxW"))?),
         None => None,
@@ -1086,9 +1086,8 @@ fn train(out: Out, path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), 
     if let Some(resumed) = &a.resume {
         run_dir::check_resume_seed(resumed, a.seed).map_err(|e| Problem::run(code::USAGE, e))?;
     }
-    let lowered = ebmc::ir::program_to_ir(model);
     let epochs = a.epochs.unwrap_or(spec.epochs);
-    ebmc::analysis::limits::check_train(model, &lowered, spec, train_rows.rows, epochs, available_memory())
+    ebmc::analysis::limits::check_train(model, &plan.lowered, spec, train_rows.rows, epochs, available_memory())
         .map_err(limits_failure)?;
     let opts = ebmc::runtime::train::RunOptions {
         epochs,

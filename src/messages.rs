@@ -254,6 +254,7 @@ impl From<&CheckError> for Diagnostic {
                     .help(format!("write one of {} with its options in parentheses, e.g. `{}(...)`", code_list(&names), names[0]))
             }
             UnknownOption { family, callee, name, span } => {
+                // Cannot fire: this wording is only asked for a callee the lookup found.
                 let sig = family.lookup(callee).expect("callee was found");
                 let names: Vec<&str> = sig.options.iter().map(|o| o.name).collect();
                 let d = Diagnostic::error("E0105", format!("`{callee}` has no option `{name}`")).primary(*span, "unknown option");

@@ -186,6 +186,7 @@ pub fn initialise(specs: &[ParamSpec], seed: u64) -> Tensors {
             let data: Vec<f32> = match p.init {
                 Init::Constant(c) => vec![c as f32; n],
                 Init::Normal { mean, std } => {
+                    // Cannot fire: the checker types `std` as a positive number.
                     let d = Normal::new(mean, std).expect("std > 0 is checked");
                     (0..n).map(|_| d.sample(&mut rng) as f32).collect()
                 }
@@ -245,6 +246,7 @@ pub fn save_safetensors_with_metadata(
         .map(|(k, b, s)| {
             (
                 k.clone(),
+                // Cannot fire: the bytes are the tensor's own data, 4 per element of its shape.
                 safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).expect("sizes agree"),
             )
         })
@@ -278,9 +280,17 @@ fn sort_metadata(file: &mut [u8]) {
 }
 
 pub fn load_safetensors(path: &Path) -> Result<Tensors, String> {
+    load_safetensors_with(path).map(|(tensors, _)| tensors)
+}
+
+/// `load_safetensors` with the file's `__metadata__` header (empty if none).
+pub fn load_safetensors_with(path: &Path) -> Result<(Tensors, BTreeMap<String, String>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| format!("`{}` is not a safetensors file: {e}", path.display()))?;
+    let not_safetensors =
+        |e: safetensors::SafeTensorError| format!("`{}` is not a safetensors file: {e}", path.display());
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(not_safetensors)?;
+    let metadata: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(not_safetensors)?;
     let mut out = Tensors::new();
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
@@ -289,7 +299,7 @@ pub fn load_safetensors(path: &Path) -> Result<Tensors, String> {
         let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         out.insert(name, HostTensor::new(view.shape().to_vec(), data));
     }
-    Ok(out)
+    Ok((out, metadata))
 }
 
 /// The `__metadata__` block of a safetensors file (empty when it has none).

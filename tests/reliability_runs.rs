@@ -580,3 +580,31 @@ fn a_diverging_run_names_epoch_step_and_what_went_non_finite() {
     assert_eq!(listing(&run), ["lock"], "no metrics, curve or checkpoint of a run that produced no finite epoch");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Optimiser state is named so it cannot be read as a model variable, and
+/// Adam's step count is a whole number in the state's metadata, not a tensor.
+#[test]
+fn checkpoints_name_optimizer_state_and_keep_adams_step_count_as_an_integer() {
+    let dir = scratch("optimizer_state");
+    let model = dir.join("m.ebm");
+    std::fs::write(&model, RBM.replace("optimizer = sgd(lr: 0.1)", "optimizer = adam(lr: 0.01)")).unwrap();
+    std::fs::write(dir.join("data.csv"), ROWS).unwrap();
+    let run = dir.join("run");
+    let out = ebmc(&["train", model.to_str().unwrap(), "--epochs", "2", "--out", run.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (state, metadata) = ebmc::tensor::load_safetensors_with(&run.join("epoch-2/state.safetensors")).unwrap();
+    let names: Vec<&String> = state.keys().collect();
+    assert!(names.iter().any(|n| n.as_str() == "optimizer.adam.m.W"), "{names:?}");
+    assert!(names.iter().any(|n| n.as_str() == "optimizer.adam.v.W"), "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("optimizer.adam.")), "{names:?}");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("epoch-2/meta.json")).unwrap()).unwrap();
+    let steps = meta["step"].as_u64().unwrap();
+    assert!(steps > 0);
+    assert_eq!(metadata.get("optimizer.adam.steps"), Some(&steps.to_string()));
+    // Resuming reads the count back: two more epochs continue from it.
+    let resumed = ebmc(&["train", model.to_str().unwrap(), "--epochs", "4", "--resume", run.to_str().unwrap()]);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let (_, metadata) = ebmc::tensor::load_safetensors_with(&run.join("epoch-4/state.safetensors")).unwrap();
+    assert_eq!(metadata.get("optimizer.adam.steps"), Some(&(2 * steps).to_string()));
+}

@@ -412,6 +412,7 @@ impl<'e> ModelChecker<'e> {
             return self.number(e).map(Init::Constant);
         }
         let call = bind_call(Family::Initializer, e, self.errors)?;
+        // Cannot fire: every initializer option has a numeric default in the schema table, which `bind_call` filled in.
         let num = |k: &str| call.num(k).expect("initializer options have defaults");
         Some(match call.name.as_str() {
             "zeros" => Init::Constant(0.0),
@@ -523,7 +524,7 @@ impl<'e> ModelChecker<'e> {
             }
         }
         let kernel = bind_call(Family::Sampler, &o.kernel, self.errors)?;
-        Some(Override { var: o.var.name.clone(), kernel, span: o.span })
+        Some(Override { var: o.var.name.clone(), sampler: typed_sampler(&kernel), kernel, span: o.span })
     }
 
     fn names_of(&self, kind: DeclKind) -> Vec<String> {
@@ -648,6 +649,7 @@ impl<'e> ModelChecker<'e> {
                 span,
             });
         }
+        // Cannot fire: the `None` case returned an error just above.
         let func = builtin.expect("checked above");
         let shape = if func.is_reduction() { vec![] } else { arg.shape.clone() };
         Some(TExpr { kind: TExprKind::Func { func, arg: Box::new(arg) }, shape, span })
@@ -937,43 +939,177 @@ fn train_block(t: &ast::TrainBlock, model: Option<&Model>, errors: &mut Vec<Chec
             }
         }
     }
-    let default_call = |name: &str, family: Family| Call {
-        name: name.to_string(),
-        options: family
-            .lookup(name)
-            .expect("default exists")
-            .options
-            .iter()
-            .filter_map(|o| match o.default {
-                schema::Fallback::Num(x) => Some((o.name.to_string(), Value::Num(x))),
-                schema::Fallback::Int(i) => Some((o.name.to_string(), Value::Int(i))),
-                schema::Fallback::Bool(b) => Some((o.name.to_string(), Value::Bool(b))),
-                schema::Fallback::Word(w) => Some((o.name.to_string(), Value::Str(w.to_string()))),
-                _ => None,
-            })
-            .collect(),
-        span: t.model.span,
+    let default_call = |name: &str, family: Family| default_call(name, family, t.model.span);
+    let objective = objective?;
+    let optimizer = match seen.contains_key("optimizer") {
+        true => optimizer?,
+        false => default_call("sgd", Family::Optimizer),
     };
+    let schedule = match seen.contains_key("schedule") {
+        true => schedule?,
+        false => default_call("constant", Family::Schedule),
+    };
+    let regularizers = regularizers?;
+    let options = typed_options(&objective, &optimizer, &schedule, &regularizers);
     let train = Train {
         model: t.model.name.clone(),
         data,
         test,
-        objective: objective?,
-        optimizer: match seen.contains_key("optimizer") {
-            true => optimizer?,
-            false => default_call("sgd", Family::Optimizer),
-        },
-        schedule: match seen.contains_key("schedule") {
-            true => schedule?,
-            false => default_call("constant", Family::Schedule),
-        },
-        regularizers: regularizers?,
+        objective,
+        optimizer,
+        schedule,
+        regularizers,
+        options,
         batch: batch? as usize,
         epochs: epochs? as usize,
         seed: seed? as u64,
         span: t.span,
     };
     ok.then_some(train)
+}
+
+/// A call of `name` with every option at its default, as if written `name()`.
+fn default_call(name: &str, family: Family, span: Span) -> Call {
+    let options = family
+        .lookup(name)
+        .map(|sig| sig.options)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|o| match o.default {
+            schema::Fallback::Num(x) => Some((o.name.to_string(), Value::Num(x))),
+            schema::Fallback::Int(i) => Some((o.name.to_string(), Value::Int(i))),
+            schema::Fallback::Bool(b) => Some((o.name.to_string(), Value::Bool(b))),
+            schema::Fallback::Word(w) => Some((o.name.to_string(), Value::Str(w.to_string()))),
+            _ => None,
+        })
+        .collect();
+    Call { name: name.to_string(), options, span }
+}
+
+// Reading a bound call's options. `bind_call` (and `default_call`) put every
+// option of the signature that has a default into the call, checked against
+// its type, so only options whose default is `Absent` can be missing: the
+// conversions below are the one place that names options, and the schema
+// table the one place that gives their defaults.
+
+fn bound<'c>(c: &'c Call, option: &str) -> &'c Value {
+    // Cannot fire: see above; a signature/conversion mismatch fails every test that trains with it.
+    c.options.get(option).unwrap_or_else(|| panic!("`{}` is bound with its `{option}` option", c.name))
+}
+
+fn num(c: &Call, option: &str) -> f64 {
+    bound(c, option).as_f64().unwrap_or(f64::NAN)
+}
+
+fn count(c: &Call, option: &str) -> usize {
+    bound(c, option).as_int().map_or(0, |i| i.max(0) as usize)
+}
+
+fn flag(c: &Call, option: &str) -> bool {
+    bound(c, option).as_bool().unwrap_or(false)
+}
+
+fn word<'c>(c: &'c Call, option: &str) -> &'c str {
+    bound(c, option).as_str().unwrap_or("")
+}
+
+fn maybe_num(c: &Call, option: &str) -> Option<f64> {
+    c.options.get(option).and_then(Value::as_f64)
+}
+
+/// The `train` block's calls as typed options.
+fn typed_options(objective: &Call, optimizer: &Call, schedule: &Call, regularizers: &[Call]) -> TrainOptions {
+    let o = objective;
+    let persistent = || Persistent {
+        k: count(o, "k"),
+        chains: count(o, "chains"),
+        step: num(o, "step"),
+        noise: maybe_num(o, "noise"),
+        buffer: count(o, "buffer"),
+        reinit: num(o, "reinit"),
+        clip: maybe_num(o, "clip"),
+        alpha: num(o, "alpha"),
+    };
+    let objective = match o.name.as_str() {
+        "cd" => Objective::Cd { k: count(o, "k") },
+        "pcd" => Objective::Pcd(persistent()),
+        "jem" => Objective::Jem(persistent()),
+        "pl" => Objective::Pl,
+        "sm" => Objective::Sm,
+        "dsm" => Objective::Dsm { sigma: num(o, "sigma") },
+        "ssm" => Objective::Ssm {
+            projections: count(o, "projections"),
+            directions: match word(o, "directions") {
+                "rademacher" => Directions::Rademacher,
+                _ => Directions::Gaussian,
+            },
+            variance_reduced: flag(o, "variance_reduced"),
+        },
+        "nce" => Objective::Nce {
+            noise: match word(o, "noise") {
+                "uniform" => NoiseKind::Uniform,
+                _ => NoiseKind::Gaussian,
+            },
+            ratio: count(o, "ratio"),
+        },
+        _ => Objective::Cnce { sigma: num(o, "sigma") },
+    };
+    let p = optimizer;
+    let optimizer = match p.name.as_str() {
+        "adam" => Optimizer::Adam {
+            lr: num(p, "lr"),
+            beta1: num(p, "beta1"),
+            beta2: num(p, "beta2"),
+            eps: num(p, "eps"),
+            weight_decay: num(p, "weight_decay"),
+        },
+        _ => Optimizer::Sgd {
+            lr: num(p, "lr"),
+            momentum: num(p, "momentum"),
+            weight_decay: num(p, "weight_decay"),
+            nesterov: flag(p, "nesterov"),
+        },
+    };
+    let s = schedule;
+    let schedule = match s.name.as_str() {
+        "exponential" => Schedule::Exponential { gamma: num(s, "gamma") },
+        "step" => Schedule::Step { every: count(s, "every"), gamma: num(s, "gamma") },
+        "cosine" => Schedule::Cosine { min_lr: num(s, "min_lr") },
+        _ => Schedule::Constant,
+    };
+    let mut regs = Regularizers::default();
+    for r in regularizers {
+        match r.name.as_str() {
+            "l1" => regs.l1 = Some(num(r, "weight")),
+            "l2" => regs.l2 = Some(num(r, "weight")),
+            "energy_penalty" => regs.energy_penalty = Some(num(r, "alpha")),
+            _ => regs.clip_grad = Some(num(r, "norm")),
+        }
+    }
+    TrainOptions { objective, optimizer, schedule, regularizers: regs }
+}
+
+/// A `sample` block's kernel call as typed options.
+fn typed_sampler(c: &Call) -> Sampler {
+    match c.name.as_str() {
+        "langevin" => Sampler::Langevin(langevin_options(c)),
+        "mala" => Sampler::Mala { step: num(c, "step"), steps: count(c, "steps") },
+        _ => Sampler::Gibbs,
+    }
+}
+
+fn langevin_options(c: &Call) -> Langevin {
+    Langevin {
+        step: num(c, "step"),
+        noise: maybe_num(c, "noise"),
+        steps: count(c, "steps"),
+        clip: maybe_num(c, "clip"),
+    }
+}
+
+/// Langevin's options when no `sample` block names a kernel: the table's defaults.
+pub fn default_langevin() -> Langevin {
+    langevin_options(&default_call("langevin", Family::Sampler, Span::default()))
 }
 
 fn count_setting(s: &ast::Setting, min: i64, errors: &mut Vec<CheckError>) -> Option<i64> {

@@ -237,6 +237,7 @@ fn raw_degree(e: &TExpr, var: &Variable, model: &Model) -> Poly {
 
 impl FactorGraph {
     pub fn variable(&self, name: &str) -> &Variable {
+        // Cannot fire: the graph's variable names are the model's own.
         self.model.variable(name).expect("graph variables come from the model")
     }
 
@@ -301,6 +302,7 @@ impl FactorGraph {
         let mut edges: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); units];
         let mut names = BTreeSet::new();
         for name in self.self_couplings(var) {
+            // Cannot fire: factors are built one per energy term, under its name.
             let energy = self.model.energies.iter().find(|e| e.name == name).expect("factor is an energy");
             let mut parts = Vec::new();
             additive_parts(&energy.expr, &mut parts);
@@ -417,6 +419,7 @@ pub fn colour(adjacency: &[Vec<usize>]) -> Vec<usize> {
         let u = (0..n)
             .filter(|&u| colour[u] == usize::MAX)
             .max_by_key(|&u| (saturation[u].len(), adjacency[u].len(), std::cmp::Reverse(u)))
+            // Cannot fire: the loop runs n times and colours one of the n nodes each time.
             .expect("an uncoloured node remains");
         let c = (0..).find(|c| !saturation[u].contains(c)).expect("some colour is free");
         colour[u] = c;

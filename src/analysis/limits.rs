@@ -114,15 +114,18 @@ pub fn nesting(source: &str) -> Result<usize, Span> {
             }
             b')' | b']' | b'}' if chains.len() > 1 => depth -= 1 + chains.pop().unwrap_or(0),
             b',' | b';' | b':' | b'=' => {
+                // Cannot fire: `chains` starts with level 0 and pops only above it.
                 let last = chains.last_mut().expect("level 0 is never popped");
                 depth -= *last;
                 *last = 0;
             }
             b'+' | b'-' | b'*' | b'/' | b'@' | b'^' => {
+                // Cannot fire: `chains` starts with level 0 and pops only above it.
                 *chains.last_mut().expect("level 0 is never popped") += 1;
                 level_up = true;
             }
             b'.' if bytes.get(i + 1) == Some(&b'T') => {
+                // Cannot fire: `chains` starts with level 0 and pops only above it.
                 *chains.last_mut().expect("level 0 is never popped") += 1;
                 level_up = true;
             }
@@ -325,8 +328,9 @@ pub fn check_train(
     }
     let all: Vec<&Variable> = model.variables.iter().collect();
     let row = values(&all).saturating_mul(4);
-    let chains = train.objective.int("chains").unwrap_or(0).max(0) as u128;
-    let buffer = train.objective.int("buffer").unwrap_or(0).max(0) as u128;
+    let persistent = train.options.objective.persistent();
+    let chains = persistent.map_or(0, |p| p.chains) as u128;
+    let buffer = persistent.map_or(0, |p| p.buffer) as u128;
     let batch = train.batch as u128;
     let needed = param_bytes(model, lowered)
         .saturating_mul(4)

@@ -5,7 +5,7 @@
 //! normaliser, score matching on discrete data, invalid sampler overrides).
 
 use crate::analysis::graph::{ColourClass, Degree, FactorGraph, colour, type_text};
-use crate::analysis::program::{Call, ConstValue, Domain, Program, Train};
+use crate::analysis::program::{Call, ConstValue, Domain, Objective, Program, Sampler, Train};
 use crate::front::ast::Role;
 use crate::front::span::Span;
 use crate::ir::{self, Id, Ir, Op, Unary};
@@ -86,6 +86,11 @@ pub struct Plan {
     /// A visible categorical label summed out for the marginal of the rest (JEM).
     pub label_marginal: Option<Marginal>,
     pub objective: Option<String>,
+    /// The IR the plan was made from, as `ir::program_to_ir` lowered it, so
+    /// the backend and runtime start from it instead of lowering again. Not
+    /// printed: `ebmc plan` shows what the plan decided, not the IR.
+    #[serde(skip)]
+    pub lowered: ir::Lowered,
 }
 
 /// A reason the planner refuses a model or objective, or warns about it.
@@ -426,7 +431,9 @@ pub fn program_to_plans(program: &Program) -> Result<(Vec<Plan>, Vec<PlanError>)
 pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan, Vec<PlanError>), Vec<PlanError>> {
     let model = &graph.model;
     let mut problems = Vec::new();
-    let mut lowered = ir::program_to_ir(model);
+    let planned_from = ir::program_to_ir(model);
+    // The planner adds nodes as it analyses; the plan keeps the IR as lowered.
+    let mut lowered = planned_from.clone();
     let total = lowered.total;
     let ir = &mut lowered.ir;
 
@@ -458,13 +465,14 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
         blockable
             .iter()
             .position(|b| b == v)
+            // Cannot fire: `order` holds every colour `colour` assigned.
             .map(|i| order.iter().position(|c| *c == block_colour[i]).expect("colour is ordered"))
     };
     let bipartite = graph.bipartite(&blockable);
 
     let overrides: BTreeMap<&str, &crate::analysis::program::Override> =
         model.overrides.iter().map(|o| (o.var.as_str(), o)).collect();
-    let objective = train.map(|t| &t.objective);
+    let objective = train.map(|t| &t.options.objective);
 
     let mut variables = Vec::new();
     for v in &model.variables {
@@ -550,7 +558,7 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                 },
                 _ => {}
             }
-            let kernel = langevin(override_.filter(|_| overridden).map(|o| &o.kernel), objective, bounds);
+            let kernel = langevin(override_.filter(|_| overridden).map(|o| &o.sampler), objective, bounds);
             let mut reason = match (bounds, degree) {
                 (Some((lo, hi)), _) => format!("continuous, reflected at the bounds [{lo}, {hi}]"),
                 (None, Degree::Quadratic) => "continuous, energy grows quadratically".to_string(),
@@ -591,6 +599,7 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
         kept,
         label_marginal,
         objective: objective_text,
+        lowered: planned_from,
     };
     Ok((plan, problems))
 }
@@ -629,20 +638,23 @@ fn chromatic(model: &crate::analysis::program::Model, adjacency: &[Vec<usize>], 
     (Kernel::ChromaticGibbs { colours, lattice, unit_colours }, reason)
 }
 
-fn langevin(override_: Option<&Call>, objective: Option<&Call>, bounds: Option<(f64, f64)>) -> Kernel {
-    let from = |k: &str| {
-        override_
-            .and_then(|c| c.num(k))
-            .or_else(|| objective.filter(|o| matches!(o.name.as_str(), "pcd" | "jem")).and_then(|o| o.num(k)))
-    };
-    let step = from("step").unwrap_or(0.01);
-    let noise = from("noise").unwrap_or((2.0 * step).sqrt());
+fn langevin(override_: Option<&Sampler>, objective: Option<&Objective>, bounds: Option<(f64, f64)>) -> Kernel {
+    // A `sample` block's kernel wins; what it leaves out comes from a
+    // persistent objective's chains, then from Langevin's own defaults.
+    let persistent = objective.and_then(Objective::persistent);
+    let base = crate::analysis::check::default_langevin();
+    let step_default = persistent.map_or(base.step, |p| p.step);
+    let noise_of =
+        |step: f64, own: Option<f64>| own.or(persistent.and_then(|p| p.noise)).unwrap_or((2.0 * step).sqrt());
+    let clip_of = |own: Option<f64>| own.or(persistent.and_then(|p| p.clip));
     // One step per sweep unless a `sample` block says otherwise: training's
     // `k` counts sweeps, so a `pcd(k: 20)` update runs 20 Langevin steps.
-    let steps = override_.and_then(|c| c.int("steps")).unwrap_or(1) as usize;
-    let clip = from("clip");
-    let mala = override_.is_some_and(|c| c.name == "mala");
-    Kernel::Langevin { mala, step, noise: if mala { (2.0 * step).sqrt() } else { noise }, steps, clip, bounds }
+    let (mala, step, noise, steps, clip) = match override_ {
+        Some(Sampler::Langevin(l)) => (false, l.step, noise_of(l.step, l.noise), l.steps, clip_of(l.clip)),
+        Some(Sampler::Mala { step, steps }) => (true, *step, (2.0 * step).sqrt(), *steps, clip_of(None)),
+        _ => (false, step_default, noise_of(step_default, None), base.steps, clip_of(None)),
+    };
+    Kernel::Langevin { mala, step, noise, steps, clip, bounds }
 }
 
 fn sweep(vars: &[VarPlan]) -> Vec<Vec<String>> {
@@ -691,6 +703,7 @@ fn sum_out_latents(graph: &FactorGraph, ir: &mut Ir, total: Id) -> (Option<Margi
     let mut f = total;
     let mut rules = Vec::new();
     for name in &chosen {
+        // Cannot fire: `name` was taken from the model's own variables.
         let v = model.variable(name).expect("chosen from the model");
         let (reduced, rule) = sum_out(ir, f, v);
         f = reduced;
@@ -814,6 +827,7 @@ fn check_objective(
                 if visible().any(|v| matches!(v.domain, Domain::Categorical { .. }))
                     && visible().any(|v| !v.domain.is_discrete())
                 {
+                    // Cannot fire: the `any` in the condition above found one.
                     let v = visible().find(|v| matches!(v.domain, Domain::Categorical { .. })).expect("checked");
                     out.push(PlanError::NeedsFreeEnergy {
                         objective: name,

@@ -157,6 +157,7 @@ pub enum NetKind {
 impl Net {
     /// A net whose last width is 1 returns a scalar.
     pub fn output_shape(&self) -> Shape {
+        // Cannot fire: the checker builds nets from `a -> b ...`, at least two widths.
         match *self.layers.last().expect("nets have layers") {
             1 => vec![],
             n => vec![n],
@@ -275,6 +276,9 @@ impl Func {
 pub struct Override {
     pub var: String,
     pub kernel: Call,
+    /// `kernel`'s options, typed.
+    #[serde(skip)]
+    pub sampler: Sampler,
     pub span: Span,
 }
 
@@ -310,6 +314,118 @@ pub enum TestSpec {
     Data(DataSpec),
 }
 
+/// The typed options of a `train` block, made once by the checker from the
+/// bound calls (`check::typed_options`): every default comes from the schema
+/// table, so the backend and runtime read fields, never option names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOptions {
+    pub objective: Objective,
+    pub optimizer: Optimizer,
+    pub schedule: Schedule,
+    pub regularizers: Regularizers,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Objective {
+    Cd { k: usize },
+    Pcd(Persistent),
+    Pl,
+    Sm,
+    Dsm { sigma: f64 },
+    Ssm { projections: usize, directions: Directions, variance_reduced: bool },
+    Nce { noise: NoiseKind, ratio: usize },
+    Cnce { sigma: f64 },
+    Jem(Persistent),
+}
+
+impl Objective {
+    /// The persistent-chain options of `pcd` and `jem`.
+    pub fn persistent(&self) -> Option<&Persistent> {
+        match self {
+            Objective::Pcd(p) | Objective::Jem(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// Options of objectives that keep persistent chains (`pcd`, `jem`). `step`,
+/// `noise` and `clip` drive Langevin chains; `buffer` and `reinit` their
+/// replay buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Persistent {
+    /// Sweeps (or Langevin steps) per update.
+    pub k: usize,
+    pub chains: usize,
+    pub step: f64,
+    /// Absent: `sqrt(2 step)`, the Langevin diffusion's own.
+    pub noise: Option<f64>,
+    pub buffer: usize,
+    pub reinit: f64,
+    pub clip: Option<f64>,
+    pub alpha: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Directions {
+    Gaussian,
+    Rademacher,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoiseKind {
+    Gaussian,
+    Uniform,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Optimizer {
+    Sgd { lr: f64, momentum: f64, weight_decay: f64, nesterov: bool },
+    Adam { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64 },
+}
+
+impl Optimizer {
+    /// The base learning rate, before the schedule.
+    pub fn lr(&self) -> f64 {
+        match self {
+            Optimizer::Sgd { lr, .. } | Optimizer::Adam { lr, .. } => *lr,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Schedule {
+    Constant,
+    Exponential { gamma: f64 },
+    Step { every: usize, gamma: f64 },
+    Cosine { min_lr: f64 },
+}
+
+/// The `regularize` list; each is absent unless given.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Regularizers {
+    pub l1: Option<f64>,
+    pub l2: Option<f64>,
+    /// `energy_penalty(alpha)`: alpha · (mean E² on the data + on the samples).
+    pub energy_penalty: Option<f64>,
+    pub clip_grad: Option<f64>,
+}
+
+/// A `sample` block's kernel for one variable, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sampler {
+    Gibbs,
+    Langevin(Langevin),
+    Mala { step: f64, steps: usize },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Langevin {
+    pub step: f64,
+    pub noise: Option<f64>,
+    pub steps: usize,
+    pub clip: Option<f64>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Train {
     pub model: String,
@@ -319,6 +435,9 @@ pub struct Train {
     pub optimizer: Call,
     pub schedule: Call,
     pub regularizers: Vec<Call>,
+    /// The calls above, typed.
+    #[serde(skip)]
+    pub options: TrainOptions,
     pub batch: usize,
     pub epochs: usize,
     pub seed: u64,

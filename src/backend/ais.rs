@@ -49,6 +49,7 @@ pub fn schedule(temperatures: usize) -> Vec<f64> {
             betas.push(lo + (hi - lo) * i as f64 / steps as f64);
         }
     }
+    // Cannot fire: `check_options` requires at least 2 temperatures.
     *betas.last_mut().expect("β = 0 at least") = 1.0;
     betas
 }
@@ -164,6 +165,7 @@ fn unit_log_z(domain: &Domain, a: &[f32]) -> f64 {
             .chunks(*categories)
             .map(|row| crate::runtime::evaluate::log_sum_exp(&row.iter().map(|x| f64::from(*x)).collect::<Vec<_>>()))
             .sum(),
+        // Cannot fire: `split_variables` refuses models with continuous variables before a path is built.
         Domain::Real { .. } => unreachable!("AIS checks that every variable is discrete"),
     }
 }
@@ -182,7 +184,7 @@ fn unit_values(domain: &Domain) -> f64 {
 impl<'m, D: Kernels> Path<'m, D> {
     fn new(dev: D, model: &'m Model, plan: &Plan, params: &Tensors, opts: &AisOptions) -> Result<Self, String> {
         let (sampled, latent) = split_variables(model, plan)?;
-        let mut lowered = ir::program_to_ir(model);
+        let mut lowered = plan.lowered.clone();
         let base_names: Vec<String> = sampled.iter().map(|v| format!("__base_{}", v.name)).collect();
         let mut base = lowered.ir.num(0.0);
         for (v, p) in sampled.iter().zip(&base_names) {
@@ -287,6 +289,7 @@ impl<'m, D: Kernels> Path<'m, D> {
         }
         let mut values =
             Evaluator { ir: &self.ir, dev: &self.dev, leaves: &self.leaves }.eval(&roots, state).into_iter();
+        // Cannot fire: the evaluator returns one value per root, and two roots were passed.
         let fa = self.per_run(values.next().expect("one value per root"));
         let fb = self.per_run(values.next().expect("one value per root"));
         if draw {

@@ -12,11 +12,18 @@ use dfdx::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 
 /// Canonical (rows, cols) of a per-example shape.
+/// The value of the one root an evaluation was asked for.
+pub(super) fn one<T>(mut values: Vec<T>) -> T {
+    // Cannot fire: the evaluators return one value per root, and every caller passes one root.
+    values.pop().expect("one value per root")
+}
+
 pub fn canon(shape: &[usize]) -> (usize, usize) {
     match shape {
         [] => (1, 1),
         [n] => (1, *n),
         [m, n] => (*m, *n),
+        // Cannot fire: the checker refuses variables and values of rank above 2 (`limits`).
         _ => unreachable!("per-example values have at most two axes"),
     }
 }
@@ -98,9 +105,11 @@ impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a,
         match &node.op {
             Op::Num(bits) => self.dev.tensor_from_vec(vec![f64::from_bits(*bits) as f32], (1, 1, 1)).retaped::<T>(),
             Op::Var(name) => {
+                // Cannot fire: callers bind every variable of the root's cone (`check_rows`/`vars_of` at the boundary).
                 vars.get(name).unwrap_or_else(|| panic!("no value bound for variable `{name}`")).retaped::<T>()
             }
             Op::Param(name) | Op::Const(name) => {
+                // Cannot fire: `device_leaves` uploads every parameter and constant the model declares, checked by `check_params`.
                 self.leaves.tensors.get(name).unwrap_or_else(|| panic!("no tensor for `{name}`")).retaped::<T>()
             }
             Op::Neg(a) => arg(*a).negate(),
@@ -198,6 +207,7 @@ impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a,
                     (false, false) => x,
                 }
             }
+            // Cannot fire: every root is passed through `Ir::inline_nets` before it is evaluated.
             Op::Net(..) => unreachable!("nets are inlined before evaluation"),
             Op::SpectralNorm(a) | Op::SpectralOuter(a) => {
                 let w = arg(*a);
@@ -244,9 +254,11 @@ fn take<D: Device<f32>, T: Tape<f32, D>>(
     id: Id,
     fresh: bool,
 ) -> T3<D, T> {
+    // Cannot fire: uses are counted over the same cone that is evaluated.
     let left = uses.get_mut(&id).expect("every use is counted");
     *left -= 1;
     if *left == 0 {
+        // Cannot fire: the cone is evaluated in topological order.
         values.remove(&id).expect("value computed before use")
     } else if fresh {
         values[&id].retaped::<T>() * 1.0
@@ -472,6 +484,7 @@ impl<'a, D: Kernels> Evaluator<'a, D, NoneTape> {
                                 expand(self.dev.sum_batch(v[&term.atom].clone()), 1, m, n) * (w * term.coefficient)
                             })
                             .reduce(|x, y| x + y)
+                            // Cannot fire: callers pass the data and the samples: two phases.
                             .expect("at least one phase"),
                     };
                     let value = match term.scale {

@@ -265,6 +265,7 @@ pub fn gemm_at_b_into(
         }
         out.reserve(m * n);
     }
+    // Cannot fire: `limits` bounds every tensor far below isize::MAX elements.
     let stride = |x: usize| isize::try_from(x).expect("tensor extents fit isize");
     // SAFETY: `out` has room for m * n values (reserved or checked above),
     // `a` and `b` hold the extents checked above under the strides given

@@ -9,13 +9,17 @@ mod ais;
 mod eval;
 mod host;
 mod lattice;
+mod noise;
+mod objectives;
+mod optim;
+mod replay;
 mod train;
 
 pub use ais::{
     AisEstimate, AisOptions, MAX_CHAIN_ELEMENTS, MAX_RUNS, MAX_TEMPERATURES, RaiseEstimate, ais,
     check_options as check_ais_options, raise, schedule,
 };
-pub use train::{StepReport, TrainError, Trainer};
+pub use train::{StepReport, TrainError, TrainState, Trainer};
 
 use crate::analysis::plan::{Kernel, Plan};
 use crate::analysis::program::{Domain, Model};
@@ -569,7 +573,7 @@ fn upload<D: Device<f32>>(dev: &D, t: &HostTensor, batch: usize) -> T3<D> {
 
 impl<D: Kernels> ChainSet<D> {
     fn new(dev: D, model: &Model, plan: &Plan, params: &Tensors, chains: usize, seed: u64) -> Result<Self, String> {
-        let mut lowered = ir::program_to_ir(model);
+        let mut lowered = plan.lowered.clone();
         let total = lowered.ir.inline_nets(lowered.total);
         let leaves = device_leaves(&dev, model, &lowered, params)?;
         let vars: Vec<VarInfo> = model
@@ -580,11 +584,13 @@ impl<D: Kernels> ChainSet<D> {
                 VarInfo { name: v.name.clone(), domain: v.domain.clone(), shape: v.shape.clone(), rows, cols }
             })
             .collect();
+        // Cannot fire: the plan was made from this model.
         let index = |name: &str| vars.iter().position(|v| v.name == name).expect("plan names model variables");
         let ir = &mut lowered.ir;
         let graph = crate::analysis::graph::program_to_graph(model);
         let mut stages = Vec::new();
         for group in &plan.sweep {
+            // Cannot fire: the plan's sweep groups list its own variables.
             let first = plan.variables.iter().find(|v| v.name == group[0]).expect("sweep names planned variables");
             match &first.kernel {
                 Kernel::BlockGibbs { .. } => {
@@ -592,6 +598,7 @@ impl<D: Kernels> ChainSet<D> {
                     for name in group {
                         let g = ir
                             .grad(total, name)
+                            // Cannot fire: the plan was made from this model.
                             .unwrap_or_else(|| ir.zeros(&model.variable(name).expect("variable").shape));
                         let logits = ir.neg(g);
                         let (batched, shared) = split_shared(ir, logits);
@@ -604,6 +611,7 @@ impl<D: Kernels> ChainSet<D> {
                     // A coupling the simplifier folded to zero (`0 * J * ...`) leaves no gradient: the logits are zero.
                     let g = ir
                         .grad(total, &first.name)
+                        // Cannot fire: the plan was made from this model.
                         .unwrap_or_else(|| ir.zeros(&model.variable(&first.name).expect("variable").shape));
                     let logits = ir.neg(g);
                     let info = &vars[var];
@@ -653,6 +661,7 @@ impl<D: Kernels> ChainSet<D> {
                     for name in group {
                         let g = ir
                             .grad(total, name)
+                            // Cannot fire: the plan was made from this model.
                             .unwrap_or_else(|| ir.zeros(&model.variable(name).expect("variable").shape));
                         lv.push((index(name), g));
                     }
@@ -673,6 +682,7 @@ impl<D: Kernels> ChainSet<D> {
             free_energy = crate::analysis::plan::sum_out(
                 ir,
                 free_energy,
+                // Cannot fire: the plan sums out variables of this model.
                 model.variable(name).expect("summed variables are declared"),
             )
             .0;
@@ -768,6 +778,7 @@ impl<D: Kernels> ChainSet<D> {
             None => logits,
         };
         match self.vars[var].domain {
+            // Cannot fire: binary and spin variables took the branch above.
             Domain::Binary | Domain::Spin => unreachable!("handled above"),
             Domain::Categorical { .. } => self.dev.categorical(logits, &mut self.fast_rng),
             Domain::Real { .. } => unreachable!("continuous variables are not Gibbs-sampled"),
@@ -775,7 +786,7 @@ impl<D: Kernels> ChainSet<D> {
     }
 
     fn energies(&self, state: &BTreeMap<String, T3<D>>) -> T3<D> {
-        let e = self.eval(&[self.total], state).pop().expect("one root");
+        let e = eval::one(self.eval(&[self.total], state));
         expand(e, self.chains, 1, 1)
     }
 
@@ -791,6 +802,7 @@ impl<D: Kernels> ChainSet<D> {
                 categories,
                 (0..categories).map(|k| (0..categories).map(|j| f32::from(u8::from(j == k))).collect()).collect(),
             ),
+            // Cannot fire: the planner gives continuous variables Langevin kernels only.
             Domain::Real { .. } => unreachable!("continuous variables are not Gibbs-sampled"),
         };
         let name = info.name.clone();
@@ -996,6 +1008,7 @@ impl<D: Kernels> ChainSet<D> {
                     let roots: Vec<Id> = block.iter().flat_map(|(_, l, b)| std::iter::once(*l).chain(*b)).collect();
                     let mut values = self.eval(&roots, &self.state).into_iter();
                     for (var, _, shared) in block {
+                        // Cannot fire: the evaluator returns one value per root, and these roots were passed.
                         let logits = values.next().expect("one value per root");
                         let bias = shared.map(|_| values.next().expect("one value per root"));
                         let new = self.draw_with_bias(*var, logits, bias);
@@ -1007,7 +1020,7 @@ impl<D: Kernels> ChainSet<D> {
                 Stage::Chromatic { var, form: Chromatic::Masked { logits, masks } } => {
                     let name = self.vars[*var].name.clone();
                     for mask in masks {
-                        let l = self.eval(&[*logits], &self.state).pop().expect("one root");
+                        let l = eval::one(self.eval(&[*logits], &self.state));
                         let proposal = self.draw(*var, l);
                         let (b, m, n) = self.shape(*var);
                         let old = self.state[&name].clone();
@@ -1128,7 +1141,7 @@ impl<D: Kernels> Chains for ChainSet<D> {
         };
         let n = check_rows(&self.model, rows, &vars_of(&self.ir, root)).map_err(|e| e.to_string())?;
         let vars = self.upload_rows(rows, n);
-        let value = self.eval(&[root], &vars).pop().expect("one root");
+        let value = eval::one(self.eval(&[root], &vars));
         let Some(i) = var else {
             return Ok(HostTensor::new(vec![n], expand(value, n, 1, 1).as_vec()));
         };
@@ -1141,6 +1154,7 @@ impl<D: Kernels> Chains for ChainSet<D> {
             (_, Domain::Binary) => g.negate().sigmoid(),
             (_, Domain::Spin) => (g * -2.0).sigmoid(),
             (_, Domain::Categorical { .. }) => g.negate().softmax::<Axis<2>>(),
+            // Cannot fire: real variables returned an error above.
             (_, Domain::Real { .. }) => unreachable!("refused above"),
         };
         Ok(HostTensor::new(shape, out.as_vec()))
@@ -1215,7 +1229,7 @@ fn free_energy_on<D: Kernels>(
                 (k.clone(), upload(dev, &HostTensor::new(shape, t.data[start * per..end * per].to_vec()), end - start))
             })
             .collect();
-        let e = ev.eval(&[root], &vars).pop().expect("one root");
+        let e = eval::one(ev.eval(&[root], &vars));
         out.extend(expand(e, end - start, 1, 1).as_vec().into_iter().map(f64::from));
     }
     Ok(out)

@@ -108,6 +108,7 @@ pub fn render(
 /// The same diagnostics as a string without colour (tests and snapshots).
 pub fn render_plain(file_name: &str, source: &str, diagnostics: &[Diagnostic]) -> String {
     let mut buf = term::termcolor::NoColor::new(Vec::new());
+    // Cannot fire: writing to a Vec<u8> cannot fail.
     render(&mut buf, file_name, source, diagnostics).expect("writing to memory cannot fail");
     String::from_utf8_lossy(&buf.into_inner()).into_owned()
 }
@@ -169,6 +170,7 @@ pub fn render_json(file_name: &str, source: &str, diagnostics: &[Diagnostic]) ->
             labels,
             help: d.help.as_deref(),
         };
+        // Cannot fire: a map of strings and numbers always serialises.
         out.push_str(&serde_json::to_string(&j).expect("diagnostics serialise"));
         out.push('\n');
     }

@@ -180,6 +180,7 @@ fn stmt(s: &ModelStmt) -> String {
             format!("net {} = {}({});", d.name.name, d.kind.name, parts.join(", "))
         }
         ModelStmt::Energy(d) => format!("energy {} = {};", d.name.name, expr(&d.expr)),
+        // Cannot fire: sample blocks are split off and printed before the statements.
         ModelStmt::Sample(_) => unreachable!("sample blocks are printed as blocks"),
     }
 }

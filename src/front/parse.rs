@@ -32,7 +32,7 @@ pub fn source_to_ast(source: &str) -> Result<File, ParseError> {
     crate::analysis::limits::nesting(source)
         .map_err(|span| ParseError::TooDeep { span, limit: crate::analysis::limits::MAX_NESTING })?;
     let mut pairs = EbmParser::parse(Rule::file, source).map_err(|e| syntax_error(source, e))?;
-    let file = pairs.next().expect("the file rule always produces a pair");
+    let file = child(&mut pairs, "the file rule always produces a pair");
     let mut items = Vec::new();
     for pair in file.into_inner() {
         match pair.as_rule() {
@@ -142,6 +142,13 @@ fn is_token(rule: Rule) -> bool {
     )
 }
 
+/// The next child of a pair, which the grammar guarantees.
+fn child<'a>(children: &mut impl Iterator<Item = Pair<'a, Rule>>, what: &str) -> Pair<'a, Rule> {
+    // Cannot fire: pest only produces a pair whose children match its rule in
+    // `grammar/ebm.pest`, and every caller asks for a child that rule requires.
+    children.next().unwrap_or_else(|| panic!("the grammar guarantees the {what}"))
+}
+
 fn inner(pair: Pair<'_, Rule>) -> impl Iterator<Item = Pair<'_, Rule>> {
     pair.into_inner().filter(|p| !is_token(p.as_rule()))
 }
@@ -154,7 +161,7 @@ fn ident(pair: Pair<'_, Rule>) -> Ident {
 fn model_block(pair: Pair<'_, Rule>) -> Result<ModelBlock, ParseError> {
     let span = pair.as_span().into();
     let mut it = inner(pair);
-    let name = ident(it.next().expect("model name"));
+    let name = ident(child(&mut it, "model name"));
     let mut stmts = Vec::new();
     for p in it {
         stmts.push(match p.as_rule() {
@@ -165,10 +172,11 @@ fn model_block(pair: Pair<'_, Rule>) -> Result<ModelBlock, ParseError> {
             Rule::energy_decl => {
                 let span = p.as_span().into();
                 let mut it = inner(p);
-                let name = ident(it.next().expect("energy name"));
-                ModelStmt::Energy(EnergyDecl { name, expr: expr(it.next().expect("energy expr"))?, span })
+                let name = ident(child(&mut it, "energy name"));
+                ModelStmt::Energy(EnergyDecl { name, expr: expr(child(&mut it, "energy expr"))?, span })
             }
             Rule::sample_block => ModelStmt::Sample(sample_block(p)?),
+            // Cannot fire: the grammar allows only the rules matched above here.
             r => unreachable!("model statement rule {r:?}"),
         });
     }
@@ -182,16 +190,16 @@ fn var_decl(pair: Pair<'_, Rule>) -> Result<VarDecl, ParseError> {
         Some(Rule::kw_visible) => Role::Visible,
         _ => Role::Hidden,
     };
-    let name = ident(it.next().expect("variable name"));
-    let ty = type_expr(it.next().expect("variable type"))?;
+    let name = ident(child(&mut it, "variable name"));
+    let ty = type_expr(child(&mut it, "variable type"))?;
     Ok(VarDecl { role, name, ty, span })
 }
 
 fn param_decl(pair: Pair<'_, Rule>) -> Result<ParamDecl, ParseError> {
     let span = pair.as_span().into();
     let mut it = inner(pair);
-    let name = ident(it.next().expect("param name"));
-    let ty = type_expr(it.next().expect("param type"))?;
+    let name = ident(child(&mut it, "param name"));
+    let ty = type_expr(child(&mut it, "param type"))?;
     let init = it.next().map(expr).transpose()?;
     Ok(ParamDecl { name, ty, init, span })
 }
@@ -199,7 +207,7 @@ fn param_decl(pair: Pair<'_, Rule>) -> Result<ParamDecl, ParseError> {
 fn const_decl(pair: Pair<'_, Rule>) -> Result<ConstDecl, ParseError> {
     let span = pair.as_span().into();
     let mut it = inner(pair);
-    let name = ident(it.next().expect("const name"));
+    let name = ident(child(&mut it, "const name"));
     let mut ty = None;
     let mut value = None;
     for p in it {
@@ -208,18 +216,17 @@ fn const_decl(pair: Pair<'_, Rule>) -> Result<ConstDecl, ParseError> {
             _ => value = Some(expr(p)?),
         }
     }
+    // Cannot fire: the grammar's const declaration always ends in a value.
     Ok(ConstDecl { name, ty, value: value.expect("const value"), span })
 }
 
 fn net_decl(pair: Pair<'_, Rule>) -> Result<NetDecl, ParseError> {
     let span = pair.as_span().into();
     let mut it = inner(pair);
-    let name = ident(it.next().expect("net name"));
-    let kind = ident(it.next().expect("net kind"));
-    let layers = inner(it.next().expect("net layers"))
-        .filter(|p| p.as_rule() == Rule::dim)
-        .map(dim)
-        .collect::<Result<_, _>>()?;
+    let name = ident(child(&mut it, "net name"));
+    let kind = ident(child(&mut it, "net kind"));
+    let layers =
+        inner(child(&mut it, "net layers")).filter(|p| p.as_rule() == Rule::dim).map(dim).collect::<Result<_, _>>()?;
     let options = it.map(named_arg).collect::<Result<_, _>>()?;
     Ok(NetDecl { name, kind, layers, options, span })
 }
@@ -230,8 +237,8 @@ fn sample_block(pair: Pair<'_, Rule>) -> Result<SampleBlock, ParseError> {
     for p in inner(pair) {
         let span = p.as_span().into();
         let mut it = inner(p);
-        let var = ident(it.next().expect("override variable"));
-        overrides.push(SamplerOverride { var, kernel: expr(it.next().expect("override kernel"))?, span });
+        let var = ident(child(&mut it, "override variable"));
+        overrides.push(SamplerOverride { var, kernel: expr(child(&mut it, "override kernel"))?, span });
     }
     Ok(SampleBlock { overrides, span })
 }
@@ -244,21 +251,23 @@ fn type_expr(pair: Pair<'_, Rule>) -> Result<TypeExpr, ParseError> {
     for p in inner(pair) {
         match p.as_rule() {
             Rule::base_type => {
-                let b = p.into_inner().next().expect("base type");
+                let b = child(&mut p.into_inner(), "base type");
                 base = match b.as_rule() {
                     Rule::ty_binary => BaseType::Binary,
                     Rule::ty_spin => BaseType::Spin,
                     Rule::ty_real => BaseType::Real,
+                    // Cannot fire: the grammar's categorical type always holds its count as a `dim`.
                     _ => BaseType::Categorical(dim(inner(b).find(|p| p.as_rule() == Rule::dim).expect("categories"))?),
                 };
             }
             Rule::dims => dims = inner(p).map(dim).collect::<Result<_, _>>()?,
             Rule::bounds => {
                 let mut it = inner(p);
-                let lo = expr(it.next().expect("lower bound"))?;
-                let hi = expr(it.next().expect("upper bound"))?;
+                let lo = expr(child(&mut it, "lower bound"))?;
+                let hi = expr(child(&mut it, "upper bound"))?;
                 bounds = Some(Box::new((lo, hi)));
             }
+            // Cannot fire: the grammar allows only the rules matched above here.
             r => unreachable!("type rule {r:?}"),
         }
     }
@@ -266,7 +275,7 @@ fn type_expr(pair: Pair<'_, Rule>) -> Result<TypeExpr, ParseError> {
 }
 
 fn dim(pair: Pair<'_, Rule>) -> Result<Dim, ParseError> {
-    let p = pair.into_inner().next().expect("dim");
+    let p = child(&mut pair.into_inner(), "dim");
     let span: Span = p.as_span().into();
     match p.as_rule() {
         Rule::integer => {
@@ -279,13 +288,13 @@ fn dim(pair: Pair<'_, Rule>) -> Result<Dim, ParseError> {
 fn train_block(pair: Pair<'_, Rule>) -> Result<TrainBlock, ParseError> {
     let span = pair.as_span().into();
     let mut it = inner(pair);
-    let model = ident(it.next().expect("train model"));
+    let model = ident(child(&mut it, "train model"));
     let mut settings = Vec::new();
     for p in it {
         let span = p.as_span().into();
         let mut it = inner(p);
-        let key = ident(it.next().expect("setting key"));
-        let value = expr(it.next().expect("setting value"))?;
+        let key = ident(child(&mut it, "setting key"));
+        let value = expr(child(&mut it, "setting value"))?;
         let binding = it.next().map(|b| inner(b).map(ident).collect()).unwrap_or_default();
         settings.push(Setting { key, value, binding, span });
     }
@@ -294,8 +303,8 @@ fn train_block(pair: Pair<'_, Rule>) -> Result<TrainBlock, ParseError> {
 
 fn named_arg(pair: Pair<'_, Rule>) -> Result<Arg, ParseError> {
     let mut it = inner(pair);
-    let name = ident(it.next().expect("option name"));
-    Ok(Arg { name: Some(name), value: expr(it.next().expect("option value"))? })
+    let name = ident(child(&mut it, "option name"));
+    Ok(Arg { name: Some(name), value: expr(child(&mut it, "option value"))? })
 }
 
 fn pratt() -> &'static PrattParser<Rule> {
@@ -340,6 +349,7 @@ fn pratt_expr(pairs: Pairs<'_, Rule>) -> Result<Expr, ParseError> {
                 Rule::div => BinOp::Div,
                 Rule::matmul => BinOp::MatMul,
                 Rule::pow => BinOp::Pow,
+                // Cannot fire: the grammar allows only the rules matched above here.
                 r => unreachable!("infix rule {r:?}"),
             };
             let span = lhs.span.to(rhs.span);
@@ -360,11 +370,11 @@ fn primary(pair: Pair<'_, Rule>) -> Result<Expr, ParseError> {
             ExprKind::Str(s[1..s.len() - 1].to_string())
         }
         Rule::ident => ExprKind::Name(pair.as_str().to_string()),
-        Rule::paren => return expr(inner(pair).next().expect("parenthesised expr")),
+        Rule::paren => return expr(child(&mut inner(pair), "parenthesised expr")),
         Rule::list => ExprKind::List(inner(pair).map(expr).collect::<Result<_, _>>()?),
         Rule::call => {
             let mut it = inner(pair);
-            let func = ident(it.next().expect("callee"));
+            let func = ident(child(&mut it, "callee"));
             let args = it
                 .map(|a| match a.as_rule() {
                     Rule::named_arg => named_arg(a),
@@ -373,6 +383,7 @@ fn primary(pair: Pair<'_, Rule>) -> Result<Expr, ParseError> {
                 .collect::<Result<_, _>>()?;
             ExprKind::Call { func, args }
         }
+        // Cannot fire: the grammar allows only the rules matched above here.
         r => unreachable!("primary rule {r:?}"),
     };
     Ok(Expr { kind, span })

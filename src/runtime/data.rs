@@ -107,6 +107,7 @@ impl Table {
 /// Loads the data a `train` block (or a `--data` override) names.
 /// `base` is the directory relative paths are resolved against.
 pub fn load(spec: &DataSpec, model: &Model, base: &Path) -> Result<Dataset, DataError> {
+    // Cannot fire: the checker refuses a binding to an undeclared variable.
     let vars: Vec<&Variable> = spec.binding.iter().map(|n| model.variable(n).expect("binding checked")).collect();
     let src = &spec.source;
     match src.name.as_str() {
@@ -153,6 +154,7 @@ pub fn load(spec: &DataSpec, model: &Model, base: &Path) -> Result<Dataset, Data
             let table = if src.name == "npy" { parse_npy(&name, &bytes)? } else { parse_idx(&name, &bytes)? };
             bind(&transform(table, src), &vars, src)
         }
+        // Cannot fire: the checker binds only the data sources of the schema table, all matched above.
         other => unreachable!("data source `{other}` is not in the schema"),
     }
 }
@@ -334,6 +336,7 @@ fn is_header(source: &str, row: usize, cells: &[String]) -> Result<bool, DataErr
         .enumerate()
         .find(|(_, c)| !numeric(c))
         .map(|(i, c)| (i + 1, c.to_string()))
+        // Cannot fire: the all-numeric case returned above.
         .expect("some cell is not a number");
     Err(DataError::MixedHeader { source: source.to_string(), row, column, text })
 }
@@ -831,6 +834,7 @@ pub fn bars_and_stripes(size: usize) -> Vec<Vec<f64>> {
 /// 2-D toy sets used across the EBM literature, scaled to about [-4, 4].
 pub fn toy(name: &str, n: usize, seed: u64) -> Vec<Vec<f64>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // Cannot fire: a standard deviation of 1 is valid.
     let normal = Normal::new(0.0, 1.0).expect("unit normal");
     let g = |rng: &mut rand::rngs::StdRng| normal.sample(rng);
     (0..n)

@@ -55,6 +55,7 @@ pub fn enumeration(graph: &FactorGraph, plan: &Plan) -> Result<Enumeration, Stri
     }
     let visible = names(Some(Role::Visible));
     let summable = |n: &String| {
+        // Cannot fire: the names come from the plan made from this model.
         let v = model.variable(n).expect("declared");
         v.domain.is_discrete()
             && graph.total_degree(n) <= Degree::Linear
@@ -81,11 +82,13 @@ pub fn enumeration(graph: &FactorGraph, plan: &Plan) -> Result<Enumeration, Stri
 
 /// Every joint state of `vars` as rows `[states, ...shape]`.
 pub fn all_states(model: &Model, vars: &[String]) -> Tensors {
+    // Cannot fire: callers pass variables `enumeration` accepted (all discrete, countable).
     let states = states_of(model, vars).expect("checked by `enumeration`") as usize;
     // Mixed radix: the last unit of the last variable varies fastest.
     let mut out = Tensors::new();
     let mut stride = 1usize;
     for name in vars.iter().rev() {
+        // Cannot fire: the names come from the plan made from this model.
         let v = model.variable(name).expect("declared");
         let (k, units) = values_per_unit(v).expect("discrete");
         let k = k as usize;
@@ -245,6 +248,7 @@ pub fn gaussian_log_z(model: &Model, plan: &Plan, params: &Tensors, device: Devi
     }
     let discrete: Vec<String> =
         model.variables.iter().filter(|v| v.domain.is_discrete()).map(|v| v.name.clone()).collect();
+    // Cannot fire: `discrete` holds discrete variables only.
     let states = states_of(model, &discrete).expect("discrete");
     if states > ENUMERATION_LIMIT || states.saturating_mul(d as u128) > 1 << 26 {
         return Err(format!(
@@ -537,6 +541,7 @@ pub fn classification(
     let sampler = crate::backend::Sampler::new(model, plan, params, 1, 0, device)?;
     let inputs: Tensors = data.iter().filter(|(k, _)| **k != label).map(|(k, t)| (k.clone(), t.clone())).collect();
     let p = sampler.evaluate(crate::backend::Quantity::Conditional(label.clone()), &inputs)?;
+    // Cannot fire: a conditional of a categorical label has the categories as its last axis.
     let k = *p.shape.last().expect("categories");
     let truth = &data[&label].data;
     let (mut correct, mut bins) = (0usize, vec![(0.0f64, 0.0f64, 0usize); 10]);

@@ -73,6 +73,7 @@ fn encode_png(pixels: &[u8], width: usize, height: usize, colour: png::ColorType
         let mut enc = png::Encoder::new(&mut out, width as u32, height as u32);
         enc.set_color(colour);
         enc.set_depth(png::BitDepth::Eight);
+        // Cannot fire: the encoder writes to a Vec<u8>.
         let mut writer = enc.write_header().expect("writing to memory");
         writer.write_image_data(pixels).expect("writing to memory");
     }
@@ -241,6 +242,7 @@ pub fn density_png(log_density: &[f64], resolution: usize, (low, high): (f64, f6
 /// [0, 1]-bounded as they are, spins from [-1, 1], categories by index, other
 /// reals by the range of the samples.
 pub fn images_of(model: &Model, samples: &Tensors, var: &str) -> Vec<Vec<f32>> {
+    // Cannot fire: callers pass a variable of the model (the CLI picks it from the plan).
     let v = model.variable(var).expect("variable exists");
     let t = &samples[var];
     let rows = t.shape[0];

@@ -14,9 +14,9 @@
 
 use crate::analysis::graph::FactorGraph;
 use crate::analysis::plan::Plan;
-use crate::analysis::program::{Call, Model, TestSpec, Train};
+use crate::analysis::program::{Call, Model, Schedule, TestSpec, Train};
 use crate::analysis::schema::Value;
-use crate::backend::{DeviceKind, TrainError, Trainer};
+use crate::backend::{DeviceKind, TrainError, TrainState, Trainer};
 use crate::runtime::data::Dataset;
 use crate::tensor::{self, Tensors};
 use rand::SeedableRng;
@@ -248,21 +248,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// The learning rate of `epoch` (0-based) under the schedule.
-pub fn learning_rate(base: f64, schedule: &Call, epoch: usize, epochs: usize) -> f64 {
+pub fn learning_rate(base: f64, schedule: &Schedule, epoch: usize, epochs: usize) -> f64 {
     let e = epoch as f64;
-    match schedule.name.as_str() {
-        "exponential" => base * schedule.num("gamma").unwrap_or(1.0).powf(e),
-        "step" => {
-            base * schedule
-                .num("gamma")
-                .unwrap_or(0.1)
-                .powf((epoch / schedule.int("every").unwrap_or(1).max(1) as usize) as f64)
+    match *schedule {
+        Schedule::Exponential { gamma } => base * gamma.powf(e),
+        Schedule::Step { every, gamma } => base * gamma.powf((epoch / every.max(1)) as f64),
+        Schedule::Cosine { min_lr } => {
+            min_lr + (base - min_lr) * (1.0 + (std::f64::consts::PI * e / epochs.max(1) as f64).cos()) / 2.0
         }
-        "cosine" => {
-            let min = schedule.num("min_lr").unwrap_or(0.0);
-            min + (base - min) * (1.0 + (std::f64::consts::PI * e / epochs.max(1) as f64).cos()) / 2.0
-        }
-        _ => base,
+        Schedule::Constant => base,
     }
 }
 
@@ -311,7 +305,7 @@ pub fn load_model_params(path: &Path, model: &Model) -> Result<Tensors, String> 
 
 /// `tensor::check_params` for a model's parameters, refusing unknown names too.
 pub fn check_model_params(model: &Model, params: &Tensors) -> Result<(), tensor::ShapeError> {
-    let specs = crate::ir::program_to_ir(model).params;
+    let specs = crate::ir::param_specs(model);
     tensor::check_params(&specs, params)?;
     for (name, t) in params {
         if OBJECTIVE_PARAMS.contains(&name.as_str()) {
@@ -449,11 +443,13 @@ pub fn run(
     let _lock = RunLock::acquire(&opts.out).map_err(io)?;
     remove_leftovers(&opts.out);
     let hash = source_hash(source);
-    let lowered = crate::ir::program_to_ir(model);
+    let lowered = &plan.lowered;
     // A resumed run keeps the seed it started with, whatever `opts.seed` says.
     let (params, state, first_epoch, mut step, mut history, run_seed) = if opts.resume {
         let meta = checkpoint_meta(&opts.out).map_err(io)?;
-        let dir = latest_checkpoint(&opts.out).expect("checkpoint_meta found it");
+        // `checkpoint_meta` found it, but another process may have removed it since.
+        let dir = latest_checkpoint(&opts.out)
+            .ok_or_else(|| io(format!("no complete checkpoint in `{}` to resume from", opts.out.display())))?;
         if meta.model != model.name || meta.source_sha256 != hash {
             return Err(io(format!(
                 "the checkpoint in `{}` was made from a different model source; train afresh with another --out",
@@ -461,21 +457,22 @@ pub fn run(
             )));
         }
         let params = load_model_params(&dir, model).map_err(io)?;
-        let state = tensor::load_safetensors(&dir.join("state.safetensors")).map_err(io)?;
+        let (tensors, metadata) = tensor::load_safetensors_with(&dir.join("state.safetensors")).map_err(io)?;
+        let state = TrainState { tensors, metadata };
         let history: Vec<EpochMetrics> =
             read_metrics(&opts.out).into_iter().filter(|m| m.epoch <= meta.epoch).collect();
         (params, state, meta.epoch + 1, meta.step, history, meta.seed)
     } else {
-        (tensor::initialise(&lowered.params, opts.seed), Tensors::new(), 1, 0, Vec::new(), opts.seed)
+        (tensor::initialise(&lowered.params, opts.seed), TrainState::default(), 1, 0, Vec::new(), opts.seed)
     };
     let mut meta = Meta::new(source, model, train, data, &params, run_seed, opts.device);
-    let mut trainer = Trainer::new(model, plan, train, &params, &state, run_seed, opts.device)
+    let mut trainer = Trainer::resume(model, plan, train, &params, &state, run_seed, opts.device)
         .map_err(|error| RunError::Train { error, epoch: first_epoch, last_good: None })?;
     trainer.prepare(&data.vars).map_err(|error| RunError::Train { error, epoch: first_epoch, last_good: None })?;
     let batch = train.batch.min(data.rows).max(1);
     let steps_per_epoch = data.rows / batch;
     progress(Progress::Start { epochs: opts.epochs, steps_per_epoch, from_epoch: first_epoch });
-    let base_lr = train.optimizer.num("lr").unwrap_or(0.01);
+    let base_lr = train.options.optimizer.lr();
     let exact = crate::runtime::evaluate::enumeration(graph, plan).is_ok();
     if opts.resume {
         // Drop the metrics of epochs after the checkpoint (a kill between the two writes).
@@ -487,7 +484,7 @@ pub fn run(
         trainer.begin_epoch(seed);
         let mut order: Vec<usize> = (0..data.rows).collect();
         order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
-        let lr = learning_rate(base_lr, &train.schedule, epoch - 1, opts.epochs);
+        let lr = learning_rate(base_lr, &train.options.schedule, epoch - 1, opts.epochs);
         let (mut loss_sum, mut norm_sum) = (0.0, 0.0);
         for b in 0..steps_per_epoch {
             let rows = data.rows_at(&order[b * batch..(b + 1) * batch]);
@@ -550,7 +547,7 @@ pub fn run(
             }
         }
         (meta.epoch, meta.step) = (epoch, step);
-        save_checkpoint(&opts.out, epoch, &params, &trainer.state(), &meta).map_err(io)?;
+        save_checkpoint(&opts.out, epoch, &params, &trainer.checkpoint(), &meta).map_err(io)?;
         history.push(metrics.clone());
         write_metrics(&opts.out, &history).map_err(io)?;
         progress(Progress::Epoch(&metrics));
@@ -561,7 +558,13 @@ pub fn run(
 /// Writes `epoch-N/` (parameters, optimiser state, metadata) into `dir`
 /// atomically, points `latest` at it and keeps the newest two; the caller
 /// holds `dir`'s `RunLock`.
-pub fn save_checkpoint(dir: &Path, epoch: usize, params: &Tensors, state: &Tensors, meta: &Meta) -> Result<(), String> {
+pub fn save_checkpoint(
+    dir: &Path,
+    epoch: usize,
+    params: &Tensors,
+    state: &TrainState,
+    meta: &Meta,
+) -> Result<(), String> {
     let name = format!("epoch-{epoch}");
     let staging = dir.join(format!(".{name}.partial"));
     let _ = std::fs::remove_dir_all(&staging);
@@ -569,9 +572,12 @@ pub fn save_checkpoint(dir: &Path, epoch: usize, params: &Tensors, state: &Tenso
         std::fs::create_dir_all(&staging).map_err(|e| format!("cannot create `{}`: {e}", staging.display()))?;
         let header = meta.safetensors_metadata();
         tensor::save_safetensors_with_metadata(&staging.join("params.safetensors"), params, &header)?;
-        tensor::save_safetensors_with_metadata(&staging.join("state.safetensors"), state, &header)?;
+        // The optimiser's own metadata (Adam's step count) beside the checkpoint's.
+        let state_header = header.into_iter().chain(state.metadata.clone()).collect();
+        tensor::save_safetensors_with_metadata(&staging.join("state.safetensors"), &state.tensors, &state_header)?;
         tensor::write_atomically(
             &staging.join("meta.json"),
+            // Cannot fire: the metadata holds strings, numbers and maps only.
             serde_json::to_string_pretty(meta).expect("meta serialises").as_bytes(),
         )?;
         tensor::sync_dir(&staging)
@@ -622,6 +628,7 @@ pub fn read_metrics(dir: &Path) -> Vec<EpochMetrics> {
 }
 
 fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<(), String> {
+    // Cannot fire: metrics are plain numbers (non-finite ones are refused before).
     let text: String = history.iter().map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n").collect();
     tensor::write_atomically(&dir.join("metrics.jsonl"), text.as_bytes())?;
     use crate::runtime::export::{Panel, Series};
