@@ -53,7 +53,7 @@ fn expected_tokens(rules: &[Rule]) -> Vec<String> {
     let in_expr = !out.is_empty();
     for r in rules
         .iter()
-        .filter(|r| !starts_expr(r) && !(in_expr && matches!(r, Rule::ident | Rule::lparen | Rule::lbracket)))
+        .filter(|r| !(starts_expr(r) || in_expr && matches!(r, Rule::ident | Rule::lparen | Rule::lbracket)))
     {
         let text = match r {
             Rule::EOI => "end of file",

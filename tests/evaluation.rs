@@ -519,7 +519,7 @@ fn eval_and_energy_on_the_zoo_dbm_do_not_panic() {
     let csv = dir.join("rows.csv");
     let header: Vec<String> = (0..64).map(|i| format!("p{i}")).collect();
     let row =
-        |k: usize| (0..64).map(|i| ((i * k) % 3 == 0).then_some("1").unwrap_or("0")).collect::<Vec<_>>().join(",");
+        |k: usize| (0..64).map(|i| if (i * k).is_multiple_of(3) { "1" } else { "0" }).collect::<Vec<_>>().join(",");
     std::fs::write(&csv, format!("{}\n{}\n{}\n{}\n", header.join(","), row(1), row(2), row(5))).unwrap();
     let data = csv.to_str().unwrap();
     let out = ebmc(&[

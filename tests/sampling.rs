@@ -98,6 +98,7 @@ fn exact_distribution(sampler: &Sampler, model: &Model, vars: &[&str]) -> Vec<f6
 
 /// Runs `chains` chains for `burn_in` sweeps, then histograms the joint state
 /// of `vars` every `spacing` sweeps, `rounds` times.
+#[allow(clippy::too_many_arguments)]
 fn histogram(
     sampler: &mut Sampler,
     model: &Model,

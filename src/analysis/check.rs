@@ -282,10 +282,10 @@ impl<'e> ModelChecker<'e> {
                 continue;
             }
             self.decls.insert(name.name.clone(), (kind, name.span));
-            if let ModelStmt::Const(ast::ConstDecl { ty: None, value, .. }) = stmt {
-                if let Some(n) = literal_number(value).filter(|n| *n >= 1.0 && n.fract() == 0.0) {
-                    self.int_consts.insert(name.name.clone(), n as usize);
-                }
+            if let ModelStmt::Const(ast::ConstDecl { ty: None, value, .. }) = stmt
+                && let Some(n) = literal_number(value).filter(|n| *n >= 1.0 && n.fract() == 0.0)
+            {
+                self.int_consts.insert(name.name.clone(), n as usize);
             }
         }
     }

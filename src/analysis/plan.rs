@@ -687,10 +687,11 @@ fn sum_out_latents(graph: &FactorGraph, ir: &mut Ir, total: Id) -> (Option<Margi
             Some("it is continuous; only discrete latents have closed-form sums".to_string())
         } else if graph.total_degree(&v.name) > Degree::Linear {
             Some(format!("the energy is not linear in {}", v.name))
-        } else if let Some(other) = chosen.iter().find(|c| graph.neighbours(&v.name).contains(*c)) {
-            Some(format!("it is coupled to {other}, which is summed out"))
         } else {
-            None
+            chosen
+                .iter()
+                .find(|c| graph.neighbours(&v.name).contains(*c))
+                .map(|other| format!("it is coupled to {other}, which is summed out"))
         };
         match why {
             Some(w) => kept.push((v.name.clone(), w)),
@@ -822,25 +823,23 @@ fn check_objective(
                 }
             }
         }
-        "jem" => {
-            if label.is_none() {
-                if visible().any(|v| matches!(v.domain, Domain::Categorical { .. }))
-                    && visible().any(|v| !v.domain.is_discrete())
-                {
-                    // Cannot fire: the `any` in the condition above found one.
-                    let v = visible().find(|v| matches!(v.domain, Domain::Categorical { .. })).expect("checked");
-                    out.push(PlanError::NeedsFreeEnergy {
-                        objective: name,
-                        span: o.span,
-                        var: v.name.clone(),
-                        var_span: v.span,
-                        why: format!("the energy is not linear in {}", v.name),
-                    });
-                } else if visible().any(|v| matches!(v.domain, Domain::Categorical { .. })) {
-                    out.push(PlanError::JemNeedsContinuous { span: o.span });
-                } else {
-                    out.push(PlanError::JemNeedsLabel { span: o.span });
-                }
+        "jem" if label.is_none() => {
+            if visible().any(|v| matches!(v.domain, Domain::Categorical { .. }))
+                && visible().any(|v| !v.domain.is_discrete())
+            {
+                // Cannot fire: the `any` in the condition above found one.
+                let v = visible().find(|v| matches!(v.domain, Domain::Categorical { .. })).expect("checked");
+                out.push(PlanError::NeedsFreeEnergy {
+                    objective: name,
+                    span: o.span,
+                    var: v.name.clone(),
+                    var_span: v.span,
+                    why: format!("the energy is not linear in {}", v.name),
+                });
+            } else if visible().any(|v| matches!(v.domain, Domain::Categorical { .. })) {
+                out.push(PlanError::JemNeedsContinuous { span: o.span });
+            } else {
+                out.push(PlanError::JemNeedsLabel { span: o.span });
             }
         }
         "pl" => {

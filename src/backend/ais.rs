@@ -449,7 +449,7 @@ pub fn raise(
         return Err("reverse AIS needs at least one data row to start from".into());
     }
     // Starting rows: a random draw (with replacement) so any number of runs works.
-    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0x5241_4953_45);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0x52_41_49_53_45);
     let picks: Vec<usize> = (0..opts.runs).map(|_| rng.gen_range(0..n)).collect();
     let start: Tensors = rows
         .iter()

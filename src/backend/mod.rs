@@ -872,7 +872,7 @@ impl<D: Kernels> ChainSet<D> {
             &stage.classes,
         );
         // Fixed test states: the check must not move the chains' random streams.
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(0x6c61_7474_6963_65);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(0x6c_61_74_74_69_63_65);
         let test: Vec<f32> = (0..2 * rows * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
         if !op.agrees(&test, &respond(test.clone(), 2)) {
             return Built::Beyond;

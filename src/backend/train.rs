@@ -326,12 +326,12 @@ impl<D: Kernels> Fit for Fitter<D> {
             norm2 += n;
         }
         let grad_norm = norm2.sqrt();
-        if let Some(c) = self.clip {
-            if grad_norm > f64::from(c) {
-                let scale = c / grad_norm as f32;
-                for g in grads.values_mut() {
-                    *g = g.clone() * scale;
-                }
+        if let Some(c) = self.clip
+            && grad_norm > f64::from(c)
+        {
+            let scale = c / grad_norm as f32;
+            for g in grads.values_mut() {
+                *g = g.clone() * scale;
             }
         }
         let lr = lr as f32;

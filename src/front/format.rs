@@ -81,13 +81,15 @@ impl Printer<'_> {
     /// if one starts before `limit` (the next node).
     fn end_line(&mut self, end: usize, limit: usize) {
         self.last_end = end;
-        if let Some(c) = self.comments.get(self.next) {
-            if c.span.start >= end && c.span.start < limit && !self.src[end..c.span.start].contains('\n') {
-                self.out.push(' ');
-                self.out.push_str(&c.text);
-                self.last_end = c.span.end;
-                self.next += 1;
-            }
+        if let Some(c) = self.comments.get(self.next)
+            && c.span.start >= end
+            && c.span.start < limit
+            && !self.src[end..c.span.start].contains('\n')
+        {
+            self.out.push(' ');
+            self.out.push_str(&c.text);
+            self.last_end = c.span.end;
+            self.next += 1;
         }
         self.out.push('\n');
         self.gap_allowed = true;

@@ -63,10 +63,11 @@ pub fn enumeration(graph: &FactorGraph, plan: &Plan) -> Result<Enumeration, Stri
             && !visible.iter().any(|w| graph.neighbours(n).contains(w))
     };
     let hidden = names(Some(Role::Hidden));
-    if !hidden.is_empty() && visible.iter().all(summable) {
-        if let Some(states) = states_of(model, &hidden) {
-            options.push(Enumeration { enumerate: hidden, sum_out: visible, states });
-        }
+    if !hidden.is_empty()
+        && visible.iter().all(summable)
+        && let Some(states) = states_of(model, &hidden)
+    {
+        options.push(Enumeration { enumerate: hidden, sum_out: visible, states });
     }
     let best = options.into_iter().min_by_key(|o| o.states).ok_or(
         "exact log Z needs discrete variables on one side of the model; use AIS (`--ais`) for RBM-like models",
@@ -327,7 +328,7 @@ fn cholesky(a: &[f64], d: usize) -> Option<Vec<f64>> {
             let s: f64 = (0..j).map(|k| l[i * d + k] * l[j * d + k]).sum();
             if i == j {
                 let v = a[i * d + i] - s;
-                if !(v > 0.0) {
+                if v.is_nan() || v <= 0.0 {
                     return None;
                 }
                 l[i * d + i] = v.sqrt();
@@ -566,10 +567,10 @@ pub fn classification(
 /// plan's latents, and a JEM label the rows leave out.
 pub fn summed_for(plan: &Plan, given: &[String]) -> Vec<String> {
     let mut summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
-    if let Some(m) = &plan.label_marginal {
-        if !given.contains(&m.var) {
-            summed.push(m.var.clone());
-        }
+    if let Some(m) = &plan.label_marginal
+        && !given.contains(&m.var)
+    {
+        summed.push(m.var.clone());
     }
     summed
 }

@@ -50,14 +50,14 @@ impl<D: Kernels> Jem<D> {
         let marginal = crate::analysis::plan::sum_out(&mut model.ir, model.free_energy, &variable).0;
         let marginal = model.ir.inline_nets(marginal);
         let chains =
-            ChainSet::new(model.dev.clone(), &model.model, &model.plan, params, batch.max(1), seed ^ 0x6a65_6d)?;
+            ChainSet::new(model.dev.clone(), &model.model, &model.plan, params, batch.max(1), seed ^ 0x6a_65_6d)?;
         Ok(Jem {
             label,
             logits,
             marginal,
             k: p.k,
             chains: Box::new(chains),
-            replay: super::replay(p, seed ^ 0x6a65_6d, state),
+            replay: super::replay(p, seed ^ 0x6a_65_6d, state),
         })
     }
 }
@@ -67,8 +67,8 @@ impl<D: Kernels> Objective<D> for Jem<D> {
     type Draw = Tensors;
 
     fn begin_epoch(&mut self, seed: u64) {
-        self.replay.rng = rand::SeedableRng::seed_from_u64(seed ^ 0x6a65_6d);
-        self.chains.reseed(seed ^ 0x6a65_6d);
+        self.replay.rng = rand::SeedableRng::seed_from_u64(seed ^ 0x6a_65_6d);
+        self.chains.reseed(seed ^ 0x6a_65_6d);
     }
 
     /// Negatives start from the replay buffer (a fraction `reinit` of them

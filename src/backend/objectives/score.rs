@@ -54,10 +54,10 @@ impl Score {
             if let Some(g) = model.ir.grad(model.free_energy, &name) {
                 grads.insert(name.clone(), g);
             }
-            if matches!(kind, Kind::Sliced { .. } | Kind::Exact) {
-                if let Some(h) = model.ir.hessian_vector(model.free_energy, &name, &format!("__dir.{name}")) {
-                    hvps.insert(name.clone(), h);
-                }
+            if matches!(kind, Kind::Sliced { .. } | Kind::Exact)
+                && let Some(h) = model.ir.hessian_vector(model.free_energy, &name, &format!("__dir.{name}"))
+            {
+                hvps.insert(name.clone(), h);
             }
         }
         Score { kind, grads, hvps, rng: rand::SeedableRng::seed_from_u64(seed ^ 0x736d) }
