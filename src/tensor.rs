@@ -263,6 +263,7 @@ pub fn save_safetensors_with_metadata(
 /// checked byte for byte against an uninterrupted one). The JSON has the
 /// same text in another order, so the same length: the offsets stand.
 fn sort_metadata(file: &mut [u8]) {
+    // Cannot fire: `file` is what safetensors just serialised, which starts with its 8-byte header length.
     let len = u64::from_le_bytes(file[..8].try_into().expect("8 bytes")) as usize;
     let header = &file[8..8 + len];
     let text_len = header.iter().rposition(|b| *b != b' ').map_or(0, |i| i + 1);
@@ -271,8 +272,10 @@ fn sort_metadata(file: &mut [u8]) {
     };
     if let Some(meta) = entries.get_mut("__metadata__") {
         let sorted: BTreeMap<String, String> = serde_json::from_value(meta.take()).unwrap_or_default();
+        // Cannot fire: a map of strings always serialises.
         *meta = serde_json::to_value(sorted).expect("strings serialise");
     }
+    // Cannot fire: `entries` was just parsed from JSON.
     let text = serde_json::to_vec(&entries).expect("JSON serialises");
     if text.len() == text_len {
         file[8..8 + text_len].copy_from_slice(&text);

@@ -67,6 +67,7 @@ fn distance2_colouring(adjacency: &[Vec<usize>]) -> Vec<usize> {
             used.extend(adjacency[v].iter().map(|&w| colour[w]));
         }
         used.sort_unstable();
+        // Cannot fire: `used` is finite, so some colour is free.
         colour[u] = (0..).find(|c| used.binary_search(c).is_err()).expect("a free colour");
     }
     colour
@@ -261,6 +262,7 @@ impl Operator {
                     let r = run + k;
                     let mut field = self.bias[r] + chained.map_or(0.0, |c| c[self.order[r] as usize]);
                     if D > 0 {
+                        // Cannot fire: the slices are taken `D` long.
                         let cols: &[u32; D] = self.cols[r * D..][..D].try_into().expect("D entries");
                         let ws: &[f32; D] = self.blocks[r * D..][..D].try_into().expect("D entries");
                         for (&u, &w) in cols.iter().zip(ws) {

@@ -42,6 +42,8 @@ pub fn visible_table(model: &Model, samples: &Tensors) -> (Vec<String>, Vec<Vec<
 /// A header row of `names`, then one row per sample (values as Rust prints
 /// f32: the shortest text that reads back to the same number).
 pub fn csv(names: &[String], rows: &[Vec<f32>]) -> String {
+    // Cannot fire (each `expect` below): the writer writes into a `Vec`, which never fails, and
+    // the fields are UTF-8 names and printed numbers.
     let mut out = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
     out.write_record(names).expect("writing to memory");
     for row in rows {
@@ -55,6 +57,7 @@ pub fn npy(rows: &[Vec<f32>]) -> Vec<u8> {
     use npyz::WriterBuilder;
     let cols = rows.first().map_or(0, Vec::len);
     let mut out = Vec::new();
+    // Cannot fire (each `expect` below): the writer writes into a `Vec`, which never fails.
     let mut writer = npyz::WriteOptions::<f32>::new()
         .default_dtype()
         .shape(&[rows.len() as u64, cols as u64])
@@ -94,6 +97,7 @@ pub fn png_grid(images: &[Vec<f32>], height: usize, width: usize, min_scale: usi
     let n = images.len().max(1);
     let cols = (n as f64).sqrt().ceil() as usize;
     let rows = n.div_ceil(cols);
+    // Cannot fire: the grid's width grows with the scale without bound.
     let scale =
         (min_scale.max(1)..).find(|s| cols * (width * s + GRID_GAP) + GRID_GAP >= MIN_GRID_PIXELS).expect("unbounded");
     let (cell_h, cell_w) = (height * scale + GRID_GAP, width * scale + GRID_GAP);
@@ -159,13 +163,14 @@ fn plot_png(w: u32, h: u32, draw: impl for<'a> FnOnce(&Area<'a>) -> DrawResult<'
     use plotters::prelude::*;
     static FONT_REGISTERED: std::sync::Once = std::sync::Once::new();
     FONT_REGISTERED.call_once(|| {
+        // Cannot fire: the font is compiled in, and a test draws with it.
         plotters::style::register_font(SANS, plotters::style::FontStyle::Normal, FONT)
             .unwrap_or_else(|_| panic!("the bundled font does not parse"))
     });
     let mut rgb = vec![255u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
-        // Drawing into memory with a bundled font fails only on a bug in ebmc.
+        // Cannot fire: drawing into memory with a bundled font fails only on a bug in ebmc.
         root.fill(&WHITE).and_then(|()| draw(&root)).and_then(|()| root.present()).expect("drawing in memory");
     }
     encode_png(&rgb, w as usize, h as usize, png::ColorType::Rgb)
