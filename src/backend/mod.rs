@@ -843,7 +843,7 @@ impl<D: Kernels> ChainSet<D> {
         let Built::Operator(op) = &stage.built else { return self.sequential(var) };
         let shape = self.shape(var);
         let chained = stage.chained.map(|id| {
-            let t = self.eval(&[id], &self.state).pop().expect("one root");
+            let t = eval::one(self.eval(&[id], &self.state));
             self.dev.to_host(&expand(t, shape.0, shape.1, shape.2))
         });
         let name = &self.vars[var].name;
@@ -861,7 +861,7 @@ impl<D: Kernels> ChainSet<D> {
         let width = rows * cols / stage.adjacency.len();
         let respond = |states: Vec<f32>, n: usize| {
             let vars = BTreeMap::from([(name.clone(), self.dev.tensor_from_vec(states, (n, rows, cols)))]);
-            let t = self.eval(&[stage.coupling], &vars).pop().expect("one root");
+            let t = eval::one(self.eval(&[stage.coupling], &vars));
             expand(t, n, rows, cols).as_vec()
         };
         let probes = lattice::Probes::new(&stage.adjacency, width);
@@ -878,7 +878,7 @@ impl<D: Kernels> ChainSet<D> {
             return Built::Beyond;
         }
         if let Some(id) = stage.shared {
-            let t = self.eval(&[id], &BTreeMap::new()).pop().expect("one root");
+            let t = eval::one(self.eval(&[id], &BTreeMap::new()));
             op.add_bias(&expand(t, 1, rows, cols).as_vec());
         }
         Built::Operator(op)
