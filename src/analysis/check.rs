@@ -951,6 +951,17 @@ fn train_block(t: &ast::TrainBlock, model: Option<&Model>, errors: &mut Vec<Chec
     };
     let regularizers = regularizers?;
     let options = typed_options(&objective, &optimizer, &schedule, &regularizers);
+    // `pcd(alpha)`/`jem(alpha)` and `energy_penalty(alpha)` are one penalty: given twice, which weight holds is unclear.
+    let objective_alpha = match &options.objective {
+        Objective::Pcd(p) | Objective::Jem(p) => p.alpha > 0.0,
+        _ => false,
+    };
+    if let Some(penalty) = regularizers.iter().find(|r| r.name == "energy_penalty")
+        && objective_alpha
+    {
+        errors.push(CheckError::DuplicateOption { name: "alpha".into(), span: penalty.span, first: objective.span });
+        ok = false;
+    }
     let train = Train {
         model: t.model.name.clone(),
         data,

@@ -1,0 +1,97 @@
+//! Options that shape an objective's gradient: the regularisers act on the
+//! model's declared parameters only (never on an objective's own, such as
+//! NCE's learned log-normaliser), and `pcd(alpha)` is the energy penalty.
+
+use ebmc::backend::{DeviceKind, Trainer};
+use ebmc::tensor::{HostTensor, Tensors};
+
+struct Setup {
+    model: ebmc::analysis::program::Model,
+    plan: ebmc::analysis::plan::Plan,
+    train: ebmc::analysis::program::Train,
+}
+
+fn setup(src: &str) -> Setup {
+    let c =
+        ebmc::compile(src).unwrap_or_else(|d| panic!("{}", ebmc::front::diagnostic::render_plain("t.ebm", src, &d)));
+    let (plans, _) = ebmc::plan(&c.program).unwrap();
+    let model = c.program.models.values().next().unwrap().clone();
+    let train = c.program.trains[&model.name].clone();
+    Setup { model, plan: plans[0].clone(), train }
+}
+
+/// The parameters after one step of plain SGD from `params` on `batch`, and the chains it drew.
+fn one_step(src: &str, params: &Tensors, batch: &Tensors) -> (Tensors, Option<Tensors>) {
+    let s = setup(src);
+    let mut t = Trainer::new(&s.model, &s.plan, &s.train, params, &Tensors::new(), 5, DeviceKind::Cpu).unwrap();
+    t.prepare(batch).unwrap();
+    t.begin_epoch(5);
+    t.step(batch, 1.0, 0).unwrap();
+    (t.params(), t.chains())
+}
+
+fn tensors(items: &[(&str, Vec<usize>, Vec<f32>)]) -> Tensors {
+    items.iter().map(|(k, s, d)| (k.to_string(), HostTensor::new(s.clone(), d.clone()))).collect()
+}
+
+const NCE: &str = "model g { visible x : real[2]; param mu : real[2]; energy e = 0.5 * sum(square(x - mu)); }
+    train g { data = csv(\"unused.csv\") -> x; objective = nce(ratio: 2); optimizer = sgd(lr: 0.1); REG batch = 8; }";
+
+#[test]
+fn regularisers_leave_nces_log_normaliser_alone() {
+    let params = tensors(&[("mu", vec![2], vec![0.5, -0.5]), ("nce.log_z", vec![], vec![2.0])]);
+    let x: Vec<f32> = (0..16).map(|i| (i as f32 * 0.37).sin()).collect();
+    let batch = tensors(&[("x", vec![8, 2], x)]);
+    let (plain, _) = one_step(&NCE.replace("REG", ""), &params, &batch);
+    for reg in ["l2(10)", "l1(10)"] {
+        let (regularised, _) = one_step(&NCE.replace("REG", &format!("regularize = {reg};")), &params, &batch);
+        assert_eq!(regularised["nce.log_z"].data, plain["nce.log_z"].data, "{reg} moved nce.log_z");
+        // The declared parameter does feel the regulariser (10 · 0.5 at lr 1 is far above rounding).
+        assert!((regularised["mu"].data[0] - plain["mu"].data[0]).abs() > 1.0, "{reg} left mu alone");
+    }
+}
+
+const PCD: &str = "model m { visible v : binary[3]; param b : real[3]; energy e = -(b @ v); }
+    train m { data = csv(\"unused.csv\") -> v; objective = pcd(chains: 4, OPT); optimizer = sgd(lr: 1); REG batch = 4; }";
+
+fn pcd_step(opt: &str, reg: &str) -> (Vec<f32>, Tensors) {
+    let src = PCD.replace("OPT", opt).replace("REG", reg);
+    let params = tensors(&[("b", vec![3], vec![0.5, -0.3, 1.0])]);
+    let batch = tensors(&[("v", vec![4, 3], vec![1., 0., 1., 0., 1., 1., 1., 1., 0., 0., 0., 1.])]);
+    let (p, chains) = one_step(&src, &params, &batch);
+    (p["b"].data.clone(), chains.unwrap())
+}
+
+#[test]
+fn pcd_alpha_adds_the_energy_penalty_gradient() {
+    let alpha = 0.25f32;
+    let (without, negatives) = pcd_step("k: 1", "");
+    let (with, same) = pcd_step(&format!("k: 1, alpha: {alpha}"), "");
+    // The penalty changes the loss, not the draw: the same negatives.
+    assert_eq!(negatives, same);
+    // F(v) = −b·v, so ∂/∂b of α (mean F(v⁺)² + mean F(v⁻)²) is α · mean 2 F(v) (−v) over each set.
+    let b = [0.5f32, -0.3, 1.0];
+    let data = [[1., 0., 1.], [0., 1., 1.], [1., 1., 0.], [0., 0., 1.]];
+    let neg = &negatives["v"].data;
+    let neg: Vec<[f32; 3]> = neg.chunks(3).map(|r| [r[0], r[1], r[2]]).collect();
+    let penalty = |rows: &[[f32; 3]], i: usize| {
+        rows.iter().map(|v| -2.0 * (-(b[0] * v[0] + b[1] * v[1] + b[2] * v[2])) * v[i]).sum::<f32>() / rows.len() as f32
+    };
+    for i in 0..3 {
+        let grad = alpha * (penalty(&data, i) + penalty(&neg, i));
+        // SGD at lr 1: the step moves by minus the gradient.
+        assert!((without[i] - with[i] - grad).abs() < 1e-5, "b[{i}]: {} vs {grad}", without[i] - with[i]);
+    }
+    assert!((0..3).any(|i| (without[i] - with[i]).abs() > 1e-2), "the penalty moved nothing");
+    // `regularize = energy_penalty(alpha)` is the same penalty.
+    let (regularised, _) = pcd_step("k: 1", &format!("regularize = energy_penalty({alpha});"));
+    assert_eq!(regularised, with);
+}
+
+#[test]
+fn pcd_alpha_and_energy_penalty_together_are_refused() {
+    let src = PCD.replace("OPT", "alpha: 0.1").replace("REG", "regularize = energy_penalty(0.1);");
+    let errors = ebmc::compile(&src).err().expect("both penalties are refused");
+    let text = ebmc::front::diagnostic::render_plain("t.ebm", &src, &errors);
+    assert!(text.contains("option `alpha` is given twice"), "{text}");
+}
