@@ -95,3 +95,21 @@ fn pcd_alpha_and_energy_penalty_together_are_refused() {
     let text = ebmc::front::diagnostic::render_plain("t.ebm", &src, &errors);
     assert!(text.contains("option `alpha` is given twice"), "{text}");
 }
+
+/// Langevin's `clip` clamps each component of `∇ₓE` (docs/language.md, docs/training.md), not its norm.
+#[test]
+fn langevin_clip_clamps_each_gradient_component() {
+    let src = "model d { visible x : real[2]; param c : real[2];
+        energy e = 0.5 * sum(square(x)) + c @ x; sample { x: langevin(step: 0.1, noise: 0, clip: 1); } }";
+    let c = ebmc::compile(src).unwrap();
+    let (plans, _) = ebmc::plan(&c.program).unwrap();
+    let model = c.program.models["d"].clone();
+    let values = tensors(&[("c", vec![2], vec![100.0, 0.5])]);
+    let mut s = ebmc::backend::Sampler::new(&model, &plans[0], &values, 1, 1, Default::default()).unwrap();
+    s.set_state(&tensors(&[("x", vec![1, 2], vec![0.0, 0.0])])).unwrap();
+    s.sweep();
+    // At x = 0, ∇ₓE = c = (100, 0.5): clamped to (1, 0.5), one step of 0.1 and no noise
+    // gives (−0.1, −0.05); clipping the norm to 1 would give (−0.1, −0.0005).
+    let x = &s.state()["x"].data;
+    assert!((x[0] + 0.1).abs() < 1e-6 && (x[1] + 0.05).abs() < 1e-6, "{x:?}");
+}
