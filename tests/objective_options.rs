@@ -113,3 +113,52 @@ fn langevin_clip_clamps_each_gradient_component() {
     let x = &s.state()["x"].data;
     assert!((x[0] + 0.1).abs() < 1e-6 && (x[1] + 0.05).abs() < 1e-6, "{x:?}");
 }
+
+/// The ops of `root`'s cone after nets are inlined.
+fn inlined_ops(ir: &mut ebmc::ir::Ir, root: ebmc::ir::Id) -> Vec<ebmc::ir::Op> {
+    let root = ir.inline_nets(root);
+    ir.cone(root).into_iter().map(|id| ir.node(id).op.clone()).collect()
+}
+
+#[test]
+fn a_linear_net_is_linear() {
+    let src = "model l { visible x : real[3]; net f = linear(3 -> 2); energy e = sum(f(x)) + 0.5 * sum(square(x)); }";
+    let c = ebmc::compile(src).unwrap();
+    let model = &c.program.models["l"];
+    assert_eq!(model.nets[0].activation, ebmc::analysis::program::Activation::Identity);
+    let mut lowered = ebmc::ir::program_to_ir(model);
+    let ops = inlined_ops(&mut lowered.ir, lowered.energies[0].1);
+    // Only `square` maps anything: the net adds a product and a bias, no activation.
+    let maps: Vec<_> = ops.iter().filter(|op| matches!(op, ebmc::ir::Op::Map(..))).collect();
+    assert_eq!(maps.len(), 1, "{maps:?}");
+}
+
+#[test]
+fn an_identity_net_of_several_layers_adds_no_activation() {
+    use ebmc::analysis::program::{Activation, Net, NetKind};
+    let mut ir = ebmc::ir::Ir::default();
+    let net = |activation| Net {
+        name: "f".into(),
+        kind: NetKind::Mlp,
+        layers: vec![3, 4, 4, 1],
+        activation,
+        bias: true,
+        spectral_norm: false,
+        span: Default::default(),
+    };
+    let count_maps = |ir: &mut ebmc::ir::Ir| {
+        let x = ir.var("x", &[3]);
+        let root = ir.net("f", x);
+        inlined_ops(ir, root).iter().filter(|op| matches!(op, ebmc::ir::Op::Map(..))).count()
+    };
+    ir.nets.insert("f".into(), net(Activation::Identity));
+    assert_eq!(count_maps(&mut ir), 0);
+    let mut ir = ebmc::ir::Ir::default();
+    ir.nets.insert("f".into(), net(Activation::Tanh));
+    assert_eq!(count_maps(&mut ir), 2);
+    // Every name `mlp(act: ...)` accepts is an activation, printed as given.
+    for name in Activation::MLP {
+        let a = Activation::from_name(name).unwrap();
+        assert_eq!(serde_json::to_value(a).unwrap(), *name);
+    }
+}

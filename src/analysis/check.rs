@@ -486,7 +486,12 @@ impl<'e> ModelChecker<'e> {
             name: d.name.name.clone(),
             kind,
             layers,
-            activation: call.options.get("act").and_then(|v| v.as_str()).unwrap_or("identity").to_string(),
+            activation: match call.options.get("act").and_then(|v| v.as_str()) {
+                // `linear` takes no `act`: one layer, nothing between layers.
+                None => Activation::Identity,
+                // Cannot fire: the schema binds `act` only to one of `Activation::MLP`.
+                Some(name) => Activation::from_name(name).expect("the schema's activation choices"),
+            },
             bias: call.options.get("bias").and_then(Value::as_bool).unwrap_or(true),
             spectral_norm: call.options.get("spectral_norm").and_then(Value::as_bool).unwrap_or(false),
             span: d.name.span,
