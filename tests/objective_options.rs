@@ -162,3 +162,29 @@ fn an_identity_net_of_several_layers_adds_no_activation() {
         assert_eq!(serde_json::to_value(a).unwrap(), *name);
     }
 }
+
+/// The plan's text for the one model in `src`.
+fn plan_text(src: &str) -> String {
+    let c = ebmc::compile(src).unwrap();
+    let (plans, _) = ebmc::plan(&c.program).unwrap();
+    plans[0].to_text()
+}
+
+#[test]
+fn the_plan_says_who_chose_each_kernel() {
+    // `gibbs` takes no options: the planner still chooses block Gibbs, and the plan says so.
+    let text = plan_text(
+        "model r { visible v : binary[3]; hidden h : binary[2]; param W : real[3, 2];
+           energy e = -(v @ W @ h); sample { v: gibbs; } }",
+    );
+    assert!(
+        text.contains("block Gibbs, block 2 of 2 (the sample block asks for `gibbs`; the planner picks the blocking)"),
+        "{text}"
+    );
+    assert!(!text.contains("as the sample block asks"), "{text}");
+    // A Langevin kernel's options are the sample block's.
+    let text = plan_text(
+        "model d { visible x : real[2]; energy e = 0.5 * sum(square(x)); sample { x: langevin(step: 0.2); } }",
+    );
+    assert!(text.contains("Langevin, step 0.2, noise 0.6325, 1 step(s) per sweep, as the sample block asks"), "{text}");
+}

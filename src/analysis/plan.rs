@@ -924,7 +924,13 @@ impl Plan {
                     format!("{name}, step {step}, noise {noise:.4}, {steps} step(s) per sweep{clip}")
                 }
             };
-            let by = if v.overridden { ", as the sample block asks" } else { "" };
+            // `gibbs` takes no options: on a discrete variable it only confirms
+            // Gibbs, and which Gibbs kernel runs stays the planner's choice.
+            let by = match (&v.kernel, v.overridden) {
+                (_, false) => "",
+                (Kernel::Langevin { .. }, true) => ", as the sample block asks",
+                (_, true) => " (the sample block asks for `gibbs`; the planner picks the blocking)",
+            };
             let _ = writeln!(out, "    {kernel}{by}: {}", v.reason);
             if let Some(c) = &v.conditional {
                 let _ = writeln!(out, "    {c}");
