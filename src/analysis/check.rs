@@ -486,7 +486,12 @@ impl<'e> ModelChecker<'e> {
             name: d.name.name.clone(),
             kind,
             layers,
-            activation: call.options.get("act").and_then(|v| v.as_str()).unwrap_or("identity").to_string(),
+            activation: match call.options.get("act").and_then(|v| v.as_str()) {
+                // `linear` takes no `act`: one layer, nothing between layers.
+                None => Activation::Identity,
+                // Cannot fire: the schema binds `act` only to one of `Activation::MLP`.
+                Some(name) => Activation::from_name(name).expect("the schema's activation choices"),
+            },
             bias: call.options.get("bias").and_then(Value::as_bool).unwrap_or(true),
             spectral_norm: call.options.get("spectral_norm").and_then(Value::as_bool).unwrap_or(false),
             span: d.name.span,
@@ -951,6 +956,17 @@ fn train_block(t: &ast::TrainBlock, model: Option<&Model>, errors: &mut Vec<Chec
     };
     let regularizers = regularizers?;
     let options = typed_options(&objective, &optimizer, &schedule, &regularizers);
+    // `pcd(alpha)`/`jem(alpha)` and `energy_penalty(alpha)` are one penalty: given twice, which weight holds is unclear.
+    let objective_alpha = match &options.objective {
+        Objective::Pcd(p) | Objective::Jem(p) => p.alpha > 0.0,
+        _ => false,
+    };
+    if let Some(penalty) = regularizers.iter().find(|r| r.name == "energy_penalty")
+        && objective_alpha
+    {
+        errors.push(CheckError::DuplicateOption { name: "alpha".into(), span: penalty.span, first: objective.span });
+        ok = false;
+    }
     let train = Train {
         model: t.model.name.clone(),
         data,

@@ -5,7 +5,7 @@
 //! normaliser, score matching on discrete data, invalid sampler overrides).
 
 use crate::analysis::graph::{ColourClass, Degree, FactorGraph, colour, type_text};
-use crate::analysis::program::{Call, ConstValue, Domain, Objective, Program, Sampler, Train};
+use crate::analysis::program::{Activation, Call, ConstValue, Domain, Objective, Program, Sampler, Train};
 use crate::front::ast::Role;
 use crate::front::span::Span;
 use crate::ir::{self, Id, Ir, Op, Unary};
@@ -247,10 +247,9 @@ fn growth_of(graph: &FactorGraph, ir: &Ir, root: Id, var: &str) -> HashMap<Id, (
                 }
             }
             Op::Net(name, a) => {
-                let bounded = graph
-                    .model
-                    .net(name)
-                    .is_some_and(|n| n.layers.len() > 2 && matches!(n.activation.as_str(), "tanh" | "sigmoid"));
+                let bounded = graph.model.net(name).is_some_and(|n| {
+                    n.layers.len() > 2 && matches!(n.activation, Activation::Tanh | Activation::Sigmoid)
+                });
                 (if g(a) == Some(0.0) || bounded { Some(0.0) } else { g(a) }, false)
             }
             Op::SpectralNorm(a) | Op::SpectralOuter(a) => (g(a), false),
@@ -925,7 +924,13 @@ impl Plan {
                     format!("{name}, step {step}, noise {noise:.4}, {steps} step(s) per sweep{clip}")
                 }
             };
-            let by = if v.overridden { ", as the sample block asks" } else { "" };
+            // `gibbs` takes no options: on a discrete variable it only confirms
+            // Gibbs, and which Gibbs kernel runs stays the planner's choice.
+            let by = match (&v.kernel, v.overridden) {
+                (_, false) => "",
+                (Kernel::Langevin { .. }, true) => ", as the sample block asks",
+                (_, true) => " (the sample block asks for `gibbs`; the planner picks the blocking)",
+            };
             let _ = writeln!(out, "    {kernel}{by}: {}", v.reason);
             if let Some(c) = &v.conditional {
                 let _ = writeln!(out, "    {c}");

@@ -142,10 +142,39 @@ pub struct Net {
     pub kind: NetKind,
     /// Widths from input to output.
     pub layers: Vec<usize>,
-    pub activation: String,
+    pub activation: Activation,
     pub bias: bool,
     pub spectral_norm: bool,
     pub span: Span,
+}
+
+/// What a net applies between its layers: `linear` nets have one layer and
+/// none, `mlp`'s `act` names one of `Activation::MLP`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Identity,
+    Swish,
+    Relu,
+    Tanh,
+    Softplus,
+    Sigmoid,
+}
+
+impl Activation {
+    /// The names `mlp(act: ...)` accepts (the schema's choices).
+    pub const MLP: &'static [&'static str] = &["swish", "relu", "tanh", "softplus", "sigmoid"];
+
+    pub fn from_name(name: &str) -> Option<Activation> {
+        Some(match name {
+            "swish" => Activation::Swish,
+            "relu" => Activation::Relu,
+            "tanh" => Activation::Tanh,
+            "softplus" => Activation::Softplus,
+            "sigmoid" => Activation::Sigmoid,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -168,7 +168,7 @@ use OptType::*;
 const POS_INT: OptType = Whole { min: 1 };
 const NOISE_KINDS: &[&str] = &["gaussian", "uniform"];
 const DIRECTIONS: &[&str] = &["gaussian", "rademacher"];
-const ACTIVATIONS: &[&str] = &["swish", "relu", "tanh", "softplus", "sigmoid"];
+const ACTIVATIONS: &[&str] = crate::analysis::program::Activation::MLP;
 pub const TOY_SETS: &[&str] = &["8gaussians", "2spirals", "moons", "checkerboard", "rings", "swissroll", "pinwheel"];
 
 /// Options of `pcd` and `jem` that only Langevin chains (continuous

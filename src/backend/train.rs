@@ -248,7 +248,7 @@ pub(super) fn on_device<D: Kernels>(
         used: Vec::new(),
         consts,
         lattices: leaves.lattices,
-        energy_alpha: train.options.regularizers.energy_penalty.unwrap_or(0.0) as f32,
+        energy_alpha: energy_alpha(&train.options) as f32,
         visible,
         kept,
         scratch: None,
@@ -257,6 +257,16 @@ pub(super) fn on_device<D: Kernels>(
         seed,
     };
     Ok((on, declared))
+}
+
+/// The energy penalty's weight: `pcd`'s or `jem`'s `alpha`, or
+/// `energy_penalty(alpha)` (the checker refuses both at once).
+fn energy_alpha(options: &crate::analysis::program::TrainOptions) -> f64 {
+    use crate::analysis::program::Objective;
+    match &options.objective {
+        Objective::Pcd(p) | Objective::Jem(p) if p.alpha > 0.0 => p.alpha,
+        _ => options.regularizers.energy_penalty.unwrap_or(0.0),
+    }
 }
 
 impl<D: Kernels> Fitter<D> {
@@ -305,8 +315,9 @@ impl<D: Kernels> Fit for Fitter<D> {
             return Err(TrainError::NonFinite { what: "the loss".into(), step });
         }
         let dev = &self.model.dev;
-        // Regularisers act on the gradient.
-        for (name, g) in grads.iter_mut() {
+        // Regularisers act on the gradient of the model's declared parameters
+        // only: an objective's own (NCE's `nce.log_z`) is no part of the model.
+        for (name, g) in grads.iter_mut().filter(|(name, _)| self.model.declared.contains(name)) {
             let p = self.model.params[name].clone();
             if self.l2 > 0.0 {
                 *g = g.clone() + p.clone() * self.l2;

@@ -3,7 +3,7 @@
 //! `rebuild`, `substitute`, net inlining.
 
 use super::{Id, Ir, Node, Op, Unary};
-use crate::analysis::program::Shape;
+use crate::analysis::program::{Activation, Shape};
 use std::collections::{BTreeSet, HashMap};
 
 fn matmul_shape(a: &[usize], b: &[usize]) -> Shape {
@@ -14,13 +14,15 @@ fn broadcast_shape(a: &[usize], b: &[usize]) -> Shape {
     if a.len() >= b.len() { a.to_vec() } else { b.to_vec() }
 }
 
-fn activation(name: &str) -> Unary {
-    match name {
-        "relu" => Unary::Relu,
-        "tanh" => Unary::Tanh,
-        "softplus" => Unary::Softplus,
-        "sigmoid" => Unary::Sigmoid,
-        _ => Unary::Swish,
+/// The map between layers; `None` for the identity.
+fn activation(a: Activation) -> Option<Unary> {
+    match a {
+        Activation::Identity => None,
+        Activation::Swish => Some(Unary::Swish),
+        Activation::Relu => Some(Unary::Relu),
+        Activation::Tanh => Some(Unary::Tanh),
+        Activation::Softplus => Some(Unary::Softplus),
+        Activation::Sigmoid => Some(Unary::Sigmoid),
     }
 }
 
@@ -574,7 +576,7 @@ impl Ir {
     fn expand_net(&mut self, name: &str, x: Id) -> Id {
         let net = self.nets[name].clone();
         let x = self.inline_nets(x);
-        let act = activation(&net.activation);
+        let act = activation(net.activation);
         let layers = net.layers.len() - 1;
         let mut h = x;
         for (i, w) in net.layers.windows(2).enumerate() {
@@ -595,7 +597,9 @@ impl Ir {
                 let b = self.param(&format!("{name}.b{i}"), &[w[1]]);
                 h = self.add(h, b);
             }
-            if i + 1 < layers {
+            if let Some(act) = act
+                && i + 1 < layers
+            {
                 h = self.map(act, h);
             }
         }
