@@ -770,12 +770,7 @@ impl Model {
         );
         let file = format!("{} (with the fit settings)", self.file);
         let with = Model::build(&file, &text, Some(self.name()))?;
-        let mut train = with.train().cloned().ok_or_else(|| Error::NoTraining { model: self.name().to_string() })?;
-        train.data.source = crate::analysis::program::Call {
-            name: "rows".into(),
-            options: Default::default(),
-            span: train.data.source.span,
-        };
+        let train = with.train().cloned().ok_or_else(|| Error::NoTraining { model: self.name().to_string() })?;
         Ok((train, with.plan))
     }
 

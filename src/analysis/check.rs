@@ -412,8 +412,7 @@ impl<'e> ModelChecker<'e> {
             return self.number(e).map(Init::Constant);
         }
         let call = bind_call(Family::Initializer, e, self.errors)?;
-        // Cannot fire: every initializer option has a numeric default in the schema table, which `bind_call` filled in.
-        let num = |k: &str| call.num(k).expect("initializer options have defaults");
+        let num = |k: &str| num(&call, k);
         Some(match call.name.as_str() {
             "zeros" => Init::Constant(0.0),
             "ones" => Init::Constant(1.0),
@@ -444,13 +443,13 @@ impl<'e> ModelChecker<'e> {
                 self.used.extend(names.map(str::to_string).collect::<Vec<_>>());
             }
             let call = bind_call_with(Family::ConstBuilder, &d.value, &self.int_consts, self.errors)?;
-            let int = |k: &str| call.int(k).map(|v| v as usize);
-            let periodic = call.options.get("periodic").and_then(Value::as_bool).unwrap_or(false);
+            let int = |k: &str| count(&call, k);
+            let periodic = maybe_flag(&call, "periodic").unwrap_or(false);
             let (lattice, rows, cols) = match call.name.as_str() {
-                "grid" => (Lattice::Grid, int("rows")?, int("cols")?),
-                "triangular" => (Lattice::Triangular, int("rows")?, int("cols")?),
-                "chain" => (Lattice::Chain, 1, int("n")?),
-                _ => (Lattice::Complete, 1, int("n")?),
+                "grid" => (Lattice::Grid, int("rows"), int("cols")),
+                "triangular" => (Lattice::Triangular, int("rows"), int("cols")),
+                "chain" => (Lattice::Chain, 1, int("n")),
+                _ => (Lattice::Complete, 1, int("n")),
             };
             let g = GraphConst { lattice, rows, cols, periodic };
             let built = vec![g.units(), g.units()];
@@ -899,7 +898,7 @@ fn train_block(t: &ast::TrainBlock, model: Option<&Model>, errors: &mut Vec<Chec
             "data" => data = data_spec(s, model, errors),
             "test" => {
                 test = if s.binding.is_empty() {
-                    bind_call(Family::TestSplit, &s.value, errors).map(TestSpec::Split)
+                    bind_call(Family::TestSplit, &s.value, errors).map(|c| TestSpec::Split(typed_test_split(&c)))
                 } else {
                     data_spec(s, model, errors).map(TestSpec::Data)
                 }
@@ -1015,6 +1014,45 @@ fn word<'c>(c: &'c Call, option: &str) -> &'c str {
 
 fn maybe_num(c: &Call, option: &str) -> Option<f64> {
     c.options.get(option).and_then(Value::as_f64)
+}
+
+fn maybe_flag(c: &Call, option: &str) -> Option<bool> {
+    c.options.get(option).and_then(Value::as_bool)
+}
+
+/// A bound `data` (or `test`) source call as a typed source.
+fn typed_data_source(c: &Call) -> DataSource {
+    let values = || ValueOptions { scale: num(c, "scale"), binarize: maybe_num(c, "binarize") };
+    let path = || word(c, "path").to_string();
+    match c.name.as_str() {
+        "csv" => DataSource::Csv { path: path(), header: maybe_flag(c, "header"), values: values() },
+        "npy" => DataSource::Npy { path: path(), values: values() },
+        "idx" => DataSource::Idx { path: path(), values: values() },
+        "digits" => DataSource::Digits { values: values() },
+        "bars_and_stripes" => DataSource::BarsAndStripes { size: count(c, "size") },
+        _ => DataSource::Toy { name: word(c, "name").to_string(), n: count(c, "n"), seed: count(c, "seed") as u64 },
+    }
+}
+
+/// The source reading `path` as `format` with every other option at the
+/// schema's default, as if written `csv(path: "...")`.
+pub fn file_source(format: FileFormat, path: &str) -> DataSource {
+    let name = match format {
+        FileFormat::Csv => "csv",
+        FileFormat::Npy => "npy",
+        FileFormat::Idx => "idx",
+    };
+    let mut call = default_call(name, Family::DataSource, Span::default());
+    call.options.insert("path".to_string(), Value::Str(path.to_string()));
+    typed_data_source(&call)
+}
+
+/// A bound test split as a typed split.
+fn typed_test_split(c: &Call) -> TestSplit {
+    match c.name.as_str() {
+        "last" => TestSplit::Last { rows: count(c, "rows") },
+        _ => TestSplit::Fraction { of: num(c, "of") },
+    }
 }
 
 /// The `train` block's calls as typed options.
@@ -1165,6 +1203,6 @@ fn data_spec(s: &ast::Setting, model: Option<&Model>, errors: &mut Vec<CheckErro
         }
     }
     let span = s.value.span.to(s.binding[s.binding.len() - 1].span);
-    let source = source?;
+    let source = typed_data_source(&source?);
     ok.then(|| DataSpec { source, binding: s.binding.iter().map(|b| b.name.clone()).collect(), span })
 }

@@ -5,7 +5,7 @@
 
 use crate::analysis::graph::{self, FactorGraph};
 use crate::analysis::plan::Plan;
-use crate::analysis::program::{Model, Program, Train};
+use crate::analysis::program::{DataSource, Model, Program, Train};
 use crate::backend::{self, AisEstimate, DeviceKind, RaiseEstimate};
 use crate::front::ast::Role;
 use crate::runtime::data::{self, DataError, Dataset};
@@ -302,8 +302,7 @@ fn grid_figures(
             let ll = finite("the average log-likelihood (grid)", -mean(&f) - z)?;
             r.log_likelihood_grid = Some(ll);
             // With a toy set whose density is known: the gap to the true log-likelihood.
-            let toy = t.spec.data.source.options.get("name").and_then(|v| v.as_str());
-            if let (Some(name), true) = (toy, t.spec.data.source.name == "toy") {
+            if let DataSource::Toy { name, .. } = &t.spec.data.source {
                 let truth: Option<Vec<f64>> = vars.values().next().and_then(|x| {
                     x.data.chunks(2).map(|p| data::toy_log_density(name, f64::from(p[0]), f64::from(p[1]))).collect()
                 });
