@@ -22,48 +22,199 @@ pub enum DeclKind {
 /// A problem the checker found. Wording lives in `messages.rs`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CheckError {
-    Undefined { what: &'static str, name: String, span: Span, candidates: Vec<String> },
-    Duplicate { what: &'static str, name: String, span: Span, first: Span },
-    UnknownFunction { name: String, span: Span, candidates: Vec<String> },
-    NotAFunction { name: String, span: Span, is: DeclKind },
-    NotAValue { name: String, span: Span, is: DeclKind },
-    Arity { name: String, span: Span, expected: usize, found: usize },
-    FunctionOptions { name: String, span: Span },
-    UnknownCallee { family: Family, name: String, span: Span },
-    NotACall { family: Family, span: Span },
-    UnknownOption { family: Family, callee: String, name: String, span: Span },
-    DuplicateOption { name: String, span: Span, first: Span },
-    MissingOption { callee: String, option: String, span: Span },
-    TooManyArgs { callee: String, span: Span, max: usize },
-    BadOptionValue { callee: String, option: String, span: Span, expected: OptType },
-    NotAllowedInEnergy { what: &'static str, span: Span },
-    NotANumber { span: Span },
-    NonFinite { span: Span },
-    ElementwiseMismatch { op: BinOp, lhs: (Span, Shape), rhs: (Span, Shape) },
-    MatMulMismatch { lhs: (Span, Shape), rhs: (Span, Shape) },
-    MatMulScalar { operand: Span },
-    TransposeRank { span: Span, shape: Shape },
-    NonScalarExponent { span: Span, shape: Shape },
-    NetInput { net: String, span: Span, expected: usize, found: Shape, decl: Span },
-    NonScalarEnergy { name: String, span: Span, shape: Shape },
-    NoEnergy { model: String, span: Span },
-    BoundsOnDiscrete { span: Span },
-    EmptyBounds { span: Span, low: f64, high: f64 },
-    TooFewCategories { span: Span },
-    ZeroDim { span: Span },
-    TooManyDims { span: Span, max: usize },
-    ParamNotReal { span: Span },
-    BadDim { name: String, span: Span },
-    ConstShape { span: Span, declared: Shape, built: Shape },
-    NetLayers { span: Span, kind: NetKind, found: usize },
-    UnknownSetting { name: String, span: Span },
-    MissingSetting { key: &'static str, span: Span },
-    MissingBinding { span: Span },
-    UnexpectedBinding { key: String, span: Span },
-    BindNonVisible { name: String, span: Span },
-    UnboundVisible { name: String, span: Span, decl: Span },
-    BadSettingValue { key: String, span: Span, expected: &'static str },
-    Unused { is: DeclKind, name: String, span: Span },
+    Undefined {
+        what: &'static str,
+        name: String,
+        span: Span,
+        candidates: Vec<String>,
+    },
+    Duplicate {
+        what: &'static str,
+        name: String,
+        span: Span,
+        first: Span,
+    },
+    UnknownFunction {
+        name: String,
+        span: Span,
+        candidates: Vec<String>,
+    },
+    NotAFunction {
+        name: String,
+        span: Span,
+        is: DeclKind,
+    },
+    NotAValue {
+        name: String,
+        span: Span,
+        is: DeclKind,
+    },
+    Arity {
+        name: String,
+        span: Span,
+        expected: usize,
+        found: usize,
+    },
+    FunctionOptions {
+        name: String,
+        span: Span,
+    },
+    UnknownCallee {
+        family: Family,
+        name: String,
+        span: Span,
+    },
+    NotACall {
+        family: Family,
+        span: Span,
+    },
+    UnknownOption {
+        family: Family,
+        callee: String,
+        name: String,
+        span: Span,
+    },
+    DuplicateOption {
+        name: String,
+        span: Span,
+        first: Span,
+    },
+    MissingOption {
+        callee: String,
+        option: String,
+        span: Span,
+    },
+    TooManyArgs {
+        callee: String,
+        span: Span,
+        max: usize,
+    },
+    BadOptionValue {
+        callee: String,
+        option: String,
+        span: Span,
+        expected: OptType,
+    },
+    NotAllowedInEnergy {
+        what: &'static str,
+        span: Span,
+    },
+    NotANumber {
+        span: Span,
+    },
+    NonFinite {
+        span: Span,
+    },
+    ElementwiseMismatch {
+        op: BinOp,
+        lhs: (Span, Shape),
+        rhs: (Span, Shape),
+    },
+    MatMulMismatch {
+        lhs: (Span, Shape),
+        rhs: (Span, Shape),
+    },
+    MatMulScalar {
+        operand: Span,
+    },
+    TransposeRank {
+        span: Span,
+        shape: Shape,
+    },
+    NonScalarExponent {
+        span: Span,
+        shape: Shape,
+    },
+    NetInput {
+        net: String,
+        span: Span,
+        expected: usize,
+        found: Shape,
+        decl: Span,
+    },
+    NonScalarEnergy {
+        name: String,
+        span: Span,
+        shape: Shape,
+    },
+    NoEnergy {
+        model: String,
+        span: Span,
+    },
+    BoundsOnDiscrete {
+        span: Span,
+    },
+    EmptyBounds {
+        span: Span,
+        low: f64,
+        high: f64,
+    },
+    TooFewCategories {
+        span: Span,
+    },
+    ZeroDim {
+        span: Span,
+    },
+    TooManyDims {
+        span: Span,
+        max: usize,
+    },
+    ParamNotReal {
+        span: Span,
+    },
+    BadDim {
+        name: String,
+        span: Span,
+    },
+    ConstShape {
+        span: Span,
+        declared: Shape,
+        built: Shape,
+    },
+    NetLayers {
+        span: Span,
+        kind: NetKind,
+        found: usize,
+    },
+    UnknownSetting {
+        name: String,
+        span: Span,
+    },
+    /// `data` or `test` in the settings of a fit on rows in memory.
+    HostRows {
+        key: String,
+        span: Span,
+    },
+    MissingSetting {
+        key: &'static str,
+        span: Span,
+    },
+    MissingBinding {
+        span: Span,
+    },
+    UnexpectedBinding {
+        key: String,
+        span: Span,
+    },
+    BindNonVisible {
+        name: String,
+        span: Span,
+    },
+    UnboundVisible {
+        name: String,
+        span: Span,
+        decl: Span,
+    },
+    BadSettingValue {
+        key: String,
+        span: Span,
+        expected: &'static str,
+    },
+    Unused {
+        is: DeclKind,
+        name: String,
+        span: Span,
+    },
 }
 
 impl CheckError {
@@ -121,7 +272,7 @@ pub fn ast_to_program(file: &ast::File) -> Result<(Program, Vec<CheckError>), Ve
             train_spans.insert(t.model.name.clone(), t.model.span);
             // A train block for a model with errors is still checked for its own mistakes.
             let model = models.get(&t.model.name);
-            if let Some(train) = train_block(t, model, &mut errors) {
+            if let Some(train) = train_block(t, model, false, &mut errors) {
                 trains.insert(train.model.clone(), train);
             }
         }
@@ -166,6 +317,7 @@ fn first_span(e: &CheckError) -> Span {
         | ConstShape { span, .. }
         | NetLayers { span, .. }
         | UnknownSetting { span, .. }
+        | HostRows { span, .. }
         | MissingSetting { span, .. }
         | MissingBinding { span }
         | UnexpectedBinding { span, .. }
@@ -858,7 +1010,23 @@ fn option_value(e: &ast::Expr, ty: OptType, ints: &BTreeMap<String, usize>) -> O
 const TRAIN_KEYS: &[&str] =
     &["data", "test", "objective", "optimizer", "schedule", "regularize", "batch", "epochs", "seed"];
 
-fn train_block(t: &ast::TrainBlock, model: Option<&Model>, errors: &mut Vec<CheckError>) -> Option<Train> {
+/// Binds the settings of a train block for `model` whose rows a host holds
+/// in memory (`api::Model::fit`): a block without `data` or `test`, every
+/// other setting checked and defaulted as in a file's train block.
+pub fn train_settings(t: &ast::TrainBlock, model: &Model) -> Result<Train, Vec<CheckError>> {
+    let mut errors = Vec::new();
+    let train = train_block(t, Some(model), true, &mut errors);
+    errors.sort_by_key(|e| first_span(e).start);
+    train.filter(|_| errors.is_empty()).ok_or(errors)
+}
+
+/// `host_rows`: the rows come from the host, so the block names no data.
+fn train_block(
+    t: &ast::TrainBlock,
+    model: Option<&Model>,
+    host_rows: bool,
+    errors: &mut Vec<CheckError>,
+) -> Option<Train> {
     let mut seen: BTreeMap<&str, Span> = BTreeMap::new();
     let mut data = None;
     let mut test = None;
@@ -886,6 +1054,11 @@ fn train_block(t: &ast::TrainBlock, model: Option<&Model>, errors: &mut Vec<Chec
             continue;
         }
         seen.insert(key, s.key.span);
+        if host_rows && (key == "data" || key == "test") {
+            errors.push(CheckError::HostRows { key: key.to_string(), span: s.key.span });
+            ok = false;
+            continue;
+        }
         if !s.binding.is_empty() && key != "data" && key != "test" {
             errors.push(CheckError::UnexpectedBinding {
                 key: key.to_string(),
@@ -923,14 +1096,15 @@ fn train_block(t: &ast::TrainBlock, model: Option<&Model>, errors: &mut Vec<Chec
             _ => seed = count_setting(s, 0, errors),
         }
     }
-    for key in ["data", "objective"] {
+    let required: &[&'static str] = if host_rows { &["objective"] } else { &["data", "objective"] };
+    for &key in required {
         if !seen.contains_key(key) {
             errors.push(CheckError::MissingSetting { key, span: t.model.span });
             ok = false;
         }
     }
-    let data = data?;
-    if let Some(model) = model {
+    let data = if host_rows { None } else { Some(data?) };
+    if let (Some(model), Some(data)) = (model, &data) {
         for v in model.variables.iter().filter(|v| v.role == Role::Visible) {
             if !data.binding.contains(&v.name) {
                 errors.push(CheckError::UnboundVisible { name: v.name.clone(), span: data.span, decl: v.span });

@@ -531,7 +531,9 @@ pub struct Langevin {
 #[derive(Debug, Clone, Serialize)]
 pub struct Train {
     pub model: String,
-    pub data: DataSpec,
+    /// `None` for settings bound by `check::train_settings`: a fit on rows a
+    /// host holds in memory.
+    pub data: Option<DataSpec>,
     pub test: Option<TestSpec>,
     pub objective: Call,
     pub optimizer: Call,

@@ -5,7 +5,7 @@
 
 use crate::analysis::check;
 use crate::analysis::program::{
-    DataSource, DataSpec, Domain, FileFormat, Model, TestSpec, TestSplit, ValueOptions, Variable,
+    DataSource, DataSpec, Domain, FileFormat, Model, TestSpec, TestSplit, Train, ValueOptions, Variable,
 };
 use crate::tensor::{HostTensor, Tensors};
 use rand::{Rng, SeedableRng};
@@ -87,6 +87,10 @@ pub enum DataError {
     Split {
         reason: String,
     },
+    /// Train settings bound for rows in memory (`check::train_settings`) name no data source to read.
+    NoSource {
+        model: String,
+    },
 }
 
 /// A table of numbers with the place each came from.
@@ -155,6 +159,11 @@ pub fn load(spec: &DataSpec, model: &Model, base: &Path) -> Result<Dataset, Data
             bind(&transform(table, values), &vars, false)
         }
     }
+}
+
+/// The data a train block reads, or `NoSource` for settings bound for rows in memory.
+pub fn spec_of(train: &Train) -> Result<&DataSpec, DataError> {
+    train.data.as_ref().ok_or_else(|| DataError::NoSource { model: train.model.clone() })
 }
 
 /// Splits off test rows as the train block says; `None` when it says nothing.
@@ -1075,7 +1084,7 @@ mod tests {
             "model m {{ visible v : binary[2]; param b : real[2]; energy e = -(b @ v); }} train m {{ data = {source} -> v; objective = pl; }}"
         );
         let compiled = crate::compile(&text).unwrap_or_else(|d| panic!("{source}: {d:?}"));
-        compiled.program.trains["m"].data.clone()
+        compiled.program.trains["m"].data.clone().unwrap()
     }
 
     #[test]

@@ -127,11 +127,11 @@ impl Meta {
             source_sha256: source_hash(source),
             source: source.to_string(),
             params: params.iter().map(|(k, t)| (k.clone(), t.shape.clone())).collect(),
-            data: Some(DataProvenance {
-                source: train.data.source.to_string(),
-                binding: train.data.binding.clone(),
+            data: train.data.as_ref().map(|spec| DataProvenance {
+                source: spec.source.to_string(),
+                binding: spec.binding.clone(),
                 rows: data.rows,
-                sha256: rows_sha256(data, &train.data.binding),
+                sha256: rows_sha256(data, &spec.binding),
                 test: train.test.as_ref().map(|t| match t {
                     TestSpec::Split(split) => split.to_string(),
                     TestSpec::Data(d) => d.source.to_string(),
