@@ -22,199 +22,49 @@ pub enum DeclKind {
 /// A problem the checker found. Wording lives in `messages.rs`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CheckError {
-    Undefined {
-        what: &'static str,
-        name: String,
-        span: Span,
-        candidates: Vec<String>,
-    },
-    Duplicate {
-        what: &'static str,
-        name: String,
-        span: Span,
-        first: Span,
-    },
-    UnknownFunction {
-        name: String,
-        span: Span,
-        candidates: Vec<String>,
-    },
-    NotAFunction {
-        name: String,
-        span: Span,
-        is: DeclKind,
-    },
-    NotAValue {
-        name: String,
-        span: Span,
-        is: DeclKind,
-    },
-    Arity {
-        name: String,
-        span: Span,
-        expected: usize,
-        found: usize,
-    },
-    FunctionOptions {
-        name: String,
-        span: Span,
-    },
-    UnknownCallee {
-        family: Family,
-        name: String,
-        span: Span,
-    },
-    NotACall {
-        family: Family,
-        span: Span,
-    },
-    UnknownOption {
-        family: Family,
-        callee: String,
-        name: String,
-        span: Span,
-    },
-    DuplicateOption {
-        name: String,
-        span: Span,
-        first: Span,
-    },
-    MissingOption {
-        callee: String,
-        option: String,
-        span: Span,
-    },
-    TooManyArgs {
-        callee: String,
-        span: Span,
-        max: usize,
-    },
-    BadOptionValue {
-        callee: String,
-        option: String,
-        span: Span,
-        expected: OptType,
-    },
-    NotAllowedInEnergy {
-        what: &'static str,
-        span: Span,
-    },
-    NotANumber {
-        span: Span,
-    },
-    NonFinite {
-        span: Span,
-    },
-    ElementwiseMismatch {
-        op: BinOp,
-        lhs: (Span, Shape),
-        rhs: (Span, Shape),
-    },
-    MatMulMismatch {
-        lhs: (Span, Shape),
-        rhs: (Span, Shape),
-    },
-    MatMulScalar {
-        operand: Span,
-    },
-    TransposeRank {
-        span: Span,
-        shape: Shape,
-    },
-    NonScalarExponent {
-        span: Span,
-        shape: Shape,
-    },
-    NetInput {
-        net: String,
-        span: Span,
-        expected: usize,
-        found: Shape,
-        decl: Span,
-    },
-    NonScalarEnergy {
-        name: String,
-        span: Span,
-        shape: Shape,
-    },
-    NoEnergy {
-        model: String,
-        span: Span,
-    },
-    BoundsOnDiscrete {
-        span: Span,
-    },
-    EmptyBounds {
-        span: Span,
-        low: f64,
-        high: f64,
-    },
-    TooFewCategories {
-        span: Span,
-    },
-    ZeroDim {
-        span: Span,
-    },
-    TooManyDims {
-        span: Span,
-        max: usize,
-    },
-    ParamNotReal {
-        span: Span,
-    },
-    BadDim {
-        name: String,
-        span: Span,
-    },
-    ConstShape {
-        span: Span,
-        declared: Shape,
-        built: Shape,
-    },
-    NetLayers {
-        span: Span,
-        kind: NetKind,
-        found: usize,
-    },
-    UnknownSetting {
-        name: String,
-        span: Span,
-    },
-    /// `data` or `test` in the settings of a fit on rows in memory.
-    HostRows {
-        key: String,
-        span: Span,
-    },
-    MissingSetting {
-        key: &'static str,
-        span: Span,
-    },
-    MissingBinding {
-        span: Span,
-    },
-    UnexpectedBinding {
-        key: String,
-        span: Span,
-    },
-    BindNonVisible {
-        name: String,
-        span: Span,
-    },
-    UnboundVisible {
-        name: String,
-        span: Span,
-        decl: Span,
-    },
-    BadSettingValue {
-        key: String,
-        span: Span,
-        expected: &'static str,
-    },
-    Unused {
-        is: DeclKind,
-        name: String,
-        span: Span,
-    },
+    Undefined { what: &'static str, name: String, span: Span, candidates: Vec<String> },
+    Duplicate { what: &'static str, name: String, span: Span, first: Span },
+    UnknownFunction { name: String, span: Span, candidates: Vec<String> },
+    NotAFunction { name: String, span: Span, is: DeclKind },
+    NotAValue { name: String, span: Span, is: DeclKind },
+    Arity { name: String, span: Span, expected: usize, found: usize },
+    FunctionOptions { name: String, span: Span },
+    UnknownCallee { family: Family, name: String, span: Span },
+    NotACall { family: Family, span: Span },
+    UnknownOption { family: Family, callee: String, name: String, span: Span },
+    DuplicateOption { name: String, span: Span, first: Span },
+    MissingOption { callee: String, option: String, span: Span },
+    TooManyArgs { callee: String, span: Span, max: usize },
+    BadOptionValue { callee: String, option: String, span: Span, expected: OptType },
+    NotAllowedInEnergy { what: &'static str, span: Span },
+    NotANumber { span: Span },
+    NonFinite { span: Span },
+    ElementwiseMismatch { op: BinOp, lhs: (Span, Shape), rhs: (Span, Shape) },
+    MatMulMismatch { lhs: (Span, Shape), rhs: (Span, Shape) },
+    MatMulScalar { operand: Span },
+    TransposeRank { span: Span, shape: Shape },
+    NonScalarExponent { span: Span, shape: Shape },
+    NetInput { net: String, span: Span, expected: usize, found: Shape, decl: Span },
+    NonScalarEnergy { name: String, span: Span, shape: Shape },
+    NoEnergy { model: String, span: Span },
+    BoundsOnDiscrete { span: Span },
+    EmptyBounds { span: Span, low: f64, high: f64 },
+    TooFewCategories { span: Span },
+    ZeroDim { span: Span },
+    TooManyDims { span: Span, max: usize },
+    ParamNotReal { span: Span },
+    BadDim { name: String, span: Span },
+    ConstShape { span: Span, declared: Shape, built: Shape },
+    NetLayers { span: Span, kind: NetKind, found: usize },
+    UnknownSetting { name: String, span: Span },
+    HostRows { key: String, span: Span },
+    MissingSetting { key: &'static str, span: Span },
+    MissingBinding { span: Span },
+    UnexpectedBinding { key: String, span: Span },
+    BindNonVisible { name: String, span: Span },
+    UnboundVisible { name: String, span: Span, decl: Span },
+    BadSettingValue { key: String, span: Span, expected: &'static str },
+    Unused { is: DeclKind, name: String, span: Span },
 }
 
 impl CheckError {
