@@ -177,8 +177,6 @@ impl Error {
 pub struct Model {
     file: String,
     source: String,
-    /// Byte range of the model's block in `source`.
-    block: std::ops::Range<usize>,
     program: Program,
     graph: FactorGraph,
     plan: Plan,
@@ -532,15 +530,6 @@ impl Model {
             (None, [only]) => only.clone(),
             _ => return Err(Error::Model { wanted: name.map(str::to_string), models }),
         };
-        let block = compiled
-            .ast
-            .items
-            .iter()
-            .find_map(|item| match item {
-                Item::Model(m) if m.name.name == chosen => Some(m.span.range()),
-                _ => None,
-            })
-            .unwrap_or(0..source.len());
         let decl = &compiled.program.models[&chosen];
         let graph = graph::program_to_graph(decl);
         let lowered = ir::program_to_ir(decl);
@@ -552,7 +541,6 @@ impl Model {
         Ok(Model {
             file: file.to_string(),
             source: source.to_string(),
-            block,
             program: compiled.program,
             graph,
             plan,
@@ -758,25 +746,27 @@ impl Model {
                 None => Err(Error::NoTraining { model: self.name().to_string() }),
             };
         };
-        // The checker binds train settings (with the schema's defaults) only
-        // inside a train block, which must name a data source: this one is
-        // never loaded, and the spec's data is replaced by the host's rows
-        // below, so nothing reports or saves it.
-        let visible = self.visible().join(", ");
-        let text = format!(
-            "{}\n\ntrain {} {{\n    data = bars_and_stripes() -> ({visible});\n{settings}\n}}\n",
-            &self.source[self.block.clone()],
-            self.name()
-        );
+        // The settings are parsed as the body of a train block; the checker
+        // binds them (with the schema's defaults) for rows in memory.
+        let text = format!("train {} {{\n{settings}\n}}\n", self.name());
         let file = format!("{} (with the fit settings)", self.file);
-        let with = Model::build(&file, &text, Some(self.name()))?;
-        let mut train = with.train().cloned().ok_or_else(|| Error::NoTraining { model: self.name().to_string() })?;
-        train.data.source = crate::analysis::program::Call {
-            name: "rows".into(),
-            options: Default::default(),
-            span: train.data.source.span,
+        let compile_error = |diagnostics| Error::Compile { file: file.clone(), source: text.clone(), diagnostics };
+        let ast = crate::front::parse::source_to_ast(&text).map_err(|e| compile_error(vec![Diagnostic::from(&e)]))?;
+        let block = match ast.items.as_slice() {
+            [Item::Train(block)] => block,
+            _ => {
+                return Err(Error::Option {
+                    option: "settings",
+                    value: settings.clone(),
+                    expected: "the settings of one train block",
+                });
+            }
         };
-        Ok((train, with.plan))
+        let train = crate::analysis::check::train_settings(block, &self.graph.model)
+            .map_err(|errors| compile_error(errors.iter().map(Diagnostic::from).collect()))?;
+        let (plan, _) = crate::analysis::plan::graph_to_plan(&self.graph, Some(&train))
+            .map_err(|problems| compile_error(problems.iter().map(Diagnostic::from).collect()))?;
+        Ok((train, plan))
     }
 
     /// Fits `start` to the visible rows `data` in memory ([`Model::fit_with`]
@@ -973,7 +963,8 @@ impl Model {
     pub fn train_data(&self, base: impl AsRef<Path>) -> Result<(Rows, Option<Rows>), Error> {
         let train = self.train().ok_or_else(|| Error::NoTraining { model: self.name().to_string() })?;
         let model = &self.graph.model;
-        let data = crate::runtime::data::load(&train.data, model, base.as_ref()).map_err(Error::Data)?;
+        let spec = crate::runtime::data::spec_of(train).map_err(Error::Data)?;
+        let data = crate::runtime::data::load(spec, model, base.as_ref()).map_err(Error::Data)?;
         let (data, test) =
             crate::runtime::data::split(data, train.test.as_ref(), model, base.as_ref()).map_err(Error::Data)?;
         Ok((Rows { tensors: data.vars }, test.map(|t| Rows { tensors: t.vars })))

@@ -1029,7 +1029,7 @@ fn data_failure(e: ebmc::runtime::data::DataError) -> Failure {
         Empty { source } | Binding { source, .. } | Format { source, .. } => {
             Problem::input(code::DATA, message).at(source, None, None)
         }
-        Split { .. } => Problem::input(code::DATA, message),
+        Split { .. } | NoSource { .. } => Problem::input(code::DATA, message),
     }
     .into()
 }
@@ -1074,9 +1074,10 @@ fn train(out: Out, path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), 
     let plan = plan_of(out, path, &source, &compiled.program, model)?;
     let graph = ebmc::analysis::graph::program_to_graph(model);
     let base = path.parent().unwrap_or(Path::new("."));
+    let own = ebmc::runtime::data::spec_of(spec).map_err(data_failure)?;
     let data_spec = match &a.data {
-        Some(file) => ebmc::runtime::data::with_file(&spec.data, file),
-        None => spec.data.clone(),
+        Some(file) => ebmc::runtime::data::with_file(own, file),
+        None => own.clone(),
     };
     let data = ebmc::runtime::data::load(&data_spec, model, base).map_err(data_failure)?;
     let (train_rows, test_rows) =
@@ -1105,7 +1106,7 @@ fn train(out: Out, path: &Path, only: Option<&str>, a: TrainArgs) -> Result<(), 
     let mut bar = None;
     let mut last_loss = 0.0;
     // The checkpoints record the data actually used: `--data` replaces the block's.
-    let spec = &ebmc::analysis::program::Train { data: data_spec, ..spec.clone() };
+    let spec = &ebmc::analysis::program::Train { data: Some(data_spec), ..spec.clone() };
     let result = ebmc::runtime::train::run(
         &source,
         &graph,
@@ -1270,8 +1271,8 @@ fn energy(
 ) -> Result<(), Failure> {
     let mut t = load_trained(out, path, only, params, "energy")?;
     // A JEM label is summed out: the rows need only the inputs.
-    if let Some(m) = &t.plan.label_marginal {
-        t.spec.data.binding.retain(|b| *b != m.var);
+    if let (Some(m), Some(spec)) = (&t.plan.label_marginal, &mut t.spec.data) {
+        spec.binding.retain(|b| *b != m.var);
     }
     let base = path.parent().unwrap_or(Path::new("."));
     let rows = report::rows_to_evaluate(&t, base, Some(data)).map_err(data_failure)?;

@@ -343,6 +343,9 @@ impl From<&CheckError> for Diagnostic {
                     None => d.help(format!("settings: {}", code_list(&keys))),
                 }
             }
+            HostRows { key, span } => Diagnostic::error("E0301", format!("`{key}` is not a setting of a fit on rows in memory"))
+                .primary(*span, "the fit trains on the rows it is given")
+                .help(format!("remove `{key}`; pass the rows (and test rows, to score them) to the fit itself")),
             MissingSetting { key, span } => Diagnostic::error("E0302", format!("train block has no `{key}`"))
                 .primary(*span, format!("`{key}` is required"))
                 .help(match *key {
@@ -526,6 +529,10 @@ impl std::fmt::Display for crate::runtime::data::DataError {
             }
             Format { source, reason } => write!(f, "{source}: {reason}"),
             Split { reason } => write!(f, "bad test split: {reason}"),
+            NoSource { model } => write!(
+                f,
+                "the train settings of `{model}` name no data source: they were bound for rows a host passes in memory"
+            ),
         }
     }
 }

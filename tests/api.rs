@@ -156,6 +156,20 @@ fn fitting_without_a_train_block_needs_settings_and_sane_options() {
     let err = model.fit(&params, &v_rows(), &bad).unwrap_err();
     assert_eq!(err.code(), "E0107");
     assert!(err.to_string().contains("(with the fit settings)"), "{err}");
+    // The rows are the host's: settings naming a data source or a test split are refused, not ignored.
+    for (settings, key) in
+        [("data = digits() -> v; objective = cd;", "data"), ("objective = cd; test = last(1);", "test")]
+    {
+        let err = model.fit(&params, &v_rows(), &FitOptions::new().settings(settings)).unwrap_err();
+        assert_eq!(err.code(), "E0301", "{settings}");
+        assert!(err.to_string().contains(&format!("`{key}` is not a setting of a fit on rows in memory")), "{err}");
+    }
+    // Settings that close the block and open another are not one train block's settings.
+    let two = FitOptions::new().settings("objective = cd; } train m { objective = pl;");
+    assert_eq!(model.fit(&params, &v_rows(), &two).unwrap_err().code(), "E0605");
+    // Without `objective`, the one required setting, the error says so.
+    let none = FitOptions::new().settings("optimizer = sgd(lr: 0.1);");
+    assert_eq!(model.fit(&params, &v_rows(), &none).unwrap_err().code(), "E0302");
 }
 
 #[test]

@@ -25,7 +25,7 @@ fn train_rbm(out: &Path) -> (String, f64) {
     let model = c.program.models["rbm"].clone();
     let train = c.program.trains["rbm"].clone();
     let base = repo().join("models");
-    let data = ebmc::runtime::data::load(&train.data, &model, &base).unwrap();
+    let data = ebmc::runtime::data::load(train.data.as_ref().unwrap(), &model, &base).unwrap();
     let (rows, test) = ebmc::runtime::data::split(data, train.test.as_ref(), &model, &base).unwrap();
     let graph = ebmc::analysis::graph::program_to_graph(&model);
     let opts = ebmc::runtime::train::RunOptions {

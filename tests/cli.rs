@@ -230,3 +230,43 @@ fn a_lattice_coupling_folded_to_zero_samples_uniform_spins() {
     assert!(mean.abs() < 4.0 / (values.len() as f64).sqrt(), "mean {mean} over {} spins", values.len());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_data_file_is_read_with_the_train_blocks_binarize_and_scale() {
+    // rbm.ebm trains on `digits(binarize: 8)`: a CSV of raw 0-16 pixel
+    // intensities given with `--data` is thresholded the same way.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-data-value-options");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = ebmc::Model::from_file("models/rbm.ebm").unwrap();
+    let params = model.init_params(5);
+    model.save(dir.join("run"), &params).unwrap();
+    let raw: Vec<f32> = (0..3 * 64).map(|i| ((i * 7) % 17) as f32).collect();
+    let header: Vec<String> = (0..64).map(|i| format!("p{i}")).collect();
+    let lines: Vec<String> =
+        raw.chunks(64).map(|r| r.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")).collect();
+    let pix = dir.join("pix.csv");
+    std::fs::write(&pix, format!("{}\n{}\n", header.join(","), lines.join("\n"))).unwrap();
+    let out = ebmc(&[
+        "energy",
+        "models/rbm.ebm",
+        "--params",
+        dir.join("run").to_str().unwrap(),
+        "--data",
+        pix.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let printed: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    let binarised: Vec<f32> = raw.iter().map(|&x| f32::from(u8::from(x >= 8.0))).collect();
+    let rows = ebmc::Rows::new().with("v", binarised, &[3, 64]).unwrap();
+    let expected = model.free_energy(&params, &rows).unwrap();
+    assert_eq!(printed.len(), 3);
+    for (p, e) in printed.iter().zip(&expected) {
+        assert!((p - e).abs() <= 1e-9 * e.abs().max(1.0), "{p} vs {e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -137,7 +137,7 @@ fn digits_rbm_reaches_the_log_likelihood_bar() {
     let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/rbm.ebm")).unwrap();
     let s = setup(&source);
     let base = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let data = ebmc::runtime::data::load(&s.train.data, &s.graph.model, &base).unwrap();
+    let data = ebmc::runtime::data::load(s.train.data.as_ref().unwrap(), &s.graph.model, &base).unwrap();
     let (train, test) = ebmc::runtime::data::split(data, s.train.test.as_ref(), &s.graph.model, &base).unwrap();
     assert_eq!((train.rows, test.as_ref().unwrap().rows), (1500, 297));
     let out = tmp("digits");
@@ -196,7 +196,9 @@ fn divergence_stops_training_and_keeps_the_last_good_checkpoint() {
         energy e = 0.5 * sum(square(x)) - x @ W @ h; }
         train g { data = toy(\"moons\", n: 200) -> x; objective = cd(k: 1); optimizer = sgd(lr: LR); batch = 50; epochs = 3; }";
     let good = setup(&src.replace("LR", "0.01"));
-    let data = ebmc::runtime::data::load(&good.train.data, &good.graph.model, std::path::Path::new(".")).unwrap();
+    let data =
+        ebmc::runtime::data::load(good.train.data.as_ref().unwrap(), &good.graph.model, std::path::Path::new("."))
+            .unwrap();
     let out = tmp("diverge");
     let opts = |epochs| ebmc::runtime::train::RunOptions {
         epochs,
@@ -294,7 +296,7 @@ fn load_err(source_call: &str, file_text: &[u8], var: &str, ext: &str) -> String
     )
     .replace("PATH", &file.display().to_string());
     let s = setup(&src);
-    let msg = match ebmc::runtime::data::load(&s.train.data, &s.graph.model, &dir) {
+    let msg = match ebmc::runtime::data::load(s.train.data.as_ref().unwrap(), &s.graph.model, &dir) {
         Ok(_) => "ok".to_string(),
         Err(e) => e.to_string(),
     };

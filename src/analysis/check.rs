@@ -57,6 +57,7 @@ pub enum CheckError {
     ConstShape { span: Span, declared: Shape, built: Shape },
     NetLayers { span: Span, kind: NetKind, found: usize },
     UnknownSetting { name: String, span: Span },
+    HostRows { key: String, span: Span },
     MissingSetting { key: &'static str, span: Span },
     MissingBinding { span: Span },
     UnexpectedBinding { key: String, span: Span },
@@ -121,7 +122,7 @@ pub fn ast_to_program(file: &ast::File) -> Result<(Program, Vec<CheckError>), Ve
             train_spans.insert(t.model.name.clone(), t.model.span);
             // A train block for a model with errors is still checked for its own mistakes.
             let model = models.get(&t.model.name);
-            if let Some(train) = train_block(t, model, &mut errors) {
+            if let Some(train) = train_block(t, model, false, &mut errors) {
                 trains.insert(train.model.clone(), train);
             }
         }
@@ -166,6 +167,7 @@ fn first_span(e: &CheckError) -> Span {
         | ConstShape { span, .. }
         | NetLayers { span, .. }
         | UnknownSetting { span, .. }
+        | HostRows { span, .. }
         | MissingSetting { span, .. }
         | MissingBinding { span }
         | UnexpectedBinding { span, .. }
@@ -412,8 +414,7 @@ impl<'e> ModelChecker<'e> {
             return self.number(e).map(Init::Constant);
         }
         let call = bind_call(Family::Initializer, e, self.errors)?;
-        // Cannot fire: every initializer option has a numeric default in the schema table, which `bind_call` filled in.
-        let num = |k: &str| call.num(k).expect("initializer options have defaults");
+        let num = |k: &str| num(&call, k);
         Some(match call.name.as_str() {
             "zeros" => Init::Constant(0.0),
             "ones" => Init::Constant(1.0),
@@ -444,13 +445,13 @@ impl<'e> ModelChecker<'e> {
                 self.used.extend(names.map(str::to_string).collect::<Vec<_>>());
             }
             let call = bind_call_with(Family::ConstBuilder, &d.value, &self.int_consts, self.errors)?;
-            let int = |k: &str| call.int(k).map(|v| v as usize);
-            let periodic = call.options.get("periodic").and_then(Value::as_bool).unwrap_or(false);
+            let int = |k: &str| count(&call, k);
+            let periodic = maybe_flag(&call, "periodic").unwrap_or(false);
             let (lattice, rows, cols) = match call.name.as_str() {
-                "grid" => (Lattice::Grid, int("rows")?, int("cols")?),
-                "triangular" => (Lattice::Triangular, int("rows")?, int("cols")?),
-                "chain" => (Lattice::Chain, 1, int("n")?),
-                _ => (Lattice::Complete, 1, int("n")?),
+                "grid" => (Lattice::Grid, int("rows"), int("cols")),
+                "triangular" => (Lattice::Triangular, int("rows"), int("cols")),
+                "chain" => (Lattice::Chain, 1, int("n")),
+                _ => (Lattice::Complete, 1, int("n")),
             };
             let g = GraphConst { lattice, rows, cols, periodic };
             let built = vec![g.units(), g.units()];
@@ -864,7 +865,23 @@ fn option_value(e: &ast::Expr, ty: OptType, ints: &BTreeMap<String, usize>) -> O
 const TRAIN_KEYS: &[&str] =
     &["data", "test", "objective", "optimizer", "schedule", "regularize", "batch", "epochs", "seed"];
 
-fn train_block(t: &ast::TrainBlock, model: Option<&Model>, errors: &mut Vec<CheckError>) -> Option<Train> {
+/// Binds the settings of a train block for `model` whose rows a host holds
+/// in memory (`api::Model::fit`): a block without `data` or `test`, every
+/// other setting checked and defaulted as in a file's train block.
+pub fn train_settings(t: &ast::TrainBlock, model: &Model) -> Result<Train, Vec<CheckError>> {
+    let mut errors = Vec::new();
+    let train = train_block(t, Some(model), true, &mut errors);
+    errors.sort_by_key(|e| first_span(e).start);
+    train.filter(|_| errors.is_empty()).ok_or(errors)
+}
+
+/// `host_rows`: the rows come from the host, so the block names no data.
+fn train_block(
+    t: &ast::TrainBlock,
+    model: Option<&Model>,
+    host_rows: bool,
+    errors: &mut Vec<CheckError>,
+) -> Option<Train> {
     let mut seen: BTreeMap<&str, Span> = BTreeMap::new();
     let mut data = None;
     let mut test = None;
@@ -892,6 +909,11 @@ fn train_block(t: &ast::TrainBlock, model: Option<&Model>, errors: &mut Vec<Chec
             continue;
         }
         seen.insert(key, s.key.span);
+        if host_rows && (key == "data" || key == "test") {
+            errors.push(CheckError::HostRows { key: key.to_string(), span: s.key.span });
+            ok = false;
+            continue;
+        }
         if !s.binding.is_empty() && key != "data" && key != "test" {
             errors.push(CheckError::UnexpectedBinding {
                 key: key.to_string(),
@@ -904,7 +926,7 @@ fn train_block(t: &ast::TrainBlock, model: Option<&Model>, errors: &mut Vec<Chec
             "data" => data = data_spec(s, model, errors),
             "test" => {
                 test = if s.binding.is_empty() {
-                    bind_call(Family::TestSplit, &s.value, errors).map(TestSpec::Split)
+                    bind_call(Family::TestSplit, &s.value, errors).map(|c| TestSpec::Split(typed_test_split(&c)))
                 } else {
                     data_spec(s, model, errors).map(TestSpec::Data)
                 }
@@ -929,14 +951,15 @@ fn train_block(t: &ast::TrainBlock, model: Option<&Model>, errors: &mut Vec<Chec
             _ => seed = count_setting(s, 0, errors),
         }
     }
-    for key in ["data", "objective"] {
+    let required: &[&'static str] = if host_rows { &["objective"] } else { &["data", "objective"] };
+    for &key in required {
         if !seen.contains_key(key) {
             errors.push(CheckError::MissingSetting { key, span: t.model.span });
             ok = false;
         }
     }
-    let data = data?;
-    if let Some(model) = model {
+    let data = if host_rows { None } else { Some(data?) };
+    if let (Some(model), Some(data)) = (model, &data) {
         for v in model.variables.iter().filter(|v| v.role == Role::Visible) {
             if !data.binding.contains(&v.name) {
                 errors.push(CheckError::UnboundVisible { name: v.name.clone(), span: data.span, decl: v.span });
@@ -1031,6 +1054,45 @@ fn word<'c>(c: &'c Call, option: &str) -> &'c str {
 
 fn maybe_num(c: &Call, option: &str) -> Option<f64> {
     c.options.get(option).and_then(Value::as_f64)
+}
+
+fn maybe_flag(c: &Call, option: &str) -> Option<bool> {
+    c.options.get(option).and_then(Value::as_bool)
+}
+
+/// A bound `data` (or `test`) source call as a typed source.
+fn typed_data_source(c: &Call) -> DataSource {
+    let values = || ValueOptions { scale: num(c, "scale"), binarize: maybe_num(c, "binarize") };
+    let path = || word(c, "path").to_string();
+    match c.name.as_str() {
+        "csv" => DataSource::Csv { path: path(), header: maybe_flag(c, "header"), values: values() },
+        "npy" => DataSource::Npy { path: path(), values: values() },
+        "idx" => DataSource::Idx { path: path(), values: values() },
+        "digits" => DataSource::Digits { values: values() },
+        "bars_and_stripes" => DataSource::BarsAndStripes { size: count(c, "size") },
+        _ => DataSource::Toy { name: word(c, "name").to_string(), n: count(c, "n"), seed: count(c, "seed") as u64 },
+    }
+}
+
+/// The source reading `path` as `format` with every other option at the
+/// schema's default, as if written `csv(path: "...")`.
+pub fn file_source(format: FileFormat, path: &str) -> DataSource {
+    let name = match format {
+        FileFormat::Csv => "csv",
+        FileFormat::Npy => "npy",
+        FileFormat::Idx => "idx",
+    };
+    let mut call = default_call(name, Family::DataSource, Span::default());
+    call.options.insert("path".to_string(), Value::Str(path.to_string()));
+    typed_data_source(&call)
+}
+
+/// A bound test split as a typed split.
+fn typed_test_split(c: &Call) -> TestSplit {
+    match c.name.as_str() {
+        "last" => TestSplit::Last { rows: count(c, "rows") },
+        _ => TestSplit::Fraction { of: num(c, "of") },
+    }
 }
 
 /// The `train` block's calls as typed options.
@@ -1181,6 +1243,6 @@ fn data_spec(s: &ast::Setting, model: Option<&Model>, errors: &mut Vec<CheckErro
         }
     }
     let span = s.value.span.to(s.binding[s.binding.len() - 1].span);
-    let source = source?;
+    let source = typed_data_source(&source?);
     ok.then(|| DataSpec { source, binding: s.binding.iter().map(|b| b.name.clone()).collect(), span })
 }

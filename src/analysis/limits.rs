@@ -218,14 +218,9 @@ fn check_train_block(model: &Model, t: &Train) -> Vec<LimitError> {
     let row = values(&all);
     let mut out = Vec::new();
     let mut rows = vec![("batch", t.batch as u128, t.span)];
-    for key in ["chains", "buffer"] {
-        if let Some(n) = t.objective.int(key) {
-            rows.push((
-                if key == "chains" { "persistent chains" } else { "replay buffer" },
-                n.max(0) as u128,
-                t.objective.span,
-            ));
-        }
+    if let Some(p) = t.options.objective.persistent() {
+        rows.push(("persistent chains", p.chains as u128, t.objective.span));
+        rows.push(("replay buffer", p.buffer as u128, t.objective.span));
     }
     for (what, n, span) in rows {
         if n.saturating_mul(row) > MAX_BATCH_VALUES {

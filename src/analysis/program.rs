@@ -319,27 +319,129 @@ pub struct Call {
     pub span: Span,
 }
 
-impl Call {
-    pub fn num(&self, option: &str) -> Option<f64> {
-        self.options.get(option).and_then(Value::as_f64)
-    }
-
-    pub fn int(&self, option: &str) -> Option<i64> {
-        self.options.get(option).and_then(Value::as_int)
-    }
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct DataSpec {
-    pub source: Call,
+    pub source: DataSource,
     /// Visible variables fed by the columns, in order.
     pub binding: Vec<String>,
     pub span: Span,
 }
 
+/// A data source with its options bound and typed by the checker
+/// (`check::typed_data_source`), every default from the schema table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum DataSource {
+    /// `header`: absent, the first row is a header when every cell is a name.
+    Csv {
+        path: String,
+        header: Option<bool>,
+        values: ValueOptions,
+    },
+    Npy {
+        path: String,
+        values: ValueOptions,
+    },
+    Idx {
+        path: String,
+        values: ValueOptions,
+    },
+    /// The bundled 8x8 digits.
+    Digits {
+        values: ValueOptions,
+    },
+    BarsAndStripes {
+        size: usize,
+    },
+    /// `name` is one of `schema::TOY_SETS`.
+    Toy {
+        name: String,
+        n: usize,
+        seed: u64,
+    },
+}
+
+/// How a source's numbers become values: times `scale`, then, with
+/// `binarize`, 1 at or above the threshold and 0 below.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ValueOptions {
+    pub scale: f64,
+    pub binarize: Option<f64>,
+}
+
+impl DataSource {
+    /// The value options of a source that reads numbers (not a generated set).
+    pub fn values(&self) -> Option<&ValueOptions> {
+        match self {
+            DataSource::Csv { values, .. }
+            | DataSource::Npy { values, .. }
+            | DataSource::Idx { values, .. }
+            | DataSource::Digits { values } => Some(values),
+            DataSource::BarsAndStripes { .. } | DataSource::Toy { .. } => None,
+        }
+    }
+
+    pub fn values_mut(&mut self) -> Option<&mut ValueOptions> {
+        match self {
+            DataSource::Csv { values, .. }
+            | DataSource::Npy { values, .. }
+            | DataSource::Idx { values, .. }
+            | DataSource::Digits { values } => Some(values),
+            DataSource::BarsAndStripes { .. } | DataSource::Toy { .. } => None,
+        }
+    }
+}
+
+/// The source as a call with every bound option, in name order
+/// (`digits(binarize: 8, scale: 1)`), as checkpoints record it.
+impl std::fmt::Display for DataSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let values = |v: &ValueOptions, before_scale: &str| {
+            let binarize = v.binarize.map(|b| format!("binarize: {b}, ")).unwrap_or_default();
+            format!("{binarize}{before_scale}scale: {}", v.scale)
+        };
+        match self {
+            DataSource::Csv { path, header, values: v } => {
+                let header = header.map(|h| format!("header: {h}, ")).unwrap_or_default();
+                write!(f, "csv({})", values(v, &format!("{header}path: {path:?}, ")))
+            }
+            DataSource::Npy { path, values: v } => write!(f, "npy({})", values(v, &format!("path: {path:?}, "))),
+            DataSource::Idx { path, values: v } => write!(f, "idx({})", values(v, &format!("path: {path:?}, "))),
+            DataSource::Digits { values: v } => write!(f, "digits({})", values(v, "")),
+            DataSource::BarsAndStripes { size } => write!(f, "bars_and_stripes(size: {size})"),
+            DataSource::Toy { name, n, seed } => write!(f, "toy(n: {n}, name: {name:?}, seed: {seed})"),
+        }
+    }
+}
+
+/// The file formats a data file can be read as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    Csv,
+    Npy,
+    Idx,
+}
+
+/// Test rows held out of the data, typed by the checker.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum TestSplit {
+    /// The last `rows` rows.
+    Last { rows: usize },
+    /// The last `of` of the rows, rounded.
+    Fraction { of: f64 },
+}
+
+impl std::fmt::Display for TestSplit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TestSplit::Last { rows } => write!(f, "last(rows: {rows})"),
+            TestSplit::Fraction { of } => write!(f, "fraction(of: {of})"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub enum TestSpec {
-    Split(Call),
+    Split(TestSplit),
     Data(DataSpec),
 }
 
@@ -458,7 +560,9 @@ pub struct Langevin {
 #[derive(Debug, Clone, Serialize)]
 pub struct Train {
     pub model: String,
-    pub data: DataSpec,
+    /// `None` for settings bound by `check::train_settings`: a fit on rows a
+    /// host holds in memory.
+    pub data: Option<DataSpec>,
     pub test: Option<TestSpec>,
     pub objective: Call,
     pub optimizer: Call,

@@ -3,8 +3,10 @@
 //! and 2-D toy sets. Every value is checked against its variable's type, and
 //! a bad value is reported with the source, row and column.
 
-use crate::analysis::program::{Call, DataSpec, Domain, Model, TestSpec, Variable};
-use crate::analysis::schema::Value;
+use crate::analysis::check;
+use crate::analysis::program::{
+    DataSource, DataSpec, Domain, FileFormat, Model, TestSpec, TestSplit, Train, ValueOptions, Variable,
+};
 use crate::tensor::{HostTensor, Tensors};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
@@ -13,9 +15,9 @@ use std::path::{Path, PathBuf};
 static DIGITS_CSV: &str = include_str!("../../data/digits.csv");
 
 /// The largest `bars_and_stripes` size: 8,190 images of 144 pixels.
-pub const MAX_BARS_AND_STRIPES: i64 = 12;
+pub const MAX_BARS_AND_STRIPES: usize = 12;
 /// The most points a `toy` set generates.
-pub const MAX_TOY_POINTS: i64 = 1_000_000;
+pub const MAX_TOY_POINTS: usize = 1_000_000;
 
 /// Rows bound to visible variables: each `[rows, ...shape]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +87,10 @@ pub enum DataError {
     Split {
         reason: String,
     },
+    /// Train settings bound for rows in memory (`check::train_settings`) name no data source to read.
+    NoSource {
+        model: String,
+    },
 }
 
 /// A table of numbers with the place each came from.
@@ -109,10 +115,9 @@ impl Table {
 pub fn load(spec: &DataSpec, model: &Model, base: &Path) -> Result<Dataset, DataError> {
     // Cannot fire: the checker refuses a binding to an undeclared variable.
     let vars: Vec<&Variable> = spec.binding.iter().map(|n| model.variable(n).expect("binding checked")).collect();
-    let src = &spec.source;
-    match src.name.as_str() {
-        "bars_and_stripes" => {
-            let size = src.int("size").unwrap_or(4);
+    match &spec.source {
+        DataSource::BarsAndStripes { size } => {
+            let size = *size;
             if !(2..=MAX_BARS_AND_STRIPES).contains(&size) {
                 let reason = format!(
                     "size {size} would make {} images; sizes from 2 to {MAX_BARS_AND_STRIPES} are supported",
@@ -120,43 +125,45 @@ pub fn load(spec: &DataSpec, model: &Model, base: &Path) -> Result<Dataset, Data
                 );
                 return Err(DataError::Format { source: format!("bars_and_stripes(size: {size})"), reason });
             }
-            bind_positional(&bars_and_stripes(size as usize), &vars)
+            bind_positional(&bars_and_stripes(size), &vars)
         }
-        "toy" => {
-            let name = src.options.get("name").and_then(Value::as_str).unwrap_or("8gaussians");
-            let n = src.int("n").unwrap_or(10000);
-            if !(1..=MAX_TOY_POINTS).contains(&n) {
+        DataSource::Toy { name, n, seed } => {
+            if !(1..=MAX_TOY_POINTS).contains(n) {
                 return Err(DataError::Format {
                     source: format!("toy(name: \"{name}\", n: {n})"),
                     reason: format!("n must be from 1 to {MAX_TOY_POINTS}"),
                 });
             }
-            let points = toy(name, n as usize, src.int("seed").unwrap_or(0) as u64);
-            bind_positional(&points, &vars)
+            bind_positional(&toy(name, *n, *seed), &vars)
         }
-        "digits" => {
-            let table = transform(parse_csv("digits (bundled)", DIGITS_CSV, Some(true))?, src);
-            bind(&table, &vars, src)
+        DataSource::Digits { values } => {
+            let table = transform(parse_csv("digits (bundled)", DIGITS_CSV, Some(true))?, values);
+            bind(&table, &vars, true)
         }
-        "csv" => {
-            let path = resolve(base, src);
+        DataSource::Csv { path, header, values } => {
+            let path = resolve(base, path);
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| DataError::Read { source: path.display().to_string(), reason: e.to_string() })?;
-            let header = src.options.get("header").and_then(Value::as_bool);
-            let table = transform(parse_csv(&path.display().to_string(), &text, header)?, src);
-            bind(&table, &vars, src)
+            let table = transform(parse_csv(&path.display().to_string(), &text, *header)?, values);
+            bind(&table, &vars, false)
         }
-        "npy" | "idx" => {
-            let path = resolve(base, src);
+        DataSource::Npy { path, values } | DataSource::Idx { path, values } => {
+            let path = resolve(base, path);
             let bytes = std::fs::read(&path)
                 .map_err(|e| DataError::Read { source: path.display().to_string(), reason: e.to_string() })?;
             let name = path.display().to_string();
-            let table = if src.name == "npy" { parse_npy(&name, &bytes)? } else { parse_idx(&name, &bytes)? };
-            bind(&transform(table, src), &vars, src)
+            let table = match spec.source {
+                DataSource::Npy { .. } => parse_npy(&name, &bytes)?,
+                _ => parse_idx(&name, &bytes)?,
+            };
+            bind(&transform(table, values), &vars, false)
         }
-        // Cannot fire: the checker binds only the data sources of the schema table, all matched above.
-        other => unreachable!("data source `{other}` is not in the schema"),
     }
+}
+
+/// The data a train block reads, or `NoSource` for settings bound for rows in memory.
+pub fn spec_of(train: &Train) -> Result<&DataSpec, DataError> {
+    train.data.as_ref().ok_or_else(|| DataError::NoSource { model: train.model.clone() })
 }
 
 /// Splits off test rows as the train block says; `None` when it says nothing.
@@ -172,11 +179,11 @@ pub fn split(
             let test = load(spec, model, base)?;
             Ok((data, Some(test)))
         }
-        Some(TestSpec::Split(call)) => {
+        Some(TestSpec::Split(split)) => {
             let n = data.rows;
-            let test_rows = match call.name.as_str() {
-                "last" => call.int("rows").unwrap_or(0) as usize,
-                _ => (call.num("of").unwrap_or(0.0) * n as f64).round() as usize,
+            let test_rows = match *split {
+                TestSplit::Last { rows } => rows,
+                TestSplit::Fraction { of } => (of * n as f64).round() as usize,
             };
             if test_rows == 0 || test_rows >= n {
                 return Err(DataError::Split {
@@ -222,35 +229,39 @@ impl Dataset {
 
 /// A relative path is tried from the working directory, then from `base`
 /// (the model file's directory).
-fn resolve(base: &Path, src: &Call) -> PathBuf {
-    let p = PathBuf::from(src.options.get("path").and_then(Value::as_str).unwrap_or_default());
+fn resolve(base: &Path, path: &str) -> PathBuf {
+    let p = PathBuf::from(path);
     if p.is_absolute() || p.exists() { p } else { base.join(p) }
 }
 
 /// The data spec with its file replaced by `path` (the `--data` option):
-/// same binding, the format from the file name.
+/// same binding, the format from the file name, and the numbers read as the
+/// spec reads its own: its `scale` and `binarize` carry over (every file
+/// format takes them), and so does a CSV's `header` to a CSV. A generated
+/// set's options (`size`, `toy`'s `name`, `n`, `seed`) say how to make rows
+/// the file now gives, so none carries over.
 pub fn with_file(spec: &DataSpec, path: &Path) -> DataSpec {
-    let kind = match path.extension().and_then(|e| e.to_str()) {
-        Some("npy") => "npy",
-        Some("idx") | Some("ubyte") => "idx",
-        _ => "csv",
+    let format = match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => FileFormat::Npy,
+        // MNIST's own names end `.idx3-ubyte` or `.ubyte`.
+        Some(e) if e == "idx" || e.ends_with("ubyte") => FileFormat::Idx,
+        _ => FileFormat::Csv,
     };
-    let mut options = if spec.source.name == kind { spec.source.options.clone() } else { Default::default() };
-    options.insert("path".into(), Value::Str(path.display().to_string()));
-    DataSpec {
-        source: Call { name: kind.into(), options, span: spec.source.span },
-        binding: spec.binding.clone(),
-        span: spec.span,
+    let mut source = check::file_source(format, &path.display().to_string());
+    if let (Some(from), Some(to)) = (spec.source.values(), source.values_mut()) {
+        *to = *from;
     }
+    if let (DataSource::Csv { header: from, .. }, DataSource::Csv { header: to, .. }) = (&spec.source, &mut source) {
+        *to = *from;
+    }
+    DataSpec { source, binding: spec.binding.clone(), span: spec.span }
 }
 
 /// Applies `scale` and then `binarize` (values at or above the threshold become 1).
-fn transform(mut t: Table, src: &Call) -> Table {
-    let scale = src.num("scale").unwrap_or(1.0);
-    let threshold = src.num("binarize");
+fn transform(mut t: Table, options: &ValueOptions) -> Table {
     for v in t.values.iter_mut() {
-        *v *= scale;
-        if let Some(th) = threshold {
+        *v *= options.scale;
+        if let Some(th) = options.binarize {
             *v = f64::from(u8::from(*v >= th));
         }
     }
@@ -687,7 +698,8 @@ fn columns_of(v: &Variable) -> usize {
 /// Binds table columns to variables: by header names when every variable's
 /// columns are found there (`v0`..`v63`, or `y` for a one-column variable),
 /// else by position, in binding order, using every column.
-fn bind(t: &Table, vars: &[&Variable], src: &Call) -> Result<Dataset, DataError> {
+/// `digits`: the table is the bundled digits.
+fn bind(t: &Table, vars: &[&Variable], digits: bool) -> Result<Dataset, DataError> {
     let by_name: Option<Vec<Vec<usize>>> = t.header.as_ref().and_then(|h| {
         vars.iter()
             .map(|v| {
@@ -706,7 +718,7 @@ fn bind(t: &Table, vars: &[&Variable], src: &Call) -> Result<Dataset, DataError>
             .collect()
     });
     // The bundled digits: pixels then label, whatever the variables are called.
-    let digits_layout = if src.name == "digits" && by_name.is_none() { Some(digits_columns(t, vars)?) } else { None };
+    let digits_layout = if digits && by_name.is_none() { Some(digits_columns(t, vars)?) } else { None };
     let columns = match by_name.or(digits_layout) {
         Some(c) => c,
         None => {
@@ -813,7 +825,7 @@ fn bind_positional(points: &[Vec<f64>], vars: &[&Variable]) -> Result<Dataset, D
         values: points.iter().flatten().copied().collect(),
         header: None,
     };
-    bind(&table, vars, &Call { name: "generated".into(), options: Default::default(), span: Default::default() })
+    bind(&table, vars, false)
 }
 
 /// Every `size x size` image made of whole bars or whole stripes (30 for size 4).
@@ -1065,6 +1077,55 @@ mod tests {
             parse_csv("a.csv", "0,1\n1,0,1\n", None),
             Err(DataError::ColumnCount { row: 2, found: 3, expected: 2, .. })
         ));
+    }
+
+    fn data_of(source: &str) -> DataSpec {
+        let text = format!(
+            "model m {{ visible v : binary[2]; param b : real[2]; energy e = -(b @ v); }} train m {{ data = {source} -> v; objective = pl; }}"
+        );
+        let compiled = crate::compile(&text).unwrap_or_else(|d| panic!("{source}: {d:?}"));
+        compiled.program.trains["m"].data.clone().unwrap()
+    }
+
+    #[test]
+    fn a_data_file_is_read_with_the_value_options_of_the_source_it_replaces() {
+        let binarize_at_8 = ValueOptions { scale: 1.0, binarize: Some(8.0) };
+        let spec = data_of("digits(binarize: 8)");
+        assert_eq!(
+            with_file(&spec, Path::new("pix.csv")).source,
+            DataSource::Csv { path: "pix.csv".into(), header: None, values: binarize_at_8 }
+        );
+        let spec = data_of("csv(\"a.csv\", header: true, binarize: 0.5, scale: 2)");
+        let halves = ValueOptions { scale: 2.0, binarize: Some(0.5) };
+        assert_eq!(
+            with_file(&spec, Path::new("b.csv")).source,
+            DataSource::Csv { path: "b.csv".into(), header: Some(true), values: halves }
+        );
+        assert_eq!(
+            with_file(&spec, Path::new("b.npy")).source,
+            DataSource::Npy { path: "b.npy".into(), values: halves }
+        );
+        assert_eq!(
+            with_file(&spec, Path::new("t10k-images.idx3-ubyte")).source,
+            DataSource::Idx { path: "t10k-images.idx3-ubyte".into(), values: halves }
+        );
+        // A generated set has no value options: the file's numbers are read as they are.
+        let plain = ValueOptions { scale: 1.0, binarize: None };
+        let spec = data_of("bars_and_stripes(size: 2)");
+        assert_eq!(
+            with_file(&spec, Path::new("p.idx")).source,
+            DataSource::Idx { path: "p.idx".into(), values: plain }
+        );
+        assert_eq!(with_file(&spec, Path::new("p.csv")).binding, vec!["v".to_string()]);
+    }
+
+    #[test]
+    fn sources_and_splits_print_as_calls_with_every_bound_option() {
+        assert_eq!(data_of("digits(binarize: 8)").source.to_string(), "digits(binarize: 8, scale: 1)");
+        assert_eq!(data_of("csv(\"a.csv\", scale: 0.5)").source.to_string(), "csv(path: \"a.csv\", scale: 0.5)");
+        assert_eq!(data_of("toy(\"moons\")").source.to_string(), "toy(n: 10000, name: \"moons\", seed: 0)");
+        assert_eq!(data_of("bars_and_stripes").source.to_string(), "bars_and_stripes(size: 4)");
+        assert_eq!(TestSplit::Fraction { of: 0.25 }.to_string(), "fraction(of: 0.25)");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use crate::analysis::graph::{self, FactorGraph};
 use crate::analysis::plan::Plan;
-use crate::analysis::program::{Model, Program, Train};
+use crate::analysis::program::{DataSource, DataSpec, Model, Program, Train};
 use crate::backend::{self, AisEstimate, DeviceKind, RaiseEstimate};
 use crate::front::ast::Role;
 use crate::runtime::data::{self, DataError, Dataset};
@@ -52,16 +52,17 @@ pub struct EvalRows {
 /// train block binds its data), else the train block's test split, else its
 /// data. Relative paths in the train block are read from `base`.
 pub fn rows_to_evaluate(t: &Trained, base: &Path, file: Option<&Path>) -> Result<EvalRows, DataError> {
+    let spec = data::spec_of(&t.spec)?;
     if let Some(file) = file {
-        let rows = data::load(&data::with_file(&t.spec.data, file), &t.model, base)?;
+        let rows = data::load(&data::with_file(spec, file), &t.model, base)?;
         // The train block's own data may be absent (e.g. MNIST elsewhere); then there are no training rows.
-        let training = data::load(&t.spec.data, &t.model, base)
+        let training = data::load(spec, &t.model, base)
             .ok()
             .and_then(|all| data::split(all, t.spec.test.as_ref(), &t.model, base).ok())
             .map(|(train, _)| train);
         return Ok(EvalRows { rows, which: "given rows", training });
     }
-    let all = data::load(&t.spec.data, &t.model, base)?;
+    let all = data::load(spec, &t.model, base)?;
     match data::split(all, t.spec.test.as_ref(), &t.model, base)? {
         (train, Some(test)) => Ok(EvalRows { rows: test, which: "held-out test rows", training: Some(train) }),
         (train, None) => Ok(EvalRows {
@@ -302,8 +303,7 @@ fn grid_figures(
             let ll = finite("the average log-likelihood (grid)", -mean(&f) - z)?;
             r.log_likelihood_grid = Some(ll);
             // With a toy set whose density is known: the gap to the true log-likelihood.
-            let toy = t.spec.data.source.options.get("name").and_then(|v| v.as_str());
-            if let (Some(name), true) = (toy, t.spec.data.source.name == "toy") {
+            if let Some(DataSpec { source: DataSource::Toy { name, .. }, .. }) = &t.spec.data {
                 let truth: Option<Vec<f64>> = vars.values().next().and_then(|x| {
                     x.data.chunks(2).map(|p| data::toy_log_density(name, f64::from(p[0]), f64::from(p[1]))).collect()
                 });

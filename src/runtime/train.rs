@@ -95,21 +95,6 @@ impl From<&Call> for Builtin {
     }
 }
 
-/// A call as the language writes it: `cd(k: 10)`.
-fn call_text(c: &Call) -> String {
-    let options: Vec<String> = c
-        .options
-        .iter()
-        .map(|(k, v)| match v {
-            Value::Str(s) => format!("{k}: {s:?}"),
-            Value::Int(i) => format!("{k}: {i}"),
-            Value::Num(x) => format!("{k}: {x}"),
-            Value::Bool(b) => format!("{k}: {b}"),
-        })
-        .collect();
-    format!("{}({})", c.name, options.join(", "))
-}
-
 fn rows_sha256(data: &Dataset, binding: &[String]) -> String {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
@@ -142,14 +127,14 @@ impl Meta {
             source_sha256: source_hash(source),
             source: source.to_string(),
             params: params.iter().map(|(k, t)| (k.clone(), t.shape.clone())).collect(),
-            data: Some(DataProvenance {
-                source: call_text(&train.data.source),
-                binding: train.data.binding.clone(),
+            data: train.data.as_ref().map(|spec| DataProvenance {
+                source: spec.source.to_string(),
+                binding: spec.binding.clone(),
                 rows: data.rows,
-                sha256: rows_sha256(data, &train.data.binding),
+                sha256: rows_sha256(data, &spec.binding),
                 test: train.test.as_ref().map(|t| match t {
-                    TestSpec::Split(c) => call_text(c),
-                    TestSpec::Data(d) => call_text(&d.source),
+                    TestSpec::Split(split) => split.to_string(),
+                    TestSpec::Data(d) => d.source.to_string(),
                 }),
             }),
             seed,
