@@ -801,6 +801,18 @@ impl std::fmt::Display for crate::runtime::command::CommandError {
 
 impl std::error::Error for crate::runtime::command::CommandError {}
 
+impl std::fmt::Display for crate::runtime::command::CommandNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::runtime::command::CommandNote::*;
+        match self {
+            DefaultParams { seed } => {
+                write!(f, "note: no --params given; using the model's initialisers (seed {seed})")
+            }
+            Unformatted { path } => write!(f, "{} is not formatted; run `ebmc fmt {}`", path.display(), path.display()),
+        }
+    }
+}
+
 /// The reason clap prints after `invalid value '...' for '--flag'`.
 impl std::fmt::Display for crate::runtime::command::FlagError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -1,5 +1,6 @@
 //! Each subcommand: read the files it names, call the library, hand the
-//! result to `output`. Failures are `CommandError`s, worded in `ebmc::messages`.
+//! result to `output`. Failures are `CommandError`s and hints `CommandNote`s,
+//! both worded in `ebmc::messages`.
 
 use crate::cli::args::GraphFormat;
 use crate::cli::output::{self, CheckSummary, Failure, FmtFile, Out, SampleResult, TrainResult};
@@ -8,7 +9,7 @@ use ebmc::analysis::limits::{self, LimitError, SampleRun};
 use ebmc::analysis::plan::Plan;
 use ebmc::analysis::program::{Model, Program};
 use ebmc::backend::DeviceKind;
-use ebmc::runtime::command::CommandError;
+use ebmc::runtime::command::{CommandError, CommandNote};
 use ebmc::runtime::export::{self, TableFormat};
 use ebmc::runtime::figures::{self, Picture};
 use ebmc::runtime::{report, run_dir, train as runs};
@@ -194,7 +195,7 @@ pub fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Resu
     let params = match &a.params {
         Some(p) => runs::load_model_params(p, model).map_err(params_failure)?,
         None => {
-            out.note(format!("note: no --params given; using the model's initialisers (seed {})", a.seed));
+            out.note(CommandNote::DefaultParams { seed: a.seed });
             ebmc::tensor::initialise(&plan.lowered.params, a.seed)
         }
     };
@@ -421,7 +422,7 @@ pub fn fmt(out: Out, files: &[PathBuf], check_only: bool) -> Result<(), Failure>
             }
             Ok(formatted) if formatted == source => "formatted",
             Ok(_) if check_only => {
-                out.note(format!("{} is not formatted; run `ebmc fmt {}`", path.display(), path.display()));
+                out.note(CommandNote::Unformatted { path: path.clone() });
                 failed = true;
                 "unformatted"
             }

@@ -99,6 +99,16 @@ impl CommandError {
     }
 }
 
+/// A line a command prints for people beside its result: what it assumed,
+/// or what to run next. Not an error; nothing in JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandNote {
+    /// `sample` without `--params` runs the model's initialisers.
+    DefaultParams { seed: u64 },
+    /// `fmt --check` found a file that is not formatted.
+    Unformatted { path: PathBuf },
+}
+
 /// A count or size flag that does not parse or is out of range.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlagError {
