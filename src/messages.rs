@@ -722,7 +722,7 @@ impl From<&crate::runtime::command::CommandError> for Diagnostic {
             Write { path, reason } => Diagnostic::error("E0901", format!("cannot write `{}`: {reason}", path.display())),
             WriteDirectory { path } => Diagnostic::error("E0901", format!("cannot write `{}`: it is a directory", path.display())),
             Stdout { reason } => Diagnostic::error("E0901", format!("cannot write the result to stdout: {reason}")),
-            Io(reason) => Diagnostic::error("E0901", reason.clone()),
+            Io(reason) => with_help_lines("E0901", reason),
             Arguments { message } => Diagnostic::error("E0902", message.clone()).help("run `ebmc --help` for the flags"),
             OutputFormat { path, formats } => {
                 let names: Vec<String> = formats.iter().map(|f| format!(".{f}")).collect();
