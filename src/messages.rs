@@ -718,3 +718,123 @@ macro_rules! display_as_diagnostic {
     )*};
 }
 display_as_diagnostic!(ParseError, CheckError, PlanError);
+
+/// The command line's errors (`ebmc::runtime::command`), E0901–E0907, and
+/// the limit codes (E05xx) a flag passes. Several help lines join with `\n`.
+impl From<&crate::runtime::command::CommandError> for Diagnostic {
+    fn from(e: &crate::runtime::command::CommandError) -> Self {
+        use crate::runtime::command::CommandError::*;
+        match e {
+            Read { path, reason } => Diagnostic::error("E0901", format!("cannot read `{}`: {reason}", path.display())),
+            Write { path, reason } => Diagnostic::error("E0901", format!("cannot write `{}`: {reason}", path.display())),
+            WriteDirectory { path } => Diagnostic::error("E0901", format!("cannot write `{}`: it is a directory", path.display())),
+            Stdout { reason } => Diagnostic::error("E0901", format!("cannot write the result to stdout: {reason}")),
+            Io(reason) => with_help_lines("E0901", reason),
+            Arguments { message } => Diagnostic::error("E0902", message.clone()).help("run `ebmc --help` for the flags"),
+            OutputFormat { path, formats } => {
+                let names: Vec<String> = formats.iter().map(|f| format!(".{f}")).collect();
+                Diagnostic::error("E0902", format!("cannot tell the format of `{}`: use a {} file name", path.display(), names.join(" or ")))
+            }
+            NoPicture => Diagnostic::error("E0902", "no visible variable is image-shaped (a square number of units), nor is the model's density over one 2-D real variable; give an image's size with --image HxW"),
+            Flag(reason) => with_help_lines("E0902", reason),
+            NoSuchModel { name, known } => Diagnostic::error("E0903", format!("no model `{name}` in this file; models: {}", known.join(", "))),
+            NoModel { command } => Diagnostic::error("E0903", format!("this file declares no model for `ebmc {command}`; write one as `model NAME {{ ... }}`")),
+            SeveralModels { command, models } => Diagnostic::error("E0903", format!("this file has several models ({}); pick one with `ebmc {command} --model NAME`", models.join(", "))),
+            NoTrainBlock { model } => Diagnostic::error("E0903", format!("model `{model}` has no `train {model} {{ ... }}` block; add one to say what data and objective to use")),
+            NoDataBinding { model } => Diagnostic::error("E0903", format!("model `{model}` has no train block, so ebmc does not know how its data is bound; add `train {model} {{ data = ... -> ...; objective = ...; }}`")),
+            Data(e @ crate::runtime::data::DataError::Read { .. }) => with_help_lines("E0901", &e.to_string()),
+            Data(e) => with_help_lines("E0904", &e.to_string()),
+            Params(reason) => with_help_lines("E0905", reason),
+            SamplingDiverged(d) => Diagnostic::error("E0906", format!("sampling diverged: `{}` of chain {} is {} after {} sweeps, so no samples are written", d.var, d.chain + 1, d.value, d.sweeps))
+                .help(format!("lower the Langevin step (`sample {{ {}: langevin(step: ...); }}`), add `clip`, or check that the energy grows in every direction", d.var)),
+            TrainingDiverged { error, epoch, last_good } => {
+                let non_finite = matches!(error, crate::backend::TrainError::NonFinite { .. });
+                let message = match error {
+                    crate::backend::TrainError::NonFinite { what, step } => format!("training diverged at epoch {epoch}, step {step}: {what} is not finite (NaN or infinite)"),
+                    other => format!("{other} (epoch {epoch})"),
+                };
+                let mut help = match last_good {
+                    Some(dir) => format!("the last good checkpoint is kept: {}", dir.display()),
+                    None => "no checkpoint was written before this".to_string(),
+                };
+                if non_finite {
+                    help += "\nlower the learning rate, add `regularize = clip_grad(norm: 10);`, or check the data's scale";
+                }
+                Diagnostic::error("E0906", message).help(help)
+            }
+            Result(reason) => with_help_lines("E0907", reason),
+            NonFiniteEnergy { row, value } => Diagnostic::error("E0907", format!("the energy of row {row} is {value}, not a finite number; the parameters are likely not finite or too large")),
+            Limits(errors) => {
+                // The first carries the code; the rest are listed as help, each with its own.
+                let worded: Vec<(Diagnostic, String)> = errors.iter().map(|e| (Diagnostic::from(e), limit_flag(e))).collect();
+                let Some(((first, flag), rest)) = worded.split_first() else {
+                    return Diagnostic::error("E0902", "a limit was passed");
+                };
+                let help: Vec<String> = first.help.iter().cloned().chain(rest.iter().map(|(d, flag)| format!("also [{}] {}{flag}", d.code, d.message))).collect();
+                let d = Diagnostic::error(first.code, format!("{}{flag}", first.message));
+                if help.is_empty() { d } else { d.help(help.join("\n")) }
+            }
+        }
+    }
+}
+
+/// ` (--chains)` after a batch limit a flag passed; nothing for the others.
+fn limit_flag(e: &crate::analysis::limits::LimitError) -> String {
+    match e {
+        crate::analysis::limits::LimitError::Batch { flag: Some(flag), .. } => format!(" ({flag})"),
+        _ => String::new(),
+    }
+}
+
+/// A reason worded elsewhere in this table, whose `\n  help: ...` lines become the help.
+fn with_help_lines(code: &'static str, text: &str) -> Diagnostic {
+    let mut parts = text.split("\n  help: ");
+    let d = Diagnostic::error(code, parts.next().unwrap_or_default());
+    let help: Vec<&str> = parts.collect();
+    if help.is_empty() { d } else { d.help(help.join("\n")) }
+}
+
+/// As `ebmc` prints it without `--message-format json`: `error[CODE]: message`, then each help line.
+impl std::fmt::Display for crate::runtime::command::CommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = Diagnostic::from(self);
+        write!(f, "error[{}]: {}", d.code, d.message)?;
+        for h in d.help.iter().flat_map(|h| h.lines()) {
+            write!(f, "\n  help: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for crate::runtime::command::CommandError {}
+
+impl std::fmt::Display for crate::runtime::command::CommandNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::runtime::command::CommandNote::*;
+        match self {
+            DefaultParams { seed } => {
+                write!(f, "note: no --params given; using the model's initialisers (seed {seed})")
+            }
+            Unformatted { path } => write!(f, "{} is not formatted; run `ebmc fmt {}`", path.display(), path.display()),
+        }
+    }
+}
+
+/// The reason clap prints after `invalid value '...' for '--flag'`.
+impl std::fmt::Display for crate::runtime::command::FlagError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::runtime::command::FlagError::*;
+        match self {
+            NotACount { text, unit } => write!(f, "`{text}` is not a whole number of {unit}"),
+            BelowMin { min } => write!(f, "must be at least {min}"),
+            PastLimit { value, unit, max } => {
+                write!(f, "{value} {unit} is past the limit of {max} (see docs/limits.md)")
+            }
+            TooWide { value } => write!(f, "{value} does not fit in this machine's word"),
+            ImageShape { part: None } => write!(f, "expected HxW, e.g. 28x28"),
+            ImageShape { part: Some(part) } => write!(f, "`{part}` is not a size; expected HxW, e.g. 28x28"),
+        }
+    }
+}
+
+impl std::error::Error for crate::runtime::command::FlagError {}

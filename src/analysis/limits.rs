@@ -338,6 +338,17 @@ pub fn check_train(
     }
 }
 
+/// Memory a run can use on this machine: Linux's MemAvailable, capped by
+/// the process's address-space limit, when either is known (reads `/proc`).
+pub fn available_memory() -> Option<u64> {
+    let free = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| available_from_meminfo(&t));
+    let cap = std::fs::read_to_string("/proc/self/limits").ok().and_then(|t| address_space_cap(&t));
+    match (free, cap) {
+        (Some(f), Some(c)) => Some(f.min(c)),
+        (f, c) => f.or(c),
+    }
+}
+
 /// Bytes of memory available, from the text of Linux's `/proc/meminfo`
 /// (`MemAvailable`); `None` when it does not say.
 pub fn available_from_meminfo(text: &str) -> Option<u64> {

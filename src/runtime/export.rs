@@ -39,6 +39,40 @@ pub fn visible_table(model: &Model, samples: &Tensors) -> (Vec<String>, Vec<Vec<
     (names, table)
 }
 
+/// A file of samples: CSV with a header row, or a 2-D NPY array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableFormat {
+    Csv,
+    Npy,
+}
+
+impl TableFormat {
+    /// The format a file name's extension names: `.npy`, else CSV.
+    pub fn of(path: &std::path::Path) -> TableFormat {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("npy") => TableFormat::Npy,
+            _ => TableFormat::Csv,
+        }
+    }
+}
+
+/// The visible variables of every state in `states`, one after the other,
+/// as a file in `format`, with its rows and columns.
+pub fn samples_file(model: &Model, states: &[Tensors], format: TableFormat) -> (Vec<u8>, usize, usize) {
+    let mut names = Vec::new();
+    let mut rows = Vec::new();
+    for state in states {
+        let (n, r) = visible_table(model, state);
+        names = n;
+        rows.extend(r);
+    }
+    let bytes = match format {
+        TableFormat::Npy => npy(&rows),
+        TableFormat::Csv => csv(&names, &rows).into_bytes(),
+    };
+    (bytes, rows.len(), names.len())
+}
+
 /// A header row of `names`, then one row per sample (values as Rust prints
 /// f32: the shortest text that reads back to the same number).
 pub fn csv(names: &[String], rows: &[Vec<f32>]) -> String {

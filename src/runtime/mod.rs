@@ -2,10 +2,12 @@
 //! runs (epochs, checkpoints, locks), evaluation and exports. It drives the
 //! `backend`, which alone names the tensor library.
 
+pub mod command;
 pub mod data;
 pub mod evaluate;
 pub mod export;
 pub mod figures;
 pub mod report;
 pub mod run_dir;
+pub mod sample;
 pub mod train;

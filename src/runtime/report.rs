@@ -8,6 +8,7 @@ use crate::analysis::plan::Plan;
 use crate::analysis::program::{DataSource, DataSpec, Model, Program, Train};
 use crate::backend::{self, AisEstimate, DeviceKind, RaiseEstimate};
 use crate::front::ast::Role;
+use crate::runtime::command::CommandError;
 use crate::runtime::data::{self, DataError, Dataset};
 use crate::runtime::evaluate;
 use crate::tensor::Tensors;
@@ -70,6 +71,25 @@ pub fn rows_to_evaluate(t: &Trained, base: &Path, file: Option<&Path>) -> Result
             which: "training rows (the train block has no test split)",
             training: Some(train),
         }),
+    }
+}
+
+/// The free energy of each row of `file` (bound as the train block binds
+/// its data; relative paths are read from `base`): latents summed out as
+/// planned, and a JEM label the rows leave out summed out too, so the rows
+/// need only the inputs (an out-of-distribution score). A row whose energy
+/// is not finite is an error, never a result.
+pub fn row_energies(t: &Trained, base: &Path, file: &Path, device: DeviceKind) -> Result<Vec<f64>, CommandError> {
+    let mut binding = data::spec_of(&t.spec).map_err(CommandError::Data)?.clone();
+    if let Some(m) = &t.plan.label_marginal {
+        binding.binding.retain(|b| *b != m.var);
+    }
+    let rows = data::load(&data::with_file(&binding, file), &t.model, base).map_err(CommandError::Data)?;
+    let energies =
+        evaluate::row_free_energy(&t.model, &t.plan, &t.params, &rows.vars, device).map_err(CommandError::Result)?;
+    match energies.iter().position(|e| !e.is_finite()) {
+        Some(i) => Err(CommandError::NonFiniteEnergy { row: i + 1, value: energies[i] }),
+        None => Ok(energies),
     }
 }
 
