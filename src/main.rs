@@ -73,8 +73,16 @@ fn main() -> ExitCode {
             };
             (out, cli::commands::sample(out, &file, model.as_deref(), &opts))
         }
-        Command::Train { file, model, data, epochs, seed, out: dir, resume, device } => {
-            let opts = TrainArgs { data, epochs, seed, out: dir, resume, device: device.into() };
+        Command::Train { file, model, data, data_as_is, epochs, seed, out: dir, resume, device } => {
+            let opts = TrainArgs {
+                data,
+                data_values: values_of(data_as_is),
+                epochs,
+                seed,
+                out: dir,
+                resume,
+                device: device.into(),
+            };
             (out, cli::commands::train(out, &file, model.as_deref(), opts))
         }
         Command::Eval {
@@ -82,6 +90,7 @@ fn main() -> ExitCode {
             model,
             params,
             data,
+            data_as_is,
             ais,
             runs,
             temperatures,
@@ -105,10 +114,12 @@ fn main() -> ExitCode {
                 seed,
                 device: device.into(),
             };
-            (out, cli::commands::eval(out, &file, model.as_deref(), &params, data.as_deref(), &opts))
+            let data = data.as_deref().map(|d| (d, values_of(data_as_is)));
+            (out, cli::commands::eval(out, &file, model.as_deref(), &params, data, &opts))
         }
-        Command::Energy { file, model, params, data, device } => {
-            (out, cli::commands::energy(out, &file, model.as_deref(), &params, &data, device.into()))
+        Command::Energy { file, model, params, data, data_as_is, device } => {
+            let data = (data.as_path(), values_of(data_as_is));
+            (out, cli::commands::energy(out, &file, model.as_deref(), &params, data, device.into()))
         }
         Command::Fmt { files, check } => (out, cli::commands::fmt(out, &files, check)),
     };
@@ -136,4 +147,9 @@ fn arguments_refused(e: &clap::Error, json: bool) -> ExitCode {
         eprint!("{}", text.strip_prefix("error: ").map_or(text.clone(), |t| format!("error[{code}]: {t}")));
     }
     ExitCode::from(error.exit_code())
+}
+
+/// How `--data` files are read: `--data-as-is` keeps their numbers as they are.
+fn values_of(data_as_is: bool) -> ebmc::runtime::data::FileValues {
+    if data_as_is { ebmc::runtime::data::FileValues::AsIs } else { ebmc::runtime::data::FileValues::AsTrained }
 }

@@ -529,6 +529,10 @@ impl std::fmt::Display for crate::runtime::data::DataError {
             }
             Format { source, reason } => write!(f, "{source}: {reason}"),
             Split { reason } => write!(f, "bad test split: {reason}"),
+            AlreadyBinary { source, threshold } => write!(
+                f,
+                "{source}: every value is 0 or 1 already, and `binarize: {threshold}` would turn each 1 into 0\n  help: a `--data` file is read with the train block's `scale` and `binarize`; read a file of 0/1 values (such as the samples `ebmc sample` writes) as it is with `--data-as-is`"
+            ),
             NoSource { model } => write!(
                 f,
                 "the train settings of `{model}` name no data source: they were bound for rows a host passes in memory"

@@ -232,6 +232,46 @@ fn a_lattice_coupling_folded_to_zero_samples_uniform_spins() {
 }
 
 #[test]
+fn a_file_of_0_1_values_is_refused_under_binarize_and_read_as_it_is_with_data_as_is() {
+    // Samples of rbm.ebm are 0/1 already: its `binarize: 8` would make every
+    // row all zeros, so ebmc says so, and `--data-as-is` reads them unchanged.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-data-as-is");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = ebmc::Model::from_file("models/rbm.ebm").unwrap();
+    let params = model.init_params(5);
+    model.save(dir.join("run"), &params).unwrap();
+    let bits: Vec<f32> = (0..3 * 64).map(|i| ((i * 5) % 3 == 0) as u8 as f32).collect();
+    let header: Vec<String> = (0..64).map(|i| format!("v{i}")).collect();
+    let lines: Vec<String> =
+        bits.chunks(64).map(|r| r.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")).collect();
+    let samples = dir.join("samples.csv");
+    std::fs::write(&samples, format!("{}\n{}\n", header.join(","), lines.join("\n"))).unwrap();
+    let run = dir.join("run");
+    let args = ["energy", "models/rbm.ebm", "--params", run.to_str().unwrap(), "--data", samples.to_str().unwrap()];
+    let refused = ebmc(&args);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("samples.csv") && stderr.contains("binarize: 8") && stderr.contains("--data-as-is"),
+        "{stderr}"
+    );
+    let out = ebmc(&[&args[..], &["--data-as-is"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    let expected = model.free_energy(&params, &ebmc::Rows::new().with("v", bits, &[3, 64]).unwrap()).unwrap();
+    assert_eq!(printed.len(), 3);
+    for (p, e) in printed.iter().zip(&expected) {
+        assert!((p - e).abs() <= 1e-9 * e.abs().max(1.0), "{p} vs {e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_data_file_is_read_with_the_train_blocks_binarize_and_scale() {
     // rbm.ebm trains on `digits(binarize: 8)`: a CSV of raw 0-16 pixel
     // intensities given with `--data` is thresholded the same way.

@@ -515,7 +515,8 @@ fn eval_and_energy_work_on_a_dbm() {
 fn eval_and_energy_on_the_zoo_dbm_do_not_panic() {
     let dir = tmp("zoo-dbm");
     let params = trained("models/dbm.ebm", &dir);
-    // Three rows of 64 pixels: each row's free energy enumerates h2's 2^16 states.
+    // Three rows of 64 0/1 pixels (read as they are, not through the train
+    // block's `binarize: 8`): each row's free energy enumerates h2's 2^16 states.
     let csv = dir.join("rows.csv");
     let header: Vec<String> = (0..64).map(|i| format!("p{i}")).collect();
     let row =
@@ -529,6 +530,7 @@ fn eval_and_energy_on_the_zoo_dbm_do_not_panic() {
         &params,
         "--data",
         data,
+        "--data-as-is",
         "--runs",
         "10",
         "--temperatures",
@@ -539,7 +541,7 @@ fn eval_and_energy_on_the_zoo_dbm_do_not_panic() {
     assert!(out.status.success(), "{}", text(&out));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(j["log_likelihood_ais"].as_f64().is_some(), "{j}");
-    let out = ebmc(&["energy", "models/dbm.ebm", "--params", &params, "--data", data]);
+    let out = ebmc(&["energy", "models/dbm.ebm", "--params", &params, "--data", data, "--data-as-is"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
     std::fs::remove_dir_all(&dir).unwrap();

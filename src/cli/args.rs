@@ -116,6 +116,9 @@ pub enum Command {
         /// Read the training data from this file instead (CSV, NPY or IDX), with the same binding.
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Read the `--data` file's numbers as they are, without the train block's `scale` and `binarize` (for values already in the model's domain, such as samples `ebmc sample` wrote).
+        #[arg(long, requires = "data")]
+        data_as_is: bool,
         /// Override the number of epochs.
         #[arg(long, value_parser = parse_epochs)]
         epochs: Option<usize>,
@@ -148,6 +151,9 @@ pub enum Command {
         /// Evaluate on this file (default: the train block's test split, else its data).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Read the `--data` file's numbers as they are, without the train block's `scale` and `binarize` (for values already in the model's domain, such as samples `ebmc sample` wrote).
+        #[arg(long, requires = "data")]
+        data_as_is: bool,
         /// Estimate log Z by annealed importance sampling (also when it can be enumerated, to compare).
         #[arg(long)]
         ais: bool,
@@ -180,7 +186,9 @@ pub enum Command {
         device: DeviceArg,
     },
     /// Print the (free) energy of each data row: latents summed out as planned, and a JEM label the rows leave out (an out-of-distribution score).
-    #[command(after_help = "Example:\n  ebmc energy models/rbm.ebm --params runs/rbm --data rows.csv > energies.csv")]
+    #[command(
+        after_help = "Example:\n  ebmc energy models/rbm.ebm --params runs/rbm --data rows.csv > energies.csv\n  ebmc energy models/rbm.ebm --params runs/rbm --data samples.csv --data-as-is"
+    )]
     Energy {
         /// The .ebm file.
         file: PathBuf,
@@ -193,6 +201,9 @@ pub enum Command {
         /// Rows to score (CSV, NPY or IDX), bound as the train block binds its data.
         #[arg(long)]
         data: PathBuf,
+        /// Read the `--data` file's numbers as they are, without the train block's `scale` and `binarize` (for values already in the model's domain, such as samples `ebmc sample` wrote).
+        #[arg(long, requires = "data")]
+        data_as_is: bool,
         /// Where tensors run (`cuda` needs a build with the `cuda` feature).
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         device: DeviceArg,

@@ -10,6 +10,7 @@ use ebmc::analysis::plan::Plan;
 use ebmc::analysis::program::{Model, Program};
 use ebmc::backend::DeviceKind;
 use ebmc::runtime::command::{CommandError, CommandNote};
+use ebmc::runtime::data::FileValues;
 use ebmc::runtime::export::{self, TableFormat};
 use ebmc::runtime::figures::{self, Picture};
 use ebmc::runtime::{report, run_dir, train as runs};
@@ -245,6 +246,8 @@ pub fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Resu
 /// `ebmc train`'s flags.
 pub struct TrainArgs {
     pub data: Option<PathBuf>,
+    /// How the numbers of `data` are read.
+    pub data_values: FileValues,
     pub epochs: Option<usize>,
     pub seed: Option<u64>,
     pub out: Option<PathBuf>,
@@ -263,7 +266,7 @@ pub fn train(out: Out, path: &Path, only: Option<&str>, a: TrainArgs) -> Result<
     let base = path.parent().unwrap_or(Path::new("."));
     let own = ebmc::runtime::data::spec_of(spec).map_err(data_failure)?;
     let data_spec = match &a.data {
-        Some(file) => ebmc::runtime::data::with_file(own, file),
+        Some(file) => ebmc::runtime::data::with_file(own, file, a.data_values),
         None => own.clone(),
     };
     let data = ebmc::runtime::data::load(&data_spec, model, base).map_err(data_failure)?;
@@ -376,7 +379,7 @@ pub fn eval(
     path: &Path,
     only: Option<&str>,
     params: &Path,
-    data: Option<&Path>,
+    data: Option<(&Path, FileValues)>,
     opts: &report::EvalOptions,
 ) -> Result<(), Failure> {
     let trained = load_trained(out, path, only, params, "eval")?;
@@ -398,12 +401,12 @@ pub fn energy(
     path: &Path,
     only: Option<&str>,
     params: &Path,
-    data: &Path,
+    (data, values): (&Path, FileValues),
     device: DeviceKind,
 ) -> Result<(), Failure> {
     let trained = load_trained(out, path, only, params, "energy")?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let f = report::row_energies(&trained, base, data, device)?;
+    let f = report::row_energies(&trained, base, data, values, device)?;
     out.result("energy", &json!({ "model": trained.model.name, "rows": f.len(), "energy": f }), || {
         output::energies_csv(&f)
     });

@@ -91,9 +91,11 @@ impl CommandError {
             | OutOfRange { source, row, column, .. }
             | MixedHeader { source, row, column, .. }
             | OutOfDomain { source, row, column, .. } => (Some(source), Some(*row), Some(*column)),
-            Read { source, .. } | Empty { source } | Binding { source, .. } | Format { source, .. } => {
-                (Some(source), None, None)
-            }
+            Read { source, .. }
+            | Empty { source }
+            | Binding { source, .. }
+            | Format { source, .. }
+            | AlreadyBinary { source, .. } => (Some(source), None, None),
             Split { .. } | NoSource { .. } => (None, None, None),
         }
     }

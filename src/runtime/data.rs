@@ -87,6 +87,12 @@ pub enum DataError {
     Split {
         reason: String,
     },
+    /// `binarize` at a threshold above 1 on values that are all 0 or 1 already
+    /// (samples, or data binarised before): every 1 would become 0.
+    AlreadyBinary {
+        source: String,
+        threshold: f64,
+    },
     /// Train settings bound for rows in memory (`check::train_settings`) name no data source to read.
     NoSource {
         model: String,
@@ -137,14 +143,14 @@ pub fn load(spec: &DataSpec, model: &Model, base: &Path) -> Result<Dataset, Data
             bind_positional(&toy(name, *n, *seed), &vars)
         }
         DataSource::Digits { values } => {
-            let table = transform(parse_csv("digits (bundled)", DIGITS_CSV, Some(true))?, values);
+            let table = transform(parse_csv("digits (bundled)", DIGITS_CSV, Some(true))?, values)?;
             bind(&table, &vars, true)
         }
         DataSource::Csv { path, header, values } => {
             let path = resolve(base, path);
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| DataError::Read { source: path.display().to_string(), reason: e.to_string() })?;
-            let table = transform(parse_csv(&path.display().to_string(), &text, *header)?, values);
+            let table = transform(parse_csv(&path.display().to_string(), &text, *header)?, values)?;
             bind(&table, &vars, false)
         }
         DataSource::Npy { path, values } | DataSource::Idx { path, values } => {
@@ -156,7 +162,7 @@ pub fn load(spec: &DataSpec, model: &Model, base: &Path) -> Result<Dataset, Data
                 DataSource::Npy { .. } => parse_npy(&name, &bytes)?,
                 _ => parse_idx(&name, &bytes)?,
             };
-            bind(&transform(table, values), &vars, false)
+            bind(&transform(table, values)?, &vars, false)
         }
     }
 }
@@ -234,13 +240,24 @@ fn resolve(base: &Path, path: &str) -> PathBuf {
     if p.is_absolute() || p.exists() { p } else { base.join(p) }
 }
 
+/// How `with_file` reads the numbers of the file it puts in a spec's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileValues {
+    /// With the replaced source's `scale` and `binarize` (raw data like the training data).
+    AsTrained,
+    /// As they are (values in the model's own domain, such as samples).
+    AsIs,
+}
+
 /// The data spec with its file replaced by `path` (the `--data` option):
 /// same binding, the format from the file name, and the numbers read as the
 /// spec reads its own: its `scale` and `binarize` carry over (every file
 /// format takes them), and so does a CSV's `header` to a CSV. A generated
 /// set's options (`size`, `toy`'s `name`, `n`, `seed`) say how to make rows
-/// the file now gives, so none carries over.
-pub fn with_file(spec: &DataSpec, path: &Path) -> DataSpec {
+/// the file now gives, so none carries over. With `FileValues::AsIs` the
+/// file's numbers are read as they are (samples `ebmc sample` wrote are in
+/// the model's own values already).
+pub fn with_file(spec: &DataSpec, path: &Path, values: FileValues) -> DataSpec {
     let format = match path.extension().and_then(|e| e.to_str()) {
         Some("npy") => FileFormat::Npy,
         // MNIST's own names end `.idx3-ubyte` or `.ubyte`.
@@ -248,7 +265,7 @@ pub fn with_file(spec: &DataSpec, path: &Path) -> DataSpec {
         _ => FileFormat::Csv,
     };
     let mut source = check::file_source(format, &path.display().to_string());
-    if let (Some(from), Some(to)) = (spec.source.values(), source.values_mut()) {
+    if let (FileValues::AsTrained, Some(from), Some(to)) = (values, spec.source.values(), source.values_mut()) {
         *to = *from;
     }
     if let (DataSource::Csv { header: from, .. }, DataSource::Csv { header: to, .. }) = (&spec.source, &mut source) {
@@ -258,14 +275,23 @@ pub fn with_file(spec: &DataSpec, path: &Path) -> DataSpec {
 }
 
 /// Applies `scale` and then `binarize` (values at or above the threshold become 1).
-fn transform(mut t: Table, options: &ValueOptions) -> Table {
+/// Refuses to binarise values that are 0/1 already at a threshold that would
+/// erase every 1, which would otherwise give a constant table and no error.
+fn transform(mut t: Table, options: &ValueOptions) -> Result<Table, DataError> {
+    if let Some(th) = options.binarize {
+        let scaled = |v: &f64| *v * options.scale;
+        let binary = t.values.iter().all(|v| scaled(v) == 0.0 || scaled(v) == 1.0);
+        if th > 1.0 && binary && t.values.iter().any(|v| scaled(v) == 1.0) {
+            return Err(DataError::AlreadyBinary { source: t.source.clone(), threshold: th });
+        }
+    }
     for v in t.values.iter_mut() {
         *v *= options.scale;
         if let Some(th) = options.binarize {
             *v = f64::from(u8::from(*v >= th));
         }
     }
-    t
+    Ok(t)
 }
 
 /// Reads CSV with the `csv` crate (quoted cells, CRLF, a byte-order mark),
@@ -1092,31 +1118,54 @@ mod tests {
         let binarize_at_8 = ValueOptions { scale: 1.0, binarize: Some(8.0) };
         let spec = data_of("digits(binarize: 8)");
         assert_eq!(
-            with_file(&spec, Path::new("pix.csv")).source,
+            with_file(&spec, Path::new("pix.csv"), FileValues::AsTrained).source,
             DataSource::Csv { path: "pix.csv".into(), header: None, values: binarize_at_8 }
         );
         let spec = data_of("csv(\"a.csv\", header: true, binarize: 0.5, scale: 2)");
         let halves = ValueOptions { scale: 2.0, binarize: Some(0.5) };
         assert_eq!(
-            with_file(&spec, Path::new("b.csv")).source,
+            with_file(&spec, Path::new("b.csv"), FileValues::AsTrained).source,
             DataSource::Csv { path: "b.csv".into(), header: Some(true), values: halves }
         );
         assert_eq!(
-            with_file(&spec, Path::new("b.npy")).source,
+            with_file(&spec, Path::new("b.npy"), FileValues::AsTrained).source,
             DataSource::Npy { path: "b.npy".into(), values: halves }
         );
         assert_eq!(
-            with_file(&spec, Path::new("t10k-images.idx3-ubyte")).source,
+            with_file(&spec, Path::new("t10k-images.idx3-ubyte"), FileValues::AsTrained).source,
             DataSource::Idx { path: "t10k-images.idx3-ubyte".into(), values: halves }
         );
         // A generated set has no value options: the file's numbers are read as they are.
         let plain = ValueOptions { scale: 1.0, binarize: None };
         let spec = data_of("bars_and_stripes(size: 2)");
         assert_eq!(
-            with_file(&spec, Path::new("p.idx")).source,
+            with_file(&spec, Path::new("p.idx"), FileValues::AsTrained).source,
             DataSource::Idx { path: "p.idx".into(), values: plain }
         );
-        assert_eq!(with_file(&spec, Path::new("p.csv")).binding, vec!["v".to_string()]);
+        assert_eq!(with_file(&spec, Path::new("p.csv"), FileValues::AsTrained).binding, vec!["v".to_string()]);
+        // Read as they are, the file's numbers keep the new source's defaults.
+        let spec = data_of("digits(binarize: 8)");
+        assert_eq!(
+            with_file(&spec, Path::new("s.csv"), FileValues::AsIs).source,
+            DataSource::Csv { path: "s.csv".into(), header: None, values: plain }
+        );
+    }
+
+    #[test]
+    fn binarising_values_that_are_0_or_1_already_at_a_threshold_above_1_is_an_error() {
+        let table = |values: Vec<f64>| Table { source: "s.csv".into(), first_row: 1, width: 2, values, header: None };
+        let at_8 = ValueOptions { scale: 1.0, binarize: Some(8.0) };
+        match transform(table(vec![0.0, 1.0, 1.0, 0.0]), &at_8) {
+            Err(DataError::AlreadyBinary { source, threshold }) => {
+                assert_eq!((source.as_str(), threshold), ("s.csv", 8.0))
+            }
+            other => panic!("expected AlreadyBinary, got {other:?}"),
+        }
+        // Raw values, all-zero rows and thresholds at most 1 are binarised as asked.
+        assert_eq!(transform(table(vec![0.0, 9.0, 16.0, 3.0]), &at_8).unwrap().values, vec![0.0, 1.0, 1.0, 0.0]);
+        assert!(transform(table(vec![0.0; 4]), &at_8).is_ok());
+        let at_half = ValueOptions { scale: 1.0, binarize: Some(0.5) };
+        assert_eq!(transform(table(vec![0.0, 1.0, 1.0, 0.0]), &at_half).unwrap().values, vec![0.0, 1.0, 1.0, 0.0]);
     }
 
     #[test]

@@ -51,11 +51,16 @@ pub struct EvalRows {
 
 /// Loads the rows to evaluate on: those of `file` when given (bound as the
 /// train block binds its data), else the train block's test split, else its
-/// data. Relative paths in the train block are read from `base`.
-pub fn rows_to_evaluate(t: &Trained, base: &Path, file: Option<&Path>) -> Result<EvalRows, DataError> {
+/// data. Relative paths in the train block are read from `base`; with the
+/// file comes how its numbers are read (`data::with_file`).
+pub fn rows_to_evaluate(
+    t: &Trained,
+    base: &Path,
+    file: Option<(&Path, data::FileValues)>,
+) -> Result<EvalRows, DataError> {
     let spec = data::spec_of(&t.spec)?;
-    if let Some(file) = file {
-        let rows = data::load(&data::with_file(spec, file), &t.model, base)?;
+    if let Some((file, values)) = file {
+        let rows = data::load(&data::with_file(spec, file, values), &t.model, base)?;
         // The train block's own data may be absent (e.g. MNIST elsewhere); then there are no training rows.
         let training = data::load(spec, &t.model, base)
             .ok()
@@ -79,12 +84,18 @@ pub fn rows_to_evaluate(t: &Trained, base: &Path, file: Option<&Path>) -> Result
 /// planned, and a JEM label the rows leave out summed out too, so the rows
 /// need only the inputs (an out-of-distribution score). A row whose energy
 /// is not finite is an error, never a result.
-pub fn row_energies(t: &Trained, base: &Path, file: &Path, device: DeviceKind) -> Result<Vec<f64>, CommandError> {
+pub fn row_energies(
+    t: &Trained,
+    base: &Path,
+    file: &Path,
+    values: data::FileValues,
+    device: DeviceKind,
+) -> Result<Vec<f64>, CommandError> {
     let mut binding = data::spec_of(&t.spec).map_err(CommandError::Data)?.clone();
     if let Some(m) = &t.plan.label_marginal {
         binding.binding.retain(|b| *b != m.var);
     }
-    let rows = data::load(&data::with_file(&binding, file), &t.model, base).map_err(CommandError::Data)?;
+    let rows = data::load(&data::with_file(&binding, file, values), &t.model, base).map_err(CommandError::Data)?;
     let energies =
         evaluate::row_free_energy(&t.model, &t.plan, &t.params, &rows.vars, device).map_err(CommandError::Result)?;
     match energies.iter().position(|e| !e.is_finite()) {
