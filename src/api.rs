@@ -641,6 +641,7 @@ impl Model {
         }
         for (name, t) in &rows.tensors {
             tensor::check_finite(&format!("the rows of `{name}`"), t).map_err(Error::Rows)?;
+            // Cannot fire: the loop above returned an error for every name that is not a variable.
             let v = model.variable(name).expect("every name was checked to be a variable above");
             check_domain(v, t)?;
         }
