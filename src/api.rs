@@ -662,7 +662,7 @@ impl Model {
         self.check_params(params)?;
         let all: Vec<String> = self.variables().iter().map(|v| v.name.clone()).collect();
         self.check_rows(rows, &all)?;
-        backend::free_energy(&self.graph.model, &params.tensors, &[], &rows.tensors, self.device)
+        backend::free_energy(&self.graph.model, &self.lowered, &params.tensors, &[], &rows.tensors, self.device)
             .map_err(Error::Backend)
     }
 

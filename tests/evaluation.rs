@@ -477,7 +477,15 @@ fn a_checkpoint_of_another_shape_or_rows_of_another_width_are_errors() {
     let s = setup(RBM);
     let p = random_params(&s, 0.5, 1);
     let rows: Tensors = [("v".to_string(), HostTensor::new(vec![2, 9], vec![0.0; 18]))].into_iter().collect();
-    let err = ebmc::backend::free_energy(&s.graph.model, &p, &["h".to_string()], &rows, DeviceKind::Cpu).unwrap_err();
+    let err = ebmc::backend::free_energy(
+        &s.graph.model,
+        &ebmc::ir::program_to_ir(&s.graph.model),
+        &p,
+        &["h".to_string()],
+        &rows,
+        DeviceKind::Cpu,
+    )
+    .unwrap_err();
     assert!(err.contains("the rows of `v` have shape [2, 9]"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -68,7 +68,8 @@ fn jem_classifies_and_its_marginal_energy_detects_far_points() {
     // Marginal energy (label summed out) of held-out points against points at radius 10.
     let inputs: ebmc::tensor::Tensors = [("x".to_string(), test.vars["x"].clone())].into_iter().collect();
     let summed = ebmc::runtime::evaluate::summed_for(&plans[0], &["x".to_string()]);
-    let e_in = ebmc::backend::free_energy(&model, &params, &summed, &inputs, DeviceKind::Cpu).unwrap();
+    let e_in =
+        ebmc::backend::free_energy(&model, &plans[0].lowered, &params, &summed, &inputs, DeviceKind::Cpu).unwrap();
     let far: Vec<f32> = (0..600)
         .flat_map(|i| {
             let a = i as f64 * 0.0105;
@@ -76,7 +77,7 @@ fn jem_classifies_and_its_marginal_energy_detects_far_points() {
         })
         .collect();
     let far: ebmc::tensor::Tensors = [("x".to_string(), HostTensor::new(vec![600, 2], far))].into_iter().collect();
-    let e_out = ebmc::backend::free_energy(&model, &params, &summed, &far, DeviceKind::Cpu).unwrap();
+    let e_out = ebmc::backend::free_energy(&model, &plans[0].lowered, &params, &summed, &far, DeviceKind::Cpu).unwrap();
     // AUROC: the probability that a far point scores a higher energy than an in-distribution one.
     let wins: usize = e_out.iter().map(|o| e_in.iter().filter(|i| o > *i).count()).sum();
     let auroc = wins as f64 / (e_in.len() * e_out.len()) as f64;

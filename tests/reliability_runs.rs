@@ -108,16 +108,38 @@ fn backend_entry_points_refuse_rows_of_the_wrong_shape() {
     lying.get_mut("v").unwrap().data.pop();
     assert!(sampler.energy(&lying).unwrap_err().contains("holds 19 values"));
 
-    let err = ebmc::backend::free_energy(&model, &params, &["h".into()], &narrow, DeviceKind::Cpu).unwrap_err();
+    let err = ebmc::backend::free_energy(
+        &model,
+        &ebmc::ir::program_to_ir(&model),
+        &params,
+        &["h".into()],
+        &narrow,
+        DeviceKind::Cpu,
+    )
+    .unwrap_err();
     assert!(err.contains("[5, 3]"), "{err}");
     assert!(
-        ebmc::backend::free_energy(&model, &params, &["h".into()], &rows(&[("h", vec![5, 2], 0.0)]), DeviceKind::Cpu)
-            .is_err()
+        ebmc::backend::free_energy(
+            &model,
+            &ebmc::ir::program_to_ir(&model),
+            &params,
+            &["h".into()],
+            &rows(&[("h", vec![5, 2], 0.0)]),
+            DeviceKind::Cpu
+        )
+        .is_err()
     );
     assert_eq!(
-        ebmc::backend::free_energy(&model, &params, &["h".into()], &rows(&[("v", vec![5, 4], 1.0)]), DeviceKind::Cpu)
-            .unwrap()
-            .len(),
+        ebmc::backend::free_energy(
+            &model,
+            &ebmc::ir::program_to_ir(&model),
+            &params,
+            &["h".into()],
+            &rows(&[("v", vec![5, 4], 1.0)]),
+            DeviceKind::Cpu
+        )
+        .unwrap()
+        .len(),
         5
     );
 }
@@ -143,16 +165,29 @@ fn sampler_state_and_parameters_are_checked() {
     nan.get_mut("b").unwrap().data[2] = f32::NAN;
     let err = Sampler::new(&model, &plan, &nan, 3, 0, DeviceKind::Cpu).err().unwrap();
     assert!(err.contains("parameter `b` is NaN at index [2]"), "{err}");
-    let err =
-        ebmc::backend::free_energy(&model, &wide, &["h".into()], &rows(&[("v", vec![5, 4], 1.0)]), DeviceKind::Cpu)
-            .unwrap_err();
+    let err = ebmc::backend::free_energy(
+        &model,
+        &ebmc::ir::program_to_ir(&model),
+        &wide,
+        &["h".into()],
+        &rows(&[("v", vec![5, 4], 1.0)]),
+        DeviceKind::Cpu,
+    )
+    .unwrap_err();
     assert!(err.contains("`W` has shape [5, 2]"), "{err}");
     let mut missing = params.clone();
     missing.remove("b");
     assert!(
-        ebmc::backend::free_energy(&model, &missing, &["h".into()], &rows(&[("v", vec![5, 4], 1.0)]), DeviceKind::Cpu)
-            .unwrap_err()
-            .contains("no value for the parameter `b`")
+        ebmc::backend::free_energy(
+            &model,
+            &ebmc::ir::program_to_ir(&model),
+            &missing,
+            &["h".into()],
+            &rows(&[("v", vec![5, 4], 1.0)]),
+            DeviceKind::Cpu
+        )
+        .unwrap_err()
+        .contains("no value for the parameter `b`")
     );
     // Checkpoints are also refused for tensors the model does not declare.
     let mut extra = params.clone();

@@ -1169,20 +1169,23 @@ impl From<String> for TrainError {
 
 /// The energy of each row with the variables in `sum_out` summed out (each
 /// discrete, linear in the energy, and not touching one another); `rows`
-/// give every other variable as `[rows, ...shape]`.
+/// give every other variable as `[rows, ...shape]`. `lowered` is the
+/// model's IR as its plan carries it (`Plan::lowered`).
 pub fn free_energy(
     model: &Model,
+    lowered: &ir::Lowered,
     params: &Tensors,
     sum_out: &[String],
     rows: &Tensors,
     device: DeviceKind,
 ) -> Result<Vec<f64>, String> {
     match device {
-        DeviceKind::Cpu => free_energy_on(&Cpu::default(), model, params, sum_out, rows),
+        DeviceKind::Cpu => free_energy_on(&Cpu::default(), model, lowered, params, sum_out, rows),
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => free_energy_on(
             &Cuda::try_seed_from_u64(0).map_err(|e| format!("cannot open the CUDA device: {e:?}"))?,
             model,
+            lowered,
             params,
             sum_out,
             rows,
@@ -1197,11 +1200,13 @@ pub fn free_energy(
 fn free_energy_on<D: Kernels>(
     dev: &D,
     model: &Model,
+    lowered: &ir::Lowered,
     params: &Tensors,
     sum_out: &[String],
     rows: &Tensors,
 ) -> Result<Vec<f64>, String> {
-    let mut lowered = ir::program_to_ir(model);
+    // Summing out adds nodes: to a copy, so the plan's IR stays as planned.
+    let mut lowered = lowered.clone();
     let mut root = lowered.total;
     for name in sum_out {
         root = crate::analysis::plan::sum_out(

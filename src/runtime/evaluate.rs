@@ -180,7 +180,7 @@ pub fn exact_log_z(graph: &FactorGraph, plan: &Plan, params: &Tensors, device: D
     }
     let e = enumeration(graph, plan)?;
     let rows = all_states(&graph.model, &e.enumerate);
-    let f = backend::free_energy(&graph.model, params, &e.sum_out, &rows, device)?;
+    let f = backend::free_energy(&graph.model, &plan.lowered, params, &e.sum_out, &rows, device)?;
     Ok(log_sum_exp(&f.iter().map(|x| -x).collect::<Vec<_>>()))
 }
 
@@ -203,7 +203,7 @@ pub fn row_free_energy(
         .map(|v| v.name.clone())
         .collect();
     if kept.is_empty() {
-        return backend::free_energy(model, params, &summed, rows, device);
+        return backend::free_energy(model, &plan.lowered, params, &summed, rows, device);
     }
     let states = states_of(model, &kept).filter(|s| *s <= ENUMERATION_LIMIT).ok_or_else(|| format!("the rows leave {} unbound and it cannot be summed out in closed form; enumerating it per row would visit more than {ENUMERATION_LIMIT} states", kept.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")))? as usize;
     let latent = all_states(model, &kept);
@@ -213,7 +213,7 @@ pub fn row_free_energy(
         // This row repeated under every latent state.
         let mut repeated = crate::tensor::gather_rows(rows, states, |_| r);
         repeated.extend(latent.clone());
-        let f = backend::free_energy(model, params, &summed, &repeated, device)?;
+        let f = backend::free_energy(model, &plan.lowered, params, &summed, &repeated, device)?;
         out.push(-log_sum_exp(&f.iter().map(|x| -x).collect::<Vec<_>>()));
     }
     Ok(out)
@@ -646,7 +646,7 @@ impl Grid {
         let mut shape = vec![points.len() / dims];
         shape.extend(&v.shape);
         let rows: Tensors = [(v.name.clone(), HostTensor::new(shape, points))].into_iter().collect();
-        let free_energy = backend::free_energy(model, params, &summed, &rows, device)?;
+        let free_energy = backend::free_energy(model, &plan.lowered, params, &summed, &rows, device)?;
         Ok(Grid { low, high, resolution, dims, free_energy })
     }
 
