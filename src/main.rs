@@ -17,6 +17,7 @@ use cli::commands::{SampleArgs, TrainArgs};
 use cli::output::{Failure, Out};
 use codespan_reporting::term::termcolor::ColorChoice;
 use ebmc::runtime::command::CommandError;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -75,7 +76,7 @@ fn main() -> ExitCode {
         }
         Command::Train { file, model, data, data_as_is, epochs, seed, out: dir, resume, device } => {
             let opts = TrainArgs {
-                data,
+                data: data.map(from_cwd),
                 data_values: values_of(data_as_is),
                 epochs,
                 seed,
@@ -114,10 +115,12 @@ fn main() -> ExitCode {
                 seed,
                 device: device.into(),
             };
+            let data = data.map(from_cwd);
             let data = data.as_deref().map(|d| (d, values_of(data_as_is)));
             (out, cli::commands::eval(out, &file, model.as_deref(), &params, data, &opts))
         }
         Command::Energy { file, model, params, data, data_as_is, device } => {
+            let data = from_cwd(data);
             let data = (data.as_path(), values_of(data_as_is));
             (out, cli::commands::energy(out, &file, model.as_deref(), &params, data, device.into()))
         }
@@ -147,6 +150,12 @@ fn arguments_refused(e: &clap::Error, json: bool) -> ExitCode {
         eprint!("{}", text.strip_prefix("error: ").map_or(text.clone(), |t| format!("error[{code}]: {t}")));
     }
     ExitCode::from(error.exit_code())
+}
+
+/// A `--data` path as the user typed it, relative to the working directory
+/// (the train block's own paths are relative to the model file instead).
+fn from_cwd(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
 }
 
 /// How `--data` files are read: `--data-as-is` keeps their numbers as they are.

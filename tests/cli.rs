@@ -310,3 +310,24 @@ fn a_data_file_is_read_with_the_train_blocks_binarize_and_scale() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_relative_data_path_is_read_from_the_working_directory() {
+    // `--data rows.csv` names a file where the user is, not beside the model file.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-data-cwd");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = ebmc::Model::from_file("models/bars.ebm").unwrap();
+    model.save(dir.join("run"), &model.init_params(1)).unwrap();
+    let row: Vec<String> = (0..16).map(|i| (i % 2).to_string()).collect();
+    std::fs::write(dir.join("rows.csv"), format!("{}\n", row.join(","))).unwrap();
+    let bars = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/bars.ebm");
+    let out = Command::new(env!("CARGO_BIN_EXE_ebmc"))
+        .args(["energy", bars.to_str().unwrap(), "--params", "run", "--data", "rows.csv"])
+        .current_dir(&dir)
+        .output()
+        .expect("ebmc runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
