@@ -160,8 +160,7 @@ pub enum EvalError {
     Options(String),
     /// No rows to evaluate on; names which rows.
     NoRows(&'static str),
-    /// A figure that came out NaN or infinite.
-    /// The figure's name, and its non-finite value.
+    /// A figure that came out NaN or infinite: `what` names it, `value` is what it came out as.
     NotFinite { what: &'static str, value: f64 },
     /// A computation every report needs failed.
     Failed(String),
