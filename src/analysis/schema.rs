@@ -94,6 +94,7 @@ pub struct OptSig {
     pub default: Fallback,
 }
 
+/// The values an option accepts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum OptType {
     /// Any finite number.
