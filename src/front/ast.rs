@@ -67,7 +67,7 @@ pub struct ModelBlock {
 /// A statement in a `model` block.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ModelStmt {
-    /// `visible`/`hidden NAME : TYPE;`
+    /// `visible NAME : TYPE;` or `hidden NAME : TYPE;`
     Var(VarDecl),
     /// `param NAME : TYPE (= INIT)?;`
     Param(ParamDecl),
