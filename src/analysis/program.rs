@@ -145,6 +145,7 @@ pub struct Const {
     pub span: Span,
 }
 
+/// A constant's value: a number or a built graph.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum ConstValue {
     /// A number; filling a typed constant's shape when it has one.
