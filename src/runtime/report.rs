@@ -160,7 +160,8 @@ pub enum EvalError {
     Options(String),
     /// No rows to evaluate on; names which rows.
     NoRows(&'static str),
-    /// A figure that came out NaN or infinite: `what` names it, `value` is what it came out as.
+    /// A figure that came out NaN or infinite.
+    /// `what` names the figure; `value` is what it came out as.
     NotFinite { what: &'static str, value: f64 },
     /// A computation every report needs failed.
     Failed(String),
