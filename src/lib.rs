@@ -58,8 +58,11 @@ use front::{ast, format, parse};
 /// A file that parsed and checked, with its warnings.
 #[derive(Debug)]
 pub struct Compiled {
+    /// The syntax tree as parsed.
     pub ast: ast::File,
+    /// The checked program.
     pub program: program::Program,
+    /// The checker's warnings, as diagnostics.
     pub warnings: Vec<Diagnostic>,
 }
 

@@ -11,24 +11,30 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// A float32 tensor in host memory, row-major.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostTensor {
+    /// Axis lengths, outermost first.
     pub shape: Vec<usize>,
+    /// The elements, row-major; `shape`'s product of them.
     pub data: Vec<f32>,
 }
 
 impl HostTensor {
+    /// A tensor of `shape` holding `data`, whose length must be `shape`'s product.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
         HostTensor { shape, data }
     }
 
+    /// A tensor of `shape` with every element `value`.
     pub fn filled(shape: Vec<usize>, value: f32) -> Self {
         let n = shape.iter().product();
         HostTensor { shape, data: vec![value; n] }
     }
 }
 
+/// Named tensors: variables' rows or parameters, by name.
 pub type Tensors = BTreeMap<String, HostTensor>;
 
 /// Why tensors handed to the library do not fit the model. Wording lives in `messages.rs`.
@@ -36,47 +42,70 @@ pub type Tensors = BTreeMap<String, HostTensor>;
 pub enum ShapeError {
     /// The rows give no values for a variable the computation reads.
     MissingVariable {
+        /// The variable.
         var: String,
     },
     /// A variable's rows are not `[rows, ...shape]`.
     VariableShape {
+        /// The variable.
         var: String,
+        /// The shape given.
         found: Vec<usize>,
+        /// The shape expected, `[rows, ...shape]`.
         expected: Vec<usize>,
     },
     /// Two variables give different numbers of rows.
     RowCounts {
+        /// One variable.
         var: String,
+        /// Its rows.
         rows: usize,
+        /// Another variable.
         other: String,
+        /// Its rows.
         other_rows: usize,
     },
     /// No rows at all.
     NoRows,
     /// A tensor whose data length is not the product of its shape.
     Inconsistent {
+        /// The tensor's name.
         name: String,
+        /// Its shape.
         shape: Vec<usize>,
+        /// The length of its data.
         len: usize,
     },
+    /// A parameter of the model that the tensors do not give.
     MissingParameter {
+        /// The parameter.
         name: String,
     },
+    /// A parameter tensor of the wrong shape.
     ParameterShape {
+        /// The parameter.
         name: String,
+        /// The shape given.
         found: Vec<usize>,
+        /// The shape the model declares.
         expected: Vec<usize>,
     },
     /// A checkpoint tensor the model has no parameter for.
     UnknownParameter {
+        /// The tensor's name.
         name: String,
+        /// The model's parameter names.
         known: Vec<String>,
     },
     /// A NaN or infinite value: in `what`, at flat index `index` of a tensor of `shape`.
     NonFinite {
+        /// Where the value is.
         what: String,
+        /// The tensor's shape.
         shape: Vec<usize>,
+        /// The flat, row-major index of the value.
         index: usize,
+        /// The value.
         value: f32,
     },
 }
@@ -282,6 +311,7 @@ fn sort_metadata(file: &mut [u8]) {
     }
 }
 
+/// Reads the tensors of a `.safetensors` file.
 pub fn load_safetensors(path: &Path) -> Result<Tensors, String> {
     load_safetensors_with(path).map(|(tensors, _)| tensors)
 }

@@ -12,62 +12,111 @@ use std::collections::{BTreeMap, BTreeSet};
 /// What a checked declaration is, for messages ("`W` is a parameter").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeclKind {
+    /// A `visible` or `hidden` variable.
     Variable,
+    /// A `param`.
     Param,
+    /// A `const`.
     Const,
+    /// A `net`.
     Net,
+    /// An `energy` term.
     Energy,
 }
 
 /// A problem the checker found. Wording lives in `messages.rs`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CheckError {
+    /// E0100: a name that is not declared; `candidates` are the declared names of its kind.
     Undefined { what: &'static str, name: String, span: Span, candidates: Vec<String> },
+    /// E0101: a name declared twice; `first` is the earlier declaration.
     Duplicate { what: &'static str, name: String, span: Span, first: Span },
+    /// E0102: a call to a name that is neither a built-in function nor a net.
     UnknownFunction { name: String, span: Span, candidates: Vec<String> },
+    /// E0103: a call to a declaration that is not a function or net.
     NotAFunction { name: String, span: Span, is: DeclKind },
+    /// E0103: a net or energy term (or, in a `sample` block, a non-variable) used as a value.
     NotAValue { name: String, span: Span, is: DeclKind },
+    /// E0104: a built-in function given the wrong number of arguments.
     Arity { name: String, span: Span, expected: usize, found: usize },
+    /// E0105: named options passed to a built-in function.
     FunctionOptions { name: String, span: Span },
+    /// E0102: an unknown built-in of `family` (objective, optimiser, data source, ...).
     UnknownCallee { family: Family, name: String, span: Span },
+    /// E0108: something other than a call where a `family` built-in is expected.
     NotACall { family: Family, span: Span },
+    /// E0105: an option `callee` does not have.
     UnknownOption { family: Family, callee: String, name: String, span: Span },
+    /// E0106: an option given twice.
     DuplicateOption { name: String, span: Span, first: Span },
+    /// E0106: a required option left out.
     MissingOption { callee: String, option: String, span: Span },
+    /// E0104: more positional arguments than `callee` takes.
     TooManyArgs { callee: String, span: Span, max: usize },
+    /// E0107: an option value not of the `expected` type.
     BadOptionValue { callee: String, option: String, span: Span, expected: OptType },
+    /// E0108: a string or list inside an energy expression.
     NotAllowedInEnergy { what: &'static str, span: Span },
+    /// E0108: something other than a number literal where one is needed.
     NotANumber { span: Span },
+    /// E0109: a number literal that overflows to infinity.
     NonFinite { span: Span },
+    /// E0200: operands of an elementwise operator whose shapes do not broadcast.
     ElementwiseMismatch { op: BinOp, lhs: (Span, Shape), rhs: (Span, Shape) },
+    /// E0201: operands of `@` whose inner dimensions differ.
     MatMulMismatch { lhs: (Span, Shape), rhs: (Span, Shape) },
+    /// E0203: a scalar operand of `@`.
     MatMulScalar { operand: Span },
+    /// E0203: a transpose of something that is not a matrix.
     TransposeRank { span: Span, shape: Shape },
+    /// E0203: a non-scalar exponent of `^`.
     NonScalarExponent { span: Span, shape: Shape },
+    /// E0204: a net applied to an input whose width is not its first layer's.
     NetInput { net: String, span: Span, expected: usize, found: Shape, decl: Span },
+    /// E0202: an energy term that is not a scalar per example.
     NonScalarEnergy { name: String, span: Span, shape: Shape },
+    /// E0207: a model without energy terms.
     NoEnergy { model: String, span: Span },
+    /// E0205: `in [..]` bounds on a discrete type.
     BoundsOnDiscrete { span: Span },
+    /// E0205: bounds whose low end is not below the high end.
     EmptyBounds { span: Span, low: f64, high: f64 },
+    /// E0205: a categorical type with fewer than 2 categories.
     TooFewCategories { span: Span },
+    /// E0205: a dimension of size 0.
     ZeroDim { span: Span },
+    /// E0205: more dimensions than the type allows (`max`).
     TooManyDims { span: Span, max: usize },
+    /// E0205: a parameter or typed constant whose type is not unbounded real.
     ParamNotReal { span: Span },
+    /// E0206: a dimension naming something that is not an untyped whole-number constant.
     BadDim { name: String, span: Span },
+    /// E0206: a constant whose declared shape differs from its value's.
     ConstShape { span: Span, declared: Shape, built: Shape },
+    /// E0206: a net with the wrong number of layer widths for its kind.
     NetLayers { span: Span, kind: NetKind, found: usize },
+    /// E0301: an unknown `train` setting.
     UnknownSetting { name: String, span: Span },
+    /// E0301: `data` or `test` in the settings of a fit on in-memory rows.
     HostRows { key: String, span: Span },
+    /// E0302: a required `train` setting left out.
     MissingSetting { key: &'static str, span: Span },
+    /// E0303: a data source without a `->` binding.
     MissingBinding { span: Span },
+    /// E0303: a `->` binding on a setting that takes none.
     UnexpectedBinding { key: String, span: Span },
+    /// E0303: a binding naming something that is not a visible variable.
     BindNonVisible { name: String, span: Span },
+    /// E0303: a visible variable missing from the data binding.
     UnboundVisible { name: String, span: Span, decl: Span },
+    /// E0107: a setting value not of the `expected` kind.
     BadSettingValue { key: String, span: Span, expected: &'static str },
+    /// W0001: a declaration no energy uses.
     Unused { is: DeclKind, name: String, span: Span },
 }
 
 impl CheckError {
+    /// True for warnings (`Unused`), which do not stop compilation.
     pub fn is_warning(&self) -> bool {
         matches!(self, CheckError::Unused { .. })
     }

@@ -12,16 +12,21 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write;
 
+/// How an energy term depends on a variable: its polynomial degree in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum Degree {
+    /// Does not vary with the variable.
     Constant,
+    /// Linear in the variable.
     Linear,
+    /// Quadratic in the variable.
     Quadratic,
     /// Not a polynomial of degree ≤ 2 (or not provably one).
     Other,
 }
 
 impl Degree {
+    /// The degree's name in printed graphs.
     pub fn word(self) -> &'static str {
         match self {
             Degree::Constant => "constant",
@@ -41,13 +46,18 @@ impl Degree {
 /// colours its units were split into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColourClass {
+    /// The variable's Gibbs block, from 0.
     Block(usize),
+    /// The number of colours its units were split into.
     Units(usize),
 }
 
+/// A node of the factor graph.
 #[derive(Debug, Clone, Serialize)]
 pub enum GraphNode {
+    /// A variable, by name.
     Variable(String),
+    /// An energy term, by name.
     Factor(String),
 }
 
@@ -55,8 +65,11 @@ pub enum GraphNode {
 /// plain, ordered data for printing.
 #[derive(Debug, Clone)]
 pub struct FactorGraph {
+    /// The model the graph is of.
     pub model: Model,
+    /// Variable and energy-term nodes; an edge joins a term to each variable it mentions, weighted by the term's degree in it.
     pub graph: UnGraph<GraphNode, Degree>,
+    /// Each variable's node, by name.
     pub variable_nodes: BTreeMap<String, NodeIndex>,
     /// Per energy term (declaration order): (variable, degree) in variable declaration order.
     pub factors: Vec<(String, Vec<(String, Degree)>)>,
@@ -65,6 +78,7 @@ pub struct FactorGraph {
     pub couplings: Vec<Vec<BTreeSet<String>>>,
 }
 
+/// Builds the factor graph of `model`.
 pub fn program_to_graph(model: &Model) -> FactorGraph {
     let mut graph = UnGraph::new_undirected();
     let mut variable_nodes = BTreeMap::new();
@@ -236,6 +250,7 @@ fn raw_degree(e: &TExpr, var: &Variable, model: &Model) -> Poly {
 }
 
 impl FactorGraph {
+    /// The model's variable `name`; it must be one of the graph's.
     pub fn variable(&self, name: &str) -> &Variable {
         // Cannot fire: the graph's variable names are the model's own.
         self.model.variable(name).expect("graph variables come from the model")
@@ -507,6 +522,7 @@ pub fn lattice_adjacency(g: &GraphConst) -> Vec<Vec<usize>> {
     adj.into_iter().map(|s| s.into_iter().collect()).collect()
 }
 
+/// A variable's type as messages write it, e.g. `binary[64]`.
 pub fn type_text(v: &Variable) -> String {
     match &v.domain {
         Domain::Binary => format!("binary{}", dims(&v.shape)),

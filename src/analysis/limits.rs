@@ -24,6 +24,7 @@ pub const MAX_ELEMENTS: u128 = 1 << 27;
 pub const MAX_BATCH_VALUES: u128 = 1 << 30;
 /// Most sweeps of one `sample` run (burn-in included), and most epochs of training.
 pub const MAX_SWEEPS: u128 = 1_000_000_000;
+/// Most epochs of one training run.
 pub const MAX_EPOCHS: u128 = 1_000_000;
 
 /// A size past its limit. `span` is where the file asks for it; `flag` the
@@ -48,7 +49,9 @@ pub enum LimitError {
 /// logarithm so it never overflows; exact when it fits in a `u128`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct States {
+    /// log₂ of the number of joint states.
     pub log2: f64,
+    /// The number itself, when it fits in a `u128`.
     pub exact: Option<u128>,
 }
 
@@ -233,9 +236,13 @@ fn check_train_block(model: &Model, t: &Train) -> Vec<LimitError> {
 /// What a `sample` run asks for.
 #[derive(Debug, Clone, Copy)]
 pub struct SampleRun {
+    /// Chains sampled in parallel.
     pub chains: usize,
+    /// Sweeps run before any state is kept.
     pub burn_in: usize,
+    /// Sweeps run after burn-in.
     pub steps: usize,
+    /// Keep the states every this many sweeps after burn-in; `None`: only the last.
     pub every: Option<usize>,
 }
 

@@ -17,6 +17,7 @@ use std::fmt::Write;
 /// many dimensions the plan suggests the sliced or denoising forms.
 pub const SM_DIMENSION_LIMIT: usize = 64;
 
+/// How one variable is sampled.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Kernel {
     /// Exact Gibbs update of the whole variable at once; `block` of `blocks`.
@@ -24,22 +25,33 @@ pub enum Kernel {
         /// Counted from 0 here; serialised from 1, as the text counts.
         #[serde(serialize_with = "from_one")]
         block: usize,
+        /// Number of blocks in the model's block-Gibbs sweep.
         blocks: usize,
     },
     /// Exact Gibbs update of one colour class of units at a time.
     ChromaticGibbs {
+        /// Colours used; units of one colour are conditionally independent.
         colours: usize,
+        /// The graph constants that induce the colouring, described for reading.
         lattice: String,
+        /// Each unit's colour, from 0, in unit order.
         unit_colours: Vec<usize>,
     },
     /// One unit at a time, from energy differences.
     SequentialGibbs,
+    /// Langevin dynamics, or MALA when `mala`, for a real variable.
     Langevin {
+        /// Whether each proposal is accepted or rejected by Metropolis-Hastings (MALA).
         mala: bool,
+        /// Step size.
         step: f64,
+        /// Noise scale, resolved (`sqrt(2 step)` unless given).
         noise: f64,
+        /// Steps per sweep.
         steps: usize,
+        /// Each gradient component clamped to `[-clip, clip]`; `None`: no clamping.
         clip: Option<f64>,
+        /// The variable's bounds, at which moves reflect; `None` when unbounded.
         bounds: Option<(f64, f64)>,
     },
 }
@@ -48,12 +60,18 @@ fn from_one<S: serde::Serializer>(block: &usize, s: S) -> Result<S::Ok, S::Error
     s.serialize_u64(*block as u64 + 1)
 }
 
+/// The plan for one variable.
 #[derive(Debug, Clone, Serialize)]
 pub struct VarPlan {
+    /// The variable's name.
     pub name: String,
+    /// Visible or hidden.
     pub role: Role,
+    /// Its type as written in messages, e.g. `binary[64]`.
     pub type_text: String,
+    /// How it is sampled.
     pub kernel: Kernel,
+    /// Why that kernel was chosen.
     pub reason: String,
     /// The exact conditional, for Gibbs kernels.
     pub conditional: Option<String>,
@@ -61,21 +79,27 @@ pub struct VarPlan {
     pub overridden: bool,
 }
 
+/// Variables summed out of the energy, and the free energy left.
 #[derive(Debug, Clone, Serialize)]
 pub struct Marginal {
     /// The summed-out variables, comma-separated for reading.
     pub var: String,
+    /// The summed-out variables, in order.
     pub summed: Vec<String>,
     /// `softplus` (binary), `log 2cosh` (spin) or `logsumexp` (categorical).
     pub rule: String,
     /// Variables the free energy is a function of.
     pub over: Vec<String>,
+    /// The free energy, as `F(over) = ...` text.
     pub free_energy: String,
 }
 
+/// The inference plan of one model.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
+    /// The model's name.
     pub model: String,
+    /// Each variable's plan, in declaration order.
     pub variables: Vec<VarPlan>,
     /// One sweep: groups of variables updated together, in order.
     pub sweep: Vec<Vec<String>>,
@@ -85,6 +109,7 @@ pub struct Plan {
     pub kept: Vec<(String, String)>,
     /// A visible categorical label summed out for the marginal of the rest (JEM).
     pub label_marginal: Option<Marginal>,
+    /// The objective as a call with the options that apply; `None` without a train block.
     pub objective: Option<String>,
     /// The IR the plan was made from, as `ir::program_to_ir` lowered it, so
     /// the backend and runtime start from it instead of lowering again. Not
@@ -96,81 +121,132 @@ pub struct Plan {
 /// A reason the planner refuses a model or objective, or warns about it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PlanError {
+    /// A real, unbounded variable in which the energy is constant or linear: exp(-E) cannot integrate.
     NoFiniteZ {
+        /// The variable.
         var: String,
+        /// Where it is declared.
         span: Span,
+        /// The energy's degree in it.
         degree: Degree,
     },
     /// The energy's leading term in `var` falls to -infinity in some
     /// direction (a negative even power, or an odd one).
     LeadingTermFalls {
+        /// The variable.
         var: String,
+        /// Where it is declared.
         span: Span,
+        /// The falling term, as text.
         term: String,
     },
     /// Every term that varies with the unbounded `var` is bounded (`term`
     /// is one): exp(-E) stays above a positive floor and cannot integrate.
     BoundedEnergy {
+        /// The variable.
         var: String,
+        /// Where it is declared.
         span: Span,
+        /// A bounded term, as text.
         term: String,
     },
+    /// A warning: the planner cannot prove that exp(-E) integrates over `var`.
     NotProvablyNormalisable {
+        /// The variable.
         var: String,
+        /// Where it is declared.
         span: Span,
+        /// What the proof lacks.
         why: Unproved,
     },
+    /// A score-matching or NCE objective given a discrete visible variable.
     NeedsContinuous {
+        /// The objective's name.
         objective: String,
+        /// Where the objective is written.
         span: Span,
+        /// The discrete variable.
         var: String,
+        /// Where it is declared.
         var_span: Span,
+        /// Its type as written in messages.
         type_text: String,
     },
+    /// An objective that needs a free energy, given a variable that cannot be summed out.
     NeedsFreeEnergy {
+        /// The objective's name.
         objective: String,
+        /// Where the objective is written.
         span: Span,
+        /// The variable.
         var: String,
+        /// Where it is declared.
         var_span: Span,
+        /// Why it cannot be summed out.
         why: String,
     },
+    /// `jem` without a visible categorical label entering the energy linearly.
     JemNeedsLabel {
+        /// Where the objective is written.
         span: Span,
     },
+    /// `jem` with a categorical label but no real visible input.
     JemNeedsContinuous {
+        /// Where the objective is written.
         span: Span,
     },
+    /// `pl` on a model with a hidden or continuous variable.
     PlNeedsFullyVisible {
+        /// Where the objective is written.
         span: Span,
+        /// The offending variable.
         var: String,
+        /// Where it is declared.
         var_span: Span,
+        /// Why it disqualifies `pl` (hidden, or continuous).
         why: String,
     },
+    /// A `gibbs` override on a real variable.
     GibbsOnContinuous {
+        /// The variable.
         var: String,
+        /// Where the override is written.
         span: Span,
     },
+    /// A `langevin` or `mala` override on a discrete variable.
     LangevinOnDiscrete {
+        /// The variable.
         var: String,
+        /// Where the override is written.
         span: Span,
+        /// The kernel named.
         kernel: String,
     },
+    /// A warning: exact `sm` over more than `SM_DIMENSION_LIMIT` visible dimensions.
     ScoreMatchingDimension {
+        /// Where the objective is written.
         span: Span,
+        /// Visible dimensions, summed over the visible variables.
         dims: usize,
     },
     /// Score matching on a bounded real variable: its objective drops the
     /// boundary terms of the integration by parts, so the fit is biased.
     ScoreMatchingBounded {
+        /// The objective's name.
         objective: String,
+        /// Where the objective is written.
         span: Span,
+        /// The bounded variable.
         var: String,
+        /// Where it is declared.
         var_span: Span,
+        /// Its `(low, high)` bounds.
         bounds: (f64, f64),
     },
 }
 
 impl PlanError {
+    /// True for warnings, which do not stop compilation; false for errors.
     pub fn is_warning(&self) -> bool {
         matches!(
             self,
@@ -427,6 +503,7 @@ pub fn program_to_plans(program: &Program) -> Result<(Vec<Plan>, Vec<PlanError>)
     if problems.iter().any(|p| !p.is_warning()) { Err(problems) } else { Ok((plans, problems)) }
 }
 
+/// Plans the model of `graph`, checking it against `train`'s objective: the plan and its warnings, or every problem when any is an error.
 pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan, Vec<PlanError>), Vec<PlanError>> {
     let model = &graph.model;
     let mut problems = Vec::new();
@@ -909,6 +986,7 @@ impl Plan {
             .collect()
     }
 
+    /// The plan as `ebmc plan` prints it.
     pub fn to_text(&self) -> String {
         let mut out = format!("plan for model {}\n", self.model);
         for v in &self.variables {

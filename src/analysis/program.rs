@@ -8,8 +8,10 @@ use crate::front::span::Span;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+/// A per-example shape: axis lengths, outermost first; empty for a scalar.
 pub type Shape = Vec<usize>;
 
+/// Renders a shape for messages: `scalar`, or its lengths as `[a, b]`.
 pub fn shape_str(shape: &[usize]) -> String {
     if shape.is_empty() {
         "scalar".to_string()
@@ -18,90 +20,132 @@ pub fn shape_str(shape: &[usize]) -> String {
     }
 }
 
+/// A checked source file: its models and their train blocks.
 #[derive(Debug, Clone, Serialize)]
 pub struct Program {
+    /// Models, keyed by name.
     pub models: BTreeMap<String, Model>,
     /// Train blocks, keyed by the model they train.
     pub trains: BTreeMap<String, Train>,
 }
 
+/// A checked model: its declarations, resolved and shaped.
 #[derive(Debug, Clone, Serialize)]
 pub struct Model {
+    /// The model's declared name.
     pub name: String,
+    /// Where the model is declared.
     pub span: Span,
+    /// Declared variables, in source order.
     pub variables: Vec<Variable>,
+    /// Trainable parameters, in source order.
     pub params: Vec<Param>,
+    /// Constants, in source order.
     pub consts: Vec<Const>,
+    /// Neural nets, in source order.
     pub nets: Vec<Net>,
+    /// Energy terms, in source order; the model's energy is their sum.
     pub energies: Vec<Energy>,
+    /// The `sample` block's per-variable kernel choices.
     pub overrides: Vec<Override>,
 }
 
 impl Model {
+    /// The variable declared as `name`, if any.
     pub fn variable(&self, name: &str) -> Option<&Variable> {
         self.variables.iter().find(|v| v.name == name)
     }
 
+    /// The constant declared as `name`, if any.
     pub fn constant(&self, name: &str) -> Option<&Const> {
         self.consts.iter().find(|c| c.name == name)
     }
 
+    /// The net declared as `name`, if any.
     pub fn net(&self, name: &str) -> Option<&Net> {
         self.nets.iter().find(|n| n.name == name)
     }
 }
 
+/// A declared random variable.
 #[derive(Debug, Clone, Serialize)]
 pub struct Variable {
+    /// The variable's declared name.
     pub name: String,
+    /// Whether it is visible (fed by data) or hidden.
     pub role: Role,
+    /// The values it takes.
     pub domain: Domain,
+    /// Its per-example shape.
     pub shape: Shape,
+    /// Where it is declared.
     pub span: Span,
 }
 
+/// The set of values a variable takes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Domain {
+    /// 0 or 1 per element.
     Binary,
+    /// -1 or +1 per element.
     Spin,
     /// One-hot over `categories` values; the last axis of the shape.
     Categorical {
+        /// Number of categories (≥ 2).
         categories: usize,
     },
+    /// Real numbers, optionally confined to an interval.
     Real {
+        /// `(low, high)` when bounded; `None` for the whole real line.
         bounds: Option<(f64, f64)>,
     },
 }
 
 impl Domain {
+    /// True for every domain but `Real`.
     pub fn is_discrete(&self) -> bool {
         !matches!(self, Domain::Real { .. })
     }
 }
 
+/// A trainable parameter.
 #[derive(Debug, Clone, Serialize)]
 pub struct Param {
+    /// The parameter's declared name.
     pub name: String,
+    /// Its shape.
     pub shape: Shape,
+    /// How its values are set before training.
     pub init: Init,
+    /// Where it is declared.
     pub span: Span,
 }
 
+/// How a parameter's values are first drawn.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Init {
+    /// Every element set to this number.
     Constant(f64),
+    /// Each element drawn from a normal distribution with this mean and standard deviation.
     Normal { mean: f64, std: f64 },
+    /// Each element drawn uniformly between `low` and `high`.
     Uniform { low: f64, high: f64 },
 }
 
+/// A named constant.
 #[derive(Debug, Clone, Serialize)]
 pub struct Const {
+    /// The constant's declared name.
     pub name: String,
+    /// Its shape (the graph's `units × units` for a graph constant).
     pub shape: Shape,
+    /// Its value.
     pub value: ConstValue,
+    /// Where it is declared.
     pub span: Span,
 }
 
+/// A constant's value: a number or a built graph.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum ConstValue {
     /// A number; filling a typed constant's shape when it has one.
@@ -110,21 +154,29 @@ pub enum ConstValue {
     Graph(GraphConst),
 }
 
+/// The lattice a graph constant builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Lattice {
     /// 4-neighbour square lattice.
     Grid,
     /// 6-neighbour triangular lattice.
     Triangular,
+    /// A path, or a ring when periodic.
     Chain,
+    /// Every pair of distinct units connected.
     Complete,
 }
 
+/// A graph-builder constant: the lattice and its size.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GraphConst {
+    /// Which lattice.
     pub lattice: Lattice,
+    /// Rows of units (1 for `chain` and `complete`).
     pub rows: usize,
+    /// Units per row (`n` for `chain` and `complete`).
     pub cols: usize,
+    /// Whether the lattice wraps around its edges.
     pub periodic: bool,
 }
 
@@ -136,15 +188,22 @@ impl GraphConst {
     }
 }
 
+/// A declared neural net.
 #[derive(Debug, Clone, Serialize)]
 pub struct Net {
+    /// The net's declared name.
     pub name: String,
+    /// `linear` or `mlp`.
     pub kind: NetKind,
     /// Widths from input to output.
     pub layers: Vec<usize>,
+    /// What it applies between layers.
     pub activation: Activation,
+    /// Whether its layers add a bias.
     pub bias: bool,
+    /// Whether each layer's weights are divided by their largest singular value.
     pub spectral_norm: bool,
+    /// Where it is declared.
     pub span: Span,
 }
 
@@ -153,11 +212,17 @@ pub struct Net {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Activation {
+    /// No activation (a `linear` net).
     Identity,
+    /// `x · sigmoid(x)`.
     Swish,
+    /// `max(x, 0)`.
     Relu,
+    /// Hyperbolic tangent.
     Tanh,
+    /// `log(1 + exp(x))`.
     Softplus,
+    /// `1 / (1 + exp(-x))`.
     Sigmoid,
 }
 
@@ -165,6 +230,7 @@ impl Activation {
     /// The names `mlp(act: ...)` accepts (the schema's choices).
     pub const MLP: &'static [&'static str] = &["swish", "relu", "tanh", "softplus", "sigmoid"];
 
+    /// The activation an `mlp`'s `act` names, or `None` for an unknown name.
     pub fn from_name(name: &str) -> Option<Activation> {
         Some(match name {
             "swish" => Activation::Swish,
@@ -177,9 +243,12 @@ impl Activation {
     }
 }
 
+/// The builder a net is declared with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum NetKind {
+    /// One affine layer: `linear(IN -> OUT)`.
     Linear,
+    /// A multi-layer perceptron: `mlp(IN -> H1 -> ... -> OUT)`.
     Mlp,
 }
 
@@ -194,31 +263,48 @@ impl Net {
     }
 }
 
+/// A named energy term.
 #[derive(Debug, Clone, Serialize)]
 pub struct Energy {
+    /// The term's name.
     pub name: String,
+    /// Its expression; scalar per example.
     pub expr: TExpr,
+    /// Where it is declared.
     pub span: Span,
 }
 
 /// A typed, shaped expression.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TExpr {
+    /// What the expression computes.
     pub kind: TExprKind,
+    /// Its per-example shape.
     pub shape: Shape,
+    /// Where it is written.
     pub span: Span,
 }
 
+/// A typed expression's node.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum TExprKind {
+    /// A number literal.
     Number(f64),
+    /// A variable, by name.
     Var(String),
+    /// A parameter, by name.
     Param(String),
+    /// A constant, by name.
     Const(String),
+    /// Negation.
     Neg(Box<TExpr>),
+    /// Transpose.
     Transpose(Box<TExpr>),
+    /// A binary operation.
     Binary { op: BinOp, lhs: Box<TExpr>, rhs: Box<TExpr> },
+    /// A built-in function applied to one argument.
     Func { func: Func, arg: Box<TExpr> },
+    /// A declared net applied to one argument, by the net's name.
     Net { net: String, arg: Box<TExpr> },
 }
 
@@ -241,22 +327,36 @@ impl TExpr {
 /// Built-in functions of energy expressions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum Func {
+    /// `exp(x)`.
     Exp,
+    /// Natural logarithm.
     Log,
+    /// `log(1 + exp(x))`.
     Softplus,
+    /// `1 / (1 + exp(-x))`.
     Sigmoid,
+    /// Hyperbolic tangent.
     Tanh,
+    /// `max(x, 0)`.
     Relu,
+    /// `x · sigmoid(x)`.
     Swish,
+    /// Absolute value.
     Abs,
+    /// Square root.
     Sqrt,
+    /// `x²`.
     Square,
+    /// Sum of every element (a reduction).
     Sum,
+    /// Mean of every element (a reduction).
     Mean,
+    /// `log Σ exp(x)` over every element (a reduction).
     Logsumexp,
 }
 
 impl Func {
+    /// Every built-in function, in declaration order.
     pub const ALL: [Func; 13] = [
         Func::Exp,
         Func::Log,
@@ -273,6 +373,7 @@ impl Func {
         Func::Logsumexp,
     ];
 
+    /// The function's name in source.
     pub fn name(self) -> &'static str {
         match self {
             Func::Exp => "exp",
@@ -291,6 +392,7 @@ impl Func {
         }
     }
 
+    /// The function called `name`, if any.
     pub fn from_name(name: &str) -> Option<Func> {
         Func::ALL.into_iter().find(|f| f.name() == name)
     }
@@ -301,29 +403,39 @@ impl Func {
     }
 }
 
+/// A `sample` block entry: the kernel chosen for one variable.
 #[derive(Debug, Clone, Serialize)]
 pub struct Override {
+    /// The variable the kernel samples.
     pub var: String,
+    /// The kernel call as written, options bound.
     pub kernel: Call,
     /// `kernel`'s options, typed.
     #[serde(skip)]
     pub sampler: Sampler,
+    /// Where the entry is written.
     pub span: Span,
 }
 
 /// A built-in call with its options bound (defaults filled in).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Call {
+    /// The built-in's name.
     pub name: String,
+    /// Every option by name, given or defaulted.
     pub options: BTreeMap<String, Value>,
+    /// Where the call is written.
     pub span: Span,
 }
 
+/// A `data` clause: a source and the visible variables it feeds.
 #[derive(Debug, Clone, Serialize)]
 pub struct DataSpec {
+    /// Where the rows come from.
     pub source: DataSource,
     /// Visible variables fed by the columns, in order.
     pub binding: Vec<String>,
+    /// Where the clause is written.
     pub span: Span,
 }
 
@@ -333,29 +445,44 @@ pub struct DataSpec {
 pub enum DataSource {
     /// `header`: absent, the first row is a header when every cell is a name.
     Csv {
+        /// The file's path as written.
         path: String,
+        /// `Some(true)`: the first row is a header; `Some(false)`: it is data.
         header: Option<bool>,
+        /// How the numbers become values.
         values: ValueOptions,
     },
+    /// A NumPy `.npy` file.
     Npy {
+        /// The file's path as written.
         path: String,
+        /// How the numbers become values.
         values: ValueOptions,
     },
+    /// An IDX file (the MNIST format).
     Idx {
+        /// The file's path as written.
         path: String,
+        /// How the numbers become values.
         values: ValueOptions,
     },
     /// The bundled 8x8 digits.
     Digits {
+        /// How the numbers become values.
         values: ValueOptions,
     },
+    /// Generated bars-and-stripes images.
     BarsAndStripes {
+        /// Side length of the square images.
         size: usize,
     },
     /// `name` is one of `schema::TOY_SETS`.
     Toy {
+        /// Which toy set.
         name: String,
+        /// Rows generated.
         n: usize,
+        /// Seed of the generator.
         seed: u64,
     },
 }
@@ -364,7 +491,9 @@ pub enum DataSource {
 /// `binarize`, 1 at or above the threshold and 0 below.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct ValueOptions {
+    /// Factor every number is multiplied by.
     pub scale: f64,
+    /// Threshold for 0/1 values, applied after `scale`; `None` keeps the scaled numbers.
     pub binarize: Option<f64>,
 }
 
@@ -380,6 +509,7 @@ impl DataSource {
         }
     }
 
+    /// The value options of a source that reads numbers, mutably.
     pub fn values_mut(&mut self) -> Option<&mut ValueOptions> {
         match self {
             DataSource::Csv { values, .. }
@@ -416,8 +546,11 @@ impl std::fmt::Display for DataSource {
 /// The file formats a data file can be read as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileFormat {
+    /// Comma-separated text.
     Csv,
+    /// NumPy `.npy`.
     Npy,
+    /// IDX (the MNIST format).
     Idx,
 }
 
@@ -425,8 +558,10 @@ pub enum FileFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub enum TestSplit {
     /// The last `rows` rows.
+    /// Rows held out.
     Last { rows: usize },
     /// The last `of` of the rows, rounded.
+    /// Fraction of the rows held out.
     Fraction { of: f64 },
 }
 
@@ -439,9 +574,12 @@ impl std::fmt::Display for TestSplit {
     }
 }
 
+/// Where a `train` block's test rows come from.
 #[derive(Debug, Clone, Serialize)]
 pub enum TestSpec {
+    /// Rows held out of the training data.
     Split(TestSplit),
+    /// A separate data source.
     Data(DataSpec),
 }
 
@@ -450,22 +588,36 @@ pub enum TestSpec {
 /// table, so the backend and runtime read fields, never option names.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainOptions {
+    /// The loss fitted.
     pub objective: Objective,
+    /// How parameters are updated.
     pub optimizer: Optimizer,
+    /// How the learning rate changes per epoch.
     pub schedule: Schedule,
+    /// Penalties and gradient clipping.
     pub regularizers: Regularizers,
 }
 
+/// A training objective with its options.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Objective {
+    /// Contrastive divergence: samples after `k` sweeps from the batch.
     Cd { k: usize },
+    /// Persistent contrastive divergence.
     Pcd(Persistent),
+    /// Exact pseudo-likelihood.
     Pl,
+    /// Exact score matching.
     Sm,
+    /// Denoising score matching with noise level `sigma`.
     Dsm { sigma: f64 },
+    /// Sliced score matching with `projections` random directions per row.
     Ssm { projections: usize, directions: Directions, variance_reduced: bool },
+    /// Noise-contrastive estimation: `ratio` noise rows per data row, from a fitted `noise` distribution.
     Nce { noise: NoiseKind, ratio: usize },
+    /// Conditional noise-contrastive estimation with perturbation scale `sigma`.
     Cnce { sigma: f64 },
+    /// Joint energy model: cross-entropy of the label plus PCD on the input.
     Jem(Persistent),
 }
 
@@ -486,31 +638,46 @@ impl Objective {
 pub struct Persistent {
     /// Sweeps (or Langevin steps) per update.
     pub k: usize,
+    /// Persistent chains kept.
     pub chains: usize,
+    /// Langevin step size (> 0).
     pub step: f64,
     /// Absent: `sqrt(2 step)`, the Langevin diffusion's own.
     pub noise: Option<f64>,
+    /// Replay-buffer capacity, in samples.
     pub buffer: usize,
+    /// Fraction of chains restarted from fresh random states, in [0, 1).
     pub reinit: f64,
+    /// Each gradient component clamped to `[-clip, clip]` in Langevin steps; `None`: no clamping.
     pub clip: Option<f64>,
+    /// Energy-penalty weight (≥ 0; 0 is off).
     pub alpha: f64,
 }
 
+/// Distribution of sliced score matching's projection directions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Directions {
+    /// Standard normal directions.
     Gaussian,
+    /// Random ±1 directions.
     Rademacher,
 }
 
+/// The noise distribution NCE fits to the data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoiseKind {
+    /// A Gaussian.
     Gaussian,
+    /// A uniform distribution.
     Uniform,
 }
 
+/// An optimiser with its hyperparameters.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Optimizer {
+    /// Stochastic gradient descent, optionally with momentum and Nesterov's update.
     Sgd { lr: f64, momentum: f64, weight_decay: f64, nesterov: bool },
+    /// Adam.
     Adam { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64 },
 }
 
@@ -523,56 +690,83 @@ impl Optimizer {
     }
 }
 
+/// The per-epoch learning-rate schedule.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Schedule {
+    /// The base rate throughout.
     Constant,
+    /// `lr · gamma^e` in epoch `e`.
     Exponential { gamma: f64 },
+    /// `lr · gamma^⌊e / every⌋` in epoch `e`.
     Step { every: usize, gamma: f64 },
+    /// Cosine decay from `lr` to `min_lr` over the epochs.
     Cosine { min_lr: f64 },
 }
 
 /// The `regularize` list; each is absent unless given.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Regularizers {
+    /// `l1(weight)`: adds `weight · sign(θ)` to each declared parameter's gradient.
     pub l1: Option<f64>,
+    /// `l2(weight)`: adds `weight · θ` to each declared parameter's gradient.
     pub l2: Option<f64>,
     /// `energy_penalty(alpha)`: alpha · (mean E² on the data + on the samples).
     pub energy_penalty: Option<f64>,
+    /// `clip_grad(norm)`: the global gradient norm clipped to this.
     pub clip_grad: Option<f64>,
 }
 
 /// A `sample` block's kernel for one variable, typed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Sampler {
+    /// Gibbs sweeps, for discrete variables.
     Gibbs,
+    /// Unadjusted Langevin steps, for real variables.
     Langevin(Langevin),
+    /// Metropolis-adjusted Langevin: proposals of size `step`, `steps` per sweep, each accepted or rejected.
     Mala { step: f64, steps: usize },
 }
 
+/// Options of Langevin sampling.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Langevin {
+    /// Step size (> 0).
     pub step: f64,
+    /// Noise scale; `None`: `sqrt(2 step)`.
     pub noise: Option<f64>,
+    /// Steps per sweep.
     pub steps: usize,
+    /// Each gradient component clamped to `[-clip, clip]`; `None`: no clamping.
     pub clip: Option<f64>,
 }
 
+/// A checked `train` block.
 #[derive(Debug, Clone, Serialize)]
 pub struct Train {
+    /// The model trained.
     pub model: String,
     /// `None` for settings bound by `check::train_settings`: a fit on rows a
     /// host holds in memory.
     pub data: Option<DataSpec>,
+    /// Where test rows come from; `None`: no test set.
     pub test: Option<TestSpec>,
+    /// The objective call, options bound.
     pub objective: Call,
+    /// The optimiser call, options bound.
     pub optimizer: Call,
+    /// The schedule call, options bound.
     pub schedule: Call,
+    /// The regulariser calls, options bound.
     pub regularizers: Vec<Call>,
     /// The calls above, typed.
     #[serde(skip)]
     pub options: TrainOptions,
+    /// Rows per batch.
     pub batch: usize,
+    /// Passes over the training rows.
     pub epochs: usize,
+    /// Seed every random number of the run derives from.
     pub seed: u64,
+    /// Where the block is written.
     pub span: Span,
 }

@@ -5,21 +5,33 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A kind of built-in callable; each has its own table of signatures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Family {
+    /// `train`'s `objective`.
     Objective,
+    /// `train`'s `optimizer`.
     Optimizer,
+    /// `train`'s learning-rate `schedule`.
     Schedule,
+    /// An entry of `train`'s `regularize`.
     Regularizer,
+    /// `train`'s `data` (and a `test` given as data).
     DataSource,
+    /// `train`'s `test` split of the data.
     TestSplit,
+    /// A parameter's initialiser.
     Initializer,
+    /// A builder of a graph constant.
     ConstBuilder,
+    /// A net's builder.
     Net,
+    /// A kernel in a `sample` block.
     Sampler,
 }
 
 impl Family {
+    /// The family's name in messages.
     pub fn noun(self) -> &'static str {
         match self {
             Family::Objective => "objective",
@@ -35,6 +47,7 @@ impl Family {
         }
     }
 
+    /// The family's signatures.
     pub fn signatures(self) -> &'static [Signature] {
         match self {
             Family::Objective => OBJECTIVES,
@@ -50,28 +63,38 @@ impl Family {
         }
     }
 
+    /// The signature called `name` in this family, if any.
     pub fn lookup(self, name: &str) -> Option<&'static Signature> {
         self.signatures().iter().find(|s| s.name == name)
     }
 
+    /// The names of the family's callables, in table order.
     pub fn names(self) -> Vec<&'static str> {
         self.signatures().iter().map(|s| s.name).collect()
     }
 }
 
+/// A built-in callable and the options it takes.
 #[derive(Debug)]
 pub struct Signature {
+    /// The callable's name in source.
     pub name: &'static str,
+    /// Its options, in table order (the order positional arguments bind in).
     pub options: &'static [OptSig],
 }
 
+/// One option of a built-in.
 #[derive(Debug)]
 pub struct OptSig {
+    /// The option's name.
     pub name: &'static str,
+    /// The values it accepts.
     pub ty: OptType,
+    /// What it is when not given.
     pub default: Fallback,
 }
 
+/// The values an option accepts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum OptType {
     /// Any finite number.
@@ -86,21 +109,31 @@ pub enum OptType {
     OpenUnit,
     /// An integer >= min.
     Whole {
+        /// The smallest accepted value.
         min: i64,
     },
+    /// `true` or `false`.
     Flag,
+    /// A quoted string.
     Str,
+    /// One of these words, bare or quoted.
     Choice(&'static [&'static str]),
 }
 
+/// What an option is when not given.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Fallback {
+    /// It must be given.
     Required,
     /// Absent unless given (e.g. an optional clipping threshold).
     Absent,
+    /// This number.
     Num(f64),
+    /// This whole number.
     Int(i64),
+    /// This flag.
     Bool(bool),
+    /// This word.
     Word(&'static str),
 }
 
@@ -108,13 +141,18 @@ pub enum Fallback {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Value {
+    /// A whole number.
     Int(i64),
+    /// A number.
     Num(f64),
+    /// A flag.
     Bool(bool),
+    /// A string or word.
     Str(String),
 }
 
 impl Value {
+    /// The value as a number, for `Int` and `Num`.
     pub fn as_f64(&self) -> Option<f64> {
         match self {
             Value::Int(i) => Some(*i as f64),
@@ -123,6 +161,7 @@ impl Value {
         }
     }
 
+    /// The value of an `Int`.
     pub fn as_int(&self) -> Option<i64> {
         match self {
             Value::Int(i) => Some(*i),
@@ -130,6 +169,7 @@ impl Value {
         }
     }
 
+    /// The text of a `Str`.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),
@@ -137,6 +177,7 @@ impl Value {
         }
     }
 
+    /// The value of a `Bool`.
     pub fn as_bool(&self) -> Option<bool> {
         match self {
             Value::Bool(b) => Some(*b),
@@ -169,12 +210,14 @@ const POS_INT: OptType = Whole { min: 1 };
 const NOISE_KINDS: &[&str] = &["gaussian", "uniform"];
 const DIRECTIONS: &[&str] = &["gaussian", "rademacher"];
 const ACTIVATIONS: &[&str] = crate::analysis::program::Activation::MLP;
+/// The names `toy(name: ...)` accepts.
 pub const TOY_SETS: &[&str] = &["8gaussians", "2spirals", "moons", "checkerboard", "rings", "swissroll", "pinwheel"];
 
 /// Options of `pcd` and `jem` that only Langevin chains (continuous
 /// variables) use: a discrete model's plan leaves them out.
 pub const LANGEVIN_OPTIONS: &[&str] = &["step", "noise", "clip", "buffer", "reinit"];
 
+/// The objectives `train`'s `objective` accepts.
 pub static OBJECTIVES: &[Signature] = &[
     Signature { name: "cd", options: &[opt!("k", POS_INT, Int(1))] },
     Signature {
@@ -220,6 +263,7 @@ pub static OBJECTIVES: &[Signature] = &[
     },
 ];
 
+/// The optimisers.
 pub static OPTIMIZERS: &[Signature] = &[
     Signature {
         name: "sgd",
@@ -242,6 +286,7 @@ pub static OPTIMIZERS: &[Signature] = &[
     },
 ];
 
+/// The learning-rate schedules.
 pub static SCHEDULES: &[Signature] = &[
     Signature { name: "constant", options: &[] },
     Signature { name: "exponential", options: &[opt!("gamma", OpenUnit, Required)] },
@@ -249,6 +294,7 @@ pub static SCHEDULES: &[Signature] = &[
     Signature { name: "cosine", options: &[opt!("min_lr", NonNegative, Num(0.0))] },
 ];
 
+/// The regularisers.
 pub static REGULARIZERS: &[Signature] = &[
     Signature { name: "l1", options: &[opt!("weight", Positive, Required)] },
     Signature { name: "l2", options: &[opt!("weight", Positive, Required)] },
@@ -256,6 +302,7 @@ pub static REGULARIZERS: &[Signature] = &[
     Signature { name: "clip_grad", options: &[opt!("norm", Positive, Required)] },
 ];
 
+/// The data sources.
 pub static DATA_SOURCES: &[Signature] = &[
     Signature {
         name: "csv",
@@ -286,11 +333,13 @@ pub static DATA_SOURCES: &[Signature] = &[
     },
 ];
 
+/// The test splits.
 pub static TEST_SPLITS: &[Signature] = &[
     Signature { name: "last", options: &[opt!("rows", POS_INT, Required)] },
     Signature { name: "fraction", options: &[opt!("of", OpenUnit, Required)] },
 ];
 
+/// The parameter initialisers.
 pub static INITIALIZERS: &[Signature] = &[
     Signature { name: "zeros", options: &[] },
     Signature { name: "ones", options: &[] },
@@ -298,6 +347,7 @@ pub static INITIALIZERS: &[Signature] = &[
     Signature { name: "uniform", options: &[opt!("low", Real, Num(-1.0)), opt!("high", Real, Num(1.0))] },
 ];
 
+/// The graph-constant builders.
 pub static CONST_BUILDERS: &[Signature] = &[
     Signature {
         name: "grid",
@@ -319,6 +369,7 @@ pub static CONST_BUILDERS: &[Signature] = &[
     Signature { name: "complete", options: &[opt!("n", POS_INT, Required)] },
 ];
 
+/// The net builders.
 pub static NETS: &[Signature] = &[
     Signature { name: "linear", options: &[opt!("bias", Flag, Bool(true)), opt!("spectral_norm", Flag, Bool(false))] },
     Signature {
@@ -327,6 +378,7 @@ pub static NETS: &[Signature] = &[
     },
 ];
 
+/// The `sample`-block kernels.
 pub static SAMPLERS: &[Signature] = &[
     Signature { name: "gibbs", options: &[] },
     Signature {

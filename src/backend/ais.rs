@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 /// Runs and temperatures an annealing may use: at least two of each (one run
 /// has no error bar, one temperature is no path), and at most these.
 pub const MAX_RUNS: usize = 100_000;
+/// The most temperatures an annealing may use.
 pub const MAX_TEMPERATURES: usize = 10_000_000;
 /// The most chain elements (runs × units) one annealing holds at once.
 pub const MAX_CHAIN_ELEMENTS: usize = 1 << 27;
@@ -57,8 +58,11 @@ pub fn schedule(temperatures: usize) -> Vec<f64> {
 /// How an annealing is run.
 #[derive(Debug, Clone)]
 pub struct AisOptions {
+    /// Independent annealing runs (at least 2).
     pub runs: usize,
+    /// Annealing steps from the base (β = 0) to the model (β = 1); at least 2.
     pub temperatures: usize,
+    /// Seed of the runs' random draws.
     pub seed: u64,
     /// Base-model logits per sampled variable (shape of the variable); a
     /// variable left out has a uniform base.
@@ -74,7 +78,9 @@ pub struct AisEstimate {
     pub std_error: f64,
     /// Effective sample size of the importance weights, (Σw)² / Σw².
     pub ess: f64,
+    /// Runs the estimate averages over.
     pub runs: usize,
+    /// Annealing steps of each run.
     pub temperatures: usize,
     /// log Z of the base model the path starts from.
     pub log_z_base: f64,
@@ -90,7 +96,9 @@ pub struct RaiseEstimate {
     pub std_error: f64,
     /// Mean log q̂(v) over the rows the runs started from (a conservative log-likelihood).
     pub log_likelihood: f64,
+    /// Runs the estimate averages over.
     pub runs: usize,
+    /// Annealing steps of each run.
     pub temperatures: usize,
 }
 

@@ -282,11 +282,14 @@ impl Kernels for Cuda {
     }
 }
 
+/// The device a backend computes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
+    /// The host CPU.
     #[default]
     Cpu,
+    /// An NVIDIA GPU, through CUDA.
     Cuda,
 }
 
@@ -397,6 +400,7 @@ impl Sampler {
         self.inner.state()
     }
 
+    /// Replaces the chain states: each variable as `[chains, ...shape]`.
     pub fn set_state(&mut self, state: &Tensors) -> Result<(), String> {
         self.inner.set_state(state)
     }

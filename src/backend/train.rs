@@ -16,6 +16,7 @@ use crate::tensor::Tensors;
 use dfdx::prelude::*;
 use std::collections::BTreeMap;
 
+/// What one training step reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepReport {
     /// The surrogate loss (CD/PCD: mean free energy of data minus samples).
@@ -24,13 +25,17 @@ pub struct StepReport {
     pub grad_norm: f64,
 }
 
+/// Why a training step failed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainError {
     /// A loss, gradient or parameter became NaN or infinite.
     NonFinite {
+        /// What became non-finite, e.g. "the gradient of `W`".
         what: String,
+        /// The step it happened at.
         step: usize,
     },
+    /// The trainer could not be set up or fed: a device, checkpoint or batch problem, in words.
     Setup(String),
 }
 
@@ -83,7 +88,9 @@ impl<T: Fit> Fit for super::MovableCuda<T> {
 /// (Adam's step count) as metadata, which whole numbers stay exact in.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TrainState {
+    /// Named tensors: optimiser moments, persistent chains, replay buffers.
     pub tensors: Tensors,
+    /// Counters by name, as decimal text.
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -168,6 +175,7 @@ impl Trainer {
         self.inner.step(batch, lr, step)
     }
 
+    /// The current parameters, by name.
     pub fn params(&self) -> Tensors {
         self.inner.params()
     }

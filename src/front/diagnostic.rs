@@ -8,54 +8,72 @@ use codespan_reporting::files::SimpleFile;
 use codespan_reporting::term::{self, termcolor::WriteColor};
 use serde::Serialize;
 
+/// How serious a diagnostic is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// Stops the command.
     Error,
+    /// Reported; the command goes on.
     Warning,
 }
 
+/// A span of source marked in a diagnostic, with a note.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Label {
+    /// The marked source.
     pub span: Span,
+    /// The note shown at it.
     pub message: String,
+    /// Whether this is the main span (else context).
     pub primary: bool,
 }
 
+/// A problem found in a source file, with its code, spans and help.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Diagnostic {
+    /// Error or warning.
     pub severity: Severity,
     /// Stable code such as `E0100`; documented in `docs/diagnostics.md`.
     pub code: &'static str,
+    /// The one-line summary.
     pub message: String,
+    /// Marked spans, in the order added.
     pub labels: Vec<Label>,
+    /// A suggestion of what to do, shown after the spans.
     pub help: Option<String>,
 }
 
 impl Diagnostic {
+    /// An error with `code` and `message`, no labels yet.
     pub fn error(code: &'static str, message: impl Into<String>) -> Self {
         Diagnostic { severity: Severity::Error, code, message: message.into(), labels: vec![], help: None }
     }
 
+    /// A warning with `code` and `message`, no labels yet.
     pub fn warning(code: &'static str, message: impl Into<String>) -> Self {
         Diagnostic { severity: Severity::Warning, ..Diagnostic::error(code, message) }
     }
 
+    /// Adds the main label at `span`.
     pub fn primary(mut self, span: Span, message: impl Into<String>) -> Self {
         self.labels.push(Label { span, message: message.into(), primary: true });
         self
     }
 
+    /// Adds a context label at `span`.
     pub fn secondary(mut self, span: Span, message: impl Into<String>) -> Self {
         self.labels.push(Label { span, message: message.into(), primary: false });
         self
     }
 
+    /// Sets the help line.
     pub fn help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
         self
     }
 
+    /// True for an error.
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }

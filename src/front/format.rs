@@ -7,6 +7,7 @@ use crate::front::ast::*;
 
 const INDENT: &str = "    ";
 
+/// Formats `file` (parsed from `source`) in the canonical style, its comments kept in place.
 pub fn ast_to_source(file: &File, source: &str) -> String {
     let mut p =
         Printer { src: source, comments: &file.comments, next: 0, out: String::new(), last_end: 0, gap_allowed: false };

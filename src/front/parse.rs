@@ -27,6 +27,7 @@ pub enum ParseError {
     TooDeep { span: Span, limit: usize },
 }
 
+/// Parses an `.ebm` file into its syntax tree, comments collected beside it.
 pub fn source_to_ast(source: &str) -> Result<File, ParseError> {
     // The grammar and every later stage recurse on nesting; bound it first.
     crate::analysis::limits::nesting(source)

@@ -3,13 +3,17 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A half-open byte range `start..end` of a source file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
 pub struct Span {
+    /// Offset of the first byte.
     pub start: usize,
+    /// Offset one past the last byte.
     pub end: usize,
 }
 
 impl Span {
+    /// The span `start..end`.
     pub fn new(start: usize, end: usize) -> Self {
         Span { start, end }
     }
@@ -19,6 +23,7 @@ impl Span {
         Span::new(self.start.min(other.start), self.end.max(other.end))
     }
 
+    /// The span as a byte range, for slicing the source.
     pub fn range(self) -> std::ops::Range<usize> {
         self.start..self.end
     }

@@ -38,12 +38,14 @@ impl Ir {
         id
     }
 
+    /// The scalar literal `x` (`-0.0` is `0.0`).
     pub fn num(&mut self, x: f64) -> Id {
         // -0.0 and 0.0 are one constant.
         let x = if x == 0.0 { 0.0 } else { x };
         self.intern(Op::Num(x.to_bits()), vec![])
     }
 
+    /// The value of a literal, or of a broadcast literal.
     pub fn num_value(&self, id: Id) -> Option<f64> {
         match self.node(id).op {
             Op::Num(bits) => Some(f64::from_bits(bits)),
@@ -52,23 +54,28 @@ impl Ir {
         }
     }
 
+    /// True when `id` is the literal 0, or a broadcast of it.
     pub fn is_zero(&self, id: Id) -> bool {
         self.num_value(id) == Some(0.0)
     }
 
+    /// Zeros of `shape`.
     pub fn zeros(&mut self, shape: &[usize]) -> Id {
         let z = self.num(0.0);
         self.broadcast(z, shape)
     }
 
+    /// The variable `name`, of `shape`.
     pub fn var(&mut self, name: &str, shape: &[usize]) -> Id {
         self.intern(Op::Var(name.to_string()), shape.to_vec())
     }
 
+    /// The parameter `name`, of `shape`.
     pub fn param(&mut self, name: &str, shape: &[usize]) -> Id {
         self.intern(Op::Param(name.to_string()), shape.to_vec())
     }
 
+    /// The constant `name`, of `shape`.
     pub fn constant(&mut self, name: &str, shape: &[usize]) -> Id {
         self.intern(Op::Const(name.to_string()), shape.to_vec())
     }
@@ -188,6 +195,7 @@ impl Ir {
         self.broadcast(acc, shape)
     }
 
+    /// `-a`, simplified.
     pub fn neg(&mut self, a: Id) -> Id {
         let shape = self.shape(a).clone();
         let mut t = Vec::new();
@@ -195,6 +203,7 @@ impl Ir {
         self.sum_of_terms(t, &shape)
     }
 
+    /// `a + b`, broadcasting, simplified.
     pub fn add(&mut self, a: Id, b: Id) -> Id {
         let shape = broadcast_shape(self.shape(a), self.shape(b));
         let mut t = Vec::new();
@@ -203,6 +212,7 @@ impl Ir {
         self.sum_of_terms(t, &shape)
     }
 
+    /// `a - b`, broadcasting, simplified.
     pub fn sub(&mut self, a: Id, b: Id) -> Id {
         let shape = broadcast_shape(self.shape(a), self.shape(b));
         let mut t = Vec::new();
@@ -222,6 +232,7 @@ impl Ir {
         (strip(a, b), strip(b, a))
     }
 
+    /// `a * b` elementwise, broadcasting, simplified.
     pub fn mul(&mut self, a: Id, b: Id) -> Id {
         let shape = broadcast_shape(self.shape(a), self.shape(b));
         let (a, b) = self.unbroadcast(a, b);
@@ -244,6 +255,7 @@ impl Ir {
         self.scaled(c, rest, &shape)
     }
 
+    /// `a / b` elementwise, broadcasting, simplified.
     pub fn div(&mut self, a: Id, b: Id) -> Id {
         let shape = broadcast_shape(self.shape(a), self.shape(b));
         let (a, b) = self.unbroadcast(a, b);
@@ -257,6 +269,7 @@ impl Ir {
         self.intern(Op::Div(a, b), shape)
     }
 
+    /// `a @ b`, simplified.
     pub fn matmul(&mut self, a: Id, b: Id) -> Id {
         let shape = matmul_shape(self.shape(a), self.shape(b));
         if self.is_zero(a) || self.is_zero(b) {
@@ -313,6 +326,7 @@ impl Ir {
         }
     }
 
+    /// The outer product of vectors `a` and `b`.
     pub fn outer(&mut self, a: Id, b: Id) -> Id {
         let shape = vec![self.shape(a)[0], self.shape(b)[0]];
         if self.is_zero(a) || self.is_zero(b) {
@@ -326,6 +340,7 @@ impl Ir {
         self.intern(Op::Outer(a, b), shape)
     }
 
+    /// The transpose of matrix `a`, simplified (`a` itself when known symmetric).
     pub fn transpose(&mut self, a: Id) -> Id {
         let s = self.shape(a).clone();
         let shape = vec![s[1], s[0]];
@@ -351,6 +366,7 @@ impl Ir {
         }
     }
 
+    /// `a ^ e` elementwise, for a scalar `e`, simplified.
     pub fn pow(&mut self, a: Id, e: Id) -> Id {
         let shape = self.shape(a).clone();
         match self.num_value(e) {
@@ -367,6 +383,7 @@ impl Ir {
         }
     }
 
+    /// `f` applied to each element of `a`; folded when `a` is a literal.
     pub fn map(&mut self, f: Unary, a: Id) -> Id {
         let shape = self.shape(a).clone();
         if let Some(x) = self.num_value(a) {
@@ -381,6 +398,7 @@ impl Ir {
         self.intern(Op::Map(f, a), shape)
     }
 
+    /// The sum of every element of `a`, a scalar.
     pub fn sum(&mut self, a: Id) -> Id {
         let n: usize = self.shape(a).iter().product();
         if self.shape(a).is_empty() {
@@ -404,20 +422,24 @@ impl Ir {
         }
     }
 
+    /// `log Σ exp` over every element of `a`, a scalar.
     pub fn logsumexp(&mut self, a: Id) -> Id {
         self.intern(Op::LogSumExp(a), vec![])
     }
 
+    /// `log Σ exp` over the last axis of `a`.
     pub fn logsumexp_last(&mut self, a: Id) -> Id {
         let s = self.shape(a).clone();
         self.intern(Op::LogSumExpLast(a), s[..s.len() - 1].to_vec())
     }
 
+    /// Softmax over every element of `a`.
     pub fn softmax(&mut self, a: Id) -> Id {
         let s = self.shape(a).clone();
         self.intern(Op::Softmax(a), s)
     }
 
+    /// Softmax over the last axis of `a`.
     pub fn softmax_last(&mut self, a: Id) -> Id {
         let s = self.shape(a).clone();
         self.intern(Op::SoftmaxLast(a), s)
@@ -447,6 +469,7 @@ impl Ir {
         self.intern(Op::SpectralOuter(a), shape)
     }
 
+    /// `a` summed over leading axes down to `shape` (the adjoint of broadcasting).
     pub fn sum_to(&mut self, a: Id, shape: &[usize]) -> Id {
         if self.shape(a).as_slice() == shape {
             return a;
@@ -464,6 +487,7 @@ impl Ir {
         self.intern(Op::SumTo(a), shape.to_vec())
     }
 
+    /// The net `name` applied to `x`.
     pub fn net(&mut self, name: &str, x: Id) -> Id {
         let shape = self.nets[name].output_shape();
         self.intern(Op::Net(name.to_string(), x), shape)
@@ -520,6 +544,7 @@ impl Ir {
         seen.into_iter().collect() // ids are created children-first, so ascending order is topological
     }
 
+    /// The ids `id`'s op reads, in operand order.
     pub fn children(&self, id: Id) -> Vec<Id> {
         match &self.node(id).op {
             Op::Num(_) | Op::Var(_) | Op::Param(_) | Op::Const(_) => vec![],

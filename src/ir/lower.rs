@@ -5,6 +5,7 @@ use super::{Id, Ir, Lowered, ParamSpec, Unary};
 use crate::analysis::program::{ConstValue, Func, Init, Model, Net, TExpr, TExprKind};
 use crate::front::ast::BinOp;
 
+/// Lowers a checked model to IR: each energy term and their sum, with every learned tensor.
 pub fn program_to_ir(model: &Model) -> Lowered {
     let mut ir = Ir::default();
     for c in &model.consts {

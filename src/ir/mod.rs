@@ -26,29 +26,43 @@ use crate::analysis::program::{Init, Net, Shape};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+/// A node's index in `Ir::nodes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Id(pub usize);
 
+/// An elementwise function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum Unary {
+    /// `exp(x)`.
     Exp,
+    /// Natural logarithm.
     Log,
+    /// `log(1 + exp(x))`, computed stably.
     Softplus,
+    /// `1 / (1 + exp(-x))`.
     Sigmoid,
+    /// Hyperbolic tangent.
     Tanh,
+    /// `max(x, 0)`.
     Relu,
+    /// `x · sigmoid(x)`.
     Swish,
+    /// Absolute value.
     Abs,
+    /// Square root.
     Sqrt,
+    /// `x²`.
     Square,
     /// log(2 cosh x): the spin partition function of one unit.
     Log2Cosh,
     /// 1 where x > 0, else 0 (the derivative of relu).
     Step,
+    /// -1, 0 or 1 by the sign of x (the derivative of abs).
     Sign,
 }
 
 impl Unary {
+    /// The function's name in printed IR.
     pub fn name(self) -> &'static str {
         match self {
             Unary::Exp => "exp",
@@ -67,6 +81,7 @@ impl Unary {
         }
     }
 
+    /// The function at one point, in f64.
     pub fn apply(self, x: f64) -> f64 {
         match self {
             Unary::Exp => x.exp(),
@@ -99,21 +114,31 @@ impl Unary {
 pub enum Op {
     /// A scalar literal, stored as bits so ops can be hashed.
     Num(u64),
+    /// A variable, by name.
     Var(String),
+    /// A parameter, by name.
     Param(String),
+    /// A constant, by name.
     Const(String),
+    /// Negation.
     Neg(Id),
+    /// Elementwise sum.
     Add(Id, Id),
+    /// Elementwise difference.
     Sub(Id, Id),
+    /// Elementwise product.
     Mul(Id, Id),
+    /// Elementwise quotient.
     Div(Id, Id),
     /// Contracts the last axis of the left with the first of the right.
     MatMul(Id, Id),
     /// Outer product of two vectors.
     Outer(Id, Id),
+    /// Matrix transpose.
     Transpose(Id),
     /// Elementwise power with a scalar exponent.
     Pow(Id, Id),
+    /// An elementwise function.
     Map(Unary, Id),
     /// Sum of all elements.
     Sum(Id),
@@ -139,44 +164,59 @@ pub enum Op {
     SpectralOuter(Id),
 }
 
+/// An IR node: an op and its per-example shape.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Node {
+    /// What the node computes.
     pub op: Op,
+    /// Its per-example shape.
     pub shape: Shape,
 }
 
 /// A learned tensor of the lowered model, including the layers of nets.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ParamSpec {
+    /// The parameter's name (a net's layers as `f.w0`, `f.b0`, ...).
     pub name: String,
+    /// Its shape.
     pub shape: Shape,
+    /// How its values are first drawn.
     pub init: Init,
 }
 
+/// An expression DAG, hash-consed: each distinct node is stored once.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Ir {
+    /// Every node, children before parents; `Id` indexes it.
     pub nodes: Vec<Node>,
     #[serde(skip)]
     dedup: HashMap<Node, Id>,
     /// Constant matrices known to be symmetric (graph adjacencies).
     pub symmetric: BTreeSet<String>,
+    /// The nets `Op::Net` nodes name, by name.
     pub nets: BTreeMap<String, Net>,
 }
 
 /// A model lowered to IR: one root per energy term plus their sum.
 #[derive(Debug, Clone, Serialize)]
 pub struct Lowered {
+    /// The IR holding every root.
     pub ir: Ir,
+    /// Each energy term's name and root.
     pub energies: Vec<(String, Id)>,
+    /// The root of the total energy.
     pub total: Id,
+    /// Every learned tensor, nets' layers included.
     pub params: Vec<ParamSpec>,
 }
 
 impl Ir {
+    /// The node `id`.
     pub fn node(&self, id: Id) -> &Node {
         &self.nodes[id.0]
     }
 
+    /// The shape of node `id`.
     pub fn shape(&self, id: Id) -> &Shape {
         &self.nodes[id.0].shape
     }

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 /// A per-example value in the reference interpreter: row-major, f64.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefValue {
+    /// Per-example shape.
     pub shape: Shape,
+    /// Elements, row-major.
     pub data: Vec<f64>,
 }
 

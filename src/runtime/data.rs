@@ -22,79 +22,125 @@ pub const MAX_TOY_POINTS: usize = 1_000_000;
 /// Rows bound to visible variables: each `[rows, ...shape]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
+    /// Number of rows.
     pub rows: usize,
+    /// One tensor per bound visible variable, keyed by name.
     pub vars: Tensors,
 }
 
 /// Why data could not be loaded. Wording lives in `messages.rs`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DataError {
+    /// A file that could not be read.
     Read {
+        /// The file, or the source as written.
         source: String,
+        /// The I/O error, as text.
         reason: String,
     },
+    /// A source with no data rows.
     Empty {
+        /// The file, or the source as written.
         source: String,
     },
+    /// A row with the wrong number of columns.
     ColumnCount {
+        /// The file, or the source as written.
         source: String,
+        /// The row, from 1.
         row: usize,
+        /// Columns found.
         found: usize,
+        /// Columns the bound variables take.
         expected: usize,
     },
+    /// A cell that does not parse as a number.
     NotANumber {
+        /// The file, or the source as written.
         source: String,
+        /// The row, from 1.
         row: usize,
+        /// The column, from 1.
         column: usize,
+        /// The cell's text.
         text: String,
     },
+    /// A NaN or infinite value.
     NotFinite {
+        /// The file, or the source as written.
         source: String,
+        /// The row, from 1.
         row: usize,
+        /// The column, from 1.
         column: usize,
     },
     /// A finite value that f32, the type ebmc computes in, cannot hold.
     OutOfRange {
+        /// The file, or the source as written.
         source: String,
+        /// The row, from 1.
         row: usize,
+        /// The column, from 1.
         column: usize,
+        /// The offending value.
         value: f64,
     },
     /// A first row that mixes names and numbers.
     MixedHeader {
+        /// The file, or the source as written.
         source: String,
+        /// The row, from 1.
         row: usize,
+        /// The column, from 1.
         column: usize,
+        /// The cell that is not a name.
         text: String,
     },
     /// Columns that do not fit the variables bound to them.
     Binding {
+        /// The file, or the source as written.
         source: String,
+        /// What does not fit.
         reason: String,
     },
+    /// A value its variable's domain does not hold (e.g. 2 for a binary variable).
     OutOfDomain {
+        /// The file, or the source as written.
         source: String,
+        /// The row, from 1.
         row: usize,
+        /// The column, from 1.
         column: usize,
+        /// The offending value.
         value: f64,
+        /// The variable the column feeds.
         var: String,
+        /// The values the variable takes, as text.
         domain: String,
     },
+    /// A file or generator whose contents or options are malformed.
     Format {
+        /// The file, or the source as written.
         source: String,
+        /// What is wrong.
         reason: String,
     },
+    /// A test split that leaves no rows on one side.
     Split {
+        /// What is wrong.
         reason: String,
     },
     /// `binarize` at a threshold above 1 on values that are all 0 or 1 already
     /// (samples, or data binarised before): every 1 would become 0.
     AlreadyBinary {
+        /// The file, or the source as written.
         source: String,
+        /// The `binarize` threshold.
         threshold: f64,
     },
     /// Train settings bound for rows in memory (`check::train_settings`) name no data source to read.
     NoSource {
+        /// The model whose settings these are.
         model: String,
     },
 }
@@ -204,6 +250,7 @@ pub fn split(
 }
 
 impl Dataset {
+    /// Rows `from..to`, every variable sliced alike.
     pub fn slice(&self, from: usize, to: usize) -> Dataset {
         let vars = self
             .vars

@@ -15,8 +15,11 @@ pub const ENUMERATION_LIMIT: u128 = 1 << 22;
 /// Which variables are enumerated and which summed out in closed form.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Enumeration {
+    /// Variables whose joint states are visited one by one.
     pub enumerate: Vec<String>,
+    /// Variables summed out in closed form, given the enumerated ones.
     pub sum_out: Vec<String>,
+    /// Joint states of `enumerate`: the terms of the sum.
     pub states: u128,
 }
 
@@ -162,6 +165,7 @@ pub fn base_rates(model: &Model, plan: &Plan, rows: &Tensors) -> Tensors {
     out
 }
 
+/// `log Σ exp(xᵢ)`, computed stably; -∞ for no terms or all -∞.
 pub fn log_sum_exp(x: &[f64]) -> f64 {
     let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     if m == f64::NEG_INFINITY {
@@ -579,10 +583,15 @@ pub fn summed_for(plan: &Plan, given: &[String]) -> Vec<String> {
 /// axis over `[low, high]`, in one or two continuous dimensions (latents
 /// summed out as planned). In 2-D the first coordinate is the outer index.
 pub struct Grid {
+    /// Low end of each axis.
     pub low: f64,
+    /// High end of each axis.
     pub high: f64,
+    /// Points per axis.
     pub resolution: usize,
+    /// Continuous dimensions: 1 or 2.
     pub dims: usize,
+    /// The free energy at each grid point, `resolution ^ dims` values.
     pub free_energy: Vec<f64>,
 }
 
@@ -625,6 +634,7 @@ pub fn grid_variable<'m>(model: &'m Model, plan: &Plan) -> Result<(&'m Variable,
 }
 
 impl Grid {
+    /// Evaluates the free energy of `model` on the grid of `resolution` points per axis over `[low, high]`.
     pub fn new(
         model: &Model,
         plan: &Plan,

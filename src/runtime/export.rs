@@ -42,7 +42,9 @@ pub fn visible_table(model: &Model, samples: &Tensors) -> (Vec<String>, Vec<Vec<
 /// A file of samples: CSV with a header row, or a 2-D NPY array.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableFormat {
+    /// Comma-separated, with a header row.
     Csv,
+    /// A 2-D NumPy array.
     Npy,
 }
 
@@ -345,8 +347,11 @@ pub struct Series {
 /// and one or more lines over epochs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Panel {
+    /// The panel's title.
     pub title: String,
+    /// The y axis's title, with its unit.
     pub y_label: String,
+    /// The lines drawn, over epochs.
     pub series: Vec<Series>,
 }
 

@@ -20,10 +20,15 @@ use std::path::Path;
 /// (which binds data to its variables) and trained parameters.
 #[derive(Debug, Clone)]
 pub struct Trained {
+    /// The model, checked.
     pub model: Model,
+    /// Its inference plan.
     pub plan: Plan,
+    /// Its factor graph.
     pub graph: FactorGraph,
+    /// Its train block.
     pub spec: Train,
+    /// The trained parameters, by name.
     pub params: Tensors,
 }
 
@@ -43,9 +48,11 @@ impl Trained {
 /// when they can be loaded (AIS takes its base rates from them).
 #[derive(Debug, Clone)]
 pub struct EvalRows {
+    /// The rows evaluated on.
     pub rows: Dataset,
     /// `given rows`, `held-out test rows` or `training rows (...)`.
     pub which: &'static str,
+    /// The training rows, when they can be loaded; AIS fits its base rates to them.
     pub training: Option<Dataset>,
 }
 
@@ -110,15 +117,21 @@ pub fn row_energies(
 pub struct EvalOptions {
     /// Run AIS even when log Z can be computed otherwise (to compare).
     pub ais: bool,
+    /// AIS runs (default 100).
     pub runs: usize,
+    /// AIS intermediate distributions (default 14,500).
     pub temperatures: usize,
     /// Stochastic pseudo-likelihood over this many random units per row.
     pub pl_units: Option<usize>,
+    /// Low end of the grid on each axis (default -6).
     pub grid_low: f64,
+    /// High end of the grid on each axis (default 6).
     pub grid_high: f64,
     /// Grid points per axis.
     pub grid_points: usize,
+    /// Seed of the random draws: AIS, stochastic pseudo-likelihood, reconstruction.
     pub seed: u64,
+    /// Device the figures are computed on.
     pub device: DeviceKind,
 }
 
@@ -148,6 +161,7 @@ pub enum EvalError {
     /// No rows to evaluate on; names which rows.
     NoRows(&'static str),
     /// A figure that came out NaN or infinite.
+    /// `what` names the figure; `value` is what it came out as.
     NotFinite { what: &'static str, value: f64 },
     /// A computation every report needs failed.
     Failed(String),
@@ -172,56 +186,75 @@ impl std::error::Error for EvalError {}
 /// missing, `warnings` why a given one may mislead.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct EvalReport {
+    /// The model evaluated.
     pub model: String,
+    /// Rows evaluated on.
     pub rows: usize,
+    /// Which rows they are (`EvalRows::which`).
     pub evaluated_on: String,
+    /// log Z by enumeration or in closed form.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exact_log_z: Option<f64>,
     /// The average exact log-likelihood, with `exact_log_z`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_likelihood: Option<f64>,
+    /// log Z integrated on a grid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grid_log_z: Option<f64>,
+    /// Grid points per axis of `grid_log_z`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grid_points: Option<usize>,
+    /// The average log-likelihood, with `grid_log_z`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_likelihood_grid: Option<f64>,
     /// With a toy set whose density is known: the true average log-likelihood and the gap to it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub true_log_likelihood: Option<f64>,
+    /// `true_log_likelihood` minus the grid log-likelihood: an estimate of the KL divergence from the true density.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kl_gap: Option<f64>,
+    /// log Z estimated by AIS (a stochastic lower bound).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ais_log_z: Option<f64>,
+    /// The AIS estimate in full: runs, temperatures, standard error, effective sample size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ais: Option<AisEstimate>,
     /// What the AIS base model was fitted to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ais_base: Option<String>,
+    /// The average log-likelihood, with `ais_log_z`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_likelihood_ais: Option<f64>,
+    /// log Z estimated by reverse AIS (a stochastic upper bound).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raise_log_z: Option<f64>,
+    /// The reverse-AIS estimate in full.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raise: Option<RaiseEstimate>,
     /// [AIS lower, reverse-AIS upper] bounds on log Z (stochastic).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_z_bracket: Option<[f64; 2]>,
+    /// [lower, upper] bounds on the average log-likelihood, from `log_z_bracket`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_likelihood_bracket: Option<[f64; 2]>,
+    /// The average pseudo-log-likelihood over every unit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pseudo_log_likelihood: Option<f64>,
     /// Over `pl_units` random units per row instead of all.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pseudo_log_likelihood_stochastic: Option<f64>,
+    /// Fraction of rows whose label is predicted correctly.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<f64>,
+    /// Expected calibration error of the label predictions.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected_calibration_error: Option<f64>,
     /// Squared error per row after one up-down pass.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconstruction_error: Option<f64>,
+    /// Why a figure a user could expect is missing.
     pub notes: Vec<String>,
+    /// Why a given figure may mislead.
     pub warnings: Vec<String>,
 }
 
@@ -491,17 +524,25 @@ impl EvalReport {
 /// the degree of each in each variable, and which variables interact.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GraphReport {
+    /// The model drawn.
     pub model: String,
+    /// Its variables.
     pub variables: Vec<GraphVariable>,
+    /// Its energy terms.
     pub factors: Vec<GraphFactor>,
+    /// Pairs of variables that share an energy term.
     pub interactions: Vec<GraphInteraction>,
 }
 
+/// A variable of a `GraphReport`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GraphVariable {
+    /// The variable's name.
     pub name: String,
+    /// Its type as written in messages, e.g. `binary[64]`.
     #[serde(rename = "type")]
     pub type_text: String,
+    /// Visible or hidden.
     pub role: Role,
     /// The colour class the whole variable is updated in.
     pub colour: Option<usize>,
@@ -509,16 +550,21 @@ pub struct GraphVariable {
     pub unit_colours: Option<usize>,
 }
 
+/// An energy term of a `GraphReport`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GraphFactor {
+    /// The term's name.
     pub name: String,
     /// (variable, degree word: `constant`, `linear`, `quadratic`, `other`).
     pub variables: Vec<(String, &'static str)>,
 }
 
+/// Two variables coupled by energy terms.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GraphInteraction {
+    /// One variable.
     pub a: String,
+    /// The other (the same as `a` for a coupling within one variable).
     pub b: String,
     /// The energy terms that couple them (for `a == b`, its units).
     pub via: Vec<String>,

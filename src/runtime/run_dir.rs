@@ -44,7 +44,9 @@ pub fn check_resume_seed(dir: &Path, seed: Option<u64>) -> Result<(), String> {
 pub struct RunFiles {
     /// The latest checkpoint folder (the directory itself if none is named).
     pub checkpoint: PathBuf,
+    /// The `metrics.jsonl` file, one line per epoch.
     pub metrics: PathBuf,
+    /// The `curve.png` training-curve plot.
     pub curve: PathBuf,
     /// `samples.png`, when it exists.
     pub samples: Option<PathBuf>,

@@ -18,9 +18,11 @@ pub struct Samples {
 /// The first non-finite value of a sampled state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Diverged {
+    /// The variable sampled.
     pub var: String,
     /// The chain, counted from 0.
     pub chain: usize,
+    /// The non-finite value.
     pub value: f32,
     /// Sweeps run, burn-in included.
     pub sweeps: usize,

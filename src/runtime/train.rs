@@ -36,8 +36,11 @@ pub const CHECKPOINT_FORMAT_VERSION: &str = "1";
 /// from (data, seed, options). Plain JSON: names and numbers, no spans.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Meta {
+    /// Version of this layout (`META_SCHEMA_VERSION`).
     pub schema_version: u32,
+    /// The ebmc version that wrote the checkpoint.
     pub ebmc_version: String,
+    /// The model trained.
     pub model: String,
     /// `source_hash` of `source`.
     pub source_sha256: String,
@@ -48,9 +51,13 @@ pub struct Meta {
     /// Absent for parameters a host saved with `api::Model::save`, which
     /// were not trained by a run of this checkpoint.
     pub data: Option<DataProvenance>,
+    /// The run's seed.
     pub seed: u64,
+    /// Epochs completed, from 1.
     pub epoch: usize,
+    /// Optimiser steps taken so far.
     pub step: usize,
+    /// The device trained on.
     pub device: DeviceKind,
     /// The train block's options; absent as `data` is.
     pub options: Option<TrainOptions>,
@@ -75,17 +82,26 @@ pub struct DataProvenance {
 /// The train block's options, each a built-in's name and its options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainOptions {
+    /// The objective.
     pub objective: Builtin,
+    /// The optimiser.
     pub optimizer: Builtin,
+    /// The learning-rate schedule.
     pub schedule: Builtin,
+    /// The regularisers, in order.
     pub regularizers: Vec<Builtin>,
+    /// Rows per batch.
     pub batch: usize,
+    /// Epochs the block asks for.
     pub epochs: usize,
 }
 
+/// A built-in call: its name and every option, defaults filled in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Builtin {
+    /// The built-in's name.
     pub name: String,
+    /// Its options by name.
     pub options: BTreeMap<String, Value>,
 }
 
@@ -188,37 +204,56 @@ impl Meta {
     }
 }
 
+/// One line of `metrics.jsonl`: the figures of one epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
+    /// The epoch, from 1.
     pub epoch: usize,
+    /// Optimiser steps taken by its end.
     pub step: usize,
+    /// Mean loss over the epoch's steps.
     pub loss: f64,
+    /// Mean gradient norm over the epoch's steps.
     pub grad_norm: f64,
+    /// The epoch's learning rate.
     pub lr: f64,
+    /// Wall-clock seconds the epoch took.
     pub seconds: f64,
     /// Exact average log-likelihood of the test rows (or of the training rows
     /// when there is no test split), when the model is small enough to enumerate.
     pub log_likelihood: Option<f64>,
 }
 
+/// How `run` trains: how long, where to, on what.
 pub struct RunOptions {
+    /// The epoch to train through (a resumed run continues to it).
     pub epochs: usize,
+    /// The seed of a fresh run; a resumed run keeps its own.
     pub seed: u64,
+    /// The run directory, where checkpoints and metrics go.
     pub out: PathBuf,
+    /// Whether to continue from the directory's latest checkpoint.
     pub resume: bool,
+    /// The device to train on.
     pub device: DeviceKind,
 }
 
 /// What a run reports as it goes.
 pub enum Progress<'a> {
+    /// Training begins: `epochs` in all, `steps_per_epoch` each, starting at `from_epoch`.
     Start { epochs: usize, steps_per_epoch: usize, from_epoch: usize },
+    /// A step of `epoch` finished with this loss.
     Step { epoch: usize, loss: f64 },
+    /// An epoch finished.
     Epoch(&'a EpochMetrics),
 }
 
+/// Why a training run stopped.
 #[derive(Debug)]
 pub enum RunError {
+    /// A run-directory file could not be read or written.
     Io(String),
+    /// Training failed in `epoch`; `last_good` is the latest checkpoint written, if any.
     Train { error: TrainError, epoch: usize, last_good: Option<PathBuf> },
 }
 
@@ -227,6 +262,7 @@ pub fn source_hash(source: &str) -> String {
     sha256_hex(source.as_bytes())
 }
 
+/// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
@@ -342,6 +378,7 @@ pub struct RunLock {
 static HELD_LOCKS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
 impl RunLock {
+    /// Takes the lock on `dir` (creating it), or says which process holds it.
     pub fn acquire(dir: &Path) -> Result<RunLock, String> {
         use std::io::{Read, Seek, Write};
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
@@ -409,6 +446,7 @@ fn remove_leftovers(dir: &Path) {
     }
 }
 
+/// Trains `train` on `data` into `opts.out`, a checkpoint per epoch, reporting to `progress`; returns every epoch's metrics (the log-likelihood on `test` when given).
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     source: &str,
@@ -604,6 +642,7 @@ fn discard(dir: &Path, folder: &Path) {
     }
 }
 
+/// The metrics of a run directory's `metrics.jsonl`; unreadable lines are skipped.
 pub fn read_metrics(dir: &Path) -> Vec<EpochMetrics> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap_or_default()
