@@ -866,16 +866,9 @@ impl Model {
                     step: fitted.steps,
                 }));
             }
-            let log_likelihood = if exact {
-                evaluate::exact_log_z(&self.graph, &plan, &params.tensors, self.device)
-                    .and_then(|z| {
-                        evaluate::exact_log_likelihood(&self.graph, &plan, &params.tensors, &data.vars, z, self.device)
-                    })
-                    .ok()
-                    .map(|ll| ll.iter().sum::<f64>() / ll.len() as f64)
-            } else {
-                None
-            };
+            let log_likelihood = exact
+                .then(|| run::mean_exact_log_likelihood(&self.graph, &plan, &params.tensors, &data.vars, self.device))
+                .flatten();
             let metrics = EpochMetrics {
                 epoch,
                 step: fitted.steps,
@@ -885,14 +878,8 @@ impl Model {
                 seconds: started.elapsed().as_secs_f64(),
                 log_likelihood,
             };
-            for (what, value) in [
-                ("the epoch's mean loss", metrics.loss),
-                ("the epoch's mean gradient norm", metrics.grad_norm),
-                ("the log-likelihood", log_likelihood.unwrap_or(0.0)),
-            ] {
-                if !value.is_finite() {
-                    return Err(Error::Train(TrainError::NonFinite { what: what.into(), step: fitted.steps }));
-                }
+            if let Some(what) = metrics.first_non_finite() {
+                return Err(Error::Train(TrainError::NonFinite { what: what.into(), step: fitted.steps }));
             }
             let control = on(Event::Epoch { metrics: &metrics, params: &params });
             fitted.history.push(metrics);

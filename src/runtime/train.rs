@@ -224,6 +224,37 @@ pub struct EpochMetrics {
     pub log_likelihood: Option<f64>,
 }
 
+impl EpochMetrics {
+    /// The first of the epoch's figures that is not finite, named for the
+    /// error that ends the run.
+    pub fn first_non_finite(&self) -> Option<&'static str> {
+        [
+            ("the epoch's mean loss", self.loss),
+            ("the epoch's mean gradient norm", self.grad_norm),
+            ("the log-likelihood", self.log_likelihood.unwrap_or(0.0)),
+        ]
+        .into_iter()
+        .find(|(_, value)| !value.is_finite())
+        .map(|(what, _)| what)
+    }
+}
+
+/// The exact average log-likelihood of `rows` under `params`, or `None`
+/// when log Z cannot be enumerated for the model.
+pub fn mean_exact_log_likelihood(
+    graph: &FactorGraph,
+    plan: &Plan,
+    params: &Tensors,
+    rows: &Tensors,
+    device: DeviceKind,
+) -> Option<f64> {
+    let evaluate = crate::runtime::evaluate::exact_log_likelihood;
+    crate::runtime::evaluate::exact_log_z(graph, plan, params, device)
+        .and_then(|z| evaluate(graph, plan, params, rows, z, device))
+        .ok()
+        .map(|ll| ll.iter().sum::<f64>() / ll.len() as f64)
+}
+
 /// How `run` trains: how long, where to, on what.
 pub struct RunOptions {
     /// The epoch to train through (a resumed run continues to it).
@@ -529,24 +560,9 @@ pub fn run(
                 last_good: latest_checkpoint(&opts.out),
             });
         }
-        let log_likelihood = if exact {
-            let eval_rows = test.unwrap_or(data);
-            crate::runtime::evaluate::exact_log_z(graph, plan, &params, opts.device)
-                .and_then(|z| {
-                    crate::runtime::evaluate::exact_log_likelihood(
-                        graph,
-                        plan,
-                        &params,
-                        &eval_rows.vars,
-                        z,
-                        opts.device,
-                    )
-                })
-                .ok()
-                .map(|ll| ll.iter().sum::<f64>() / ll.len() as f64)
-        } else {
-            None
-        };
+        let log_likelihood = exact
+            .then(|| mean_exact_log_likelihood(graph, plan, &params, &test.unwrap_or(data).vars, opts.device))
+            .flatten();
         let metrics = EpochMetrics {
             epoch,
             step,
@@ -556,18 +572,12 @@ pub fn run(
             seconds: started.elapsed().as_secs_f64(),
             log_likelihood,
         };
-        for (what, value) in [
-            ("the epoch's mean loss", metrics.loss),
-            ("the epoch's mean gradient norm", metrics.grad_norm),
-            ("the log-likelihood", log_likelihood.unwrap_or(0.0)),
-        ] {
-            if !value.is_finite() {
-                return Err(RunError::Train {
-                    error: TrainError::NonFinite { what: what.into(), step },
-                    epoch,
-                    last_good: latest_checkpoint(&opts.out),
-                });
-            }
+        if let Some(what) = metrics.first_non_finite() {
+            return Err(RunError::Train {
+                error: TrainError::NonFinite { what: what.into(), step },
+                epoch,
+                last_good: latest_checkpoint(&opts.out),
+            });
         }
         (meta.epoch, meta.step) = (epoch, step);
         save_checkpoint(&opts.out, epoch, &params, &trainer.checkpoint(), &meta).map_err(io)?;
