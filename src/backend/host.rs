@@ -74,8 +74,21 @@ fn fast_tanh(x: f32) -> f32 {
     if a < 0.25 { near } else { far }
 }
 
-/// Applies `f` to every element in place.
+/// `f` of every element, as a new vector.
 pub fn map(f: Unary, xs: &[f32]) -> Vec<f32> {
+    let mut out = xs.to_vec();
+    let piece = |chunk: &mut [f32]| wide(|| map_in_place(f, chunk));
+    if out.len() > PIECE {
+        out.par_chunks_mut(PIECE).for_each(piece);
+    } else {
+        piece(&mut out);
+    }
+    out
+}
+
+/// Applies `f` to every element in place, on this thread.
+#[inline(always)]
+pub fn map_in_place(f: Unary, xs: &mut [f32]) {
     match f {
         Unary::Exp => covered_or_exact(xs, |x| x.abs() < 87.0, fast_exp, f32::exp),
         Unary::Log => covered_or_exact(xs, |x| (f32::MIN_POSITIVE..f32::INFINITY).contains(&x), fast_ln, f32::ln),
@@ -116,18 +129,10 @@ fn wide_avx2<R>(f: impl FnOnce() -> R) -> R {
 /// hand-off costs little beside it.
 const PIECE: usize = 16_384;
 
-/// `g` of every element, in pieces on rayon's threads when there are several.
+/// `g` of every element, in place.
 #[inline(always)]
-fn each(xs: &[f32], g: impl Fn(f32) -> f32 + Copy + Send + Sync) -> Vec<f32> {
-    // In place on a copy: this form vectorises where `map(..).collect()` does not.
-    let mut out = xs.to_vec();
-    let piece = |chunk: &mut [f32]| wide(|| chunk.iter_mut().for_each(|x| *x = g(*x)));
-    if out.len() > PIECE {
-        out.par_chunks_mut(PIECE).for_each(piece);
-    } else {
-        piece(&mut out);
-    }
-    out
+fn each(xs: &mut [f32], g: impl Fn(f32) -> f32 + Copy) {
+    xs.iter_mut().for_each(|x| *x = g(*x));
 }
 
 /// `hi` where u < sigmoid(scale * (x + bias)), else `lo`, with `bias` one
@@ -169,15 +174,15 @@ pub fn bernoulli(xs: &[f32], bias: &[f32], scale: f32, hi: f32, lo: f32, rng: &m
 /// that are not (a scan that vectorises decides).
 #[inline(always)]
 fn covered_or_exact(
-    xs: &[f32],
+    xs: &mut [f32],
     covered: impl Fn(f32) -> bool + Copy,
-    fast: impl Fn(f32) -> f32 + Copy + Send + Sync,
+    fast: impl Fn(f32) -> f32 + Copy,
     exact: impl Fn(f32) -> f32,
-) -> Vec<f32> {
+) {
     if xs.iter().fold(true, |all, &x| all & covered(x)) {
         each(xs, fast)
     } else {
-        xs.iter().map(|&x| if covered(x) { fast(x) } else { exact(x) }).collect()
+        xs.iter_mut().for_each(|x| *x = if covered(*x) { fast(*x) } else { exact(*x) });
     }
 }
 

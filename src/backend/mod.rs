@@ -13,6 +13,7 @@ mod noise;
 mod objectives;
 mod optim;
 mod replay;
+mod step;
 mod train;
 
 pub use ais::{
@@ -40,6 +41,10 @@ pub(crate) type T3<D, T = NoneTape> = Tensor<(usize, usize, usize), f32, D, T>;
 /// CPU it runs as one fused pass (sigmoid, uniform draw, compare) instead of
 /// six tensor ops; other devices compose dfdx ops.
 pub(crate) trait Kernels: Device<f32> {
+    /// Whether values live in host memory, where compiled programs
+    /// (`step`) run; other devices evaluate through dfdx's ops.
+    const HOST: bool = false;
+
     /// `hi` where u < sigmoid(scale * (logits + bias)), else `lo`, elementwise;
     /// `bias` is one per-example value shared by the whole batch.
     fn bernoulli(
@@ -137,6 +142,8 @@ fn with_host<R>(x: &T3<Cpu>, f: impl FnOnce(&[f32]) -> R) -> R {
 }
 
 impl Kernels for Cpu {
+    const HOST: bool = true;
+
     fn bernoulli(
         &self,
         logits: T3<Self>,
@@ -501,6 +508,8 @@ struct ChainSet<D: Device<f32>> {
     fast_rng: rand::rngs::SmallRng,
     /// One generator per chain for the lattice kernel, so its draws do not depend on how chains are split among threads.
     chain_rngs: Vec<rand::rngs::SmallRng>,
+    /// Compiled data gradients of each Langevin stage, by the stage's roots (host devices).
+    compiled: BTreeMap<Vec<Id>, step::Compiled>,
 }
 
 /// Generators for each chain, from the run's seed.
@@ -714,6 +723,7 @@ impl<D: Kernels> ChainSet<D> {
             rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
             fast_rng: rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5851_f42d_4c95_7f2d),
             chain_rngs: chain_rngs(seed, chains),
+            compiled: BTreeMap::new(),
         };
         for i in 0..set.vars.len() {
             let init = set.initial(i);
@@ -888,23 +898,38 @@ impl<D: Kernels> ChainSet<D> {
         Built::Operator(op)
     }
 
-    fn langevin(&mut self, vars: &[(usize, Id)], mala: bool, step: f32, noise: f32, clip: Option<f32>) {
+    /// The data gradients `grads` at `state`, each expanded to its variable's shape and clipped.
+    fn langevin_gradients(
+        &mut self,
+        vars: &[(usize, Id)],
+        state: &BTreeMap<String, T3<D>>,
+        clip: Option<f32>,
+    ) -> Vec<T3<D>> {
         let grads: Vec<Id> = vars.iter().map(|(_, g)| *g).collect();
-        let gradients = |s: &Self, state: &BTreeMap<String, T3<D>>| -> Vec<T3<D>> {
-            let gs = s.eval(&grads, state);
-            gs.into_iter()
-                .zip(vars)
-                .map(|(g, (v, _))| {
-                    let (b, m, n) = s.shape(*v);
-                    let g = expand(g, b, m, n);
-                    match clip {
-                        Some(c) => g.clamp(-c, c),
-                        None => g,
-                    }
-                })
-                .collect()
+        let gs = if D::HOST {
+            let outputs = grads.iter().map(|g| step::Output::PerExample(*g)).collect();
+            let compiled = self.compiled.entry(grads.clone()).or_insert_with(|| step::Compiled::new(outputs));
+            let program = compiled.run(&self.ir, self.chains, &[state, &self.leaves.tensors]);
+            (0..grads.len()).map(|i| step::Compiled::tensor(&self.dev, program, i)).collect()
+        } else {
+            self.eval(&grads, state)
         };
-        let g0 = gradients(self, &self.state);
+        gs.into_iter()
+            .zip(vars)
+            .map(|(g, (v, _))| {
+                let (b, m, n) = self.shape(*v);
+                let g = expand(g, b, m, n);
+                match clip {
+                    Some(c) => g.clamp(-c, c),
+                    None => g,
+                }
+            })
+            .collect()
+    }
+
+    fn langevin(&mut self, vars: &[(usize, Id)], mala: bool, step: f32, noise: f32, clip: Option<f32>) {
+        let state = self.state.clone();
+        let g0 = self.langevin_gradients(vars, &state, clip);
         let mut proposal = self.state.clone();
         for ((v, _), g) in vars.iter().zip(&g0) {
             let name = self.vars[*v].name.clone();
@@ -918,7 +943,7 @@ impl<D: Kernels> ChainSet<D> {
             return;
         }
         // Metropolis adjustment: log a = E(x) - E(x') + log q(x | x') - log q(x' | x).
-        let g1 = gradients(self, &proposal);
+        let g1 = self.langevin_gradients(vars, &proposal, clip);
         let e0 = self.energies(&self.state);
         let e1 = self.energies(&proposal);
         let b = self.chains;

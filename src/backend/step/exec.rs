@@ -1,0 +1,328 @@
+//! Runs one instruction of a schedule on the arena.
+
+use super::schedule::MAX_CODE;
+use super::{Buf, FOp, Instr, Mat, Reduction, View};
+use crate::backend::host::{self, Arith};
+use rayon::prelude::*;
+
+/// Values per register of a fused loop: small enough that a loop's
+/// registers stay in L1, long enough to vectorise.
+const TILE: usize = 64;
+
+/// Elements below which a loop runs on one thread.
+const PAR_ELEMENTS: usize = 1 << 15;
+
+/// Multiply-adds below which a GEMM runs on one thread: the hand-off to
+/// another core costs more than it saves on a product this small.
+const PAR_GEMM: usize = 1 << 22;
+
+/// The data of buffer `b`.
+fn data<'a>(arena: &'a [Vec<f32>], inputs: &'a [Vec<f32>], b: Buf) -> &'a [f32] {
+    match b {
+        Buf::Slot(s) => &arena[s],
+        Buf::Input(i) => &inputs[i],
+    }
+}
+
+pub(super) fn run(instr: &Instr, arena: &mut [Vec<f32>], inputs: &[Vec<f32>]) {
+    let out_slot = match instr {
+        Instr::Fused { out, .. }
+        | Instr::Reduce { out, .. }
+        | Instr::SumBatch { out, .. }
+        | Instr::Spectral { out, .. }
+        | Instr::Zero { out } => *out,
+        Instr::Gemm { out, .. } => match out.buf {
+            Buf::Slot(s) => s,
+            // Cannot fire: the compiler writes products into arena buffers only.
+            Buf::Input(_) => unreachable!("outputs are arena buffers"),
+        },
+    };
+    // The output is taken out of the arena while the inputs are read: the
+    // allocator never gives an instruction's output the buffer of an input.
+    let mut out = std::mem::take(&mut arena[out_slot]);
+    {
+        let arena: &[Vec<f32>] = arena;
+        match instr {
+            Instr::Fused { dims, inputs: views, code, .. } => {
+                let srcs: Vec<&[f32]> = views.iter().map(|v| data(arena, inputs, v.buf)).collect();
+                fused(&mut out, *dims, views, &srcs, code);
+            }
+            Instr::Gemm { out: o, a, b, m, k, n, batch, accumulate, alpha } => {
+                let (da, db) = (data(arena, inputs, a.buf), data(arena, inputs, b.buf));
+                gemm(&mut out, *o, (da, *a), (db, *b), (*m, *k, *n), *batch, *accumulate, *alpha);
+            }
+            Instr::Reduce { kind, input, out_dims, .. } => {
+                reduce(&mut out, *kind, *input, data(arena, inputs, input.buf), *out_dims);
+            }
+            Instr::SumBatch { input, alpha, accumulate, repeat, .. } => {
+                sum_batch(&mut out, *input, data(arena, inputs, input.buf), *alpha * *repeat as f32, *accumulate);
+            }
+            Instr::Spectral { input, outer, .. } => {
+                let (_, m, n) = input.dims;
+                let src = data(arena, inputs, input.buf);
+                let w: Vec<f64> =
+                    (0..m * n).map(|i| f64::from(src[(i / n) * input.strides.1 + (i % n) * input.strides.2])).collect();
+                let (sigma, u, v) = crate::ir::top_singular(&w, m, n);
+                if *outer {
+                    for (i, o) in out[..m * n].iter_mut().enumerate() {
+                        *o = (u[i / n] * v[i % n]) as f32;
+                    }
+                } else {
+                    out[0] = sigma as f32;
+                }
+            }
+            Instr::Zero { .. } => out.iter_mut().for_each(|x| *x = 0.0),
+        }
+    }
+    arena[out_slot] = out;
+}
+
+/// Element `(e, i, j)` of a view's data.
+#[inline(always)]
+fn at(src: &[f32], v: &View, e: usize, i: usize, j: usize) -> f32 {
+    src[e * v.strides.0 + i * v.strides.1 + j * v.strides.2]
+}
+
+/// A fused loop: tiles of the output, each computed through the registers.
+fn fused(out: &mut [f32], dims: (usize, usize, usize), views: &[View], srcs: &[&[f32]], code: &[FOp]) {
+    let (b, m, n) = dims;
+    let total = b * m * n;
+    let out = &mut out[..total];
+    // Flat when every input is read in the output's own order, or is one value.
+    let flat = views.iter().all(|v| (v.dims == dims && v.is_contiguous()) || v.is_constant());
+    host::wide(|| {
+        if flat {
+            let chunk = |start: usize, piece: &mut [f32]| {
+                for (t, tile) in piece.chunks_mut(TILE).enumerate() {
+                    let s = start + t * TILE;
+                    let len = tile.len();
+                    tile_run(tile, code, |j, reg| {
+                        let (v, src) = (&views[j], srcs[j]);
+                        if v.is_constant() {
+                            reg[..len].fill(src[0]);
+                        } else {
+                            reg[..len].copy_from_slice(&src[s..s + len]);
+                        }
+                    });
+                }
+            };
+            if total >= PAR_ELEMENTS {
+                let piece = PAR_ELEMENTS / 4;
+                out.par_chunks_mut(piece).enumerate().for_each(|(p, c)| host::wide(|| chunk(p * piece, c)));
+            } else {
+                chunk(0, out);
+            }
+        } else {
+            let rows = |first: usize, piece: &mut [f32]| {
+                for (r, row) in piece.chunks_mut(n).enumerate() {
+                    let (e, i) = ((first + r) / m, (first + r) % m);
+                    for (t, tile) in row.chunks_mut(TILE).enumerate() {
+                        let j0 = t * TILE;
+                        let len = tile.len();
+                        tile_run(tile, code, |j, reg| {
+                            let (v, src) = (&views[j], srcs[j]);
+                            let base = e * v.strides.0 + i * v.strides.1 + j0 * v.strides.2;
+                            match v.strides.2 {
+                                1 => reg[..len].copy_from_slice(&src[base..base + len]),
+                                0 => reg[..len].fill(src[base]),
+                                s => reg[..len].iter_mut().enumerate().for_each(|(q, x)| *x = src[base + q * s]),
+                            }
+                        });
+                    }
+                }
+            };
+            if total >= PAR_ELEMENTS && n > 0 {
+                let per = (PAR_ELEMENTS / 4 / n).max(1);
+                out.par_chunks_mut(per * n).enumerate().for_each(|(p, c)| host::wide(|| rows(p * per, c)));
+            } else {
+                rows(0, out);
+            }
+        }
+    });
+}
+
+/// One tile through the loop's program; `load(j, reg)` fills a register from input `j`.
+#[inline(always)]
+fn tile_run(tile: &mut [f32], code: &[FOp], load: impl Fn(usize, &mut [f32])) {
+    let len = tile.len();
+    let mut regs = [[0.0f32; TILE]; MAX_CODE];
+    for (i, op) in code.iter().enumerate() {
+        let (done, rest) = regs.split_at_mut(i);
+        let dst = &mut rest[0][..len];
+        match *op {
+            FOp::Load(j) => load(j, dst),
+            FOp::Imm(c) => dst.fill(c),
+            FOp::Neg(a) => dst.iter_mut().zip(&done[a][..len]).for_each(|(d, x)| *d = -x),
+            FOp::Bin(op, a, b) => {
+                let (x, y) = (&done[a][..len], &done[b][..len]);
+                let it = dst.iter_mut().zip(x.iter().zip(y));
+                match op {
+                    Arith::Add => it.for_each(|(d, (p, q))| *d = p + q),
+                    Arith::Sub => it.for_each(|(d, (p, q))| *d = p - q),
+                    Arith::Mul => it.for_each(|(d, (p, q))| *d = p * q),
+                    Arith::Div => it.for_each(|(d, (p, q))| *d = p / q),
+                }
+            }
+            FOp::Map(f, a) => {
+                dst.copy_from_slice(&done[a][..len]);
+                host::map_in_place(f, dst);
+            }
+            FOp::Powf(a, e) => {
+                let x = &done[a][..len];
+                let it = dst.iter_mut().zip(x);
+                if e == 2.0 {
+                    it.for_each(|(d, x)| *d = x * x);
+                } else if e == 1.0 {
+                    it.for_each(|(d, x)| *d = *x);
+                } else if e == -1.0 {
+                    it.for_each(|(d, x)| *d = 1.0 / x);
+                } else if e == 0.5 {
+                    it.for_each(|(d, x)| *d = x.sqrt());
+                } else {
+                    it.for_each(|(d, x)| *d = x.powf(e));
+                }
+            }
+            FOp::Pow(a, b) => {
+                let (x, y) = (&done[a][..len], &done[b][..len]);
+                dst.iter_mut().zip(x.iter().zip(y)).for_each(|(d, (p, q))| *d = p.powf(*q));
+            }
+        }
+    }
+    tile.copy_from_slice(&regs[code.len() - 1][..len]);
+}
+
+/// The highest index a matrix operand reads, for the bounds check before the GEMM.
+fn reach(x: &Mat, (rows, cols): (usize, usize), batch: usize) -> usize {
+    (batch - 1) * x.sb + (rows - 1) * x.rs + (cols - 1) * x.cs
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    out: &mut [f32],
+    o: Mat,
+    (da, a): (&[f32], Mat),
+    (db, b): (&[f32], Mat),
+    (m, k, n): (usize, usize, usize),
+    batch: usize,
+    accumulate: bool,
+    alpha: f32,
+) {
+    assert!(
+        reach(&o, (m, n), batch) < out.len()
+            && reach(&a, (m, k), batch) < da.len()
+            && reach(&b, (k, n), batch) < db.len(),
+        "GEMM operands lie inside their buffers"
+    );
+    // Cannot fire: arena buffers are far below isize::MAX elements (`limits`).
+    let s = |x: usize| isize::try_from(x).expect("strides fit isize");
+    let par = if m * n * k >= PAR_GEMM {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    for e in 0..batch {
+        // A shared output (stride 0) accumulates every example's product.
+        let read = accumulate || (o.sb == 0 && e > 0);
+        // SAFETY: every index each operand is read or written at lies inside
+        // its buffer (the reach check above covers the last example, the
+        // furthest); `out` is a distinct buffer from `da` and `db` (it was
+        // taken out of the arena, and inputs are never outputs).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr().add(e * o.sb),
+                s(o.cs),
+                s(o.rs),
+                read,
+                da.as_ptr().add(e * a.sb),
+                s(a.cs),
+                s(a.rs),
+                db.as_ptr().add(e * b.sb),
+                s(b.cs),
+                s(b.rs),
+                1.0,
+                alpha,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+    }
+}
+
+fn reduce(out: &mut [f32], kind: Reduction, v: View, src: &[f32], (_, om, on): (usize, usize, usize)) {
+    let (b, m, n) = v.dims;
+    for e in 0..b {
+        let x = |i: usize, j: usize| at(src, &v, e, i, j);
+        let o = &mut out[e * om * on..(e + 1) * om * on];
+        match kind {
+            Reduction::Sum => {
+                o[0] = (0..m).map(|i| (0..n).map(|j| x(i, j)).sum::<f32>()).sum();
+            }
+            Reduction::SumTo { rows, cols } => {
+                o.iter_mut().for_each(|y| *y = 0.0);
+                for i in 0..m {
+                    for j in 0..n {
+                        o[if rows { 0 } else { i } * on + if cols { 0 } else { j }] += x(i, j);
+                    }
+                }
+            }
+            Reduction::LogSumExp => {
+                let max = (0..m * n).map(|q| x(q / n, q % n)).fold(f32::NEG_INFINITY, f32::max);
+                let s: f32 = (0..m * n).map(|q| (x(q / n, q % n) - max).exp()).sum();
+                o[0] = if max.is_finite() { max + s.ln() } else { max };
+            }
+            Reduction::LogSumExpLast => {
+                for i in 0..m {
+                    let max = (0..n).map(|j| x(i, j)).fold(f32::NEG_INFINITY, f32::max);
+                    let s: f32 = (0..n).map(|j| (x(i, j) - max).exp()).sum();
+                    o[i] = if max.is_finite() { max + s.ln() } else { max };
+                }
+            }
+            Reduction::Softmax => {
+                let max = (0..m * n).map(|q| x(q / n, q % n)).fold(f32::NEG_INFINITY, f32::max);
+                for q in 0..m * n {
+                    o[q] = (x(q / n, q % n) - max).exp();
+                }
+                let s: f32 = o.iter().sum();
+                o.iter_mut().for_each(|y| *y /= s);
+            }
+            Reduction::SoftmaxLast => {
+                for i in 0..m {
+                    let max = (0..n).map(|j| x(i, j)).fold(f32::NEG_INFINITY, f32::max);
+                    let row = &mut o[i * n..(i + 1) * n];
+                    for (j, y) in row.iter_mut().enumerate() {
+                        *y = (x(i, j) - max).exp();
+                    }
+                    let s: f32 = row.iter().sum();
+                    row.iter_mut().for_each(|y| *y /= s);
+                }
+            }
+        }
+    }
+}
+
+/// `out (+)= alpha Σ_e v_e`.
+fn sum_batch(out: &mut [f32], v: View, src: &[f32], alpha: f32, accumulate: bool) {
+    let (b, m, n) = v.dims;
+    let out = &mut out[..m * n];
+    if !accumulate {
+        out.iter_mut().for_each(|x| *x = 0.0);
+    }
+    host::wide(|| {
+        for e in 0..b {
+            for i in 0..m {
+                let row = &mut out[i * n..(i + 1) * n];
+                let base = e * v.strides.0 + i * v.strides.1;
+                if v.strides.2 == 1 {
+                    row.iter_mut().zip(&src[base..base + n]).for_each(|(o, x)| *o += alpha * x);
+                } else {
+                    row.iter_mut().enumerate().for_each(|(j, o)| *o += alpha * src[base + j * v.strides.2]);
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,263 @@
+//! Stage: IR program → host schedule (`compile`), and the schedule's
+//! execution (`Program::run`). This is the step compiler: the loss of a
+//! training step, its parameter gradients summed over the batch, or the
+//! energy's gradient in the data for a Langevin step, scheduled once per
+//! model and batch size and then run with no tape and no allocation.
+//!
+//! What compiling does, in order (`schedule`):
+//! - **Views.** Transposes and broadcasts cost nothing: they are strides on
+//!   the buffer they read (0 along a broadcast axis).
+//! - **Fusion.** A chain of elementwise ops (and their adjoints, which the
+//!   symbolic derivatives made elementwise too) whose intermediate values
+//!   nothing else reads becomes one loop: a small register program run over
+//!   tiles of 64 values, so each intermediate lives in L1 and never in
+//!   memory.
+//! - **Products.** Every matrix product is one GEMM over the whole batch
+//!   (per-example vectors against a shared matrix fold the batch into the
+//!   GEMM's rows or columns), and a batch-summed outer product — the shape
+//!   every per-example parameter gradient takes — is a GEMM whose
+//!   contraction runs over the batch.
+//! - **Threads by size.** A GEMM or a loop is split across threads only when
+//!   it is big enough for the hand-off to pay.
+//! - **Arena.** Buffers are assigned by liveness (a buffer is reused once
+//!   its last reader has run) and allocated once, at compile time.
+//!
+//! `ebmc plan --schedule` prints a compiled schedule (`Display`).
+
+mod exec;
+mod schedule;
+
+pub(crate) use schedule::compile;
+
+use crate::backend::T3;
+use crate::ir::{Ir, Unary};
+use dfdx::prelude::*;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// What a compiled program hands back for one IR root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Output {
+    /// The root's value for every example: `(batch, m, n)`.
+    PerExample(crate::ir::Id),
+    /// The root's values summed over the batch: `(1, m, n)`.
+    BatchSum(crate::ir::Id),
+}
+
+/// Where a value lives: a buffer of the arena or one of the run's inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Buf {
+    Slot(usize),
+    Input(usize),
+}
+
+/// A strided view of a buffer as `(batch, rows, cols)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct View {
+    buf: Buf,
+    dims: (usize, usize, usize),
+    strides: (usize, usize, usize),
+}
+
+impl View {
+    fn contiguous(buf: Buf, dims: (usize, usize, usize)) -> View {
+        View { buf, dims, strides: (dims.1 * dims.2, dims.2, 1) }
+    }
+
+    /// Whether the view reads its buffer in row-major order from the start.
+    fn is_contiguous(&self) -> bool {
+        let (b, m, n) = self.dims;
+        let (sb, sm, sn) = self.strides;
+        (n == 1 || sn == 1) && (m == 1 || sm == n) && (b == 1 || sb == m * n)
+    }
+
+    /// Whether every element reads the same value.
+    fn is_constant(&self) -> bool {
+        let (b, m, n) = self.dims;
+        let (sb, sm, sn) = self.strides;
+        (b == 1 || sb == 0) && (m == 1 || sm == 0) && (n == 1 || sn == 0)
+    }
+}
+
+/// A matrix operand of a GEMM, per example: element `(i, j)` of example
+/// `e` is at `e * sb + i * rs + j * cs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mat {
+    buf: Buf,
+    sb: usize,
+    rs: usize,
+    cs: usize,
+}
+
+/// One step of a fused loop; each writes the register numbered by its position.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum FOp {
+    Load(usize),
+    Imm(f32),
+    Neg(usize),
+    Bin(crate::backend::host::Arith, usize, usize),
+    Map(Unary, usize),
+    Powf(usize, f32),
+    Pow(usize, usize),
+}
+
+/// How a reduction combines a per-example value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reduction {
+    /// Everything to one value per example.
+    Sum,
+    /// Rows away (`(m, n)` → `(1, n)`), columns away, or both.
+    SumTo { rows: bool, cols: bool },
+    LogSumExp,
+    LogSumExpLast,
+    Softmax,
+    SoftmaxLast,
+}
+
+/// One instruction of a schedule.
+#[derive(Debug, Clone, PartialEq)]
+enum Instr {
+    /// `out = code(inputs)` elementwise over `dims`.
+    Fused { out: usize, dims: (usize, usize, usize), inputs: Vec<View>, code: Vec<FOp> },
+    /// `out_e (+)= alpha · a_e b_e` for `batch` examples, each `(m×k)(k×n)`.
+    Gemm { out: Mat, a: Mat, b: Mat, m: usize, k: usize, n: usize, batch: usize, accumulate: bool, alpha: f32 },
+    /// A reduction of each example of `input` into `out` (contiguous, `out_dims`).
+    Reduce { kind: Reduction, out: usize, input: View, out_dims: (usize, usize, usize) },
+    /// `out (+)= alpha · Σ_e input_e`, `out` contiguous `(1, m, n)`; a shared
+    /// input counts once per example (`repeat`).
+    SumBatch { out: usize, input: View, alpha: f32, accumulate: bool, repeat: usize },
+    /// The spectral norm of a shared matrix, or its `u vᵀ`.
+    Spectral { out: usize, input: View, outer: bool },
+    /// `out = 0`.
+    Zero { out: usize },
+}
+
+/// A compiled program: its instructions, arena and outputs.
+#[derive(Debug)]
+pub(crate) struct Program {
+    /// The inputs a run binds, in order: variables, parameters, constants by name, with their lengths.
+    inputs: Vec<(String, usize)>,
+    /// The inputs' values, one buffer each, filled before each run.
+    host: Vec<Vec<f32>>,
+    instrs: Vec<Instr>,
+    /// The arena: one buffer per slot, sized at compile time.
+    arena: Vec<Vec<f32>>,
+    /// Each output's slot and dims.
+    outputs: Vec<(usize, (usize, usize, usize))>,
+    /// The batch size the program was compiled for.
+    batch: usize,
+    /// IR nodes the schedule covers, and how many fused loops hold them (for the listing).
+    nodes: usize,
+}
+
+impl Program {
+    /// The inputs `run` takes, in order, with their lengths.
+    pub(crate) fn inputs(&self) -> &[(String, usize)] {
+        &self.inputs
+    }
+
+    /// Input `i`'s buffer, to be filled before `run`.
+    pub(crate) fn input_mut(&mut self, i: usize) -> &mut [f32] {
+        &mut self.host[i]
+    }
+
+    /// Runs the schedule on the inputs as last filled.
+    pub(crate) fn run(&mut self) {
+        for instr in &self.instrs {
+            exec::run(instr, &mut self.arena, &self.host);
+        }
+    }
+
+    /// Output `i` of the last run, row-major.
+    pub(crate) fn output(&self, i: usize) -> &[f32] {
+        let (slot, (b, m, n)) = self.outputs[i];
+        &self.arena[slot][..b * m * n]
+    }
+
+    /// Output `i`'s dims `(batch, m, n)`.
+    pub(crate) fn output_dims(&self, i: usize) -> (usize, usize, usize) {
+        self.outputs[i].1
+    }
+
+    /// Floats the arena holds.
+    fn arena_len(&self) -> usize {
+        self.arena.iter().map(Vec::len).sum()
+    }
+}
+
+/// A program for fixed outputs of one IR, compiled for the batch size it
+/// last met (a run's last, smaller batch compiles once more).
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    outputs: Vec<Output>,
+    program: Option<Program>,
+}
+
+impl Compiled {
+    pub(crate) fn new(outputs: Vec<Output>) -> Compiled {
+        Compiled { outputs, program: None }
+    }
+
+    /// Runs on device tensors, each input found by name in the first map
+    /// of `tensors` that has it; the variables hold `batch` examples.
+    pub(crate) fn run<D: Device<f32>>(
+        &mut self,
+        ir: &Ir,
+        batch: usize,
+        tensors: &[&BTreeMap<String, T3<D>>],
+    ) -> &Program {
+        if self.program.as_ref().is_none_or(|p| p.batch != batch) {
+            self.program = Some(compile(ir, &self.outputs, batch));
+        }
+        // Cannot fire: compiled just above when missing.
+        let p = self.program.as_mut().expect("a compiled program");
+        for ((name, _), host) in p.inputs.iter().zip(&mut p.host) {
+            // Cannot fire: callers bind every variable, parameter and constant of the IR they compiled.
+            let t = tensors.iter().find_map(|m| m.get(name)).unwrap_or_else(|| panic!("no value bound for `{name}`"));
+            t.copy_into(host);
+        }
+        p.run();
+        p
+    }
+
+    /// Output `i` of `program` as a device tensor `(batch, m, n)`.
+    pub(crate) fn tensor<D: Device<f32>>(dev: &D, program: &Program, i: usize) -> T3<D> {
+        dev.tensor_from_vec(program.output(i).to_vec(), program.output_dims(i))
+    }
+
+    /// The schedule of the last compile, if any.
+    pub(crate) fn program(&self) -> Option<&Program> {
+        self.program.as_ref()
+    }
+}
+
+impl fmt::Display for Program {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fused = self.instrs.iter().filter(|i| matches!(i, Instr::Fused { .. })).count();
+        let gemms = self.instrs.iter().filter(|i| matches!(i, Instr::Gemm { .. })).count();
+        writeln!(
+            f,
+            "# batch {}: {} IR nodes -> {} instructions ({} fused loops, {} GEMMs); arena {} buffers, {} floats",
+            self.batch,
+            self.nodes,
+            self.instrs.len(),
+            fused,
+            gemms,
+            self.arena.len(),
+            self.arena_len()
+        )?;
+        for (i, (name, n)) in self.inputs.iter().enumerate() {
+            writeln!(f, "in{i} = {name} ({n})")?;
+        }
+        for instr in &self.instrs {
+            writeln!(f, "{}", schedule::show(instr))?;
+        }
+        for (i, (slot, (b, m, n))) in self.outputs.iter().enumerate() {
+            writeln!(f, "out{i} = t{slot} [{b}x{m}x{n}]")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
