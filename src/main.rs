@@ -45,9 +45,9 @@ fn main() -> ExitCode {
     let (out, result) = match cli.command {
         Command::Check { files } => (out, cli::commands::check(out, &files)),
         Command::Graph { file, format, model } => (out, cli::commands::graph(out, &file, format, model.as_deref())),
-        Command::Plan { file, json, model } => {
+        Command::Plan { file, json, model, schedule } => {
             let out = if json { legacy } else { out };
-            (out, cli::commands::plan(out, &file, model.as_deref()))
+            (out, cli::commands::plan(out, &file, model.as_deref(), schedule))
         }
         Command::Sample {
             file,

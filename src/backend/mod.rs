@@ -584,6 +584,30 @@ fn upload<D: Device<f32>>(dev: &D, t: &HostTensor, batch: usize) -> T3<D> {
     dev.tensor_from_vec(t.data.clone(), (batch, m, n))
 }
 
+/// The compiled CPU schedules of a model's steps, titled, as listings (what
+/// `ebmc plan --schedule` prints): each Langevin stage's data gradients,
+/// for one batch of the train block's size (128 without one).
+pub fn step_schedules(
+    model: &Model,
+    plan: &Plan,
+    train: Option<&crate::analysis::program::Train>,
+) -> Result<Vec<(String, String)>, String> {
+    let chains = train.map_or(128, |t| t.batch);
+    let params = crate::tensor::initialise(&plan.lowered.params, 0);
+    let set = ChainSet::new(Cpu::seed_from_u64(0), model, plan, &params, chains, 0)?;
+    let mut out = Vec::new();
+    for stage in &set.stages {
+        if let Stage::Langevin { vars, .. } = stage {
+            let names: Vec<&str> = vars.iter().map(|(v, _)| set.vars[*v].name.as_str()).collect();
+            let mut compiled = step::Compiled::new(vars.iter().map(|(_, g)| step::Output::PerExample(*g)).collect());
+            compiled.prepare(&set.ir, chains);
+            let title = format!("Langevin step: the gradient of the energy in {}", names.join(", "));
+            out.extend(compiled.listing().map(|l| (title, l)));
+        }
+    }
+    Ok(out)
+}
+
 impl<D: Kernels> ChainSet<D> {
     fn new(dev: D, model: &Model, plan: &Plan, params: &Tensors, chains: usize, seed: u64) -> Result<Self, String> {
         let mut lowered = plan.lowered.clone();
@@ -909,8 +933,8 @@ impl<D: Kernels> ChainSet<D> {
         let gs = if D::HOST {
             let outputs = grads.iter().map(|g| step::Output::PerExample(*g)).collect();
             let compiled = self.compiled.entry(grads.clone()).or_insert_with(|| step::Compiled::new(outputs));
-            let program = compiled.run(&self.ir, self.chains, &[state, &self.leaves.tensors]);
-            (0..grads.len()).map(|i| step::Compiled::tensor(&self.dev, program, i)).collect()
+            let done = compiled.run(&self.ir, self.chains, &[state, &self.leaves.tensors]);
+            (0..grads.len()).map(|i| done.tensor(&self.dev, i)).collect()
         } else {
             self.eval(&grads, state)
         };

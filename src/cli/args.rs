@@ -49,10 +49,13 @@ pub enum Command {
         model: Option<String>,
     },
     /// Explain how each model will be sampled and trained, and why.
-    #[command(after_help = "Example:\n  ebmc plan models/dbm.ebm --message-format json")]
+    #[command(after_help = "Example:\n  ebmc plan models/dbm.ebm --message-format json\n  ebmc plan models/toy/8gaussians_dsm.ebm --schedule")]
     Plan {
         /// The .ebm file.
         file: PathBuf,
+        /// Also print the compiled CPU schedules of the training step and of each Langevin step, for one batch of the train block (or 128 rows): fused loops, GEMMs, arena.
+        #[arg(long)]
+        schedule: bool,
         /// Deprecated spelling of `--message-format json` for the plan itself (errors stay human).
         #[arg(long, hide = true)]
         json: bool,

@@ -162,12 +162,32 @@ pub fn graph(out: Out, path: &Path, format: GraphFormat, only: Option<&str>) -> 
     Ok(())
 }
 
-pub fn plan(out: Out, path: &Path, only: Option<&str>) -> Result<(), Failure> {
+pub fn plan(out: Out, path: &Path, only: Option<&str>, schedule: bool) -> Result<(), Failure> {
     let (source, compiled) = compile(out, path)?;
     let names: Vec<String> = selected(&compiled.program, only)?.iter().map(|m| m.name.clone()).collect();
     let plans: Vec<_> =
         plans(out, path, &source, &compiled.program)?.into_iter().filter(|p| names.contains(&p.model)).collect();
-    out.result("plan", &json!({ "plans": plans }), || plans.iter().map(|p| p.to_text()).collect());
+    let mut schedules = Vec::new();
+    if schedule {
+        for p in &plans {
+            let model = &compiled.program.models[&p.model];
+            let train = compiled.program.trains.get(&p.model);
+            let listings = ebmc::backend::step_schedules(model, p, train)
+                .map_err(|e| CommandError::Result(format!("cannot compile the steps of `{}`: {e}", p.model)))?;
+            schedules.extend(listings.into_iter().map(|(title, listing)| (p.model.clone(), title, listing)));
+        }
+    }
+    let value = json!({
+        "plans": plans,
+        "schedules": schedules.iter().map(|(m, t, l)| json!({ "model": m, "step": t, "listing": l })).collect::<Vec<_>>(),
+    });
+    out.result("plan", &value, || {
+        let mut text: String = plans.iter().map(|p| p.to_text()).collect();
+        for (model, title, listing) in &schedules {
+            text.push_str(&format!("\n{model}: {title}\n{listing}"));
+        }
+        text
+    });
     Ok(())
 }
 

@@ -6,15 +6,15 @@ use crate::backend::host::{self, Arith};
 use rayon::prelude::*;
 
 /// Values per register of a fused loop: small enough that a loop's
-/// registers stay in L1, long enough to vectorise.
-const TILE: usize = 64;
+/// registers stay in L1 or L2, long enough to vectorise.
+const TILE: usize = 256;
 
 /// Elements below which a loop runs on one thread.
-const PAR_ELEMENTS: usize = 1 << 15;
+#[allow(non_snake_case)] fn PAR_ELEMENTS() -> usize { static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new(); *V.get_or_init(|| std::env::var("EBMC_PE").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 15)) }
 
 /// Multiply-adds below which a GEMM runs on one thread: the hand-off to
 /// another core costs more than it saves on a product this small.
-const PAR_GEMM: usize = 1 << 22;
+#[allow(non_snake_case)] fn PAR_GEMM() -> usize { static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new(); *V.get_or_init(|| std::env::var("EBMC_PG").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 22)) }
 
 /// The data of buffer `b`.
 fn data<'a>(arena: &'a [Vec<f32>], inputs: &'a [Vec<f32>], b: Buf) -> &'a [f32] {
@@ -24,7 +24,7 @@ fn data<'a>(arena: &'a [Vec<f32>], inputs: &'a [Vec<f32>], b: Buf) -> &'a [f32] 
     }
 }
 
-pub(super) fn run(instr: &Instr, arena: &mut [Vec<f32>], inputs: &[Vec<f32>]) {
+pub(super) fn run(instr: &Instr, arena: &mut [Vec<f32>], inputs: &[Vec<f32>], threaded: bool) {
     let out_slot = match instr {
         Instr::Fused { out, .. }
         | Instr::Reduce { out, .. }
@@ -45,11 +45,11 @@ pub(super) fn run(instr: &Instr, arena: &mut [Vec<f32>], inputs: &[Vec<f32>]) {
         match instr {
             Instr::Fused { dims, inputs: views, code, .. } => {
                 let srcs: Vec<&[f32]> = views.iter().map(|v| data(arena, inputs, v.buf)).collect();
-                fused(&mut out, *dims, views, &srcs, code);
+                fused(&mut out, *dims, views, &srcs, code, threaded);
             }
             Instr::Gemm { out: o, a, b, m, k, n, batch, accumulate, alpha } => {
                 let (da, db) = (data(arena, inputs, a.buf), data(arena, inputs, b.buf));
-                gemm(&mut out, *o, (da, *a), (db, *b), (*m, *k, *n), *batch, *accumulate, *alpha);
+                gemm(&mut out, *o, (da, *a), (db, *b), (*m, *k, *n), *batch, (*accumulate, *alpha), threaded);
             }
             Instr::Reduce { kind, input, out_dims, .. } => {
                 reduce(&mut out, *kind, *input, data(arena, inputs, input.buf), *out_dims);
@@ -84,68 +84,59 @@ fn at(src: &[f32], v: &View, e: usize, i: usize, j: usize) -> f32 {
 }
 
 /// A fused loop: tiles of the output, each computed through the registers.
-fn fused(out: &mut [f32], dims: (usize, usize, usize), views: &[View], srcs: &[&[f32]], code: &[FOp]) {
+fn fused(out: &mut [f32], dims: (usize, usize, usize), views: &[View], srcs: &[&[f32]], code: &[FOp], threaded: bool) {
     let (b, m, n) = dims;
     let total = b * m * n;
     let out = &mut out[..total];
-    // Flat when every input is read in the output's own order, or is one value.
-    let flat = views.iter().all(|v| (v.dims == dims && v.is_contiguous()) || v.is_constant());
-    host::wide(|| {
-        if flat {
-            let chunk = |start: usize, piece: &mut [f32]| {
-                for (t, tile) in piece.chunks_mut(TILE).enumerate() {
-                    let s = start + t * TILE;
-                    let len = tile.len();
-                    tile_run(tile, code, |j, reg| {
-                        let (v, src) = (&views[j], srcs[j]);
-                        if v.is_constant() {
-                            reg[..len].fill(src[0]);
-                        } else {
-                            reg[..len].copy_from_slice(&src[s..s + len]);
+    // Tiles run over the output in order, across rows: a tile of a view read
+    // in the output's own order is one copy, one of a single value one fill,
+    // and any other view is read row segment by row segment.
+    let chunk = |start: usize, piece: &mut [f32]| {
+        let mut regs: Registers = [[0.0; TILE]; MAX_CODE];
+        for (t, tile) in piece.chunks_mut(TILE).enumerate() {
+            let s = start + t * TILE;
+            let len = tile.len();
+            tile_run(&mut regs, tile, code, |j, reg| {
+                let (v, src) = (&views[j], srcs[j]);
+                if v.is_constant() {
+                    reg[..len].fill(src[0]);
+                } else if v.dims == dims && v.is_contiguous() {
+                    reg[..len].copy_from_slice(&src[s..s + len]);
+                } else {
+                    let mut pos = s;
+                    while pos < s + len {
+                        let (r, col) = (pos / n, pos % n);
+                        let seg = (n - col).min(s + len - pos);
+                        let base = (r / m) * v.strides.0 + (r % m) * v.strides.1 + col * v.strides.2;
+                        let dst = &mut reg[pos - s..pos - s + seg];
+                        match v.strides.2 {
+                            1 => dst.copy_from_slice(&src[base..base + seg]),
+                            0 => dst.fill(src[base]),
+                            st => dst.iter_mut().enumerate().for_each(|(q, x)| *x = src[base + q * st]),
                         }
-                    });
-                }
-            };
-            if total >= PAR_ELEMENTS {
-                let piece = PAR_ELEMENTS / 4;
-                out.par_chunks_mut(piece).enumerate().for_each(|(p, c)| host::wide(|| chunk(p * piece, c)));
-            } else {
-                chunk(0, out);
-            }
-        } else {
-            let rows = |first: usize, piece: &mut [f32]| {
-                for (r, row) in piece.chunks_mut(n).enumerate() {
-                    let (e, i) = ((first + r) / m, (first + r) % m);
-                    for (t, tile) in row.chunks_mut(TILE).enumerate() {
-                        let j0 = t * TILE;
-                        let len = tile.len();
-                        tile_run(tile, code, |j, reg| {
-                            let (v, src) = (&views[j], srcs[j]);
-                            let base = e * v.strides.0 + i * v.strides.1 + j0 * v.strides.2;
-                            match v.strides.2 {
-                                1 => reg[..len].copy_from_slice(&src[base..base + len]),
-                                0 => reg[..len].fill(src[base]),
-                                s => reg[..len].iter_mut().enumerate().for_each(|(q, x)| *x = src[base + q * s]),
-                            }
-                        });
+                        pos += seg;
                     }
                 }
-            };
-            if total >= PAR_ELEMENTS && n > 0 {
-                let per = (PAR_ELEMENTS / 4 / n).max(1);
-                out.par_chunks_mut(per * n).enumerate().for_each(|(p, c)| host::wide(|| rows(p * per, c)));
-            } else {
-                rows(0, out);
-            }
+            });
+        }
+    };
+    host::wide(|| {
+        if threaded && total >= PAR_ELEMENTS() {
+            let piece = PAR_ELEMENTS() / 4;
+            out.par_chunks_mut(piece).enumerate().for_each(|(p, c)| host::wide(|| chunk(p * piece, c)));
+        } else {
+            chunk(0, out);
         }
     });
 }
 
+/// A fused loop's registers, made once per loop (or per thread's share of it).
+type Registers = [[f32; TILE]; MAX_CODE];
+
 /// One tile through the loop's program; `load(j, reg)` fills a register from input `j`.
 #[inline(always)]
-fn tile_run(tile: &mut [f32], code: &[FOp], load: impl Fn(usize, &mut [f32])) {
+fn tile_run(regs: &mut Registers, tile: &mut [f32], code: &[FOp], load: impl Fn(usize, &mut [f32])) {
     let len = tile.len();
-    let mut regs = [[0.0f32; TILE]; MAX_CODE];
     for (i, op) in code.iter().enumerate() {
         let (done, rest) = regs.split_at_mut(i);
         let dst = &mut rest[0][..len];
@@ -204,8 +195,8 @@ fn gemm(
     (db, b): (&[f32], Mat),
     (m, k, n): (usize, usize, usize),
     batch: usize,
-    accumulate: bool,
-    alpha: f32,
+    (accumulate, alpha): (bool, f32),
+    threaded: bool,
 ) {
     assert!(
         reach(&o, (m, n), batch) < out.len()
@@ -215,7 +206,7 @@ fn gemm(
     );
     // Cannot fire: arena buffers are far below isize::MAX elements (`limits`).
     let s = |x: usize| isize::try_from(x).expect("strides fit isize");
-    let par = if m * n * k >= PAR_GEMM {
+    let par = if threaded && m * n * k >= PAR_GEMM() {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     } else {
         gemm::Parallelism::None

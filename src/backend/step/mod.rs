@@ -10,7 +10,7 @@
 //! - **Fusion.** A chain of elementwise ops (and their adjoints, which the
 //!   symbolic derivatives made elementwise too) whose intermediate values
 //!   nothing else reads becomes one loop: a small register program run over
-//!   tiles of 64 values, so each intermediate lives in L1 and never in
+//!   tiles of 256 values, so each intermediate lives in L1 and never in
 //!   memory.
 //! - **Products.** Every matrix product is one GEMM over the whole batch
 //!   (per-example vectors against a shared matrix fold the batch into the
@@ -135,8 +135,9 @@ enum Instr {
 /// A compiled program: its instructions, arena and outputs.
 #[derive(Debug)]
 pub(crate) struct Program {
-    /// The inputs a run binds, in order: variables, parameters, constants by name, with their lengths.
-    inputs: Vec<(String, usize)>,
+    /// The inputs a run binds, in order: variables, parameters, constants by
+    /// name, with their lengths and whether they hold one row per example.
+    inputs: Vec<(String, usize, bool)>,
     /// The inputs' values, one buffer each, filled before each run.
     host: Vec<Vec<f32>>,
     instrs: Vec<Instr>,
@@ -146,13 +147,15 @@ pub(crate) struct Program {
     outputs: Vec<(usize, (usize, usize, usize))>,
     /// The batch size the program was compiled for.
     batch: usize,
+    /// Whether ops may split across threads (not when shards run in parallel).
+    threaded: bool,
     /// IR nodes the schedule covers, and how many fused loops hold them (for the listing).
     nodes: usize,
 }
 
 impl Program {
-    /// The inputs `run` takes, in order, with their lengths.
-    pub(crate) fn inputs(&self) -> &[(String, usize)] {
+    /// The inputs `run` takes, in order, with their lengths and whether they hold a row per example.
+    pub(crate) fn inputs(&self) -> &[(String, usize, bool)] {
         &self.inputs
     }
 
@@ -164,7 +167,7 @@ impl Program {
     /// Runs the schedule on the inputs as last filled.
     pub(crate) fn run(&mut self) {
         for instr in &self.instrs {
-            exec::run(instr, &mut self.arena, &self.host);
+            exec::run(instr, &mut self.arena, &self.host, self.threaded);
         }
     }
 
@@ -185,49 +188,118 @@ impl Program {
     }
 }
 
+/// Rows per shard: a batch is split into shards of at least this many rows
+/// (at most `MAX_SHARDS`), each run by its own copy of the program on its
+/// own thread, with single-threaded ops inside. One hand-off per run
+/// instead of one per op, and GEMMs still big enough to run at full speed.
+/// The split depends on the batch alone, not on the machine's threads, so a
+/// seed gives the same sums anywhere.
+const SHARD_ROWS: usize = 128;
+const MAX_SHARDS: usize = 8;
+
 /// A program for fixed outputs of one IR, compiled for the batch size it
-/// last met (a run's last, smaller batch compiles once more).
+/// last met (a run's last, smaller batch compiles once more), in shards.
 #[derive(Debug)]
 pub(crate) struct Compiled {
     outputs: Vec<Output>,
-    program: Option<Program>,
+    batch: usize,
+    shards: Vec<Program>,
+    /// Each input's values for the whole batch, staged before the shards take their rows.
+    staged: Vec<Vec<f32>>,
+    /// Each output, gathered from the shards: rows concatenated, or sums added.
+    results: Vec<Vec<f32>>,
 }
 
 impl Compiled {
     pub(crate) fn new(outputs: Vec<Output>) -> Compiled {
-        Compiled { outputs, program: None }
+        Compiled { outputs, batch: 0, shards: Vec::new(), staged: Vec::new(), results: Vec::new() }
+    }
+
+    /// Compiles for a batch of `batch` examples (`run` does so when the batch changes).
+    pub(crate) fn prepare(&mut self, ir: &Ir, batch: usize) {
+        let count = (batch / SHARD_ROWS).clamp(1, MAX_SHARDS);
+        let threaded = count == 1;
+        self.shards = (0..count)
+            .map(|s| {
+                let rows = batch / count + usize::from(s < batch % count);
+                let mut p = compile(ir, &self.outputs, rows);
+                p.threaded = threaded;
+                p
+            })
+            .collect();
+        let first = &self.shards[0];
+        self.staged = first
+            .inputs
+            .iter()
+            .map(|(_, len, per_row)| vec![0.0; if *per_row { len / first.batch * batch } else { *len }])
+            .collect();
+        self.results = (0..self.outputs.len())
+            .map(|i| {
+                let (b, m, n) = first.output_dims(i);
+                vec![0.0; if b == first.batch && matches!(self.outputs[i], Output::PerExample(_)) { batch } else { 1 } * m * n]
+            })
+            .collect();
+        self.batch = batch;
     }
 
     /// Runs on device tensors, each input found by name in the first map
     /// of `tensors` that has it; the variables hold `batch` examples.
-    pub(crate) fn run<D: Device<f32>>(
-        &mut self,
-        ir: &Ir,
-        batch: usize,
-        tensors: &[&BTreeMap<String, T3<D>>],
-    ) -> &Program {
-        if self.program.as_ref().is_none_or(|p| p.batch != batch) {
-            self.program = Some(compile(ir, &self.outputs, batch));
+    pub(crate) fn run<D: Device<f32>>(&mut self, ir: &Ir, batch: usize, tensors: &[&BTreeMap<String, T3<D>>]) -> &Self {
+        if self.batch != batch {
+            self.prepare(ir, batch);
         }
-        // Cannot fire: compiled just above when missing.
-        let p = self.program.as_mut().expect("a compiled program");
-        for ((name, _), host) in p.inputs.iter().zip(&mut p.host) {
+        for ((name, _, _), staged) in self.shards[0].inputs.iter().zip(&mut self.staged) {
             // Cannot fire: callers bind every variable, parameter and constant of the IR they compiled.
             let t = tensors.iter().find_map(|m| m.get(name)).unwrap_or_else(|| panic!("no value bound for `{name}`"));
-            t.copy_into(host);
+            t.copy_into(staged);
         }
-        p.run();
-        p
+        let mut row = 0;
+        for shard in &mut self.shards {
+            let rows = shard.batch;
+            for (i, staged) in self.staged.iter().enumerate() {
+                let (_, len, per_row) = shard.inputs[i];
+                let from = if per_row { row * (len / rows) } else { 0 };
+                shard.host[i].copy_from_slice(&staged[from..from + len]);
+            }
+            row += rows;
+        }
+        if self.shards.len() > 1 {
+            use rayon::prelude::*;
+            self.shards.par_iter_mut().for_each(Program::run);
+        } else {
+            self.shards[0].run();
+        }
+        for (i, result) in self.results.iter_mut().enumerate() {
+            let per_row = matches!(self.outputs[i], Output::PerExample(_)) && result.len() != self.shards[0].output(i).len();
+            let mut at = 0;
+            for (s, shard) in self.shards.iter().enumerate() {
+                let out = shard.output(i);
+                if per_row {
+                    result[at..at + out.len()].copy_from_slice(out);
+                    at += out.len();
+                } else if s == 0 {
+                    result.copy_from_slice(out);
+                } else if matches!(self.outputs[i], Output::BatchSum(_)) {
+                    result.iter_mut().zip(out).for_each(|(r, x)| *r += x);
+                }
+            }
+        }
+        self
     }
 
-    /// Output `i` of `program` as a device tensor `(batch, m, n)`.
-    pub(crate) fn tensor<D: Device<f32>>(dev: &D, program: &Program, i: usize) -> T3<D> {
-        dev.tensor_from_vec(program.output(i).to_vec(), program.output_dims(i))
+    /// Output `i` of the last run as a device tensor: `(batch, m, n)`
+    /// per example, `(1, m, n)` summed (or for a value shared by the batch).
+    pub(crate) fn tensor<D: Device<f32>>(&self, dev: &D, i: usize) -> T3<D> {
+        let (_, m, n) = self.shards[0].output_dims(i);
+        let data = self.results[i].clone();
+        let rows = data.len() / (m * n);
+        dev.tensor_from_vec(data, (rows, m, n))
     }
 
-    /// The schedule of the last compile, if any.
-    pub(crate) fn program(&self) -> Option<&Program> {
-        self.program.as_ref()
+    /// The listing of the compiled schedule (its first shard's), if compiled.
+    pub(crate) fn listing(&self) -> Option<String> {
+        let first = self.shards.first()?;
+        Some(format!("# {} shard(s) of about {} rows\n{first}", self.shards.len(), first.batch))
     }
 }
 
@@ -246,7 +318,7 @@ impl fmt::Display for Program {
             self.arena.len(),
             self.arena_len()
         )?;
-        for (i, (name, n)) in self.inputs.iter().enumerate() {
+        for (i, (name, n, _)) in self.inputs.iter().enumerate() {
             writeln!(f, "in{i} = {name} ({n})")?;
         }
         for instr in &self.instrs {

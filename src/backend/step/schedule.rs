@@ -58,8 +58,8 @@ pub(crate) fn compile(ir: &Ir, outputs: &[Output], batch: usize) -> Program {
         outs.push((slot, dims));
     }
     let (arena, instrs, outputs) = allocate(c.instrs, &c.slots, outs);
-    let host = c.inputs.iter().map(|(_, n)| vec![0.0; *n]).collect();
-    Program { inputs: c.inputs, host, instrs, arena, outputs, batch, nodes: cone.len() }
+    let host = c.inputs.iter().map(|(_, n, _)| vec![0.0; *n]).collect();
+    Program { inputs: c.inputs, host, instrs, arena, outputs, batch, threaded: true, nodes: cone.len() }
 }
 
 struct Compiler<'a> {
@@ -74,7 +74,7 @@ struct Compiler<'a> {
     instrs: Vec<Instr>,
     /// Each logical buffer's length; `allocate` maps them onto the arena.
     slots: Vec<usize>,
-    inputs: Vec<(String, usize)>,
+    inputs: Vec<(String, usize, bool)>,
 }
 
 fn elementwise(op: &Op) -> bool {
@@ -176,7 +176,7 @@ impl Compiler<'_> {
         let v = match &node.op {
             Op::Var(name) | Op::Param(name) | Op::Const(name) => {
                 let index = self.inputs.len();
-                self.inputs.push((name.clone(), dims.0 * dims.1 * dims.2));
+                self.inputs.push((name.clone(), dims.0 * dims.1 * dims.2, matches!(node.op, Op::Var(_))));
                 View::contiguous(Buf::Input(index), dims)
             }
             Op::Num(_) => self.fused(id),

@@ -74,11 +74,18 @@ fn check(src: &str, batch: usize) {
     };
     let host: BTreeMap<String, Vec<f32>> =
         leaves.tensors.iter().chain(&vars).map(|(k, t)| (k.clone(), t.as_vec())).collect();
-    let names: Vec<String> = program.inputs().iter().map(|(name, _)| name.clone()).collect();
+    let names: Vec<String> = program.inputs().iter().map(|(name, _, _)| name.clone()).collect();
     for (i, name) in names.iter().enumerate() {
         program.input_mut(i).copy_from_slice(&host[name]);
     }
     program.run();
+    // The same outputs through shards (a batch above `SHARD_ROWS` splits).
+    let mut sharded = super::Compiled::new(outputs.clone());
+    let tensors: Vec<&BTreeMap<String, T3<Cpu>>> = vec![&vars, &leaves.tensors];
+    let done = sharded.run(&ir, batch, &tensors);
+    for i in 0..outputs.len() {
+        close(&done.tensor(&dev, i).as_vec(), program.output(i), &format!("shards, output {i}\n{src}"));
+    }
     let ev = Evaluator { ir: &ir, dev: &dev, leaves: &leaves };
     for (i, (root, value)) in per.iter().zip(ev.eval(&per, &vars)).enumerate() {
         let (b, m, n) = program.output_dims(i);
@@ -130,5 +137,6 @@ fn compiled_programs_match_the_evaluator_on_every_op() {
     ];
     for src in models {
         check(src, 4);
+        check(src, 2 * super::SHARD_ROWS + 3);
     }
 }
