@@ -487,7 +487,7 @@ impl<'a, D: Kernels> Evaluator<'a, D, NoneTape> {
                                 expand(self.dev.sum_batch(v[&term.atom].clone()), 1, m, n) * (w * term.coefficient)
                             })
                             .reduce(|x, y| x + y)
-                            // Cannot fire: callers pass the data and the samples: two phases.
+                            // Cannot fire: every caller passes at least one phase (`objectives::phase_sums` one at a time).
                             .expect("at least one phase"),
                     };
                     let value = match term.scale {
