@@ -62,7 +62,9 @@ pub struct Evaluator<'a, D: Device<f32>, T> {
 
 /// Under a tape, the two operands of one op must be distinct tensors (dfdx
 /// reads one gradient and writes the other), so a value used more than once
-/// is given a fresh identity for its earlier uses. Set by the trainer.
+/// is given a fresh identity for its earlier uses. The tape is the test
+/// oracle of the objectives' symbolic gradients.
+#[cfg(test)]
 pub struct Taped<'a, D: Device<f32>, T>(pub Evaluator<'a, D, T>);
 
 impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a, D, T> {
@@ -239,6 +241,7 @@ impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a,
     }
 }
 
+#[cfg(test)]
 impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Taped<'a, D, T> {
     pub fn eval(&self, roots: &[Id], vars: &BTreeMap<String, T3<D, T>>) -> Vec<T3<D, T>> {
         self.0.eval_with(roots, vars, true)
@@ -484,7 +487,7 @@ impl<'a, D: Kernels> Evaluator<'a, D, NoneTape> {
                                 expand(self.dev.sum_batch(v[&term.atom].clone()), 1, m, n) * (w * term.coefficient)
                             })
                             .reduce(|x, y| x + y)
-                            // Cannot fire: callers pass the data and the samples: two phases.
+                            // Cannot fire: every caller passes at least one phase (`objectives::phase_sums` one at a time).
                             .expect("at least one phase"),
                     };
                     let value = match term.scale {

@@ -1,10 +1,10 @@
 //! Training steps on a device: the `Trainer` a run drives. A step asks the
 //! objective (`super::objectives`) for its loss and parameter gradients,
 //! applies the regularisers and gradient clipping, and hands the gradients to
-//! the optimiser (`super::optim`). Losses are evaluated through the IR with
-//! dfdx's tape on the parameters (each traced with `leaky_trace`; the tapes
-//! merge as traced values combine), so `backward` yields every parameter's
-//! gradient; samples enter as data, which stops gradients through them.
+//! the optimiser (`super::optim`). Each objective writes its loss as IR
+//! phases with symbolic per-example parameter gradients, summed over the
+//! batch without a tape (dfdx's tape is kept as their test oracle); samples
+//! enter as data, which stops gradients through them.
 
 use super::objectives::{self, OnDevice, Step};
 use super::optim::Optimizer;

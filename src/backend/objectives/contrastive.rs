@@ -2,29 +2,35 @@
 //! `mean F(data) − mean F(samples)`, with `F` the free energy where the plan
 //! sums latents out and the energy with sampled latents otherwise. The
 //! samples are data here: no gradient flows through them.
+//!
+//! With the energy penalty α the loss is two phases: `F + αF²` over the data
+//! (weight 1/n) and `αF² − F` over the samples (weight 1/m); without it α = 0
+//! and they are `F` and `−F`.
 
-use super::super::eval::{Evaluator, Leaves, Taped};
+#[cfg(test)]
+use super::super::T3;
+#[cfg(test)]
+use super::super::eval::{Evaluator, Taped};
 use super::super::replay::Replay;
-use super::super::{ChainSet, Chains, Kernels, T3};
-use super::{Grads, Objective, OnDevice, TrainError};
+use super::super::{ChainSet, Chains, Kernels};
+pub(super) use super::Vars;
+use super::{Grads, Objective, OnDevice, Phase, TrainError};
 use crate::analysis::plan::Kernel;
 use crate::analysis::program::Persistent;
-use crate::ir::Id;
+use crate::ir::{Id, Ir, Unary};
 use crate::tensor::Tensors;
+#[cfg(test)]
 use dfdx::prelude::*;
+#[cfg(test)]
 use std::collections::BTreeMap;
-
-/// Device variables by name, one batch of them.
-pub(super) type Vars<D> = BTreeMap<String, T3<D>>;
 
 pub(super) struct Contrastive<D: Kernels> {
     /// Sweeps per negative phase (and per positive phase, with sampled latents).
     k: usize,
     /// PCD's persistent chains; CD restarts batch-sized chains at the data.
     persistent: Option<PersistentChains<D>>,
-    /// Per-example gradients of the free energy in each parameter it uses,
-    /// for the tape-free step (see `symbolic_gradients`).
-    param_grads: Vec<(String, Id)>,
+    /// The data's phase, `F + αF²`, and the samples', `αF² − F`.
+    phases: [Phase; 2],
 }
 
 struct PersistentChains<D: Kernels> {
@@ -35,7 +41,7 @@ struct PersistentChains<D: Kernels> {
 
 impl<D: Kernels> Contrastive<D> {
     pub(super) fn cd(model: &mut OnDevice<D>, k: usize) -> Self {
-        Contrastive { k, persistent: None, param_grads: param_grads(model) }
+        Contrastive { k, persistent: None, phases: phases(model) }
     }
 
     pub(super) fn pcd(
@@ -64,11 +70,12 @@ impl<D: Kernels> Contrastive<D> {
         Ok(Contrastive {
             k: p.k,
             persistent: Some(PersistentChains { chains: Box::new(set), replay }),
-            param_grads: param_grads(model),
+            phases: phases(model),
         })
     }
 
-    /// CD/PCD through the tape: general, and needed for the energy penalty.
+    /// CD/PCD through the tape: the oracle of `symbolic_gradients`.
+    #[cfg(test)]
     pub(super) fn tape_gradients(
         &self,
         model: &OnDevice<D>,
@@ -100,32 +107,33 @@ impl<D: Kernels> Contrastive<D> {
         negative: &Vars<D>,
     ) -> (f64, Grads<D>) {
         let names: Vec<String> = model.visible.iter().chain(&model.kept).cloned().collect();
-        let leaves = Leaves {
-            tensors: model.params.iter().chain(&model.consts).map(|(k, t)| (k.clone(), t.clone())).collect(),
-            lattices: model.lattices.clone(),
-        };
-        let ev = Evaluator { ir: &model.ir, dev: &model.dev, leaves: &leaves };
-        let roots: Vec<Id> =
-            self.param_grads.iter().map(|(_, g)| *g).chain(std::iter::once(model.free_energy)).collect();
-        let (rows_pos, rows_neg) = (positive[&names[0]].shape().0, negative[&names[0]].shape().0);
-        let pick = |vars: &Vars<D>| names.iter().map(|n| (n.clone(), vars[n].clone())).collect::<BTreeMap<_, _>>();
-        // Mean over the data minus mean over the samples.
+        let pick = |vars: &Vars<D>| names.iter().map(|n| (n.clone(), vars[n].clone())).collect::<Vars<D>>();
         let (pos, neg) = (pick(positive), pick(negative));
-        let mut sums = ev.eval_phase_sums(&roots, &[(&pos, 1.0 / rows_pos as f32), (&neg, -1.0 / rows_neg as f32)]);
-        // The free energy is the last of the roots.
-        let loss = sums.pop().map_or(f64::NAN, |f| f64::from(f.as_vec()[0]));
-        (loss, self.param_grads.iter().map(|(name, _)| name.clone()).zip(sums).collect())
+        let (rows_pos, rows_neg) = (super::rows_of(&pos), super::rows_of(&neg));
+        let [p, n] = &self.phases;
+        super::phase_sums(model, &[(p, &pos, 1.0 / rows_pos as f32), (n, &neg, 1.0 / rows_neg as f32)])
     }
 }
 
-/// Per-example `∂F/∂θ` of each parameter the free energy uses.
-fn param_grads<D: Kernels>(model: &mut OnDevice<D>) -> Vec<(String, Id)> {
-    let used = model.params_in(&[model.free_energy], &model.declared);
-    used.iter().filter_map(|p| model.ir.grad_param(model.free_energy, p).map(|g| (p.clone(), g))).collect()
+/// The data's and the samples' per-example losses for energy `f` and penalty
+/// `alpha`: `f + αf²` and `αf² − f` (`f` and `−f` when α = 0).
+pub(super) fn contrastive_roots(ir: &mut Ir, f: Id, alpha: f32) -> (Id, Id) {
+    let a = ir.num(f64::from(alpha));
+    let f2 = ir.map(Unary::Square, f);
+    let penalty = ir.mul(a, f2);
+    (ir.add(f, penalty), ir.sub(penalty, f))
+}
+
+/// The two phases of the free energy.
+fn phases<D: Kernels>(model: &mut OnDevice<D>) -> [Phase; 2] {
+    let (pos, neg) = contrastive_roots(&mut model.ir, model.free_energy, model.energy_alpha);
+    let params = model.declared.clone();
+    [Phase::new(&mut model.ir, pos, &params), Phase::new(&mut model.ir, neg, &params)]
 }
 
 /// `mean F(data) − mean F(samples)`, plus `alpha (mean F(data)² + mean F(samples)²)`
 /// when the energy penalty is on (it keeps energies near zero so they cannot drift).
+#[cfg(test)]
 pub(super) fn contrastive_loss<D: Kernels>(
     f_pos: T3<D, OwnedTape<f32, D>>,
     f_neg: T3<D, OwnedTape<f32, D>>,
@@ -203,11 +211,18 @@ impl<D: Kernels> Objective<D> for Contrastive<D> {
 
     fn loss(&self, model: &OnDevice<D>, _batch: &Tensors, draw: &Self::Draw) -> Result<(f64, Grads<D>), TrainError> {
         let (positive, negative) = draw;
-        Ok(if model.energy_alpha == 0.0 {
-            self.symbolic_gradients(model, positive, negative)
-        } else {
-            self.tape_gradients(model, positive, negative)
-        })
+        Ok(self.symbolic_gradients(model, positive, negative))
+    }
+
+    #[cfg(test)]
+    fn tape_loss(
+        &self,
+        model: &OnDevice<D>,
+        _batch: &Tensors,
+        draw: &Self::Draw,
+    ) -> Result<(f64, Grads<D>), TrainError> {
+        let (positive, negative) = draw;
+        Ok(self.tape_gradients(model, positive, negative))
     }
 
     fn roots(&self, model: &OnDevice<D>) -> Vec<Id> {

@@ -1,17 +1,28 @@
 //! JEM: the cross-entropy of p(label | rest) plus PCD on the energy with the
 //! label summed out, its negatives drawn from a replay buffer.
+//!
+//! The phases: over the data, the cross-entropy `logsumexp(L) − L·y` plus
+//! the marginal energy's `M + αM²`; over the negatives `αM² − M`; both weight
+//! 1/rows.
 
+#[cfg(test)]
 use super::super::eval::{Evaluator, Taped, canon, expand};
 use super::super::replay::Replay;
-use super::super::{ChainSet, Chains, Kernels, T3, upload};
+use super::super::{ChainSet, Chains, Kernels};
+#[cfg(test)]
+use super::super::{T3, upload};
+#[cfg(test)]
 use super::contrastive::contrastive_loss;
-use super::{Grads, Objective, OnDevice, TrainError};
+use super::{Grads, Objective, OnDevice, Phase, TrainError};
 use crate::analysis::program::Persistent;
 use crate::ir::Id;
 use crate::tensor::Tensors;
+#[cfg(test)]
 use dfdx::prelude::*;
+#[cfg(test)]
 use std::collections::BTreeMap;
 
+#[cfg(test)]
 type Own<D> = OwnedTape<f32, D>;
 
 pub(super) struct Jem<D: Kernels> {
@@ -24,6 +35,8 @@ pub(super) struct Jem<D: Kernels> {
     /// Batch-sized chains that run the k sweeps of each step.
     chains: Box<ChainSet<D>>,
     replay: Replay,
+    /// The data's phase and the negatives'.
+    phases: [Phase; 2],
 }
 
 impl<D: Kernels> Jem<D> {
@@ -49,6 +62,24 @@ impl<D: Kernels> Jem<D> {
         let variable = model.variable(&label)?.clone();
         let marginal = crate::analysis::plan::sum_out(&mut model.ir, model.free_energy, &variable).0;
         let marginal = model.ir.inline_nets(marginal);
+        let phases = {
+            let ir = &mut model.ir;
+            // Cross-entropy of the label given the rest: logsumexp(L) − L·y, summed over the label's units.
+            let y = ir.var(&label, &variable.shape);
+            let lse = if variable.shape.len() == 1 {
+                ir.logsumexp(logits)
+            } else {
+                let l = ir.logsumexp_last(logits);
+                ir.sum(l)
+            };
+            let ly = ir.mul(logits, y);
+            let own = ir.sum(ly);
+            let ce = ir.sub(lse, own);
+            let (pos, neg) = super::contrastive::contrastive_roots(ir, marginal, model.energy_alpha);
+            let pos = ir.add(ce, pos);
+            let params = model.declared.clone();
+            [Phase::new(ir, pos, &params), Phase::new(ir, neg, &params)]
+        };
         let chains =
             ChainSet::new(model.dev.clone(), &model.model, &model.plan, params, batch.max(1), seed ^ 0x6a_65_6d)?;
         Ok(Jem {
@@ -58,6 +89,7 @@ impl<D: Kernels> Jem<D> {
             k: p.k,
             chains: Box::new(chains),
             replay: super::replay(p, seed ^ 0x6a_65_6d, state),
+            phases,
         })
     }
 }
@@ -92,6 +124,17 @@ impl<D: Kernels> Objective<D> for Jem<D> {
 
     /// The label is summed out of the negatives' energy.
     fn loss(&self, model: &OnDevice<D>, batch: &Tensors, end: &Tensors) -> Result<(f64, Grads<D>), TrainError> {
+        let pos = super::upload_all(&model.dev, batch);
+        let others: Tensors =
+            end.iter().filter(|(k, _)| **k != self.label).map(|(k, t)| (k.clone(), t.clone())).collect();
+        let neg = super::upload_all(&model.dev, &others);
+        let [p, n] = &self.phases;
+        let (rows_pos, rows_neg) = (super::rows_of(&pos), super::rows_of(&neg));
+        Ok(super::phase_sums(model, &[(p, &pos, 1.0 / rows_pos as f32), (n, &neg, 1.0 / rows_neg as f32)]))
+    }
+
+    #[cfg(test)]
+    fn tape_loss(&self, model: &OnDevice<D>, batch: &Tensors, end: &Tensors) -> Result<(f64, Grads<D>), TrainError> {
         let rows = batch.values().next().map_or(0, |t| t.shape[0]);
         let label = &self.label;
         let leaves = model.taped_leaves();

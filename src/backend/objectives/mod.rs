@@ -13,11 +13,15 @@
 //! data (negative samples, noise, projection directions: everything random,
 //! drawn in a fixed order from the objective's own generators), and
 //! [`Objective::loss`] is a deterministic function of the parameters and that
-//! draw, returning the loss and its parameter gradients. Today `loss` runs
-//! the IR through dfdx's tape (CD/PCD without the energy penalty already use
-//! symbolic parameter gradients); a compiled step replaces `loss` by one IR
-//! program built from the objective's roots, with the tape kept as its test
-//! oracle, and leaves `draw` as it is.
+//! draw, returning the loss and its parameter gradients.
+//!
+//! `loss` runs no tape: each objective writes its loss as one or more
+//! [`Phase`]s, built once at construction, each a per-example scalar IR root
+//! with its symbolic per-example gradient in every parameter (`Ir::grad_param`),
+//! and [`phase_sums`] evaluates the weighted batch sums of those roots. dfdx's
+//! tape stays as the test oracle only: each objective's `tape_loss` (tests
+//! only) computes the same loss and gradients by backpropagation, and the
+//! tests hold the two equal on every zoo model and every objective kind.
 
 mod contrastive;
 mod jem;
@@ -37,8 +41,9 @@ pub(super) const ALL_SEND_ON_CPU: () = {
     send::<score::Score>();
 };
 
-use super::eval::Leaves;
+#[cfg(test)]
 pub(super) use super::eval::one;
+use super::eval::{Evaluator, Leaves};
 use super::{ChainSet, Kernels, T3};
 use crate::analysis::plan::Plan;
 use crate::analysis::program::{Model, Objective as Options, Persistent, TrainOptions};
@@ -51,6 +56,61 @@ pub(super) use super::train::TrainError;
 
 /// Parameter gradients by name.
 pub(super) type Grads<D> = BTreeMap<String, T3<D>>;
+
+/// Device variables by name, one batch of them: `(rows, m, n)` each.
+pub(super) type Vars<D> = BTreeMap<String, T3<D>>;
+
+/// One phase of a loss: a per-example scalar IR root and its per-example gradient in each parameter.
+pub(super) struct Phase {
+    pub(super) loss: Id,
+    pub(super) grads: Vec<(String, Id)>,
+}
+
+impl Phase {
+    /// `grad_param` of `loss` for each of `params` it depends on.
+    pub(super) fn new(ir: &mut Ir, loss: Id, params: &[String]) -> Phase {
+        let loss = ir.inline_nets(loss);
+        let grads = params.iter().filter_map(|p| ir.grad_param(loss, p).map(|g| (p.clone(), g))).collect();
+        Phase { loss, grads }
+    }
+}
+
+/// `Σ_p w_p Σ_rows loss_p(row)` and the same sums of each gradient (summed by parameter name across phases;
+/// a parameter in `model.used` no phase reaches gets no entry). Each phase has its own variables
+/// (device tensors `(rows, m, n)`) and weight.
+pub(super) fn phase_sums<D: Kernels>(model: &OnDevice<D>, phases: &[(&Phase, &Vars<D>, f32)]) -> (f64, Grads<D>) {
+    let leaves = Leaves {
+        tensors: model.params.iter().chain(&model.consts).map(|(k, t)| (k.clone(), t.clone())).collect(),
+        lattices: model.lattices.clone(),
+    };
+    let ev = Evaluator { ir: &model.ir, dev: &model.dev, leaves: &leaves };
+    let mut loss = 0.0;
+    let mut grads: Grads<D> = BTreeMap::new();
+    for (phase, vars, weight) in phases {
+        let roots: Vec<Id> = phase.grads.iter().map(|(_, g)| *g).chain(std::iter::once(phase.loss)).collect();
+        let mut sums = ev.eval_phase_sums(&roots, &[(vars, *weight)]);
+        // The loss is the last of the roots.
+        loss += sums.pop().map_or(f64::NAN, |f| f64::from(f.as_vec()[0]));
+        for ((name, _), g) in phase.grads.iter().zip(sums) {
+            let total = match grads.remove(name) {
+                Some(acc) => acc + g,
+                None => g,
+            };
+            grads.insert(name.clone(), total);
+        }
+    }
+    (loss, grads)
+}
+
+/// The rows of a batch of variables.
+pub(super) fn rows_of<D: Kernels>(vars: &Vars<D>) -> usize {
+    vars.values().next().map_or(0, |t| t.shape().0)
+}
+
+/// A host batch on the device, every tensor with its own rows.
+pub(super) fn upload_all<D: Kernels>(dev: &D, batch: &Tensors) -> Vars<D> {
+    batch.iter().map(|(k, t)| (k.clone(), super::upload(dev, t, t.shape[0]))).collect()
+}
 
 /// One training objective. See the module's documentation for the split.
 pub(super) trait Objective<D: Kernels> {
@@ -68,6 +128,11 @@ pub(super) trait Objective<D: Kernels> {
 
     /// The loss on `batch` and its gradient in each parameter it depends on.
     fn loss(&self, model: &OnDevice<D>, batch: &Tensors, draw: &Self::Draw) -> Result<(f64, Grads<D>), TrainError>;
+
+    /// `loss` through dfdx's tape: the oracle the symbolic `loss` is tested against.
+    #[cfg(test)]
+    fn tape_loss(&self, model: &OnDevice<D>, batch: &Tensors, draw: &Self::Draw)
+    -> Result<(f64, Grads<D>), TrainError>;
 
     /// The IR roots the loss reads: a parameter outside their cones gets no gradient.
     fn roots(&self, model: &OnDevice<D>) -> Vec<Id>;
@@ -93,6 +158,9 @@ pub(super) trait Step<D: Kernels> {
     fn prepare(&mut self, data: &Tensors);
     fn begin_epoch(&mut self, seed: u64);
     fn step(&mut self, model: &mut OnDevice<D>, batch: &Tensors) -> Result<(f64, Grads<D>), TrainError>;
+    /// One draw, then its loss both ways: symbolic (`loss`) and by tape (`tape_loss`).
+    #[cfg(test)]
+    fn step_both(&mut self, model: &mut OnDevice<D>, batch: &Tensors) -> Result<[(f64, Grads<D>); 2], TrainError>;
     fn roots(&self, model: &OnDevice<D>) -> Vec<Id>;
     fn state(&self) -> Tensors;
     fn chains(&self) -> Option<Tensors>;
@@ -109,6 +177,11 @@ impl<D: Kernels, O: Objective<D>> Step<D> for O {
     fn step(&mut self, model: &mut OnDevice<D>, batch: &Tensors) -> Result<(f64, Grads<D>), TrainError> {
         let draw = self.draw(model, batch)?;
         self.loss(model, batch, &draw)
+    }
+    #[cfg(test)]
+    fn step_both(&mut self, model: &mut OnDevice<D>, batch: &Tensors) -> Result<[(f64, Grads<D>); 2], TrainError> {
+        let draw = self.draw(model, batch)?;
+        Ok([self.loss(model, batch, &draw)?, self.tape_loss(model, batch, &draw)?])
     }
     fn roots(&self, model: &OnDevice<D>) -> Vec<Id> {
         Objective::roots(self, model)
@@ -175,6 +248,7 @@ impl<D: Kernels> OnDevice<D> {
     }
 
     /// Traced parameters and untaped constants for one loss evaluation.
+    #[cfg(test)]
     pub(super) fn taped_leaves(&self) -> Leaves<D, OwnedTape<f32, D>> {
         let mut tensors: BTreeMap<String, T3<D, OwnedTape<f32, D>>> =
             self.params.iter().map(|(k, t)| (k.clone(), t.leaky_trace())).collect();
@@ -255,6 +329,10 @@ fn data_gradients(ir: &mut Ir, root: Id, model: &Model) -> BTreeMap<String, Id> 
 }
 
 /// Gradients by tape for `used`, read off a backward pass.
+#[cfg(test)]
 fn tape_grads<D: Kernels>(model: &OnDevice<D>, g: &Gradients<f32, D>, used: &[String]) -> Grads<D> {
     used.iter().map(|p| (p.clone(), g.get(&model.params[p]))).collect()
 }
+
+#[cfg(test)]
+mod tests;

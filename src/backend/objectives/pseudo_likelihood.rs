@@ -1,14 +1,26 @@
 //! Pseudo-likelihood: minimise `−Σ_i log p(x_i | x_−i)` exactly, from the
 //! conditional logits where the energy is linear in each unit and from
 //! energy differences, one unit at a time, otherwise.
+//!
+//! The phases: the logits' `Σ_units −log p(x_i | rest)` over the data (binary
+//! `softplus(L(1 − 2x))`, spin `softplus(−2Lx)`, categorical `logsumexp(L) −
+//! L·x`), weight 1/rows; and for each variable without logits a phase over
+//! rows `(row, unit)`: `E(x) + logsumexp_k −E(x with the unit set to k)`,
+//! with `x` the row itself and each `x with the unit set to k` a variable
+//! `__pl.k` (the logsumexp is a chain of softplus, stable for any energies),
+//! weight 1/rows.
 
+#[cfg(test)]
+use super::super::T3;
+#[cfg(test)]
 use super::super::eval::{Evaluator, Taped};
-use super::super::{Kernels, T3, upload};
-use super::{Grads, Objective, OnDevice, TrainError};
+use super::super::{Kernels, upload};
+use super::{Grads, Objective, OnDevice, Phase, TrainError, Vars};
 use crate::analysis::plan::Kernel;
 use crate::analysis::program::Domain;
-use crate::ir::Id;
+use crate::ir::{Id, Unary};
 use crate::tensor::{HostTensor, Tensors};
+#[cfg(test)]
 use dfdx::prelude::*;
 use std::collections::BTreeMap;
 
@@ -17,6 +29,10 @@ use std::collections::BTreeMap;
 /// data, all units at once; the others use energy differences.
 pub(super) struct PseudoLikelihood {
     logits: BTreeMap<String, Id>,
+    /// The logits' phase, when some variable has logits.
+    conditional: Option<Phase>,
+    /// Each variable without logits: its phase over (row, unit) rows.
+    differences: BTreeMap<String, Phase>,
 }
 
 impl PseudoLikelihood {
@@ -34,7 +50,74 @@ impl PseudoLikelihood {
             let g = model.ir.grad(model.total, &name).unwrap_or_else(|| model.ir.zeros(&shape));
             logits.insert(name, model.ir.neg(g));
         }
-        Ok(PseudoLikelihood { logits })
+        let params = model.declared.clone();
+        let mut nll: Option<Id> = None;
+        for (name, l) in &logits {
+            let v = model.variable(name)?.clone();
+            let ir = &mut model.ir;
+            let x = ir.var(name, &v.shape);
+            let units = match v.domain {
+                Domain::Binary => {
+                    let one = ir.num(1.0);
+                    let two = ir.num(2.0);
+                    let tx = ir.mul(two, x);
+                    let flip = ir.sub(one, tx);
+                    let z = ir.mul(*l, flip);
+                    let sp = ir.map(Unary::Softplus, z);
+                    ir.sum(sp)
+                }
+                Domain::Spin => {
+                    let m2 = ir.num(-2.0);
+                    let tx = ir.mul(m2, x);
+                    let z = ir.mul(*l, tx);
+                    let sp = ir.map(Unary::Softplus, z);
+                    ir.sum(sp)
+                }
+                _ => {
+                    let lse = if v.shape.len() == 1 {
+                        ir.logsumexp(*l)
+                    } else {
+                        let r = ir.logsumexp_last(*l);
+                        ir.sum(r)
+                    };
+                    let lx = ir.mul(*l, x);
+                    let own = ir.sum(lx);
+                    ir.sub(lse, own)
+                }
+            };
+            nll = Some(match nll {
+                Some(acc) => ir.add(acc, units),
+                None => units,
+            });
+        }
+        let conditional = nll.map(|r| Phase::new(&mut model.ir, r, &params));
+        let mut differences = BTreeMap::new();
+        for name in model.visible.clone().into_iter().filter(|n| !logits.contains_key(n)) {
+            let v = model.variable(&name)?.clone();
+            let (_, values) = unit_values(&v.domain)?;
+            let ir = &mut model.ir;
+            let e = model.total;
+            // logsumexp_k(−E_k) as s_1 = −E_1, s_k = s_{k−1} + softplus(−E_k − s_{k−1}).
+            let mut lse: Option<Id> = None;
+            for k in 0..values.len() {
+                let to = ir.var(&format!("__pl.{k}"), &v.shape);
+                let ek = ir.substitute(e, &name, to);
+                let a = ir.neg(ek);
+                lse = Some(match lse {
+                    None => a,
+                    Some(s) => {
+                        let d = ir.sub(a, s);
+                        let sp = ir.map(Unary::Softplus, d);
+                        ir.add(s, sp)
+                    }
+                });
+            }
+            if let Some(lse) = lse {
+                let root = ir.add(e, lse);
+                differences.insert(name, Phase::new(ir, root, &params));
+            }
+        }
+        Ok(PseudoLikelihood { logits, conditional, differences })
     }
 }
 
@@ -49,6 +132,34 @@ impl<D: Kernels> Objective<D> for PseudoLikelihood {
     /// Exact pseudo-likelihood of a batch: every unit of every visible
     /// variable is set to each of its values in turn.
     fn loss(&self, model: &OnDevice<D>, batch: &Tensors, _draw: &()) -> Result<(f64, Grads<D>), TrainError> {
+        let rows = batch.values().next().map_or(0, |t| t.shape[0]);
+        let w = 1.0 / rows as f32;
+        let data = super::upload_all(&model.dev, batch);
+        let mut vars: Vec<(&Phase, Vars<D>)> = Vec::new();
+        for (name, phase) in &self.differences {
+            let v = model.variable(name)?;
+            let (width, values) = unit_values(&v.domain)?;
+            let units = v.shape.iter().product::<usize>() / width;
+            // Chunks of units keep each evaluation near 2^14 energies.
+            let chunk = (16384 / (rows * values.len()).max(1)).clamp(1, units.max(1));
+            for start in (0..units).step_by(chunk) {
+                let end = (start + chunk).min(units);
+                let n = rows * (end - start);
+                let mut chunk_vars = super::upload_all(&model.dev, &unit_rows(batch, name, width, None, start, end));
+                for (k, value) in values.iter().enumerate() {
+                    let set = unit_rows(batch, name, width, Some(value), start, end);
+                    chunk_vars.insert(format!("__pl.{k}"), upload(&model.dev, &set[name], n));
+                }
+                vars.push((phase, chunk_vars));
+            }
+        }
+        let mut phases: Vec<(&Phase, &Vars<D>, f32)> = self.conditional.iter().map(|p| (p, &data, w)).collect();
+        phases.extend(vars.iter().map(|(p, v)| (*p, v, w)));
+        Ok(super::phase_sums(model, &phases))
+    }
+
+    #[cfg(test)]
+    fn tape_loss(&self, model: &OnDevice<D>, batch: &Tensors, _draw: &()) -> Result<(f64, Grads<D>), TrainError> {
         let rows = batch.values().next().map_or(0, |t| t.shape[0]);
         let mut grads: Grads<D> = BTreeMap::new();
         let mut total_loss = 0.0;
@@ -143,7 +254,34 @@ fn unit_values(domain: &Domain) -> Result<(usize, Vec<Vec<f32>>), TrainError> {
     })
 }
 
+/// Rows `(row, unit)` for units `start..end`: the batch's rows, each
+/// repeated once per unit, with that unit of `var` set to `value` when given.
+fn unit_rows(batch: &Tensors, var: &str, width: usize, value: Option<&[f32]>, start: usize, end: usize) -> Tensors {
+    let rows = batch.values().next().map_or(0, |t| t.shape[0]);
+    batch
+        .iter()
+        .map(|(name, t)| {
+            let per: usize = t.shape[1..].iter().product();
+            let mut data = Vec::with_capacity(rows * (end - start) * per);
+            for r in 0..rows {
+                let row = &t.data[r * per..(r + 1) * per];
+                for unit in start..end {
+                    let offset = data.len();
+                    data.extend_from_slice(row);
+                    if let (true, Some(value)) = (name == var, value) {
+                        data[offset + unit * width..offset + (unit + 1) * width].copy_from_slice(value);
+                    }
+                }
+            }
+            let mut shape = vec![rows * (end - start)];
+            shape.extend(&t.shape[1..]);
+            (name.clone(), HostTensor::new(shape, data))
+        })
+        .collect()
+}
+
 /// Rows `(row, unit, value)`: the batch with unit `start + unit` of `var` set to each value.
+#[cfg(test)]
 fn expand_rows(batch: &Tensors, var: &str, width: usize, values: &[Vec<f32>], start: usize, end: usize) -> Tensors {
     let rows = batch.values().next().map_or(0, |t| t.shape[0]);
     batch
@@ -171,6 +309,7 @@ fn expand_rows(batch: &Tensors, var: &str, width: usize, values: &[Vec<f32>], st
 }
 
 /// 1 where the value equals the data's own value of the unit.
+#[cfg(test)]
 fn own_mask(batch: &Tensors, var: &str, width: usize, values: &[Vec<f32>], start: usize, end: usize) -> Vec<f32> {
     let t = &batch[var];
     let per: usize = t.shape[1..].iter().product();

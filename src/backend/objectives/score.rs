@@ -1,20 +1,31 @@
 //! Score matching on continuous visible variables: exact (SM), denoising
 //! (DSM) and sliced (SSM). Gradients and Hessian-vector products of the
-//! energy in the data are IR, so the tape only differentiates in the
-//! parameters. Score matching sees the energy only through its derivatives
-//! in the data: a parameter that shifts the energy by a constant gets no
-//! gradient.
+//! energy in the data are IR, and so is each loss per example, with its
+//! symbolic gradients in the parameters (`Phase`). Score matching sees the
+//! energy only through its derivatives in the data: a parameter that shifts
+//! the energy by a constant gets no gradient.
+//!
+//! The phases: DSM `½|σ∇F(x + σz) − z|²` (noise `z` in `__noise.x`), weight
+//! 1/rows; SSM one phase per projection, `½(v·∇F)² − v·Hv` (or `½|∇F|² −
+//! v·Hv` variance-reduced, directions `v` in `__dir.x`), weight
+//! 1/(rows·projections); exact SM `½|∇F|²` plus, for each coordinate `i`, a
+//! phase `−e_i·H e_i` with `__dir.x` the unit vector `e_i`, weight 1/rows.
 
+#[cfg(test)]
+use super::super::T3;
+#[cfg(test)]
 use super::super::eval::{Evaluator, Taped, canon, expand};
 use super::super::noise::normals;
-use super::super::{Kernels, T3, upload};
-use super::{Grads, Objective, OnDevice, TrainError};
+use super::super::{Kernels, upload};
+use super::{Grads, Objective, OnDevice, Phase, TrainError, Vars};
 use crate::front::ast::Role;
-use crate::ir::Id;
+use crate::ir::{Id, Ir, Unary};
 use crate::tensor::{HostTensor, Tensors};
+#[cfg(test)]
 use dfdx::prelude::*;
 use std::collections::BTreeMap;
 
+#[cfg(test)]
 type Own<D> = OwnedTape<f32, D>;
 
 #[derive(Clone, Copy)]
@@ -29,6 +40,10 @@ pub(super) struct Score {
     /// `grads[x]` is ∂F/∂x and `hvps[x]` the Hessian-vector product along the variable `__dir.x`.
     grads: BTreeMap<String, Id>,
     hvps: BTreeMap<String, Id>,
+    /// DSM's and SSM's one phase; exact SM's `½|∇F|²`. `None`: the energy reads no continuous visible variable.
+    phase: Option<Phase>,
+    /// Exact SM: `−v·Hv` of each variable, with `v` = `__dir.x` set to each unit vector in turn.
+    diagonal: BTreeMap<String, Phase>,
     rng: rand::rngs::SmallRng,
 }
 
@@ -60,8 +75,91 @@ impl Score {
                 hvps.insert(name.clone(), h);
             }
         }
-        Score { kind, grads, hvps, rng: rand::SeedableRng::seed_from_u64(seed ^ 0x736d) }
+        let params = model.declared.clone();
+        let ir = &mut model.ir;
+        let mut diagonal = BTreeMap::new();
+        let root = match kind {
+            Kind::Denoising { sigma } => sum_over(ir, &grads, |ir, name, g| {
+                // ½ |σ ∇F(x̃) − z|²
+                let s = ir.num(f64::from(sigma));
+                let sg = ir.mul(s, g);
+                let shape = ir.shape(g).clone();
+                let z = ir.var(&format!("__noise.{name}"), &shape);
+                let d = ir.sub(sg, z);
+                let sq = ir.map(Unary::Square, d);
+                let total = ir.sum(sq);
+                let half = ir.num(0.5);
+                ir.mul(half, total)
+            }),
+            Kind::Sliced { variance_reduced, .. } => {
+                let first = if variance_reduced {
+                    half_square_norm(ir, &grads)
+                } else {
+                    sum_over(ir, &grads, |ir, name, g| {
+                        let v = direction(ir, name, g);
+                        let gv = ir.mul(g, v);
+                        ir.sum(gv)
+                    })
+                    .map(|vg| {
+                        let sq = ir.map(Unary::Square, vg);
+                        let half = ir.num(0.5);
+                        ir.mul(half, sq)
+                    })
+                };
+                let vhv = sum_over(ir, &hvps, |ir, name, h| {
+                    let v = direction(ir, name, h);
+                    let hv = ir.mul(h, v);
+                    ir.sum(hv)
+                });
+                match (first, vhv) {
+                    (Some(a), Some(b)) => Some(ir.sub(a, b)),
+                    (a, None) => a,
+                    (None, Some(b)) => Some(ir.neg(b)),
+                }
+            }
+            Kind::Exact => {
+                for (name, h) in &hvps {
+                    let v = direction(ir, name, *h);
+                    let hv = ir.mul(*h, v);
+                    let s = ir.sum(hv);
+                    let root = ir.neg(s);
+                    diagonal.insert(name.clone(), Phase::new(ir, root, &params));
+                }
+                half_square_norm(ir, &grads)
+            }
+        };
+        let phase = root.map(|r| Phase::new(ir, r, &params));
+        Score { kind, grads, hvps, phase, diagonal, rng: rand::SeedableRng::seed_from_u64(seed ^ 0x736d) }
     }
+}
+
+/// The sum over `items` of `term(name, id)`; `None` when there are none.
+fn sum_over(ir: &mut Ir, items: &BTreeMap<String, Id>, mut term: impl FnMut(&mut Ir, &str, Id) -> Id) -> Option<Id> {
+    let mut total = None;
+    for (name, id) in items {
+        let t = term(ir, name, *id);
+        total = Some(match total {
+            Some(acc) => ir.add(acc, t),
+            None => t,
+        });
+    }
+    total
+}
+
+/// `½ Σ_x |∂F/∂x|²`.
+fn half_square_norm(ir: &mut Ir, grads: &BTreeMap<String, Id>) -> Option<Id> {
+    sum_over(ir, grads, |ir, _, g| {
+        let sq = ir.map(Unary::Square, g);
+        let s = ir.sum(sq);
+        let half = ir.num(0.5);
+        ir.mul(half, s)
+    })
+}
+
+/// The direction variable `__dir.x`, of the shape of `like`.
+fn direction(ir: &mut Ir, name: &str, like: Id) -> Id {
+    let shape = ir.shape(like).clone();
+    ir.var(&format!("__dir.{name}"), &shape)
 }
 
 /// `batch` with variable `name` replaced by `data` (same shape).
@@ -73,6 +171,7 @@ pub(super) fn with(batch: &Tensors, name: &str, data: Vec<f32>) -> Tensors {
 }
 
 /// A sum of terms built one by one.
+#[cfg(test)]
 pub(super) fn add<T: std::ops::Add<Output = T>>(total: Option<T>, term: T) -> Option<T> {
     Some(match total {
         Some(t) => t + term,
@@ -128,6 +227,58 @@ impl<D: Kernels> Objective<D> for Score {
     }
 
     fn loss(&self, model: &OnDevice<D>, batch: &Tensors, draw: &Draw) -> Result<(f64, Grads<D>), TrainError> {
+        let rows = batch.values().next().map_or(0, |t| t.shape[0]);
+        let no_terms = || TrainError::Setup("the energy does not depend on any continuous visible variable".into());
+        let phase = self.phase.as_ref().ok_or_else(no_terms)?;
+        let up = |b: &Tensors| super::upload_all(&model.dev, b);
+        let with_named = |b: &Tensors, prefix: &str, extra: &BTreeMap<String, HostTensor>| -> Vars<D> {
+            let mut vars = up(b);
+            for (name, t) in extra {
+                vars.insert(format!("{prefix}.{name}"), upload(&model.dev, t, rows));
+            }
+            vars
+        };
+        Ok(match (self.kind, draw) {
+            (Kind::Denoising { .. }, Draw::Denoising { noisy, noise }) => {
+                let vars = with_named(noisy, "__noise", noise);
+                super::phase_sums(model, &[(phase, &vars, 1.0 / rows as f32)])
+            }
+            (Kind::Sliced { projections, .. }, Draw::Sliced(draws)) => {
+                let vars: Vec<Vars<D>> = draws.iter().map(|(b, _)| up(b)).collect();
+                let w = 1.0 / (rows * projections) as f32;
+                let phases: Vec<(&Phase, &Vars<D>, f32)> = vars.iter().map(|v| (phase, v, w)).collect();
+                super::phase_sums(model, &phases)
+            }
+            (Kind::Exact, _) => {
+                let data = up(batch);
+                let w = 1.0 / rows as f32;
+                let mut vars: Vec<(&Phase, Vars<D>)> = Vec::new();
+                for (name, diag) in &self.diagonal {
+                    let v = model.variable(name)?;
+                    let dims: usize = v.shape.iter().product();
+                    let mut shape = vec![rows];
+                    shape.extend(&v.shape);
+                    for i in 0..dims {
+                        let unit: Vec<f32> = (0..rows * dims).map(|j| f32::from(u8::from(j % dims == i))).collect();
+                        let mut b = data.clone();
+                        b.insert(
+                            format!("__dir.{name}"),
+                            upload(&model.dev, &HostTensor::new(shape.clone(), unit), rows),
+                        );
+                        vars.push((diag, b));
+                    }
+                }
+                let mut phases: Vec<(&Phase, &Vars<D>, f32)> = vec![(phase, &data, w)];
+                phases.extend(vars.iter().map(|(p, v)| (*p, v, w)));
+                super::phase_sums(model, &phases)
+            }
+            // Cannot fire: `draw` makes the draw of the objective's own kind.
+            _ => unreachable!("a score-matching draw of its own kind"),
+        })
+    }
+
+    #[cfg(test)]
+    fn tape_loss(&self, model: &OnDevice<D>, batch: &Tensors, draw: &Draw) -> Result<(f64, Grads<D>), TrainError> {
         let rows = batch.values().next().map_or(0, |t| t.shape[0]);
         let dev = model.dev.clone();
         let leaves = model.taped_leaves();
