@@ -49,7 +49,9 @@ pub enum Command {
         model: Option<String>,
     },
     /// Explain how each model will be sampled and trained, and why.
-    #[command(after_help = "Example:\n  ebmc plan models/dbm.ebm --message-format json\n  ebmc plan models/toy/8gaussians_dsm.ebm --schedule")]
+    #[command(
+        after_help = "Example:\n  ebmc plan models/dbm.ebm --message-format json\n  ebmc plan models/toy/8gaussians_dsm.ebm --schedule"
+    )]
     Plan {
         /// The .ebm file.
         file: PathBuf,

@@ -64,14 +64,19 @@ pub(super) type Vars<D> = BTreeMap<String, T3<D>>;
 pub(super) struct Phase {
     pub(super) loss: Id,
     pub(super) grads: Vec<(String, Id)>,
+    /// The loss and gradients' batch sums compiled for the host (CPU devices), made on first use.
+    compiled: std::sync::Mutex<super::step::Compiled>,
 }
 
 impl Phase {
     /// `grad_param` of `loss` for each of `params` it depends on.
     pub(super) fn new(ir: &mut Ir, loss: Id, params: &[String]) -> Phase {
         let loss = ir.inline_nets(loss);
-        let grads = params.iter().filter_map(|p| ir.grad_param(loss, p).map(|g| (p.clone(), g))).collect();
-        Phase { loss, grads }
+        let grads: Vec<(String, Id)> =
+            params.iter().filter_map(|p| ir.grad_param(loss, p).map(|g| (p.clone(), g))).collect();
+        let outputs =
+            grads.iter().map(|(_, g)| *g).chain(std::iter::once(loss)).map(super::step::Output::BatchSum).collect();
+        Phase { loss, grads, compiled: std::sync::Mutex::new(super::step::Compiled::new(outputs)) }
     }
 }
 
@@ -79,24 +84,41 @@ impl Phase {
 /// a parameter in `model.used` no phase reaches gets no entry). Each phase has its own variables
 /// (device tensors `(rows, m, n)`) and weight.
 pub(super) fn phase_sums<D: Kernels>(model: &OnDevice<D>, phases: &[(&Phase, &Vars<D>, f32)]) -> (f64, Grads<D>) {
+    let mut loss = 0.0;
+    let mut grads: Grads<D> = BTreeMap::new();
+    let mut add = |name: &str, g: T3<D>| {
+        let total = match grads.remove(name) {
+            Some(acc) => acc + g,
+            None => g,
+        };
+        grads.insert(name.to_string(), total);
+    };
+    if D::HOST {
+        // The compiled step: one program per phase, fused and allocation-free (`step`).
+        for (phase, vars, weight) in phases {
+            // A poisoned lock only means another step panicked; the program itself is intact.
+            let mut compiled = phase.compiled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let done = compiled.run(&model.ir, rows_of(vars), &[*vars, &model.params, &model.consts]);
+            let n = phase.grads.len();
+            loss += f64::from(*weight) * f64::from(done.value(n)[0]);
+            for (i, (name, _)) in phase.grads.iter().enumerate() {
+                add(name, done.tensor_scaled(&model.dev, i, *weight));
+            }
+        }
+        return (loss, grads);
+    }
     let leaves = Leaves {
         tensors: model.params.iter().chain(&model.consts).map(|(k, t)| (k.clone(), t.clone())).collect(),
         lattices: model.lattices.clone(),
     };
     let ev = Evaluator { ir: &model.ir, dev: &model.dev, leaves: &leaves };
-    let mut loss = 0.0;
-    let mut grads: Grads<D> = BTreeMap::new();
     for (phase, vars, weight) in phases {
         let roots: Vec<Id> = phase.grads.iter().map(|(_, g)| *g).chain(std::iter::once(phase.loss)).collect();
         let mut sums = ev.eval_phase_sums(&roots, &[(vars, *weight)]);
         // The loss is the last of the roots.
         loss += sums.pop().map_or(f64::NAN, |f| f64::from(f.as_vec()[0]));
         for ((name, _), g) in phase.grads.iter().zip(sums) {
-            let total = match grads.remove(name) {
-                Some(acc) => acc + g,
-                None => g,
-            };
-            grads.insert(name.clone(), total);
+            add(name, g);
         }
     }
     (loss, grads)

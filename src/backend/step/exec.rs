@@ -10,11 +10,19 @@ use rayon::prelude::*;
 const TILE: usize = 256;
 
 /// Elements below which a loop runs on one thread.
-#[allow(non_snake_case)] fn PAR_ELEMENTS() -> usize { static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new(); *V.get_or_init(|| std::env::var("EBMC_PE").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 15)) }
+#[allow(non_snake_case)]
+fn PAR_ELEMENTS() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("EBMC_PE").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 15))
+}
 
 /// Multiply-adds below which a GEMM runs on one thread: the hand-off to
 /// another core costs more than it saves on a product this small.
-#[allow(non_snake_case)] fn PAR_GEMM() -> usize { static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new(); *V.get_or_init(|| std::env::var("EBMC_PG").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 22)) }
+#[allow(non_snake_case)]
+fn PAR_GEMM() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("EBMC_PG").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 22))
+}
 
 /// The data of buffer `b`.
 fn data<'a>(arena: &'a [Vec<f32>], inputs: &'a [Vec<f32>], b: Buf) -> &'a [f32] {

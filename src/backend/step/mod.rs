@@ -107,7 +107,10 @@ enum Reduction {
     /// Everything to one value per example.
     Sum,
     /// Rows away (`(m, n)` → `(1, n)`), columns away, or both.
-    SumTo { rows: bool, cols: bool },
+    SumTo {
+        rows: bool,
+        cols: bool,
+    },
     LogSumExp,
     LogSumExpLast,
     Softmax,
@@ -155,11 +158,13 @@ pub(crate) struct Program {
 
 impl Program {
     /// The inputs `run` takes, in order, with their lengths and whether they hold a row per example.
+    #[cfg(test)]
     pub(crate) fn inputs(&self) -> &[(String, usize, bool)] {
         &self.inputs
     }
 
     /// Input `i`'s buffer, to be filled before `run`.
+    #[cfg(test)]
     pub(crate) fn input_mut(&mut self, i: usize) -> &mut [f32] {
         &mut self.host[i]
     }
@@ -236,7 +241,10 @@ impl Compiled {
         self.results = (0..self.outputs.len())
             .map(|i| {
                 let (b, m, n) = first.output_dims(i);
-                vec![0.0; if b == first.batch && matches!(self.outputs[i], Output::PerExample(_)) { batch } else { 1 } * m * n]
+                vec![
+                    0.0;
+                    if b == first.batch && matches!(self.outputs[i], Output::PerExample(_)) { batch } else { 1 } * m * n
+                ]
             })
             .collect();
         self.batch = batch;
@@ -270,7 +278,8 @@ impl Compiled {
             self.shards[0].run();
         }
         for (i, result) in self.results.iter_mut().enumerate() {
-            let per_row = matches!(self.outputs[i], Output::PerExample(_)) && result.len() != self.shards[0].output(i).len();
+            let per_row =
+                matches!(self.outputs[i], Output::PerExample(_)) && result.len() != self.shards[0].output(i).len();
             let mut at = 0;
             for (s, shard) in self.shards.iter().enumerate() {
                 let out = shard.output(i);
@@ -290,10 +299,20 @@ impl Compiled {
     /// Output `i` of the last run as a device tensor: `(batch, m, n)`
     /// per example, `(1, m, n)` summed (or for a value shared by the batch).
     pub(crate) fn tensor<D: Device<f32>>(&self, dev: &D, i: usize) -> T3<D> {
+        self.tensor_scaled(dev, i, 1.0)
+    }
+
+    /// `c` times output `i`, as `tensor` gives it.
+    pub(crate) fn tensor_scaled<D: Device<f32>>(&self, dev: &D, i: usize, c: f32) -> T3<D> {
         let (_, m, n) = self.shards[0].output_dims(i);
-        let data = self.results[i].clone();
+        let data: Vec<f32> = self.results[i].iter().map(|x| c * x).collect();
         let rows = data.len() / (m * n);
         dev.tensor_from_vec(data, (rows, m, n))
+    }
+
+    /// Output `i` of the last run, row-major.
+    pub(crate) fn value(&self, i: usize) -> &[f32] {
+        &self.results[i]
     }
 
     /// The listing of the compiled schedule (its first shard's), if compiled.

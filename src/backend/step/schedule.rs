@@ -184,7 +184,11 @@ impl Compiler<'_> {
             Op::Transpose(a) => {
                 let v = self.value(*a);
                 if self.ir.shape(*a).len() == 2 {
-                    View { buf: v.buf, dims: (v.dims.0, v.dims.2, v.dims.1), strides: (v.strides.0, v.strides.2, v.strides.1) }
+                    View {
+                        buf: v.buf,
+                        dims: (v.dims.0, v.dims.2, v.dims.1),
+                        strides: (v.strides.0, v.strides.2, v.strides.1),
+                    }
                 } else {
                     v
                 }
@@ -426,7 +430,17 @@ impl Compiler<'_> {
             // A single column (row) has no column (row) stride of its own: the batch's serves.
             let instr = if k == 1 || (sa == k * ma.cs && sb == k * mb.rs) {
                 let (a, b) = if k == 1 { (Mat { cs: sa, ..ma }, Mat { rs: sb, ..mb }) } else { (ma, mb) };
-                Instr::Gemm { out: mo, a, b, m: am, k: k * self.batch, n: bn, batch: 1, accumulate: true, alpha: coefficient }
+                Instr::Gemm {
+                    out: mo,
+                    a,
+                    b,
+                    m: am,
+                    k: k * self.batch,
+                    n: bn,
+                    batch: 1,
+                    accumulate: true,
+                    alpha: coefficient,
+                }
             } else {
                 // Each example's product added into the one output.
                 let (a, b, o) = (Mat { sb: sa, ..ma }, Mat { sb, ..mb }, Mat { sb: 0, ..mo });
@@ -538,7 +552,9 @@ fn slots_of(instr: &Instr) -> Vec<usize> {
         Buf::Input(_) => None,
     };
     match instr {
-        Instr::Fused { out, inputs, .. } => std::iter::once(*out).chain(inputs.iter().filter_map(|v| slot(v.buf))).collect(),
+        Instr::Fused { out, inputs, .. } => {
+            std::iter::once(*out).chain(inputs.iter().filter_map(|v| slot(v.buf))).collect()
+        }
         Instr::Gemm { out, a, b, .. } => [slot(out.buf), slot(a.buf), slot(b.buf)].into_iter().flatten().collect(),
         Instr::Reduce { out, input, .. } | Instr::SumBatch { out, input, .. } | Instr::Spectral { out, input, .. } => {
             std::iter::once(*out).chain(slot(input.buf)).collect()
@@ -617,7 +633,9 @@ pub(super) fn show(instr: &Instr) -> String {
             let times = if *batch > 1 { format!(" x{batch}") } else { String::new() };
             format!("{} {op} {alpha} * gemm {m}x{k}x{n}{times} ({}, {})", mat(out), mat(a), mat(b))
         }
-        Instr::Reduce { kind, out, input, out_dims } => format!("t{out}{} = {kind:?}({})", dims(*out_dims), view(input)),
+        Instr::Reduce { kind, out, input, out_dims } => {
+            format!("t{out}{} = {kind:?}({})", dims(*out_dims), view(input))
+        }
         Instr::SumBatch { out, input, alpha, accumulate, repeat } => {
             let op = if *accumulate { "+=" } else { "=" };
             let r = if *repeat > 1 { format!(" x{repeat}") } else { String::new() };

@@ -25,7 +25,8 @@ fn check(src: &str, batch: usize) {
     let (plans, _) = crate::plan(&c.program).expect("plans");
     let (name, model) = c.program.models.iter().next().expect("a model");
     let train = c.program.trains.get(name).cloned().unwrap_or_else(|| {
-        let src = format!("{src}\ntrain {name} {{ data = csv(\"x.csv\") -> {}; objective = pl; }}", model.variables[0].name);
+        let src =
+            format!("{src}\ntrain {name} {{ data = csv(\"x.csv\") -> {}; objective = pl; }}", model.variables[0].name);
         crate::compile(&src).expect("compiles with a train block").program.trains[name].clone()
     });
     let params = crate::tensor::initialise(&crate::ir::param_specs(model), 3);
