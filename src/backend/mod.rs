@@ -586,23 +586,46 @@ fn upload<D: Device<f32>>(dev: &D, t: &HostTensor, batch: usize) -> T3<D> {
 
 /// The compiled CPU schedules of a model's steps, titled, as listings (what
 /// `ebmc plan --schedule` prints): each Langevin stage's data gradients,
-/// for one batch of the train block's size (128 without one).
+/// for one batch of the train block's size (128 without one), and with a
+/// train block each phase of the training step's loss, as one step on a
+/// batch of random rows compiles them.
 pub fn step_schedules(
     model: &Model,
     plan: &Plan,
     train: Option<&crate::analysis::program::Train>,
 ) -> Result<Vec<(String, String)>, String> {
-    let chains = train.map_or(128, |t| t.batch);
+    let rows = train.map_or(128, |t| t.batch);
     let params = crate::tensor::initialise(&plan.lowered.params, 0);
-    let set = ChainSet::new(Cpu::seed_from_u64(0), model, plan, &params, chains, 0)?;
+    let set = ChainSet::new(Cpu::seed_from_u64(0), model, plan, &params, rows, 0)?;
     let mut out = Vec::new();
     for stage in &set.stages {
         if let Stage::Langevin { vars, .. } = stage {
             let names: Vec<&str> = vars.iter().map(|(v, _)| set.vars[*v].name.as_str()).collect();
             let mut compiled = step::Compiled::new(vars.iter().map(|(_, g)| step::Output::PerExample(*g)).collect());
-            compiled.prepare(&set.ir, chains);
+            compiled.prepare(&set.ir, rows);
             let title = format!("Langevin step: the gradient of the energy in {}", names.join(", "));
             out.extend(compiled.listing().map(|l| (title, l)));
+        }
+    }
+    if let Some(train) = train {
+        let visible: Vec<&str> = model
+            .variables
+            .iter()
+            .filter(|v| v.role == crate::front::ast::Role::Visible)
+            .map(|v| v.name.as_str())
+            .collect();
+        let batch: Tensors = Chains::state(&set).into_iter().filter(|(k, _)| visible.contains(&k.as_str())).collect();
+        let mut trainer = Trainer::new(model, plan, train, &params, &Tensors::new(), 0, DeviceKind::Cpu)
+            .map_err(|e| e.to_string())?;
+        trainer.prepare(&batch).map_err(|e| e.to_string())?;
+        trainer.step(&batch, 0.0, 1).map_err(|e| e.to_string())?;
+        let phases = trainer.schedules();
+        let count = phases.len();
+        for (i, listing) in phases.into_iter().enumerate() {
+            out.push((
+                format!("training step, phase {} of {count} (outputs: each gradient, then the loss)", i + 1),
+                listing,
+            ));
         }
     }
     Ok(out)

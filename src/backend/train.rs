@@ -56,6 +56,7 @@ trait Fit {
     fn state(&self) -> Tensors;
     fn state_metadata(&self) -> BTreeMap<String, String>;
     fn chains(&self) -> Option<Tensors>;
+    fn schedules(&self) -> Vec<String>;
 }
 
 #[cfg(feature = "cuda")]
@@ -80,6 +81,9 @@ impl<T: Fit> Fit for super::MovableCuda<T> {
     }
     fn chains(&self) -> Option<Tensors> {
         self.0.chains()
+    }
+    fn schedules(&self) -> Vec<String> {
+        self.0.schedules()
     }
 }
 
@@ -194,6 +198,12 @@ impl Trainer {
     pub fn chains(&self) -> Option<Tensors> {
         self.inner.chains()
     }
+
+    /// The listings of the compiled programs the last step ran, one per
+    /// phase of the loss (empty before the first step, or off the CPU).
+    pub fn schedules(&self) -> Vec<String> {
+        self.inner.schedules()
+    }
 }
 
 struct Fitter<D: Kernels> {
@@ -306,6 +316,10 @@ impl<D: Kernels> Fitter<D> {
 }
 
 impl<D: Kernels> Fit for Fitter<D> {
+    fn schedules(&self) -> Vec<String> {
+        self.objective.phases().iter().filter_map(|p| p.listing()).collect()
+    }
+
     fn prepare(&mut self, data: &Tensors) {
         self.objective.prepare(data);
     }

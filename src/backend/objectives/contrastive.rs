@@ -225,6 +225,10 @@ impl<D: Kernels> Objective<D> for Contrastive<D> {
         Ok(self.tape_gradients(model, positive, negative))
     }
 
+    fn phases(&self) -> Vec<&super::Phase> {
+        self.phases.iter().collect()
+    }
+
     fn roots(&self, model: &OnDevice<D>) -> Vec<Id> {
         vec![model.free_energy]
     }

@@ -163,6 +163,10 @@ impl<D: Kernels> Objective<D> for Jem<D> {
         Ok((value, super::tape_grads(model, &g, &used)))
     }
 
+    fn phases(&self) -> Vec<&super::Phase> {
+        self.phases.iter().collect()
+    }
+
     fn roots(&self, _model: &OnDevice<D>) -> Vec<Id> {
         vec![self.logits, self.marginal]
     }

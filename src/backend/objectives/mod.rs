@@ -69,6 +69,11 @@ pub(super) struct Phase {
 }
 
 impl Phase {
+    /// The listing of the program the last step ran, if it has run on a host device.
+    pub(super) fn listing(&self) -> Option<String> {
+        self.compiled.lock().unwrap_or_else(std::sync::PoisonError::into_inner).listing()
+    }
+
     /// `grad_param` of `loss` for each of `params` it depends on.
     pub(super) fn new(ir: &mut Ir, loss: Id, params: &[String]) -> Phase {
         let loss = ir.inline_nets(loss);
@@ -173,6 +178,9 @@ pub(super) trait Objective<D: Kernels> {
     fn chain_sets(&mut self) -> Vec<&mut ChainSet<D>> {
         Vec::new()
     }
+
+    /// The loss's phases, for the listing of their compiled schedules.
+    fn phases(&self) -> Vec<&Phase>;
 }
 
 /// An objective behind a pointer: one step is `draw` then `loss`.
@@ -187,6 +195,7 @@ pub(super) trait Step<D: Kernels> {
     fn state(&self) -> Tensors;
     fn chains(&self) -> Option<Tensors>;
     fn chain_sets(&mut self) -> Vec<&mut ChainSet<D>>;
+    fn phases(&self) -> Vec<&Phase>;
 }
 
 impl<D: Kernels, O: Objective<D>> Step<D> for O {
@@ -216,6 +225,9 @@ impl<D: Kernels, O: Objective<D>> Step<D> for O {
     }
     fn chain_sets(&mut self) -> Vec<&mut ChainSet<D>> {
         Objective::chain_sets(self)
+    }
+    fn phases(&self) -> Vec<&Phase> {
+        Objective::phases(self)
     }
 }
 

@@ -269,6 +269,10 @@ impl<D: Kernels> Objective<D> for Nce {
         Ok((value, super::tape_grads(model, &g, &used)))
     }
 
+    fn phases(&self) -> Vec<&super::Phase> {
+        self.phases.iter().collect()
+    }
+
     fn roots(&self, model: &OnDevice<D>) -> Vec<Id> {
         std::iter::once(model.free_energy).chain(self.grads.values().copied()).collect()
     }

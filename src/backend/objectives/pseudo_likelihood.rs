@@ -234,6 +234,10 @@ impl<D: Kernels> Objective<D> for PseudoLikelihood {
         Ok((total_loss, grads))
     }
 
+    fn phases(&self) -> Vec<&super::Phase> {
+        self.conditional.iter().chain(self.differences.values()).collect()
+    }
+
     fn roots(&self, model: &OnDevice<D>) -> Vec<Id> {
         std::iter::once(model.total).chain(self.logits.values().copied()).collect()
     }

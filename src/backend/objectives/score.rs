@@ -374,6 +374,10 @@ impl<D: Kernels> Objective<D> for Score {
         Ok((value, super::tape_grads(model, &g, &used)))
     }
 
+    fn phases(&self) -> Vec<&super::Phase> {
+        self.phase.iter().chain(self.diagonal.values()).collect()
+    }
+
     fn roots(&self, model: &OnDevice<D>) -> Vec<Id> {
         std::iter::once(model.free_energy)
             .chain(self.grads.values().copied())

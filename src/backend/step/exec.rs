@@ -10,19 +10,11 @@ use rayon::prelude::*;
 const TILE: usize = 256;
 
 /// Elements below which a loop runs on one thread.
-#[allow(non_snake_case)]
-fn PAR_ELEMENTS() -> usize {
-    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *V.get_or_init(|| std::env::var("EBMC_PE").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 15))
-}
+const PAR_ELEMENTS: usize = 1 << 15;
 
 /// Multiply-adds below which a GEMM runs on one thread: the hand-off to
 /// another core costs more than it saves on a product this small.
-#[allow(non_snake_case)]
-fn PAR_GEMM() -> usize {
-    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *V.get_or_init(|| std::env::var("EBMC_PG").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 22))
-}
+const PAR_GEMM: usize = 1 << 22;
 
 /// The data of buffer `b`.
 fn data<'a>(arena: &'a [Vec<f32>], inputs: &'a [Vec<f32>], b: Buf) -> &'a [f32] {
@@ -129,8 +121,8 @@ fn fused(out: &mut [f32], dims: (usize, usize, usize), views: &[View], srcs: &[&
         }
     };
     host::wide(|| {
-        if threaded && total >= PAR_ELEMENTS() {
-            let piece = PAR_ELEMENTS() / 4;
+        if threaded && total >= PAR_ELEMENTS {
+            let piece = PAR_ELEMENTS / 4;
             out.par_chunks_mut(piece).enumerate().for_each(|(p, c)| host::wide(|| chunk(p * piece, c)));
         } else {
             chunk(0, out);
@@ -214,7 +206,7 @@ fn gemm(
     );
     // Cannot fire: arena buffers are far below isize::MAX elements (`limits`).
     let s = |x: usize| isize::try_from(x).expect("strides fit isize");
-    let par = if threaded && m * n * k >= PAR_GEMM() {
+    let par = if threaded && m * n * k >= PAR_GEMM {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     } else {
         gemm::Parallelism::None
@@ -275,16 +267,16 @@ fn reduce(out: &mut [f32], kind: Reduction, v: View, src: &[f32], (_, om, on): (
                 o[0] = if max.is_finite() { max + s.ln() } else { max };
             }
             Reduction::LogSumExpLast => {
-                for i in 0..m {
+                for (i, y) in o.iter_mut().enumerate().take(m) {
                     let max = (0..n).map(|j| x(i, j)).fold(f32::NEG_INFINITY, f32::max);
                     let s: f32 = (0..n).map(|j| (x(i, j) - max).exp()).sum();
-                    o[i] = if max.is_finite() { max + s.ln() } else { max };
+                    *y = if max.is_finite() { max + s.ln() } else { max };
                 }
             }
             Reduction::Softmax => {
                 let max = (0..m * n).map(|q| x(q / n, q % n)).fold(f32::NEG_INFINITY, f32::max);
-                for q in 0..m * n {
-                    o[q] = (x(q / n, q % n) - max).exp();
+                for (q, y) in o.iter_mut().enumerate().take(m * n) {
+                    *y = (x(q / n, q % n) - max).exp();
                 }
                 let s: f32 = o.iter().sum();
                 o.iter_mut().for_each(|y| *y /= s);

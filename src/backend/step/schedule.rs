@@ -17,6 +17,7 @@ pub(crate) fn compile(ir: &Ir, outputs: &[Output], batch: usize) -> Program {
         batch,
         batched: HashMap::new(),
         group: HashMap::new(),
+        inline: BTreeSet::new(),
         values: HashMap::new(),
         instrs: Vec::new(),
         slots: Vec::new(),
@@ -69,6 +70,8 @@ struct Compiler<'a> {
     batched: HashMap<Id, bool>,
     /// Each elementwise node's fused loop, named by the node the loop computes.
     group: HashMap<Id, Id>,
+    /// Cheap nodes recomputed inside every loop that reads them.
+    inline: BTreeSet<Id>,
     /// Values already computed (or viewed).
     values: HashMap<Id, View>,
     instrs: Vec<Instr>,
@@ -132,7 +135,11 @@ impl Compiler<'_> {
     /// Groups elementwise nodes into fused loops, visiting consumers before
     /// producers: a node joins its consumers' loop when every consumer is in
     /// that one loop, elementwise over the same dims, and nothing else needs
-    /// the node's value in memory.
+    /// the node's value in memory. A cheap arithmetic node whose consumers
+    /// sit in several loops is recomputed inside each (`inline`) rather than
+    /// stored and loaded back: one operation instead of a pass over memory.
+    /// A loop's size counts registers (an op and one per operand), so no
+    /// loop's program outgrows `MAX_CODE`.
     fn assign_groups(&mut self, cone: &BTreeSet<Id>, needed: &[Id]) {
         let forced: BTreeSet<Id> = needed.iter().copied().collect();
         let mut consumers: HashMap<Id, Vec<Id>> = HashMap::new();
@@ -142,28 +149,46 @@ impl Compiler<'_> {
             }
         }
         let mut size: HashMap<Id, usize> = HashMap::new();
+        // The loops each inlined node is recomputed in.
+        let mut resolved: HashMap<Id, BTreeSet<Id>> = HashMap::new();
         for &id in cone.iter().rev() {
             let op = &self.ir.node(id).op;
             if !elementwise(op) {
                 continue;
             }
             let dims = self.dims(id);
-            let cons = consumers.get(&id).map(Vec::as_slice).unwrap_or(&[]);
-            let joined = cons.first().and_then(|first| self.group.get(first).copied()).filter(|g| {
-                !forced.contains(&id)
-                    && size[g] < MAX_CODE / 2
-                    && cons.iter().all(|p| {
-                        let pop = &self.ir.node(*p).op;
-                        elementwise(pop)
-                            && !matches!(pop, Op::Outer(..))
-                            && self.group.get(p) == Some(g)
-                            && self.dims(*p) == dims
-                    })
-            });
-            let g = joined.unwrap_or(id);
-            self.group.insert(id, g);
-            *size.entry(g).or_default() += 1;
+            let cost = 1 + self.ir.children(id).len();
+            // The loops that read this node, or None when something else (a product, a reduction, an output) does.
+            let mut loops = BTreeSet::new();
+            let mut fusable = !forced.contains(&id);
+            for p in consumers.get(&id).map(Vec::as_slice).unwrap_or(&[]) {
+                let pop = &self.ir.node(*p).op;
+                if !elementwise(pop) || matches!(pop, Op::Outer(..)) || self.dims(*p) != dims {
+                    fusable = false;
+                } else if let Some(r) = resolved.get(p) {
+                    loops.extend(r.iter().copied());
+                } else if let Some(g) = self.group.get(p) {
+                    loops.insert(*g);
+                }
+            }
+            let fits =
+                |loops: &BTreeSet<Id>, size: &HashMap<Id, usize>| loops.iter().all(|g| size[g] + cost <= MAX_CODE);
+            let cheap = matches!(op, Op::Neg(_) | Op::Add(..) | Op::Sub(..) | Op::Mul(..) | Op::Div(..));
+            if fusable && loops.len() == 1 && fits(&loops, &size) {
+                let g = *loops.first().expect("one loop");
+                self.group.insert(id, g);
+                *size.entry(g).or_default() += cost;
+            } else if fusable && cheap && loops.len() > 1 && fits(&loops, &size) {
+                for g in &loops {
+                    *size.entry(*g).or_default() += cost;
+                }
+                resolved.insert(id, loops);
+            } else {
+                self.group.insert(id, id);
+                size.insert(id, cost);
+            }
         }
+        self.inline = resolved.into_keys().collect();
     }
 
     /// The value of `id`, computing it (and what it reads) on first use.
@@ -242,6 +267,8 @@ impl Compiler<'_> {
         let dims = self.dims(head);
         let mut loop_ = Loop { code: Vec::new(), inputs: Vec::new(), regs: HashMap::new(), dims, head };
         self.code(head, &mut loop_);
+        // Cannot fire: `assign_groups` bounds each loop's registers by MAX_CODE.
+        assert!(loop_.code.len() <= MAX_CODE, "a fused loop within its registers");
         let out = self.slot(dims.0 * dims.1 * dims.2);
         self.instrs.push(Instr::Fused { out, dims, inputs: loop_.inputs, code: loop_.code });
         View::contiguous(Buf::Slot(out), dims)
@@ -254,7 +281,7 @@ impl Compiler<'_> {
         }
         let op = if let Some(c) = self.ir.num_value(id) {
             FOp::Imm(c as f32)
-        } else if self.group.get(&id) == Some(&l.head) {
+        } else if self.group.get(&id) == Some(&l.head) || self.inline.contains(&id) {
             match self.ir.node(id).op {
                 Op::Neg(a) => FOp::Neg(self.code(a, l)),
                 Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) | Op::Div(a, b) => {
@@ -484,14 +511,13 @@ fn broadcast_to(v: View, dims: (usize, usize, usize)) -> View {
     }
 }
 
+/// An output's buffer and dims.
+type Placed = (usize, (usize, usize, usize));
+
 /// Maps logical buffers onto the arena by liveness: a buffer is free once
 /// its last reader has run, and the next buffer defined reuses the
 /// smallest free one that holds it (growing one only when none does).
-fn allocate(
-    mut instrs: Vec<Instr>,
-    sizes: &[usize],
-    outputs: Vec<(usize, (usize, usize, usize))>,
-) -> (Vec<Vec<f32>>, Vec<Instr>, Vec<(usize, (usize, usize, usize))>) {
+fn allocate(mut instrs: Vec<Instr>, sizes: &[usize], outputs: Vec<Placed>) -> (Vec<Vec<f32>>, Vec<Instr>, Vec<Placed>) {
     let end = instrs.len();
     let mut first = vec![usize::MAX; sizes.len()];
     let mut last = vec![0usize; sizes.len()];
