@@ -85,49 +85,59 @@ fn at(src: &[f32], v: &View, e: usize, i: usize, j: usize) -> f32 {
 
 /// A fused loop: tiles of the output, each computed through the registers.
 fn fused(out: &mut [f32], dims: (usize, usize, usize), views: &[View], srcs: &[&[f32]], code: &[FOp], threaded: bool) {
-    let (b, m, n) = dims;
-    let total = b * m * n;
+    let total = dims.0 * dims.1 * dims.2;
     let out = &mut out[..total];
-    // Tiles run over the output in order, across rows: a tile of a view read
-    // in the output's own order is one copy, one of a single value one fill,
-    // and any other view is read row segment by row segment.
-    let chunk = |start: usize, piece: &mut [f32]| {
-        let mut regs: Registers = [[0.0; TILE]; MAX_CODE];
-        for (t, tile) in piece.chunks_mut(TILE).enumerate() {
-            let s = start + t * TILE;
-            let len = tile.len();
-            tile_run(&mut regs, tile, code, |j, reg| {
-                let (v, src) = (&views[j], srcs[j]);
-                if v.is_constant() {
-                    reg[..len].fill(src[0]);
-                } else if v.dims == dims && v.is_contiguous() {
-                    reg[..len].copy_from_slice(&src[s..s + len]);
-                } else {
-                    let mut pos = s;
-                    while pos < s + len {
-                        let (r, col) = (pos / n, pos % n);
-                        let seg = (n - col).min(s + len - pos);
-                        let base = (r / m) * v.strides.0 + (r % m) * v.strides.1 + col * v.strides.2;
-                        let dst = &mut reg[pos - s..pos - s + seg];
-                        match v.strides.2 {
-                            1 => dst.copy_from_slice(&src[base..base + seg]),
-                            0 => dst.fill(src[base]),
-                            st => dst.iter_mut().enumerate().for_each(|(q, x)| *x = src[base + q * st]),
-                        }
-                        pos += seg;
+    if threaded && total >= PAR_ELEMENTS {
+        let piece = PAR_ELEMENTS / 4;
+        out.par_chunks_mut(piece)
+            .enumerate()
+            .for_each(|(p, c)| host::wide(|| fused_piece(p * piece, c, dims, views, srcs, code)));
+    } else {
+        host::wide(|| fused_piece(0, out, dims, views, srcs, code));
+    }
+}
+
+/// The elements of a fused loop's output from `start` on, tile by tile.
+/// Tiles run over the output in order, across rows: a tile of a view read
+/// in the output's own order is one copy, one of a single value one fill,
+/// and any other view is read row segment by row segment. Inlined into
+/// `host::wide`, so its loops get the wide vector instructions.
+#[inline(always)]
+fn fused_piece(
+    start: usize,
+    piece: &mut [f32],
+    (_, m, n): (usize, usize, usize),
+    views: &[View],
+    srcs: &[&[f32]],
+    code: &[FOp],
+) {
+    let mut regs: Registers = [[0.0; TILE]; MAX_CODE];
+    for (t, tile) in piece.chunks_mut(TILE).enumerate() {
+        let s = start + t * TILE;
+        let len = tile.len();
+        tile_run(&mut regs, tile, code, |j, reg| {
+            let (v, src) = (&views[j], srcs[j]);
+            if v.is_constant() {
+                reg[..len].fill(src[0]);
+            } else if v.is_contiguous() {
+                reg[..len].copy_from_slice(&src[s..s + len]);
+            } else {
+                let mut pos = s;
+                while pos < s + len {
+                    let (r, col) = (pos / n, pos % n);
+                    let seg = (n - col).min(s + len - pos);
+                    let base = (r / m) * v.strides.0 + (r % m) * v.strides.1 + col * v.strides.2;
+                    let dst = &mut reg[pos - s..pos - s + seg];
+                    match v.strides.2 {
+                        1 => dst.copy_from_slice(&src[base..base + seg]),
+                        0 => dst.fill(src[base]),
+                        st => dst.iter_mut().enumerate().for_each(|(q, x)| *x = src[base + q * st]),
                     }
+                    pos += seg;
                 }
-            });
-        }
-    };
-    host::wide(|| {
-        if threaded && total >= PAR_ELEMENTS {
-            let piece = PAR_ELEMENTS / 4;
-            out.par_chunks_mut(piece).enumerate().for_each(|(p, c)| host::wide(|| chunk(p * piece, c)));
-        } else {
-            chunk(0, out);
-        }
-    });
+            }
+        });
+    }
 }
 
 /// A fused loop's registers, made once per loop (or per thread's share of it).
