@@ -331,3 +331,20 @@ fn a_relative_data_path_is_read_from_the_working_directory() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn plan_prints_the_compiled_schedules_of_every_zoo_model() {
+    for file in zoo() {
+        let out = ebmc(&["plan", "--schedule", &file]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("training step, phase 1 of"), "{file}: no training step listed\n{text}");
+        assert!(text.contains("gemm") || text.contains("fused"), "{file}: an empty schedule\n{text}");
+    }
+    let out = ebmc(&["plan", "--schedule", "models/toy/8gaussians_pcd.ebm", "--message-format", "json"]);
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let steps: Vec<&str> =
+        value["schedules"].as_array().expect("schedules").iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert!(steps.iter().any(|s| s.starts_with("Langevin step")), "{steps:?}");
+    assert_eq!(steps.iter().filter(|s| s.starts_with("training step")).count(), 2, "{steps:?}");
+}
