@@ -510,6 +510,9 @@ struct ChainSet<D: Device<f32>> {
     chain_rngs: Vec<rand::rngs::SmallRng>,
     /// Compiled data gradients of each Langevin stage, by the stage's roots (host devices).
     compiled: BTreeMap<Vec<Id>, step::Compiled>,
+    /// Host copies of the parameters and constants those programs read, and whether they lag `leaves`.
+    shared: step::Shared,
+    shared_stale: bool,
 }
 
 /// Generators for each chain, from the run's seed.
@@ -771,6 +774,8 @@ impl<D: Kernels> ChainSet<D> {
             fast_rng: rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5851_f42d_4c95_7f2d),
             chain_rngs: chain_rngs(seed, chains),
             compiled: BTreeMap::new(),
+            shared: step::Shared::new(),
+            shared_stale: true,
         };
         for i in 0..set.vars.len() {
             let init = set.initial(i);
@@ -956,7 +961,11 @@ impl<D: Kernels> ChainSet<D> {
         let gs = if D::HOST {
             let outputs = grads.iter().map(|g| step::Output::PerExample(*g)).collect();
             let compiled = self.compiled.entry(grads.clone()).or_insert_with(|| step::Compiled::new(outputs));
-            let done = compiled.run(&self.ir, self.chains, &[state, &self.leaves.tensors]);
+            if self.shared_stale {
+                step::mirror(&self.leaves.tensors, &mut self.shared);
+                self.shared_stale = false;
+            }
+            let done = compiled.run(&self.ir, self.chains, &[state], &self.shared);
             (0..grads.len()).map(|i| done.tensor(&self.dev, i)).collect()
         } else {
             self.eval(&grads, state)
@@ -1135,6 +1144,7 @@ impl<D: Kernels> ChainSet<D> {
         for (k, v) in params {
             self.leaves.tensors.insert(k.clone(), v.clone());
         }
+        self.shared_stale = true;
         for stage in &mut self.stages {
             if let Stage::Chromatic { form: Chromatic::Lattice(l), .. } = stage {
                 l.built = Built::Stale;

@@ -270,6 +270,7 @@ pub(super) fn on_device<D: Kernels>(
         visible,
         kept,
         scratch: None,
+        host: Default::default(),
         model: model.clone(),
         plan: plan.clone(),
         seed,

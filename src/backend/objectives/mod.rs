@@ -43,7 +43,7 @@ pub(super) const ALL_SEND_ON_CPU: () = {
 
 #[cfg(test)]
 pub(super) use super::eval::one;
-use super::eval::{Evaluator, Leaves};
+use super::eval::{Evaluator, Leaves, canon};
 use super::{ChainSet, Kernels, T3};
 use crate::analysis::plan::Plan;
 use crate::analysis::program::{Model, Objective as Options, Persistent, TrainOptions};
@@ -99,16 +99,38 @@ pub(super) fn phase_sums<D: Kernels>(model: &OnDevice<D>, phases: &[(&Phase, &Va
         grads.insert(name.to_string(), total);
     };
     if D::HOST {
-        // The compiled step: one program per phase, fused and allocation-free (`step`).
+        // The compiled step: one program per phase, fused and allocation-free
+        // (`step`); each gradient accumulates on the host across phases.
+        // A poisoned lock only means another step panicked; everything in it is refreshed below.
+        let mut host = model.host.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let HostStep { shared, sums } = &mut *host;
+        super::step::mirror(&model.params, shared);
+        if model.consts.keys().any(|k| !shared.contains_key(k)) {
+            super::step::mirror(&model.consts, shared);
+        }
+        // The gradients this step reaches, with their shapes; their sums reuse last step's buffers.
+        let mut reached: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
         for (phase, vars, weight) in phases {
             // A poisoned lock only means another step panicked; the program itself is intact.
             let mut compiled = phase.compiled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let done = compiled.run(&model.ir, rows_of(vars), &[*vars, &model.params, &model.consts]);
+            let done = compiled.run(&model.ir, rows_of(vars), &[*vars], shared);
             let n = phase.grads.len();
             loss += f64::from(*weight) * f64::from(done.value(n)[0]);
-            for (i, (name, _)) in phase.grads.iter().enumerate() {
-                add(name, done.tensor_scaled(&model.dev, i, *weight));
+            for (i, (name, g)) in phase.grads.iter().enumerate() {
+                let value = done.value(i);
+                let sum = sums.entry(name.clone()).or_default();
+                if reached.insert(name, canon(model.ir.shape(*g))).is_none() {
+                    sum.resize(value.len(), 0.0);
+                    sum.iter_mut().zip(value).for_each(|(s, x)| *s = weight * x);
+                } else {
+                    sum.iter_mut().zip(value).for_each(|(s, x)| *s += weight * x);
+                }
             }
+        }
+        for (name, (m, n)) in reached {
+            let mut t = model.dev.zeros_like(&(1, m, n));
+            t.copy_from(&sums[name]);
+            grads.insert(name.to_string(), t);
         }
         return (loss, grads);
     }
@@ -231,6 +253,15 @@ impl<D: Kernels, O: Objective<D>> Step<D> for O {
     }
 }
 
+/// The host memory of compiled steps, kept so that a step allocates none.
+#[derive(Default)]
+pub(super) struct HostStep {
+    /// Copies of the parameters and constants, refreshed each step.
+    shared: super::step::Shared,
+    /// Each parameter gradient's sum over the phases.
+    sums: BTreeMap<String, Vec<f32>>,
+}
+
 /// The model being trained, on the device: what every objective reads.
 pub(super) struct OnDevice<D: Kernels> {
     pub(super) dev: D,
@@ -253,6 +284,8 @@ pub(super) struct OnDevice<D: Kernels> {
     pub(super) kept: Vec<String>,
     /// Batch-sized chains for the positive phase and for CD's negative phase.
     pub(super) scratch: Option<Box<ChainSet<D>>>,
+    /// What compiled steps keep on the host between steps.
+    pub(super) host: std::sync::Mutex<HostStep>,
     pub(super) model: Model,
     pub(super) plan: Plan,
     pub(super) seed: u64,

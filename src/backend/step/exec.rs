@@ -17,14 +17,14 @@ const PAR_ELEMENTS: usize = 1 << 15;
 const PAR_GEMM: usize = 1 << 22;
 
 /// The data of buffer `b`.
-fn data<'a>(arena: &'a [Vec<f32>], inputs: &'a [Vec<f32>], b: Buf) -> &'a [f32] {
+fn data<'a>(arena: &'a [Vec<f32>], inputs: &[&'a [f32]], b: Buf) -> &'a [f32] {
     match b {
         Buf::Slot(s) => &arena[s],
-        Buf::Input(i) => &inputs[i],
+        Buf::Input(i) => inputs[i],
     }
 }
 
-pub(super) fn run(instr: &Instr, arena: &mut [Vec<f32>], inputs: &[Vec<f32>], threaded: bool) {
+pub(super) fn run(instr: &Instr, arena: &mut [Vec<f32>], inputs: &[&[f32]], threaded: bool) {
     let out_slot = match instr {
         Instr::Fused { out, .. }
         | Instr::Reduce { out, .. }

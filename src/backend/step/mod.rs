@@ -141,7 +141,8 @@ pub(crate) struct Program {
     /// The inputs a run binds, in order: variables, parameters, constants by
     /// name, with their lengths and whether they hold one row per example.
     inputs: Vec<(String, usize, bool)>,
-    /// The inputs' values, one buffer each, filled before each run.
+    /// The per-row inputs' values, one buffer each, filled before each run
+    /// (empty for shared inputs, which are read where they are).
     host: Vec<Vec<f32>>,
     instrs: Vec<Instr>,
     /// The arena: one buffer per slot, sized at compile time.
@@ -169,10 +170,26 @@ impl Program {
         &mut self.host[i]
     }
 
-    /// Runs the schedule on the inputs as last filled.
-    pub(crate) fn run(&mut self) {
-        for instr in &self.instrs {
-            exec::run(instr, &mut self.arena, &self.host, self.threaded);
+    /// Runs the schedule: per-row inputs as last filled, shared ones
+    /// (parameters, constants) read in place from `shared`, by name.
+    pub(crate) fn run(&mut self, shared: &Shared) {
+        let Program { inputs, host, instrs, arena, threaded, .. } = self;
+        let bound: Vec<&[f32]> = inputs
+            .iter()
+            .zip(host.iter())
+            .map(|((name, len, per_row), own)| {
+                if *per_row {
+                    own.as_slice()
+                } else {
+                    // Cannot fire: callers mirror every parameter and constant of the IR they compiled.
+                    let data = shared.get(name).unwrap_or_else(|| panic!("no value bound for `{name}`"));
+                    assert_eq!(data.len(), *len, "`{name}` has the length it was compiled for");
+                    data.as_slice()
+                }
+            })
+            .collect();
+        for instr in instrs.iter() {
+            exec::run(instr, arena, &bound, *threaded);
         }
     }
 
@@ -193,6 +210,22 @@ impl Program {
     }
 }
 
+/// Host copies of the shared tensors a program reads (parameters and
+/// constants), by name: made once per step, read in place by every shard.
+pub(crate) type Shared = BTreeMap<String, Vec<f32>>;
+
+/// Brings `into` up to date with `tensors`, reusing its buffers.
+pub(crate) fn mirror<'a, D: Device<f32> + 'a>(
+    tensors: impl IntoIterator<Item = (&'a String, &'a T3<D>)>,
+    into: &mut Shared,
+) {
+    for (name, t) in tensors {
+        let buf = into.entry(name.clone()).or_default();
+        buf.resize(t.shape().num_elements(), 0.0);
+        t.copy_into(buf);
+    }
+}
+
 /// Rows per shard: a batch is split into shards of at least this many rows
 /// (at most `MAX_SHARDS`), each run by its own copy of the program on its
 /// own thread, with single-threaded ops inside. One hand-off per run
@@ -209,7 +242,7 @@ pub(crate) struct Compiled {
     outputs: Vec<Output>,
     batch: usize,
     shards: Vec<Program>,
-    /// Each input's values for the whole batch, staged before the shards take their rows.
+    /// Each per-row input's values for the whole batch, staged before the shards take their rows (with several shards).
     staged: Vec<Vec<f32>>,
     /// Each output, gathered from the shards: rows concatenated, or sums added.
     results: Vec<Vec<f32>>,
@@ -236,7 +269,11 @@ impl Compiled {
         self.staged = first
             .inputs
             .iter()
-            .map(|(_, len, per_row)| vec![0.0; if *per_row { len / first.batch * batch } else { *len }])
+            .map(
+                |(_, len, per_row)| {
+                    if *per_row && count > 1 { vec![0.0; len / first.batch * batch] } else { Vec::new() }
+                },
+            )
             .collect();
         self.results = (0..self.outputs.len())
             .map(|i| {
@@ -250,32 +287,46 @@ impl Compiled {
         self.batch = batch;
     }
 
-    /// Runs on device tensors, each input found by name in the first map
-    /// of `tensors` that has it; the variables hold `batch` examples.
-    pub(crate) fn run<D: Device<f32>>(&mut self, ir: &Ir, batch: usize, tensors: &[&BTreeMap<String, T3<D>>]) -> &Self {
+    /// Runs with the variables (`batch` examples) found by name in the
+    /// first map of `vars` that has them, and parameters and constants in
+    /// `shared`.
+    pub(crate) fn run<D: Device<f32>>(
+        &mut self,
+        ir: &Ir,
+        batch: usize,
+        vars: &[&BTreeMap<String, T3<D>>],
+        shared: &Shared,
+    ) -> &Self {
         if self.batch != batch {
             self.prepare(ir, batch);
         }
-        for ((name, _, _), staged) in self.shards[0].inputs.iter().zip(&mut self.staged) {
-            // Cannot fire: callers bind every variable, parameter and constant of the IR they compiled.
-            let t = tensors.iter().find_map(|m| m.get(name)).unwrap_or_else(|| panic!("no value bound for `{name}`"));
-            t.copy_into(staged);
-        }
-        let mut row = 0;
-        for shard in &mut self.shards {
-            let rows = shard.batch;
-            for (i, staged) in self.staged.iter().enumerate() {
-                let (_, len, per_row) = shard.inputs[i];
-                let from = if per_row { row * (len / rows) } else { 0 };
-                shard.host[i].copy_from_slice(&staged[from..from + len]);
+        // Per-row inputs are staged whole and each shard takes its rows (with one shard, straight in).
+        let single = self.shards.len() == 1;
+        for i in 0..self.staged.len() {
+            let (name, _, per_row) = &self.shards[0].inputs[i];
+            if !per_row {
+                continue;
             }
-            row += rows;
+            // Cannot fire: callers bind every variable of the IR they compiled.
+            let t = vars.iter().find_map(|m| m.get(name)).unwrap_or_else(|| panic!("no value bound for `{name}`"));
+            if single {
+                t.copy_into(&mut self.shards[0].host[i]);
+                continue;
+            }
+            t.copy_into(&mut self.staged[i]);
+            let mut row = 0;
+            for shard in &mut self.shards {
+                let len = shard.inputs[i].1;
+                let from = row * (len / shard.batch);
+                shard.host[i].copy_from_slice(&self.staged[i][from..from + len]);
+                row += shard.batch;
+            }
         }
         if self.shards.len() > 1 {
             use rayon::prelude::*;
-            self.shards.par_iter_mut().for_each(Program::run);
+            self.shards.par_iter_mut().for_each(|p| p.run(shared));
         } else {
-            self.shards[0].run();
+            self.shards[0].run(shared);
         }
         for (i, result) in self.results.iter_mut().enumerate() {
             let per_row =
@@ -310,7 +361,7 @@ impl Compiled {
         dev.tensor_from_vec(data, (rows, m, n))
     }
 
-    /// Output `i` of the last run, row-major.
+    /// Output `i` of the last run, row-major (`(1, m, n)` for a sum).
     pub(crate) fn value(&self, i: usize) -> &[f32] {
         &self.results[i]
     }

@@ -59,7 +59,7 @@ pub(crate) fn compile(ir: &Ir, outputs: &[Output], batch: usize) -> Program {
         outs.push((slot, dims));
     }
     let (arena, instrs, outputs) = allocate(c.instrs, &c.slots, outs);
-    let host = c.inputs.iter().map(|(_, n, _)| vec![0.0; *n]).collect();
+    let host = c.inputs.iter().map(|(_, n, per_row)| if *per_row { vec![0.0; *n] } else { Vec::new() }).collect();
     Program { inputs: c.inputs, host, instrs, arena, outputs, batch, threaded: true, nodes: cone.len() }
 }
 
@@ -127,7 +127,7 @@ impl Compiler<'_> {
     /// one GEMM over the batch), or the term itself.
     fn term_needs(&self, atom: Id) -> Vec<Id> {
         match self.ir.node(atom).op {
-            Op::Outer(a, b) | Op::MatMul(a, b) => vec![a, b],
+            Op::Outer(a, b) | Op::MatMul(a, b) => vec![peel(self.ir, a).1, peel(self.ir, b).1],
             _ => vec![atom],
         }
     }
@@ -413,6 +413,7 @@ impl Compiler<'_> {
         let (m, n) = canon(self.ir.shape(root));
         let dims = (1, m, n);
         let out = self.slot(m * n);
+        let zero = self.instrs.len();
         self.instrs.push(Instr::Zero { out });
         let ov = View::contiguous(Buf::Slot(out), dims);
         for (coefficient, atom) in terms(self.ir, root) {
@@ -427,6 +428,9 @@ impl Compiler<'_> {
                 self.instrs.push(Instr::SumBatch { out, input, alpha: coefficient, accumulate: true, repeat });
                 continue;
             };
+            // Signs and numbers on either factor join the GEMM's coefficient.
+            let ((ca, a), (cb, b)) = (peel(self.ir, a), peel(self.ir, b));
+            let coefficient = coefficient * ca * cb;
             let outer = matches!(node.op, Op::Outer(..));
             // An outer product is a column times a row.
             let (ra, rb) = if outer { (2, 2) } else { (self.ir.shape(a).len(), self.ir.shape(b).len()) };
@@ -475,7 +479,36 @@ impl Compiler<'_> {
             };
             self.instrs.push(instr);
         }
+        // The first term writes the sum instead of adding to zeros.
+        let writes = |i: &Instr| match i {
+            Instr::SumBatch { out: o, .. } => *o == out,
+            Instr::Gemm { out: o, .. } => o.buf == Buf::Slot(out),
+            _ => false,
+        };
+        if let Some(first) = self.instrs[zero + 1..].iter().position(writes) {
+            match &mut self.instrs[zero + 1 + first] {
+                Instr::SumBatch { accumulate, .. } | Instr::Gemm { accumulate, .. } => *accumulate = false,
+                // Cannot fire: `writes` matches these two only.
+                _ => unreachable!("a writer of the sum"),
+            }
+            self.instrs.remove(zero);
+        }
         (out, dims)
+    }
+}
+
+/// `c · x` for a factor written `−x`, `k · x` or `x · k` (k a number), peeled to the bottom.
+fn peel(ir: &Ir, id: Id) -> (f32, Id) {
+    match ir.node(id).op {
+        Op::Neg(x) => {
+            let (c, x) = peel(ir, x);
+            (-c, x)
+        }
+        Op::Mul(k, x) | Op::Mul(x, k) if ir.shape(k).is_empty() && ir.num_value(k).is_some() => {
+            let (c, x) = peel(ir, x);
+            (c * ir.num_value(k).unwrap_or(1.0) as f32, x)
+        }
+        _ => (1.0, id),
     }
 }
 

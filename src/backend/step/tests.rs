@@ -75,15 +75,22 @@ fn check(src: &str, batch: usize) {
     };
     let host: BTreeMap<String, Vec<f32>> =
         leaves.tensors.iter().chain(&vars).map(|(k, t)| (k.clone(), t.as_vec())).collect();
-    let names: Vec<String> = program.inputs().iter().map(|(name, _, _)| name.clone()).collect();
-    for (i, name) in names.iter().enumerate() {
-        program.input_mut(i).copy_from_slice(&host[name]);
+    let rows: Vec<(usize, String)> = program
+        .inputs()
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, _, per_row))| *per_row)
+        .map(|(i, (n, _, _))| (i, n.clone()))
+        .collect();
+    for (i, name) in rows {
+        program.input_mut(i).copy_from_slice(&host[&name]);
     }
-    program.run();
+    program.run(&host);
     // The same outputs through shards (a batch above `SHARD_ROWS` splits).
     let mut sharded = super::Compiled::new(outputs.clone());
-    let tensors: Vec<&BTreeMap<String, T3<Cpu>>> = vec![&vars, &leaves.tensors];
-    let done = sharded.run(&ir, batch, &tensors);
+    let mut shared = super::Shared::new();
+    super::mirror(&leaves.tensors, &mut shared);
+    let done = sharded.run(&ir, batch, &[&vars], &shared);
     for i in 0..outputs.len() {
         close(&done.tensor(&dev, i).as_vec(), program.output(i), &format!("shards, output {i}\n{src}"));
     }
