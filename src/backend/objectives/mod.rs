@@ -108,29 +108,34 @@ pub(super) fn phase_sums<D: Kernels>(model: &OnDevice<D>, phases: &[(&Phase, &Va
         if model.consts.keys().any(|k| !shared.contains_key(k)) {
             super::step::mirror(&model.consts, shared);
         }
-        // The gradients this step reaches, with their shapes; their sums reuse last step's buffers.
+        // The gradients this step reaches, with their shapes: each phase's
+        // program writes (the first) or adds (the rest) its weighted sums
+        // straight into the step's buffers.
         let mut reached: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        let mut outs: Vec<Vec<f32>> = Vec::new();
+        let mut add: Vec<bool> = Vec::new();
         for (phase, vars, weight) in phases {
+            outs.clear();
+            add.clear();
+            for (name, g) in &phase.grads {
+                outs.push(sums.remove(name.as_str()).unwrap_or_default());
+                add.push(reached.insert(name, canon(model.ir.shape(*g))).is_some());
+            }
+            outs.push(Vec::new());
+            add.push(false);
             // A poisoned lock only means another step panicked; the program itself is intact.
             let mut compiled = phase.compiled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let done = compiled.run(&model.ir, rows_of(vars), &[*vars], shared);
-            let n = phase.grads.len();
-            loss += f64::from(*weight) * f64::from(done.value(n)[0]);
-            for (i, (name, g)) in phase.grads.iter().enumerate() {
-                let value = done.value(i);
-                let sum = sums.entry(name.clone()).or_default();
-                if reached.insert(name, canon(model.ir.shape(*g))).is_none() {
-                    sum.resize(value.len(), 0.0);
-                    sum.iter_mut().zip(value).for_each(|(s, x)| *s = weight * x);
-                } else {
-                    sum.iter_mut().zip(value).for_each(|(s, x)| *s += weight * x);
-                }
+            compiled.run_into(&model.ir, rows_of(vars), &[*vars], shared, &mut outs, *weight, &add);
+            // Cannot fire: the loss is the phase's last output, a scalar.
+            loss += f64::from(outs.pop().and_then(|l| l.first().copied()).expect("a loss"));
+            for ((name, _), sum) in phase.grads.iter().zip(outs.drain(..)) {
+                sums.insert(name.clone(), sum);
             }
         }
         for (name, (m, n)) in reached {
-            let mut t = model.dev.zeros_like(&(1, m, n));
-            t.copy_from(&sums[name]);
-            grads.insert(name.to_string(), t);
+            // Handed to the device as they are; the next step's sums start afresh.
+            let data = sums.remove(name).unwrap_or_default();
+            grads.insert(name.to_string(), model.dev.tensor_from_vec(data, (1, m, n)));
         }
         return (loss, grads);
     }

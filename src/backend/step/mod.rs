@@ -149,6 +149,9 @@ pub(crate) struct Program {
     arena: Vec<Vec<f32>>,
     /// Each output's slot and dims.
     outputs: Vec<(usize, (usize, usize, usize))>,
+    /// Each batch-summed output's writers (instruction, coefficient), the
+    /// first of them writing and the rest adding (none for per-example outputs).
+    writers: Vec<Vec<(usize, f32)>>,
     /// The batch size the program was compiled for.
     batch: usize,
     /// Whether ops may split across threads (not when shards run in parallel).
@@ -173,6 +176,47 @@ impl Program {
     /// Runs the schedule: per-row inputs as last filled, shared ones
     /// (parameters, constants) read in place from `shared`, by name.
     pub(crate) fn run(&mut self, shared: &Shared) {
+        self.scale(1.0, &[]);
+        self.execute(shared);
+    }
+
+    /// Runs with every sum scaled by `weight` and written into `sums[i]`
+    /// (one per output, each a sum), or added to it where `add[i]`: a
+    /// phase's gradients land where the step collects them, with no pass of
+    /// their own.
+    pub(crate) fn run_into(&mut self, shared: &Shared, sums: &mut [Vec<f32>], weight: f32, add: &[bool]) {
+        self.scale(weight, add);
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let (slot, (b, m, n)) = self.outputs[i];
+            if !add[i] {
+                sum.resize(b * m * n, 0.0);
+            }
+            std::mem::swap(&mut self.arena[slot], sum);
+        }
+        self.execute(shared);
+        for (i, sum) in sums.iter_mut().enumerate() {
+            std::mem::swap(&mut self.arena[self.outputs[i].0], sum);
+        }
+    }
+
+    /// Sets each sum's writers to `weight` times their coefficient, and
+    /// the first of them to add (where `add[i]`) or write.
+    fn scale(&mut self, weight: f32, add: &[bool]) {
+        for (i, writers) in self.writers.iter().enumerate() {
+            for (k, (at, base)) in writers.iter().enumerate() {
+                match &mut self.instrs[*at] {
+                    Instr::SumBatch { alpha, accumulate, .. } | Instr::Gemm { alpha, accumulate, .. } => {
+                        *alpha = weight * base;
+                        *accumulate = k > 0 || add.get(i).copied().unwrap_or(false);
+                    }
+                    // Cannot fire: `compile` lists only these two as writers.
+                    _ => unreachable!("a sum's writer"),
+                }
+            }
+        }
+    }
+
+    fn execute(&mut self, shared: &Shared) {
         let Program { inputs, host, instrs, arena, threaded, .. } = self;
         let bound: Vec<&[f32]> = inputs
             .iter()
@@ -275,7 +319,7 @@ impl Compiled {
                 },
             )
             .collect();
-        self.results = (0..self.outputs.len())
+        self.results = (0..if count > 1 { self.outputs.len() } else { 0 })
             .map(|i| {
                 let (b, m, n) = first.output_dims(i);
                 vec![
@@ -297,6 +341,57 @@ impl Compiled {
         vars: &[&BTreeMap<String, T3<D>>],
         shared: &Shared,
     ) -> &Self {
+        self.stage(ir, batch, vars);
+        if self.shards.len() > 1 {
+            use rayon::prelude::*;
+            self.shards.par_iter_mut().for_each(|p| p.run(shared));
+        } else {
+            self.shards[0].run(shared);
+        }
+        self.gather();
+        self
+    }
+
+    /// `run` for a program of sums only: each sum, times `weight`, is
+    /// written into `sums[i]` (or added to it where `add[i]`), with the
+    /// first shard writing there directly.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run_into<D: Device<f32>>(
+        &mut self,
+        ir: &Ir,
+        batch: usize,
+        vars: &[&BTreeMap<String, T3<D>>],
+        shared: &Shared,
+        sums: &mut [Vec<f32>],
+        weight: f32,
+        add: &[bool],
+    ) {
+        self.stage(ir, batch, vars);
+        // Cannot fire: `prepare` makes at least one shard.
+        let (first, rest) = self.shards.split_first_mut().expect("a shard");
+        if rest.is_empty() {
+            first.run_into(shared, sums, weight, add);
+            return;
+        }
+        use rayon::prelude::*;
+        rayon::join(
+            || first.run_into(shared, sums, weight, add),
+            || {
+                rest.par_iter_mut().for_each(|p| {
+                    p.scale(weight, &[]);
+                    p.execute(shared);
+                })
+            },
+        );
+        for shard in rest.iter() {
+            for (i, sum) in sums.iter_mut().enumerate() {
+                sum.iter_mut().zip(shard.output(i)).for_each(|(s, x)| *s += x);
+            }
+        }
+    }
+
+    /// Compiles for `batch` if needed and fills each shard's per-row inputs.
+    fn stage<D: Device<f32>>(&mut self, ir: &Ir, batch: usize, vars: &[&BTreeMap<String, T3<D>>]) {
         if self.batch != batch {
             self.prepare(ir, batch);
         }
@@ -322,13 +417,13 @@ impl Compiled {
                 row += shard.batch;
             }
         }
-        if self.shards.len() > 1 {
-            use rayon::prelude::*;
-            self.shards.par_iter_mut().for_each(|p| p.run(shared));
-        } else {
-            self.shards[0].run(shared);
-        }
-        for (i, result) in self.results.iter_mut().enumerate() {
+    }
+
+    /// Gathers several shards' outputs: rows concatenated, sums added.
+    fn gather(&mut self) {
+        // One shard's outputs are read where they are (`value`).
+        let gather = if self.shards.len() > 1 { self.results.len() } else { 0 };
+        for (i, result) in self.results.iter_mut().enumerate().take(gather) {
             let per_row =
                 matches!(self.outputs[i], Output::PerExample(_)) && result.len() != self.shards[0].output(i).len();
             let mut at = 0;
@@ -344,7 +439,6 @@ impl Compiled {
                 }
             }
         }
-        self
     }
 
     /// Output `i` of the last run as a device tensor: `(batch, m, n)`
@@ -356,14 +450,17 @@ impl Compiled {
     /// `c` times output `i`, as `tensor` gives it.
     pub(crate) fn tensor_scaled<D: Device<f32>>(&self, dev: &D, i: usize, c: f32) -> T3<D> {
         let (_, m, n) = self.shards[0].output_dims(i);
-        let data: Vec<f32> = self.results[i].iter().map(|x| c * x).collect();
+        let data: Vec<f32> = self.value(i).iter().map(|x| c * x).collect();
         let rows = data.len() / (m * n);
         dev.tensor_from_vec(data, (rows, m, n))
     }
 
     /// Output `i` of the last run, row-major (`(1, m, n)` for a sum).
     pub(crate) fn value(&self, i: usize) -> &[f32] {
-        &self.results[i]
+        match self.shards.as_slice() {
+            [only] => only.output(i),
+            _ => &self.results[i],
+        }
     }
 
     /// The listing of the compiled schedule (its first shard's), if compiled.

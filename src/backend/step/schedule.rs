@@ -58,9 +58,36 @@ pub(crate) fn compile(ir: &Ir, outputs: &[Output], batch: usize) -> Program {
         };
         outs.push((slot, dims));
     }
-    let (arena, instrs, outputs) = allocate(c.instrs, &c.slots, outs);
+    let (arena, instrs, placed) = allocate(c.instrs, &c.slots, outs);
+    // Each sum's writers, in order, with their coefficients: a run scales them by its phase's weight.
+    let writers = outputs
+        .iter()
+        .zip(&placed)
+        .map(|(out, (slot, _))| match out {
+            Output::PerExample(_) => Vec::new(),
+            Output::BatchSum(_) => instrs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, instr)| match instr {
+                    Instr::SumBatch { out, alpha, .. } if out == slot => Some((i, *alpha)),
+                    Instr::Gemm { out, alpha, .. } if out.buf == Buf::Slot(*slot) => Some((i, *alpha)),
+                    _ => None,
+                })
+                .collect(),
+        })
+        .collect();
     let host = c.inputs.iter().map(|(_, n, per_row)| if *per_row { vec![0.0; *n] } else { Vec::new() }).collect();
-    Program { inputs: c.inputs, host, instrs, arena, outputs, batch, threaded: true, nodes: cone.len() }
+    Program {
+        inputs: c.inputs,
+        host,
+        instrs,
+        arena,
+        outputs: placed,
+        writers,
+        batch,
+        threaded: true,
+        nodes: cone.len(),
+    }
 }
 
 struct Compiler<'a> {
@@ -563,6 +590,7 @@ fn allocate(mut instrs: Vec<Instr>, sizes: &[usize], outputs: Vec<Placed>) -> (V
     for (s, _) in &outputs {
         last[*s] = end;
     }
+    let is_output: BTreeSet<usize> = outputs.iter().map(|(s, _)| *s).collect();
     let mut physical = vec![usize::MAX; sizes.len()];
     let mut capacity: Vec<usize> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
@@ -577,13 +605,17 @@ fn allocate(mut instrs: Vec<Instr>, sizes: &[usize], outputs: Vec<Placed>) -> (V
             }
         });
         for s in (0..sizes.len()).filter(|s| first[*s] == i) {
-            let fit = free
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| capacity[**p] >= sizes[s])
-                .min_by_key(|(_, p)| capacity[**p])
-                .map(|(k, _)| k)
-                .or_else(|| (!free.is_empty()).then_some(0));
+            // An output has a buffer of its own, so a run can swap in the caller's.
+            let fit = if is_output.contains(&s) {
+                None
+            } else {
+                free.iter()
+                    .enumerate()
+                    .filter(|(_, p)| capacity[**p] >= sizes[s])
+                    .min_by_key(|(_, p)| capacity[**p])
+                    .map(|(k, _)| k)
+                    .or_else(|| (!free.is_empty()).then_some(0))
+            };
             let p = match fit {
                 Some(k) => free.swap_remove(k),
                 None => {

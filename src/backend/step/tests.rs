@@ -94,6 +94,15 @@ fn check(src: &str, batch: usize) {
     for i in 0..outputs.len() {
         close(&done.tensor(&dev, i).as_vec(), program.output(i), &format!("shards, output {i}\n{src}"));
     }
+    // Sums written, then added, into the caller's buffers with weights: ½ and then ¼ of each sum.
+    let mut into = super::Compiled::new(sums.iter().map(|r| Output::BatchSum(*r)).collect());
+    let mut bufs: Vec<Vec<f32>> = vec![Vec::new(); sums.len()];
+    into.run_into(&ir, batch, &[&vars], &shared, &mut bufs, 0.5, &vec![false; sums.len()]);
+    into.run_into(&ir, batch, &[&vars], &shared, &mut bufs, 0.25, &vec![true; sums.len()]);
+    for (i, buf) in bufs.iter().enumerate() {
+        let want: Vec<f32> = program.output(per.len() + i).iter().map(|x| 0.75 * x).collect();
+        close(buf, &want, &format!("weighted sums, output {i}\n{src}"));
+    }
     let ev = Evaluator { ir: &ir, dev: &dev, leaves: &leaves };
     for (i, (root, value)) in per.iter().zip(ev.eval(&per, &vars)).enumerate() {
         let (b, m, n) = program.output_dims(i);
