@@ -508,7 +508,7 @@ struct ChainSet<D: Device<f32>> {
     fast_rng: rand::rngs::SmallRng,
     /// One generator per chain for the lattice kernel, so its draws do not depend on how chains are split among threads.
     chain_rngs: Vec<rand::rngs::SmallRng>,
-    /// Compiled data gradients of each Langevin stage, by the stage's roots (host devices).
+    /// Compiled programs of the Gibbs blocks' logits and the Langevin stages' data gradients, by their roots (host devices).
     compiled: BTreeMap<Vec<Id>, step::Compiled>,
     /// Host copies of the parameters and constants those programs read, and whether they lag `leaves`.
     shared: step::Shared,
@@ -950,6 +950,26 @@ impl<D: Kernels> ChainSet<D> {
         Built::Operator(op)
     }
 
+    /// `roots` for every chain at `state` (the chains' own state when
+    /// `None`): through a compiled program on host devices, kept per set of
+    /// roots, else through the evaluator.
+    fn eval_compiled(&mut self, roots: &[Id], state: Option<&BTreeMap<String, T3<D>>>) -> Vec<T3<D>> {
+        let state = state.unwrap_or(&self.state);
+        if !D::HOST {
+            return self.eval(roots, state);
+        }
+        if self.shared_stale {
+            step::mirror(&self.leaves.tensors, &mut self.shared);
+            self.shared_stale = false;
+        }
+        let compiled = self
+            .compiled
+            .entry(roots.to_vec())
+            .or_insert_with(|| step::Compiled::new(roots.iter().map(|r| step::Output::PerExample(*r)).collect()));
+        let done = compiled.run(&self.ir, self.chains, &[state], &self.shared);
+        (0..roots.len()).map(|i| done.tensor(&self.dev, i)).collect()
+    }
+
     /// The data gradients `grads` at `state`, each expanded to its variable's shape and clipped.
     fn langevin_gradients(
         &mut self,
@@ -958,19 +978,8 @@ impl<D: Kernels> ChainSet<D> {
         clip: Option<f32>,
     ) -> Vec<T3<D>> {
         let grads: Vec<Id> = vars.iter().map(|(_, g)| *g).collect();
-        let gs = if D::HOST {
-            let outputs = grads.iter().map(|g| step::Output::PerExample(*g)).collect();
-            let compiled = self.compiled.entry(grads.clone()).or_insert_with(|| step::Compiled::new(outputs));
-            if self.shared_stale {
-                step::mirror(&self.leaves.tensors, &mut self.shared);
-                self.shared_stale = false;
-            }
-            let done = compiled.run(&self.ir, self.chains, &[state], &self.shared);
-            (0..grads.len()).map(|i| done.tensor(&self.dev, i)).collect()
-        } else {
-            self.eval(&grads, state)
-        };
-        gs.into_iter()
+        self.eval_compiled(&grads, Some(state))
+            .into_iter()
             .zip(vars)
             .map(|(g, (v, _))| {
                 let (b, m, n) = self.shape(*v);
@@ -1091,7 +1100,7 @@ impl<D: Kernels> ChainSet<D> {
                 Stage::Block(block) => {
                     let block: Vec<&(usize, Id, Option<Id>)> = block.iter().filter(|(v, _, _)| free(self, v)).collect();
                     let roots: Vec<Id> = block.iter().flat_map(|(_, l, b)| std::iter::once(*l).chain(*b)).collect();
-                    let mut values = self.eval(&roots, &self.state).into_iter();
+                    let mut values = self.eval_compiled(&roots, None).into_iter();
                     for (var, _, shared) in block {
                         // Cannot fire: the evaluator returns one value per root, and these roots were passed.
                         let logits = values.next().expect("one value per root");
