@@ -247,8 +247,7 @@ fn zip_with(
 }
 
 /// `c aᵀ b` for row-major `a` `(k, m)` and `b` `(k, n)`, written into `out`
-/// `(m, n)`, or added to it when `accumulate`; by the `gemm` crate on all
-/// of rayon's threads. A written product fills `out` directly, with no
+/// `(m, n)`, or added to it when `accumulate`; by the `gemm` crate. A written product fills `out` directly, with no
 /// zeroing pass first.
 pub fn gemm_at_b_into(
     out: &mut Vec<f32>,
@@ -297,7 +296,12 @@ pub fn gemm_at_b_into(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            // Serial below 2^28 multiply-adds, as the step compiler's GEMMs (`step::exec`).
+            if m * n * k >= 1 << 28 {
+                gemm::Parallelism::Rayon(rayon::current_num_threads())
+            } else {
+                gemm::Parallelism::None
+            },
         );
         out.set_len(m * n);
     }
