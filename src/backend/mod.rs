@@ -508,7 +508,7 @@ struct ChainSet<D: Device<f32>> {
     fast_rng: rand::rngs::SmallRng,
     /// One generator per chain for the lattice kernel, so its draws do not depend on how chains are split among threads.
     chain_rngs: Vec<rand::rngs::SmallRng>,
-    /// Compiled programs of the Gibbs blocks' logits and the Langevin stages' data gradients, by their roots (host devices).
+    /// Compiled data gradients of each Langevin stage, by the stage's roots (host devices).
     compiled: BTreeMap<Vec<Id>, step::Compiled>,
     /// Host copies of the parameters and constants those programs read, and whether they lag `leaves`.
     shared: step::Shared,
@@ -950,11 +950,9 @@ impl<D: Kernels> ChainSet<D> {
         Built::Operator(op)
     }
 
-    /// `roots` for every chain at `state` (the chains' own state when
-    /// `None`): through a compiled program on host devices, kept per set of
-    /// roots, else through the evaluator.
-    fn eval_compiled(&mut self, roots: &[Id], state: Option<&BTreeMap<String, T3<D>>>) -> Vec<T3<D>> {
-        let state = state.unwrap_or(&self.state);
+    /// `roots` for every chain at `state`: through a compiled program on
+    /// host devices, kept per set of roots, else through the evaluator.
+    fn eval_compiled(&mut self, roots: &[Id], state: &BTreeMap<String, T3<D>>) -> Vec<T3<D>> {
         if !D::HOST {
             return self.eval(roots, state);
         }
@@ -978,7 +976,7 @@ impl<D: Kernels> ChainSet<D> {
         clip: Option<f32>,
     ) -> Vec<T3<D>> {
         let grads: Vec<Id> = vars.iter().map(|(_, g)| *g).collect();
-        self.eval_compiled(&grads, Some(state))
+        self.eval_compiled(&grads, state)
             .into_iter()
             .zip(vars)
             .map(|(g, (v, _))| {
@@ -1100,7 +1098,10 @@ impl<D: Kernels> ChainSet<D> {
                 Stage::Block(block) => {
                     let block: Vec<&(usize, Id, Option<Id>)> = block.iter().filter(|(v, _, _)| free(self, v)).collect();
                     let roots: Vec<Id> = block.iter().flat_map(|(_, l, b)| std::iter::once(*l).chain(*b)).collect();
-                    let mut values = self.eval_compiled(&roots, None).into_iter();
+                    // The evaluator, not a compiled program: a block's logits are one
+                    // product and a bias, which dfdx runs with no copies in or out
+                    // (measured faster than the compiled form, `cargo bench --bench sampling`).
+                    let mut values = self.eval(&roots, &self.state).into_iter();
                     for (var, _, shared) in block {
                         // Cannot fire: the evaluator returns one value per root, and these roots were passed.
                         let logits = values.next().expect("one value per root");
