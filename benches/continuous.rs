@@ -43,11 +43,8 @@
 //! The floor is the `gemm` crate's, not the machine's: XLA's own GEMM can be
 //! faster than it, so JAX / floor may fall below 1.
 
-// Only `median` is needed here; the MLP baseline serves the other benches.
-#[allow(dead_code)]
 mod common;
 
-use common::median;
 use ebmc::tensor::HostTensor;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -155,46 +152,9 @@ fn products(obj: Obj, w: usize, b: usize) -> BTreeMap<Product, usize> {
 
 /// Seconds of one product by the `gemm` crate: the faster of all rayon threads and one.
 fn gemm_seconds(q: Product) -> f64 {
-    let (m, k, n) = (q.m, q.k, q.n);
-    let lhs: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
-    let rhs: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
-    let mut out = vec![0.0f32; m * n];
-    let s = |x: usize| x as isize;
-    // A transposed operand is stored the other way round: (k, m) or (n, k), row-major.
-    let (lhs_cs, lhs_rs) = if q.lhs_t { (s(m), 1) } else { (1, s(k)) };
-    let (rhs_cs, rhs_rs) = if q.rhs_t { (s(k), 1) } else { (1, s(n)) };
-    let reps = if m * k * n > 10_000_000 { 11 } else { 41 };
-    let mut time = |parallelism| {
-        median(reps, || {
-            // SAFETY: every operand holds its extents under the strides given, and none overlaps another.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    out.as_mut_ptr(),
-                    1,
-                    s(n),
-                    false,
-                    lhs.as_ptr(),
-                    lhs_cs,
-                    lhs_rs,
-                    rhs.as_ptr(),
-                    rhs_cs,
-                    rhs_rs,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
-            }
-            std::hint::black_box(&out);
-        })
-    };
-    let all = time(gemm::Parallelism::Rayon(rayon::current_num_threads()));
-    all.min(time(gemm::Parallelism::None))
+    let reps = if q.m * q.k * q.n > 10_000_000 { 11 } else { 41 };
+    let time = |parallelism| common::gemm_product((q.m, q.k, q.n), (q.lhs_t, q.rhs_t), parallelism, reps);
+    time(gemm::Parallelism::Rayon(rayon::current_num_threads())).min(time(gemm::Parallelism::None))
 }
 
 /// Median seconds of `f` after two warm-up calls, over `SECONDS` of calls (at least `MIN_REPS`), and the count.
@@ -222,13 +182,7 @@ fn ebmc_step(obj: Obj, w: usize, b: usize, rows: &[Vec<f64>]) -> (f64, usize, f6
         n = rows.len(),
         objective = obj.source(b)
     );
-    let compiled = ebmc::compile(&src).expect("bench model compiles");
-    let (plans, _) = ebmc::plan(&compiled.program).expect("plans");
-    let (model, train) = (&compiled.program.models["ring"], &compiled.program.trains["ring"]);
-    let params = ebmc::tensor::initialise(&ebmc::ir::program_to_ir(model).params, 1);
-    let mut trainer =
-        ebmc::backend::Trainer::new(model, &plans[0], train, &params, &Default::default(), 1, Default::default())
-            .expect("trainer");
+    let mut trainer = common::trainer(&src, "ring");
     let batches: Vec<ebmc::tensor::Tensors> = rows
         .chunks(b)
         .take(BATCHES)

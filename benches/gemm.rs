@@ -9,11 +9,7 @@
 //! batch 256. Candidates: the `gemm` crate (what dfdx and ebmc call) on all
 //! of rayon's threads and on one.
 
-// Only `median` is needed here; the MLP baseline serves the other benches.
-#[allow(dead_code)]
 mod common;
-
-use common::median;
 
 /// A product `(m, k) × (k, n)`, each operand read as stored or transposed.
 struct Product {
@@ -37,41 +33,7 @@ const PRODUCTS: [Product; 7] = [
 
 /// Seconds of one product by the `gemm` crate with the given parallelism.
 fn gemm_crate(p: &Product, parallelism: gemm::Parallelism) -> f64 {
-    let (m, k, n) = (p.m, p.k, p.n);
-    let lhs: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
-    let rhs: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
-    let mut out = vec![0.0f32; m * n];
-    let s = |x: usize| x as isize;
-    // A transposed operand is stored the other way round: (k, m) or (n, k), row-major.
-    let (lhs_cs, lhs_rs) = if p.lhs_t { (s(m), 1) } else { (1, s(k)) };
-    let (rhs_cs, rhs_rs) = if p.rhs_t { (s(k), 1) } else { (1, s(n)) };
-    median(41, || {
-        // SAFETY: every operand holds its extents under the strides given, and none overlaps another.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                s(n),
-                false,
-                lhs.as_ptr(),
-                lhs_cs,
-                lhs_rs,
-                rhs.as_ptr(),
-                rhs_cs,
-                rhs_rs,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
-        std::hint::black_box(&out);
-    })
+    common::gemm_product((p.m, p.k, p.n), (p.lhs_t, p.rhs_t), parallelism, 41)
 }
 
 /// numpy's seconds per product, in `PRODUCTS` order.

@@ -27,15 +27,7 @@ fn main() {
         param W : real[784, 500] = normal(0, 0.01); param b : real[784]; param c : real[500];
         energy e = -(v @ W @ h) - b @ v - c @ h; }
         train rbm { data = csv(\"unused.csv\") -> v; objective = pcd(k: 1, chains: 100); optimizer = sgd(lr: 0.01); batch = 100; }";
-    let compiled = ebmc::compile(src).expect("bench model compiles");
-    let (plans, _) = ebmc::plan(&compiled.program).expect("plans");
-    let model = &compiled.program.models["rbm"];
-    let train = &compiled.program.trains["rbm"];
-    let lowered = ebmc::ir::program_to_ir(model);
-    let params = ebmc::tensor::initialise(&lowered.params, 1);
-    let mut trainer =
-        ebmc::backend::Trainer::new(model, &plans[0], train, &params, &Default::default(), 1, Default::default())
-            .expect("trainer");
+    let mut trainer = common::trainer(src, "rbm");
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let rows = 8000;
     let data: Vec<f32> = (0..rows * 784).map(|_| f32::from(u8::from(rng.r#gen::<bool>()))).collect();
@@ -105,13 +97,7 @@ fn continuous_steps(dev: &Cpu) {
             "model ring {{ visible x : real[2]; net f = mlp(2 -> 128 -> 128 -> 1, act: swish); energy e = f(x); }}
              train ring {{ data = toy(\"8gaussians\") -> x; objective = {objective}; optimizer = adam(lr: 1e-3); batch = 256; }}"
         );
-        let compiled = ebmc::compile(&src).expect("bench model compiles");
-        let (plans, _) = ebmc::plan(&compiled.program).expect("plans");
-        let (model, train) = (&compiled.program.models["ring"], &compiled.program.trains["ring"]);
-        let params = ebmc::tensor::initialise(&ebmc::ir::program_to_ir(model).params, 1);
-        let mut trainer =
-            ebmc::backend::Trainer::new(model, &plans[0], train, &params, &Default::default(), 1, Default::default())
-                .expect("trainer");
+        let mut trainer = common::trainer(&src, "ring");
         trainer.prepare(&batches[0]).expect("data fits");
         let mut i = 0;
         let step = median(40, || {

@@ -99,18 +99,18 @@ pub(super) fn phase_sums<D: Kernels>(model: &OnDevice<D>, phases: &[(&Phase, &Va
         grads.insert(name.to_string(), total);
     };
     if D::HOST {
-        // The compiled step: one program per phase, fused and allocation-free
-        // (`step`); each gradient accumulates on the host across phases.
+        // The compiled step (`step`): one program per phase.
         // A poisoned lock only means another step panicked; everything in it is refreshed below.
         let mut host = model.host.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let HostStep { shared, sums } = &mut *host;
+        let shared = &mut *host;
         super::step::mirror(&model.params, shared);
         if model.consts.keys().any(|k| !shared.contains_key(k)) {
             super::step::mirror(&model.consts, shared);
         }
-        // The gradients this step reaches, with their shapes: each phase's
-        // program writes (the first) or adds (the rest) its weighted sums
-        // straight into the step's buffers.
+        // One buffer per gradient, with its shape: each phase's program
+        // writes (the first to reach it) or adds (the rest) its weighted sums
+        // straight into it, and it goes to the device as it is at the end.
+        let mut sums: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
         let mut reached: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
         let mut outs: Vec<Vec<f32>> = Vec::new();
         let mut add: Vec<bool> = Vec::new();
@@ -129,11 +129,10 @@ pub(super) fn phase_sums<D: Kernels>(model: &OnDevice<D>, phases: &[(&Phase, &Va
             // Cannot fire: the loss is the phase's last output, a scalar.
             loss += f64::from(outs.pop().and_then(|l| l.first().copied()).expect("a loss"));
             for ((name, _), sum) in phase.grads.iter().zip(outs.drain(..)) {
-                sums.insert(name.clone(), sum);
+                sums.insert(name, sum);
             }
         }
         for (name, (m, n)) in reached {
-            // Handed to the device as they are; the next step's sums start afresh.
             let data = sums.remove(name).unwrap_or_default();
             grads.insert(name.to_string(), model.dev.tensor_from_vec(data, (1, m, n)));
         }
@@ -258,15 +257,6 @@ impl<D: Kernels, O: Objective<D>> Step<D> for O {
     }
 }
 
-/// The host memory of compiled steps, kept so that a step allocates none.
-#[derive(Default)]
-pub(super) struct HostStep {
-    /// Copies of the parameters and constants, refreshed each step.
-    shared: super::step::Shared,
-    /// Each parameter gradient's sum over the phases.
-    sums: BTreeMap<String, Vec<f32>>,
-}
-
 /// The model being trained, on the device: what every objective reads.
 pub(super) struct OnDevice<D: Kernels> {
     pub(super) dev: D,
@@ -289,8 +279,8 @@ pub(super) struct OnDevice<D: Kernels> {
     pub(super) kept: Vec<String>,
     /// Batch-sized chains for the positive phase and for CD's negative phase.
     pub(super) scratch: Option<Box<ChainSet<D>>>,
-    /// What compiled steps keep on the host between steps.
-    pub(super) host: std::sync::Mutex<HostStep>,
+    /// Host copies of the parameters and constants for compiled programs, refreshed each step.
+    pub(super) host: std::sync::Mutex<super::step::Shared>,
     pub(super) model: Model,
     pub(super) plan: Plan,
     pub(super) seed: u64,

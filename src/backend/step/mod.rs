@@ -444,13 +444,8 @@ impl Compiled {
     /// Output `i` of the last run as a device tensor: `(batch, m, n)`
     /// per example, `(1, m, n)` summed (or for a value shared by the batch).
     pub(crate) fn tensor<D: Device<f32>>(&self, dev: &D, i: usize) -> T3<D> {
-        self.tensor_scaled(dev, i, 1.0)
-    }
-
-    /// `c` times output `i`, as `tensor` gives it.
-    pub(crate) fn tensor_scaled<D: Device<f32>>(&self, dev: &D, i: usize, c: f32) -> T3<D> {
         let (_, m, n) = self.shards[0].output_dims(i);
-        let data: Vec<f32> = self.value(i).iter().map(|x| c * x).collect();
+        let data = self.value(i).to_vec();
         let rows = data.len() / (m * n);
         dev.tensor_from_vec(data, (rows, m, n))
     }
