@@ -273,3 +273,18 @@ fn many_energy_declarations_add_up_without_a_deep_stack() {
     all_stages(source).unwrap();
     assert!(started.elapsed().as_secs() < 60);
 }
+
+/// A net's hidden layers are values per example too: a training step of a
+/// wide MLP under score matching needs their batch, forward and backward,
+/// and the Hessian-vector products on top.
+#[test]
+fn training_memory_counts_a_nets_hidden_layers() {
+    let src = "model g { visible x : real[2]; net f = mlp(2 -> 4096 -> 4096 -> 1, act: swish); energy e = f(x); }
+               train g { data = toy(\"8gaussians\", n: 1000) -> x; objective = ssm(projections: 1); batch = 1024; }";
+    let c = ebmc::compile(src).expect("compiles");
+    let model = &c.program.models["g"];
+    let lowered = ebmc::ir::program_to_ir(model);
+    let needed = limits::check_train(model, &lowered, &c.program.trains["g"], 1000, 1, None).unwrap();
+    // Two hidden layers of 4096 floats for each of 1024 rows, held ten times over.
+    assert!(needed >= 10 * 2 * 4096 * 1024 * 4, "{needed}");
+}

@@ -7,7 +7,7 @@
 //! in what it knows of the machine (`available_bytes`).
 
 use crate::analysis::graph::units;
-use crate::analysis::program::{ConstValue, Domain, Model, Program, Train, Variable};
+use crate::analysis::program::{ConstValue, Domain, Model, Objective, Program, Train, Variable};
 use crate::front::span::Span;
 use crate::ir::{Lowered, Op};
 
@@ -249,16 +249,32 @@ pub struct SampleRun {
 /// Bytes of f32 working memory one example of the lowered energy needs: every
 /// node that varies per example (depends on a variable) holds a value.
 fn per_example_bytes(lowered: &Lowered) -> u128 {
-    let ir = &lowered.ir;
+    // Nets expanded into their layers: each hidden layer is a value per example too.
+    let mut ir = lowered.ir.clone();
+    let total = ir.inline_nets(lowered.total);
+    let ir = &ir;
+    let cone: std::collections::BTreeSet<crate::ir::Id> = ir.cone(total).into_iter().collect();
     let mut varies = vec![false; ir.nodes.len()];
-    let mut total = 0u128;
+    let mut bytes = 0u128;
     for (i, node) in ir.nodes.iter().enumerate() {
         varies[i] = matches!(node.op, Op::Var(_)) || ir.children(crate::ir::Id(i)).iter().any(|c| varies[c.0]);
-        if varies[i] {
-            total = total.saturating_add(elements(&node.shape).saturating_mul(4));
+        if varies[i] && cone.contains(&crate::ir::Id(i)) {
+            bytes = bytes.saturating_add(elements(&node.shape).saturating_mul(4));
         }
     }
-    total
+    bytes
+}
+
+/// How many of the energy's per-example values a training step holds at
+/// once, by objective: forward and backward for first-order losses; the
+/// data gradient and its reverse for DSM, CNCE and JEM-style losses; the
+/// Hessian-vector products too for SM and SSM.
+fn step_values(objective: &Objective) -> u128 {
+    match objective {
+        Objective::Cd { .. } | Objective::Pcd(_) | Objective::Pl | Objective::Nce { .. } | Objective::Jem(_) => 3,
+        Objective::Dsm { .. } | Objective::Cnce { .. } => 6,
+        Objective::Sm | Objective::Ssm { .. } => 10,
+    }
 }
 
 fn param_bytes(model: &Model, lowered: &Lowered) -> u128 {
@@ -337,7 +353,12 @@ pub fn check_train(
     let needed = param_bytes(model, lowered)
         .saturating_mul(4)
         .saturating_add((rows as u128).saturating_mul(row))
-        .saturating_add(batch.max(chains).saturating_mul(per_example_bytes(lowered)).saturating_mul(3))
+        .saturating_add(
+            batch
+                .max(chains)
+                .saturating_mul(per_example_bytes(lowered))
+                .saturating_mul(step_values(&train.options.objective)),
+        )
         .saturating_add(chains.saturating_add(buffer).saturating_mul(row));
     match check_memory("training", needed, available_bytes) {
         Some(e) => Err(vec![e]),

@@ -172,6 +172,11 @@ pub fn plan(out: Out, path: &Path, only: Option<&str>, schedule: bool) -> Result
         for p in &plans {
             let model = &compiled.program.models[&p.model];
             let train = compiled.program.trains.get(&p.model);
+            // Listing the training step runs one step on a batch of random rows: check its memory first.
+            if let Some(t) = train {
+                limits::check_train(model, &p.lowered, t, t.batch, 1, limits::available_memory())
+                    .map_err(limits_failure)?;
+            }
             let listings = ebmc::backend::step_schedules(model, p, train)
                 .map_err(|e| CommandError::Result(format!("cannot compile the steps of `{}`: {e}", p.model)))?;
             schedules.extend(listings.into_iter().map(|(title, listing)| (p.model.clone(), title, listing)));
