@@ -543,6 +543,7 @@ impl<'e> ModelChecker<'e> {
                 Some(name) => Activation::from_name(name).expect("the schema's activation choices"),
             },
             bias: call.options.get("bias").and_then(Value::as_bool).unwrap_or(true),
+            conv: None,
             spectral_norm: call.options.get("spectral_norm").and_then(Value::as_bool).unwrap_or(false),
             span: d.name.span,
         };

@@ -193,9 +193,9 @@ impl GraphConst {
 pub struct Net {
     /// The net's declared name.
     pub name: String,
-    /// `linear` or `mlp`.
+    /// `linear`, `mlp` or `convnet`.
     pub kind: NetKind,
-    /// Widths from input to output.
+    /// Widths from input to output: a `convnet`'s channels, then its output width.
     pub layers: Vec<usize>,
     /// What it applies between layers.
     pub activation: Activation,
@@ -203,8 +203,30 @@ pub struct Net {
     pub bias: bool,
     /// Whether each layer's weights are divided by their largest singular value.
     pub spectral_norm: bool,
+    /// A `convnet`'s layout; `None` for `linear` and `mlp`.
+    pub conv: Option<ConvLayout>,
     /// Where it is declared.
     pub span: Span,
+}
+
+/// How a `convnet(C0 -> C1 -> ... -> Cn -> OUT, ...)` is built, stage by
+/// stage: stage `i` is a `kernel`×`kernel` convolution from `C(i-1)` to `Ci`
+/// channels (zero-padded by `kernel / 2`), then the activation, then `blocks`
+/// residual blocks `h + conv(act(conv(act(h))))`. The first stage keeps the
+/// resolution; each later one downsamples by `stride` (a strided
+/// convolution, or a stride-1 convolution and `stride`×`stride` average
+/// pooling when `pool`). A global average over the image follows, then a
+/// linear layer to `OUT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ConvLayout {
+    /// The side of every square kernel; odd.
+    pub kernel: usize,
+    /// The downsampling factor of every stage after the first; ≥ 1.
+    pub stride: usize,
+    /// Residual blocks after each stage's convolution.
+    pub blocks: usize,
+    /// Whether stages downsample by average pooling instead of strides.
+    pub pool: bool,
 }
 
 /// What a net applies between its layers: `linear` nets have one layer and
@@ -224,11 +246,14 @@ pub enum Activation {
     Softplus,
     /// `1 / (1 + exp(-x))`.
     Sigmoid,
+    /// `max(x, 0.2 x)`.
+    #[serde(rename = "leaky_relu")]
+    LeakyRelu,
 }
 
 impl Activation {
-    /// The names `mlp(act: ...)` accepts (the schema's choices).
-    pub const MLP: &'static [&'static str] = &["swish", "relu", "tanh", "softplus", "sigmoid"];
+    /// The names `mlp(act: ...)` and `convnet(act: ...)` accept (the schema's choices).
+    pub const MLP: &'static [&'static str] = &["swish", "relu", "tanh", "softplus", "sigmoid", "leaky_relu"];
 
     /// The activation an `mlp`'s `act` names, or `None` for an unknown name.
     pub fn from_name(name: &str) -> Option<Activation> {
@@ -238,6 +263,7 @@ impl Activation {
             "tanh" => Activation::Tanh,
             "softplus" => Activation::Softplus,
             "sigmoid" => Activation::Sigmoid,
+            "leaky_relu" => Activation::LeakyRelu,
             _ => return None,
         })
     }
@@ -250,6 +276,8 @@ pub enum NetKind {
     Linear,
     /// A multi-layer perceptron: `mlp(IN -> H1 -> ... -> OUT)`.
     Mlp,
+    /// A convolutional net on `[C, H, W]` images: `convnet(C -> C1 -> ... -> OUT)`.
+    Conv,
 }
 
 impl Net {

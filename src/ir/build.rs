@@ -14,10 +14,11 @@ fn broadcast_shape(a: &[usize], b: &[usize]) -> Shape {
     if a.len() >= b.len() { a.to_vec() } else { b.to_vec() }
 }
 
-/// The map between layers; `None` for the identity.
+/// The map between layers as one elementwise function; `None` for the
+/// identity and for leaky ReLU, which `Ir::activate` composes.
 fn activation(a: Activation) -> Option<Unary> {
     match a {
-        Activation::Identity => None,
+        Activation::Identity | Activation::LeakyRelu => None,
         Activation::Swish => Some(Unary::Swish),
         Activation::Relu => Some(Unary::Relu),
         Activation::Tanh => Some(Unary::Tanh),
@@ -25,6 +26,9 @@ fn activation(a: Activation) -> Option<Unary> {
         Activation::Sigmoid => Some(Unary::Sigmoid),
     }
 }
+
+/// Leaky ReLU's slope below zero (as in IGEBM and JEM's nets).
+const LEAKY_SLOPE: f64 = 0.2;
 
 impl Ir {
     fn intern(&mut self, op: Op, shape: Shape) -> Id {
@@ -598,10 +602,26 @@ impl Ir {
         })
     }
 
+    /// `a(h)`; leaky ReLU as `relu(h) - slope · relu(-h)`, so its derivative
+    /// is built from relu's.
+    fn activate(&mut self, a: Activation, h: Id) -> Id {
+        match (a, activation(a)) {
+            (_, Some(f)) => self.map(f, h),
+            (Activation::LeakyRelu, None) => {
+                let pos = self.map(Unary::Relu, h);
+                let minus = self.neg(h);
+                let neg = self.map(Unary::Relu, minus);
+                let slope = self.num(LEAKY_SLOPE);
+                let scaled = self.mul(slope, neg);
+                self.sub(pos, scaled)
+            }
+            _ => h,
+        }
+    }
+
     fn expand_net(&mut self, name: &str, x: Id) -> Id {
         let net = self.nets[name].clone();
         let x = self.inline_nets(x);
-        let act = activation(net.activation);
         let layers = net.layers.len() - 1;
         let mut h = x;
         for (i, w) in net.layers.windows(2).enumerate() {
@@ -622,10 +642,8 @@ impl Ir {
                 let b = self.param(&format!("{name}.b{i}"), &[w[1]]);
                 h = self.add(h, b);
             }
-            if let Some(act) = act
-                && i + 1 < layers
-            {
-                h = self.map(act, h);
+            if i + 1 < layers {
+                h = self.activate(net.activation, h);
             }
         }
         if net.output_shape().is_empty() { self.sum(h) } else { h }
