@@ -189,6 +189,7 @@ fn opt_type(t: OptType) -> String {
         OptType::Whole { min } => format!("a whole number >= {min}"),
         OptType::Flag => "`true` or `false`".into(),
         OptType::Str => "a string in double quotes".into(),
+        OptType::Paths => "a string in double quotes or a list of them (`[\"a.bin\", \"b.bin\"]`)".into(),
         OptType::Choice(c) => format!("one of {}", code_list(c)),
     }
 }
@@ -523,7 +524,6 @@ impl std::fmt::Display for crate::runtime::data::DataError {
                 f,
                 "{source}:{row}:{column}: `{text}` is not a number, but other cells of this first row are\n  help: a header row names every column and a data row is all numbers; fix the cell, or say `header: true` on the csv source"
             ),
-            Binding { source, reason } => write!(f, "{source}: {reason}"),
             OutOfDomain { source, row, column, value, var, domain } => {
                 write!(f, "{source}:{row}:{column}: {value} is not a value of `{var}`, which takes {domain}")
             }
@@ -537,7 +537,78 @@ impl std::fmt::Display for crate::runtime::data::DataError {
                 f,
                 "the train settings of `{model}` name no data source: they were bound for rows a host passes in memory"
             ),
+            Shape { source, found, labels: false, var, domain, shape } => write!(
+                f,
+                "{source} holds {}; `{var}` is declared {}\n  help: rows feed a variable of their shape, with axes of size 1 added or dropped (rows of [28, 28] feed `real[28, 28]` or `real[1, 28, 28]`), or a one-axis variable of as many units (`real[784]`); a file of flat rows feeds any shape of as many units",
+                rows_of(found, "rows"),
+                declared_type(domain, shape)
+            ),
+            Shape { source, found, labels: true, var, domain, shape } => write!(
+                f,
+                "{source} holds {}; `{var}` is declared {}\n  help: a label feeds one unit: bind it to a variable such as `categorical(10)` (the label is its category)",
+                rows_of(found, "labels"),
+                declared_type(domain, shape)
+            ),
+            RowCounts { images, rows, labels, label_rows } => write!(
+                f,
+                "{labels} holds {label_rows} labels but {images} holds {rows} images\n  help: the labels file gives one label per image, in the same order; pair the images with their own labels file (MNIST's `train-images-idx3-ubyte` with `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte` with `t10k-labels-idx1-ubyte`)"
+            ),
+            RecordSize { source, bytes } => write!(
+                f,
+                "{source}: {bytes} bytes is not a whole number of CIFAR-10 records (3073 bytes each: a label byte, then 3072 pixel bytes)\n  help: `cifar10` reads the binary version of CIFAR-10 (`data_batch_1.bin` ... `test_batch.bin`, 30730000 bytes each), not the Python or MATLAB version"
+            ),
+            ImageBinding { source, labels: Some(labels), bound } => write!(
+                f,
+                "{source}: `labels: \"{labels}\"` gives a label per image, but `-> {}` binds {} variables\n  help: bind `-> (x, y)`, the images to `x` and the labels to `y`, or leave out `labels:` to bind the images alone",
+                binding_text(bound),
+                bound.len()
+            ),
+            ImageBinding { source, labels: None, bound } => write!(
+                f,
+                "{source} gives images and their labels, but `-> {}` binds {} variables\n  help: bind `-> x` for the images alone or `-> (x, y)` for images and labels",
+                binding_text(bound),
+                bound.len()
+            ),
+            NoLabels { source, found, bound } => write!(
+                f,
+                "{source} holds {}, which feed one variable, but `-> {}` binds {}\n  help: give the labels as a second file of the same format, `labels: \"FILE\"`, to bind `-> (x, y)`",
+                rows_of(found, "rows"),
+                binding_text(bound),
+                bound.len()
+            ),
         }
+    }
+}
+
+/// "rows of shape [28, 28]", or "one label per row" for rows of single numbers.
+fn rows_of(shape: &[usize], noun: &str) -> String {
+    match (shape.is_empty(), noun) {
+        (true, "labels") => "one label per row".to_string(),
+        (true, _) => "one number per row".to_string(),
+        (false, _) => format!("{noun} of shape {}", shape_str(shape)),
+    }
+}
+
+/// A binding as written after `->`: `x` or `(x, y)`.
+fn binding_text(bound: &[String]) -> String {
+    match bound {
+        [one] => one.clone(),
+        _ => format!("({})", bound.join(", ")),
+    }
+}
+
+/// A variable's type as declared: `real[1, 28, 28] in [0, 1]`, `categorical(10)`.
+fn declared_type(domain: &crate::analysis::program::Domain, shape: &[usize]) -> String {
+    use crate::analysis::program::Domain;
+    let dims = |d: &[usize]| if d.is_empty() { String::new() } else { shape_str(d) };
+    match domain {
+        Domain::Binary => format!("binary{}", dims(shape)),
+        Domain::Spin => format!("spin{}", dims(shape)),
+        Domain::Categorical { categories } => {
+            format!("categorical({categories}){}", dims(&shape[..shape.len().saturating_sub(1)]))
+        }
+        Domain::Real { bounds: None } => format!("real{}", dims(shape)),
+        Domain::Real { bounds: Some((lo, hi)) } => format!("real{} in [{lo}, {hi}]", dims(shape)),
     }
 }
 

@@ -893,6 +893,18 @@ fn option_value(e: &ast::Expr, ty: OptType, ints: &BTreeMap<String, usize>) -> O
             ExprKind::Str(s) => Some(Value::Str(s.clone())),
             _ => None,
         },
+        OptType::Paths => match &e.kind {
+            ExprKind::Str(s) => Some(Value::List(vec![s.clone()])),
+            ExprKind::List(items) if !items.is_empty() => items
+                .iter()
+                .map(|i| match &i.kind {
+                    ExprKind::Str(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()
+                .map(Value::List),
+            _ => None,
+        },
         OptType::Choice(choices) => choices.iter().find(|c| Some(**c) == word).map(|c| Value::Str(c.to_string())),
         OptType::Whole { min } => {
             let x = literal_number(e).or_else(|| e.as_name().and_then(|n| ints.get(n)).map(|n| *n as f64))?;
@@ -1114,10 +1126,12 @@ fn maybe_flag(c: &Call, option: &str) -> Option<bool> {
 fn typed_data_source(c: &Call) -> DataSource {
     let values = || ValueOptions { scale: num(c, "scale"), binarize: maybe_num(c, "binarize") };
     let path = || word(c, "path").to_string();
+    let labels = || c.options.get("labels").and_then(Value::as_str).map(str::to_string);
     match c.name.as_str() {
         "csv" => DataSource::Csv { path: path(), header: maybe_flag(c, "header"), values: values() },
-        "npy" => DataSource::Npy { path: path(), values: values() },
-        "idx" => DataSource::Idx { path: path(), values: values() },
+        "npy" => DataSource::Npy { path: path(), labels: labels(), values: values() },
+        "idx" => DataSource::Idx { path: path(), labels: labels(), values: values() },
+        "cifar10" => DataSource::Cifar10 { paths: bound(c, "path").as_strs().unwrap_or_default(), values: values() },
         "digits" => DataSource::Digits { values: values() },
         "bars_and_stripes" => DataSource::BarsAndStripes { size: count(c, "size") },
         _ => DataSource::Toy { name: word(c, "name").to_string(), n: count(c, "n"), seed: count(c, "seed") as u64 },
@@ -1131,8 +1145,10 @@ pub fn file_source(format: FileFormat, path: &str) -> DataSource {
         FileFormat::Csv => "csv",
         FileFormat::Npy => "npy",
         FileFormat::Idx => "idx",
+        FileFormat::Cifar10 => "cifar10",
     };
     let mut call = default_call(name, Family::DataSource, Span::default());
+    // `cifar10`'s `path` reads as a list of one.
     call.options.insert("path".to_string(), Value::Str(path.to_string()));
     typed_data_source(&call)
 }

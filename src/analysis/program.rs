@@ -484,14 +484,25 @@ pub enum DataSource {
     Npy {
         /// The file's path as written.
         path: String,
-        /// How the numbers become values.
+        /// A second `.npy` file of one label per row, for the second bound variable.
+        labels: Option<String>,
+        /// How the numbers become values (the labels are read as they are).
         values: ValueOptions,
     },
     /// An IDX file (the MNIST format).
     Idx {
         /// The file's path as written.
         path: String,
-        /// How the numbers become values.
+        /// A second IDX file of one label per row, for the second bound variable.
+        labels: Option<String>,
+        /// How the numbers become values (the labels are read as they are).
+        values: ValueOptions,
+    },
+    /// CIFAR-10 binary batches: records of a label byte and 3,072 pixel bytes.
+    Cifar10 {
+        /// The files' paths as written, read in order.
+        paths: Vec<String>,
+        /// How the pixels become values (the labels are read as they are).
         values: ValueOptions,
     },
     /// The bundled 8x8 digits.
@@ -532,6 +543,7 @@ impl DataSource {
             DataSource::Csv { values, .. }
             | DataSource::Npy { values, .. }
             | DataSource::Idx { values, .. }
+            | DataSource::Cifar10 { values, .. }
             | DataSource::Digits { values } => Some(values),
             DataSource::BarsAndStripes { .. } | DataSource::Toy { .. } => None,
         }
@@ -543,6 +555,7 @@ impl DataSource {
             DataSource::Csv { values, .. }
             | DataSource::Npy { values, .. }
             | DataSource::Idx { values, .. }
+            | DataSource::Cifar10 { values, .. }
             | DataSource::Digits { values } => Some(values),
             DataSource::BarsAndStripes { .. } | DataSource::Toy { .. } => None,
         }
@@ -562,13 +575,26 @@ impl std::fmt::Display for DataSource {
                 let header = header.map(|h| format!("header: {h}, ")).unwrap_or_default();
                 write!(f, "csv({})", values(v, &format!("{header}path: {path:?}, ")))
             }
-            DataSource::Npy { path, values: v } => write!(f, "npy({})", values(v, &format!("path: {path:?}, "))),
-            DataSource::Idx { path, values: v } => write!(f, "idx({})", values(v, &format!("path: {path:?}, "))),
+            DataSource::Npy { path, labels, values: v } => {
+                write!(f, "npy({})", values(v, &format!("{}path: {path:?}, ", labels_str(labels))))
+            }
+            DataSource::Idx { path, labels, values: v } => {
+                write!(f, "idx({})", values(v, &format!("{}path: {path:?}, ", labels_str(labels))))
+            }
+            DataSource::Cifar10 { paths, values: v } => match &paths[..] {
+                [one] => write!(f, "cifar10({})", values(v, &format!("path: {one:?}, "))),
+                _ => write!(f, "cifar10({})", values(v, &format!("path: {paths:?}, "))),
+            },
             DataSource::Digits { values: v } => write!(f, "digits({})", values(v, "")),
             DataSource::BarsAndStripes { size } => write!(f, "bars_and_stripes(size: {size})"),
             DataSource::Toy { name, n, seed } => write!(f, "toy(n: {n}, name: {name:?}, seed: {seed})"),
         }
     }
+}
+
+/// `labels: "...", ` when a labels file is given.
+fn labels_str(labels: &Option<String>) -> String {
+    labels.as_ref().map(|l| format!("labels: {l:?}, ")).unwrap_or_default()
 }
 
 /// The file formats a data file can be read as.
@@ -580,6 +606,8 @@ pub enum FileFormat {
     Npy,
     /// IDX (the MNIST format).
     Idx,
+    /// CIFAR-10 binary batches.
+    Cifar10,
 }
 
 /// Test rows held out of the data, typed by the checker.

@@ -116,6 +116,8 @@ pub enum OptType {
     Flag,
     /// A quoted string.
     Str,
+    /// A quoted string or a list of them (`["a.bin", "b.bin"]`).
+    Paths,
     /// One of these words, bare or quoted.
     Choice(&'static [&'static str]),
 }
@@ -149,6 +151,8 @@ pub enum Value {
     Bool(bool),
     /// A string or word.
     Str(String),
+    /// A list of strings.
+    List(Vec<String>),
 }
 
 impl Value {
@@ -177,6 +181,15 @@ impl Value {
         }
     }
 
+    /// The strings of a `List`, or a `Str` as a list of one.
+    pub fn as_strs(&self) -> Option<Vec<String>> {
+        match self {
+            Value::List(items) => Some(items.clone()),
+            Value::Str(s) => Some(vec![s.clone()]),
+            _ => None,
+        }
+    }
+
     /// The value of a `Bool`.
     pub fn as_bool(&self) -> Option<bool> {
         match self {
@@ -193,6 +206,7 @@ impl std::fmt::Display for Value {
             Value::Num(x) => write!(f, "{x}"),
             Value::Bool(b) => write!(f, "{b}"),
             Value::Str(s) => write!(f, "{s}"),
+            Value::List(items) => write!(f, "{items:?}"),
         }
     }
 }
@@ -315,11 +329,30 @@ pub static DATA_SOURCES: &[Signature] = &[
     },
     Signature {
         name: "npy",
-        options: &[opt!("path", Str, Required), opt!("binarize", Real, Absent), opt!("scale", Positive, Num(1.0))],
+        options: &[
+            opt!("path", Str, Required),
+            opt!("binarize", Real, Absent),
+            opt!("scale", Positive, Num(1.0)),
+            opt!("labels", Str, Absent),
+        ],
     },
     Signature {
         name: "idx",
-        options: &[opt!("path", Str, Required), opt!("binarize", Real, Absent), opt!("scale", Positive, Num(1.0))],
+        options: &[
+            opt!("path", Str, Required),
+            opt!("binarize", Real, Absent),
+            opt!("scale", Positive, Num(1.0)),
+            opt!("labels", Str, Absent),
+        ],
+    },
+    // Pixels are bytes: the default scale puts them in [0, 1].
+    Signature {
+        name: "cifar10",
+        options: &[
+            opt!("path", Paths, Required),
+            opt!("binarize", Real, Absent),
+            opt!("scale", Positive, Num(1.0 / 255.0)),
+        ],
     },
     Signature { name: "digits", options: &[opt!("binarize", NonNegative, Absent), opt!("scale", Positive, Num(1.0))] },
     Signature { name: "bars_and_stripes", options: &[opt!("size", Whole { min: 2 }, Int(4))] },

@@ -93,9 +93,13 @@ impl CommandError {
             | OutOfDomain { source, row, column, .. } => (Some(source), Some(*row), Some(*column)),
             Read { source, .. }
             | Empty { source }
-            | Binding { source, .. }
             | Format { source, .. }
-            | AlreadyBinary { source, .. } => (Some(source), None, None),
+            | AlreadyBinary { source, .. }
+            | Shape { source, .. }
+            | RecordSize { source, .. }
+            | ImageBinding { source, .. }
+            | NoLabels { source, .. } => (Some(source), None, None),
+            RowCounts { labels, .. } => (Some(labels), None, None),
             Split { .. } | NoSource { .. } => (None, None, None),
         }
     }

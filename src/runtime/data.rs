@@ -1,11 +1,13 @@
 //! Data sources → host tensors for the visible variables (`load`). Reads CSV,
-//! NPY and IDX files, the bundled 8×8 digits, and generates bars-and-stripes
-//! and 2-D toy sets. Every value is checked against its variable's type, and
-//! a bad value is reported with the source, row and column.
+//! NPY and IDX files (images with a labels file beside them), CIFAR-10 binary
+//! batches, the bundled 8×8 digits, and generates bars-and-stripes and 2-D
+//! toy sets. Rows with a shape (images) are checked against the shape of the
+//! variable they feed (`fits`), every value against its variable's type, and a
+//! bad value is reported with the source, row and column.
 
 use crate::analysis::check;
 use crate::analysis::program::{
-    DataSource, DataSpec, Domain, FileFormat, Model, TestSpec, TestSplit, Train, ValueOptions, Variable,
+    DataSource, DataSpec, Domain, FileFormat, Model, Shape, TestSpec, TestSplit, Train, ValueOptions, Variable,
 };
 use crate::tensor::{HostTensor, Tensors};
 use rand::{Rng, SeedableRng};
@@ -96,13 +98,6 @@ pub enum DataError {
         /// The cell that is not a name.
         text: String,
     },
-    /// Columns that do not fit the variables bound to them.
-    Binding {
-        /// The file, or the source as written.
-        source: String,
-        /// What does not fit.
-        reason: String,
-    },
     /// A value its variable's domain does not hold (e.g. 2 for a binary variable).
     OutOfDomain {
         /// The file, or the source as written.
@@ -143,6 +138,57 @@ pub enum DataError {
         /// The model whose settings these are.
         model: String,
     },
+    /// Rows (images) or labels whose shape does not fit the variable they feed.
+    Shape {
+        /// The file, or the source as written.
+        source: String,
+        /// The shape of one row (empty: one number per row).
+        found: Shape,
+        /// Whether the rows are the labels of images.
+        labels: bool,
+        /// The variable they feed.
+        var: String,
+        /// Its domain.
+        domain: Domain,
+        /// Its declared per-example shape.
+        shape: Shape,
+    },
+    /// An images file and its labels file with different numbers of rows.
+    RowCounts {
+        /// The images file.
+        images: String,
+        /// Its rows.
+        rows: usize,
+        /// The labels file.
+        labels: String,
+        /// Its rows.
+        label_rows: usize,
+    },
+    /// A CIFAR-10 batch whose size is not a whole number of records.
+    RecordSize {
+        /// The file.
+        source: String,
+        /// Its size in bytes.
+        bytes: usize,
+    },
+    /// Images (and labels) bound to a number of variables they cannot feed.
+    ImageBinding {
+        /// The images' file, or the source as written.
+        source: String,
+        /// The labels file a `labels:` option gives, if any.
+        labels: Option<String>,
+        /// The variables bound.
+        bound: Vec<String>,
+    },
+    /// Rows of two or more axes (images) bound to several variables with no labels file.
+    NoLabels {
+        /// The file.
+        source: String,
+        /// The shape of one row.
+        found: Shape,
+        /// The variables bound.
+        bound: Vec<String>,
+    },
 }
 
 /// A table of numbers with the place each came from.
@@ -154,6 +200,9 @@ struct Table {
     width: usize,
     values: Vec<f64>,
     header: Option<Vec<String>>,
+    /// The shape of one row in a format that has one (NPY, IDX, CIFAR-10,
+    /// the digits); `None` for columns without one (CSV, generated sets).
+    row_shape: Option<Shape>,
 }
 
 impl Table {
@@ -189,27 +238,61 @@ pub fn load(spec: &DataSpec, model: &Model, base: &Path) -> Result<Dataset, Data
             bind_positional(&toy(name, *n, *seed), &vars)
         }
         DataSource::Digits { values } => {
-            let table = transform(parse_csv("digits (bundled)", DIGITS_CSV, Some(true))?, values)?;
-            bind(&table, &vars, true)
+            let (pixels, labels) = digits_tables(parse_csv("digits (bundled)", DIGITS_CSV, Some(true))?);
+            bind_images(transform(pixels, values)?, Some(labels), &vars)
         }
         DataSource::Csv { path, header, values } => {
             let path = resolve(base, path);
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| DataError::Read { source: path.display().to_string(), reason: e.to_string() })?;
             let table = transform(parse_csv(&path.display().to_string(), &text, *header)?, values)?;
-            bind(&table, &vars, false)
+            bind(&table, &vars)
         }
-        DataSource::Npy { path, values } | DataSource::Idx { path, values } => {
-            let path = resolve(base, path);
-            let bytes = std::fs::read(&path)
-                .map_err(|e| DataError::Read { source: path.display().to_string(), reason: e.to_string() })?;
-            let name = path.display().to_string();
-            let table = match spec.source {
-                DataSource::Npy { .. } => parse_npy(&name, &bytes)?,
-                _ => parse_idx(&name, &bytes)?,
+        DataSource::Npy { path, labels, values } | DataSource::Idx { path, labels, values } => {
+            let parse = if matches!(spec.source, DataSource::Npy { .. }) { parse_npy } else { parse_idx };
+            let (name, bytes) = read(base, path)?;
+            let images = transform(parse(&name, &bytes)?, values)?;
+            let labels = match labels {
+                Some(file) => {
+                    let (file, bytes) = read(base, file)?;
+                    if vars.len() != 2 {
+                        return Err(DataError::ImageBinding {
+                            source: name,
+                            labels: Some(file),
+                            bound: spec.binding.clone(),
+                        });
+                    }
+                    Some(parse(&file, &bytes)?)
+                }
+                None => None,
             };
-            bind(&transform(table, values)?, &vars, false)
+            bind_images(images, labels, &vars)
         }
+        DataSource::Cifar10 { paths, values } => {
+            let mut out: Option<Dataset> = None;
+            // Each file is bound alone, so that an error names its file and record.
+            for path in paths {
+                let (name, bytes) = read(base, path)?;
+                let (pixels, labels) = parse_cifar(&name, &bytes)?;
+                let part = bind_images(transform(pixels, values)?, Some(labels), &vars)?;
+                match &mut out {
+                    Some(data) => data.append(part),
+                    None => out = Some(part),
+                }
+            }
+            // Cannot fire: the checker refuses an empty list of paths.
+            out.ok_or_else(|| DataError::Empty { source: spec.source.to_string() })
+        }
+    }
+}
+
+/// The file at `path` (resolved against `base`) and its name for messages.
+fn read(base: &Path, path: &str) -> Result<(String, Vec<u8>), DataError> {
+    let path = resolve(base, path);
+    let name = path.display().to_string();
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok((name, bytes)),
+        Err(e) => Err(DataError::Read { source: name, reason: e.to_string() }),
     }
 }
 
@@ -250,6 +333,17 @@ pub fn split(
 }
 
 impl Dataset {
+    /// `other`'s rows after these; both bind the same variables.
+    fn append(&mut self, other: Dataset) {
+        for (name, t) in other.vars {
+            if let Some(mine) = self.vars.get_mut(&name) {
+                mine.shape[0] += t.shape[0];
+                mine.data.extend(t.data);
+            }
+        }
+        self.rows += other.rows;
+    }
+
     /// Rows `from..to`, every variable sliced alike.
     pub fn slice(&self, from: usize, to: usize) -> Dataset {
         let vars = self
@@ -309,6 +403,8 @@ pub fn with_file(spec: &DataSpec, path: &Path, values: FileValues) -> DataSpec {
         Some("npy") => FileFormat::Npy,
         // MNIST's own names end `.idx3-ubyte` or `.ubyte`.
         Some(e) if e == "idx" || e.ends_with("ubyte") => FileFormat::Idx,
+        // CIFAR-10's batches are `data_batch_1.bin` ... `test_batch.bin`.
+        Some("bin") => FileFormat::Cifar10,
         _ => FileFormat::Csv,
     };
     let mut source = check::file_source(format, &path.display().to_string());
@@ -400,7 +496,7 @@ fn parse_csv(source: &str, text: &str, header: Option<bool>) -> Result<Table, Da
             values.push(v);
         }
     }
-    Ok(Table { source: source.to_string(), first_row: body[0].0, width, values, header })
+    Ok(Table { source: source.to_string(), first_row: body[0].0, width, values, header, row_shape: None })
 }
 
 /// Whether the first row names the columns: every cell a name (not a
@@ -476,7 +572,8 @@ fn parse_npy(source: &str, bytes: &[u8]) -> Result<Table, DataError> {
         values = row_major(&values, &h.shape);
     }
     check_finite(source, &values, width, 1)?;
-    Ok(Table { source: source.to_string(), first_row: 1, width, values, header: None })
+    let row_shape = Some(h.shape[1..].to_vec());
+    Ok(Table { source: source.to_string(), first_row: 1, width, values, header: None, row_shape })
 }
 
 /// A numeric NPY dtype: kind (`f`, `i`, `u`, `b`), bytes per value, byte order.
@@ -587,7 +684,54 @@ fn parse_idx(source: &str, bytes: &[u8]) -> Result<Table, DataError> {
         return Err(DataError::Empty { source: source.to_string() });
     }
     check_finite(source, &values, width, 1)?;
-    Ok(Table { source: source.to_string(), first_row: 1, width, values, header: None })
+    let row_shape = Some(dims[1..].to_vec());
+    Ok(Table { source: source.to_string(), first_row: 1, width, values, header: None, row_shape })
+}
+
+/// Bytes of one CIFAR-10 record: a label, then a 32×32 image's red, green and
+/// blue planes, each row-major: a `[3, 32, 32]` image in row-major order.
+const CIFAR_RECORD: usize = 1 + 3 * 32 * 32;
+
+/// A CIFAR-10 binary batch as its pixels (rows of `[3, 32, 32]`) and labels.
+fn parse_cifar(source: &str, bytes: &[u8]) -> Result<(Table, Table), DataError> {
+    if bytes.is_empty() {
+        return Err(DataError::Empty { source: source.to_string() });
+    }
+    if bytes.len() % CIFAR_RECORD != 0 {
+        return Err(DataError::RecordSize { source: source.to_string(), bytes: bytes.len() });
+    }
+    let rows = bytes.len() / CIFAR_RECORD;
+    let mut pixels = Vec::with_capacity(rows * (CIFAR_RECORD - 1));
+    let mut labels = Vec::with_capacity(rows);
+    for record in bytes.chunks_exact(CIFAR_RECORD) {
+        labels.push(f64::from(record[0]));
+        pixels.extend(record[1..].iter().map(|&b| f64::from(b)));
+    }
+    let table = |width: usize, values: Vec<f64>, row_shape: Shape| Table {
+        source: source.to_string(),
+        first_row: 1,
+        width,
+        values,
+        header: None,
+        row_shape: Some(row_shape),
+    };
+    Ok((table(CIFAR_RECORD - 1, pixels, vec![3, 32, 32]), table(1, labels, vec![])))
+}
+
+/// The bundled digits as their pixels (rows of `[8, 8]`) and labels: the
+/// CSV's 64 pixel columns and its label column. Without a header the
+/// columns bind by position whatever the variables are called.
+fn digits_tables(t: Table) -> (Table, Table) {
+    let (pixels, labels): (Vec<&[f64]>, Vec<f64>) = t.values.chunks_exact(t.width).map(|r| (&r[..64], r[64])).unzip();
+    let table = |width: usize, values: Vec<f64>, row_shape: Shape| Table {
+        source: t.source.clone(),
+        first_row: t.first_row,
+        width,
+        values,
+        header: None,
+        row_shape: Some(row_shape),
+    };
+    (table(64, pixels.concat(), vec![8, 8]), table(1, labels, vec![]))
 }
 
 /// The parts of an NPY header ebmc needs.
@@ -768,11 +912,81 @@ fn columns_of(v: &Variable) -> usize {
     }
 }
 
+/// The shape of a variable's units: its shape, less a categorical's one-hot axis.
+fn unit_shape(v: &Variable) -> &[usize] {
+    match v.domain {
+        Domain::Categorical { .. } => &v.shape[..v.shape.len().saturating_sub(1)],
+        _ => &v.shape,
+    }
+}
+
+/// Whether rows of `t` fit the units of `v`: the same shape once axes of
+/// size 1 are dropped (rows of `[28, 28]` feed `real[1, 28, 28]`), or, when
+/// either side has at most one axis, the same number of values (a row of
+/// `[28, 28]` feeds `real[784]`, a flat row of 64 feeds `real[1, 8, 8]`, in
+/// row-major order). Anything else, such as `[32, 32, 3]` rows for
+/// `real[3, 32, 32]`, would scramble the pixels, so it is an error.
+/// Columns without a shape (CSV) are counted by `bind` instead.
+fn fits(t: &Table, v: &Variable, labels: bool) -> Result<(), DataError> {
+    let Some(row) = &t.row_shape else { return Ok(()) };
+    let unit = unit_shape(v);
+    let squeezed = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+    let count = |s: &[usize]| s.iter().product::<usize>();
+    let flat = row.len() <= 1 || unit.len() <= 1;
+    if squeezed(row) == squeezed(unit) || flat && count(row) == count(unit) {
+        return Ok(());
+    }
+    Err(DataError::Shape {
+        source: t.source.clone(),
+        found: row.clone(),
+        labels,
+        var: v.name.clone(),
+        domain: v.domain.clone(),
+        shape: v.shape.clone(),
+    })
+}
+
+/// Binds images (and, for a second variable, their labels) to `vars`:
+/// `-> x` the images alone, `-> (x, y)` images and labels row for row. Flat
+/// rows without labels split by position across several variables, as CSV
+/// columns do.
+fn bind_images(images: Table, labels: Option<Table>, vars: &[&Variable]) -> Result<Dataset, DataError> {
+    match (vars, labels) {
+        ([x], _) => {
+            fits(&images, x, false)?;
+            bind(&images, vars)
+        }
+        ([x, y], Some(labels)) => {
+            let (rows, label_rows) = (images.rows(), labels.rows());
+            if label_rows != rows {
+                return Err(DataError::RowCounts { images: images.source, rows, labels: labels.source, label_rows });
+            }
+            fits(&images, x, false)?;
+            fits(&labels, y, true)?;
+            let mut data = bind(&images, &[*x])?;
+            data.vars.extend(bind(&labels, &[*y])?.vars);
+            Ok(data)
+        }
+        (_, Some(_)) => Err(DataError::ImageBinding {
+            source: images.source,
+            labels: None,
+            bound: vars.iter().map(|v| v.name.clone()).collect(),
+        }),
+        (_, None) => match images.row_shape {
+            Some(found) if found.len() > 1 => Err(DataError::NoLabels {
+                source: images.source,
+                found,
+                bound: vars.iter().map(|v| v.name.clone()).collect(),
+            }),
+            _ => bind(&images, vars),
+        },
+    }
+}
+
 /// Binds table columns to variables: by header names when every variable's
 /// columns are found there (`v0`..`v63`, or `y` for a one-column variable),
 /// else by position, in binding order, using every column.
-/// `digits`: the table is the bundled digits.
-fn bind(t: &Table, vars: &[&Variable], digits: bool) -> Result<Dataset, DataError> {
+fn bind(t: &Table, vars: &[&Variable]) -> Result<Dataset, DataError> {
     let by_name: Option<Vec<Vec<usize>>> = t.header.as_ref().and_then(|h| {
         vars.iter()
             .map(|v| {
@@ -790,9 +1004,7 @@ fn bind(t: &Table, vars: &[&Variable], digits: bool) -> Result<Dataset, DataErro
             })
             .collect()
     });
-    // The bundled digits: pixels then label, whatever the variables are called.
-    let digits_layout = if digits && by_name.is_none() { Some(digits_columns(t, vars)?) } else { None };
-    let columns = match by_name.or(digits_layout) {
+    let columns = match by_name {
         Some(c) => c,
         None => {
             let expected: usize = vars.iter().map(|v| columns_of(v)).sum();
@@ -846,26 +1058,6 @@ fn bind(t: &Table, vars: &[&Variable], digits: bool) -> Result<Dataset, DataErro
     Ok(Dataset { rows, vars: out })
 }
 
-/// The bundled digits' columns for `vars`: 64 pixels, then the label.
-fn digits_columns(t: &Table, vars: &[&Variable]) -> Result<Vec<Vec<usize>>, DataError> {
-    let widths: Vec<usize> = vars.iter().map(|v| columns_of(v)).collect();
-    if !matches!(widths[..], [64] | [64, 1]) {
-        let found: Vec<String> = vars.iter().zip(&widths).map(|(v, w)| format!("`{}` takes {w}", v.name)).collect();
-        return Err(DataError::Binding {
-            source: t.source.clone(),
-            reason: format!(
-                "the digits are 64 pixel columns (8x8) and one label column, but {}; bind them as `-> x` or `-> (x, y)` with `x` 64 units (e.g. `binary[64]`) and `y` one unit (`categorical(10)`)",
-                found.join(" and ")
-            ),
-        });
-    }
-    let mut cols = vec![(0..64).collect::<Vec<_>>()];
-    if vars.len() > 1 {
-        cols.push(vec![64]);
-    }
-    Ok(cols)
-}
-
 /// Appends one unit's value, or says which values the variable accepts.
 fn push_value(data: &mut Vec<f32>, value: f64, v: &Variable) -> Result<(), String> {
     match &v.domain {
@@ -897,8 +1089,9 @@ fn bind_positional(points: &[Vec<f64>], vars: &[&Variable]) -> Result<Dataset, D
         width,
         values: points.iter().flatten().copied().collect(),
         header: None,
+        row_shape: None,
     };
-    bind(&table, vars, false)
+    bind(&table, vars)
 }
 
 /// Every `size x size` image made of whole bars or whole stripes (30 for size 4).
@@ -1176,18 +1369,18 @@ mod tests {
         );
         assert_eq!(
             with_file(&spec, Path::new("b.npy"), FileValues::AsTrained).source,
-            DataSource::Npy { path: "b.npy".into(), values: halves }
+            DataSource::Npy { path: "b.npy".into(), labels: None, values: halves }
         );
         assert_eq!(
             with_file(&spec, Path::new("t10k-images.idx3-ubyte"), FileValues::AsTrained).source,
-            DataSource::Idx { path: "t10k-images.idx3-ubyte".into(), values: halves }
+            DataSource::Idx { path: "t10k-images.idx3-ubyte".into(), labels: None, values: halves }
         );
         // A generated set has no value options: the file's numbers are read as they are.
         let plain = ValueOptions { scale: 1.0, binarize: None };
         let spec = data_of("bars_and_stripes(size: 2)");
         assert_eq!(
             with_file(&spec, Path::new("p.idx"), FileValues::AsTrained).source,
-            DataSource::Idx { path: "p.idx".into(), values: plain }
+            DataSource::Idx { path: "p.idx".into(), labels: None, values: plain }
         );
         assert_eq!(with_file(&spec, Path::new("p.csv"), FileValues::AsTrained).binding, vec!["v".to_string()]);
         // Read as they are, the file's numbers keep the new source's defaults.
@@ -1200,7 +1393,14 @@ mod tests {
 
     #[test]
     fn binarising_values_that_are_0_or_1_already_at_a_threshold_above_1_is_an_error() {
-        let table = |values: Vec<f64>| Table { source: "s.csv".into(), first_row: 1, width: 2, values, header: None };
+        let table = |values: Vec<f64>| Table {
+            source: "s.csv".into(),
+            first_row: 1,
+            width: 2,
+            values,
+            header: None,
+            row_shape: None,
+        };
         let at_8 = ValueOptions { scale: 1.0, binarize: Some(8.0) };
         match transform(table(vec![0.0, 1.0, 1.0, 0.0]), &at_8) {
             Err(DataError::AlreadyBinary { source, threshold }) => {
@@ -1222,6 +1422,338 @@ mod tests {
         assert_eq!(data_of("toy(\"moons\")").source.to_string(), "toy(n: 10000, name: \"moons\", seed: 0)");
         assert_eq!(data_of("bars_and_stripes").source.to_string(), "bars_and_stripes(size: 4)");
         assert_eq!(TestSplit::Fraction { of: 0.25 }.to_string(), "fraction(of: 0.25)");
+    }
+
+    /// A scratch directory, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!("ebmc-data-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        /// Writes `bytes` to `name` and returns the file's path.
+        fn write(&self, name: &str, bytes: &[u8]) -> String {
+            let path = self.0.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path.display().to_string()
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn var(name: &str, domain: Domain, shape: &[usize]) -> Variable {
+        Variable {
+            name: name.into(),
+            role: crate::front::ast::Role::Visible,
+            domain,
+            shape: shape.to_vec(),
+            span: crate::front::span::Span::default(),
+        }
+    }
+
+    const UNIT: Domain = Domain::Real { bounds: Some((0.0, 1.0)) };
+
+    fn categorical(k: usize) -> Domain {
+        Domain::Categorical { categories: k }
+    }
+
+    /// Loads `source` bound to `vars`, in this order. The loader reads only
+    /// the model's variables, so they are set directly, of any rank.
+    fn load_into(source: &DataSource, vars: Vec<Variable>) -> Result<Dataset, DataError> {
+        let text = "model m { visible v : binary[2]; param b : real[2]; energy e = -(b @ v); }";
+        let mut model = crate::compile(text).unwrap().program.models["m"].clone();
+        let binding = vars.iter().map(|v| v.name.clone()).collect();
+        model.variables = vars;
+        load(&DataSpec { source: source.clone(), binding, span: Default::default() }, &model, Path::new("."))
+    }
+
+    fn load_err(source: &DataSource, vars: Vec<Variable>) -> String {
+        match load_into(source, vars) {
+            Ok(_) => "ok".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// One-hot rows of `labels` over `k` categories.
+    fn one_hot(labels: &[usize], k: usize) -> Vec<f32> {
+        labels.iter().flat_map(|&l| (0..k).map(move |c| f32::from(u8::from(c == l)))).collect()
+    }
+
+    #[test]
+    fn the_digits_bind_as_images_of_any_rank_with_their_labels() {
+        let csv = parse_csv("digits", DIGITS_CSV, Some(true)).unwrap();
+        let labels: Vec<usize> = csv.values.chunks(65).map(|r| r[64] as usize).collect();
+        let scaled = |values: ValueOptions| DataSource::Digits { values };
+        let to_unit = scaled(ValueOptions { scale: 1.0 / 16.0, binarize: None });
+        for shape in [&[1, 8, 8][..], &[8, 8], &[64]] {
+            let data = load_into(&to_unit, vec![var("x", UNIT, shape), var("y", categorical(10), &[10])]).unwrap();
+            let (x, y) = (&data.vars["x"], &data.vars["y"]);
+            assert_eq!(data.rows, 1797);
+            assert_eq!(x.shape, [&[1797][..], shape].concat());
+            assert_eq!(y.shape, vec![1797, 10]);
+            // Pixels 0-16 scaled into [0, 1], row-major; the labels are not scaled.
+            let pixels: Vec<f32> =
+                csv.values.chunks(65).flat_map(|r| r[..64].iter().map(|p| (p / 16.0) as f32)).collect();
+            assert_eq!(x.data, pixels);
+            assert_eq!(y.data, one_hot(&labels, 10));
+        }
+        // `binarize` thresholds the pixels and leaves the labels whole.
+        let binary = scaled(ValueOptions { scale: 1.0, binarize: Some(8.0) });
+        let data = load_into(&binary, vec![var("x", Domain::Binary, &[8, 8]), var("y", categorical(10), &[10])]);
+        assert_eq!(data.unwrap().vars["y"].data, one_hot(&labels, 10));
+        let alone = load_into(&to_unit, vec![var("x", UNIT, &[1, 8, 8])]).unwrap();
+        assert_eq!(alone.vars.keys().collect::<Vec<_>>(), ["x"]);
+        for (vars, says) in [
+            (
+                vec![var("x", Domain::Binary, &[2, 32])],
+                "digits (bundled) holds rows of shape [8, 8]; `x` is declared binary[2, 32]",
+            ),
+            (vec![var("x", Domain::Binary, &[65])], "`x` is declared binary[65]"),
+            (
+                vec![var("x", Domain::Binary, &[64]), var("y", Domain::Binary, &[2])],
+                "digits (bundled) holds one label per row; `y` is declared binary[2]",
+            ),
+            (
+                vec![var("x", Domain::Binary, &[64]), var("y", categorical(10), &[10]), var("z", Domain::Binary, &[1])],
+                "digits (bundled) gives images and their labels, but `-> (x, y, z)` binds 3 variables",
+            ),
+        ] {
+            let err = load_err(&binary, vars);
+            assert!(err.contains(says), "{err}");
+        }
+    }
+
+    fn idx(kind: u8, dims: &[u32], data: &[u8]) -> Vec<u8> {
+        let mut out = vec![0, 0, kind, dims.len() as u8];
+        out.extend(dims.iter().flat_map(|d| d.to_be_bytes()));
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[test]
+    fn idx_images_and_labels_bind_row_for_row_to_images_of_any_rank() {
+        let dir = Scratch::new("idx");
+        // Three 2x3 images, pixel p of image r being 10r + p, labelled 2, 0, 1.
+        let pixels: Vec<u8> = (0..3).flat_map(|r| (0..6).map(move |p| 10 * r + p)).collect();
+        let images = dir.write("img-idx3-ubyte", &idx(0x08, &[3, 2, 3], &pixels));
+        let labels = dir.write("lab-idx1-ubyte", &idx(0x08, &[3], &[2, 0, 1]));
+        let source = |labels: Option<&str>| DataSource::Idx {
+            path: images.clone(),
+            labels: labels.map(str::to_string),
+            values: ValueOptions { scale: 1.0 / 255.0, binarize: None },
+        };
+        let pair = |shape: &[usize]| vec![var("x", UNIT, shape), var("y", categorical(3), &[3])];
+        for shape in [&[1, 2, 3][..], &[2, 3], &[6]] {
+            let data = load_into(&source(Some(&labels)), pair(shape)).unwrap();
+            assert_eq!(data.rows, 3);
+            assert_eq!(data.vars["x"].shape, [&[3][..], shape].concat());
+            assert_eq!(data.vars["x"].data, pixels.iter().map(|&p| (f64::from(p) / 255.0) as f32).collect::<Vec<_>>());
+            assert_eq!(data.vars["y"].data, one_hot(&[2, 0, 1], 3));
+        }
+        let short = dir.write("short-idx1-ubyte", &idx(0x08, &[2], &[2, 0]));
+        let three = dir.write("three-idx1-ubyte", &idx(0x08, &[3], &[2, 3, 1]));
+        let x_only = vec![var("x", UNIT, &[2, 3])];
+        for (source, vars, says) in [
+            (
+                source(Some(&labels)),
+                pair(&[3, 2]),
+                format!("{images} holds rows of shape [2, 3]; `x` is declared real[3, 2] in [0, 1]"),
+            ),
+            (source(Some(&labels)), pair(&[1, 7]), "`x` is declared real[1, 7] in [0, 1]".into()),
+            (source(Some(&short)), pair(&[2, 3]), format!("{short} holds 2 labels but {images} holds 3 images")),
+            (
+                source(Some(&three)),
+                pair(&[2, 3]),
+                format!("{three}:2:1: 3 is not a value of `y`, which takes categorical(3)"),
+            ),
+            (
+                source(Some(&labels)),
+                x_only,
+                format!("{images}: `labels: \"{labels}\"` gives a label per image, but `-> x` binds 1 variables"),
+            ),
+            (
+                source(None),
+                pair(&[2, 3]),
+                format!("{images} holds rows of shape [2, 3], which feed one variable, but `-> (x, y)` binds 2"),
+            ),
+            (
+                source(Some(&images)),
+                pair(&[2, 3]),
+                format!("{images} holds labels of shape [2, 3]; `y` is declared categorical(3)"),
+            ),
+        ] {
+            let err = load_err(&source, vars);
+            assert!(err.contains(&says), "expected {says:?}, got {err}");
+        }
+        // Flat rows without labels still split by position across variables.
+        let flat = dir.write("flat.idx", &idx(0x08, &[2, 3], &[1, 0, 2, 0, 1, 1]));
+        let split = DataSource::Idx { path: flat, labels: None, values: ValueOptions { scale: 1.0, binarize: None } };
+        let data = load_into(&split, vec![var("x", Domain::Binary, &[2]), var("y", categorical(3), &[3])]).unwrap();
+        assert_eq!(
+            (data.vars["x"].data.clone(), data.vars["y"].data.clone()),
+            (vec![1., 0., 0., 1.], one_hot(&[2, 1], 3))
+        );
+    }
+
+    fn cifar_record(label: u8, seed: u8) -> Vec<u8> {
+        let mut r = vec![label];
+        r.extend((0..3072u32).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)));
+        r
+    }
+
+    #[test]
+    fn cifar10_batches_bind_as_rgb_planes_and_labels() {
+        let dir = Scratch::new("cifar");
+        let a = dir.write("data_batch_1.bin", &[cifar_record(3, 0), cifar_record(9, 1)].concat());
+        let b = dir.write("data_batch_2.bin", &cifar_record(0, 2));
+        let both = DataSource::Cifar10 {
+            paths: vec![a.clone(), b.clone()],
+            values: ValueOptions { scale: 1.0 / 255.0, binarize: None },
+        };
+        let data = load_into(&both, vec![var("x", UNIT, &[3, 32, 32]), var("y", categorical(10), &[10])]).unwrap();
+        let x = &data.vars["x"];
+        assert_eq!((data.rows, x.shape.clone()), (3, vec![3, 3, 32, 32]));
+        // Channel c, row i, column j of record r is its byte 1 + 1024c + 32i + j, in file order.
+        for (r, seed) in [0u8, 1, 2].into_iter().enumerate() {
+            let record = cifar_record(0, seed);
+            for (c, i, j) in [(0, 0, 0), (0, 31, 5), (1, 3, 30), (2, 17, 9), (2, 31, 31)] {
+                let at = r * 3072 + c * 1024 + i * 32 + j;
+                assert_eq!(
+                    x.data[at],
+                    (f64::from(record[1 + c * 1024 + i * 32 + j]) / 255.0) as f32,
+                    "{r} {c} {i} {j}"
+                );
+            }
+        }
+        assert_eq!(data.vars["y"].data, one_hot(&[3, 9, 0], 10));
+        let flat = load_into(&both, vec![var("x", UNIT, &[3072])]).unwrap();
+        assert_eq!((flat.vars.len(), &flat.vars["x"].data), (1, &x.data));
+
+        let bad = dir.write("bad.bin", &[cifar_record(1, 0), vec![0; 10]].concat());
+        let empty = dir.write("empty.bin", &[]);
+        let label_10 = dir.write("ten.bin", &[cifar_record(1, 0), cifar_record(10, 0)].concat());
+        let one = |path: &str| DataSource::Cifar10 {
+            paths: vec![path.into()],
+            values: ValueOptions { scale: 1.0, binarize: None },
+        };
+        let pair = || vec![var("x", Domain::Real { bounds: None }, &[3, 32, 32]), var("y", categorical(10), &[10])];
+        for (source, vars, says) in [
+            (one(&bad), pair(), format!("{bad}: 3083 bytes is not a whole number of CIFAR-10 records")),
+            (one(&empty), pair(), format!("{empty}: no data rows")),
+            (one(&label_10), pair(), format!("{label_10}:2:1: 10 is not a value of `y`")),
+            (
+                one(&a),
+                vec![var("x", UNIT, &[32, 32, 3])],
+                format!("{a} holds rows of shape [3, 32, 32]; `x` is declared real[32, 32, 3] in [0, 1]"),
+            ),
+            // Bytes up to 255 are not in [0, 1] without the default scale.
+            (
+                one(&a),
+                vec![var("x", UNIT, &[3, 32, 32])],
+                format!("{a}:1:2: 7 is not a value of `x`, which takes real in [0, 1]"),
+            ),
+        ] {
+            let err = load_err(&source, vars);
+            assert!(err.contains(&says), "expected {says:?}, got {err}");
+        }
+    }
+
+    #[test]
+    fn cifar10_takes_one_path_or_a_list_and_scales_bytes_into_the_unit_interval() {
+        let bytes = ValueOptions { scale: 1.0 / 255.0, binarize: None };
+        assert_eq!(
+            data_of("cifar10(\"a.bin\")").source,
+            DataSource::Cifar10 { paths: vec!["a.bin".into()], values: bytes }
+        );
+        let two = data_of("cifar10([\"a.bin\", \"b.bin\"], scale: 1)").source;
+        let raw = ValueOptions { scale: 1.0, binarize: None };
+        assert_eq!(two, DataSource::Cifar10 { paths: vec!["a.bin".into(), "b.bin".into()], values: raw });
+        assert_eq!(two.to_string(), "cifar10(path: [\"a.bin\", \"b.bin\"], scale: 1)");
+        assert_eq!(
+            data_of("cifar10(\"a.bin\", scale: 0.5)").source.to_string(),
+            "cifar10(path: \"a.bin\", scale: 0.5)"
+        );
+        for bad in ["cifar10([])", "cifar10(3)", "cifar10([\"a.bin\", 3])"] {
+            let text = format!(
+                "model m {{ visible v : binary[2]; param b : real[2]; energy e = -(b @ v); }} train m {{ data = {bad} -> v; objective = pl; }}"
+            );
+            let diagnostics = crate::compile(&text).err().unwrap_or_else(|| panic!("{bad} compiled"));
+            assert!(format!("{diagnostics:?}").contains("a list of them"), "{bad}: {diagnostics:?}");
+        }
+        assert_eq!(
+            with_file(&data_of("cifar10(\"a.bin\")"), Path::new("test_batch.bin"), FileValues::AsTrained).source,
+            DataSource::Cifar10 { paths: vec!["test_batch.bin".into()], values: bytes }
+        );
+        let labelled = data_of("idx(\"i\", labels: \"l\")").source;
+        assert_eq!(labelled.to_string(), "idx(labels: \"l\", path: \"i\", scale: 1)");
+    }
+
+    #[test]
+    fn npy_rows_of_any_rank_fit_their_shape_or_a_flat_variable() {
+        let dir = Scratch::new("npy");
+        let values: Vec<f32> = (0..24).map(|v| v as f32).collect();
+        let c = dir.write(
+            "c.npy",
+            &npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, 2, 2), }", &f4(&values, false)),
+        );
+        // The same array in column-major order: element (r, c, i, j) at r + 2c + 6i + 12j.
+        let column_major: Vec<f32> =
+            (0..24).map(|o| ((o % 2) * 12 + (o / 2 % 3) * 4 + (o / 6 % 2) * 2 + o / 12) as f32).collect();
+        let f = dir.write(
+            "f.npy",
+            &npy("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3, 2, 2), }", &f4(&column_major, false)),
+        );
+        let flat = dir.write(
+            "flat.npy",
+            &npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 12), }", &f4(&values, false)),
+        );
+        let labels = dir.write(
+            "y.npy",
+            &npy(
+                "{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }",
+                &[1u64.to_le_bytes(), 0u64.to_le_bytes()].concat(),
+            ),
+        );
+        let real = Domain::Real { bounds: None };
+        let file = |path: &str, labels: Option<&str>| DataSource::Npy {
+            path: path.into(),
+            labels: labels.map(str::to_string),
+            values: ValueOptions { scale: 1.0, binarize: None },
+        };
+        for (path, shape) in [
+            (&c, &[3, 2, 2][..]),
+            (&c, &[1, 3, 2, 2]),
+            (&c, &[12]),
+            (&f, &[3, 2, 2]),
+            (&flat, &[3, 2, 2]),
+            (&flat, &[1, 12]),
+        ] {
+            let data = load_into(&file(path, None), vec![var("x", real.clone(), shape)]).unwrap();
+            assert_eq!(data.vars["x"].shape, [&[2][..], shape].concat(), "{path}");
+            assert_eq!(data.vars["x"].data, values, "{path} as {shape:?}");
+        }
+        let data = load_into(
+            &file(&c, Some(&labels)),
+            vec![var("x", real.clone(), &[3, 2, 2]), var("y", categorical(2), &[2])],
+        );
+        assert_eq!(data.unwrap().vars["y"].data, one_hot(&[1, 0], 2));
+        for (path, shape, says) in [
+            (&c, &[2, 2, 3][..], format!("{c} holds rows of shape [3, 2, 2]; `x` is declared real[2, 2, 3]")),
+            (&c, &[3, 4], format!("{c} holds rows of shape [3, 2, 2]; `x` is declared real[3, 4]")),
+            (&flat, &[13], format!("{flat} holds rows of shape [12]; `x` is declared real[13]")),
+            (&labels, &[2], format!("{labels} holds one number per row; `x` is declared real[2]")),
+        ] {
+            let err = load_err(&file(path, None), vec![var("x", real.clone(), shape)]);
+            assert!(err.contains(&says), "expected {says:?}, got {err}");
+        }
     }
 
     #[test]
