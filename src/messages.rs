@@ -537,17 +537,19 @@ impl std::fmt::Display for crate::runtime::data::DataError {
                 f,
                 "the train settings of `{model}` name no data source: they were bound for rows a host passes in memory"
             ),
-            Shape { source, found, labels: false, var, domain, shape } => write!(
+            Shape { source, found, labels: false, declared } => write!(
                 f,
-                "{source} holds {}; `{var}` is declared {}\n  help: rows feed a variable of their shape, with axes of size 1 added or dropped (rows of [28, 28] feed `real[28, 28]` or `real[1, 28, 28]`), or a one-axis variable of as many units (`real[784]`); a file of flat rows feeds any shape of as many units",
+                "{source} holds {}; `{}` is declared {}\n  help: rows feed a variable of their shape, with axes of size 1 added or dropped (rows of [28, 28] feed `real[28, 28]` or `real[1, 28, 28]`), or a one-axis variable of as many units (`real[784]`); a file of flat rows feeds any shape of as many units",
                 rows_of(found, "rows"),
-                declared_type(domain, shape)
+                declared.var,
+                declared_type(&declared.domain, &declared.shape)
             ),
-            Shape { source, found, labels: true, var, domain, shape } => write!(
+            Shape { source, found, labels: true, declared } => write!(
                 f,
-                "{source} holds {}; `{var}` is declared {}\n  help: a label feeds one unit: bind it to a variable such as `categorical(10)` (the label is its category)",
+                "{source} holds {}; `{}` is declared {}\n  help: a label feeds one unit: bind it to a variable such as `categorical(10)` (the label is its category)",
                 rows_of(found, "labels"),
-                declared_type(domain, shape)
+                declared.var,
+                declared_type(&declared.domain, &declared.shape)
             ),
             RowCounts { images, rows, labels, label_rows } => write!(
                 f,

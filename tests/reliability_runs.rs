@@ -280,15 +280,15 @@ fn generated_and_bundled_data_refuse_sizes_that_do_not_fit() {
         // The digits are 64 pixels: 32 or 65 units do not fit.
         (
             "model m { visible x : binary[32]; param b : real[32] = zeros; energy e = -(b @ x); } train m { data = digits(binarize: 8) -> x; objective = pl; }",
-            "`x` takes 32",
+            "digits (bundled) holds rows of shape [8, 8]; `x` is declared binary[32]",
         ),
         (
             "model m { visible x : binary[65]; param b : real[65] = zeros; energy e = -(b @ x); } train m { data = digits(binarize: 8) -> x; objective = pl; }",
-            "`x` takes 65",
+            "`x` is declared binary[65]",
         ),
         (
             "model m { visible x : binary[64]; visible y : binary[2]; param b : real[64] = zeros; energy e = -(b @ x) - sum(y); } train m { data = digits(binarize: 8) -> (x, y); objective = pl; }",
-            "`y` takes 2",
+            "holds one label per row; `y` is declared binary[2]",
         ),
         // 2^70 bars-and-stripes images do not exist in memory.
         (

@@ -146,12 +146,8 @@ pub enum DataError {
         found: Shape,
         /// Whether the rows are the labels of images.
         labels: bool,
-        /// The variable they feed.
-        var: String,
-        /// Its domain.
-        domain: Domain,
-        /// Its declared per-example shape.
-        shape: Shape,
+        /// The variable they feed (boxed: it keeps every `Result` small).
+        declared: Box<Declared>,
     },
     /// An images file and its labels file with different numbers of rows.
     RowCounts {
@@ -189,6 +185,17 @@ pub enum DataError {
         /// The variables bound.
         bound: Vec<String>,
     },
+}
+
+/// A variable as declared, for messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Declared {
+    /// Its name.
+    pub var: String,
+    /// Its domain.
+    pub domain: Domain,
+    /// Its per-example shape.
+    pub shape: Shape,
 }
 
 /// A table of numbers with the place each came from.
@@ -697,7 +704,7 @@ fn parse_cifar(source: &str, bytes: &[u8]) -> Result<(Table, Table), DataError> 
     if bytes.is_empty() {
         return Err(DataError::Empty { source: source.to_string() });
     }
-    if bytes.len() % CIFAR_RECORD != 0 {
+    if !bytes.len().is_multiple_of(CIFAR_RECORD) {
         return Err(DataError::RecordSize { source: source.to_string(), bytes: bytes.len() });
     }
     let rows = bytes.len() / CIFAR_RECORD;
@@ -940,9 +947,7 @@ fn fits(t: &Table, v: &Variable, labels: bool) -> Result<(), DataError> {
         source: t.source.clone(),
         found: row.clone(),
         labels,
-        var: v.name.clone(),
-        domain: v.domain.clone(),
-        shape: v.shape.clone(),
+        declared: Box::new(Declared { var: v.name.clone(), domain: v.domain.clone(), shape: v.shape.clone() }),
     })
 }
 
