@@ -561,22 +561,22 @@ impl std::fmt::Display for crate::runtime::data::DataError {
             ),
             ImageBinding { source, labels: Some(labels), bound } => write!(
                 f,
-                "{source}: `labels: \"{labels}\"` gives a label per image, but `-> {}` binds {} variables\n  help: bind `-> (x, y)`, the images to `x` and the labels to `y`, or leave out `labels:` to bind the images alone",
+                "{source}: `labels: \"{labels}\"` gives a label per image, but `-> {}` binds {}\n  help: bind `-> (x, y)`, the images to `x` and the labels to `y`, or leave out `labels:` to bind the images alone",
                 binding_text(bound),
-                bound.len()
+                variables(bound.len())
             ),
             ImageBinding { source, labels: None, bound } => write!(
                 f,
-                "{source} gives images and their labels, but `-> {}` binds {} variables\n  help: bind `-> x` for the images alone or `-> (x, y)` for images and labels",
+                "{source} gives images and their labels, but `-> {}` binds {}\n  help: bind `-> x` for the images alone or `-> (x, y)` for images and labels",
                 binding_text(bound),
-                bound.len()
+                variables(bound.len())
             ),
             NoLabels { source, found, bound } => write!(
                 f,
                 "{source} holds {}, which feed one variable, but `-> {}` binds {}\n  help: give the labels as a second file of the same format, `labels: \"FILE\"`, to bind `-> (x, y)`",
                 rows_of(found, "rows"),
                 binding_text(bound),
-                bound.len()
+                variables(bound.len())
             ),
         }
     }
@@ -589,6 +589,11 @@ fn rows_of(shape: &[usize], noun: &str) -> String {
         (true, _) => "one number per row".to_string(),
         (false, _) => format!("{noun} of shape {}", shape_str(shape)),
     }
+}
+
+/// "1 variable", "3 variables".
+fn variables(n: usize) -> String {
+    if n == 1 { "1 variable".to_string() } else { format!("{n} variables") }
 }
 
 /// A binding as written after `->`: `x` or `(x, y)`.

@@ -93,7 +93,7 @@ fn idx_images_train_with_their_labels_file_and_mismatches_exit_1() {
         ),
         (
             format!("idx({images}, labels: {labels}, binarize: 128) -> x"),
-            "gives a label per image, but `-> x` binds 1 variables".into(),
+            "gives a label per image, but `-> x` binds 1 variable".into(),
         ),
     ] {
         // `-> x` needs a model of `x` alone.

@@ -913,10 +913,7 @@ fn check_finite(source: &str, values: &[f64], width: usize, first_row: usize) ->
 
 /// Columns a variable takes: one per unit (a categorical unit is one column holding its index).
 fn columns_of(v: &Variable) -> usize {
-    match v.domain {
-        Domain::Categorical { categories } => v.shape.iter().product::<usize>() / categories,
-        _ => v.shape.iter().product(),
-    }
+    unit_shape(v).iter().product()
 }
 
 /// The shape of a variable's units: its shape, less a categorical's one-hot axis.
@@ -1582,7 +1579,7 @@ mod tests {
             (
                 source(Some(&labels)),
                 x_only,
-                format!("{images}: `labels: \"{labels}\"` gives a label per image, but `-> x` binds 1 variables"),
+                format!("{images}: `labels: \"{labels}\"` gives a label per image, but `-> x` binds 1 variable"),
             ),
             (
                 source(None),
