@@ -481,6 +481,12 @@ fn bad_data() -> Vec<BadData> {
         lines.join("\n") + "\n"
     };
     let d = |name, bytes: Vec<u8>, model, rows| BadData { name, bytes, model, rows };
+    let idx = |dims: &[u32], data: &[u8]| {
+        let mut out = vec![0, 0, 0x08, dims.len() as u8];
+        out.extend(dims.iter().flat_map(|d| d.to_be_bytes()));
+        out.extend_from_slice(data);
+        out
+    };
     vec![
         d("ten-bytes-v1.npy", b"\x93NUMPY\x01\x00\xff\xff".to_vec(), "r", None),
         d("ten-bytes-v2.npy", b"\x93NUMPY\x02\x00\x00\x00".to_vec(), "r", None),
@@ -556,6 +562,12 @@ fn bad_data() -> Vec<BadData> {
         d("bom-only.csv", "\u{feff}".as_bytes().to_vec(), "r", None),
         d("not-utf8.csv", b"1,0,1,\xff,1,0\n".to_vec(), "r", None),
         d("crlf.csv", good.replace('\n', "\r\n").into_bytes(), "r", Some(8)),
+        // Image files: rows of [2, 3] are the 6 units of `r`; rows of [2, 2] fit nothing.
+        d("rows-2x3.idx", idx(&[8, 2, 3], &ROWS.concat()), "r", Some(8)),
+        d("rows-2x2.idx", idx(&[12, 2, 2], &ROWS.concat()), "r", None),
+        d("cifar-record.bin", [vec![3u8], vec![1; 3072]].concat(), "r", None),
+        d("cifar-torn.bin", [vec![3u8], vec![1; 3072], vec![0; 5]].concat(), "r", None),
+        d("cifar-empty.bin", Vec::new(), "g", None),
         d("no-final-newline.csv", good.trim_end().as_bytes().to_vec(), "r", Some(8)),
     ]
 }
