@@ -820,9 +820,10 @@ impl std::fmt::Display for crate::runtime::command::CommandNote {
                 write!(f, "note: no --params given; using the model's initialisers (seed {seed})")
             }
             Unformatted { path } => write!(f, "{} is not formatted; run `ebmc fmt {}`", path.display(), path.display()),
-            ImageRange { var, lo, hi } => write!(
+            ImageRange { path, var, lo, hi } => write!(
                 f,
-                "note: `{var}` is an unbounded real; its images shade the sampled range {lo} to {hi} from black to white (give it bounds, `in [lo, hi]`, to fix the scale)"
+                "note: `{var}` is an unbounded real; {} shades its sampled range {lo:.3} to {hi:.3} from black to white (bounds, `in [lo, hi]`, fix the scale)",
+                path.display()
             ),
         }
     }

@@ -275,7 +275,7 @@ pub fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Resu
             Picture::Images(variable, layout) => {
                 let grid = figures::image_grid(model, &samples.last, &variable, layout);
                 if let Some((lo, hi)) = grid.range {
-                    out.note(CommandNote::ImageRange { var: variable.clone(), lo, hi });
+                    out.note(CommandNote::ImageRange { path: png.clone(), var: variable.clone(), lo, hi });
                 }
                 write_atomically(png, &grid.png)?;
                 WrittenPicture {
@@ -289,8 +289,9 @@ pub fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Resu
                 }
             }
             Picture::Density(variable) => {
-                let (bytes, count) = figures::density_picture(model, &plan, &params, &samples.kept, &variable, a.device)
-                    .map_err(CommandError::Result)?;
+                let (bytes, count) =
+                    figures::density_picture(model, &plan, &params, &samples.kept, &variable, a.device)
+                        .map_err(CommandError::Result)?;
                 write_atomically(png, &bytes)?;
                 WrittenPicture {
                     path: png.clone(),
@@ -307,11 +308,13 @@ pub fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Resu
     }
     if let Some((path, t, layout)) = trace {
         let grid = figures::chains_grid(model, &samples.snapshots, &t.var, layout);
+        if let Some((lo, hi)) = grid.range {
+            out.note(CommandNote::ImageRange { path: path.clone(), var: t.var.clone(), lo, hi });
+        }
         write_atomically(&path, &grid.png)?;
         let sweeps = samples.snapshots.iter().map(|s| s.sweep).collect::<Vec<_>>();
         let chains = grid.count / sweeps.len().max(1);
-        result.chains_picture =
-            Some(WrittenChains { path, variable: t.var, chains, sweeps, range: grid.range });
+        result.chains_picture = Some(WrittenChains { path, variable: t.var, chains, sweeps, range: grid.range });
     }
     out.result("sample", &result, || result.to_text());
     Ok(())

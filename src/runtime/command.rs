@@ -109,8 +109,8 @@ pub enum CommandNote {
     DefaultParams { seed: u64 },
     /// `fmt --check` found a file that is not formatted.
     Unformatted { path: PathBuf },
-    /// Images of an unbounded real, shaded from the samples' own range.
-    ImageRange { var: String, lo: f32, hi: f32 },
+    /// The picture at `path` of an unbounded real, shaded from the samples' own range.
+    ImageRange { path: PathBuf, var: String, lo: f32, hi: f32 },
 }
 
 /// A count or size flag that does not parse or is out of range.

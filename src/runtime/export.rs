@@ -481,7 +481,7 @@ pub fn line_plots(panels: &[Panel]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn size(png: &[u8]) -> (u32, u32) {
@@ -490,7 +490,7 @@ mod tests {
     }
 
     /// A PNG's width, height, channels and pixels, row-major.
-    fn decode(png: &[u8]) -> (usize, usize, usize, Vec<u8>) {
+    pub(crate) fn decode(png: &[u8]) -> (usize, usize, usize, Vec<u8>) {
         let mut reader = png::Decoder::new(std::io::Cursor::new(png)).read_info().expect("a PNG");
         let mut pixels = vec![0; reader.output_buffer_size().expect("a size")];
         let frame = reader.next_frame(&mut pixels).expect("one frame");
@@ -498,12 +498,12 @@ mod tests {
         (frame.width as usize, frame.height as usize, frame.color_type.samples(), pixels)
     }
 
-    fn variable(name: &str, domain: Domain, shape: Vec<usize>) -> crate::analysis::program::Variable {
+    pub(crate) fn variable(name: &str, domain: Domain, shape: Vec<usize>) -> crate::analysis::program::Variable {
         let (role, span) = (crate::front::ast::Role::Visible, Default::default());
         crate::analysis::program::Variable { name: name.into(), role, domain, shape, span }
     }
 
-    fn model_of(variables: Vec<crate::analysis::program::Variable>) -> Model {
+    pub(crate) fn model_of(variables: Vec<crate::analysis::program::Variable>) -> Model {
         Model {
             name: "m".into(),
             span: Default::default(),

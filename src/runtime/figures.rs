@@ -75,8 +75,10 @@ pub fn chains_grid(model: &Model, snapshots: &[Snapshot], var: &str, layout: Ima
     let (by_snapshot, range) = export::images_of(model, &states, var);
     let chains = by_snapshot.len() / snapshots.len().max(1);
     // images_of lists snapshot by snapshot; the grid wants chain by chain.
-    let images: Vec<Vec<f32>> =
-        (0..chains).flat_map(|c| (0..snapshots.len()).map(move |s| s * chains + c)).map(|i| by_snapshot[i].clone()).collect();
+    let images: Vec<Vec<f32>> = (0..chains)
+        .flat_map(|c| (0..snapshots.len()).map(move |s| s * chains + c))
+        .map(|i| by_snapshot[i].clone())
+        .collect();
     let png = export::png_grid(&images, layout, snapshots.len());
     ImageGrid { png, count: images.len(), range }
 }
@@ -132,4 +134,39 @@ pub fn samples_picture(
         Picture::Density(var) => density_picture(model, plan, params, &[sampler.state()], &var, device)?.0,
     };
     Ok(Some(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::program::Domain;
+    use crate::runtime::export::tests::{decode, model_of, variable};
+    use crate::tensor::HostTensor;
+
+    #[test]
+    fn chains_over_time_are_rows_of_chains_and_columns_of_sweeps() {
+        // 2 chains of a [1, 1, 1] image over 3 snapshots; chain c after
+        // snapshot k holds (c + 2k) / 5, so each cell says where it belongs.
+        let m = model_of(vec![variable("x", Domain::Real { bounds: Some((0.0, 1.0)) }, vec![1, 1, 1])]);
+        let snapshots: Vec<Snapshot> = (0..3)
+            .map(|k| {
+                let data = (0..2).map(|c| (c + 2 * k) as f32 / 5.0).collect();
+                let state = Tensors::from([("x".to_string(), HostTensor::new(vec![2, 1, 1, 1], data))]);
+                Snapshot { sweep: 1 + 4 * k, state }
+            })
+            .collect();
+        let layout = ImageLayout::grey(1, 1);
+        let grid = chains_grid(&m, &snapshots, "x", layout);
+        assert_eq!((grid.count, grid.range), (6, None));
+        let (w, h, _, pixels) = decode(&grid.png);
+        // One value is 48 pixels; cells 50 apart after a 2-pixel border.
+        assert_eq!((w, h), (3 * 50 + 2, 2 * 50 + 2));
+        for c in 0..2 {
+            for k in 0..3 {
+                let (x, y) = (2 + 50 * k + 24, 2 + 50 * c + 24);
+                let want = ((c + 2 * k) as f32 / 5.0 * 255.0).round() as u8;
+                assert_eq!(pixels[y * w + x], want, "chain {c}, snapshot {k}");
+            }
+        }
+    }
 }
