@@ -138,9 +138,9 @@ impl ImageLayout {
         ImageLayout { channels: 1, height, width }
     }
 
-    /// Values in one image.
-    pub fn units(&self) -> usize {
-        self.channels * self.height * self.width
+    /// Values in one image; `None` past `usize` (a size given on the command line can be anything).
+    pub fn units(&self) -> Option<usize> {
+        self.channels.checked_mul(self.height)?.checked_mul(self.width)
     }
 }
 
@@ -164,7 +164,7 @@ pub fn square_columns(n: usize) -> usize {
     (n.max(1) as f64).sqrt().ceil() as usize
 }
 
-/// Tiles `images` (each `layout.units()` values in [0, 1], clamped) into a
+/// Tiles `images` (each `channels * height * width` values in [0, 1], clamped) into a
 /// PNG grid of `cols` columns, filled row by row: grey for one channel, RGB
 /// for three. Each value is a square of `cell_scale(layout)` pixels, with a
 /// 2-pixel grey gap between cells and around the grid.
@@ -385,7 +385,7 @@ pub fn image_shape(model: &Model, var: &str, given: Option<(usize, usize)>) -> O
         Some((height, width)) => [natural.map_or(1, |l| l.channels), 1]
             .into_iter()
             .map(|channels| ImageLayout { channels, height, width })
-            .find(|l| l.units() == units),
+            .find(|l| l.units() == Some(units)),
         None => natural.or_else(|| {
             let side = (units as f64).sqrt().round() as usize;
             (side * side == units && side > 1).then_some(ImageLayout::grey(side, side))
@@ -586,6 +586,7 @@ pub(crate) mod tests {
         assert_eq!(shape("labels", None), Some(ImageLayout::grey(8, 8)));
         assert_eq!(shape("onehot", None), Some(ImageLayout::grey(8, 8)));
         assert_eq!((shape("odd", None), shape("flat", Some((8, 9)))), (None, None));
+        assert_eq!(shape("cifar", Some((usize::MAX, 2))), None);
     }
 
     #[test]
