@@ -695,7 +695,7 @@ fn conditional_text(ir: &mut Ir, v: &crate::analysis::program::Variable, minus_g
             let field = ir.mul(two, minus_grad);
             format!("p({} = +1 | {given}) = sigmoid({})", v.name, ir.show(field))
         }
-        _ if v.shape.len() == 2 => format!("p({} | {given}) = softmax_rows({})", v.name, ir.show(minus_grad)),
+        _ if v.shape.len() >= 2 => format!("p({} | {given}) = softmax_rows({})", v.name, ir.show(minus_grad)),
         _ => format!("p({} | {given}) = softmax({})", v.name, ir.show(minus_grad)),
     }
 }
@@ -821,7 +821,7 @@ pub fn sum_out(ir: &mut Ir, energy: Id, v: &crate::analysis::program::Variable) 
             let lc = ir.map(Unary::Log2Cosh, a);
             (ir.sum(lc), "log 2cosh")
         }
-        _ if v.shape.len() == 2 => {
+        _ if v.shape.len() >= 2 => {
             let rows = ir.logsumexp_last(minus_a);
             (ir.sum(rows), "logsumexp")
         }
