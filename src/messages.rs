@@ -4,7 +4,7 @@
 
 use crate::analysis::check::{CheckError, DeclKind};
 use crate::analysis::plan::PlanError;
-use crate::analysis::program::{NetKind, shape_str};
+use crate::analysis::program::{NetKind, elements, shape_str};
 use crate::analysis::schema::OptType;
 use crate::front::ast::BinOp;
 use crate::front::diagnostic::Diagnostic;
@@ -243,7 +243,7 @@ impl From<&CheckError> for Diagnostic {
                 }
             }
             Arity { name, span, expected, found } => Diagnostic::error("E0104", format!("`{name}` takes {expected} argument{}, but {found} were given", if *expected == 1 { "" } else { "s" }))
-                .primary(*span, format!("{found} arguments"))
+                .primary(*span, format!("{found} argument{}", if *found == 1 { "" } else { "s" }))
                 .help(format!("call it as {}", usage(name))),
             FunctionOptions { name, option, span } => match name.as_str() {
                 "sum" | "mean" => {
@@ -329,7 +329,7 @@ impl From<&CheckError> for Diagnostic {
                 let d = Diagnostic::error("E0204", format!("net `{net}` expects an input of width {expected}"))
                     .primary(*span, format!("this is {}", shape_str(found)))
                     .secondary(*decl, "net declared here");
-                if found.len() > 1 && found.iter().product::<usize>() == *expected {
+                if found.len() > 1 && elements(found) == *expected {
                     d.help(format!("`flatten(...)` makes it a vector of length {expected}"))
                 } else {
                     d.help(format!("pass a vector of length {expected}, or change the net's first width"))
@@ -385,8 +385,8 @@ impl From<&CheckError> for Diagnostic {
                 .primary(*span, "too many blocks")
                 .help("add stages (widths) instead: each stage downsamples, so deeper nets stay cheap"),
             ReshapeSize { span, from, to } => Diagnostic::error("E0209", format!("cannot reshape {} into {}", shape_str(&from.1), shape_str(to)))
-                .primary(*span, format!("{} elements", to.iter().product::<usize>()))
-                .secondary(from.0, format!("this is {}, {} elements", shape_str(&from.1), from.1.iter().product::<usize>()))
+                .primary(*span, format!("{} elements", elements(to)))
+                .secondary(from.0, format!("this is {}, {} elements", shape_str(&from.1), elements(&from.1)))
                 .help("`reshape` keeps every element: the sizes of the new shape must multiply to the same count"),
             BadAxis { func, span, axis, arg } => Diagnostic::error("E0209", format!("`{func}` along axis {axis} of a value with {} axes", arg.1.len()))
                 .primary(*span, "no such axis")

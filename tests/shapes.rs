@@ -346,3 +346,14 @@ fn a_convnet_energy_plans_with_its_parameters() {
     assert!(names.iter().all(|n| n.starts_with("f.")), "{names:?}");
     assert!(!names.is_empty());
 }
+
+#[test]
+fn sizes_too_large_to_count_are_refused_by_the_limits_not_a_panic() {
+    let huge = "4294967296";
+    for energy in ["sum(flatten(x))", "sum(reshape(x, [2, 2]))", "sum(x, axis: 0) @ flatten(x)"] {
+        let source = format!("model m {{ visible x : real[{huge}, {huge}, {huge}]; energy e = {energy}; }}");
+        let codes: Vec<&str> = ebmc::compile(&source).unwrap_err().iter().map(|d| d.code).collect();
+        assert!(!codes.is_empty(), "{energy}");
+        assert!(codes.iter().all(|c| c.starts_with("E0")), "{energy}: {codes:?}");
+    }
+}

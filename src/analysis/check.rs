@@ -791,13 +791,12 @@ impl<'e> ModelChecker<'e> {
         }
         let (kind, shape) = match func {
             Func::Flatten => {
-                let n = arg.shape.iter().product();
+                let n = elements(&arg.shape);
                 (TExprKind::Reshape(Box::new(arg)), vec![n])
             }
             Func::Reshape => {
                 let to = shape_arg.flatten()?;
-                let (from, to_n): (usize, usize) = (arg.shape.iter().product(), to.iter().product());
-                if from != to_n {
+                if elements(&arg.shape) != elements(&to) {
                     self.err(CheckError::ReshapeSize { span: positional[1].span, from: (arg.span, arg.shape), to });
                     return None;
                 }

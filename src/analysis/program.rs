@@ -20,6 +20,12 @@ pub fn shape_str(shape: &[usize]) -> String {
     }
 }
 
+/// The number of elements of a shape, saturating: the checker sees sizes
+/// before `limits` refuses the ones too large to hold.
+pub fn elements(shape: &[usize]) -> usize {
+    shape.iter().fold(1usize, |n, &d| n.saturating_mul(d))
+}
+
 /// A checked source file: its models and their train blocks.
 #[derive(Debug, Clone, Serialize)]
 pub struct Program {
