@@ -357,3 +357,19 @@ fn sizes_too_large_to_count_are_refused_by_the_limits_not_a_panic() {
         assert!(codes.iter().all(|c| c.starts_with("E0")), "{energy}: {codes:?}");
     }
 }
+
+#[test]
+fn powers_of_an_image_are_recognised_through_flatten_and_reshape() {
+    let codes = |energy: &str| -> Vec<&'static str> {
+        let source = format!("model m {{ visible x : real[1, 8, 8]; energy e = {energy}; }}");
+        match ebmc::check_source(&source) {
+            Ok(warnings) => warnings.iter().map(|d| d.code).collect(),
+            Err(errors) => errors.iter().map(|d| d.code).collect(),
+        }
+    };
+    for proved in ["0.5 * sum(square(x))", "0.5 * (flatten(x) @ flatten(x))", "0.5 * sum(square(reshape(x, [8, 8])))"] {
+        assert_eq!(codes(proved), Vec::<&str>::new(), "{proved}");
+    }
+    assert_eq!(codes("-0.5 * (flatten(x) @ flatten(x))"), ["E0401"]);
+    assert_eq!(codes("-0.5 * sum(square(reshape(x, [64])))"), ["E0401"]);
+}
