@@ -142,6 +142,30 @@ fn or_list(items: &[String]) -> String {
     }
 }
 
+/// A way to make two shapes broadcast, when one is plain: an axis of
+/// length 1 left out (`[1, 4]` with `[3, 4]`), or a `reshape` between
+/// shapes of the same size.
+fn broadcast_fix(a: &[usize], b: &[usize]) -> Option<String> {
+    for (one, other) in [(a, b), (b, a)] {
+        let squeezed: Vec<usize> = one.iter().copied().skip_while(|d| *d == 1).collect();
+        if !squeezed.is_empty() && squeezed.len() < one.len() && other.ends_with(&squeezed) {
+            return Some(format!(
+                "an axis of length 1 is not stretched: leave it out of the {} operand, as in `reshape(x, {})`",
+                shape_str(one),
+                shape_str(&squeezed)
+            ));
+        }
+    }
+    let long = if a.len() >= b.len() { a } else { b };
+    (long.len() > 1 && elements(a) == elements(b)).then(|| {
+        format!(
+            "both hold {} elements: `reshape` one to the other's shape, e.g. `reshape(x, {})`",
+            elements(a),
+            shape_str(long)
+        )
+    })
+}
+
 /// How a built-in function is called, for hints.
 fn usage(name: &str) -> String {
     match name {
@@ -301,9 +325,10 @@ impl From<&CheckError> for Diagnostic {
             ElementwiseMismatch { op, lhs, rhs } => Diagnostic::error("E0200", format!("shapes do not match for `{}`", op.symbol()))
                 .primary(lhs.0, format!("this is {}", shape_str(&lhs.1)))
                 .secondary(rhs.0, format!("this is {}", shape_str(&rhs.1)))
-                .help(match op {
-                    BinOp::Mul => "elementwise operators need equal shapes, or one shape ending the other; for a product that sums over an axis use `@`".to_string(),
-                    _ => "elementwise operators need equal shapes, or one shape ending the other (a scalar fits everything)".to_string(),
+                .help(match (broadcast_fix(&lhs.1, &rhs.1), op) {
+                    (Some(fix), _) => format!("elementwise operators need equal shapes, or one shape ending the other; {fix}"),
+                    (None, BinOp::Mul) => "elementwise operators need equal shapes, or one shape ending the other; for a product that sums over an axis use `@`".to_string(),
+                    (None, _) => "elementwise operators need equal shapes, or one shape ending the other (a scalar fits everything)".to_string(),
                 }),
             MatMulMismatch { lhs, rhs } => Diagnostic::error("E0201", "inner dimensions of `@` do not match")
                 .primary(lhs.0, format!("this is {}", shape_str(&lhs.1)))
