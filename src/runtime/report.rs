@@ -1,7 +1,10 @@
 //! The evaluation report: every figure `ebmc eval` gives for trained
 //! parameters on a set of rows (exact, grid or AIS log Z, log-likelihood,
-//! pseudo-likelihood, classification and reconstruction figures), as data a
-//! host program can serialise or render for people with `EvalReport::to_text`.
+//! pseudo-likelihood, classification and reconstruction figures; for
+//! real-valued data, the energies of rows, model samples and noise,
+//! out-of-distribution detection and the MMD of samples against rows), as
+//! data a host program can serialise or render for people with
+//! `EvalReport::to_text`.
 
 use crate::analysis::graph::{self, FactorGraph};
 use crate::analysis::limits::SampleRun;
@@ -446,8 +449,10 @@ fn detection(test: &[f64], others: &[f64], against: String) -> Result<Detection,
 /// (or integrated in closed form), on a grid for a low-dimensional
 /// continuous model, by AIS and reverse AIS when neither works for a
 /// discrete model or when `opts.ais` asks; then the likelihood figures
-/// each allows. A figure a model cannot have is left out with a note only
-/// where a user could expect it.
+/// each allows; last the comparisons of `runtime::compare` (energies of the
+/// rows, of the model's samples and of noise rows, detection of the noise
+/// and of `rows.ood` by the energy score, MMD). A figure a model cannot have
+/// is left out with a note only where a user could expect it.
 pub fn evaluate(t: &Trained, rows: &EvalRows, opts: &EvalOptions) -> Result<EvalReport, EvalError> {
     let (model, plan, params, device) = (&t.model, &t.plan, &t.params, opts.device);
     backend::check_ais_options(model, opts.runs, opts.temperatures).map_err(EvalError::Options)?;
@@ -977,4 +982,114 @@ pub fn graph_report(g: &FactorGraph, colours: &std::collections::BTreeMap<String
         }
     }
     GraphReport { model: g.model.name.clone(), variables, factors, interactions }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+
+    const BOX: &str = "model box {
+    visible x : real[2] in [0, 1];
+    param b : real[2] = zeros;
+    energy well = 8 * sum(square(x - 0.5));
+    energy tilt = b @ x;
+}
+train box {
+    data = csv(\"rows.csv\") -> x;
+    objective = pcd(k: 1);
+}
+";
+
+    fn boxed() -> Trained {
+        let c = crate::compile(BOX).unwrap();
+        let (plans, _) = crate::plan(&c.program).unwrap();
+        let params = crate::tensor::initialise(&plans[0].lowered.params, 0);
+        Trained::new(&c.program, &plans, "box", params).unwrap()
+    }
+
+    fn rows(data: Vec<f32>, width: usize) -> Tensors {
+        let n = data.len() / width;
+        [("x".to_string(), HostTensor::new(vec![n, width], data))].into_iter().collect()
+    }
+
+    fn column_stats(t: &HostTensor, col: usize) -> (f64, f64) {
+        let width = t.shape[1];
+        let xs: Vec<f64> = t.data.iter().skip(col).step_by(width).map(|x| f64::from(*x)).collect();
+        let m = mean(&xs);
+        (m, (xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (xs.len() - 1) as f64).sqrt())
+    }
+
+    #[test]
+    fn noise_rows_are_uniform_in_the_box_or_match_the_rows_columns() {
+        let t = boxed();
+        let vars = score_variables(&t);
+        let (noise, kinds) = noise_rows(&vars, &Tensors::new(), 10_000, 3);
+        assert_eq!(kinds, Noise(vec![("x".into(), NoiseKind::Uniform { low: 0.0, high: 1.0 })]));
+        let x = &noise["x"];
+        assert_eq!(x.shape, vec![10_000, 2]);
+        assert!(x.data.iter().all(|v| (0.0..=1.0).contains(v)));
+        // Uniform on [0, 1]: mean 1/2, sd 1/√12 = 0.289; the mean's standard error is 0.0029.
+        for col in 0..2 {
+            let (m, sd) = column_stats(x, col);
+            assert!((m - 0.5).abs() < 0.015 && (sd - 12f64.powf(-0.5)).abs() < 0.01, "column {col}: {m} {sd}");
+        }
+        // An unbounded variable: Gaussian with the rows' column means and standard deviations.
+        let mut model = t.model.clone();
+        model.variables[0].domain = Domain::Real { bounds: None };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let (a, b) = (Normal::new(3.0, 0.5).unwrap(), Normal::new(-2.0, 4.0).unwrap());
+        let given = rows((0..1000).flat_map(|_| [a.sample(&mut rng), b.sample(&mut rng)]).collect(), 2);
+        let (noise, kinds) = noise_rows(&[&model.variables[0]], &given, 10_000, 5);
+        assert_eq!(kinds.0[0].1, NoiseKind::MatchedGaussian);
+        for col in 0..2 {
+            let (want_m, want_sd) = column_stats(&given["x"], col);
+            let (m, sd) = column_stats(&noise["x"], col);
+            // Standard errors over 10,000 rows: sd/100 for the mean, sd/141 for the sd; 5 of each.
+            assert!((m - want_m).abs() < 0.05 * want_sd && (sd - want_sd).abs() < 0.036 * want_sd, "{col}: {m} {sd}");
+        }
+    }
+
+    #[test]
+    fn a_bounded_continuous_model_gets_every_comparison_figure() {
+        let t = boxed();
+        // Rows of the model's density, a Gaussian of sd 1/4 about the box's centre, kept inside it.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let g = Normal::new(0.5f32, 0.25).unwrap();
+        let mut data = Vec::new();
+        while data.len() < 2 * 2000 {
+            let p = [g.sample(&mut rng), g.sample(&mut rng)];
+            if p.iter().all(|v| (0.0..=1.0).contains(v)) {
+                data.extend(p);
+            }
+        }
+        let given = EvalRows {
+            rows: Dataset { rows: 2000, vars: rows(data, 2) },
+            which: "given rows",
+            training: None,
+            ood: None,
+        };
+        let opts = EvalOptions { sample_chains: 64, sample_sweeps: 50, ..EvalOptions::default() };
+        let r = evaluate(&t, &given, &opts).unwrap();
+        assert!(r.notes.is_empty(), "{:?}", r.notes);
+        // E = 8‖x − ½‖² on uniform noise: mean 16/12 = 4/3 and sd √(128/180) = 0.843; standard error 0.019.
+        let noise = r.energy_noise.unwrap();
+        assert_eq!(noise.rows, 2000);
+        assert!(
+            (noise.mean - 4.0 / 3.0).abs() < 0.1 && (noise.sd - (128.0f64 / 180.0).sqrt()).abs() < 0.1,
+            "{noise:?}"
+        );
+        let d = r.ood_noise.as_ref().unwrap();
+        assert_eq!(d.against, "uniform noise in [0, 1]");
+        assert!(d.auroc > 0.6, "{d:?}");
+        assert_eq!(r.model_samples, Some(ModelSamples { chains: 64, sweeps: 50 }));
+        assert_eq!(r.energy_samples.unwrap().rows, 64);
+        let mmd = r.mmd.as_ref().unwrap();
+        assert_eq!((mmd.sample_rows, mmd.test_rows, mmd.test.permutations), (64, MMD_ROWS, MMD_PERMUTATIONS));
+        assert!(r.ood_file.is_none() && r.energy_ood.is_none());
+        // One chain cannot give an unbiased MMD.
+        let opts = EvalOptions { sample_chains: 1, ..opts };
+        assert!(matches!(evaluate(&t, &given, &opts), Err(EvalError::Options(why)) if why.contains("--sample-chains")));
+    }
 }
