@@ -696,8 +696,11 @@ fn eval_compares_a_continuous_model_with_noise_its_samples_and_an_ood_file() {
         assert!(t.contains(wanted), "no `{wanted}` in\n{t}");
     }
     // Flags no run can honour.
-    let out = ebmc(&["eval", model, "--params", run, "--sample-chains", "1"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    for chains in ["1", "1000000000"] {
+        let out = ebmc(&["eval", model, "--params", run, "--sample-chains", chains]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--sample-chains"), "{}", text(&out));
+    }
     let out = ebmc(&["eval", model, "--params", run, "--ood-as-is"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let out = ebmc(&["eval", model, "--params", run, "--ood", dir.join("missing.csv").to_str().unwrap()]);
