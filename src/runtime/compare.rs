@@ -166,6 +166,9 @@ impl PooledKernel {
 /// less twice the mean across. Near 0 when both come from one distribution;
 /// it can be slightly negative. NaN with fewer than 2 rows on a side.
 pub fn mmd2_unbiased(x: &[f64], y: &[f64], dim: usize, bandwidth: f64) -> f64 {
+    if dim == 0 {
+        return f64::NAN;
+    }
     let (m, n) = (x.len() / dim, y.len() / dim);
     let kernel = PooledKernel::new(pair_distances(x, y, dim), m + n, bandwidth);
     let in_x: Vec<bool> = (0..m + n).map(|i| i < m).collect();
@@ -326,6 +329,8 @@ mod tests {
         let across: f64 = x.chunks(3).flat_map(|a| y.chunks(3).map(move |b| k(a, b))).sum::<f64>() / 35.0;
         let expected = mean_within(&x) + mean_within(&y) - 2.0 * across;
         assert!((mmd2_unbiased(&x, &y, 3, 1.0) - expected).abs() < 1e-12);
+        // One row of x has no distinct pair; rows of no width are no rows.
+        assert!(mmd2_unbiased(&x[..3], &y, 3, 1.0).is_nan() && mmd2_unbiased(&x, &y, 0, 1.0).is_nan());
         // Rows 0, 1 and 3 on a line: distances 1, 3, 2; with 7 too: 1, 2, 3, 4, 6, 7.
         assert!(close(median_distance(&[0.0, 1.0], &[3.0], 1), 2.0));
         assert!(close(median_distance(&[0.0, 1.0], &[3.0, 7.0], 1), 3.5));
