@@ -827,7 +827,7 @@ impl From<&crate::runtime::command::CommandError> for Diagnostic {
                 let names: Vec<String> = formats.iter().map(|f| format!(".{f}")).collect();
                 Diagnostic::error("E0902", format!("cannot tell the format of `{}`: use a {} file name", path.display(), names.join(" or ")))
             }
-            NoPicture => Diagnostic::error("E0902", "no visible variable is image-shaped (a square number of units), nor is the model's density over one 2-D real variable; give an image's size with --image HxW"),
+            NoPicture => Diagnostic::error("E0902", "no visible variable is image-shaped (`[H, W]`, `[1, H, W]`, `[3, H, W]` or a square number of units), nor is the model's density over one 2-D real variable; give an image's size with --image HxW"),
             Flag(reason) => with_help_lines("E0902", reason),
             NoSuchModel { name, known } => Diagnostic::error("E0903", format!("no model `{name}` in this file; models: {}", known.join(", "))),
             NoModel { command } => Diagnostic::error("E0903", format!("this file declares no model for `ebmc {command}`; write one as `model NAME {{ ... }}`")),
@@ -908,6 +908,11 @@ impl std::fmt::Display for crate::runtime::command::CommandNote {
                 write!(f, "note: no --params given; using the model's initialisers (seed {seed})")
             }
             Unformatted { path } => write!(f, "{} is not formatted; run `ebmc fmt {}`", path.display(), path.display()),
+            ImageRange { path, var, lo, hi } => write!(
+                f,
+                "note: `{var}` is an unbounded real; {} shades its sampled range {lo:.3} to {hi:.3} from black to white (bounds, `in [lo, hi]`, fix the scale)",
+                path.display()
+            ),
         }
     }
 }
@@ -930,3 +935,105 @@ impl std::fmt::Display for crate::runtime::command::FlagError {
 }
 
 impl std::error::Error for crate::runtime::command::FlagError {}
+
+/// `ebmc eval`'s lines for the figures of `runtime::compare`: energies,
+/// out-of-distribution detection by the energy score, and the MMD test.
+pub fn comparison_lines(r: &crate::runtime::report::EvalReport) -> Vec<String> {
+    use crate::runtime::report::MMD_ROWS;
+    let stats = |s: &crate::runtime::report::EnergyStats| format!("{:.4} ± {:.4} over {} rows", s.mean, s.sd, s.rows);
+    let mut out = Vec::new();
+    if let Some(s) = &r.energy_test {
+        out.push(format!("  energy of the evaluated rows   {}", stats(s)));
+    }
+    if let (Some(s), Some(m)) = (&r.energy_samples, &r.model_samples) {
+        out.push(format!(
+            "  energy of model samples        {} ({} chains x {} sweeps of the model's sampler)",
+            stats(s),
+            m.chains,
+            m.sweeps
+        ));
+    }
+    if let (Some(s), Some(d)) = (&r.energy_noise, &r.ood_noise) {
+        out.push(format!("  energy of noise rows           {} ({})", stats(s), d.against));
+    }
+    if let (Some(s), Some(d)) = (&r.energy_ood, &r.ood_file) {
+        out.push(format!("  energy of the --ood rows       {} (`{}`)", stats(s), d.against));
+    }
+    let detections: Vec<(&str, &crate::runtime::report::Detection)> =
+        [("noise rows", &r.ood_noise), ("the --ood rows", &r.ood_file)]
+            .into_iter()
+            .filter_map(|(w, d)| Some((w, d.as_ref()?)))
+            .collect();
+    if !detections.is_empty() {
+        out.push(
+            "  OOD detection by energy (lower energy = in-distribution; AUPR with the evaluated rows as positives):"
+                .to_string(),
+        );
+    }
+    for (what, d) in detections {
+        out.push(format!(
+            "    vs {what:<27} AUROC {:.4}, AUPR {:.4}, FPR at 95% TPR {:.4}",
+            d.auroc, d.aupr, d.fpr_at_95_tpr
+        ));
+    }
+    if let Some(m) = &r.mmd {
+        out.push(format!(
+            "  MMD² model samples vs rows     {:.6}, permutation p-value {:.4} ({} permutations; Gaussian kernel, median-distance bandwidth {:.4}; {} samples and {} rows, at most {MMD_ROWS} of each)",
+            m.test.mmd2, m.test.p_value, m.test.permutations, m.test.bandwidth, m.sample_rows, m.test_rows
+        ));
+    }
+    out
+}
+
+/// What the noise rows of `ebmc eval` are, per variable.
+impl std::fmt::Display for crate::runtime::report::Noise {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::runtime::report::NoiseKind;
+        let kind = |k: &NoiseKind| match k {
+            NoiseKind::Uniform { low, high } => format!("uniform noise in [{low}, {high}]"),
+            NoiseKind::MatchedGaussian => {
+                "Gaussian noise with the evaluated rows' column means and standard deviations".to_string()
+            }
+        };
+        match self.0.as_slice() {
+            [(_, k)] => write!(f, "{}", kind(k)),
+            all => {
+                let parts: Vec<String> = all.iter().map(|(v, k)| format!("`{v}`: {}", kind(k))).collect();
+                write!(f, "{}", parts.join("; "))
+            }
+        }
+    }
+}
+
+/// Why `ebmc eval` leaves a comparison figure out, or refuses its options.
+impl std::fmt::Display for crate::runtime::report::ComparisonNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::runtime::report::ComparisonNote::*;
+        match self {
+            DiscreteVisible { var } => write!(
+                f,
+                "no noise-row, model-sample or MMD figures: they need every visible variable the energy reads to be real-valued, and `{var}` is discrete"
+            ),
+            NoEnergy(why) => write!(f, "no energy or out-of-distribution figures: {why}"),
+            NoSampler(why) => write!(f, "no model-sample or MMD figures: the model's sampler cannot run: {why}"),
+            Diverged(d) => write!(
+                f,
+                "no model-sample or MMD figures: sampling diverged (`{}` of chain {} is {} after {} sweeps); lower the Langevin step or use fewer `--sample-sweeps`",
+                d.var,
+                d.chain + 1,
+                d.value,
+                d.sweeps
+            ),
+            NoBandwidth => write!(
+                f,
+                "no MMD: the median distance between the pooled samples and rows is 0, so the kernel has no bandwidth"
+            ),
+            TooFewRows { rows } => {
+                write!(f, "no MMD: the unbiased MMD needs at least 2 evaluated rows; there are {rows}")
+            }
+            TooFewChains { chains } => {
+                write!(f, "`--sample-chains` must be at least 2 (the unbiased MMD needs two samples); got {chains}")
+            }
+        }
+    }
+}
