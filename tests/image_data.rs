@@ -147,3 +147,63 @@ train m {
     assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
     assert!(stderr(&run).contains("is not a value of `x`, which takes real in [0, 1]"), "{}", stderr(&run));
 }
+
+/// Compiles `model` with `DATA` replaced by `data` and loads its train block's data.
+fn load(dir: &Scratch, model: &str, data: &str) -> Result<ebmc::runtime::data::Dataset, String> {
+    let compiled = ebmc::compile(&model.replace("DATA", data)).unwrap_or_else(|d| panic!("{data}: {d:?}"));
+    let train = &compiled.program.trains["m"];
+    let model = &compiled.program.models["m"];
+    ebmc::runtime::data::load(train.data.as_ref().unwrap(), model, &dir.0).map_err(|e| e.to_string())
+}
+
+#[test]
+fn images_of_rank_3_load_from_every_image_source() {
+    let dir = Scratch::new("rank3");
+    let model = |x: &str, y: bool| {
+        let (label, c, term) = match y {
+            true => ("    visible y : categorical(10);\n", "    param c : real[10] = zeros;\n", " - (c @ y)"),
+            false => ("", "", ""),
+        };
+        format!(
+            "model m {{\n    visible x : {x} in [0, 1];\n{label}    param w : real[N] = zeros;\n{c}    energy e = -(w @ flatten(x)){term};\n}}\ntrain m {{\n    data = DATA;\n    objective = pcd;\n}}\n"
+        )
+    };
+    let with = |x: &str, n: usize, y: bool| model(x, y).replace("[N]", &format!("[{n}]"));
+    // The bundled digits as [1, 8, 8] images in [0, 1], with their labels.
+    let digits = load(&dir, &with("real[1, 8, 8]", 64, true), "digits(scale: 0.0625) -> (x, y)").unwrap();
+    assert_eq!((digits.vars["x"].shape.clone(), digits.vars["y"].shape.clone()), (vec![1797, 1, 8, 8], vec![1797, 10]));
+    assert!(digits.vars["x"].data.iter().all(|p| (0.0..=1.0).contains(p)));
+    // MNIST-shaped IDX files: three 28x28 images and their labels.
+    let pixels: Vec<u8> = (0..3 * 784).map(|i| (i % 256) as u8).collect();
+    let images = dir.write("train-images-idx3-ubyte", &idx(&[3, 28, 28], &pixels));
+    let labels = dir.write("train-labels-idx1-ubyte", &idx(&[3], &[7, 2, 1]));
+    let mnist = format!("idx({}, labels: {}, scale: 0.00392156862745098) -> (x, y)", path(&images), path(&labels));
+    for x in ["real[1, 28, 28]", "real[28, 28]", "real[784]"] {
+        let data = load(&dir, &with(x, 784, true), &mnist).unwrap();
+        assert_eq!(data.vars["x"].data.len(), 3 * 784, "{x}");
+        // Pixel 257 is byte 1 (pixels run 0, 1, ..., 255, 0, 1, ...).
+        assert_eq!(data.vars["x"].data[257], (1.0f64 / 255.0) as f32, "{x}");
+        assert_eq!(data.vars["y"].data[7], 1.0, "{x}");
+    }
+    let wrong = load(&dir, &with("real[1, 32, 32]", 1024, true), &mnist).unwrap_err();
+    let says = format!("{} holds rows of shape [28, 28]; `x` is declared real[1, 32, 32] in [0, 1]", images.display());
+    assert!(wrong.contains(&says), "{wrong}");
+    // A CIFAR-10 batch as [3, 32, 32] images, alone.
+    let record = [vec![4u8], (0..3072u32).map(|i| (i / 1024) as u8 * 100).collect()].concat();
+    let batch = dir.write("data_batch_1.bin", &record);
+    let cifar = load(&dir, &with("real[3, 32, 32]", 3072, false), &format!("cifar10({}) -> x", path(&batch))).unwrap();
+    let x = &cifar.vars["x"];
+    assert_eq!(x.shape, vec![1, 3, 32, 32]);
+    // The red plane first, then green, then blue.
+    let byte = |b: f64| (b / 255.0) as f32;
+    assert_eq!((x.data[0], x.data[1024], x.data[2048]), (0.0, byte(100.0), byte(200.0)));
+    // An NPY array of shape (2, 3, 4, 4) feeds real[3, 4, 4] and refuses real[4, 4, 3].
+    let array = ebmc::runtime::export::npy(&[vec![0.5; 48], vec![0.25; 48]]);
+    let flat = dir.write("flat.npy", &array);
+    let npy = load(&dir, &with("real[3, 4, 4]", 48, false), &format!("npy({}) -> x", path(&flat))).unwrap();
+    assert_eq!(npy.vars["x"].shape, vec![2, 3, 4, 4]);
+    // The CLI exits 1 on a shape that does not fit, before any training.
+    let run = train(&dir, &with("real[1, 32, 32]", 1024, true), &mnist);
+    assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+    assert!(stderr(&run).contains(&says), "{}", stderr(&run));
+}
