@@ -10,14 +10,14 @@ use rayon::prelude::*;
 const TILE: usize = 256;
 
 /// Elements below which a loop runs on one thread.
-const PAR_ELEMENTS: usize = 1 << 15;
+pub(crate) const PAR_ELEMENTS: usize = 1 << 15;
 
 /// Multiply-adds below which a GEMM runs on one thread. Measured on 2
 /// cores with gemm 0.19 (its AVX-512 kernels): a second thread only pays
 /// from about 2^28 (a 1024×512×512 product gains 1.5–1.8×); from 2^22 to
 /// 2^27 it costs up to 1.9× (`cargo bench --bench gemm`). Batches of 256
 /// rows and more get their parallelism from shards instead.
-const PAR_GEMM: usize = 1 << 28;
+pub(crate) const PAR_GEMM: usize = 1 << 28;
 
 /// The data of buffer `b`.
 fn data<'a>(arena: &'a [Vec<f32>], inputs: &[&'a [f32]], b: Buf) -> &'a [f32] {

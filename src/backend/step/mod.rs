@@ -27,6 +27,7 @@
 mod exec;
 mod schedule;
 
+pub(crate) use exec::{PAR_ELEMENTS, PAR_GEMM};
 pub(crate) use schedule::compile;
 
 use crate::backend::T3;
