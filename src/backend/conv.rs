@@ -64,9 +64,10 @@ impl Conv {
 /// A GEMM operand: its buffer and (row, column) strides.
 type Operand<'a> = (&'a [f32], (usize, usize));
 
-/// `out (+)= alpha a b` for `a` `(m×k)` and `b` `(k×n)`, any strides; `out` row-major `(m×n)`.
+/// `out (+)= alpha a b` for `a` `(m×k)` and `b` `(k×n)`, any strides;
+/// `out` `(m×n)` with row stride `ors` (its columns adjacent).
 fn gemm(
-    out: &mut [f32],
+    (out, ors): (&mut [f32], usize),
     (a, (ars, acs)): Operand,
     (b, (brs, bcs)): Operand,
     (m, k, n): (usize, usize, usize),
@@ -78,13 +79,13 @@ fn gemm(
     }
     if k == 0 {
         if !accumulate {
-            out[..m * n].fill(0.0);
+            out.chunks_mut(ors).take(m).for_each(|row| row[..n].fill(0.0));
         }
         return;
     }
     let reach = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
     assert!(
-        m * n <= out.len() && reach(m, k, ars, acs) < a.len() && reach(k, n, brs, bcs) < b.len(),
+        reach(m, n, ors, 1) < out.len() && reach(m, k, ars, acs) < a.len() && reach(k, n, brs, bcs) < b.len(),
         "GEMM operands lie inside their buffers"
     );
     // Cannot fire: buffers are far below isize::MAX elements (`limits`).
@@ -104,7 +105,7 @@ fn gemm(
             k,
             out.as_mut_ptr(),
             1,
-            s(n),
+            s(ors),
             accumulate,
             a.as_ptr(),
             s(acs),
@@ -181,6 +182,13 @@ fn im2col(g: &Conv, batch: usize, x: &[f32], cols: &mut [f32], threaded: bool) {
     });
 }
 
+/// Output pixels per example from which each example's product is a GEMM
+/// of its own, written in place; below, one GEMM for the batch and a pass
+/// between layouts. Measured on 2 cores at batch 64 (forward): 28×28
+/// pixels from 1 channel run 2.2× faster per example, 14×14 from 32 channels
+/// break even, and 4×4 or 2×2 (from 1 or 32 channels) run 2.7× faster batched.
+const PER_EXAMPLE_PIXELS: usize = 256;
+
 /// `x` (`batch` inputs) convolved with `kernel`: `out` `[batch, o, oh, ow]`.
 pub(crate) fn forward(
     g: &Conv,
@@ -194,8 +202,15 @@ pub(crate) fn forward(
     let (p, t) = (g.pixels(), g.taps());
     let (cols, z) = scratch[..g.scratch(batch)].split_at_mut(t * batch * p);
     im2col(g, batch, x, cols, threaded);
+    let n = batch * p;
+    if p >= PER_EXAMPLE_PIXELS {
+        for (e, out_e) in out.chunks_mut(g.o * p).take(batch).enumerate() {
+            gemm((out_e, p), (kernel, (t, 1)), (&cols[e * p..], (n, 1)), (g.o, t, p), (false, 1.0), threaded);
+        }
+        return;
+    }
     // z[o, (e, pixel)] = Σ_tap kernel[o, tap] cols[tap, (e, pixel)].
-    gemm(z, (kernel, (t, 1)), (cols, (batch * p, 1)), (g.o, t, batch * p), (false, 1.0), threaded);
+    gemm((z, n), (kernel, (t, 1)), (cols, (n, 1)), (g.o, t, n), (false, 1.0), threaded);
     to_examples(g.o, batch, p, z, &mut out[..batch * g.o * p], threaded);
 }
 
@@ -228,9 +243,17 @@ pub(crate) fn input_adjoint(
 ) {
     let (p, t) = (g.pixels(), g.taps());
     let (cols, z) = scratch[..g.scratch(batch)].split_at_mut(t * batch * p);
-    to_channels(g.o, batch, p, gy, z, threaded);
-    // cols[tap, (e, pixel)] = Σ_o kernel[o, tap] z[o, (e, pixel)].
-    gemm(cols, (kernel, (1, t)), (z, (batch * p, 1)), (t, g.o, batch * p), (false, 1.0), threaded);
+    let n = batch * p;
+    // cols[tap, (e, pixel)] = Σ_o kernel[o, tap] gy[e, o, pixel].
+    if p >= PER_EXAMPLE_PIXELS {
+        for e in 0..batch {
+            let gy_e = (&gy[e * g.o * p..][..g.o * p], (p, 1));
+            gemm((&mut cols[e * p..], n), (kernel, (1, t)), gy_e, (t, g.o, p), (false, 1.0), threaded);
+        }
+    } else {
+        to_channels(g.o, batch, p, gy, z, threaded);
+        gemm((cols, n), (kernel, (1, t)), (z, (n, 1)), (t, g.o, n), (false, 1.0), threaded);
+    }
     col2im(g, batch, cols, &mut gx[..batch * g.input_len()], threaded);
 }
 
@@ -267,7 +290,8 @@ fn col2im(g: &Conv, batch: usize, cols: &[f32], gx: &mut [f32], threaded: bool) 
 }
 
 /// The adjoint of `forward` in its kernel, summed over the batch:
-/// `gw (+)= alpha Σ_e gy_e ⋆ x_e`, one GEMM contracting over examples × pixels.
+/// `gw (+)= alpha Σ_e gy_e ⋆ x_e`, one GEMM contracting over examples × pixels
+/// (or, with many pixels, one per example adding into `gw`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn kernel_adjoint_sum(
     g: &Conv,
@@ -282,10 +306,18 @@ pub(crate) fn kernel_adjoint_sum(
     let (p, t) = (g.pixels(), g.taps());
     let (cols, z) = scratch[..g.scratch(batch)].split_at_mut(t * batch * p);
     im2col(g, batch, x, cols, threaded);
+    let (n, gw) = (batch * p, &mut gw[..g.kernel_len()]);
+    if p >= PER_EXAMPLE_PIXELS {
+        for e in 0..batch {
+            let gy_e = (&gy[e * g.o * p..][..g.o * p], (p, 1));
+            let add = accumulate || e > 0;
+            gemm((&mut *gw, t), gy_e, (&cols[e * p..], (1, n)), (g.o, p, t), (add, alpha), threaded);
+        }
+        return;
+    }
     to_channels(g.o, batch, p, gy, z, threaded);
     // gw[o, tap] = Σ_(e, pixel) z[o, (e, pixel)] cols[tap, (e, pixel)].
-    let n = batch * p;
-    gemm(&mut gw[..g.kernel_len()], (z, (n, 1)), (cols, (1, n)), (g.o, n, t), (accumulate, alpha), threaded);
+    gemm((gw, t), (z, (n, 1)), (cols, (1, n)), (g.o, n, t), (accumulate, alpha), threaded);
 }
 
 /// The adjoint of `forward` in its kernel for each example: `gw` `[batch, o, c, k, k]`.
@@ -302,10 +334,9 @@ pub(crate) fn kernel_adjoint(
     let cols = &mut scratch[..t * batch * p];
     im2col(g, batch, x, cols, threaded);
     let n = batch * p;
-    for e in 0..batch {
-        let (gy_e, cols_e) = (&gy[e * g.o * p..][..g.o * p], &cols[e * p..]);
-        let gw_e = &mut gw[e * g.kernel_len()..][..g.kernel_len()];
-        gemm(gw_e, (gy_e, (p, 1)), (cols_e, (1, n)), (g.o, p, t), (false, 1.0), threaded);
+    for (e, gw_e) in gw.chunks_mut(g.kernel_len()).take(batch).enumerate() {
+        let gy_e = (&gy[e * g.o * p..][..g.o * p], (p, 1));
+        gemm((gw_e, t), gy_e, (&cols[e * p..], (1, n)), (g.o, p, t), (false, 1.0), threaded);
     }
 }
 
@@ -454,6 +485,35 @@ mod tests {
         }
     }
 
+    /// Checks every kernel on `g` at `batch` against the definitions.
+    fn check(rng: &mut StdRng, g: Conv, batch: usize) {
+        let (oh, ow) = g.out_hw();
+        let x = random(rng, batch * g.input_len());
+        let kernel = random(rng, g.kernel_len());
+        let gy = random(rng, batch * g.o * oh * ow);
+        let what = format!("{g:?} batch {batch}");
+        let mut scratch = vec![f32::NAN; g.scratch(batch)];
+        // Outputs start as NaN: every element must be written, none read.
+        let mut out = vec![f32::NAN; batch * g.o * oh * ow];
+        forward(&g, batch, &x, &kernel, &mut out, &mut scratch, false);
+        close(&out, &naive_forward(&g, batch, &x, &kernel), g.taps(), &format!("forward {what}"));
+        let (want_gx, want_gw) = naive_adjoints(&g, batch, &x, &kernel, &gy);
+        let mut gx = vec![f32::NAN; batch * g.input_len()];
+        input_adjoint(&g, batch, &gy, &kernel, &mut gx, &mut scratch, false);
+        close(&gx, &want_gx, g.o * g.k * g.k, &format!("input adjoint {what}"));
+        let mut gw = vec![f32::NAN; batch * g.kernel_len()];
+        kernel_adjoint(&g, batch, &x, &gy, &mut gw, &mut scratch, false);
+        close(&gw, &want_gw, oh * ow, &format!("kernel adjoint {what}"));
+        // Summed: written at ½, then ¼ more added, is ¾ of the sum.
+        let want_sum: Vec<f64> = (0..g.kernel_len())
+            .map(|i| 0.75 * (0..batch).map(|e| want_gw[e * g.kernel_len() + i]).sum::<f64>())
+            .collect();
+        let mut sum = vec![f32::NAN; g.kernel_len()];
+        kernel_adjoint_sum(&g, batch, &x, &gy, &mut sum, (false, 0.5), &mut scratch, false);
+        kernel_adjoint_sum(&g, batch, &x, &gy, &mut sum, (true, 0.25), &mut scratch, false);
+        close(&sum, &want_sum, batch * oh * ow, &format!("kernel adjoint sum {what}"));
+    }
+
     #[test]
     fn convolutions_match_their_definitions() {
         let mut rng = StdRng::seed_from_u64(13);
@@ -461,44 +521,23 @@ mod tests {
         for stride in [1, 2, 3] {
             for pad in [0, 1, 2] {
                 for k in [1, 3, 5] {
-                    let c = rng.gen_range(1..=4);
-                    let o = rng.gen_range(1..=4);
+                    let (c, o) = (rng.gen_range(1..=4), rng.gen_range(1..=4));
                     let (h, w) = (rng.gen_range(k.max(2)..=9), rng.gen_range(k..=11));
-                    if h + 2 * pad < k || w + 2 * pad < k {
-                        continue;
-                    }
-                    let g = Conv { c, h, w, o, k, stride, pad };
                     let batch = rng.gen_range(1..=3);
-                    let (oh, ow) = g.out_hw();
-                    let x = random(&mut rng, batch * g.input_len());
-                    let kernel = random(&mut rng, g.kernel_len());
-                    let gy = random(&mut rng, batch * o * oh * ow);
-                    let what = format!("{g:?} batch {batch}");
-                    let mut scratch = vec![f32::NAN; g.scratch(batch)];
-                    // Outputs start as NaN: every element must be written, none read.
-                    let mut out = vec![f32::NAN; batch * o * oh * ow];
-                    forward(&g, batch, &x, &kernel, &mut out, &mut scratch, false);
-                    close(&out, &naive_forward(&g, batch, &x, &kernel), g.taps(), &format!("forward {what}"));
-                    let (want_gx, want_gw) = naive_adjoints(&g, batch, &x, &kernel, &gy);
-                    let mut gx = vec![f32::NAN; batch * g.input_len()];
-                    input_adjoint(&g, batch, &gy, &kernel, &mut gx, &mut scratch, false);
-                    close(&gx, &want_gx, o * k * k, &format!("input adjoint {what}"));
-                    let mut gw = vec![f32::NAN; batch * g.kernel_len()];
-                    kernel_adjoint(&g, batch, &x, &gy, &mut gw, &mut scratch, false);
-                    close(&gw, &want_gw, oh * ow, &format!("kernel adjoint {what}"));
-                    // Summed: written at ½, then ¼ more added, is ¾ of the sum.
-                    let want_sum: Vec<f64> = (0..g.kernel_len())
-                        .map(|i| 0.75 * (0..batch).map(|e| want_gw[e * g.kernel_len() + i]).sum::<f64>())
-                        .collect();
-                    let mut sum = vec![f32::NAN; g.kernel_len()];
-                    kernel_adjoint_sum(&g, batch, &x, &gy, &mut sum, (false, 0.5), &mut scratch, false);
-                    kernel_adjoint_sum(&g, batch, &x, &gy, &mut sum, (true, 0.25), &mut scratch, false);
-                    close(&sum, &want_sum, batch * oh * ow, &format!("kernel adjoint sum {what}"));
+                    check(&mut rng, Conv { c, h, w, o, k, stride, pad }, batch);
                     cases += 1;
                 }
             }
         }
-        assert!(cases >= 20, "most shapes are valid ({cases})");
+        assert_eq!(cases, 27, "every stride, padding and kernel");
+        // Images with at least `PER_EXAMPLE_PIXELS` output pixels take the per-example GEMMs.
+        for g in [
+            Conv { c: 2, h: 17, w: 19, o: 3, k: 3, stride: 1, pad: 1 },
+            Conv { c: 1, h: 20, w: 16, o: 2, k: 5, stride: 1, pad: 2 },
+        ] {
+            assert!(g.pixels() >= PER_EXAMPLE_PIXELS, "{g:?} takes the per-example path");
+            check(&mut rng, g, 2);
+        }
     }
 
     /// Big enough that the loops and GEMMs split across threads: the same values as on one thread.
