@@ -739,7 +739,7 @@ impl From<&crate::runtime::command::CommandError> for Diagnostic {
                 let names: Vec<String> = formats.iter().map(|f| format!(".{f}")).collect();
                 Diagnostic::error("E0902", format!("cannot tell the format of `{}`: use a {} file name", path.display(), names.join(" or ")))
             }
-            NoPicture => Diagnostic::error("E0902", "no visible variable is image-shaped (a square number of units), nor is the model's density over one 2-D real variable; give an image's size with --image HxW"),
+            NoPicture => Diagnostic::error("E0902", "no visible variable is image-shaped (`[H, W]`, `[1, H, W]`, `[3, H, W]` or a square number of units), nor is the model's density over one 2-D real variable; give an image's size with --image HxW"),
             Flag(reason) => with_help_lines("E0902", reason),
             NoSuchModel { name, known } => Diagnostic::error("E0903", format!("no model `{name}` in this file; models: {}", known.join(", "))),
             NoModel { command } => Diagnostic::error("E0903", format!("this file declares no model for `ebmc {command}`; write one as `model NAME {{ ... }}`")),
@@ -820,6 +820,11 @@ impl std::fmt::Display for crate::runtime::command::CommandNote {
                 write!(f, "note: no --params given; using the model's initialisers (seed {seed})")
             }
             Unformatted { path } => write!(f, "{} is not formatted; run `ebmc fmt {}`", path.display(), path.display()),
+            ImageRange { path, var, lo, hi } => write!(
+                f,
+                "note: `{var}` is an unbounded real; {} shades its sampled range {lo:.3} to {hi:.3} from black to white (bounds, `in [lo, hi]`, fix the scale)",
+                path.display()
+            ),
         }
     }
 }

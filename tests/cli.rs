@@ -169,6 +169,83 @@ fn sample_runs_on_every_zoo_model_and_draws_image_grids() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A PNG's width and height, from its header.
+fn png_size(path: &Path) -> (u32, u32) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
+    let be = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
+#[test]
+fn sample_draws_chains_over_time_beside_an_image_grid() {
+    let dir = std::env::temp_dir().join(format!("ebmc-chains-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = dir.join("digits.png");
+    let args = ["sample", "models/rbm.ebm", "--chains", "9", "--steps", "40", "--png", png.to_str().unwrap()];
+    let out = ebmc(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let chains = dir.join("chains.png");
+    assert!(stdout.contains(&format!("wrote 9 images of v (8x8) to {}", png.display())), "{stdout}");
+    assert!(
+        stdout.contains(&format!("wrote 8 chains of v at 10 sweeps (1 to 40) to {}", chains.display())),
+        "{stdout}"
+    );
+    // 8x8 digits at 6 pixels a value make 48-pixel cells, 2 pixels apart
+    // and from the edge: 9 chains as 3x3, then 8 chains (rows) by 10 sweeps.
+    assert_eq!(png_size(&png), (3 * 50 + 2, 3 * 50 + 2));
+    assert_eq!(png_size(&chains), (10 * 50 + 2, 8 * 50 + 2));
+    // The same files in JSON; a short run has as many snapshots as sweeps, and
+    // a final grid named chains.png leaves its name to itself.
+    std::fs::remove_file(&chains).unwrap();
+    let own = dir.join("chains.png");
+    let json = ebmc(&[
+        "sample",
+        "models/rbm.ebm",
+        "--chains",
+        "4",
+        "--steps",
+        "3",
+        "--png",
+        own.to_str().unwrap(),
+        "--message-format",
+        "json",
+    ]);
+    assert!(json.status.success(), "{}", String::from_utf8_lossy(&json.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let beside = dir.join("chains-chains.png");
+    assert_eq!(result["picture"]["path"], own.to_str().unwrap(), "{result}");
+    assert_eq!((&result["picture"]["size"], &result["picture"]["channels"]), (&serde_json::json!([8, 8]), &1.into()));
+    let c = &result["chains_picture"];
+    assert_eq!(c["path"], beside.to_str().unwrap(), "{result}");
+    assert_eq!((&c["variable"], &c["chains"], &c["sweeps"]), (&"v".into(), &4.into(), &serde_json::json!([1, 2, 3])));
+    assert_eq!(png_size(&own), (2 * 50 + 2, 2 * 50 + 2));
+    assert_eq!(png_size(&beside), (3 * 50 + 2, 4 * 50 + 2));
+    // An unbounded real is shaded by its samples' range, and says so for each picture.
+    let grey = dir.join("grey.ebm");
+    std::fs::write(&grey, "model grey { visible x : real[16]; energy e = 0.5 * sum(square(x)); }\n").unwrap();
+    let out = ebmc(&["sample", grey.to_str().unwrap(), "--steps", "2", "--png", png.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for file in [&png, &dir.join("chains.png")] {
+        let note = format!("note: `x` is an unbounded real; {} shades its sampled range ", file.display());
+        assert!(stderr.contains(&note), "{stderr}");
+    }
+    // 4x4 images at 12 pixels a value: 64 chains as 8x8, and 8 chains by 2 sweeps.
+    assert_eq!(png_size(&png), (8 * 50 + 2, 8 * 50 + 2));
+    assert_eq!(png_size(&dir.join("chains.png")), (2 * 50 + 2, 8 * 50 + 2));
+    // A density picture has no chains over time.
+    let ring = ebmc(&["sample", "models/ring.ebm", "--chains", "5", "--steps", "2", "--png", png.to_str().unwrap()]);
+    assert!(ring.status.success(), "{}", String::from_utf8_lossy(&ring.stderr));
+    assert!(
+        !String::from_utf8_lossy(&ring.stdout).contains("sweeps (1 to"),
+        "{}",
+        String::from_utf8_lossy(&ring.stdout)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn sample_draws_2d_models_over_their_density_and_refuses_other_shapes() {
     let dir = std::env::temp_dir().join(format!("ebmc-density-{}", std::process::id()));

@@ -144,6 +144,7 @@ fn an_identity_net_of_several_layers_adds_no_activation() {
         activation,
         bias: true,
         spectral_norm: false,
+        conv: None,
         span: Default::default(),
     };
     let count_maps = |ir: &mut ebmc::ir::Ir| {

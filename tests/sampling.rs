@@ -467,3 +467,36 @@ fn lattice_draws_do_not_depend_on_the_thread_count() {
     assert_eq!(one, run(3));
     assert_ne!(one["s"].data[..4096], one["s"].data[4096..8192], "chains draw from their own streams");
 }
+
+#[test]
+fn a_traced_run_records_its_own_chains_at_the_sweeps_asked_for() {
+    use ebmc::analysis::limits::SampleRun;
+    use ebmc::runtime::sample::{Trace, run, snapshot_sweeps};
+    let src = "model rbm { visible v : binary[6]; hidden h : binary[4]; param W : real[6, 4] = normal(0, 1);
+                 energy e = -(v @ W @ h); }";
+    let (model, plan, values) = setup(src, &[]);
+    let spec = SampleRun { chains: 12, burn_in: 5, steps: 20, every: Some(10) };
+    let trace = Trace { var: "v".into(), chains: 3, count: 4 };
+    let sampler = || Sampler::new(&model, &plan, &values, 12, 11, Default::default()).unwrap();
+    let traced = run(&mut sampler(), &spec, Some(&trace), &mut || ()).unwrap();
+    let sweeps: Vec<usize> = traced.snapshots.iter().map(|s| s.sweep).collect();
+    assert_eq!((sweeps.clone(), snapshot_sweeps(25, 4)), (vec![1, 9, 17, 25], vec![1, 9, 17, 25]));
+    // The same seed replayed by hand passes through the recorded states:
+    // the first 3 chains of `v`, and nothing else.
+    let mut replay = sampler();
+    let mut snapshots = traced.snapshots.iter().peekable();
+    for sweep in 1..=25 {
+        replay.sweep();
+        if let Some(snap) = snapshots.next_if(|s| s.sweep == sweep) {
+            let v = &replay.state()["v"];
+            assert_eq!(snap.state.keys().collect::<Vec<_>>(), ["v"]);
+            assert_eq!(snap.state["v"].shape, [3, 6]);
+            assert_eq!(snap.state["v"].data, v.data[..18], "sweep {sweep}");
+        }
+    }
+    assert!(snapshots.next().is_none());
+    // Tracing changes nothing else the run keeps.
+    let plain = run(&mut sampler(), &spec, None, &mut || ()).unwrap();
+    assert!(plain.snapshots.is_empty());
+    assert_eq!((plain.kept.len(), &plain.kept, &plain.last), (2, &traced.kept, &traced.last));
+}

@@ -329,6 +329,12 @@ fn growth_of(graph: &FactorGraph, ir: &Ir, root: Id, var: &str) -> HashMap<Id, (
                 (if g(a) == Some(0.0) || bounded { Some(0.0) } else { g(a) }, false)
             }
             Op::SpectralNorm(a) | Op::SpectralOuter(a) => (g(a), false),
+            Op::AvgPool(a, _) | Op::Unpool(a, _) | Op::SumAxes(a, ..) | Op::BroadcastAxes(a, ..) | Op::Reshape(a) => {
+                (g(a), nonneg(a))
+            }
+            Op::Conv(a, b, _) | Op::ConvInput(a, b, _) | Op::ConvKernel(a, b, _) => {
+                (both(g(a), g(b), |x, y| x + y), false)
+            }
         };
         out.insert(id, value);
     }

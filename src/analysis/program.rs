@@ -211,12 +211,14 @@ pub struct Net {
 
 /// How a `convnet(C0 -> C1 -> ... -> Cn -> OUT, ...)` is built, stage by
 /// stage: stage `i` is a `kernel`×`kernel` convolution from `C(i-1)` to `Ci`
-/// channels (zero-padded by `kernel / 2`), then the activation, then `blocks`
-/// residual blocks `h + conv(act(conv(act(h))))`. The first stage keeps the
-/// resolution; each later one downsamples by `stride` (a strided
-/// convolution, or a stride-1 convolution and `stride`×`stride` average
-/// pooling when `pool`). A global average over the image follows, then a
-/// linear layer to `OUT`.
+/// channels (zero-padded by `kernel / 2`) and the activation, then `blocks`
+/// residual blocks `h ← act(h + conv(act(conv(h))))`. The first stage keeps
+/// the resolution; each later one downsamples by `stride`: a strided
+/// convolution, or with `pool` a stride-1 convolution and then
+/// `stride`×`stride` average pooling. A global average over the image
+/// follows, then a linear layer to `OUT`. Parameters: `f.k{i}` `[Ci, C(i-1),
+/// k, k]` and `f.b{i}` `[Ci]` per stage, `f.k{i}.{j}a`/`b` and
+/// `f.b{i}.{j}a`/`b` per block, `f.w` `[Cn, OUT]` and `f.b` `[OUT]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ConvLayout {
     /// The side of every square kernel; odd.

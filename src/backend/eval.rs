@@ -211,6 +211,14 @@ impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a,
             }
             // Cannot fire: every root is passed through `Ir::inline_nets` before it is evaluated.
             Op::Net(..) => unreachable!("nets are inlined before evaluation"),
+            Op::Conv(..)
+            | Op::ConvInput(..)
+            | Op::ConvKernel(..)
+            | Op::AvgPool(..)
+            | Op::Unpool(..)
+            | Op::SumAxes(..)
+            | Op::BroadcastAxes(..)
+            | Op::Reshape(_) => panic!("the dfdx evaluator has no kernel for {:?} yet", node.op),
             Op::SpectralNorm(a) | Op::SpectralOuter(a) => {
                 let w = arg(*a);
                 let (wm, wn) = canon(self.ir.shape(*a));

@@ -97,7 +97,8 @@ pub enum Command {
         /// Write samples as CSV (`.csv`) or NPY (`.npy`).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Write the final states of an image-shaped visible variable as a PNG grid
+        /// Write the final states of an image-shaped visible variable as a PNG grid, and
+        /// its first 8 chains over 10 sweeps of the run as `chains.png` beside it
         /// (or, for one 2-D real variable, the samples over the model's density).
         #[arg(long)]
         png: Option<PathBuf>,

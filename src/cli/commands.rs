@@ -4,7 +4,7 @@
 
 use crate::cli::args::GraphFormat;
 use crate::cli::output::{self, CheckSummary, Failure, FmtFile, Out, SampleResult, TrainResult};
-use crate::cli::output::{WrittenPicture, WrittenSamples};
+use crate::cli::output::{WrittenChains, WrittenPicture, WrittenSamples};
 use ebmc::analysis::limits::{self, LimitError, SampleRun};
 use ebmc::analysis::plan::Plan;
 use ebmc::analysis::program::{Model, Program};
@@ -196,6 +196,16 @@ pub fn plan(out: Out, path: &Path, only: Option<&str>, schedule: bool) -> Result
     Ok(())
 }
 
+/// Where `sample` puts the chains over time: `chains.png` beside the final
+/// grid at `png`, or `STEM-chains.png` when that grid is itself `chains.png`.
+fn chains_path(png: &Path) -> PathBuf {
+    let beside = png.with_file_name("chains.png");
+    if beside.file_name() != png.file_name() {
+        return beside;
+    }
+    png.with_file_name(format!("{}-chains.png", png.file_stem().unwrap_or_default().to_string_lossy()))
+}
+
 /// `ebmc sample`'s flags.
 pub struct SampleArgs {
     pub params: Option<PathBuf>,
@@ -229,11 +239,21 @@ pub fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Resu
         Some(_) => Some(figures::picture_of(model, &plan, a.image).ok_or(CommandError::NoPicture)?),
         None => None,
     };
+    // Image models also get their chains over time, beside the final grid.
+    let trace = match (&a.png, &picture) {
+        (Some(png), Some(Picture::Images(var, layout))) => {
+            let path = chains_path(png);
+            writable(&path, &["png"])?;
+            Some((path, figures::chains_trace(var), *layout))
+        }
+        _ => None,
+    };
     let mut sampler = ebmc::backend::Sampler::new(model, &plan, &params, a.run.chains, a.seed, a.device)
         .map_err(CommandError::Result)?;
     let total = a.run.burn_in + a.run.steps;
     let bar = out.progress(total as u64, "sampling {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]");
-    let samples = ebmc::runtime::sample::run(&mut sampler, &a.run, &mut || bar.inc(1));
+    let samples =
+        ebmc::runtime::sample::run(&mut sampler, &a.run, trace.as_ref().map(|(_, t, _)| t), &mut || bar.inc(1));
     bar.finish_and_clear();
     let samples = samples.map_err(CommandError::SamplingDiverged)?;
     let mut result = SampleResult {
@@ -243,6 +263,7 @@ pub fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Resu
         acceptance: sampler.acceptance(),
         samples: None,
         picture: None,
+        chains_picture: None,
     };
     if let Some(file) = &a.out {
         let (bytes, rows, columns) = export::samples_file(model, &samples.kept, TableFormat::of(file));
@@ -250,19 +271,50 @@ pub fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Resu
         result.samples = Some(WrittenSamples { path: file.clone(), rows, columns });
     }
     if let (Some(png), Some(picture)) = (&a.png, picture) {
-        let (bytes, shows, variable, count, size) = match picture {
-            Picture::Images(var, shape) => {
-                let (bytes, n) = figures::image_grid(model, &samples.last, &var, shape);
-                (bytes, "images", var, n, Some(shape))
+        let written = match picture {
+            Picture::Images(variable, layout) => {
+                let grid = figures::image_grid(model, &samples.last, &variable, layout);
+                if let Some((lo, hi)) = grid.range {
+                    out.note(CommandNote::ImageRange { path: png.clone(), var: variable.clone(), lo, hi });
+                }
+                write_atomically(png, &grid.png)?;
+                WrittenPicture {
+                    path: png.clone(),
+                    shows: "images",
+                    variable,
+                    count: grid.count,
+                    size: Some((layout.height, layout.width)),
+                    channels: Some(layout.channels),
+                    range: grid.range,
+                }
             }
-            Picture::Density(var) => {
-                let (bytes, n) = figures::density_picture(model, &plan, &params, &samples.kept, &var, a.device)
-                    .map_err(CommandError::Result)?;
-                (bytes, "density", var, n, None)
+            Picture::Density(variable) => {
+                let (bytes, count) =
+                    figures::density_picture(model, &plan, &params, &samples.kept, &variable, a.device)
+                        .map_err(CommandError::Result)?;
+                write_atomically(png, &bytes)?;
+                WrittenPicture {
+                    path: png.clone(),
+                    shows: "density",
+                    variable,
+                    count,
+                    size: None,
+                    channels: None,
+                    range: None,
+                }
             }
         };
-        write_atomically(png, &bytes)?;
-        result.picture = Some(WrittenPicture { path: png.clone(), shows, variable, count, size });
+        result.picture = Some(written);
+    }
+    if let Some((path, t, layout)) = trace {
+        let grid = figures::chains_grid(model, &samples.snapshots, &t.var, layout);
+        if let Some((lo, hi)) = grid.range {
+            out.note(CommandNote::ImageRange { path: path.clone(), var: t.var.clone(), lo, hi });
+        }
+        write_atomically(&path, &grid.png)?;
+        let sweeps = samples.snapshots.iter().map(|s| s.sweep).collect::<Vec<_>>();
+        let chains = grid.count / sweeps.len().max(1);
+        result.chains_picture = Some(WrittenChains { path, variable: t.var, chains, sweeps, range: grid.range });
     }
     out.result("sample", &result, || result.to_text());
     Ok(())

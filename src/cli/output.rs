@@ -171,6 +171,8 @@ pub struct SampleResult {
     pub acceptance: Option<f64>,
     pub samples: Option<WrittenSamples>,
     pub picture: Option<WrittenPicture>,
+    /// Chains over time, beside an image grid.
+    pub chains_picture: Option<WrittenChains>,
 }
 
 #[derive(Serialize)]
@@ -190,6 +192,23 @@ pub struct WrittenPicture {
     pub count: usize,
     /// Height and width of each image.
     pub size: Option<(usize, usize)>,
+    /// Channels of each image: 1 (grey) or 3 (RGB).
+    pub channels: Option<usize>,
+    /// The sampled range shaded from black to white, for an unbounded real.
+    pub range: Option<(f32, f32)>,
+}
+
+/// The picture of chains over time `sample` wrote beside an image grid.
+#[derive(Serialize)]
+pub struct WrittenChains {
+    pub path: PathBuf,
+    pub variable: String,
+    /// Rows of the grid: the first chains of the run.
+    pub chains: usize,
+    /// Columns of the grid: the sweep after which each was drawn.
+    pub sweeps: Vec<usize>,
+    /// The sampled range shaded from black to white, for an unbounded real.
+    pub range: Option<(f32, f32)>,
 }
 
 impl SampleResult {
@@ -204,7 +223,8 @@ impl SampleResult {
         if let Some(p) = &self.picture {
             s += &match p.size {
                 Some((h, w)) => {
-                    format!("wrote {} images of {} ({h}x{w}) to {}\n", p.count, p.variable, p.path.display())
+                    let colour = if p.channels == Some(3) { ", RGB" } else { "" };
+                    format!("wrote {} images of {} ({h}x{w}{colour}) to {}\n", p.count, p.variable, p.path.display())
                 }
                 None => format!(
                     "wrote {} samples of {} over the model's density to {}\n",
@@ -213,6 +233,16 @@ impl SampleResult {
                     p.path.display()
                 ),
             };
+        }
+        if let Some(c) = &self.chains_picture {
+            let (first, last) = (c.sweeps.first().unwrap_or(&0), c.sweeps.last().unwrap_or(&0));
+            s += &format!(
+                "wrote {} chains of {} at {} sweeps ({first} to {last}) to {}\n",
+                c.chains,
+                c.variable,
+                c.sweeps.len(),
+                c.path.display()
+            );
         }
         s
     }

@@ -2,8 +2,8 @@
 //! scalars pulled out of products) and the rewrites built on them:
 //! `rebuild`, `substitute`, net inlining.
 
-use super::{Id, Ir, Node, Op, Unary};
-use crate::analysis::program::{Activation, Shape};
+use super::{ConvGeom, Id, Ir, Node, Op, Unary};
+use crate::analysis::program::{Activation, ConvLayout, Net, Shape};
 use std::collections::{BTreeSet, HashMap};
 
 fn matmul_shape(a: &[usize], b: &[usize]) -> Shape {
@@ -491,6 +491,128 @@ impl Ir {
         self.intern(Op::SumTo(a), shape.to_vec())
     }
 
+    /// Both operands of a bilinear op with their numeric coefficients split
+    /// off, so `conv(-g, 2 * w)` becomes `-2 * conv(g, w)`; `None` when either
+    /// is a bare number.
+    fn split_coefficients(&mut self, a: Id, b: Id) -> Option<(f64, Id, Id)> {
+        match (self.coefficient(a), self.coefficient(b)) {
+            ((ca, Some(ra)), (cb, Some(rb))) => Some((ca * cb, ra, rb)),
+            _ => None,
+        }
+    }
+
+    /// A bilinear op of `a` and `b` in `shape`: zero when either is, with
+    /// numeric coefficients pulled out in front.
+    fn bilinear(&mut self, a: Id, b: Id, shape: Shape, op: impl Fn(Id, Id) -> Op) -> Id {
+        if self.is_zero(a) || self.is_zero(b) {
+            return self.zeros(&shape);
+        }
+        match self.split_coefficients(a, b) {
+            Some((c, ra, rb)) if (ra, rb) != (a, b) => {
+                let inner = self.intern(op(ra, rb), shape);
+                self.times(c, Some(inner))
+            }
+            _ => self.intern(op(a, b), shape),
+        }
+    }
+
+    /// A linear op of `a` in `shape`: zero when `a` is, with `a`'s numeric
+    /// coefficient pulled out in front.
+    fn linear(&mut self, a: Id, shape: Shape, op: impl Fn(Id) -> Op) -> Id {
+        if self.is_zero(a) {
+            return self.zeros(&shape);
+        }
+        match self.coefficient(a) {
+            (c, Some(r)) if r != a => {
+                let inner = self.intern(op(r), shape);
+                self.times(c, Some(inner))
+            }
+            _ => self.intern(op(a), shape),
+        }
+    }
+
+    /// The image `x : [C, H, W]` convolved with the kernel `w : [O, C, k, k]`.
+    pub fn conv(&mut self, x: Id, w: Id, geom: ConvGeom) -> Id {
+        let (xs, ws) = (self.shape(x).clone(), self.shape(w).clone());
+        let shape = vec![ws[0], geom.out_side(xs[1], ws[2]), geom.out_side(xs[2], ws[3])];
+        self.bilinear(x, w, shape, |a, b| Op::Conv(a, b, geom))
+    }
+
+    /// The adjoint of `conv` in its image: gradients `g : [O, H', W']` of
+    /// the output mapped back to an image of `shape` `[C, H, W]`.
+    pub fn conv_input(&mut self, g: Id, w: Id, geom: ConvGeom, shape: &[usize]) -> Id {
+        self.bilinear(g, w, shape.to_vec(), |a, b| Op::ConvInput(a, b, geom))
+    }
+
+    /// The adjoint of `conv` in its kernel: the image `x` against output
+    /// gradients `g`, a kernel of `shape` `[O, C, k, k]`.
+    pub fn conv_kernel(&mut self, x: Id, g: Id, geom: ConvGeom, shape: &[usize]) -> Id {
+        self.bilinear(x, g, shape.to_vec(), |a, b| Op::ConvKernel(a, b, geom))
+    }
+
+    /// The mean of every `k`×`k` window of the last two axes of `[C, H, W]`.
+    pub fn avg_pool(&mut self, x: Id, k: usize) -> Id {
+        if k == 1 {
+            return x;
+        }
+        let xs = self.shape(x).clone();
+        let shape = vec![xs[0], xs[1] / k, xs[2] / k];
+        self.linear(x, shape, |a| Op::AvgPool(a, k))
+    }
+
+    /// The adjoint of `avg_pool`, back to an image of `shape`.
+    pub fn unpool(&mut self, g: Id, k: usize, shape: &[usize]) -> Id {
+        if k == 1 {
+            return g;
+        }
+        self.linear(g, shape.to_vec(), |a| Op::Unpool(a, k))
+    }
+
+    /// `x` with `count` axes from `start` summed away.
+    pub fn sum_axes(&mut self, x: Id, start: usize, count: usize) -> Id {
+        if count == 0 {
+            return x;
+        }
+        let xs = self.shape(x).clone();
+        let shape: Shape = xs[..start].iter().chain(&xs[start + count..]).copied().collect();
+        if let Op::BroadcastAxes(y, s, c) = self.node(x).op
+            && (s, c) == (start, count)
+        {
+            let n = self.num(xs[start..start + count].iter().product::<usize>() as f64);
+            return self.mul(n, y);
+        }
+        self.linear(x, shape, |a| Op::SumAxes(a, start, count))
+    }
+
+    /// `x` repeated along the axes `shape` has from `start` that `x` lacks.
+    pub fn broadcast_axes(&mut self, x: Id, start: usize, shape: &[usize]) -> Id {
+        let count = shape.len() - self.shape(x).len();
+        if count == 0 {
+            return x;
+        }
+        if let Some(c) = self.num_value(x) {
+            let n = self.num(c);
+            return self.broadcast(n, shape);
+        }
+        self.linear(x, shape.to_vec(), |a| Op::BroadcastAxes(a, start, count))
+    }
+
+    /// The elements of `x`, row-major, in `shape`.
+    pub fn reshape(&mut self, x: Id, shape: &[usize]) -> Id {
+        if self.shape(x) == shape {
+            return x;
+        }
+        if let Some(c) = self.num_value(x) {
+            let n = self.num(c);
+            return self.broadcast(n, shape);
+        }
+        let x = if let Op::Reshape(y) = self.node(x).op { y } else { x };
+        if self.shape(x) == shape {
+            return x;
+        }
+        self.linear(x, shape.to_vec(), Op::Reshape)
+    }
+
     /// The net `name` applied to `x`.
     pub fn net(&mut self, name: &str, x: Id) -> Id {
         let shape = self.nets[name].output_shape();
@@ -528,6 +650,14 @@ impl Ir {
                         Op::Net(n, a) => self.net(&n, m(a)),
                         Op::SpectralNorm(a) => self.spectral_norm(m(a)),
                         Op::SpectralOuter(a) => self.spectral_outer(m(a)),
+                        Op::Conv(a, b, g) => self.conv(m(a), m(b), g),
+                        Op::ConvInput(a, b, g) => self.conv_input(m(a), m(b), g, &node.shape),
+                        Op::ConvKernel(a, b, g) => self.conv_kernel(m(a), m(b), g, &node.shape),
+                        Op::AvgPool(a, k) => self.avg_pool(m(a), k),
+                        Op::Unpool(a, k) => self.unpool(m(a), k, &node.shape),
+                        Op::SumAxes(a, start, count) => self.sum_axes(m(a), start, count),
+                        Op::BroadcastAxes(a, start, _) => self.broadcast_axes(m(a), start, &node.shape),
+                        Op::Reshape(a) => self.reshape(m(a), &node.shape),
                     }
                 }
             };
@@ -564,6 +694,11 @@ impl Ir {
             | Op::SumTo(a)
             | Op::SpectralNorm(a)
             | Op::SpectralOuter(a)
+            | Op::AvgPool(a, _)
+            | Op::Unpool(a, _)
+            | Op::SumAxes(a, ..)
+            | Op::BroadcastAxes(a, ..)
+            | Op::Reshape(a)
             | Op::Net(_, a) => vec![*a],
             Op::Add(a, b)
             | Op::Sub(a, b)
@@ -571,7 +706,10 @@ impl Ir {
             | Op::Div(a, b)
             | Op::MatMul(a, b)
             | Op::Outer(a, b)
-            | Op::Pow(a, b) => vec![*a, *b],
+            | Op::Pow(a, b)
+            | Op::Conv(a, b, _)
+            | Op::ConvInput(a, b, _)
+            | Op::ConvKernel(a, b, _) => vec![*a, *b],
         }
     }
 
@@ -622,6 +760,9 @@ impl Ir {
     fn expand_net(&mut self, name: &str, x: Id) -> Id {
         let net = self.nets[name].clone();
         let x = self.inline_nets(x);
+        if let Some(layout) = net.conv {
+            return self.expand_convnet(&net, layout, x);
+        }
         let layers = net.layers.len() - 1;
         let mut h = x;
         for (i, w) in net.layers.windows(2).enumerate() {
@@ -647,5 +788,78 @@ impl Ir {
             }
         }
         if net.output_shape().is_empty() { self.sum(h) } else { h }
+    }
+
+    /// A `convnet` applied to the image `x`, as `ConvLayout` describes.
+    fn expand_convnet(&mut self, net: &Net, layout: ConvLayout, x: Id) -> Id {
+        let name = &net.name;
+        let stages = net.layers.len() - 2;
+        let mut h = x;
+        for i in 0..stages {
+            let (from, to) = (net.layers[i], net.layers[i + 1]);
+            let stride = if i == 0 || layout.pool { 1 } else { layout.stride };
+            let names = [format!("{name}.k{i}"), format!("{name}.b{i}")];
+            h = self.conv_layer(net, [&names[0], &names[1]], h, [from, to], layout.kernel, stride);
+            h = self.activate(net.activation, h);
+            if layout.pool && i > 0 {
+                h = self.avg_pool(h, layout.stride);
+            }
+            for j in 0..layout.blocks {
+                let (ka, kb) = (format!("{name}.k{i}.{j}a"), format!("{name}.k{i}.{j}b"));
+                let (ba, bb) = (format!("{name}.b{i}.{j}a"), format!("{name}.b{i}.{j}b"));
+                let r = self.conv_layer(net, [&ka, &ba], h, [to, to], layout.kernel, 1);
+                let r = self.activate(net.activation, r);
+                let r = self.conv_layer(net, [&kb, &bb], r, [to, to], layout.kernel, 1);
+                let sum = self.add(h, r);
+                h = self.activate(net.activation, sum);
+            }
+        }
+        // Global average pooling: one value per channel whatever the image size.
+        let hs = self.shape(h).clone();
+        let pooled = self.sum_axes(h, 1, 2);
+        let mean = self.num(1.0 / (hs[1] * hs[2]) as f64);
+        let features = self.mul(mean, pooled);
+        let out = *net.layers.last().unwrap_or(&1);
+        let weight = self.param(&format!("{name}.w"), &[hs[0], out]);
+        let mut y = self.matmul(features, weight);
+        if net.spectral_norm {
+            let sigma = self.spectral_norm(weight);
+            y = self.div(y, sigma);
+        }
+        if net.bias {
+            let b = self.param(&format!("{name}.b"), &[out]);
+            y = self.add(y, b);
+        }
+        if net.output_shape().is_empty() { self.sum(y) } else { y }
+    }
+
+    /// One convolution of a `convnet`, `[from, to]` channels, zero-padded to
+    /// keep the size at stride 1; spectrally normalised and biased as the
+    /// net says. The kernel's σ is that of its `[to, from·k·k]` matrix
+    /// (Miyato et al., 2018), dividing the output so the kernel's gradient
+    /// stays one `ConvKernel`.
+    fn conv_layer(
+        &mut self,
+        net: &Net,
+        [kernel, bias]: [&str; 2],
+        h: Id,
+        [from, to]: [usize; 2],
+        k: usize,
+        stride: usize,
+    ) -> Id {
+        let w = self.param(kernel, &[to, from, k, k]);
+        let mut y = self.conv(h, w, ConvGeom { stride, pad: k / 2 });
+        if net.spectral_norm {
+            let matrix = self.reshape(w, &[to, from * k * k]);
+            let sigma = self.spectral_norm(matrix);
+            y = self.div(y, sigma);
+        }
+        if net.bias {
+            let b = self.param(bias, &[to]);
+            let shape = self.shape(y).clone();
+            let spread = self.broadcast_axes(b, 1, &shape);
+            y = self.add(y, spread);
+        }
+        y
     }
 }

@@ -216,6 +216,65 @@ impl Ir {
                     let c = self.mul(id, diff);
                     push(self, a, c);
                 }
+                // The conv family is closed under adjoints: each op is bilinear,
+                // and its adjoint in either operand is another member.
+                Op::Conv(x, w, geom) => {
+                    if depends.contains(&x) {
+                        let sx = shape_of(self, x);
+                        let c = self.conv_input(g, w, geom, &sx);
+                        push(self, x, c);
+                    }
+                    if depends.contains(&w) {
+                        let sw = shape_of(self, w);
+                        let c = self.conv_kernel(x, g, geom, &sw);
+                        push(self, w, c);
+                    }
+                }
+                Op::ConvInput(dy, w, geom) => {
+                    if depends.contains(&dy) {
+                        let c = self.conv(g, w, geom);
+                        push(self, dy, c);
+                    }
+                    if depends.contains(&w) {
+                        let sw = shape_of(self, w);
+                        let c = self.conv_kernel(g, dy, geom, &sw);
+                        push(self, w, c);
+                    }
+                }
+                Op::ConvKernel(x, dy, geom) => {
+                    if depends.contains(&x) {
+                        let sx = shape_of(self, x);
+                        let c = self.conv_input(dy, g, geom, &sx);
+                        push(self, x, c);
+                    }
+                    if depends.contains(&dy) {
+                        let c = self.conv(x, g, geom);
+                        push(self, dy, c);
+                    }
+                }
+                Op::AvgPool(a, k) => {
+                    let sa = shape_of(self, a);
+                    let c = self.unpool(g, k, &sa);
+                    push(self, a, c);
+                }
+                Op::Unpool(a, k) => {
+                    let c = self.avg_pool(g, k);
+                    push(self, a, c);
+                }
+                Op::SumAxes(a, start, _) => {
+                    let sa = shape_of(self, a);
+                    let c = self.broadcast_axes(g, start, &sa);
+                    push(self, a, c);
+                }
+                Op::BroadcastAxes(a, start, count) => {
+                    let c = self.sum_axes(g, start, count);
+                    push(self, a, c);
+                }
+                Op::Reshape(a) => {
+                    let sa = shape_of(self, a);
+                    let c = self.reshape(g, &sa);
+                    push(self, a, c);
+                }
                 // Cannot fire: `grad`/`grad_param` inline the nets on the path first.
                 Op::Net(..) => unreachable!("nets on the path to the variable are inlined first"),
             }

@@ -2,7 +2,7 @@
 //! model and its nets declare.
 
 use super::{Id, Ir, Lowered, ParamSpec, Unary};
-use crate::analysis::program::{ConstValue, Func, Init, Model, Net, TExpr, TExprKind};
+use crate::analysis::program::{ConstValue, ConvLayout, Func, Init, Model, Net, TExpr, TExprKind};
 use crate::front::ast::BinOp;
 
 /// Lowers a checked model to IR: each energy term and their sum, with every learned tensor.
@@ -39,6 +39,9 @@ pub fn param_specs(model: &Model) -> Vec<ParamSpec> {
 /// The weights of a net: `f.w0 : [in, h1]`, `f.b0 : [h1]`, ... Weights start
 /// at normal(0, 1/sqrt(fan_in)), so activations keep their scale; biases at zero.
 pub fn net_params(n: &Net) -> Vec<ParamSpec> {
+    if let Some(layout) = n.conv {
+        return convnet_params(n, layout);
+    }
     let mut out = Vec::new();
     for (i, w) in n.layers.windows(2).enumerate() {
         out.push(ParamSpec {
@@ -49,6 +52,42 @@ pub fn net_params(n: &Net) -> Vec<ParamSpec> {
         if n.bias {
             out.push(ParamSpec { name: format!("{}.b{i}", n.name), shape: vec![w[1]], init: Init::Constant(0.0) });
         }
+    }
+    out
+}
+
+/// A `convnet`'s kernels, biases and head (`ConvLayout` names them). Kernels
+/// start at normal(0, 1/sqrt(fan_in)), fan_in = channels·k·k; residual
+/// blocks' second kernels at a tenth of that, so each block starts near the
+/// identity and a deep net's activations keep their scale.
+fn convnet_params(n: &Net, layout: ConvLayout) -> Vec<ParamSpec> {
+    let k = layout.kernel;
+    let mut out = Vec::new();
+    let mut push = |name: String, shape: Vec<usize>, std: f64| {
+        let init = if std == 0.0 { Init::Constant(0.0) } else { Init::Normal { mean: 0.0, std } };
+        out.push(ParamSpec { name, shape, init });
+    };
+    let stages = n.layers.len() - 2;
+    for i in 0..stages {
+        let (from, to) = (n.layers[i], n.layers[i + 1]);
+        push(format!("{}.k{i}", n.name), vec![to, from, k, k], 1.0 / ((from * k * k) as f64).sqrt());
+        if n.bias {
+            push(format!("{}.b{i}", n.name), vec![to], 0.0);
+        }
+        let std = 1.0 / ((to * k * k) as f64).sqrt();
+        for j in 0..layout.blocks {
+            for (part, scale) in [("a", 1.0), ("b", 0.1)] {
+                push(format!("{}.k{i}.{j}{part}", n.name), vec![to, to, k, k], scale * std);
+                if n.bias {
+                    push(format!("{}.b{i}.{j}{part}", n.name), vec![to], 0.0);
+                }
+            }
+        }
+    }
+    let (last, width) = (n.layers[stages], n.layers[stages + 1]);
+    push(format!("{}.w", n.name), vec![last, width], 1.0 / (last as f64).sqrt());
+    if n.bias {
+        push(format!("{}.b", n.name), vec![width], 0.0);
     }
     out
 }

@@ -162,6 +162,48 @@ pub enum Op {
     /// `u vᵀ` for the matrix's top singular vectors: the derivative of σ.
     /// Held constant when differentiated, as spectral normalisation does.
     SpectralOuter(Id),
+    /// 2-D cross-correlation of an image `[C, H, W]` with a kernel
+    /// `[O, C, k, k]`: `[O, H', W']`, `H' = (H + 2 pad - k) / stride + 1`,
+    /// `out[o,i,j] = Σ_{c,p,q} w[o,c,p,q] · x[c, i·stride + p - pad, j·stride + q - pad]`
+    /// (zero outside the image).
+    Conv(Id, Id, ConvGeom),
+    /// The adjoint of `Conv` in its image: output gradients `[O, H', W']`
+    /// and the kernel → `[C, H, W]` (the node's shape).
+    ConvInput(Id, Id, ConvGeom),
+    /// The adjoint of `Conv` in its kernel: the image `[C, H, W]` and output
+    /// gradients `[O, H', W']` → `[O, C, k, k]` (the node's shape), per example.
+    ConvKernel(Id, Id, ConvGeom),
+    /// Mean over `k`×`k` windows of the last two axes, stride `k`; rows and
+    /// columns past the last whole window are dropped.
+    AvgPool(Id, usize),
+    /// The adjoint of `AvgPool`: each value divided by `k²` over its window,
+    /// zero on dropped rows and columns (the node's shape).
+    Unpool(Id, usize),
+    /// Sums `count` axes from `start` away: `[P.., A.., Q..]` → `[P.., Q..]`.
+    SumAxes(Id, usize, usize),
+    /// The adjoint of `SumAxes`: repeats the child along `count` axes
+    /// inserted at `start` (the node's shape says their sizes).
+    BroadcastAxes(Id, usize, usize),
+    /// The same elements, row-major, in the node's shape.
+    Reshape(Id),
+}
+
+/// The stride and zero padding of a convolution (kernels are square; the
+/// channels and kernel size come from the operands' shapes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ConvGeom {
+    /// Steps between output pixels, in input pixels.
+    pub stride: usize,
+    /// Zeros added on every side.
+    pub pad: usize,
+}
+
+impl ConvGeom {
+    /// The output side for an input side `n` and kernel side `k`; 0 when the
+    /// kernel does not fit.
+    pub fn out_side(self, n: usize, k: usize) -> usize {
+        (n + 2 * self.pad).checked_sub(k).map_or(0, |r| r / self.stride + 1)
+    }
 }
 
 /// An IR node: an op and its per-example shape.

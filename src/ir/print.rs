@@ -50,6 +50,7 @@ impl Ir {
     fn layout(&self, id: Id) -> (Vec<Piece<'_>>, u8) {
         use Piece::{Node as N, Text as T};
         let call = |name: &'static str, a: Id| (vec![T(name), T("("), N(a, 0), T(")")], 6);
+        let call2 = |name: &'static str, a: Id, b: Id| (vec![T(name), T("("), N(a, 0), T(", "), N(b, 0), T(")")], 6);
         match &self.node(id).op {
             Op::Num(bits) => {
                 let x = f64::from_bits(*bits);
@@ -77,6 +78,14 @@ impl Ir {
             Op::Net(n, a) => (vec![Piece::Name(n), T("("), N(*a, 0), T(")")], 6),
             Op::SpectralNorm(a) => call("spectral_norm", *a),
             Op::SpectralOuter(a) => call("spectral_outer", *a),
+            Op::Conv(a, b, _) => call2("conv", *a, *b),
+            Op::ConvInput(a, b, _) => call2("conv_input", *a, *b),
+            Op::ConvKernel(a, b, _) => call2("conv_kernel", *a, *b),
+            Op::AvgPool(a, _) => call("avg_pool", *a),
+            Op::Unpool(a, _) => call("unpool", *a),
+            Op::SumAxes(a, ..) => call("sum_axes", *a),
+            // Like broadcasting, spreading along new axes and reshaping are implicit.
+            Op::BroadcastAxes(a, ..) | Op::Reshape(a) => self.layout(*a),
         }
     }
 
@@ -97,6 +106,13 @@ impl Ir {
                 Op::Const(n) => format!("const {n}"),
                 Op::Map(f, _) => format!("{} {}", f.name(), args.join(" ")),
                 Op::Net(n, _) => format!("net {n} {}", args.join(" ")),
+                Op::Conv(_, _, g) | Op::ConvInput(_, _, g) | Op::ConvKernel(_, _, g) => {
+                    format!("{} {} stride {} pad {}", op_name(&node.op), args.join(" "), g.stride, g.pad)
+                }
+                Op::AvgPool(_, k) | Op::Unpool(_, k) => format!("{} {} {k}", op_name(&node.op), args.join(" ")),
+                Op::SumAxes(_, s, c) | Op::BroadcastAxes(_, s, c) => {
+                    format!("{} {} axes {s}..{}", op_name(&node.op), args.join(" "), s + c)
+                }
                 other => format!("{} {}", op_name(other), args.join(" ")),
             };
             let _ = writeln!(out, "%{} : {} = {}", id.0, crate::analysis::program::shape_str(&node.shape), op);
@@ -140,6 +156,14 @@ fn op_name(op: &Op) -> &'static str {
         Op::SumTo(_) => "sum_to",
         Op::SpectralNorm(_) => "spectral_norm",
         Op::SpectralOuter(_) => "spectral_outer",
+        Op::Conv(..) => "conv",
+        Op::ConvInput(..) => "conv_input",
+        Op::ConvKernel(..) => "conv_kernel",
+        Op::AvgPool(..) => "avg_pool",
+        Op::Unpool(..) => "unpool",
+        Op::SumAxes(..) => "sum_axes",
+        Op::BroadcastAxes(..) => "broadcast_axes",
+        Op::Reshape(_) => "reshape",
         _ => "op",
     }
 }

@@ -1,7 +1,7 @@
 //! The reference interpreter: per-example f64 evaluation by the ops'
 //! definitions, the oracle for derivatives and the backend.
 
-use super::{Id, Ir, Op};
+use super::{ConvGeom, Id, Ir, Op};
 use crate::analysis::program::Shape;
 use std::collections::{BTreeMap, HashMap};
 
@@ -108,6 +108,51 @@ impl Ir {
                     let (_, u, w) = top_singular(&x.data, x.shape[0], x.shape[1]);
                     u.iter().flat_map(|p| w.iter().map(move |q| p * q)).collect()
                 }
+                Op::Conv(x, w, geom) => {
+                    let (x, w) = (v(x), v(w));
+                    let mut out = vec![0.0; shape.iter().product()];
+                    for_each_tap(&x.shape, &w.shape, &shape, *geom, |xi, wi, oi| out[oi] += w.data[wi] * x.data[xi]);
+                    out
+                }
+                Op::ConvInput(dy, w, geom) => {
+                    let (dy, w) = (v(dy), v(w));
+                    let mut out = vec![0.0; shape.iter().product()];
+                    for_each_tap(&shape, &w.shape, &dy.shape, *geom, |xi, wi, oi| out[xi] += w.data[wi] * dy.data[oi]);
+                    out
+                }
+                Op::ConvKernel(x, dy, geom) => {
+                    let (x, dy) = (v(x), v(dy));
+                    let mut out = vec![0.0; shape.iter().product()];
+                    for_each_tap(&x.shape, &shape, &dy.shape, *geom, |xi, wi, oi| out[wi] += x.data[xi] * dy.data[oi]);
+                    out
+                }
+                Op::AvgPool(a, k) => {
+                    let x = v(a);
+                    let mut out = vec![0.0; shape.iter().product()];
+                    for_each_window(&x.shape, &shape, *k, |xi, oi| out[oi] += x.data[xi] / (k * k) as f64);
+                    out
+                }
+                Op::Unpool(a, k) => {
+                    let g = v(a);
+                    let mut out = vec![0.0; shape.iter().product()];
+                    for_each_window(&shape, &g.shape, *k, |xi, oi| out[xi] += g.data[oi] / (k * k) as f64);
+                    out
+                }
+                Op::SumAxes(a, start, count) => {
+                    let x = v(a);
+                    let (p, n, q) = runs(&x.shape, *start, *count);
+                    let mut out = vec![0.0; p * q];
+                    for (i, e) in x.data.iter().enumerate() {
+                        out[(i / (n * q)) * q + i % q] += e;
+                    }
+                    out
+                }
+                Op::BroadcastAxes(a, start, count) => {
+                    let x = v(a);
+                    let (_, n, q) = runs(&shape, *start, *count);
+                    (0..shape.iter().product::<usize>()).map(|i| x.data[(i / (n * q)) * q + i % q]).collect()
+                }
+                Op::Reshape(a) => v(a).data,
             };
             vals.insert(id, RefValue { shape, data });
         }
@@ -159,6 +204,63 @@ pub fn top_singular(w: &[f64], m: usize, n: usize) -> (f64, Vec<f64>, Vec<f64>) 
         }
     }
     (u.iter().zip(w.chunks(n)).map(|(ui, row)| ui * dot(row, &v)).sum(), u, v)
+}
+
+/// Calls `tap(x index, kernel index, output index)` for every product a
+/// convolution of an image `[C, H, W]` by a kernel `[O, C, k, k]` into
+/// `[O, H', W']` adds, skipping the zero padding.
+fn for_each_tap(x: &[usize], w: &[usize], out: &[usize], geom: ConvGeom, mut tap: impl FnMut(usize, usize, usize)) {
+    let ([c, h, wd], [o, _, k, _], [_, oh, ow]) =
+        ([x[0], x[1], x[2]], [w[0], w[1], w[2], w[3]], [out[0], out[1], out[2]]);
+    for (oc, ic, p, q, i, j) in conv_taps(o, c, k, oh, ow) {
+        let (y, z) =
+            ((i * geom.stride + p) as isize - geom.pad as isize, (j * geom.stride + q) as isize - geom.pad as isize);
+        if y < 0 || z < 0 || y as usize >= h || z as usize >= wd {
+            continue;
+        }
+        let xi = (ic * h + y as usize) * wd + z as usize;
+        let wi = ((oc * c + ic) * k + p) * k + q;
+        tap(xi, wi, (oc * oh + i) * ow + j);
+    }
+}
+
+/// Every (output channel, input channel, kernel row, kernel column, output
+/// row, output column).
+fn conv_taps(
+    o: usize,
+    c: usize,
+    k: usize,
+    oh: usize,
+    ow: usize,
+) -> impl Iterator<Item = (usize, usize, usize, usize, usize, usize)> {
+    (0..o).flat_map(move |a| {
+        (0..c).flat_map(move |b| {
+            (0..k).flat_map(move |p| {
+                (0..k).flat_map(move |q| (0..oh).flat_map(move |i| (0..ow).map(move |j| (a, b, p, q, i, j))))
+            })
+        })
+    })
+}
+
+/// Calls `cell(x index, pooled index)` for every pixel of `[C, H, W]` inside
+/// a whole `k`×`k` window of `pooled`'s `[C, H/k, W/k]`.
+fn for_each_window(x: &[usize], pooled: &[usize], k: usize, mut cell: impl FnMut(usize, usize)) {
+    let (c, h, w) = (x[0], x[1], x[2]);
+    let (ph, pw) = (pooled[1], pooled[2]);
+    for ch in 0..c {
+        for y in 0..ph * k {
+            for z in 0..pw * k {
+                cell((ch * h + y) * w + z, (ch * ph + y / k) * pw + z / k);
+            }
+        }
+    }
+}
+
+/// `shape` as `[P, N, Q]` around the `count` axes from `start`.
+fn runs(shape: &[usize], start: usize, count: usize) -> (usize, usize, usize) {
+    let p = shape[..start].iter().product();
+    let n = shape[start..start + count].iter().product();
+    (p, n, shape[start + count..].iter().product())
 }
 
 fn broadcast_ref(x: &RefValue, shape: &[usize]) -> Vec<f64> {

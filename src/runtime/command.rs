@@ -103,12 +103,14 @@ impl CommandError {
 
 /// A line a command prints for people beside its result: what it assumed,
 /// or what to run next. Not an error; nothing in JSON.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CommandNote {
     /// `sample` without `--params` runs the model's initialisers.
     DefaultParams { seed: u64 },
     /// `fmt --check` found a file that is not formatted.
     Unformatted { path: PathBuf },
+    /// The picture at `path` of an unbounded real, shaded from the samples' own range.
+    ImageRange { path: PathBuf, var: String, lo: f32, hi: f32 },
 }
 
 /// A count or size flag that does not parse or is out of range.

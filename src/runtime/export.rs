@@ -119,36 +119,78 @@ fn encode_png(pixels: &[u8], width: usize, height: usize, colour: png::ColorType
     out
 }
 
-/// Grids narrower than this are upscaled: a person can judge an 8x8 digit
-/// at 8 to the row only when each is at least 64 pixels across.
-const MIN_GRID_PIXELS: usize = 512;
+/// How the units of an image-shaped variable are laid out: `channels`
+/// planes (1 for grey; 3 for red, green and blue, in that order) of
+/// `height` rows of `width` values, row-major.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ImageLayout {
+    /// 1 (grey) or 3 (RGB).
+    pub channels: usize,
+    /// Rows of each plane.
+    pub height: usize,
+    /// Values in each row.
+    pub width: usize,
+}
+
+impl ImageLayout {
+    /// A grey image of `height` rows of `width` values.
+    pub fn grey(height: usize, width: usize) -> ImageLayout {
+        ImageLayout { channels: 1, height, width }
+    }
+
+    /// Values in one image; `None` past `usize` (a size given on the command line can be anything).
+    pub fn units(&self) -> Option<usize> {
+        self.channels.checked_mul(self.height)?.checked_mul(self.width)
+    }
+}
+
+/// The least side of a grid cell, in pixels: a person can judge an 8x8
+/// digit only when it is drawn about 48 pixels across.
+const MIN_CELL_PIXELS: usize = 48;
 /// Grey pixels between cells and around the grid.
 const GRID_GAP: usize = 2;
+/// The grey of the gaps (mid grey, apart from the black and white of binary images).
+const GAP_GREY: u8 = 128;
 
-/// Tiles `images` (each `height * width` values in [0, 1]) into a grayscale
-/// PNG grid, each value a square of at least `min_scale` pixels and more
-/// until the grid is at least 512 pixels wide, with a 2-pixel grey gap
-/// between cells.
-pub fn png_grid(images: &[Vec<f32>], height: usize, width: usize, min_scale: usize) -> Vec<u8> {
-    let n = images.len().max(1);
-    let cols = (n as f64).sqrt().ceil() as usize;
-    let rows = n.div_ceil(cols);
-    // Cannot fire: the grid's width grows with the scale without bound.
-    let scale =
-        (min_scale.max(1)..).find(|s| cols * (width * s + GRID_GAP) + GRID_GAP >= MIN_GRID_PIXELS).expect("unbounded");
+/// Pixels per value in a grid of images of `layout`: the least whole
+/// number that makes a cell at least `MIN_CELL_PIXELS` across (8x8 is
+/// drawn 6 times larger, 28x28 and 32x32 twice), and 1 for large images.
+pub fn cell_scale(layout: ImageLayout) -> usize {
+    MIN_CELL_PIXELS.div_ceil(layout.height.max(layout.width).max(1)).max(1)
+}
+
+/// Columns of a grid of `n` cells that keeps it as square as it can be (64 cells as 8x8).
+pub fn square_columns(n: usize) -> usize {
+    (n.max(1) as f64).sqrt().ceil() as usize
+}
+
+/// Tiles `images` (each `channels * height * width` values in [0, 1], clamped) into a
+/// PNG grid of `cols` columns, filled row by row: grey for one channel, RGB
+/// for three. Each value is a square of `cell_scale(layout)` pixels, with a
+/// 2-pixel grey gap between cells and around the grid.
+pub fn png_grid(images: &[Vec<f32>], layout: ImageLayout, cols: usize) -> Vec<u8> {
+    let ImageLayout { channels, height, width } = layout;
+    let cols = cols.max(1);
+    let rows = images.len().max(1).div_ceil(cols);
+    let scale = cell_scale(layout);
     let (cell_h, cell_w) = (height * scale + GRID_GAP, width * scale + GRID_GAP);
     let (img_h, img_w) = (rows * cell_h + GRID_GAP, cols * cell_w + GRID_GAP);
-    let mut pixels = vec![128u8; img_h * img_w];
+    let mut pixels = vec![GAP_GREY; img_h * img_w * channels];
+    let plane = height * width;
     for (i, image) in images.iter().enumerate() {
-        let (gr, gc) = (i / cols, i % cols);
+        let (top, left) = ((i / cols) * cell_h + GRID_GAP, (i % cols) * cell_w + GRID_GAP);
         for y in 0..height * scale {
             for x in 0..width * scale {
-                let v = image[(y / scale) * width + x / scale].clamp(0.0, 1.0);
-                pixels[(gr * cell_h + GRID_GAP + y) * img_w + gc * cell_w + GRID_GAP + x] = (v * 255.0).round() as u8;
+                let unit = (y / scale) * width + x / scale;
+                let at = ((top + y) * img_w + left + x) * channels;
+                for c in 0..channels {
+                    pixels[at + c] = (image[c * plane + unit].clamp(0.0, 1.0) * 255.0).round() as u8;
+                }
             }
         }
     }
-    encode_png(&pixels, img_w, img_h, png::ColorType::Grayscale)
+    let colour = if channels == 3 { png::ColorType::Rgb } else { png::ColorType::Grayscale };
+    encode_png(&pixels, img_w, img_h, colour)
 }
 
 /// The bundled font: a Latin-1 subset of DejaVu Sans (see `data/README.md`),
@@ -279,20 +321,23 @@ pub fn density_png(log_density: &[f64], resolution: usize, (low, high): (f64, f6
     })
 }
 
-/// Images of one visible variable, scaled to [0, 1] by its domain: binary and
-/// [0, 1]-bounded as they are, spins from [-1, 1], categories by index, other
-/// reals by the range of the samples.
-pub fn images_of(model: &Model, samples: &Tensors, var: &str) -> Vec<Vec<f32>> {
+/// Images of one visible variable in each of `states`, one state after
+/// another, scaled to [0, 1] by its domain: binary and spins from their two
+/// values, a bounded real from its box, categories by index, an unbounded
+/// real from the range of all the values shown, which is returned so that a
+/// caller can say how its pictures are shaded.
+pub fn images_of(model: &Model, states: &[&Tensors], var: &str) -> (Vec<Vec<f32>>, Option<(f32, f32)>) {
     // Cannot fire: callers pass a variable of the model (the CLI picks it from the plan).
     let v = model.variable(var).expect("variable exists");
-    let t = &samples[var];
-    let rows = t.shape[0];
     let per: usize = v.shape.iter().product();
+    let rows = states.iter().flat_map(|state| {
+        let t = &state[var];
+        (0..t.shape[0]).map(move |r| &t.data[r * per..(r + 1) * per])
+    });
     let values: Vec<Vec<f32>> = match v.domain {
-        Domain::Categorical { categories } => (0..rows)
-            .map(|r| {
-                t.data[r * per..(r + 1) * per]
-                    .chunks(categories)
+        Domain::Categorical { categories } => rows
+            .map(|row| {
+                row.chunks(categories)
                     .map(|c| {
                         c.iter().enumerate().fold(0, |best, (i, x)| if *x > c[best] { i } else { best }) as f32
                             / (categories - 1) as f32
@@ -300,37 +345,51 @@ pub fn images_of(model: &Model, samples: &Tensors, var: &str) -> Vec<Vec<f32>> {
                     .collect()
             })
             .collect(),
-        _ => (0..rows).map(|r| t.data[r * per..(r + 1) * per].to_vec()).collect(),
+        _ => rows.map(<[f32]>::to_vec).collect(),
     };
-    let (lo, hi) = match v.domain {
-        Domain::Binary | Domain::Categorical { .. } => (0.0, 1.0),
-        Domain::Spin => (-1.0, 1.0),
-        Domain::Real { bounds: Some((lo, hi)) } => (lo as f32, hi as f32),
+    let ((lo, hi), from_samples) = match v.domain {
+        Domain::Binary | Domain::Categorical { .. } => ((0.0, 1.0), false),
+        Domain::Spin => ((-1.0, 1.0), false),
+        Domain::Real { bounds: Some((lo, hi)) } => ((lo as f32, hi as f32), false),
         Domain::Real { bounds: None } => {
             let all = values.iter().flatten();
             let lo = all.clone().cloned().fold(f32::INFINITY, f32::min);
             let hi = all.cloned().fold(f32::NEG_INFINITY, f32::max);
-            (lo, if hi > lo { hi } else { lo + 1.0 })
+            // One value everywhere (or none) is drawn black rather than divided by zero.
+            ((lo, if hi > lo { hi } else { lo + 1.0 }), true)
         }
     };
-    values.into_iter().map(|img| img.into_iter().map(|x| (x - lo) / (hi - lo)).collect()).collect()
+    let images = values.into_iter().map(|img| img.into_iter().map(|x| (x - lo) / (hi - lo)).collect()).collect();
+    (images, from_samples.then_some((lo, hi)))
 }
 
-/// The image shape of a variable: a perfect square number of units (64 is
-/// 8x8, 784 is 28x28) or the size given.
-pub fn image_shape(model: &Model, var: &str, given: Option<(usize, usize)>) -> Option<(usize, usize)> {
+/// How a variable's units make an image: `[C, H, W]` with 1 or 3 channels
+/// (grey, or red, green and blue planes), `[H, W]` grey, a square number of
+/// units (64 is 8x8, 784 is 28x28) grey, or the height and width given
+/// (with the variable's own channels). A categorical variable's last axis
+/// holds its categories, so one image value is one unit's category.
+pub fn image_shape(model: &Model, var: &str, given: Option<(usize, usize)>) -> Option<ImageLayout> {
     let v = model.variable(var)?;
-    let units = match v.domain {
-        Domain::Categorical { categories } => v.shape.iter().product::<usize>() / categories,
-        _ => v.shape.iter().product(),
+    let categorical = matches!(v.domain, Domain::Categorical { .. });
+    let axes = if categorical { &v.shape[..v.shape.len().saturating_sub(1)] } else { &v.shape[..] };
+    let units: usize = axes.iter().product();
+    let natural = match *axes {
+        // Colour comes from three real or binary planes; a categorical unit is one value.
+        [channels @ (1 | 3), height, width] if !(categorical && channels == 3) => {
+            Some(ImageLayout { channels, height, width })
+        }
+        [height, width] => Some(ImageLayout::grey(height, width)),
+        _ => None,
     };
     match given {
-        Some((h, w)) => (h * w == units).then_some((h, w)),
-        None if v.shape.len() == 2 && !matches!(v.domain, Domain::Categorical { .. }) => Some((v.shape[0], v.shape[1])),
-        None => {
+        Some((height, width)) => [natural.map_or(1, |l| l.channels), 1]
+            .into_iter()
+            .map(|channels| ImageLayout { channels, height, width })
+            .find(|l| l.units() == Some(units)),
+        None => natural.or_else(|| {
             let side = (units as f64).sqrt().round() as usize;
-            (side * side == units && side > 1).then_some((side, side))
-        }
+            (side * side == units && side > 1).then_some(ImageLayout::grey(side, side))
+        }),
     }
 }
 
@@ -422,7 +481,7 @@ pub fn line_plots(panels: &[Panel]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn size(png: &[u8]) -> (u32, u32) {
@@ -430,16 +489,126 @@ mod tests {
         (info.width, info.height)
     }
 
+    /// A PNG's width, height, channels and pixels, row-major.
+    pub(crate) fn decode(png: &[u8]) -> (usize, usize, usize, Vec<u8>) {
+        let mut reader = png::Decoder::new(std::io::Cursor::new(png)).read_info().expect("a PNG");
+        let mut pixels = vec![0; reader.output_buffer_size().expect("a size")];
+        let frame = reader.next_frame(&mut pixels).expect("one frame");
+        pixels.truncate(frame.buffer_size());
+        (frame.width as usize, frame.height as usize, frame.color_type.samples(), pixels)
+    }
+
+    pub(crate) fn variable(name: &str, domain: Domain, shape: Vec<usize>) -> crate::analysis::program::Variable {
+        let (role, span) = (crate::front::ast::Role::Visible, Default::default());
+        crate::analysis::program::Variable { name: name.into(), role, domain, shape, span }
+    }
+
+    pub(crate) fn model_of(variables: Vec<crate::analysis::program::Variable>) -> Model {
+        Model {
+            name: "m".into(),
+            span: Default::default(),
+            variables,
+            params: vec![],
+            consts: vec![],
+            nets: vec![],
+            energies: vec![],
+            overrides: vec![],
+        }
+    }
+
     #[test]
-    fn a_grid_of_64_digits_is_at_least_512_pixels_with_gaps() {
-        let images = vec![vec![1.0; 64]; 64];
-        let png = png_grid(&images, 8, 8, 4);
-        let (w, h) = size(&png);
-        assert!(w >= 512 && h >= 512, "{w}x{h}");
-        // 8 cells of 8 values at scale s, 9 gaps of 2 pixels.
-        assert_eq!((w - 18) % 64, 0);
-        // Large images keep the scale they were given.
-        assert_eq!(size(&png_grid(&[vec![0.5; 784]], 28, 28, 20)).0, 28 * 20 + 4);
+    fn cells_are_upscaled_to_at_least_48_pixels_with_grey_gaps() {
+        // Two 2x2 grey images side by side: each value a 24-pixel square
+        // (48 / 2), cells 24 * 2 + 2 apart, 2-pixel gaps around.
+        let images = vec![vec![0.0, 1.0, 0.5, 0.25], vec![1.0, 0.0, 0.0, 2.0]];
+        let (w, h, channels, pixels) = decode(&png_grid(&images, ImageLayout::grey(2, 2), 2));
+        assert_eq!((w, h, channels), (2 * 50 + 2, 50 + 2, 1));
+        let at = |x: usize, y: usize| pixels[y * w + x];
+        // First image: its four values, each over the whole of its square.
+        for (dx, dy, v) in [(0, 0, 0), (1, 0, 255), (0, 1, 128), (1, 1, 64)] {
+            for (ox, oy) in [(0, 0), (23, 0), (0, 23), (23, 23)] {
+                assert_eq!(at(2 + dx * 24 + ox, 2 + dy * 24 + oy), v, "value ({dx}, {dy})");
+            }
+        }
+        // The second cell starts after the first and its gap; values past 1 are clamped.
+        assert_eq!((at(52, 2), at(52 + 24, 2), at(52 + 24, 2 + 24)), (255, 0, 255));
+        for (x, y) in [(0, 0), (1, 30), (50, 10), (51, 40), (30, 50), (101, 51)] {
+            assert_eq!(at(x, y), GAP_GREY, "gap at ({x}, {y})");
+        }
+        // Eight 8x8 digits to the row at 6 pixels a value: 64 cells make a square grid.
+        let digits = vec![vec![1.0; 64]; 64];
+        let (w, h, ..) = decode(&png_grid(&digits, ImageLayout::grey(8, 8), square_columns(64)));
+        assert_eq!((w, h), (8 * (8 * 6 + 2) + 2, 8 * (8 * 6 + 2) + 2));
+        // 28x28 and 32x32 are drawn twice as large; 64x64 as it is.
+        let scale = |side| cell_scale(ImageLayout::grey(side, side));
+        assert_eq!((scale(8), scale(28), scale(32), scale(64), scale(100)), (6, 2, 2, 1, 1));
+        assert_eq!(cell_scale(ImageLayout { channels: 3, height: 32, width: 32 }), 2);
+    }
+
+    #[test]
+    fn three_channels_make_an_rgb_grid_from_their_planes() {
+        // One [3, 1, 2] image: red plane (1, 0), green (0, 1), blue (0.5, 0).
+        let image = vec![1.0, 0.0, 0.0, 1.0, 0.5, 0.0];
+        let layout = ImageLayout { channels: 3, height: 1, width: 2 };
+        let (w, h, channels, pixels) = decode(&png_grid(&[image], layout, 1));
+        assert_eq!((w, h, channels), (2 * 24 + 4, 24 + 4, 3));
+        let at = |x: usize, y: usize| &pixels[(y * w + x) * 3..(y * w + x) * 3 + 3];
+        assert_eq!(at(2, 2), [255, 0, 128]);
+        assert_eq!(at(2 + 23, 2 + 23), [255, 0, 128]);
+        assert_eq!(at(2 + 24, 2), [0, 255, 0]);
+        assert_eq!(at(0, 0), [GAP_GREY; 3]);
+        assert_eq!(at(w - 1, h - 1), [GAP_GREY; 3]);
+    }
+
+    #[test]
+    fn image_layouts_follow_the_shape_and_domain() {
+        let bounded = Domain::Real { bounds: Some((0.0, 1.0)) };
+        let m = model_of(vec![
+            variable("cifar", bounded.clone(), vec![3, 32, 32]),
+            variable("mnist", bounded.clone(), vec![1, 28, 28]),
+            variable("plane", Domain::Binary, vec![5, 7]),
+            variable("flat", Domain::Binary, vec![64]),
+            variable("two", bounded.clone(), vec![2, 4, 4]),
+            variable("labels", Domain::Categorical { categories: 4 }, vec![8, 8, 4]),
+            variable("onehot", Domain::Categorical { categories: 3 }, vec![64, 3]),
+            variable("odd", Domain::Real { bounds: None }, vec![3]),
+        ]);
+        let shape = |v: &str, given| image_shape(&m, v, given);
+        assert_eq!(shape("cifar", None), Some(ImageLayout { channels: 3, height: 32, width: 32 }));
+        assert_eq!(shape("mnist", None), Some(ImageLayout::grey(28, 28)));
+        assert_eq!(shape("plane", None), Some(ImageLayout::grey(5, 7)));
+        assert_eq!(shape("flat", None), Some(ImageLayout::grey(8, 8)));
+        assert_eq!(shape("flat", Some((4, 16))), Some(ImageLayout::grey(4, 16)));
+        assert_eq!(shape("cifar", Some((16, 64))), Some(ImageLayout { channels: 3, height: 16, width: 64 }));
+        // Two channels are neither grey nor RGB, nor 32 a square.
+        assert_eq!(shape("two", None), None);
+        assert_eq!(shape("two", Some((4, 8))), Some(ImageLayout::grey(4, 8)));
+        assert_eq!(shape("labels", None), Some(ImageLayout::grey(8, 8)));
+        assert_eq!(shape("onehot", None), Some(ImageLayout::grey(8, 8)));
+        assert_eq!((shape("odd", None), shape("flat", Some((8, 9)))), (None, None));
+        assert_eq!(shape("cifar", Some((usize::MAX, 2))), None);
+    }
+
+    #[test]
+    fn rank_3_images_are_shaded_by_their_box_or_their_sampled_range() {
+        let m = model_of(vec![
+            variable("x", Domain::Real { bounds: Some((0.0, 2.0)) }, vec![3, 1, 2]),
+            variable("y", Domain::Real { bounds: None }, vec![1, 2, 2]),
+            variable("s", Domain::Spin, vec![1, 1, 2]),
+        ]);
+        let rows = |shape: Vec<usize>, data: Vec<f32>| crate::tensor::HostTensor::new(shape, data);
+        let mut a = Tensors::new();
+        a.insert("x".into(), rows(vec![1, 3, 1, 2], vec![0.0, 2.0, 1.0, 0.5, 2.0, 1.5]));
+        a.insert("y".into(), rows(vec![1, 1, 2, 2], vec![-1.0, 0.0, 1.0, 3.0]));
+        a.insert("s".into(), rows(vec![2, 1, 1, 2], vec![-1.0, 1.0, 1.0, 1.0]));
+        let mut b = Tensors::new();
+        b.insert("y".into(), rows(vec![1, 1, 2, 2], vec![-5.0, 0.0, 0.0, 0.0]));
+        assert_eq!(images_of(&m, &[&a], "x"), (vec![vec![0.0, 1.0, 0.5, 0.25, 1.0, 0.75]], None));
+        assert_eq!(images_of(&m, &[&a], "s"), (vec![vec![0.0, 1.0], vec![1.0, 1.0]], None));
+        // An unbounded real: one range over every state shown, reported.
+        let (images, range) = images_of(&m, &[&a, &b], "y");
+        assert_eq!(range, Some((-5.0, 3.0)));
+        assert_eq!(images, [vec![0.5, 0.625, 0.75, 1.0], vec![0.0, 0.625, 0.625, 0.625]]);
     }
 
     #[test]
