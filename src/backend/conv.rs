@@ -30,6 +30,15 @@ pub(crate) struct Conv {
 }
 
 impl Conv {
+    /// The sizes of convolving an input shaped `[c, h, w]` by a kernel shaped `[o, c, k, k]`.
+    pub fn of(input: &[usize], kernel: &[usize], stride: usize, pad: usize) -> Conv {
+        let (&[c, h, w], &[o, _, k, _]) = (input, kernel) else {
+            // Cannot fire: the IR's constructors shape every convolution's operands so.
+            unreachable!("a convolution of [c, h, w] by [o, c, k, k]")
+        };
+        Conv { c, h, w, o, k, stride, pad }
+    }
+
     /// The output's rows and columns (floor division, as the IR shapes them).
     pub fn out_hw(&self) -> (usize, usize) {
         let side = |n: usize| (n + 2 * self.pad - self.k) / self.stride + 1;
@@ -52,13 +61,31 @@ impl Conv {
     }
 
     /// Elements of one example's input.
-    fn input_len(&self) -> usize {
+    pub fn input_len(&self) -> usize {
         self.c * self.h * self.w
     }
 
-    fn kernel_len(&self) -> usize {
+    /// Elements of one example's output.
+    pub fn output_len(&self) -> usize {
+        self.o * self.pixels()
+    }
+
+    pub fn kernel_len(&self) -> usize {
         self.o * self.taps()
     }
+}
+
+/// Which convolution kernel `run` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `out = a ⋆ b`: the input `a` convolved with the kernel `b`.
+    Forward,
+    /// The adjoint in the input: from the output gradient `a` and the kernel `b`.
+    Input,
+    /// The adjoint in the kernel, per example: from the input `a` and the output gradient `b`.
+    Kernel,
+    /// The same summed over the batch, into a shared `out`.
+    KernelSum,
 }
 
 /// A GEMM operand: its buffer and (row, column) strides.
@@ -340,6 +367,65 @@ pub(crate) fn kernel_adjoint(
     }
 }
 
+/// An operand's values and how many examples they hold (1 for a shared one).
+pub(crate) type Batched<'a> = (&'a [f32], usize);
+
+/// Runs one convolution kernel: operands `(data, batch)`, batch 1 for a shared
+/// one. With a shared kernel (or both operands per example, for the kernel
+/// adjoints) the kernel runs over the whole batch at once; otherwise
+/// example by example, a shared operand read for each.
+pub(crate) fn run(
+    kind: Kind,
+    g: &Conv,
+    out: &mut [f32],
+    ((a, ba), (b, bb)): (Batched, Batched),
+    scratch: &mut [f32],
+    (accumulate, alpha): (bool, f32),
+    threaded: bool,
+) {
+    let batch = ba.max(bb);
+    match kind {
+        Kind::Forward if bb == 1 => return forward(g, ba, a, b, out, scratch, threaded),
+        Kind::Input if bb == 1 => return input_adjoint(g, ba, a, b, out, scratch, threaded),
+        Kind::Kernel if ba == bb => return kernel_adjoint(g, batch, a, b, out, scratch, threaded),
+        Kind::KernelSum if ba == bb => {
+            return kernel_adjoint_sum(g, batch, a, b, out, (accumulate, alpha), scratch, threaded);
+        }
+        _ => {}
+    }
+    // Each operand's and the output's length per example.
+    let (la, lb, lo) = match kind {
+        Kind::Forward => (g.input_len(), g.kernel_len(), g.output_len()),
+        Kind::Input => (g.output_len(), g.kernel_len(), g.input_len()),
+        Kind::Kernel | Kind::KernelSum => (g.input_len(), g.output_len(), g.kernel_len()),
+    };
+    for e in 0..batch {
+        let a_e = &a[if ba > 1 { e * la } else { 0 }..][..la];
+        let b_e = &b[if bb > 1 { e * lb } else { 0 }..][..lb];
+        match kind {
+            Kind::Forward => forward(g, 1, a_e, b_e, &mut out[e * lo..], scratch, threaded),
+            Kind::Input => input_adjoint(g, 1, a_e, b_e, &mut out[e * lo..], scratch, threaded),
+            Kind::Kernel => kernel_adjoint(g, 1, a_e, b_e, &mut out[e * lo..], scratch, threaded),
+            Kind::KernelSum => {
+                let add = (accumulate || e > 0, alpha);
+                kernel_adjoint_sum(g, 1, a_e, b_e, out, add, scratch, threaded);
+            }
+        }
+    }
+}
+
+/// The planes and `(h, w)` of each that pooling sees in `batch` values
+/// shaped `image` (windows run over its last two axes).
+pub(crate) fn pool_planes(image: &[usize], batch: usize) -> (usize, (usize, usize)) {
+    let (lead, hw) = image.split_at(image.len().saturating_sub(2));
+    let (h, w) = match hw {
+        [h, w] => (*h, *w),
+        // Cannot fire: the IR's constructor pools values of rank 2 and more.
+        _ => unreachable!("pooling over two axes"),
+    };
+    (batch * lead.iter().product::<usize>(), (h, w))
+}
+
 /// Average pooling over `k × k` windows: `x` `[planes, h, w]` → `out`
 /// `[planes, h / k, w / k]`, rows and columns past the last whole window dropped.
 pub(crate) fn avg_pool(planes: usize, (h, w): (usize, usize), k: usize, x: &[f32], out: &mut [f32], threaded: bool) {
@@ -537,6 +623,41 @@ mod tests {
         ] {
             assert!(g.pixels() >= PER_EXAMPLE_PIXELS, "{g:?} takes the per-example path");
             check(&mut rng, g, 2);
+        }
+    }
+
+    /// `run` with operands shared or per example: each example's value by the definitions.
+    #[test]
+    fn shared_and_per_example_operands_match_their_definitions() {
+        let mut rng = StdRng::seed_from_u64(8);
+        let g = Conv { c: 2, h: 5, w: 6, o: 3, k: 3, stride: 2, pad: 1 };
+        let batch = 3;
+        let per = |rng: &mut StdRng, len: usize, many: bool| random(rng, if many { batch * len } else { len });
+        let at = |xs: &[f32], len: usize, e: usize| xs[if xs.len() > len { e * len } else { 0 }..][..len].to_vec();
+        let mut scratch = vec![0.0; g.scratch(batch)];
+        for (xb, wb) in [(true, false), (true, true), (false, true)] {
+            let (x, kernel) = (per(&mut rng, g.input_len(), xb), per(&mut rng, g.kernel_len(), wb));
+            let operands = |a: &[f32], many_a: bool, b: &[f32], many_b: bool| {
+                let n = |many: bool| if many { batch } else { 1 };
+                ((a.to_vec(), n(many_a)), (b.to_vec(), n(many_b)))
+            };
+            let ((a, ba), (b, bb)) = operands(&x, xb, &kernel, wb);
+            let mut out = vec![f32::NAN; batch * g.output_len()];
+            run(Kind::Forward, &g, &mut out, ((&a, ba), (&b, bb)), &mut scratch, (false, 1.0), false);
+            let gy = random(&mut rng, batch * g.output_len());
+            let mut sum = vec![f32::NAN; g.kernel_len()];
+            run(Kind::KernelSum, &g, &mut sum, ((&a, ba), (&gy, batch)), &mut scratch, (false, 1.0), false);
+            let mut want_sum = vec![0.0; g.kernel_len()];
+            for e in 0..batch {
+                let (x_e, w_e) = (at(&x, g.input_len(), e), at(&kernel, g.kernel_len(), e));
+                let want = naive_forward(&g, 1, &x_e, &w_e);
+                let got = &out[e * g.output_len()..][..g.output_len()];
+                close(got, &want, g.taps(), &format!("forward, example {e}, shared {:?}", (!xb, !wb)));
+                let gy_e = &gy[e * g.output_len()..][..g.output_len()];
+                let (_, gw) = naive_adjoints(&g, 1, &x_e, &w_e, gy_e);
+                want_sum.iter_mut().zip(gw).for_each(|(s, v)| *s += v);
+            }
+            close(&sum, &want_sum, batch * g.pixels(), &format!("kernel sum, shared input {}", !xb));
         }
     }
 
