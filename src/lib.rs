@@ -12,7 +12,8 @@
 //!   trainers, kernels); a training step is `train` (the `Trainer`) asking an
 //!   objective in `objectives/` for its draw and its loss, then `optim`;
 //! - `runtime`: data, training runs and their directories (`run_dir`),
-//!   evaluation and its report (`report`), pictures of samples (`figures`)
+//!   evaluation, the two-sample statistics it compares rows with
+//!   (`compare`) and its report (`report`), pictures of samples (`figures`)
 //!   and exports on top of the backend;
 //! - `messages`: every wording, above the stages it words;
 //! - `api`: the façade a host program embeds ([`Model`], [`Rows`],

@@ -99,6 +99,10 @@ fn main() -> ExitCode {
             grid_low,
             grid_high,
             grid,
+            ood,
+            ood_as_is,
+            sample_chains,
+            sample_sweeps,
             seed,
             json,
             device,
@@ -112,12 +116,16 @@ fn main() -> ExitCode {
                 grid_low,
                 grid_high,
                 grid_points: grid,
+                sample_chains,
+                sample_sweeps,
                 seed,
                 device: device.into(),
             };
             let data = data.map(from_cwd);
             let data = data.as_deref().map(|d| (d, values_of(data_as_is)));
-            (out, cli::commands::eval(out, &file, model.as_deref(), &params, data, &opts))
+            let ood = ood.map(from_cwd);
+            let ood = ood.as_deref().map(|d| (d, values_of(ood_as_is)));
+            (out, cli::commands::eval(out, &file, model.as_deref(), &params, (data, ood), &opts))
         }
         Command::Energy { file, model, params, data, data_as_is, device } => {
             let data = from_cwd(data);

@@ -4,7 +4,7 @@
 
 use crate::analysis::check::{CheckError, DeclKind};
 use crate::analysis::plan::PlanError;
-use crate::analysis::program::{NetKind, shape_str};
+use crate::analysis::program::{NetKind, elements, shape_str};
 use crate::analysis::schema::OptType;
 use crate::front::ast::BinOp;
 use crate::front::diagnostic::Diagnostic;
@@ -142,6 +142,39 @@ fn or_list(items: &[String]) -> String {
     }
 }
 
+/// A way to make two shapes broadcast, when one is plain: an axis of
+/// length 1 left out (`[1, 4]` with `[3, 4]`), or a `reshape` between
+/// shapes of the same size.
+fn broadcast_fix(a: &[usize], b: &[usize]) -> Option<String> {
+    for (one, other) in [(a, b), (b, a)] {
+        let squeezed: Vec<usize> = one.iter().copied().skip_while(|d| *d == 1).collect();
+        if !squeezed.is_empty() && squeezed.len() < one.len() && other.ends_with(&squeezed) {
+            return Some(format!(
+                "an axis of length 1 is not stretched: leave it out of the {} operand, as in `reshape(x, {})`",
+                shape_str(one),
+                shape_str(&squeezed)
+            ));
+        }
+    }
+    let long = if a.len() >= b.len() { a } else { b };
+    (long.len() > 1 && elements(a) == elements(b)).then(|| {
+        format!(
+            "both hold {} elements: `reshape` one to the other's shape, e.g. `reshape(x, {})`",
+            elements(a),
+            shape_str(long)
+        )
+    })
+}
+
+/// How a built-in function is called, for hints.
+fn usage(name: &str) -> String {
+    match name {
+        "reshape" => "`reshape(x, [a, b, ...])`".to_string(),
+        "sum" | "mean" => format!("`{name}(x)`, or `{name}(x, axis: k)` along one axis"),
+        _ => format!("`{name}(x)`"),
+    }
+}
+
 fn code_list(items: &[&str]) -> String {
     items.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
 }
@@ -233,12 +266,19 @@ impl From<&CheckError> for Diagnostic {
                     _ => d.help("sampler overrides name a `visible` or `hidden` variable"),
                 }
             }
-            Arity { name, span, expected, found } => Diagnostic::error("E0104", format!("`{name}` takes {expected} argument, but {found} were given"))
-                .primary(*span, format!("{found} arguments"))
-                .help(format!("call it as `{name}(x)`")),
-            FunctionOptions { name, span } => Diagnostic::error("E0105", format!("`{name}` takes no named options"))
-                .primary(*span, "unexpected option")
-                .help(format!("call it as `{name}(x)`")),
+            Arity { name, span, expected, found } => Diagnostic::error("E0104", format!("`{name}` takes {expected} argument{}, but {found} were given", if *expected == 1 { "" } else { "s" }))
+                .primary(*span, format!("{found} argument{}", if *found == 1 { "" } else { "s" }))
+                .help(format!("call it as {}", usage(name))),
+            FunctionOptions { name, option, span } => match name.as_str() {
+                "sum" | "mean" => {
+                    let d = Diagnostic::error("E0105", format!("`{name}` has no option `{option}`")).primary(*span, "unknown option");
+                    match did_you_mean(option, ["axis"]) {
+                        Some(s) => d.help(format!("did you mean `{s}`? Call it as {}", usage(name))),
+                        None => d.help(format!("`{name}` takes one option, `axis`: call it as {}", usage(name))),
+                    }
+                }
+                _ => Diagnostic::error("E0105", format!("`{name}` takes no named options")).primary(*span, "unexpected option").help(format!("call it as {}", usage(name))),
+            },
             UnknownCallee { family, name, span } => {
                 let names = family.names();
                 let d = Diagnostic::error("E0102", format!("unknown {} `{name}`", family.noun())).primary(*span, format!("not a known {}", family.noun()));
@@ -285,9 +325,10 @@ impl From<&CheckError> for Diagnostic {
             ElementwiseMismatch { op, lhs, rhs } => Diagnostic::error("E0200", format!("shapes do not match for `{}`", op.symbol()))
                 .primary(lhs.0, format!("this is {}", shape_str(&lhs.1)))
                 .secondary(rhs.0, format!("this is {}", shape_str(&rhs.1)))
-                .help(match op {
-                    BinOp::Mul => "elementwise operators need equal shapes, or one shape ending the other; for a product that sums over an axis use `@`".to_string(),
-                    _ => "elementwise operators need equal shapes, or one shape ending the other (a scalar fits everything)".to_string(),
+                .help(match (broadcast_fix(&lhs.1, &rhs.1), op) {
+                    (Some(fix), _) => format!("elementwise operators need equal shapes, or one shape ending the other; {fix}"),
+                    (None, BinOp::Mul) => "elementwise operators need equal shapes, or one shape ending the other; for a product that sums over an axis use `@`".to_string(),
+                    (None, _) => "elementwise operators need equal shapes, or one shape ending the other (a scalar fits everything)".to_string(),
                 }),
             MatMulMismatch { lhs, rhs } => Diagnostic::error("E0201", "inner dimensions of `@` do not match")
                 .primary(lhs.0, format!("this is {}", shape_str(&lhs.1)))
@@ -300,16 +341,40 @@ impl From<&CheckError> for Diagnostic {
             MatMulScalar { operand } => Diagnostic::error("E0203", "`@` needs vectors or matrices on both sides")
                 .primary(*operand, "this is a scalar")
                 .help("to scale by a scalar, use `*`"),
+            MatMulRank { operand, shape } => Diagnostic::error("E0203", "`@` needs vectors or matrices on both sides")
+                .primary(*operand, format!("this is {}, with {} axes", shape_str(shape), shape.len()))
+                .help("make it a matrix first (`reshape(x, [a, b])` or `flatten(x)`), or contract one axis with `sum(x * y, axis: k)`"),
             TransposeRank { span, shape } => Diagnostic::error("E0203", "only matrices can be transposed")
                 .primary(*span, format!("this is {}", shape_str(shape)))
                 .help("`@` already treats a vector as a row or a column as needed; remove `.T`"),
             NonScalarExponent { span, shape } => Diagnostic::error("E0203", "the exponent of `^` must be a scalar")
                 .primary(*span, format!("this is {}", shape_str(shape)))
                 .help("use `exp(log(x) * y)` for elementwise powers"),
-            NetInput { net, span, expected, found, decl } => Diagnostic::error("E0204", format!("net `{net}` expects an input of width {expected}"))
+            NetInput { net, span, expected, found, decl } => {
+                let d = Diagnostic::error("E0204", format!("net `{net}` expects an input of width {expected}"))
+                    .primary(*span, format!("this is {}", shape_str(found)))
+                    .secondary(*decl, "net declared here");
+                if found.len() > 1 && elements(found) == *expected {
+                    d.help(format!("`flatten(...)` makes it a vector of length {expected}"))
+                } else {
+                    d.help(format!("pass a vector of length {expected}, or change the net's first width"))
+                }
+            }
+            ConvInput { net, var, span, channels, found, decl } => Diagnostic::error("E0204", format!("convnet `{net}` expects an image of {channels} channel{}", if *channels == 1 { "" } else { "s" }))
+                .primary(*span, format!("this is {}, not [{channels}, H, W]", shape_str(found)))
+                .secondary(*decl, "net declared here")
+                .help({
+                    let it = var.as_ref().map_or("it".to_string(), |v| format!("`{v}`"));
+                    match found.as_slice() {
+                        [h, w] => format!("declare {it} as `real[{channels}, {h}, {w}]`: a convnet takes [channels, height, width]"),
+                        [c, h, w] => format!("the convnet's first width is its input's channels: write `convnet({c} -> ...)`, or give it a [{channels}, {h}, {w}] image"),
+                        _ => format!("declare {it} as `real[{channels}, H, W]`: a convnet takes [channels, height, width]"),
+                    }
+                }),
+            ConvTooSmall { net, span, found, stages, stride, decl } => Diagnostic::error("E0204", format!("the image is too small for convnet `{net}`"))
                 .primary(*span, format!("this is {}", shape_str(found)))
                 .secondary(*decl, "net declared here")
-                .help(format!("pass a vector of length {expected}, or change the net's first width")),
+                .help(format!("its {stages} pooling stage(s) each divide the sides by {stride}, down to nothing; use fewer stages, a smaller `stride`, or `pool: false`")),
             NonScalarEnergy { name, span, shape } => Diagnostic::error("E0202", format!("energy `{name}` is not a scalar"))
                 .primary(*span, format!("this is {}", shape_str(shape)))
                 .help("an energy term must be one number per example: wrap it in `sum(...)`, or use `@` to contract it"),
@@ -322,9 +387,9 @@ impl From<&CheckError> for Diagnostic {
                 .help("swap the bounds"),
             TooFewCategories { span } => Diagnostic::error("E0205", "a categorical variable needs at least 2 categories").primary(*span, "fewer than 2 categories").help("use `binary` for a single on/off unit"),
             ZeroDim { span } => Diagnostic::error("E0205", "a dimension cannot be 0").primary(*span, "zero-sized").help("sizes start at 1"),
-            TooManyDims { span, max } => Diagnostic::error("E0205", format!("at most {max} dimension(s) here")).primary(*span, "too many dimensions").help("flatten the variable, e.g. `real[784]` for a 28x28 image"),
+            TooManyDims { span, max } => Diagnostic::error("E0205", format!("at most {max} dimension(s) here")).primary(*span, "too many dimensions").help("merge neighbouring axes into one whose size is their product, e.g. `real[2, 3, 4]` as `real[6, 4]`"),
             ParamNotReal { span } => Diagnostic::error("E0205", "parameters and typed constants are unbounded reals")
-                .primary(*span, "expected `real`, `real[n]` or `real[m, n]`")
+                .primary(*span, "expected `real` or `real[...]`")
                 .help("discrete and bounded types are for `visible` and `hidden` variables"),
             BadDim { name, span } => Diagnostic::error("E0206", format!("`{name}` is not a size"))
                 .primary(*span, "not a positive whole-number constant")
@@ -332,9 +397,32 @@ impl From<&CheckError> for Diagnostic {
             ConstShape { span, declared, built } => Diagnostic::error("E0206", "the constant's type does not match its value")
                 .primary(*span, format!("declared {}, but the value is {}", shape_str(declared), shape_str(built)))
                 .help("remove the type; graph constants take their shape from the builder"),
-            NetLayers { span, kind, found } => Diagnostic::error("E0206", format!("a {} net has exactly 2 widths, found {found}", if *kind == NetKind::Linear { "linear" } else { "mlp" }))
+            NetLayers { span, kind: NetKind::Conv, found } => Diagnostic::error("E0206", format!("a convnet has at least 3 widths, found {found}"))
+                .primary(*span, "wrong number of widths")
+                .help("write `convnet(channels -> stage channels ... -> out)`, e.g. `convnet(1 -> 32 -> 64 -> 1)`: the input's channels, one width per stage, then the output"),
+            NetLayers { span, found, .. } => Diagnostic::error("E0206", format!("a linear net has exactly 2 widths, found {found}"))
                 .primary(*span, "wrong number of widths")
                 .help("write `linear(in -> out)`; use `mlp(in -> hidden -> out)` for hidden layers"),
+            ConvKernel { span, kernel } => Diagnostic::error("E0208", format!("a convnet's kernel must be odd, found {kernel}"))
+                .primary(*span, "even kernel")
+                .help(format!("use {} or {}: an odd kernel has a centre, so padding by kernel / 2 keeps the image's size", kernel - 1, kernel + 1)),
+            ConvBlocks { span, blocks, max } => Diagnostic::error("E0208", format!("at most {max} residual blocks per convnet stage, found {blocks}"))
+                .primary(*span, "too many blocks")
+                .help("add stages (widths) instead: each stage downsamples, so deeper nets stay cheap"),
+            ReshapeSize { span, from, to } => Diagnostic::error("E0209", format!("cannot reshape {} into {}", shape_str(&from.1), shape_str(to)))
+                .primary(*span, format!("{} elements", elements(to)))
+                .secondary(from.0, format!("this is {}, {} elements", shape_str(&from.1), elements(&from.1)))
+                .help("`reshape` keeps every element: the sizes of the new shape must multiply to the same count"),
+            BadAxis { func, span, axis, arg } => Diagnostic::error("E0209", format!("`{func}` along axis {axis} of a value with {} axes", arg.1.len()))
+                .primary(*span, "no such axis")
+                .secondary(arg.0, format!("this is {}", shape_str(&arg.1)))
+                .help(match arg.1.len() {
+                    0 => "a scalar has no axes: remove `axis`".to_string(),
+                    n => format!("axes count from 0: use an axis below {n}, or `{func}(x)` for every element"),
+                }),
+            NotAShape { span } => Diagnostic::error("E0108", "expected a shape")
+                .primary(*span, "not a list of sizes")
+                .help("write the new shape as a list of whole numbers or size constants, e.g. `[4, 16]`"),
             UnknownSetting { name, span } => {
                 let keys = ["data", "test", "objective", "optimizer", "schedule", "regularize", "batch", "epochs", "seed"];
                 let d = Diagnostic::error("E0301", format!("unknown train setting `{name}`")).primary(*span, "not a train setting");
@@ -847,3 +935,105 @@ impl std::fmt::Display for crate::runtime::command::FlagError {
 }
 
 impl std::error::Error for crate::runtime::command::FlagError {}
+
+/// `ebmc eval`'s lines for the figures of `runtime::compare`: energies,
+/// out-of-distribution detection by the energy score, and the MMD test.
+pub fn comparison_lines(r: &crate::runtime::report::EvalReport) -> Vec<String> {
+    use crate::runtime::report::MMD_ROWS;
+    let stats = |s: &crate::runtime::report::EnergyStats| format!("{:.4} ± {:.4} over {} rows", s.mean, s.sd, s.rows);
+    let mut out = Vec::new();
+    if let Some(s) = &r.energy_test {
+        out.push(format!("  energy of the evaluated rows   {}", stats(s)));
+    }
+    if let (Some(s), Some(m)) = (&r.energy_samples, &r.model_samples) {
+        out.push(format!(
+            "  energy of model samples        {} ({} chains x {} sweeps of the model's sampler)",
+            stats(s),
+            m.chains,
+            m.sweeps
+        ));
+    }
+    if let (Some(s), Some(d)) = (&r.energy_noise, &r.ood_noise) {
+        out.push(format!("  energy of noise rows           {} ({})", stats(s), d.against));
+    }
+    if let (Some(s), Some(d)) = (&r.energy_ood, &r.ood_file) {
+        out.push(format!("  energy of the --ood rows       {} (`{}`)", stats(s), d.against));
+    }
+    let detections: Vec<(&str, &crate::runtime::report::Detection)> =
+        [("noise rows", &r.ood_noise), ("the --ood rows", &r.ood_file)]
+            .into_iter()
+            .filter_map(|(w, d)| Some((w, d.as_ref()?)))
+            .collect();
+    if !detections.is_empty() {
+        out.push(
+            "  OOD detection by energy (lower energy = in-distribution; AUPR with the evaluated rows as positives):"
+                .to_string(),
+        );
+    }
+    for (what, d) in detections {
+        out.push(format!(
+            "    vs {what:<27} AUROC {:.4}, AUPR {:.4}, FPR at 95% TPR {:.4}",
+            d.auroc, d.aupr, d.fpr_at_95_tpr
+        ));
+    }
+    if let Some(m) = &r.mmd {
+        out.push(format!(
+            "  MMD² model samples vs rows     {:.6}, permutation p-value {:.4} ({} permutations; Gaussian kernel, median-distance bandwidth {:.4}; {} samples and {} rows, at most {MMD_ROWS} of each)",
+            m.test.mmd2, m.test.p_value, m.test.permutations, m.test.bandwidth, m.sample_rows, m.test_rows
+        ));
+    }
+    out
+}
+
+/// What the noise rows of `ebmc eval` are, per variable.
+impl std::fmt::Display for crate::runtime::report::Noise {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::runtime::report::NoiseKind;
+        let kind = |k: &NoiseKind| match k {
+            NoiseKind::Uniform { low, high } => format!("uniform noise in [{low}, {high}]"),
+            NoiseKind::MatchedGaussian => {
+                "Gaussian noise with the evaluated rows' column means and standard deviations".to_string()
+            }
+        };
+        match self.0.as_slice() {
+            [(_, k)] => write!(f, "{}", kind(k)),
+            all => {
+                let parts: Vec<String> = all.iter().map(|(v, k)| format!("`{v}`: {}", kind(k))).collect();
+                write!(f, "{}", parts.join("; "))
+            }
+        }
+    }
+}
+
+/// Why `ebmc eval` leaves a comparison figure out, or refuses its options.
+impl std::fmt::Display for crate::runtime::report::ComparisonNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::runtime::report::ComparisonNote::*;
+        match self {
+            DiscreteVisible { var } => write!(
+                f,
+                "no noise-row, model-sample or MMD figures: they need every visible variable the energy reads to be real-valued, and `{var}` is discrete"
+            ),
+            NoEnergy(why) => write!(f, "no energy or out-of-distribution figures: {why}"),
+            NoSampler(why) => write!(f, "no model-sample or MMD figures: the model's sampler cannot run: {why}"),
+            Diverged(d) => write!(
+                f,
+                "no model-sample or MMD figures: sampling diverged (`{}` of chain {} is {} after {} sweeps); lower the Langevin step or use fewer `--sample-sweeps`",
+                d.var,
+                d.chain + 1,
+                d.value,
+                d.sweeps
+            ),
+            NoBandwidth => write!(
+                f,
+                "no MMD: the median distance between the pooled samples and rows is 0, so the kernel has no bandwidth"
+            ),
+            TooFewRows { rows } => {
+                write!(f, "no MMD: the unbiased MMD needs at least 2 evaluated rows; there are {rows}")
+            }
+            TooFewChains { chains } => {
+                write!(f, "`--sample-chains` must be at least 2 (the unbiased MMD needs two samples); got {chains}")
+            }
+        }
+    }
+}

@@ -632,3 +632,79 @@ fn eval_reports_the_exact_grbm_log_likelihood_and_no_irrelevant_notes() {
     assert!(t.contains("log Z (exact)") && !t.contains("note: no"), "{t}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn write_points(path: &Path, points: &[Vec<f64>]) {
+    let text: String = points.iter().map(|p| format!("{},{}\n", p[0], p[1])).collect();
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn eval_compares_a_continuous_model_with_noise_its_samples_and_an_ood_file() {
+    let dir = tmp("ood");
+    // Fresh rows of the same distribution: the energy cannot tell them from the test rows.
+    let same = dir.join("same.csv");
+    write_points(&same, &ebmc::runtime::data::toy("8gaussians", 2000, 99));
+    let run = dir.join("run");
+    let model = "models/toy/8gaussians_sm.ebm";
+    let out = ebmc(&["train", model, "--epochs", "1", "--out", run.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let run = run.to_str().unwrap();
+    let flags = ["--ood", same.to_str().unwrap(), "--sample-chains", "64", "--sample-sweeps", "50"];
+    let out = ebmc(&[&["eval", model, "--params", run, "--message-format", "json"][..], &flags].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(j["notes"].as_array().unwrap().is_empty(), "{}", j["notes"]);
+    // The toy set's held-out tenth of 20,000 rows, and as many noise rows.
+    assert_eq!(j["energy_test"]["rows"], 2000, "{j}");
+    assert_eq!(j["energy_noise"]["rows"], 2000, "{j}");
+    assert_eq!(j["energy_ood"]["rows"], 2000, "{j}");
+    assert_eq!(j["energy_samples"]["rows"], 64, "{j}");
+    assert_eq!(j["model_samples"], serde_json::json!({"chains": 64, "sweeps": 50}));
+    for stats in ["energy_test", "energy_noise", "energy_ood", "energy_samples"] {
+        assert!(j[stats]["mean"].as_f64().is_some() && j[stats]["sd"].as_f64().unwrap() > 0.0, "{stats}: {j}");
+    }
+    let noise = &j["ood_noise"];
+    assert!(noise["against"].as_str().unwrap().contains("Gaussian noise"), "{noise}");
+    assert!(noise["auroc"].as_f64().unwrap() > 0.5, "the energy does not rank the test rows above noise: {noise}");
+    for figure in ["aupr", "fpr_at_95_tpr"] {
+        assert!((0.0..=1.0).contains(&noise[figure].as_f64().unwrap()), "{figure}: {noise}");
+    }
+    let file = &j["ood_file"];
+    assert!(file["against"].as_str().unwrap().ends_with("same.csv"), "{file}");
+    // Same distribution: AUROC 1/2 with sd √((2000 + 2000 + 1) / (12 · 2000²)) = 0.009; 5 sd.
+    assert!((file["auroc"].as_f64().unwrap() - 0.5).abs() < 0.045, "{file}");
+    let mmd = &j["mmd"];
+    assert_eq!((mmd["permutations"].as_u64(), mmd["sample_rows"].as_u64()), (Some(200), Some(64)), "{mmd}");
+    // At most 1,000 of the 2,000 test rows.
+    assert_eq!(mmd["test_rows"], 1000, "{mmd}");
+    let p = mmd["p_value"].as_f64().unwrap();
+    assert!((1.0 / 201.0..=1.0).contains(&p) && mmd["bandwidth"].as_f64().unwrap() > 0.0, "{mmd}");
+    let out = ebmc(&[&["eval", model, "--params", run][..], &flags].concat());
+    let t = String::from_utf8_lossy(&out.stdout);
+    for wanted in [
+        "energy of the evaluated rows",
+        "energy of model samples",
+        "(64 chains x 50 sweeps",
+        "energy of noise rows",
+        "OOD detection by energy",
+        "vs noise rows",
+        "vs the --ood rows",
+        "MMD² model samples vs rows",
+        "200 permutations",
+        "at most 1000 of each",
+    ] {
+        assert!(t.contains(wanted), "no `{wanted}` in\n{t}");
+    }
+    // Flags no run can honour.
+    for chains in ["1", "1000000000"] {
+        let out = ebmc(&["eval", model, "--params", run, "--sample-chains", chains]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--sample-chains"), "{}", text(&out));
+    }
+    let out = ebmc(&["eval", model, "--params", run, "--ood-as-is"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = ebmc(&["eval", model, "--params", run, "--ood", dir.join("missing.csv").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.csv"), "{}", text(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

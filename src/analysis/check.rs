@@ -3,6 +3,7 @@
 //! shape of every expression. Reports every problem it finds, not just the
 //! first, and warns about declarations no energy uses.
 
+use crate::analysis::limits::{MAX_CONV_BLOCKS, MAX_RANK};
 use crate::analysis::program::*;
 use crate::analysis::schema::{self, Family, OptType, Value};
 use crate::front::ast::{self, BinOp, ExprKind, ModelStmt, Role};
@@ -39,8 +40,8 @@ pub enum CheckError {
     NotAValue { name: String, span: Span, is: DeclKind },
     /// E0104: a built-in function given the wrong number of arguments.
     Arity { name: String, span: Span, expected: usize, found: usize },
-    /// E0105: named options passed to a built-in function.
-    FunctionOptions { name: String, span: Span },
+    /// E0105: a named option a built-in function does not take (`sum` and `mean` take `axis`, the rest none).
+    FunctionOptions { name: String, option: String, span: Span },
     /// E0102: an unknown built-in of `family` (objective, optimiser, data source, ...).
     UnknownCallee { family: Family, name: String, span: Span },
     /// E0108: something other than a call where a `family` built-in is expected.
@@ -67,12 +68,20 @@ pub enum CheckError {
     MatMulMismatch { lhs: (Span, Shape), rhs: (Span, Shape) },
     /// E0203: a scalar operand of `@`.
     MatMulScalar { operand: Span },
+    /// E0203: an operand of `@` with more than two axes.
+    MatMulRank { operand: Span, shape: Shape },
     /// E0203: a transpose of something that is not a matrix.
     TransposeRank { span: Span, shape: Shape },
     /// E0203: a non-scalar exponent of `^`.
     NonScalarExponent { span: Span, shape: Shape },
     /// E0204: a net applied to an input whose width is not its first layer's.
     NetInput { net: String, span: Span, expected: usize, found: Shape, decl: Span },
+    /// E0204: a `convnet` applied to something other than a `[channels, H, W]` image.
+    /// `var`: the variable passed, when the input is one.
+    ConvInput { net: String, var: Option<String>, span: Span, channels: usize, found: Shape, decl: Span },
+    /// E0204: a pooling `convnet` applied to an image that its `stages` poolings
+    /// by `stride` shrink to nothing.
+    ConvTooSmall { net: String, span: Span, found: Shape, stages: usize, stride: usize, decl: Span },
     /// E0202: an energy term that is not a scalar per example.
     NonScalarEnergy { name: String, span: Span, shape: Shape },
     /// E0207: a model without energy terms.
@@ -95,6 +104,16 @@ pub enum CheckError {
     ConstShape { span: Span, declared: Shape, built: Shape },
     /// E0206: a net with the wrong number of layer widths for its kind.
     NetLayers { span: Span, kind: NetKind, found: usize },
+    /// E0208: a `convnet` kernel that is even (it has no centre to pad around).
+    ConvKernel { span: Span, kernel: usize },
+    /// E0208: more residual blocks per `convnet` stage than `max` (`limits::MAX_CONV_BLOCKS`).
+    ConvBlocks { span: Span, blocks: usize, max: usize },
+    /// E0209: `reshape` to a shape with another number of elements.
+    ReshapeSize { span: Span, from: (Span, Shape), to: Shape },
+    /// E0209: `sum` or `mean` along an axis the argument does not have.
+    BadAxis { func: &'static str, span: Span, axis: usize, arg: (Span, Shape) },
+    /// E0108: a `reshape` shape that is not a list of sizes.
+    NotAShape { span: Span },
     /// E0301: an unknown `train` setting.
     UnknownSetting { name: String, span: Span },
     /// E0301: `data` or `test` in the settings of a fit on in-memory rows.
@@ -191,6 +210,13 @@ fn first_span(e: &CheckError) -> Span {
         | NotAValue { span, .. }
         | Arity { span, .. }
         | FunctionOptions { span, .. }
+        | ConvInput { span, .. }
+        | ConvTooSmall { span, .. }
+        | ConvKernel { span, .. }
+        | ConvBlocks { span, .. }
+        | ReshapeSize { span, .. }
+        | BadAxis { span, .. }
+        | NotAShape { span }
         | UnknownCallee { span, .. }
         | NotACall { span, .. }
         | UnknownOption { span, .. }
@@ -225,7 +251,7 @@ fn first_span(e: &CheckError) -> Span {
         | BadSettingValue { span, .. }
         | Unused { span, .. } => *span,
         ElementwiseMismatch { lhs, .. } | MatMulMismatch { lhs, .. } => lhs.0,
-        MatMulScalar { operand } => *operand,
+        MatMulScalar { operand } | MatMulRank { operand, .. } => *operand,
     }
 }
 
@@ -378,7 +404,8 @@ impl<'e> ModelChecker<'e> {
         let (domain, shape) = match &ty.base {
             ast::BaseType::Categorical(k) => {
                 let k = self.dim(k);
-                let outer = self.dims(&ty.dims, 1, ty.span);
+                // The categories are the last axis.
+                let outer = self.dims(&ty.dims, MAX_RANK - 1, ty.span);
                 if let Some(b) = &ty.bounds {
                     self.err(CheckError::BoundsOnDiscrete { span: b.0.span.to(b.1.span) });
                 }
@@ -392,7 +419,7 @@ impl<'e> ModelChecker<'e> {
                 (Domain::Categorical { categories: k }, shape)
             }
             base => {
-                let shape = self.dims(&ty.dims, 2, ty.span);
+                let shape = self.dims(&ty.dims, MAX_RANK, ty.span);
                 let domain = match base {
                     ast::BaseType::Binary => Domain::Binary,
                     ast::BaseType::Spin => Domain::Spin,
@@ -444,7 +471,7 @@ impl<'e> ModelChecker<'e> {
             self.err(CheckError::ParamNotReal { span: ty.span });
             return None;
         }
-        self.dims(&ty.dims, 2, ty.span)
+        self.dims(&ty.dims, MAX_RANK, ty.span)
     }
 
     fn param(&mut self, d: &ast::ParamDecl) -> Option<Param> {
@@ -526,12 +553,26 @@ impl<'e> ModelChecker<'e> {
         let call = bind_call(Family::Net, &call_expr, self.errors);
         let layers: Option<Vec<usize>> = d.layers.iter().map(|l| self.dim(l)).collect::<Vec<_>>().into_iter().collect();
         let (call, layers) = (call?, layers?);
-        let kind = if call.name == "linear" { NetKind::Linear } else { NetKind::Mlp };
-        if kind == NetKind::Linear && layers.len() != 2 {
+        let kind = match call.name.as_str() {
+            "linear" => NetKind::Linear,
+            "mlp" => NetKind::Mlp,
+            _ => NetKind::Conv,
+        };
+        // `linear` is one layer; a `convnet` has an input, at least one stage and an output.
+        let widths_fit = match kind {
+            NetKind::Linear => layers.len() == 2,
+            NetKind::Mlp => true,
+            NetKind::Conv => layers.len() >= 3,
+        };
+        if !widths_fit {
             let span = d.layers[0].span().to(d.layers[d.layers.len() - 1].span());
             self.err(CheckError::NetLayers { span, kind, found: layers.len() });
             return None;
         }
+        let conv = match kind {
+            NetKind::Conv => Some(self.conv_layout(d, &call)?),
+            _ => None,
+        };
         let net = Net {
             name: d.name.name.clone(),
             kind,
@@ -543,12 +584,39 @@ impl<'e> ModelChecker<'e> {
                 Some(name) => Activation::from_name(name).expect("the schema's activation choices"),
             },
             bias: call.options.get("bias").and_then(Value::as_bool).unwrap_or(true),
-            conv: None,
+            conv,
             spectral_norm: call.options.get("spectral_norm").and_then(Value::as_bool).unwrap_or(false),
             span: d.name.span,
         };
         self.nets.insert(net.name.clone(), net.clone());
         Some(net)
+    }
+
+    /// A `convnet`'s bound options as its layout: the kernel odd, the blocks within the limit.
+    fn conv_layout(&mut self, d: &ast::NetDecl, call: &Call) -> Option<ConvLayout> {
+        // The value as written, for the error's span; a defaulted option is always valid.
+        let written = |name: &str| {
+            d.options
+                .iter()
+                .find(|a| a.name.as_ref().is_some_and(|n| n.name == name))
+                .map_or(d.kind.span, |a| a.value.span)
+        };
+        let layout = ConvLayout {
+            kernel: count(call, "kernel"),
+            stride: count(call, "stride"),
+            blocks: count(call, "blocks"),
+            pool: flag(call, "pool"),
+        };
+        let mut ok = true;
+        if layout.kernel.is_multiple_of(2) {
+            self.err(CheckError::ConvKernel { span: written("kernel"), kernel: layout.kernel });
+            ok = false;
+        }
+        if layout.blocks > MAX_CONV_BLOCKS {
+            self.err(CheckError::ConvBlocks { span: written("blocks"), blocks: layout.blocks, max: MAX_CONV_BLOCKS });
+            ok = false;
+        }
+        ok.then_some(layout)
     }
 
     fn energy(&mut self, d: &ast::EnergyDecl) -> Option<Energy> {
@@ -676,39 +744,187 @@ impl<'e> ModelChecker<'e> {
             }
             return None;
         }
-        if let Some(named) = args.iter().find_map(|a| a.name.as_ref()) {
-            self.err(CheckError::FunctionOptions { name: name.clone(), span: named.span });
-            return None;
-        }
-        if args.len() != 1 {
-            self.err(CheckError::Arity { name: name.clone(), span, expected: 1, found: args.len() });
-            return None;
-        }
-        let arg = self.expr(&args[0].value)?;
-        if let Some(net) = net {
-            self.used.insert(name.clone());
-            let width = net.layers[0];
-            let fits = arg.shape == [width] || (width == 1 && arg.shape.is_empty());
-            if !fits {
-                self.err(CheckError::NetInput {
-                    net: name.clone(),
-                    span: arg.span,
-                    expected: width,
-                    found: arg.shape,
-                    decl: net.span,
-                });
+        // A net shadows the built-in of its name.
+        let builtin = builtin.filter(|_| net.is_none());
+        // `sum` and `mean` take an `axis`; every other function and net takes no options.
+        let takes_axis = matches!(builtin, Some(Func::Sum | Func::Mean));
+        let mut axis: Option<(&ast::Arg, Span)> = None;
+        for a in args {
+            let Some(n) = &a.name else { continue };
+            if !(takes_axis && n.name == "axis") {
+                self.err(CheckError::FunctionOptions { name: name.clone(), option: n.name.clone(), span: n.span });
                 return None;
             }
+            if let Some((_, first)) = axis {
+                self.err(CheckError::DuplicateOption { name: n.name.clone(), span: n.span, first });
+                return None;
+            }
+            axis = Some((a, n.span));
+        }
+        let positional: Vec<&ast::Expr> = args.iter().filter(|a| a.name.is_none()).map(|a| &a.value).collect();
+        let expected = if builtin == Some(Func::Reshape) { 2 } else { 1 };
+        if positional.len() != expected {
+            self.err(CheckError::Arity { name: name.clone(), span, expected, found: positional.len() });
+            return None;
+        }
+        let shape_arg = positional.get(1).map(|list| self.shape_list(list));
+        let arg = self.expr(positional[0])?;
+        if let Some(net) = net {
+            self.used.insert(name.clone());
+            self.net_input(&net, &arg)?;
             return Some(TExpr {
                 kind: TExprKind::Net { net: name.clone(), arg: Box::new(arg) },
                 shape: net.output_shape(),
                 span,
             });
         }
-        // Cannot fire: the `None` case returned an error just above.
+        // Cannot fire: without a net, the callee is a built-in (the other case returned an error above).
         let func = builtin.expect("checked above");
-        let shape = if func.is_reduction() { vec![] } else { arg.shape.clone() };
-        Some(TExpr { kind: TExprKind::Func { func, arg: Box::new(arg) }, shape, span })
+        if let Some((a, _)) = axis {
+            let axis = self.axis(func, &a.value, &arg)?;
+            let mut shape = arg.shape.clone();
+            shape.remove(axis);
+            let arg = Box::new(arg);
+            let kind =
+                if func == Func::Sum { TExprKind::SumAxis { arg, axis } } else { TExprKind::MeanAxis { arg, axis } };
+            return Some(TExpr { kind, shape, span });
+        }
+        let (kind, shape) = match func {
+            Func::Flatten => {
+                let n = elements(&arg.shape);
+                (TExprKind::Reshape(Box::new(arg)), vec![n])
+            }
+            Func::Reshape => {
+                let to = shape_arg.flatten()?;
+                if elements(&arg.shape) != elements(&to) {
+                    self.err(CheckError::ReshapeSize { span: positional[1].span, from: (arg.span, arg.shape), to });
+                    return None;
+                }
+                (TExprKind::Reshape(Box::new(arg)), to)
+            }
+            f if f.is_reduction() => (TExprKind::Func { func, arg: Box::new(arg) }, vec![]),
+            _ => {
+                let shape = arg.shape.clone();
+                (TExprKind::Func { func, arg: Box::new(arg) }, shape)
+            }
+        };
+        Some(TExpr { kind, shape, span })
+    }
+
+    /// Checks a net's input: a vector of its first width for `linear` and
+    /// `mlp` (a scalar when that width is 1), a `[channels, H, W]` image for a
+    /// `convnet`.
+    fn net_input(&mut self, net: &Net, arg: &TExpr) -> Option<()> {
+        let width = net.layers[0];
+        let Some(layout) = net.conv else {
+            let fits = arg.shape == [width] || (width == 1 && arg.shape.is_empty());
+            if !fits {
+                self.err(CheckError::NetInput {
+                    net: net.name.clone(),
+                    span: arg.span,
+                    expected: width,
+                    found: arg.shape.clone(),
+                    decl: net.span,
+                });
+                return None;
+            }
+            return Some(());
+        };
+        if arg.shape.len() != 3 || arg.shape[0] != width {
+            let var = match &arg.kind {
+                TExprKind::Var(v) => Some(v.clone()),
+                _ => None,
+            };
+            self.err(CheckError::ConvInput {
+                net: net.name.clone(),
+                var,
+                span: arg.span,
+                channels: width,
+                found: arg.shape.clone(),
+                decl: net.span,
+            });
+            return None;
+        }
+        // Stages after the first downsample; average pooling floors the sides.
+        let stages = net.layers.len() - 3;
+        let survives = |side: usize| (0..stages).try_fold(side, |s, _| Some(s / layout.stride).filter(|s| *s >= 1));
+        if layout.pool && (survives(arg.shape[1]).is_none() || survives(arg.shape[2]).is_none()) {
+            self.err(CheckError::ConvTooSmall {
+                net: net.name.clone(),
+                span: arg.span,
+                found: arg.shape.clone(),
+                stages,
+                stride: layout.stride,
+                decl: net.span,
+            });
+            return None;
+        }
+        Some(())
+    }
+
+    /// The `axis` option of `sum` or `mean`: a whole number (or size
+    /// constant) below the argument's rank.
+    fn axis(&mut self, func: Func, value: &ast::Expr, arg: &TExpr) -> Option<usize> {
+        let ty = OptType::Whole { min: 0 };
+        let Some(Value::Int(axis)) = option_value(value, ty, &self.int_consts) else {
+            self.err(CheckError::BadOptionValue {
+                callee: func.name().to_string(),
+                option: "axis".to_string(),
+                span: value.span,
+                expected: ty,
+            });
+            return None;
+        };
+        if let Some(n) = value.as_name() {
+            self.used.insert(n.to_string());
+        }
+        let axis = axis as usize;
+        if axis >= arg.shape.len() {
+            self.err(CheckError::BadAxis {
+                func: func.name(),
+                span: value.span,
+                axis,
+                arg: (arg.span, arg.shape.clone()),
+            });
+            return None;
+        }
+        Some(axis)
+    }
+
+    /// `reshape`'s target shape: a list of sizes, each a literal or a size constant.
+    fn shape_list(&mut self, e: &ast::Expr) -> Option<Shape> {
+        let ExprKind::List(items) = &e.kind else {
+            self.err(CheckError::NotAShape { span: e.span });
+            return None;
+        };
+        if items.is_empty() {
+            self.err(CheckError::NotAShape { span: e.span });
+            return None;
+        }
+        if items.len() > MAX_RANK {
+            self.err(CheckError::TooManyDims { span: e.span, max: MAX_RANK });
+            return None;
+        }
+        let mut shape = Vec::new();
+        let mut ok = true;
+        for item in items {
+            let dim = match &item.kind {
+                ExprKind::Number { value, .. } if value.fract() == 0.0 && *value >= 0.0 && *value < 9.0e15 => {
+                    Some(ast::Dim::Lit(*value as u64, item.span))
+                }
+                ExprKind::Name(n) => Some(ast::Dim::Name(ast::Ident { name: n.clone(), span: item.span })),
+                _ => None,
+            };
+            match dim.map(|d| self.dim(&d)) {
+                Some(Some(n)) => shape.push(n),
+                Some(None) => ok = false,
+                None => {
+                    self.err(CheckError::NotAShape { span: item.span });
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(shape)
     }
 
     fn binary_shape(&mut self, op: BinOp, l: &TExpr, r: &TExpr) -> Option<Shape> {
@@ -718,6 +934,11 @@ impl<'e> ModelChecker<'e> {
                 for side in [l, r] {
                     if side.shape.is_empty() {
                         self.err(CheckError::MatMulScalar { operand: side.span });
+                        return None;
+                    }
+                    // Higher ranks have no single contraction to mean; `sum(x * y, axis: k)` says which.
+                    if side.shape.len() > 2 {
+                        self.err(CheckError::MatMulRank { operand: side.span, shape: side.shape.clone() });
                         return None;
                     }
                 }

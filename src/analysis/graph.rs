@@ -246,6 +246,12 @@ fn raw_degree(e: &TExpr, var: &Variable, model: &Model) -> Poly {
                 OTHER
             }
         }
+        // Row-major order is kept, so entry i still holds entry i when the shape is the variable's own.
+        TExprKind::Reshape(x) => {
+            let p = d(x);
+            Poly { aligned: p.aligned && e.shape == var.shape, ..p }
+        }
+        TExprKind::SumAxis { arg, .. } | TExprKind::MeanAxis { arg, .. } => Poly { aligned: false, ..d(arg) },
     }
 }
 
@@ -384,11 +390,11 @@ impl FactorGraph {
     }
 }
 
-/// Units of a variable: sites for a categorical (one-hot rows), entries otherwise.
+/// Units of a variable: sites for a categorical (one-hot rows along its
+/// last axis, one per entry of the axes before it), entries otherwise.
 pub fn units(v: &Variable) -> usize {
     match v.domain {
-        Domain::Categorical { .. } if v.shape.len() == 2 => v.shape[0],
-        Domain::Categorical { .. } => 1,
+        Domain::Categorical { .. } => v.shape[..v.shape.len() - 1].iter().product(),
         _ => v.shape.iter().product(),
     }
 }

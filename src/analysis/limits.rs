@@ -26,6 +26,13 @@ pub const MAX_BATCH_VALUES: u128 = 1 << 30;
 pub const MAX_SWEEPS: u128 = 1_000_000_000;
 /// Most epochs of one training run.
 pub const MAX_EPOCHS: u128 = 1_000_000;
+/// Most axes of a variable's, parameter's or constant's per-example shape
+/// (a categorical's category axis included); the batch adds one more.
+pub const MAX_RANK: usize = 6;
+/// Most residual blocks per stage of a `convnet`: each block is two
+/// convolutions, so deeper stages grow the net past what the step compiles
+/// in reasonable time.
+pub const MAX_CONV_BLOCKS: usize = 16;
 
 /// A size past its limit. `span` is where the file asks for it; `flag` the
 /// command-line option when a flag does.
@@ -178,12 +185,17 @@ pub fn check_program(program: &Program) -> Vec<LimitError> {
             }
         }
         for n in &model.nets {
-            if let Some(w) = n.layers.windows(2).find(|w| elements(w) > MAX_ELEMENTS) {
+            // A convolution's weights are `out × in × kernel × kernel`; a
+            // convnet's last layer is its linear head.
+            let taps = n.conv.map_or(1, |c| (c.kernel as u128).saturating_mul(c.kernel as u128));
+            let convs = n.layers.len() - 2;
+            let layer = |(i, w): (usize, &[usize])| elements(w).saturating_mul(if i < convs { taps } else { 1 });
+            if let Some(n_elements) = n.layers.windows(2).enumerate().map(layer).find(|e| *e > MAX_ELEMENTS) {
                 out.push(LimitError::Elements {
                     what: "net layer of",
                     name: n.name.clone(),
                     span: n.span,
-                    elements: elements(w),
+                    elements: n_elements,
                 });
             }
         }

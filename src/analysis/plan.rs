@@ -5,7 +5,7 @@
 //! normaliser, score matching on discrete data, invalid sampler overrides).
 
 use crate::analysis::graph::{ColourClass, Degree, FactorGraph, colour, type_text};
-use crate::analysis::program::{Activation, Call, ConstValue, Domain, Objective, Program, Sampler, Train};
+use crate::analysis::program::{Activation, Call, ConstValue, Domain, Objective, Program, Sampler, Train, elements};
 use crate::front::ast::Role;
 use crate::front::span::Span;
 use crate::ir::{self, Id, Ir, Op, Unary};
@@ -357,7 +357,7 @@ struct Power {
 fn power_of(ir: &mut Ir, t: Id, x: &crate::analysis::program::Variable) -> Option<Power> {
     if let Op::MatMul(a, b) = ir.node(t).op {
         // v @ v over one vector is the sum of its squares.
-        return (a == b && x.shape.len() == 1).then(|| base_scale(ir, a, x)).flatten().map(|k| Power {
+        return (a == b && ir.node(a).shape.len() == 1).then(|| base_scale(ir, a, x)).flatten().map(|k| Power {
             order: 2.0,
             factor: k * k,
             definite: true,
@@ -368,7 +368,9 @@ fn power_of(ir: &mut Ir, t: Id, x: &crate::analysis::program::Variable) -> Optio
         _ if x.shape.is_empty() => t,
         _ => return None,
     };
-    if *ir.shape(inner) != x.shape {
+    // Every unit once: the base's `x` term is `x` or a reshape of it, and
+    // broadcasting it would make more elements than `x` has.
+    if elements(ir.shape(inner)) != elements(&x.shape) {
         return None;
     }
     if !matches!(ir.node(inner).op, Op::Map(Unary::Square | Unary::Abs, _) | Op::Pow(..)) {
@@ -400,6 +402,10 @@ fn base_scale(ir: &mut Ir, base: Id, x: &crate::analysis::program::Variable) -> 
         let Some(r) = r else { continue };
         match &ir.node(r).op {
             Op::Var(n) if *n == x.name && scale.is_none() => scale = Some(c),
+            // `flatten(x)` and `reshape(x, ..)` hold the same elements: the same powers.
+            Op::Reshape(v) if matches!(&ir.node(*v).op, Op::Var(n) if *n == x.name) && scale.is_none() => {
+                scale = Some(c)
+            }
             _ if ir.depends_on(r, &x.name) => return None,
             _ => {}
         }
@@ -695,7 +701,7 @@ fn conditional_text(ir: &mut Ir, v: &crate::analysis::program::Variable, minus_g
             let field = ir.mul(two, minus_grad);
             format!("p({} = +1 | {given}) = sigmoid({})", v.name, ir.show(field))
         }
-        _ if v.shape.len() == 2 => format!("p({} | {given}) = softmax_rows({})", v.name, ir.show(minus_grad)),
+        _ if v.shape.len() >= 2 => format!("p({} | {given}) = softmax_rows({})", v.name, ir.show(minus_grad)),
         _ => format!("p({} | {given}) = softmax({})", v.name, ir.show(minus_grad)),
     }
 }
@@ -821,7 +827,7 @@ pub fn sum_out(ir: &mut Ir, energy: Id, v: &crate::analysis::program::Variable) 
             let lc = ir.map(Unary::Log2Cosh, a);
             (ir.sum(lc), "log 2cosh")
         }
-        _ if v.shape.len() == 2 => {
+        _ if v.shape.len() >= 2 => {
             let rows = ir.logsumexp_last(minus_a);
             (ir.sum(rows), "logsumexp")
         }

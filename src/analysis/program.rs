@@ -20,6 +20,12 @@ pub fn shape_str(shape: &[usize]) -> String {
     }
 }
 
+/// The number of elements of a shape, saturating: the checker sees sizes
+/// before `limits` refuses the ones too large to hold.
+pub fn elements(shape: &[usize]) -> usize {
+    shape.iter().fold(1usize, |n, &d| n.saturating_mul(d))
+}
+
 /// A checked source file: its models and their train blocks.
 #[derive(Debug, Clone, Serialize)]
 pub struct Program {
@@ -336,6 +342,13 @@ pub enum TExprKind {
     Func { func: Func, arg: Box<TExpr> },
     /// A declared net applied to one argument, by the net's name.
     Net { net: String, arg: Box<TExpr> },
+    /// The argument's elements, row-major, in this node's shape
+    /// (`reshape(x, [..])`, and `flatten(x)` to rank 1).
+    Reshape(Box<TExpr>),
+    /// `sum(x, axis: k)`: the argument summed along `axis`, which is removed.
+    SumAxis { arg: Box<TExpr>, axis: usize },
+    /// `mean(x, axis: k)`: the argument averaged along `axis`, which is removed.
+    MeanAxis { arg: Box<TExpr>, axis: usize },
 }
 
 impl TExpr {
@@ -348,7 +361,11 @@ impl TExpr {
                 lhs.walk(f);
                 rhs.walk(f);
             }
-            TExprKind::Func { arg, .. } | TExprKind::Net { arg, .. } => arg.walk(f),
+            TExprKind::Func { arg, .. }
+            | TExprKind::Net { arg, .. }
+            | TExprKind::Reshape(arg)
+            | TExprKind::SumAxis { arg, .. }
+            | TExprKind::MeanAxis { arg, .. } => arg.walk(f),
             TExprKind::Number(_) | TExprKind::Var(_) | TExprKind::Param(_) | TExprKind::Const(_) => {}
         }
     }
@@ -383,11 +400,15 @@ pub enum Func {
     Mean,
     /// `log Σ exp(x)` over every element (a reduction).
     Logsumexp,
+    /// The elements as one vector (a reshape to rank 1).
+    Flatten,
+    /// The elements in another shape of the same size.
+    Reshape,
 }
 
 impl Func {
     /// Every built-in function, in declaration order.
-    pub const ALL: [Func; 13] = [
+    pub const ALL: [Func; 15] = [
         Func::Exp,
         Func::Log,
         Func::Softplus,
@@ -401,6 +422,8 @@ impl Func {
         Func::Sum,
         Func::Mean,
         Func::Logsumexp,
+        Func::Flatten,
+        Func::Reshape,
     ];
 
     /// The function's name in source.
@@ -419,6 +442,8 @@ impl Func {
             Func::Sum => "sum",
             Func::Mean => "mean",
             Func::Logsumexp => "logsumexp",
+            Func::Flatten => "flatten",
+            Func::Reshape => "reshape",
         }
     }
 
@@ -427,9 +452,15 @@ impl Func {
         Func::ALL.into_iter().find(|f| f.name() == name)
     }
 
-    /// Reductions map any shape to a scalar; the rest act elementwise.
+    /// Reductions map any shape to a scalar (`sum` and `mean` given an
+    /// `axis` remove that axis only).
     pub fn is_reduction(self) -> bool {
         matches!(self, Func::Sum | Func::Mean | Func::Logsumexp)
+    }
+
+    /// Shape functions move elements without computing: `flatten`, `reshape`.
+    pub fn is_shape(self) -> bool {
+        matches!(self, Func::Flatten | Func::Reshape)
     }
 }
 

@@ -376,6 +376,19 @@ pub static NETS: &[Signature] = &[
         name: "mlp",
         options: &[opt!("act", Choice(ACTIVATIONS), Word("swish")), opt!("spectral_norm", Flag, Bool(false))],
     },
+    // `kernel` odd and `blocks` within `limits::MAX_CONV_BLOCKS` are checked by the checker.
+    Signature {
+        name: "convnet",
+        options: &[
+            opt!("kernel", POS_INT, Int(3)),
+            opt!("stride", POS_INT, Int(2)),
+            opt!("blocks", Whole { min: 0 }, Int(0)),
+            opt!("pool", Flag, Bool(false)),
+            opt!("act", Choice(ACTIVATIONS), Word("swish")),
+            opt!("bias", Flag, Bool(true)),
+            opt!("spectral_norm", Flag, Bool(false)),
+        ],
+    },
 ];
 
 /// The `sample`-block kernels.

@@ -141,9 +141,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         device: DeviceArg,
     },
-    /// Evaluate trained parameters: exact or AIS log Z, log-likelihood, pseudo-likelihood, reconstruction error.
+    /// Evaluate trained parameters: exact or AIS log Z, log-likelihood, pseudo-likelihood, reconstruction error; for real-valued data, energies, OOD detection and MMD.
     #[command(
-        after_help = "Example:\n  ebmc eval models/bars.ebm --params runs/bars --ais --runs 100 --temperatures 1000\n  ebmc eval models/toy/8gaussians_sm.ebm --params runs/8gaussians_sm --message-format json"
+        after_help = "Example:\n  ebmc eval models/bars.ebm --params runs/bars --ais --runs 100 --temperatures 1000\n  ebmc eval models/toy/8gaussians_sm.ebm --params runs/8gaussians_sm --message-format json\n  ebmc eval models/ring.ebm --params runs/ring --ood other.csv --sample-chains 1000 --sample-sweeps 500"
     )]
     Eval {
         /// The .ebm file.
@@ -181,7 +181,19 @@ pub enum Command {
         /// Grid points per axis.
         #[arg(long, default_value_t = 300)]
         grid: usize,
-        /// Seed of AIS, the stochastic pseudo-likelihood and reconstructions.
+        /// Rows of another data set (CSV, NPY or IDX, bound as --data): how well the energy tells them from the evaluated rows (AUROC, AUPR, FPR at 95% TPR).
+        #[arg(long)]
+        ood: Option<PathBuf>,
+        /// Read the `--ood` file's numbers as they are, without the train block's `scale` and `binarize`.
+        #[arg(long, requires = "ood")]
+        ood_as_is: bool,
+        /// Chains of the model's own sampler compared with the rows (energies, MMD) when the visible variables are real-valued.
+        #[arg(long, default_value_t = 256, value_parser = parse_sample_chains)]
+        sample_chains: usize,
+        /// Sweeps those chains run from the sampler's random start.
+        #[arg(long, default_value_t = 200, value_parser = parse_every)]
+        sample_sweeps: usize,
+        /// Seed of AIS, the stochastic pseudo-likelihood, reconstructions, model samples, noise rows and the MMD test.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Deprecated spelling of `--message-format json` for the report itself (errors stay human).
@@ -258,6 +270,11 @@ fn count_flag(s: &str, min: u128, max: u128, unit: &'static str) -> Result<usize
 fn parse_chains(s: &str) -> Result<usize, FlagError> {
     // Chains times units is checked against the model once it is compiled.
     count_flag(s, 1, ebmc::analysis::limits::MAX_BATCH_VALUES, "chains")
+}
+
+fn parse_sample_chains(s: &str) -> Result<usize, FlagError> {
+    // The unbiased MMD needs two samples.
+    count_flag(s, 2, ebmc::analysis::limits::MAX_BATCH_VALUES, "chains")
 }
 
 fn parse_sweeps(s: &str) -> Result<usize, FlagError> {
@@ -352,6 +369,7 @@ mod tests {
     #[test]
     fn count_flags_are_refused_against_their_limits() {
         assert_eq!(parse_chains("0"), Err(FlagError::BelowMin { min: 1 }));
+        assert_eq!(parse_sample_chains("1"), Err(FlagError::BelowMin { min: 2 }));
         assert_eq!(parse_sweeps("x"), Err(FlagError::NotACount { text: "x".into(), unit: "sweeps" }));
         assert!(matches!(parse_epochs("99999999999999999999"), Err(FlagError::PastLimit { unit: "epochs", .. })));
         assert_eq!(parse_image_shape("28x28"), Ok((28, 28)));

@@ -451,17 +451,41 @@ fn load_trained(
     report::Trained::new(&compiled.program, &plans, &model.name, params).ok_or(Failure::Reported)
 }
 
+/// A data file and how its numbers are read.
+type ReadFile<'a> = (&'a Path, FileValues);
+
+/// A sampling limit as `eval` words it: its chains and sweeps are `--sample-chains` and `--sample-sweeps`.
+fn eval_sample_flags(e: LimitError) -> LimitError {
+    match e {
+        LimitError::Batch { what, flag: Some(_), span, rows, values } => {
+            LimitError::Batch { what, flag: Some("--sample-chains"), span, rows, values }
+        }
+        LimitError::Count { value, limit, unit, .. } => {
+            LimitError::Count { flag: "--sample-sweeps", value, limit, unit }
+        }
+        other => other,
+    }
+}
+
 pub fn eval(
     out: Out,
     path: &Path,
     only: Option<&str>,
     params: &Path,
-    data: Option<(&Path, FileValues)>,
+    (data, ood): (Option<ReadFile>, Option<ReadFile>),
     opts: &report::EvalOptions,
 ) -> Result<(), Failure> {
     let trained = load_trained(out, path, only, params, "eval")?;
+    if report::compares_samples(&trained) {
+        let run = SampleRun { chains: opts.sample_chains, burn_in: 0, steps: opts.sample_sweeps, every: None };
+        limits::check_sample(&trained.model, &trained.plan.lowered, &run, limits::available_memory())
+            .map_err(|errors| limits_failure(errors.into_iter().map(eval_sample_flags).collect()))?;
+    }
     let base = path.parent().unwrap_or(Path::new("."));
-    let rows = report::rows_to_evaluate(&trained, base, data).map_err(data_failure)?;
+    let mut rows = report::rows_to_evaluate(&trained, base, data).map_err(data_failure)?;
+    if let Some((file, values)) = ood {
+        rows.ood = Some(report::ood_rows(&trained, base, file, values).map_err(data_failure)?);
+    }
     let r = report::evaluate(&trained, &rows, opts).map_err(|e| match e {
         report::EvalError::Options(reason) => CommandError::Flag(reason),
         other => CommandError::Result(other.to_string()),

@@ -106,6 +106,8 @@ fn unary_of(f: Func) -> Unary {
         Func::Square => Unary::Square,
         // Cannot fire: `lower` sends reductions to their own constructors before calling this.
         Func::Sum | Func::Mean | Func::Logsumexp => unreachable!("reductions are not elementwise"),
+        // Cannot fire: the checker types `flatten` and `reshape` as `TExprKind::Reshape`.
+        Func::Flatten | Func::Reshape => unreachable!("shape functions are not elementwise"),
     }
 }
 
@@ -152,6 +154,21 @@ impl Ir {
             TExprKind::Net { net, arg } => {
                 let a = self.lower(arg);
                 self.net(net, a)
+            }
+            TExprKind::Reshape(x) => {
+                let a = self.lower(x);
+                self.reshape(a, &e.shape)
+            }
+            TExprKind::SumAxis { arg, axis } => {
+                let a = self.lower(arg);
+                self.sum_axes(a, *axis, 1)
+            }
+            TExprKind::MeanAxis { arg, axis } => {
+                let n = arg.shape[*axis];
+                let a = self.lower(arg);
+                let s = self.sum_axes(a, *axis, 1);
+                let inv = self.num(1.0 / n as f64);
+                self.mul(inv, s)
             }
         }
     }

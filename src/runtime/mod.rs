@@ -3,6 +3,7 @@
 //! `backend`, which alone names the tensor library.
 
 pub mod command;
+pub mod compare;
 pub mod data;
 pub mod evaluate;
 pub mod export;

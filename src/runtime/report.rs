@@ -1,17 +1,23 @@
 //! The evaluation report: every figure `ebmc eval` gives for trained
 //! parameters on a set of rows (exact, grid or AIS log Z, log-likelihood,
-//! pseudo-likelihood, classification and reconstruction figures), as data a
-//! host program can serialise or render for people with `EvalReport::to_text`.
+//! pseudo-likelihood, classification and reconstruction figures; for
+//! real-valued data, the energies of rows, model samples and noise,
+//! out-of-distribution detection and the MMD of samples against rows), as
+//! data a host program can serialise or render for people with
+//! `EvalReport::to_text`.
 
 use crate::analysis::graph::{self, FactorGraph};
+use crate::analysis::limits::SampleRun;
 use crate::analysis::plan::Plan;
-use crate::analysis::program::{DataSource, DataSpec, Model, Program, Train};
+use crate::analysis::program::{DataSource, DataSpec, Domain, Model, Program, Train, Variable};
 use crate::backend::{self, AisEstimate, DeviceKind, RaiseEstimate};
 use crate::front::ast::Role;
 use crate::runtime::command::CommandError;
+use crate::runtime::compare;
 use crate::runtime::data::{self, DataError, Dataset};
 use crate::runtime::evaluate;
-use crate::tensor::Tensors;
+use crate::runtime::sample::{self, Diverged};
+use crate::tensor::{HostTensor, Tensors};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -54,6 +60,17 @@ pub struct EvalRows {
     pub which: &'static str,
     /// The training rows, when they can be loaded; AIS fits its base rates to them.
     pub training: Option<Dataset>,
+    /// Rows of another distribution (`eval --ood FILE`), scored against the evaluated rows.
+    pub ood: Option<OodRows>,
+}
+
+/// Rows of another data set, for out-of-distribution detection (`ood_rows`).
+#[derive(Debug, Clone)]
+pub struct OodRows {
+    /// The file, as given.
+    pub file: String,
+    /// Its rows, bound to the variables the energy score reads.
+    pub rows: Dataset,
 }
 
 /// Loads the rows to evaluate on: those of `file` when given (bound as the
@@ -73,17 +90,38 @@ pub fn rows_to_evaluate(
             .ok()
             .and_then(|all| data::split(all, t.spec.test.as_ref(), &t.model, base).ok())
             .map(|(train, _)| train);
-        return Ok(EvalRows { rows, which: "given rows", training });
+        return Ok(EvalRows { rows, which: "given rows", training, ood: None });
     }
     let all = data::load(spec, &t.model, base)?;
     match data::split(all, t.spec.test.as_ref(), &t.model, base)? {
-        (train, Some(test)) => Ok(EvalRows { rows: test, which: "held-out test rows", training: Some(train) }),
+        (train, Some(test)) => {
+            Ok(EvalRows { rows: test, which: "held-out test rows", training: Some(train), ood: None })
+        }
         (train, None) => Ok(EvalRows {
             rows: train.clone(),
             which: "training rows (the train block has no test split)",
             training: Some(train),
+            ood: None,
         }),
     }
+}
+
+/// The train block's binding less a JEM label the plan sums out: the
+/// variables an energy score reads (`ebmc energy`, `eval --ood`).
+fn score_binding(t: &Trained) -> Result<DataSpec, DataError> {
+    let mut binding = data::spec_of(&t.spec)?.clone();
+    if let Some(m) = &t.plan.label_marginal {
+        binding.binding.retain(|b| *b != m.var);
+    }
+    Ok(binding)
+}
+
+/// Loads the rows of `file` (`eval --ood`) as `row_energies` does: bound as
+/// the train block binds its data, less a JEM label, with `values` saying
+/// how its numbers are read; relative paths in the train block from `base`.
+pub fn ood_rows(t: &Trained, base: &Path, file: &Path, values: data::FileValues) -> Result<OodRows, DataError> {
+    let rows = data::load(&data::with_file(&score_binding(t)?, file, values), &t.model, base)?;
+    Ok(OodRows { file: file.display().to_string(), rows })
 }
 
 /// The free energy of each row of `file` (bound as the train block binds
@@ -98,10 +136,7 @@ pub fn row_energies(
     values: data::FileValues,
     device: DeviceKind,
 ) -> Result<Vec<f64>, CommandError> {
-    let mut binding = data::spec_of(&t.spec).map_err(CommandError::Data)?.clone();
-    if let Some(m) = &t.plan.label_marginal {
-        binding.binding.retain(|b| *b != m.var);
-    }
+    let binding = score_binding(t).map_err(CommandError::Data)?;
     let rows = data::load(&data::with_file(&binding, file, values), &t.model, base).map_err(CommandError::Data)?;
     let energies =
         evaluate::row_free_energy(&t.model, &t.plan, &t.params, &rows.vars, device).map_err(CommandError::Result)?;
@@ -129,7 +164,12 @@ pub struct EvalOptions {
     pub grid_high: f64,
     /// Grid points per axis.
     pub grid_points: usize,
-    /// Seed of the random draws: AIS, stochastic pseudo-likelihood, reconstruction.
+    /// Chains of the model's own sampler whose final states are compared with the rows (continuous models).
+    pub sample_chains: usize,
+    /// Sweeps those chains run.
+    pub sample_sweeps: usize,
+    /// Seed of the random draws: AIS, stochastic pseudo-likelihood, reconstruction, the model's samples,
+    /// noise rows and the MMD test.
     pub seed: u64,
     /// Device the figures are computed on.
     pub device: DeviceKind,
@@ -146,6 +186,8 @@ impl Default for EvalOptions {
             grid_low: -6.0,
             grid_high: 6.0,
             grid_points: 300,
+            sample_chains: 256,
+            sample_sweeps: 200,
             seed: 0,
             device: DeviceKind::Cpu,
         }
@@ -252,10 +294,122 @@ pub struct EvalReport {
     /// Squared error per row after one up-down pass.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconstruction_error: Option<f64>,
+    /// The energy (free energy of the visible rows) of the evaluated rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub energy_test: Option<EnergyStats>,
+    /// How the model's own samples were drawn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_samples: Option<ModelSamples>,
+    /// The energy of the model's samples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub energy_samples: Option<EnergyStats>,
+    /// The energy of noise rows (`ood_noise.against` says which noise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub energy_noise: Option<EnergyStats>,
+    /// The energy of the `--ood` file's rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub energy_ood: Option<EnergyStats>,
+    /// Out-of-distribution detection of noise rows by the energy score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ood_noise: Option<Detection>,
+    /// Out-of-distribution detection of the `--ood` file's rows by the energy score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ood_file: Option<Detection>,
+    /// The two-sample test of the model's samples against the evaluated rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mmd: Option<MmdFigures>,
     /// Why a figure a user could expect is missing.
     pub notes: Vec<String>,
     /// Why a given figure may mislead.
     pub warnings: Vec<String>,
+}
+
+/// The mean and standard deviation of the energies of a set of rows.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EnergyStats {
+    /// Rows scored.
+    pub rows: usize,
+    /// Their mean energy.
+    pub mean: f64,
+    /// The sample standard deviation (n − 1; 0 for one row).
+    pub sd: f64,
+}
+
+/// The run of the model's own sampler whose final states are its samples.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ModelSamples {
+    /// Independent chains: one sample each.
+    pub chains: usize,
+    /// Sweeps each chain ran from the sampler's random start.
+    pub sweeps: usize,
+}
+
+/// How well the energy score tells the evaluated rows (positives: lower
+/// energy means in-distribution) from other rows (`runtime::compare`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Detection {
+    /// What the other rows are: the noise, or the file.
+    pub against: String,
+    /// How many other rows.
+    pub rows: usize,
+    /// P(a random evaluated row has lower energy than a random other row), ties 1/2.
+    pub auroc: f64,
+    /// Average precision with the evaluated rows as the class sought (AUPR-In).
+    pub aupr: f64,
+    /// The share of other rows at or below the energy that admits 95% of the evaluated rows.
+    pub fpr_at_95_tpr: f64,
+}
+
+/// The MMD two-sample test of the model's samples against the evaluated rows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MmdFigures {
+    /// The test (unbiased MMD², median-distance bandwidth, permutation p-value).
+    #[serde(flatten)]
+    pub test: compare::MmdTest,
+    /// Samples used (at most `MMD_ROWS`).
+    pub sample_rows: usize,
+    /// Evaluated rows used: a random subset of at most `MMD_ROWS`.
+    pub test_rows: usize,
+}
+
+/// The most rows of each side the MMD test uses: its kernel matrix grows
+/// with the square of the rows (2,000 pooled rows: 2 million pairs).
+pub const MMD_ROWS: usize = 1_000;
+/// Random relabellings of the MMD permutation test.
+pub const MMD_PERMUTATIONS: usize = 200;
+/// The most noise rows scored (as many as the evaluated rows up to this).
+pub const NOISE_ROWS: usize = 10_000;
+
+/// The noise a variable's noise rows are drawn from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NoiseKind {
+    /// Uniform in a bounded variable's box.
+    Uniform { low: f64, high: f64 },
+    /// Independent Gaussians with each column's mean and standard deviation in the evaluated rows.
+    MatchedGaussian,
+}
+
+/// The noise of each variable the energy score reads (worded in `messages.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Noise(pub Vec<(String, NoiseKind)>);
+
+/// Why a comparison figure is missing (worded in `messages.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ComparisonNote {
+    /// The energy score reads a discrete visible variable too, so noise rows and MMD are not defined.
+    DiscreteVisible { var: String },
+    /// The free energy of the rows cannot be computed.
+    NoEnergy(String),
+    /// The model's sampler cannot be built.
+    NoSampler(String),
+    /// A sampled state that is not finite.
+    Diverged(Diverged),
+    /// Every pooled distance's median is 0: the MMD's bandwidth is undefined.
+    NoBandwidth,
+    /// Fewer than the 2 evaluated rows the unbiased MMD needs.
+    TooFewRows { rows: usize },
+    /// `sample_chains` below the 2 the unbiased MMD needs (an options error).
+    TooFewChains { chains: usize },
 }
 
 /// A figure for the report, refused when it is not finite (NaN would print as `null`).
@@ -267,12 +421,38 @@ fn mean(x: &[f64]) -> f64 {
     x.iter().sum::<f64>() / x.len() as f64
 }
 
+/// Mean and sample standard deviation of `energies` (not empty), refused when one is not finite.
+fn energy_stats(what: &'static str, energies: &[f64]) -> Result<EnergyStats, EvalError> {
+    if let Some(e) = energies.iter().find(|e| !e.is_finite()) {
+        return Err(EvalError::NotFinite { what, value: *e });
+    }
+    let m = mean(energies);
+    let n = energies.len();
+    let ss: f64 = energies.iter().map(|e| (e - m) * (e - m)).sum();
+    let sd = if n > 1 { (ss / (n - 1) as f64).sqrt() } else { 0.0 };
+    Ok(EnergyStats { rows: n, mean: m, sd })
+}
+
+/// Detection of `others` against the evaluated rows by the energy score (lower = in-distribution).
+fn detection(test: &[f64], others: &[f64], against: String) -> Result<Detection, EvalError> {
+    let (pos, neg): (Vec<f64>, Vec<f64>) = (test.iter().map(|e| -e).collect(), others.iter().map(|e| -e).collect());
+    Ok(Detection {
+        against,
+        rows: others.len(),
+        auroc: finite("the AUROC", compare::auroc(&pos, &neg))?,
+        aupr: finite("the AUPR", compare::aupr(&pos, &neg))?,
+        fpr_at_95_tpr: finite("the FPR at 95% TPR", compare::fpr_at_tpr(&pos, &neg, 0.95))?,
+    })
+}
+
 /// Evaluates `t` on `rows`: log Z exactly when the model can be enumerated
 /// (or integrated in closed form), on a grid for a low-dimensional
 /// continuous model, by AIS and reverse AIS when neither works for a
 /// discrete model or when `opts.ais` asks; then the likelihood figures
-/// each allows. A figure a model cannot have is left out with a note only
-/// where a user could expect it.
+/// each allows; last the comparisons of `runtime::compare` (energies of the
+/// rows, of the model's samples and of noise rows, detection of the noise
+/// and of `rows.ood` by the energy score, MMD). A figure a model cannot have
+/// is left out with a note only where a user could expect it.
 pub fn evaluate(t: &Trained, rows: &EvalRows, opts: &EvalOptions) -> Result<EvalReport, EvalError> {
     let (model, plan, params, device) = (&t.model, &t.plan, &t.params, opts.device);
     backend::check_ais_options(model, opts.runs, opts.temperatures).map_err(EvalError::Options)?;
@@ -282,6 +462,9 @@ pub fn evaluate(t: &Trained, rows: &EvalRows, opts: &EvalOptions) -> Result<Eval
     }
     if opts.pl_units == Some(0) {
         return Err(EvalError::Options("`--pl-units` must be at least 1".into()));
+    }
+    if opts.sample_chains < 2 && compares_samples(t) {
+        return Err(EvalError::Options(ComparisonNote::TooFewChains { chains: opts.sample_chains }.to_string()));
     }
     if rows.rows.rows == 0 {
         return Err(EvalError::NoRows(rows.which));
@@ -348,7 +531,190 @@ pub fn evaluate(t: &Trained, rows: &EvalRows, opts: &EvalOptions) -> Result<Eval
             Err(why) => r.notes.push(format!("no reconstruction error: {why}")),
         }
     }
+    comparison_figures(t, rows, opts, &mut r)?;
     Ok(r)
+}
+
+/// The variables the energy score reads: the train block's binding less a JEM label the plan sums out.
+fn score_variables(t: &Trained) -> Vec<&Variable> {
+    let label = t.plan.label_marginal.as_ref().map(|m| m.var.as_str());
+    t.spec
+        .data
+        .iter()
+        .flat_map(|d| &d.binding)
+        .filter(|b| Some(b.as_str()) != label)
+        .filter_map(|b| t.model.variable(b))
+        .collect()
+}
+
+/// Whether `evaluate` compares the model's own samples with the rows, and
+/// so runs its sampler (`sample_chains` chains for `sample_sweeps` sweeps):
+/// when every variable the energy score reads is real-valued.
+pub fn compares_samples(t: &Trained) -> bool {
+    let vars = score_variables(t);
+    !vars.is_empty() && vars.iter().all(|v| !v.domain.is_discrete())
+}
+
+/// What users of deep energy-based models compare (`runtime::compare`):
+/// the energies of the evaluated rows, of the model's samples and of noise
+/// rows; how well the energy score tells the noise, and the `--ood` rows,
+/// from the evaluated rows; the MMD of samples against rows. For models
+/// whose scored variables are real-valued; the `--ood` figures for every model.
+fn comparison_figures(t: &Trained, rows: &EvalRows, opts: &EvalOptions, r: &mut EvalReport) -> Result<(), EvalError> {
+    let (model, plan, params, device) = (&t.model, &t.plan, &t.params, opts.device);
+    let vars = score_variables(t);
+    let real = vars.iter().any(|v| !v.domain.is_discrete());
+    if !real && rows.ood.is_none() {
+        return Ok(());
+    }
+    let scored: Tensors = rows
+        .rows
+        .vars
+        .iter()
+        .filter(|(k, _)| vars.iter().any(|v| v.name == **k))
+        .map(|(k, t)| (k.clone(), t.clone()))
+        .collect();
+    let energy = |rows: &Tensors| evaluate::row_free_energy(model, plan, params, rows, device);
+    let test = match energy(&scored) {
+        Ok(e) => e,
+        Err(why) => {
+            r.notes.push(ComparisonNote::NoEnergy(why).to_string());
+            return Ok(());
+        }
+    };
+    r.energy_test = Some(energy_stats("the energy of an evaluated row", &test)?);
+    if let Some(ood) = &rows.ood {
+        if ood.rows.rows == 0 {
+            return Err(EvalError::NoRows("rows in the `--ood` file"));
+        }
+        let e = energy(&ood.rows.vars).map_err(EvalError::Failed)?;
+        r.energy_ood = Some(energy_stats("the energy of an `--ood` row", &e)?);
+        r.ood_file = Some(detection(&test, &e, ood.file.clone())?);
+    }
+    if !real {
+        return Ok(());
+    }
+    if let Some(v) = vars.iter().find(|v| v.domain.is_discrete()) {
+        r.notes.push(ComparisonNote::DiscreteVisible { var: v.name.clone() }.to_string());
+        return Ok(());
+    }
+    let (noise, kinds) = noise_rows(&vars, &scored, rows.rows.rows.min(NOISE_ROWS), opts.seed);
+    let e = energy(&noise).map_err(EvalError::Failed)?;
+    r.energy_noise = Some(energy_stats("the energy of a noise row", &e)?);
+    r.ood_noise = Some(detection(&test, &e, kinds.to_string())?);
+    sample_figures(t, &vars, &scored, opts, r)
+}
+
+/// `n` noise rows of each of `vars`: uniform in a bounded variable's box;
+/// for an unbounded one, Gaussian with each column's mean and standard
+/// deviation in `rows` (so the noise has the data's scale, not its shape).
+fn noise_rows(vars: &[&Variable], rows: &Tensors, n: usize, seed: u64) -> (Tensors, Noise) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = Tensors::new();
+    let mut kinds = Vec::new();
+    for v in vars {
+        let per: usize = v.shape.iter().product();
+        let (data, kind): (Vec<f32>, NoiseKind) = match v.domain {
+            Domain::Real { bounds: Some((low, high)) } => (
+                (0..n * per).map(|_| (low + (high - low) * rng.r#gen::<f64>()) as f32).collect(),
+                NoiseKind::Uniform { low, high },
+            ),
+            _ => {
+                let t = &rows[&v.name];
+                let m = t.shape[0];
+                let mut mu = vec![0.0f64; per];
+                for row in t.data.chunks(per) {
+                    for (a, x) in mu.iter_mut().zip(row) {
+                        *a += f64::from(*x) / m as f64;
+                    }
+                }
+                let mut var = vec![0.0f64; per];
+                for row in t.data.chunks(per) {
+                    for ((s, x), a) in var.iter_mut().zip(row).zip(&mu) {
+                        *s += (f64::from(*x) - a).powi(2) / (m.max(2) - 1) as f64;
+                    }
+                }
+                let data = (0..n * per)
+                    .map(|i| {
+                        let z: f64 = rng.sample(rand_distr::StandardNormal);
+                        (mu[i % per] + var[i % per].sqrt() * z) as f32
+                    })
+                    .collect();
+                (data, NoiseKind::MatchedGaussian)
+            }
+        };
+        let mut shape = vec![n];
+        shape.extend(&v.shape);
+        out.insert(v.name.clone(), HostTensor::new(shape, data));
+        kinds.push((v.name.clone(), kind));
+    }
+    (out, Noise(kinds))
+}
+
+/// Rows `pick` of `vars` in `rows`, each row's variables side by side, as f64.
+fn flat_rows(rows: &Tensors, vars: &[&Variable], pick: &[usize]) -> Vec<f64> {
+    let mut out = Vec::new();
+    for &i in pick {
+        for v in vars {
+            let per: usize = v.shape.iter().product();
+            out.extend(rows[&v.name].data[i * per..(i + 1) * per].iter().map(|x| f64::from(*x)));
+        }
+    }
+    out
+}
+
+/// The model's own samples (the final states of `sample_chains` chains
+/// after `sample_sweeps` sweeps): their energies, and the MMD test of them
+/// against the evaluated rows.
+fn sample_figures(
+    t: &Trained,
+    vars: &[&Variable],
+    scored: &Tensors,
+    opts: &EvalOptions,
+    r: &mut EvalReport,
+) -> Result<(), EvalError> {
+    let (model, plan, params, device) = (&t.model, &t.plan, &t.params, opts.device);
+    let mut sampler = match backend::Sampler::new(model, plan, params, opts.sample_chains, opts.seed, device) {
+        Ok(s) => s,
+        Err(why) => {
+            r.notes.push(ComparisonNote::NoSampler(why).to_string());
+            return Ok(());
+        }
+    };
+    let run = SampleRun { chains: opts.sample_chains, burn_in: 0, steps: opts.sample_sweeps, every: None };
+    let last = match sample::run(&mut sampler, &run, None, &mut || {}) {
+        Ok(s) => s.last,
+        Err(d) => {
+            r.notes.push(ComparisonNote::Diverged(d).to_string());
+            return Ok(());
+        }
+    };
+    r.model_samples = Some(ModelSamples { chains: opts.sample_chains, sweeps: opts.sample_sweeps });
+    // The scored variables only: the energy sums the rest out as it does for the rows.
+    let drawn: Tensors = last.into_iter().filter(|(k, _)| vars.iter().any(|v| v.name == *k)).collect();
+    let e = evaluate::row_free_energy(model, plan, params, &drawn, device).map_err(EvalError::Failed)?;
+    r.energy_samples = Some(energy_stats("the energy of a model sample", &e)?);
+    let rows = scored.values().next().map_or(0, |t| t.shape[0]);
+    if rows < 2 {
+        r.notes.push(ComparisonNote::TooFewRows { rows }.to_string());
+        return Ok(());
+    }
+    // A random subset of the rows: they may be sorted (by class, by time).
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(opts.seed);
+    let take = rows.min(MMD_ROWS);
+    let pick = rand::seq::index::sample(&mut rng, rows, take).into_vec();
+    let chains: Vec<usize> = (0..opts.sample_chains.min(MMD_ROWS)).collect();
+    let dim: usize = vars.iter().map(|v| v.shape.iter().product::<usize>()).sum();
+    let (x, y) = (flat_rows(&drawn, vars, &chains), flat_rows(scored, vars, &pick));
+    match compare::mmd_permutation_test(&x, &y, dim, MMD_PERMUTATIONS, opts.seed) {
+        Some(test) => {
+            finite("the MMD²", test.mmd2)?;
+            r.mmd = Some(MmdFigures { test, sample_rows: chains.len(), test_rows: take });
+        }
+        None => r.notes.push(ComparisonNote::NoBandwidth.to_string()),
+    }
+    Ok(())
 }
 
 /// The grid integral of a continuous model, or why there is none.
@@ -512,6 +878,9 @@ impl EvalReport {
         if let Some(e) = self.reconstruction_error {
             line(format!("  reconstruction error           {e:.4} (squared, per row)"));
         }
+        for l in crate::messages::comparison_lines(self) {
+            line(l);
+        }
         for n in &self.notes {
             line(format!("  note: {n}"));
         }
@@ -613,4 +982,114 @@ pub fn graph_report(g: &FactorGraph, colours: &std::collections::BTreeMap<String
         }
     }
     GraphReport { model: g.model.name.clone(), variables, factors, interactions }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+
+    const BOX: &str = "model box {
+    visible x : real[2] in [0, 1];
+    param b : real[2] = zeros;
+    energy well = 8 * sum(square(x - 0.5));
+    energy tilt = b @ x;
+}
+train box {
+    data = csv(\"rows.csv\") -> x;
+    objective = pcd(k: 1);
+}
+";
+
+    fn boxed() -> Trained {
+        let c = crate::compile(BOX).unwrap();
+        let (plans, _) = crate::plan(&c.program).unwrap();
+        let params = crate::tensor::initialise(&plans[0].lowered.params, 0);
+        Trained::new(&c.program, &plans, "box", params).unwrap()
+    }
+
+    fn rows(data: Vec<f32>, width: usize) -> Tensors {
+        let n = data.len() / width;
+        [("x".to_string(), HostTensor::new(vec![n, width], data))].into_iter().collect()
+    }
+
+    fn column_stats(t: &HostTensor, col: usize) -> (f64, f64) {
+        let width = t.shape[1];
+        let xs: Vec<f64> = t.data.iter().skip(col).step_by(width).map(|x| f64::from(*x)).collect();
+        let m = mean(&xs);
+        (m, (xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (xs.len() - 1) as f64).sqrt())
+    }
+
+    #[test]
+    fn noise_rows_are_uniform_in_the_box_or_match_the_rows_columns() {
+        let t = boxed();
+        let vars = score_variables(&t);
+        let (noise, kinds) = noise_rows(&vars, &Tensors::new(), 10_000, 3);
+        assert_eq!(kinds, Noise(vec![("x".into(), NoiseKind::Uniform { low: 0.0, high: 1.0 })]));
+        let x = &noise["x"];
+        assert_eq!(x.shape, vec![10_000, 2]);
+        assert!(x.data.iter().all(|v| (0.0..=1.0).contains(v)));
+        // Uniform on [0, 1]: mean 1/2, sd 1/√12 = 0.289; the mean's standard error is 0.0029.
+        for col in 0..2 {
+            let (m, sd) = column_stats(x, col);
+            assert!((m - 0.5).abs() < 0.015 && (sd - 12f64.powf(-0.5)).abs() < 0.01, "column {col}: {m} {sd}");
+        }
+        // An unbounded variable: Gaussian with the rows' column means and standard deviations.
+        let mut model = t.model.clone();
+        model.variables[0].domain = Domain::Real { bounds: None };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let (a, b) = (Normal::new(3.0, 0.5).unwrap(), Normal::new(-2.0, 4.0).unwrap());
+        let given = rows((0..1000).flat_map(|_| [a.sample(&mut rng), b.sample(&mut rng)]).collect(), 2);
+        let (noise, kinds) = noise_rows(&[&model.variables[0]], &given, 10_000, 5);
+        assert_eq!(kinds.0[0].1, NoiseKind::MatchedGaussian);
+        for col in 0..2 {
+            let (want_m, want_sd) = column_stats(&given["x"], col);
+            let (m, sd) = column_stats(&noise["x"], col);
+            // Standard errors over 10,000 rows: sd/100 for the mean, sd/141 for the sd; 5 of each.
+            assert!((m - want_m).abs() < 0.05 * want_sd && (sd - want_sd).abs() < 0.036 * want_sd, "{col}: {m} {sd}");
+        }
+    }
+
+    #[test]
+    fn a_bounded_continuous_model_gets_every_comparison_figure() {
+        let t = boxed();
+        // Rows of the model's density, a Gaussian of sd 1/4 about the box's centre, kept inside it.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let g = Normal::new(0.5f32, 0.25).unwrap();
+        let mut data = Vec::new();
+        while data.len() < 2 * 2000 {
+            let p = [g.sample(&mut rng), g.sample(&mut rng)];
+            if p.iter().all(|v| (0.0..=1.0).contains(v)) {
+                data.extend(p);
+            }
+        }
+        let given = EvalRows {
+            rows: Dataset { rows: 2000, vars: rows(data, 2) },
+            which: "given rows",
+            training: None,
+            ood: None,
+        };
+        let opts = EvalOptions { sample_chains: 64, sample_sweeps: 50, ..EvalOptions::default() };
+        let r = evaluate(&t, &given, &opts).unwrap();
+        assert!(r.notes.is_empty(), "{:?}", r.notes);
+        // E = 8‖x − ½‖² on uniform noise: mean 16/12 = 4/3 and sd √(128/180) = 0.843; standard error 0.019.
+        let noise = r.energy_noise.unwrap();
+        assert_eq!(noise.rows, 2000);
+        assert!(
+            (noise.mean - 4.0 / 3.0).abs() < 0.1 && (noise.sd - (128.0f64 / 180.0).sqrt()).abs() < 0.1,
+            "{noise:?}"
+        );
+        let d = r.ood_noise.as_ref().unwrap();
+        assert_eq!(d.against, "uniform noise in [0, 1]");
+        assert!(d.auroc > 0.6, "{d:?}");
+        assert_eq!(r.model_samples, Some(ModelSamples { chains: 64, sweeps: 50 }));
+        assert_eq!(r.energy_samples.unwrap().rows, 64);
+        let mmd = r.mmd.as_ref().unwrap();
+        assert_eq!((mmd.sample_rows, mmd.test_rows, mmd.test.permutations), (64, MMD_ROWS, MMD_PERMUTATIONS));
+        assert!(r.ood_file.is_none() && r.energy_ood.is_none());
+        // One chain cannot give an unbiased MMD.
+        let opts = EvalOptions { sample_chains: 1, ..opts };
+        assert!(matches!(evaluate(&t, &given, &opts), Err(EvalError::Options(why)) if why.contains("--sample-chains")));
+    }
 }
