@@ -185,6 +185,10 @@ fn compiled_programs_match_the_evaluator_on_every_op() {
         // Spectral normalisation and relu nets, a scalar-width input.
         "model m { visible x : real[2]; net f = mlp(2 -> 8 -> 8 -> 1, act: relu, spectral_norm: true); net g = mlp(2 -> 6 -> 3, act: tanh);
            energy e = f(x) + sum(square(g(x))) + 0.1 * sum(square(x)); }",
+        // Images: convnets with residual blocks and spectral normalisation, pooled stages, axis means, reshapes.
+        "model m { visible x : real[2, 6, 5]; net f = convnet(2 -> 3 -> 4 -> 1, blocks: 1, spectral_norm: true);
+           net g = convnet(2 -> 3 -> 2 -> 3, pool: true, act: leaky_relu, bias: false);
+           energy e = f(x) + sum(square(g(x))) + sum(square(mean(x, axis: 0))) + 0.1 * sum(square(flatten(x))); }",
     ];
     for src in models {
         check(src, 4);
