@@ -6,25 +6,24 @@
 //! an op needs it, and products of a batch with a shared matrix run as one
 //! GEMM.
 
-use super::{Kernels, T3, host::Arith};
+use super::{Kernels, T3, conv, host::Arith};
 use crate::ir::{Id, Ir, Op, Unary};
 use dfdx::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 
-/// Canonical (rows, cols) of a per-example shape.
 /// The value of the one root an evaluation was asked for.
 pub(super) fn one<T>(mut values: Vec<T>) -> T {
     // Cannot fire: the evaluators return one value per root, and every caller passes one root.
     values.pop().expect("one value per root")
 }
 
+/// Canonical (rows, cols) of a per-example shape: an image or any value of
+/// rank 3 and more is its leading axes as rows, its last axis as columns.
 pub fn canon(shape: &[usize]) -> (usize, usize) {
     match shape {
         [] => (1, 1),
         [n] => (1, *n),
-        [m, n] => (*m, *n),
-        // Cannot fire: the checker refuses variables and values of rank above 2 (`limits`).
-        _ => unreachable!("per-example values have at most two axes"),
+        [lead @ .., n] => (lead.iter().product(), *n),
     }
 }
 
@@ -196,8 +195,74 @@ impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a,
             Op::SoftmaxLast(a) => arg(*a).softmax::<Axis<2>>(),
             Op::Broadcast(a) => {
                 let x = arg(*a);
+                let (b, xm, xn) = *x.shape();
+                if (xm == 1 || xm == m) && (xn == 1 || xn == n) {
+                    return expand(x, b, m, n);
+                }
+                // A matrix repeated along the leading axes of an image.
+                let q = xm * xn;
+                on_host(self.dev, vec![x], (m, n), |ops, b, out| {
+                    conv::broadcast_axes((b, m * n / q, q), &ops[0], out, true)
+                })
+            }
+            Op::SumTo(a) if self.ir.shape(*a).len() > 2 => {
+                let x = arg(*a);
+                let (_, xm, xn) = *x.shape();
+                let q = m * n;
+                on_host(self.dev, vec![x], (m, n), |ops, b, out| {
+                    conv::sum_axes((b, xm * xn / q, q), &ops[0], out, true)
+                })
+            }
+            Op::Conv(a, b, geom) | Op::ConvInput(a, b, geom) | Op::ConvKernel(a, b, geom) => {
+                let (kind, input, kernel) = match node.op {
+                    Op::Conv(..) => (conv::Kind::Forward, self.ir.shape(*a), self.ir.shape(*b)),
+                    Op::ConvInput(..) => (conv::Kind::Input, &node.shape, self.ir.shape(*b)),
+                    _ => (conv::Kind::Kernel, self.ir.shape(*a), &node.shape),
+                };
+                let g = conv::Conv::of(input, kernel, geom.stride, geom.pad);
+                let (x, y) = (arg(*a), arg(*b));
+                let batches = (x.shape().0, y.shape().0);
+                on_host(self.dev, vec![x, y], (m, n), |ops, batch, out| {
+                    let mut scratch = vec![0.0; g.scratch(batch)];
+                    let operands = ((ops[0].as_slice(), batches.0), (ops[1].as_slice(), batches.1));
+                    conv::run(kind, &g, out, operands, &mut scratch, (false, 1.0), true);
+                })
+            }
+            Op::AvgPool(a, k) | Op::Unpool(a, k) => {
+                let unpool = matches!(node.op, Op::Unpool(..));
+                let image = if unpool { &node.shape } else { self.ir.shape(*a) };
+                let x = arg(*a);
+                on_host(self.dev, vec![x], (m, n), |ops, batch, out| {
+                    let (planes, hw) = conv::pool_planes(image, batch);
+                    if unpool {
+                        conv::unpool(planes, hw, *k, &ops[0], out, true);
+                    } else {
+                        conv::avg_pool(planes, hw, *k, &ops[0], out, true);
+                    }
+                })
+            }
+            Op::SumAxes(a, start, count) | Op::BroadcastAxes(a, start, count) => {
+                let broadcast = matches!(node.op, Op::BroadcastAxes(..));
+                let shape = if broadcast { &node.shape } else { self.ir.shape(*a) };
+                let product = |axes: &[usize]| axes.iter().product::<usize>();
+                let (p, c, q) = (
+                    product(&shape[..*start]),
+                    product(&shape[*start..start + count]),
+                    product(&shape[start + count..]),
+                );
+                let x = arg(*a);
+                on_host(self.dev, vec![x], (m, n), |ops, batch, out| {
+                    if broadcast {
+                        conv::broadcast_axes((batch * p, c, q), &ops[0], out, true);
+                    } else {
+                        conv::sum_axes((batch * p, c, q), &ops[0], out, true);
+                    }
+                })
+            }
+            Op::Reshape(a) => {
+                let x = arg(*a);
                 let b = x.shape().0;
-                expand(x, b, m, n)
+                x.reshape_like(&(b, m, n))
             }
             Op::SumTo(a) => {
                 let x = arg(*a);
@@ -211,14 +276,6 @@ impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Evaluator<'a,
             }
             // Cannot fire: every root is passed through `Ir::inline_nets` before it is evaluated.
             Op::Net(..) => unreachable!("nets are inlined before evaluation"),
-            Op::Conv(..)
-            | Op::ConvInput(..)
-            | Op::ConvKernel(..)
-            | Op::AvgPool(..)
-            | Op::Unpool(..)
-            | Op::SumAxes(..)
-            | Op::BroadcastAxes(..)
-            | Op::Reshape(_) => panic!("the dfdx evaluator has no kernel for {:?} yet", node.op),
             Op::SpectralNorm(a) | Op::SpectralOuter(a) => {
                 let w = arg(*a);
                 let (wm, wn) = canon(self.ir.shape(*a));
@@ -254,6 +311,24 @@ impl<'a, D: Kernels, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>> Taped<'a, D, 
     pub fn eval(&self, roots: &[Id], vars: &BTreeMap<String, T3<D, T>>) -> Vec<T3<D, T>> {
         self.0.eval_with(roots, vars, true)
     }
+}
+
+/// `f(operands, batch, out)` on host copies of the operands, `batch` the
+/// largest of theirs, as a new value `(batch, m, n)`: the image ops, which
+/// run through the host kernels (`conv`) on every device.
+fn on_host<D: Device<f32>, T: Tape<f32, D>>(
+    dev: &D,
+    operands: Vec<T3<D, T>>,
+    (m, n): (usize, usize),
+    f: impl FnOnce(&[Vec<f32>], usize, &mut [f32]),
+) -> T3<D, T> {
+    // Cannot fire: a tape records dfdx's ops only, and the taped evaluator (a test oracle) runs on models without images.
+    assert!(!T::OWNS_TAPE, "image ops are evaluated untaped");
+    let batch = operands.iter().map(|x| x.shape().0).max().unwrap_or(1);
+    let host: Vec<Vec<f32>> = operands.iter().map(|x| x.as_vec()).collect();
+    let mut out = vec![0.0; batch * m * n];
+    f(&host, batch, &mut out);
+    dev.tensor_from_vec(out, (batch, m, n)).retaped::<T>()
 }
 
 /// Takes a value for one use: the last use gets the tensor itself (with its
@@ -448,7 +523,7 @@ impl<'a, D: Kernels> Evaluator<'a, D, NoneTape> {
         let mut needed: Vec<Id> = Vec::new();
         for term in split.iter().flatten() {
             match self.ir.node(term.atom).op {
-                Op::Outer(a, b) => needed.extend([a, b]),
+                Op::Outer(a, b) | Op::ConvKernel(a, b, _) => needed.extend([a, b]),
                 _ => needed.push(term.atom),
             }
             needed.extend(term.scale);
@@ -483,6 +558,22 @@ impl<'a, D: Kernels> Evaluator<'a, D, NoneTape> {
                                 })
                                 .collect();
                             self.dev.outer_sums(outers, (m, n))
+                        }
+                        // One contraction over examples × pixels per phase, on the host, never a kernel per example.
+                        Op::ConvKernel(a, b, geom) => {
+                            let g = conv::Conv::of(self.ir.shape(a), self.ir.shape(*root), geom.stride, geom.pad);
+                            let mut sum = vec![0.0; m * n];
+                            for (k, (v, batch, w)) in values.iter().enumerate() {
+                                let (x, y) = (v[&a].as_vec(), v[&b].as_vec());
+                                let operands = ((x.as_slice(), v[&a].shape().0), (y.as_slice(), v[&b].shape().0));
+                                let mut scratch = vec![0.0; g.scratch(*batch)];
+                                // Shared operands give every example the same kernel gradient.
+                                let shared = operands.0.1 == 1 && operands.1.1 == 1;
+                                let repeat = if shared { *batch as f32 } else { 1.0 };
+                                let add = (k > 0, w * term.coefficient * repeat);
+                                conv::run(conv::Kind::KernelSum, &g, &mut sum, operands, &mut scratch, add, true);
+                            }
+                            self.dev.tensor_from_vec(sum, (1, m, n))
                         }
                         // A shared value is the same for every example: its sum is a multiple.
                         _ if shared(term.atom) => {

@@ -6,6 +6,7 @@
 //! `cuda` feature.
 
 mod ais;
+mod conv;
 mod eval;
 mod host;
 mod lattice;

@@ -2,6 +2,7 @@
 
 use super::schedule::MAX_CODE;
 use super::{Buf, FOp, Instr, Mat, Reduction, View};
+use crate::backend::conv;
 use crate::backend::host::{self, Arith};
 use rayon::prelude::*;
 
@@ -10,14 +11,14 @@ use rayon::prelude::*;
 const TILE: usize = 256;
 
 /// Elements below which a loop runs on one thread.
-const PAR_ELEMENTS: usize = 1 << 15;
+pub(crate) const PAR_ELEMENTS: usize = 1 << 15;
 
 /// Multiply-adds below which a GEMM runs on one thread. Measured on 2
 /// cores with gemm 0.19 (its AVX-512 kernels): a second thread only pays
 /// from about 2^28 (a 1024×512×512 product gains 1.5–1.8×); from 2^22 to
 /// 2^27 it costs up to 1.9× (`cargo bench --bench gemm`). Batches of 256
 /// rows and more get their parallelism from shards instead.
-const PAR_GEMM: usize = 1 << 28;
+pub(crate) const PAR_GEMM: usize = 1 << 28;
 
 /// The data of buffer `b`.
 fn data<'a>(arena: &'a [Vec<f32>], inputs: &[&'a [f32]], b: Buf) -> &'a [f32] {
@@ -33,6 +34,9 @@ pub(super) fn run(instr: &Instr, arena: &mut [Vec<f32>], inputs: &[&[f32]], thre
         | Instr::Reduce { out, .. }
         | Instr::SumBatch { out, .. }
         | Instr::Spectral { out, .. }
+        | Instr::Conv { out, .. }
+        | Instr::Pool { out, .. }
+        | Instr::Axes { out, .. }
         | Instr::Zero { out } => *out,
         Instr::Gemm { out, .. } => match out.buf {
             Buf::Slot(s) => s,
@@ -43,6 +47,12 @@ pub(super) fn run(instr: &Instr, arena: &mut [Vec<f32>], inputs: &[&[f32]], thre
     // The output is taken out of the arena while the inputs are read: the
     // allocator never gives an instruction's output the buffer of an input.
     let mut out = std::mem::take(&mut arena[out_slot]);
+    // A convolution's scratch is live at its instruction alone, so it is no input's buffer either.
+    let scratch_slot = match instr {
+        Instr::Conv { scratch, .. } => Some(*scratch),
+        _ => None,
+    };
+    let mut scratch = scratch_slot.map(|s| std::mem::take(&mut arena[s])).unwrap_or_default();
     {
         let arena: &[Vec<f32>] = arena;
         match instr {
@@ -74,10 +84,33 @@ pub(super) fn run(instr: &Instr, arena: &mut [Vec<f32>], inputs: &[&[f32]], thre
                     out[0] = sigma as f32;
                 }
             }
+            Instr::Conv { kind, a, b, geom, accumulate, alpha, .. } => {
+                let operands = ((data(arena, inputs, a.buf), a.dims.0), (data(arena, inputs, b.buf), b.dims.0));
+                conv::run(*kind, geom, &mut out, operands, &mut scratch, (*accumulate, *alpha), threaded);
+            }
+            Instr::Pool { input, planes, hw, k, unpool, .. } => {
+                let src = data(arena, inputs, input.buf);
+                if *unpool {
+                    conv::unpool(*planes, *hw, *k, src, &mut out, threaded);
+                } else {
+                    conv::avg_pool(*planes, *hw, *k, src, &mut out, threaded);
+                }
+            }
+            Instr::Axes { input, dims, broadcast, .. } => {
+                let src = data(arena, inputs, input.buf);
+                if *broadcast {
+                    conv::broadcast_axes(*dims, src, &mut out, threaded);
+                } else {
+                    conv::sum_axes(*dims, src, &mut out, threaded);
+                }
+            }
             Instr::Zero { .. } => out.iter_mut().for_each(|x| *x = 0.0),
         }
     }
     arena[out_slot] = out;
+    if let Some(s) = scratch_slot {
+        arena[s] = scratch;
+    }
 }
 
 /// Element `(e, i, j)` of a view's data.

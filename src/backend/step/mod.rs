@@ -27,6 +27,7 @@
 mod exec;
 mod schedule;
 
+pub(crate) use exec::{PAR_ELEMENTS, PAR_GEMM};
 pub(crate) use schedule::compile;
 
 use crate::backend::T3;
@@ -131,6 +132,23 @@ enum Instr {
     SumBatch { out: usize, input: View, alpha: f32, accumulate: bool, repeat: usize },
     /// The spectral norm of a shared matrix, or its `u vᵀ`.
     Spectral { out: usize, input: View, outer: bool },
+    /// A convolution kernel over contiguous operands, each shared or one per
+    /// example, with `scratch` as its working space; `out (+)= alpha ·` the
+    /// sum for `KernelSum`, `out =` the value otherwise.
+    Conv {
+        kind: crate::backend::conv::Kind,
+        out: usize,
+        a: View,
+        b: View,
+        geom: crate::backend::conv::Conv,
+        scratch: usize,
+        accumulate: bool,
+        alpha: f32,
+    },
+    /// Average pooling by `k` of each `hw` plane of a contiguous input (`planes` in all), or its adjoint (`unpool`).
+    Pool { out: usize, input: View, planes: usize, hw: (usize, usize), k: usize, unpool: bool },
+    /// A contiguous input `[p, a, q]` summed over its middle axis, or `[p, q]` repeated along one (`broadcast`).
+    Axes { out: usize, input: View, dims: (usize, usize, usize), broadcast: bool },
     /// `out = 0`.
     Zero { out: usize },
 }
@@ -205,11 +223,13 @@ impl Program {
         for (i, writers) in self.writers.iter().enumerate() {
             for (k, (at, base)) in writers.iter().enumerate() {
                 match &mut self.instrs[*at] {
-                    Instr::SumBatch { alpha, accumulate, .. } | Instr::Gemm { alpha, accumulate, .. } => {
+                    Instr::SumBatch { alpha, accumulate, .. }
+                    | Instr::Gemm { alpha, accumulate, .. }
+                    | Instr::Conv { alpha, accumulate, .. } => {
                         *alpha = weight * base;
                         *accumulate = k > 0 || add.get(i).copied().unwrap_or(false);
                     }
-                    // Cannot fire: `compile` lists only these two as writers.
+                    // Cannot fire: `compile` lists only these three as writers.
                     _ => unreachable!("a sum's writer"),
                 }
             }
@@ -469,14 +489,16 @@ impl fmt::Display for Program {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let fused = self.instrs.iter().filter(|i| matches!(i, Instr::Fused { .. })).count();
         let gemms = self.instrs.iter().filter(|i| matches!(i, Instr::Gemm { .. })).count();
+        let convs = self.instrs.iter().filter(|i| matches!(i, Instr::Conv { .. })).count();
         writeln!(
             f,
-            "# batch {}: {} IR nodes -> {} instructions ({} fused loops, {} GEMMs); arena {} buffers, {} floats",
+            "# batch {}: {} IR nodes -> {} instructions ({} fused loops, {} GEMMs, {} convolutions); arena {} buffers, {} floats",
             self.batch,
             self.nodes,
             self.instrs.len(),
             fused,
             gemms,
+            convs,
             self.arena.len(),
             self.arena_len()
         )?;

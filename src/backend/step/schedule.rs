@@ -1,9 +1,10 @@
 //! IR roots → a `Program`: views, fusion, products, arena (see `super`).
 
 use super::{Buf, FOp, Instr, Mat, Output, Program, Reduction, View};
-use crate::backend::eval::canon;
+use crate::backend::conv::{self, Kind, pool_planes};
+use crate::backend::eval::{canon, has_var};
 use crate::backend::host::Arith;
-use crate::ir::{Id, Ir, Op};
+use crate::ir::{ConvGeom, Id, Ir, Op};
 use std::collections::{BTreeSet, HashMap};
 
 /// The most registers one fused loop holds (its program's length).
@@ -71,6 +72,7 @@ pub(crate) fn compile(ir: &Ir, outputs: &[Output], batch: usize) -> Program {
                 .filter_map(|(i, instr)| match instr {
                     Instr::SumBatch { out, alpha, .. } if out == slot => Some((i, *alpha)),
                     Instr::Gemm { out, alpha, .. } if out.buf == Buf::Slot(*slot) => Some((i, *alpha)),
+                    Instr::Conv { out, alpha, kind: Kind::KernelSum, .. } if out == slot => Some((i, *alpha)),
                     _ => None,
                 })
                 .collect(),
@@ -153,10 +155,27 @@ impl Compiler<'_> {
     /// What a batch-summed term reads: the factors of a product (summed by
     /// one GEMM over the batch), or the term itself.
     fn term_needs(&self, atom: Id) -> Vec<Id> {
-        match self.ir.node(atom).op {
-            Op::Outer(a, b) | Op::MatMul(a, b) => vec![peel(self.ir, a).1, peel(self.ir, b).1],
+        let (inner, scale) = scaled(self.ir, atom);
+        match self.ir.node(inner).op {
+            Op::Outer(a, b) | Op::MatMul(a, b) | Op::ConvKernel(a, b, _) => {
+                [peel(self.ir, a).1, peel(self.ir, b).1].into_iter().chain(scale.map(|(s, _)| s)).collect()
+            }
             _ => vec![atom],
         }
+    }
+
+    /// `v` times or divided by (`op`) the shared scalar `s`, in a new buffer.
+    fn scale_by(&mut self, v: View, (s, op): (Id, Arith)) -> View {
+        let scalar = self.value(s);
+        let out = self.slot(v.dims.0 * v.dims.1 * v.dims.2);
+        let inputs = vec![v, broadcast_to(scalar, v.dims)];
+        self.instrs.push(Instr::Fused {
+            out,
+            dims: v.dims,
+            inputs,
+            code: vec![FOp::Load(0), FOp::Load(1), FOp::Bin(op, 0, 1)],
+        });
+        View::contiguous(Buf::Slot(out), v.dims)
     }
 
     /// Groups elementwise nodes into fused loops, visiting consumers before
@@ -247,7 +266,19 @@ impl Compiler<'_> {
             }
             Op::Broadcast(a) => {
                 let v = self.value(*a);
-                broadcast_to(v, dims)
+                let (_, am, an) = v.dims;
+                if (am == 1 || am == dims.1) && (an == 1 || an == dims.2) {
+                    broadcast_to(v, dims)
+                } else {
+                    // A matrix repeated along the leading axes of an image: not a strided view.
+                    let q = am * an;
+                    self.axes(*a, (v.dims.0, dims.1 * dims.2 / q, q), true, dims)
+                }
+            }
+            Op::SumTo(a) if self.ir.shape(*a).len() > 2 => {
+                let (b, am, an) = self.dims(*a);
+                let q = dims.1 * dims.2;
+                self.axes(*a, (b, am * an / q, q), false, dims)
             }
             Op::MatMul(a, b) => self.matmul(id, *a, *b),
             Op::Sum(a) => self.reduce(Reduction::Sum, *a, dims),
@@ -266,6 +297,38 @@ impl Compiler<'_> {
                 self.instrs.push(Instr::Spectral { out, input, outer });
                 View::contiguous(Buf::Slot(out), dims)
             }
+            Op::Conv(a, b, geom) => self.conv(id, Kind::Forward, *a, *b, *geom),
+            Op::ConvInput(a, b, geom) => self.conv(id, Kind::Input, *a, *b, *geom),
+            Op::ConvKernel(a, b, geom) => self.conv(id, Kind::Kernel, *a, *b, *geom),
+            Op::AvgPool(a, k) | Op::Unpool(a, k) => {
+                let unpool = matches!(node.op, Op::Unpool(..));
+                let image = if unpool { &node.shape } else { self.ir.shape(*a) };
+                let (planes, hw) = pool_planes(image, dims.0);
+                let input = self.contiguous(*a);
+                let out = self.slot(dims.0 * dims.1 * dims.2);
+                self.instrs.push(Instr::Pool { out, input, planes, hw, k: *k, unpool });
+                View::contiguous(Buf::Slot(out), dims)
+            }
+            Op::SumAxes(a, start, count) => {
+                let (p, n, q) = runs(self.ir.shape(*a), *start, *count);
+                if n == 1 { self.reshape(*a, dims) } else { self.axes(*a, (dims.0 * p, n, q), false, dims) }
+            }
+            Op::BroadcastAxes(a, start, count) => {
+                let (p, n, q) = runs(&node.shape, *start, *count);
+                let v = self.value(*a);
+                if n == 1 {
+                    self.reshape(*a, dims)
+                } else if q == 1 && n == dims.2 && v.is_contiguous() {
+                    // Along the last axis: each value across its row.
+                    View { buf: v.buf, dims, strides: (v.strides.0, 1, 0) }
+                } else if p == 1 && q == dims.2 && v.is_contiguous() {
+                    // Along leading axes, each row the input.
+                    View { buf: v.buf, dims, strides: (v.strides.0, 0, 1) }
+                } else {
+                    self.axes(*a, (dims.0 * p, n, q), true, dims)
+                }
+            }
+            Op::Reshape(a) => self.reshape(*a, dims),
             // Cannot fire: `compile`'s callers inline nets first (its documented contract).
             Op::Net(..) => unreachable!("nets are inlined before compiling"),
             // Cannot fire: `elementwise` covers the remaining ops, matched above.
@@ -273,6 +336,47 @@ impl Compiler<'_> {
         };
         self.values.insert(id, v);
         v
+    }
+
+    /// The value of `id` in a contiguous buffer (copied there if it is a view).
+    fn contiguous(&mut self, id: Id) -> View {
+        let v = self.value(id);
+        if v.is_contiguous() { v } else { self.copy(v) }
+    }
+
+    /// The same elements as `a`'s value, seen as `dims`.
+    fn reshape(&mut self, a: Id, dims: (usize, usize, usize)) -> View {
+        View::contiguous(self.contiguous(a).buf, dims)
+    }
+
+    /// `a` summed over, or repeated along, the middle of `[p, n, q]` into a new buffer of `dims`.
+    fn axes(&mut self, a: Id, runs: (usize, usize, usize), broadcast: bool, dims: (usize, usize, usize)) -> View {
+        let input = self.contiguous(a);
+        let out = self.slot(dims.0 * dims.1 * dims.2);
+        self.instrs.push(Instr::Axes { out, input, dims: runs, broadcast });
+        View::contiguous(Buf::Slot(out), dims)
+    }
+
+    /// A convolution kernel's instruction for node `id` (see `conv::Kind` for its operands).
+    fn conv(&mut self, id: Id, kind: Kind, a: Id, b: Id, geom: ConvGeom) -> View {
+        let g = self.conv_sizes(id, kind, a, b, geom);
+        let (a, b) = (self.contiguous(a), self.contiguous(b));
+        let dims = self.dims(id);
+        let out = self.slot(dims.0 * dims.1 * dims.2);
+        let scratch = self.slot(g.scratch(dims.0));
+        self.instrs.push(Instr::Conv { kind, out, a, b, geom: g, scratch, accumulate: false, alpha: 1.0 });
+        View::contiguous(Buf::Slot(out), dims)
+    }
+
+    /// The sizes of the convolution that node `id` (of `kind`, on `a` and `b`) belongs to.
+    fn conv_sizes(&self, id: Id, kind: Kind, a: Id, b: Id, geom: ConvGeom) -> conv::Conv {
+        let shape = |x: Id| self.ir.shape(x);
+        let (input, kernel) = match kind {
+            Kind::Forward => (shape(a), shape(b)),
+            Kind::Input => (shape(id), shape(b)),
+            Kind::Kernel | Kind::KernelSum => (shape(a), shape(id)),
+        };
+        conv::Conv::of(input, kernel, geom.stride, geom.pad)
     }
 
     fn reduce(&mut self, kind: Reduction, a: Id, out_dims: (usize, usize, usize)) -> View {
@@ -444,7 +548,25 @@ impl Compiler<'_> {
         self.instrs.push(Instr::Zero { out });
         let ov = View::contiguous(Buf::Slot(out), dims);
         for (coefficient, atom) in terms(self.ir, root) {
+            // A product over a shared scalar: its second factor is scaled instead, before the contraction.
+            let (atom, scale) = scaled(self.ir, atom);
             let node = self.ir.node(atom).clone();
+            if let Op::ConvKernel(x, g, geom) = node.op
+                && self.batched[&atom]
+            {
+                // One GEMM contracting over examples × pixels, with signs and numbers on either factor in its coefficient.
+                let ((cx, px), (cg, pg)) = (peel(self.ir, x), peel(self.ir, g));
+                let sizes = self.conv_sizes(atom, Kind::KernelSum, x, g, geom);
+                let (a, mut b) = (self.contiguous(px), self.contiguous(pg));
+                if let Some(scale) = scale {
+                    b = self.scale_by(b, scale);
+                }
+                let scratch = self.slot(sizes.scratch(self.batch));
+                let alpha = coefficient * cx * cg;
+                let kind = Kind::KernelSum;
+                self.instrs.push(Instr::Conv { kind, out, a, b, geom: sizes, scratch, accumulate: true, alpha });
+                continue;
+            }
             let product = match node.op {
                 Op::Outer(a, b) | Op::MatMul(a, b) if self.batched[&atom] => Some((a, b)),
                 _ => None,
@@ -462,6 +584,9 @@ impl Compiler<'_> {
             // An outer product is a column times a row.
             let (ra, rb) = if outer { (2, 2) } else { (self.ir.shape(a).len(), self.ir.shape(b).len()) };
             let (mut va, mut vb) = (self.value(a), self.value(b));
+            if let Some(scale) = scale {
+                vb = self.scale_by(vb, scale);
+            }
             if outer {
                 va = View { buf: va.buf, dims: (va.dims.0, va.dims.2, 1), strides: (va.strides.0, va.strides.2, 0) };
                 vb = View { buf: vb.buf, dims: (vb.dims.0, 1, vb.dims.2), strides: (vb.strides.0, 0, vb.strides.2) };
@@ -508,19 +633,35 @@ impl Compiler<'_> {
         }
         // The first term writes the sum instead of adding to zeros.
         let writes = |i: &Instr| match i {
-            Instr::SumBatch { out: o, .. } => *o == out,
+            Instr::SumBatch { out: o, .. } | Instr::Conv { out: o, kind: Kind::KernelSum, .. } => *o == out,
             Instr::Gemm { out: o, .. } => o.buf == Buf::Slot(out),
             _ => false,
         };
         if let Some(first) = self.instrs[zero + 1..].iter().position(writes) {
             match &mut self.instrs[zero + 1 + first] {
-                Instr::SumBatch { accumulate, .. } | Instr::Gemm { accumulate, .. } => *accumulate = false,
-                // Cannot fire: `writes` matches these two only.
+                Instr::SumBatch { accumulate, .. }
+                | Instr::Gemm { accumulate, .. }
+                | Instr::Conv { accumulate, .. } => *accumulate = false,
+                // Cannot fire: `writes` matches these three only.
                 _ => unreachable!("a writer of the sum"),
             }
             self.instrs.remove(zero);
         }
         (out, dims)
+    }
+}
+
+/// A batch-summed atom `p / s`, `p · s` or `s · p` with `p` a per-example
+/// product (whose sum is one contraction) and `s` a shared scalar: `p` and
+/// how `s` applies. Anything else is itself, unscaled.
+fn scaled(ir: &Ir, atom: Id) -> (Id, Option<(Id, Arith)>) {
+    let shared_scalar = |s: Id| ir.shape(s).is_empty() && !has_var(ir, s);
+    let product =
+        |p: Id| matches!(ir.node(p).op, Op::Outer(..) | Op::MatMul(..) | Op::ConvKernel(..)) && has_var(ir, p);
+    match ir.node(atom).op {
+        Op::Div(p, s) if product(p) && shared_scalar(s) => (p, Some((s, Arith::Div))),
+        Op::Mul(p, s) | Op::Mul(s, p) if product(p) && shared_scalar(s) => (p, Some((s, Arith::Mul))),
+        _ => (atom, None),
     }
 }
 
@@ -559,6 +700,12 @@ impl Loop {
             }
         }
     }
+}
+
+/// A shape as `[p, n, q]`: the axes before `start`, the `count` from it, and the rest.
+fn runs(shape: &[usize], start: usize, count: usize) -> (usize, usize, usize) {
+    let product = |axes: &[usize]| axes.iter().product::<usize>();
+    (product(&shape[..start]), product(&shape[start..start + count]), product(&shape[start + count..]))
 }
 
 /// `v` read as `dims`: stride 0 along every axis where `v` has extent 1.
@@ -647,8 +794,13 @@ fn slots_of(instr: &Instr) -> Vec<usize> {
             std::iter::once(*out).chain(inputs.iter().filter_map(|v| slot(v.buf))).collect()
         }
         Instr::Gemm { out, a, b, .. } => [slot(out.buf), slot(a.buf), slot(b.buf)].into_iter().flatten().collect(),
-        Instr::Reduce { out, input, .. } | Instr::SumBatch { out, input, .. } | Instr::Spectral { out, input, .. } => {
-            std::iter::once(*out).chain(slot(input.buf)).collect()
+        Instr::Reduce { out, input, .. }
+        | Instr::SumBatch { out, input, .. }
+        | Instr::Spectral { out, input, .. }
+        | Instr::Pool { out, input, .. }
+        | Instr::Axes { out, input, .. } => std::iter::once(*out).chain(slot(input.buf)).collect(),
+        Instr::Conv { out, a, b, scratch, .. } => {
+            [Some(*out), slot(a.buf), slot(b.buf), Some(*scratch)].into_iter().flatten().collect()
         }
         Instr::Zero { out } => vec![*out],
     }
@@ -670,9 +822,19 @@ fn remap(instr: &mut Instr, physical: &[usize]) {
             buf(&mut a.buf);
             buf(&mut b.buf);
         }
-        Instr::Reduce { out, input, .. } | Instr::SumBatch { out, input, .. } | Instr::Spectral { out, input, .. } => {
+        Instr::Reduce { out, input, .. }
+        | Instr::SumBatch { out, input, .. }
+        | Instr::Spectral { out, input, .. }
+        | Instr::Pool { out, input, .. }
+        | Instr::Axes { out, input, .. } => {
             *out = physical[*out];
             buf(&mut input.buf);
+        }
+        Instr::Conv { out, a, b, scratch, .. } => {
+            *out = physical[*out];
+            *scratch = physical[*scratch];
+            buf(&mut a.buf);
+            buf(&mut b.buf);
         }
         Instr::Zero { out } => *out = physical[*out],
     }
@@ -734,6 +896,38 @@ pub(super) fn show(instr: &Instr) -> String {
         }
         Instr::Spectral { out, input, outer } => {
             format!("t{out} = {}({})", if *outer { "spectral_outer" } else { "spectral_norm" }, view(input))
+        }
+        Instr::Conv { kind, out, a, b, geom: g, scratch, accumulate, alpha } => {
+            let (oh, ow) = g.out_hw();
+            let name = match kind {
+                Kind::Forward => "conv",
+                Kind::Input => "conv_input",
+                Kind::Kernel => "conv_kernel",
+                Kind::KernelSum => "conv_kernel_sum",
+            };
+            let op = if *accumulate { "+=" } else { "=" };
+            let scale = if *kind == Kind::KernelSum { format!("{alpha} * ") } else { String::new() };
+            format!(
+                "t{out} {op} {scale}{name}({}, {}) {}x{}x{} -> {}x{oh}x{ow}, k{} s{} p{}, x{} (scratch t{scratch})",
+                view(a),
+                view(b),
+                g.c,
+                g.h,
+                g.w,
+                g.o,
+                g.k,
+                g.stride,
+                g.pad,
+                a.dims.0.max(b.dims.0),
+            )
+        }
+        Instr::Pool { out, input, planes, hw: (h, w), k, unpool } => {
+            let name = if *unpool { "unpool" } else { "avg_pool" };
+            format!("t{out} = {name}({}, {k}) {planes} planes of {h}x{w}", view(input))
+        }
+        Instr::Axes { out, input, dims: (p, a, q), broadcast } => {
+            let name = if *broadcast { "broadcast_axes" } else { "sum_axes" };
+            format!("t{out} = {name}({}) [{p}x{a}x{q}]", view(input))
         }
         Instr::Zero { out } => format!("t{out} = 0"),
     }
