@@ -1060,6 +1060,12 @@ pub fn comparison_lines(r: &crate::runtime::report::EvalReport) -> Vec<String> {
             m.test.mmd2, m.test.p_value, m.test.permutations, m.test.bandwidth, m.sample_rows, m.test_rows
         ));
     }
+    if let Some(m) = &r.mmd_independent {
+        out.push(format!(
+            "  MMD² independent fit vs rows   {:.6} (the baseline: as many rows, each unit drawn alone from its column's mean and sd, clipped to the box; same kernel)",
+            m.mmd2
+        ));
+    }
     out
 }
 
