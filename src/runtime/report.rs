@@ -647,7 +647,13 @@ fn noise_rows(vars: &[&Variable], rows: &Tensors, n: usize, seed: u64) -> (Tenso
 
 /// `n` rows of `per` units, each unit Gaussian with the mean and standard
 /// deviation of its column in the rows `t`, clipped to `bounds` when given.
-fn matched_gaussian(t: &HostTensor, per: usize, n: usize, bounds: Option<(f64, f64)>, rng: &mut impl rand::Rng) -> Vec<f32> {
+fn matched_gaussian(
+    t: &HostTensor,
+    per: usize,
+    n: usize,
+    bounds: Option<(f64, f64)>,
+    rng: &mut impl rand::Rng,
+) -> Vec<f32> {
     let m = t.shape[0];
     let mut mu = vec![0.0f64; per];
     for row in t.data.chunks(per) {

@@ -194,7 +194,7 @@ fn every_zoo_model_matches_the_tape() {
         }
     }
     files.sort();
-    let (mut checked, mut skipped) = (Vec::new(), Vec::new());
+    let (mut checked, mut skipped, mut images) = (Vec::new(), Vec::new(), Vec::new());
     for file in &files {
         let src = std::fs::read_to_string(file).expect("reads");
         let c = crate::compile(&src).unwrap_or_else(|d| panic!("{}: {d:?}", file.display()));
@@ -202,6 +202,13 @@ fn every_zoo_model_matches_the_tape() {
             let Some(spec) = &train.data else { continue };
             let model = &c.program.models[&train.model];
             let base = file.parent().unwrap_or(root);
+            // The tape records no image ops (backend::conv runs outside it):
+            // conv energies are checked against the f64 interpreter in
+            // `step::tests` and against central differences in tests/conv_props.rs.
+            if model.nets.iter().any(|n| n.conv.is_some()) {
+                images.push(file.display().to_string());
+                continue;
+            }
             match crate::runtime::data::load(spec, model, base) {
                 Ok(data) => {
                     let kind = check(&src, name, Some(&data.vars));
@@ -215,7 +222,9 @@ fn every_zoo_model_matches_the_tape() {
             }
         }
     }
-    eprintln!("checked {checked:#?}\nskipped (data not available offline) {skipped:#?}");
-    assert!(files.len() >= 18 && checked.len() + skipped.len() >= files.len(), "{files:?}");
-    assert!(skipped.len() <= 1, "checked {checked:?}, skipped {skipped:?}");
+    eprintln!("checked {checked:#?}\nskipped (data not available offline) {skipped:#?}\nimage models {images:#?}");
+    assert!(files.len() >= 18 && checked.len() + skipped.len() + images.len() >= files.len(), "{files:?}");
+    assert!(checked.len() >= 17, "checked {checked:?}");
+    // Only MNIST's files are not in the repository.
+    assert!(skipped.iter().all(|s| s.contains("mnist")), "checked {checked:?}, skipped {skipped:?}");
 }
