@@ -1378,6 +1378,7 @@ pub fn file_source(format: FileFormat, path: &str) -> DataSource {
 fn typed_test_split(c: &Call) -> TestSplit {
     match c.name.as_str() {
         "last" => TestSplit::Last { rows: count(c, "rows") },
+        "random" => TestSplit::Random { of: num(c, "of"), seed: count(c, "seed") as u64 },
         _ => TestSplit::Fraction { of: num(c, "of") },
     }
 }

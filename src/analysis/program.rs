@@ -652,6 +652,10 @@ pub enum TestSplit {
     /// The last `of` of the rows, rounded.
     /// Fraction of the rows held out.
     Fraction { of: f64 },
+    /// `of` of the rows, rounded, drawn at random by `seed` (the same rows
+    /// for every command that reads the split); both sides keep the rows'
+    /// order.
+    Random { of: f64, seed: u64 },
 }
 
 impl std::fmt::Display for TestSplit {
@@ -659,6 +663,7 @@ impl std::fmt::Display for TestSplit {
         match self {
             TestSplit::Last { rows } => write!(f, "last(rows: {rows})"),
             TestSplit::Fraction { of } => write!(f, "fraction(of: {of})"),
+            TestSplit::Random { of, seed } => write!(f, "random(of: {of}, seed: {seed})"),
         }
     }
 }

@@ -370,6 +370,7 @@ pub static DATA_SOURCES: &[Signature] = &[
 pub static TEST_SPLITS: &[Signature] = &[
     Signature { name: "last", options: &[opt!("rows", POS_INT, Required)] },
     Signature { name: "fraction", options: &[opt!("of", OpenUnit, Required)] },
+    Signature { name: "random", options: &[opt!("of", OpenUnit, Required), opt!("seed", Whole { min: 0 }, Int(0))] },
 ];
 
 /// The parameter initialisers.

@@ -325,7 +325,7 @@ pub fn split(
             let n = data.rows;
             let test_rows = match *split {
                 TestSplit::Last { rows } => rows,
-                TestSplit::Fraction { of } => (of * n as f64).round() as usize,
+                TestSplit::Fraction { of } | TestSplit::Random { of, .. } => (of * n as f64).round() as usize,
             };
             if test_rows == 0 || test_rows >= n {
                 return Err(DataError::Split {
@@ -333,6 +333,18 @@ pub fn split(
                         "cannot hold out {test_rows} of {n} rows for testing; keep at least one row for each side"
                     ),
                 });
+            }
+            if let TestSplit::Random { seed, .. } = *split {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                let mut held = vec![false; n];
+                for i in rand::seq::index::sample(&mut rng, n, test_rows) {
+                    held[i] = true;
+                }
+                let side = |test: bool| {
+                    let pick: Vec<usize> = (0..n).filter(|i| held[*i] == test).collect();
+                    Dataset { rows: pick.len(), vars: data.rows_at(&pick) }
+                };
+                return Ok((side(false), Some(side(true))));
             }
             Ok((data.slice(0, n - test_rows), Some(data.slice(n - test_rows, n))))
         }
@@ -1424,6 +1436,7 @@ mod tests {
         assert_eq!(data_of("toy(\"moons\")").source.to_string(), "toy(n: 10000, name: \"moons\", seed: 0)");
         assert_eq!(data_of("bars_and_stripes").source.to_string(), "bars_and_stripes(size: 4)");
         assert_eq!(TestSplit::Fraction { of: 0.25 }.to_string(), "fraction(of: 0.25)");
+        assert_eq!(TestSplit::Random { of: 0.25, seed: 3 }.to_string(), "random(of: 0.25, seed: 3)");
     }
 
     /// A scratch directory, removed when dropped.
@@ -1767,5 +1780,36 @@ mod tests {
                 assert!(!images[i + 1..].contains(a));
             }
         }
+    }
+
+    #[test]
+    fn a_random_split_holds_out_fixed_rows_in_order_and_keeps_the_rest() {
+        let rows = 50;
+        let data = Dataset {
+            rows,
+            vars: [("x".to_string(), HostTensor::new(vec![rows, 2], (0..2 * rows).map(|i| i as f32).collect()))]
+                .into_iter()
+                .collect(),
+        };
+        let model =
+            crate::compile("model m { visible x : real[2]; energy e = sum(square(x)); }").unwrap().program.models["m"]
+                .clone();
+        let split = |seed| {
+            let spec = TestSpec::Split(TestSplit::Random { of: 0.2, seed });
+            let (train, test) = super::split(data.clone(), Some(&spec), &model, Path::new(".")).unwrap();
+            let firsts = |d: &Dataset| d.vars["x"].data.chunks(2).map(|r| r[0] as usize / 2).collect::<Vec<_>>();
+            (firsts(&train), firsts(&test.unwrap()))
+        };
+        let (train, test) = split(7);
+        assert_eq!((train.len(), test.len()), (40, 10));
+        // Every row on exactly one side, each side in the rows' order.
+        let mut all: Vec<usize> = train.iter().chain(&test).copied().collect();
+        all.sort();
+        assert_eq!(all, (0..rows).collect::<Vec<_>>());
+        assert!(train.windows(2).all(|w| w[0] < w[1]) && test.windows(2).all(|w| w[0] < w[1]));
+        // The same seed gives the same rows; the held-out rows are not simply the last ones.
+        assert_eq!(split(7), (train, test.clone()));
+        assert_ne!(split(8).1, test);
+        assert_ne!(test, (40..50).collect::<Vec<_>>());
     }
 }
