@@ -13,7 +13,8 @@
 //!   objective in `objectives/` for its draw and its loss, then `optim`;
 //! - `runtime`: data, training runs and their directories (`run_dir`),
 //!   evaluation, the two-sample statistics it compares rows with
-//!   (`compare`) and its report (`report`), pictures of samples (`figures`)
+//!   (`compare`) and its report (`report`), whether a sampling run's chains
+//!   mixed (`diagnostics`: R̂ and ESS), pictures of samples (`figures`)
 //!   and exports on top of the backend;
 //! - `messages`: every wording, above the stages it words;
 //! - `api`: the façade a host program embeds ([`Model`], [`Rows`],

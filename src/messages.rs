@@ -1121,3 +1121,51 @@ impl std::fmt::Display for crate::runtime::report::ComparisonNote {
         }
     }
 }
+
+/// A statistic of `runtime::diagnostics` for people: `mean` or the unit `[i]`.
+fn statistic_label(unit: Option<usize>) -> String {
+    unit.map_or_else(|| "mean".to_string(), |i| format!("[{i}]"))
+}
+
+/// `ebmc sample`'s table of chain diagnostics: a heading, then one line per
+/// statistic (variable, statistic, R̂, bulk ESS); `-` for a figure too few
+/// draws or chains leave undefined, `inf` for chains stuck apart.
+pub fn mixing_lines(m: &crate::runtime::diagnostics::Mixing) -> Vec<String> {
+    let mut out = vec![format!(
+        "chain diagnostics over the first {} chains, {} draws each (every {} sweeps after burn-in): rank-normalised split R̂ and bulk ESS",
+        m.chains, m.draws, m.every
+    )];
+    let width = m.statistics.iter().map(|s| s.variable.chars().count()).chain(std::iter::once(8)).max().unwrap_or(8);
+    // "R̂" is two chars (a combining hat) in one column: one more of padding.
+    out.push(format!("  {:<width$}  {:<9}  {:>9}  {:>9}", "variable", "statistic", "R̂", "bulk ESS"));
+    for s in &m.statistics {
+        let rhat = match s.rhat {
+            Some(r) => format!("{r:.3}"),
+            None if s.ess_bulk.is_some() && m.chains >= 2 => "inf".to_string(),
+            None => "-".to_string(),
+        };
+        let ess = s.ess_bulk.map_or_else(|| "-".to_string(), |e| format!("{e:.0}"));
+        let flag = if s.mixed { "" } else { "  *" };
+        out.push(format!("  {:<width$}  {:<9}  {rhat:>8}  {ess:>9}{flag}", s.variable, statistic_label(s.unit)));
+    }
+    out
+}
+
+/// Why `ebmc sample`'s chains may not have mixed, when a statistic says so.
+pub fn mixing_warning(m: &crate::runtime::diagnostics::Mixing) -> Option<String> {
+    use crate::runtime::diagnostics::{ESS_MIN, RHAT_MAX};
+    let bad: Vec<_> = m.statistics.iter().filter(|s| !s.mixed).collect();
+    let worst = bad.iter().max_by(|a, b| {
+        let r = |s: &&&crate::runtime::diagnostics::MixingRow| s.rhat.unwrap_or(f64::INFINITY);
+        r(a).total_cmp(&r(b))
+    })?;
+    let rhat = worst.rhat.map_or_else(|| "inf".to_string(), |r| format!("{r:.3}"));
+    let ess = worst.ess_bulk.map_or_else(|| "-".to_string(), |e| format!("{e:.0}"));
+    Some(format!(
+        "the chains may not have mixed: {} of {} statistics have R̂ > {RHAT_MAX} or bulk ESS < {ESS_MIN} (marked *; worst `{}` {}, R̂ {rhat}, bulk ESS {ess}); raise --steps (and --burn-in), or add chains",
+        bad.len(),
+        m.statistics.len(),
+        worst.variable,
+        statistic_label(worst.unit),
+    ))
+}

@@ -264,3 +264,38 @@ fn a_closed_stdout_ends_quietly_and_a_full_one_is_an_error() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("error[E0901]"), "{}", text(&out));
     }
 }
+
+#[test]
+fn sample_reports_rhat_and_bulk_ess_and_warns_when_the_chains_have_not_mixed() {
+    let dir = tmp("mixing");
+    let run = dir.join("rbm");
+    let run = run.to_str().unwrap();
+    json_success(&["train", "models/rbm.ebm", "--epochs", "1", "--out", run], "train");
+    // 4 chains of 20 draws: bulk ESS is at most 80·log10(80) < 400, so this run cannot pass.
+    let short =
+        &json_success(&["sample", "models/rbm.ebm", "--params", run, "--chains", "4", "--steps", "20"], "sample")[0];
+    let m = &short["mixing"];
+    assert_eq!((m["chains"].as_u64(), m["draws"].as_u64(), m["every"].as_u64()), (Some(4), Some(20), Some(1)), "{m}");
+    assert_eq!(m["mixed"], false);
+    // Both variables have more than 8 units: their means alone.
+    let stats = m["statistics"].as_array().unwrap();
+    let names: Vec<(&str, &Value)> = stats.iter().map(|s| (s["variable"].as_str().unwrap(), &s["unit"])).collect();
+    assert_eq!(names, [("h", &Value::Null), ("v", &Value::Null)]);
+    for s in stats {
+        assert!(
+            s["rhat"].as_f64().is_some_and(|r| r > 0.5) && s["ess_bulk"].as_f64().is_some_and(|e| e < 400.0),
+            "{s}"
+        );
+    }
+    assert!(short["warnings"][0].as_str().unwrap().contains("may not have mixed"), "{short}");
+    // A long run keeps at most 1000 draws per chain and the first 64 chains.
+    let long =
+        &json_success(&["sample", "models/rbm.ebm", "--params", run, "--chains", "70", "--steps", "2500"], "sample")[0];
+    let m = &long["mixing"];
+    assert_eq!((m["chains"].as_u64(), m["draws"].as_u64(), m["every"].as_u64()), (Some(64), Some(833), Some(3)), "{m}");
+    // People get the table and the warning on stderr.
+    let out = ebmc(&["sample", "models/rbm.ebm", "--params", run, "--chains", "4", "--steps", "20"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("rank-normalised split R̂ and bulk ESS") && stdout.contains("mean"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning: the chains may not have mixed"));
+}

@@ -256,11 +256,18 @@ pub fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Resu
         ebmc::runtime::sample::run(&mut sampler, &a.run, trace.as_ref().map(|(_, t, _)| t), &mut || bar.inc(1));
     bar.finish_and_clear();
     let samples = samples.map_err(CommandError::SamplingDiverged)?;
+    let mixing = samples.statistics.summarise();
+    let warnings: Vec<String> = ebmc::messages::mixing_warning(&mixing).into_iter().collect();
+    for w in &warnings {
+        out.warning(w);
+    }
     let mut result = SampleResult {
         model: model.name.clone(),
         sweeps: total,
         chains: a.run.chains,
         acceptance: sampler.acceptance(),
+        mixing,
+        warnings,
         samples: None,
         picture: None,
         chains_picture: None,

@@ -5,6 +5,7 @@
 use codespan_reporting::term::termcolor::{ColorChoice, StandardStream};
 use ebmc::front::diagnostic::{self, Diagnostic};
 use ebmc::runtime::command::CommandError;
+use ebmc::runtime::diagnostics::Mixing;
 use ebmc::runtime::run_dir::RunFiles;
 use ebmc::runtime::train::EpochMetrics;
 use serde::Serialize;
@@ -169,6 +170,10 @@ pub struct SampleResult {
     pub sweeps: usize,
     pub chains: usize,
     pub acceptance: Option<f64>,
+    /// R̂ and bulk ESS of each variable's summary statistics.
+    pub mixing: Mixing,
+    /// Why the run's figures may mislead (the chains may not have mixed).
+    pub warnings: Vec<String>,
     pub samples: Option<WrittenSamples>,
     pub picture: Option<WrittenPicture>,
     /// Chains over time, beside an image grid.
@@ -216,6 +221,10 @@ impl SampleResult {
         let mut s = format!("{} sweeps of {} chains of model {}\n", self.sweeps, self.chains, self.model);
         if let Some(rate) = self.acceptance {
             s += &format!("MALA acceptance rate: {rate:.3}\n");
+        }
+        for line in ebmc::messages::mixing_lines(&self.mixing) {
+            s += &line;
+            s.push('\n');
         }
         if let Some(w) = &self.samples {
             s += &format!("wrote {} samples ({} columns) to {}\n", w.rows, w.columns, w.path.display());

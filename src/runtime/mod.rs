@@ -5,6 +5,7 @@
 pub mod command;
 pub mod compare;
 pub mod data;
+pub mod diagnostics;
 pub mod evaluate;
 pub mod export;
 pub mod figures;

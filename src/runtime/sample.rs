@@ -1,10 +1,12 @@
 //! A sampling run over a built sampler: burn-in, the sweeps after it, the
 //! states kept every N sweeps, a few chains recorded over the run when asked
-//! (for a picture of chains over time), and a check that no kept state
-//! diverged, so a non-finite sample is refused rather than written.
+//! (for a picture of chains over time), each variable's summary statistics
+//! for the mixing diagnostics (`diagnostics::Recorder`), and a check that no
+//! kept state diverged, so a non-finite sample is refused rather than written.
 
 use crate::analysis::limits::SampleRun;
 use crate::backend::Sampler;
+use crate::runtime::diagnostics::Recorder;
 use crate::tensor::{HostTensor, Tensors};
 
 /// The states a run kept, and its last state.
@@ -16,6 +18,8 @@ pub struct Samples {
     pub last: Tensors,
     /// What `Trace` asked for, in sweep order (empty without one).
     pub snapshots: Vec<Snapshot>,
+    /// The summary statistics after burn-in, for R̂ and ESS (`Recorder::summarise`).
+    pub statistics: Recorder,
 }
 
 /// Chains to record over a run: `var`'s first `chains` chains after `count`
@@ -92,13 +96,18 @@ pub fn run(
     let mut at = trace.map(|t| snapshot_sweeps(total, t.count)).unwrap_or_default().into_iter().peekable();
     let mut kept = Vec::new();
     let mut snapshots = Vec::new();
+    let mut statistics = Recorder::new(run.steps);
     for sweep in 1..=total {
         sampler.sweep();
         on_sweep();
         let keep = run.every.is_some_and(|every| sweep > run.burn_in && (sweep - run.burn_in).is_multiple_of(every));
         let snap = at.next_if_eq(&sweep).is_some();
-        if keep || snap {
+        let draw = sweep > run.burn_in && statistics.wants(sweep - run.burn_in);
+        if keep || snap || draw {
             let state = sampler.state();
+            if draw {
+                statistics.record(&state);
+            }
             if let (true, Some(t)) = (snap, trace) {
                 snapshots.push(Snapshot { sweep, state: first_chains(&state, &t.var, t.chains) });
             }
@@ -117,7 +126,7 @@ pub fn run(
             return Err(Diverged { var, chain, value, sweeps: total });
         }
     }
-    Ok(Samples { kept, last, snapshots })
+    Ok(Samples { kept, last, snapshots, statistics })
 }
 
 #[cfg(test)]
