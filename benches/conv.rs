@@ -5,18 +5,26 @@
 //! 1×8×8 images (the bundled digits' size), batch 64. As ebmc expands it: a
 //! 3×3 convolution to 32 channels (stride 1: the first stage keeps the
 //! size), swish, one to 64 channels at stride 2 (8×8 → 4×4), swish, the mean
-//! over the pixels, a linear head to one value. Two steps:
+//! over the pixels, a linear head to one value. Three steps:
 //!
 //! - langevin: one Langevin step of 64 chains, `x ← x − step ∇ₓE + noise z`
 //!   (the plan's step 0.01 and noise 0.1414): `Sampler::sweep`;
 //! - dsm: one training step of DSM, σ 0.1, `½ |σ ∇ₓE(x + σz) − z|²` mean over
-//!   the batch, its parameter gradient and an Adam update: `Trainer::step`.
+//!   the batch, its parameter gradient and an Adam update: `Trainer::step`;
+//! - pcd: one PCD training update, `pcd(k: 20, chains: 64, step: 10, noise:
+//!   0.005, buffer: 5000, reinit: 0.05, alpha: 1, clip: 0.01)` on `x in [0, 1]`
+//!   (the same energy): the 64 chains restart from the replay buffer (5% from
+//!   uniform states), take K = 20 Langevin steps with each component of ∇ₓE
+//!   clamped to ±0.01 and the proposal reflected into [0, 1], then the
+//!   gradient of mean E(data) − mean E(samples) + α (mean E(data)² + mean
+//!   E(samples)²) in the parameters and an Adam update: `Trainer::step`.
 //!
 //! ebmc: median seconds per call after two warm-up calls. PyTorch: the same
-//! step in eager mode (autograd; DSM by double backward) from ebmc's initial
-//! weights on the same batch, in `benches/torch_conv.py`, with PyTorch's
-//! default threading; a check value is printed beside each (the batch's mean
-//! energy, the first DSM loss). Without an importable `torch` the bench
+//! step in eager mode (autograd; DSM by double backward; PCD's ∇ₓE with the
+//! weights detached) from ebmc's initial weights on the same batch, in
+//! `benches/torch_conv.py`, with PyTorch's default threading; a check value
+//! is printed beside each (the batch's mean energy, the first DSM and PCD
+//! losses: PCD's from different random chains on each side, so close, not equal). Without an importable `torch` the bench
 //! says so and prints the floor ratio alone. Ratios are ebmc / torch (≤ 1.0:
 //! ebmc at least as fast) and ebmc / floor.
 //!
@@ -30,7 +38,12 @@
 //! - dsm: ∇ₓE (4); reversing its backward pass, each input adjoint needs a
 //!   forward convolution and a kernel adjoint (4); reversing the forward
 //!   pass, conv2 needs its kernel and input adjoints and conv1 its kernel
-//!   adjoint (3): 11 in all. Elementwise work and the linear head are not in the floor.
+//!   adjoint (3): 11 in all;
+//! - pcd: K ∇ₓE (4 each), then for the data and the samples the forward pass
+//!   (2) and its reverse to the kernels (conv2's kernel and input adjoints,
+//!   conv1's kernel adjoint: 3): 4K + 10.
+//!
+//! Elementwise work, the replay buffer and the linear head are not in the floor.
 
 mod common;
 
@@ -50,19 +63,35 @@ const SOURCE: &str = "model digits {
 }
 train digits { data = csv(\"x.csv\") -> x; objective = dsm(sigma: 0.1); optimizer = adam(lr: 1e-3); batch = 64; }";
 
+/// Langevin steps per PCD update.
+const K: usize = 20;
+
+/// The same energy on images in [0, 1] (the box PCD's chains reflect into), trained by PCD.
+fn pcd_source() -> String {
+    format!(
+        "model digits {{
+  visible x : real[1, 8, 8] in [0, 1];
+  net f = convnet(1 -> 32 -> 64 -> 1, kernel: 3, stride: 2, act: swish);
+  energy e = f(x);
+}}
+train digits {{ data = csv(\"x.csv\") -> x; optimizer = adam(lr: 1e-3); batch = 64;
+  objective = pcd(k: {K}, chains: 64, step: 10, noise: 0.005, buffer: 5000, reinit: 0.05, alpha: 1, clip: 0.01); }}"
+    )
+}
+
 /// The parameters in the order the PyTorch script reads them.
 const PARAMS: [&str; 6] = ["f.k0", "f.b0", "f.k1", "f.b1", "f.w", "f.b"];
 
-/// A GEMM `(m, k, n)` of the floor, its name, and how many of it the langevin and dsm steps run.
-type FloorGemm = ((usize, usize, usize), &'static str, usize, usize);
+/// A GEMM `(m, k, n)` of the floor, its name, and how many of it the langevin, dsm and pcd steps run.
+type FloorGemm = ((usize, usize, usize), &'static str, usize, usize, usize);
 
 const FLOOR: [FloorGemm; 6] = [
-    ((32, 9, BATCH * 64), "conv1", 1, 2),
-    ((64, 288, BATCH * 16), "conv2", 1, 2),
-    ((9, 32, BATCH * 64), "conv1 input adjoint", 1, 1),
-    ((288, 64, BATCH * 16), "conv2 input adjoint", 1, 2),
-    ((32, BATCH * 64, 9), "conv1 kernel adjoint", 0, 2),
-    ((64, BATCH * 16, 288), "conv2 kernel adjoint", 0, 2),
+    ((32, 9, BATCH * 64), "conv1", 1, 2, K + 2),
+    ((64, 288, BATCH * 16), "conv2", 1, 2, K + 2),
+    ((9, 32, BATCH * 64), "conv1 input adjoint", 1, 1, K),
+    ((288, 64, BATCH * 16), "conv2 input adjoint", 1, 2, K + 2),
+    ((32, BATCH * 64, 9), "conv1 kernel adjoint", 0, 2, 2),
+    ((64, BATCH * 16, 288), "conv2 kernel adjoint", 0, 2, 2),
 ];
 
 /// Median seconds of `f` after two warm-up calls, over `SECONDS` of calls (at least `MIN_REPS`), and the count.
@@ -103,6 +132,7 @@ impl Torch {
             .arg(script)
             .arg(dir)
             .arg(SECONDS.to_string())
+            .arg(K.to_string())
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -209,6 +239,20 @@ fn main() {
         }
     });
     let torch_dsm = torch.as_mut().ok().map(|t| t.step("dsm"));
+
+    // pcd: the trainer's update on the same batch, every call; its chains and buffer persist.
+    let mut trainer = common::trainer(&pcd_source(), "digits");
+    trainer.prepare(&batch).expect("data fits");
+    let mut step = 0;
+    let mut first_pcd_loss = f64::NAN;
+    let pcd = timed(|| {
+        step += 1;
+        let report = trainer.step(&batch, 1e-3, step).expect("step");
+        if step == 1 {
+            first_pcd_loss = report.loss;
+        }
+    });
+    let torch_pcd = torch.as_mut().ok().map(|t| t.step("pcd"));
     drop(torch);
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -218,7 +262,10 @@ fn main() {
     let rows = [
         ("langevin", langevin, torch_langevin, floor_of(|q| q.2), langevin_check),
         ("dsm", dsm, torch_dsm, floor_of(|q| q.3), first_loss),
+        ("pcd", pcd, torch_pcd, floor_of(|q| q.4), first_pcd_loss),
     ];
+    println!();
+    println!("pcd: K = {K} Langevin steps per update");
     println!();
     println!(
         "{:<9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}  check (ebmc, torch)",
@@ -243,10 +290,12 @@ fn main() {
             format!("{e_reps}/{treps}"),
         );
     }
-    println!("(steps: calls timed, ebmc/torch; check: the batch's mean energy for langevin, the first loss for dsm)");
+    println!(
+        "(steps: calls timed, ebmc/torch; check: the batch's mean energy for langevin, the first loss for dsm and pcd)"
+    );
     println!();
-    println!("floor GEMMs (m x k x n: ms each; count in langevin, dsm):");
-    for (&((m, k, n), label, l, d), t) in FLOOR.iter().zip(&floor) {
-        println!("  {label:<21} {m}x{k}x{n}: {:.4} ms; {l}, {d}", t * 1e3);
+    println!("floor GEMMs (m x k x n: ms each; count in langevin, dsm, pcd):");
+    for (&((m, k, n), label, l, d, p), t) in FLOOR.iter().zip(&floor) {
+        println!("  {label:<21} {m}x{k}x{n}: {:.4} ms; {l}, {d}, {p}", t * 1e3);
     }
 }
