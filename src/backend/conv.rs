@@ -13,7 +13,7 @@
 //! `[channel, example, pixel]` by copying whole pixel runs.
 
 use crate::backend::host;
-use crate::backend::step::{PAR_ELEMENTS, PAR_GEMM};
+use crate::backend::step::PAR_ELEMENTS;
 use rayon::prelude::*;
 
 /// A square-kernel convolution's sizes: input `[c, h, w]`, kernel
@@ -92,68 +92,6 @@ pub(crate) enum Kind {
     Kernel,
     /// The same summed over the batch, into a shared `out`.
     KernelSum,
-}
-
-/// A GEMM operand: its buffer and (row, column) strides.
-type Operand<'a> = (&'a [f32], (usize, usize));
-
-/// `out (+)= alpha a b` for `a` `(m×k)` and `b` `(k×n)`, any strides;
-/// `out` `(m×n)` with row stride `ors` (its columns adjacent).
-fn gemm(
-    (out, ors): (&mut [f32], usize),
-    (a, (ars, acs)): Operand,
-    (b, (brs, bcs)): Operand,
-    (m, k, n): (usize, usize, usize),
-    (accumulate, alpha): (bool, f32),
-    threaded: bool,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            out.chunks_mut(ors).take(m).for_each(|row| row[..n].fill(0.0));
-        }
-        return;
-    }
-    let reach = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(
-        reach(m, n, ors, 1) < out.len() && reach(m, k, ars, acs) < a.len() && reach(k, n, brs, bcs) < b.len(),
-        "GEMM operands lie inside their buffers"
-    );
-    // Cannot fire: buffers are far below isize::MAX elements (`limits`).
-    let s = |x: usize| isize::try_from(x).expect("strides fit isize");
-    let par = if threaded && m * n * k >= PAR_GEMM {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: every index read or written lies inside its buffer (checked
-    // just above); `out` is borrowed mutably, so it overlaps neither `a` nor
-    // `b`. Without `accumulate`, gemm reads nothing from `out`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            s(ors),
-            accumulate,
-            a.as_ptr(),
-            s(acs),
-            s(ars),
-            b.as_ptr(),
-            s(bcs),
-            s(brs),
-            1.0,
-            alpha,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
 }
 
 /// Runs `f` on each `len`-element piece of `out` (with its index), over
@@ -285,7 +223,7 @@ pub(crate) fn forward(
         let cols = &mut scratch[..t * p];
         for (e, out_e) in out.chunks_mut(g.o * p).take(batch).enumerate() {
             im2col(g, 1, &x[e * g.input_len()..][..g.input_len()], cols, threaded);
-            gemm((out_e, p), (kernel, (t, 1)), (cols, (p, 1)), (g.o, t, p), (false, 1.0), threaded);
+            host::gemm((out_e, (p, 1)), (kernel, (t, 1)), (cols, (p, 1)), (g.o, t, p), (false, 1.0), threaded);
         }
         return;
     }
@@ -293,7 +231,7 @@ pub(crate) fn forward(
     im2col(g, batch, x, cols, threaded);
     let n = batch * p;
     // z[o, (e, pixel)] = Σ_tap kernel[o, tap] cols[tap, (e, pixel)].
-    gemm((z, n), (kernel, (t, 1)), (cols, (n, 1)), (g.o, t, n), (false, 1.0), threaded);
+    host::gemm((z, (n, 1)), (kernel, (t, 1)), (cols, (n, 1)), (g.o, t, n), (false, 1.0), threaded);
     to_examples(g.o, batch, p, z, &mut out[..batch * g.o * p], threaded);
 }
 
@@ -330,7 +268,7 @@ pub(crate) fn input_adjoint(
         let cols = &mut scratch[..t * p];
         for (e, gx_e) in gx.chunks_mut(g.input_len()).take(batch).enumerate() {
             let gy_e = (&gy[e * g.o * p..][..g.o * p], (p, 1));
-            gemm((cols, p), (kernel, (1, t)), gy_e, (t, g.o, p), (false, 1.0), threaded);
+            host::gemm((cols, (p, 1)), (kernel, (1, t)), gy_e, (t, g.o, p), (false, 1.0), threaded);
             col2im(g, 1, cols, gx_e, threaded);
         }
         return;
@@ -338,7 +276,7 @@ pub(crate) fn input_adjoint(
     let (cols, z) = scratch[..g.scratch(batch)].split_at_mut(t * batch * p);
     let n = batch * p;
     to_channels(g.o, batch, p, gy, z, threaded);
-    gemm((cols, n), (kernel, (1, t)), (z, (n, 1)), (t, g.o, n), (false, 1.0), threaded);
+    host::gemm((cols, (n, 1)), (kernel, (1, t)), (z, (n, 1)), (t, g.o, n), (false, 1.0), threaded);
     col2im(g, batch, cols, &mut gx[..batch * g.input_len()], threaded);
 }
 
@@ -411,7 +349,7 @@ pub(crate) fn kernel_adjoint_sum(
             im2col(g, 1, &x[e * g.input_len()..][..g.input_len()], cols, threaded);
             let gy_e = (&gy[e * g.o * p..][..g.o * p], (p, 1));
             let add = accumulate || e > 0;
-            gemm((&mut *gw, t), gy_e, (cols, (1, p)), (g.o, p, t), (add, alpha), threaded);
+            host::gemm((&mut *gw, (t, 1)), gy_e, (cols, (1, p)), (g.o, p, t), (add, alpha), threaded);
         }
         return;
     }
@@ -420,7 +358,7 @@ pub(crate) fn kernel_adjoint_sum(
     let n = batch * p;
     to_channels(g.o, batch, p, gy, z, threaded);
     // gw[o, tap] = Σ_(e, pixel) z[o, (e, pixel)] cols[tap, (e, pixel)].
-    gemm((gw, t), (z, (n, 1)), (cols, (1, n)), (g.o, n, t), (accumulate, alpha), threaded);
+    host::gemm((gw, (t, 1)), (z, (n, 1)), (cols, (1, n)), (g.o, n, t), (accumulate, alpha), threaded);
 }
 
 /// The adjoint of `forward` in its kernel for each example: `gw` `[batch, o, c, k, k]`.
@@ -438,7 +376,7 @@ pub(crate) fn kernel_adjoint(
     for (e, gw_e) in gw.chunks_mut(g.kernel_len()).take(batch).enumerate() {
         im2col(g, 1, &x[e * g.input_len()..][..g.input_len()], cols, threaded);
         let gy_e = (&gy[e * g.o * p..][..g.o * p], (p, 1));
-        gemm((gw_e, t), gy_e, (cols, (1, p)), (g.o, p, t), (false, 1.0), threaded);
+        host::gemm((gw_e, (t, 1)), gy_e, (cols, (1, p)), (g.o, p, t), (false, 1.0), threaded);
     }
 }
 

@@ -5,6 +5,7 @@
 //! non-positive logarithms, NaN) are recomputed by the standard library in a
 //! second pass. Accuracy: within 1e-6 relative of f64 (tested below).
 
+use crate::backend::step::PAR_GEMM;
 use crate::ir::Unary;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -346,6 +347,70 @@ pub fn sum_squares(xs: &[f32]) -> f64 {
             f64::from(lanes.iter().sum::<f32>() + tail)
         })
         .sum()
+}
+
+/// A GEMM operand: its buffer and (row, column) strides.
+pub type Operand<'a> = (&'a [f32], (usize, usize));
+
+/// `out (+)= alpha a b` for `a` `(m×k)` and `b` `(k×n)` and `out` `(m×n)`,
+/// any strides, bounds-checked; over rayon's threads only when `threaded`
+/// and the product reaches `PAR_GEMM` (below it a second thread costs more
+/// than it saves on 2 cores). The one call into the `gemm` crate.
+pub fn gemm(
+    (out, (ors, ocs)): (&mut [f32], (usize, usize)),
+    (a, (ars, acs)): Operand,
+    (b, (brs, bcs)): Operand,
+    (m, k, n): (usize, usize, usize),
+    (accumulate, alpha): (bool, f32),
+    threaded: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            (0..m).for_each(|i| (0..n).for_each(|j| out[i * ors + j * ocs] = 0.0));
+        }
+        return;
+    }
+    let reach = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(
+        reach(m, n, ors, ocs) < out.len() && reach(m, k, ars, acs) < a.len() && reach(k, n, brs, bcs) < b.len(),
+        "GEMM operands lie inside their buffers"
+    );
+    // Cannot fire: buffers are far below isize::MAX elements (`limits`).
+    let s = |x: usize| isize::try_from(x).expect("strides fit isize");
+    let par = if threaded && m * n * k >= PAR_GEMM {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every index read or written lies inside its buffer (checked
+    // just above); `out` is borrowed mutably, so it overlaps neither `a` nor
+    // `b`. Without `accumulate`, gemm reads nothing from `out`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            s(ocs),
+            s(ors),
+            accumulate,
+            a.as_ptr(),
+            s(acs),
+            s(ars),
+            b.as_ptr(),
+            s(bcs),
+            s(brs),
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
 }
 
 #[cfg(test)]

@@ -250,43 +250,17 @@ fn gemm(
             && reach(&b, (k, n), batch) < db.len(),
         "GEMM operands lie inside their buffers"
     );
-    // Cannot fire: arena buffers are far below isize::MAX elements (`limits`).
-    let s = |x: usize| isize::try_from(x).expect("strides fit isize");
-    let par = if threaded && m * n * k >= PAR_GEMM {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
-    for e in 0..batch {
+    for ex in 0..batch {
         // A shared output (stride 0) accumulates every example's product.
-        let read = accumulate || (o.sb == 0 && e > 0);
-        // SAFETY: every index each operand is read or written at lies inside
-        // its buffer (the reach check above covers the last example, the
-        // furthest); `out` is a distinct buffer from `da` and `db` (it was
-        // taken out of the arena, and inputs are never outputs).
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr().add(e * o.sb),
-                s(o.cs),
-                s(o.rs),
-                read,
-                da.as_ptr().add(e * a.sb),
-                s(a.cs),
-                s(a.rs),
-                db.as_ptr().add(e * b.sb),
-                s(b.cs),
-                s(b.rs),
-                1.0,
-                alpha,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
+        let read = accumulate || (o.sb == 0 && ex > 0);
+        host::gemm(
+            (&mut out[ex * o.sb..], (o.rs, o.cs)),
+            (&da[ex * a.sb..], (a.rs, a.cs)),
+            (&db[ex * b.sb..], (b.rs, b.cs)),
+            (m, k, n),
+            (read, alpha),
+            threaded,
+        );
     }
 }
 
