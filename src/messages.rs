@@ -224,6 +224,7 @@ fn opt_type(t: OptType) -> String {
         OptType::Str => "a string in double quotes".into(),
         OptType::Paths => "a string in double quotes or a list of them (`[\"a.bin\", \"b.bin\"]`)".into(),
         OptType::Choice(c) => format!("one of {}", code_list(c)),
+        OptType::NetName => "the name of a net the model declares".into(),
     }
 }
 
@@ -510,11 +511,15 @@ impl From<&PlanError> for Diagnostic {
             LangevinOnDiscrete { var, span, kernel } => Diagnostic::error("E0404", format!("`{kernel}` needs a continuous variable, but `{var}` is discrete"))
                 .primary(*span, "Langevin dynamics follows the gradient of a continuous energy")
                 .help(format!("use `{var}: gibbs;`, or remove the override to let the planner choose")),
+            CriticShape { span, critic, critic_span, expected, found } => Diagnostic::error("E0405", format!("`lsd`'s critic `{critic}` does not fit the data"))
+                .primary(*span, format!("the critic must be {expected}"))
+                .secondary(*critic_span, format!("`{critic}` is {found}"))
+                .help("declare the critic as a map from the data to its own space, e.g. `net critic = mlp(2 -> 64 -> 64 -> 2, act: swish);` for `real[2]`"),
             ScoreMatchingDimension { span, dims } => Diagnostic::warning("W0402", format!("exact score matching over {dims} dimensions costs {dims} second derivatives per example"))
                 .primary(*span, "slow for this many dimensions")
                 .help("`ssm(projections: 1)` or `dsm(sigma: 0.1)` estimate the same objective at the cost of one"),
             ScoreMatchingBounded { objective, span, var, var_span, bounds: (lo, hi) } => Diagnostic::warning("W0403", format!("`{objective}` is biased on the bounded variable `{var}`"))
-                .primary(*span, "score matching assumes the density vanishes at the edges of its domain")
+                .primary(*span, "this objective integrates by parts, assuming the density vanishes at the edges of its domain")
                 .secondary(*var_span, format!("bounded to [{lo}, {hi}] here; the boundary terms are ignored"))
                 .help("train with `pcd`, whose Langevin chains respect the bounds, or remove the bounds if the data never reaches them"),
         }

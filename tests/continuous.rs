@@ -24,9 +24,10 @@ fn gaussian_rows(n: usize) -> HostTensor {
 }
 
 /// Trains `0.5 |A (x - mu)|^2` with `objective` and returns (mu, cov = (AᵀA)^-1).
-fn fit(objective: &str, epochs: usize) -> ([f64; 2], [[f64; 2]; 2]) {
+/// `decls` (a critic net, say) are added to the model.
+fn fit_with(objective: &str, decls: &str, epochs: usize) -> ([f64; 2], [[f64; 2]; 2]) {
     let src = format!(
-        "model g {{ visible x : real[2]; param A : real[2, 2] = normal(0, 0.7); param mu : real[2];
+        "model g {{ visible x : real[2]; param A : real[2, 2] = normal(0, 0.7); param mu : real[2]; {decls}
            energy e = 0.5 * sum(square(A @ (x - mu))); }}
          train g {{ data = csv(\"unused.csv\") -> x; objective = {objective}; optimizer = adam(lr: 0.05); schedule = cosine; batch = 200; epochs = {epochs}; seed = 4; }}"
     );
@@ -67,7 +68,12 @@ fn fit(objective: &str, epochs: usize) -> ([f64; 2], [[f64; 2]; 2]) {
 /// a few times those errors and far below what a wrong sign produces (a
 /// divergence, or a covariance off by a factor).
 fn check(objective: &str, epochs: usize) {
-    let (mu, cov) = fit(objective, epochs);
+    check_with(objective, "", epochs);
+}
+
+fn check_with(objective: &str, decls: &str, epochs: usize) {
+    let (mu, cov) = fit_with(objective, decls, epochs);
+    eprintln!("{objective}: mean {mu:?}, covariance {cov:?}");
     for i in 0..2 {
         assert!((mu[i] - MEAN[i]).abs() < 0.1, "{objective}: mean {mu:?}");
         for j in 0..2 {
@@ -103,6 +109,16 @@ fn conditional_nce_recovers_a_gaussian() {
 #[test]
 fn nce_recovers_a_gaussian() {
     check("nce(noise: gaussian, ratio: 2)", 40);
+}
+
+#[test]
+fn learned_stein_discrepancy_recovers_a_gaussian() {
+    // The critic's optimum (s_model − s_data) / (2·penalty) is affine for two
+    // Gaussians, so a small net represents it and the fixed point is the data's
+    // mean and covariance; the estimate's noise is the critic's lag and the
+    // Hutchinson trace's variance. The energy moves on one step in six
+    // (`critic_steps: 5`), hence twice the epochs of the others.
+    check_with("lsd(critic: c)", "net c = mlp(2 -> 32 -> 2, act: swish);", 120);
 }
 
 #[test]

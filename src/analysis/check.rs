@@ -160,6 +160,7 @@ pub fn ast_to_program(file: &ast::File) -> Result<(Program, Vec<CheckError>), Ve
             }
             model_spans.insert(m.name.name.clone(), m.name.span);
             let mut checker = ModelChecker::new(&mut errors);
+            checker.used.extend(critics_of(file, &m.name.name));
             if let Some(model) = checker.model(m) {
                 models.insert(model.name.clone(), model);
             }
@@ -1127,6 +1128,7 @@ fn option_value(e: &ast::Expr, ty: OptType, ints: &BTreeMap<String, usize>) -> O
             _ => None,
         },
         OptType::Choice(choices) => choices.iter().find(|c| Some(**c) == word).map(|c| Value::Str(c.to_string())),
+        OptType::NetName => e.as_name().map(|n| Value::Str(n.to_string())),
         OptType::Whole { min } => {
             let x = literal_number(e).or_else(|| e.as_name().and_then(|n| ints.get(n)).map(|n| *n as f64))?;
             (x.fract() == 0.0 && x >= min as f64 && x.abs() < 9.0e15).then_some(Value::Int(x as i64))
@@ -1261,6 +1263,23 @@ fn train_block(
         false => default_call("constant", Family::Schedule),
     };
     let regularizers = regularizers?;
+    if let (Some(model), Some(critic)) = (model, objective.options.get("critic").and_then(Value::as_str))
+        && !model.nets.iter().any(|n| n.name == critic)
+    {
+        let span = t
+            .settings
+            .iter()
+            .find(|s| s.key.name == "objective")
+            .and_then(|s| critic_arg(&s.value))
+            .map_or(objective.span, |e| e.span);
+        errors.push(CheckError::Undefined {
+            what: "net",
+            name: critic.to_string(),
+            span,
+            candidates: model.nets.iter().map(|n| n.name.clone()).collect(),
+        });
+        ok = false;
+    }
     let options = typed_options(&objective, &optimizer, &schedule, &regularizers);
     // `pcd(alpha)`/`jem(alpha)` and `energy_penalty(alpha)` are one penalty: given twice, which weight holds is unclear.
     let objective_alpha = match &options.objective {
@@ -1288,6 +1307,29 @@ fn train_block(
         span: t.span,
     };
     ok.then_some(train)
+}
+
+/// The value of the `critic` argument of an objective call (`lsd`), if named.
+fn critic_arg(call: &ast::Expr) -> Option<&ast::Expr> {
+    match &call.kind {
+        ExprKind::Call { args, .. } => {
+            args.iter().find(|a| a.name.as_ref().is_some_and(|n| n.name == "critic")).map(|a| &a.value)
+        }
+        _ => None,
+    }
+}
+
+/// The nets that train blocks for `model` name as an objective's critic: used, though no energy calls them.
+fn critics_of(file: &ast::File, model: &str) -> Vec<String> {
+    file.items
+        .iter()
+        .filter_map(|item| match item {
+            ast::Item::Train(t) if t.model.name == model => Some(t),
+            _ => None,
+        })
+        .flat_map(|t| t.settings.iter().filter(|s| s.key.name == "objective"))
+        .filter_map(|s| critic_arg(&s.value)?.as_name().map(str::to_string))
+        .collect()
 }
 
 /// A call of `name` with every option at its default, as if written `name()`.
@@ -1417,6 +1459,15 @@ fn typed_options(objective: &Call, optimizer: &Call, schedule: &Call, regularize
                 _ => NoiseKind::Gaussian,
             },
             ratio: count(o, "ratio"),
+        },
+        "lsd" => Objective::Lsd {
+            critic: word(o, "critic").to_string(),
+            penalty: num(o, "penalty"),
+            critic_steps: count(o, "critic_steps"),
+            directions: match word(o, "directions") {
+                "gaussian" => Directions::Gaussian,
+                _ => Directions::Rademacher,
+            },
         },
         _ => Objective::Cnce { sigma: num(o, "sigma") },
     };

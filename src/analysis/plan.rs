@@ -222,6 +222,19 @@ pub enum PlanError {
         /// The kernel named.
         kernel: String,
     },
+    /// `lsd`'s critic does not map the visible variable to a vector of its own shape.
+    CriticShape {
+        /// Where the objective is written.
+        span: Span,
+        /// The critic net.
+        critic: String,
+        /// Where it is declared.
+        critic_span: Span,
+        /// What the critic must be.
+        expected: String,
+        /// What it is.
+        found: String,
+    },
     /// A warning: exact `sm` over more than `SM_DIMENSION_LIMIT` visible dimensions.
     ScoreMatchingDimension {
         /// Where the objective is written.
@@ -871,7 +884,7 @@ fn check_objective(
     let mut out = Vec::new();
     let visible = || model.variables.iter().filter(|v| v.role == Role::Visible);
     match name.as_str() {
-        "sm" | "dsm" | "ssm" | "nce" | "cnce" => {
+        "sm" | "dsm" | "ssm" | "nce" | "cnce" | "lsd" => {
             for v in visible().filter(|v| v.domain.is_discrete()) {
                 out.push(PlanError::NeedsContinuous {
                     objective: name.clone(),
@@ -891,7 +904,7 @@ fn check_objective(
                     why: why.clone(),
                 });
             }
-            if matches!(name.as_str(), "sm" | "dsm" | "ssm") {
+            if matches!(name.as_str(), "sm" | "dsm" | "ssm" | "lsd") {
                 for v in visible() {
                     if let Domain::Real { bounds: Some(bounds) } = v.domain {
                         out.push(PlanError::ScoreMatchingBounded {
@@ -903,6 +916,9 @@ fn check_objective(
                         });
                     }
                 }
+            }
+            if let Objective::Lsd { critic, .. } = &train.options.objective {
+                out.extend(check_critic(model, critic, o.span));
             }
             if name == "sm" {
                 let dims: usize = visible().map(|v| v.shape.iter().product::<usize>()).sum();
@@ -954,6 +970,45 @@ fn check_objective(
     out
 }
 
+/// `lsd`'s critic maps the one visible variable, a vector `real[d]`, to `R^d`.
+fn check_critic(model: &crate::analysis::program::Model, critic: &str, span: Span) -> Option<PlanError> {
+    // Cannot fire: the checker refuses a critic the model does not declare.
+    let net = model.nets.iter().find(|n| n.name == critic)?;
+    let visible: Vec<_> = model.variables.iter().filter(|v| v.role == Role::Visible).collect();
+    let (first, last) = (net.layers[0], net.layers[net.layers.len() - 1]);
+    let outputs = if last == 1 { "output" } else { "outputs" };
+    let found = match net.conv {
+        Some(_) => format!("a convnet from {first} channels to {last} {outputs}"),
+        None => format!("a net from {first} inputs to {last} {outputs}"),
+    };
+    let problem = |expected: String, found: String| PlanError::CriticShape {
+        span,
+        critic: critic.to_string(),
+        critic_span: net.span,
+        expected,
+        found,
+    };
+    let mut in_energy = false;
+    for e in &model.energies {
+        e.expr.walk(&mut |t| {
+            in_energy |= matches!(&t.kind, crate::analysis::program::TExprKind::Net { net, .. } if net == critic)
+        });
+    }
+    if in_energy {
+        // The critic ascends what the energy descends: one net cannot be both.
+        return Some(problem("a net no energy term calls".to_string(), "called by an energy term".to_string()));
+    }
+    match visible.as_slice() {
+        [v] if v.shape.len() == 1 => {
+            let d = v.shape[0];
+            let fits = net.conv.is_none() && net.layers[0] == d && net.layers[net.layers.len() - 1] == d;
+            (!fits)
+                .then(|| problem(format!("a `linear` or `mlp` net from {d} to {d}, the size of `{}`", v.name), found))
+        }
+        _ => Some(problem("one visible variable, a vector `real[d]`, and a net from d to d".to_string(), found)),
+    }
+}
+
 /// The objective as a call with the options that apply: Langevin's only
 /// when some variable is sampled by Langevin dynamics.
 fn objective_text(o: &Call, summed: &Option<Marginal>, label: &Option<Marginal>, langevin: bool) -> String {
@@ -977,6 +1032,10 @@ fn objective_text(o: &Call, summed: &Option<Marginal>, label: &Option<Marginal>,
         "ssm" => "sliced score matching with random projections".to_string(),
         "nce" => "noise-contrastive estimation with a learned log-normaliser".to_string(),
         "cnce" => "conditional NCE: softplus(E(x) - E(x'))".to_string(),
+        "lsd" => format!(
+            "learned Stein discrepancy: the critic {} ascends E[s(x).f(x) + tr df/dx] - penalty E[|f(x)|^2], the energy descends it, s = -dE/dx",
+            o.options.get("critic").map_or(String::new(), ToString::to_string)
+        ),
         _ => match label {
             Some(m) => format!("cross-entropy of p({} | rest) plus PCD on {}", m.var, m.free_energy),
             None => "cross-entropy plus PCD".to_string(),

@@ -713,6 +713,10 @@ pub enum Objective {
     Cnce { sigma: f64 },
     /// Joint energy model: cross-entropy of the label plus PCD on the input.
     Jem(Persistent),
+    /// Learned Stein discrepancy: the net `critic` ascends the Stein
+    /// discrepancy (less `penalty` times its mean square), `critic_steps`
+    /// steps for each descent step of the energy.
+    Lsd { critic: String, penalty: f64, critic_steps: usize, directions: Directions },
 }
 
 impl Objective {

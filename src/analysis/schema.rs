@@ -120,6 +120,8 @@ pub enum OptType {
     Paths,
     /// One of these words, bare or quoted.
     Choice(&'static [&'static str]),
+    /// The bare name of a net the model declares (`lsd`'s critic).
+    NetName,
 }
 
 /// What an option is when not given.
@@ -263,6 +265,15 @@ pub static OBJECTIVES: &[Signature] = &[
         options: &[opt!("noise", Choice(NOISE_KINDS), Word("gaussian")), opt!("ratio", POS_INT, Int(1))],
     },
     Signature { name: "cnce", options: &[opt!("sigma", Positive, Num(0.1))] },
+    Signature {
+        name: "lsd",
+        options: &[
+            opt!("critic", NetName, Required),
+            opt!("penalty", Positive, Num(0.5)),
+            opt!("critic_steps", POS_INT, Int(5)),
+            opt!("directions", Choice(DIRECTIONS), Word("rademacher")),
+        ],
+    },
     Signature {
         name: "jem",
         options: &[

@@ -7,6 +7,7 @@
 //! | `score` | SM, DSM, SSM |
 //! | `nce` | NCE, CNCE |
 //! | `jem` | JEM |
+//! | `stein` | LSD |
 //!
 //! Each objective splits a step in two, the split the step compiler needs
 //! (issue 12): [`Objective::draw`] is what it needs from the sampler and the
@@ -28,6 +29,7 @@ mod jem;
 mod nce;
 mod pseudo_likelihood;
 mod score;
+mod stein;
 
 /// Every objective `build` can return is `Send` on the CPU; the CPU trainer's
 /// `Send` rests on this (see `train::Fitter`). An objective added to `build`
@@ -39,6 +41,7 @@ pub(super) const ALL_SEND_ON_CPU: () = {
     send::<nce::Nce>();
     send::<pseudo_likelihood::PseudoLikelihood>();
     send::<score::Score>();
+    send::<stein::Stein>();
 };
 
 #[cfg(test)]
@@ -370,6 +373,9 @@ pub(super) fn build<D: Kernels>(
         )?),
         Options::Cnce { sigma } => {
             Box::new(nce::Nce::new(model, nce::Kind::Cnce { sigma: *sigma as f32 }, params, seed)?)
+        }
+        Options::Lsd { critic, penalty, critic_steps, directions } => {
+            Box::new(stein::Stein::new(model, critic, *penalty, *critic_steps, *directions, seed)?)
         }
     })
 }

@@ -57,6 +57,10 @@ const INLINE: &[&str] = &[
        train m { data = toy(\"moons\", n: 40) -> x; objective = nce(noise: uniform, ratio: 2); }",
     "model m { visible x : real[2]; net f = mlp(2 -> 5 -> 1, act: tanh); energy e = f(x) + 0.1 * sum(square(x)); }
        train m { data = toy(\"moons\", n: 40) -> x; objective = cnce(sigma: 0.3); }",
+    // LSD: a critic step and an energy step.
+    "model m { visible x : real[2]; net f = mlp(2 -> 5 -> 1, act: swish); net c = mlp(2 -> 4 -> 2, act: tanh);
+       energy e = f(x) + 0.1 * sum(square(x)); }
+       train m { data = toy(\"moons\", n: 40) -> x; objective = lsd(critic: c, critic_steps: 1); }",
     // JEM, without and with alpha.
     "model m { visible x : real[2]; visible y : categorical(3); net f = mlp(2 -> 5 -> 3, act: swish);
        energy e = -(f(x) @ y); energy prior = 0.01 * sum(square(x)); }
@@ -87,6 +91,7 @@ fn kind(o: &O) -> String {
         ),
         O::Nce { noise, .. } => format!("nce({noise:?})"),
         O::Cnce { .. } => "cnce".into(),
+        O::Lsd { .. } => "lsd".into(),
     }
 }
 
@@ -126,7 +131,17 @@ fn check(src: &str, name: &str, data: Option<&Tensors>) -> String {
     objective.prepare(&batch);
     objective.begin_epoch(11);
     let what = format!("{} `{name}`\n{src}", kind(&train.options.objective));
-    let [(l_sym, g_sym), (l_tape, g_tape)] = objective.step_both(&mut on, &batch).expect("a step");
+    // LSD alternates: a critic step, then (with `critic_steps: 1`) an energy step.
+    let steps = if matches!(train.options.objective, O::Lsd { .. }) { 2 } else { 1 };
+    for _ in 0..steps {
+        compare_step(&mut *objective, &mut on, &batch, &what);
+    }
+    kind(&train.options.objective)
+}
+
+/// One step's draw, its loss and gradients both ways, held equal.
+fn compare_step(objective: &mut dyn Step<Cpu>, on: &mut OnDevice<Cpu>, batch: &Tensors, what: &str) {
+    let [(l_sym, g_sym), (l_tape, g_tape)] = objective.step_both(on, batch).expect("a step");
     assert!(l_tape.is_finite(), "tape loss {l_tape}: {what}");
     assert!((l_sym - l_tape).abs() <= 1e-4 * l_tape.abs() + 1e-4, "loss: symbolic {l_sym} vs tape {l_tape}: {what}");
     assert!(!g_tape.is_empty(), "no gradients: {what}");
@@ -142,7 +157,6 @@ fn check(src: &str, name: &str, data: Option<&Tensors>) -> String {
             );
         }
     }
-    kind(&train.options.objective)
 }
 
 /// The first `n` rows of `t` (all of them when it has fewer).
@@ -171,6 +185,7 @@ fn every_objective_kind_matches_the_tape() {
         "nce(Gaussian)",
         "nce(Uniform)",
         "cnce",
+        "lsd",
         "jem",
         "jem+alpha",
     ] {
