@@ -449,6 +449,12 @@ enum Stage<D: Device<f32>> {
     Sequential {
         var: usize,
     },
+    /// An exact draw from the Gaussian conditional of `var`.
+    Gaussian {
+        var: usize,
+        mean: Id,
+        precision: Id,
+    },
     Langevin {
         vars: Vec<(usize, Id)>,
         mala: bool,
@@ -720,6 +726,13 @@ impl<D: Kernels> ChainSet<D> {
                     stages.push(Stage::Chromatic { var, form });
                 }
                 Kernel::SequentialGibbs => stages.push(Stage::Sequential { var: index(&first.name) }),
+                Kernel::GaussianGibbs { .. } => {
+                    // Cannot fire: the planner chose this kernel from the same analysis of the same IR.
+                    let v = model.variable(&first.name).expect("variable");
+                    let c = crate::analysis::gaussian::conditional(ir, total, &v.name, &v.shape)
+                        .ok_or_else(|| format!("`{}` has no Gaussian conditional", v.name))?;
+                    stages.push(Stage::Gaussian { var: index(&v.name), mean: c.mean, precision: c.precision });
+                }
                 Kernel::Langevin { mala, step, noise, steps, clip, .. } => {
                     let mut lv = Vec::new();
                     for name in group {
@@ -1058,6 +1071,19 @@ impl<D: Kernels> ChainSet<D> {
         }
     }
 
+    /// `var ← mean + z / sqrt(precision)`, z ~ N(0, I): an exact draw from
+    /// its Gaussian conditional, unit by unit.
+    fn gaussian(&mut self, var: usize, mean: Id, precision: Id) {
+        let shape = self.shape(var);
+        let mut values = self.eval(&[mean, precision], &self.state).into_iter();
+        // Cannot fire: the evaluator returns one value per root.
+        let mean = expand(values.next().expect("one value per root"), shape.0, shape.1, shape.2);
+        let precision = expand(values.next().expect("one value per root"), shape.0, shape.1, shape.2);
+        let z = self.normal(shape);
+        let x = mean + z / precision.sqrt();
+        self.state.insert(self.vars[var].name.clone(), x);
+    }
+
     /// Folds a proposal into the variable's box `[lo, hi]` by reflecting at
     /// both walls as often as it takes: the reflected walk is periodic with
     /// period 2(hi − lo), so x ↦ lo + w − |((x − lo) mod 2w) − w|, w = hi − lo,
@@ -1125,6 +1151,8 @@ impl<D: Kernels> ChainSet<D> {
                     }
                 }
                 Stage::Sequential { var } => self.sequential(*var),
+                Stage::Gaussian { var, .. } if !free(self, var) => {}
+                Stage::Gaussian { var, mean, precision } => self.gaussian(*var, *mean, *precision),
                 Stage::Langevin { vars, mala, step, noise, steps, clip } => {
                     let vars: Vec<(usize, Id)> = vars.iter().filter(|(v, _)| free(self, v)).copied().collect();
                     if !vars.is_empty() {
