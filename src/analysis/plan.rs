@@ -584,7 +584,9 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
         };
         if let Some(o) = override_ {
             match (v.domain.is_discrete(), o.kernel.name.as_str()) {
-                (false, "gibbs") if gaussian.is_none() => problems.push(PlanError::GibbsOnContinuous { var: v.name.clone(), span: o.span }),
+                (false, "gibbs") if gaussian.is_none() => {
+                    problems.push(PlanError::GibbsOnContinuous { var: v.name.clone(), span: o.span })
+                }
                 (true, k @ ("langevin" | "mala")) => problems.push(PlanError::LangevinOnDiscrete {
                     var: v.name.clone(),
                     span: o.span,
@@ -672,7 +674,8 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                         "the energy is quadratic in {} with a diagonal positive precision: its conditional is Gaussian",
                         v.name
                     );
-                    let text = format!("p({} | rest) = normal(mean: {mean}, precision: {precision}), unit by unit", v.name);
+                    let text =
+                        format!("p({} | rest) = normal(mean: {mean}, precision: {precision}), unit by unit", v.name);
                     (Kernel::GaussianGibbs { mean, precision }, reason, Some(text))
                 }
                 _ => {
