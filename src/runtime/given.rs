@@ -227,7 +227,7 @@ mod tests {
 
     fn model() -> Model {
         let src = "model m { visible x : real[2, 3]; visible y : categorical(4)[2]; visible s : spin;
-            energy e = 0.5 * sum(square(x)) - sum(y @ [1.0, 0.0, 0.0, 0.0]); }";
+            param a : real[4]; energy e = 0.5 * sum(square(x)) - sum(y @ a) - 0.1 * s; }";
         let c = crate::compile(src).expect("compiles");
         c.program.models.values().next().expect("a model").clone()
     }
