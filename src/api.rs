@@ -31,6 +31,7 @@ use crate::front::ast::{Item, Role};
 use crate::front::diagnostic::Diagnostic;
 use crate::ir::{self, Lowered};
 use crate::runtime::data::{DataError, Dataset};
+use crate::runtime::given::{Part, PartError};
 use crate::runtime::{evaluate, train as run};
 use crate::tensor::{self, HostTensor, ShapeError, Tensors};
 use rand::SeedableRng;
@@ -75,6 +76,9 @@ pub enum Error {
         /// The model's variables.
         known: Vec<String>,
     },
+    /// A part of a variable to clamp that does not parse or fit the model
+    /// (`Sampler::clamp_part`), or values that are not whole rows of it.
+    Part(PartError),
     /// A row value outside its variable's domain (a 0.5 for a binary unit).
     Domain {
         /// The variable.
@@ -917,7 +921,7 @@ impl Model {
         limits::check_sample(&self.graph.model, &self.lowered, &run, None).map_err(first_limit)?;
         let inner = backend::Sampler::new(&self.graph.model, &self.plan, &params.tensors, chains, seed, self.device)
             .map_err(Error::Backend)?;
-        Ok(Sampler { inner, model: self.clone(), chains, clamped: Vec::new() })
+        Ok(Sampler { inner, model: self.clone(), chains, clamped: Vec::new(), clamps: Vec::new() })
     }
 
     /// Writes `params` as a checkpoint into `dir` (created if need be), in
@@ -1003,17 +1007,15 @@ pub struct Sampler {
     inner: backend::Sampler,
     model: Model,
     chains: usize,
+    /// The parts held, as written, and what the backend holds for each.
     clamped: Vec<String>,
+    clamps: Vec<backend::Clamp>,
 }
 
 impl Sampler {
-    /// One sweep: every kernel of the plan once, except those of clamped variables.
+    /// One sweep: every kernel of the plan once, the clamped parts held.
     pub fn sweep(&mut self) {
-        if self.clamped.is_empty() {
-            self.inner.sweep();
-        } else {
-            self.inner.sweep_clamped(&self.clamped);
-        }
+        self.inner.sweep();
     }
 
     /// `sweeps` sweeps, then the chains' states.
@@ -1034,56 +1036,94 @@ impl Sampler {
         self.chains
     }
 
-    /// Sets the chains' states: every variable as `[chains, ...shape]`.
+    /// Sets the chains' states: every variable as `[chains, ...shape]`
+    /// (clamped parts keep their clamped values).
     pub fn set_state(&mut self, state: &Rows) -> Result<(), Error> {
         let all: Vec<String> = self.model.variables().iter().map(|v| v.name.clone()).collect();
         let n = self.model.check_rows(state, &all)?;
-        self.expect_chains(n)?;
-        self.inner.set_state(&state.tensors).map_err(Error::Backend)
-    }
-
-    fn expect_chains(&self, n: usize) -> Result<(), Error> {
         if n != self.chains {
             return Err(Error::Option { option: "rows of the state", value: n.to_string(), expected: "one per chain" });
         }
-        Ok(())
+        self.inner.set_state(&state.tensors).map_err(Error::Backend)
     }
 
-    /// Holds the variables of `values` fixed at the given values in every
-    /// chain: each `[chains, ...shape]`, or `[1, ...shape]` for the same value
-    /// in all chains. Later sweeps skip their kernels, so the other variables
-    /// are drawn from their conditional given the clamped ones; this is exact
-    /// for every kernel the planner chooses. A variable is clamped as a whole.
+    /// Holds the variables of `values` fixed, whole: each `[rows, ...shape]`,
+    /// chain `i` at row `i mod rows` (one row for all chains, or one per
+    /// chain). Every other variable is then drawn from its conditional given
+    /// the clamped ones, exactly for every kernel the planner chooses (see
+    /// [`Sampler::clamp_part`]).
     pub fn clamp(&mut self, values: &Rows) -> Result<(), Error> {
-        let n = self.model.check_rows(values, &[])?;
-        let mut state = self.inner.state();
+        self.model.check_rows(values, &[])?;
+        let mut held = Vec::new();
         for (name, t) in &values.tensors {
-            let t = if n == 1 && self.chains > 1 {
-                let mut shape = t.shape.clone();
-                shape[0] = self.chains;
-                HostTensor::new(shape, t.data.repeat(self.chains))
-            } else {
-                self.expect_chains(n)?;
-                t.clone()
-            };
-            state.insert(name.clone(), t);
+            let part = Part::parse(name, &self.model.graph.model).map_err(Error::Part)?;
+            held.push((part.text.clone(), part.clamp(&t.data, self.chains).map_err(Error::Part)?));
         }
-        self.inner.set_state(&state).map_err(Error::Backend)?;
-        for name in values.tensors.keys() {
-            if !self.clamped.contains(name) {
-                self.clamped.push(name.clone());
+        self.hold(held)
+    }
+
+    /// Holds part of a variable fixed: `part` is a variable or a box of its
+    /// units (`"v[0..32]"`, `"x[0, 0..4]"`; `docs/library.md`), `values` its
+    /// rows one after another, each the part's values in row-major order
+    /// (categorical units one-hot), chain `i` at row `i mod rows`. The held
+    /// values are set at once and kept; every kernel draws the rest from its
+    /// conditional given them: Gibbs kernels restore the held units after
+    /// each draw (chromatic ones colour by colour, sequential ones skip
+    /// them), Langevin and MALA move only the free units, so each kernel
+    /// leaves the conditional distribution invariant.
+    ///
+    /// ```
+    /// let model = ebmc::Model::from_source(
+    ///     "model m { visible v : binary[4]; hidden h : binary[2]; param W : real[4, 2] = normal(0, 0.1);
+    ///                energy e = -(v @ W @ h); }",
+    /// )?;
+    /// let mut sampler = model.sampler(&model.init_params(0), 6, 1)?;
+    /// sampler.clamp_part("v[0..2]", &[1.0, 0.0, 0.0, 1.0])?;   // two rows: chains 0, 2, 4 and 1, 3, 5
+    /// let state = sampler.run(10);
+    /// assert_eq!(&state.row("v", 3).unwrap()[..2], &[0.0, 1.0]);
+    /// assert!(sampler.clamp_part("v[3..5]", &[1.0]).is_err());
+    /// # Ok::<(), ebmc::Error>(())
+    /// ```
+    pub fn clamp_part(&mut self, part: &str, values: &[f32]) -> Result<(), Error> {
+        let part = Part::parse(part, &self.model.graph.model).map_err(Error::Part)?;
+        let clamp = part.clamp(values, self.chains).map_err(Error::Part)?;
+        let v = part.variable(&self.model.graph.model);
+        let per = clamp.elements.len();
+        let mut shape = vec![values.len() / per];
+        shape.extend(&v.shape);
+        let rows = HostTensor::new(shape, values.to_vec());
+        tensor::check_finite(&format!("the rows of `{}`", part.text), &rows).map_err(Error::Rows)?;
+        check_domain(&v, &rows)?;
+        self.hold(vec![(part.text, clamp)])
+    }
+
+    /// Adds `held` to the clamped parts (a part clamped again takes its new values).
+    fn hold(&mut self, held: Vec<(String, backend::Clamp)>) -> Result<(), Error> {
+        let (mut clamped, mut clamps) = (self.clamped.clone(), self.clamps.clone());
+        for (text, clamp) in held {
+            match clamped.iter().position(|t| *t == text) {
+                Some(i) => clamps[i] = clamp,
+                None => {
+                    clamped.push(text);
+                    clamps.push(clamp);
+                }
             }
         }
+        self.inner.set_clamps(&clamps).map_err(Error::Backend)?;
+        (self.clamped, self.clamps) = (clamped, clamps);
         Ok(())
     }
 
-    /// Releases every clamped variable; their values stay as the start of
-    /// the next sweep.
+    /// Releases every clamped part; their values stay as the start of the
+    /// next sweep.
     pub fn release(&mut self) {
         self.clamped.clear();
+        self.clamps.clear();
+        // Cannot fail: holding nothing checks nothing.
+        let _ = self.inner.set_clamps(&[]);
     }
 
-    /// The variables held fixed by [`Sampler::clamp`].
+    /// The parts held fixed by [`Sampler::clamp`] and [`Sampler::clamp_part`], as written.
     pub fn clamped(&self) -> &[String] {
         &self.clamped
     }

@@ -61,6 +61,7 @@ fn main() -> ExitCode {
             out: samples,
             png,
             image,
+            given,
             device,
         } => {
             let opts = SampleArgs {
@@ -70,6 +71,7 @@ fn main() -> ExitCode {
                 out: samples,
                 png,
                 image,
+                given,
                 device: device.into(),
             };
             (out, cli::commands::sample(out, &file, model.as_deref(), &opts))

@@ -790,6 +790,7 @@ impl From<&crate::api::Error> for Diagnostic {
             Rows(e) => Diagnostic::error("E0602", format!("the rows do not fit the model: {e}")),
             UnknownVariable { name, known } => Diagnostic::error("E0602", format!("the rows give `{name}`, which is not a variable of the model"))
                 .help(format!("its variables are {}", names(known))),
+            Part(e) => with_help_lines("E0602", &e.to_string()),
             Domain { var, row, index, value, domain } => Diagnostic::error("E0602", format!("row {row} of `{var}` holds {value} at index {index}, but `{var}` takes {domain}")),
             Params(e) => Diagnostic::error("E0603", format!("the parameters do not fit the model: {e}"))
                 .help("start from `Model::init_params`, or load a checkpoint of this model with `Model::load`"),
@@ -1018,6 +1019,49 @@ impl std::fmt::Display for crate::runtime::command::FlagError {
 }
 
 impl std::error::Error for crate::runtime::command::FlagError {}
+
+impl std::fmt::Display for crate::runtime::given::PartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::runtime::given::PartError::*;
+        const FORM: &str = "a part is a variable (`v`) or a range or index per unit axis (`v[0..32]`, `x[0, 0..4]`), counted from 0, half-open";
+        match self {
+            NoFile { text } => write!(
+                f,
+                "`{text}` is not PART=FILE\n  help: write `--given 'v[0..32]=rows.csv'`: the part of a variable to hold, and a CSV or NPY file of its rows"
+            ),
+            Syntax { text, reason } => {
+                write!(f, "`{text}` is not a part of a variable: expected {reason}\n  help: {FORM}")
+            }
+            UnknownVariable { text, var, known } => {
+                write!(f, "`{text}`: `{var}` is not a variable of the model; its variables are {}", names(known))?;
+                if let Some(near) = did_you_mean(var, known.iter().map(String::as_str)) {
+                    write!(f, "\n  help: did you mean `{near}`?")?;
+                }
+                Ok(())
+            }
+            Axes { text, declared, given, axes: 0 } => write!(
+                f,
+                "`{text}` gives {given} index(es), but `{declared}` has no axis to index\n  help: hold it whole: write its name alone"
+            ),
+            Axes { text, declared, given, axes } => write!(
+                f,
+                "`{text}` gives {given} indices, but `{declared}` has {axes} unit axis(es) (a categorical's categories are not one)\n  help: {FORM}"
+            ),
+            OutOfRange { text, axis, range, size } => write!(
+                f,
+                "`{text}`: {}..{} on axis {axis} is {} an axis of {size} units\n  help: ranges are half-open and counted from 0: `0..{size}` is the whole axis",
+                range.start,
+                range.end,
+                if range.start >= range.end { "empty on" } else { "past the end of" }
+            ),
+            Values { text, given, per_row } => {
+                write!(f, "{given} values for `{text}`, which is not a whole number of rows of {per_row} values")
+            }
+        }
+    }
+}
+
+impl std::error::Error for crate::runtime::given::PartError {}
 
 /// `ebmc eval`'s lines for the figures of `runtime::compare`: energies,
 /// out-of-distribution detection by the energy score, and the MMD test.

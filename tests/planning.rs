@@ -309,7 +309,8 @@ fn objective_lists_only_the_options_that_apply() {
     for langevin_only in ["buffer", "reinit", "step", "noise"] {
         assert!(!text.contains(langevin_only), "{text}");
     }
-    let continuous = "model m { visible x : real[2]; energy e = 0.5 * sum(square(x)); }\ntrain m { data = toy(\"moons\", n: 10) -> x; objective = pcd(k: 2); }";
+    // Not Gaussian (a Gaussian would be drawn exactly, with no Langevin options).
+    let continuous = "model m { visible x : real[2]; energy e = 0.5 * sum(square(x)) + 0.1 * sum(x ^ 4); }\ntrain m { data = toy(\"moons\", n: 10) -> x; objective = pcd(k: 2); }";
     let (plans, _) = ebmc::plan(&ebmc::compile(continuous).unwrap().program).unwrap();
     assert!(plans[0].to_text().contains("buffer: 10000"), "{}", plans[0].to_text());
 }

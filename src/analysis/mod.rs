@@ -7,6 +7,7 @@
 //! samplers and sums latents out.
 
 pub mod check;
+pub mod gaussian;
 pub mod graph;
 pub mod limits;
 pub mod plan;

@@ -39,6 +39,15 @@ pub enum Kernel {
     },
     /// One unit at a time, from energy differences.
     SequentialGibbs,
+    /// An exact draw of an unbounded real variable from its Gaussian
+    /// conditional, the energy being quadratic in it with a diagonal
+    /// precision (`analysis::gaussian`).
+    GaussianGibbs {
+        /// The conditional mean of each unit, as an expression.
+        mean: String,
+        /// The conditional precision (inverse variance) of each unit, as an expression.
+        precision: String,
+    },
     /// Langevin dynamics, or MALA when `mala`, for a real variable.
     Langevin {
         /// Whether each proposal is accepted or rejected by Metropolis-Hastings (MALA).
@@ -579,9 +588,18 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
     for v in &model.variables {
         let override_ = overrides.get(v.name.as_str());
         let mut overridden = false;
+        // Bounded reals would need a truncated normal: they keep Langevin's reflected moves.
+        let gaussian = match v.domain {
+            Domain::Real { bounds: None } if graph.total_degree(&v.name) == Degree::Quadratic => {
+                crate::analysis::gaussian::conditional(ir, total, &v.name, &v.shape)
+            }
+            _ => None,
+        };
         if let Some(o) = override_ {
             match (v.domain.is_discrete(), o.kernel.name.as_str()) {
-                (false, "gibbs") => problems.push(PlanError::GibbsOnContinuous { var: v.name.clone(), span: o.span }),
+                (false, "gibbs") if gaussian.is_none() => {
+                    problems.push(PlanError::GibbsOnContinuous { var: v.name.clone(), span: o.span })
+                }
                 (true, k @ ("langevin" | "mala")) => problems.push(PlanError::LangevinOnDiscrete {
                     var: v.name.clone(),
                     span: o.span,
@@ -645,6 +663,8 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                 (Degree::Constant | Degree::Linear, None) => {
                     problems.push(PlanError::NoFiniteZ { var: v.name.clone(), span: v.span, degree })
                 }
+                // A positive precision proves the Gaussian proper.
+                (_, None) if gaussian.is_some() => {}
                 (_, None) => match normalisability(graph, ir, total, v) {
                     Normalisability::Proved => {}
                     Normalisability::Falls { term } => {
@@ -659,16 +679,31 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                 },
                 _ => {}
             }
-            let kernel = langevin(override_.filter(|_| overridden).map(|o| &o.sampler), objective, bounds);
-            let mut reason = match (bounds, degree) {
-                (Some((lo, hi)), _) => format!("continuous, reflected at the bounds [{lo}, {hi}]"),
-                (None, Degree::Quadratic) => "continuous, energy grows quadratically".to_string(),
-                (None, _) => "continuous, unbounded".to_string(),
-            };
-            if let Kernel::Langevin { mala: true, .. } = kernel {
-                reason.push_str("; Metropolis-adjusted");
+            let asked = override_.filter(|_| overridden).map(|o| &o.sampler);
+            match gaussian {
+                Some(c) if !matches!(asked, Some(Sampler::Langevin(_) | Sampler::Mala { .. })) => {
+                    let (mean, precision) = (ir.show(c.mean), ir.show(c.precision));
+                    let reason = format!(
+                        "the energy is quadratic in {} with a diagonal positive precision: its conditional is Gaussian",
+                        v.name
+                    );
+                    let text =
+                        format!("p({} | rest) = normal(mean: {mean}, precision: {precision}), unit by unit", v.name);
+                    (Kernel::GaussianGibbs { mean, precision }, reason, Some(text))
+                }
+                _ => {
+                    let kernel = langevin(asked, objective, bounds);
+                    let mut reason = match (bounds, degree) {
+                        (Some((lo, hi)), _) => format!("continuous, reflected at the bounds [{lo}, {hi}]"),
+                        (None, Degree::Quadratic) => "continuous, energy grows quadratically".to_string(),
+                        (None, _) => "continuous, unbounded".to_string(),
+                    };
+                    if let Kernel::Langevin { mala: true, .. } = kernel {
+                        reason.push_str("; Metropolis-adjusted");
+                    }
+                    (kernel, reason, None)
+                }
             }
-            (kernel, reason, None)
         };
         variables.push(VarPlan {
             name: v.name.clone(),
@@ -1067,6 +1102,7 @@ impl Plan {
                 Kernel::BlockGibbs { block, blocks } => format!("block Gibbs, block {} of {blocks}", block + 1),
                 Kernel::ChromaticGibbs { colours, .. } => format!("chromatic Gibbs, {colours} colours"),
                 Kernel::SequentialGibbs => "sequential Gibbs, one unit at a time".to_string(),
+                Kernel::GaussianGibbs { .. } => "exact Gaussian Gibbs".to_string(),
                 Kernel::Langevin { mala, step, noise, steps, clip, .. } => {
                     let name = if *mala { "MALA" } else { "Langevin" };
                     let clip = clip.map(|c| format!(", gradient clipped at {c}")).unwrap_or_default();
@@ -1077,7 +1113,7 @@ impl Plan {
             // Gibbs, and which Gibbs kernel runs stays the planner's choice.
             let by = match (&v.kernel, v.overridden) {
                 (_, false) => "",
-                (Kernel::Langevin { .. }, true) => ", as the sample block asks",
+                (Kernel::Langevin { .. } | Kernel::GaussianGibbs { .. }, true) => ", as the sample block asks",
                 (_, true) => " (the sample block asks for `gibbs`; the planner picks the blocking)",
             };
             let _ = writeln!(out, "    {kernel}{by}: {}", v.reason);

@@ -305,6 +305,8 @@ pub enum DeviceKind {
 /// may move it to a worker thread.
 pub struct Sampler {
     inner: Box<dyn Chains + Send>,
+    /// Variables the clamps hold whole.
+    whole: Vec<String>,
 }
 
 trait Chains {
@@ -312,6 +314,7 @@ trait Chains {
     fn sweep_clamped(&mut self, clamped: &[String]);
     fn state(&self) -> Tensors;
     fn set_state(&mut self, state: &Tensors) -> Result<(), String>;
+    fn set_clamps(&mut self, clamps: &[Clamp]) -> Result<(), String>;
     fn acceptance(&self) -> Option<f64>;
     fn evaluate(&self, what: Quantity, rows: &Tensors) -> Result<HostTensor, String>;
 }
@@ -343,12 +346,27 @@ impl<T: Chains> Chains for MovableCuda<T> {
     fn set_state(&mut self, state: &Tensors) -> Result<(), String> {
         self.0.set_state(state)
     }
+    fn set_clamps(&mut self, clamps: &[Clamp]) -> Result<(), String> {
+        self.0.set_clamps(clamps)
+    }
     fn acceptance(&self) -> Option<f64> {
         self.0.acceptance()
     }
     fn evaluate(&self, what: Quantity, rows: &Tensors) -> Result<HostTensor, String> {
         self.0.evaluate(what, rows)
     }
+}
+
+/// Part of a variable held at given values in every sweep (`Sampler::set_clamps`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clamp {
+    /// The variable.
+    pub var: String,
+    /// The held elements of one chain's value of the variable, as row-major
+    /// indices (a categorical unit's whole one-hot row).
+    pub elements: Vec<usize>,
+    /// Each chain's values at `elements`, chain after chain.
+    pub values: Vec<f32>,
 }
 
 /// What `Sampler::evaluate` computes for each row.
@@ -388,7 +406,7 @@ impl Sampler {
                 return Err("this ebmc was built without the `cuda` feature; rebuild with `--features cuda`".into());
             }
         };
-        Ok(Sampler { inner })
+        Ok(Sampler { inner, whole: Vec::new() })
     }
 
     /// One sweep of the plan: every Gibbs block once, then the Langevin steps.
@@ -401,6 +419,37 @@ impl Sampler {
     /// conditional given the clamped values (exact clamping for every kernel).
     pub fn sweep_clamped(&mut self, clamped: &[String]) {
         self.inner.sweep_clamped(clamped);
+    }
+
+    /// Holds parts of variables at given values from now on, replacing any
+    /// earlier clamps (none releases them): the held elements take their
+    /// values at once and keep them, and every kernel draws the rest from
+    /// its conditional given them. A wholly held variable's kernel is
+    /// skipped; Gibbs kernels overwrite the held units after each draw (a
+    /// chromatic sweep goes colour by colour, a sequential one skips them),
+    /// and Langevin and MALA move only the free units (the gradient and the
+    /// noise of the held ones are dropped), so each kernel leaves the
+    /// conditional distribution invariant.
+    pub fn set_clamps(&mut self, clamps: &[Clamp]) -> Result<(), String> {
+        self.inner.set_clamps(clamps)?;
+        let state = self.inner.state();
+        self.whole = state
+            .iter()
+            .filter(|(var, t)| {
+                let mut held = vec![false; t.shape[1..].iter().product()];
+                for c in clamps.iter().filter(|c| c.var == **var) {
+                    c.elements.iter().for_each(|&e| held[e] = true);
+                }
+                !held.is_empty() && held.iter().all(|&h| h)
+            })
+            .map(|(var, _)| var.clone())
+            .collect();
+        Ok(())
+    }
+
+    /// The variables the clamps hold whole (their chains do not move).
+    pub fn held_whole(&self) -> &[String] {
+        &self.whole
     }
 
     /// Current chain states: each variable as `[chains, ...shape]`.
@@ -449,6 +498,12 @@ enum Stage<D: Device<f32>> {
     Sequential {
         var: usize,
     },
+    /// An exact draw from the Gaussian conditional of `var`.
+    Gaussian {
+        var: usize,
+        mean: Id,
+        precision: Id,
+    },
     Langevin {
         vars: Vec<(usize, Id)>,
         mala: bool,
@@ -471,6 +526,8 @@ enum Chromatic<D: Device<f32>> {
 struct LatticeStage {
     /// Neighbours of each unit in the unit graph the plan coloured.
     adjacency: Vec<Vec<usize>>,
+    /// The logits, whole (a partly clamped variable is drawn colour by colour from them).
+    logits: Id,
     /// The logits' terms in the variable, in no variable, and in other variables.
     coupling: Id,
     shared: Option<Id>,
@@ -489,6 +546,15 @@ enum Built {
     /// not see through): the colouring may not hold, so units are drawn one
     /// at a time from energy differences instead.
     Beyond,
+}
+
+/// A variable's held elements: `mask` is 1 at them (`(1, rows, cols)`),
+/// `values` their values in every chain (`(chains, rows, cols)`, 0 elsewhere).
+struct Held<D: Device<f32>> {
+    mask: T3<D>,
+    values: T3<D>,
+    /// Held elements of one chain, row-major.
+    elements: Vec<bool>,
 }
 
 struct ChainSet<D: Device<f32>> {
@@ -514,6 +580,8 @@ struct ChainSet<D: Device<f32>> {
     /// Host copies of the parameters and constants those programs read, and whether they lag `leaves`.
     shared: step::Shared,
     shared_stale: bool,
+    /// Clamped parts, by variable index (`Sampler::set_clamps`).
+    held: BTreeMap<usize, Held<D>>,
 }
 
 /// Generators for each chain, from the run's seed.
@@ -694,6 +762,7 @@ impl<D: Kernels> ChainSet<D> {
                                 _ => lattice::Draw::Categorical,
                             };
                             Chromatic::Lattice(Box::new(LatticeStage {
+                                logits,
                                 adjacency,
                                 coupling,
                                 shared,
@@ -720,6 +789,13 @@ impl<D: Kernels> ChainSet<D> {
                     stages.push(Stage::Chromatic { var, form });
                 }
                 Kernel::SequentialGibbs => stages.push(Stage::Sequential { var: index(&first.name) }),
+                Kernel::GaussianGibbs { .. } => {
+                    // Cannot fire: the planner chose this kernel from the same analysis of the same IR.
+                    let v = model.variable(&first.name).expect("variable");
+                    let c = crate::analysis::gaussian::conditional(ir, total, &v.name, &v.shape)
+                        .ok_or_else(|| format!("`{}` has no Gaussian conditional", v.name))?;
+                    stages.push(Stage::Gaussian { var: index(&v.name), mean: c.mean, precision: c.precision });
+                }
                 Kernel::Langevin { mala, step, noise, steps, clip, .. } => {
                     let mut lv = Vec::new();
                     for name in group {
@@ -777,6 +853,7 @@ impl<D: Kernels> ChainSet<D> {
             compiled: BTreeMap::new(),
             shared: step::Shared::new(),
             shared_stale: true,
+            held: BTreeMap::new(),
         };
         for i in 0..set.vars.len() {
             let init = set.initial(i);
@@ -875,7 +952,11 @@ impl<D: Kernels> ChainSet<D> {
         let name = info.name.clone();
         let mut host = self.state[&name].as_vec();
         let stride = rows * cols;
-        for unit in 0..units {
+        let held: Vec<bool> = match self.held.get(&var) {
+            Some(h) => (0..units).map(|u| h.elements[u * per_unit..(u + 1) * per_unit].iter().all(|&e| e)).collect(),
+            None => vec![false; units],
+        };
+        for unit in (0..units).filter(|&u| !held[u]) {
             let mut energies = Vec::with_capacity(values.len());
             for value in &values {
                 let mut trial = host.clone();
@@ -982,7 +1063,7 @@ impl<D: Kernels> ChainSet<D> {
             .zip(vars)
             .map(|(g, (v, _))| {
                 let (b, m, n) = self.shape(*v);
-                let g = expand(g, b, m, n);
+                let g = self.free_part(*v, expand(g, b, m, n));
                 match clip {
                     Some(c) => g.clamp(-c, c),
                     None => g,
@@ -1000,7 +1081,8 @@ impl<D: Kernels> ChainSet<D> {
             let shape = self.shape(*v);
             let z: T3<D> = self.normal(shape);
             let x = self.state[&name].clone() - g.clone() * step + z * noise;
-            proposal.insert(name.clone(), self.reflect(*v, x));
+            // Held units stay: their gradient is zero, and their noise is undone here.
+            proposal.insert(name.clone(), self.hold(*v, self.reflect(*v, x)));
         }
         if !mala {
             self.state = proposal;
@@ -1058,6 +1140,19 @@ impl<D: Kernels> ChainSet<D> {
         }
     }
 
+    /// `var ← mean + z / sqrt(precision)`, z ~ N(0, I): an exact draw from
+    /// its Gaussian conditional, unit by unit.
+    fn gaussian(&mut self, var: usize, mean: Id, precision: Id) {
+        let shape = self.shape(var);
+        let mut values = self.eval(&[mean, precision], &self.state).into_iter();
+        // Cannot fire: the evaluator returns one value per root.
+        let mean = expand(values.next().expect("one value per root"), shape.0, shape.1, shape.2);
+        let precision = expand(values.next().expect("one value per root"), shape.0, shape.1, shape.2);
+        let z = self.normal(shape);
+        let x = mean + z / precision.sqrt();
+        self.state.insert(self.vars[var].name.clone(), x);
+    }
+
     /// Folds a proposal into the variable's box `[lo, hi]` by reflecting at
     /// both walls as often as it takes: the reflected walk is periodic with
     /// period 2(hi − lo), so x ↦ lo + w − |((x − lo) mod 2w) − w|, w = hi − lo,
@@ -1093,7 +1188,9 @@ impl<D: Kernels> ChainSet<D> {
     /// positive phase samples latents with the data held fixed).
     fn sweep_clamped(&mut self, clamped: &[String]) {
         let mut stages = std::mem::take(&mut self.stages);
-        let free = |s: &Self, var: &usize| !clamped.contains(&s.vars[*var].name);
+        let free = |s: &Self, var: &usize| {
+            !clamped.contains(&s.vars[*var].name) && !s.held.get(var).is_some_and(|h| h.elements.iter().all(|&e| e))
+        };
         for stage in &mut stages {
             match stage {
                 Stage::Block(block) => {
@@ -1107,24 +1204,32 @@ impl<D: Kernels> ChainSet<D> {
                         // Cannot fire: the evaluator returns one value per root, and these roots were passed.
                         let logits = values.next().expect("one value per root");
                         let bias = shared.map(|_| values.next().expect("one value per root"));
+                        // Units of a block are independent given the rest: overwriting the held ones after the draw is exact.
                         let new = self.draw_with_bias(*var, logits, bias);
+                        let new = self.hold(*var, new);
                         self.state.insert(self.vars[*var].name.clone(), new);
                     }
                 }
                 Stage::Chromatic { var, .. } | Stage::Sequential { var } if !free(self, var) => {}
+                Stage::Chromatic { var, form: Chromatic::Lattice(stage) } if self.held.contains_key(var) => {
+                    // The operator sweeps every colour in one pass; held units must be
+                    // restored between colours, so this sweep takes the masked form.
+                    let masks = self.colour_masks(*var, &stage.classes);
+                    self.masked_sweep(*var, stage.logits, &masks);
+                }
                 Stage::Chromatic { var, form: Chromatic::Lattice(stage) } => self.lattice_sweep(*var, stage),
                 Stage::Chromatic { var, form: Chromatic::Masked { logits, masks } } => {
-                    let name = self.vars[*var].name.clone();
-                    for mask in masks {
-                        let l = eval::one(self.eval(&[*logits], &self.state));
-                        let proposal = self.draw(*var, l);
-                        let (b, m, n) = self.shape(*var);
-                        let old = self.state[&name].clone();
-                        let new = old.clone() + expand(mask.clone(), b, m, n) * (proposal - old);
-                        self.state.insert(name.clone(), new);
-                    }
+                    self.masked_sweep(*var, *logits, masks)
                 }
                 Stage::Sequential { var } => self.sequential(*var),
+                Stage::Gaussian { var, .. } if !free(self, var) => {}
+                Stage::Gaussian { var, mean, precision } => {
+                    // Units are independent given the rest (a diagonal precision).
+                    self.gaussian(*var, *mean, *precision);
+                    let name = self.vars[*var].name.clone();
+                    let x = self.hold(*var, self.state[&name].clone());
+                    self.state.insert(name, x);
+                }
                 Stage::Langevin { vars, mala, step, noise, steps, clip } => {
                     let vars: Vec<(usize, Id)> = vars.iter().filter(|(v, _)| free(self, v)).copied().collect();
                     if !vars.is_empty() {
@@ -1136,6 +1241,71 @@ impl<D: Kernels> ChainSet<D> {
             }
         }
         self.stages = stages;
+    }
+
+    /// One colour class of `var` at a time: every site's logits, then the
+    /// colour's draws blended in through its mask, the held units restored.
+    fn masked_sweep(&mut self, var: usize, logits: Id, masks: &[T3<D>]) {
+        let name = self.vars[var].name.clone();
+        for mask in masks {
+            let l = eval::one(self.eval(&[logits], &self.state));
+            let proposal = self.draw(var, l);
+            let (b, m, n) = self.shape(var);
+            let old = self.state[&name].clone();
+            let new = old.clone() + expand(mask.clone(), b, m, n) * (proposal - old);
+            let new = self.hold(var, new);
+            self.state.insert(name.clone(), new);
+        }
+    }
+
+    /// The 0/1 masks of each colour class of `var`'s units, `(1, rows, cols)`.
+    fn colour_masks(&self, var: usize, classes: &[Vec<u32>]) -> Vec<T3<D>> {
+        let (_, rows, cols) = self.shape(var);
+        let units: usize = classes.iter().map(Vec::len).sum();
+        let per_unit = rows * cols / units.max(1);
+        classes
+            .iter()
+            .map(|class| {
+                let mut data = vec![0.0f32; rows * cols];
+                for &u in class {
+                    data[u as usize * per_unit..(u as usize + 1) * per_unit].fill(1.0);
+                }
+                self.dev.tensor_from_vec(data, (1, rows, cols))
+            })
+            .collect()
+    }
+
+    /// `x` with `var`'s held elements set to their values.
+    fn hold(&self, var: usize, x: T3<D>) -> T3<D> {
+        match self.held.get(&var) {
+            Some(h) => {
+                // A choice, not a blend: the held values come back bit for bit.
+                let (b, m, n) = self.shape(var);
+                expand(h.mask.clone(), b, m, n).gt(0.5).choose(h.values.clone(), x)
+            }
+            None => x,
+        }
+    }
+
+    /// `g` with `var`'s held elements zeroed: a Langevin move leaves them be.
+    fn free_part(&self, var: usize, g: T3<D>) -> T3<D> {
+        match self.held.get(&var) {
+            Some(h) => {
+                let (b, m, n) = self.shape(var);
+                g.clone() - expand(h.mask.clone(), b, m, n) * g
+            }
+            None => g,
+        }
+    }
+
+    /// Every variable's held elements set to their values in the state.
+    fn apply_holds(&mut self) {
+        let vars: Vec<usize> = self.held.keys().copied().collect();
+        for var in vars {
+            let name = self.vars[var].name.clone();
+            let x = self.hold(var, self.state[&name].clone());
+            self.state.insert(name, x);
+        }
     }
 
     /// Fresh random states for every chain (replay buffers reinitialise from these).
@@ -1213,6 +1383,59 @@ impl<D: Kernels> Chains for ChainSet<D> {
             let t = upload(&self.dev, &state[&name], self.chains);
             self.state.insert(name, t);
         }
+        self.apply_holds();
+        Ok(())
+    }
+
+    fn set_clamps(&mut self, clamps: &[Clamp]) -> Result<(), String> {
+        let mut held: BTreeMap<usize, (Vec<bool>, Vec<f32>)> = BTreeMap::new();
+        for c in clamps {
+            let var = self
+                .vars
+                .iter()
+                .position(|v| v.name == c.var)
+                .ok_or_else(|| format!("`{}` is not a variable of model `{}`", c.var, self.model.name))?;
+            let per = self.vars[var].rows * self.vars[var].cols;
+            if let Some(&e) = c.elements.iter().find(|&&e| e >= per) {
+                return Err(format!("element {e} of `{}` is past its {per} elements", c.var));
+            }
+            if c.values.len() != c.elements.len() * self.chains {
+                return Err(format!(
+                    "{} clamped values of `{}`, expected {} ({} elements in each of {} chains)",
+                    c.values.len(),
+                    c.var,
+                    c.elements.len() * self.chains,
+                    c.elements.len(),
+                    self.chains
+                ));
+            }
+            crate::tensor::check_finite(
+                &format!("the clamped values of `{}`", c.var),
+                &HostTensor::new(vec![c.values.len()], c.values.clone()),
+            )
+            .map_err(|e| e.to_string())?;
+            let (mask, values) = held.entry(var).or_insert_with(|| (vec![false; per], vec![0.0; per * self.chains]));
+            for (k, &e) in c.elements.iter().enumerate() {
+                mask[e] = true;
+                for chain in 0..self.chains {
+                    values[chain * per + e] = c.values[chain * c.elements.len() + k];
+                }
+            }
+        }
+        self.held = held
+            .into_iter()
+            .map(|(var, (elements, values))| {
+                let (_, rows, cols) = self.shape(var);
+                let mask = elements.iter().map(|&e| f32::from(u8::from(e))).collect();
+                let held = Held {
+                    mask: self.dev.tensor_from_vec(mask, (1, rows, cols)),
+                    values: self.dev.tensor_from_vec(values, (self.chains, rows, cols)),
+                    elements,
+                };
+                (var, held)
+            })
+            .collect();
+        self.apply_holds();
         Ok(())
     }
 

@@ -67,7 +67,7 @@ pub enum Command {
     },
     /// Run the planned sampler and write the visible variables' samples.
     #[command(
-        after_help = "Example:\n  ebmc sample models/rbm.ebm --params runs/rbm --chains 64 --steps 1000 --out samples.csv --png samples.png"
+        after_help = "Example:\n  ebmc sample models/rbm.ebm --params runs/rbm --chains 64 --steps 1000 --out samples.csv --png samples.png\n  ebmc sample models/rbm.ebm --params runs/rbm --given 'v[0..32]=top_halves.csv' --png inpainted.png"
     )]
     Sample {
         /// The .ebm file.
@@ -105,6 +105,11 @@ pub enum Command {
         /// Image size HxW for --png when the variable is not a square (e.g. 28x28).
         #[arg(long, value_parser = parse_image_shape)]
         image: Option<(usize, usize)>,
+        /// Hold part of a variable at the rows of a CSV or NPY file while the rest is sampled:
+        /// `PART=FILE`, PART a variable or a range per unit axis (`v[0..32]`, `x[0, 0..4]`),
+        /// one column per unit; chain i takes row i mod rows. Repeatable.
+        #[arg(long, value_name = "PART=FILE", value_parser = parse_given)]
+        given: Vec<(String, PathBuf)>,
         /// Where tensors run (`cuda` needs a build with the `cuda` feature).
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         device: DeviceArg,
@@ -293,6 +298,10 @@ fn parse_image_shape(s: &str) -> Result<(usize, usize), FlagError> {
     let (h, w) = s.split_once('x').ok_or(FlagError::ImageShape { part: None })?;
     let parse = |x: &str| x.trim().parse::<usize>().map_err(|_| FlagError::ImageShape { part: Some(x.to_string()) });
     Ok((parse(h)?, parse(w)?))
+}
+
+fn parse_given(s: &str) -> Result<(String, PathBuf), ebmc::runtime::given::PartError> {
+    ebmc::runtime::given::parse_given(s)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

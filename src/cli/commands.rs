@@ -4,7 +4,7 @@
 
 use crate::cli::args::GraphFormat;
 use crate::cli::output::{self, CheckSummary, Failure, FmtFile, Out, SampleResult, TrainResult};
-use crate::cli::output::{WrittenChains, WrittenPicture, WrittenSamples};
+use crate::cli::output::{HeldPart, WrittenChains, WrittenPicture, WrittenSamples};
 use ebmc::analysis::limits::{self, LimitError, SampleRun};
 use ebmc::analysis::plan::Plan;
 use ebmc::analysis::program::{Model, Program};
@@ -214,6 +214,8 @@ pub struct SampleArgs {
     pub out: Option<PathBuf>,
     pub png: Option<PathBuf>,
     pub image: Option<(usize, usize)>,
+    /// Parts held at the rows of files (`--given PART=FILE`).
+    pub given: Vec<(String, PathBuf)>,
     pub device: DeviceKind,
 }
 
@@ -248,8 +250,22 @@ pub fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Resu
         }
         _ => None,
     };
+    let mut clamps = Vec::new();
+    let mut held = Vec::new();
+    for (text, file) in &a.given {
+        use ebmc::runtime::given::{self, GivenError, Part};
+        let flag = |e: given::PartError| CommandError::Flag(format!("--given: {e}"));
+        let part = Part::parse(text, model).map_err(flag)?;
+        let clamp = given::load(&part, model, file, a.run.chains).map_err(|e| match e {
+            GivenError::Part(e) => flag(e),
+            GivenError::Data(e) => CommandError::Data(e),
+        })?;
+        held.push(HeldPart { part: part.text.clone(), file: file.clone() });
+        clamps.push(clamp);
+    }
     let mut sampler = ebmc::backend::Sampler::new(model, &plan, &params, a.run.chains, a.seed, a.device)
         .map_err(CommandError::Result)?;
+    sampler.set_clamps(&clamps).map_err(CommandError::Result)?;
     let total = a.run.burn_in + a.run.steps;
     let bar = out.progress(total as u64, "sampling {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]");
     let samples =
@@ -266,6 +282,7 @@ pub fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Resu
         sweeps: total,
         chains: a.run.chains,
         acceptance: sampler.acceptance(),
+        given: held,
         mixing,
         warnings,
         samples: None,

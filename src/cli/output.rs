@@ -170,6 +170,8 @@ pub struct SampleResult {
     pub sweeps: usize,
     pub chains: usize,
     pub acceptance: Option<f64>,
+    /// The parts held at given rows (`--given`).
+    pub given: Vec<HeldPart>,
     /// R̂ and bulk ESS of each variable's summary statistics.
     pub mixing: Mixing,
     /// Why the run's figures may mislead (the chains may not have mixed).
@@ -178,6 +180,13 @@ pub struct SampleResult {
     pub picture: Option<WrittenPicture>,
     /// Chains over time, beside an image grid.
     pub chains_picture: Option<WrittenChains>,
+}
+
+/// A part of a variable `sample` held at the rows of a file.
+#[derive(Serialize)]
+pub struct HeldPart {
+    pub part: String,
+    pub file: PathBuf,
 }
 
 #[derive(Serialize)]
@@ -219,6 +228,9 @@ pub struct WrittenChains {
 impl SampleResult {
     pub fn to_text(&self) -> String {
         let mut s = format!("{} sweeps of {} chains of model {}\n", self.sweeps, self.chains, self.model);
+        for h in &self.given {
+            s += &format!("{} held at the rows of {}\n", h.part, h.file.display());
+        }
         if let Some(rate) = self.acceptance {
             s += &format!("MALA acceptance rate: {rate:.3}\n");
         }

@@ -293,6 +293,26 @@ pub fn load(spec: &DataSpec, model: &Model, base: &Path) -> Result<Dataset, Data
     }
 }
 
+/// Reads rows of values for `v` from a CSV or NPY file (by its extension),
+/// as they are (no `scale` or `binarize`): one column per unit in row-major
+/// order (a categorical unit's index), each checked against `v`'s domain,
+/// with errors naming the file, row and column. `v` may stand for part of
+/// a variable (`ebmc sample --given`): its name and shape are the part's.
+pub fn load_values(path: &Path, v: &Variable) -> Result<Dataset, DataError> {
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| DataError::Read { source: name.clone(), reason: e.to_string() })?;
+    let table = match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => parse_npy(&name, &bytes)?,
+        _ => {
+            let text = String::from_utf8(bytes)
+                .map_err(|e| DataError::Format { source: name.clone(), reason: format!("not UTF-8 text: {e}") })?;
+            parse_csv(&name, &text, None)?
+        }
+    };
+    fits(&table, v, false)?;
+    bind(&table, &[v])
+}
+
 /// The file at `path` (resolved against `base`) and its name for messages.
 fn read(base: &Path, path: &str) -> Result<(String, Vec<u8>), DataError> {
     let path = resolve(base, path);

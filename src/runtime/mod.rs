@@ -9,6 +9,7 @@ pub mod diagnostics;
 pub mod evaluate;
 pub mod export;
 pub mod figures;
+pub mod given;
 pub mod report;
 pub mod run_dir;
 pub mod sample;

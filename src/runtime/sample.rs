@@ -106,7 +106,15 @@ pub fn run(
         if keep || snap || draw {
             let state = sampler.state();
             if draw {
-                statistics.record(&state);
+                // Wholly clamped variables do not move: nothing to diagnose.
+                let held = sampler.held_whole();
+                if held.is_empty() {
+                    statistics.record(&state);
+                } else {
+                    let moving: Tensors =
+                        state.iter().filter(|(k, _)| !held.contains(k)).map(|(k, t)| (k.clone(), t.clone())).collect();
+                    statistics.record(&moving);
+                }
             }
             if let (true, Some(t)) = (snap, trace) {
                 snapshots.push(Snapshot { sweep, state: first_chains(&state, &t.var, t.chains) });
