@@ -244,6 +244,7 @@ pub fn load(spec: &DataSpec, model: &Model, base: &Path) -> Result<Dataset, Data
             }
             bind_positional(&toy(name, *n, *seed), &vars)
         }
+        DataSource::Uniform { n, low, high, seed } => uniform(*n, *low, *high, *seed, &vars, &spec.source),
         DataSource::Digits { values } => {
             let (pixels, labels) = digits_tables(parse_csv("digits (bundled)", DIGITS_CSV, Some(true))?);
             bind_images(transform(pixels, values)?, Some(labels), &vars)
@@ -291,6 +292,50 @@ pub fn load(spec: &DataSpec, model: &Model, base: &Path) -> Result<Dataset, Data
             out.ok_or_else(|| DataError::Empty { source: spec.source.to_string() })
         }
     }
+}
+
+/// The most values `uniform(...)` generates (256 MiB of f32).
+pub const MAX_UNIFORM_VALUES: usize = 1 << 26;
+
+/// `n` rows of every variable of `vars`, each unit uniform in `[low, high]`
+/// (outlier rows for `classify`): the variables must be real, and the range
+/// inside a bounded one's box, so every row is a value of its type.
+fn uniform(
+    n: usize,
+    low: f64,
+    high: f64,
+    seed: u64,
+    vars: &[&Variable],
+    source: &DataSource,
+) -> Result<Dataset, DataError> {
+    use rand::{Rng, SeedableRng};
+    let bad = |reason: String| Err(DataError::Format { source: source.to_string(), reason });
+    let units: usize = vars.iter().map(|v| v.shape.iter().product::<usize>()).sum();
+    if !(1..=MAX_TOY_POINTS).contains(&n) || n.saturating_mul(units) > MAX_UNIFORM_VALUES {
+        return bad(format!(
+            "n must be from 1 to {MAX_TOY_POINTS}, and n times the bound units ({units}) at most {MAX_UNIFORM_VALUES}"
+        ));
+    }
+    if !(low < high) {
+        return bad(format!("low ({low}) must be below high ({high})"));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = Tensors::new();
+    for v in vars {
+        match v.domain {
+            Domain::Real { bounds: Some((lo, hi)) } if low < lo || high > hi => {
+                return bad(format!("[{low}, {high}] leaves `{}`'s range [{lo}, {hi}]", v.name));
+            }
+            Domain::Real { .. } => {}
+            _ => return bad(format!("it draws real values, and `{}` is discrete", v.name)),
+        }
+        let per: usize = v.shape.iter().product();
+        let data = (0..n * per).map(|_| (low + (high - low) * rng.r#gen::<f64>()) as f32).collect();
+        let mut shape = vec![n];
+        shape.extend(&v.shape);
+        out.insert(v.name.clone(), HostTensor::new(shape, data));
+    }
+    Ok(Dataset { rows: n, vars: out })
 }
 
 /// The file at `path` (resolved against `base`) and its name for messages.
