@@ -1296,6 +1296,34 @@ mod tests {
     }
 
     #[test]
+    fn uniform_rows_fill_the_range_and_refuse_what_no_variable_can_hold() {
+        let src = "model m { visible x : real[4] in [0, 1]; visible y : categorical(3); net f = mlp(4 -> 3);
+            energy e = -(f(x) @ y); }
+          train m { data = csv(\"rows.csv\") -> (x, y); outliers = uniform(n: 5000, low: 0.25, high: 1, seed: 2) -> x;
+            objective = classify; }";
+        let c = crate::compile(src).unwrap();
+        let (model, train) = (&c.program.models["m"], &c.program.trains["m"]);
+        let spec = train.outliers.clone().unwrap();
+        let rows = load(&spec, model, Path::new(".")).unwrap();
+        let x = &rows.vars["x"];
+        assert_eq!((rows.rows, x.shape.clone()), (5000, vec![5000, 4]));
+        assert!(x.data.iter().all(|v| (0.25..=1.0).contains(v)));
+        // Uniform on [0.25, 1]: mean 0.625; the mean of 20,000 values has standard error 0.0015.
+        let mean = x.data.iter().map(|v| f64::from(*v)).sum::<f64>() / x.data.len() as f64;
+        assert!((mean - 0.625).abs() < 0.008, "{mean}");
+        // The same seed gives the same rows.
+        assert_eq!(load(&spec, model, Path::new(".")).unwrap().vars["x"], *x);
+        let with =
+            |source: DataSource, binding: &str| DataSpec { source, binding: vec![binding.into()], ..spec.clone() };
+        let outside = with(DataSource::Uniform { n: 10, low: -1.0, high: 1.0, seed: 0 }, "x");
+        assert!(format_reason(load(&outside, model, Path::new(".")).unwrap_err()).contains("leaves `x`'s range"));
+        let label = with(DataSource::Uniform { n: 10, low: 0.0, high: 1.0, seed: 0 }, "y");
+        assert!(format_reason(load(&label, model, Path::new(".")).unwrap_err()).contains("`y` is discrete"));
+        let empty = with(DataSource::Uniform { n: 10, low: 1.0, high: 1.0, seed: 0 }, "x");
+        assert!(format_reason(load(&empty, model, Path::new(".")).unwrap_err()).contains("must be below"));
+    }
+
+    #[test]
     fn npy_headers_are_parsed_as_python_literals() {
         // The same 2x3 array [[1, 2, 3], [4, 5, 6]] in C order, in Fortran order
         // written without spaces, and big-endian.
