@@ -501,7 +501,7 @@ impl From<&PlanError> for Diagnostic {
                 .primary(*span, "no visible `real` variable in this model")
                 .help("JEM samples the input with Langevin dynamics; declare it `real`"),
             ClassifyNeedsLabel { span, why } => Diagnostic::error("E0402", "`classify` needs a categorical label and a real input")
-                .primary(*span, format!("{why}"))
+                .primary(*span, why.as_str())
                 .help("declare the label and an input, e.g. `visible x : real[2]; visible y : categorical(3);`, and make the logits linear in the label: `energy e = -(f(x) @ y);`"),
             OutliersNeedClassify { span, objective } => Diagnostic::error("E0402", format!("`outliers` are read only by `classify`, not by `{objective}`"))
                 .primary(*span, "no objective reads these rows")

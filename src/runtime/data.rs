@@ -316,7 +316,8 @@ fn uniform(
             "n must be from 1 to {MAX_TOY_POINTS}, and n times the bound units ({units}) at most {MAX_UNIFORM_VALUES}"
         ));
     }
-    if !(low < high) {
+    // Both are finite (the checker's `Real` options).
+    if low >= high {
         return bad(format!("low ({low}) must be below high ({high})"));
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
