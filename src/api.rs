@@ -838,6 +838,11 @@ impl Model {
         let mut trainer =
             Trainer::new(model, &plan, &spec, &start.tensors, &Tensors::new(), seed, self.device).map_err(setup)?;
         trainer.prepare(&data.vars).map_err(Error::Train)?;
+        // A file's `outliers` (for `classify`), relative paths from the working directory as `runtime::train::run` reads them.
+        if let Some(outliers) = &spec.outliers {
+            let rows = crate::runtime::data::load(outliers, model, Path::new(".")).map_err(Error::Data)?;
+            trainer.outliers(&rows.vars).map_err(Error::Train)?;
+        }
         let batch = batch.min(rows);
         let steps_per_epoch = rows / batch;
         let exact = opts.track_log_likelihood && evaluate::enumeration(&self.graph, &plan).is_ok();

@@ -426,7 +426,7 @@ impl From<&CheckError> for Diagnostic {
                 .primary(*span, "not a list of sizes")
                 .help("write the new shape as a list of whole numbers or size constants, e.g. `[4, 16]`"),
             UnknownSetting { name, span } => {
-                let keys = ["data", "test", "objective", "optimizer", "schedule", "regularize", "batch", "epochs", "seed"];
+                let keys = ["data", "test", "outliers", "objective", "optimizer", "schedule", "regularize", "batch", "epochs", "seed"];
                 let d = Diagnostic::error("E0301", format!("unknown train setting `{name}`")).primary(*span, "not a train setting");
                 match did_you_mean(name, keys) {
                     Some(s) => d.help(format!("did you mean `{s}`? Settings: {}", code_list(&keys))),
@@ -447,7 +447,7 @@ impl From<&CheckError> for Diagnostic {
                 .help("add `-> v` (or `-> (x, y)`) after the source"),
             UnexpectedBinding { key, span } => Diagnostic::error("E0303", format!("`{key}` takes no `->` binding"))
                 .primary(*span, "unexpected binding")
-                .help("only `data` and `test` bind columns to variables"),
+                .help("only `data`, `test` and `outliers` bind columns to variables"),
             BindNonVisible { name, span } => Diagnostic::error("E0303", format!("`{name}` is not a visible variable"))
                 .primary(*span, "cannot bind data to this")
                 .help("data feeds `visible` variables; hidden ones are inferred"),
@@ -501,6 +501,15 @@ impl From<&PlanError> for Diagnostic {
             JemNeedsContinuous { span } => Diagnostic::error("E0402", "`jem` needs a continuous input besides the label")
                 .primary(*span, "no visible `real` variable in this model")
                 .help("JEM samples the input with Langevin dynamics; declare it `real`"),
+            ClassifyNeedsLabel { span, why } => Diagnostic::error("E0402", "`classify` needs a categorical label and a real input")
+                .primary(*span, why.as_str())
+                .help("declare the label and an input, e.g. `visible x : real[2]; visible y : categorical(3);`, and make the logits linear in the label: `energy e = -(f(x) @ y);`"),
+            OutliersNeedClassify { span, objective } => Diagnostic::error("E0402", format!("`outliers` are read only by `classify`, not by `{objective}`"))
+                .primary(*span, "no objective reads these rows")
+                .help("remove `outliers`, or train with `objective = classify(...)` to push their energies above `m_out`"),
+            MarginsNeedOutliers { span, option } => Diagnostic::error("E0402", format!("`classify`'s `{option}` needs `outliers` to apply to"))
+                .primary(*span, "the energy-bounded term compares data energies with outlier energies")
+                .help("name the outlier rows in the train block, e.g. `outliers = uniform(n: 2000) -> x;`, or drop `m_in`, `m_out` and `weight` for cross-entropy alone"),
             PlNeedsFullyVisible { span, var, var_span, why } => Diagnostic::error("E0402", format!("pseudo-likelihood needs a fully visible discrete model, but {why}"))
                 .primary(*span, "`pl` conditions each visible unit on all the others")
                 .secondary(*var_span, format!("`{var}` declared here"))
@@ -1097,11 +1106,25 @@ pub fn comparison_lines(r: &crate::runtime::report::EvalReport) -> Vec<String> {
                 .to_string(),
         );
     }
+    let detection_line = |what: &str, d: &crate::runtime::report::Detection| {
+        format!("    vs {what:<27} AUROC {:.4}, AUPR {:.4}, FPR at 95% TPR {:.4}", d.auroc, d.aupr, d.fpr_at_95_tpr)
+    };
     for (what, d) in detections {
-        out.push(format!(
-            "    vs {what:<27} AUROC {:.4}, AUPR {:.4}, FPR at 95% TPR {:.4}",
-            d.auroc, d.aupr, d.fpr_at_95_tpr
-        ));
+        out.push(detection_line(what, d));
+    }
+    let baselines: Vec<(&str, &crate::runtime::report::Detection)> =
+        [("noise rows", &r.ood_noise_confidence), ("the --ood rows", &r.ood_file_confidence)]
+            .into_iter()
+            .filter_map(|(w, d)| Some((w, d.as_ref()?)))
+            .collect();
+    if !baselines.is_empty() {
+        out.push(
+            "  OOD detection by softmax confidence max_y p(y | x), the baseline (higher = in-distribution):"
+                .to_string(),
+        );
+    }
+    for (what, d) in baselines {
+        out.push(detection_line(what, d));
     }
     if let Some(m) = &r.mmd {
         out.push(format!(

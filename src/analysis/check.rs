@@ -1148,7 +1148,10 @@ fn option_value(e: &ast::Expr, ty: OptType, ints: &BTreeMap<String, usize>) -> O
 }
 
 const TRAIN_KEYS: &[&str] =
-    &["data", "test", "objective", "optimizer", "schedule", "regularize", "batch", "epochs", "seed"];
+    &["data", "test", "outliers", "objective", "optimizer", "schedule", "regularize", "batch", "epochs", "seed"];
+
+/// Settings that name a data source and bind it (`SOURCE -> vars`).
+const DATA_KEYS: &[&str] = &["data", "test", "outliers"];
 
 /// Binds the settings of a train block for `model` whose rows a host holds
 /// in memory (`api::Model::fit`): a block without `data` or `test`, every
@@ -1170,6 +1173,7 @@ fn train_block(
     let mut seen: BTreeMap<&str, Span> = BTreeMap::new();
     let mut data = None;
     let mut test = None;
+    let mut outliers = None;
     let mut objective = None;
     let mut optimizer = None;
     let mut schedule = None;
@@ -1194,12 +1198,12 @@ fn train_block(
             continue;
         }
         seen.insert(key, s.key.span);
-        if host_rows && (key == "data" || key == "test") {
+        if host_rows && DATA_KEYS.contains(&key) {
             errors.push(CheckError::HostRows { key: key.to_string(), span: s.key.span });
             ok = false;
             continue;
         }
-        if !s.binding.is_empty() && key != "data" && key != "test" {
+        if !s.binding.is_empty() && !DATA_KEYS.contains(&key) {
             errors.push(CheckError::UnexpectedBinding {
                 key: key.to_string(),
                 span: s.binding[0].span.to(s.binding[s.binding.len() - 1].span),
@@ -1209,6 +1213,7 @@ fn train_block(
         }
         match key {
             "data" => data = data_spec(s, model, errors),
+            "outliers" => outliers = data_spec(s, model, errors),
             "test" => {
                 test = if s.binding.is_empty() {
                     bind_call(Family::TestSplit, &s.value, errors).map(|c| TestSpec::Split(typed_test_split(&c)))
@@ -1280,7 +1285,10 @@ fn train_block(
         });
         ok = false;
     }
-    let options = typed_options(&objective, &optimizer, &schedule, &regularizers);
+    let mut options = typed_options(&objective, &optimizer, &schedule, &regularizers);
+    if let Objective::Classify(c) = &mut options.objective {
+        c.outliers = outliers.is_some();
+    }
     // `pcd(alpha)`/`jem(alpha)` and `energy_penalty(alpha)` are one penalty: given twice, which weight holds is unclear.
     let objective_alpha = match &options.objective {
         Objective::Pcd(p) | Objective::Jem(p) => p.alpha > 0.0,
@@ -1296,6 +1304,7 @@ fn train_block(
         model: t.model.name.clone(),
         data,
         test,
+        outliers,
         objective,
         optimizer,
         schedule,
@@ -1397,6 +1406,12 @@ fn typed_data_source(c: &Call) -> DataSource {
         "cifar10" => DataSource::Cifar10 { paths: bound(c, "path").as_strs().unwrap_or_default(), values: values() },
         "digits" => DataSource::Digits { values: values() },
         "bars_and_stripes" => DataSource::BarsAndStripes { size: count(c, "size") },
+        "uniform" => DataSource::Uniform {
+            n: count(c, "n"),
+            low: num(c, "low"),
+            high: num(c, "high"),
+            seed: count(c, "seed") as u64,
+        },
         _ => DataSource::Toy { name: word(c, "name").to_string(), n: count(c, "n"), seed: count(c, "seed") as u64 },
     }
 }
@@ -1442,6 +1457,15 @@ fn typed_options(objective: &Call, optimizer: &Call, schedule: &Call, regularize
         "cd" => Objective::Cd { k: count(o, "k") },
         "pcd" => Objective::Pcd(persistent()),
         "jem" => Objective::Jem(persistent()),
+        "classify" => {
+            let (m_in, m_out, weight) = crate::analysis::schema::CLASSIFY_DEFAULTS;
+            Objective::Classify(Classify {
+                m_in: maybe_num(o, "m_in").unwrap_or(m_in),
+                m_out: maybe_num(o, "m_out").unwrap_or(m_out),
+                weight: maybe_num(o, "weight").unwrap_or(weight),
+                outliers: false,
+            })
+        }
         "pl" => Objective::Pl,
         "sm" => Objective::Sm,
         "dsm" => Objective::Dsm { sigma: num(o, "sigma") },

@@ -284,6 +284,7 @@ fn per_example_bytes(lowered: &Lowered) -> u128 {
 fn step_values(objective: &Objective) -> u128 {
     match objective {
         Objective::Cd { .. } | Objective::Pcd(_) | Objective::Pl | Objective::Nce { .. } | Objective::Jem(_) => 3,
+        Objective::Classify(_) => 3,
         Objective::Dsm { .. } | Objective::Cnce { .. } => 6,
         Objective::Sm | Objective::Ssm { .. } | Objective::Lsd { .. } => 10,
     }

@@ -204,6 +204,27 @@ pub enum PlanError {
         /// Where the objective is written.
         span: Span,
     },
+    /// `classify` without a visible categorical label entering the energy linearly beside a real input.
+    ClassifyNeedsLabel {
+        /// Where the objective is written.
+        span: Span,
+        /// Why: no categorical visible, no real visible, or the label enters non-linearly.
+        why: String,
+    },
+    /// `outliers` in a train block whose objective is not `classify`.
+    OutliersNeedClassify {
+        /// Where `outliers` is written.
+        span: Span,
+        /// The objective's name.
+        objective: String,
+    },
+    /// `classify`'s margin options without `outliers` to apply them to.
+    MarginsNeedOutliers {
+        /// Where the objective is written.
+        span: Span,
+        /// The first such option given.
+        option: String,
+    },
     /// `pl` on a model with a hidden or continuous variable.
     PlNeedsFullyVisible {
         /// Where the objective is written.
@@ -723,7 +744,8 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
         problems.extend(check_objective(graph, t, &kept, &label_marginal));
     }
     let langevin = variables.iter().any(|v| matches!(v.kernel, Kernel::Langevin { .. }));
-    let objective_text = train.map(|t| objective_text(&t.objective, &summed_out, &label_marginal, langevin));
+    let objective_text =
+        train.map(|t| objective_text(&t.objective, &summed_out, &label_marginal, langevin, t.outliers.is_some()));
     if problems.iter().any(|p| !p.is_warning()) {
         return Err(problems);
     }
@@ -918,6 +940,11 @@ fn check_objective(
     let name = o.name.clone();
     let mut out = Vec::new();
     let visible = || model.variables.iter().filter(|v| v.role == Role::Visible);
+    if let Some(spec) = &train.outliers
+        && name != "classify"
+    {
+        out.push(PlanError::OutliersNeedClassify { span: spec.span, objective: name.clone() });
+    }
     match name.as_str() {
         "sm" | "dsm" | "ssm" | "nce" | "cnce" | "lsd" => {
             for v in visible().filter(|v| v.domain.is_discrete()) {
@@ -979,6 +1006,24 @@ fn check_objective(
                 out.push(PlanError::JemNeedsContinuous { span: o.span });
             } else {
                 out.push(PlanError::JemNeedsLabel { span: o.span });
+            }
+        }
+        "classify" => {
+            if label.is_none() {
+                let categorical = visible().find(|v| matches!(v.domain, Domain::Categorical { .. }));
+                let why = match categorical {
+                    None => "the model has no visible `categorical` variable".to_string(),
+                    Some(_) if !visible().any(|v| !v.domain.is_discrete()) => {
+                        "the model has no visible `real` input besides the label".to_string()
+                    }
+                    Some(v) => format!("the energy is not linear in `{}`", v.name),
+                };
+                out.push(PlanError::ClassifyNeedsLabel { span: o.span, why });
+            }
+            if train.outliers.is_none()
+                && let Some(option) = ["m_in", "m_out", "weight"].into_iter().find(|k| o.options.contains_key(*k))
+            {
+                out.push(PlanError::MarginsNeedOutliers { span: o.span, option: option.to_string() });
             }
         }
         "pl" => {
@@ -1046,7 +1091,13 @@ fn check_critic(model: &crate::analysis::program::Model, critic: &str, span: Spa
 
 /// The objective as a call with the options that apply: Langevin's only
 /// when some variable is sampled by Langevin dynamics.
-fn objective_text(o: &Call, summed: &Option<Marginal>, label: &Option<Marginal>, langevin: bool) -> String {
+fn objective_text(
+    o: &Call,
+    summed: &Option<Marginal>,
+    label: &Option<Marginal>,
+    langevin: bool,
+    outliers: bool,
+) -> String {
     let opts: Vec<String> = o
         .options
         .iter()
@@ -1071,6 +1122,15 @@ fn objective_text(o: &Call, summed: &Option<Marginal>, label: &Option<Marginal>,
             "learned Stein discrepancy: the critic {} ascends E[s(x).f(x) + tr df/dx] - penalty E[|f(x)|^2], the energy descends it, s = -dE/dx",
             o.options.get("critic").map_or(String::new(), ToString::to_string)
         ),
+        "classify" => match label {
+            Some(m) => format!(
+                "cross-entropy of p({} | rest) alone; OOD score {}{}",
+                m.var,
+                m.free_energy,
+                if outliers { "; energy-bounded term on the outlier rows" } else { "" }
+            ),
+            None => "cross-entropy".to_string(),
+        },
         _ => match label {
             Some(m) => format!("cross-entropy of p({} | rest) plus PCD on {}", m.var, m.free_energy),
             None => "cross-entropy plus PCD".to_string(),

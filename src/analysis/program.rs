@@ -557,6 +557,17 @@ pub enum DataSource {
         /// Seed of the generator.
         seed: u64,
     },
+    /// Generated rows, every unit of every bound (real) variable uniform in `[low, high]`.
+    Uniform {
+        /// Rows generated.
+        n: usize,
+        /// Low end of every unit's range.
+        low: f64,
+        /// High end.
+        high: f64,
+        /// Seed of the generator.
+        seed: u64,
+    },
 }
 
 /// How a source's numbers become values: times `scale`, then, with
@@ -578,7 +589,7 @@ impl DataSource {
             | DataSource::Idx { values, .. }
             | DataSource::Cifar10 { values, .. }
             | DataSource::Digits { values } => Some(values),
-            DataSource::BarsAndStripes { .. } | DataSource::Toy { .. } => None,
+            DataSource::BarsAndStripes { .. } | DataSource::Toy { .. } | DataSource::Uniform { .. } => None,
         }
     }
 
@@ -590,7 +601,7 @@ impl DataSource {
             | DataSource::Idx { values, .. }
             | DataSource::Cifar10 { values, .. }
             | DataSource::Digits { values } => Some(values),
-            DataSource::BarsAndStripes { .. } | DataSource::Toy { .. } => None,
+            DataSource::BarsAndStripes { .. } | DataSource::Toy { .. } | DataSource::Uniform { .. } => None,
         }
     }
 }
@@ -621,6 +632,9 @@ impl std::fmt::Display for DataSource {
             DataSource::Digits { values: v } => write!(f, "digits({})", values(v, "")),
             DataSource::BarsAndStripes { size } => write!(f, "bars_and_stripes(size: {size})"),
             DataSource::Toy { name, n, seed } => write!(f, "toy(n: {n}, name: {name:?}, seed: {seed})"),
+            DataSource::Uniform { n, low, high, seed } => {
+                write!(f, "uniform(high: {high}, low: {low}, n: {n}, seed: {seed})")
+            }
         }
     }
 }
@@ -717,6 +731,23 @@ pub enum Objective {
     /// discrepancy (less `penalty` times its mean square), `critic_steps`
     /// steps for each descent step of the energy.
     Lsd { critic: String, penalty: f64, critic_steps: usize, directions: Directions },
+    /// Cross-entropy of the label alone, optionally with the energy-bounded outlier term.
+    Classify(Classify),
+}
+
+/// Options of `classify` (Liu et al. 2020): the energy-bounded term
+/// `weight (E[max(0, F(x_in) − m_in)²] + E[max(0, m_out − F(x_out))²])`
+/// applies when the train block names `outliers`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classify {
+    /// The margin in-distribution energies are pushed below.
+    pub m_in: f64,
+    /// The margin outlier energies are pushed above.
+    pub m_out: f64,
+    /// The energy-bounded term's weight.
+    pub weight: f64,
+    /// Whether the train block names `outliers` (then the term applies).
+    pub outliers: bool,
 }
 
 impl Objective {
@@ -848,6 +879,9 @@ pub struct Train {
     pub data: Option<DataSpec>,
     /// Where test rows come from; `None`: no test set.
     pub test: Option<TestSpec>,
+    /// Outlier rows for `classify`'s energy-bounded term; `None`: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outliers: Option<DataSpec>,
     /// The objective call, options bound.
     pub objective: Call,
     /// The optimiser call, options bound.

@@ -286,7 +286,17 @@ pub static OBJECTIVES: &[Signature] = &[
             opt!("alpha", NonNegative, Num(0.0)),
         ],
     },
+    // The margins and weight of the energy-bounded term, absent so that the
+    // planner can refuse them without `outliers` (defaults in `CLASSIFY_DEFAULTS`).
+    Signature {
+        name: "classify",
+        options: &[opt!("m_in", Real, Absent), opt!("m_out", Real, Absent), opt!("weight", NonNegative, Absent)],
+    },
 ];
+
+/// `classify`'s `m_in`, `m_out` and `weight` when not given: Liu et al.'s
+/// CIFAR-10 settings (−23, −5, 0.1) moved to the digits' energy scale.
+pub const CLASSIFY_DEFAULTS: (f64, f64, f64) = (-25.0, -7.0, 0.1);
 
 /// The optimisers.
 pub static OPTIMIZERS: &[Signature] = &[
@@ -372,6 +382,16 @@ pub static DATA_SOURCES: &[Signature] = &[
         options: &[
             opt!("name", Choice(TOY_SETS), Required),
             opt!("n", POS_INT, Int(10000)),
+            opt!("seed", Whole { min: 0 }, Int(0)),
+        ],
+    },
+    // Generated outliers (`classify`'s `outliers`): every bound unit uniform in [low, high].
+    Signature {
+        name: "uniform",
+        options: &[
+            opt!("n", POS_INT, Int(10000)),
+            opt!("low", Real, Num(0.0)),
+            opt!("high", Real, Num(1.0)),
             opt!("seed", Whole { min: 0 }, Int(0)),
         ],
     },

@@ -690,6 +690,10 @@ pub fn step_schedules(
         let mut trainer = Trainer::new(model, plan, train, &params, &Tensors::new(), 0, DeviceKind::Cpu)
             .map_err(|e| e.to_string())?;
         trainer.prepare(&batch).map_err(|e| e.to_string())?;
+        // The schedule is the same on any rows: the batch stands in for `classify`'s outliers.
+        if train.outliers.is_some() {
+            trainer.outliers(&batch).map_err(|e| e.to_string())?;
+        }
         trainer.step(&batch, 0.0, 1).map_err(|e| e.to_string())?;
         let phases = trainer.schedules();
         let count = phases.len();

@@ -50,6 +50,7 @@ pub struct Trainer {
 trait Fit {
     /// Sees the whole training set once before the first epoch (NCE fits its noise to it).
     fn prepare(&mut self, data: &Tensors);
+    fn outliers(&mut self, rows: &Tensors) -> Result<(), TrainError>;
     fn begin_epoch(&mut self, seed: u64);
     fn step(&mut self, batch: &Tensors, lr: f64, step: usize) -> Result<StepReport, TrainError>;
     fn params(&self) -> Tensors;
@@ -63,6 +64,9 @@ trait Fit {
 impl<T: Fit> Fit for super::MovableCuda<T> {
     fn prepare(&mut self, data: &Tensors) {
         self.0.prepare(data);
+    }
+    fn outliers(&mut self, rows: &Tensors) -> Result<(), TrainError> {
+        self.0.outliers(rows)
     }
     fn begin_epoch(&mut self, seed: u64) {
         self.0.begin_epoch(seed);
@@ -164,6 +168,15 @@ impl Trainer {
             .map_err(|e| TrainError::Setup(format!("training data: {e}")))?;
         self.inner.prepare(data);
         Ok(())
+    }
+
+    /// Gives `classify`'s energy-bounded term the train block's outlier rows
+    /// (the inputs; a label among them is ignored), before the first epoch.
+    pub fn outliers(&mut self, rows: &Tensors) -> Result<(), TrainError> {
+        let inputs: Vec<String> = rows.keys().filter(|k| self.visible.contains(k)).cloned().collect();
+        crate::tensor::check_rows(&self.model, rows, &inputs)
+            .map_err(|e| TrainError::Setup(format!("outlier rows: {e}")))?;
+        self.inner.outliers(rows)
     }
 
     /// Reseeds every generator from the run's seed and the epoch, so that a
@@ -323,6 +336,10 @@ impl<D: Kernels> Fit for Fitter<D> {
 
     fn prepare(&mut self, data: &Tensors) {
         self.objective.prepare(data);
+    }
+
+    fn outliers(&mut self, rows: &Tensors) -> Result<(), TrainError> {
+        self.objective.outliers(&self.model, rows)
     }
 
     fn begin_epoch(&mut self, seed: u64) {

@@ -398,7 +398,12 @@ pub fn train(out: Out, path: &Path, only: Option<&str>, a: TrainArgs) -> Result<
     let mut last_loss = 0.0;
     // The checkpoints record the data actually used: `--data` replaces the block's.
     let spec = &ebmc::analysis::program::Train { data: Some(data_spec), ..spec.clone() };
-    let result = runs::run(&source, &graph, &plan, spec, &train_rows, test_rows.as_ref(), &opts, &mut |p| match p {
+    let outliers = match &spec.outliers {
+        Some(o) => Some(ebmc::runtime::data::load(o, model, base).map_err(data_failure)?),
+        None => None,
+    };
+    let (rows, test, outliers) = (&train_rows, test_rows.as_ref(), outliers.as_ref());
+    let result = runs::run_with_outliers(&source, &graph, &plan, spec, rows, test, outliers, &opts, &mut |p| match p {
         runs::Progress::Start { epochs, steps_per_epoch, from_epoch } => {
             let total = (epochs + 1 - from_epoch.min(epochs + 1)) * steps_per_epoch;
             bar = Some(out.progress(

@@ -244,6 +244,7 @@ pub fn load(spec: &DataSpec, model: &Model, base: &Path) -> Result<Dataset, Data
             }
             bind_positional(&toy(name, *n, *seed), &vars)
         }
+        DataSource::Uniform { n, low, high, seed } => uniform(*n, *low, *high, *seed, &vars, &spec.source),
         DataSource::Digits { values } => {
             let (pixels, labels) = digits_tables(parse_csv("digits (bundled)", DIGITS_CSV, Some(true))?);
             bind_images(transform(pixels, values)?, Some(labels), &vars)
@@ -311,6 +312,51 @@ pub fn load_values(path: &Path, v: &Variable) -> Result<Dataset, DataError> {
     };
     fits(&table, v, false)?;
     bind(&table, &[v])
+}
+
+/// The most values `uniform(...)` generates (256 MiB of f32).
+pub const MAX_UNIFORM_VALUES: usize = 1 << 26;
+
+/// `n` rows of every variable of `vars`, each unit uniform in `[low, high]`
+/// (outlier rows for `classify`): the variables must be real, and the range
+/// inside a bounded one's box, so every row is a value of its type.
+fn uniform(
+    n: usize,
+    low: f64,
+    high: f64,
+    seed: u64,
+    vars: &[&Variable],
+    source: &DataSource,
+) -> Result<Dataset, DataError> {
+    use rand::{Rng, SeedableRng};
+    let bad = |reason: String| Err(DataError::Format { source: source.to_string(), reason });
+    let units: usize = vars.iter().map(|v| v.shape.iter().product::<usize>()).sum();
+    if !(1..=MAX_TOY_POINTS).contains(&n) || n.saturating_mul(units) > MAX_UNIFORM_VALUES {
+        return bad(format!(
+            "n must be from 1 to {MAX_TOY_POINTS}, and n times the bound units ({units}) at most {MAX_UNIFORM_VALUES}"
+        ));
+    }
+    // Both are finite (the checker's `Real` options).
+    if low >= high {
+        return bad(format!("low ({low}) must be below high ({high})"));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = Tensors::new();
+    for v in vars {
+        match v.domain {
+            Domain::Real { bounds: Some((lo, hi)) } if low < lo || high > hi => {
+                return bad(format!("[{low}, {high}] leaves `{}`'s range [{lo}, {hi}]", v.name));
+            }
+            Domain::Real { .. } => {}
+            _ => return bad(format!("it draws real values, and `{}` is discrete", v.name)),
+        }
+        let per: usize = v.shape.iter().product();
+        let data = (0..n * per).map(|_| (low + (high - low) * rng.r#gen::<f64>()) as f32).collect();
+        let mut shape = vec![n];
+        shape.extend(&v.shape);
+        out.insert(v.name.clone(), HostTensor::new(shape, data));
+    }
+    Ok(Dataset { rows: n, vars: out })
 }
 
 /// The file at `path` (resolved against `base`) and its name for messages.
@@ -1268,6 +1314,34 @@ mod tests {
             DataError::Format { reason, .. } => reason,
             other => panic!("expected a format error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn uniform_rows_fill_the_range_and_refuse_what_no_variable_can_hold() {
+        let src = "model m { visible x : real[4] in [0, 1]; visible y : categorical(3); net f = mlp(4 -> 3);
+            energy e = -(f(x) @ y); }
+          train m { data = csv(\"rows.csv\") -> (x, y); outliers = uniform(n: 5000, low: 0.25, high: 1, seed: 2) -> x;
+            objective = classify; }";
+        let c = crate::compile(src).unwrap();
+        let (model, train) = (&c.program.models["m"], &c.program.trains["m"]);
+        let spec = train.outliers.clone().unwrap();
+        let rows = load(&spec, model, Path::new(".")).unwrap();
+        let x = &rows.vars["x"];
+        assert_eq!((rows.rows, x.shape.clone()), (5000, vec![5000, 4]));
+        assert!(x.data.iter().all(|v| (0.25..=1.0).contains(v)));
+        // Uniform on [0.25, 1]: mean 0.625; the mean of 20,000 values has standard error 0.0015.
+        let mean = x.data.iter().map(|v| f64::from(*v)).sum::<f64>() / x.data.len() as f64;
+        assert!((mean - 0.625).abs() < 0.008, "{mean}");
+        // The same seed gives the same rows.
+        assert_eq!(load(&spec, model, Path::new(".")).unwrap().vars["x"], *x);
+        let with =
+            |source: DataSource, binding: &str| DataSpec { source, binding: vec![binding.into()], ..spec.clone() };
+        let outside = with(DataSource::Uniform { n: 10, low: -1.0, high: 1.0, seed: 0 }, "x");
+        assert!(format_reason(load(&outside, model, Path::new(".")).unwrap_err()).contains("leaves `x`'s range"));
+        let label = with(DataSource::Uniform { n: 10, low: 0.0, high: 1.0, seed: 0 }, "y");
+        assert!(format_reason(load(&label, model, Path::new(".")).unwrap_err()).contains("`y` is discrete"));
+        let empty = with(DataSource::Uniform { n: 10, low: 1.0, high: 1.0, seed: 0 }, "x");
+        assert!(format_reason(load(&empty, model, Path::new(".")).unwrap_err()).contains("must be below"));
     }
 
     #[test]

@@ -567,6 +567,35 @@ pub fn classification(
     Ok((correct as f64 / rows as f64, ece))
 }
 
+/// The softmax confidence `max_y p(y | rest)` of each row of `inputs` (the
+/// rows without the label) for a model whose plan sums a visible label out:
+/// the baseline OOD score (Hendrycks & Gimpel 2017) beside the energy. A
+/// label of several units has `p(y | rest)` factorised over them, so its
+/// largest value is the product of each unit's largest.
+pub fn softmax_confidence(
+    model: &Model,
+    plan: &Plan,
+    params: &Tensors,
+    inputs: &Tensors,
+    device: DeviceKind,
+) -> Result<Vec<f64>, String> {
+    let label = plan
+        .label_marginal
+        .as_ref()
+        .map(|m| m.var.clone())
+        .ok_or("softmax confidence needs a categorical label the plan sums out")?;
+    let units: usize =
+        model.variable(&label).map_or(1, |v| v.shape[..v.shape.len().saturating_sub(1)].iter().product());
+    let sampler = crate::backend::Sampler::new(model, plan, params, 1, 0, device)?;
+    let p = sampler.evaluate(crate::backend::Quantity::Conditional(label), inputs)?;
+    // Cannot fire: a conditional of a categorical label has the categories as its last axis.
+    let k = *p.shape.last().expect("categories");
+    Ok(p.data
+        .chunks(k * units.max(1))
+        .map(|row| row.chunks(k).map(|u| f64::from(u.iter().fold(0.0f32, |m, q| m.max(*q)))).product())
+        .collect())
+}
+
 /// The variables `ebmc energy` sums out for rows that bind `given`: the
 /// plan's latents, and a JEM label the rows leave out.
 pub fn summed_for(plan: &Plan, given: &[String]) -> Vec<String> {

@@ -315,6 +315,13 @@ pub struct EvalReport {
     /// Out-of-distribution detection of the `--ood` file's rows by the energy score.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ood_file: Option<Detection>,
+    /// For a model with a label the plan sums out: detection of the noise rows by the softmax
+    /// confidence `max_y p(y | x)` (higher = in-distribution), the baseline beside `ood_noise`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ood_noise_confidence: Option<Detection>,
+    /// The same of the `--ood` file's rows, beside `ood_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ood_file_confidence: Option<Detection>,
     /// The two-sample test of the model's samples against the evaluated rows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mmd: Option<MmdFigures>,
@@ -451,12 +458,17 @@ fn energy_stats(what: &'static str, energies: &[f64]) -> Result<EnergyStats, Eva
 /// Detection of `others` against the evaluated rows by the energy score (lower = in-distribution).
 fn detection(test: &[f64], others: &[f64], against: String) -> Result<Detection, EvalError> {
     let (pos, neg): (Vec<f64>, Vec<f64>) = (test.iter().map(|e| -e).collect(), others.iter().map(|e| -e).collect());
+    detection_by_score(&pos, &neg, against)
+}
+
+/// Detection of `neg` against the evaluated rows' `pos` by a score whose higher values mean in-distribution.
+fn detection_by_score(pos: &[f64], neg: &[f64], against: String) -> Result<Detection, EvalError> {
     Ok(Detection {
         against,
-        rows: others.len(),
-        auroc: finite("the AUROC", compare::auroc(&pos, &neg))?,
-        aupr: finite("the AUPR", compare::aupr(&pos, &neg))?,
-        fpr_at_95_tpr: finite("the FPR at 95% TPR", compare::fpr_at_tpr(&pos, &neg, 0.95))?,
+        rows: neg.len(),
+        auroc: finite("the AUROC", compare::auroc(pos, neg))?,
+        aupr: finite("the AUPR", compare::aupr(pos, neg))?,
+        fpr_at_95_tpr: finite("the FPR at 95% TPR", compare::fpr_at_tpr(pos, neg, 0.95))?,
     })
 }
 
@@ -598,6 +610,21 @@ fn comparison_figures(t: &Trained, rows: &EvalRows, opts: &EvalOptions, r: &mut 
         }
     };
     r.energy_test = Some(energy_stats("the energy of an evaluated row", &test)?);
+    // The softmax-confidence baseline, for a model with a label the plan sums out (JEM, `classify`).
+    let confidence = |rows: &Tensors| evaluate::softmax_confidence(model, plan, params, rows, device);
+    let test_confidence = match plan.label_marginal {
+        Some(_) => Some(confidence(&scored).map_err(EvalError::Failed)?),
+        None => None,
+    };
+    let baseline = |others: &Tensors, against: &str| -> Result<Option<Detection>, EvalError> {
+        match &test_confidence {
+            Some(pos) => {
+                let neg = confidence(others).map_err(EvalError::Failed)?;
+                Ok(Some(detection_by_score(pos, &neg, against.to_string())?))
+            }
+            None => Ok(None),
+        }
+    };
     if let Some(ood) = &rows.ood {
         if ood.rows.rows == 0 {
             return Err(EvalError::NoRows("rows in the `--ood` file"));
@@ -605,6 +632,7 @@ fn comparison_figures(t: &Trained, rows: &EvalRows, opts: &EvalOptions, r: &mut 
         let e = energy(&ood.rows.vars).map_err(EvalError::Failed)?;
         r.energy_ood = Some(energy_stats("the energy of an `--ood` row", &e)?);
         r.ood_file = Some(detection(&test, &e, ood.file.clone())?);
+        r.ood_file_confidence = baseline(&ood.rows.vars, &ood.file)?;
     }
     if !real {
         return Ok(());
@@ -617,6 +645,7 @@ fn comparison_figures(t: &Trained, rows: &EvalRows, opts: &EvalOptions, r: &mut 
     let e = energy(&noise).map_err(EvalError::Failed)?;
     r.energy_noise = Some(energy_stats("the energy of a noise row", &e)?);
     r.ood_noise = Some(detection(&test, &e, kinds.to_string())?);
+    r.ood_noise_confidence = baseline(&noise, &kinds.to_string())?;
     sample_figures(t, &vars, &scored, opts, r)
 }
 

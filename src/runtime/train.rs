@@ -478,6 +478,7 @@ fn remove_leftovers(dir: &Path) {
 }
 
 /// Trains `train` on `data` into `opts.out`, a checkpoint per epoch, reporting to `progress`; returns every epoch's metrics (the log-likelihood on `test` when given).
+/// A train block's `outliers` are loaded with relative paths read from the working directory (`run_with_outliers` takes them loaded).
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     source: &str,
@@ -486,6 +487,29 @@ pub fn run(
     train: &Train,
     data: &Dataset,
     test: Option<&Dataset>,
+    opts: &RunOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<EpochMetrics>, RunError> {
+    let outliers = match &train.outliers {
+        Some(spec) => Some(
+            crate::runtime::data::load(spec, &graph.model, std::path::Path::new("."))
+                .map_err(|e| RunError::Io(format!("outlier rows: {e}")))?,
+        ),
+        None => None,
+    };
+    run_with_outliers(source, graph, plan, train, data, test, outliers.as_ref(), opts, progress)
+}
+
+/// `run`, with the train block's `outliers` already loaded (`None` when it names none).
+#[allow(clippy::too_many_arguments)]
+pub fn run_with_outliers(
+    source: &str,
+    graph: &FactorGraph,
+    plan: &Plan,
+    train: &Train,
+    data: &Dataset,
+    test: Option<&Dataset>,
+    outliers: Option<&Dataset>,
     opts: &RunOptions,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<EpochMetrics>, RunError> {
@@ -523,6 +547,9 @@ pub fn run(
     let mut trainer = Trainer::resume(model, plan, train, &params, &state, run_seed, opts.device)
         .map_err(|error| RunError::Train { error, epoch: first_epoch, last_good: None })?;
     trainer.prepare(&data.vars).map_err(|error| RunError::Train { error, epoch: first_epoch, last_good: None })?;
+    if let Some(rows) = outliers {
+        trainer.outliers(&rows.vars).map_err(|error| RunError::Train { error, epoch: first_epoch, last_good: None })?;
+    }
     let batch = train.batch.min(data.rows).max(1);
     let steps_per_epoch = data.rows / batch;
     progress(Progress::Start { epochs: opts.epochs, steps_per_epoch, from_epoch: first_epoch });

@@ -8,6 +8,7 @@
 //! | `nce` | NCE, CNCE |
 //! | `jem` | JEM |
 //! | `stein` | LSD |
+//! | `classify` | cross-entropy alone, with the energy-bounded outlier term (energy-based OOD) |
 //!
 //! Each objective splits a step in two, the split the step compiler needs
 //! (issue 12): [`Objective::draw`] is what it needs from the sampler and the
@@ -24,6 +25,7 @@
 //! only) computes the same loss and gradients by backpropagation, and the
 //! tests hold the two equal on every zoo model and every objective kind.
 
+mod classify;
 mod contrastive;
 mod jem;
 mod nce;
@@ -36,6 +38,7 @@ mod stein;
 /// is added here too.
 pub(super) const ALL_SEND_ON_CPU: () = {
     const fn send<T: Send>() {}
+    send::<classify::Classify>();
     send::<contrastive::Contrastive<dfdx::tensor::Cpu>>();
     send::<jem::Jem<dfdx::tensor::Cpu>>();
     send::<nce::Nce>();
@@ -158,6 +161,11 @@ pub(super) fn phase_sums<D: Kernels>(model: &OnDevice<D>, phases: &[(&Phase, &Va
     (loss, grads)
 }
 
+/// The rows of a batch of host tensors.
+pub(super) fn rows_of_host(batch: &Tensors) -> usize {
+    batch.values().next().map_or(0, |t| t.shape[0])
+}
+
 /// The rows of a batch of variables.
 pub(super) fn rows_of<D: Kernels>(vars: &Vars<D>) -> usize {
     vars.values().next().map_or(0, |t| t.shape().0)
@@ -175,6 +183,11 @@ pub(super) trait Objective<D: Kernels> {
 
     /// Sees the whole training set once before the first epoch (NCE fits its noise to it).
     fn prepare(&mut self, _data: &Tensors) {}
+
+    /// Sees the train block's outlier rows once before the first epoch (`classify`'s energy-bounded term).
+    fn outliers(&mut self, _model: &OnDevice<D>, _rows: &Tensors) -> Result<(), TrainError> {
+        Ok(())
+    }
 
     /// Reseeds the objective's generators and chains from the run's seed and the epoch.
     fn begin_epoch(&mut self, _seed: u64) {}
@@ -215,6 +228,7 @@ pub(super) trait Objective<D: Kernels> {
 /// An objective behind a pointer: one step is `draw` then `loss`.
 pub(super) trait Step<D: Kernels> {
     fn prepare(&mut self, data: &Tensors);
+    fn outliers(&mut self, model: &OnDevice<D>, rows: &Tensors) -> Result<(), TrainError>;
     fn begin_epoch(&mut self, seed: u64);
     fn step(&mut self, model: &mut OnDevice<D>, batch: &Tensors) -> Result<(f64, Grads<D>), TrainError>;
     /// One draw, then its loss both ways: symbolic (`loss`) and by tape (`tape_loss`).
@@ -230,6 +244,9 @@ pub(super) trait Step<D: Kernels> {
 impl<D: Kernels, O: Objective<D>> Step<D> for O {
     fn prepare(&mut self, data: &Tensors) {
         Objective::prepare(self, data)
+    }
+    fn outliers(&mut self, model: &OnDevice<D>, rows: &Tensors) -> Result<(), TrainError> {
+        Objective::outliers(self, model, rows)
     }
     fn begin_epoch(&mut self, seed: u64) {
         Objective::begin_epoch(self, seed)
@@ -352,6 +369,7 @@ pub(super) fn build<D: Kernels>(
         Options::Pcd(p) => Box::new(contrastive::Contrastive::pcd(model, p, params, state, seed)?),
         Options::Pl => Box::new(pseudo_likelihood::PseudoLikelihood::new(model)?),
         Options::Jem(p) => Box::new(jem::Jem::new(model, p, batch, params, state, seed)?),
+        Options::Classify(c) => Box::new(classify::Classify::new(model, c, seed)?),
         Options::Sm => Box::new(score::Score::new(model, score::Kind::Exact, seed)),
         Options::Dsm { sigma } => {
             Box::new(score::Score::new(model, score::Kind::Denoising { sigma: *sigma as f32 }, seed))

@@ -68,6 +68,15 @@ const INLINE: &[&str] = &[
     "model m { visible x : real[2]; visible y : categorical(3); net f = mlp(2 -> 5 -> 3, act: swish);
        energy e = -(f(x) @ y); energy prior = 0.01 * sum(square(x)); }
        train m { data = csv(\"x.csv\") -> (x, y); objective = jem(k: 1, step: 0.05, noise: 0.3, buffer: 20, alpha: 0.1); }",
+    // Cross-entropy alone; with the energy-bounded term (margins about the
+    // energies at the initial parameters, so both hinges are active).
+    "model m { visible x : real[2]; visible y : categorical(3); net f = mlp(2 -> 5 -> 3, act: swish);
+       energy e = -(f(x) @ y); energy prior = 0.01 * sum(square(x)); }
+       train m { data = csv(\"x.csv\") -> (x, y); objective = classify; }",
+    "model m { visible x : real[2]; visible y : categorical(3); net f = mlp(2 -> 5 -> 3, act: swish);
+       energy e = -(f(x) @ y); energy prior = 0.01 * sum(square(x)); }
+       train m { data = csv(\"x.csv\") -> (x, y); outliers = uniform(n: 40, low: -3, high: 3) -> x;
+       objective = classify(m_in: -3, m_out: 3, weight: 0.5); }",
 ];
 
 /// Rows per test batch: small, CI has two cores.
@@ -92,6 +101,8 @@ fn kind(o: &O) -> String {
         O::Nce { noise, .. } => format!("nce({noise:?})"),
         O::Cnce { .. } => "cnce".into(),
         O::Lsd { .. } => "lsd".into(),
+        O::Classify(c) if c.outliers => "classify+outliers".into(),
+        O::Classify(_) => "classify".into(),
     }
 }
 
@@ -129,6 +140,10 @@ fn check(src: &str, name: &str, data: Option<&Tensors>) -> String {
     let mut objective = build(&mut on, &train.options, rows, &params, &Tensors::new(), 5).expect("objective");
     on.used = on.params_in(&objective.roots(&on), &declared);
     objective.prepare(&batch);
+    if let Some(spec) = &train.outliers {
+        let rows = crate::runtime::data::load(spec, &model, std::path::Path::new(".")).expect("outlier rows");
+        objective.outliers(&on, &rows.vars).expect("outliers bind the inputs");
+    }
     objective.begin_epoch(11);
     let what = format!("{} `{name}`\n{src}", kind(&train.options.objective));
     // LSD alternates: a critic step, then (with `critic_steps: 1`) an energy step.
@@ -188,6 +203,8 @@ fn every_objective_kind_matches_the_tape() {
         "lsd",
         "jem",
         "jem+alpha",
+        "classify",
+        "classify+outliers",
     ] {
         assert!(kinds.contains(k), "no model of kind {k}: {kinds:?}");
     }
