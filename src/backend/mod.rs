@@ -514,6 +514,18 @@ struct ChainSet<D: Device<f32>> {
     /// Host copies of the parameters and constants those programs read, and whether they lag `leaves`.
     shared: step::Shared,
     shared_stale: bool,
+    /// Whether `langevin` keeps `last_step` (improved CD differentiates it).
+    record_last: bool,
+    last_step: Option<LastStep<D>>,
+}
+
+/// What the last plain Langevin step saw, per variable name: the state it
+/// started from, the (clipped) energy gradient it followed, and its proposal
+/// before folding into the box, `x − step·g + noise·z`.
+struct LastStep<D: Device<f32>> {
+    start: BTreeMap<String, T3<D>>,
+    gradient: BTreeMap<String, T3<D>>,
+    proposal: BTreeMap<String, T3<D>>,
 }
 
 /// Generators for each chain, from the run's seed.
@@ -777,6 +789,8 @@ impl<D: Kernels> ChainSet<D> {
             compiled: BTreeMap::new(),
             shared: step::Shared::new(),
             shared_stale: true,
+            record_last: false,
+            last_step: None,
         };
         for i in 0..set.vars.len() {
             let init = set.initial(i);
@@ -995,14 +1009,26 @@ impl<D: Kernels> ChainSet<D> {
         let state = self.state.clone();
         let g0 = self.langevin_gradients(vars, &state, clip);
         let mut proposal = self.state.clone();
+        let mut unfolded = BTreeMap::new();
         for ((v, _), g) in vars.iter().zip(&g0) {
             let name = self.vars[*v].name.clone();
             let shape = self.shape(*v);
             let z: T3<D> = self.normal(shape);
             let x = self.state[&name].clone() - g.clone() * step + z * noise;
+            if self.record_last && !mala {
+                unfolded.insert(name.clone(), x.clone());
+            }
             proposal.insert(name.clone(), self.reflect(*v, x));
         }
         if !mala {
+            if self.record_last {
+                let names: Vec<String> = vars.iter().map(|(v, _)| self.vars[*v].name.clone()).collect();
+                self.last_step = Some(LastStep {
+                    start: names.iter().map(|n| (n.clone(), state[n].clone())).collect(),
+                    gradient: names.into_iter().zip(g0).collect(),
+                    proposal: unfolded,
+                });
+            }
             self.state = proposal;
             return;
         }

@@ -54,6 +54,40 @@ impl Replay {
         }
     }
 
+    /// For each row of `rows`, the buffer row nearest to it in Euclidean
+    /// distance over every variable (the first of equals); `None` while the
+    /// buffer is empty. Improved CD's entropy estimate reads these.
+    pub(super) fn nearest(&self, rows: &Tensors) -> Option<Tensors> {
+        if self.rows.is_empty() {
+            return None;
+        }
+        let n = rows.values().next().map_or(0, |t| t.shape[0]);
+        let mut out = rows.clone();
+        for r in 0..n {
+            let distance = |past: &Tensors| -> f64 {
+                rows.iter()
+                    .map(|(name, t)| {
+                        let per: usize = t.shape[1..].iter().product();
+                        let here = &t.data[r * per..(r + 1) * per];
+                        here.iter().zip(&past[name].data).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>()
+                    })
+                    .sum()
+            };
+            let mut best = (f64::INFINITY, 0);
+            for (i, past) in self.rows.iter().enumerate() {
+                let d = distance(past);
+                if d < best.0 {
+                    best = (d, i);
+                }
+            }
+            for (name, t) in out.iter_mut() {
+                let per: usize = t.shape[1..].iter().product();
+                t.data[r * per..(r + 1) * per].copy_from_slice(&self.rows[best.1][name].data);
+            }
+        }
+        Some(out)
+    }
+
     /// The buffer as `replay.<var>` tensors, for checkpoints.
     pub(super) fn saved(&self) -> Tensors {
         let Some(first) = self.rows.first() else { return Tensors::new() };
