@@ -62,20 +62,21 @@ impl Replay {
             return None;
         }
         let n = rows.values().next().map_or(0, |t| t.shape[0]);
+        // The buffer as one row-major matrix, so the search is a tight loop.
+        let flat: Vec<f32> =
+            self.rows.iter().flat_map(|past| rows.keys().flat_map(move |name| past[name].data.iter().copied())).collect();
+        let width = flat.len() / self.rows.len();
         let mut out = rows.clone();
+        let mut query = Vec::with_capacity(width);
         for r in 0..n {
-            let distance = |past: &Tensors| -> f64 {
-                rows.iter()
-                    .map(|(name, t)| {
-                        let per: usize = t.shape[1..].iter().product();
-                        let here = &t.data[r * per..(r + 1) * per];
-                        here.iter().zip(&past[name].data).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>()
-                    })
-                    .sum()
-            };
+            query.clear();
+            for t in rows.values() {
+                let per: usize = t.shape[1..].iter().product();
+                query.extend_from_slice(&t.data[r * per..(r + 1) * per]);
+            }
             let mut best = (f64::INFINITY, 0);
-            for (i, past) in self.rows.iter().enumerate() {
-                let d = distance(past);
+            for (i, past) in flat.chunks_exact(width).enumerate() {
+                let d: f64 = query.iter().zip(past).map(|(a, b)| f64::from(a - b).powi(2)).sum();
                 if d < best.0 {
                     best = (d, i);
                 }
