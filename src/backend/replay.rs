@@ -63,8 +63,11 @@ impl Replay {
         }
         let n = rows.values().next().map_or(0, |t| t.shape[0]);
         // The buffer as one row-major matrix, so the search is a tight loop.
-        let flat: Vec<f32> =
-            self.rows.iter().flat_map(|past| rows.keys().flat_map(move |name| past[name].data.iter().copied())).collect();
+        let flat: Vec<f32> = self
+            .rows
+            .iter()
+            .flat_map(|past| rows.keys().flat_map(move |name| past[name].data.iter().copied()))
+            .collect();
         let width = flat.len() / self.rows.len();
         let mut out = rows.clone();
         let mut query = Vec::with_capacity(width);

@@ -561,6 +561,54 @@ mod tests {
         assert!(checked >= 21, "checked {checked}");
     }
 
+    /// The planner refuses the terms where the sampler is not plain Langevin
+    /// on visible reals, naming the variable (E0402).
+    #[test]
+    fn the_terms_need_plain_langevin_on_visible_reals() {
+        let cases = [
+            (
+                "visible x : real[2]; hidden h : real[2]; energy e = 0.5 * sum(square(x - h)) + 0.5 * sum(square(h));",
+                "x",
+                "h is hidden",
+            ),
+            (
+                "visible x : real[2]; visible v : binary[2]; energy e = 0.5 * sum(square(x)) - x @ v;",
+                "(x, v)",
+                "v is discrete",
+            ),
+            (
+                "visible x : real[2]; energy e = 0.5 * sum(square(x)); sample { x: mala(step: 0.1); }",
+                "x",
+                "x is sampled by MALA",
+            ),
+        ];
+        for (body, binding, why) in cases {
+            let src = format!(
+                "model m {{ {body} }} train m {{ data = csv(\"x.csv\") -> {binding}; objective = pcd(k: 1, chains: 4, entropy: 0.3); }}"
+            );
+            let c = crate::compile(&src).unwrap_or_else(|d| panic!("{d:?}"));
+            let problems = crate::analysis::plan::program_to_plans(&c.program).err().unwrap_or_default();
+            let found = problems.iter().any(
+                |p| matches!(p, crate::analysis::plan::PlanError::ImprovedCdNeedsLangevin { why: w, .. } if w == why),
+            );
+            assert!(found, "{why}: {problems:?}");
+            let d = crate::front::diagnostic::Diagnostic::from(
+                problems
+                    .iter()
+                    .find(|p| matches!(p, crate::analysis::plan::PlanError::ImprovedCdNeedsLangevin { .. }))
+                    .expect("found"),
+            );
+            assert_eq!(d.code, "E0402");
+            // Off, the same model plans.
+            let off = src.replace(", entropy: 0.3", "");
+            let c = crate::compile(&off).unwrap_or_else(|d| panic!("{d:?}"));
+            let refused = crate::analysis::plan::program_to_plans(&c.program).err().unwrap_or_default();
+            assert!(
+                !refused.iter().any(|p| matches!(p, crate::analysis::plan::PlanError::ImprovedCdNeedsLangevin { .. }))
+            );
+        }
+    }
+
     /// Off, the terms leave PCD as it was: the same draw and the same
     /// gradients bit for bit.
     #[test]
