@@ -514,6 +514,10 @@ impl From<&PlanError> for Diagnostic {
                 .primary(*span, "`pl` conditions each visible unit on all the others")
                 .secondary(*var_span, format!("`{var}` declared here"))
                 .help("use `cd` or `pcd` for models with hidden or continuous variables"),
+            ImprovedCdNeedsLangevin { span, var, var_span, why } => Diagnostic::error("E0402", format!("improved CD (`kl`, `entropy`) needs every variable visible, continuous and sampled by plain Langevin, but {why}"))
+                .primary(*span, "these terms differentiate the last Langevin step of the samples")
+                .secondary(*var_span, format!("`{var}` declared here"))
+                .help("set `kl` and `entropy` to 0 (plain PCD), or sum the variable out or make it a real visible one"),
             GibbsOnContinuous { var, span } => Diagnostic::error("E0404", format!("cannot Gibbs-sample the continuous variable `{var}`"))
                 .primary(*span, "no exact conditional to sample from")
                 .help(format!("use `{var}: langevin(step: 0.01);` or `mala`")),

@@ -1452,6 +1452,9 @@ fn typed_options(objective: &Call, optimizer: &Call, schedule: &Call, regularize
         reinit: num(o, "reinit"),
         clip: maybe_num(o, "clip"),
         alpha: num(o, "alpha"),
+        // `jem` has no improved-CD options: they are off there.
+        kl: maybe_num(o, "kl").unwrap_or(0.0),
+        entropy: maybe_num(o, "entropy").unwrap_or(0.0),
     };
     let objective = match o.name.as_str() {
         "cd" => Objective::Cd { k: count(o, "k") },

@@ -236,6 +236,18 @@ pub enum PlanError {
         /// Why it disqualifies `pl` (hidden, or continuous).
         why: String,
     },
+    /// `pcd` with improved CD's `kl` or `entropy` on a model whose chains
+    /// are not plain Langevin on visible continuous variables alone.
+    ImprovedCdNeedsLangevin {
+        /// Where the objective is written.
+        span: Span,
+        /// The offending variable.
+        var: String,
+        /// Where it is declared.
+        var_span: Span,
+        /// Why it disqualifies the terms (hidden, discrete, or MALA).
+        why: String,
+    },
     /// A `gibbs` override on a real variable.
     GibbsOnContinuous {
         /// The variable.
@@ -742,6 +754,7 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
     let label_marginal = label_marginal(graph, ir, total);
     if let Some(t) = train {
         problems.extend(check_objective(graph, t, &kept, &label_marginal));
+        problems.extend(check_improved_cd(model, t, &variables));
     }
     let langevin = variables.iter().any(|v| matches!(v.kernel, Kernel::Langevin { .. }));
     let objective_text =
@@ -1089,6 +1102,35 @@ fn check_critic(model: &crate::analysis::program::Model, critic: &str, span: Spa
     }
 }
 
+/// Improved CD's terms differentiate the last Langevin step of the
+/// negative samples, so every variable must be visible, continuous and moved
+/// by plain Langevin (one step, no accept/reject, which has no gradient).
+fn check_improved_cd(model: &crate::analysis::program::Model, train: &Train, variables: &[VarPlan]) -> Vec<PlanError> {
+    let on = match &train.options.objective {
+        Objective::Pcd(p) => p.kl > 0.0 || p.entropy > 0.0,
+        _ => false,
+    };
+    if !on {
+        return Vec::new();
+    }
+    variables
+        .iter()
+        .filter_map(|v| {
+            let why = if v.role == Role::Hidden {
+                format!("{} is hidden", v.name)
+            } else {
+                match v.kernel {
+                    Kernel::Langevin { mala: false, .. } => return None,
+                    Kernel::Langevin { mala: true, .. } => format!("{} is sampled by MALA", v.name),
+                    _ => format!("{} is discrete", v.name),
+                }
+            };
+            let var_span = model.variable(&v.name).map_or(train.objective.span, |d| d.span);
+            Some(PlanError::ImprovedCdNeedsLangevin { span: train.objective.span, var: v.name.clone(), var_span, why })
+        })
+        .collect()
+}
+
 /// The objective as a call with the options that apply: Langevin's only
 /// when some variable is sampled by Langevin dynamics.
 fn objective_text(
@@ -1102,6 +1144,9 @@ fn objective_text(
         .options
         .iter()
         .filter(|(k, _)| langevin || !crate::analysis::schema::LANGEVIN_OPTIONS.contains(&k.as_str()))
+        .filter(|(k, v)| {
+            !crate::analysis::schema::IMPROVED_CD_OPTIONS.contains(&k.as_str()) || v.as_f64().is_some_and(|x| x > 0.0)
+        })
         .map(|(k, v)| format!("{k}: {v}"))
         .collect();
     let call = format!("{}({})", o.name, opts.join(", "));
@@ -1111,6 +1156,9 @@ fn objective_text(
     };
     let how = match o.name.as_str() {
         "cd" => format!("contrastive divergence, chains restart at the data; {positive}"),
+        "pcd" if improved_cd(o) => format!(
+            "persistent chains; {positive}; improved CD: the KL term and the nearest-neighbour entropy of the samples differentiated through the last Langevin step"
+        ),
         "pcd" => format!("persistent chains; {positive}"),
         "pl" => "exact pseudo-likelihood over the visible units".to_string(),
         "sm" => "exact score matching: sum_i 0.5 (dE/dx_i)^2 - d2E/dx_i^2".to_string(),
@@ -1137,6 +1185,13 @@ fn objective_text(
         },
     };
     format!("{call}: {how}")
+}
+
+/// Whether a `pcd` call turns on an improved-CD term.
+fn improved_cd(o: &Call) -> bool {
+    crate::analysis::schema::IMPROVED_CD_OPTIONS
+        .iter()
+        .any(|k| o.options.get(*k).and_then(crate::analysis::schema::Value::as_f64).is_some_and(|x| x > 0.0))
 }
 
 impl Plan {

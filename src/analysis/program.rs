@@ -781,6 +781,10 @@ pub struct Persistent {
     pub clip: Option<f64>,
     /// Energy-penalty weight (≥ 0; 0 is off).
     pub alpha: f64,
+    /// Improved CD's KL term weight (≥ 0; 0 is off; `pcd` only).
+    pub kl: f64,
+    /// Improved CD's nearest-neighbour entropy weight (≥ 0; 0 is off; `pcd` only).
+    pub entropy: f64,
 }
 
 /// Distribution of sliced score matching's projection directions.

@@ -233,6 +233,10 @@ pub const TOY_SETS: &[&str] = &["8gaussians", "2spirals", "moons", "checkerboard
 /// variables) use: a discrete model's plan leaves them out.
 pub const LANGEVIN_OPTIONS: &[&str] = &["step", "noise", "clip", "buffer", "reinit"];
 
+/// Options of `pcd` for improved CD (Du et al. 2020): off at 0, and the
+/// plan's text names them only when on.
+pub const IMPROVED_CD_OPTIONS: &[&str] = &["kl", "entropy"];
+
 /// The objectives `train`'s `objective` accepts.
 pub static OBJECTIVES: &[Signature] = &[
     Signature { name: "cd", options: &[opt!("k", POS_INT, Int(1))] },
@@ -247,6 +251,8 @@ pub static OBJECTIVES: &[Signature] = &[
             opt!("reinit", Unit, Num(0.05)),
             opt!("clip", Positive, Absent),
             opt!("alpha", NonNegative, Num(0.0)),
+            opt!("kl", NonNegative, Num(0.0)),
+            opt!("entropy", NonNegative, Num(0.0)),
         ],
     },
     Signature { name: "pl", options: &[] },

@@ -582,6 +582,18 @@ struct ChainSet<D: Device<f32>> {
     shared_stale: bool,
     /// Clamped parts, by variable index (`Sampler::set_clamps`).
     held: BTreeMap<usize, Held<D>>,
+    /// Whether `langevin` keeps `last_step` (improved CD differentiates it).
+    record_last: bool,
+    last_step: Option<LastStep<D>>,
+}
+
+/// What the last plain Langevin step saw, per variable name: the state it
+/// started from, the (clipped) energy gradient it followed, and its proposal
+/// before folding into the box, `x − step·g + noise·z`.
+struct LastStep<D: Device<f32>> {
+    start: BTreeMap<String, T3<D>>,
+    gradient: BTreeMap<String, T3<D>>,
+    proposal: BTreeMap<String, T3<D>>,
 }
 
 /// Generators for each chain, from the run's seed.
@@ -858,6 +870,8 @@ impl<D: Kernels> ChainSet<D> {
             shared: step::Shared::new(),
             shared_stale: true,
             held: BTreeMap::new(),
+            record_last: false,
+            last_step: None,
         };
         for i in 0..set.vars.len() {
             let init = set.initial(i);
@@ -1080,15 +1094,27 @@ impl<D: Kernels> ChainSet<D> {
         let state = self.state.clone();
         let g0 = self.langevin_gradients(vars, &state, clip);
         let mut proposal = self.state.clone();
+        let mut unfolded = BTreeMap::new();
         for ((v, _), g) in vars.iter().zip(&g0) {
             let name = self.vars[*v].name.clone();
             let shape = self.shape(*v);
             let z: T3<D> = self.normal(shape);
             let x = self.state[&name].clone() - g.clone() * step + z * noise;
+            if self.record_last && !mala {
+                unfolded.insert(name.clone(), x.clone());
+            }
             // Held units stay: their gradient is zero, and their noise is undone here.
             proposal.insert(name.clone(), self.hold(*v, self.reflect(*v, x)));
         }
         if !mala {
+            if self.record_last {
+                let names: Vec<String> = vars.iter().map(|(v, _)| self.vars[*v].name.clone()).collect();
+                self.last_step = Some(LastStep {
+                    start: names.iter().map(|n| (n.clone(), state[n].clone())).collect(),
+                    gradient: names.into_iter().zip(g0).collect(),
+                    proposal: unfolded,
+                });
+            }
             self.state = proposal;
             return;
         }

@@ -54,6 +54,44 @@ impl Replay {
         }
     }
 
+    /// For each row of `rows`, the buffer row nearest to it in Euclidean
+    /// distance over every variable (the first of equals); `None` while the
+    /// buffer is empty. Improved CD's entropy estimate reads these.
+    pub(super) fn nearest(&self, rows: &Tensors) -> Option<Tensors> {
+        if self.rows.is_empty() {
+            return None;
+        }
+        let n = rows.values().next().map_or(0, |t| t.shape[0]);
+        // The buffer as one row-major matrix, so the search is a tight loop.
+        let flat: Vec<f32> = self
+            .rows
+            .iter()
+            .flat_map(|past| rows.keys().flat_map(move |name| past[name].data.iter().copied()))
+            .collect();
+        let width = flat.len() / self.rows.len();
+        let mut out = rows.clone();
+        let mut query = Vec::with_capacity(width);
+        for r in 0..n {
+            query.clear();
+            for t in rows.values() {
+                let per: usize = t.shape[1..].iter().product();
+                query.extend_from_slice(&t.data[r * per..(r + 1) * per]);
+            }
+            let mut best = (f64::INFINITY, 0);
+            for (i, past) in flat.chunks_exact(width).enumerate() {
+                let d: f64 = query.iter().zip(past).map(|(a, b)| f64::from(a - b).powi(2)).sum();
+                if d < best.0 {
+                    best = (d, i);
+                }
+            }
+            for (name, t) in out.iter_mut() {
+                let per: usize = t.shape[1..].iter().product();
+                t.data[r * per..(r + 1) * per].copy_from_slice(&self.rows[best.1][name].data);
+            }
+        }
+        Some(out)
+    }
+
     /// The buffer as `replay.<var>` tensors, for checkpoints.
     pub(super) fn saved(&self) -> Tensors {
         let Some(first) = self.rows.first() else { return Tensors::new() };

@@ -5,7 +5,9 @@
 //!
 //! With the energy penalty α the loss is two phases: `F + αF²` over the data
 //! (weight 1/n) and `αF² − F` over the samples (weight 1/m); without it α = 0
-//! and they are `F` and `−F`.
+//! and they are `F` and `−F`. PCD's `kl` and `entropy` add improved CD's
+//! terms, which do differentiate the samples' last Langevin step
+//! (`improved`).
 
 #[cfg(test)]
 use super::super::T3;
@@ -14,6 +16,7 @@ use super::super::eval::{Evaluator, Taped};
 use super::super::replay::Replay;
 use super::super::{ChainSet, Chains, Kernels};
 pub(super) use super::Vars;
+use super::improved::{Improved, Record};
 use super::{Grads, Objective, OnDevice, Phase, TrainError};
 use crate::analysis::plan::Kernel;
 use crate::analysis::program::Persistent;
@@ -31,6 +34,16 @@ pub(super) struct Contrastive<D: Kernels> {
     persistent: Option<PersistentChains<D>>,
     /// The data's phase, `F + αF²`, and the samples', `αF² − F`.
     phases: [Phase; 2],
+    /// Improved CD's terms (PCD with `kl` or `entropy` above 0).
+    improved: Option<Improved>,
+}
+
+/// What one step draws: the positive and negative phases' variables, and
+/// what improved CD keeps of the negatives' last Langevin step.
+pub(super) struct Draw<D: Kernels> {
+    pub(super) positive: Vars<D>,
+    pub(super) negative: Vars<D>,
+    pub(super) improved: Option<Record>,
 }
 
 struct PersistentChains<D: Kernels> {
@@ -41,7 +54,7 @@ struct PersistentChains<D: Kernels> {
 
 impl<D: Kernels> Contrastive<D> {
     pub(super) fn cd(model: &mut OnDevice<D>, k: usize) -> Self {
-        Contrastive { k, persistent: None, phases: phases(model) }
+        Contrastive { k, persistent: None, phases: phases(model), improved: None }
     }
 
     pub(super) fn pcd(
@@ -67,20 +80,26 @@ impl<D: Kernels> Contrastive<D> {
             .iter()
             .any(|v| model.visible.contains(&v.name) && matches!(v.kernel, Kernel::Langevin { .. }));
         let replay = langevin.then(|| super::replay(p, seed ^ 0x7270_6c79, state));
+        let improved = if p.kl > 0.0 || p.entropy > 0.0 { Some(Improved::new(model, p)?) } else { None };
+        set.record_last = improved.is_some();
         Ok(Contrastive {
             k: p.k,
             persistent: Some(PersistentChains { chains: Box::new(set), replay }),
             phases: phases(model),
+            improved,
         })
     }
 
-    /// CD/PCD through the tape: the oracle of `symbolic_gradients`.
+    /// CD/PCD through the tape: the oracle of `symbolic_gradients`; with
+    /// improved CD's `record`, its terms' surrogate joins the loss before the
+    /// backward pass.
     #[cfg(test)]
     pub(super) fn tape_gradients(
         &self,
         model: &OnDevice<D>,
         positive: &Vars<D>,
         negative: &Vars<D>,
+        record: Option<&Record>,
     ) -> (f64, Grads<D>) {
         let leaves = model.taped_leaves();
         let ev = Taped(Evaluator { ir: &model.ir, dev: &model.dev, leaves: &leaves });
@@ -90,8 +109,13 @@ impl<D: Kernels> Contrastive<D> {
         let names: Vec<String> = model.visible.iter().chain(&model.kept).cloned().collect();
         let f_pos = super::one(ev.eval(&[model.free_energy], &taped(positive, &names)));
         let f_neg = super::one(ev.eval(&[model.free_energy], &taped(negative, &names)));
-        let loss = contrastive_loss(f_pos, f_neg, model.energy_alpha);
-        let value = f64::from(loss.as_vec()[0]);
+        let mut loss = contrastive_loss(f_pos, f_neg, model.energy_alpha);
+        let mut value = f64::from(loss.as_vec()[0]);
+        if let (Some(improved), Some(record)) = (&self.improved, record) {
+            let (terms, surrogate) = improved.tape_surrogate(model, &ev, negative, record);
+            value += terms;
+            loss = loss + surrogate;
+        }
         let g = loss.backward();
         (value, super::tape_grads(model, &g, &model.used))
     }
@@ -149,8 +173,7 @@ pub(super) fn contrastive_loss<D: Kernels>(
 }
 
 impl<D: Kernels> Objective<D> for Contrastive<D> {
-    /// The positive and negative phases' variables.
-    type Draw = (Vars<D>, Vars<D>);
+    type Draw = Draw<D>;
 
     fn begin_epoch(&mut self, seed: u64) {
         if let Some(p) = &mut self.persistent {
@@ -182,6 +205,7 @@ impl<D: Kernels> Objective<D> for Contrastive<D> {
             }
         }
         // Negative phase: k sweeps from the data (CD) or from the persistent chains (PCD).
+        let mut record = None;
         let negative = match (&mut self.persistent, &mut model.scratch) {
             (Some(PersistentChains { chains, replay }), _) => {
                 if let Some(replay) = replay {
@@ -193,7 +217,11 @@ impl<D: Kernels> Objective<D> for Contrastive<D> {
                     Chains::sweep(chains.as_mut());
                 }
                 if let Some(replay) = replay {
-                    replay.keep(&Chains::state(chains.as_ref()));
+                    let end = Chains::state(chains.as_ref());
+                    if let Some(improved) = &self.improved {
+                        record = Some(improved.record(chains, replay, &end)?);
+                    }
+                    replay.keep(&end);
                 }
                 chains.state.clone()
             }
@@ -206,12 +234,21 @@ impl<D: Kernels> Objective<D> for Contrastive<D> {
             // Cannot fire: CD made the scratch chains for its positive phase above.
             (None, None) => unreachable!("CD's chains are made for the positive phase"),
         };
-        Ok((positive, negative))
+        Ok(Draw { positive, negative, improved: record })
     }
 
     fn loss(&self, model: &OnDevice<D>, _batch: &Tensors, draw: &Self::Draw) -> Result<(f64, Grads<D>), TrainError> {
-        let (positive, negative) = draw;
-        Ok(self.symbolic_gradients(model, positive, negative))
+        let (loss, mut grads) = self.symbolic_gradients(model, &draw.positive, &draw.negative);
+        let (Some(improved), Some(record)) = (&self.improved, &draw.improved) else { return Ok((loss, grads)) };
+        let (terms, extra) = improved.loss(model, &draw.negative, record);
+        for (name, g) in extra {
+            let total = match grads.remove(&name) {
+                Some(acc) => acc + g,
+                None => g,
+            };
+            grads.insert(name, total);
+        }
+        Ok((loss + terms, grads))
     }
 
     #[cfg(test)]
@@ -221,12 +258,11 @@ impl<D: Kernels> Objective<D> for Contrastive<D> {
         _batch: &Tensors,
         draw: &Self::Draw,
     ) -> Result<(f64, Grads<D>), TrainError> {
-        let (positive, negative) = draw;
-        Ok(self.tape_gradients(model, positive, negative))
+        Ok(self.tape_gradients(model, &draw.positive, &draw.negative, draw.improved.as_ref()))
     }
 
     fn phases(&self) -> Vec<&super::Phase> {
-        self.phases.iter().collect()
+        self.phases.iter().chain(self.improved.as_ref().map(Improved::phase)).collect()
     }
 
     fn roots(&self, model: &OnDevice<D>) -> Vec<Id> {
@@ -292,9 +328,9 @@ mod tests {
             let mut set = ChainSet::new(Cpu::seed_from_u64(2), &model, &plans[0], &params, rows, 2).expect("chains");
             Chains::sweep(&mut set);
             let batch: Tensors = on.visible.iter().map(|v| (v.clone(), Chains::state(&set)[v].clone())).collect();
-            let (positive, negative) = objective.draw(&mut on, &batch).expect("phases");
-            let (l1, g1) = objective.tape_gradients(&on, &positive, &negative);
-            let (l2, g2) = objective.symbolic_gradients(&on, &positive, &negative);
+            let draw = objective.draw(&mut on, &batch).expect("phases");
+            let (l1, g1) = objective.tape_gradients(&on, &draw.positive, &draw.negative, None);
+            let (l2, g2) = objective.symbolic_gradients(&on, &draw.positive, &draw.negative);
             assert!((l1 - l2).abs() < 1e-4 * (1.0 + l1.abs()), "loss {l1} vs {l2}\n{src}");
             assert_eq!(g1.keys().collect::<Vec<_>>(), g2.keys().collect::<Vec<_>>());
             for (name, a) in &g1 {

@@ -3,6 +3,7 @@
 //! | room | objectives |
 //! |---|---|
 //! | `contrastive` | CD-k, PCD (and the energy penalty every contrastive loss can carry) |
+//! | `improved` | improved CD's KL and entropy terms on top of PCD |
 //! | `pseudo_likelihood` | PL |
 //! | `score` | SM, DSM, SSM |
 //! | `nce` | NCE, CNCE |
@@ -27,6 +28,7 @@
 
 mod classify;
 mod contrastive;
+mod improved;
 mod jem;
 mod nce;
 mod pseudo_likelihood;

@@ -24,6 +24,11 @@ const INLINE: &[&str] = &[
        energy e = 0.5 * sum(square(x)) + f(x) - x @ W @ h; } train m { data = toy(\"moons\", n: 40) -> x; objective = cd(k: 1); }",
     "model m { visible x : real[2]; net f = mlp(2 -> 5 -> 1, act: swish); energy e = f(x) + 0.1 * sum(square(x)); }
        train m { data = toy(\"moons\", n: 40) -> x; objective = pcd(k: 2, chains: 5, step: 0.05, buffer: 20, alpha: 0.1); }",
+    // Improved CD: the KL and entropy terms through a clipped step, and the KL term through a step folded into a box.
+    "model m { visible x : real[2]; net f = mlp(2 -> 5 -> 1, act: swish); energy e = f(x) + 0.1 * sum(square(x)); }
+       train m { data = toy(\"moons\", n: 40) -> x; objective = pcd(k: 2, chains: 5, step: 0.05, clip: 0.3, buffer: 20, kl: 1.0, entropy: 0.3); }",
+    "model m { visible x : real[2] in [-1, 1]; net f = mlp(2 -> 5 -> 1, act: tanh); energy e = f(x); }
+       train m { data = toy(\"moons\", n: 40) -> x; objective = pcd(k: 1, chains: 5, step: 0.3, noise: 1.5, buffer: 20, kl: 0.5, alpha: 0.1); }",
     // PCD on a Potts lattice (a sparse constant).
     "model m { const A = grid(2, 3); visible y : categorical(3)[6]; param J : real = 0.5; param field : real[3] = normal(0, 1);
        energy e = -J * sum(A * (y @ y.T)) - sum(y @ field); } train m { data = toy(\"moons\", n: 40) -> y; objective = pcd(k: 1, chains: 6); }",
@@ -86,6 +91,7 @@ const ROWS: usize = 5;
 fn kind(o: &O) -> String {
     match o {
         O::Cd { .. } => "cd".into(),
+        O::Pcd(p) if p.kl > 0.0 || p.entropy > 0.0 => "pcd+icd".into(),
         O::Pcd(p) if p.alpha > 0.0 => "pcd+alpha".into(),
         O::Pcd(_) => "pcd".into(),
         O::Pl => "pl".into(),
@@ -146,6 +152,10 @@ fn check(src: &str, name: &str, data: Option<&Tensors>) -> String {
     }
     objective.begin_epoch(11);
     let what = format!("{} `{name}`\n{src}", kind(&train.options.objective));
+    // Improved CD's entropy term needs a replay buffer with rows in it: a first step fills it.
+    if matches!(&train.options.objective, O::Pcd(p) if p.entropy > 0.0) {
+        objective.step(&mut on, &batch).expect("a first step");
+    }
     // LSD alternates: a critic step, then (with `critic_steps: 1`) an energy step.
     let steps = if matches!(train.options.objective, O::Lsd { .. }) { 2 } else { 1 };
     for _ in 0..steps {
@@ -190,6 +200,7 @@ fn every_objective_kind_matches_the_tape() {
         "cd",
         "pcd",
         "pcd+alpha",
+        "pcd+icd",
         "pl",
         "sm",
         "dsm",
