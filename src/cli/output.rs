@@ -163,13 +163,18 @@ pub struct CheckSummary {
     pub warnings: usize,
 }
 
-/// What `sample` did: sweeps, chains, MALA's acceptance and the files written.
+/// What `sample` did: sweeps, chains, MALA's or HMC's acceptance, tempering's swap rates and the files written.
 #[derive(Serialize)]
 pub struct SampleResult {
     pub model: String,
     pub sweeps: usize,
     pub chains: usize,
     pub acceptance: Option<f64>,
+    /// The Metropolis-adjusted kernels the acceptance rate is of (`MALA`, `HMC`).
+    #[serde(skip)]
+    pub metropolis: Vec<&'static str>,
+    /// Parallel tempering's ladder, swap rates and per-replica acceptance.
+    pub tempering: Option<ebmc::backend::Tempering>,
     /// R̂ and bulk ESS of each variable's summary statistics.
     pub mixing: Mixing,
     /// Why the run's figures may mislead (the chains may not have mixed).
@@ -220,7 +225,12 @@ impl SampleResult {
     pub fn to_text(&self) -> String {
         let mut s = format!("{} sweeps of {} chains of model {}\n", self.sweeps, self.chains, self.model);
         if let Some(rate) = self.acceptance {
-            s += &format!("MALA acceptance rate: {rate:.3}\n");
+            s += &ebmc::messages::acceptance_line(&self.metropolis, rate, self.tempering.is_some());
+            s.push('\n');
+        }
+        for line in self.tempering.iter().flat_map(ebmc::messages::tempering_lines) {
+            s += &line;
+            s.push('\n');
         }
         for line in ebmc::messages::mixing_lines(&self.mixing) {
             s += &line;
