@@ -63,10 +63,10 @@ impl<D: Kernels> Ensemble<D> {
             }),
             Some(Temperature::Ladder { temperatures }) => {
                 let mut replicas = vec![first];
-                for r in 1..temperatures.len() {
+                for (r, temperature) in temperatures.iter().enumerate().skip(1) {
                     let replica_seed = seed ^ (r as u64).wrapping_mul(0xa076_1d64_78bd_642f);
                     let mut set = ChainSet::new(dev.clone(), model, plan, params, chains, replica_seed)?;
-                    set.beta = (1.0 / temperatures[r]) as f32;
+                    set.beta = (1.0 / temperature) as f32;
                     replicas.push(set);
                 }
                 Ensemble::Tempered(Tempered {
