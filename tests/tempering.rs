@@ -19,7 +19,8 @@ fn setup(src: &str) -> (ebmc::analysis::program::Model, ebmc::analysis::plan::Pl
 /// E(x) = 10 x⁴ − 20 x² = 10 (x² − 1)² − 10: modes at ±1, a barrier of 10 at
 /// 0. Kramers' escape time from a well is about 2π / √(E''(1) |E''(0)|) · e¹⁰
 /// = 2π / √(80 · 40) · 22026 ≈ 2400 time units; 3000 Langevin steps of 0.01
-/// are 30, so a chain of plain Langevin crosses with probability about 1%.
+/// are 30, so a chain of plain Langevin crosses with a probability of a few
+/// percent (Kramers' rate is an estimate; 2.25% of 400 chains with seed 11).
 const DOUBLE_WELL: &str = "model dw { visible x : real; energy well = 10 * x^4 - 20 * square(x);
     sample { x: langevin(step: 0.01); TEMPERING } }";
 
@@ -53,9 +54,10 @@ fn parallel_tempering_mixes_a_double_well_that_langevin_cannot_cross() {
     // Adjacent swaps are offered on alternate sweeps: each pair gets 1500 offers per chain.
     assert!(t.swap_rates.iter().all(|r| *r > 0.2 && *r < 1.0), "swap rates {:?}", t.swap_rates);
     assert_eq!(t.diverged, vec![0; 8]);
-    // Plain Langevin from the same start: about 1% of chains cross (see
+    // Plain Langevin from the same start: a few percent of chains cross (see
     // DOUBLE_WELL), far below 1/2; even 10% would be 16 sd from it.
     let (plain, s) = right_mode_share("", chains, sweeps);
+    eprintln!("right-mode share: tempered {tempered}, plain Langevin {plain}; swap rates {:?}", t.swap_rates);
     assert!(plain < 0.1, "plain Langevin right-mode share {plain}");
     assert!(s.tempering().is_none());
 }
@@ -114,6 +116,7 @@ fn hmc_samples_a_gaussians_mean_and_variance() {
     assert!(plan.to_text().contains("HMC, 5 leapfrog steps of 0.15"), "{}", plan.to_text());
     let mut s = Sampler::new(&model, &plan, &params, 64, 5, Default::default()).unwrap();
     let (mean, var, ess) = draws(&mut s, 50, 300);
+    eprintln!("HMC on N(1.5, 0.25): mean {mean}, variance {var}, ESS {ess}, acceptance {:?}", s.acceptance());
     assert!(ess > 1000.0, "ESS {ess}");
     assert!((mean - 1.5).abs() < 5.0 * (0.25 / ess).sqrt(), "mean {mean} (ESS {ess})");
     assert!((var - 0.25).abs() < 5.0 * (2.0 * 0.0625 / ess).sqrt(), "variance {var} (ESS {ess})");
@@ -132,6 +135,7 @@ fn hmc_reflects_at_the_bounds_of_a_box() {
     let (model, plan, params) = setup(src);
     let mut s = Sampler::new(&model, &plan, &params, 64, 8, Default::default()).unwrap();
     let (mean, var, ess) = draws(&mut s, 20, 300);
+    eprintln!("HMC on a truncated exponential: mean {mean}, variance {var}, ESS {ess}");
     let e2 = 2f64.exp();
     let (want_mean, want_var) = (0.5 - 1.0 / (e2 - 1.0), 0.25 - e2 / (e2 - 1.0).powi(2));
     assert!((mean - want_mean).abs() < 5.0 * (want_var / ess).sqrt(), "mean {mean} vs {want_mean} (ESS {ess})");
