@@ -1133,8 +1133,16 @@ impl Sampler {
         &self.clamped
     }
 
-    /// Mean MALA acceptance rate so far, when a MALA kernel runs.
+    /// Mean acceptance rate so far of the Metropolis-adjusted kernels (MALA,
+    /// HMC), when one runs; with parallel tempering, the T = 1 replica's.
     pub fn acceptance(&self) -> Option<f64> {
         self.inner.acceptance()
+    }
+
+    /// With parallel tempering (`tempering(...)` in the `sample` block): the
+    /// temperatures, the swap rate of each adjacent pair and each replica's
+    /// acceptance rate. The chains' states are the T = 1 replica's.
+    pub fn tempering(&self) -> Option<backend::Tempering> {
+        self.inner.tempering()
     }
 }

@@ -96,7 +96,7 @@ fn expected_tokens(rules: &[Rule]) -> Vec<String> {
             Rule::var_decl | Rule::model_block => "a declaration",
             Rule::train_block => "`train`",
             Rule::setting => "a setting",
-            Rule::sampler_stmt => "a variable name",
+            Rule::sampler_stmt => "a variable name or a whole-model entry (`tempering(...)`)",
             _ => continue,
         };
         if !out.iter().any(|o| o == text) {
@@ -456,6 +456,18 @@ impl From<&CheckError> for Diagnostic {
                 .secondary(*decl, "declared visible here")
                 .help(format!("bind it (`-> (..., {name})`) or declare it `hidden`")),
             BadSettingValue { key, span, expected } => Diagnostic::error("E0107", format!("bad value for `{key}`")).primary(*span, format!("expected {expected}")),
+            SamplerPlace { name, span, whole_model: true } => Diagnostic::error("E0110", format!("`{name}` applies to the whole model, not to one variable"))
+                .primary(*span, "written for one variable")
+                .help(format!("write it on its own line of the sample block, with no variable: `{name}(...);`")),
+            SamplerPlace { name, span, whole_model: false } => Diagnostic::error("E0110", format!("`{name}` needs the variable it samples"))
+                .primary(*span, "no variable named")
+                .help(format!("write `x: {name}(...);` for the variable `x`; only `tempering` and `anneal` stand alone")),
+            TemperingRange { span, t_max } => Diagnostic::error("E0107", format!("the hottest temperature must be above 1, found {t_max}"))
+                .primary(*span, "the ladder runs from T = 1 up to this")
+                .help("`tempering(replicas: 8, t_max: 10)` spaces 8 temperatures geometrically from 1 to 10"),
+            TooManyReplicas { span, replicas, max } => Diagnostic::error("E0107", format!("at most {max} tempering replicas, found {replicas}"))
+                .primary(*span, "each replica is a full set of the chains")
+                .help("a geometric ladder of 8 to 16 temperatures usually suffices; raise `t_max` rather than the count"),
             Unused { is, name, span } => Diagnostic::warning("W0001", format!("{} `{name}` is never used", decl_word(*is)))
                 .primary(*span, "declared here")
                 .help("use it in an energy term, or remove it"),
@@ -522,7 +534,7 @@ impl From<&PlanError> for Diagnostic {
                 .primary(*span, "no exact conditional to sample from")
                 .help(format!("use `{var}: langevin(step: 0.01);` or `mala`")),
             LangevinOnDiscrete { var, span, kernel } => Diagnostic::error("E0404", format!("`{kernel}` needs a continuous variable, but `{var}` is discrete"))
-                .primary(*span, "Langevin dynamics follows the gradient of a continuous energy")
+                .primary(*span, if kernel == "hmc" { "Hamiltonian Monte Carlo follows the gradient of a continuous energy" } else { "Langevin dynamics follows the gradient of a continuous energy" })
                 .help(format!("use `{var}: gibbs;`, or remove the override to let the planner choose")),
             CriticShape { span, critic, critic_span, expected, found } => Diagnostic::error("E0405", format!("`lsd`'s critic `{critic}` does not fit the data"))
                 .primary(*span, format!("the critic must be {expected}"))
@@ -1225,6 +1237,56 @@ pub fn mixing_lines(m: &crate::runtime::diagnostics::Mixing) -> Vec<String> {
         out.push(format!("  {:<width$}  {:<9}  {rhat:>8}  {ess:>9}{flag}", s.variable, statistic_label(s.unit)));
     }
     out
+}
+
+/// `ebmc sample`'s acceptance line: the Metropolis-adjusted kernels that ran (`MALA`, `HMC`) and their rate.
+pub fn acceptance_line(kernels: &[&str], rate: f64, tempered: bool) -> String {
+    let at = if tempered { " at T = 1" } else { "" };
+    format!("{} acceptance rate{at}: {rate:.3}", kernels.join(" and "))
+}
+
+/// `ebmc sample`'s report of parallel tempering: the ladder, then each
+/// adjacent pair's swap rate and each replica's acceptance rate.
+pub fn tempering_lines(t: &crate::backend::Tempering) -> Vec<String> {
+    let mut out = vec![format!(
+        "parallel tempering over {} replicas (samples from T = 1): swap rate of each adjacent pair",
+        t.temperatures.len()
+    )];
+    out.push(format!("  {:>9}  {:>9}  {:>9}  {:>10}", "T", "T next", "swap rate", "acceptance"));
+    for (i, temperature) in t.temperatures.iter().enumerate() {
+        let (next, swap) = match (t.temperatures.get(i + 1), t.swap_rates.get(i)) {
+            (Some(n), Some(r)) => (format!("{n:.3}"), format!("{r:.3}")),
+            _ => ("-".to_string(), "-".to_string()),
+        };
+        let acceptance = t.acceptance.get(i).copied().flatten().map_or_else(|| "-".to_string(), |a| format!("{a:.3}"));
+        out.push(format!("  {temperature:>9.3}  {next:>9}  {swap:>9}  {acceptance:>10}"));
+    }
+    out
+}
+
+/// A warning when chains of a hot tempering replica diverged (they no longer mix with the rest).
+pub fn tempering_diverged_warning(t: &crate::backend::Tempering) -> Option<String> {
+    let bad: Vec<String> = t
+        .temperatures
+        .iter()
+        .zip(&t.diverged)
+        .filter(|(_, n)| **n > 0)
+        .map(|(temperature, n)| format!("{n} at T = {temperature:.3}"))
+        .collect();
+    (!bad.is_empty()).then(|| {
+        format!(
+            "chains of the tempering replicas diverged ({}): they stop taking part in swaps; lower the step, or start the chains nearer the modes",
+            bad.join(", ")
+        )
+    })
+}
+
+/// A warning when an annealing ramp outlasts the burn-in: the first draws are not at β = 1.
+pub fn anneal_burn_in_warning(ramp: usize, burn_in: usize) -> String {
+    format!(
+        "the annealing ramp takes {ramp} sweeps but --burn-in is {burn_in}: the first {} sweeps kept are not at β = 1; raise --burn-in to at least {ramp}",
+        ramp - burn_in
+    )
 }
 
 /// Why `ebmc sample`'s chains may not have mixed, when a statistic says so.

@@ -3,7 +3,7 @@
 //! shape of every expression. Reports every problem it finds, not just the
 //! first, and warns about declarations no energy uses.
 
-use crate::analysis::limits::{MAX_CONV_BLOCKS, MAX_RANK};
+use crate::analysis::limits::{MAX_CONV_BLOCKS, MAX_RANK, MAX_REPLICAS};
 use crate::analysis::program::*;
 use crate::analysis::schema::{self, Family, OptType, Value};
 use crate::front::ast::{self, BinOp, ExprKind, ModelStmt, Role};
@@ -130,6 +130,13 @@ pub enum CheckError {
     UnboundVisible { name: String, span: Span, decl: Span },
     /// E0107: a setting value not of the `expected` kind.
     BadSettingValue { key: String, span: Span, expected: &'static str },
+    /// E0110: a `sample` entry out of place: a whole-model option (`tempering`,
+    /// `anneal`) given to one variable, or a kernel with no variable.
+    SamplerPlace { name: String, span: Span, whole_model: bool },
+    /// E0107: a tempering ladder whose hottest temperature is not above 1.
+    TemperingRange { span: Span, t_max: f64 },
+    /// E0107: a tempering ladder of more than `max` (`limits::MAX_REPLICAS`) replicas.
+    TooManyReplicas { span: Span, replicas: usize, max: usize },
     /// W0001: a declaration no energy uses.
     Unused { is: DeclKind, name: String, span: Span },
 }
@@ -218,6 +225,9 @@ fn first_span(e: &CheckError) -> Span {
         | ReshapeSize { span, .. }
         | BadAxis { span, .. }
         | NotAShape { span }
+        | SamplerPlace { span, .. }
+        | TemperingRange { span, .. }
+        | TooManyReplicas { span, .. }
         | UnknownCallee { span, .. }
         | NotACall { span, .. }
         | UnknownOption { span, .. }
@@ -294,6 +304,7 @@ impl<'e> ModelChecker<'e> {
             nets: vec![],
             energies: vec![],
             overrides: vec![],
+            temperature: None,
         };
         // Declarations first so energies can refer to names declared after them.
         for stmt in &m.stmts {
@@ -311,20 +322,38 @@ impl<'e> ModelChecker<'e> {
             }
         }
         let mut overridden: BTreeMap<String, Span> = BTreeMap::new();
+        let mut whole_model: Option<Span> = None;
         for stmt in &m.stmts {
             if let ModelStmt::Sample(b) = stmt {
                 for o in &b.overrides {
-                    if let Some(first) = overridden.get(&o.var.name) {
+                    let Some(var) = &o.var else {
+                        if let Some(first) = whole_model {
+                            self.err(CheckError::Duplicate {
+                                what: "whole-model sampling entry",
+                                name: match &o.kernel.kind {
+                                    ExprKind::Call { func, .. } => func.name.clone(),
+                                    _ => String::new(),
+                                },
+                                span: o.span,
+                                first,
+                            });
+                            continue;
+                        }
+                        whole_model = Some(o.span);
+                        model.temperature = self.whole_model_sampling(o);
+                        continue;
+                    };
+                    if let Some(first) = overridden.get(&var.name) {
                         self.err(CheckError::Duplicate {
                             what: "sampler override for",
-                            name: o.var.name.clone(),
-                            span: o.var.span,
+                            name: var.name.clone(),
+                            span: var.span,
                             first: *first,
                         });
                         continue;
                     }
-                    overridden.insert(o.var.name.clone(), o.var.span);
-                    model.overrides.extend(self.sampler_override(o));
+                    overridden.insert(var.name.clone(), var.span);
+                    model.overrides.extend(self.sampler_override(var, o));
                 }
             }
         }
@@ -629,27 +658,66 @@ impl<'e> ModelChecker<'e> {
         Some(Energy { name: d.name.name.clone(), expr, span: d.name.span })
     }
 
-    fn sampler_override(&mut self, o: &ast::SamplerOverride) -> Option<Override> {
-        match self.decls.get(&o.var.name) {
+    /// A bare call in a `sample` block: tempering or annealing of every variable.
+    fn whole_model_sampling(&mut self, o: &ast::SamplerOverride) -> Option<Temperature> {
+        let kernel = bind_call(Family::Sampler, &o.kernel, self.errors)?;
+        if !schema::WHOLE_MODEL_SAMPLERS.contains(&kernel.name.as_str()) {
+            self.err(CheckError::SamplerPlace { name: kernel.name, span: o.span, whole_model: false });
+            return None;
+        }
+        if kernel.name == "anneal" {
+            return Some(Temperature::Anneal {
+                beta0: num(&kernel, "beta0"),
+                geometric: kernel.options.get("ramp").and_then(Value::as_str) == Some("geometric"),
+                sweeps: count(&kernel, "sweeps"),
+            });
+        }
+        // Where an option is written: by name, or at its position.
+        let at = |name: &str, position: usize| match &o.kernel.kind {
+            ExprKind::Call { args, .. } => args
+                .iter()
+                .enumerate()
+                .find(|(i, a)| a.name.as_ref().map_or(*i == position, |n| n.name == name))
+                .map_or(o.span, |(_, a)| a.value.span),
+            _ => o.span,
+        };
+        let (replicas, t_max) = (count(&kernel, "replicas"), num(&kernel, "t_max"));
+        if replicas > MAX_REPLICAS {
+            self.err(CheckError::TooManyReplicas { span: at("replicas", 0), replicas, max: MAX_REPLICAS });
+            return None;
+        }
+        if t_max <= 1.0 {
+            self.err(CheckError::TemperingRange { span: at("t_max", 1), t_max });
+            return None;
+        }
+        Some(Temperature::ladder(replicas, t_max))
+    }
+
+    fn sampler_override(&mut self, var: &ast::Ident, o: &ast::SamplerOverride) -> Option<Override> {
+        match self.decls.get(&var.name) {
             Some((DeclKind::Variable, _)) => {}
             Some((is, _)) => {
                 let is = *is;
-                self.err(CheckError::NotAValue { name: o.var.name.clone(), span: o.var.span, is });
+                self.err(CheckError::NotAValue { name: var.name.clone(), span: var.span, is });
                 return None;
             }
             None => {
                 let candidates = self.names_of(DeclKind::Variable);
                 self.err(CheckError::Undefined {
                     what: "variable",
-                    name: o.var.name.clone(),
-                    span: o.var.span,
+                    name: var.name.clone(),
+                    span: var.span,
                     candidates,
                 });
                 return None;
             }
         }
         let kernel = bind_call(Family::Sampler, &o.kernel, self.errors)?;
-        Some(Override { var: o.var.name.clone(), sampler: typed_sampler(&kernel), kernel, span: o.span })
+        if schema::WHOLE_MODEL_SAMPLERS.contains(&kernel.name.as_str()) {
+            self.err(CheckError::SamplerPlace { name: kernel.name, span: o.span, whole_model: true });
+            return None;
+        }
+        Some(Override { var: var.name.clone(), sampler: typed_sampler(&kernel), kernel, span: o.span })
     }
 
     fn names_of(&self, kind: DeclKind) -> Vec<String> {
@@ -1538,6 +1606,7 @@ fn typed_sampler(c: &Call) -> Sampler {
     match c.name.as_str() {
         "langevin" => Sampler::Langevin(langevin_options(c)),
         "mala" => Sampler::Mala { step: num(c, "step"), steps: count(c, "steps") },
+        "hmc" => Sampler::Hmc { step: num(c, "step"), leapfrog: count(c, "leapfrog"), steps: count(c, "steps") },
         _ => Sampler::Gibbs,
     }
 }

@@ -29,6 +29,8 @@ pub const MAX_EPOCHS: u128 = 1_000_000;
 /// Most axes of a variable's, parameter's or constant's per-example shape
 /// (a categorical's category axis included); the batch adds one more.
 pub const MAX_RANK: usize = 6;
+/// Replicas of a parallel-tempering ladder: each is a full set of the chains.
+pub const MAX_REPLICAS: usize = 64;
 /// Most residual blocks per stage of a `convnet`: each block is two
 /// convolutions, so deeper stages grow the net past what the step compiles
 /// in reasonable time.
@@ -313,7 +315,12 @@ pub fn check_sample(
     let mut out = Vec::new();
     let all: Vec<&Variable> = model.variables.iter().collect();
     let row = values(&all);
-    let chains = run.chains as u128;
+    // Parallel tempering runs one set of the chains per replica.
+    let replicas = match &model.temperature {
+        Some(crate::analysis::program::Temperature::Ladder { temperatures }) => temperatures.len() as u128,
+        _ => 1,
+    };
+    let chains = run.chains as u128 * replicas;
     if chains.saturating_mul(row) > MAX_BATCH_VALUES {
         out.push(LimitError::Batch { what: "chains", flag: Some("--chains"), span: None, rows: chains, values: row });
     }
@@ -330,7 +337,7 @@ pub fn check_sample(
     // A kept state is held as f32 and again as an f64 output row.
     let needed = param_bytes(model, lowered)
         .saturating_add(chains.saturating_mul(per_example_bytes(lowered)))
-        .saturating_add(kept.saturating_mul(chains).saturating_mul(values(&visible)).saturating_mul(12));
+        .saturating_add(kept.saturating_mul(chains / replicas).saturating_mul(values(&visible)).saturating_mul(12));
     match check_memory("sampling", needed, available_bytes) {
         Some(e) => Err(vec![e]),
         None => Ok(needed),

@@ -5,7 +5,9 @@
 //! normaliser, score matching on discrete data, invalid sampler overrides).
 
 use crate::analysis::graph::{ColourClass, Degree, FactorGraph, colour, type_text};
-use crate::analysis::program::{Activation, Call, ConstValue, Domain, Objective, Program, Sampler, Train, elements};
+use crate::analysis::program::{
+    Activation, Call, ConstValue, Domain, Objective, Program, Sampler, Temperature, Train, elements,
+};
 use crate::front::ast::Role;
 use crate::front::span::Span;
 use crate::ir::{self, Id, Ir, Op, Unary};
@@ -63,6 +65,17 @@ pub enum Kernel {
         /// The variable's bounds, at which moves reflect; `None` when unbounded.
         bounds: Option<(f64, f64)>,
     },
+    /// Hamiltonian Monte Carlo with a Metropolis correction, for a real variable.
+    Hmc {
+        /// Leapfrog step size.
+        step: f64,
+        /// Leapfrog steps per trajectory.
+        leapfrog: usize,
+        /// Trajectories per sweep.
+        steps: usize,
+        /// The variable's bounds, at which trajectories reflect; `None` when unbounded.
+        bounds: Option<(f64, f64)>,
+    },
 }
 
 fn from_one<S: serde::Serializer>(block: &usize, s: S) -> Result<S::Ok, S::Error> {
@@ -112,6 +125,9 @@ pub struct Plan {
     pub variables: Vec<VarPlan>,
     /// One sweep: groups of variables updated together, in order.
     pub sweep: Vec<Vec<String>>,
+    /// Tempered or annealed chains, as the `sample` block asks; `None`: every sweep at T = 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<Temperature>,
     /// Latent blocks summed out of the energy, and the free energy left.
     pub summed_out: Option<Marginal>,
     /// Hidden variables that stay sampled, with the reason.
@@ -633,7 +649,7 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                 (false, "gibbs") if gaussian.is_none() => {
                     problems.push(PlanError::GibbsOnContinuous { var: v.name.clone(), span: o.span })
                 }
-                (true, k @ ("langevin" | "mala")) => problems.push(PlanError::LangevinOnDiscrete {
+                (true, k @ ("langevin" | "mala" | "hmc")) => problems.push(PlanError::LangevinOnDiscrete {
                     var: v.name.clone(),
                     span: o.span,
                     kernel: k.to_string(),
@@ -714,7 +730,7 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
             }
             let asked = override_.filter(|_| overridden).map(|o| &o.sampler);
             match gaussian {
-                Some(c) if !matches!(asked, Some(Sampler::Langevin(_) | Sampler::Mala { .. })) => {
+                Some(c) if !matches!(asked, Some(Sampler::Langevin(_) | Sampler::Mala { .. } | Sampler::Hmc { .. })) => {
                     let (mean, precision) = (ir.show(c.mean), ir.show(c.precision));
                     let reason = format!(
                         "the energy is quadratic in {} with a diagonal positive precision: its conditional is Gaussian",
@@ -731,7 +747,7 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                         (None, Degree::Quadratic) => "continuous, energy grows quadratically".to_string(),
                         (None, _) => "continuous, unbounded".to_string(),
                     };
-                    if let Kernel::Langevin { mala: true, .. } = kernel {
+                    if let Kernel::Langevin { mala: true, .. } | Kernel::Hmc { .. } = kernel {
                         reason.push_str("; Metropolis-adjusted");
                     }
                     (kernel, reason, None)
@@ -766,6 +782,7 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
         model: model.name.clone(),
         variables,
         sweep,
+        temperature: model.temperature.clone(),
         summed_out,
         kept,
         label_marginal,
@@ -823,6 +840,9 @@ fn langevin(override_: Option<&Sampler>, objective: Option<&Objective>, bounds: 
     let (mala, step, noise, steps, clip) = match override_ {
         Some(Sampler::Langevin(l)) => (false, l.step, noise_of(l.step, l.noise), l.steps, clip_of(l.clip)),
         Some(Sampler::Mala { step, steps }) => (true, *step, (2.0 * step).sqrt(), *steps, clip_of(None)),
+        Some(Sampler::Hmc { step, leapfrog, steps }) => {
+            return Kernel::Hmc { step: *step, leapfrog: *leapfrog, steps: *steps, bounds };
+        }
         _ => (false, step_default, noise_of(step_default, None), base.steps, clip_of(None)),
     };
     Kernel::Langevin { mala, step, noise, steps, clip, bounds }
@@ -832,18 +852,18 @@ fn sweep(vars: &[VarPlan]) -> Vec<Vec<String>> {
     let mut blocks: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     let mut rest = Vec::new();
     let mut continuous = Vec::new();
+    let mut hamiltonian = Vec::new();
     for v in vars {
         match v.kernel {
             Kernel::BlockGibbs { block, .. } => blocks.entry(block).or_default().push(v.name.clone()),
             Kernel::Langevin { .. } => continuous.push(v.name.clone()),
+            Kernel::Hmc { .. } => hamiltonian.push(v.name.clone()),
             _ => rest.push(vec![v.name.clone()]),
         }
     }
     let mut out: Vec<Vec<String>> = blocks.into_values().collect();
     out.extend(rest);
-    if !continuous.is_empty() {
-        out.push(continuous);
-    }
+    out.extend([continuous, hamiltonian].into_iter().filter(|g| !g.is_empty()));
     out
 }
 
@@ -1223,12 +1243,15 @@ impl Plan {
                     let clip = clip.map(|c| format!(", gradient clipped at {c}")).unwrap_or_default();
                     format!("{name}, step {step}, noise {noise:.4}, {steps} step(s) per sweep{clip}")
                 }
+                Kernel::Hmc { step, leapfrog, steps, .. } => {
+                    format!("HMC, {leapfrog} leapfrog steps of {step}, {steps} trajectory(ies) per sweep")
+                }
             };
             // `gibbs` takes no options: on a discrete variable it only confirms
             // Gibbs, and which Gibbs kernel runs stays the planner's choice.
             let by = match (&v.kernel, v.overridden) {
                 (_, false) => "",
-                (Kernel::Langevin { .. } | Kernel::GaussianGibbs { .. }, true) => ", as the sample block asks",
+                (Kernel::Langevin { .. } | Kernel::GaussianGibbs { .. } | Kernel::Hmc { .. }, true) => ", as the sample block asks",
                 (_, true) => " (the sample block asks for `gibbs`; the planner picks the blocking)",
             };
             let _ = writeln!(out, "    {kernel}{by}: {}", v.reason);
@@ -1238,6 +1261,22 @@ impl Plan {
         }
         let sweep: Vec<String> = self.sweep.iter().map(|g| format!("[{}]", g.join(", "))).collect();
         let _ = writeln!(out, "  sweep: {}", sweep.join(" then "));
+        match &self.temperature {
+            Some(Temperature::Ladder { temperatures }) => {
+                let ts: Vec<String> = temperatures.iter().map(|t| format!("{t:.3}")).collect();
+                let _ = writeln!(
+                    out,
+                    "  parallel tempering: {} replicas at T = {}; adjacent replicas swap after each sweep, samples from T = 1",
+                    temperatures.len(),
+                    ts.join(", ")
+                );
+            }
+            Some(Temperature::Anneal { beta0, geometric, sweeps }) => {
+                let ramp = if *geometric { "geometrically" } else { "linearly" };
+                let _ = writeln!(out, "  annealed: β rises {ramp} from {beta0} to 1 over the first {sweeps} sweeps");
+            }
+            None => {}
+        }
         if let Some(m) = &self.summed_out {
             let _ = writeln!(out, "  {} summed out ({}): {}", m.var, m.rule, m.free_energy);
         }

@@ -54,6 +54,9 @@ pub struct Model {
     pub energies: Vec<Energy>,
     /// The `sample` block's per-variable kernel choices.
     pub overrides: Vec<Override>,
+    /// The `sample` block's whole-model entry: tempered or annealed chains.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<Temperature>,
 }
 
 impl Model {
@@ -858,6 +861,43 @@ pub enum Sampler {
     Langevin(Langevin),
     /// Metropolis-adjusted Langevin: proposals of size `step`, `steps` per sweep, each accepted or rejected.
     Mala { step: f64, steps: usize },
+    /// Hamiltonian Monte Carlo: `steps` trajectories per sweep of `leapfrog` steps of size `step`, each accepted or rejected.
+    Hmc { step: f64, leapfrog: usize, steps: usize },
+}
+
+/// A `sample` block's whole-model entry: how the chains are tempered.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Temperature {
+    /// Parallel tempering: one replica of every chain at each temperature
+    /// (the first is 1), adjacent replicas swapping states after each sweep.
+    Ladder {
+        /// Temperatures from 1 up, geometrically spaced.
+        temperatures: Vec<f64>,
+    },
+    /// Annealing: β = 1/T ramped from `beta0` to 1 over the first `sweeps` sweeps.
+    Anneal {
+        /// The starting inverse temperature, in (0, 1).
+        beta0: f64,
+        /// Whether β rises linearly or geometrically.
+        geometric: bool,
+        /// Sweeps the ramp takes; later sweeps run at β = 1.
+        sweeps: usize,
+    },
+}
+
+impl Temperature {
+    /// The ladder `1, r, r², …, t_max` of `replicas` temperatures.
+    pub fn ladder(replicas: usize, t_max: f64) -> Temperature {
+        let ratio = t_max.powf(1.0 / (replicas - 1) as f64);
+        Temperature::Ladder { temperatures: (0..replicas).map(|i| ratio.powi(i as i32)).collect() }
+    }
+
+    /// The inverse temperature of sweep `k` (from 1) of an annealed run:
+    /// `beta0` at the first sweep, rising to 1 at sweep `sweeps + 1` and after.
+    pub fn anneal_beta(beta0: f64, geometric: bool, sweeps: usize, k: usize) -> f64 {
+        let t = (k.saturating_sub(1) as f64 / sweeps as f64).min(1.0);
+        if geometric { beta0.powf(1.0 - t) } else { beta0 + (1.0 - beta0) * t }
+    }
 }
 
 /// Options of Langevin sampling.

@@ -475,4 +475,28 @@ pub static SAMPLERS: &[Signature] = &[
         ],
     },
     Signature { name: "mala", options: &[opt!("step", Positive, Num(0.01)), opt!("steps", POS_INT, Int(1))] },
+    Signature {
+        name: "hmc",
+        options: &[
+            opt!("step", Positive, Num(0.1)),
+            opt!("leapfrog", POS_INT, Int(10)),
+            opt!("steps", POS_INT, Int(1)),
+        ],
+    },
+    // Whole-model entries, written as bare calls (`tempering(replicas: 8);`).
+    Signature {
+        name: "tempering",
+        options: &[opt!("replicas", Whole { min: 2 }, Int(8)), opt!("t_max", Positive, Num(10.0))],
+    },
+    Signature {
+        name: "anneal",
+        options: &[
+            opt!("beta0", OpenUnit, Num(0.1)),
+            opt!("ramp", Choice(&["linear", "geometric"]), Word("geometric")),
+            opt!("sweeps", POS_INT, Int(100)),
+        ],
+    },
 ];
+
+/// The `sample`-block entries that apply to the whole model, not to one variable.
+pub const WHOLE_MODEL_SAMPLERS: &[&str] = &["tempering", "anneal"];

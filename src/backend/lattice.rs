@@ -19,8 +19,18 @@ use rayon::prelude::*;
 pub enum Draw {
     /// `hi` with probability sigmoid(scale * logit), else `lo` (binary, spin).
     Bernoulli { scale: f32, hi: f32, lo: f32 },
-    /// One-hot over the unit's values from softmax(logits).
-    Categorical,
+    /// One-hot over the unit's values from softmax(scale * logits).
+    Categorical { scale: f32 },
+}
+
+impl Draw {
+    /// The same draw at inverse temperature `beta`: the logits scaled by it.
+    pub fn at(self, beta: f32) -> Draw {
+        match self {
+            Draw::Bernoulli { scale, hi, lo } => Draw::Bernoulli { scale: scale * beta, hi, lo },
+            Draw::Categorical { scale } => Draw::Categorical { scale: scale * beta },
+        }
+    }
 }
 
 /// `logits = W x + bias` over `units` units of `width` values each, `W` as
@@ -211,11 +221,11 @@ impl Operator {
             }
             (Draw::Bernoulli { scale, hi, lo }, _) => wide(|| self.bernoulli_chain::<0>(x, c, rng, scale, hi, lo)),
             // Small category counts get fixed-length loops.
-            (Draw::Categorical, _) => match self.width {
-                2 => self.categorical_chain(x, c, rng, [0.0; 2]),
-                3 => self.categorical_chain(x, c, rng, [0.0; 3]),
-                4 => self.categorical_chain(x, c, rng, [0.0; 4]),
-                w => self.categorical_chain(x, c, rng, vec![0.0; w]),
+            (Draw::Categorical { scale }, _) => match self.width {
+                2 => self.categorical_chain(x, c, rng, scale, [0.0; 2]),
+                3 => self.categorical_chain(x, c, rng, scale, [0.0; 3]),
+                4 => self.categorical_chain(x, c, rng, scale, [0.0; 4]),
+                w => self.categorical_chain(x, c, rng, scale, vec![0.0; w]),
             },
         };
         // Blocks of about PIECE site updates: enough work to pay for a hand-off.
@@ -297,6 +307,7 @@ impl Operator {
         x: &mut [f32],
         chained: Option<&[f32]>,
         rng: &mut SmallRng,
+        scale: f32,
         mut logits: impl AsMut<[f32]>,
     ) {
         let logits = logits.as_mut();
@@ -312,7 +323,7 @@ impl Operator {
             let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut total = 0.0f32;
             for l in logits.iter_mut() {
-                *l = fast_exp(*l - top);
+                *l = fast_exp(scale * (*l - top));
                 total += *l;
             }
             let u = (rng.next_u32() >> 8) as f32 * (1.0 / 16_777_216.0) * total;

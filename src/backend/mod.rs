@@ -8,6 +8,7 @@
 mod ais;
 mod conv;
 mod eval;
+mod hmc;
 mod host;
 mod lattice;
 mod noise;
@@ -15,12 +16,14 @@ mod objectives;
 mod optim;
 mod replay;
 mod step;
+mod tempering;
 mod train;
 
 pub use ais::{
     AisEstimate, AisOptions, MAX_CHAIN_ELEMENTS, MAX_RUNS, MAX_TEMPERATURES, RaiseEstimate, ais,
     check_options as check_ais_options, raise, schedule,
 };
+pub use tempering::Tempering;
 pub use train::{StepReport, TrainError, TrainState, Trainer};
 
 use crate::analysis::plan::{Kernel, Plan};
@@ -317,6 +320,10 @@ trait Chains {
     fn set_clamps(&mut self, clamps: &[Clamp]) -> Result<(), String>;
     fn acceptance(&self) -> Option<f64>;
     fn evaluate(&self, what: Quantity, rows: &Tensors) -> Result<HostTensor, String>;
+    /// The ladder, swap rates and acceptance of tempered chains; `None` for one set at T = 1.
+    fn tempering(&self) -> Option<Tempering> {
+        None
+    }
 }
 
 /// A CUDA chain set or trainer, declared `Send`. cudarc 0.9 leaves its
@@ -354,6 +361,9 @@ impl<T: Chains> Chains for MovableCuda<T> {
     }
     fn evaluate(&self, what: Quantity, rows: &Tensors) -> Result<HostTensor, String> {
         self.0.evaluate(what, rows)
+    }
+    fn tempering(&self) -> Option<Tempering> {
+        self.0.tempering()
     }
 }
 
@@ -395,11 +405,13 @@ impl Sampler {
         device: DeviceKind,
     ) -> Result<Sampler, String> {
         let inner: Box<dyn Chains + Send> = match device {
-            DeviceKind::Cpu => Box::new(ChainSet::new(Cpu::seed_from_u64(seed), model, plan, params, chains, seed)?),
+            DeviceKind::Cpu => {
+                Box::new(tempering::Ensemble::new(Cpu::seed_from_u64(seed), model, plan, params, chains, seed)?)
+            }
             #[cfg(feature = "cuda")]
             DeviceKind::Cuda => {
                 let dev = Cuda::try_seed_from_u64(seed).map_err(|e| format!("cannot open the CUDA device: {e:?}"))?;
-                Box::new(MovableCuda(ChainSet::new(dev, model, plan, params, chains, seed)?))
+                Box::new(MovableCuda(tempering::Ensemble::new(dev, model, plan, params, chains, seed)?))
             }
             #[cfg(not(feature = "cuda"))]
             DeviceKind::Cuda => {
@@ -462,9 +474,16 @@ impl Sampler {
         self.inner.set_state(state)
     }
 
-    /// Mean MALA acceptance rate so far, when a MALA kernel runs.
+    /// Mean acceptance rate so far of the Metropolis-adjusted kernels (MALA,
+    /// HMC), when one runs; with tempering, the T = 1 replica's.
     pub fn acceptance(&self) -> Option<f64> {
         self.inner.acceptance()
+    }
+
+    /// The temperatures, swap rates and per-replica acceptance of parallel
+    /// tempering, when the plan tempers the chains.
+    pub fn tempering(&self) -> Option<Tempering> {
+        self.inner.tempering()
     }
 
     /// Total energy of each row of `rows` (every variable given, `[rows, ...shape]`).
@@ -511,6 +530,12 @@ enum Stage<D: Device<f32>> {
         noise: f32,
         steps: usize,
         clip: Option<f32>,
+    },
+    Hmc {
+        vars: Vec<(usize, Id)>,
+        step: f32,
+        leapfrog: usize,
+        steps: usize,
     },
 }
 
@@ -571,6 +596,8 @@ struct ChainSet<D: Device<f32>> {
     gradients: BTreeMap<String, Id>,
     accepted: f64,
     proposed: usize,
+    /// The inverse temperature every kernel samples exp(−βE) at (1 but in tempered or annealed runs).
+    beta: f32,
     rng: rand::rngs::StdRng,
     fast_rng: rand::rngs::SmallRng,
     /// One generator per chain for the lattice kernel, so its draws do not depend on how chains are split among threads.
@@ -775,7 +802,7 @@ impl<D: Kernels> ChainSet<D> {
                             let draw = match info.domain {
                                 Domain::Binary => lattice::Draw::Bernoulli { scale: 1.0, hi: 1.0, lo: 0.0 },
                                 Domain::Spin => lattice::Draw::Bernoulli { scale: 2.0, hi: 1.0, lo: -1.0 },
-                                _ => lattice::Draw::Categorical,
+                                _ => lattice::Draw::Categorical { scale: 1.0 },
                             };
                             Chromatic::Lattice(Box::new(LatticeStage {
                                 logits,
@@ -830,6 +857,17 @@ impl<D: Kernels> ChainSet<D> {
                         clip: clip.map(|c| c as f32),
                     });
                 }
+                Kernel::Hmc { step, leapfrog, steps, .. } => {
+                    let mut hv = Vec::new();
+                    for name in group {
+                        let g = ir
+                            .grad(total, name)
+                            // Cannot fire: the plan was made from this model.
+                            .unwrap_or_else(|| ir.zeros(&model.variable(name).expect("variable").shape));
+                        hv.push((index(name), g));
+                    }
+                    stages.push(Stage::Hmc { vars: hv, step: *step as f32, leapfrog: *leapfrog, steps: *steps });
+                }
             }
         }
         let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
@@ -863,6 +901,7 @@ impl<D: Kernels> ChainSet<D> {
             gradients,
             accepted: 0.0,
             proposed: 0,
+            beta: 1.0,
             rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
             fast_rng: rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5851_f42d_4c95_7f2d),
             chain_rngs: chain_rngs(seed, chains),
@@ -930,15 +969,18 @@ impl<D: Kernels> ChainSet<D> {
     fn draw_with_bias(&mut self, var: usize, logits: T3<D>, bias: Option<T3<D>>) -> T3<D> {
         let shape = self.shape(var);
         let logits = expand(logits, shape.0, shape.1, shape.2);
+        // At inverse temperature β the conditional of βE has logits β(−∂E/∂x).
+        let beta = self.beta;
         match self.vars[var].domain {
-            Domain::Binary => return self.dev.bernoulli(logits, bias, 1.0, 1.0, 0.0, &mut self.fast_rng),
-            Domain::Spin => return self.dev.bernoulli(logits, bias, 2.0, 1.0, -1.0, &mut self.fast_rng),
+            Domain::Binary => return self.dev.bernoulli(logits, bias, beta, 1.0, 0.0, &mut self.fast_rng),
+            Domain::Spin => return self.dev.bernoulli(logits, bias, 2.0 * beta, 1.0, -1.0, &mut self.fast_rng),
             _ => {}
         }
         let logits = match bias {
             Some(b) => logits + expand(b, shape.0, shape.1, shape.2),
             None => logits,
         };
+        let logits = if beta == 1.0 { logits } else { logits * beta };
         match self.vars[var].domain {
             // Cannot fire: binary and spin variables took the branch above.
             Domain::Binary | Domain::Spin => unreachable!("handled above"),
@@ -987,7 +1029,8 @@ impl<D: Kernels> ChainSet<D> {
             }
             for c in 0..chains {
                 let low = energies.iter().map(|e| e[c]).fold(f32::INFINITY, f32::min);
-                let weights: Vec<f64> = energies.iter().map(|e| f64::from(low - e[c]).exp()).collect();
+                let beta = f64::from(self.beta);
+                let weights: Vec<f64> = energies.iter().map(|e| (beta * f64::from(low - e[c])).exp()).collect();
                 let mut pick = self.rng.r#gen::<f64>() * weights.iter().sum::<f64>();
                 let mut k = 0;
                 while k + 1 < weights.len() && pick >= weights[k] {
@@ -1014,7 +1057,7 @@ impl<D: Kernels> ChainSet<D> {
         });
         let name = &self.vars[var].name;
         let mut x = self.dev.to_host(&self.state[name]);
-        op.sweep(stage.draw, &mut x, chained.as_deref(), &mut self.chain_rngs);
+        op.sweep(stage.draw.at(self.beta), &mut x, chained.as_deref(), &mut self.chain_rngs);
         let t = self.dev.tensor_from_vec(x, shape);
         self.state.insert(name.clone(), t);
     }
@@ -1068,7 +1111,11 @@ impl<D: Kernels> ChainSet<D> {
         (0..roots.len()).map(|i| done.tensor(&self.dev, i)).collect()
     }
 
-    /// The data gradients `grads` at `state`, each expanded to its variable's shape and clipped.
+    /// The data gradients `grads` at `state`, each expanded to its variable's
+    /// shape, clipped, and scaled by β: the gradients of βE, so that every
+    /// continuous kernel at inverse temperature β is its T = 1 form on βE,
+    /// with the step exactly as stable as at T = 1 (a hot replica visits
+    /// steeper regions, where a drift grown by T would overshoot).
     fn langevin_gradients(
         &mut self,
         vars: &[(usize, Id)],
@@ -1082,14 +1129,16 @@ impl<D: Kernels> ChainSet<D> {
             .map(|(g, (v, _))| {
                 let (b, m, n) = self.shape(*v);
                 let g = self.free_part(*v, expand(g, b, m, n));
-                match clip {
+                let g = match clip {
                     Some(c) => g.clamp(-c, c),
                     None => g,
-                }
+                };
+                if self.beta == 1.0 { g } else { g * self.beta }
             })
             .collect()
     }
 
+    /// One Langevin (or MALA) step on βE (its gradients come scaled by β).
     fn langevin(&mut self, vars: &[(usize, Id)], mala: bool, step: f32, noise: f32, clip: Option<f32>) {
         let state = self.state.clone();
         let g0 = self.langevin_gradients(vars, &state, clip);
@@ -1123,7 +1172,7 @@ impl<D: Kernels> ChainSet<D> {
         let e0 = self.energies(&self.state);
         let e1 = self.energies(&proposal);
         let b = self.chains;
-        let mut log_a = (e0 - e1).reshape_like(&(b,));
+        let mut log_a = ((e0 - e1) * self.beta).reshape_like(&(b,));
         for (((v, _), ga), gb) in vars.iter().zip(&g0).zip(&g1) {
             let name = &self.vars[*v].name;
             let (x, y) = (self.state[name].clone(), proposal[name].clone());
@@ -1265,6 +1314,14 @@ impl<D: Kernels> ChainSet<D> {
                     if !vars.is_empty() {
                         for _ in 0..*steps {
                             self.langevin(&vars, *mala, *step, *noise, *clip);
+                        }
+                    }
+                }
+                Stage::Hmc { vars, step, leapfrog, steps } => {
+                    let vars: Vec<(usize, Id)> = vars.iter().filter(|(v, _)| free(self, v)).copied().collect();
+                    if !vars.is_empty() {
+                        for _ in 0..*steps {
+                            self.hmc(&vars, *step, *leapfrog);
                         }
                     }
                 }

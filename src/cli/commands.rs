@@ -6,8 +6,8 @@ use crate::cli::args::GraphFormat;
 use crate::cli::output::{self, CheckSummary, Failure, FmtFile, Out, SampleResult, TrainResult};
 use crate::cli::output::{HeldPart, WrittenChains, WrittenPicture, WrittenSamples};
 use ebmc::analysis::limits::{self, LimitError, SampleRun};
-use ebmc::analysis::plan::Plan;
-use ebmc::analysis::program::{Model, Program};
+use ebmc::analysis::plan::{Kernel, Plan};
+use ebmc::analysis::program::{Model, Program, Temperature};
 use ebmc::backend::DeviceKind;
 use ebmc::runtime::command::{CommandError, CommandNote};
 use ebmc::runtime::data::FileValues;
@@ -273,7 +273,26 @@ pub fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Resu
     bar.finish_and_clear();
     let samples = samples.map_err(CommandError::SamplingDiverged)?;
     let mixing = samples.statistics.summarise();
-    let warnings: Vec<String> = ebmc::messages::mixing_warning(&mixing).into_iter().collect();
+    let ramp = match &plan.temperature {
+        Some(Temperature::Anneal { sweeps, .. }) if *sweeps > a.run.burn_in => {
+            Some(ebmc::messages::anneal_burn_in_warning(*sweeps, a.run.burn_in))
+        }
+        _ => None,
+    };
+    let tempering = sampler.tempering();
+    let hot = tempering.as_ref().and_then(ebmc::messages::tempering_diverged_warning);
+    let warnings: Vec<String> = ramp.into_iter().chain(hot).chain(ebmc::messages::mixing_warning(&mixing)).collect();
+    let mut metropolis = Vec::new();
+    for v in &plan.variables {
+        let name = match v.kernel {
+            Kernel::Langevin { mala: true, .. } => "MALA",
+            Kernel::Hmc { .. } => "HMC",
+            _ => continue,
+        };
+        if !metropolis.contains(&name) {
+            metropolis.push(name);
+        }
+    }
     for w in &warnings {
         out.warning(w);
     }
@@ -283,6 +302,8 @@ pub fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Resu
         chains: a.run.chains,
         acceptance: sampler.acceptance(),
         given: held,
+        metropolis,
+        tempering,
         mixing,
         warnings,
         samples: None,

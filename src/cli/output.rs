@@ -163,7 +163,7 @@ pub struct CheckSummary {
     pub warnings: usize,
 }
 
-/// What `sample` did: sweeps, chains, MALA's acceptance and the files written.
+/// What `sample` did: sweeps, chains, MALA's or HMC's acceptance, tempering's swap rates and the files written.
 #[derive(Serialize)]
 pub struct SampleResult {
     pub model: String,
@@ -172,6 +172,11 @@ pub struct SampleResult {
     pub acceptance: Option<f64>,
     /// The parts held at given rows (`--given`).
     pub given: Vec<HeldPart>,
+    /// The Metropolis-adjusted kernels the acceptance rate is of (`MALA`, `HMC`).
+    #[serde(skip)]
+    pub metropolis: Vec<&'static str>,
+    /// Parallel tempering's ladder, swap rates and per-replica acceptance.
+    pub tempering: Option<ebmc::backend::Tempering>,
     /// R̂ and bulk ESS of each variable's summary statistics.
     pub mixing: Mixing,
     /// Why the run's figures may mislead (the chains may not have mixed).
@@ -232,7 +237,12 @@ impl SampleResult {
             s += &format!("{} held at the rows of {}\n", h.part, h.file.display());
         }
         if let Some(rate) = self.acceptance {
-            s += &format!("MALA acceptance rate: {rate:.3}\n");
+            s += &ebmc::messages::acceptance_line(&self.metropolis, rate, self.tempering.is_some());
+            s.push('\n');
+        }
+        for line in self.tempering.iter().flat_map(ebmc::messages::tempering_lines) {
+            s += &line;
+            s.push('\n');
         }
         for line in ebmc::messages::mixing_lines(&self.mixing) {
             s += &line;

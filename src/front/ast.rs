@@ -191,8 +191,8 @@ pub struct SampleBlock {
 /// A `sample` block entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SamplerOverride {
-    /// The variable sampled.
-    pub var: Ident,
+    /// The variable sampled; `None` for a whole-model entry (`tempering(...)`, `anneal(...)`).
+    pub var: Option<Ident>,
     /// The kernel call, unchecked.
     pub kernel: Expr,
     /// The whole entry.
@@ -448,8 +448,14 @@ fn stmt_outline(s: &ModelStmt) -> String {
         }
         ModelStmt::Energy(d) => format!("(energy {} {})", d.name.name, d.expr.outline()),
         ModelStmt::Sample(b) => {
-            let o: Vec<String> =
-                b.overrides.iter().map(|o| format!("({} {})", o.var.name, o.kernel.outline())).collect();
+            let o: Vec<String> = b
+                .overrides
+                .iter()
+                .map(|o| match &o.var {
+                    Some(v) => format!("({} {})", v.name, o.kernel.outline()),
+                    None => format!("(model {})", o.kernel.outline()),
+                })
+                .collect();
             format!("(sample{})", prefixed(&o))
         }
     }

@@ -131,7 +131,8 @@ impl Printer<'_> {
                     self.open_block("sample".to_string(), start, 1, brace, first);
                     for o in &b.overrides {
                         self.line(o.span.start, 2);
-                        self.out.push_str(&format!("{}: {};", o.var.name, expr(&o.kernel)));
+                        let var = o.var.as_ref().map(|v| format!("{}: ", v.name)).unwrap_or_default();
+                        self.out.push_str(&format!("{var}{};", expr(&o.kernel)));
                         self.end_line(o.span.end, usize::MAX);
                     }
                     self.close_block(b.span.end, 1);

@@ -237,8 +237,8 @@ fn sample_block(pair: Pair<'_, Rule>) -> Result<SampleBlock, ParseError> {
     let mut overrides = Vec::new();
     for p in inner(pair) {
         let span = p.as_span().into();
-        let mut it = inner(p);
-        let var = ident(child(&mut it, "override variable"));
+        let mut it = inner(p).peekable();
+        let var = it.next_if(|c| c.as_rule() == Rule::ident).map(ident);
         overrides.push(SamplerOverride { var, kernel: expr(child(&mut it, "override kernel"))?, span });
     }
     Ok(SampleBlock { overrides, span })

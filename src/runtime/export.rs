@@ -513,6 +513,7 @@ pub(crate) mod tests {
             nets: vec![],
             energies: vec![],
             overrides: vec![],
+            temperature: None,
         }
     }
 
