@@ -23,7 +23,11 @@ impl<D: Kernels> ChainSet<D> {
         let start = self.state.clone();
         let mut x = self.state.clone();
         // Held units get no momentum and (from `langevin_gradients`) no force, so they never move.
-        let p0: Vec<T3<D>> = vars.iter().map(|(v, _)| self.free_part(*v, self.normal(self.shape(*v)))).collect();
+        let mut p0: Vec<T3<D>> = Vec::with_capacity(vars.len());
+        for (v, _) in vars {
+            let z = self.normal(self.shape(*v));
+            p0.push(self.free_part(*v, z));
+        }
         let mut p = p0.clone();
         let mut g = self.langevin_gradients(vars, &x, None);
         for _ in 0..leapfrog {
