@@ -158,19 +158,8 @@ fn gemm_seconds(q: Product) -> f64 {
 }
 
 /// Median seconds of `f` after two warm-up calls, over `SECONDS` of calls (at least `MIN_REPS`), and the count.
-fn timed(mut f: impl FnMut()) -> (f64, usize) {
-    f();
-    f();
-    let mut t = Vec::new();
-    let mut spent = 0.0;
-    while t.len() < MIN_REPS || (spent < SECONDS && t.len() < 200) {
-        let s = Instant::now();
-        f();
-        t.push(s.elapsed().as_secs_f64());
-        spent += t[t.len() - 1];
-    }
-    t.sort_by(f64::total_cmp);
-    (t[t.len() / 2], t.len())
+fn timed(f: impl FnMut()) -> (f64, usize) {
+    common::timed(SECONDS, (MIN_REPS, 200), f)
 }
 
 /// ebmc's median seconds per `Trainer::step`, the steps timed, and the first step's loss.
@@ -209,81 +198,10 @@ fn ebmc_step(obj: Obj, w: usize, b: usize, rows: &[Vec<f64>]) -> (f64, usize, f6
     (t, reps, first)
 }
 
-/// The JAX script, running: it reads `OBJ W B` lines and answers each with a timing line.
-struct Jax {
-    child: std::process::Child,
-    answers: std::io::BufReader<std::process::ChildStdout>,
-    /// XLA's threading, as the script describes it.
-    note: String,
-}
-
-impl Jax {
-    /// Starts `benches/jax_steps.py` on the data and initial weights in `dir`, or says why not.
-    fn start(dir: &std::path::Path) -> Result<Jax, String> {
-        let check = std::process::Command::new("python3")
-            .args(["-c", "import jax"])
-            .output()
-            .map_err(|e| format!("cannot run python3: {e}"))?;
-        if !check.status.success() {
-            let why = String::from_utf8_lossy(&check.stderr);
-            return Err(format!("`python3 -c \"import jax\"` fails: {}", why.trim().lines().last().unwrap_or("")));
-        }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/jax_steps.py");
-        let mut child = std::process::Command::new("python3")
-            .arg(script)
-            .arg(dir)
-            .arg(SECONDS.to_string())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run python3: {e}"))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut jax = Jax { child, answers: std::io::BufReader::new(stdout), note: String::new() };
-        let line = jax.line()?;
-        jax.note = line.strip_prefix("xla ").ok_or_else(|| format!("{script} said {line:?}"))?.to_string();
-        Ok(jax)
-    }
-
-    fn line(&mut self) -> Result<String, String> {
-        use std::io::BufRead;
-        let mut line = String::new();
-        match self.answers.read_line(&mut line) {
-            Ok(n) if n > 0 => Ok(line.trim().to_string()),
-            _ => {
-                let _ = self.child.kill();
-                let mut err = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
-                Err(format!("the JAX script stopped: {}", err.trim().lines().last().unwrap_or("")))
-            }
-        }
-    }
-
-    /// JAX's median seconds per step, the steps timed, and the first step's loss.
-    fn step(&mut self, obj: Obj, w: usize, b: usize) -> Result<(f64, usize, f64), String> {
-        use std::io::Write;
-        let stdin = self.child.stdin.as_mut().ok_or("no stdin")?;
-        writeln!(stdin, "{} {w} {b}", obj.name()).and_then(|_| stdin.flush()).map_err(|e| e.to_string())?;
-        let line = self.line()?;
-        let f: Vec<&str> = line.strip_prefix("jax ").unwrap_or("").split_whitespace().collect();
-        let parsed = match f[..] {
-            [_, _, _, ms, reps, loss] => {
-                (|| Some((ms.parse::<f64>().ok()? / 1e3, reps.parse().ok()?, loss.parse().ok()?)))()
-            }
-            _ => None,
-        };
-        parsed.ok_or_else(|| format!("the JAX script said {line:?}"))
-    }
-}
-
-impl Drop for Jax {
-    fn drop(&mut self) {
-        // Closing its input ends the script.
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
+/// Starts `benches/jax_steps.py` on the data and initial weights in `dir`:
+/// it reads `OBJ W B` lines and answers each with a timing line.
+fn jax(dir: &std::path::Path) -> Result<common::Anchor, String> {
+    common::Anchor::start("jax", "jax_steps.py", &[dir.display().to_string(), SECONDS.to_string()], "the JAX script")
 }
 
 /// ebmc's initial weights of the bench's net at width `w`, as the trainers start from them.
@@ -293,10 +211,6 @@ fn initial_params(w: usize) -> ebmc::tensor::Tensors {
     );
     let compiled = ebmc::compile(&src).expect("bench model compiles");
     ebmc::tensor::initialise(&ebmc::ir::program_to_ir(&compiled.program.models["ring"]).params, 1)
-}
-
-fn f32_bytes<'a>(values: impl IntoIterator<Item = &'a f32>) -> Vec<u8> {
-    values.into_iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 fn cpu_model() -> String {
@@ -327,14 +241,14 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("ebmc-continuous-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a scratch directory");
     let data: Vec<f32> = rows.iter().flatten().map(|v| *v as f32).collect();
-    std::fs::write(dir.join("data.f32"), f32_bytes(&data)).expect("writes the data for JAX");
+    std::fs::write(dir.join("data.f32"), common::f32_bytes(&data)).expect("writes the data for JAX");
     for &(w, _) in &CONFIGS {
         let params = initial_params(w);
         let order = ["f.w0", "f.b0", "f.w1", "f.b1", "f.w2", "f.b2"];
-        let bytes = f32_bytes(order.iter().flat_map(|n| &params[*n].data));
+        let bytes = common::f32_bytes(order.iter().flat_map(|n| &params[*n].data));
         std::fs::write(dir.join(format!("params-{w}.f32")), bytes).expect("writes the weights for JAX");
     }
-    let mut jax = Jax::start(&dir);
+    let mut jax = jax(&dir);
     match &jax {
         Ok(j) => println!("JAX: {}", j.note),
         Err(why) => println!("JAX not measured: {why}\n(ratios against the raw-GEMM floor only)"),
@@ -350,7 +264,7 @@ fn main() {
             let key = (obj.name(), w, b);
             ebmc.insert(key, ebmc_step(obj, w, b, &rows[..b * BATCHES]));
             if let Ok(j) = &mut jax {
-                match j.step(obj, w, b) {
+                match j.timing(&format!("{} {w} {b}", obj.name())) {
                     Ok(t) => {
                         jax_times.insert(key, t);
                     }

@@ -48,8 +48,6 @@
 mod common;
 
 use ebmc::tensor::{HostTensor, Tensors};
-use std::io::{BufRead, Write};
-use std::time::Instant;
 
 /// Seconds of timed calls per measurement (at least `MIN_REPS` calls).
 const SECONDS: f64 = 2.0;
@@ -95,97 +93,14 @@ const FLOOR: [FloorGemm; 6] = [
 ];
 
 /// Median seconds of `f` after two warm-up calls, over `SECONDS` of calls (at least `MIN_REPS`), and the count.
-fn timed(mut f: impl FnMut()) -> (f64, usize) {
-    f();
-    f();
-    let mut t = Vec::new();
-    let mut spent = 0.0;
-    while t.len() < MIN_REPS || (spent < SECONDS && t.len() < 500) {
-        let s = Instant::now();
-        f();
-        t.push(s.elapsed().as_secs_f64());
-        spent += t[t.len() - 1];
-    }
-    t.sort_by(f64::total_cmp);
-    (t[t.len() / 2], t.len())
+fn timed(f: impl FnMut()) -> (f64, usize) {
+    common::timed(SECONDS, (MIN_REPS, 500), f)
 }
 
-/// The PyTorch script, running: it answers each step's name with a timing line.
-struct Torch {
-    child: std::process::Child,
-    answers: std::io::BufReader<std::process::ChildStdout>,
-    threads: String,
-}
-
-impl Torch {
-    fn start(dir: &std::path::Path) -> Result<Torch, String> {
-        let check = std::process::Command::new("python3")
-            .args(["-c", "import torch"])
-            .output()
-            .map_err(|e| format!("cannot run python3: {e}"))?;
-        if !check.status.success() {
-            let why = String::from_utf8_lossy(&check.stderr);
-            return Err(format!("`python3 -c \"import torch\"` fails: {}", why.trim().lines().last().unwrap_or("")));
-        }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_conv.py");
-        let mut child = std::process::Command::new("python3")
-            .arg(script)
-            .arg(dir)
-            .arg(SECONDS.to_string())
-            .arg(K.to_string())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run python3: {e}"))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut torch = Torch { child, answers: std::io::BufReader::new(stdout), threads: String::new() };
-        let line = torch.line()?;
-        torch.threads = line.strip_prefix("torch ").ok_or_else(|| format!("{script} said {line:?}"))?.to_string();
-        Ok(torch)
-    }
-
-    fn line(&mut self) -> Result<String, String> {
-        let mut line = String::new();
-        match self.answers.read_line(&mut line) {
-            Ok(n) if n > 0 => Ok(line.trim().to_string()),
-            _ => {
-                let _ = self.child.kill();
-                let mut err = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
-                Err(format!("the PyTorch script stopped: {}", err.trim().lines().last().unwrap_or("")))
-            }
-        }
-    }
-
-    /// PyTorch's median seconds per step, the steps timed, and its check value.
-    fn step(&mut self, name: &str) -> Result<(f64, usize, f64), String> {
-        let stdin = self.child.stdin.as_mut().ok_or("no stdin")?;
-        writeln!(stdin, "{name}").and_then(|_| stdin.flush()).map_err(|e| e.to_string())?;
-        let line = self.line()?;
-        let f: Vec<&str> = line.strip_prefix("torch ").unwrap_or("").split_whitespace().collect();
-        let parsed = match f[..] {
-            [_, ms, reps, check] => {
-                (|| Some((ms.parse::<f64>().ok()? / 1e3, reps.parse().ok()?, check.parse().ok()?)))()
-            }
-            _ => None,
-        };
-        parsed.ok_or_else(|| format!("the PyTorch script said {line:?}"))
-    }
-}
-
-impl Drop for Torch {
-    fn drop(&mut self) {
-        // Closing its input ends the script.
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
-}
-
-fn f32_bytes<'a>(values: impl IntoIterator<Item = &'a f32>) -> Vec<u8> {
-    values.into_iter().flat_map(|v| v.to_le_bytes()).collect()
+/// Starts `benches/torch_conv.py` on the weights and batch in `dir`.
+fn torch(dir: &std::path::Path) -> Result<common::Anchor, String> {
+    let args = [dir.display().to_string(), SECONDS.to_string(), K.to_string()];
+    common::Anchor::start("torch", "torch_conv.py", &args, "the PyTorch script")
 }
 
 /// Seconds of one floor GEMM: the faster of all rayon threads and one.
@@ -207,12 +122,12 @@ fn main() {
 
     let dir = std::env::temp_dir().join(format!("ebmc-conv-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a scratch directory");
-    std::fs::write(dir.join("params.f32"), f32_bytes(PARAMS.iter().flat_map(|n| &params[*n].data)))
+    std::fs::write(dir.join("params.f32"), common::f32_bytes(PARAMS.iter().flat_map(|n| &params[*n].data)))
         .expect("writes the weights for PyTorch");
-    std::fs::write(dir.join("data.f32"), f32_bytes(&pixels)).expect("writes the batch for PyTorch");
-    let mut torch = Torch::start(&dir);
+    std::fs::write(dir.join("data.f32"), common::f32_bytes(&pixels)).expect("writes the batch for PyTorch");
+    let mut torch = torch(&dir);
     match &torch {
-        Ok(t) => println!("PyTorch: {} intra-op threads", t.threads),
+        Ok(t) => println!("PyTorch: {} intra-op threads", t.note),
         Err(why) => println!("PyTorch not measured: {why}\n(ratios against the raw-GEMM floor only)"),
     }
 
@@ -224,7 +139,7 @@ fn main() {
     let energies = sampler.energy(&batch).expect("energies of the batch");
     let langevin_check = energies.iter().map(|e| f64::from(*e)).sum::<f64>() / BATCH as f64;
     let langevin = timed(|| sampler.sweep());
-    let torch_langevin = torch.as_mut().ok().map(|t| t.step("langevin"));
+    let torch_langevin = torch.as_mut().ok().map(|t| t.timing("langevin"));
 
     // dsm: the trainer's step on the same batch, every call.
     let mut trainer = common::trainer(SOURCE, "digits");
@@ -238,7 +153,7 @@ fn main() {
             first_loss = report.loss;
         }
     });
-    let torch_dsm = torch.as_mut().ok().map(|t| t.step("dsm"));
+    let torch_dsm = torch.as_mut().ok().map(|t| t.timing("dsm"));
 
     // pcd: the trainer's update on the same batch, every call; its chains and buffer persist.
     let mut trainer = common::trainer(&pcd_source(), "digits");
@@ -252,7 +167,7 @@ fn main() {
             first_pcd_loss = report.loss;
         }
     });
-    let torch_pcd = torch.as_mut().ok().map(|t| t.step("pcd"));
+    let torch_pcd = torch.as_mut().ok().map(|t| t.timing("pcd"));
     drop(torch);
     let _ = std::fs::remove_dir_all(&dir);
 

@@ -89,3 +89,110 @@ pub fn trainer(src: &str, name: &str) -> ebmc::backend::Trainer {
     ebmc::backend::Trainer::new(model, plan, train, &params, &Default::default(), 1, Default::default())
         .expect("trainer")
 }
+
+/// Median seconds of `f` after two warm-up calls, over `seconds` of calls
+/// (at least `min_reps`, at most `cap`), and the count.
+pub fn timed(seconds: f64, (min_reps, cap): (usize, usize), mut f: impl FnMut()) -> (f64, usize) {
+    f();
+    f();
+    let mut t = Vec::new();
+    let mut spent = 0.0;
+    while t.len() < min_reps || (spent < seconds && t.len() < cap) {
+        let s = Instant::now();
+        f();
+        t.push(s.elapsed().as_secs_f64());
+        spent += t[t.len() - 1];
+    }
+    t.sort_by(f64::total_cmp);
+    (t[t.len() / 2], t.len())
+}
+
+/// Little-endian bytes of `values`, as the anchor scripts read them.
+pub fn f32_bytes<'a>(values: impl IntoIterator<Item = &'a f32>) -> Vec<u8> {
+    values.into_iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// A Python anchor script, running: it answers each request line with one
+/// line, and opens with a line `PREFIX NOTE` (its threading).
+pub struct Anchor {
+    child: std::process::Child,
+    answers: std::io::BufReader<std::process::ChildStdout>,
+    /// What the script calls itself in errors ("the PyTorch script").
+    what: &'static str,
+    /// The opening line after its prefix.
+    pub note: String,
+}
+
+impl Anchor {
+    /// Starts `python3 benches/SCRIPT ARGS...` once `import MODULE` works, or says why not.
+    pub fn start(module: &str, script: &str, args: &[String], what: &'static str) -> Result<Anchor, String> {
+        let check = std::process::Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .map_err(|e| format!("cannot run python3: {e}"))?;
+        if !check.status.success() {
+            let why = String::from_utf8_lossy(&check.stderr);
+            return Err(format!("`python3 -c \"import {module}\"` fails: {}", why.trim().lines().last().unwrap_or("")));
+        }
+        let script = format!("{}/benches/{script}", env!("CARGO_MANIFEST_DIR"));
+        let mut child = std::process::Command::new("python3")
+            .arg(&script)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run python3: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut anchor = Anchor { child, answers: std::io::BufReader::new(stdout), what, note: String::new() };
+        let line = anchor.line()?;
+        anchor.note =
+            line.split_once(' ').map(|(_, n)| n.to_string()).ok_or_else(|| format!("{script} said {line:?}"))?;
+        Ok(anchor)
+    }
+
+    fn line(&mut self) -> Result<String, String> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        match self.answers.read_line(&mut line) {
+            Ok(n) if n > 0 => Ok(line.trim().to_string()),
+            _ => {
+                let _ = self.child.kill();
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                Err(format!("{} stopped: {}", self.what, err.trim().lines().last().unwrap_or("")))
+            }
+        }
+    }
+
+    /// Sends `request` and returns the answer's fields after its prefix word.
+    pub fn ask(&mut self, request: &str) -> Result<Vec<String>, String> {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().ok_or("no stdin")?;
+        writeln!(stdin, "{request}").and_then(|_| stdin.flush()).map_err(|e| e.to_string())?;
+        Ok(self.line()?.split_whitespace().skip(1).map(str::to_string).collect())
+    }
+
+    /// `ask`, with the answer's last three fields read as milliseconds per
+    /// step, steps timed and a check value: seconds, steps and the value.
+    pub fn timing(&mut self, request: &str) -> Result<(f64, usize, f64), String> {
+        let fields = self.ask(request)?;
+        let parsed = match fields.len().checked_sub(3).map(|at| &fields[at..]) {
+            Some([ms, reps, check]) => {
+                (|| Some((ms.parse::<f64>().ok()? / 1e3, reps.parse().ok()?, check.parse().ok()?)))()
+            }
+            _ => None,
+        };
+        parsed.ok_or_else(|| format!("{} said {:?}", self.what, fields.join(" ")))
+    }
+}
+
+impl Drop for Anchor {
+    fn drop(&mut self) {
+        // Closing its input ends the script.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}

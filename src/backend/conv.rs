@@ -79,6 +79,11 @@ impl Conv {
     pub fn kernel_len(&self) -> usize {
         self.o * self.taps()
     }
+
+    /// Multiply-adds of one example's convolution (each kernel does as many).
+    pub fn macs(&self) -> usize {
+        self.kernel_len() * self.pixels()
+    }
 }
 
 /// Which convolution kernel `run` runs.
@@ -497,6 +502,10 @@ pub(crate) fn sum_axes((p, a, q): (usize, usize, usize), x: &[f32], out: &mut [f
 pub(crate) fn broadcast_axes((p, a, q): (usize, usize, usize), x: &[f32], out: &mut [f32], threaded: bool) {
     if a == 0 {
         return;
+    }
+    if q == 1 {
+        // One value repeated a times: a fill per value, not a piece per element.
+        return pieces(&mut out[..p * a], a, threaded, |i, dst| dst.fill(x[i]));
     }
     pieces(&mut out[..p * a * q], q, threaded, |run, dst| dst.copy_from_slice(&x[run / a * q..][..q]));
 }

@@ -1138,8 +1138,71 @@ impl<D: Kernels> ChainSet<D> {
             .collect()
     }
 
-    /// One Langevin (or MALA) step on βE (its gradients come scaled by β).
+    /// One unadjusted Langevin step on βE on host devices, in one pass per
+    /// variable over the compiled gradient where it lies: clip, β, step,
+    /// noise and reflection with the tensor path's arithmetic in its order
+    /// (so the same chains), with no tensor made between them.
+    fn langevin_host(&mut self, vars: &[(usize, Id)], step: f32, noise: f32, clip: Option<f32>) {
+        // The noise first, in the order the tensor path draws it (the gradients draw nothing).
+        let shapes: Vec<(usize, usize, usize)> = vars.iter().map(|(v, _)| self.shape(*v)).collect();
+        let noises: Vec<Vec<f32>> = shapes
+            .iter()
+            .map(|(b, m, n)| (0..b * m * n).map(|_| rand_distr::StandardNormal.sample(&mut self.fast_rng)).collect())
+            .collect();
+        if self.shared_stale {
+            step::mirror(&self.leaves.tensors, &mut self.shared);
+            self.shared_stale = false;
+        }
+        let grads: Vec<Id> = vars.iter().map(|(_, g)| *g).collect();
+        let compiled = self
+            .compiled
+            .entry(grads.clone())
+            .or_insert_with(|| step::Compiled::new(grads.iter().map(|r| step::Output::PerExample(*r)).collect()));
+        let done = compiled.run(&self.ir, self.chains, &[&self.state], &self.shared);
+        let beta = self.beta;
+        let mut moved = Vec::with_capacity(vars.len());
+        for (i, (((v, _), z), &(b, m, n))) in vars.iter().zip(noises).zip(&shapes).enumerate() {
+            let info = &self.vars[*v];
+            let mut x = self.state[&info.name].as_vec();
+            let g = done.value(i);
+            // A gradient that does not vary along an axis comes back with extent 1 there (as `expand` reads it).
+            let (gb, gm, gn) = done.dims(i);
+            let at = |e: usize, r: usize, c: usize| g[((e % gb) * gm + r % gm) * gn + c % gn];
+            let fold = match info.domain {
+                Domain::Real { bounds: Some((lo, hi)) } => Some((lo, hi)),
+                _ => None,
+            };
+            for (q, (x, z)) in x.iter_mut().zip(z).enumerate() {
+                let g = at(q / (m * n), q / n % m, q % n);
+                let g = match clip {
+                    // num_traits' clamp, as the tensor path's: NaN stays NaN.
+                    Some(c) if g < -c => -c,
+                    Some(c) if g > c => c,
+                    _ => g,
+                };
+                let g = if beta == 1.0 { g } else { g * beta };
+                let y = *x - g * step + z * noise;
+                *x = match fold {
+                    Some((lo, hi)) => reflected(y, lo, hi),
+                    None => y,
+                };
+            }
+            moved.push((info.name.clone(), self.dev.tensor_from_vec(x, (b, m, n))));
+        }
+        self.state.extend(moved);
+    }
+
+    /// One Langevin (or MALA) step on βE. Held parts and improved CD's record
+    /// of the last step take the tensor path.
     fn langevin(&mut self, vars: &[(usize, Id)], mala: bool, step: f32, noise: f32, clip: Option<f32>) {
+        if D::HOST && !mala && self.held.is_empty() && !self.record_last {
+            return self.langevin_host(vars, step, noise, clip);
+        }
+        self.langevin_tensors(vars, mala, step, noise, clip);
+    }
+
+    /// One Langevin step (MALA when `mala`) through device tensors.
+    fn langevin_tensors(&mut self, vars: &[(usize, Id)], mala: bool, step: f32, noise: f32, clip: Option<f32>) {
         let state = self.state.clone();
         let g0 = self.langevin_gradients(vars, &state, clip);
         let mut proposal = self.state.clone();
@@ -1241,12 +1304,7 @@ impl<D: Kernels> ChainSet<D> {
         match self.vars[var].domain {
             Domain::Real { bounds: Some((lo, hi)) } => {
                 let shape = *x.shape();
-                let w = hi - lo;
-                let folded = x
-                    .as_vec()
-                    .into_iter()
-                    .map(|v| (lo + w - ((f64::from(v) - lo).rem_euclid(2.0 * w) - w).abs()).clamp(lo, hi) as f32)
-                    .collect();
+                let folded = x.as_vec().into_iter().map(|v| reflected(v, lo, hi)).collect();
                 self.dev.tensor_from_vec(folded, shape)
             }
             _ => x,
@@ -1647,6 +1705,12 @@ fn free_energy_on<D: Kernels>(
     Ok(out)
 }
 
+/// `v` folded into `[lo, hi]` by reflecting at both walls (see `ChainSet::reflect`).
+fn reflected(v: f32, lo: f64, hi: f64) -> f32 {
+    let w = hi - lo;
+    (lo + w - ((f64::from(v) - lo).rem_euclid(2.0 * w) - w).abs()).clamp(lo, hi) as f32
+}
+
 /// The log-density at `y` in `[lo, hi]` of `N(mean, sd²)` folded into the
 /// interval by reflection: the sum over the images of `y` under the
 /// reflections, `lo + 2kw ± (y − lo)` with `w = hi − lo`, within 12 sd of the
@@ -1754,6 +1818,54 @@ mod tests {
             param W : real[6, 3] = normal(0, 1); param J : real = 0.4;
             energy e = -0.5 * J * (s @ A @ s) - s @ W @ h; }";
         assert_eq!(built(hidden), ["operator"]);
+    }
+
+    /// The host pass of an unadjusted Langevin step gives, bit for bit, the
+    /// chains the tensor path gives from the same state and seed: clipped,
+    /// reflected into a box, unbounded, and with a gradient shared by the
+    /// chains (extent 1 along the batch).
+    #[test]
+    fn the_host_langevin_pass_moves_chains_as_the_tensor_path_does() {
+        let cases = [
+            (
+                "model m { visible x : real[1, 5, 5] in [0, 1];
+                net f = convnet(1 -> 3 -> 1, kernel: 3, stride: 2, act: swish); energy e = f(x); }",
+                0.01,
+                Some(0.02),
+            ),
+            (
+                "model m { visible x : real[3]; param w : real[3] = normal(0, 1);
+                energy e = sum(w * x * x); energy prior = 0.5 * sum(square(x)); }",
+                0.5,
+                None,
+            ),
+            (
+                "model m { visible x : real[2, 3] in [-3, 3]; param w : real[3] = normal(0, 1); energy e = sum(x @ w); }",
+                0.1,
+                None,
+            ),
+        ];
+        for (src, step, clip) in cases {
+            let c = crate::compile(src).expect("compiles");
+            let (plans, _) = crate::plan(&c.program).expect("plans");
+            let model = c.program.models.values().next().expect("a model");
+            let params = crate::tensor::initialise(&ir::program_to_ir(model).params, 1);
+            let set = || ChainSet::new(Cpu::default(), model, &plans[0], &params, 6, 3).expect("chains");
+            let (mut host, mut tensors) = (set(), set());
+            let Some(Stage::Langevin { vars, .. }) = host.stages.iter().find(|s| matches!(s, Stage::Langevin { .. }))
+            else {
+                panic!("{src}: a Langevin stage")
+            };
+            let vars = vars.clone();
+            for _ in 0..3 {
+                host.langevin_host(&vars, step, 0.3, clip);
+                tensors.langevin_tensors(&vars, false, step, 0.3, clip);
+            }
+            let (a, b) = (host.state["x"].as_vec(), tensors.state["x"].as_vec());
+            assert_eq!(a, b, "{src}");
+            let start = set().state["x"].as_vec();
+            assert!(a.iter().zip(&start).all(|(x, y)| x != y), "{src}: every component moved");
+        }
     }
 
     #[test]

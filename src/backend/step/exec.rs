@@ -157,6 +157,17 @@ fn fused_piece(
                 reg[..len].fill(src[0]);
             } else if v.is_contiguous() {
                 reg[..len].copy_from_slice(&src[s..s + len]);
+            } else if v.is_row_major() {
+                // Row-major within each example (a per-example block shared by the batch, say): one copy per example the tile spans.
+                let per = m * n;
+                let mut pos = s;
+                while pos < s + len {
+                    let (e, q) = (pos / per, pos % per);
+                    let seg = (per - q).min(s + len - pos);
+                    let base = e * v.strides.0 + q;
+                    reg[pos - s..pos - s + seg].copy_from_slice(&src[base..base + seg]);
+                    pos += seg;
+                }
             } else {
                 let mut pos = s;
                 while pos < s + len {

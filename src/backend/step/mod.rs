@@ -72,6 +72,13 @@ impl View {
         (n == 1 || sn == 1) && (m == 1 || sm == n) && (b == 1 || sb == m * n)
     }
 
+    /// Whether the view reads each example's block in row-major order (at any example stride).
+    fn is_row_major(&self) -> bool {
+        let (_, m, n) = self.dims;
+        let (_, sm, sn) = self.strides;
+        (n == 1 || sn == 1) && (m == 1 || sm == n)
+    }
+
     /// Whether every element reads the same value.
     fn is_constant(&self) -> bool {
         let (b, m, n) = self.dims;
@@ -268,6 +275,27 @@ impl Program {
         self.outputs[i].1
     }
 
+    /// A rough count of the arithmetic one run does: multiply-adds of the
+    /// products and convolutions, plus each fused loop's elements times its
+    /// length (the rest moves memory, counted per element read).
+    fn work(&self) -> usize {
+        let elements = |(b, m, n): (usize, usize, usize)| b * m * n;
+        self.instrs
+            .iter()
+            .map(|instr| match instr {
+                Instr::Fused { dims, code, .. } => elements(*dims) * code.len(),
+                Instr::Gemm { m, k, n, batch, .. } => m * k * n * batch,
+                Instr::Conv { a, b, geom, .. } => geom.macs() * a.dims.0.max(b.dims.0),
+                Instr::Reduce { input, .. }
+                | Instr::SumBatch { input, .. }
+                | Instr::Spectral { input, .. }
+                | Instr::Pool { input, .. }
+                | Instr::Axes { input, .. } => elements(input.dims),
+                Instr::Zero { .. } => 0,
+            })
+            .sum()
+    }
+
     /// Floats the arena holds.
     fn arena_len(&self) -> usize {
         self.arena.iter().map(Vec::len).sum()
@@ -291,13 +319,24 @@ pub(crate) fn mirror<'a, D: Device<f32> + 'a>(
 }
 
 /// Rows per shard: a batch is split into shards of at least this many rows
-/// (at most `MAX_SHARDS`), each run by its own copy of the program on its
-/// own thread, with single-threaded ops inside. One hand-off per run
-/// instead of one per op, and GEMMs still big enough to run at full speed.
-/// The split depends on the batch alone, not on the machine's threads, so a
+/// (a power of two of them, at most `MAX_SHARDS`), each run by its own copy
+/// of the program on its own thread, with single-threaded ops inside. One
+/// hand-off per run instead of one per op, and GEMMs still big enough to
+/// run at full speed. Rows that cost more take fewer per shard: a shard
+/// needs only `SHARD_WORK` of arithmetic (`Program::work`), so the batch of
+/// 64 of a convolutional energy (about 2^19.4 a row for the digits net's
+/// Langevin gradient) splits in two, where its GEMMs are all below
+/// `PAR_GEMM` and would otherwise run on one thread. The split depends on
+/// the program and the batch alone, not on the machine's threads, so a
 /// seed gives the same sums anywhere.
 const SHARD_ROWS: usize = 128;
 const MAX_SHARDS: usize = 8;
+const SHARD_WORK: usize = 1 << 24;
+
+/// The largest power of two not above `n` (n ≥ 1).
+fn prev_power_of_two(n: usize) -> usize {
+    1 << n.ilog2()
+}
 
 /// A program for fixed outputs of one IR, compiled for the batch size it
 /// last met (a run's last, smaller batch compiles once more), in shards.
@@ -319,7 +358,10 @@ impl Compiled {
 
     /// Compiles for a batch of `batch` examples (`run` does so when the batch changes).
     pub(crate) fn prepare(&mut self, ir: &Ir, batch: usize) {
-        let count = (batch / SHARD_ROWS).clamp(1, MAX_SHARDS);
+        let per_row = compile(ir, &self.outputs, 1).work().max(1);
+        let rows = SHARD_WORK.div_ceil(per_row).clamp(1, SHARD_ROWS);
+        // A power of two, so the shards share 2, 4 or 8 threads evenly.
+        let count = prev_power_of_two((batch / rows).clamp(1, MAX_SHARDS));
         let threaded = count == 1;
         self.shards = (0..count)
             .map(|s| {
@@ -476,6 +518,12 @@ impl Compiled {
             [only] => only.output(i),
             _ => &self.results[i],
         }
+    }
+
+    /// Output `i`'s dims as `value` holds it: `(rows, m, n)`, rows 1 for a sum or a shared value.
+    pub(crate) fn dims(&self, i: usize) -> (usize, usize, usize) {
+        let (_, m, n) = self.shards[0].output_dims(i);
+        (self.value(i).len() / (m * n), m, n)
     }
 
     /// The listing of the compiled schedule (its first shard's), if compiled.
