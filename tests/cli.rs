@@ -46,7 +46,7 @@ fn check_is_silent_on_the_zoo() {
     let err = String::from_utf8_lossy(&out.stderr);
     let warned: Vec<&str> = err.lines().filter(|l| l.contains("[W")).collect();
     assert!(warned.iter().all(|l| l.starts_with("warning[W0401]")), "{err}");
-    assert_eq!(warned.len(), 7, "{err}");
+    assert_eq!(warned.len(), 8, "{err}");
     assert!(!err.contains("error"), "{err}");
     assert!(out.stdout.is_empty());
 }

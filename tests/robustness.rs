@@ -939,8 +939,9 @@ fn check_reports_what_plan_and_sampling_would_refuse() {
             "error",
         ),
         (
+            // A quartic term: a quadratic energy's conditional is Gaussian, which `gibbs` may sample exactly.
             "Gibbs on a real variable (E0404)",
-            "model m {\n    visible x : real[2];\n    energy e = 0.5 * sum(square(x));\n    sample { x: gibbs; }\n}\n"
+            "model m {\n    visible x : real[2];\n    energy e = 0.5 * sum(square(x)) + 0.1 * sum(x ^ 4);\n    sample { x: gibbs; }\n}\n"
                 .to_string(),
             "error",
         ),
