@@ -730,7 +730,9 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
             }
             let asked = override_.filter(|_| overridden).map(|o| &o.sampler);
             match gaussian {
-                Some(c) if !matches!(asked, Some(Sampler::Langevin(_) | Sampler::Mala { .. } | Sampler::Hmc { .. })) => {
+                Some(c)
+                    if !matches!(asked, Some(Sampler::Langevin(_) | Sampler::Mala { .. } | Sampler::Hmc { .. })) =>
+                {
                     let (mean, precision) = (ir.show(c.mean), ir.show(c.precision));
                     let reason = format!(
                         "the energy is quadratic in {} with a diagonal positive precision: its conditional is Gaussian",
@@ -1251,7 +1253,9 @@ impl Plan {
             // Gibbs, and which Gibbs kernel runs stays the planner's choice.
             let by = match (&v.kernel, v.overridden) {
                 (_, false) => "",
-                (Kernel::Langevin { .. } | Kernel::GaussianGibbs { .. } | Kernel::Hmc { .. }, true) => ", as the sample block asks",
+                (Kernel::Langevin { .. } | Kernel::GaussianGibbs { .. } | Kernel::Hmc { .. }, true) => {
+                    ", as the sample block asks"
+                }
                 (_, true) => " (the sample block asks for `gibbs`; the planner picks the blocking)",
             };
             let _ = writeln!(out, "    {kernel}{by}: {}", v.reason);

@@ -122,7 +122,7 @@ impl Stein {
             critic_steps,
             rademacher: directions == Directions::Rademacher,
             taken: 0,
-            rng: rand::SeedableRng::seed_from_u64(seed ^ 0x6c73_64),
+            rng: rand::SeedableRng::seed_from_u64(seed ^ 0x006c_7364),
         })
     }
 
@@ -139,7 +139,7 @@ impl<D: Kernels> Objective<D> for Stein {
     type Draw = Draw;
 
     fn begin_epoch(&mut self, seed: u64) {
-        self.rng = rand::SeedableRng::seed_from_u64(seed ^ 0x6c73_64);
+        self.rng = rand::SeedableRng::seed_from_u64(seed ^ 0x006c_7364);
         self.taken = 0;
     }
 
