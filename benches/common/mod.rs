@@ -196,3 +196,23 @@ impl Drop for Anchor {
         let _ = self.child.wait();
     }
 }
+
+/// Median seconds of one `m×k×n` product by ebmc's host product
+/// (`ebmc::backend::gemm`, what compiled steps call) over `reps` runs,
+/// operands laid out as in `gemm_product`.
+pub fn host_product(
+    (m, k, n): (usize, usize, usize),
+    (lhs_t, rhs_t): (bool, bool),
+    threaded: bool,
+    reps: usize,
+) -> f64 {
+    let lhs: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+    let rhs: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+    let mut out = vec![0.0f32; m * n];
+    let a = if lhs_t { (1, m) } else { (k, 1) };
+    let b = if rhs_t { (1, k) } else { (n, 1) };
+    median(reps, || {
+        ebmc::backend::gemm((&mut out, (n, 1)), (&lhs, a), (&rhs, b), (m, k, n), (false, 1.0), threaded);
+        std::hint::black_box(&out);
+    })
+}

@@ -23,6 +23,8 @@ pub use ais::{
     AisEstimate, AisOptions, MAX_CHAIN_ELEMENTS, MAX_RUNS, MAX_TEMPERATURES, RaiseEstimate, ais,
     check_options as check_ais_options, raise, schedule,
 };
+/// The host product every compiled step runs, public for `benches/gemm.rs`.
+pub use host::{Operand, gemm};
 pub use tempering::Tempering;
 pub use train::{StepReport, TrainError, TrainState, Trainer};
 
@@ -1333,10 +1335,11 @@ impl<D: Kernels> ChainSet<D> {
                 Stage::Block(block) => {
                     let block: Vec<&(usize, Id, Option<Id>)> = block.iter().filter(|(v, _, _)| free(self, v)).collect();
                     let roots: Vec<Id> = block.iter().flat_map(|(_, l, b)| std::iter::once(*l).chain(*b)).collect();
-                    // The evaluator, not a compiled program: a block's logits are one
-                    // product and a bias, which dfdx runs with no copies in or out
-                    // (measured faster than the compiled form, `cargo bench --bench sampling`).
-                    let mut values = self.eval(&roots, &self.state).into_iter();
+                    // A compiled program on host devices: its products are the host
+                    // GEMM's, split over two threads, which outruns dfdx's own
+                    // product even with the copies in and out (`cargo bench --bench rbm`).
+                    let state = self.state.clone();
+                    let mut values = self.eval_compiled(&roots, &state).into_iter();
                     for (var, _, shared) in block {
                         // Cannot fire: the evaluator returns one value per root, and these roots were passed.
                         let logits = values.next().expect("one value per root");

@@ -296,6 +296,25 @@ impl Program {
             .sum()
     }
 
+    /// Whether most of the work is products that `host::gemm` cuts in two
+    /// halves of at least a shard's work each (below `PAR_GEMM`): such a
+    /// program runs best as one shard, its products split, since shards
+    /// would make the products thinner and add a pass over every summed
+    /// output per shard (an RBM 784×500's weight gradient at batch 100).
+    fn splits(&self) -> bool {
+        let split: usize = self
+            .instrs
+            .iter()
+            .map(|instr| match instr {
+                Instr::Gemm { m, k, n, batch, .. } if (2 * SHARD_WORK..PAR_GEMM).contains(&(m * k * n)) => {
+                    m * k * n * batch
+                }
+                _ => 0,
+            })
+            .sum();
+        2 * split >= self.work()
+    }
+
     /// Floats the arena holds.
     fn arena_len(&self) -> usize {
         self.arena.iter().map(Vec::len).sum()
@@ -362,6 +381,7 @@ impl Compiled {
         let rows = SHARD_WORK.div_ceil(per_row).clamp(1, SHARD_ROWS);
         // A power of two, so the shards share 2, 4 or 8 threads evenly.
         let count = prev_power_of_two((batch / rows).clamp(1, MAX_SHARDS));
+        let count = if count > 1 && compile(ir, &self.outputs, batch).splits() { 1 } else { count };
         let threaded = count == 1;
         self.shards = (0..count)
             .map(|s| {
