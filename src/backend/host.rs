@@ -379,6 +379,18 @@ fn split_point((m, k, n): (usize, usize, usize), (ors, ocs): (usize, usize)) -> 
 /// write disjoint elements (`split_point`).
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
+impl Out {
+    /// The pointer `offset` elements on. A method, so closures capture the
+    /// whole `Out` (which is `Send`) rather than its raw pointer (which is not).
+    ///
+    /// # Safety
+    /// `offset` lies inside the output buffer.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: the caller keeps `offset` inside the buffer.
+        unsafe { self.0.add(offset) }
+    }
+}
+
 // SAFETY: each thread writes only its own half's elements through the pointer (`split_point`).
 unsafe impl Send for Out {}
 // SAFETY: as for `Send`: the halves' elements are disjoint, and `out` outlives both threads (joined before return).
@@ -422,7 +434,6 @@ pub fn gemm(
     let block = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
         // Cannot fire: buffers are far below isize::MAX elements (`limits`).
         let s = |x: usize| isize::try_from(x).expect("strides fit isize");
-        let dst = dst;
         // SAFETY: every index read or written lies inside its buffer (the
         // whole product's reach is checked above, and a block lies inside
         // it); `out` is borrowed mutably, so it overlaps neither `a` nor
@@ -433,7 +444,7 @@ pub fn gemm(
                 rows.len(),
                 cols.len(),
                 k,
-                dst.0.add(rows.start * ors + cols.start * ocs),
+                dst.at(rows.start * ors + cols.start * ocs),
                 s(ocs),
                 s(ors),
                 accumulate,
