@@ -352,11 +352,13 @@ pub fn sum_squares(xs: &[f32]) -> f64 {
 /// A GEMM operand: its buffer and (row, column) strides.
 pub type Operand<'a> = (&'a [f32], (usize, usize));
 
-/// Multiply-adds from which a product is cut in two along its output's
-/// longer side, each half one single-threaded `gemm` call, the two run on
-/// two threads when `threaded`: the `gemm` crate's own threading only pays
-/// from `PAR_GEMM`, while two halves run 1.6–1.9× faster than one call from
-/// about 2^21 on 2 cores (`cargo bench --bench gemm`, "split x2").
+/// Multiply-adds from which a threaded product is cut in two along its
+/// output's longer side, each half one single-threaded `gemm` call on its
+/// own thread: the `gemm` crate's own threading only pays from `PAR_GEMM`.
+/// Run one after the other on one core, the two halves cost 0.8–1.05× the
+/// whole call from 2^21 (the RBM's and the MLP layer's shapes, `taskset -c 1`,
+/// `docs/performance.md`), so on two free cores they approach half its time;
+/// below 2^21 a product takes under ~25 µs, too little to pay for a hand-off.
 pub(crate) const SPLIT_GEMM: usize = 1 << 21;
 
 /// Where a product is cut: `Some((along_rows, at))` splits the output's rows
