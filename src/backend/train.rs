@@ -53,6 +53,7 @@ trait Fit {
     fn outliers(&mut self, rows: &Tensors) -> Result<(), TrainError>;
     fn begin_epoch(&mut self, seed: u64);
     fn step(&mut self, batch: &Tensors, lr: f64, step: usize) -> Result<StepReport, TrainError>;
+    fn loss(&mut self, batch: &Tensors) -> Result<f64, TrainError>;
     fn params(&self) -> Tensors;
     fn state(&self) -> Tensors;
     fn state_metadata(&self) -> BTreeMap<String, String>;
@@ -73,6 +74,9 @@ impl<T: Fit> Fit for super::MovableCuda<T> {
     }
     fn step(&mut self, batch: &Tensors, lr: f64, step: usize) -> Result<StepReport, TrainError> {
         self.0.step(batch, lr, step)
+    }
+    fn loss(&mut self, batch: &Tensors) -> Result<f64, TrainError> {
+        self.0.loss(batch)
     }
     fn params(&self) -> Tensors {
         self.0.params()
@@ -190,6 +194,15 @@ impl Trainer {
         crate::tensor::check_rows(&self.model, batch, &self.visible)
             .map_err(|e| TrainError::Setup(format!("training batch: {e}")))?;
         self.inner.step(batch, lr, step)
+    }
+
+    /// The objective's loss on a batch of visible rows at the current
+    /// parameters, without a step: its draws are taken (chains move, noise
+    /// is drawn), the parameters stay. `eval` reads `elbo`'s this way.
+    pub fn loss(&mut self, batch: &Tensors) -> Result<f64, TrainError> {
+        crate::tensor::check_rows(&self.model, batch, &self.visible)
+            .map_err(|e| TrainError::Setup(format!("evaluated rows: {e}")))?;
+        self.inner.loss(batch)
     }
 
     /// The current parameters, by name.
@@ -401,6 +414,10 @@ impl<D: Kernels> Fit for Fitter<D> {
             self.model.params.insert(name, new);
         }
         Ok(StepReport { loss, grad_norm })
+    }
+
+    fn loss(&mut self, batch: &Tensors) -> Result<f64, TrainError> {
+        Ok(self.objective.step(&mut self.model, batch)?.0)
     }
 
     fn params(&self) -> Tensors {

@@ -294,6 +294,10 @@ pub struct EvalReport {
     /// Squared error per row after one up-down pass.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconstruction_error: Option<f64>,
+    /// The average evidence lower bound of the rows, for a model trained by
+    /// `elbo`: nats less the energy's own normaliser.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elbo: Option<f64>,
     /// The energy (free energy of the visible rows) of the evaluated rows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub energy_test: Option<EnergyStats>,
@@ -550,6 +554,12 @@ pub fn evaluate(t: &Trained, rows: &EvalRows, opts: &EvalOptions) -> Result<Eval
                 r.expected_calibration_error = Some(finite("the expected calibration error", ece)?);
             }
             Err(why) => r.notes.push(format!("no classification metrics: {why}")),
+        }
+    }
+    if matches!(t.spec.options.objective, crate::analysis::program::Objective::Elbo { .. }) {
+        match evaluate::elbo(model, plan, &t.spec, params, vars, opts.seed, device) {
+            Ok(e) => r.elbo = Some(finite("the ELBO", e)?),
+            Err(why) => r.notes.push(format!("no ELBO: {why}")),
         }
     }
     if !continuous && model.variables.iter().any(|v| v.role == Role::Hidden) {
@@ -951,6 +961,12 @@ impl EvalReport {
         }
         if let Some(ece) = self.expected_calibration_error {
             line(format!("  expected calibration error     {ece:.4}"));
+        }
+        if let Some(e) = self.elbo {
+            line(format!(
+                "  average ELBO                   {e:.4} nats (less the energy's normaliser; {} draws a row)",
+                evaluate::ELBO_DRAWS
+            ));
         }
         if let Some(e) = self.reconstruction_error {
             line(format!("  reconstruction error           {e:.4} (squared, per row)"));
