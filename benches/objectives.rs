@@ -376,6 +376,12 @@ fn digits_run(model_src: &str, objective: &str, seed: u64, sizes: &Sizes) -> (Ru
     let ll = match model.log_likelihood(&fitted.params, &test) {
         Ok(ll) if ll.method == ebmc::Method::Exact => Ok(ll.mean),
         Ok(ll) => Err(format!("log Z by {:?}, not exact", ll.method)),
+        // The first clause of each reason: what cannot be had, without the hints.
+        Err(ebmc::Error::NoLogZ { exact, ais, .. }) => {
+            let first = |why: &str, at: char| why.split(at).next().unwrap_or(why).trim().to_string();
+            let ais = ais.map_or(String::new(), |why| format!("; {}", first(&why, ':')));
+            Err(format!("E0608: {}{ais}", first(&exact, ';')))
+        }
         Err(e) => Err(e.to_string()),
     };
     ((t, pl), ll)
@@ -438,10 +444,11 @@ fn main() {
     let toys = ["8gaussians", "rings"];
     let seeds: Vec<u64> = (1..=sizes.seeds).collect();
     println!(
-        "\n(a) 2-D toys: {} rows ({} held out), {} epochs of batch 256, seeds {:?}; mlp(2 -> 128 -> 128 -> 1), Adam 1e-3\n",
+        "\n(a) 2-D toys: {} rows ({} held out), {} epochs of batch 256 ({} updates), seeds {:?}; mlp(2 -> 128 -> 128 -> 1), Adam 1e-3\n",
         sizes.toy_rows,
         sizes.toy_rows / 10,
         sizes.toy_epochs,
+        (sizes.toy_rows - sizes.toy_rows / 10) / 256 * sizes.toy_epochs,
         seeds
     );
     // runs[objective][toy] = one Run per seed. Objectives run innermost, so
@@ -551,7 +558,7 @@ fn main() {
         let (bad, all) = diverged_share(&pl);
         let ll_text = match ll.iter().find_map(|(_, r)| r.as_ref().err()) {
             Some(why) if ll.iter().all(|(_, r)| r.is_err()) => {
-                format!("none: {}", why.lines().find(|l| l.contains("error")).unwrap_or(why).trim())
+                format!("none ({})", why.lines().next().unwrap_or(why).trim())
             }
             _ => figure(&ll, 2),
         };
