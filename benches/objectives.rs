@@ -178,7 +178,7 @@ const OBJECTIVES: [Objective; 9] = [
         sample: "",
         auxiliary: "yes (its noise is the data perturbed)",
         architecture: "yes: any energy, real visibles",
-        likelihood: "no: a ratio-matching loss, consistent as σ → 0",
+        likelihood: "no: a conditional ratio loss, tending to score matching as σ → 0",
     },
     Objective {
         name: "lsd",
