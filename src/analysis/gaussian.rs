@@ -1,7 +1,7 @@
 //! Exact Gaussian conditionals: when the energy is a polynomial of degree at
-//! most 2 in an unbounded real variable `x` with a diagonal quadratic part,
-//! `x | rest ~ N(mean, diag(1 / precision))`, which can be drawn exactly
-//! instead of by Langevin dynamics.
+//! most 2 in a real variable `x` with a diagonal quadratic part,
+//! `x | rest ~ N(mean, diag(1 / precision))` (truncated to the box of a
+//! bounded `x`), which can be drawn exactly instead of by Langevin dynamics.
 //!
 //! The test reads the IR of the gradient `g = ∂E/∂x`: `E` is such a
 //! polynomial exactly when `g = precision ⊙ x − precision ⊙ mean` with

@@ -41,14 +41,18 @@ pub enum Kernel {
     },
     /// One unit at a time, from energy differences.
     SequentialGibbs,
-    /// An exact draw of an unbounded real variable from its Gaussian
-    /// conditional, the energy being quadratic in it with a diagonal
-    /// precision (`analysis::gaussian`).
+    /// An exact draw of a real variable from its Gaussian conditional, the
+    /// energy being quadratic in it with a diagonal precision
+    /// (`analysis::gaussian`); for a bounded variable, the normal truncated
+    /// to its box, unit by unit.
     GaussianGibbs {
-        /// The conditional mean of each unit, as an expression.
+        /// The conditional mean of each unit (before truncation), as an expression.
         mean: String,
         /// The conditional precision (inverse variance) of each unit, as an expression.
         precision: String,
+        /// The variable's box, to which the normal is truncated; `None` when unbounded.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bounds: Option<(f64, f64)>,
     },
     /// Langevin dynamics, or MALA when `mala`, for a real variable.
     Langevin {
@@ -637,9 +641,9 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
     for v in &model.variables {
         let override_ = overrides.get(v.name.as_str());
         let mut overridden = false;
-        // Bounded reals would need a truncated normal: they keep Langevin's reflected moves.
+        // A bounded real's conditional is the same normal truncated to its box.
         let gaussian = match v.domain {
-            Domain::Real { bounds: None } if graph.total_degree(&v.name) == Degree::Quadratic => {
+            Domain::Real { .. } if graph.total_degree(&v.name) == Degree::Quadratic => {
                 crate::analysis::gaussian::conditional(ir, total, &v.name, &v.shape)
             }
             _ => None,
@@ -734,13 +738,21 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                     if !matches!(asked, Some(Sampler::Langevin(_) | Sampler::Mala { .. } | Sampler::Hmc { .. })) =>
                 {
                     let (mean, precision) = (ir.show(c.mean), ir.show(c.precision));
+                    let (law, truncated) = match bounds {
+                        None => ("Gaussian".to_string(), String::new()),
+                        Some((lo, hi)) => {
+                            (format!("a normal truncated to [{lo}, {hi}]"), format!(" truncated to [{lo}, {hi}]"))
+                        }
+                    };
                     let reason = format!(
-                        "the energy is quadratic in {} with a diagonal positive precision: its conditional is Gaussian",
+                        "the energy is quadratic in {} with a diagonal positive precision: its conditional is {law}",
                         v.name
                     );
-                    let text =
-                        format!("p({} | rest) = normal(mean: {mean}, precision: {precision}), unit by unit", v.name);
-                    (Kernel::GaussianGibbs { mean, precision }, reason, Some(text))
+                    let text = format!(
+                        "p({} | rest) = normal(mean: {mean}, precision: {precision}){truncated}, unit by unit",
+                        v.name
+                    );
+                    (Kernel::GaussianGibbs { mean, precision, bounds }, reason, Some(text))
                 }
                 _ => {
                     let kernel = langevin(asked, objective, bounds);
@@ -1239,7 +1251,8 @@ impl Plan {
                 Kernel::BlockGibbs { block, blocks } => format!("block Gibbs, block {} of {blocks}", block + 1),
                 Kernel::ChromaticGibbs { colours, .. } => format!("chromatic Gibbs, {colours} colours"),
                 Kernel::SequentialGibbs => "sequential Gibbs, one unit at a time".to_string(),
-                Kernel::GaussianGibbs { .. } => "exact Gaussian Gibbs".to_string(),
+                Kernel::GaussianGibbs { bounds: None, .. } => "exact Gaussian Gibbs".to_string(),
+                Kernel::GaussianGibbs { bounds: Some(_), .. } => "exact truncated-Gaussian Gibbs".to_string(),
                 Kernel::Langevin { mala, step, noise, steps, clip, .. } => {
                     let name = if *mala { "MALA" } else { "Langevin" };
                     let clip = clip.map(|c| format!(", gradient clipped at {c}")).unwrap_or_default();

@@ -18,6 +18,7 @@ mod replay;
 mod step;
 mod tempering;
 mod train;
+mod truncated;
 
 pub use ais::{
     AisEstimate, AisOptions, MAX_CHAIN_ELEMENTS, MAX_RUNS, MAX_TEMPERATURES, RaiseEstimate, ais,
@@ -517,11 +518,12 @@ enum Stage<D: Device<f32>> {
     Sequential {
         var: usize,
     },
-    /// An exact draw from the Gaussian conditional of `var`.
+    /// An exact draw from the Gaussian conditional of `var`, truncated to its box when it has one.
     Gaussian {
         var: usize,
         mean: Id,
         precision: Id,
+        bounds: Option<(f64, f64)>,
     },
     Langevin {
         vars: Vec<(usize, Id)>,
@@ -611,6 +613,7 @@ struct ChainSet<D: Device<f32>> {
     held: BTreeMap<usize, Held<D>>,
     /// Whether `langevin` keeps `last_step` (improved CD differentiates it).
     record_last: bool,
+
     last_step: Option<LastStep<D>>,
 }
 
@@ -832,12 +835,17 @@ impl<D: Kernels> ChainSet<D> {
                     stages.push(Stage::Chromatic { var, form });
                 }
                 Kernel::SequentialGibbs => stages.push(Stage::Sequential { var: index(&first.name) }),
-                Kernel::GaussianGibbs { .. } => {
+                Kernel::GaussianGibbs { bounds, .. } => {
                     // Cannot fire: the planner chose this kernel from the same analysis of the same IR.
                     let v = model.variable(&first.name).expect("variable");
                     let c = crate::analysis::gaussian::conditional(ir, total, &v.name, &v.shape)
                         .ok_or_else(|| format!("`{}` has no Gaussian conditional", v.name))?;
-                    stages.push(Stage::Gaussian { var: index(&v.name), mean: c.mean, precision: c.precision });
+                    stages.push(Stage::Gaussian {
+                        var: index(&v.name),
+                        mean: c.mean,
+                        precision: c.precision,
+                        bounds: *bounds,
+                    });
                 }
                 Kernel::Langevin { mala, step, noise, steps, clip, .. } => {
                     let mut lv = Vec::new();
@@ -1282,16 +1290,33 @@ impl<D: Kernels> ChainSet<D> {
         }
     }
 
-    /// `var ← mean + z / sqrt(precision)`, z ~ N(0, I): an exact draw from
-    /// its Gaussian conditional, unit by unit.
-    fn gaussian(&mut self, var: usize, mean: Id, precision: Id) {
+    /// `var ← mean + z / sqrt(β · precision)`, z ~ N(0, I): an exact draw
+    /// from its Gaussian conditional at inverse temperature β (βE is
+    /// quadratic with precision β·P), unit by unit; truncated to the box
+    /// `bounds` when given, by `truncated::draw` on the host.
+    fn gaussian(&mut self, var: usize, mean: Id, precision: Id, bounds: Option<(f64, f64)>) {
         let shape = self.shape(var);
         let mut values = self.eval(&[mean, precision], &self.state).into_iter();
         // Cannot fire: the evaluator returns one value per root.
         let mean = expand(values.next().expect("one value per root"), shape.0, shape.1, shape.2);
         let precision = expand(values.next().expect("one value per root"), shape.0, shape.1, shape.2);
-        let z = self.normal(shape);
-        let x = mean + z / precision.sqrt();
+        let precision = if self.beta == 1.0 { precision } else { precision * self.beta };
+        let x = match bounds {
+            None => {
+                let z = self.normal(shape);
+                mean + z / precision.sqrt()
+            }
+            Some((lo, hi)) => {
+                let (mean, precision) = (mean.as_vec(), precision.as_vec());
+                let rng = &mut self.fast_rng;
+                let drawn = mean
+                    .iter()
+                    .zip(&precision)
+                    .map(|(&m, &p)| truncated::draw(rng, f64::from(m), f64::from(p), lo, hi) as f32)
+                    .collect();
+                self.dev.tensor_from_vec(drawn, shape)
+            }
+        };
         self.state.insert(self.vars[var].name.clone(), x);
     }
 
@@ -1360,9 +1385,9 @@ impl<D: Kernels> ChainSet<D> {
                 }
                 Stage::Sequential { var } => self.sequential(*var),
                 Stage::Gaussian { var, .. } if !free(self, var) => {}
-                Stage::Gaussian { var, mean, precision } => {
+                Stage::Gaussian { var, mean, precision, bounds } => {
                     // Units are independent given the rest (a diagonal precision).
-                    self.gaussian(*var, *mean, *precision);
+                    self.gaussian(*var, *mean, *precision, *bounds);
                     let name = self.vars[*var].name.clone();
                     let x = self.hold(*var, self.state[&name].clone());
                     self.state.insert(name, x);
