@@ -1323,3 +1323,11 @@ pub fn mixing_warning(m: &crate::runtime::diagnostics::Mixing) -> Option<String>
         statistic_label(worst.unit),
     ))
 }
+
+/// The error when a full-precision Gaussian variable's precision matrix
+/// (the Hessian of the energy in it) has no Cholesky factor.
+pub fn not_positive_definite(var: &str) -> String {
+    format!(
+        "the precision of `{var}` (the Hessian of the energy in it) is not positive definite at these parameters, so `exp(-E)` has no finite integral over `{var}` and its Gaussian conditional does not exist; make the quadratic form positive definite (e.g. `P = L @ transpose(L)` plus a positive diagonal) or sample `{var}` by Langevin"
+    )
+}

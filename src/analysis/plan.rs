@@ -54,6 +54,15 @@ pub enum Kernel {
         #[serde(skip_serializing_if = "Option::is_none")]
         bounds: Option<(f64, f64)>,
     },
+    /// An exact draw of an unbounded real variable from its Gaussian
+    /// conditional when the energy is a quadratic form in it whose
+    /// precision matrix (the Hessian) is the same for every chain
+    /// (`analysis::gaussian::linear`): through a Cholesky factor of the
+    /// precision, checked positive definite when it is factored.
+    FullGaussianGibbs {
+        /// The gradient of the energy in the variable, affine in it, as an expression.
+        gradient: String,
+    },
     /// Langevin dynamics, or MALA when `mala`, for a real variable.
     Langevin {
         /// Whether each proposal is accepted or rejected by Metropolis-Hastings (MALA).
@@ -648,9 +657,21 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
             }
             _ => None,
         };
+        // Past a diagonal precision: a quadratic form with one precision matrix for every chain.
+        let full = match v.domain {
+            Domain::Real { bounds: None }
+                if gaussian.is_none()
+                    && graph.total_degree(&v.name) == Degree::Quadratic
+                    && v.shape.iter().product::<usize>() <= crate::analysis::gaussian::FULL_DIMS_LIMIT =>
+            {
+                crate::analysis::gaussian::linear(ir, total, &v.name)
+            }
+            _ => crate::analysis::gaussian::Linear::No,
+        };
+        let shared = full == crate::analysis::gaussian::Linear::Shared;
         if let Some(o) = override_ {
             match (v.domain.is_discrete(), o.kernel.name.as_str()) {
-                (false, "gibbs") if gaussian.is_none() => {
+                (false, "gibbs") if gaussian.is_none() && !shared => {
                     problems.push(PlanError::GibbsOnContinuous { var: v.name.clone(), span: o.span })
                 }
                 (true, k @ ("langevin" | "mala" | "hmc")) => problems.push(PlanError::LangevinOnDiscrete {
@@ -716,7 +737,9 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                 (Degree::Constant | Degree::Linear, None) => {
                     problems.push(PlanError::NoFiniteZ { var: v.name.clone(), span: v.span, degree })
                 }
-                // A positive precision proves the Gaussian proper.
+                // A positive precision proves the Gaussian proper. A shared precision
+                // matrix is refused at run time if its factor fails; the warning stays
+                // where the form cannot prove it positive definite.
                 (_, None) if gaussian.is_some() => {}
                 (_, None) => match normalisability(graph, ir, total, v) {
                     Normalisability::Proved => {}
@@ -754,6 +777,22 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                     );
                     (Kernel::GaussianGibbs { mean, precision, bounds }, reason, Some(text))
                 }
+                None if shared
+                    && !matches!(asked, Some(Sampler::Langevin(_) | Sampler::Mala { .. } | Sampler::Hmc { .. })) =>
+                {
+                    // Cannot fire: `linear` found the gradient.
+                    let g = ir.grad(total, &v.name).expect("a quadratic energy has a gradient");
+                    let gradient = ir.show(g);
+                    let reason = format!(
+                        "the energy is a quadratic form in {} with one precision matrix for every chain: its conditional is Gaussian, drawn through a Cholesky factor of the precision",
+                        v.name
+                    );
+                    let text = format!(
+                        "p({0} | rest) = normal(mean: {0} - P⁻¹ ∂E/∂{0}, precision: P), P = ∂²E/∂{0}² (positive definite, checked when factored), ∂E/∂{0} = {gradient}",
+                        v.name
+                    );
+                    (Kernel::FullGaussianGibbs { gradient }, reason, Some(text))
+                }
                 _ => {
                     let kernel = langevin(asked, objective, bounds);
                     let mut reason = match (bounds, degree) {
@@ -761,6 +800,13 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                         (None, Degree::Quadratic) => "continuous, energy grows quadratically".to_string(),
                         (None, _) => "continuous, unbounded".to_string(),
                     };
+                    if let crate::analysis::gaussian::Linear::PerChain(readers) = &full {
+                        let _ = write!(
+                            reason,
+                            "; its precision matrix depends on {}, so it differs from chain to chain and no one Cholesky factor draws it exactly",
+                            readers.join(", ")
+                        );
+                    }
                     if let Kernel::Langevin { mala: true, .. } | Kernel::Hmc { .. } = kernel {
                         reason.push_str("; Metropolis-adjusted");
                     }
@@ -1253,6 +1299,7 @@ impl Plan {
                 Kernel::SequentialGibbs => "sequential Gibbs, one unit at a time".to_string(),
                 Kernel::GaussianGibbs { bounds: None, .. } => "exact Gaussian Gibbs".to_string(),
                 Kernel::GaussianGibbs { bounds: Some(_), .. } => "exact truncated-Gaussian Gibbs".to_string(),
+                Kernel::FullGaussianGibbs { .. } => "exact Gaussian Gibbs, full precision".to_string(),
                 Kernel::Langevin { mala, step, noise, steps, clip, .. } => {
                     let name = if *mala { "MALA" } else { "Langevin" };
                     let clip = clip.map(|c| format!(", gradient clipped at {c}")).unwrap_or_default();
@@ -1266,9 +1313,13 @@ impl Plan {
             // Gibbs, and which Gibbs kernel runs stays the planner's choice.
             let by = match (&v.kernel, v.overridden) {
                 (_, false) => "",
-                (Kernel::Langevin { .. } | Kernel::GaussianGibbs { .. } | Kernel::Hmc { .. }, true) => {
-                    ", as the sample block asks"
-                }
+                (
+                    Kernel::Langevin { .. }
+                    | Kernel::GaussianGibbs { .. }
+                    | Kernel::FullGaussianGibbs { .. }
+                    | Kernel::Hmc { .. },
+                    true,
+                ) => ", as the sample block asks",
                 (_, true) => " (the sample block asks for `gibbs`; the planner picks the blocking)",
             };
             let _ = writeln!(out, "    {kernel}{by}: {}", v.reason);

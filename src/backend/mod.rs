@@ -7,6 +7,7 @@
 
 mod ais;
 mod conv;
+mod dense;
 mod eval;
 mod hmc;
 mod host;
@@ -525,6 +526,16 @@ enum Stage<D: Device<f32>> {
         precision: Id,
         bounds: Option<(f64, f64)>,
     },
+    /// An exact draw from the Gaussian conditional of `var` with a full
+    /// precision matrix shared by the chains: `gradient` is ∂E/∂var, affine
+    /// in it; `factor` the Cholesky factor of the precision over the free
+    /// units, made when first needed and dropped when the parameters or
+    /// clamps change.
+    FullGaussian {
+        var: usize,
+        gradient: Id,
+        factor: Option<Factor>,
+    },
     Langevin {
         vars: Vec<(usize, Id)>,
         mala: bool,
@@ -539,6 +550,14 @@ enum Stage<D: Device<f32>> {
         leapfrog: usize,
         steps: usize,
     },
+}
+
+/// The lower Cholesky factor `L` (`L Lᵀ = P_FF`, row-major, `free.len()`
+/// square) of a full Gaussian's precision over its free (unheld) units.
+struct Factor {
+    gradient: Id,
+    free: Vec<usize>,
+    lower: Vec<f64>,
 }
 
 enum Chromatic<D: Device<f32>> {
@@ -847,6 +866,12 @@ impl<D: Kernels> ChainSet<D> {
                         bounds: *bounds,
                     });
                 }
+                Kernel::FullGaussianGibbs { .. } => {
+                    let name = &first.name;
+                    // Cannot fire: the planner chose this kernel from the gradient.
+                    let gradient = ir.grad(total, name).ok_or_else(|| format!("`{name}` has no gradient"))?;
+                    stages.push(Stage::FullGaussian { var: index(name), gradient, factor: None });
+                }
                 Kernel::Langevin { mala, step, noise, steps, clip, .. } => {
                     let mut lv = Vec::new();
                     for name in group {
@@ -924,6 +949,7 @@ impl<D: Kernels> ChainSet<D> {
             let init = set.initial(i);
             set.state.insert(set.vars[i].name.clone(), init);
         }
+        set.factor_all()?;
         Ok(set)
     }
 
@@ -1320,6 +1346,98 @@ impl<D: Kernels> ChainSet<D> {
         self.state.insert(self.vars[var].name.clone(), x);
     }
 
+    /// Factors every full Gaussian's precision that is not factored yet:
+    /// an error names a variable whose precision is not positive definite.
+    fn factor_all(&mut self) -> Result<(), String> {
+        let mut stages = std::mem::take(&mut self.stages);
+        let result = stages.iter_mut().try_for_each(|stage| match stage {
+            Stage::FullGaussian { var, gradient, factor } if factor.is_none() => {
+                *factor = Some(self.factor(*var, *gradient)?);
+                Ok(())
+            }
+            _ => Ok(()),
+        });
+        self.stages = stages;
+        result
+    }
+
+    /// The precision of `var` over its free units, read off its gradient
+    /// (affine in it with a Jacobian shared by the chains: P's column j is
+    /// g(e_j) − g(0), the other variables at 0), and its Cholesky factor.
+    fn factor(&self, var: usize, gradient: Id) -> Result<Factor, String> {
+        let info = &self.vars[var];
+        let (rows, cols) = (info.rows, info.cols);
+        let d = rows * cols;
+        let held = self.held.get(&var).map(|h| h.elements.clone()).unwrap_or_else(|| vec![false; d]);
+        let free: Vec<usize> = (0..d).filter(|&i| !held[i]).collect();
+        // Row 0 is x = 0, row j + 1 is the unit vector e_j.
+        let mut basis = vec![0.0f32; (d + 1) * d];
+        for j in 0..d {
+            basis[(j + 1) * d + j] = 1.0;
+        }
+        let state: BTreeMap<String, T3<D>> = self
+            .vars
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let t = if i == var {
+                    self.dev.tensor_from_vec(basis.clone(), (d + 1, rows, cols))
+                } else {
+                    self.dev.zeros_like(&(d + 1, v.rows, v.cols))
+                };
+                (v.name.clone(), t)
+            })
+            .collect();
+        let g = expand(eval::one(self.eval(&[gradient], &state)), d + 1, rows, cols).as_vec();
+        let at = |j: usize, i: usize| f64::from(g[(j + 1) * d + i]) - f64::from(g[i]);
+        let k = free.len();
+        // The Hessian is symmetric; averaging with its transpose drops the rounding that is not.
+        let precision: Vec<f64> =
+            (0..k * k).map(|n| 0.5 * (at(free[n % k], free[n / k]) + at(free[n / k], free[n % k]))).collect();
+        let lower = dense::cholesky(&precision, k).ok_or_else(|| crate::messages::not_positive_definite(&info.name))?;
+        Ok(Factor { gradient, free, lower })
+    }
+
+    /// `x_F ← μ + L⁻ᵀ ζ / √β` over the free units F of `var`, ζ ~ N(0, I),
+    /// with `μ = −P_FF⁻¹ o` and `o = ∂E/∂x_F` at `x_F = 0` (the held units
+    /// and the other variables at their values): an exact draw from the
+    /// conditional of βE, whose precision is β·P.
+    fn full_gaussian(&mut self, var: usize, f: &Factor) {
+        let gradient = f.gradient;
+        let name = self.vars[var].name.clone();
+        let shape = self.shape(var);
+        let d = shape.1 * shape.2;
+        let mut x = self.state[&name].as_vec();
+        for chain in 0..self.chains {
+            for &i in &f.free {
+                x[chain * d + i] = 0.0;
+            }
+        }
+        let mut at_zero = self.state.clone();
+        at_zero.insert(name.clone(), self.dev.tensor_from_vec(x.clone(), shape));
+        let o = expand(eval::one(self.eval(&[gradient], &at_zero)), shape.0, shape.1, shape.2).as_vec();
+        let k = f.free.len();
+        let scale = 1.0 / f64::from(self.beta).sqrt();
+        let rng = &mut self.fast_rng;
+        for chain in 0..self.chains {
+            let offset: Vec<f64> = f.free.iter().map(|&i| f64::from(o[chain * d + i])).collect();
+            // L y = o, then Lᵀ z = ζ/√β − y: z = −P⁻¹ o + L⁻ᵀ ζ/√β.
+            let y = dense::solve_lower(&f.lower, k, &offset);
+            let w: Vec<f64> = y
+                .iter()
+                .map(|y| {
+                    let z: f64 = rand_distr::StandardNormal.sample(rng);
+                    scale * z - y
+                })
+                .collect();
+            let z = dense::solve_upper_transposed(&f.lower, k, &w);
+            for (&i, z) in f.free.iter().zip(z) {
+                x[chain * d + i] = z as f32;
+            }
+        }
+        self.state.insert(name, self.dev.tensor_from_vec(x, shape));
+    }
+
     /// Folds a proposal into the variable's box `[lo, hi]` by reflecting at
     /// both walls as often as it takes: the reflected walk is periodic with
     /// period 2(hi − lo), so x ↦ lo + w − |((x − lo) mod 2w) − w|, w = hi − lo,
@@ -1392,6 +1510,10 @@ impl<D: Kernels> ChainSet<D> {
                     let x = self.hold(*var, self.state[&name].clone());
                     self.state.insert(name, x);
                 }
+                Stage::FullGaussian { var, .. } if !free(self, var) => {}
+                Stage::FullGaussian { var, factor: Some(f), .. } => self.full_gaussian(*var, f),
+                // Cannot fire: `new`, `set_params` and `set_clamps` factor every precision, or fail.
+                Stage::FullGaussian { factor: None, .. } => {}
                 Stage::Langevin { vars, mala, step, noise, steps, clip } => {
                     let vars: Vec<(usize, Id)> = vars.iter().filter(|(v, _)| free(self, v)).copied().collect();
                     if !vars.is_empty() {
@@ -1490,17 +1612,22 @@ impl<D: Kernels> ChainSet<D> {
             .collect()
     }
 
-    /// Replaces parameter values (after an optimiser step).
-    fn set_params(&mut self, params: &BTreeMap<String, T3<D>>) {
+    /// Replaces parameter values (after an optimiser step), and refactors
+    /// every full Gaussian's precision at them: an error names a variable
+    /// whose precision the step left not positive definite.
+    fn set_params(&mut self, params: &BTreeMap<String, T3<D>>) -> Result<(), String> {
         for (k, v) in params {
             self.leaves.tensors.insert(k.clone(), v.clone());
         }
         self.shared_stale = true;
         for stage in &mut self.stages {
-            if let Stage::Chromatic { form: Chromatic::Lattice(l), .. } = stage {
-                l.built = Built::Stale;
+            match stage {
+                Stage::Chromatic { form: Chromatic::Lattice(l), .. } => l.built = Built::Stale,
+                Stage::FullGaussian { factor, .. } => *factor = None,
+                _ => {}
             }
         }
+        self.factor_all()
     }
 
     /// Drops this set's references to the parameters, so that an optimiser
@@ -1606,7 +1733,13 @@ impl<D: Kernels> Chains for ChainSet<D> {
             })
             .collect();
         self.apply_holds();
-        Ok(())
+        // The free units' precision is a new submatrix: factor it now, so a bad one is an error here.
+        for stage in &mut self.stages {
+            if let Stage::FullGaussian { factor, .. } = stage {
+                *factor = None;
+            }
+        }
+        self.factor_all()
     }
 
     fn acceptance(&self) -> Option<f64> {
