@@ -1992,8 +1992,9 @@ mod tests {
                 Some(0.02),
             ),
             (
+                // Quadratic in x, so the planner would draw it exactly; the sample block asks for Langevin.
                 "model m { visible x : real[3]; param w : real[3] = normal(0, 1);
-                energy e = sum(w * x * x); energy prior = 0.5 * sum(square(x)); }",
+                energy e = sum(w * x * x); energy prior = 0.5 * sum(square(x)); sample { x: langevin; } }",
                 0.5,
                 None,
             ),
