@@ -2,7 +2,7 @@
 //! report plain data (`ParseError`, `CheckError`, ...); this module turns each
 //! into a `Diagnostic`. `docs/diagnostics.md` lists the codes.
 
-use crate::analysis::check::{CheckError, DeclKind};
+use crate::analysis::check::{CheckError, DeclKind, LadderProblem};
 use crate::analysis::plan::PlanError;
 use crate::analysis::program::{NetKind, elements, shape_str};
 use crate::analysis::schema::OptType;
@@ -223,6 +223,7 @@ fn opt_type(t: OptType) -> String {
         OptType::Flag => "`true` or `false`".into(),
         OptType::Str => "a string in double quotes".into(),
         OptType::Paths => "a string in double quotes or a list of them (`[\"a.bin\", \"b.bin\"]`)".into(),
+        OptType::Numbers => "a list of numbers (`[1, 1.5, 2.5]`)".into(),
         OptType::Choice(c) => format!("one of {}", code_list(c)),
         OptType::NetName => "the name of a net the model declares".into(),
     }
@@ -468,6 +469,21 @@ impl From<&CheckError> for Diagnostic {
             TooManyReplicas { span, replicas, max } => Diagnostic::error("E0107", format!("at most {max} tempering replicas, found {replicas}"))
                 .primary(*span, "each replica is a full set of the chains")
                 .help("a geometric ladder of 8 to 16 temperatures usually suffices; raise `t_max` rather than the count"),
+            TemperatureList { span, problem } => {
+                let (title, label) = match problem {
+                    LadderProblem::TooFew => ("a tempering ladder needs at least two temperatures".to_string(), "one temperature has no replica to swap with".to_string()),
+                    LadderProblem::FirstNotOne(t) => (format!("the first tempering temperature must be 1, found {t}"), "only the replica at T = 1 samples the model itself".to_string()),
+                    LadderProblem::NotIncreasing { index, previous, value } => (
+                        format!("tempering temperatures must increase strictly: temperature {} is {value}, after {previous}", index + 1),
+                        "not above the temperature before it".to_string(),
+                    ),
+                };
+                Diagnostic::error("E0107", title).primary(*span, label).help("write the ladder from 1 up, e.g. `tempering(temperatures: [1, 1.5, 2.5, 4])`")
+            }
+            TemperingForms { span, other, other_span } => Diagnostic::error("E0107", format!("`temperatures` and `{other}` both give the tempering ladder"))
+                .primary(*span, "the ladder by hand")
+                .secondary(*other_span, format!("`{other}` spaces one geometrically"))
+                .help("give either `temperatures: [...]` or `replicas` and `t_max`, not both"),
             Unused { is, name, span } => Diagnostic::warning("W0001", format!("{} `{name}` is never used", decl_word(*is)))
                 .primary(*span, "declared here")
                 .help("use it in an energy term, or remove it"),
@@ -1319,4 +1335,12 @@ pub fn mixing_warning(m: &crate::runtime::diagnostics::Mixing) -> Option<String>
         worst.variable,
         statistic_label(worst.unit),
     ))
+}
+
+/// The error when a full-precision Gaussian variable's precision matrix
+/// (the Hessian of the energy in it) has no Cholesky factor.
+pub fn not_positive_definite(var: &str) -> String {
+    format!(
+        "the precision of `{var}` (the Hessian of the energy in it) is not positive definite at these parameters, so `exp(-E)` has no finite integral over `{var}` and its Gaussian conditional does not exist; make the quadratic form positive definite (e.g. `P = L @ transpose(L)` plus a positive diagonal) or sample `{var}` by Langevin"
+    )
 }

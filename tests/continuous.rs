@@ -127,7 +127,16 @@ fn persistent_langevin_cd_recovers_a_gaussian() {
     // step * precision / 2 < 2%, inside the tolerance. 50 steps an update
     // (one time unit, about the slowest direction's relaxation time at
     // precision 0.6) from the replay buffer, 5% of chains from noise.
-    check("pcd(k: 50, chains: 500, step: 0.02)", 30);
+    // The quadratic form would be drawn exactly through its Cholesky factor; the sample block keeps Langevin.
+    check_with("pcd(k: 50, chains: 500, step: 0.02)", "sample { x: langevin(step: 0.02); }", 30);
+}
+
+#[test]
+fn exact_gibbs_pcd_recovers_a_gaussian() {
+    // Without a sample block `x` is drawn exactly through the Cholesky factor
+    // of AᵀA, refactored after every update: one sweep an update is an
+    // exact draw at the current parameters, so PCD's gradient is unbiased.
+    check("pcd(k: 1, chains: 500)", 30);
 }
 
 #[test]
@@ -150,7 +159,7 @@ fn grid_integral_matches_a_gaussians_normaliser() {
 #[test]
 fn langevin_pcd_keeps_its_replay_buffer_across_a_resume() {
     let src = "model g { visible x : real[2]; param A : real[2, 2] = normal(0, 0.7); param mu : real[2];
-           energy e = 0.5 * sum(square(A @ (x - mu))); }
+           energy e = 0.5 * sum(square(A @ (x - mu))); sample { x: langevin(step: 0.02); } }
          train g { data = csv(\"unused.csv\") -> x; objective = pcd(k: 5, chains: 50, step: 0.02, buffer: 300, reinit: 0.1); optimizer = adam(lr: 0.05); batch = 100; epochs = 4; seed = 4; }";
     let c = ebmc::compile(src).unwrap();
     let (plans, _) = ebmc::plan(&c.program).unwrap();

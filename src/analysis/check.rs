@@ -137,8 +137,23 @@ pub enum CheckError {
     TemperingRange { span: Span, t_max: f64 },
     /// E0107: a tempering ladder of more than `max` (`limits::MAX_REPLICAS`) replicas.
     TooManyReplicas { span: Span, replicas: usize, max: usize },
+    /// E0107: a hand-written ladder (`temperatures: [...]`) that is not 1 then strictly increasing.
+    TemperatureList { span: Span, problem: LadderProblem },
+    /// E0107: `temperatures` given together with `replicas` or `t_max` (`other`, written at `other_span`).
+    TemperingForms { span: Span, other: &'static str, other_span: Span },
     /// W0001: a declaration no energy uses.
     Unused { is: DeclKind, name: String, span: Span },
+}
+
+/// What is wrong with a hand-written tempering ladder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LadderProblem {
+    /// Fewer than two temperatures: nothing to swap with.
+    TooFew,
+    /// The first temperature is not 1 (the reported replica samples the model itself).
+    FirstNotOne(f64),
+    /// Temperature `index` (from 0) is not above the one before it.
+    NotIncreasing { index: usize, previous: f64, value: f64 },
 }
 
 impl CheckError {
@@ -228,6 +243,8 @@ fn first_span(e: &CheckError) -> Span {
         | SamplerPlace { span, .. }
         | TemperingRange { span, .. }
         | TooManyReplicas { span, .. }
+        | TemperatureList { span, .. }
+        | TemperingForms { span, .. }
         | UnknownCallee { span, .. }
         | NotACall { span, .. }
         | UnknownOption { span, .. }
@@ -672,15 +689,44 @@ impl<'e> ModelChecker<'e> {
                 sweeps: count(&kernel, "sweeps"),
             });
         }
-        // Where an option is written: by name, or at its position.
-        let at = |name: &str, position: usize| match &o.kernel.kind {
+        // Where an option is written, by name or at its position; `None` when it is not.
+        let written = |name: &str, position: usize| match &o.kernel.kind {
             ExprKind::Call { args, .. } => args
                 .iter()
                 .enumerate()
                 .find(|(i, a)| a.name.as_ref().map_or(*i == position, |n| n.name == name))
-                .map_or(o.span, |(_, a)| a.value.span),
-            _ => o.span,
+                .map(|(_, a)| a.value.span),
+            _ => None,
         };
+        let at = |name: &str, position: usize| written(name, position).unwrap_or(o.span);
+        if let Some(list) = kernel.options.get("temperatures").and_then(Value::as_nums) {
+            let span = at("temperatures", 2);
+            let other = [("replicas", 0), ("t_max", 1)].into_iter().find_map(|(n, i)| written(n, i).map(|s| (n, s)));
+            if let Some((other, other_span)) = other {
+                self.err(CheckError::TemperingForms { span, other, other_span });
+                return None;
+            }
+            if list.len() > MAX_REPLICAS {
+                self.err(CheckError::TooManyReplicas { span, replicas: list.len(), max: MAX_REPLICAS });
+                return None;
+            }
+            let problem = if list.len() < 2 {
+                Some(LadderProblem::TooFew)
+            } else if list[0] != 1.0 {
+                Some(LadderProblem::FirstNotOne(list[0]))
+            } else {
+                list.windows(2).position(|w| w[1] <= w[0]).map(|i| LadderProblem::NotIncreasing {
+                    index: i + 1,
+                    previous: list[i],
+                    value: list[i + 1],
+                })
+            };
+            if let Some(problem) = problem {
+                self.err(CheckError::TemperatureList { span, problem });
+                return None;
+            }
+            return Some(Temperature::Ladder { temperatures: list.to_vec() });
+        }
         let (replicas, t_max) = (count(&kernel, "replicas"), num(&kernel, "t_max"));
         if replicas > MAX_REPLICAS {
             self.err(CheckError::TooManyReplicas { span: at("replicas", 0), replicas, max: MAX_REPLICAS });
@@ -1193,6 +1239,14 @@ fn option_value(e: &ast::Expr, ty: OptType, ints: &BTreeMap<String, usize>) -> O
                 })
                 .collect::<Option<Vec<_>>>()
                 .map(Value::List),
+            _ => None,
+        },
+        OptType::Numbers => match &e.kind {
+            ExprKind::List(items) if !items.is_empty() => items
+                .iter()
+                .map(|i| literal_number(i).filter(|x| x.is_finite()))
+                .collect::<Option<Vec<_>>>()
+                .map(Value::Nums),
             _ => None,
         },
         OptType::Choice(choices) => choices.iter().find(|c| Some(**c) == word).map(|c| Value::Str(c.to_string())),

@@ -41,14 +41,27 @@ pub enum Kernel {
     },
     /// One unit at a time, from energy differences.
     SequentialGibbs,
-    /// An exact draw of an unbounded real variable from its Gaussian
-    /// conditional, the energy being quadratic in it with a diagonal
-    /// precision (`analysis::gaussian`).
+    /// An exact draw of a real variable from its Gaussian conditional, the
+    /// energy being quadratic in it with a diagonal precision
+    /// (`analysis::gaussian`); for a bounded variable, the normal truncated
+    /// to its box, unit by unit.
     GaussianGibbs {
-        /// The conditional mean of each unit, as an expression.
+        /// The conditional mean of each unit (before truncation), as an expression.
         mean: String,
         /// The conditional precision (inverse variance) of each unit, as an expression.
         precision: String,
+        /// The variable's box, to which the normal is truncated; `None` when unbounded.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bounds: Option<(f64, f64)>,
+    },
+    /// An exact draw of an unbounded real variable from its Gaussian
+    /// conditional when the energy is a quadratic form in it whose
+    /// precision matrix (the Hessian) is the same for every chain
+    /// (`analysis::gaussian::linear`): through a Cholesky factor of the
+    /// precision, checked positive definite when it is factored.
+    FullGaussianGibbs {
+        /// The gradient of the energy in the variable, affine in it, as an expression.
+        gradient: String,
     },
     /// Langevin dynamics, or MALA when `mala`, for a real variable.
     Langevin {
@@ -660,16 +673,28 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
     for v in &model.variables {
         let override_ = overrides.get(v.name.as_str());
         let mut overridden = false;
-        // Bounded reals would need a truncated normal: they keep Langevin's reflected moves.
+        // A bounded real's conditional is the same normal truncated to its box.
         let gaussian = match v.domain {
-            Domain::Real { bounds: None } if graph.total_degree(&v.name) == Degree::Quadratic => {
+            Domain::Real { .. } if graph.total_degree(&v.name) == Degree::Quadratic => {
                 crate::analysis::gaussian::conditional(ir, total, &v.name, &v.shape)
             }
             _ => None,
         };
+        // Past a diagonal precision: a quadratic form with one precision matrix for every chain.
+        let full = match v.domain {
+            Domain::Real { bounds: None }
+                if gaussian.is_none()
+                    && graph.total_degree(&v.name) == Degree::Quadratic
+                    && v.shape.iter().product::<usize>() <= crate::analysis::gaussian::FULL_DIMS_LIMIT =>
+            {
+                crate::analysis::gaussian::linear(ir, total, &v.name)
+            }
+            _ => crate::analysis::gaussian::Linear::No,
+        };
+        let shared = full == crate::analysis::gaussian::Linear::Shared;
         if let Some(o) = override_ {
             match (v.domain.is_discrete(), o.kernel.name.as_str()) {
-                (false, "gibbs") if gaussian.is_none() => {
+                (false, "gibbs") if gaussian.is_none() && !shared => {
                     problems.push(PlanError::GibbsOnContinuous { var: v.name.clone(), span: o.span })
                 }
                 (true, k @ ("langevin" | "mala" | "hmc")) => problems.push(PlanError::LangevinOnDiscrete {
@@ -735,7 +760,9 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                 (Degree::Constant | Degree::Linear, None) => {
                     problems.push(PlanError::NoFiniteZ { var: v.name.clone(), span: v.span, degree })
                 }
-                // A positive precision proves the Gaussian proper.
+                // A positive precision proves the Gaussian proper. A shared precision
+                // matrix is refused at run time if its factor fails; the warning stays
+                // where the form cannot prove it positive definite.
                 (_, None) if gaussian.is_some() => {}
                 (_, None) => match normalisability(graph, ir, total, v) {
                     Normalisability::Proved => {}
@@ -757,13 +784,37 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                     if !matches!(asked, Some(Sampler::Langevin(_) | Sampler::Mala { .. } | Sampler::Hmc { .. })) =>
                 {
                     let (mean, precision) = (ir.show(c.mean), ir.show(c.precision));
+                    let (law, truncated) = match bounds {
+                        None => ("Gaussian".to_string(), String::new()),
+                        Some((lo, hi)) => {
+                            (format!("a normal truncated to [{lo}, {hi}]"), format!(" truncated to [{lo}, {hi}]"))
+                        }
+                    };
                     let reason = format!(
-                        "the energy is quadratic in {} with a diagonal positive precision: its conditional is Gaussian",
+                        "the energy is quadratic in {} with a diagonal positive precision: its conditional is {law}",
                         v.name
                     );
-                    let text =
-                        format!("p({} | rest) = normal(mean: {mean}, precision: {precision}), unit by unit", v.name);
-                    (Kernel::GaussianGibbs { mean, precision }, reason, Some(text))
+                    let text = format!(
+                        "p({} | rest) = normal(mean: {mean}, precision: {precision}){truncated}, unit by unit",
+                        v.name
+                    );
+                    (Kernel::GaussianGibbs { mean, precision, bounds }, reason, Some(text))
+                }
+                None if shared
+                    && !matches!(asked, Some(Sampler::Langevin(_) | Sampler::Mala { .. } | Sampler::Hmc { .. })) =>
+                {
+                    // Cannot fire: `linear` found the gradient.
+                    let g = ir.grad(total, &v.name).expect("a quadratic energy has a gradient");
+                    let gradient = ir.show(g);
+                    let reason = format!(
+                        "the energy is a quadratic form in {} with one precision matrix for every chain: its conditional is Gaussian, drawn through a Cholesky factor of the precision",
+                        v.name
+                    );
+                    let text = format!(
+                        "p({0} | rest) = normal(mean: {0} - P⁻¹ ∂E/∂{0}, precision: P), P = ∂²E/∂{0}² (positive definite, checked when factored), ∂E/∂{0} = {gradient}",
+                        v.name
+                    );
+                    (Kernel::FullGaussianGibbs { gradient }, reason, Some(text))
                 }
                 _ => {
                     let kernel = langevin(asked, objective, bounds);
@@ -772,6 +823,13 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                         (None, Degree::Quadratic) => "continuous, energy grows quadratically".to_string(),
                         (None, _) => "continuous, unbounded".to_string(),
                     };
+                    if let crate::analysis::gaussian::Linear::PerChain(readers) = &full {
+                        let _ = write!(
+                            reason,
+                            "; its precision matrix depends on {}, so it differs from chain to chain and no one Cholesky factor draws it exactly",
+                            readers.join(", ")
+                        );
+                    }
                     if let Kernel::Langevin { mala: true, .. } | Kernel::Hmc { .. } = kernel {
                         reason.push_str("; Metropolis-adjusted");
                     }
@@ -1341,7 +1399,9 @@ impl Plan {
                 Kernel::BlockGibbs { block, blocks } => format!("block Gibbs, block {} of {blocks}", block + 1),
                 Kernel::ChromaticGibbs { colours, .. } => format!("chromatic Gibbs, {colours} colours"),
                 Kernel::SequentialGibbs => "sequential Gibbs, one unit at a time".to_string(),
-                Kernel::GaussianGibbs { .. } => "exact Gaussian Gibbs".to_string(),
+                Kernel::GaussianGibbs { bounds: None, .. } => "exact Gaussian Gibbs".to_string(),
+                Kernel::GaussianGibbs { bounds: Some(_), .. } => "exact truncated-Gaussian Gibbs".to_string(),
+                Kernel::FullGaussianGibbs { .. } => "exact Gaussian Gibbs, full precision".to_string(),
                 Kernel::Langevin { mala, step, noise, steps, clip, .. } => {
                     let name = if *mala { "MALA" } else { "Langevin" };
                     let clip = clip.map(|c| format!(", gradient clipped at {c}")).unwrap_or_default();
@@ -1355,9 +1415,13 @@ impl Plan {
             // Gibbs, and which Gibbs kernel runs stays the planner's choice.
             let by = match (&v.kernel, v.overridden) {
                 (_, false) => "",
-                (Kernel::Langevin { .. } | Kernel::GaussianGibbs { .. } | Kernel::Hmc { .. }, true) => {
-                    ", as the sample block asks"
-                }
+                (
+                    Kernel::Langevin { .. }
+                    | Kernel::GaussianGibbs { .. }
+                    | Kernel::FullGaussianGibbs { .. }
+                    | Kernel::Hmc { .. },
+                    true,
+                ) => ", as the sample block asks",
                 (_, true) => " (the sample block asks for `gibbs`; the planner picks the blocking)",
             };
             let _ = writeln!(out, "    {kernel}{by}: {}", v.reason);

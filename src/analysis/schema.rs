@@ -118,6 +118,8 @@ pub enum OptType {
     Str,
     /// A quoted string or a list of them (`["a.bin", "b.bin"]`).
     Paths,
+    /// A non-empty list of finite numbers (`[1, 1.5, 2.5]`).
+    Numbers,
     /// One of these words, bare or quoted.
     Choice(&'static [&'static str]),
     /// The bare name of a net the model declares (`lsd`'s critic, `elbo`'s encoder).
@@ -155,6 +157,8 @@ pub enum Value {
     Str(String),
     /// A list of strings.
     List(Vec<String>),
+    /// A list of numbers.
+    Nums(Vec<f64>),
 }
 
 impl Value {
@@ -192,6 +196,14 @@ impl Value {
         }
     }
 
+    /// The numbers of a `Nums`.
+    pub fn as_nums(&self) -> Option<&[f64]> {
+        match self {
+            Value::Nums(xs) => Some(xs),
+            _ => None,
+        }
+    }
+
     /// The value of a `Bool`.
     pub fn as_bool(&self) -> Option<bool> {
         match self {
@@ -209,6 +221,10 @@ impl std::fmt::Display for Value {
             Value::Bool(b) => write!(f, "{b}"),
             Value::Str(s) => write!(f, "{s}"),
             Value::List(items) => write!(f, "{items:?}"),
+            Value::Nums(xs) => {
+                let xs: Vec<String> = xs.iter().map(f64::to_string).collect();
+                write!(f, "[{}]", xs.join(", "))
+            }
         }
     }
 }
@@ -485,9 +501,14 @@ pub static SAMPLERS: &[Signature] = &[
         ],
     },
     // Whole-model entries, written as bare calls (`tempering(replicas: 8);`).
+    // `temperatures` gives the ladder by hand instead of `replicas` and `t_max`.
     Signature {
         name: "tempering",
-        options: &[opt!("replicas", Whole { min: 2 }, Int(8)), opt!("t_max", Positive, Num(10.0))],
+        options: &[
+            opt!("replicas", Whole { min: 2 }, Int(8)),
+            opt!("t_max", Positive, Num(10.0)),
+            opt!("temperatures", Numbers, Absent),
+        ],
     },
     Signature {
         name: "anneal",

@@ -330,7 +330,7 @@ impl<D: Kernels> OnDevice<D> {
             )?),
         };
         let set = self.scratch.insert(set);
-        set.set_params(&self.params);
+        set.set_params(&self.params).map_err(TrainError::Setup)?;
         Ok(set)
     }
 
