@@ -426,16 +426,22 @@ impl From<&CheckError> for Diagnostic {
                 .primary(*span, "not a list of sizes")
                 .help("write the new shape as a list of whole numbers or size constants, e.g. `[4, 16]`"),
             UnknownSetting { name, span } => {
-                let keys = ["data", "test", "outliers", "objective", "optimizer", "schedule", "regularize", "batch", "epochs", "seed"];
+                let keys = crate::analysis::schema::TRAIN_KEYS;
                 let d = Diagnostic::error("E0301", format!("unknown train setting `{name}`")).primary(*span, "not a train setting");
-                match did_you_mean(name, keys) {
-                    Some(s) => d.help(format!("did you mean `{s}`? Settings: {}", code_list(&keys))),
-                    None => d.help(format!("settings: {}", code_list(&keys))),
+                match did_you_mean(name, keys.iter().copied()) {
+                    Some(s) => d.help(format!("did you mean `{s}`? Settings: {}", code_list(keys))),
+                    None => d.help(format!("settings: {}", code_list(keys))),
                 }
             }
             HostRows { key, span } => Diagnostic::error("E0301", format!("`{key}` is not a setting of a fit on rows in memory"))
                 .primary(*span, "the fit trains on the rows it is given")
                 .help(format!("remove `{key}`; pass the rows (and test rows, to score them) to the fit itself")),
+            HostInit { span } => Diagnostic::error("E0301", "`init` is not a setting of a fit in memory")
+                .primary(*span, "the fit starts from the parameters it is given")
+                .help("remove `init`; load the checkpoint with `Model::load` and pass it to the fit as its start"),
+            FreezeAll { model, span } => Diagnostic::error("E0304", format!("`freeze` holds every parameter of `{model}`, so nothing would train"))
+                .primary(*span, "every parameter named here or in a net named here")
+                .help("leave at least one parameter or net out of `freeze`; to use the parameters as they are, run `sample` or `eval` with `--params`"),
             MissingSetting { key, span } => Diagnostic::error("E0302", format!("train block has no `{key}`"))
                 .primary(*span, format!("`{key}` is required"))
                 .help(match *key {
@@ -886,15 +892,35 @@ impl std::fmt::Display for crate::runtime::train::RunError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             crate::runtime::train::RunError::Io(reason) => write!(f, "{reason}"),
+            crate::runtime::train::RunError::Init(e) => write!(f, "{e}"),
             crate::runtime::train::RunError::Train { error, epoch, .. } => write!(f, "epoch {epoch}: {error}"),
         }
     }
 }
 
+impl std::fmt::Display for crate::runtime::train::InitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::runtime::train::InitError::*;
+        match self {
+            Read(reason) => write!(f, "`init`: {reason}"),
+            Params { file, error } => write!(f, "`init`: `{}` does not fit the model: {error}", file.display()),
+            Disjoint { file, model, held } => write!(
+                f,
+                "`init`: `{}` holds none of the parameters of `{model}` (it holds {}); is it a checkpoint of the model whose parameters this one shares?",
+                file.display(),
+                names(held)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for crate::runtime::train::InitError {}
+
 impl std::error::Error for crate::runtime::train::RunError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             crate::runtime::train::RunError::Train { error, .. } => Some(error),
+            crate::runtime::train::RunError::Init(e) => Some(e),
             crate::runtime::train::RunError::Io(_) => None,
         }
     }
@@ -1022,6 +1048,19 @@ impl std::fmt::Display for crate::runtime::command::CommandNote {
                 "note: `{var}` is an unbounded real; {} shades its sampled range {lo:.3} to {hi:.3} from black to white (bounds, `in [lo, hi]`, fix the scale)",
                 path.display()
             ),
+            Init(r) => {
+                write!(f, "init: {} parameter(s) from `{}`: {}", r.loaded.len(), r.file.display(), names(&r.loaded))?;
+                if !r.initialised.is_empty() {
+                    write!(f, "\ninit: {} from their initialisers: {}", r.initialised.len(), names(&r.initialised))?;
+                }
+                if !r.ignored.is_empty() {
+                    write!(f, "\nnote: the model declares no parameter for the checkpoint's {}; ignored", names(&r.ignored))?;
+                }
+                Ok(())
+            }
+            Frozen { frozen, trained } => {
+                write!(f, "frozen: {}\ntrained: {}", names(frozen), names(trained))
+            }
         }
     }
 }

@@ -136,11 +136,25 @@ pub struct Plan {
     pub label_marginal: Option<Marginal>,
     /// The objective as a call with the options that apply; `None` without a train block.
     pub objective: Option<String>,
+    /// A staged train block's start and split (`init`, `freeze`); `None` when it has neither.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staged: Option<Staged>,
     /// The IR the plan was made from, as `ir::program_to_ir` lowered it, so
     /// the backend and runtime start from it instead of lowering again. Not
     /// printed: `ebmc plan` shows what the plan decided, not the IR.
     #[serde(skip)]
     pub lowered: ir::Lowered,
+}
+
+/// What a staged train block loads, holds fixed and trains.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Staged {
+    /// `init`'s checkpoint path as written; `None`: every parameter from its initialiser.
+    pub init: Option<String>,
+    /// The parameters held fixed, in declaration order.
+    pub frozen: Vec<String>,
+    /// The parameters trained, in declaration order.
+    pub trained: Vec<String>,
 }
 
 /// A reason the planner refuses a model or objective, or warns about it.
@@ -789,6 +803,11 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
         kept,
         label_marginal,
         objective: objective_text,
+        staged: train.filter(|t| t.init.is_some() || !t.frozen.is_empty()).map(|t| Staged {
+            init: t.init.clone(),
+            frozen: t.frozen.clone(),
+            trained: planned_from.params.iter().map(|p| p.name.clone()).filter(|p| !t.frozen.contains(p)).collect(),
+        }),
         lowered: planned_from,
     };
     Ok((plan, problems))
@@ -1292,6 +1311,19 @@ impl Plan {
         }
         if let Some(o) = &self.objective {
             let _ = writeln!(out, "  objective {o}");
+        }
+        if let Some(s) = &self.staged {
+            let list = |names: &[String]| names.join(", ");
+            if let Some(init) = &s.init {
+                let _ = writeln!(
+                    out,
+                    "  init from {init:?}: every parameter it holds; the others from their initialisers (a resumed run from its own checkpoint)"
+                );
+            }
+            if !s.frozen.is_empty() {
+                let _ = writeln!(out, "  frozen (no gradient, no optimiser state): {}", list(&s.frozen));
+            }
+            let _ = writeln!(out, "  trained: {}", list(&s.trained));
         }
         out
     }

@@ -943,6 +943,18 @@ pub struct Train {
     pub epochs: usize,
     /// Seed every random number of the run derives from.
     pub seed: u64,
+    /// `init`: the checkpoint a fresh run starts from, as written (a run
+    /// directory, `epoch-N` folder or `.safetensors` file, resolved like data
+    /// paths); `None`: every parameter from its initialiser.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
+    /// `freeze`: the parameters and nets named, as written.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<String>,
+    /// The parameters `freeze` holds fixed (every weight of a named net), in
+    /// declaration order: no gradient, no optimiser state.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub frozen: Vec<String>,
     /// Where the block is written.
     pub span: Span,
 }

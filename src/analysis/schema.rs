@@ -5,6 +5,22 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The keys of a `train` block (docs/language.md section 9).
+pub const TRAIN_KEYS: &[&str] = &[
+    "data",
+    "test",
+    "outliers",
+    "objective",
+    "optimizer",
+    "schedule",
+    "regularize",
+    "batch",
+    "epochs",
+    "seed",
+    "init",
+    "freeze",
+];
+
 /// A kind of built-in callable; each has its own table of signatures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Family {
