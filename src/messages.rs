@@ -225,6 +225,7 @@ fn opt_type(t: OptType) -> String {
         OptType::Paths => "a string in double quotes or a list of them (`[\"a.bin\", \"b.bin\"]`)".into(),
         OptType::Choice(c) => format!("one of {}", code_list(c)),
         OptType::NetName => "the name of a net the model declares".into(),
+        OptType::VarName => "the name of a variable the model declares".into(),
     }
 }
 
@@ -536,6 +537,20 @@ impl From<&PlanError> for Diagnostic {
                 .primary(*span, "these terms differentiate the last Langevin step of the samples")
                 .secondary(*var_span, format!("`{var}` declared here"))
                 .help("set `kl` and `entropy` to 0 (plain PCD), or sum the variable out or make it a real visible one"),
+            Reparam { var, latent, span, why } => {
+                use crate::analysis::plan::ReparamWhy::*;
+                let (label, help) = match why {
+                    VarDomain => (format!("`{var}` must be an unbounded real: `mean + scale ⊙ ε` covers every value"), format!("declare `{var}` as `real[..]` without bounds, or sample it by `langevin`")),
+                    LatentDomain => (format!("the latent `{latent}` must be an unbounded real, which Langevin moves freely"), format!("declare `{latent}` as `real[..]` without bounds")),
+                    SelfLatent => (format!("`{var}` is reparameterised through a latent other than itself"), format!("name the decoder's latent: `{var}: reparam(z);`")),
+                    NoCoupling => (format!("no energy term depends on both `{var}` and `{latent}`"), format!("the decoder's term, e.g. `energy recon = 0.5 * sum(square({var} - dec({latent}))) / sigma^2;`, must use both")),
+                    NotGaussian { terms } => (format!("{} not quadratic in `{var}` with a positive diagonal precision", match terms.as_slice() { [t] => format!("the term `{t}` coupling them is"), _ => format!("the terms coupling them ({}) are", names(terms)) }), format!("write the decoder as a Gaussian in `{var}`: `0.5 * sum(square({var} - dec({latent})) * precision)` with a positive precision")),
+                    PrecisionVaries { precision, on } => (format!("the precision of `{var}` given `{latent}`, `{precision}`, depends on `{on}`"), "the reparameterised sampler needs a precision free of every variable (a number or parameters, e.g. `exp(log_prec)`)".to_string()),
+                };
+                Diagnostic::error("E0406", format!("cannot sample `{var}` as `mean({latent}) + scale ⊙ ε`: {label}"))
+                    .primary(*span, "`reparam` needs a Gaussian decoder of constant precision")
+                    .help(help)
+            }
             GibbsOnContinuous { var, span } => Diagnostic::error("E0404", format!("cannot Gibbs-sample the continuous variable `{var}`"))
                 .primary(*span, "no exact conditional to sample from")
                 .help(format!("use `{var}: langevin(step: 0.01);` or `mala`")),

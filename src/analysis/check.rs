@@ -723,7 +723,16 @@ impl<'e> ModelChecker<'e> {
             self.err(CheckError::SamplerPlace { name: kernel.name, span: o.span, whole_model: true });
             return None;
         }
-        Some(Override { var: var.name.clone(), sampler: typed_sampler(&kernel), kernel, span: o.span })
+        let sampler = typed_sampler(&kernel);
+        if let Sampler::Reparam { latent, .. } = &sampler
+            && !matches!(self.decls.get(latent), Some((DeclKind::Variable, _)))
+        {
+            let span = latent_arg(&o.kernel).map_or(o.span, |e| e.span);
+            let candidates = self.names_of(DeclKind::Variable).into_iter().filter(|n| *n != var.name).collect();
+            self.err(CheckError::Undefined { what: "variable", name: latent.clone(), span, candidates });
+            return None;
+        }
+        Some(Override { var: var.name.clone(), sampler, kernel, span: o.span })
     }
 
     fn names_of(&self, kind: DeclKind) -> Vec<String> {
@@ -1202,7 +1211,7 @@ fn option_value(e: &ast::Expr, ty: OptType, ints: &BTreeMap<String, usize>) -> O
             _ => None,
         },
         OptType::Choice(choices) => choices.iter().find(|c| Some(**c) == word).map(|c| Value::Str(c.to_string())),
-        OptType::NetName => e.as_name().map(|n| Value::Str(n.to_string())),
+        OptType::NetName | OptType::VarName => e.as_name().map(|n| Value::Str(n.to_string())),
         OptType::Whole { min } => {
             let x = literal_number(e).or_else(|| e.as_name().and_then(|n| ints.get(n)).map(|n| *n as f64))?;
             (x.fract() == 0.0 && x >= min as f64 && x.abs() < 9.0e15).then_some(Value::Int(x as i64))
@@ -1467,6 +1476,18 @@ fn frozen_params(
     Some((names.iter().filter_map(|e| e.as_name()).map(str::to_string).collect(), frozen))
 }
 
+/// The latent of a `reparam(z, ...)` call, by position or by name.
+fn latent_arg(call: &ast::Expr) -> Option<&ast::Expr> {
+    match &call.kind {
+        ExprKind::Call { args, .. } => args
+            .iter()
+            .enumerate()
+            .find(|(i, a)| a.name.as_ref().map_or(*i == 0, |n| n.name == "latent"))
+            .map(|(_, a)| &a.value),
+        _ => None,
+    }
+}
+
 /// The value of the `critic` argument of an objective call (`lsd`), if named.
 fn critic_arg(call: &ast::Expr) -> Option<&ast::Expr> {
     match &call.kind {
@@ -1688,6 +1709,11 @@ fn typed_sampler(c: &Call) -> Sampler {
         "langevin" => Sampler::Langevin(langevin_options(c)),
         "mala" => Sampler::Mala { step: num(c, "step"), steps: count(c, "steps") },
         "hmc" => Sampler::Hmc { step: num(c, "step"), leapfrog: count(c, "leapfrog"), steps: count(c, "steps") },
+        "reparam" => Sampler::Reparam {
+            // Cannot be absent: `latent` is required.
+            latent: c.options.get("latent").and_then(Value::as_str).unwrap_or_default().to_string(),
+            langevin: langevin_options(c),
+        },
         _ => Sampler::Gibbs,
     }
 }

@@ -863,6 +863,9 @@ pub enum Sampler {
     Mala { step: f64, steps: usize },
     /// Hamiltonian Monte Carlo: `steps` trajectories per sweep of `leapfrog` steps of size `step`, each accepted or rejected.
     Hmc { step: f64, leapfrog: usize, steps: usize },
+    /// Langevin steps in the reparameterised space of a Gaussian decoder:
+    /// `x = mean(latent) + scale ⊙ ε`, moving `latent` and `ε` (VAEBM).
+    Reparam { latent: String, langevin: Langevin },
 }
 
 /// A `sample` block's whole-model entry: how the chains are tempered.

@@ -138,6 +138,8 @@ pub enum OptType {
     Choice(&'static [&'static str]),
     /// The bare name of a net the model declares (`lsd`'s critic).
     NetName,
+    /// The bare name of a variable the model declares (`reparam`'s latent).
+    VarName,
 }
 
 /// What an option is when not given.
@@ -491,6 +493,17 @@ pub static SAMPLERS: &[Signature] = &[
         ],
     },
     Signature { name: "mala", options: &[opt!("step", Positive, Num(0.01)), opt!("steps", POS_INT, Int(1))] },
+    // Langevin in a VAE's (z, ε) space (VAEBM): `x: reparam(z)`.
+    Signature {
+        name: "reparam",
+        options: &[
+            opt!("latent", VarName, Required),
+            opt!("step", Positive, Num(0.01)),
+            opt!("noise", NonNegative, Absent),
+            opt!("steps", POS_INT, Int(1)),
+            opt!("clip", Positive, Absent),
+        ],
+    },
     Signature {
         name: "hmc",
         options: &[
