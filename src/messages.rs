@@ -547,7 +547,7 @@ impl From<&PlanError> for Diagnostic {
                     NotGaussian { terms } => (format!("{} not quadratic in `{var}` with a positive diagonal precision", match terms.as_slice() { [t] => format!("the term `{t}` coupling them is"), _ => format!("the terms coupling them ({}) are", names(terms)) }), format!("write the decoder as a Gaussian in `{var}`: `0.5 * sum(square({var} - dec({latent})) * precision)` with a positive precision")),
                     PrecisionVaries { precision, on } => (format!("the precision of `{var}` given `{latent}`, `{precision}`, depends on `{on}`"), "the reparameterised sampler needs a precision free of every variable (a number or parameters, e.g. `exp(log_prec)`)".to_string()),
                 };
-                Diagnostic::error("E0406", format!("cannot sample `{var}` as `mean({latent}) + scale ⊙ ε`: {label}"))
+                Diagnostic::error("E0407", format!("cannot sample `{var}` as `mean({latent}) + scale ⊙ ε`: {label}"))
                     .primary(*span, "`reparam` needs a Gaussian decoder of constant precision")
                     .help(help)
             }
@@ -561,6 +561,19 @@ impl From<&PlanError> for Diagnostic {
                 .primary(*span, format!("the critic must be {expected}"))
                 .secondary(*critic_span, format!("`{critic}` is {found}"))
                 .help("declare the critic as a map from the data to its own space, e.g. `net critic = mlp(2 -> 64 -> 64 -> 2, act: swish);` for `real[2]`"),
+            ElboVariables { span, why, var_span } => {
+                let d = Diagnostic::error("E0402", format!("`elbo` needs one visible variable and one unbounded real latent, but {why}"))
+                    .primary(*span, "the encoder's Gaussian posterior is over one real latent, given one visible input");
+                let d = match var_span {
+                    Some(s) => d.secondary(*s, "declared here"),
+                    None => d,
+                };
+                d.help("declare the latent as `hidden z : real[8];` and let the energy be -log p(x, z), e.g. `energy prior = 0.5 * sum(square(z));` plus a decoder term")
+            }
+            EncoderShape { span, encoder, encoder_span, expected, found } => Diagnostic::error("E0406", format!("`elbo`'s encoder `{encoder}` does not fit the model"))
+                .primary(*span, format!("the encoder must be {expected}"))
+                .secondary(*encoder_span, format!("`{encoder}` is {found}"))
+                .help("its outputs are the posterior mean, then the log standard deviation, each the latent's size: e.g. `net q = mlp(64 -> 128 -> 16, act: swish);` for `x : real[64]` and `z : real[8]`"),
             ScoreMatchingDimension { span, dims } => Diagnostic::warning("W0402", format!("exact score matching over {dims} dimensions costs {dims} second derivatives per example"))
                 .primary(*span, "slow for this many dimensions")
                 .help("`ssm(projections: 1)` or `dsm(sigma: 0.1)` estimate the same objective at the cost of one"),

@@ -1376,14 +1376,15 @@ fn train_block(
         false => default_call("constant", Family::Schedule),
     };
     let regularizers = regularizers?;
-    if let (Some(model), Some(critic)) = (model, objective.options.get("critic").and_then(Value::as_str))
+    let named_net = NET_ARGS.iter().find_map(|k| objective.options.get(*k).and_then(Value::as_str));
+    if let (Some(model), Some(critic)) = (model, named_net)
         && !model.nets.iter().any(|n| n.name == critic)
     {
         let span = t
             .settings
             .iter()
             .find(|s| s.key.name == "objective")
-            .and_then(|s| critic_arg(&s.value))
+            .and_then(|s| net_arg(&s.value))
             .map_or(objective.span, |e| e.span);
         errors.push(CheckError::Undefined {
             what: "net",
@@ -1488,17 +1489,21 @@ fn latent_arg(call: &ast::Expr) -> Option<&ast::Expr> {
     }
 }
 
-/// The value of the `critic` argument of an objective call (`lsd`), if named.
-fn critic_arg(call: &ast::Expr) -> Option<&ast::Expr> {
+/// The objective options that name a net of the model: `lsd`'s critic, `elbo`'s encoder.
+const NET_ARGS: [&str; 2] = ["critic", "encoder"];
+
+/// The value of the argument of an objective call that names a net (`NET_ARGS`), if given.
+fn net_arg(call: &ast::Expr) -> Option<&ast::Expr> {
     match &call.kind {
         ExprKind::Call { args, .. } => {
-            args.iter().find(|a| a.name.as_ref().is_some_and(|n| n.name == "critic")).map(|a| &a.value)
+            args.iter().find(|a| a.name.as_ref().is_some_and(|n| NET_ARGS.contains(&n.name.as_str()))).map(|a| &a.value)
         }
         _ => None,
     }
 }
 
-/// The nets that train blocks for `model` name as an objective's critic: used, though no energy calls them.
+/// The nets that train blocks for `model` name as an objective's critic or
+/// encoder: used, though no energy calls them.
 fn critics_of(file: &ast::File, model: &str) -> Vec<String> {
     file.items
         .iter()
@@ -1507,7 +1512,7 @@ fn critics_of(file: &ast::File, model: &str) -> Vec<String> {
             _ => None,
         })
         .flat_map(|t| t.settings.iter().filter(|s| s.key.name == "objective"))
-        .filter_map(|s| critic_arg(&s.value)?.as_name().map(str::to_string))
+        .filter_map(|s| net_arg(&s.value)?.as_name().map(str::to_string))
         .collect()
 }
 
@@ -1666,6 +1671,7 @@ fn typed_options(objective: &Call, optimizer: &Call, schedule: &Call, regularize
                 _ => Directions::Rademacher,
             },
         },
+        "elbo" => Objective::Elbo { encoder: word(o, "encoder").to_string(), samples: count(o, "samples") },
         _ => Objective::Cnce { sigma: num(o, "sigma") },
     };
     let p = optimizer;

@@ -406,6 +406,29 @@ pub enum PlanError {
         /// What it is.
         found: String,
     },
+    /// `elbo` needs one visible variable and one unbounded real latent.
+    ElboVariables {
+        /// Where the objective is written.
+        span: Span,
+        /// What is wrong, as a sentence's end (`the model has no hidden variable`).
+        why: String,
+        /// The variable in the way, where one is.
+        var_span: Option<Span>,
+    },
+    /// `elbo`'s encoder does not map the visible variable to the latent's
+    /// posterior mean and log standard deviation.
+    EncoderShape {
+        /// Where the objective is written.
+        span: Span,
+        /// The encoder net.
+        encoder: String,
+        /// Where it is declared.
+        encoder_span: Span,
+        /// What the encoder must be.
+        expected: String,
+        /// What it is.
+        found: String,
+    },
     /// A warning: exact `sm` over more than `SM_DIMENSION_LIMIT` visible dimensions.
     ScoreMatchingDimension {
         /// Where the objective is written.
@@ -1204,6 +1227,11 @@ fn check_objective(
                 }
             }
         }
+        "elbo" => {
+            if let Objective::Elbo { encoder, .. } = &train.options.objective {
+                out.extend(check_elbo(model, encoder, o.span));
+            }
+        }
         "jem" if label.is_none() => {
             if visible().any(|v| matches!(v.domain, Domain::Categorical { .. }))
                 && visible().any(|v| !v.domain.is_discrete())
@@ -1334,6 +1362,76 @@ fn check_improved_cd(model: &crate::analysis::program::Model, train: &Train, var
         .collect()
 }
 
+/// `elbo`'s model: one visible variable, one unbounded real latent `z`, and
+/// an encoder no energy term calls, from the visible variable (as a call
+/// `encoder(x)` would take it) to `2·|z|` outputs.
+fn check_elbo(model: &crate::analysis::program::Model, encoder: &str, span: Span) -> Option<PlanError> {
+    let variables = |why: String, var_span: Option<Span>| Some(PlanError::ElboVariables { span, why, var_span });
+    let names =
+        |vs: &[&crate::analysis::program::Variable]| vs.iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ");
+    let visible: Vec<_> = model.variables.iter().filter(|v| v.role == Role::Visible).collect();
+    let hidden: Vec<_> = model.variables.iter().filter(|v| v.role == Role::Hidden).collect();
+    let z = match hidden.as_slice() {
+        [] => return variables("the model has no hidden variable".to_string(), None),
+        [z] => *z,
+        more => {
+            return variables(
+                format!("the model has {} hidden variables ({})", more.len(), names(more)),
+                Some(more[1].span),
+            );
+        }
+    };
+    match z.domain {
+        Domain::Real { bounds: None } => {}
+        Domain::Real { bounds: Some((lo, hi)) } => {
+            return variables(format!("the latent `{}` is bounded to [{lo}, {hi}]", z.name), Some(z.span));
+        }
+        _ => return variables(format!("the latent `{}` is {}", z.name, type_text(z)), Some(z.span)),
+    }
+    let [x] = visible.as_slice() else {
+        return variables(format!("the model has {} visible variables ({})", visible.len(), names(&visible)), None);
+    };
+    // Cannot fire: the checker refuses an encoder the model does not declare.
+    let net = model.nets.iter().find(|n| n.name == encoder)?;
+    let problem = |expected: String, found: String| {
+        Some(PlanError::EncoderShape { span, encoder: encoder.to_string(), encoder_span: net.span, expected, found })
+    };
+    let mut in_energy = false;
+    for e in &model.energies {
+        e.expr.walk(&mut |t| {
+            in_energy |= matches!(&t.kind, crate::analysis::program::TExprKind::Net { net, .. } if net == encoder)
+        });
+    }
+    if in_energy {
+        // The energy is read as -log p(x, z): the posterior's net is no part of it.
+        return problem("a net no energy term calls".to_string(), "called by an energy term".to_string());
+    }
+    let (first, last) = (net.layers[0], net.layers[net.layers.len() - 1]);
+    let outputs = if last == 1 { "output" } else { "outputs" };
+    let (takes_x, from, found) = match net.conv {
+        Some(_) => (
+            x.shape.len() == 3 && x.shape[0] == first,
+            format!("from `{}` ({} channels)", x.name, x.shape.first().copied().unwrap_or(0)),
+            format!("a convnet from {first} channels to {last} {outputs}"),
+        ),
+        None => (
+            x.shape == [first] || (first == 1 && x.shape.is_empty()),
+            format!("from `{}` ({} inputs)", x.name, x.shape.iter().product::<usize>()),
+            format!("a net from {first} inputs to {last} {outputs}"),
+        ),
+    };
+    let d: usize = z.shape.iter().product();
+    (!takes_x || last != 2 * d).then_some(())?;
+    problem(
+        format!(
+            "a net {from} to {} outputs, the mean and log standard deviation of each of `{}`'s {d} units",
+            2 * d,
+            z.name
+        ),
+        found,
+    )
+}
+
 /// The objective as a call with the options that apply: Langevin's only
 /// when some variable is sampled by Langevin dynamics.
 fn objective_text(
@@ -1372,6 +1470,10 @@ fn objective_text(
         "lsd" => format!(
             "learned Stein discrepancy: the critic {} ascends E[s(x).f(x) + tr df/dx] - penalty E[|f(x)|^2], the energy descends it, s = -dE/dx",
             o.options.get("critic").map_or(String::new(), ToString::to_string)
+        ),
+        "elbo" => format!(
+            "evidence lower bound: z = mu(x) + exp(log_sd(x)) * eps with mu, log_sd the halves of {}(x); loss E(x, z) - sum(log_sd) - (d/2)(1 + log 2 pi), the energy read as -log p(x, z)",
+            o.options.get("encoder").map_or(String::new(), ToString::to_string)
         ),
         "classify" => match label {
             Some(m) => format!(

@@ -734,6 +734,11 @@ pub enum Objective {
     /// discrepancy (less `penalty` times its mean square), `critic_steps`
     /// steps for each descent step of the energy.
     Lsd { critic: String, penalty: f64, critic_steps: usize, directions: Directions },
+    /// The negative evidence lower bound of a latent-variable model (a VAE):
+    /// the net `encoder` maps the visible variable to the mean and log
+    /// standard deviation of a Gaussian posterior over the real latent,
+    /// `samples` reparameterised draws per row.
+    Elbo { encoder: String, samples: usize },
     /// Cross-entropy of the label alone, optionally with the energy-bounded outlier term.
     Classify(Classify),
 }

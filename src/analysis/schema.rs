@@ -136,7 +136,7 @@ pub enum OptType {
     Paths,
     /// One of these words, bare or quoted.
     Choice(&'static [&'static str]),
-    /// The bare name of a net the model declares (`lsd`'s critic).
+    /// The bare name of a net the model declares (`lsd`'s critic, `elbo`'s encoder).
     NetName,
     /// The bare name of a variable the model declares (`reparam`'s latent).
     VarName,
@@ -298,6 +298,7 @@ pub static OBJECTIVES: &[Signature] = &[
             opt!("directions", Choice(DIRECTIONS), Word("rademacher")),
         ],
     },
+    Signature { name: "elbo", options: &[opt!("encoder", NetName, Required), opt!("samples", POS_INT, Int(1))] },
     Signature {
         name: "jem",
         options: &[
