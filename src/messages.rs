@@ -1082,7 +1082,11 @@ impl std::fmt::Display for crate::runtime::command::CommandNote {
                     write!(f, "\ninit: {} from their initialisers: {}", r.initialised.len(), names(&r.initialised))?;
                 }
                 if !r.ignored.is_empty() {
-                    write!(f, "\nnote: the model declares no parameter for the checkpoint's {}; ignored", names(&r.ignored))?;
+                    write!(
+                        f,
+                        "\nnote: the model declares no parameter for the checkpoint's {}; ignored",
+                        names(&r.ignored)
+                    )?;
                 }
                 Ok(())
             }

@@ -13,7 +13,9 @@ fn moments(data: &[f32], d: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
         .map(|a| {
             (0..d)
                 .map(|b| {
-                    (0..n).map(|i| (f64::from(data[i * d + a]) - mean[a]) * (f64::from(data[i * d + b]) - mean[b])).sum::<f64>()
+                    (0..n)
+                        .map(|i| (f64::from(data[i * d + a]) - mean[a]) * (f64::from(data[i * d + b]) - mean[b]))
+                        .sum::<f64>()
                         / (n - 1) as f64
                 })
                 .collect()
@@ -62,7 +64,9 @@ fn with_no_other_term_a_linear_decoder_samples_its_gaussian_marginal() {
     // alike, so x's covariance is that factor times the exact one (the start is
     // forgotten: 0.95^300 of it is left).
     let inflate = 1.0 / (1.0 - 0.05 / 2.0);
-    eprintln!("linear decoder: mean {mean:?}, covariance {cov:?}, expected mean [1, -1], covariance {inflate:.4} x [[1.25, 0.5], [0.5, 1.14]]");
+    eprintln!(
+        "linear decoder: mean {mean:?}, covariance {cov:?}, expected mean [1, -1], covariance {inflate:.4} x [[1.25, 0.5], [0.5, 1.14]]"
+    );
     let exact = [[1.25, 0.5], [0.5, 1.14]];
     let n = chains as f64;
     for a in 0..2 {

@@ -1449,10 +1449,16 @@ fn frozen_params(
         // Cannot fail: the caller kept only bare names.
         let Some(name) = e.as_name() else { continue };
         if let Some(first) = seen.get(name) {
-            errors.push(CheckError::Duplicate { what: "frozen name", name: name.to_string(), span: e.span, first: *first });
+            errors.push(CheckError::Duplicate {
+                what: "frozen name",
+                name: name.to_string(),
+                span: e.span,
+                first: *first,
+            });
             ok = false;
         } else if !model.params.iter().any(|p| p.name == name) && !model.nets.iter().any(|n| n.name == name) {
-            let candidates = model.params.iter().map(|p| p.name.clone()).chain(model.nets.iter().map(|n| n.name.clone()));
+            let candidates =
+                model.params.iter().map(|p| p.name.clone()).chain(model.nets.iter().map(|n| n.name.clone()));
             errors.push(CheckError::Undefined {
                 what: "parameter or net",
                 name: name.to_string(),
@@ -1466,7 +1472,8 @@ fn frozen_params(
     if !ok {
         return None;
     }
-    let held = |param: &str| seen.keys().any(|n| param == *n || param.strip_prefix(n).is_some_and(|r| r.starts_with('.')));
+    let held =
+        |param: &str| seen.keys().any(|n| param == *n || param.strip_prefix(n).is_some_and(|r| r.starts_with('.')));
     let all = crate::ir::param_specs(model);
     let frozen: Vec<String> = all.iter().filter(|p| held(&p.name)).map(|p| p.name.clone()).collect();
     if !frozen.is_empty() && frozen.len() == all.len() {

@@ -158,8 +158,8 @@ pub fn reparameterisation(
         }
     }
     let coupling = coupling.ok_or(ReparamWhy::NoCoupling)?;
-    let c = crate::analysis::gaussian::conditional(ir, coupling, x, &xv.shape)
-        .ok_or(ReparamWhy::NotGaussian { terms })?;
+    let c =
+        crate::analysis::gaussian::conditional(ir, coupling, x, &xv.shape).ok_or(ReparamWhy::NotGaussian { terms })?;
     if let Some(on) = model.variables.iter().find(|v| ir.depends_on(c.precision, &v.name)) {
         return Err(ReparamWhy::PrecisionVaries { precision: ir.show(c.precision), on: on.name.clone() });
     }
@@ -952,8 +952,11 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
     }
 
     // A reparameterised variable's latent moves with it, in its stage.
-    let reparam: Vec<Kernel> =
-        variables.iter().filter(|v| matches!(&v.kernel, Kernel::Reparam { var, .. } if *var == v.name)).map(|v| v.kernel.clone()).collect();
+    let reparam: Vec<Kernel> = variables
+        .iter()
+        .filter(|v| matches!(&v.kernel, Kernel::Reparam { var, .. } if *var == v.name))
+        .map(|v| v.kernel.clone())
+        .collect();
     for kernel in reparam {
         let Kernel::Reparam { var, latent, .. } = &kernel else { unreachable!("filtered above") };
         if let Some(z) = variables.iter_mut().find(|w| w.name == *latent) {
@@ -1533,16 +1536,22 @@ impl Plan {
                 }
                 Kernel::Reparam { var, latent, step, noise, steps, clip, .. } => {
                     let clip = clip.map(|c| format!(", gradient clipped at {c}")).unwrap_or_default();
-                    format!("Langevin in ({latent}, ε) with {var} = mean + scale ⊙ ε, step {step}, noise {noise:.4}, {steps} step(s) per sweep{clip}")
+                    format!(
+                        "Langevin in ({latent}, ε) with {var} = mean + scale ⊙ ε, step {step}, noise {noise:.4}, {steps} step(s) per sweep{clip}"
+                    )
                 }
             };
             // `gibbs` takes no options: on a discrete variable it only confirms
             // Gibbs, and which Gibbs kernel runs stays the planner's choice.
             let by = match (&v.kernel, v.overridden) {
                 (_, false) => "",
-                (Kernel::Langevin { .. } | Kernel::GaussianGibbs { .. } | Kernel::Hmc { .. } | Kernel::Reparam { .. }, true) => {
-                    ", as the sample block asks"
-                }
+                (
+                    Kernel::Langevin { .. }
+                    | Kernel::GaussianGibbs { .. }
+                    | Kernel::Hmc { .. }
+                    | Kernel::Reparam { .. },
+                    true,
+                ) => ", as the sample block asks",
                 (_, true) => " (the sample block asks for `gibbs`; the planner picks the blocking)",
             };
             let _ = writeln!(out, "    {kernel}{by}: {}", v.reason);

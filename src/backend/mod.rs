@@ -1539,7 +1539,8 @@ impl<D: Kernels> ChainSet<D> {
     /// from these); a reparameterised variable is drawn as `mean(z) + scale ⊙ ε`
     /// from z and ε ~ N(0, I), a sample of the decoder's model alone.
     fn random_state(&mut self) -> Tensors {
-        let fresh: BTreeMap<String, T3<D>> = (0..self.vars.len()).map(|i| (self.vars[i].name.clone(), self.initial(i))).collect();
+        let fresh: BTreeMap<String, T3<D>> =
+            (0..self.vars.len()).map(|i| (self.vars[i].name.clone(), self.initial(i))).collect();
         let fresh = self.reparameterised(fresh);
         self.reported()
             .map(|v| {
