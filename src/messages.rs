@@ -226,6 +226,7 @@ fn opt_type(t: OptType) -> String {
         OptType::Numbers => "a list of numbers (`[1, 1.5, 2.5]`)".into(),
         OptType::Choice(c) => format!("one of {}", code_list(c)),
         OptType::NetName => "the name of a net the model declares".into(),
+        OptType::VarName => "the name of a variable the model declares".into(),
     }
 }
 
@@ -427,16 +428,22 @@ impl From<&CheckError> for Diagnostic {
                 .primary(*span, "not a list of sizes")
                 .help("write the new shape as a list of whole numbers or size constants, e.g. `[4, 16]`"),
             UnknownSetting { name, span } => {
-                let keys = ["data", "test", "outliers", "objective", "optimizer", "schedule", "regularize", "batch", "epochs", "seed"];
+                let keys = crate::analysis::schema::TRAIN_KEYS;
                 let d = Diagnostic::error("E0301", format!("unknown train setting `{name}`")).primary(*span, "not a train setting");
-                match did_you_mean(name, keys) {
-                    Some(s) => d.help(format!("did you mean `{s}`? Settings: {}", code_list(&keys))),
-                    None => d.help(format!("settings: {}", code_list(&keys))),
+                match did_you_mean(name, keys.iter().copied()) {
+                    Some(s) => d.help(format!("did you mean `{s}`? Settings: {}", code_list(keys))),
+                    None => d.help(format!("settings: {}", code_list(keys))),
                 }
             }
             HostRows { key, span } => Diagnostic::error("E0301", format!("`{key}` is not a setting of a fit on rows in memory"))
                 .primary(*span, "the fit trains on the rows it is given")
                 .help(format!("remove `{key}`; pass the rows (and test rows, to score them) to the fit itself")),
+            HostInit { span } => Diagnostic::error("E0301", "`init` is not a setting of a fit in memory")
+                .primary(*span, "the fit starts from the parameters it is given")
+                .help("remove `init`; load the checkpoint with `Model::load` and pass it to the fit as its start"),
+            FreezeAll { model, span } => Diagnostic::error("E0304", format!("`freeze` holds every parameter of `{model}`, so nothing would train"))
+                .primary(*span, "every parameter named here or in a net named here")
+                .help("leave at least one parameter or net out of `freeze`; to use the parameters as they are, run `sample` or `eval` with `--params`"),
             MissingSetting { key, span } => Diagnostic::error("E0302", format!("train block has no `{key}`"))
                 .primary(*span, format!("`{key}` is required"))
                 .help(match *key {
@@ -546,6 +553,20 @@ impl From<&PlanError> for Diagnostic {
                 .primary(*span, "these terms differentiate the last Langevin step of the samples")
                 .secondary(*var_span, format!("`{var}` declared here"))
                 .help("set `kl` and `entropy` to 0 (plain PCD), or sum the variable out or make it a real visible one"),
+            Reparam { var, latent, span, why } => {
+                use crate::analysis::plan::ReparamWhy::*;
+                let (label, help) = match why {
+                    VarDomain => (format!("`{var}` must be an unbounded real: `mean + scale ⊙ ε` covers every value"), format!("declare `{var}` as `real[..]` without bounds, or sample it by `langevin`")),
+                    LatentDomain => (format!("the latent `{latent}` must be an unbounded real, which Langevin moves freely"), format!("declare `{latent}` as `real[..]` without bounds")),
+                    SelfLatent => (format!("`{var}` is reparameterised through a latent other than itself"), format!("name the decoder's latent: `{var}: reparam(z);`")),
+                    NoCoupling => (format!("no energy term depends on both `{var}` and `{latent}`"), format!("the decoder's term, e.g. `energy recon = 0.5 * sum(square({var} - dec({latent}))) / sigma^2;`, must use both")),
+                    NotGaussian { terms } => (format!("{} not quadratic in `{var}` with a positive diagonal precision", match terms.as_slice() { [t] => format!("the term `{t}` coupling them is"), _ => format!("the terms coupling them ({}) are", names(terms)) }), format!("write the decoder as a Gaussian in `{var}`: `0.5 * sum(square({var} - dec({latent})) * precision)` with a positive precision")),
+                    PrecisionVaries { precision, on } => (format!("the precision of `{var}` given `{latent}`, `{precision}`, depends on `{on}`"), "the reparameterised sampler needs a precision free of every variable (a number or parameters, e.g. `exp(log_prec)`)".to_string()),
+                };
+                Diagnostic::error("E0407", format!("cannot sample `{var}` as `mean({latent}) + scale ⊙ ε`: {label}"))
+                    .primary(*span, "`reparam` needs a Gaussian decoder of constant precision")
+                    .help(help)
+            }
             GibbsOnContinuous { var, span } => Diagnostic::error("E0404", format!("cannot Gibbs-sample the continuous variable `{var}`"))
                 .primary(*span, "no exact conditional to sample from")
                 .help(format!("use `{var}: langevin(step: 0.01);` or `mala`")),
@@ -915,15 +936,35 @@ impl std::fmt::Display for crate::runtime::train::RunError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             crate::runtime::train::RunError::Io(reason) => write!(f, "{reason}"),
+            crate::runtime::train::RunError::Init(e) => write!(f, "{e}"),
             crate::runtime::train::RunError::Train { error, epoch, .. } => write!(f, "epoch {epoch}: {error}"),
         }
     }
 }
 
+impl std::fmt::Display for crate::runtime::train::InitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::runtime::train::InitError::*;
+        match self {
+            Read(reason) => write!(f, "`init`: {reason}"),
+            Params { file, error } => write!(f, "`init`: `{}` does not fit the model: {error}", file.display()),
+            Disjoint { file, model, held } => write!(
+                f,
+                "`init`: `{}` holds none of the parameters of `{model}` (it holds {}); is it a checkpoint of the model whose parameters this one shares?",
+                file.display(),
+                names(held)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for crate::runtime::train::InitError {}
+
 impl std::error::Error for crate::runtime::train::RunError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             crate::runtime::train::RunError::Train { error, .. } => Some(error),
+            crate::runtime::train::RunError::Init(e) => Some(e),
             crate::runtime::train::RunError::Io(_) => None,
         }
     }
@@ -1051,6 +1092,23 @@ impl std::fmt::Display for crate::runtime::command::CommandNote {
                 "note: `{var}` is an unbounded real; {} shades its sampled range {lo:.3} to {hi:.3} from black to white (bounds, `in [lo, hi]`, fix the scale)",
                 path.display()
             ),
+            Init(r) => {
+                write!(f, "init: {} parameter(s) from `{}`: {}", r.loaded.len(), r.file.display(), names(&r.loaded))?;
+                if !r.initialised.is_empty() {
+                    write!(f, "\ninit: {} from their initialisers: {}", r.initialised.len(), names(&r.initialised))?;
+                }
+                if !r.ignored.is_empty() {
+                    write!(
+                        f,
+                        "\nnote: the model declares no parameter for the checkpoint's {}; ignored",
+                        names(&r.ignored)
+                    )?;
+                }
+                Ok(())
+            }
+            Frozen { frozen, trained } => {
+                write!(f, "frozen: {}\ntrained: {}", names(frozen), names(trained))
+            }
         }
     }
 }

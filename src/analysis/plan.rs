@@ -89,6 +89,94 @@ pub enum Kernel {
         /// The variable's bounds, at which trajectories reflect; `None` when unbounded.
         bounds: Option<(f64, f64)>,
     },
+    /// Langevin in the reparameterised space of a Gaussian decoder (VAEBM):
+    /// `x = mean(latent) + scale ⊙ ε`, the chains moving `latent` and `ε` on
+    /// `E(mean(latent) + scale ⊙ ε, latent)`; the variable and its latent
+    /// both carry this kernel.
+    Reparam {
+        /// The variable drawn as `mean + scale ⊙ ε`.
+        var: String,
+        /// The latent the mean depends on.
+        latent: String,
+        /// `var`'s conditional mean given the latent, from the terms coupling the two.
+        mean: String,
+        /// `var`'s conditional standard deviation, `1 / sqrt(precision)`, free of every variable.
+        scale: String,
+        /// Step size.
+        step: f64,
+        /// Noise scale, resolved (`sqrt(2 step)` unless given).
+        noise: f64,
+        /// Steps per sweep.
+        steps: usize,
+        /// Each gradient component clamped to `[-clip, clip]`; `None`: no clamping.
+        clip: Option<f64>,
+    },
+}
+
+/// Why `x: reparam(z)` cannot be planned (worded in `messages.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReparamWhy {
+    /// `x` is bounded or discrete: `mean + scale ⊙ ε` can leave its domain.
+    VarDomain,
+    /// The latent is bounded or discrete, so Langevin cannot move it freely.
+    LatentDomain,
+    /// The latent is `x` itself.
+    SelfLatent,
+    /// No energy term depends on both.
+    NoCoupling,
+    /// The terms coupling them are not quadratic in `x` with a positive diagonal precision.
+    NotGaussian {
+        /// The coupling terms' names.
+        terms: Vec<String>,
+    },
+    /// The precision depends on a variable (the latent, say).
+    PrecisionVaries {
+        /// The precision, as text.
+        precision: String,
+        /// A variable it depends on.
+        on: String,
+    },
+}
+
+/// The reparameterisation `x = mean(z) + ε / sqrt(precision)` of `x: reparam(z)`,
+/// as IR nodes of `ir`, when the terms of `energies` that couple `x` and `z`
+/// are Gaussian in `x` with a positive diagonal precision free of every variable.
+pub fn reparameterisation(
+    ir: &mut Ir,
+    model: &crate::analysis::program::Model,
+    energies: &[(String, Id)],
+    x: &str,
+    z: &str,
+) -> Result<crate::analysis::gaussian::Conditional, ReparamWhy> {
+    let (Some(xv), Some(zv)) = (model.variable(x), model.variable(z)) else { return Err(ReparamWhy::NoCoupling) };
+    if x == z {
+        return Err(ReparamWhy::SelfLatent);
+    }
+    if !matches!(xv.domain, Domain::Real { bounds: None }) {
+        return Err(ReparamWhy::VarDomain);
+    }
+    if !matches!(zv.domain, Domain::Real { bounds: None }) {
+        return Err(ReparamWhy::LatentDomain);
+    }
+    let mut terms = Vec::new();
+    let mut coupling: Option<Id> = None;
+    for (name, root) in energies {
+        let root = ir.inline_nets(*root);
+        if ir.depends_on(root, x) && ir.depends_on(root, z) {
+            terms.push(name.clone());
+            coupling = Some(match coupling {
+                Some(c) => ir.add(c, root),
+                None => root,
+            });
+        }
+    }
+    let coupling = coupling.ok_or(ReparamWhy::NoCoupling)?;
+    let c =
+        crate::analysis::gaussian::conditional(ir, coupling, x, &xv.shape).ok_or(ReparamWhy::NotGaussian { terms })?;
+    if let Some(on) = model.variables.iter().find(|v| ir.depends_on(c.precision, &v.name)) {
+        return Err(ReparamWhy::PrecisionVaries { precision: ir.show(c.precision), on: on.name.clone() });
+    }
+    Ok(c)
 }
 
 fn from_one<S: serde::Serializer>(block: &usize, s: S) -> Result<S::Ok, S::Error> {
@@ -149,11 +237,25 @@ pub struct Plan {
     pub label_marginal: Option<Marginal>,
     /// The objective as a call with the options that apply; `None` without a train block.
     pub objective: Option<String>,
+    /// A staged train block's start and split (`init`, `freeze`); `None` when it has neither.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staged: Option<Staged>,
     /// The IR the plan was made from, as `ir::program_to_ir` lowered it, so
     /// the backend and runtime start from it instead of lowering again. Not
     /// printed: `ebmc plan` shows what the plan decided, not the IR.
     #[serde(skip)]
     pub lowered: ir::Lowered,
+}
+
+/// What a staged train block loads, holds fixed and trains.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Staged {
+    /// `init`'s checkpoint path as written; `None`: every parameter from its initialiser.
+    pub init: Option<String>,
+    /// The parameters held fixed, in declaration order.
+    pub frozen: Vec<String>,
+    /// The parameters trained, in declaration order.
+    pub trained: Vec<String>,
 }
 
 /// A reason the planner refuses a model or objective, or warns about it.
@@ -276,6 +378,17 @@ pub enum PlanError {
         var_span: Span,
         /// Why it disqualifies the terms (hidden, discrete, or MALA).
         why: String,
+    },
+    /// `x: reparam(z)` on a model whose decoder is not Gaussian in `x` with a constant precision.
+    Reparam {
+        /// The variable.
+        var: String,
+        /// Its latent.
+        latent: String,
+        /// Where the override is written.
+        span: Span,
+        /// What fails.
+        why: ReparamWhy,
     },
     /// A `gibbs` override on a real variable.
     GibbsOnContinuous {
@@ -669,6 +782,7 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
         model.overrides.iter().map(|o| (o.var.as_str(), o)).collect();
     let objective = train.map(|t| &t.options.objective);
 
+    let lowered_energies = lowered.energies.clone();
     let mut variables = Vec::new();
     for v in &model.variables {
         let override_ = overrides.get(v.name.as_str());
@@ -780,6 +894,53 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
             }
             let asked = override_.filter(|_| overridden).map(|o| &o.sampler);
             match gaussian {
+                _ if matches!(asked, Some(Sampler::Reparam { .. })) => {
+                    let (Some(o), Some(Sampler::Reparam { latent, langevin: l })) = (override_, asked) else {
+                        unreachable!("matched above")
+                    };
+                    match reparameterisation(ir, model, &lowered_energies, &v.name, latent) {
+                        Ok(c) => {
+                            let Kernel::Langevin { step, noise, steps, clip, .. } =
+                                langevin(Some(&Sampler::Langevin(l.clone())), objective, None)
+                            else {
+                                unreachable!("a langevin override plans Langevin")
+                            };
+                            let root = ir.map(Unary::Sqrt, c.precision);
+                            let one = ir.num(1.0);
+                            let scale = ir.div(one, root);
+                            let kernel = Kernel::Reparam {
+                                var: v.name.clone(),
+                                latent: latent.clone(),
+                                mean: ir.show(c.mean),
+                                scale: ir.show(scale),
+                                step,
+                                noise,
+                                steps,
+                                clip,
+                            };
+                            let reason = format!(
+                                "the terms coupling {0} and {latent} are Gaussian in {0} with a constant diagonal precision: Langevin moves ({latent}, ε) with {0} = mean({latent}) + scale ⊙ ε",
+                                v.name
+                            );
+                            let text = format!(
+                                "{} = mean + scale ⊙ ε, mean: {}, scale: {}",
+                                v.name,
+                                ir.show(c.mean),
+                                ir.show(scale)
+                            );
+                            (kernel, reason, Some(text))
+                        }
+                        Err(why) => {
+                            problems.push(PlanError::Reparam {
+                                var: v.name.clone(),
+                                latent: latent.clone(),
+                                span: o.span,
+                                why,
+                            });
+                            (langevin(None, objective, bounds), String::new(), None)
+                        }
+                    }
+                }
                 Some(c)
                     if !matches!(asked, Some(Sampler::Langevin(_) | Sampler::Mala { .. } | Sampler::Hmc { .. })) =>
                 {
@@ -848,6 +1009,20 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
         });
     }
 
+    // A reparameterised variable's latent moves with it, in its stage.
+    let reparam: Vec<Kernel> = variables
+        .iter()
+        .filter(|v| matches!(&v.kernel, Kernel::Reparam { var, .. } if *var == v.name))
+        .map(|v| v.kernel.clone())
+        .collect();
+    for kernel in reparam {
+        let Kernel::Reparam { var, latent, .. } = &kernel else { unreachable!("filtered above") };
+        if let Some(z) = variables.iter_mut().find(|w| w.name == *latent) {
+            z.reason = format!("moved with {var} in ({latent}, ε) space");
+            z.conditional = None;
+            z.kernel = kernel.clone();
+        }
+    }
     let sweep = sweep(&variables);
     let (summed_out, kept) = sum_out_latents(graph, ir, total);
     let label_marginal = label_marginal(graph, ir, total);
@@ -870,6 +1045,11 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
         kept,
         label_marginal,
         objective: objective_text,
+        staged: train.filter(|t| t.init.is_some() || !t.frozen.is_empty()).map(|t| Staged {
+            init: t.init.clone(),
+            frozen: t.frozen.clone(),
+            trained: planned_from.params.iter().map(|p| p.name.clone()).filter(|p| !t.frozen.contains(p)).collect(),
+        }),
         lowered: planned_from,
     };
     Ok((plan, problems))
@@ -937,8 +1117,11 @@ fn sweep(vars: &[VarPlan]) -> Vec<Vec<String>> {
     let mut continuous = Vec::new();
     let mut hamiltonian = Vec::new();
     for v in vars {
-        match v.kernel {
-            Kernel::BlockGibbs { block, .. } => blocks.entry(block).or_default().push(v.name.clone()),
+        match &v.kernel {
+            Kernel::BlockGibbs { block, .. } => blocks.entry(*block).or_default().push(v.name.clone()),
+            // One stage per reparameterised variable: it, then its latent.
+            Kernel::Reparam { var, latent, .. } if *var == v.name => rest.push(vec![var.clone(), latent.clone()]),
+            Kernel::Reparam { .. } => {}
             Kernel::Langevin { .. } => continuous.push(v.name.clone()),
             Kernel::Hmc { .. } => hamiltonian.push(v.name.clone()),
             _ => rest.push(vec![v.name.clone()]),
@@ -1230,6 +1413,7 @@ fn check_improved_cd(model: &crate::analysis::program::Model, train: &Train, var
                 match v.kernel {
                     Kernel::Langevin { mala: false, .. } => return None,
                     Kernel::Langevin { mala: true, .. } => format!("{} is sampled by MALA", v.name),
+                    Kernel::Reparam { .. } => format!("{} is sampled by `reparam`", v.name),
                     _ => format!("{} is discrete", v.name),
                 }
             };
@@ -1410,6 +1594,12 @@ impl Plan {
                 Kernel::Hmc { step, leapfrog, steps, .. } => {
                     format!("HMC, {leapfrog} leapfrog steps of {step}, {steps} trajectory(ies) per sweep")
                 }
+                Kernel::Reparam { var, latent, step, noise, steps, clip, .. } => {
+                    let clip = clip.map(|c| format!(", gradient clipped at {c}")).unwrap_or_default();
+                    format!(
+                        "Langevin in ({latent}, ε) with {var} = mean + scale ⊙ ε, step {step}, noise {noise:.4}, {steps} step(s) per sweep{clip}"
+                    )
+                }
             };
             // `gibbs` takes no options: on a discrete variable it only confirms
             // Gibbs, and which Gibbs kernel runs stays the planner's choice.
@@ -1419,7 +1609,8 @@ impl Plan {
                     Kernel::Langevin { .. }
                     | Kernel::GaussianGibbs { .. }
                     | Kernel::FullGaussianGibbs { .. }
-                    | Kernel::Hmc { .. },
+                    | Kernel::Hmc { .. }
+                    | Kernel::Reparam { .. },
                     true,
                 ) => ", as the sample block asks",
                 (_, true) => " (the sample block asks for `gibbs`; the planner picks the blocking)",
@@ -1458,6 +1649,19 @@ impl Plan {
         }
         if let Some(o) = &self.objective {
             let _ = writeln!(out, "  objective {o}");
+        }
+        if let Some(s) = &self.staged {
+            let list = |names: &[String]| names.join(", ");
+            if let Some(init) = &s.init {
+                let _ = writeln!(
+                    out,
+                    "  init from {init:?}: every parameter it holds; the others from their initialisers (a resumed run from its own checkpoint)"
+                );
+            }
+            if !s.frozen.is_empty() {
+                let _ = writeln!(out, "  frozen (no gradient, no optimiser state): {}", list(&s.frozen));
+            }
+            let _ = writeln!(out, "  trained: {}", list(&s.trained));
         }
         out
     }

@@ -5,6 +5,22 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The keys of a `train` block (docs/language.md section 9).
+pub const TRAIN_KEYS: &[&str] = &[
+    "data",
+    "test",
+    "outliers",
+    "objective",
+    "optimizer",
+    "schedule",
+    "regularize",
+    "batch",
+    "epochs",
+    "seed",
+    "init",
+    "freeze",
+];
+
 /// A kind of built-in callable; each has its own table of signatures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Family {
@@ -124,6 +140,8 @@ pub enum OptType {
     Choice(&'static [&'static str]),
     /// The bare name of a net the model declares (`lsd`'s critic, `elbo`'s encoder).
     NetName,
+    /// The bare name of a variable the model declares (`reparam`'s latent).
+    VarName,
 }
 
 /// What an option is when not given.
@@ -492,6 +510,17 @@ pub static SAMPLERS: &[Signature] = &[
         ],
     },
     Signature { name: "mala", options: &[opt!("step", Positive, Num(0.01)), opt!("steps", POS_INT, Int(1))] },
+    // Langevin in a VAE's (z, ε) space (VAEBM): `x: reparam(z)`.
+    Signature {
+        name: "reparam",
+        options: &[
+            opt!("latent", VarName, Required),
+            opt!("step", Positive, Num(0.01)),
+            opt!("noise", NonNegative, Absent),
+            opt!("steps", POS_INT, Int(1)),
+            opt!("clip", Positive, Absent),
+        ],
+    },
     Signature {
         name: "hmc",
         options: &[

@@ -550,6 +550,29 @@ enum Stage<D: Device<f32>> {
         leapfrog: usize,
         steps: usize,
     },
+    /// Langevin in `(latent, ε)` with `x = mean(latent) + scale ⊙ ε`
+    /// (`Kernel::Reparam`): ε is read off the state (`to_eps`), the latent
+    /// and ε move on the substituted energy (`moved`), and `x` is set from
+    /// them (`to_x`). With `x` held in whole or part, plain Langevin on the
+    /// free units of `x` and the latent (`plain`) instead.
+    Reparam {
+        x: usize,
+        eps: usize,
+        to_eps: Id,
+        to_x: Id,
+        moved: Vec<(usize, Id)>,
+        plain: Vec<(usize, Id)>,
+        step: f32,
+        noise: f32,
+        steps: usize,
+        clip: Option<f32>,
+    },
+}
+
+/// The chain state that holds the ε of a reparameterised variable (no
+/// model variable can be named so: names have no dot).
+fn eps_name(var: &str) -> String {
+    format!("{var}.eps")
 }
 
 /// The lower Cholesky factor `L` (`L Lᵀ = P_FF`, row-major, `free.len()`
@@ -773,14 +796,22 @@ impl<D: Kernels> ChainSet<D> {
         let mut lowered = plan.lowered.clone();
         let total = lowered.ir.inline_nets(lowered.total);
         let leaves = device_leaves(&dev, model, &lowered, params)?;
-        let vars: Vec<VarInfo> = model
-            .variables
-            .iter()
-            .map(|v| {
-                let (rows, cols) = canon(&v.shape);
-                VarInfo { name: v.name.clone(), domain: v.domain.clone(), shape: v.shape.clone(), rows, cols }
-            })
-            .collect();
+        let info = |name: String, v: &crate::analysis::program::Variable| {
+            let (rows, cols) = canon(&v.shape);
+            VarInfo { name, domain: v.domain.clone(), shape: v.shape.clone(), rows, cols }
+        };
+        let mut vars: Vec<VarInfo> = model.variables.iter().map(|v| info(v.name.clone(), v)).collect();
+        // The ε of each reparameterised variable, after the model's own
+        // variables (which `state` reports; ε it does not).
+        for p in &plan.variables {
+            if let Kernel::Reparam { var, .. } = &p.kernel
+                && *var == p.name
+                && let Some(v) = model.variable(var)
+            {
+                vars.push(info(eps_name(var), v));
+            }
+        }
+        let energies = lowered.energies.clone();
         // Cannot fire: the plan was made from this model.
         let index = |name: &str| vars.iter().position(|v| v.name == name).expect("plan names model variables");
         let ir = &mut lowered.ir;
@@ -901,6 +932,37 @@ impl<D: Kernels> ChainSet<D> {
                     }
                     stages.push(Stage::Hmc { vars: hv, step: *step as f32, leapfrog: *leapfrog, steps: *steps });
                 }
+                Kernel::Reparam { var, latent, step, noise, steps, clip, .. } => {
+                    // Cannot fire: the planner chose this kernel from the same analysis of the same IR.
+                    let v = model.variable(var).expect("variable");
+                    let c = crate::analysis::plan::reparameterisation(ir, model, &energies, var, latent)
+                        .map_err(|_| format!("`{var}` has no Gaussian decoder given `{latent}`"))?;
+                    let eps = eps_name(var);
+                    let e = ir.var(&eps, &v.shape);
+                    let root = ir.map(crate::ir::Unary::Sqrt, c.precision);
+                    let scaled = ir.div(e, root);
+                    let to_x = ir.add(c.mean, scaled);
+                    let x = ir.var(var, &v.shape);
+                    let offset = ir.sub(x, c.mean);
+                    let to_eps = ir.mul(offset, root);
+                    let moved = ir.substitute(total, var, to_x);
+                    let mut grad = |root: Id, name: &str, shape: &[usize]| {
+                        (index(name), ir.grad(root, name).unwrap_or_else(|| ir.zeros(shape)))
+                    };
+                    let z_shape = &model.variable(latent).expect("latent").shape;
+                    stages.push(Stage::Reparam {
+                        x: index(var),
+                        eps: index(&eps),
+                        to_eps,
+                        to_x,
+                        moved: vec![grad(moved, latent, z_shape), grad(moved, &eps, &v.shape)],
+                        plain: vec![grad(total, var, &v.shape), grad(total, latent, z_shape)],
+                        step: *step as f32,
+                        noise: *noise as f32,
+                        steps: *steps,
+                        clip: clip.map(|c| c as f32),
+                    });
+                }
             }
         }
         let summed = plan.summed_out.as_ref().map(|m| m.summed.clone()).unwrap_or_default();
@@ -950,6 +1012,7 @@ impl<D: Kernels> ChainSet<D> {
             set.state.insert(set.vars[i].name.clone(), init);
         }
         set.factor_all()?;
+        set.state = set.reparameterised(set.state.clone());
         Ok(set)
     }
 
@@ -1530,6 +1593,25 @@ impl<D: Kernels> ChainSet<D> {
                         }
                     }
                 }
+                Stage::Reparam { x, eps, to_eps, to_x, moved, plain, step, noise, steps, clip } => {
+                    let (b, m, n) = self.shape(*x);
+                    let vars: Vec<(usize, Id)> = if free(self, x) && !self.held.contains_key(x) {
+                        let e = expand(eval::one(self.eval(&[*to_eps], &self.state)), b, m, n);
+                        self.state.insert(self.vars[*eps].name.clone(), e);
+                        moved.iter().filter(|(v, _)| v == eps || free(self, v)).copied().collect()
+                    } else {
+                        plain.iter().filter(|(v, _)| free(self, v)).copied().collect()
+                    };
+                    if !vars.is_empty() {
+                        for _ in 0..*steps {
+                            self.langevin(&vars, false, *step, *noise, *clip);
+                        }
+                    }
+                    if vars.iter().any(|(v, _)| v == eps) {
+                        let value = expand(eval::one(self.eval(&[*to_x], &self.state)), b, m, n);
+                        self.state.insert(self.vars[*x].name.clone(), value);
+                    }
+                }
             }
         }
         self.stages = stages;
@@ -1600,16 +1682,37 @@ impl<D: Kernels> ChainSet<D> {
         }
     }
 
-    /// Fresh random states for every chain (replay buffers reinitialise from these).
+    /// Fresh random states for every chain (replay buffers reinitialise
+    /// from these); a reparameterised variable is drawn as `mean(z) + scale ⊙ ε`
+    /// from z and ε ~ N(0, I), a sample of the decoder's model alone.
     fn random_state(&mut self) -> Tensors {
-        (0..self.vars.len())
-            .map(|i| {
-                let t = self.initial(i);
+        let fresh: BTreeMap<String, T3<D>> =
+            (0..self.vars.len()).map(|i| (self.vars[i].name.clone(), self.initial(i))).collect();
+        let fresh = self.reparameterised(fresh);
+        self.reported()
+            .map(|v| {
                 let mut shape = vec![self.chains];
-                shape.extend(&self.vars[i].shape);
-                (self.vars[i].name.clone(), HostTensor::new(shape, t.as_vec()))
+                shape.extend(&v.shape);
+                (v.name.clone(), HostTensor::new(shape, fresh[&v.name].as_vec()))
             })
             .collect()
+    }
+
+    /// `state` with each reparameterised variable set from its latent and ε.
+    fn reparameterised(&self, mut state: BTreeMap<String, T3<D>>) -> BTreeMap<String, T3<D>> {
+        for stage in &self.stages {
+            if let Stage::Reparam { x, to_x, .. } = stage {
+                let (b, m, n) = self.shape(*x);
+                let value = expand(eval::one(self.eval(&[*to_x], &state)), b, m, n);
+                state.insert(self.vars[*x].name.clone(), value);
+            }
+        }
+        state
+    }
+
+    /// The model's own variables (the chains' ε states follow them in `vars`).
+    fn reported(&self) -> impl Iterator<Item = &VarInfo> {
+        self.vars.iter().take(self.model.variables.len())
     }
 
     /// Replaces parameter values (after an optimiser step), and refactors
@@ -1657,8 +1760,7 @@ impl<D: Kernels> Chains for ChainSet<D> {
     }
 
     fn state(&self) -> Tensors {
-        self.vars
-            .iter()
+        self.reported()
             .map(|v| {
                 let mut shape = vec![self.chains];
                 shape.extend(&v.shape);
@@ -1668,7 +1770,7 @@ impl<D: Kernels> Chains for ChainSet<D> {
     }
 
     fn set_state(&mut self, state: &Tensors) -> Result<(), String> {
-        let names: Vec<String> = self.vars.iter().map(|v| v.name.clone()).collect();
+        let names: Vec<String> = self.reported().map(|v| v.name.clone()).collect();
         let n = check_rows(&self.model, state, &names).map_err(|e| e.to_string())?;
         if n != self.chains {
             return Err(format!("the state has {n} rows, one per chain is needed ({} chains)", self.chains));

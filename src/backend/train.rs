@@ -239,6 +239,8 @@ struct Fitter<D: Kernels> {
     l1: f32,
     l2: f32,
     clip: Option<f32>,
+    /// The train block's frozen parameters.
+    frozen: Vec<String>,
 }
 
 // SAFETY: the boxed objective is the only part of a CPU `Fitter` whose
@@ -280,7 +282,8 @@ pub(super) fn on_device<D: Kernels>(
         .filter(|v| v.role == Role::Hidden && !summed.contains(&v.name))
         .map(|v| v.name.clone())
         .collect();
-    let declared: Vec<String> = lowered.params.iter().map(|p| p.name.clone()).collect();
+    let declared: Vec<String> =
+        lowered.params.iter().map(|p| p.name.clone()).filter(|p| !train.frozen.contains(p)).collect();
     let on = OnDevice {
         dev,
         ir: lowered.ir,
@@ -338,6 +341,7 @@ impl<D: Kernels> Fitter<D> {
             l1: regs.l1.unwrap_or(0.0) as f32,
             l2: regs.l2.unwrap_or(0.0) as f32,
             clip: regs.clip_grad.map(|c| c as f32),
+            frozen: train.frozen.clone(),
         })
     }
 }
@@ -364,6 +368,9 @@ impl<D: Kernels> Fit for Fitter<D> {
 
     fn step(&mut self, batch: &Tensors, lr: f64, step: usize) -> Result<StepReport, TrainError> {
         let (loss, mut grads) = self.objective.step(&mut self.model, batch)?;
+        // Frozen parameters are no phase's output; a gradient an objective
+        // computes by other means (a tape) is dropped here, so none moves.
+        grads.retain(|name, _| !self.frozen.contains(name));
         if !loss.is_finite() {
             return Err(TrainError::NonFinite { what: "the loss".into(), step });
         }

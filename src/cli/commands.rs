@@ -417,14 +417,25 @@ pub fn train(out: Out, path: &Path, only: Option<&str>, a: TrainArgs) -> Result<
     let started = std::time::Instant::now();
     let mut bar = None;
     let mut last_loss = 0.0;
-    // The checkpoints record the data actually used: `--data` replaces the block's.
-    let spec = &ebmc::analysis::program::Train { data: Some(data_spec), ..spec.clone() };
+    // The checkpoints record the data actually used (`--data` replaces the
+    // block's) and the `init` path as resolved.
+    let init = spec.init.as_ref().map(|p| ebmc::runtime::data::resolve(base, p).display().to_string());
+    let spec = &ebmc::analysis::program::Train { data: Some(data_spec), init, ..spec.clone() };
+    if !spec.frozen.is_empty() {
+        let trained = plan.lowered.params.iter().map(|p| p.name.clone()).filter(|p| !spec.frozen.contains(p));
+        out.note(CommandNote::Frozen { frozen: spec.frozen.clone(), trained: trained.collect() });
+    }
+    let mut init_report = None;
     let outliers = match &spec.outliers {
         Some(o) => Some(ebmc::runtime::data::load(o, model, base).map_err(data_failure)?),
         None => None,
     };
     let (rows, test, outliers) = (&train_rows, test_rows.as_ref(), outliers.as_ref());
     let result = runs::run_with_outliers(&source, &graph, &plan, spec, rows, test, outliers, &opts, &mut |p| match p {
+        runs::Progress::Init(report) => {
+            out.note(CommandNote::Init(report.clone()));
+            init_report = Some(report.clone());
+        }
         runs::Progress::Start { epochs, steps_per_epoch, from_epoch } => {
             let total = (epochs + 1 - from_epoch.min(epochs + 1)) * steps_per_epoch;
             bar = Some(out.progress(
@@ -457,6 +468,7 @@ pub fn train(out: Out, path: &Path, only: Option<&str>, a: TrainArgs) -> Result<
     let history = match result {
         Ok(history) => history,
         Err(runs::RunError::Io(e)) => return Err(CommandError::Io(e).into()),
+        Err(runs::RunError::Init(e)) => return Err(params_failure(e.to_string())),
         Err(runs::RunError::Train { error, epoch, last_good }) => {
             return Err(CommandError::TrainingDiverged { error, epoch, last_good }.into());
         }
@@ -478,6 +490,8 @@ pub fn train(out: Out, path: &Path, only: Option<&str>, a: TrainArgs) -> Result<
         last: history.last().cloned(),
         log_likelihood_on: if test_rows.is_some() { "test rows" } else { "training rows" },
         files: run_dir::run_files(&dir),
+        init: init_report,
+        frozen: spec.frozen.clone(),
     };
     out.result("train", &result, || result.to_text());
     Ok(())

@@ -616,6 +616,11 @@ fn comparison_figures(t: &Trained, rows: &EvalRows, opts: &EvalOptions, r: &mut 
         Ok(e) => e,
         Err(why) => {
             r.notes.push(ComparisonNote::NoEnergy(why).to_string());
+            // The samples' MMD needs no energy: a model with a continuous
+            // latent (a VAE, VAEBM) is still compared with the rows.
+            if real && vars.iter().all(|v| !v.domain.is_discrete()) {
+                return sample_figures(t, &vars, &scored, opts, r, false);
+            }
             return Ok(());
         }
     };
@@ -656,7 +661,7 @@ fn comparison_figures(t: &Trained, rows: &EvalRows, opts: &EvalOptions, r: &mut 
     r.energy_noise = Some(energy_stats("the energy of a noise row", &e)?);
     r.ood_noise = Some(detection(&test, &e, kinds.to_string())?);
     r.ood_noise_confidence = baseline(&noise, &kinds.to_string())?;
-    sample_figures(t, &vars, &scored, opts, r)
+    sample_figures(t, &vars, &scored, opts, r, true)
 }
 
 /// `n` noise rows of each of `vars`: uniform in a bounded variable's box;
@@ -746,14 +751,16 @@ fn flat_rows(rows: &Tensors, vars: &[&Variable], pick: &[usize]) -> Vec<f64> {
 }
 
 /// The model's own samples (the final states of `sample_chains` chains
-/// after `sample_sweeps` sweeps): their energies, and the MMD test of them
-/// against the evaluated rows.
+/// after `sample_sweeps` sweeps): their energies (when `energies`: the
+/// rows' free energy is defined), and the MMD test of them against the
+/// evaluated rows.
 fn sample_figures(
     t: &Trained,
     vars: &[&Variable],
     scored: &Tensors,
     opts: &EvalOptions,
     r: &mut EvalReport,
+    energies: bool,
 ) -> Result<(), EvalError> {
     let (model, plan, params, device) = (&t.model, &t.plan, &t.params, opts.device);
     let mut sampler = match backend::Sampler::new(model, plan, params, opts.sample_chains, opts.seed, device) {
@@ -774,8 +781,10 @@ fn sample_figures(
     r.model_samples = Some(ModelSamples { chains: opts.sample_chains, sweeps: opts.sample_sweeps });
     // The scored variables only: the energy sums the rest out as it does for the rows.
     let drawn: Tensors = last.into_iter().filter(|(k, _)| vars.iter().any(|v| v.name == *k)).collect();
-    let e = evaluate::row_free_energy(model, plan, params, &drawn, device).map_err(EvalError::Failed)?;
-    r.energy_samples = Some(energy_stats("the energy of a model sample", &e)?);
+    if energies {
+        let e = evaluate::row_free_energy(model, plan, params, &drawn, device).map_err(EvalError::Failed)?;
+        r.energy_samples = Some(energy_stats("the energy of a model sample", &e)?);
+    }
     let rows = scored.values().next().map_or(0, |t| t.shape[0]);
     if rows < 2 {
         r.notes.push(ComparisonNote::TooFewRows { rows }.to_string());

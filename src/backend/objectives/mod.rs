@@ -292,7 +292,8 @@ pub(super) struct OnDevice<D: Kernels> {
     pub(super) total: Id,
     pub(super) params: BTreeMap<String, T3<D>>,
     pub(super) shapes: BTreeMap<String, Vec<usize>>,
-    /// Every parameter, in declaration order.
+    /// Every parameter the run trains, in declaration order: the train
+    /// block's `freeze` leaves its parameters out, so no phase differentiates them.
     pub(super) declared: Vec<String>,
     /// Parameters the loss depends on (the others get no gradient).
     pub(super) used: Vec<String>,
