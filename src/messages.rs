@@ -1368,6 +1368,14 @@ pub fn tempering_diverged_warning(t: &crate::backend::Tempering) -> Option<Strin
     })
 }
 
+/// The plan's line for short-run training chains (`Plan::short_run`).
+pub fn short_run_note(sweeps: usize, reinit: f64) -> String {
+    format!(
+        "fresh samples: {sweeps} sweeps from noise by default (`sample --steps`, `eval --sample-sweeps`, samples.png), the objective's k, since training restarts {:.0}% of its chains from noise each update",
+        100.0 * reinit
+    )
+}
+
 /// A warning when an annealing ramp outlasts the burn-in: the first draws are not at β = 1.
 pub fn anneal_burn_in_warning(ramp: usize, burn_in: usize) -> String {
     format!(

@@ -240,6 +240,11 @@ pub struct Plan {
     /// A staged train block's start and split (`init`, `freeze`); `None` when it has neither.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub staged: Option<Staged>,
+    /// Sweeps that fresh samples run by default (`ebmc sample`, `eval`'s
+    /// model samples, a run's `samples.png`) when training's chains are
+    /// short-run; `None`: each command's own default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub short_run: Option<ShortRun>,
     /// The IR the plan was made from, as `ir::program_to_ir` lowered it, so
     /// the backend and runtime start from it instead of lowering again. Not
     /// printed: `ebmc plan` shows what the plan decided, not the IR.
@@ -256,6 +261,27 @@ pub struct Staged {
     pub frozen: Vec<String>,
     /// The parameters trained, in declaration order.
     pub trained: Vec<String>,
+}
+
+/// Training's Langevin chains are short-run when most of them restart from
+/// noise each update (`reinit` ≥ 1/2) and run the objective's `k` sweeps:
+/// those `k`-sweep samples from noise are what training shaped, and longer
+/// runs drift past them, so fresh samples default to `k` sweeps too.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ShortRun {
+    /// The objective's `k`.
+    pub sweeps: usize,
+    /// The fraction of chains training restarts from noise.
+    pub reinit: f64,
+}
+
+impl ShortRun {
+    /// The default run of fresh samples for a persistent objective on a model
+    /// with Langevin variables, or `None` when its chains are persistent.
+    fn of(objective: Option<&Objective>, langevin: bool) -> Option<ShortRun> {
+        let p = objective?.persistent()?;
+        (langevin && p.reinit >= 0.5).then_some(ShortRun { sweeps: p.k, reinit: p.reinit })
+    }
 }
 
 /// A reason the planner refuses a model or objective, or warns about it.
@@ -1050,6 +1076,7 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
             frozen: t.frozen.clone(),
             trained: planned_from.params.iter().map(|p| p.name.clone()).filter(|p| !t.frozen.contains(p)).collect(),
         }),
+        short_run: ShortRun::of(objective, langevin),
         lowered: planned_from,
     };
     Ok((plan, problems))
@@ -1662,6 +1689,9 @@ impl Plan {
                 let _ = writeln!(out, "  frozen (no gradient, no optimiser state): {}", list(&s.frozen));
             }
             let _ = writeln!(out, "  trained: {}", list(&s.trained));
+        }
+        if let Some(s) = &self.short_run {
+            let _ = writeln!(out, "  {}", crate::messages::short_run_note(s.sweeps, s.reinit));
         }
         out
     }

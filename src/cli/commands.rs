@@ -206,10 +206,17 @@ fn chains_path(png: &Path) -> PathBuf {
     png.with_file_name(format!("{}-chains.png", png.file_stem().unwrap_or_default().to_string_lossy()))
 }
 
+/// Sweeps `ebmc sample` runs when neither `--steps` nor the plan says otherwise.
+pub const DEFAULT_SAMPLE_STEPS: usize = 1000;
+
 /// `ebmc sample`'s flags.
 pub struct SampleArgs {
     pub params: Option<PathBuf>,
-    pub run: SampleRun,
+    pub chains: usize,
+    pub burn_in: usize,
+    /// `--steps`; `None`: the plan's short-run default, else `DEFAULT_SAMPLE_STEPS`.
+    pub steps: Option<usize>,
+    pub every: Option<usize>,
     pub seed: u64,
     pub out: Option<PathBuf>,
     pub png: Option<PathBuf>,
@@ -223,13 +230,15 @@ pub fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Resu
     let (source, compiled) = compile(out, path)?;
     let model = one_model(&compiled.program, only, "sample")?;
     let plan = plan_of(out, path, &source, &compiled.program, model)?;
+    let steps = a.steps.or(plan.short_run.map(|s| s.sweeps)).unwrap_or(DEFAULT_SAMPLE_STEPS);
+    let run = SampleRun { chains: a.chains, burn_in: a.burn_in, steps, every: a.every };
     if let Some(file) = &a.out {
         writable(file, &["csv", "npy"])?;
     }
     if let Some(png) = &a.png {
         writable(png, &["png"])?;
     }
-    limits::check_sample(model, &plan.lowered, &a.run, limits::available_memory()).map_err(limits_failure)?;
+    limits::check_sample(model, &plan.lowered, &run, limits::available_memory()).map_err(limits_failure)?;
     let params = match &a.params {
         Some(p) => runs::load_model_params(p, model).map_err(params_failure)?,
         None => {
@@ -256,26 +265,25 @@ pub fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Resu
         use ebmc::runtime::given::{self, GivenError, Part};
         let flag = |e: given::PartError| CommandError::Flag(format!("--given: {e}"));
         let part = Part::parse(text, model).map_err(flag)?;
-        let clamp = given::load(&part, model, file, a.run.chains).map_err(|e| match e {
+        let clamp = given::load(&part, model, file, run.chains).map_err(|e| match e {
             GivenError::Part(e) => flag(e),
             GivenError::Data(e) => CommandError::Data(e),
         })?;
         held.push(HeldPart { part: part.text.clone(), file: file.clone() });
         clamps.push(clamp);
     }
-    let mut sampler = ebmc::backend::Sampler::new(model, &plan, &params, a.run.chains, a.seed, a.device)
+    let mut sampler = ebmc::backend::Sampler::new(model, &plan, &params, run.chains, a.seed, a.device)
         .map_err(CommandError::Result)?;
     sampler.set_clamps(&clamps).map_err(CommandError::Result)?;
-    let total = a.run.burn_in + a.run.steps;
+    let total = run.burn_in + run.steps;
     let bar = out.progress(total as u64, "sampling {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]");
-    let samples =
-        ebmc::runtime::sample::run(&mut sampler, &a.run, trace.as_ref().map(|(_, t, _)| t), &mut || bar.inc(1));
+    let samples = ebmc::runtime::sample::run(&mut sampler, &run, trace.as_ref().map(|(_, t, _)| t), &mut || bar.inc(1));
     bar.finish_and_clear();
     let samples = samples.map_err(CommandError::SamplingDiverged)?;
     let mixing = samples.statistics.summarise();
     let ramp = match &plan.temperature {
-        Some(Temperature::Anneal { sweeps, .. }) if *sweeps > a.run.burn_in => {
-            Some(ebmc::messages::anneal_burn_in_warning(*sweeps, a.run.burn_in))
+        Some(Temperature::Anneal { sweeps, .. }) if *sweeps > run.burn_in => {
+            Some(ebmc::messages::anneal_burn_in_warning(*sweeps, run.burn_in))
         }
         _ => None,
     };
@@ -299,7 +307,7 @@ pub fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Resu
     let mut result = SampleResult {
         model: model.name.clone(),
         sweeps: total,
-        chains: a.run.chains,
+        chains: run.chains,
         acceptance: sampler.acceptance(),
         given: held,
         metropolis,
@@ -541,7 +549,7 @@ pub fn eval(
 ) -> Result<(), Failure> {
     let trained = load_trained(out, path, only, params, "eval")?;
     if report::compares_samples(&trained) {
-        let run = SampleRun { chains: opts.sample_chains, burn_in: 0, steps: opts.sample_sweeps, every: None };
+        let run = SampleRun { chains: opts.sample_chains, burn_in: 0, steps: opts.sweeps(&trained.plan), every: None };
         limits::check_sample(&trained.model, &trained.plan.lowered, &run, limits::available_memory())
             .map_err(|errors| limits_failure(errors.into_iter().map(eval_sample_flags).collect()))?;
     }

@@ -166,8 +166,9 @@ pub struct EvalOptions {
     pub grid_points: usize,
     /// Chains of the model's own sampler whose final states are compared with the rows (continuous models).
     pub sample_chains: usize,
-    /// Sweeps those chains run.
-    pub sample_sweeps: usize,
+    /// Sweeps those chains run; `None`: the plan's short-run default, else
+    /// `DEFAULT_SAMPLE_SWEEPS` (`EvalOptions::sweeps`).
+    pub sample_sweeps: Option<usize>,
     /// Seed of the random draws: AIS, stochastic pseudo-likelihood, reconstruction, the model's samples,
     /// noise rows and the MMD test.
     pub seed: u64,
@@ -187,10 +188,22 @@ impl Default for EvalOptions {
             grid_high: 6.0,
             grid_points: 300,
             sample_chains: 256,
-            sample_sweeps: 200,
+            sample_sweeps: None,
             seed: 0,
             device: DeviceKind::Cpu,
         }
+    }
+}
+
+/// Sweeps of `eval`'s model samples when neither the options nor the plan
+/// say otherwise: long enough for a model whose chains mix.
+pub const DEFAULT_SAMPLE_SWEEPS: usize = 200;
+
+impl EvalOptions {
+    /// The sweeps the model samples run: as asked, else the objective's `k`
+    /// for short-run training chains (`Plan::short_run`), else 200.
+    pub fn sweeps(&self, plan: &Plan) -> usize {
+        self.sample_sweeps.or(plan.short_run.map(|s| s.sweeps)).unwrap_or(DEFAULT_SAMPLE_SWEEPS)
     }
 }
 
@@ -770,7 +783,8 @@ fn sample_figures(
             return Ok(());
         }
     };
-    let run = SampleRun { chains: opts.sample_chains, burn_in: 0, steps: opts.sample_sweeps, every: None };
+    let sweeps = opts.sweeps(plan);
+    let run = SampleRun { chains: opts.sample_chains, burn_in: 0, steps: sweeps, every: None };
     let last = match sample::run(&mut sampler, &run, None, &mut || {}) {
         Ok(s) => s.last,
         Err(d) => {
@@ -778,7 +792,7 @@ fn sample_figures(
             return Ok(());
         }
     };
-    r.model_samples = Some(ModelSamples { chains: opts.sample_chains, sweeps: opts.sample_sweeps });
+    r.model_samples = Some(ModelSamples { chains: opts.sample_chains, sweeps });
     // The scored variables only: the energy sums the rest out as it does for the rows.
     let drawn: Tensors = last.into_iter().filter(|(k, _)| vars.iter().any(|v| v.name == *k)).collect();
     if energies {
@@ -1172,7 +1186,7 @@ train box {
             training: None,
             ood: None,
         };
-        let opts = EvalOptions { sample_chains: 64, sample_sweeps: 50, ..EvalOptions::default() };
+        let opts = EvalOptions { sample_chains: 64, sample_sweeps: Some(50), ..EvalOptions::default() };
         let r = evaluate(&t, &given, &opts).unwrap();
         assert!(r.notes.is_empty(), "{:?}", r.notes);
         // E = 8‖x − ½‖² on uniform noise: mean 16/12 = 4/3 and sd √(128/180) = 0.843; standard error 0.019.
