@@ -213,26 +213,14 @@ fn initial_params(w: usize) -> ebmc::tensor::Tensors {
     ebmc::tensor::initialise(&ebmc::ir::program_to_ir(&compiled.program.models["ring"]).params, 1)
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()))
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 fn main() {
     let start = Instant::now();
-    println!("CPU: {} ({} logical CPUs)", cpu_model(), std::thread::available_parallelism().map_or(0, |n| n.get()));
-    println!("load average at start (1, 5, 15 min): {}", load_average());
+    println!(
+        "CPU: {} ({} logical CPUs)",
+        common::cpu_model(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("load average at start (1, 5, 15 min): {}", common::load_average());
     println!("ebmc: {} rayon threads", rayon::current_num_threads());
 
     // The data and each width's initial weights, for the JAX script.
@@ -340,5 +328,5 @@ fn main() {
             println!("  {w}, {b} {}: {big} of size {b}x{w}x{w}; {}", obj.name(), items.join(", "));
         }
     }
-    println!("load average at end: {}; whole bench {:.0} s", load_average(), start.elapsed().as_secs_f64());
+    println!("load average at end: {}; whole bench {:.0} s", common::load_average(), start.elapsed().as_secs_f64());
 }

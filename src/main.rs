@@ -66,7 +66,10 @@ fn main() -> ExitCode {
         } => {
             let opts = SampleArgs {
                 params,
-                run: ebmc::analysis::limits::SampleRun { chains, burn_in, steps, every },
+                chains,
+                burn_in,
+                steps,
+                every,
                 seed,
                 out: samples,
                 png,

@@ -2,7 +2,7 @@
 //! report plain data (`ParseError`, `CheckError`, ...); this module turns each
 //! into a `Diagnostic`. `docs/diagnostics.md` lists the codes.
 
-use crate::analysis::check::{CheckError, DeclKind};
+use crate::analysis::check::{CheckError, DeclKind, LadderProblem};
 use crate::analysis::plan::PlanError;
 use crate::analysis::program::{NetKind, elements, shape_str};
 use crate::analysis::schema::OptType;
@@ -223,8 +223,10 @@ fn opt_type(t: OptType) -> String {
         OptType::Flag => "`true` or `false`".into(),
         OptType::Str => "a string in double quotes".into(),
         OptType::Paths => "a string in double quotes or a list of them (`[\"a.bin\", \"b.bin\"]`)".into(),
+        OptType::Numbers => "a list of numbers (`[1, 1.5, 2.5]`)".into(),
         OptType::Choice(c) => format!("one of {}", code_list(c)),
         OptType::NetName => "the name of a net the model declares".into(),
+        OptType::VarName => "the name of a variable the model declares".into(),
     }
 }
 
@@ -426,16 +428,22 @@ impl From<&CheckError> for Diagnostic {
                 .primary(*span, "not a list of sizes")
                 .help("write the new shape as a list of whole numbers or size constants, e.g. `[4, 16]`"),
             UnknownSetting { name, span } => {
-                let keys = ["data", "test", "outliers", "objective", "optimizer", "schedule", "regularize", "batch", "epochs", "seed"];
+                let keys = crate::analysis::schema::TRAIN_KEYS;
                 let d = Diagnostic::error("E0301", format!("unknown train setting `{name}`")).primary(*span, "not a train setting");
-                match did_you_mean(name, keys) {
-                    Some(s) => d.help(format!("did you mean `{s}`? Settings: {}", code_list(&keys))),
-                    None => d.help(format!("settings: {}", code_list(&keys))),
+                match did_you_mean(name, keys.iter().copied()) {
+                    Some(s) => d.help(format!("did you mean `{s}`? Settings: {}", code_list(keys))),
+                    None => d.help(format!("settings: {}", code_list(keys))),
                 }
             }
             HostRows { key, span } => Diagnostic::error("E0301", format!("`{key}` is not a setting of a fit on rows in memory"))
                 .primary(*span, "the fit trains on the rows it is given")
                 .help(format!("remove `{key}`; pass the rows (and test rows, to score them) to the fit itself")),
+            HostInit { span } => Diagnostic::error("E0301", "`init` is not a setting of a fit in memory")
+                .primary(*span, "the fit starts from the parameters it is given")
+                .help("remove `init`; load the checkpoint with `Model::load` and pass it to the fit as its start"),
+            FreezeAll { model, span } => Diagnostic::error("E0304", format!("`freeze` holds every parameter of `{model}`, so nothing would train"))
+                .primary(*span, "every parameter named here or in a net named here")
+                .help("leave at least one parameter or net out of `freeze`; to use the parameters as they are, run `sample` or `eval` with `--params`"),
             MissingSetting { key, span } => Diagnostic::error("E0302", format!("train block has no `{key}`"))
                 .primary(*span, format!("`{key}` is required"))
                 .help(match *key {
@@ -468,6 +476,21 @@ impl From<&CheckError> for Diagnostic {
             TooManyReplicas { span, replicas, max } => Diagnostic::error("E0107", format!("at most {max} tempering replicas, found {replicas}"))
                 .primary(*span, "each replica is a full set of the chains")
                 .help("a geometric ladder of 8 to 16 temperatures usually suffices; raise `t_max` rather than the count"),
+            TemperatureList { span, problem } => {
+                let (title, label) = match problem {
+                    LadderProblem::TooFew => ("a tempering ladder needs at least two temperatures".to_string(), "one temperature has no replica to swap with".to_string()),
+                    LadderProblem::FirstNotOne(t) => (format!("the first tempering temperature must be 1, found {t}"), "only the replica at T = 1 samples the model itself".to_string()),
+                    LadderProblem::NotIncreasing { index, previous, value } => (
+                        format!("tempering temperatures must increase strictly: temperature {} is {value}, after {previous}", index + 1),
+                        "not above the temperature before it".to_string(),
+                    ),
+                };
+                Diagnostic::error("E0107", title).primary(*span, label).help("write the ladder from 1 up, e.g. `tempering(temperatures: [1, 1.5, 2.5, 4])`")
+            }
+            TemperingForms { span, other, other_span } => Diagnostic::error("E0107", format!("`temperatures` and `{other}` both give the tempering ladder"))
+                .primary(*span, "the ladder by hand")
+                .secondary(*other_span, format!("`{other}` spaces one geometrically"))
+                .help("give either `temperatures: [...]` or `replicas` and `t_max`, not both"),
             Unused { is, name, span } => Diagnostic::warning("W0001", format!("{} `{name}` is never used", decl_word(*is)))
                 .primary(*span, "declared here")
                 .help("use it in an energy term, or remove it"),
@@ -530,6 +553,20 @@ impl From<&PlanError> for Diagnostic {
                 .primary(*span, "these terms differentiate the last Langevin step of the samples")
                 .secondary(*var_span, format!("`{var}` declared here"))
                 .help("set `kl` and `entropy` to 0 (plain PCD), or sum the variable out or make it a real visible one"),
+            Reparam { var, latent, span, why } => {
+                use crate::analysis::plan::ReparamWhy::*;
+                let (label, help) = match why {
+                    VarDomain => (format!("`{var}` must be an unbounded real: `mean + scale ⊙ ε` covers every value"), format!("declare `{var}` as `real[..]` without bounds, or sample it by `langevin`")),
+                    LatentDomain => (format!("the latent `{latent}` must be an unbounded real, which Langevin moves freely"), format!("declare `{latent}` as `real[..]` without bounds")),
+                    SelfLatent => (format!("`{var}` is reparameterised through a latent other than itself"), format!("name the decoder's latent: `{var}: reparam(z);`")),
+                    NoCoupling => (format!("no energy term depends on both `{var}` and `{latent}`"), format!("the decoder's term, e.g. `energy recon = 0.5 * sum(square({var} - dec({latent}))) / sigma^2;`, must use both")),
+                    NotGaussian { terms } => (format!("{} not quadratic in `{var}` with a positive diagonal precision", match terms.as_slice() { [t] => format!("the term `{t}` coupling them is"), _ => format!("the terms coupling them ({}) are", names(terms)) }), format!("write the decoder as a Gaussian in `{var}`: `0.5 * sum(square({var} - dec({latent})) * precision)` with a positive precision")),
+                    PrecisionVaries { precision, on } => (format!("the precision of `{var}` given `{latent}`, `{precision}`, depends on `{on}`"), "the reparameterised sampler needs a precision free of every variable (a number or parameters, e.g. `exp(log_prec)`)".to_string()),
+                };
+                Diagnostic::error("E0407", format!("cannot sample `{var}` as `mean({latent}) + scale ⊙ ε`: {label}"))
+                    .primary(*span, "`reparam` needs a Gaussian decoder of constant precision")
+                    .help(help)
+            }
             GibbsOnContinuous { var, span } => Diagnostic::error("E0404", format!("cannot Gibbs-sample the continuous variable `{var}`"))
                 .primary(*span, "no exact conditional to sample from")
                 .help(format!("use `{var}: langevin(step: 0.01);` or `mala`")),
@@ -540,6 +577,19 @@ impl From<&PlanError> for Diagnostic {
                 .primary(*span, format!("the critic must be {expected}"))
                 .secondary(*critic_span, format!("`{critic}` is {found}"))
                 .help("declare the critic as a map from the data to its own space, e.g. `net critic = mlp(2 -> 64 -> 64 -> 2, act: swish);` for `real[2]`"),
+            ElboVariables { span, why, var_span } => {
+                let d = Diagnostic::error("E0402", format!("`elbo` needs one visible variable and one unbounded real latent, but {why}"))
+                    .primary(*span, "the encoder's Gaussian posterior is over one real latent, given one visible input");
+                let d = match var_span {
+                    Some(s) => d.secondary(*s, "declared here"),
+                    None => d,
+                };
+                d.help("declare the latent as `hidden z : real[8];` and let the energy be -log p(x, z), e.g. `energy prior = 0.5 * sum(square(z));` plus a decoder term")
+            }
+            EncoderShape { span, encoder, encoder_span, expected, found } => Diagnostic::error("E0406", format!("`elbo`'s encoder `{encoder}` does not fit the model"))
+                .primary(*span, format!("the encoder must be {expected}"))
+                .secondary(*encoder_span, format!("`{encoder}` is {found}"))
+                .help("its outputs are the posterior mean, then the log standard deviation, each the latent's size: e.g. `net q = mlp(64 -> 128 -> 16, act: swish);` for `x : real[64]` and `z : real[8]`"),
             ScoreMatchingDimension { span, dims } => Diagnostic::warning("W0402", format!("exact score matching over {dims} dimensions costs {dims} second derivatives per example"))
                 .primary(*span, "slow for this many dimensions")
                 .help("`ssm(projections: 1)` or `dsm(sigma: 0.1)` estimate the same objective at the cost of one"),
@@ -886,15 +936,35 @@ impl std::fmt::Display for crate::runtime::train::RunError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             crate::runtime::train::RunError::Io(reason) => write!(f, "{reason}"),
+            crate::runtime::train::RunError::Init(e) => write!(f, "{e}"),
             crate::runtime::train::RunError::Train { error, epoch, .. } => write!(f, "epoch {epoch}: {error}"),
         }
     }
 }
 
+impl std::fmt::Display for crate::runtime::train::InitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::runtime::train::InitError::*;
+        match self {
+            Read(reason) => write!(f, "`init`: {reason}"),
+            Params { file, error } => write!(f, "`init`: `{}` does not fit the model: {error}", file.display()),
+            Disjoint { file, model, held } => write!(
+                f,
+                "`init`: `{}` holds none of the parameters of `{model}` (it holds {}); is it a checkpoint of the model whose parameters this one shares?",
+                file.display(),
+                names(held)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for crate::runtime::train::InitError {}
+
 impl std::error::Error for crate::runtime::train::RunError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             crate::runtime::train::RunError::Train { error, .. } => Some(error),
+            crate::runtime::train::RunError::Init(e) => Some(e),
             crate::runtime::train::RunError::Io(_) => None,
         }
     }
@@ -1022,6 +1092,23 @@ impl std::fmt::Display for crate::runtime::command::CommandNote {
                 "note: `{var}` is an unbounded real; {} shades its sampled range {lo:.3} to {hi:.3} from black to white (bounds, `in [lo, hi]`, fix the scale)",
                 path.display()
             ),
+            Init(r) => {
+                write!(f, "init: {} parameter(s) from `{}`: {}", r.loaded.len(), r.file.display(), names(&r.loaded))?;
+                if !r.initialised.is_empty() {
+                    write!(f, "\ninit: {} from their initialisers: {}", r.initialised.len(), names(&r.initialised))?;
+                }
+                if !r.ignored.is_empty() {
+                    write!(
+                        f,
+                        "\nnote: the model declares no parameter for the checkpoint's {}; ignored",
+                        names(&r.ignored)
+                    )?;
+                }
+                Ok(())
+            }
+            Frozen { frozen, trained } => {
+                write!(f, "frozen: {}\ntrained: {}", names(frozen), names(trained))
+            }
         }
     }
 }
@@ -1281,6 +1368,14 @@ pub fn tempering_diverged_warning(t: &crate::backend::Tempering) -> Option<Strin
     })
 }
 
+/// The plan's line for short-run training chains (`Plan::short_run`).
+pub fn short_run_note(sweeps: usize, reinit: f64) -> String {
+    format!(
+        "fresh samples: {sweeps} sweeps from noise by default (`sample --steps`, `eval --sample-sweeps`, samples.png), the objective's k, since training restarts {:.0}% of its chains from noise each update",
+        100.0 * reinit
+    )
+}
+
 /// A warning when an annealing ramp outlasts the burn-in: the first draws are not at β = 1.
 pub fn anneal_burn_in_warning(ramp: usize, burn_in: usize) -> String {
     format!(
@@ -1306,4 +1401,12 @@ pub fn mixing_warning(m: &crate::runtime::diagnostics::Mixing) -> Option<String>
         worst.variable,
         statistic_label(worst.unit),
     ))
+}
+
+/// The error when a full-precision Gaussian variable's precision matrix
+/// (the Hessian of the energy in it) has no Cholesky factor.
+pub fn not_positive_definite(var: &str) -> String {
+    format!(
+        "the precision of `{var}` (the Hessian of the energy in it) is not positive definite at these parameters, so `exp(-E)` has no finite integral over `{var}` and its Gaussian conditional does not exist; make the quadratic form positive definite (e.g. `P = L @ transpose(L)` plus a positive diagonal) or sample `{var}` by Langevin"
+    )
 }

@@ -255,6 +255,158 @@ fn exact_gaussian_gibbs_keeps_a_clamped_slice() {
     assert!(v.data.chunks(3).all(|r| r[0] == -3.0 && r[1] != r[2]), "{:?}", &v.data[..6]);
 }
 
+const BOXED_GRBM: &str = "model grbm { visible v : real[3] in [0, 1]; hidden h : binary[2];
+    param W : real[3, 2]; param b : real[3];
+    energy quadratic = 0.5 * sum(square(v - b));
+    energy coupling = -(v @ W @ h); }";
+
+/// The mean, variance and central fourth moment of N(μ, 1) truncated to
+/// [0, 1], by the midpoint rule on 100,000 cells (smooth integrand, error
+/// O(h²)), the density scaled by its value at the box's mode so that
+/// nothing underflows in a far tail.
+fn truncated_moments(mu: f64) -> (f64, f64, f64) {
+    let peak = mu.clamp(0.0, 1.0);
+    let n = 100_000;
+    let cells: Vec<(f64, f64)> = (0..n)
+        .map(|i| {
+            let x = (i as f64 + 0.5) / n as f64;
+            (x, (-0.5 * ((x - mu).powi(2) - (peak - mu).powi(2))).exp())
+        })
+        .collect();
+    let w: f64 = cells.iter().map(|c| c.1).sum();
+    let m = cells.iter().map(|(x, p)| p * x).sum::<f64>() / w;
+    let central = |k: i32| cells.iter().map(|(x, p)| p * (x - m).powi(k)).sum::<f64>() / w;
+    (m, central(2), central(4))
+}
+
+/// A GRBM whose visible layer is `in [0, 1]`: v_i | h is N(b_i + (W h)_i, 1)
+/// truncated to [0, 1], drawn exactly. With h held, 20,000 chains after one
+/// sweep are independent draws; unit 0's mean sits inside the box, unit 1's
+/// 8 standard deviations below it and unit 2's 8 above (where an inverse
+/// CDF in f32 would return the edge or NaN). The sample mean's standard
+/// error is σ/√n and the sample variance's √((μ₄ − σ⁴)/n), from the exact
+/// moments; both checked at 5 standard errors.
+#[test]
+fn truncated_gaussian_gibbs_has_a_boxed_grbms_conditional_moments() {
+    let (w, b) = (vec![0.8f32, -0.5, 0.3, 0.4, 0.6, -0.7], vec![-0.5f32, -8.3, 8.4]);
+    let (model, plan, values) = setup(BOXED_GRBM, &[("W", w.clone()), ("b", b.clone())]);
+    let text = plan.to_text();
+    assert!(text.contains("v : real[3] in [0, 1] (visible)\n    exact truncated-Gaussian Gibbs: "), "{text}");
+    assert!(text.contains("normal(mean: W @ h + b, precision: 1) truncated to [0, 1], unit by unit"), "{text}");
+    let h = [1.0f32, 0.0];
+    let chains = 20_000;
+    let mut sampler = Sampler::new(&model, &plan, &values, chains, 5, Default::default()).unwrap();
+    sampler.set_clamps(&[Clamp { var: "h".into(), elements: vec![0, 1], values: h.repeat(chains) }]).unwrap();
+    sampler.sweep();
+    let v = &sampler.state()["v"];
+    let n = chains as f64;
+    for i in 0..3 {
+        let xs = v.data.chunks(3).map(|r| f64::from(r[i]));
+        assert!(xs.clone().all(|x| x > 0.0 && x < 1.0), "v{i} left the open box");
+        let (mean, var) = mean_var(xs);
+        let mu = f64::from(b[i]) + f64::from(w[i * 2]);
+        let (want_m, want_v, mu4) = truncated_moments(mu);
+        assert!((mean - want_m).abs() < 5.0 * (want_v / n).sqrt(), "v{i}: mean {mean} vs {want_m}");
+        let se = ((mu4 - want_v * want_v) / n).sqrt();
+        assert!((var - want_v).abs() < 5.0 * se, "v{i}: variance {var} vs {want_v}");
+    }
+}
+
+const MRF: &str = "model mrf { visible x : real[4]; param m : real[4]; param P : real[4, 4];
+    energy e = 0.5 * ((x - m) @ P @ (x - m)); }";
+
+const MRF_P: [f64; 16] = [2.0, -0.5, 0.0, 0.3, -0.5, 1.5, 0.4, 0.0, 0.0, 0.4, 1.2, -0.3, 0.3, 0.0, -0.3, 1.0];
+const MRF_M: [f64; 4] = [1.0, -2.0, 0.5, 0.0];
+
+/// The inverse of a small positive-definite matrix, by Gauss-Jordan elimination.
+fn inverse(a: &[f64], n: usize) -> Vec<f64> {
+    let mut m: Vec<f64> = a.to_vec();
+    let mut inv: Vec<f64> = (0..n * n).map(|k| f64::from(u8::from(k / n == k % n))).collect();
+    for c in 0..n {
+        let p = m[c * n + c];
+        for k in 0..n {
+            m[c * n + k] /= p;
+            inv[c * n + k] /= p;
+        }
+        for r in (0..n).filter(|&r| r != c) {
+            let f = m[r * n + c];
+            for k in 0..n {
+                m[r * n + k] -= f * m[c * n + k];
+                inv[r * n + k] -= f * inv[c * n + k];
+            }
+        }
+    }
+    inv
+}
+
+/// A 4-D Gaussian MRF, `E = ½ (x − m)ᵀ P (x − m)` with a coupled `P`: the
+/// planner draws `x` exactly through a Cholesky factor of `P`, so 20,000
+/// chains after one sweep are independent draws of N(m, P⁻¹). Each sample
+/// mean has standard error √(Σᵢᵢ/n) and each sample covariance √((ΣᵢᵢΣⱼⱼ +
+/// Σᵢⱼ²)/n) (Gaussian fourth moments); all checked at 5 standard errors.
+#[test]
+fn full_precision_gaussian_gibbs_has_a_gaussian_mrfs_covariance() {
+    let params = [("m", MRF_M.map(|v| v as f32).to_vec()), ("P", MRF_P.map(|v| v as f32).to_vec())];
+    let (model, plan, values) = setup(MRF, &params);
+    let text = plan.to_text();
+    assert!(text.contains("x : real[4] (visible)\n    exact Gaussian Gibbs, full precision: "), "{text}");
+    assert!(text.contains("p(x | rest) = normal(mean: x - P⁻¹ ∂E/∂x, precision: P)"), "{text}");
+    let chains = 20_000;
+    let mut sampler = Sampler::new(&model, &plan, &values, chains, 13, Default::default()).unwrap();
+    sampler.sweep();
+    let x = &sampler.state()["x"];
+    let n = chains as f64;
+    let sigma = inverse(&MRF_P, 4);
+    let mean: Vec<f64> = (0..4).map(|i| x.data.chunks(4).map(|r| f64::from(r[i])).sum::<f64>() / n).collect();
+    for i in 0..4 {
+        assert!((mean[i] - MRF_M[i]).abs() < 5.0 * (sigma[i * 5] / n).sqrt(), "mean {i}: {} vs {}", mean[i], MRF_M[i]);
+        for j in 0..4 {
+            let cov = x.data.chunks(4).map(|r| (f64::from(r[i]) - mean[i]) * (f64::from(r[j]) - mean[j])).sum::<f64>()
+                / (n - 1.0);
+            let want = sigma[i * 4 + j];
+            let se = ((sigma[i * 5] * sigma[j * 5] + want * want) / n).sqrt();
+            assert!((cov - want).abs() < 5.0 * se, "covariance ({i}, {j}): {cov} vs {want}");
+        }
+    }
+}
+
+/// With x₀ held, the other units of the MRF are drawn from their exact
+/// conditional: precision P_FF, mean m_F − P_FF⁻¹ P_F0 (x₀ − m₀); each
+/// sample mean checked at 5 standard errors √((P_FF⁻¹)ᵢᵢ / n).
+#[test]
+fn full_precision_gaussian_gibbs_draws_the_rest_given_a_clamped_unit() {
+    let params = [("m", MRF_M.map(|v| v as f32).to_vec()), ("P", MRF_P.map(|v| v as f32).to_vec())];
+    let (model, plan, values) = setup(MRF, &params);
+    let chains = 20_000;
+    let mut sampler = Sampler::new(&model, &plan, &values, chains, 17, Default::default()).unwrap();
+    sampler.set_clamps(&[Clamp { var: "x".into(), elements: vec![0], values: vec![1.5; chains] }]).unwrap();
+    sampler.sweep();
+    let x = &sampler.state()["x"];
+    assert!(x.data.chunks(4).all(|r| r[0] == 1.5), "the clamped unit moved");
+    let p_ff: Vec<f64> = (1..4).flat_map(|i| (1..4).map(move |j| MRF_P[i * 4 + j])).collect();
+    let cov = inverse(&p_ff, 3);
+    let n = chains as f64;
+    for i in 0..3 {
+        let shift: f64 = (0..3).map(|j| cov[i * 3 + j] * MRF_P[(j + 1) * 4] * (1.5 - MRF_M[0])).sum();
+        let want = MRF_M[i + 1] - shift;
+        let mean = x.data.chunks(4).map(|r| f64::from(r[i + 1])).sum::<f64>() / n;
+        assert!((mean - want).abs() < 5.0 * (cov[i * 4] / n).sqrt(), "x{}: mean {mean} vs {want}", i + 1);
+    }
+}
+
+/// A precision that is not positive definite is an error naming the
+/// variable when the sampler is made, not NaN chains.
+#[test]
+fn a_precision_that_is_not_positive_definite_is_an_error() {
+    let mut p = MRF_P;
+    p[1] = 3.0;
+    p[4] = 3.0;
+    let params = [("m", vec![0.0; 4]), ("P", p.map(|v| v as f32).to_vec())];
+    let (model, plan, values) = setup(MRF, &params);
+    let err = Sampler::new(&model, &plan, &values, 10, 1, Default::default()).err().expect("an error");
+    assert!(err.contains("the precision of `x`") && err.contains("not positive definite"), "{err}");
+}
+
 fn plan_text(src: &str) -> String {
     let c = ebmc::compile(src).unwrap();
     let (plans, _) = ebmc::plan(&c.program).unwrap_or_else(|d| panic!("{d:?}"));
@@ -266,19 +418,27 @@ fn the_planner_chooses_exact_gaussian_gibbs_only_where_the_conditional_is_gaussi
     let grbm = plan_text(&std::fs::read_to_string("models/grbm.ebm").unwrap());
     assert!(grbm.contains("v : real[64] (visible)\n    exact Gaussian Gibbs: "), "{grbm}");
     assert!(grbm.contains("p(v | rest) = normal(mean: W @ h + b, precision: 1), unit by unit"), "{grbm}");
-    // A learned full precision couples the units: not diagonal, so Langevin.
+    // A learned full precision couples the units: drawn through its Cholesky factor.
     let full = "model g { visible x : real[2]; param mu : real[2]; param P : real[2, 2];
         energy e = 0.5 * ((x - mu) @ P @ (x - mu)); }";
-    assert!(plan_text(full).contains("Langevin"), "{}", plan_text(full));
-    // A bounded variable would need a truncated normal.
+    assert!(plan_text(full).contains("exact Gaussian Gibbs, full precision"), "{}", plan_text(full));
+    // A precision matrix that depends on another variable differs per chain: Langevin, and the plan says why.
+    let per_chain = "model g { visible x : real[2]; hidden h : binary; param P : real[2, 2];
+        energy e = 0.5 * (x @ P @ x) * (1 + h); }";
+    let text = plan_text(per_chain);
+    assert!(text.contains("Langevin") && text.contains("its precision matrix depends on h"), "{text}");
+    // A bounded variable's conditional is the normal truncated to its box.
     let bounded = "model g { visible x : real[2] in [0, 1]; energy e = 0.5 * sum(square(x)); }";
-    assert!(plan_text(bounded).contains("Langevin"), "{}", plan_text(bounded));
+    assert!(plan_text(bounded).contains("exact truncated-Gaussian Gibbs"), "{}", plan_text(bounded));
+    // A bounded variable whose energy is not quadratic keeps Langevin's reflected moves.
+    let boxed = "model g { visible x : real[2] in [0, 1]; energy e = sum(x ^ 4); }";
+    assert!(plan_text(boxed).contains("Langevin") && plan_text(boxed).contains("reflected"), "{}", plan_text(boxed));
     // A quartic term is not a Gaussian.
     let quartic = "model g { visible x : real[2]; energy e = 0.5 * sum(square(x)) + 0.1 * sum(x ^ 4); }";
     assert!(plan_text(quartic).contains("Langevin"), "{}", plan_text(quartic));
-    // A precision that may be negative is not proved positive.
+    // A precision that may be negative is not proved positive by its form: its factor checks it at run time.
     let signed = "model g { visible x : real[2]; param a : real = 1; energy e = a * sum(square(x)); }";
-    assert!(plan_text(signed).contains("Langevin"), "{}", plan_text(signed));
+    assert!(plan_text(signed).contains("exact Gaussian Gibbs, full precision"), "{}", plan_text(signed));
     // An isotropic learned precision by `exp`, with its mean.
     let iso = "model g { visible x : real[2]; param z : real; param m : real[2];
         energy e = 0.5 * exp(z) * sum(square(x - m)); }";

@@ -117,13 +117,22 @@ fn sample_runs_on_every_zoo_model_and_draws_image_grids() {
     let dir = std::env::temp_dir().join(format!("ebmc-sample-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for file in zoo() {
-        let stem = Path::new(&file).file_stem().unwrap().to_string_lossy().to_string();
-        let csv = dir.join(format!("{stem}.csv"));
-        let out =
-            ebmc(&["sample", &file, "--chains", "4", "--steps", "3", "--seed", "1", "--out", csv.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(0), "{file}: {}", String::from_utf8_lossy(&out.stderr));
-        let text = std::fs::read_to_string(&csv).unwrap();
-        assert_eq!(text.lines().count(), 5, "{file}: header and one row per chain");
+        // A file of several models (a staged run's stages) is sampled model by model.
+        let source = std::fs::read_to_string(&file).unwrap();
+        let models: Vec<&str> =
+            source.lines().filter_map(|l| l.strip_prefix("model ")?.split_whitespace().next()).collect();
+        for model in &models {
+            let csv = dir.join(format!("{model}.csv"));
+            let mut args =
+                vec!["sample", &file, "--chains", "4", "--steps", "3", "--seed", "1", "--out", csv.to_str().unwrap()];
+            if models.len() > 1 {
+                args.extend(["--model", model]);
+            }
+            let out = ebmc(&args);
+            assert_eq!(out.status.code(), Some(0), "{file} {model}: {}", String::from_utf8_lossy(&out.stderr));
+            let text = std::fs::read_to_string(&csv).unwrap();
+            assert_eq!(text.lines().count(), 5, "{file} {model}: header and one row per chain");
+        }
     }
     for image_model in ["models/rbm.ebm", "models/ising.ebm", "models/potts.ebm"] {
         let png = dir.join("grid.png");

@@ -299,3 +299,14 @@ fn sample_reports_rhat_and_bulk_ess_and_warns_when_the_chains_have_not_mixed() {
     assert!(stdout.contains("rank-normalised split R̂ and bulk ESS") && stdout.contains("mean"), "{stdout}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("warning: the chains may not have mixed"));
 }
+
+/// `sample` runs a model trained by short-run chains (`igebm_digits`:
+/// `reinit: 0.99`, `k: 40`) for its objective's `k` unless `--steps` says
+/// otherwise, and any other model 1000 sweeps.
+#[test]
+fn sample_defaults_to_the_objectives_k_for_short_run_training() {
+    let sweeps = |args: &[&str]| json_success(args, "sample")[0]["sweeps"].as_u64();
+    assert_eq!(sweeps(&["sample", "models/igebm_digits.ebm", "--chains", "2"]), Some(40));
+    assert_eq!(sweeps(&["sample", "models/igebm_digits.ebm", "--chains", "2", "--steps", "3"]), Some(3));
+    assert_eq!(sweeps(&["sample", "models/bars.ebm", "--chains", "2"]), Some(1000));
+}

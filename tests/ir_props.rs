@@ -106,7 +106,7 @@ fn symbolic_gradients_match_finite_differences() {
 fn dfdx_backend_matches_the_reference_interpreter() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let mut compared = 0;
-    for case in 0..60 {
+    for case in 0..90 {
         let depth = rng.gen_range(1..4);
         let e = expr(&mut rng, false, depth);
         let (model, lowered) = compile(&e);
@@ -116,7 +116,13 @@ fn dfdx_backend_matches_the_reference_interpreter() {
             Err(_) => continue, // e.g. an energy linear in x: nothing to sample, still nothing to compare
         };
         let params = ebmc::tensor::initialise(&lowered.params, case);
-        let sampler = ebmc::backend::Sampler::new(&model, &plan, &params, 4, 1, Default::default()).unwrap();
+        let sampler = match ebmc::backend::Sampler::new(&model, &plan, &params, 4, 1, Default::default()) {
+            Ok(s) => s,
+            // A quadratic energy is drawn exactly, and at these random parameters
+            // its precision may not be positive definite: no distribution to sample.
+            Err(e) if e.to_string().contains("not positive definite") => continue,
+            Err(e) => panic!("case {case}: {e}"),
+        };
         let rows = 5;
         let xs: Vec<f32> = (0..rows * 3).map(|_| rng.gen_range(-1.5f32..1.5)).collect();
         let mut input = BTreeMap::new();

@@ -77,7 +77,7 @@ fn the_energy_score_beats_softmax_confidence_on_a_held_out_ood_set() {
         training: None,
         ood: Some(OodRows { file: "far side".into(), rows: blobs(600, 4.5, false, 8) }),
     };
-    let eval = EvalOptions { sample_chains: 2, sample_sweeps: 1, grid_points: 20, ..EvalOptions::default() };
+    let eval = EvalOptions { sample_chains: 2, sample_sweeps: Some(1), grid_points: 20, ..EvalOptions::default() };
     let r = ebmc::runtime::report::evaluate(&trained, &rows, &eval).unwrap();
     let accuracy = r.accuracy.unwrap();
     let (energy, confidence) = (r.ood_file.unwrap(), r.ood_file_confidence.unwrap());

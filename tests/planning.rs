@@ -344,3 +344,26 @@ fn learned_potts_and_cubic_lattices_plan_chromatic_gibbs() {
     );
     assert!(matches!(dense.variables[0].kernel, Kernel::SequentialGibbs), "{}", dense.to_text());
 }
+
+/// Fresh samples default to the objective's `k` only when most of training's
+/// Langevin chains restart from noise: the boundary is `reinit` 1/2, and a
+/// Gibbs-sampled model's persistent chains never are short-run.
+#[test]
+fn short_run_chains_set_the_default_sweeps_of_fresh_samples() {
+    let continuous = |reinit: f64| {
+        format!(
+            "model m {{ visible x : real[2] in [0, 1]; net f = mlp(2 -> 4 -> 1); energy e = f(x); }}\ntrain m {{ data = toy(\"moons\", n: 10) -> x; objective = pcd(k: 7, reinit: {reinit}); }}"
+        )
+    };
+    let short_run = |src: &str| {
+        let (plans, _) = ebmc::plan(&ebmc::compile(src).unwrap().program).unwrap();
+        (plans[0].short_run.map(|s| s.sweeps), plans[0].to_text())
+    };
+    for (reinit, want) in [(0.99, Some(7)), (0.5, Some(7)), (0.49, None), (0.05, None)] {
+        let (sweeps, text) = short_run(&continuous(reinit));
+        assert_eq!(sweeps, want, "reinit {reinit}: {text}");
+        assert_eq!(text.contains("fresh samples: 7 sweeps from noise"), want.is_some(), "{text}");
+    }
+    let rbm = "model m { visible v : binary[4]; hidden h : binary[2]; param W : real[4, 2]; energy e = -(v @ W @ h); }\ntrain m { data = csv(\"d.csv\") -> v; objective = pcd(k: 2, reinit: 0.9); }";
+    assert_eq!(short_run(rbm).0, None);
+}

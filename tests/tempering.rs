@@ -208,3 +208,63 @@ fn sample_reports_swap_and_acceptance_rates_in_json() {
     assert!(text.contains("parallel tempering over 3 replicas"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A ladder given by hand is the one used, and exact Gaussian Gibbs runs
+/// each replica at its own temperature: for E = x²/2 a replica at T draws
+/// N(0, T) afresh every sweep, so each offered swap between T₁ and T₂ is an
+/// independent trial accepted with probability E[min(1, e^{(β₁−β₂)(E₁−E₂)})]
+/// = (4/π) arctan(√(T₁/T₂)) (β₁E₁ and β₂E₂ are both χ²₁/2). 2,000 chains
+/// over 300 sweeps offer each pair 300,000 swaps (even and odd pairs
+/// alternate); the rate is checked at 5 binomial standard errors. Were the
+/// replicas all drawn at T = 1, the rates would be 0.87 and 0.85.
+#[test]
+fn a_hand_written_ladder_is_used_as_given() {
+    let src = "model g { visible x : real; energy e = 0.5 * square(x);
+        sample { tempering(temperatures: [1, 2.5, 10]); } }";
+    let (model, plan, params) = setup(src);
+    let text = plan.to_text();
+    assert!(text.contains("exact Gaussian Gibbs"), "{text}");
+    assert!(text.contains("parallel tempering: 3 replicas at T = 1.000, 2.500, 10.000"), "{text}");
+    let chains = 2000;
+    let mut s = Sampler::new(&model, &plan, &params, chains, 4, Default::default()).unwrap();
+    for _ in 0..300 {
+        s.sweep();
+    }
+    let t = s.tempering().unwrap();
+    assert_eq!(t.temperatures, [1.0, 2.5, 10.0]);
+    let offers = (chains * 150) as f64;
+    for (i, pair) in [(1.0f64, 2.5f64), (2.5, 10.0)].into_iter().enumerate() {
+        let want = 4.0 / std::f64::consts::PI * (pair.0 / pair.1).sqrt().atan();
+        let se = (want * (1.0 - want) / offers).sqrt();
+        assert!((t.swap_rates[i] - want).abs() < 5.0 * se, "pair {pair:?}: swap rate {} vs {want}", t.swap_rates[i]);
+    }
+}
+
+/// The two forms of the ladder and its rules, checked before anything runs.
+#[test]
+fn hand_written_ladders_are_checked() {
+    let check = |entry: &str| {
+        let src = format!("model g {{ visible x : real; energy e = 0.5 * square(x); sample {{ {entry} }} }}");
+        ebmc::check_source(&src)
+            .err()
+            .map(|d| d.iter().map(|d| format!("{} {}", d.code, d.message)).collect::<Vec<_>>())
+    };
+    assert_eq!(check("tempering(temperatures: [1, 1.5, 2.5, 4]);"), None);
+    let first = check("tempering(temperatures: [2, 3]);").unwrap();
+    assert_eq!(first, ["E0107 the first tempering temperature must be 1, found 2"]);
+    let order = check("tempering(temperatures: [1, 3, 2]);").unwrap();
+    assert_eq!(order, ["E0107 tempering temperatures must increase strictly: temperature 3 is 2, after 3"]);
+    let both = check("tempering(replicas: 4, temperatures: [1, 2]);").unwrap();
+    assert_eq!(both, ["E0107 `temperatures` and `replicas` both give the tempering ladder"]);
+    let positional = check("tempering(4, 8, [1, 2]);").unwrap();
+    assert_eq!(positional, ["E0107 `temperatures` and `replicas` both give the tempering ladder"]);
+    assert_eq!(
+        check("tempering(temperatures: [1]);").unwrap(),
+        ["E0107 a tempering ladder needs at least two temperatures"]
+    );
+    let long: Vec<String> = (1..=65).map(|t| t.to_string()).collect();
+    let many = check(&format!("tempering(temperatures: [{}]);", long.join(", "))).unwrap();
+    assert_eq!(many, ["E0107 at most 64 tempering replicas, found 65"]);
+    let words = check("tempering(temperatures: [1, \"hot\"]);").unwrap();
+    assert_eq!(words, ["E0107 bad value for `temperatures` of `tempering`"]);
+}

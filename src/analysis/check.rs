@@ -120,6 +120,10 @@ pub enum CheckError {
     HostRows { key: String, span: Span },
     /// E0302: a required `train` setting left out.
     MissingSetting { key: &'static str, span: Span },
+    /// E0301: `init` in the settings of a fit on in-memory parameters.
+    HostInit { span: Span },
+    /// E0304: a `freeze` list that holds every parameter of `model`, so nothing would train.
+    FreezeAll { model: String, span: Span },
     /// E0303: a data source without a `->` binding.
     MissingBinding { span: Span },
     /// E0303: a `->` binding on a setting that takes none.
@@ -137,8 +141,23 @@ pub enum CheckError {
     TemperingRange { span: Span, t_max: f64 },
     /// E0107: a tempering ladder of more than `max` (`limits::MAX_REPLICAS`) replicas.
     TooManyReplicas { span: Span, replicas: usize, max: usize },
+    /// E0107: a hand-written ladder (`temperatures: [...]`) that is not 1 then strictly increasing.
+    TemperatureList { span: Span, problem: LadderProblem },
+    /// E0107: `temperatures` given together with `replicas` or `t_max` (`other`, written at `other_span`).
+    TemperingForms { span: Span, other: &'static str, other_span: Span },
     /// W0001: a declaration no energy uses.
     Unused { is: DeclKind, name: String, span: Span },
+}
+
+/// What is wrong with a hand-written tempering ladder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LadderProblem {
+    /// Fewer than two temperatures: nothing to swap with.
+    TooFew,
+    /// The first temperature is not 1 (the reported replica samples the model itself).
+    FirstNotOne(f64),
+    /// Temperature `index` (from 0) is not above the one before it.
+    NotIncreasing { index: usize, previous: f64, value: f64 },
 }
 
 impl CheckError {
@@ -228,6 +247,8 @@ fn first_span(e: &CheckError) -> Span {
         | SamplerPlace { span, .. }
         | TemperingRange { span, .. }
         | TooManyReplicas { span, .. }
+        | TemperatureList { span, .. }
+        | TemperingForms { span, .. }
         | UnknownCallee { span, .. }
         | NotACall { span, .. }
         | UnknownOption { span, .. }
@@ -254,6 +275,8 @@ fn first_span(e: &CheckError) -> Span {
         | NetLayers { span, .. }
         | UnknownSetting { span, .. }
         | HostRows { span, .. }
+        | HostInit { span }
+        | FreezeAll { span, .. }
         | MissingSetting { span, .. }
         | MissingBinding { span }
         | UnexpectedBinding { span, .. }
@@ -672,15 +695,44 @@ impl<'e> ModelChecker<'e> {
                 sweeps: count(&kernel, "sweeps"),
             });
         }
-        // Where an option is written: by name, or at its position.
-        let at = |name: &str, position: usize| match &o.kernel.kind {
+        // Where an option is written, by name or at its position; `None` when it is not.
+        let written = |name: &str, position: usize| match &o.kernel.kind {
             ExprKind::Call { args, .. } => args
                 .iter()
                 .enumerate()
                 .find(|(i, a)| a.name.as_ref().map_or(*i == position, |n| n.name == name))
-                .map_or(o.span, |(_, a)| a.value.span),
-            _ => o.span,
+                .map(|(_, a)| a.value.span),
+            _ => None,
         };
+        let at = |name: &str, position: usize| written(name, position).unwrap_or(o.span);
+        if let Some(list) = kernel.options.get("temperatures").and_then(Value::as_nums) {
+            let span = at("temperatures", 2);
+            let other = [("replicas", 0), ("t_max", 1)].into_iter().find_map(|(n, i)| written(n, i).map(|s| (n, s)));
+            if let Some((other, other_span)) = other {
+                self.err(CheckError::TemperingForms { span, other, other_span });
+                return None;
+            }
+            if list.len() > MAX_REPLICAS {
+                self.err(CheckError::TooManyReplicas { span, replicas: list.len(), max: MAX_REPLICAS });
+                return None;
+            }
+            let problem = if list.len() < 2 {
+                Some(LadderProblem::TooFew)
+            } else if list[0] != 1.0 {
+                Some(LadderProblem::FirstNotOne(list[0]))
+            } else {
+                list.windows(2).position(|w| w[1] <= w[0]).map(|i| LadderProblem::NotIncreasing {
+                    index: i + 1,
+                    previous: list[i],
+                    value: list[i + 1],
+                })
+            };
+            if let Some(problem) = problem {
+                self.err(CheckError::TemperatureList { span, problem });
+                return None;
+            }
+            return Some(Temperature::Ladder { temperatures: list.to_vec() });
+        }
         let (replicas, t_max) = (count(&kernel, "replicas"), num(&kernel, "t_max"));
         if replicas > MAX_REPLICAS {
             self.err(CheckError::TooManyReplicas { span: at("replicas", 0), replicas, max: MAX_REPLICAS });
@@ -717,7 +769,16 @@ impl<'e> ModelChecker<'e> {
             self.err(CheckError::SamplerPlace { name: kernel.name, span: o.span, whole_model: true });
             return None;
         }
-        Some(Override { var: var.name.clone(), sampler: typed_sampler(&kernel), kernel, span: o.span })
+        let sampler = typed_sampler(&kernel);
+        if let Sampler::Reparam { latent, .. } = &sampler
+            && !matches!(self.decls.get(latent), Some((DeclKind::Variable, _)))
+        {
+            let span = latent_arg(&o.kernel).map_or(o.span, |e| e.span);
+            let candidates = self.names_of(DeclKind::Variable).into_iter().filter(|n| *n != var.name).collect();
+            self.err(CheckError::Undefined { what: "variable", name: latent.clone(), span, candidates });
+            return None;
+        }
+        Some(Override { var: var.name.clone(), sampler, kernel, span: o.span })
     }
 
     fn names_of(&self, kind: DeclKind) -> Vec<String> {
@@ -1195,8 +1256,16 @@ fn option_value(e: &ast::Expr, ty: OptType, ints: &BTreeMap<String, usize>) -> O
                 .map(Value::List),
             _ => None,
         },
+        OptType::Numbers => match &e.kind {
+            ExprKind::List(items) if !items.is_empty() => items
+                .iter()
+                .map(|i| literal_number(i).filter(|x| x.is_finite()))
+                .collect::<Option<Vec<_>>>()
+                .map(Value::Nums),
+            _ => None,
+        },
         OptType::Choice(choices) => choices.iter().find(|c| Some(**c) == word).map(|c| Value::Str(c.to_string())),
-        OptType::NetName => e.as_name().map(|n| Value::Str(n.to_string())),
+        OptType::NetName | OptType::VarName => e.as_name().map(|n| Value::Str(n.to_string())),
         OptType::Whole { min } => {
             let x = literal_number(e).or_else(|| e.as_name().and_then(|n| ints.get(n)).map(|n| *n as f64))?;
             (x.fract() == 0.0 && x >= min as f64 && x.abs() < 9.0e15).then_some(Value::Int(x as i64))
@@ -1215,8 +1284,7 @@ fn option_value(e: &ast::Expr, ty: OptType, ints: &BTreeMap<String, usize>) -> O
     }
 }
 
-const TRAIN_KEYS: &[&str] =
-    &["data", "test", "outliers", "objective", "optimizer", "schedule", "regularize", "batch", "epochs", "seed"];
+use schema::TRAIN_KEYS;
 
 /// Settings that name a data source and bind it (`SOURCE -> vars`).
 const DATA_KEYS: &[&str] = &["data", "test", "outliers"];
@@ -1247,6 +1315,8 @@ fn train_block(
     let mut schedule = None;
     let mut regularizers = Some(vec![]);
     let (mut batch, mut epochs, mut seed) = (Some(100), Some(10), Some(0));
+    let mut init = None;
+    let mut freeze: Vec<&ast::Expr> = Vec::new();
     let mut ok = true;
     for s in &t.settings {
         let key = s.key.name.as_str();
@@ -1306,6 +1376,30 @@ fn train_block(
             }
             "batch" => batch = count_setting(s, 1, errors),
             "epochs" => epochs = count_setting(s, 1, errors),
+            "init" => match &s.value.kind {
+                _ if host_rows => {
+                    errors.push(CheckError::HostInit { span: s.key.span });
+                    ok = false;
+                }
+                ExprKind::Str(path) => init = Some(path.clone()),
+                _ => {
+                    let expected = "a checkpoint's path in quotes, e.g. \"runs/vae\"";
+                    errors.push(CheckError::BadSettingValue { key: key.to_string(), span: s.value.span, expected });
+                    ok = false;
+                }
+            },
+            "freeze" => {
+                freeze = match &s.value.kind {
+                    ExprKind::List(items) => items.iter().collect(),
+                    _ => vec![&s.value],
+                };
+                if let Some(bad) = freeze.iter().find(|e| e.as_name().is_none()) {
+                    let expected = "a list of parameter and net names, e.g. [dec, sigma]";
+                    errors.push(CheckError::BadSettingValue { key: key.to_string(), span: bad.span, expected });
+                    ok = false;
+                    freeze.clear();
+                }
+            }
             _ => seed = count_setting(s, 0, errors),
         }
     }
@@ -1336,14 +1430,15 @@ fn train_block(
         false => default_call("constant", Family::Schedule),
     };
     let regularizers = regularizers?;
-    if let (Some(model), Some(critic)) = (model, objective.options.get("critic").and_then(Value::as_str))
+    let named_net = NET_ARGS.iter().find_map(|k| objective.options.get(*k).and_then(Value::as_str));
+    if let (Some(model), Some(critic)) = (model, named_net)
         && !model.nets.iter().any(|n| n.name == critic)
     {
         let span = t
             .settings
             .iter()
             .find(|s| s.key.name == "objective")
-            .and_then(|s| critic_arg(&s.value))
+            .and_then(|s| net_arg(&s.value))
             .map_or(objective.span, |e| e.span);
         errors.push(CheckError::Undefined {
             what: "net",
@@ -1368,6 +1463,10 @@ fn train_block(
         errors.push(CheckError::DuplicateOption { name: "alpha".into(), span: penalty.span, first: objective.span });
         ok = false;
     }
+    let (freeze, frozen) = match model {
+        Some(model) => frozen_params(model, &freeze, t.model.span, errors)?,
+        None => (Vec::new(), Vec::new()),
+    };
     let train = Train {
         model: t.model.name.clone(),
         data,
@@ -1381,22 +1480,91 @@ fn train_block(
         batch: batch? as usize,
         epochs: epochs? as usize,
         seed: seed? as u64,
+        init,
+        freeze,
+        frozen,
         span: t.span,
     };
     ok.then_some(train)
 }
 
-/// The value of the `critic` argument of an objective call (`lsd`), if named.
-fn critic_arg(call: &ast::Expr) -> Option<&ast::Expr> {
+/// The names of a `freeze` list, as written, and the parameters they hold
+/// fixed (a net's every weight) in declaration order; `None` after an
+/// error (an unknown or repeated name, or every parameter frozen).
+fn frozen_params(
+    model: &Model,
+    names: &[&ast::Expr],
+    block: Span,
+    errors: &mut Vec<CheckError>,
+) -> Option<(Vec<String>, Vec<String>)> {
+    let mut seen: BTreeMap<&str, Span> = BTreeMap::new();
+    let mut ok = true;
+    for e in names {
+        // Cannot fail: the caller kept only bare names.
+        let Some(name) = e.as_name() else { continue };
+        if let Some(first) = seen.get(name) {
+            errors.push(CheckError::Duplicate {
+                what: "frozen name",
+                name: name.to_string(),
+                span: e.span,
+                first: *first,
+            });
+            ok = false;
+        } else if !model.params.iter().any(|p| p.name == name) && !model.nets.iter().any(|n| n.name == name) {
+            let candidates =
+                model.params.iter().map(|p| p.name.clone()).chain(model.nets.iter().map(|n| n.name.clone()));
+            errors.push(CheckError::Undefined {
+                what: "parameter or net",
+                name: name.to_string(),
+                span: e.span,
+                candidates: candidates.collect(),
+            });
+            ok = false;
+        }
+        seen.insert(name, e.span);
+    }
+    if !ok {
+        return None;
+    }
+    let held =
+        |param: &str| seen.keys().any(|n| param == *n || param.strip_prefix(n).is_some_and(|r| r.starts_with('.')));
+    let all = crate::ir::param_specs(model);
+    let frozen: Vec<String> = all.iter().filter(|p| held(&p.name)).map(|p| p.name.clone()).collect();
+    if !frozen.is_empty() && frozen.len() == all.len() {
+        let span = names.first().zip(names.last()).map_or(block, |(a, b)| a.span.to(b.span));
+        errors.push(CheckError::FreezeAll { model: model.name.clone(), span });
+        return None;
+    }
+    Some((names.iter().filter_map(|e| e.as_name()).map(str::to_string).collect(), frozen))
+}
+
+/// The latent of a `reparam(z, ...)` call, by position or by name.
+fn latent_arg(call: &ast::Expr) -> Option<&ast::Expr> {
+    match &call.kind {
+        ExprKind::Call { args, .. } => args
+            .iter()
+            .enumerate()
+            .find(|(i, a)| a.name.as_ref().map_or(*i == 0, |n| n.name == "latent"))
+            .map(|(_, a)| &a.value),
+        _ => None,
+    }
+}
+
+/// The objective options that name a net of the model: `lsd`'s critic, `elbo`'s encoder.
+const NET_ARGS: [&str; 2] = ["critic", "encoder"];
+
+/// The value of the argument of an objective call that names a net (`NET_ARGS`), if given.
+fn net_arg(call: &ast::Expr) -> Option<&ast::Expr> {
     match &call.kind {
         ExprKind::Call { args, .. } => {
-            args.iter().find(|a| a.name.as_ref().is_some_and(|n| n.name == "critic")).map(|a| &a.value)
+            args.iter().find(|a| a.name.as_ref().is_some_and(|n| NET_ARGS.contains(&n.name.as_str()))).map(|a| &a.value)
         }
         _ => None,
     }
 }
 
-/// The nets that train blocks for `model` name as an objective's critic: used, though no energy calls them.
+/// The nets that train blocks for `model` name as an objective's critic or
+/// encoder: used, though no energy calls them.
 fn critics_of(file: &ast::File, model: &str) -> Vec<String> {
     file.items
         .iter()
@@ -1405,7 +1573,7 @@ fn critics_of(file: &ast::File, model: &str) -> Vec<String> {
             _ => None,
         })
         .flat_map(|t| t.settings.iter().filter(|s| s.key.name == "objective"))
-        .filter_map(|s| critic_arg(&s.value)?.as_name().map(str::to_string))
+        .filter_map(|s| net_arg(&s.value)?.as_name().map(str::to_string))
         .collect()
 }
 
@@ -1564,6 +1732,7 @@ fn typed_options(objective: &Call, optimizer: &Call, schedule: &Call, regularize
                 _ => Directions::Rademacher,
             },
         },
+        "elbo" => Objective::Elbo { encoder: word(o, "encoder").to_string(), samples: count(o, "samples") },
         _ => Objective::Cnce { sigma: num(o, "sigma") },
     };
     let p = optimizer;
@@ -1607,6 +1776,11 @@ fn typed_sampler(c: &Call) -> Sampler {
         "langevin" => Sampler::Langevin(langevin_options(c)),
         "mala" => Sampler::Mala { step: num(c, "step"), steps: count(c, "steps") },
         "hmc" => Sampler::Hmc { step: num(c, "step"), leapfrog: count(c, "leapfrog"), steps: count(c, "steps") },
+        "reparam" => Sampler::Reparam {
+            // Cannot be absent: `latent` is required.
+            latent: c.options.get("latent").and_then(Value::as_str).unwrap_or_default().to_string(),
+            langevin: langevin_options(c),
+        },
         _ => Sampler::Gibbs,
     }
 }

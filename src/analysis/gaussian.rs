@@ -1,7 +1,7 @@
 //! Exact Gaussian conditionals: when the energy is a polynomial of degree at
-//! most 2 in an unbounded real variable `x` with a diagonal quadratic part,
-//! `x | rest ~ N(mean, diag(1 / precision))`, which can be drawn exactly
-//! instead of by Langevin dynamics.
+//! most 2 in a real variable `x` with a diagonal quadratic part,
+//! `x | rest ~ N(mean, diag(1 / precision))` (truncated to the box of a
+//! bounded `x`), which can be drawn exactly instead of by Langevin dynamics.
 //!
 //! The test reads the IR of the gradient `g = ∂E/∂x`: `E` is such a
 //! polynomial exactly when `g = precision ⊙ x − precision ⊙ mean` with
@@ -148,4 +148,109 @@ fn never_negative(ir: &Ir, id: Id) -> bool {
         Op::Add(a, b) | Op::Mul(a, b) => never_negative(ir, a) && never_negative(ir, b),
         _ => positive(ir, id),
     }
+}
+
+/// The most units a full-precision Gaussian variable may have: its
+/// precision is a dense `d × d` matrix, factored by Cholesky (`d³/3`
+/// operations) whenever the parameters change.
+pub const FULL_DIMS_LIMIT: usize = 1024;
+
+/// How the gradient of the energy in `x` depends on `x` when the
+/// precision need not be diagonal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Linear {
+    /// `g = P x + o` with `P` free of every variable (the same matrix for
+    /// every chain) and `o` free of `x`: the energy is a quadratic form in
+    /// `x`, and `x | rest ~ N(−P⁻¹ o, P⁻¹)` when `P` is positive definite,
+    /// which only its values can show.
+    Shared,
+    /// `g` is affine in `x`, but its coefficient reads these other
+    /// variables, so the precision differs from chain to chain.
+    PerChain(Vec<String>),
+    /// `g` is not affine in `x`.
+    No,
+}
+
+/// Whether the gradient of `total` in `x` is affine in `x` with a
+/// coefficient matrix shared by all chains (`Linear::Shared`): every node
+/// that depends on `x` must be `x`, a sum, difference, negation, transpose,
+/// reshape, broadcast or sum of such nodes, or a product, quotient, matrix
+/// product or outer product of one with a node free of `x`. Such a
+/// multiplier that reads another variable makes the coefficient per chain
+/// (`Linear::PerChain`); anything else in `x` (a square, a net) is `No`.
+pub fn linear(ir: &mut Ir, total: Id, x: &str) -> Linear {
+    let Some(g) = ir.grad(total, x) else { return Linear::No };
+    #[derive(Clone, Copy, PartialEq)]
+    enum F {
+        /// Free of `x`; `true` when it reads another variable.
+        Free(bool),
+        /// Affine in `x`; `true` when its coefficient reads another variable.
+        Affine(bool),
+        Other,
+    }
+    let mut form: HashMap<Id, F> = HashMap::new();
+    let mut readers = std::collections::BTreeSet::new();
+    for id in ir.cone(g) {
+        let children = ir.children(id);
+        let of = |c: &Id| form[c];
+        let op = ir.node(id).op.clone();
+        let f = match &op {
+            Op::Var(v) if v == x => F::Affine(false),
+            Op::Var(_) => F::Free(true),
+            _ if children.iter().all(|c| matches!(of(c), F::Free(_))) => {
+                F::Free(children.iter().any(|c| of(c) == F::Free(true)))
+            }
+            Op::Neg(a)
+            | Op::Transpose(a)
+            | Op::Reshape(a)
+            | Op::Broadcast(a)
+            | Op::SumTo(a)
+            | Op::Sum(a)
+            | Op::SumAxes(a, ..)
+            | Op::BroadcastAxes(a, ..) => of(a),
+            Op::Add(a, b) | Op::Sub(a, b) => match (of(a), of(b)) {
+                (F::Affine(p), F::Affine(q)) => F::Affine(p || q),
+                (F::Affine(p), F::Free(_)) | (F::Free(_), F::Affine(p)) => F::Affine(p),
+                _ => F::Other,
+            },
+            Op::Mul(a, b) | Op::MatMul(a, b) | Op::Outer(a, b) => match (of(a), of(b)) {
+                (F::Affine(p), F::Free(q)) | (F::Free(q), F::Affine(p)) => {
+                    if q {
+                        let k = if matches!(of(a), F::Free(_)) { *a } else { *b };
+                        readers.extend(vars_read(ir, k, x));
+                    }
+                    F::Affine(p || q)
+                }
+                _ => F::Other,
+            },
+            Op::Div(a, b) => match (of(a), of(b)) {
+                (F::Affine(p), F::Free(q)) => {
+                    if q {
+                        readers.extend(vars_read(ir, *b, x));
+                    }
+                    F::Affine(p || q)
+                }
+                _ => F::Other,
+            },
+            _ => F::Other,
+        };
+        form.insert(id, f);
+    }
+    match form[&g] {
+        F::Affine(false) => Linear::Shared,
+        F::Affine(true) => Linear::PerChain(readers.into_iter().collect()),
+        // A gradient free of `x` (or of no form) is not a quadratic form in it.
+        _ => Linear::No,
+    }
+}
+
+/// The variables other than `x` that `id` reads.
+fn vars_read(ir: &Ir, id: Id, x: &str) -> Vec<String> {
+    ir.cone(id)
+        .into_iter()
+        .filter_map(|n| match &ir.node(n).op {
+            Op::Var(v) if v != x => Some(v.clone()),
+            _ => None,
+        })
+        .collect()
 }

@@ -288,6 +288,8 @@ fn step_values(objective: &Objective) -> u128 {
         Objective::Cd { .. } | Objective::Pcd(_) | Objective::Pl | Objective::Nce { .. } | Objective::Jem(_) => 3,
         Objective::Classify(_) => 3,
         Objective::Dsm { .. } | Objective::Cnce { .. } => 6,
+        // Forward and backward through the encoder and the energy, once per latent draw of each row.
+        Objective::Elbo { samples, .. } => 3u128.saturating_mul(*samples as u128),
         Objective::Sm | Objective::Ssm { .. } | Objective::Lsd { .. } => 10,
     }
 }

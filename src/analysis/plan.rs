@@ -41,14 +41,27 @@ pub enum Kernel {
     },
     /// One unit at a time, from energy differences.
     SequentialGibbs,
-    /// An exact draw of an unbounded real variable from its Gaussian
-    /// conditional, the energy being quadratic in it with a diagonal
-    /// precision (`analysis::gaussian`).
+    /// An exact draw of a real variable from its Gaussian conditional, the
+    /// energy being quadratic in it with a diagonal precision
+    /// (`analysis::gaussian`); for a bounded variable, the normal truncated
+    /// to its box, unit by unit.
     GaussianGibbs {
-        /// The conditional mean of each unit, as an expression.
+        /// The conditional mean of each unit (before truncation), as an expression.
         mean: String,
         /// The conditional precision (inverse variance) of each unit, as an expression.
         precision: String,
+        /// The variable's box, to which the normal is truncated; `None` when unbounded.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bounds: Option<(f64, f64)>,
+    },
+    /// An exact draw of an unbounded real variable from its Gaussian
+    /// conditional when the energy is a quadratic form in it whose
+    /// precision matrix (the Hessian) is the same for every chain
+    /// (`analysis::gaussian::linear`): through a Cholesky factor of the
+    /// precision, checked positive definite when it is factored.
+    FullGaussianGibbs {
+        /// The gradient of the energy in the variable, affine in it, as an expression.
+        gradient: String,
     },
     /// Langevin dynamics, or MALA when `mala`, for a real variable.
     Langevin {
@@ -76,6 +89,94 @@ pub enum Kernel {
         /// The variable's bounds, at which trajectories reflect; `None` when unbounded.
         bounds: Option<(f64, f64)>,
     },
+    /// Langevin in the reparameterised space of a Gaussian decoder (VAEBM):
+    /// `x = mean(latent) + scale ⊙ ε`, the chains moving `latent` and `ε` on
+    /// `E(mean(latent) + scale ⊙ ε, latent)`; the variable and its latent
+    /// both carry this kernel.
+    Reparam {
+        /// The variable drawn as `mean + scale ⊙ ε`.
+        var: String,
+        /// The latent the mean depends on.
+        latent: String,
+        /// `var`'s conditional mean given the latent, from the terms coupling the two.
+        mean: String,
+        /// `var`'s conditional standard deviation, `1 / sqrt(precision)`, free of every variable.
+        scale: String,
+        /// Step size.
+        step: f64,
+        /// Noise scale, resolved (`sqrt(2 step)` unless given).
+        noise: f64,
+        /// Steps per sweep.
+        steps: usize,
+        /// Each gradient component clamped to `[-clip, clip]`; `None`: no clamping.
+        clip: Option<f64>,
+    },
+}
+
+/// Why `x: reparam(z)` cannot be planned (worded in `messages.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReparamWhy {
+    /// `x` is bounded or discrete: `mean + scale ⊙ ε` can leave its domain.
+    VarDomain,
+    /// The latent is bounded or discrete, so Langevin cannot move it freely.
+    LatentDomain,
+    /// The latent is `x` itself.
+    SelfLatent,
+    /// No energy term depends on both.
+    NoCoupling,
+    /// The terms coupling them are not quadratic in `x` with a positive diagonal precision.
+    NotGaussian {
+        /// The coupling terms' names.
+        terms: Vec<String>,
+    },
+    /// The precision depends on a variable (the latent, say).
+    PrecisionVaries {
+        /// The precision, as text.
+        precision: String,
+        /// A variable it depends on.
+        on: String,
+    },
+}
+
+/// The reparameterisation `x = mean(z) + ε / sqrt(precision)` of `x: reparam(z)`,
+/// as IR nodes of `ir`, when the terms of `energies` that couple `x` and `z`
+/// are Gaussian in `x` with a positive diagonal precision free of every variable.
+pub fn reparameterisation(
+    ir: &mut Ir,
+    model: &crate::analysis::program::Model,
+    energies: &[(String, Id)],
+    x: &str,
+    z: &str,
+) -> Result<crate::analysis::gaussian::Conditional, ReparamWhy> {
+    let (Some(xv), Some(zv)) = (model.variable(x), model.variable(z)) else { return Err(ReparamWhy::NoCoupling) };
+    if x == z {
+        return Err(ReparamWhy::SelfLatent);
+    }
+    if !matches!(xv.domain, Domain::Real { bounds: None }) {
+        return Err(ReparamWhy::VarDomain);
+    }
+    if !matches!(zv.domain, Domain::Real { bounds: None }) {
+        return Err(ReparamWhy::LatentDomain);
+    }
+    let mut terms = Vec::new();
+    let mut coupling: Option<Id> = None;
+    for (name, root) in energies {
+        let root = ir.inline_nets(*root);
+        if ir.depends_on(root, x) && ir.depends_on(root, z) {
+            terms.push(name.clone());
+            coupling = Some(match coupling {
+                Some(c) => ir.add(c, root),
+                None => root,
+            });
+        }
+    }
+    let coupling = coupling.ok_or(ReparamWhy::NoCoupling)?;
+    let c =
+        crate::analysis::gaussian::conditional(ir, coupling, x, &xv.shape).ok_or(ReparamWhy::NotGaussian { terms })?;
+    if let Some(on) = model.variables.iter().find(|v| ir.depends_on(c.precision, &v.name)) {
+        return Err(ReparamWhy::PrecisionVaries { precision: ir.show(c.precision), on: on.name.clone() });
+    }
+    Ok(c)
 }
 
 fn from_one<S: serde::Serializer>(block: &usize, s: S) -> Result<S::Ok, S::Error> {
@@ -136,11 +237,51 @@ pub struct Plan {
     pub label_marginal: Option<Marginal>,
     /// The objective as a call with the options that apply; `None` without a train block.
     pub objective: Option<String>,
+    /// A staged train block's start and split (`init`, `freeze`); `None` when it has neither.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staged: Option<Staged>,
+    /// Sweeps that fresh samples run by default (`ebmc sample`, `eval`'s
+    /// model samples, a run's `samples.png`) when training's chains are
+    /// short-run; `None`: each command's own default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub short_run: Option<ShortRun>,
     /// The IR the plan was made from, as `ir::program_to_ir` lowered it, so
     /// the backend and runtime start from it instead of lowering again. Not
     /// printed: `ebmc plan` shows what the plan decided, not the IR.
     #[serde(skip)]
     pub lowered: ir::Lowered,
+}
+
+/// What a staged train block loads, holds fixed and trains.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Staged {
+    /// `init`'s checkpoint path as written; `None`: every parameter from its initialiser.
+    pub init: Option<String>,
+    /// The parameters held fixed, in declaration order.
+    pub frozen: Vec<String>,
+    /// The parameters trained, in declaration order.
+    pub trained: Vec<String>,
+}
+
+/// Training's Langevin chains are short-run when most of them restart from
+/// noise each update (`reinit` ≥ 1/2) and run the objective's `k` sweeps:
+/// those `k`-sweep samples from noise are what training shaped, and longer
+/// runs drift past them, so fresh samples default to `k` sweeps too.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ShortRun {
+    /// The objective's `k`.
+    pub sweeps: usize,
+    /// The fraction of chains training restarts from noise.
+    pub reinit: f64,
+}
+
+impl ShortRun {
+    /// The default run of fresh samples for a persistent objective on a model
+    /// with Langevin variables, or `None` when its chains are persistent.
+    fn of(objective: Option<&Objective>, langevin: bool) -> Option<ShortRun> {
+        let p = objective?.persistent()?;
+        (langevin && p.reinit >= 0.5).then_some(ShortRun { sweeps: p.k, reinit: p.reinit })
+    }
 }
 
 /// A reason the planner refuses a model or objective, or warns about it.
@@ -264,6 +405,17 @@ pub enum PlanError {
         /// Why it disqualifies the terms (hidden, discrete, or MALA).
         why: String,
     },
+    /// `x: reparam(z)` on a model whose decoder is not Gaussian in `x` with a constant precision.
+    Reparam {
+        /// The variable.
+        var: String,
+        /// Its latent.
+        latent: String,
+        /// Where the override is written.
+        span: Span,
+        /// What fails.
+        why: ReparamWhy,
+    },
     /// A `gibbs` override on a real variable.
     GibbsOnContinuous {
         /// The variable.
@@ -289,6 +441,29 @@ pub enum PlanError {
         /// Where it is declared.
         critic_span: Span,
         /// What the critic must be.
+        expected: String,
+        /// What it is.
+        found: String,
+    },
+    /// `elbo` needs one visible variable and one unbounded real latent.
+    ElboVariables {
+        /// Where the objective is written.
+        span: Span,
+        /// What is wrong, as a sentence's end (`the model has no hidden variable`).
+        why: String,
+        /// The variable in the way, where one is.
+        var_span: Option<Span>,
+    },
+    /// `elbo`'s encoder does not map the visible variable to the latent's
+    /// posterior mean and log standard deviation.
+    EncoderShape {
+        /// Where the objective is written.
+        span: Span,
+        /// The encoder net.
+        encoder: String,
+        /// Where it is declared.
+        encoder_span: Span,
+        /// What the encoder must be.
         expected: String,
         /// What it is.
         found: String,
@@ -633,20 +808,33 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
         model.overrides.iter().map(|o| (o.var.as_str(), o)).collect();
     let objective = train.map(|t| &t.options.objective);
 
+    let lowered_energies = lowered.energies.clone();
     let mut variables = Vec::new();
     for v in &model.variables {
         let override_ = overrides.get(v.name.as_str());
         let mut overridden = false;
-        // Bounded reals would need a truncated normal: they keep Langevin's reflected moves.
+        // A bounded real's conditional is the same normal truncated to its box.
         let gaussian = match v.domain {
-            Domain::Real { bounds: None } if graph.total_degree(&v.name) == Degree::Quadratic => {
+            Domain::Real { .. } if graph.total_degree(&v.name) == Degree::Quadratic => {
                 crate::analysis::gaussian::conditional(ir, total, &v.name, &v.shape)
             }
             _ => None,
         };
+        // Past a diagonal precision: a quadratic form with one precision matrix for every chain.
+        let full = match v.domain {
+            Domain::Real { bounds: None }
+                if gaussian.is_none()
+                    && graph.total_degree(&v.name) == Degree::Quadratic
+                    && v.shape.iter().product::<usize>() <= crate::analysis::gaussian::FULL_DIMS_LIMIT =>
+            {
+                crate::analysis::gaussian::linear(ir, total, &v.name)
+            }
+            _ => crate::analysis::gaussian::Linear::No,
+        };
+        let shared = full == crate::analysis::gaussian::Linear::Shared;
         if let Some(o) = override_ {
             match (v.domain.is_discrete(), o.kernel.name.as_str()) {
-                (false, "gibbs") if gaussian.is_none() => {
+                (false, "gibbs") if gaussian.is_none() && !shared => {
                     problems.push(PlanError::GibbsOnContinuous { var: v.name.clone(), span: o.span })
                 }
                 (true, k @ ("langevin" | "mala" | "hmc")) => problems.push(PlanError::LangevinOnDiscrete {
@@ -712,7 +900,9 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                 (Degree::Constant | Degree::Linear, None) => {
                     problems.push(PlanError::NoFiniteZ { var: v.name.clone(), span: v.span, degree })
                 }
-                // A positive precision proves the Gaussian proper.
+                // A positive precision proves the Gaussian proper. A shared precision
+                // matrix is refused at run time if its factor fails; the warning stays
+                // where the form cannot prove it positive definite.
                 (_, None) if gaussian.is_some() => {}
                 (_, None) => match normalisability(graph, ir, total, v) {
                     Normalisability::Proved => {}
@@ -730,17 +920,88 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
             }
             let asked = override_.filter(|_| overridden).map(|o| &o.sampler);
             match gaussian {
+                _ if matches!(asked, Some(Sampler::Reparam { .. })) => {
+                    let (Some(o), Some(Sampler::Reparam { latent, langevin: l })) = (override_, asked) else {
+                        unreachable!("matched above")
+                    };
+                    match reparameterisation(ir, model, &lowered_energies, &v.name, latent) {
+                        Ok(c) => {
+                            let Kernel::Langevin { step, noise, steps, clip, .. } =
+                                langevin(Some(&Sampler::Langevin(l.clone())), objective, None)
+                            else {
+                                unreachable!("a langevin override plans Langevin")
+                            };
+                            let root = ir.map(Unary::Sqrt, c.precision);
+                            let one = ir.num(1.0);
+                            let scale = ir.div(one, root);
+                            let kernel = Kernel::Reparam {
+                                var: v.name.clone(),
+                                latent: latent.clone(),
+                                mean: ir.show(c.mean),
+                                scale: ir.show(scale),
+                                step,
+                                noise,
+                                steps,
+                                clip,
+                            };
+                            let reason = format!(
+                                "the terms coupling {0} and {latent} are Gaussian in {0} with a constant diagonal precision: Langevin moves ({latent}, ε) with {0} = mean({latent}) + scale ⊙ ε",
+                                v.name
+                            );
+                            let text = format!(
+                                "{} = mean + scale ⊙ ε, mean: {}, scale: {}",
+                                v.name,
+                                ir.show(c.mean),
+                                ir.show(scale)
+                            );
+                            (kernel, reason, Some(text))
+                        }
+                        Err(why) => {
+                            problems.push(PlanError::Reparam {
+                                var: v.name.clone(),
+                                latent: latent.clone(),
+                                span: o.span,
+                                why,
+                            });
+                            (langevin(None, objective, bounds), String::new(), None)
+                        }
+                    }
+                }
                 Some(c)
                     if !matches!(asked, Some(Sampler::Langevin(_) | Sampler::Mala { .. } | Sampler::Hmc { .. })) =>
                 {
                     let (mean, precision) = (ir.show(c.mean), ir.show(c.precision));
+                    let (law, truncated) = match bounds {
+                        None => ("Gaussian".to_string(), String::new()),
+                        Some((lo, hi)) => {
+                            (format!("a normal truncated to [{lo}, {hi}]"), format!(" truncated to [{lo}, {hi}]"))
+                        }
+                    };
                     let reason = format!(
-                        "the energy is quadratic in {} with a diagonal positive precision: its conditional is Gaussian",
+                        "the energy is quadratic in {} with a diagonal positive precision: its conditional is {law}",
                         v.name
                     );
-                    let text =
-                        format!("p({} | rest) = normal(mean: {mean}, precision: {precision}), unit by unit", v.name);
-                    (Kernel::GaussianGibbs { mean, precision }, reason, Some(text))
+                    let text = format!(
+                        "p({} | rest) = normal(mean: {mean}, precision: {precision}){truncated}, unit by unit",
+                        v.name
+                    );
+                    (Kernel::GaussianGibbs { mean, precision, bounds }, reason, Some(text))
+                }
+                None if shared
+                    && !matches!(asked, Some(Sampler::Langevin(_) | Sampler::Mala { .. } | Sampler::Hmc { .. })) =>
+                {
+                    // Cannot fire: `linear` found the gradient.
+                    let g = ir.grad(total, &v.name).expect("a quadratic energy has a gradient");
+                    let gradient = ir.show(g);
+                    let reason = format!(
+                        "the energy is a quadratic form in {} with one precision matrix for every chain: its conditional is Gaussian, drawn through a Cholesky factor of the precision",
+                        v.name
+                    );
+                    let text = format!(
+                        "p({0} | rest) = normal(mean: {0} - P⁻¹ ∂E/∂{0}, precision: P), P = ∂²E/∂{0}² (positive definite, checked when factored), ∂E/∂{0} = {gradient}",
+                        v.name
+                    );
+                    (Kernel::FullGaussianGibbs { gradient }, reason, Some(text))
                 }
                 _ => {
                     let kernel = langevin(asked, objective, bounds);
@@ -749,6 +1010,13 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
                         (None, Degree::Quadratic) => "continuous, energy grows quadratically".to_string(),
                         (None, _) => "continuous, unbounded".to_string(),
                     };
+                    if let crate::analysis::gaussian::Linear::PerChain(readers) = &full {
+                        let _ = write!(
+                            reason,
+                            "; its precision matrix depends on {}, so it differs from chain to chain and no one Cholesky factor draws it exactly",
+                            readers.join(", ")
+                        );
+                    }
                     if let Kernel::Langevin { mala: true, .. } | Kernel::Hmc { .. } = kernel {
                         reason.push_str("; Metropolis-adjusted");
                     }
@@ -767,6 +1035,20 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
         });
     }
 
+    // A reparameterised variable's latent moves with it, in its stage.
+    let reparam: Vec<Kernel> = variables
+        .iter()
+        .filter(|v| matches!(&v.kernel, Kernel::Reparam { var, .. } if *var == v.name))
+        .map(|v| v.kernel.clone())
+        .collect();
+    for kernel in reparam {
+        let Kernel::Reparam { var, latent, .. } = &kernel else { unreachable!("filtered above") };
+        if let Some(z) = variables.iter_mut().find(|w| w.name == *latent) {
+            z.reason = format!("moved with {var} in ({latent}, ε) space");
+            z.conditional = None;
+            z.kernel = kernel.clone();
+        }
+    }
     let sweep = sweep(&variables);
     let (summed_out, kept) = sum_out_latents(graph, ir, total);
     let label_marginal = label_marginal(graph, ir, total);
@@ -789,6 +1071,12 @@ pub fn graph_to_plan(graph: &FactorGraph, train: Option<&Train>) -> Result<(Plan
         kept,
         label_marginal,
         objective: objective_text,
+        staged: train.filter(|t| t.init.is_some() || !t.frozen.is_empty()).map(|t| Staged {
+            init: t.init.clone(),
+            frozen: t.frozen.clone(),
+            trained: planned_from.params.iter().map(|p| p.name.clone()).filter(|p| !t.frozen.contains(p)).collect(),
+        }),
+        short_run: ShortRun::of(objective, langevin),
         lowered: planned_from,
     };
     Ok((plan, problems))
@@ -856,8 +1144,11 @@ fn sweep(vars: &[VarPlan]) -> Vec<Vec<String>> {
     let mut continuous = Vec::new();
     let mut hamiltonian = Vec::new();
     for v in vars {
-        match v.kernel {
-            Kernel::BlockGibbs { block, .. } => blocks.entry(block).or_default().push(v.name.clone()),
+        match &v.kernel {
+            Kernel::BlockGibbs { block, .. } => blocks.entry(*block).or_default().push(v.name.clone()),
+            // One stage per reparameterised variable: it, then its latent.
+            Kernel::Reparam { var, latent, .. } if *var == v.name => rest.push(vec![var.clone(), latent.clone()]),
+            Kernel::Reparam { .. } => {}
             Kernel::Langevin { .. } => continuous.push(v.name.clone()),
             Kernel::Hmc { .. } => hamiltonian.push(v.name.clone()),
             _ => rest.push(vec![v.name.clone()]),
@@ -1024,6 +1315,11 @@ fn check_objective(
                 }
             }
         }
+        "elbo" => {
+            if let Objective::Elbo { encoder, .. } = &train.options.objective {
+                out.extend(check_elbo(model, encoder, o.span));
+            }
+        }
         "jem" if label.is_none() => {
             if visible().any(|v| matches!(v.domain, Domain::Categorical { .. }))
                 && visible().any(|v| !v.domain.is_discrete())
@@ -1144,6 +1440,7 @@ fn check_improved_cd(model: &crate::analysis::program::Model, train: &Train, var
                 match v.kernel {
                     Kernel::Langevin { mala: false, .. } => return None,
                     Kernel::Langevin { mala: true, .. } => format!("{} is sampled by MALA", v.name),
+                    Kernel::Reparam { .. } => format!("{} is sampled by `reparam`", v.name),
                     _ => format!("{} is discrete", v.name),
                 }
             };
@@ -1151,6 +1448,76 @@ fn check_improved_cd(model: &crate::analysis::program::Model, train: &Train, var
             Some(PlanError::ImprovedCdNeedsLangevin { span: train.objective.span, var: v.name.clone(), var_span, why })
         })
         .collect()
+}
+
+/// `elbo`'s model: one visible variable, one unbounded real latent `z`, and
+/// an encoder no energy term calls, from the visible variable (as a call
+/// `encoder(x)` would take it) to `2·|z|` outputs.
+fn check_elbo(model: &crate::analysis::program::Model, encoder: &str, span: Span) -> Option<PlanError> {
+    let variables = |why: String, var_span: Option<Span>| Some(PlanError::ElboVariables { span, why, var_span });
+    let names =
+        |vs: &[&crate::analysis::program::Variable]| vs.iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ");
+    let visible: Vec<_> = model.variables.iter().filter(|v| v.role == Role::Visible).collect();
+    let hidden: Vec<_> = model.variables.iter().filter(|v| v.role == Role::Hidden).collect();
+    let z = match hidden.as_slice() {
+        [] => return variables("the model has no hidden variable".to_string(), None),
+        [z] => *z,
+        more => {
+            return variables(
+                format!("the model has {} hidden variables ({})", more.len(), names(more)),
+                Some(more[1].span),
+            );
+        }
+    };
+    match z.domain {
+        Domain::Real { bounds: None } => {}
+        Domain::Real { bounds: Some((lo, hi)) } => {
+            return variables(format!("the latent `{}` is bounded to [{lo}, {hi}]", z.name), Some(z.span));
+        }
+        _ => return variables(format!("the latent `{}` is {}", z.name, type_text(z)), Some(z.span)),
+    }
+    let [x] = visible.as_slice() else {
+        return variables(format!("the model has {} visible variables ({})", visible.len(), names(&visible)), None);
+    };
+    // Cannot fire: the checker refuses an encoder the model does not declare.
+    let net = model.nets.iter().find(|n| n.name == encoder)?;
+    let problem = |expected: String, found: String| {
+        Some(PlanError::EncoderShape { span, encoder: encoder.to_string(), encoder_span: net.span, expected, found })
+    };
+    let mut in_energy = false;
+    for e in &model.energies {
+        e.expr.walk(&mut |t| {
+            in_energy |= matches!(&t.kind, crate::analysis::program::TExprKind::Net { net, .. } if net == encoder)
+        });
+    }
+    if in_energy {
+        // The energy is read as -log p(x, z): the posterior's net is no part of it.
+        return problem("a net no energy term calls".to_string(), "called by an energy term".to_string());
+    }
+    let (first, last) = (net.layers[0], net.layers[net.layers.len() - 1]);
+    let outputs = if last == 1 { "output" } else { "outputs" };
+    let (takes_x, from, found) = match net.conv {
+        Some(_) => (
+            x.shape.len() == 3 && x.shape[0] == first,
+            format!("from `{}` ({} channels)", x.name, x.shape.first().copied().unwrap_or(0)),
+            format!("a convnet from {first} channels to {last} {outputs}"),
+        ),
+        None => (
+            x.shape == [first] || (first == 1 && x.shape.is_empty()),
+            format!("from `{}` ({} inputs)", x.name, x.shape.iter().product::<usize>()),
+            format!("a net from {first} inputs to {last} {outputs}"),
+        ),
+    };
+    let d: usize = z.shape.iter().product();
+    (!takes_x || last != 2 * d).then_some(())?;
+    problem(
+        format!(
+            "a net {from} to {} outputs, the mean and log standard deviation of each of `{}`'s {d} units",
+            2 * d,
+            z.name
+        ),
+        found,
+    )
 }
 
 /// The objective as a call with the options that apply: Langevin's only
@@ -1191,6 +1558,10 @@ fn objective_text(
         "lsd" => format!(
             "learned Stein discrepancy: the critic {} ascends E[s(x).f(x) + tr df/dx] - penalty E[|f(x)|^2], the energy descends it, s = -dE/dx",
             o.options.get("critic").map_or(String::new(), ToString::to_string)
+        ),
+        "elbo" => format!(
+            "evidence lower bound: z = mu(x) + exp(log_sd(x)) * eps with mu, log_sd the halves of {}(x); loss E(x, z) - sum(log_sd) - (d/2)(1 + log 2 pi), the energy read as -log p(x, z)",
+            o.options.get("encoder").map_or(String::new(), ToString::to_string)
         ),
         "classify" => match label {
             Some(m) => format!(
@@ -1239,7 +1610,9 @@ impl Plan {
                 Kernel::BlockGibbs { block, blocks } => format!("block Gibbs, block {} of {blocks}", block + 1),
                 Kernel::ChromaticGibbs { colours, .. } => format!("chromatic Gibbs, {colours} colours"),
                 Kernel::SequentialGibbs => "sequential Gibbs, one unit at a time".to_string(),
-                Kernel::GaussianGibbs { .. } => "exact Gaussian Gibbs".to_string(),
+                Kernel::GaussianGibbs { bounds: None, .. } => "exact Gaussian Gibbs".to_string(),
+                Kernel::GaussianGibbs { bounds: Some(_), .. } => "exact truncated-Gaussian Gibbs".to_string(),
+                Kernel::FullGaussianGibbs { .. } => "exact Gaussian Gibbs, full precision".to_string(),
                 Kernel::Langevin { mala, step, noise, steps, clip, .. } => {
                     let name = if *mala { "MALA" } else { "Langevin" };
                     let clip = clip.map(|c| format!(", gradient clipped at {c}")).unwrap_or_default();
@@ -1248,14 +1621,25 @@ impl Plan {
                 Kernel::Hmc { step, leapfrog, steps, .. } => {
                     format!("HMC, {leapfrog} leapfrog steps of {step}, {steps} trajectory(ies) per sweep")
                 }
+                Kernel::Reparam { var, latent, step, noise, steps, clip, .. } => {
+                    let clip = clip.map(|c| format!(", gradient clipped at {c}")).unwrap_or_default();
+                    format!(
+                        "Langevin in ({latent}, ε) with {var} = mean + scale ⊙ ε, step {step}, noise {noise:.4}, {steps} step(s) per sweep{clip}"
+                    )
+                }
             };
             // `gibbs` takes no options: on a discrete variable it only confirms
             // Gibbs, and which Gibbs kernel runs stays the planner's choice.
             let by = match (&v.kernel, v.overridden) {
                 (_, false) => "",
-                (Kernel::Langevin { .. } | Kernel::GaussianGibbs { .. } | Kernel::Hmc { .. }, true) => {
-                    ", as the sample block asks"
-                }
+                (
+                    Kernel::Langevin { .. }
+                    | Kernel::GaussianGibbs { .. }
+                    | Kernel::FullGaussianGibbs { .. }
+                    | Kernel::Hmc { .. }
+                    | Kernel::Reparam { .. },
+                    true,
+                ) => ", as the sample block asks",
                 (_, true) => " (the sample block asks for `gibbs`; the planner picks the blocking)",
             };
             let _ = writeln!(out, "    {kernel}{by}: {}", v.reason);
@@ -1292,6 +1676,22 @@ impl Plan {
         }
         if let Some(o) = &self.objective {
             let _ = writeln!(out, "  objective {o}");
+        }
+        if let Some(s) = &self.staged {
+            let list = |names: &[String]| names.join(", ");
+            if let Some(init) = &s.init {
+                let _ = writeln!(
+                    out,
+                    "  init from {init:?}: every parameter it holds; the others from their initialisers (a resumed run from its own checkpoint)"
+                );
+            }
+            if !s.frozen.is_empty() {
+                let _ = writeln!(out, "  frozen (no gradient, no optimiser state): {}", list(&s.frozen));
+            }
+            let _ = writeln!(out, "  trained: {}", list(&s.trained));
+        }
+        if let Some(s) = &self.short_run {
+            let _ = writeln!(out, "  {}", crate::messages::short_run_note(s.sweeps, s.reinit));
         }
         out
     }

@@ -734,6 +734,11 @@ pub enum Objective {
     /// discrepancy (less `penalty` times its mean square), `critic_steps`
     /// steps for each descent step of the energy.
     Lsd { critic: String, penalty: f64, critic_steps: usize, directions: Directions },
+    /// The negative evidence lower bound of a latent-variable model (a VAE):
+    /// the net `encoder` maps the visible variable to the mean and log
+    /// standard deviation of a Gaussian posterior over the real latent,
+    /// `samples` reparameterised draws per row.
+    Elbo { encoder: String, samples: usize },
     /// Cross-entropy of the label alone, optionally with the energy-bounded outlier term.
     Classify(Classify),
 }
@@ -863,6 +868,9 @@ pub enum Sampler {
     Mala { step: f64, steps: usize },
     /// Hamiltonian Monte Carlo: `steps` trajectories per sweep of `leapfrog` steps of size `step`, each accepted or rejected.
     Hmc { step: f64, leapfrog: usize, steps: usize },
+    /// Langevin steps in the reparameterised space of a Gaussian decoder:
+    /// `x = mean(latent) + scale ⊙ ε`, moving `latent` and `ε` (VAEBM).
+    Reparam { latent: String, langevin: Langevin },
 }
 
 /// A `sample` block's whole-model entry: how the chains are tempered.
@@ -943,6 +951,18 @@ pub struct Train {
     pub epochs: usize,
     /// Seed every random number of the run derives from.
     pub seed: u64,
+    /// `init`: the checkpoint a fresh run starts from, as written (a run
+    /// directory, `epoch-N` folder or `.safetensors` file, resolved like data
+    /// paths); `None`: every parameter from its initialiser.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
+    /// `freeze`: the parameters and nets named, as written.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<String>,
+    /// The parameters `freeze` holds fixed (every weight of a named net), in
+    /// declaration order: no gradient, no optimiser state.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub frozen: Vec<String>,
     /// Where the block is written.
     pub span: Span,
 }

@@ -5,6 +5,22 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The keys of a `train` block (docs/language.md section 9).
+pub const TRAIN_KEYS: &[&str] = &[
+    "data",
+    "test",
+    "outliers",
+    "objective",
+    "optimizer",
+    "schedule",
+    "regularize",
+    "batch",
+    "epochs",
+    "seed",
+    "init",
+    "freeze",
+];
+
 /// A kind of built-in callable; each has its own table of signatures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Family {
@@ -118,10 +134,14 @@ pub enum OptType {
     Str,
     /// A quoted string or a list of them (`["a.bin", "b.bin"]`).
     Paths,
+    /// A non-empty list of finite numbers (`[1, 1.5, 2.5]`).
+    Numbers,
     /// One of these words, bare or quoted.
     Choice(&'static [&'static str]),
-    /// The bare name of a net the model declares (`lsd`'s critic).
+    /// The bare name of a net the model declares (`lsd`'s critic, `elbo`'s encoder).
     NetName,
+    /// The bare name of a variable the model declares (`reparam`'s latent).
+    VarName,
 }
 
 /// What an option is when not given.
@@ -155,6 +175,8 @@ pub enum Value {
     Str(String),
     /// A list of strings.
     List(Vec<String>),
+    /// A list of numbers.
+    Nums(Vec<f64>),
 }
 
 impl Value {
@@ -192,6 +214,14 @@ impl Value {
         }
     }
 
+    /// The numbers of a `Nums`.
+    pub fn as_nums(&self) -> Option<&[f64]> {
+        match self {
+            Value::Nums(xs) => Some(xs),
+            _ => None,
+        }
+    }
+
     /// The value of a `Bool`.
     pub fn as_bool(&self) -> Option<bool> {
         match self {
@@ -209,6 +239,10 @@ impl std::fmt::Display for Value {
             Value::Bool(b) => write!(f, "{b}"),
             Value::Str(s) => write!(f, "{s}"),
             Value::List(items) => write!(f, "{items:?}"),
+            Value::Nums(xs) => {
+                let xs: Vec<String> = xs.iter().map(f64::to_string).collect();
+                write!(f, "[{}]", xs.join(", "))
+            }
         }
     }
 }
@@ -280,6 +314,7 @@ pub static OBJECTIVES: &[Signature] = &[
             opt!("directions", Choice(DIRECTIONS), Word("rademacher")),
         ],
     },
+    Signature { name: "elbo", options: &[opt!("encoder", NetName, Required), opt!("samples", POS_INT, Int(1))] },
     Signature {
         name: "jem",
         options: &[
@@ -475,6 +510,17 @@ pub static SAMPLERS: &[Signature] = &[
         ],
     },
     Signature { name: "mala", options: &[opt!("step", Positive, Num(0.01)), opt!("steps", POS_INT, Int(1))] },
+    // Langevin in a VAE's (z, ε) space (VAEBM): `x: reparam(z)`.
+    Signature {
+        name: "reparam",
+        options: &[
+            opt!("latent", VarName, Required),
+            opt!("step", Positive, Num(0.01)),
+            opt!("noise", NonNegative, Absent),
+            opt!("steps", POS_INT, Int(1)),
+            opt!("clip", Positive, Absent),
+        ],
+    },
     Signature {
         name: "hmc",
         options: &[
@@ -484,9 +530,14 @@ pub static SAMPLERS: &[Signature] = &[
         ],
     },
     // Whole-model entries, written as bare calls (`tempering(replicas: 8);`).
+    // `temperatures` gives the ladder by hand instead of `replicas` and `t_max`.
     Signature {
         name: "tempering",
-        options: &[opt!("replicas", Whole { min: 2 }, Int(8)), opt!("t_max", Positive, Num(10.0))],
+        options: &[
+            opt!("replicas", Whole { min: 2 }, Int(8)),
+            opt!("t_max", Positive, Num(10.0)),
+            opt!("temperatures", Numbers, Absent),
+        ],
     },
     Signature {
         name: "anneal",

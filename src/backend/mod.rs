@@ -7,6 +7,7 @@
 
 mod ais;
 mod conv;
+mod dense;
 mod eval;
 mod hmc;
 mod host;
@@ -18,6 +19,7 @@ mod replay;
 mod step;
 mod tempering;
 mod train;
+mod truncated;
 
 pub use ais::{
     AisEstimate, AisOptions, MAX_CHAIN_ELEMENTS, MAX_RUNS, MAX_TEMPERATURES, RaiseEstimate, ais,
@@ -519,11 +521,22 @@ enum Stage<D: Device<f32>> {
     Sequential {
         var: usize,
     },
-    /// An exact draw from the Gaussian conditional of `var`.
+    /// An exact draw from the Gaussian conditional of `var`, truncated to its box when it has one.
     Gaussian {
         var: usize,
         mean: Id,
         precision: Id,
+        bounds: Option<(f64, f64)>,
+    },
+    /// An exact draw from the Gaussian conditional of `var` with a full
+    /// precision matrix shared by the chains: `gradient` is ∂E/∂var, affine
+    /// in it; `factor` the Cholesky factor of the precision over the free
+    /// units, made when first needed and dropped when the parameters or
+    /// clamps change.
+    FullGaussian {
+        var: usize,
+        gradient: Id,
+        factor: Option<Factor>,
     },
     Langevin {
         vars: Vec<(usize, Id)>,
@@ -539,6 +552,37 @@ enum Stage<D: Device<f32>> {
         leapfrog: usize,
         steps: usize,
     },
+    /// Langevin in `(latent, ε)` with `x = mean(latent) + scale ⊙ ε`
+    /// (`Kernel::Reparam`): ε is read off the state (`to_eps`), the latent
+    /// and ε move on the substituted energy (`moved`), and `x` is set from
+    /// them (`to_x`). With `x` held in whole or part, plain Langevin on the
+    /// free units of `x` and the latent (`plain`) instead.
+    Reparam {
+        x: usize,
+        eps: usize,
+        to_eps: Id,
+        to_x: Id,
+        moved: Vec<(usize, Id)>,
+        plain: Vec<(usize, Id)>,
+        step: f32,
+        noise: f32,
+        steps: usize,
+        clip: Option<f32>,
+    },
+}
+
+/// The chain state that holds the ε of a reparameterised variable (no
+/// model variable can be named so: names have no dot).
+fn eps_name(var: &str) -> String {
+    format!("{var}.eps")
+}
+
+/// The lower Cholesky factor `L` (`L Lᵀ = P_FF`, row-major, `free.len()`
+/// square) of a full Gaussian's precision over its free (unheld) units.
+struct Factor {
+    gradient: Id,
+    free: Vec<usize>,
+    lower: Vec<f64>,
 }
 
 enum Chromatic<D: Device<f32>> {
@@ -613,6 +657,7 @@ struct ChainSet<D: Device<f32>> {
     held: BTreeMap<usize, Held<D>>,
     /// Whether `langevin` keeps `last_step` (improved CD differentiates it).
     record_last: bool,
+
     last_step: Option<LastStep<D>>,
 }
 
@@ -753,14 +798,22 @@ impl<D: Kernels> ChainSet<D> {
         let mut lowered = plan.lowered.clone();
         let total = lowered.ir.inline_nets(lowered.total);
         let leaves = device_leaves(&dev, model, &lowered, params)?;
-        let vars: Vec<VarInfo> = model
-            .variables
-            .iter()
-            .map(|v| {
-                let (rows, cols) = canon(&v.shape);
-                VarInfo { name: v.name.clone(), domain: v.domain.clone(), shape: v.shape.clone(), rows, cols }
-            })
-            .collect();
+        let info = |name: String, v: &crate::analysis::program::Variable| {
+            let (rows, cols) = canon(&v.shape);
+            VarInfo { name, domain: v.domain.clone(), shape: v.shape.clone(), rows, cols }
+        };
+        let mut vars: Vec<VarInfo> = model.variables.iter().map(|v| info(v.name.clone(), v)).collect();
+        // The ε of each reparameterised variable, after the model's own
+        // variables (which `state` reports; ε it does not).
+        for p in &plan.variables {
+            if let Kernel::Reparam { var, .. } = &p.kernel
+                && *var == p.name
+                && let Some(v) = model.variable(var)
+            {
+                vars.push(info(eps_name(var), v));
+            }
+        }
+        let energies = lowered.energies.clone();
         // Cannot fire: the plan was made from this model.
         let index = |name: &str| vars.iter().position(|v| v.name == name).expect("plan names model variables");
         let ir = &mut lowered.ir;
@@ -834,12 +887,23 @@ impl<D: Kernels> ChainSet<D> {
                     stages.push(Stage::Chromatic { var, form });
                 }
                 Kernel::SequentialGibbs => stages.push(Stage::Sequential { var: index(&first.name) }),
-                Kernel::GaussianGibbs { .. } => {
+                Kernel::GaussianGibbs { bounds, .. } => {
                     // Cannot fire: the planner chose this kernel from the same analysis of the same IR.
                     let v = model.variable(&first.name).expect("variable");
                     let c = crate::analysis::gaussian::conditional(ir, total, &v.name, &v.shape)
                         .ok_or_else(|| format!("`{}` has no Gaussian conditional", v.name))?;
-                    stages.push(Stage::Gaussian { var: index(&v.name), mean: c.mean, precision: c.precision });
+                    stages.push(Stage::Gaussian {
+                        var: index(&v.name),
+                        mean: c.mean,
+                        precision: c.precision,
+                        bounds: *bounds,
+                    });
+                }
+                Kernel::FullGaussianGibbs { .. } => {
+                    let name = &first.name;
+                    // Cannot fire: the planner chose this kernel from the gradient.
+                    let gradient = ir.grad(total, name).ok_or_else(|| format!("`{name}` has no gradient"))?;
+                    stages.push(Stage::FullGaussian { var: index(name), gradient, factor: None });
                 }
                 Kernel::Langevin { mala, step, noise, steps, clip, .. } => {
                     let mut lv = Vec::new();
@@ -869,6 +933,37 @@ impl<D: Kernels> ChainSet<D> {
                         hv.push((index(name), g));
                     }
                     stages.push(Stage::Hmc { vars: hv, step: *step as f32, leapfrog: *leapfrog, steps: *steps });
+                }
+                Kernel::Reparam { var, latent, step, noise, steps, clip, .. } => {
+                    // Cannot fire: the planner chose this kernel from the same analysis of the same IR.
+                    let v = model.variable(var).expect("variable");
+                    let c = crate::analysis::plan::reparameterisation(ir, model, &energies, var, latent)
+                        .map_err(|_| format!("`{var}` has no Gaussian decoder given `{latent}`"))?;
+                    let eps = eps_name(var);
+                    let e = ir.var(&eps, &v.shape);
+                    let root = ir.map(crate::ir::Unary::Sqrt, c.precision);
+                    let scaled = ir.div(e, root);
+                    let to_x = ir.add(c.mean, scaled);
+                    let x = ir.var(var, &v.shape);
+                    let offset = ir.sub(x, c.mean);
+                    let to_eps = ir.mul(offset, root);
+                    let moved = ir.substitute(total, var, to_x);
+                    let mut grad = |root: Id, name: &str, shape: &[usize]| {
+                        (index(name), ir.grad(root, name).unwrap_or_else(|| ir.zeros(shape)))
+                    };
+                    let z_shape = &model.variable(latent).expect("latent").shape;
+                    stages.push(Stage::Reparam {
+                        x: index(var),
+                        eps: index(&eps),
+                        to_eps,
+                        to_x,
+                        moved: vec![grad(moved, latent, z_shape), grad(moved, &eps, &v.shape)],
+                        plain: vec![grad(total, var, &v.shape), grad(total, latent, z_shape)],
+                        step: *step as f32,
+                        noise: *noise as f32,
+                        steps: *steps,
+                        clip: clip.map(|c| c as f32),
+                    });
                 }
             }
         }
@@ -918,6 +1013,8 @@ impl<D: Kernels> ChainSet<D> {
             let init = set.initial(i);
             set.state.insert(set.vars[i].name.clone(), init);
         }
+        set.factor_all()?;
+        set.state = set.reparameterised(set.state.clone());
         Ok(set)
     }
 
@@ -1284,17 +1381,126 @@ impl<D: Kernels> ChainSet<D> {
         }
     }
 
-    /// `var ← mean + z / sqrt(precision)`, z ~ N(0, I): an exact draw from
-    /// its Gaussian conditional, unit by unit.
-    fn gaussian(&mut self, var: usize, mean: Id, precision: Id) {
+    /// `var ← mean + z / sqrt(β · precision)`, z ~ N(0, I): an exact draw
+    /// from its Gaussian conditional at inverse temperature β (βE is
+    /// quadratic with precision β·P), unit by unit; truncated to the box
+    /// `bounds` when given, by `truncated::draw` on the host.
+    fn gaussian(&mut self, var: usize, mean: Id, precision: Id, bounds: Option<(f64, f64)>) {
         let shape = self.shape(var);
         let mut values = self.eval(&[mean, precision], &self.state).into_iter();
         // Cannot fire: the evaluator returns one value per root.
         let mean = expand(values.next().expect("one value per root"), shape.0, shape.1, shape.2);
         let precision = expand(values.next().expect("one value per root"), shape.0, shape.1, shape.2);
-        let z = self.normal(shape);
-        let x = mean + z / precision.sqrt();
+        let precision = if self.beta == 1.0 { precision } else { precision * self.beta };
+        let x = match bounds {
+            None => {
+                let z = self.normal(shape);
+                mean + z / precision.sqrt()
+            }
+            Some((lo, hi)) => {
+                let (mean, precision) = (mean.as_vec(), precision.as_vec());
+                let rng = &mut self.fast_rng;
+                let drawn = mean
+                    .iter()
+                    .zip(&precision)
+                    .map(|(&m, &p)| truncated::draw(rng, f64::from(m), f64::from(p), lo, hi) as f32)
+                    .collect();
+                self.dev.tensor_from_vec(drawn, shape)
+            }
+        };
         self.state.insert(self.vars[var].name.clone(), x);
+    }
+
+    /// Factors every full Gaussian's precision that is not factored yet:
+    /// an error names a variable whose precision is not positive definite.
+    fn factor_all(&mut self) -> Result<(), String> {
+        let mut stages = std::mem::take(&mut self.stages);
+        let result = stages.iter_mut().try_for_each(|stage| match stage {
+            Stage::FullGaussian { var, gradient, factor } if factor.is_none() => {
+                *factor = Some(self.factor(*var, *gradient)?);
+                Ok(())
+            }
+            _ => Ok(()),
+        });
+        self.stages = stages;
+        result
+    }
+
+    /// The precision of `var` over its free units, read off its gradient
+    /// (affine in it with a Jacobian shared by the chains: P's column j is
+    /// g(e_j) − g(0), the other variables at 0), and its Cholesky factor.
+    fn factor(&self, var: usize, gradient: Id) -> Result<Factor, String> {
+        let info = &self.vars[var];
+        let (rows, cols) = (info.rows, info.cols);
+        let d = rows * cols;
+        let held = self.held.get(&var).map(|h| h.elements.clone()).unwrap_or_else(|| vec![false; d]);
+        let free: Vec<usize> = (0..d).filter(|&i| !held[i]).collect();
+        // Row 0 is x = 0, row j + 1 is the unit vector e_j.
+        let mut basis = vec![0.0f32; (d + 1) * d];
+        for j in 0..d {
+            basis[(j + 1) * d + j] = 1.0;
+        }
+        let state: BTreeMap<String, T3<D>> = self
+            .vars
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let t = if i == var {
+                    self.dev.tensor_from_vec(basis.clone(), (d + 1, rows, cols))
+                } else {
+                    self.dev.zeros_like(&(d + 1, v.rows, v.cols))
+                };
+                (v.name.clone(), t)
+            })
+            .collect();
+        let g = expand(eval::one(self.eval(&[gradient], &state)), d + 1, rows, cols).as_vec();
+        let at = |j: usize, i: usize| f64::from(g[(j + 1) * d + i]) - f64::from(g[i]);
+        let k = free.len();
+        // The Hessian is symmetric; averaging with its transpose drops the rounding that is not.
+        let precision: Vec<f64> =
+            (0..k * k).map(|n| 0.5 * (at(free[n % k], free[n / k]) + at(free[n / k], free[n % k]))).collect();
+        let lower = dense::cholesky(&precision, k).ok_or_else(|| crate::messages::not_positive_definite(&info.name))?;
+        Ok(Factor { gradient, free, lower })
+    }
+
+    /// `x_F ← μ + L⁻ᵀ ζ / √β` over the free units F of `var`, ζ ~ N(0, I),
+    /// with `μ = −P_FF⁻¹ o` and `o = ∂E/∂x_F` at `x_F = 0` (the held units
+    /// and the other variables at their values): an exact draw from the
+    /// conditional of βE, whose precision is β·P.
+    fn full_gaussian(&mut self, var: usize, f: &Factor) {
+        let gradient = f.gradient;
+        let name = self.vars[var].name.clone();
+        let shape = self.shape(var);
+        let d = shape.1 * shape.2;
+        let mut x = self.state[&name].as_vec();
+        for chain in 0..self.chains {
+            for &i in &f.free {
+                x[chain * d + i] = 0.0;
+            }
+        }
+        let mut at_zero = self.state.clone();
+        at_zero.insert(name.clone(), self.dev.tensor_from_vec(x.clone(), shape));
+        let o = expand(eval::one(self.eval(&[gradient], &at_zero)), shape.0, shape.1, shape.2).as_vec();
+        let k = f.free.len();
+        let scale = 1.0 / f64::from(self.beta).sqrt();
+        let rng = &mut self.fast_rng;
+        for chain in 0..self.chains {
+            let offset: Vec<f64> = f.free.iter().map(|&i| f64::from(o[chain * d + i])).collect();
+            // L y = o, then Lᵀ z = ζ/√β − y: z = −P⁻¹ o + L⁻ᵀ ζ/√β.
+            let y = dense::solve_lower(&f.lower, k, &offset);
+            let w: Vec<f64> = y
+                .iter()
+                .map(|y| {
+                    let z: f64 = rand_distr::StandardNormal.sample(rng);
+                    scale * z - y
+                })
+                .collect();
+            let z = dense::solve_upper_transposed(&f.lower, k, &w);
+            for (&i, z) in f.free.iter().zip(z) {
+                x[chain * d + i] = z as f32;
+            }
+        }
+        self.state.insert(name, self.dev.tensor_from_vec(x, shape));
     }
 
     /// Folds a proposal into the variable's box `[lo, hi]` by reflecting at
@@ -1363,13 +1569,17 @@ impl<D: Kernels> ChainSet<D> {
                 }
                 Stage::Sequential { var } => self.sequential(*var),
                 Stage::Gaussian { var, .. } if !free(self, var) => {}
-                Stage::Gaussian { var, mean, precision } => {
+                Stage::Gaussian { var, mean, precision, bounds } => {
                     // Units are independent given the rest (a diagonal precision).
-                    self.gaussian(*var, *mean, *precision);
+                    self.gaussian(*var, *mean, *precision, *bounds);
                     let name = self.vars[*var].name.clone();
                     let x = self.hold(*var, self.state[&name].clone());
                     self.state.insert(name, x);
                 }
+                Stage::FullGaussian { var, .. } if !free(self, var) => {}
+                Stage::FullGaussian { var, factor: Some(f), .. } => self.full_gaussian(*var, f),
+                // Cannot fire: `new`, `set_params` and `set_clamps` factor every precision, or fail.
+                Stage::FullGaussian { factor: None, .. } => {}
                 Stage::Langevin { vars, mala, step, noise, steps, clip } => {
                     let vars: Vec<(usize, Id)> = vars.iter().filter(|(v, _)| free(self, v)).copied().collect();
                     if !vars.is_empty() {
@@ -1384,6 +1594,25 @@ impl<D: Kernels> ChainSet<D> {
                         for _ in 0..*steps {
                             self.hmc(&vars, *step, *leapfrog);
                         }
+                    }
+                }
+                Stage::Reparam { x, eps, to_eps, to_x, moved, plain, step, noise, steps, clip } => {
+                    let (b, m, n) = self.shape(*x);
+                    let vars: Vec<(usize, Id)> = if free(self, x) && !self.held.contains_key(x) {
+                        let e = expand(eval::one(self.eval(&[*to_eps], &self.state)), b, m, n);
+                        self.state.insert(self.vars[*eps].name.clone(), e);
+                        moved.iter().filter(|(v, _)| v == eps || free(self, v)).copied().collect()
+                    } else {
+                        plain.iter().filter(|(v, _)| free(self, v)).copied().collect()
+                    };
+                    if !vars.is_empty() {
+                        for _ in 0..*steps {
+                            self.langevin(&vars, false, *step, *noise, *clip);
+                        }
+                    }
+                    if vars.iter().any(|(v, _)| v == eps) {
+                        let value = expand(eval::one(self.eval(&[*to_x], &self.state)), b, m, n);
+                        self.state.insert(self.vars[*x].name.clone(), value);
                     }
                 }
             }
@@ -1456,29 +1685,55 @@ impl<D: Kernels> ChainSet<D> {
         }
     }
 
-    /// Fresh random states for every chain (replay buffers reinitialise from these).
+    /// Fresh random states for every chain (replay buffers reinitialise
+    /// from these); a reparameterised variable is drawn as `mean(z) + scale ⊙ ε`
+    /// from z and ε ~ N(0, I), a sample of the decoder's model alone.
     fn random_state(&mut self) -> Tensors {
-        (0..self.vars.len())
-            .map(|i| {
-                let t = self.initial(i);
+        let fresh: BTreeMap<String, T3<D>> =
+            (0..self.vars.len()).map(|i| (self.vars[i].name.clone(), self.initial(i))).collect();
+        let fresh = self.reparameterised(fresh);
+        self.reported()
+            .map(|v| {
                 let mut shape = vec![self.chains];
-                shape.extend(&self.vars[i].shape);
-                (self.vars[i].name.clone(), HostTensor::new(shape, t.as_vec()))
+                shape.extend(&v.shape);
+                (v.name.clone(), HostTensor::new(shape, fresh[&v.name].as_vec()))
             })
             .collect()
     }
 
-    /// Replaces parameter values (after an optimiser step).
-    fn set_params(&mut self, params: &BTreeMap<String, T3<D>>) {
+    /// `state` with each reparameterised variable set from its latent and ε.
+    fn reparameterised(&self, mut state: BTreeMap<String, T3<D>>) -> BTreeMap<String, T3<D>> {
+        for stage in &self.stages {
+            if let Stage::Reparam { x, to_x, .. } = stage {
+                let (b, m, n) = self.shape(*x);
+                let value = expand(eval::one(self.eval(&[*to_x], &state)), b, m, n);
+                state.insert(self.vars[*x].name.clone(), value);
+            }
+        }
+        state
+    }
+
+    /// The model's own variables (the chains' ε states follow them in `vars`).
+    fn reported(&self) -> impl Iterator<Item = &VarInfo> {
+        self.vars.iter().take(self.model.variables.len())
+    }
+
+    /// Replaces parameter values (after an optimiser step), and refactors
+    /// every full Gaussian's precision at them: an error names a variable
+    /// whose precision the step left not positive definite.
+    fn set_params(&mut self, params: &BTreeMap<String, T3<D>>) -> Result<(), String> {
         for (k, v) in params {
             self.leaves.tensors.insert(k.clone(), v.clone());
         }
         self.shared_stale = true;
         for stage in &mut self.stages {
-            if let Stage::Chromatic { form: Chromatic::Lattice(l), .. } = stage {
-                l.built = Built::Stale;
+            match stage {
+                Stage::Chromatic { form: Chromatic::Lattice(l), .. } => l.built = Built::Stale,
+                Stage::FullGaussian { factor, .. } => *factor = None,
+                _ => {}
             }
         }
+        self.factor_all()
     }
 
     /// Drops this set's references to the parameters, so that an optimiser
@@ -1508,8 +1763,7 @@ impl<D: Kernels> Chains for ChainSet<D> {
     }
 
     fn state(&self) -> Tensors {
-        self.vars
-            .iter()
+        self.reported()
             .map(|v| {
                 let mut shape = vec![self.chains];
                 shape.extend(&v.shape);
@@ -1519,7 +1773,7 @@ impl<D: Kernels> Chains for ChainSet<D> {
     }
 
     fn set_state(&mut self, state: &Tensors) -> Result<(), String> {
-        let names: Vec<String> = self.vars.iter().map(|v| v.name.clone()).collect();
+        let names: Vec<String> = self.reported().map(|v| v.name.clone()).collect();
         let n = check_rows(&self.model, state, &names).map_err(|e| e.to_string())?;
         if n != self.chains {
             return Err(format!("the state has {n} rows, one per chain is needed ({} chains)", self.chains));
@@ -1584,7 +1838,13 @@ impl<D: Kernels> Chains for ChainSet<D> {
             })
             .collect();
         self.apply_holds();
-        Ok(())
+        // The free units' precision is a new submatrix: factor it now, so a bad one is an error here.
+        for stage in &mut self.stages {
+            if let Stage::FullGaussian { factor, .. } = stage {
+                *factor = None;
+            }
+        }
+        self.factor_all()
     }
 
     fn acceptance(&self) -> Option<f64> {
@@ -1837,8 +2097,9 @@ mod tests {
                 Some(0.02),
             ),
             (
+                // Quadratic in x, so the planner would draw it exactly; the sample block asks for Langevin.
                 "model m { visible x : real[3]; param w : real[3] = normal(0, 1);
-                energy e = sum(w * x * x); energy prior = 0.5 * sum(square(x)); }",
+                energy e = sum(w * x * x); energy prior = 0.5 * sum(square(x)); sample { x: langevin; } }",
                 0.5,
                 None,
             ),

@@ -53,6 +53,7 @@ trait Fit {
     fn outliers(&mut self, rows: &Tensors) -> Result<(), TrainError>;
     fn begin_epoch(&mut self, seed: u64);
     fn step(&mut self, batch: &Tensors, lr: f64, step: usize) -> Result<StepReport, TrainError>;
+    fn loss(&mut self, batch: &Tensors) -> Result<f64, TrainError>;
     fn params(&self) -> Tensors;
     fn state(&self) -> Tensors;
     fn state_metadata(&self) -> BTreeMap<String, String>;
@@ -73,6 +74,9 @@ impl<T: Fit> Fit for super::MovableCuda<T> {
     }
     fn step(&mut self, batch: &Tensors, lr: f64, step: usize) -> Result<StepReport, TrainError> {
         self.0.step(batch, lr, step)
+    }
+    fn loss(&mut self, batch: &Tensors) -> Result<f64, TrainError> {
+        self.0.loss(batch)
     }
     fn params(&self) -> Tensors {
         self.0.params()
@@ -192,6 +196,15 @@ impl Trainer {
         self.inner.step(batch, lr, step)
     }
 
+    /// The objective's loss on a batch of visible rows at the current
+    /// parameters, without a step: its draws are taken (chains move, noise
+    /// is drawn), the parameters stay. `eval` reads `elbo`'s this way.
+    pub fn loss(&mut self, batch: &Tensors) -> Result<f64, TrainError> {
+        crate::tensor::check_rows(&self.model, batch, &self.visible)
+            .map_err(|e| TrainError::Setup(format!("evaluated rows: {e}")))?;
+        self.inner.loss(batch)
+    }
+
     /// The current parameters, by name.
     pub fn params(&self) -> Tensors {
         self.inner.params()
@@ -226,6 +239,8 @@ struct Fitter<D: Kernels> {
     l1: f32,
     l2: f32,
     clip: Option<f32>,
+    /// The train block's frozen parameters.
+    frozen: Vec<String>,
 }
 
 // SAFETY: the boxed objective is the only part of a CPU `Fitter` whose
@@ -267,7 +282,8 @@ pub(super) fn on_device<D: Kernels>(
         .filter(|v| v.role == Role::Hidden && !summed.contains(&v.name))
         .map(|v| v.name.clone())
         .collect();
-    let declared: Vec<String> = lowered.params.iter().map(|p| p.name.clone()).collect();
+    let declared: Vec<String> =
+        lowered.params.iter().map(|p| p.name.clone()).filter(|p| !train.frozen.contains(p)).collect();
     let on = OnDevice {
         dev,
         ir: lowered.ir,
@@ -325,6 +341,7 @@ impl<D: Kernels> Fitter<D> {
             l1: regs.l1.unwrap_or(0.0) as f32,
             l2: regs.l2.unwrap_or(0.0) as f32,
             clip: regs.clip_grad.map(|c| c as f32),
+            frozen: train.frozen.clone(),
         })
     }
 }
@@ -351,6 +368,9 @@ impl<D: Kernels> Fit for Fitter<D> {
 
     fn step(&mut self, batch: &Tensors, lr: f64, step: usize) -> Result<StepReport, TrainError> {
         let (loss, mut grads) = self.objective.step(&mut self.model, batch)?;
+        // Frozen parameters are no phase's output; a gradient an objective
+        // computes by other means (a tape) is dropped here, so none moves.
+        grads.retain(|name, _| !self.frozen.contains(name));
         if !loss.is_finite() {
             return Err(TrainError::NonFinite { what: "the loss".into(), step });
         }
@@ -401,6 +421,10 @@ impl<D: Kernels> Fit for Fitter<D> {
             self.model.params.insert(name, new);
         }
         Ok(StepReport { loss, grad_norm })
+    }
+
+    fn loss(&mut self, batch: &Tensors) -> Result<f64, TrainError> {
+        Ok(self.objective.step(&mut self.model, batch)?.0)
     }
 
     fn params(&self) -> Tensors {

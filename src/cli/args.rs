@@ -82,9 +82,10 @@ pub enum Command {
         /// Independent chains (one sample each, unless --every).
         #[arg(long, default_value_t = 64, value_parser = parse_chains)]
         chains: usize,
-        /// Sweeps after burn-in.
-        #[arg(long, default_value_t = 1000, value_parser = parse_sweeps)]
-        steps: usize,
+        /// Sweeps after burn-in (default: the objective's k when training's chains are
+        /// short-run, as `ebmc plan` says; else 1000).
+        #[arg(long, value_parser = parse_sweeps)]
+        steps: Option<usize>,
         /// Sweeps before any sample is kept.
         #[arg(long, default_value_t = 0, value_parser = parse_sweeps)]
         burn_in: usize,
@@ -195,9 +196,10 @@ pub enum Command {
         /// Chains of the model's own sampler compared with the rows (energies, MMD) when the visible variables are real-valued.
         #[arg(long, default_value_t = 256, value_parser = parse_sample_chains)]
         sample_chains: usize,
-        /// Sweeps those chains run from the sampler's random start.
-        #[arg(long, default_value_t = 200, value_parser = parse_every)]
-        sample_sweeps: usize,
+        /// Sweeps those chains run from the sampler's random start (default: the objective's k when
+        /// training's chains are short-run, as `ebmc plan` says; else 200).
+        #[arg(long, value_parser = parse_every)]
+        sample_sweeps: Option<usize>,
         /// Seed of AIS, the stochastic pseudo-likelihood, reconstructions, model samples, noise rows and the MMD test.
         #[arg(long, default_value_t = 0)]
         seed: u64,

@@ -206,10 +206,17 @@ fn chains_path(png: &Path) -> PathBuf {
     png.with_file_name(format!("{}-chains.png", png.file_stem().unwrap_or_default().to_string_lossy()))
 }
 
+/// Sweeps `ebmc sample` runs when neither `--steps` nor the plan says otherwise.
+pub const DEFAULT_SAMPLE_STEPS: usize = 1000;
+
 /// `ebmc sample`'s flags.
 pub struct SampleArgs {
     pub params: Option<PathBuf>,
-    pub run: SampleRun,
+    pub chains: usize,
+    pub burn_in: usize,
+    /// `--steps`; `None`: the plan's short-run default, else `DEFAULT_SAMPLE_STEPS`.
+    pub steps: Option<usize>,
+    pub every: Option<usize>,
     pub seed: u64,
     pub out: Option<PathBuf>,
     pub png: Option<PathBuf>,
@@ -223,13 +230,15 @@ pub fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Resu
     let (source, compiled) = compile(out, path)?;
     let model = one_model(&compiled.program, only, "sample")?;
     let plan = plan_of(out, path, &source, &compiled.program, model)?;
+    let steps = a.steps.or(plan.short_run.map(|s| s.sweeps)).unwrap_or(DEFAULT_SAMPLE_STEPS);
+    let run = SampleRun { chains: a.chains, burn_in: a.burn_in, steps, every: a.every };
     if let Some(file) = &a.out {
         writable(file, &["csv", "npy"])?;
     }
     if let Some(png) = &a.png {
         writable(png, &["png"])?;
     }
-    limits::check_sample(model, &plan.lowered, &a.run, limits::available_memory()).map_err(limits_failure)?;
+    limits::check_sample(model, &plan.lowered, &run, limits::available_memory()).map_err(limits_failure)?;
     let params = match &a.params {
         Some(p) => runs::load_model_params(p, model).map_err(params_failure)?,
         None => {
@@ -256,26 +265,25 @@ pub fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Resu
         use ebmc::runtime::given::{self, GivenError, Part};
         let flag = |e: given::PartError| CommandError::Flag(format!("--given: {e}"));
         let part = Part::parse(text, model).map_err(flag)?;
-        let clamp = given::load(&part, model, file, a.run.chains).map_err(|e| match e {
+        let clamp = given::load(&part, model, file, run.chains).map_err(|e| match e {
             GivenError::Part(e) => flag(e),
             GivenError::Data(e) => CommandError::Data(e),
         })?;
         held.push(HeldPart { part: part.text.clone(), file: file.clone() });
         clamps.push(clamp);
     }
-    let mut sampler = ebmc::backend::Sampler::new(model, &plan, &params, a.run.chains, a.seed, a.device)
+    let mut sampler = ebmc::backend::Sampler::new(model, &plan, &params, run.chains, a.seed, a.device)
         .map_err(CommandError::Result)?;
     sampler.set_clamps(&clamps).map_err(CommandError::Result)?;
-    let total = a.run.burn_in + a.run.steps;
+    let total = run.burn_in + run.steps;
     let bar = out.progress(total as u64, "sampling {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]");
-    let samples =
-        ebmc::runtime::sample::run(&mut sampler, &a.run, trace.as_ref().map(|(_, t, _)| t), &mut || bar.inc(1));
+    let samples = ebmc::runtime::sample::run(&mut sampler, &run, trace.as_ref().map(|(_, t, _)| t), &mut || bar.inc(1));
     bar.finish_and_clear();
     let samples = samples.map_err(CommandError::SamplingDiverged)?;
     let mixing = samples.statistics.summarise();
     let ramp = match &plan.temperature {
-        Some(Temperature::Anneal { sweeps, .. }) if *sweeps > a.run.burn_in => {
-            Some(ebmc::messages::anneal_burn_in_warning(*sweeps, a.run.burn_in))
+        Some(Temperature::Anneal { sweeps, .. }) if *sweeps > run.burn_in => {
+            Some(ebmc::messages::anneal_burn_in_warning(*sweeps, run.burn_in))
         }
         _ => None,
     };
@@ -299,7 +307,7 @@ pub fn sample(out: Out, path: &Path, only: Option<&str>, a: &SampleArgs) -> Resu
     let mut result = SampleResult {
         model: model.name.clone(),
         sweeps: total,
-        chains: a.run.chains,
+        chains: run.chains,
         acceptance: sampler.acceptance(),
         given: held,
         metropolis,
@@ -417,14 +425,25 @@ pub fn train(out: Out, path: &Path, only: Option<&str>, a: TrainArgs) -> Result<
     let started = std::time::Instant::now();
     let mut bar = None;
     let mut last_loss = 0.0;
-    // The checkpoints record the data actually used: `--data` replaces the block's.
-    let spec = &ebmc::analysis::program::Train { data: Some(data_spec), ..spec.clone() };
+    // The checkpoints record the data actually used (`--data` replaces the
+    // block's) and the `init` path as resolved.
+    let init = spec.init.as_ref().map(|p| ebmc::runtime::data::resolve(base, p).display().to_string());
+    let spec = &ebmc::analysis::program::Train { data: Some(data_spec), init, ..spec.clone() };
+    if !spec.frozen.is_empty() {
+        let trained = plan.lowered.params.iter().map(|p| p.name.clone()).filter(|p| !spec.frozen.contains(p));
+        out.note(CommandNote::Frozen { frozen: spec.frozen.clone(), trained: trained.collect() });
+    }
+    let mut init_report = None;
     let outliers = match &spec.outliers {
         Some(o) => Some(ebmc::runtime::data::load(o, model, base).map_err(data_failure)?),
         None => None,
     };
     let (rows, test, outliers) = (&train_rows, test_rows.as_ref(), outliers.as_ref());
     let result = runs::run_with_outliers(&source, &graph, &plan, spec, rows, test, outliers, &opts, &mut |p| match p {
+        runs::Progress::Init(report) => {
+            out.note(CommandNote::Init(report.clone()));
+            init_report = Some(report.clone());
+        }
         runs::Progress::Start { epochs, steps_per_epoch, from_epoch } => {
             let total = (epochs + 1 - from_epoch.min(epochs + 1)) * steps_per_epoch;
             bar = Some(out.progress(
@@ -457,6 +476,7 @@ pub fn train(out: Out, path: &Path, only: Option<&str>, a: TrainArgs) -> Result<
     let history = match result {
         Ok(history) => history,
         Err(runs::RunError::Io(e)) => return Err(CommandError::Io(e).into()),
+        Err(runs::RunError::Init(e)) => return Err(params_failure(e.to_string())),
         Err(runs::RunError::Train { error, epoch, last_good }) => {
             return Err(CommandError::TrainingDiverged { error, epoch, last_good }.into());
         }
@@ -478,6 +498,8 @@ pub fn train(out: Out, path: &Path, only: Option<&str>, a: TrainArgs) -> Result<
         last: history.last().cloned(),
         log_likelihood_on: if test_rows.is_some() { "test rows" } else { "training rows" },
         files: run_dir::run_files(&dir),
+        init: init_report,
+        frozen: spec.frozen.clone(),
     };
     out.result("train", &result, || result.to_text());
     Ok(())
@@ -527,7 +549,7 @@ pub fn eval(
 ) -> Result<(), Failure> {
     let trained = load_trained(out, path, only, params, "eval")?;
     if report::compares_samples(&trained) {
-        let run = SampleRun { chains: opts.sample_chains, burn_in: 0, steps: opts.sample_sweeps, every: None };
+        let run = SampleRun { chains: opts.sample_chains, burn_in: 0, steps: opts.sweeps(&trained.plan), every: None };
         limits::check_sample(&trained.model, &trained.plan.lowered, &run, limits::available_memory())
             .map_err(|errors| limits_failure(errors.into_iter().map(eval_sample_flags).collect()))?;
     }

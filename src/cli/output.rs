@@ -292,6 +292,12 @@ pub struct TrainResult {
     /// Which rows `last.log_likelihood` is of.
     pub log_likelihood_on: &'static str,
     pub files: RunFiles,
+    /// What `init` loaded, on a fresh staged run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<ebmc::runtime::train::InitReport>,
+    /// The parameters `freeze` held fixed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub frozen: Vec<String>,
 }
 
 impl TrainResult {

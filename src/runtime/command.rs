@@ -115,6 +115,10 @@ pub enum CommandNote {
     Unformatted { path: PathBuf },
     /// The picture at `path` of an unbounded real, shaded from the samples' own range.
     ImageRange { path: PathBuf, var: String, lo: f32, hi: f32 },
+    /// A staged run's start: what `init` loaded, kept and ignored.
+    Init(crate::runtime::train::InitReport),
+    /// A staged run's `freeze`: the parameters held fixed, and those trained.
+    Frozen { frozen: Vec<String>, trained: Vec<String> },
 }
 
 /// A count or size flag that does not parse or is out of range.

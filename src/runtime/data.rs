@@ -460,8 +460,8 @@ impl Dataset {
 }
 
 /// A relative path is tried from the working directory, then from `base`
-/// (the model file's directory).
-fn resolve(base: &Path, path: &str) -> PathBuf {
+/// (the model file's directory): data paths, and a train block's `init`.
+pub fn resolve(base: &Path, path: &str) -> PathBuf {
     let p = PathBuf::from(path);
     if p.is_absolute() || p.exists() { p } else { base.join(p) }
 }

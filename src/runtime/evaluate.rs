@@ -506,6 +506,56 @@ pub fn reconstruction_error(
     Ok(err / n as f64)
 }
 
+/// Draws of the latent per row when `eval` estimates the ELBO: its mean is
+/// the ELBO whatever the count; 16 make its noise a quarter of one draw's.
+pub const ELBO_DRAWS: usize = 16;
+
+/// The average evidence lower bound of the rows of `data` for a model
+/// trained by `elbo` (`train` its block), in nats less the energy's own
+/// normaliser: minus the objective's loss with `ELBO_DRAWS` draws per row.
+pub fn elbo(
+    model: &Model,
+    plan: &Plan,
+    train: &crate::analysis::program::Train,
+    params: &Tensors,
+    data: &Tensors,
+    seed: u64,
+    device: DeviceKind,
+) -> Result<f64, String> {
+    use crate::analysis::program::Objective;
+    let Objective::Elbo { encoder, .. } = &train.options.objective else {
+        return Err("the ELBO needs a model trained by `elbo`, whose encoder gives the posterior".into());
+    };
+    let mut train = train.clone();
+    train.options.objective = Objective::Elbo { encoder: encoder.clone(), samples: ELBO_DRAWS };
+    let mut trainer =
+        backend::Trainer::new(model, plan, &train, params, &Tensors::new(), seed, device).map_err(|e| e.to_string())?;
+    trainer.begin_epoch(seed);
+    let visible: Tensors = data
+        .iter()
+        .filter(|(k, _)| model.variable(k).is_some_and(|v| v.role == Role::Visible))
+        .map(|(k, t)| (k.clone(), t.clone()))
+        .collect();
+    let n = visible.values().next().map_or(0, |t| t.shape[0]);
+    // Chunks bound the step's memory (each row is repeated once per draw).
+    const CHUNK: usize = 256;
+    let mut total = 0.0;
+    for start in (0..n).step_by(CHUNK) {
+        let end = (start + CHUNK).min(n);
+        let chunk: Tensors = visible
+            .iter()
+            .map(|(k, t)| {
+                let per: usize = t.shape[1..].iter().product();
+                let mut shape = t.shape.clone();
+                shape[0] = end - start;
+                (k.clone(), HostTensor::new(shape, t.data[start * per..end * per].to_vec()))
+            })
+            .collect();
+        total += trainer.loss(&chunk).map_err(|e| e.to_string())? * (end - start) as f64;
+    }
+    Ok(-total / n as f64)
+}
+
 fn draw_host(domain: &Domain, p: &HostTensor, rng: &mut rand::rngs::StdRng) -> HostTensor {
     use rand::Rng;
     let data = match domain {

@@ -113,7 +113,9 @@ pub fn density_picture(
 
 /// The picture of fresh samples from `params` that a training run keeps
 /// beside its checkpoints (`samples.png`): 64 chains for images, 500 over a
-/// density, after 200 sweeps from `seed`. `None` when the model allows no picture.
+/// density, after 200 sweeps from `seed`, or the objective's `k` when
+/// training's chains are short-run (`Plan::short_run`): the samples training
+/// shaped. `None` when the model allows no picture.
 pub fn samples_picture(
     model: &Model,
     plan: &Plan,
@@ -126,7 +128,7 @@ pub fn samples_picture(
     };
     let chains = if matches!(picture, Picture::Density(_)) { 500 } else { 64 };
     let mut sampler = Sampler::new(model, plan, params, chains, seed, device)?;
-    for _ in 0..200 {
+    for _ in 0..plan.short_run.map_or(200, |s| s.sweeps) {
         sampler.sweep();
     }
     let bytes = match picture {

@@ -166,8 +166,9 @@ pub struct EvalOptions {
     pub grid_points: usize,
     /// Chains of the model's own sampler whose final states are compared with the rows (continuous models).
     pub sample_chains: usize,
-    /// Sweeps those chains run.
-    pub sample_sweeps: usize,
+    /// Sweeps those chains run; `None`: the plan's short-run default, else
+    /// `DEFAULT_SAMPLE_SWEEPS` (`EvalOptions::sweeps`).
+    pub sample_sweeps: Option<usize>,
     /// Seed of the random draws: AIS, stochastic pseudo-likelihood, reconstruction, the model's samples,
     /// noise rows and the MMD test.
     pub seed: u64,
@@ -187,10 +188,22 @@ impl Default for EvalOptions {
             grid_high: 6.0,
             grid_points: 300,
             sample_chains: 256,
-            sample_sweeps: 200,
+            sample_sweeps: None,
             seed: 0,
             device: DeviceKind::Cpu,
         }
+    }
+}
+
+/// Sweeps of `eval`'s model samples when neither the options nor the plan
+/// say otherwise: long enough for a model whose chains mix.
+pub const DEFAULT_SAMPLE_SWEEPS: usize = 200;
+
+impl EvalOptions {
+    /// The sweeps the model samples run: as asked, else the objective's `k`
+    /// for short-run training chains (`Plan::short_run`), else 200.
+    pub fn sweeps(&self, plan: &Plan) -> usize {
+        self.sample_sweeps.or(plan.short_run.map(|s| s.sweeps)).unwrap_or(DEFAULT_SAMPLE_SWEEPS)
     }
 }
 
@@ -294,6 +307,10 @@ pub struct EvalReport {
     /// Squared error per row after one up-down pass.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconstruction_error: Option<f64>,
+    /// The average evidence lower bound of the rows, for a model trained by
+    /// `elbo`: nats less the energy's own normaliser.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elbo: Option<f64>,
     /// The energy (free energy of the visible rows) of the evaluated rows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub energy_test: Option<EnergyStats>,
@@ -552,6 +569,12 @@ pub fn evaluate(t: &Trained, rows: &EvalRows, opts: &EvalOptions) -> Result<Eval
             Err(why) => r.notes.push(format!("no classification metrics: {why}")),
         }
     }
+    if matches!(t.spec.options.objective, crate::analysis::program::Objective::Elbo { .. }) {
+        match evaluate::elbo(model, plan, &t.spec, params, vars, opts.seed, device) {
+            Ok(e) => r.elbo = Some(finite("the ELBO", e)?),
+            Err(why) => r.notes.push(format!("no ELBO: {why}")),
+        }
+    }
     if !continuous && model.variables.iter().any(|v| v.role == Role::Hidden) {
         match evaluate::reconstruction_error(model, plan, params, vars, opts.seed, device) {
             Ok(e) => r.reconstruction_error = Some(finite("the reconstruction error", e)?),
@@ -606,6 +629,11 @@ fn comparison_figures(t: &Trained, rows: &EvalRows, opts: &EvalOptions, r: &mut 
         Ok(e) => e,
         Err(why) => {
             r.notes.push(ComparisonNote::NoEnergy(why).to_string());
+            // The samples' MMD needs no energy: a model with a continuous
+            // latent (a VAE, VAEBM) is still compared with the rows.
+            if real && vars.iter().all(|v| !v.domain.is_discrete()) {
+                return sample_figures(t, &vars, &scored, opts, r, false);
+            }
             return Ok(());
         }
     };
@@ -646,7 +674,7 @@ fn comparison_figures(t: &Trained, rows: &EvalRows, opts: &EvalOptions, r: &mut 
     r.energy_noise = Some(energy_stats("the energy of a noise row", &e)?);
     r.ood_noise = Some(detection(&test, &e, kinds.to_string())?);
     r.ood_noise_confidence = baseline(&noise, &kinds.to_string())?;
-    sample_figures(t, &vars, &scored, opts, r)
+    sample_figures(t, &vars, &scored, opts, r, true)
 }
 
 /// `n` noise rows of each of `vars`: uniform in a bounded variable's box;
@@ -736,14 +764,16 @@ fn flat_rows(rows: &Tensors, vars: &[&Variable], pick: &[usize]) -> Vec<f64> {
 }
 
 /// The model's own samples (the final states of `sample_chains` chains
-/// after `sample_sweeps` sweeps): their energies, and the MMD test of them
-/// against the evaluated rows.
+/// after `sample_sweeps` sweeps): their energies (when `energies`: the
+/// rows' free energy is defined), and the MMD test of them against the
+/// evaluated rows.
 fn sample_figures(
     t: &Trained,
     vars: &[&Variable],
     scored: &Tensors,
     opts: &EvalOptions,
     r: &mut EvalReport,
+    energies: bool,
 ) -> Result<(), EvalError> {
     let (model, plan, params, device) = (&t.model, &t.plan, &t.params, opts.device);
     let mut sampler = match backend::Sampler::new(model, plan, params, opts.sample_chains, opts.seed, device) {
@@ -753,7 +783,8 @@ fn sample_figures(
             return Ok(());
         }
     };
-    let run = SampleRun { chains: opts.sample_chains, burn_in: 0, steps: opts.sample_sweeps, every: None };
+    let sweeps = opts.sweeps(plan);
+    let run = SampleRun { chains: opts.sample_chains, burn_in: 0, steps: sweeps, every: None };
     let last = match sample::run(&mut sampler, &run, None, &mut || {}) {
         Ok(s) => s.last,
         Err(d) => {
@@ -761,11 +792,13 @@ fn sample_figures(
             return Ok(());
         }
     };
-    r.model_samples = Some(ModelSamples { chains: opts.sample_chains, sweeps: opts.sample_sweeps });
+    r.model_samples = Some(ModelSamples { chains: opts.sample_chains, sweeps });
     // The scored variables only: the energy sums the rest out as it does for the rows.
     let drawn: Tensors = last.into_iter().filter(|(k, _)| vars.iter().any(|v| v.name == *k)).collect();
-    let e = evaluate::row_free_energy(model, plan, params, &drawn, device).map_err(EvalError::Failed)?;
-    r.energy_samples = Some(energy_stats("the energy of a model sample", &e)?);
+    if energies {
+        let e = evaluate::row_free_energy(model, plan, params, &drawn, device).map_err(EvalError::Failed)?;
+        r.energy_samples = Some(energy_stats("the energy of a model sample", &e)?);
+    }
     let rows = scored.values().next().map_or(0, |t| t.shape[0]);
     if rows < 2 {
         r.notes.push(ComparisonNote::TooFewRows { rows }.to_string());
@@ -951,6 +984,12 @@ impl EvalReport {
         }
         if let Some(ece) = self.expected_calibration_error {
             line(format!("  expected calibration error     {ece:.4}"));
+        }
+        if let Some(e) = self.elbo {
+            line(format!(
+                "  average ELBO                   {e:.4} nats (less the energy's normaliser; {} draws a row)",
+                evaluate::ELBO_DRAWS
+            ));
         }
         if let Some(e) = self.reconstruction_error {
             line(format!("  reconstruction error           {e:.4} (squared, per row)"));
@@ -1147,7 +1186,7 @@ train box {
             training: None,
             ood: None,
         };
-        let opts = EvalOptions { sample_chains: 64, sample_sweeps: 50, ..EvalOptions::default() };
+        let opts = EvalOptions { sample_chains: 64, sample_sweeps: Some(50), ..EvalOptions::default() };
         let r = evaluate(&t, &given, &opts).unwrap();
         assert!(r.notes.is_empty(), "{:?}", r.notes);
         // E = 8‖x − ½‖² on uniform noise: mean 16/12 = 4/3 and sd √(128/180) = 0.843; standard error 0.019.

@@ -94,6 +94,12 @@ pub struct TrainOptions {
     pub batch: usize,
     /// Epochs the block asks for.
     pub epochs: usize,
+    /// The checkpoint the run started from (`init`, its path resolved), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
+    /// The parameters `freeze` held fixed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<String>,
 }
 
 /// A built-in call: its name and every option, defaults filled in.
@@ -164,6 +170,8 @@ impl Meta {
                 regularizers: train.regularizers.iter().map(Builtin::from).collect(),
                 batch: train.batch,
                 epochs: train.epochs,
+                init: train.init.clone(),
+                freeze: train.frozen.clone(),
             }),
         }
     }
@@ -277,6 +285,45 @@ pub enum Progress<'a> {
     Step { epoch: usize, loss: f64 },
     /// An epoch finished.
     Epoch(&'a EpochMetrics),
+    /// A fresh run with `init` loaded these parameters, before anything was written.
+    Init(&'a InitReport),
+}
+
+/// What `init` loaded: the file read, the parameters it gave, those that
+/// keep their initialisers, and its tensors the model does not declare.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InitReport {
+    /// The `params.safetensors` read.
+    pub file: PathBuf,
+    /// Parameters loaded from it, in declaration order.
+    pub loaded: Vec<String>,
+    /// Parameters it does not hold, drawn from their initialisers.
+    pub initialised: Vec<String>,
+    /// Its tensors that no parameter of the model is named for, ignored.
+    pub ignored: Vec<String>,
+}
+
+/// Why `init`'s checkpoint cannot start a run (worded in `messages.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum InitError {
+    /// The file cannot be read or is not a safetensors file; the reason names it.
+    Read(String),
+    /// A tensor that does not fit the parameter of its name (shape, or a non-finite value).
+    Params {
+        /// The file read.
+        file: PathBuf,
+        /// What does not fit.
+        error: tensor::ShapeError,
+    },
+    /// The checkpoint holds none of the model's parameters.
+    Disjoint {
+        /// The file read.
+        file: PathBuf,
+        /// The model.
+        model: String,
+        /// The tensors the file holds.
+        held: Vec<String>,
+    },
 }
 
 /// Why a training run stopped.
@@ -284,6 +331,8 @@ pub enum Progress<'a> {
 pub enum RunError {
     /// A run-directory file could not be read or written.
     Io(String),
+    /// `init`'s checkpoint cannot start the run; nothing was written.
+    Init(InitError),
     /// Training failed in `epoch`; `last_good` is the latest checkpoint written, if any.
     Train { error: TrainError, epoch: usize, last_good: Option<PathBuf> },
 }
@@ -339,6 +388,35 @@ fn params_file(path: &Path) -> PathBuf {
 /// checks them against a model.
 pub fn load_params(path: &Path) -> Result<Tensors, String> {
     tensor::load_safetensors(&params_file(path))
+}
+
+/// Overwrites `params` (every declared parameter, from its initialiser) with
+/// those the checkpoint at `path` holds (a run directory, an epoch folder or
+/// a `.safetensors` file, read as `load_params` does), each checked against
+/// its declared shape; the checkpoint's other tensors are ignored.
+pub fn load_init_params(path: &Path, model: &Model, params: &mut Tensors) -> Result<InitReport, InitError> {
+    let file = params_file(path);
+    let held = tensor::load_safetensors(&file).map_err(InitError::Read)?;
+    let (present, absent): (Vec<_>, Vec<_>) =
+        crate::ir::param_specs(model).into_iter().partition(|p| held.contains_key(&p.name));
+    if present.is_empty() {
+        return Err(InitError::Disjoint { file, model: model.name.clone(), held: held.keys().cloned().collect() });
+    }
+    tensor::check_params(&present, &held).map_err(|error| InitError::Params { file: file.clone(), error })?;
+    for p in &present {
+        tensor::check_finite(&format!("parameter `{}`", p.name), &held[&p.name])
+            .map_err(|error| InitError::Params { file: file.clone(), error })?;
+    }
+    let ignored = held.keys().filter(|k| !present.iter().any(|p| p.name == **k)).cloned().collect();
+    for p in &present {
+        params.insert(p.name.clone(), held[&p.name].clone());
+    }
+    Ok(InitReport {
+        file,
+        loaded: present.into_iter().map(|p| p.name).collect(),
+        initialised: absent.into_iter().map(|p| p.name).collect(),
+        ignored,
+    })
 }
 
 /// Parameters that objectives learn beside the model's own (NCE's log Z).
@@ -518,12 +596,27 @@ pub fn run_with_outliers(
     if opts.epochs == 0 {
         return Err(io("0 epochs: nothing to train, so nothing is written; give at least 1 epoch".into()));
     }
+    // A fresh run's parameters, read before the run directory is touched, so
+    // that a checkpoint which does not fit leaves nothing behind. A resumed
+    // run starts from its own checkpoint instead, never from `init`'s.
+    let fresh = match (opts.resume, &train.init) {
+        (true, _) => None,
+        (false, init) => {
+            let mut params = tensor::initialise(&plan.lowered.params, opts.seed);
+            if let Some(path) = init {
+                let report = load_init_params(Path::new(path), model, &mut params).map_err(RunError::Init)?;
+                progress(Progress::Init(&report));
+            }
+            Some(params)
+        }
+    };
     let _lock = RunLock::acquire(&opts.out).map_err(io)?;
     remove_leftovers(&opts.out);
     let hash = source_hash(source);
-    let lowered = &plan.lowered;
     // A resumed run keeps the seed it started with, whatever `opts.seed` says.
-    let (params, state, first_epoch, mut step, mut history, run_seed) = if opts.resume {
+    let (params, state, first_epoch, mut step, mut history, run_seed) = if let Some(params) = fresh {
+        (params, TrainState::default(), 1, 0, Vec::new(), opts.seed)
+    } else {
         let meta = checkpoint_meta(&opts.out).map_err(io)?;
         // `checkpoint_meta` found it, but another process may have removed it since.
         let dir = latest_checkpoint(&opts.out)
@@ -540,8 +633,6 @@ pub fn run_with_outliers(
         let history: Vec<EpochMetrics> =
             read_metrics(&opts.out).into_iter().filter(|m| m.epoch <= meta.epoch).collect();
         (params, state, meta.epoch + 1, meta.step, history, meta.seed)
-    } else {
-        (tensor::initialise(&lowered.params, opts.seed), TrainState::default(), 1, 0, Vec::new(), opts.seed)
     };
     let mut meta = Meta::new(source, model, train, data, &params, run_seed, opts.device);
     let mut trainer = Trainer::resume(model, plan, train, &params, &state, run_seed, opts.device)

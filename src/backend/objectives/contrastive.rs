@@ -212,7 +212,7 @@ impl<D: Kernels> Objective<D> for Contrastive<D> {
                     let start = replay.start(chains.random_state());
                     Chains::set_state(chains.as_mut(), &start).map_err(TrainError::Setup)?;
                 }
-                chains.set_params(&model.params);
+                chains.set_params(&model.params).map_err(TrainError::Setup)?;
                 for _ in 0..k {
                     Chains::sweep(chains.as_mut());
                 }

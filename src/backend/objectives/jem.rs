@@ -113,7 +113,7 @@ impl<D: Kernels> Objective<D> for Jem<D> {
         }
         let start = self.replay.start(self.chains.random_state());
         Chains::set_state(self.chains.as_mut(), &start).map_err(TrainError::Setup)?;
-        self.chains.set_params(&model.params);
+        self.chains.set_params(&model.params).map_err(TrainError::Setup)?;
         for _ in 0..self.k {
             Chains::sweep(self.chains.as_mut());
         }

@@ -2,6 +2,7 @@
 //!
 //! | room | objectives |
 //! |---|---|
+//! | `elbo` | the negative ELBO of a VAE, its encoder reparameterised |
 //! | `contrastive` | CD-k, PCD (and the energy penalty every contrastive loss can carry) |
 //! | `improved` | improved CD's KL and entropy terms on top of PCD |
 //! | `pseudo_likelihood` | PL |
@@ -28,6 +29,7 @@
 
 mod classify;
 mod contrastive;
+mod elbo;
 mod improved;
 mod jem;
 mod nce;
@@ -42,6 +44,7 @@ pub(super) const ALL_SEND_ON_CPU: () = {
     const fn send<T: Send>() {}
     send::<classify::Classify>();
     send::<contrastive::Contrastive<dfdx::tensor::Cpu>>();
+    send::<elbo::Elbo>();
     send::<jem::Jem<dfdx::tensor::Cpu>>();
     send::<nce::Nce>();
     send::<pseudo_likelihood::PseudoLikelihood>();
@@ -289,7 +292,8 @@ pub(super) struct OnDevice<D: Kernels> {
     pub(super) total: Id,
     pub(super) params: BTreeMap<String, T3<D>>,
     pub(super) shapes: BTreeMap<String, Vec<usize>>,
-    /// Every parameter, in declaration order.
+    /// Every parameter the run trains, in declaration order: the train
+    /// block's `freeze` leaves its parameters out, so no phase differentiates them.
     pub(super) declared: Vec<String>,
     /// Parameters the loss depends on (the others get no gradient).
     pub(super) used: Vec<String>,
@@ -327,7 +331,7 @@ impl<D: Kernels> OnDevice<D> {
             )?),
         };
         let set = self.scratch.insert(set);
-        set.set_params(&self.params);
+        set.set_params(&self.params).map_err(TrainError::Setup)?;
         Ok(set)
     }
 
@@ -397,6 +401,7 @@ pub(super) fn build<D: Kernels>(
         Options::Lsd { critic, penalty, critic_steps, directions } => {
             Box::new(stein::Stein::new(model, critic, *penalty, *critic_steps, *directions, seed)?)
         }
+        Options::Elbo { encoder, samples } => Box::new(elbo::Elbo::new(model, encoder, *samples, seed)?),
     })
 }
 

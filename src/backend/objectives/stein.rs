@@ -77,7 +77,9 @@ impl Stein {
         let Some(net) = net else {
             return Err(TrainError::Setup(format!("no net `{critic}` in the model")));
         };
-        let critic_params: Vec<String> = crate::ir::net_params(&net).into_iter().map(|p| p.name).collect();
+        // A frozen critic (`freeze`) is left out of `declared`, so it takes no ascent steps either.
+        let critic_params: Vec<String> =
+            crate::ir::net_params(&net).into_iter().map(|p| p.name).filter(|p| model.declared.contains(p)).collect();
         let ir = &mut model.ir;
         let Some(grad) = ir.grad(model.free_energy, &var) else {
             return Err(TrainError::Setup(format!("the energy does not depend on `{var}`")));

@@ -62,6 +62,13 @@ const INLINE: &[&str] = &[
        train m { data = toy(\"moons\", n: 40) -> x; objective = nce(noise: uniform, ratio: 2); }",
     "model m { visible x : real[2]; net f = mlp(2 -> 5 -> 1, act: tanh); energy e = f(x) + 0.1 * sum(square(x)); }
        train m { data = toy(\"moons\", n: 40) -> x; objective = cnce(sigma: 0.3); }",
+    // ELBO: a Gaussian decoder with two draws per row, a Bernoulli decoder on binary data with a latent matrix.
+    "model m { visible x : real[2]; hidden z : real[3]; net q = mlp(2 -> 4 -> 6, act: tanh); net g = mlp(3 -> 4 -> 2, act: swish);
+       energy prior = 0.5 * sum(square(z)); energy recon = 2.0 * sum(square(x - g(z))); }
+       train m { data = toy(\"moons\", n: 40) -> x; objective = elbo(encoder: q, samples: 2); }",
+    "model m { visible v : binary[4]; hidden z : real[1, 2]; param W : real[2, 4] = normal(0, 1); param b : real[4] = normal(0, 1);
+       net q = linear(4 -> 4); energy prior = 0.5 * sum(square(z)); energy recon = sum(softplus(z @ W + b)) - sum(v * (z @ W + b)); }
+       train m { data = bars_and_stripes(size: 2) -> v; objective = elbo(encoder: q); }",
     // LSD: a critic step and an energy step.
     "model m { visible x : real[2]; net f = mlp(2 -> 5 -> 1, act: swish); net c = mlp(2 -> 4 -> 2, act: tanh);
        energy e = f(x) + 0.1 * sum(square(x)); }
@@ -107,6 +114,8 @@ fn kind(o: &O) -> String {
         O::Nce { noise, .. } => format!("nce({noise:?})"),
         O::Cnce { .. } => "cnce".into(),
         O::Lsd { .. } => "lsd".into(),
+        O::Elbo { samples: 1, .. } => "elbo".into(),
+        O::Elbo { .. } => "elbo+samples".into(),
         O::Classify(c) if c.outliers => "classify+outliers".into(),
         O::Classify(_) => "classify".into(),
     }
@@ -212,6 +221,8 @@ fn every_objective_kind_matches_the_tape() {
         "nce(Uniform)",
         "cnce",
         "lsd",
+        "elbo",
+        "elbo+samples",
         "jem",
         "jem+alpha",
         "classify",
