@@ -361,14 +361,21 @@ pub type Operand<'a> = (&'a [f32], (usize, usize));
 /// below 2^21 a product takes under ~25 µs, too little to pay for a hand-off.
 pub(crate) const SPLIT_GEMM: usize = 1 << 21;
 
+/// The shortest side (of m, k and n) a cut product may have.
+const SPLIT_SIDE: usize = 16;
+
 /// Where a product is cut: `Some((along_rows, at))` splits the output's rows
 /// (or columns) into `..at` and `at..`. Fixed by the shape and the output's
 /// layout alone, never by the machine's threads, so a seed gives the same
 /// sums anywhere. Only outputs whose rows or columns are contiguous and
-/// disjoint are cut, so the halves write disjoint elements.
+/// disjoint are cut, so the halves write disjoint elements. A product with
+/// a side under `SPLIT_SIDE` stays whole: at the RBM's batch of 10 each
+/// such product is memory-bound, and waking the second thread cost more than
+/// the half it took (10×784×500: 148 µs whole, 182 µs cut; 784×10×500: 96
+/// against 145; `docs/performance.md`).
 fn split_point((m, k, n): (usize, usize, usize), (ors, ocs): (usize, usize)) -> Option<(bool, usize)> {
     let disjoint = (ocs == 1 && ors >= n) || (ors == 1 && ocs >= m);
-    if !disjoint || m * n * k < SPLIT_GEMM || m * n * k >= PAR_GEMM {
+    if !disjoint || m.min(k).min(n) < SPLIT_SIDE || m * n * k < SPLIT_GEMM || m * n * k >= PAR_GEMM {
         return None;
     }
     // The cut at a multiple of 16 (one AVX-512 register of f32) so each half keeps whole microkernel tiles.
@@ -604,6 +611,9 @@ mod tests {
         // Below SPLIT_GEMM, or an output whose rows overlap, is never cut.
         assert_eq!(split_point((64, 128, 128), (128, 1)), None);
         assert_eq!(split_point((160, 128, 112), (64, 1)), None);
+        // Nor is a product with a side under SPLIT_SIDE, however large.
+        assert_eq!(split_point((10, 784, 500), (500, 1)), None);
+        assert_eq!(split_point((784, 10, 500), (500, 1)), None);
     }
 
     #[test]
