@@ -45,30 +45,9 @@ fn gemm_crate(p: &Product, parallelism: gemm::Parallelism) -> f64 {
     common::gemm_product((p.m, p.k, p.n), (p.lhs_t, p.rhs_t), parallelism, 41)
 }
 
-/// numpy's seconds per product, in `PRODUCTS` order.
-fn numpy() -> Result<Vec<f64>, String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/numpy_gemm.py");
-    let specs: Vec<String> = PRODUCTS
-        .iter()
-        .map(|p| format!("{},{},{},{},{}", p.m, p.k, p.n, u8::from(p.lhs_t), u8::from(p.rhs_t)))
-        .collect();
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .args(&specs)
-        .output()
-        .map_err(|e| format!("cannot run python3: {e}"))?;
-    let times: Vec<f64> =
-        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|t| t.parse().ok()).collect();
-    if times.len() == PRODUCTS.len() {
-        Ok(times)
-    } else {
-        Err(format!("{script} printed no times: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
 fn main() {
     let threads = rayon::current_num_threads();
-    let numpy = numpy();
+    let numpy = common::numpy_products(&PRODUCTS.map(|p| ((p.m, p.k, p.n), (p.lhs_t, p.rhs_t))));
     if let Err(why) = &numpy {
         println!("numpy not measured: {why}");
     }

@@ -26,27 +26,6 @@ fn products(b: usize) -> [Product; 3] {
     [((b, 784, 500), (false, false), 3), ((b, 500, 784), (false, true), 1), ((784, b, 500), (true, false), 2)]
 }
 
-/// numpy's seconds for each product's one run, in order.
-fn numpy(products: &[Product]) -> Result<Vec<f64>, String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/numpy_gemm.py");
-    let specs: Vec<String> = products
-        .iter()
-        .map(|((m, k, n), (lt, rt), _)| format!("{m},{k},{n},{},{}", u8::from(*lt), u8::from(*rt)))
-        .collect();
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .args(&specs)
-        .output()
-        .map_err(|e| format!("cannot run python3: {e}"))?;
-    let times: Vec<f64> =
-        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|t| t.parse().ok()).collect();
-    if times.len() == products.len() {
-        Ok(times)
-    } else {
-        Err(format!("{script} printed no times: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
 /// Median seconds of one epoch at batch `b`, over `reps` epochs after a warm-up step.
 fn epoch(data: &[f32], rows: usize, b: usize, reps: usize) -> f64 {
     let src = format!(
@@ -87,7 +66,7 @@ fn main() {
         let products = products(b);
         let per_step = |time: &dyn Fn(&Product) -> f64| products.iter().map(|p| time(p) * p.2 as f64).sum::<f64>();
         let gemm_one = per_step(&|p| common::gemm_product(p.0, p.1, gemm::Parallelism::None, 41));
-        let numpy = numpy(&products);
+        let numpy = common::numpy_products(&products.map(|(shape, layout, _)| (shape, layout)));
         let epoch = epoch(&data, rows, b, 5);
         println!("  batch {b} ({steps} steps)");
         println!("    epoch                          {:>8.3} s   {:>8.0} rows/s", epoch, rows as f64 / epoch);

@@ -234,3 +234,29 @@ pub fn load_average() -> String {
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
 }
+
+/// A product's `(m, k, n)` and whether each operand is stored transposed.
+pub type ProductShape = ((usize, usize, usize), (bool, bool));
+
+/// numpy's seconds for one run of each product, in order: `benches/numpy_gemm.py`
+/// (OpenBLAS on all cores) shelled out to `python3`; an error in words when
+/// python3 or numpy is missing.
+pub fn numpy_products(products: &[ProductShape]) -> Result<Vec<f64>, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/numpy_gemm.py");
+    let specs: Vec<String> = products
+        .iter()
+        .map(|((m, k, n), (lt, rt))| format!("{m},{k},{n},{},{}", u8::from(*lt), u8::from(*rt)))
+        .collect();
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(&specs)
+        .output()
+        .map_err(|e| format!("cannot run python3: {e}"))?;
+    let times: Vec<f64> =
+        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|t| t.parse().ok()).collect();
+    if times.len() == products.len() {
+        Ok(times)
+    } else {
+        Err(format!("{script} printed no times: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
