@@ -156,15 +156,7 @@ impl<D: Kernels> Objective<D> for Elbo {
     #[cfg(test)]
     fn tape_loss(&self, model: &OnDevice<D>, batch: &Tensors, draw: &Draw) -> Result<(f64, Grads<D>), TrainError> {
         let rows = draw.eps.shape[0];
-        let leaves = model.taped_leaves();
-        let ev = super::super::eval::Taped(super::super::eval::Evaluator {
-            ir: &model.ir,
-            dev: &model.dev,
-            leaves: &leaves,
-        });
-        let vars: std::collections::BTreeMap<String, super::super::T3<D, OwnedTape<f32, D>>> =
-            self.vars(model, batch, draw).into_iter().map(|(k, t)| (k, t.retaped::<OwnedTape<f32, D>>())).collect();
-        let loss = super::one(ev.eval(&[self.phase.loss], &vars)).sum::<(), Axes3<0, 1, 2>>() / rows as f32;
+        let loss = super::one(super::taped_means(model, self.vars(model, batch, draw), &[self.phase.loss], rows));
         let value = f64::from(loss.as_vec()[0]);
         let g = loss.backward();
         let trained = model.params_in(&[self.phase.loss], &model.used);

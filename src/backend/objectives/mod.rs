@@ -421,6 +421,24 @@ fn data_gradients(ir: &mut Ir, root: Id, model: &Model) -> BTreeMap<String, Id> 
     grads
 }
 
+/// Each root's sum over the rows of `vars`, divided by `rows`, evaluated
+/// on dfdx's tape (the parameters traced, `vars` retaped): the tape
+/// oracles' losses. Each root is evaluated on its own, so each has its own
+/// tape and a backward pass through one reaches that root's graph alone.
+#[cfg(test)]
+fn taped_means<D: Kernels>(
+    model: &OnDevice<D>,
+    vars: Vars<D>,
+    roots: &[Id],
+    rows: usize,
+) -> Vec<Tensor<(), f32, D, OwnedTape<f32, D>>> {
+    let leaves = model.taped_leaves();
+    let ev = super::eval::Taped(Evaluator { ir: &model.ir, dev: &model.dev, leaves: &leaves });
+    let vars: BTreeMap<String, T3<D, OwnedTape<f32, D>>> =
+        vars.into_iter().map(|(k, t)| (k, t.retaped::<OwnedTape<f32, D>>())).collect();
+    roots.iter().map(|r| one(ev.eval(&[*r], &vars)).sum::<(), Axes3<0, 1, 2>>() / rows as f32).collect()
+}
+
 /// Gradients by tape for `used`, read off a backward pass.
 #[cfg(test)]
 fn tape_grads<D: Kernels>(model: &OnDevice<D>, g: &Gradients<f32, D>, used: &[String]) -> Grads<D> {

@@ -172,19 +172,12 @@ impl<D: Kernels> Objective<D> for Stein {
     #[cfg(test)]
     fn tape_loss(&self, model: &OnDevice<D>, batch: &Tensors, draw: &Draw) -> Result<(f64, Grads<D>), TrainError> {
         let rows = draw.directions.shape[0];
-        let leaves = model.taped_leaves();
-        let ev = super::super::eval::Taped(super::super::eval::Evaluator {
-            ir: &model.ir,
-            dev: &model.dev,
-            leaves: &leaves,
-        });
-        let vars: std::collections::BTreeMap<String, super::super::T3<D, OwnedTape<f32, D>>> =
-            self.vars(model, batch, draw).into_iter().map(|(k, t)| (k, t.retaped::<OwnedTape<f32, D>>())).collect();
         let root = if draw.critic_turn { self.critic_loss } else { self.stein };
-        let total = |root: Id| super::one(ev.eval(&[root], &vars)).sum::<(), Axes3<0, 1, 2>>() / rows as f32;
-        let loss = total(root);
         // S on its own tape, read and dropped; the loss's tape is the one differentiated.
-        let stein = f64::from(total(self.stein).as_vec()[0]);
+        let mut means = super::taped_means(model, self.vars(model, batch, draw), &[root, self.stein], rows);
+        // Cannot fire: `taped_means` gives one mean per root.
+        let stein = f64::from(means.pop().expect("a mean per root").as_vec()[0]);
+        let loss = means.pop().expect("a mean per root");
         let g = loss.backward();
         let trained: Vec<String> = model
             .params_in(&[root], &model.used)
