@@ -215,13 +215,7 @@ fn initial_params(w: usize) -> ebmc::tensor::Tensors {
 
 fn main() {
     let start = Instant::now();
-    println!(
-        "CPU: {} ({} logical CPUs)",
-        common::cpu_model(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    println!("load average at start (1, 5, 15 min): {}", common::load_average());
-    println!("ebmc: {} rayon threads", rayon::current_num_threads());
+    common::print_machine();
 
     // The data and each width's initial weights, for the JAX script.
     let most = CONFIGS.iter().map(|(_, b)| b).max().copied().unwrap_or(0);

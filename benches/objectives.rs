@@ -434,13 +434,7 @@ fn main() {
     let sizes = if quick { &QUICK } else { &FULL };
     let started = Instant::now();
     println!("command: cargo bench --bench objectives{}", if quick { " -- --quick" } else { "" });
-    println!(
-        "CPU: {} ({} logical CPUs)",
-        common::cpu_model(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    println!("load average at start (1, 5, 15 min): {}", common::load_average());
-    println!("ebmc: {} rayon threads", rayon::current_num_threads());
+    common::print_machine();
     let toys = ["8gaussians", "rings"];
     let seeds: Vec<u64> = (1..=sizes.seeds).collect();
     println!(

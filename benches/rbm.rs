@@ -60,6 +60,7 @@ fn main() {
     let rows = 8000;
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let data: Vec<f32> = (0..rows * 784).map(|_| f32::from(u8::from(rng.r#gen::<bool>()))).collect();
+    common::print_machine();
     println!("PCD-1 epoch, RBM 784x500, {rows} random rows; floor = the 6 products a step x steps");
     for b in [100, 10] {
         let steps = rows / b;

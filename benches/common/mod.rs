@@ -260,3 +260,11 @@ pub fn numpy_products(products: &[ProductShape]) -> Result<Vec<f64>, String> {
         Err(format!("{script} printed no times: {}", String::from_utf8_lossy(&out.stderr).trim()))
     }
 }
+
+/// Prints what a figure needs beside it: the CPU, the load when the bench
+/// starts and rayon's threads.
+pub fn print_machine() {
+    println!("CPU: {} ({} logical CPUs)", cpu_model(), std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!("load average at start (1, 5, 15 min): {}", load_average());
+    println!("ebmc: {} rayon threads", rayon::current_num_threads());
+}
