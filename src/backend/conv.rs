@@ -109,10 +109,16 @@ fn pieces(out: &mut [f32], len: usize, threaded: bool, f: impl Fn(usize, &mut [f
         // Enough pieces per task that each hand-off moves a few thousand values.
         let per = (PAR_ELEMENTS / 4).div_ceil(len).max(1);
         out.par_chunks_mut(per * len).enumerate().for_each(|(t, chunk)| {
-            host::wide(|| chunk.chunks_mut(len).enumerate().for_each(|(i, piece)| f(t * per + i, piece)))
+            host::wide(
+                #[inline(always)]
+                || chunk.chunks_mut(len).enumerate().for_each(|(i, piece)| f(t * per + i, piece)),
+            )
         });
     } else {
-        host::wide(|| out.chunks_mut(len).enumerate().for_each(|(i, piece)| f(i, piece)));
+        host::wide(
+            #[inline(always)]
+            || out.chunks_mut(len).enumerate().for_each(|(i, piece)| f(i, piece)),
+        );
     }
 }
 

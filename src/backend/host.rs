@@ -78,7 +78,12 @@ fn fast_tanh(x: f32) -> f32 {
 /// `f` of every element, as a new vector.
 pub fn map(f: Unary, xs: &[f32]) -> Vec<f32> {
     let mut out = xs.to_vec();
-    let piece = |chunk: &mut [f32]| wide(|| map_in_place(f, chunk));
+    let piece = |chunk: &mut [f32]| {
+        wide(
+            #[inline(always)]
+            || map_in_place(f, chunk),
+        )
+    };
     if out.len() > PIECE {
         out.par_chunks_mut(PIECE).for_each(piece);
     } else {
@@ -109,7 +114,11 @@ pub fn map_in_place(f: Unary, xs: &mut [f32]) {
 
 /// Runs `f` compiled for AVX2 (8-wide vectors) where the CPU has it
 /// (checked at run time), else for the baseline (4-wide). Loops reach the
-/// wide form when they are inlined into `f`.
+/// wide form when they are inlined into `f`, and `f` into `wide_avx2`: so
+/// every caller marks its closure `#[inline(always)]`. Left to LLVM, a large
+/// closure stayed out of line after an unrelated change elsewhere, and the
+/// step compiler's fused loops ran 4-wide (a Langevin step on an MLP took
+/// 1.25× as long).
 #[inline(always)]
 pub fn wide<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -153,13 +162,16 @@ pub fn bernoulli(xs: &[f32], bias: &[f32], scale: f32, hi: f32, lo: f32, rng: &m
             rng.fill(&mut words[..]);
             let words = &words;
             // `move`: values, not references, so the select below is a vector blend.
-            wide(move || {
-                for ((x, b), w) in chunk.iter_mut().zip(bias).zip(words) {
-                    let p = 1.0 / (1.0 + fast_exp(-scale * (*x + b)));
-                    let u = (w >> 8) as i32 as f32 * (1.0 / 16_777_216.0);
-                    *x = if u < p { hi } else { lo };
-                }
-            });
+            wide(
+                #[inline(always)]
+                move || {
+                    for ((x, b), w) in chunk.iter_mut().zip(bias).zip(words) {
+                        let p = 1.0 / (1.0 + fast_exp(-scale * (*x + b)));
+                        let u = (w >> 8) as i32 as f32 * (1.0 / 16_777_216.0);
+                        *x = if u < p { hi } else { lo };
+                    }
+                },
+            );
         }
     };
     let seeds: Vec<u64> = (0..out.len().div_ceil(piece)).map(|_| rng.next_u64()).collect();
@@ -212,12 +224,15 @@ pub fn zip(
     ys: (usize, usize, usize),
     (b, m, n): (usize, usize, usize),
 ) -> Vec<f32> {
-    wide(|| match op {
-        Arith::Add => zip_with(x, xs, y, ys, (b, m, n), |p, q| p + q),
-        Arith::Sub => zip_with(x, xs, y, ys, (b, m, n), |p, q| p - q),
-        Arith::Mul => zip_with(x, xs, y, ys, (b, m, n), |p, q| p * q),
-        Arith::Div => zip_with(x, xs, y, ys, (b, m, n), |p, q| p / q),
-    })
+    wide(
+        #[inline(always)]
+        || match op {
+            Arith::Add => zip_with(x, xs, y, ys, (b, m, n), |p, q| p + q),
+            Arith::Sub => zip_with(x, xs, y, ys, (b, m, n), |p, q| p - q),
+            Arith::Mul => zip_with(x, xs, y, ys, (b, m, n), |p, q| p * q),
+            Arith::Div => zip_with(x, xs, y, ys, (b, m, n), |p, q| p / q),
+        },
+    )
 }
 
 #[inline(always)]
@@ -475,10 +490,10 @@ pub fn gemm(
     match split_point((m, k, n), (ors, ocs)).filter(|_| threaded) {
         None => block(0..m, 0..n),
         Some((true, at)) => {
-            rayon::join(|| block(0..at, 0..n), || block(at..m, 0..n));
+            super::partner::join(|| block(0..at, 0..n), || block(at..m, 0..n));
         }
         Some((false, at)) => {
-            rayon::join(|| block(0..m, 0..at), || block(0..m, at..n));
+            super::partner::join(|| block(0..m, 0..at), || block(0..m, at..n));
         }
     }
 }

@@ -213,13 +213,18 @@ impl Operator {
         debug_assert_eq!(state.len(), chains * stride);
         let one = |x: &mut [f32], c: Option<&[f32]>, rng: &mut SmallRng| match (draw, self.degree) {
             // The usual lattices' degrees get fixed-length loops.
-            (Draw::Bernoulli { scale, hi, lo }, Some(4)) => {
-                wide(|| self.bernoulli_chain::<4>(x, c, rng, scale, hi, lo))
-            }
-            (Draw::Bernoulli { scale, hi, lo }, Some(6)) => {
-                wide(|| self.bernoulli_chain::<6>(x, c, rng, scale, hi, lo))
-            }
-            (Draw::Bernoulli { scale, hi, lo }, _) => wide(|| self.bernoulli_chain::<0>(x, c, rng, scale, hi, lo)),
+            (Draw::Bernoulli { scale, hi, lo }, Some(4)) => wide(
+                #[inline(always)]
+                || self.bernoulli_chain::<4>(x, c, rng, scale, hi, lo),
+            ),
+            (Draw::Bernoulli { scale, hi, lo }, Some(6)) => wide(
+                #[inline(always)]
+                || self.bernoulli_chain::<6>(x, c, rng, scale, hi, lo),
+            ),
+            (Draw::Bernoulli { scale, hi, lo }, _) => wide(
+                #[inline(always)]
+                || self.bernoulli_chain::<0>(x, c, rng, scale, hi, lo),
+            ),
             // Small category counts get fixed-length loops.
             (Draw::Categorical { scale }, _) => match self.width {
                 2 => self.categorical_chain(x, c, rng, scale, [0.0; 2]),

@@ -15,6 +15,7 @@ mod lattice;
 mod noise;
 mod objectives;
 mod optim;
+mod partner;
 mod replay;
 mod step;
 mod tempering;

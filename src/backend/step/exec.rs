@@ -125,11 +125,17 @@ fn fused(out: &mut [f32], dims: (usize, usize, usize), views: &[View], srcs: &[&
     let out = &mut out[..total];
     if threaded && total >= PAR_ELEMENTS {
         let piece = PAR_ELEMENTS / 4;
-        out.par_chunks_mut(piece)
-            .enumerate()
-            .for_each(|(p, c)| host::wide(|| fused_piece(p * piece, c, dims, views, srcs, code)));
+        out.par_chunks_mut(piece).enumerate().for_each(|(p, c)| {
+            host::wide(
+                #[inline(always)]
+                || fused_piece(p * piece, c, dims, views, srcs, code),
+            )
+        });
     } else {
-        host::wide(|| fused_piece(0, out, dims, views, srcs, code));
+        host::wide(
+            #[inline(always)]
+            || fused_piece(0, out, dims, views, srcs, code),
+        );
     }
 }
 
@@ -334,17 +340,20 @@ fn sum_batch(out: &mut [f32], v: View, src: &[f32], alpha: f32, accumulate: bool
     if !accumulate {
         out.iter_mut().for_each(|x| *x = 0.0);
     }
-    host::wide(|| {
-        for e in 0..b {
-            for i in 0..m {
-                let row = &mut out[i * n..(i + 1) * n];
-                let base = e * v.strides.0 + i * v.strides.1;
-                if v.strides.2 == 1 {
-                    row.iter_mut().zip(&src[base..base + n]).for_each(|(o, x)| *o += alpha * x);
-                } else {
-                    row.iter_mut().enumerate().for_each(|(j, o)| *o += alpha * src[base + j * v.strides.2]);
+    host::wide(
+        #[inline(always)]
+        || {
+            for e in 0..b {
+                for i in 0..m {
+                    let row = &mut out[i * n..(i + 1) * n];
+                    let base = e * v.strides.0 + i * v.strides.1;
+                    if v.strides.2 == 1 {
+                        row.iter_mut().zip(&src[base..base + n]).for_each(|(o, x)| *o += alpha * x);
+                    } else {
+                        row.iter_mut().enumerate().for_each(|(j, o)| *o += alpha * src[base + j * v.strides.2]);
+                    }
                 }
             }
-        }
-    });
+        },
+    );
 }
