@@ -1545,9 +1545,16 @@ fn objective_text(
     };
     let how = match o.name.as_str() {
         "cd" => format!("contrastive divergence, chains restart at the data; {positive}"),
-        "pcd" if improved_cd(o) => format!(
-            "persistent chains; {positive}; improved CD: the KL term and the nearest-neighbour entropy of the samples differentiated through the last Langevin step"
-        ),
+        "pcd" if improved_cd(o) => {
+            let terms: Vec<&str> = [("kl", "the KL term"), ("entropy", "the nearest-neighbour entropy of the samples")]
+                .into_iter()
+                .filter_map(|(k, what)| improved_on(o, k).then_some(what))
+                .collect();
+            format!(
+                "persistent chains; {positive}; improved CD: {} differentiated through the last Langevin step",
+                terms.join(" and ")
+            )
+        }
         "pcd" => format!("persistent chains; {positive}"),
         "pl" => "exact pseudo-likelihood over the visible units".to_string(),
         "sm" => "exact score matching: sum_i 0.5 (dE/dx_i)^2 - d2E/dx_i^2".to_string(),
@@ -1582,9 +1589,12 @@ fn objective_text(
 
 /// Whether a `pcd` call turns on an improved-CD term.
 fn improved_cd(o: &Call) -> bool {
-    crate::analysis::schema::IMPROVED_CD_OPTIONS
-        .iter()
-        .any(|k| o.options.get(*k).and_then(crate::analysis::schema::Value::as_f64).is_some_and(|x| x > 0.0))
+    crate::analysis::schema::IMPROVED_CD_OPTIONS.iter().any(|k| improved_on(o, k))
+}
+
+/// Whether improved CD's term `k` (`kl` or `entropy`) is on: weighed above 0.
+fn improved_on(o: &Call, k: &str) -> bool {
+    o.options.get(k).and_then(crate::analysis::schema::Value::as_f64).is_some_and(|x| x > 0.0)
 }
 
 impl Plan {
