@@ -384,10 +384,11 @@ const SPLIT_SIDE: usize = 16;
 /// layout alone, never by the machine's threads, so a seed gives the same
 /// sums anywhere. Only outputs whose rows or columns are contiguous and
 /// disjoint are cut, so the halves write disjoint elements. A product with
-/// a side under `SPLIT_SIDE` stays whole: at the RBM's batch of 10 each
-/// such product is memory-bound, and waking the second thread cost more than
-/// the half it took (10×784×500: 148 µs whole, 182 µs cut; 784×10×500: 96
-/// against 145; `docs/performance.md`).
+/// a side under `SPLIT_SIDE` stays whole: at the RBM's batch of 10 a half
+/// takes 50–100 µs, and the second vCPU of the machines measured stalls now
+/// and then for longer. Cut, with the partner thread, the batch-10 epoch ran
+/// in 0.61–0.85 s in some runs and 1.8–2.0 s in others, against 1.2–1.4 s
+/// whole (`docs/performance.md`).
 fn split_point((m, k, n): (usize, usize, usize), (ors, ocs): (usize, usize)) -> Option<(bool, usize)> {
     let disjoint = (ocs == 1 && ors >= n) || (ors == 1 && ocs >= m);
     if !disjoint || m.min(k).min(n) < SPLIT_SIDE || m * n * k < SPLIT_GEMM || m * n * k >= PAR_GEMM {
