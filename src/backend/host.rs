@@ -367,41 +367,42 @@ pub fn sum_squares(xs: &[f32]) -> f64 {
 /// A GEMM operand: its buffer and (row, column) strides.
 pub type Operand<'a> = (&'a [f32], (usize, usize));
 
-/// Multiply-adds from which a threaded product is cut in two along its
-/// output's longer side, each half one single-threaded `gemm` call on its
-/// own thread: the `gemm` crate's own threading only pays from `PAR_GEMM`.
-/// Run one after the other on one core, the two halves cost 0.8–1.05× the
-/// whole call from 2^21 (the RBM's and the MLP layer's shapes, `taskset -c 1`,
+/// Multiply-adds from which a threaded product is cut into pieces along its
+/// output's longer side, each piece one single-threaded `gemm` call, shared
+/// by two threads: the `gemm` crate's own threading only pays from `PAR_GEMM`.
+/// Run one after the other on one core, the pieces cost about what the whole
+/// call does from 2^21 (the RBM's and the MLP layer's shapes, `taskset -c 1`,
 /// `docs/performance.md`), so on two free cores they approach half its time;
 /// below 2^21 a product takes under ~25 µs, too little to pay for a hand-off.
 pub(crate) const SPLIT_GEMM: usize = 1 << 21;
 
-/// The shortest side (of m, k and n) a cut product may have.
-const SPLIT_SIDE: usize = 16;
+/// The pieces a cut product is run in, at most: enough that a thread that
+/// stalls mid-piece holds up little of the product, few enough that each
+/// piece keeps whole tiles. Run one after the other on one core, 16 pieces
+/// of the RBM's products cost what one call does, within 5%.
+const PIECES: usize = 8;
 
-/// Where a product is cut: `Some((along_rows, at))` splits the output's rows
-/// (or columns) into `..at` and `at..`. Fixed by the shape and the output's
-/// layout alone, never by the machine's threads, so a seed gives the same
-/// sums anywhere. Only outputs whose rows or columns are contiguous and
-/// disjoint are cut, so the halves write disjoint elements. A product with
-/// a side under `SPLIT_SIDE` stays whole: at the RBM's batch of 10 a half
-/// takes 50–100 µs, and the second vCPU of the machines measured stalls now
-/// and then for longer. Cut, with the partner thread, the batch-10 epoch ran
-/// in 0.61–0.85 s in some runs and 1.8–2.0 s in others, against 1.2–1.4 s
-/// whole (`docs/performance.md`).
+/// How a product is cut: `Some((along_rows, width))` splits the output's
+/// rows (or columns) into blocks of `width`, the last one shorter. Fixed by
+/// the shape and the output's layout alone, never by the machine's threads,
+/// so a seed gives the same sums anywhere. Only outputs whose rows or
+/// columns are contiguous and disjoint are cut, so the pieces write
+/// disjoint elements. The cut runs along the output's longer side, whose
+/// pieces re-read the smaller operand: at the RBM's batch of 10 that is a
+/// 10×784 block of the chains, the columns of `W` each piece's own.
 fn split_point((m, k, n): (usize, usize, usize), (ors, ocs): (usize, usize)) -> Option<(bool, usize)> {
     let disjoint = (ocs == 1 && ors >= n) || (ors == 1 && ocs >= m);
-    if !disjoint || m.min(k).min(n) < SPLIT_SIDE || m * n * k < SPLIT_GEMM || m * n * k >= PAR_GEMM {
+    if !disjoint || m * n * k < SPLIT_GEMM || m * n * k >= PAR_GEMM {
         return None;
     }
-    // The cut at a multiple of 16 (one AVX-512 register of f32) so each half keeps whole microkernel tiles.
+    // Widths a multiple of 16 (one AVX-512 register of f32) so each piece keeps whole microkernel tiles.
     let (rows, len) = if m >= n { (true, m) } else { (false, n) };
-    let at = (len / 2).next_multiple_of(16);
-    (at < len).then_some((rows, at))
+    let width = len.div_ceil(PIECES).next_multiple_of(16);
+    (width < len).then_some((rows, width))
 }
 
-/// `out` for a product's output handed to one thread per half; the halves
-/// write disjoint elements (`split_point`).
+/// `out` for a product's output shared by the threads running its pieces;
+/// the pieces write disjoint elements (`split_point`).
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
 impl Out {
@@ -416,17 +417,17 @@ impl Out {
     }
 }
 
-// SAFETY: each thread writes only its own half's elements through the pointer (`split_point`).
+// SAFETY: each thread writes only its own pieces' elements through the pointer (`split_point`).
 unsafe impl Send for Out {}
-// SAFETY: as for `Send`: the halves' elements are disjoint, and `out` outlives both threads (joined before return).
+// SAFETY: as for `Send`: the pieces' elements are disjoint, and `out` outlives every thread's use (joined before return).
 unsafe impl Sync for Out {}
 
 /// `out (+)= alpha a b` for `a` `(m×k)` and `b` `(k×n)` and `out` `(m×n)`,
 /// any strides, bounds-checked; the one call into the `gemm` crate. When
 /// `threaded` (a program's choice, fixed by its shapes), from `SPLIT_GEMM`
-/// multiply-adds it runs as two halves on two threads (`split_point`), and
+/// multiply-adds it runs in pieces on two threads (`split_point`), and
 /// from `PAR_GEMM` as one call over all of rayon's threads. Unthreaded, one
-/// call: the halves run one after the other would cost up to 5% more.
+/// call: its pieces run one after the other would cost up to 5% more.
 pub fn gemm(
     (out, (ors, ocs)): (&mut [f32], (usize, usize)),
     (a, (ars, acs)): Operand,
@@ -490,11 +491,12 @@ pub fn gemm(
     };
     match split_point((m, k, n), (ors, ocs)).filter(|_| threaded) {
         None => block(0..m, 0..n),
-        Some((true, at)) => {
-            super::partner::join(|| block(0..at, 0..n), || block(at..m, 0..n));
-        }
-        Some((false, at)) => {
-            super::partner::join(|| block(0..m, 0..at), || block(0..m, at..n));
+        Some((rows, width)) => {
+            let len = if rows { m } else { n };
+            super::partner::for_each(len.div_ceil(width), |i| {
+                let span = i * width..((i + 1) * width).min(len);
+                if rows { block(span, 0..n) } else { block(0..m, span) }
+            });
         }
     }
 }
@@ -597,7 +599,7 @@ mod tests {
 
     /// `out (+)= alpha a b` by `gemm`, threaded, for `a` stored transposed or
     /// not and `out` row- or column-major, against an f64 loop. Small whole
-    /// numbers make every sum exact, so a misplaced half shows as a mismatch.
+    /// numbers make every sum exact, so a misplaced piece shows as a mismatch.
     fn split_against_loop((m, k, n): (usize, usize, usize), a_t: bool, out_rows: bool, accumulate: bool) {
         assert!(split_point((m, k, n), if out_rows { (n, 1) } else { (1, m) }).is_some(), "the product is cut");
         let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
@@ -619,17 +621,19 @@ mod tests {
 
     #[test]
     fn split_products_match_a_loop() {
-        // m ≥ n cuts the rows (at 80), m < n the columns (at 80); both reach SPLIT_GEMM.
-        split_against_loop((160, 128, 112), false, true, false);
-        split_against_loop((112, 128, 160), true, true, true);
-        split_against_loop((160, 128, 112), true, false, true);
-        split_against_loop((112, 128, 160), false, false, false);
+        // m ≥ n cuts the rows (in 8 pieces of 32, the last 6), m < n the columns; both reach SPLIT_GEMM.
+        assert_eq!(split_point((230, 128, 112), (112, 1)), Some((true, 32)));
+        split_against_loop((230, 128, 112), false, true, false);
+        split_against_loop((112, 128, 230), true, true, true);
+        split_against_loop((230, 128, 112), true, false, true);
+        split_against_loop((112, 128, 230), false, false, false);
+        // The RBM's products at batch 10 are cut along their long side.
+        assert_eq!(split_point((10, 784, 500), (500, 1)), Some((false, 64)));
+        split_against_loop((10, 784, 500), false, true, true);
+        split_against_loop((784, 10, 500), true, true, false);
         // Below SPLIT_GEMM, or an output whose rows overlap, is never cut.
         assert_eq!(split_point((64, 128, 128), (128, 1)), None);
         assert_eq!(split_point((160, 128, 112), (64, 1)), None);
-        // Nor is a product with a side under SPLIT_SIDE, however large.
-        assert_eq!(split_point((10, 784, 500), (500, 1)), None);
-        assert_eq!(split_point((784, 10, 500), (500, 1)), None);
     }
 
     #[test]
@@ -644,6 +648,10 @@ mod tests {
             out
         };
         let one = run(1);
+        // Outside any pool, the caller shares the pieces with the partner thread.
+        let mut outside = vec![0.0f32; m * n];
+        gemm((&mut outside, (n, 1)), (&a, (k, 1)), (&b, (n, 1)), (m, k, n), (false, 1.0), true);
+        assert!(one.iter().zip(outside).all(|(x, y)| x.to_bits() == y.to_bits()));
         assert!(one.iter().zip(run(2)).all(|(x, y)| x.to_bits() == y.to_bits()));
         assert!(one.iter().zip(run(3)).all(|(x, y)| x.to_bits() == y.to_bits()));
     }

@@ -651,9 +651,9 @@ struct ChainSet<D: Device<f32>> {
     chain_rngs: Vec<rand::rngs::SmallRng>,
     /// Compiled data gradients of each Langevin stage, by the stage's roots (host devices).
     compiled: BTreeMap<Vec<Id>, step::Compiled>,
-    /// Host copies of the parameters and constants those programs read, and whether they lag `leaves`.
-    shared: step::Shared,
-    shared_stale: bool,
+    /// Host copies of the parameters and constants those programs read:
+    /// the set's own, or its trainer's (`share_host`).
+    host: step::SharedMirror,
     /// Clamped parts, by variable index (`Sampler::set_clamps`).
     held: BTreeMap<usize, Held<D>>,
     /// Whether `langevin` keeps `last_step` (improved CD differentiates it).
@@ -1004,8 +1004,7 @@ impl<D: Kernels> ChainSet<D> {
             fast_rng: rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5851_f42d_4c95_7f2d),
             chain_rngs: chain_rngs(seed, chains),
             compiled: BTreeMap::new(),
-            shared: step::Shared::new(),
-            shared_stale: true,
+            host: step::SharedMirror::default(),
             held: BTreeMap::new(),
             record_last: false,
             last_step: None,
@@ -1199,15 +1198,12 @@ impl<D: Kernels> ChainSet<D> {
         if !D::HOST {
             return self.eval(roots, state);
         }
-        if self.shared_stale {
-            step::mirror(&self.leaves.tensors, &mut self.shared);
-            self.shared_stale = false;
-        }
+        let host = step::Mirror::read(&self.host, &self.leaves.tensors);
         let compiled = self
             .compiled
             .entry(roots.to_vec())
             .or_insert_with(|| step::Compiled::new(roots.iter().map(|r| step::Output::PerExample(*r)).collect()));
-        let done = compiled.run(&self.ir, self.chains, &[state], &self.shared);
+        let done = compiled.run(&self.ir, self.chains, &[state], host.shared());
         (0..roots.len()).map(|i| done.tensor(&self.dev, i)).collect()
     }
 
@@ -1249,16 +1245,13 @@ impl<D: Kernels> ChainSet<D> {
             .iter()
             .map(|(b, m, n)| (0..b * m * n).map(|_| rand_distr::StandardNormal.sample(&mut self.fast_rng)).collect())
             .collect();
-        if self.shared_stale {
-            step::mirror(&self.leaves.tensors, &mut self.shared);
-            self.shared_stale = false;
-        }
+        let host = step::Mirror::read(&self.host, &self.leaves.tensors);
         let grads: Vec<Id> = vars.iter().map(|(_, g)| *g).collect();
         let compiled = self
             .compiled
             .entry(grads.clone())
             .or_insert_with(|| step::Compiled::new(grads.iter().map(|r| step::Output::PerExample(*r)).collect()));
-        let done = compiled.run(&self.ir, self.chains, &[&self.state], &self.shared);
+        let done = compiled.run(&self.ir, self.chains, &[&self.state], host.shared());
         let beta = self.beta;
         let mut moved = Vec::with_capacity(vars.len());
         for (i, (((v, _), z), &(b, m, n))) in vars.iter().zip(noises).zip(&shapes).enumerate() {
@@ -1726,7 +1719,7 @@ impl<D: Kernels> ChainSet<D> {
         for (k, v) in params {
             self.leaves.tensors.insert(k.clone(), v.clone());
         }
-        self.shared_stale = true;
+        step::Mirror::stale(&self.host);
         for stage in &mut self.stages {
             match stage {
                 Stage::Chromatic { form: Chromatic::Lattice(l), .. } => l.built = Built::Stale,
@@ -1735,6 +1728,13 @@ impl<D: Kernels> ChainSet<D> {
             }
         }
         self.factor_all()
+    }
+
+    /// Reads its parameters' host copies from `host`, which its trainer's
+    /// loss reads too: every holder of `host` must hold the same parameters.
+    fn share_host(&mut self, host: &step::SharedMirror) {
+        self.host = host.clone();
+        step::Mirror::stale(&self.host);
     }
 
     /// Drops this set's references to the parameters, so that an optimiser

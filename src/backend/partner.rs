@@ -1,21 +1,22 @@
-//! A partner thread for the second half of a split product (`host::gemm`).
+//! A partner thread for the pieces of a split product (`host::gemm`).
 //!
 //! `rayon::join` called from outside rayon's pool (the training loop's own
 //! thread, where a one-shard program runs) queues the work on the pool and
 //! puts the caller to sleep: two or three futex wake-ups a product, each
-//! tens of microseconds on a virtual machine, around halves that take
+//! tens of microseconds on a virtual machine, around products that take
 //! 50–600 µs. The partner instead spins between jobs for `SPIN`, as
-//! OpenBLAS's threads do, so handing it a half is a write to one cache line,
-//! and the caller runs the other half itself meanwhile. A half the partner
-//! has not started by the time the caller is done with its own, the caller
-//! takes back and runs too: when the partner's core is busy elsewhere (a
-//! virtual machine's second vCPU often is), a split product costs what the
-//! whole one would, not a wait for that core.
+//! OpenBLAS's threads do, so handing it a job is a write to one cache line,
+//! and the caller works on the same job meanwhile. A job is a few pieces
+//! (column or row blocks of one product), each claimed by whichever of the
+//! two threads is free: when the partner's core is busy elsewhere (a virtual
+//! machine's second vCPU often is), the caller runs the pieces the partner
+//! never claimed, so a stall costs at most one piece, not a wait for that
+//! core. Halves, as before, waited for the stalled half.
 
 use std::any::Any;
 use std::cell::UnsafeCell;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, TryLockError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -36,11 +37,11 @@ const READY: u8 = 1;
 const RUNNING: u8 = 2;
 const DONE: u8 = 3;
 
-/// A job on the caller's stack: its closure behind an erased pointer, and
-/// where a panic inside it is kept for the caller to resume.
+/// A job on the caller's stack: the claiming loop behind an erased pointer,
+/// and where a panic inside it is kept for the caller to resume.
 struct Job {
-    call: unsafe fn(*mut ()),
-    data: *mut (),
+    call: unsafe fn(*const ()),
+    data: *const (),
     panic: Option<Box<dyn Any + Send>>,
 }
 
@@ -114,38 +115,57 @@ fn serve(me: &'static Partner) -> ! {
         // SAFETY: READY was published after the job pointer was written, and
         // once claimed the caller keeps the job alive until it sees DONE (`Partner`).
         let job = unsafe { &mut **me.job.get() };
-        // SAFETY: `call` is `run::<F>` for the `F` that `data` points to.
+        // SAFETY: `call` is `run::<F>` for the `Pieces<F>` that `data` points to.
         job.panic = catch_unwind(AssertUnwindSafe(|| unsafe { (job.call)(job.data) })).err();
         me.state.store(DONE, Ordering::Release);
     }
 }
 
-/// Runs the `Option<F>` at `data`, once.
-///
-/// # Safety
-/// `data` points to a live `Option<F>`.
-unsafe fn run<F: FnOnce()>(data: *mut ()) {
-    // SAFETY: the caller passes a pointer to a live `Option<F>`.
-    let f = unsafe { &mut *data.cast::<Option<F>>() };
-    if let Some(f) = f.take() {
-        f();
+/// The pieces of one job, claimed one at a time by whichever thread is free.
+struct Pieces<'a, F> {
+    next: AtomicUsize,
+    count: usize,
+    f: &'a F,
+}
+
+impl<F: Fn(usize)> Pieces<'_, F> {
+    /// Runs pieces until none is left to claim.
+    fn claim(&self) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.count {
+                return;
+            }
+            (self.f)(i);
+        }
     }
 }
 
-/// `run::<F>` for the closure in `b`.
-fn runner<F: FnOnce()>(_: &Option<F>) -> unsafe fn(*mut ()) {
+/// Claims pieces of the `Pieces<F>` at `data` until none is left.
+///
+/// # Safety
+/// `data` points to a live `Pieces<F>`.
+unsafe fn run<F: Fn(usize)>(data: *const ()) {
+    // SAFETY: the caller passes a pointer to a live `Pieces<F>`.
+    unsafe { &*data.cast::<Pieces<F>>() }.claim();
+}
+
+/// `run::<F>` for the pieces in `p`.
+fn runner<F: Fn(usize)>(_: &Pieces<F>) -> unsafe fn(*const ()) {
     run::<F>
 }
 
-/// Runs `a` and `b`, `b` on the partner thread when it is free and rayon is
-/// given more than one thread, else as `rayon::join` would (inside rayon's
-/// pool, or while another thread has the partner) or one after the other.
-/// Either way each closure runs once and whole, so the results do not depend
-/// on which thread ran what.
-pub(crate) fn join(a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
-    if rayon::current_num_threads() < 2 {
-        a();
-        b();
+/// Runs `f(0)`, …, `f(count - 1)`, each once and whole, on this thread and
+/// the partner thread when it is free and rayon is given more than one
+/// thread, else on rayon's threads (inside rayon's pool, or while another
+/// thread has the partner) or one after the other. Each thread claims the
+/// next piece when it is done with its last, so a partner whose core is
+/// busy elsewhere costs at most the piece it is running: the caller runs
+/// every piece the partner has not claimed. Which thread runs a piece never
+/// changes what it computes.
+pub(crate) fn for_each(count: usize, f: impl Fn(usize) + Sync) {
+    if count < 2 || rayon::current_num_threads() < 2 {
+        (0..count).for_each(f);
         return;
     }
     // A poisoned lock only means an earlier job panicked: its state was reset before the panic went on.
@@ -160,12 +180,13 @@ pub(crate) fn join(a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
     let (p, _guard) = match rayon::current_thread_index().map_or_else(free, |_| None) {
         Some(found) => found,
         None => {
-            rayon::join(a, b);
+            use rayon::prelude::*;
+            (0..count).into_par_iter().for_each(&f);
             return;
         }
     };
-    let mut b = Some(b);
-    let mut job = Job { call: runner(&b), data: (&raw mut b).cast(), panic: None };
+    let pieces = Pieces { next: AtomicUsize::new(0), count, f: &f };
+    let mut job = Job { call: runner(&pieces), data: (&raw const pieces).cast(), panic: None };
     // SAFETY: only the holder of `caller` writes the pointer, and the partner
     // reads it only after READY below (`Partner`).
     unsafe { *p.job.get() = &raw mut job };
@@ -173,13 +194,13 @@ pub(crate) fn join(a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
     if p.asleep.load(Ordering::SeqCst) {
         p.thread.unpark();
     }
-    // `b` borrows what `a` may too: settle it even when `a` panics.
-    let ours = catch_unwind(AssertUnwindSafe(a));
-    if p.state.compare_exchange(READY, IDLE, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-        // The partner never started it: ours again.
-        // SAFETY: `call` is `run::<F>` for the `F` that `data` points to.
-        job.panic = catch_unwind(AssertUnwindSafe(|| unsafe { (job.call)(job.data) })).err();
-    } else {
+    let ours = catch_unwind(AssertUnwindSafe(|| pieces.claim()));
+    if ours.is_err() {
+        // No more pieces for the partner either: the panic goes on below.
+        pieces.next.store(count, Ordering::Relaxed);
+    }
+    // The partner never started: every piece was ours. Else wait for its last one.
+    if p.state.compare_exchange(READY, IDLE, Ordering::Acquire, Ordering::Relaxed).is_err() {
         let mut spins = 0u32;
         while p.state.load(Ordering::Acquire) != DONE {
             std::hint::spin_loop();
@@ -202,32 +223,38 @@ pub(crate) fn join(a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn both_halves_run_once_from_any_thread() {
-        let mut halves = [0u32; 2];
-        let (x, y) = halves.split_at_mut(1);
-        join(|| x[0] += 1, || y[0] += 1);
-        assert_eq!(halves, [1, 1]);
-        // From inside rayon's pool, and from many threads at once.
-        let sums: Vec<u32> = (0..64u32)
-            .map(|i| {
-                let (mut a, mut b) = (0, 0);
-                rayon::scope(|_| join(|| a = i, || b = 2 * i));
-                std::thread::scope(|s| {
-                    s.spawn(|| join(|| a += 1, || b += 1));
-                });
-                a + b
-            })
-            .collect();
-        assert_eq!(sums, (0..64u32).map(|i| 3 * i + 2).collect::<Vec<_>>());
+    /// Each piece's runs, counted: every one must be 1.
+    fn counted(count: usize, run: impl FnOnce(&(dyn Fn(usize) + Sync))) -> Vec<usize> {
+        let runs: Vec<AtomicUsize> = (0..count).map(|_| AtomicUsize::new(0)).collect();
+        run(&|i| {
+            runs[i].fetch_add(1, Ordering::Relaxed);
+        });
+        runs.iter().map(|r| r.load(Ordering::Relaxed)).collect()
     }
 
     #[test]
-    fn a_panic_in_the_partners_half_reaches_the_caller() {
-        let caught = catch_unwind(|| join(|| (), || panic!("the partner's half")));
-        assert!(caught.is_err());
-        let mut after = 0;
-        join(|| after += 1, || ());
-        assert_eq!(after, 1);
+    fn every_piece_runs_once_from_any_thread() {
+        for count in [0, 1, 2, 3, 8, 100] {
+            assert_eq!(counted(count, |f| for_each(count, f)), vec![1; count], "{count} pieces");
+            // From inside rayon's pool, and from many threads at once.
+            assert_eq!(counted(count, |f| rayon::scope(|_| for_each(count, f))), vec![1; count]);
+            let all = counted(count * 8, |f| {
+                std::thread::scope(|s| {
+                    for t in 0..8 {
+                        s.spawn(move || for_each(count, |i| f(t * count + i)));
+                    }
+                })
+            });
+            assert_eq!(all, vec![1; count * 8], "{count} pieces from 8 threads");
+        }
+    }
+
+    #[test]
+    fn a_panic_in_any_piece_reaches_the_caller() {
+        for bad in [0, 3, 7] {
+            let caught = catch_unwind(|| for_each(8, |i| assert_ne!(i, bad, "piece {bad}")));
+            assert!(caught.is_err(), "piece {bad}'s panic");
+        }
+        assert_eq!(counted(8, |f| for_each(8, f)), vec![1; 8], "after the panics");
     }
 }

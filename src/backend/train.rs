@@ -420,6 +420,7 @@ impl<D: Kernels> Fit for Fitter<D> {
             let new = self.optimizer.update(&name, p, g, lr);
             self.model.params.insert(name, new);
         }
+        super::step::Mirror::stale(&self.model.host);
         Ok(StepReport { loss, grad_norm })
     }
 

@@ -66,6 +66,7 @@ impl<D: Kernels> Contrastive<D> {
     ) -> Result<Self, TrainError> {
         let mut set =
             ChainSet::new(model.dev.clone(), &model.model, &model.plan, params, p.chains, seed ^ 0x7063_6421)?;
+        set.share_host(&model.host);
         if state.keys().any(|k| k.starts_with("chain.")) {
             let chain_state: Tensors = state
                 .iter()

@@ -80,8 +80,9 @@ impl<D: Kernels> Jem<D> {
             let params = model.declared.clone();
             [Phase::new(ir, pos, &params), Phase::new(ir, neg, &params)]
         };
-        let chains =
+        let mut chains =
             ChainSet::new(model.dev.clone(), &model.model, &model.plan, params, batch.max(1), seed ^ 0x6a_65_6d)?;
+        chains.share_host(&model.host);
         Ok(Jem {
             label,
             logits,

@@ -110,14 +110,10 @@ pub(super) fn phase_sums<D: Kernels>(model: &OnDevice<D>, phases: &[(&Phase, &Va
         grads.insert(name.to_string(), total);
     };
     if D::HOST {
-        // The compiled step (`step`): one program per phase.
-        // A poisoned lock only means another step panicked; everything in it is refreshed below.
-        let mut host = model.host.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let shared = &mut *host;
-        super::step::mirror(&model.params, shared);
-        if model.consts.keys().any(|k| !shared.contains_key(k)) {
-            super::step::mirror(&model.consts, shared);
-        }
+        // The compiled step (`step`): one program per phase, on the step's one host copy of the parameters.
+        let mut host = super::step::Mirror::read(&model.host, &model.params);
+        host.add_missing(&model.consts);
+        let shared = host.shared();
         // One buffer per gradient, with its shape: each phase's program
         // writes (the first to reach it) or adds (the rest) its weighted sums
         // straight into it, and it goes to the device as it is at the end.
@@ -305,8 +301,9 @@ pub(super) struct OnDevice<D: Kernels> {
     pub(super) kept: Vec<String>,
     /// Batch-sized chains for the positive phase and for CD's negative phase.
     pub(super) scratch: Option<Box<ChainSet<D>>>,
-    /// Host copies of the parameters and constants for compiled programs, refreshed each step.
-    pub(super) host: std::sync::Mutex<super::step::Shared>,
+    /// Host copies of the parameters and constants for compiled programs,
+    /// refreshed once a step and shared with the objective's chain sets.
+    pub(super) host: super::step::SharedMirror,
     pub(super) model: Model,
     pub(super) plan: Plan,
     pub(super) seed: u64,
@@ -331,6 +328,7 @@ impl<D: Kernels> OnDevice<D> {
             )?),
         };
         let set = self.scratch.insert(set);
+        set.share_host(&self.host);
         set.set_params(&self.params).map_err(TrainError::Setup)?;
         Ok(set)
     }

@@ -337,6 +337,58 @@ pub(crate) fn mirror<'a, D: Device<f32> + 'a>(
     }
 }
 
+/// One host copy of a model's parameters and constants, shared by everything
+/// that runs compiled programs on them in a training step (the chains'
+/// sweep and the loss's phases), so a step copies each parameter out once.
+#[derive(Debug, Default)]
+pub(crate) struct Mirror {
+    shared: Shared,
+    /// Whether `shared` holds the current tensors.
+    fresh: bool,
+}
+
+/// A mirror several owners read: a chain set and its trainer.
+pub(crate) type SharedMirror = std::sync::Arc<std::sync::Mutex<Mirror>>;
+
+impl Mirror {
+    /// The parameters changed: the next reader copies them out again.
+    pub(crate) fn stale(this: &SharedMirror) {
+        lock(this).fresh = false;
+    }
+
+    /// The host copies, made from `tensors` first if they lag. Every reader
+    /// of one mirror holds the same tensors, so whichever reads first copies.
+    pub(crate) fn read<'m, 'a, D: Device<f32> + 'a>(
+        this: &'m SharedMirror,
+        tensors: impl IntoIterator<Item = (&'a String, &'a T3<D>)>,
+    ) -> std::sync::MutexGuard<'m, Mirror> {
+        let mut m = lock(this);
+        if !m.fresh {
+            mirror(tensors, &mut m.shared);
+            m.fresh = true;
+        }
+        m
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Adds `tensors` the copies lack (constants, which never change).
+    pub(crate) fn add_missing<'a, D: Device<f32> + 'a>(
+        &mut self,
+        tensors: impl IntoIterator<Item = (&'a String, &'a T3<D>)>,
+    ) {
+        let missing: Vec<_> = tensors.into_iter().filter(|(k, _)| !self.shared.contains_key(*k)).collect();
+        mirror(missing, &mut self.shared);
+    }
+}
+
+/// A poisoned lock only means another step panicked; `fresh` is set only after a whole copy.
+fn lock(this: &SharedMirror) -> std::sync::MutexGuard<'_, Mirror> {
+    this.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Rows per shard: a batch is split into shards of at least this many rows
 /// (a power of two of them, at most `MAX_SHARDS`), each run by its own copy
 /// of the program on its own thread, with single-threaded ops inside. One

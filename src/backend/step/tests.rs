@@ -365,3 +365,17 @@ fn kernel_gradients_sum_in_one_contraction() {
     assert!(!listing.contains("conv_kernel("), "no per-example kernel gradient:\n{listing}");
     assert!(shapes.iter().all(|(n, _)| listing.contains(n.as_str())), "the listing names its inputs:\n{listing}");
 }
+
+/// One host copy serves every reader until the parameters change: the
+/// first reader after a change copies them, the rest read that copy.
+#[test]
+fn a_mirror_copies_once_per_change() {
+    let dev = Cpu::seed_from_u64(0);
+    let at = |x: f32| BTreeMap::from([("W".to_string(), dev.tensor_from_vec(vec![x; 6], (1, 2, 3)))]);
+    let mirror = super::SharedMirror::default();
+    assert_eq!(super::Mirror::read(&mirror, &at(1.0)).shared()["W"], vec![1.0; 6]);
+    // Still fresh: a second reader gets the first one's copy.
+    assert_eq!(super::Mirror::read(&mirror, &at(2.0)).shared()["W"], vec![1.0; 6]);
+    super::Mirror::stale(&mirror);
+    assert_eq!(super::Mirror::read(&mirror, &at(3.0)).shared()["W"], vec![3.0; 6]);
+}
