@@ -754,6 +754,17 @@ fn bad_checkpoints_keep_the_contract() {
     findings.assert_none();
 }
 
+/// A Gaussian MRF whose precision `I + P` is learned, by PCD with a step
+/// large enough to leave it indefinite after the first update.
+const MRF_LEARNED: &str = "model mrf {
+    visible x : real[4];
+    param m : real[4] = zeros;
+    param P : real[4, 4] = normal(0, 0.01);
+    energy e = 0.5 * sum(x * x) + 0.5 * ((x - m) @ P @ (x - m));
+}
+train mrf { data = csv(\"mrf.csv\") -> x; objective = pcd(k: 1, chains: 16); optimizer = sgd(lr: 1000); batch = 16; epochs = 2; }
+";
+
 /// The RBM with a train block that diverges (a huge learning rate) or is otherwise set to fail.
 fn rbm_with(optimizer: &str) -> String {
     RBM.replace("optimizer = sgd(lr: 0.1);", optimizer)
@@ -767,10 +778,17 @@ fn failed_or_empty_training_leaves_no_half_written_run_directory() {
     dir.write("diverges-adam.ebm", rbm_with("optimizer = adam(lr: 1e30);"));
     dir.write("bad.csv", "1,0,1\n");
     dir.write("a-file", "not a folder");
+    // A learned precision that one large step leaves indefinite: the next sweep cannot factor it.
+    dir.write("mrf.ebm", MRF_LEARNED);
+    dir.write(
+        "mrf.csv",
+        (0..64).map(|i| format!("{},{},{},{}\n", i % 3, -(i % 5), i % 2, i % 7 - 3)).collect::<String>(),
+    );
     let r = p(&dir.path("r.ebm"));
     let cases: Vec<(&str, Vec<String>)> = vec![
         ("a learning rate of 1e30 (sgd)", args(&["train", &p(&dir.path("diverges.ebm")), "--epochs", "3"])),
         ("a learning rate of 1e30 (adam)", args(&["train", &p(&dir.path("diverges-adam.ebm")), "--epochs", "3"])),
+        ("a learned precision left indefinite by a step", args(&["train", &p(&dir.path("mrf.ebm"))])),
         ("rows of the wrong width", args(&["train", &r, "--data", &p(&dir.path("bad.csv"))])),
         ("--epochs 0", args(&["train", &r, "--epochs", "0"])),
         ("a data file that does not exist", args(&["train", &r, "--data", &p(&dir.path("missing.csv"))])),
@@ -783,6 +801,11 @@ fn failed_or_empty_training_leaves_no_half_written_run_directory() {
         let run = ebmc(&a, &dir.0);
         if findings.check(what, None, &run, false, &[]).is_some() {
             return;
+        }
+        if what.contains("precision")
+            && !(run.code == Some(1) && run.stderr.contains("E0906") && run.stderr.contains("the precision of `x`"))
+        {
+            findings.wrong(what, &run, "expected exit 1 with E0906 naming the precision of `x`");
         }
         let mut left = harness::half_written(&out);
         // A run that wrote no checkpoint leaves no metrics or curve either.
