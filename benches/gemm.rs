@@ -10,8 +10,8 @@
 //! products in shards of 25 rows, the MLP layer at batch 64 and 128).
 //! Candidates: the `gemm` crate (what dfdx and ebmc call) on all of rayon's
 //! threads and on one, and ebmc's host product (`ebmc::backend::gemm`,
-//! threaded: from `SPLIT_GEMM` multiply-adds, two single-threaded halves
-//! of the output on two threads).
+//! threaded: from `SPLIT_GEMM` multiply-adds, up to eight single-threaded
+//! pieces of the output shared by two threads).
 
 mod common;
 
