@@ -9,7 +9,6 @@ use crate::backend::step::PAR_GEMM;
 use crate::ir::Unary;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use rayon::prelude::*;
 
 /// exp(x) to within 2e-7 relative error: x = n ln 2 + r with n whole and
 /// |r| <= ln 2 / 2 (Cody and Waite's two-part ln 2 keeps r exact), e^r by
@@ -85,7 +84,7 @@ pub fn map(f: Unary, xs: &[f32]) -> Vec<f32> {
         )
     };
     if out.len() > PIECE {
-        out.par_chunks_mut(PIECE).for_each(piece);
+        super::partner::for_each_chunk(&mut out, PIECE, |_, chunk| piece(chunk));
     } else {
         piece(&mut out);
     }
@@ -147,9 +146,10 @@ fn each(xs: &mut [f32], g: impl Fn(f32) -> f32 + Copy) {
 
 /// `hi` where u < sigmoid(scale * (x + bias)), else `lo`, with `bias` one
 /// row repeated down `xs` and each `u` uniform on [0, 1): the top 24 bits of
-/// a random 32-bit word. Pieces of whole rows run on rayon's threads, each
-/// with its own generator seeded from `rng`; the pieces' bounds do not
-/// depend on the number of threads, so a seed gives the same draws anywhere.
+/// a random 32-bit word. Pieces of whole rows run on this thread and the
+/// partner (`partner::for_each_chunk`), each with its own generator seeded
+/// from `rng`; the pieces' bounds do not depend on the number of threads,
+/// so a seed gives the same draws anywhere.
 pub fn bernoulli(xs: &[f32], bias: &[f32], scale: f32, hi: f32, lo: f32, rng: &mut impl Rng) -> Vec<f32> {
     let row = bias.len().max(1);
     let piece = (PIECE / row).max(1) * row;
@@ -176,7 +176,7 @@ pub fn bernoulli(xs: &[f32], bias: &[f32], scale: f32, hi: f32, lo: f32, rng: &m
     };
     let seeds: Vec<u64> = (0..out.len().div_ceil(piece)).map(|_| rng.next_u64()).collect();
     if seeds.len() > 1 {
-        out.par_chunks_mut(piece).zip(seeds).for_each(|(chunk, seed)| draw(chunk, seed));
+        super::partner::for_each_chunk(&mut out, piece, |i, chunk| draw(chunk, seeds[i]));
     } else if let Some(&seed) = seeds.first() {
         draw(&mut out, seed);
     }

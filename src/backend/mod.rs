@@ -654,6 +654,8 @@ struct ChainSet<D: Device<f32>> {
     /// Host copies of the parameters and constants those programs read:
     /// the set's own, or its trainer's (`share_host`).
     host: step::SharedMirror,
+    /// Whether `host` is its trainer's, which keeps it current itself.
+    shares_host: bool,
     /// Clamped parts, by variable index (`Sampler::set_clamps`).
     held: BTreeMap<usize, Held<D>>,
     /// Whether `langevin` keeps `last_step` (improved CD differentiates it).
@@ -1005,6 +1007,7 @@ impl<D: Kernels> ChainSet<D> {
             chain_rngs: chain_rngs(seed, chains),
             compiled: BTreeMap::new(),
             host: step::SharedMirror::default(),
+            shares_host: false,
             held: BTreeMap::new(),
             record_last: false,
             last_step: None,
@@ -1719,7 +1722,10 @@ impl<D: Kernels> ChainSet<D> {
         for (k, v) in params {
             self.leaves.tensors.insert(k.clone(), v.clone());
         }
-        step::Mirror::stale(&self.host);
+        // A trainer's mirror already holds its parameters: its update keeps the two in step.
+        if !self.shares_host {
+            step::Mirror::stale(&self.host);
+        }
         for stage in &mut self.stages {
             match stage {
                 Stage::Chromatic { form: Chromatic::Lattice(l), .. } => l.built = Built::Stale,
@@ -1733,7 +1739,11 @@ impl<D: Kernels> ChainSet<D> {
     /// Reads its parameters' host copies from `host`, which its trainer's
     /// loss reads too: every holder of `host` must hold the same parameters.
     fn share_host(&mut self, host: &step::SharedMirror) {
+        if self.shares_host && std::sync::Arc::ptr_eq(&self.host, host) {
+            return;
+        }
         self.host = host.clone();
+        self.shares_host = true;
         step::Mirror::stale(&self.host);
     }
 

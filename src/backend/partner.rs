@@ -155,6 +155,41 @@ fn runner<F: Fn(usize)>(_: &Pieces<F>) -> unsafe fn(*const ()) {
     run::<F>
 }
 
+/// `out`'s start, shared by the threads running `for_each_chunk`'s pieces,
+/// each of which reaches only its own chunk.
+#[derive(Clone, Copy)]
+struct Base(*mut f32);
+
+impl Base {
+    /// Chunk `i` of `piece` elements of a buffer of `len`.
+    ///
+    /// # Safety
+    /// The buffer is live and borrowed mutably for the whole call, and no
+    /// other thread reaches chunk `i` meanwhile.
+    unsafe fn chunk<'a>(self, i: usize, piece: usize, len: usize) -> &'a mut [f32] {
+        let start = i * piece;
+        // SAFETY: `start` and the chunk's end lie inside the buffer; the caller keeps it live and the chunk its own.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), piece.min(len - start)) }
+    }
+}
+
+// SAFETY: each piece reaches only its own chunk (`Base::chunk`), and `for_each` returns after every piece.
+unsafe impl Send for Base {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Base {}
+
+/// `f(i, chunk)` for each chunk `i` of `piece` elements of `out` (the last
+/// one shorter), run as `for_each` runs pieces: an elementwise loop over a
+/// large output shares the partner with the products, rather than waking
+/// rayon's pool from outside it (a few futex wake-ups a loop).
+pub(crate) fn for_each_chunk(out: &mut [f32], piece: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let (len, piece) = (out.len(), piece.max(1));
+    let base = Base(out.as_mut_ptr());
+    // SAFETY: `out` is borrowed mutably until `for_each` returns, after every
+    // piece, and each index, so each chunk, is run once.
+    for_each(len.div_ceil(piece), |i| f(i, unsafe { base.chunk(i, piece, len) }));
+}
+
 /// Runs `f(0)`, …, `f(count - 1)`, each once and whole, on this thread and
 /// the partner thread when it is free and rayon is given more than one
 /// thread, else on rayon's threads (inside rayon's pool, or while another

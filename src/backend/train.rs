@@ -6,7 +6,7 @@
 //! batch without a tape (dfdx's tape is kept as their test oracle); samples
 //! enter as data, which stops gradients through them.
 
-use super::objectives::{self, OnDevice, Step};
+use super::objectives::{self, Grad, Grads, OnDevice, Step};
 use super::optim::Optimizer;
 use super::{Kernels, T3};
 use crate::analysis::plan::Plan;
@@ -344,6 +344,135 @@ impl<D: Kernels> Fitter<D> {
             frozen: train.frozen.clone(),
         })
     }
+
+    /// A step whose host gradients are updated on the host where `on_host`
+    /// (`Fit::step`: on host devices), else in device ops as any other.
+    fn step_with(&mut self, batch: &Tensors, lr: f64, step: usize, on_host: bool) -> Result<StepReport, TrainError> {
+        let (loss, mut grads) = self.objective.step(&mut self.model, batch)?;
+        // Frozen parameters are no phase's output; a gradient an objective
+        // computes by other means (a tape) is dropped here, so none moves.
+        grads.retain(|name, _| !self.frozen.contains(name));
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite { what: "the loss".into(), step });
+        }
+        if let Some(name) = grads.keys().find(|name| !self.model.params.contains_key(*name)) {
+            return Err(TrainError::Setup(format!("a gradient for `{name}`, which is no parameter")));
+        }
+        let lr = lr as f32;
+        let grad_norm = if on_host && grads.values().all(|g| matches!(g, Grad::Host { .. })) {
+            let host = grads
+                .into_iter()
+                .filter_map(|(name, g)| match g {
+                    Grad::Host { data, .. } => Some((name, data)),
+                    Grad::Device(_) => None,
+                })
+                .collect();
+            self.update_host(host, lr, step)?
+        } else {
+            self.update_device(grads, lr, step)?
+        };
+        Ok(StepReport { loss, grad_norm })
+    }
+
+    /// Regularisers, the norm, clipping and the optimiser's rule in device
+    /// ops, for gradients that are not all host buffers; returns the norm.
+    fn update_device(&mut self, grads: Grads<D>, lr: f32, step: usize) -> Result<f64, TrainError> {
+        let dev = &self.model.dev;
+        let mut grads: BTreeMap<String, T3<D>> =
+            grads.into_iter().map(|(name, g)| (name, g.into_tensor(dev))).collect();
+        // Regularisers act on the gradient of the model's declared parameters
+        // only: an objective's own (NCE's `nce.log_z`) is no part of the model.
+        for (name, g) in grads.iter_mut().filter(|(name, _)| self.model.declared.contains(name)) {
+            let p = self.model.params[name].clone();
+            if self.l2 > 0.0 {
+                *g = g.clone() + p.clone() * self.l2;
+            }
+            if self.l1 > 0.0 {
+                let sign = p.clone().gt(0.0).choose(dev.ones_like(p.shape()), dev.zeros_like(p.shape()))
+                    - p.lt(0.0).choose(dev.ones_like(p.shape()), dev.zeros_like(p.shape()));
+                *g = g.clone() + sign * self.l1;
+            }
+        }
+        let norm2 = finite_norm2(grads.iter().map(|(name, g)| (name, dev.sum_squares(g))), step)?;
+        if let Some(scale) = self.clip_scale(norm2) {
+            for g in grads.values_mut() {
+                *g = g.clone() * scale;
+            }
+        }
+        self.optimizer.begin_step();
+        self.release_params();
+        for (name, g) in grads {
+            // Cannot fail: `step` checked that every gradient names a parameter.
+            let p = self.model.params.remove(&name).expect("a parameter");
+            let new = self.optimizer.update(&name, p, g, lr);
+            self.model.params.insert(name, new);
+        }
+        super::step::Mirror::stale(&self.model.host);
+        Ok(norm2.sqrt())
+    }
+
+    /// `update_device`'s arithmetic on host devices, in passes over the
+    /// gradients' own buffers and the parameters' host copies (the ones the
+    /// step's programs read), each parameter then written into its tensor
+    /// once: the copies stay current, so the next step copies nothing out.
+    /// The buffers go back to the mirror for the next step's sums.
+    fn update_host(&mut self, mut grads: Vec<(String, Vec<f32>)>, lr: f32, step: usize) -> Result<f64, TrainError> {
+        let host = self.model.host.clone();
+        let mut mirror = super::step::Mirror::read(&host, &self.model.params);
+        for (name, g) in grads.iter_mut().filter(|(name, _)| self.model.declared.contains(name)) {
+            // Cannot fail: the mirror holds every parameter (`Mirror::read` above).
+            let p = &mirror.shared()[name.as_str()];
+            if self.l2 > 0.0 {
+                g.iter_mut().zip(p).for_each(|(g, p)| *g += p * self.l2);
+            }
+            if self.l1 > 0.0 {
+                let sign = |p: f32| f32::from(u8::from(p > 0.0)) - f32::from(u8::from(p < 0.0));
+                g.iter_mut().zip(p).for_each(|(g, p)| *g += sign(*p) * self.l1);
+            }
+        }
+        let norm2 = finite_norm2(grads.iter().map(|(name, g)| (name, super::host::sum_squares(g))), step)?;
+        if let Some(scale) = self.clip_scale(norm2) {
+            grads.iter_mut().for_each(|(_, g)| g.iter_mut().for_each(|g| *g *= scale));
+        }
+        self.optimizer.begin_step();
+        self.release_params();
+        for (name, g) in grads {
+            // Cannot fail: `step` checked the parameter, and the mirror, just read, is current.
+            let p = mirror.param_mut(&name).expect("a current host copy");
+            self.optimizer.update_host(&name, p, &g, lr);
+            self.model.params.get_mut(&name).expect("a parameter").copy_from(p);
+            mirror.give_back(name, g);
+        }
+        Ok(norm2.sqrt())
+    }
+
+    /// The factor clipping scales the gradients by, if it acts.
+    fn clip_scale(&self, norm2: f64) -> Option<f32> {
+        let norm = norm2.sqrt();
+        self.clip.filter(|&c| norm > f64::from(c)).map(|c| c / norm as f32)
+    }
+
+    /// The chains hold the parameters only while they sweep: released, the
+    /// update owns each parameter and runs in place.
+    fn release_params(&mut self) {
+        let names: Vec<String> = self.model.params.keys().cloned().collect();
+        for set in self.objective.chain_sets().into_iter().chain(self.model.scratch.as_deref_mut()) {
+            set.release_params(names.iter());
+        }
+    }
+}
+
+/// The squared norm of gradients given as `(name, sum of squares)`, or
+/// the error naming the first that is not finite.
+fn finite_norm2<'a>(sums: impl Iterator<Item = (&'a String, f64)>, step: usize) -> Result<f64, TrainError> {
+    let mut norm2 = 0.0;
+    for (name, n) in sums {
+        if !n.is_finite() {
+            return Err(TrainError::NonFinite { what: format!("the gradient of `{name}`"), step });
+        }
+        norm2 += n;
+    }
+    Ok(norm2)
 }
 
 impl<D: Kernels> Fit for Fitter<D> {
@@ -367,61 +496,7 @@ impl<D: Kernels> Fit for Fitter<D> {
     }
 
     fn step(&mut self, batch: &Tensors, lr: f64, step: usize) -> Result<StepReport, TrainError> {
-        let (loss, mut grads) = self.objective.step(&mut self.model, batch)?;
-        // Frozen parameters are no phase's output; a gradient an objective
-        // computes by other means (a tape) is dropped here, so none moves.
-        grads.retain(|name, _| !self.frozen.contains(name));
-        if !loss.is_finite() {
-            return Err(TrainError::NonFinite { what: "the loss".into(), step });
-        }
-        let dev = &self.model.dev;
-        // Regularisers act on the gradient of the model's declared parameters
-        // only: an objective's own (NCE's `nce.log_z`) is no part of the model.
-        for (name, g) in grads.iter_mut().filter(|(name, _)| self.model.declared.contains(name)) {
-            let p = self.model.params[name].clone();
-            if self.l2 > 0.0 {
-                *g = g.clone() + p.clone() * self.l2;
-            }
-            if self.l1 > 0.0 {
-                let sign = p.clone().gt(0.0).choose(dev.ones_like(p.shape()), dev.zeros_like(p.shape()))
-                    - p.lt(0.0).choose(dev.ones_like(p.shape()), dev.zeros_like(p.shape()));
-                *g = g.clone() + sign * self.l1;
-            }
-        }
-        let mut norm2 = 0.0f64;
-        for (name, g) in &grads {
-            let n = dev.sum_squares(g);
-            if !n.is_finite() {
-                return Err(TrainError::NonFinite { what: format!("the gradient of `{name}`"), step });
-            }
-            norm2 += n;
-        }
-        let grad_norm = norm2.sqrt();
-        if let Some(c) = self.clip
-            && grad_norm > f64::from(c)
-        {
-            let scale = c / grad_norm as f32;
-            for g in grads.values_mut() {
-                *g = g.clone() * scale;
-            }
-        }
-        let lr = lr as f32;
-        self.optimizer.begin_step();
-        // The chains hold the parameters only while they sweep: released,
-        // the update below owns each parameter and runs in place.
-        let names: Vec<String> = self.model.params.keys().cloned().collect();
-        for set in self.objective.chain_sets().into_iter().chain(self.model.scratch.as_deref_mut()) {
-            set.release_params(names.iter());
-        }
-        for (name, g) in grads {
-            let Some(p) = self.model.params.remove(&name) else {
-                return Err(TrainError::Setup(format!("a gradient for `{name}`, which is no parameter")));
-            };
-            let new = self.optimizer.update(&name, p, g, lr);
-            self.model.params.insert(name, new);
-        }
-        super::step::Mirror::stale(&self.model.host);
-        Ok(StepReport { loss, grad_norm })
+        self.step_with(batch, lr, step, D::HOST)
     }
 
     fn loss(&mut self, batch: &Tensors) -> Result<f64, TrainError> {
@@ -444,5 +519,60 @@ impl<D: Kernels> Fit for Fitter<D> {
 
     fn chains(&self) -> Option<Tensors> {
         self.objective.chains()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::HostTensor;
+
+    /// A fitter for `train m` of `src` on the CPU.
+    fn fitter(src: &str) -> Fitter<Cpu> {
+        let compiled = crate::compile(src).expect("compiles");
+        let (plans, _) = crate::plan(&compiled.program).expect("plans");
+        let (model, train) = (&compiled.program.models["m"], &compiled.program.trains["m"]);
+        let plan = plans.iter().find(|p| p.model == "m").expect("a plan");
+        let params = crate::tensor::initialise(&crate::ir::program_to_ir(model).params, 1);
+        Fitter::new(Cpu::default(), model, plan, train, &params, &Tensors::new(), &BTreeMap::new(), 5)
+            .expect("a fitter")
+    }
+
+    /// On host devices a step updates the parameters where the compiled step
+    /// left their gradients (`update_host`), and the next step reads the
+    /// host copies it updated. Both move as the device ops do, with every
+    /// regulariser, clipping and rule, step after step.
+    #[test]
+    fn the_host_update_is_the_device_update() {
+        let rows: Vec<f32> = (0..20).map(|i| f32::from(u8::from(i % 3 == 0))).collect();
+        let batch: Tensors = [("v".to_string(), HostTensor::new(vec![4, 5], rows))].into();
+        for optimizer in
+            ["sgd(lr: 0.2)", "sgd(lr: 0.2, momentum: 0.9, nesterov: true, weight_decay: 0.01)", "adam(lr: 0.05)"]
+        {
+            let src = format!(
+                "model m {{ visible v : binary[5]; hidden h : binary[3]; param W : real[5, 3] = normal(0, 1);
+                param b : real[5] = normal(0, 1); param c : real[3] = normal(0, 1); energy e = -(v @ W @ h) - b @ v - c @ h; }}
+                train m {{ data = bars_and_stripes(size: 2) -> v; objective = pcd(k: 1, chains: 4); optimizer = {optimizer};
+                batch = 4; regularize = [l1(0.01), l2(0.02), clip_grad(0.5)]; }}"
+            );
+            let (mut host, mut device) = (fitter(&src), fitter(&src));
+            for step in 1..=5 {
+                let a = host.step_with(&batch, 0.2, step, true).expect("a host step");
+                let b = device.step_with(&batch, 0.2, step, false).expect("a device step");
+                // The host update ran: it handed the gradient's buffer back for the next step.
+                let mut mirror = super::super::step::Mirror::read(&host.model.host, &host.model.params);
+                let spare = mirror.take_back("W").expect("the host update's buffer");
+                mirror.give_back("W".into(), spare);
+                drop(mirror);
+                assert!(b.grad_norm > 0.5, "{optimizer}: clipping acts (norm {})", b.grad_norm);
+                assert!((a.grad_norm - b.grad_norm).abs() <= 1e-5 * b.grad_norm, "{optimizer} step {step}: the norm");
+                assert!((a.loss - b.loss).abs() <= 1e-5 * (1.0 + b.loss.abs()), "{optimizer} step {step}: the loss");
+                for (name, p) in host.params() {
+                    let q = &device.params()[&name];
+                    let close = p.data.iter().zip(&q.data).all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + y.abs()));
+                    assert!(close, "{optimizer} step {step}: `{name}` {:?} against {:?}", p.data, q.data);
+                }
+            }
+        }
     }
 }

@@ -244,7 +244,7 @@ impl<D: Kernels> Objective<D> for Contrastive<D> {
         let (terms, extra) = improved.loss(model, &draw.negative, record);
         for (name, g) in extra {
             let total = match grads.remove(&name) {
-                Some(acc) => acc + g,
+                Some(acc) => acc.add(g, &model.dev),
                 None => g,
             };
             grads.insert(name, total);

@@ -66,7 +66,46 @@ use std::collections::{BTreeMap, BTreeSet};
 pub(super) use super::train::TrainError;
 
 /// Parameter gradients by name.
-pub(super) type Grads<D> = BTreeMap<String, T3<D>>;
+pub(super) type Grads<D> = BTreeMap<String, Grad<D>>;
+
+/// A parameter's gradient. On host devices it stays in the buffer the
+/// compiled step summed it into, so the update reads it where it lies and
+/// hands the buffer back for the next step (`Mirror::give_back`); a tape's,
+/// or any other device's, is a device tensor.
+pub(super) enum Grad<D: Kernels> {
+    Host { data: Vec<f32>, dims: (usize, usize) },
+    Device(T3<D>),
+}
+
+impl<D: Kernels> Grad<D> {
+    /// As a device tensor `(1, m, n)`; a host buffer moves into it uncopied.
+    pub(super) fn into_tensor(self, dev: &D) -> T3<D> {
+        match self {
+            Grad::Host { data, dims: (m, n) } => dev.tensor_from_vec(data, (1, m, n)),
+            Grad::Device(t) => t,
+        }
+    }
+
+    /// `self + other`, on the host where both are host buffers.
+    pub(super) fn add(self, other: Grad<D>, dev: &D) -> Grad<D> {
+        match (self, other) {
+            (Grad::Host { mut data, dims }, Grad::Host { data: more, .. }) => {
+                data.iter_mut().zip(&more).for_each(|(a, b)| *a += b);
+                Grad::Host { data, dims }
+            }
+            (a, b) => Grad::Device(a.into_tensor(dev) + b.into_tensor(dev)),
+        }
+    }
+
+    /// The elements, row-major.
+    #[cfg(test)]
+    pub(super) fn as_vec(&self) -> Vec<f32> {
+        match self {
+            Grad::Host { data, .. } => data.clone(),
+            Grad::Device(t) => t.as_vec(),
+        }
+    }
+}
 
 /// Device variables by name, one batch of them: `(rows, m, n)` each.
 pub(super) type Vars<D> = BTreeMap<String, T3<D>>;
@@ -101,7 +140,7 @@ impl Phase {
 /// (device tensors `(rows, m, n)`) and weight.
 pub(super) fn phase_sums<D: Kernels>(model: &OnDevice<D>, phases: &[(&Phase, &Vars<D>, f32)]) -> (f64, Grads<D>) {
     let mut loss = 0.0;
-    let mut grads: Grads<D> = BTreeMap::new();
+    let mut grads: BTreeMap<String, T3<D>> = BTreeMap::new();
     let mut add = |name: &str, g: T3<D>| {
         let total = match grads.remove(name) {
             Some(acc) => acc + g,
@@ -113,7 +152,6 @@ pub(super) fn phase_sums<D: Kernels>(model: &OnDevice<D>, phases: &[(&Phase, &Va
         // The compiled step (`step`): one program per phase, on the step's one host copy of the parameters.
         let mut host = super::step::Mirror::read(&model.host, &model.params);
         host.add_missing(&model.consts);
-        let shared = host.shared();
         // One buffer per gradient, with its shape: each phase's program
         // writes (the first to reach it) or adds (the rest) its weighted sums
         // straight into it, and it goes to the device as it is at the end.
@@ -125,24 +163,25 @@ pub(super) fn phase_sums<D: Kernels>(model: &OnDevice<D>, phases: &[(&Phase, &Va
             outs.clear();
             add.clear();
             for (name, g) in &phase.grads {
-                outs.push(sums.remove(name.as_str()).unwrap_or_default());
+                // The buffer the last step's update gave back: written over, so never zeroed.
+                outs.push(sums.remove(name.as_str()).or_else(|| host.take_back(name)).unwrap_or_default());
                 add.push(reached.insert(name, canon(model.ir.shape(*g))).is_some());
             }
             outs.push(Vec::new());
             add.push(false);
             // A poisoned lock only means another step panicked; the program itself is intact.
             let mut compiled = phase.compiled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            compiled.run_into(&model.ir, rows_of(vars), &[*vars], shared, &mut outs, *weight, &add);
+            compiled.run_into(&model.ir, rows_of(vars), &[*vars], host.shared(), &mut outs, *weight, &add);
             // Cannot fire: the loss is the phase's last output, a scalar.
             loss += f64::from(outs.pop().and_then(|l| l.first().copied()).expect("a loss"));
             for ((name, _), sum) in phase.grads.iter().zip(outs.drain(..)) {
                 sums.insert(name, sum);
             }
         }
-        for (name, (m, n)) in reached {
-            let data = sums.remove(name).unwrap_or_default();
-            grads.insert(name.to_string(), model.dev.tensor_from_vec(data, (1, m, n)));
-        }
+        let grads = reached
+            .into_iter()
+            .map(|(name, dims)| (name.to_string(), Grad::Host { data: sums.remove(name).unwrap_or_default(), dims }))
+            .collect();
         return (loss, grads);
     }
     let leaves = Leaves {
@@ -159,7 +198,7 @@ pub(super) fn phase_sums<D: Kernels>(model: &OnDevice<D>, phases: &[(&Phase, &Va
             add(name, g);
         }
     }
-    (loss, grads)
+    (loss, grads.into_iter().map(|(name, g)| (name, Grad::Device(g))).collect())
 }
 
 /// The rows of a batch of host tensors.
@@ -440,7 +479,7 @@ fn taped_means<D: Kernels>(
 /// Gradients by tape for `used`, read off a backward pass.
 #[cfg(test)]
 fn tape_grads<D: Kernels>(model: &OnDevice<D>, g: &Gradients<f32, D>, used: &[String]) -> Grads<D> {
-    used.iter().map(|p| (p.clone(), g.get(&model.params[p]))).collect()
+    used.iter().map(|p| (p.clone(), Grad::Device(g.get(&model.params[p])))).collect()
 }
 
 #[cfg(test)]

@@ -161,7 +161,7 @@ impl<D: Kernels> Objective<D> for PseudoLikelihood {
     #[cfg(test)]
     fn tape_loss(&self, model: &OnDevice<D>, batch: &Tensors, _draw: &()) -> Result<(f64, Grads<D>), TrainError> {
         let rows = batch.values().next().map_or(0, |t| t.shape[0]);
-        let mut grads: Grads<D> = BTreeMap::new();
+        let mut grads: BTreeMap<String, T3<D>> = BTreeMap::new();
         let mut total_loss = 0.0;
         let accumulate = |grads: &mut BTreeMap<String, T3<D>>,
                           g: Gradients<f32, D>,
@@ -231,7 +231,7 @@ impl<D: Kernels> Objective<D> for PseudoLikelihood {
                 accumulate(&mut grads, loss.backward(), &model.params, &model.used);
             }
         }
-        Ok((total_loss, grads))
+        Ok((total_loss, grads.into_iter().map(|(name, g)| (name, super::Grad::Device(g))).collect()))
     }
 
     fn phases(&self) -> Vec<&super::Phase> {

@@ -4,7 +4,6 @@ use super::schedule::MAX_CODE;
 use super::{Buf, FOp, Instr, Mat, Reduction, View};
 use crate::backend::conv;
 use crate::backend::host::{self, Arith};
-use rayon::prelude::*;
 
 /// Values per register of a fused loop: small enough that a loop's
 /// registers stay in L1 or L2, long enough to vectorise.
@@ -125,7 +124,7 @@ fn fused(out: &mut [f32], dims: (usize, usize, usize), views: &[View], srcs: &[&
     let out = &mut out[..total];
     if threaded && total >= PAR_ELEMENTS {
         let piece = PAR_ELEMENTS / 4;
-        out.par_chunks_mut(piece).enumerate().for_each(|(p, c)| {
+        crate::backend::partner::for_each_chunk(out, piece, |p, c| {
             host::wide(
                 #[inline(always)]
                 || fused_piece(p * piece, c, dims, views, srcs, code),

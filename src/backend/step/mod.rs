@@ -345,6 +345,9 @@ pub(crate) struct Mirror {
     shared: Shared,
     /// Whether `shared` holds the current tensors.
     fresh: bool,
+    /// Gradient buffers an update is done with, by parameter: the next
+    /// step's sums write over them, so a step allocates and zeroes none.
+    spare: BTreeMap<String, Vec<f32>>,
 }
 
 /// A mirror several owners read: a chain set and its trainer.
@@ -372,6 +375,26 @@ impl Mirror {
 
     pub(crate) fn shared(&self) -> &Shared {
         &self.shared
+    }
+
+    /// The host copy of parameter `name`, to update in place while the
+    /// copies are current: the caller writes the same values into the
+    /// tensor, so the two stay in step and nothing is copied out again.
+    pub(crate) fn param_mut(&mut self, name: &str) -> Option<&mut [f32]> {
+        if !self.fresh {
+            return None;
+        }
+        self.shared.get_mut(name).map(Vec::as_mut_slice)
+    }
+
+    /// The gradient buffer `give_back` kept for `name`.
+    pub(crate) fn take_back(&mut self, name: &str) -> Option<Vec<f32>> {
+        self.spare.remove(name)
+    }
+
+    /// Keeps a gradient buffer for the next step's sums of `name`.
+    pub(crate) fn give_back(&mut self, name: String, buffer: Vec<f32>) {
+        self.spare.insert(name, buffer);
     }
 
     /// Adds `tensors` the copies lack (constants, which never change).
