@@ -153,11 +153,12 @@ fn each(xs: &mut [f32], g: impl Fn(f32) -> f32 + Copy) {
 pub fn bernoulli(xs: &[f32], bias: &[f32], scale: f32, hi: f32, lo: f32, rng: &mut impl Rng) -> Vec<f32> {
     let row = bias.len().max(1);
     let piece = (PIECE / row).max(1) * row;
-    let mut out = xs.to_vec();
-    let draw = |chunk: &mut [f32], seed: u64| {
+    // Written once, from `xs`: the draw reads the logits where they lie.
+    let mut out = vec![0.0; xs.len()];
+    let draw = |at: usize, chunk: &mut [f32], seed: u64| {
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut words = vec![0u32; row];
-        for chunk in chunk.chunks_mut(row) {
+        for (chunk, xs) in chunk.chunks_mut(row).zip(xs[at..].chunks(row)) {
             // The random words first, in bulk, so the draw itself is one vectorised pass.
             rng.fill(&mut words[..]);
             let words = &words;
@@ -165,10 +166,10 @@ pub fn bernoulli(xs: &[f32], bias: &[f32], scale: f32, hi: f32, lo: f32, rng: &m
             wide(
                 #[inline(always)]
                 move || {
-                    for ((x, b), w) in chunk.iter_mut().zip(bias).zip(words) {
-                        let p = 1.0 / (1.0 + fast_exp(-scale * (*x + b)));
+                    for (((o, x), b), w) in chunk.iter_mut().zip(xs).zip(bias).zip(words) {
+                        let p = 1.0 / (1.0 + fast_exp(-scale * (x + b)));
                         let u = (w >> 8) as i32 as f32 * (1.0 / 16_777_216.0);
-                        *x = if u < p { hi } else { lo };
+                        *o = if u < p { hi } else { lo };
                     }
                 },
             );
@@ -176,9 +177,9 @@ pub fn bernoulli(xs: &[f32], bias: &[f32], scale: f32, hi: f32, lo: f32, rng: &m
     };
     let seeds: Vec<u64> = (0..out.len().div_ceil(piece)).map(|_| rng.next_u64()).collect();
     if seeds.len() > 1 {
-        super::partner::for_each_chunk(&mut out, piece, |i, chunk| draw(chunk, seeds[i]));
+        super::partner::for_each_chunk(&mut out, piece, |i, chunk| draw(i * piece, chunk, seeds[i]));
     } else if let Some(&seed) = seeds.first() {
-        draw(&mut out, seed);
+        draw(0, &mut out, seed);
     }
     out
 }
@@ -395,9 +396,12 @@ fn split_point((m, k, n): (usize, usize, usize), (ors, ocs): (usize, usize)) -> 
     if !disjoint || m * n * k < SPLIT_GEMM || m * n * k >= PAR_GEMM {
         return None;
     }
-    // Widths a multiple of 16 (one AVX-512 register of f32) so each piece keeps whole microkernel tiles.
+    // Widths a multiple of 16 (one AVX-512 register of f32) so each piece
+    // keeps whole microkernel tiles: the one nearest len / PIECES, so the
+    // pieces come near PIECES, not one fewer. Rounded up, 784 rows came in
+    // 7 pieces of 112, and one thread ran four while the other waited.
     let (rows, len) = if m >= n { (true, m) } else { (false, n) };
-    let width = len.div_ceil(PIECES).next_multiple_of(16);
+    let width = ((len + PIECES * 8) / (PIECES * 16)).max(1) * 16;
     (width < len).then_some((rows, width))
 }
 

@@ -1536,21 +1536,12 @@ impl<D: Kernels> ChainSet<D> {
         for stage in &mut stages {
             match stage {
                 Stage::Block(block) => {
-                    let block: Vec<&(usize, Id, Option<Id>)> = block.iter().filter(|(v, _, _)| free(self, v)).collect();
-                    let roots: Vec<Id> = block.iter().flat_map(|(_, l, b)| std::iter::once(*l).chain(*b)).collect();
-                    // A compiled program on host devices: its products are the host
-                    // GEMM's, split over two threads, which outruns dfdx's own
-                    // product even with the copies in and out (`cargo bench --bench rbm`).
-                    let state = self.state.clone();
-                    let mut values = self.eval_compiled(&roots, &state).into_iter();
-                    for (var, _, shared) in block {
-                        // Cannot fire: the evaluator returns one value per root, and these roots were passed.
-                        let logits = values.next().expect("one value per root");
-                        let bias = shared.map(|_| values.next().expect("one value per root"));
+                    let block: Vec<(usize, Id, Option<Id>)> =
+                        block.iter().filter(|(v, _, _)| free(self, v)).copied().collect();
+                    for (var, new) in self.block_draws(&block) {
                         // Units of a block are independent given the rest: overwriting the held ones after the draw is exact.
-                        let new = self.draw_with_bias(*var, logits, bias);
-                        let new = self.hold(*var, new);
-                        self.state.insert(self.vars[*var].name.clone(), new);
+                        let new = self.hold(var, new);
+                        self.state.insert(self.vars[var].name.clone(), new);
                     }
                 }
                 Stage::Chromatic { var, .. } | Stage::Sequential { var } if !free(self, var) => {}
@@ -1615,6 +1606,87 @@ impl<D: Kernels> ChainSet<D> {
             }
         }
         self.stages = stages;
+    }
+
+    /// A draw of each variable of a block, `(var, logits, shared logits)`,
+    /// from its conditional given the rest.
+    fn block_draws(&mut self, block: &[(usize, Id, Option<Id>)]) -> Vec<(usize, T3<D>)> {
+        let roots: Vec<Id> = block.iter().flat_map(|(_, l, b)| std::iter::once(*l).chain(*b)).collect();
+        let values = if D::HOST {
+            match self.draw_on_host(block, &roots) {
+                Ok(drawn) => return drawn,
+                Err(values) => values,
+            }
+        } else {
+            self.eval(&roots, &self.state)
+        };
+        let mut values = values.into_iter();
+        block
+            .iter()
+            .map(|&(var, _, shared)| {
+                // Cannot fire: the evaluator returns one value per root, and these roots were passed.
+                let logits = values.next().expect("one value per root");
+                let bias = shared.map(|_| values.next().expect("one value per root"));
+                (var, self.draw_with_bias(var, logits, bias))
+            })
+            .collect()
+    }
+
+    /// `block_draws` through a compiled program, whose products are the host
+    /// GEMM's, split over two threads (`cargo bench --bench rbm`): binary and
+    /// spin units are drawn straight from its logits, with the same draws as
+    /// `draw_with_bias`. Where a variable's logits are not one row per chain
+    /// (or its units not binary or spin), the values as tensors instead.
+    fn draw_on_host(
+        &mut self,
+        block: &[(usize, Id, Option<Id>)],
+        roots: &[Id],
+    ) -> Result<Vec<(usize, T3<D>)>, Vec<T3<D>>> {
+        let shapes: Vec<(usize, usize, usize)> = block.iter().map(|(v, _, _)| self.shape(*v)).collect();
+        let host = step::Mirror::read(&self.host, &self.leaves.tensors);
+        let compiled = self
+            .compiled
+            .entry(roots.to_vec())
+            .or_insert_with(|| step::Compiled::new(roots.iter().map(|r| step::Output::PerExample(*r)).collect()));
+        let done = compiled.run(&self.ir, self.chains, &[&self.state], host.shared());
+        // Each variable's (logits, shared logits) among the outputs.
+        let slots: Vec<(usize, Option<usize>)> = block
+            .iter()
+            .scan(0, |at, (_, _, shared)| {
+                let slot = (*at, shared.map(|_| *at + 1));
+                *at += 1 + usize::from(shared.is_some());
+                Some(slot)
+            })
+            .collect();
+        let direct = block.iter().zip(&slots).zip(&shapes).all(|(((var, _, _), (l, b)), &(c, m, n))| {
+            matches!(self.vars[*var].domain, Domain::Binary | Domain::Spin)
+                && done.dims(*l) == (c, m, n)
+                && b.is_none_or(|b| done.dims(b) == (1, m, n))
+        });
+        if !direct {
+            return Err((0..roots.len()).map(|i| done.tensor(&self.dev, i)).collect());
+        }
+        // At inverse temperature β the conditional of βE has logits β(−∂E/∂x).
+        let beta = self.beta;
+        Ok(block
+            .iter()
+            .zip(&slots)
+            .zip(shapes)
+            .map(|(((var, _, _), (l, b)), shape)| {
+                let (scale, lo) =
+                    if matches!(self.vars[*var].domain, Domain::Spin) { (2.0 * beta, -1.0) } else { (beta, 0.0) };
+                let zeros;
+                let bias = match b {
+                    Some(b) => done.value(*b),
+                    None => {
+                        zeros = vec![0.0; shape.1 * shape.2];
+                        &zeros
+                    }
+                };
+                let draws = host::bernoulli(done.value(*l), bias, scale, 1.0, lo, &mut self.fast_rng);
+                (*var, self.dev.tensor_from_vec(draws, shape))
+            })
+            .collect())
     }
 
     /// One colour class of `var` at a time: every site's logits, then the
