@@ -156,12 +156,15 @@ fn fused_piece(
     for (t, tile) in piece.chunks_mut(TILE).enumerate() {
         let s = start + t * TILE;
         let len = tile.len();
-        tile_run(&mut regs, tile, code, |j, reg| {
+        // A view read in the output's own order is read where it lies.
+        let direct = |j: usize| {
+            let v = &views[j];
+            (!v.is_constant() && v.is_contiguous()).then(|| &srcs[j][s..s + len])
+        };
+        tile_run(&mut regs, tile, code, direct, |j, reg| {
             let (v, src) = (&views[j], srcs[j]);
             if v.is_constant() {
                 reg[..len].fill(src[0]);
-            } else if v.is_contiguous() {
-                reg[..len].copy_from_slice(&src[s..s + len]);
             } else if v.is_row_major() {
                 // Row-major within each example (a per-example block shared by the batch, say): one copy per example the tile spans.
                 let per = m * n;
@@ -195,19 +198,42 @@ fn fused_piece(
 /// A fused loop's registers, made once per loop (or per thread's share of it).
 type Registers = [[f32; TILE]; MAX_CODE];
 
-/// One tile through the loop's program; `load(j, reg)` fills a register from input `j`.
+/// One tile through the loop's program. A load of input `j` reads the
+/// tile's slice `direct(j)` in place where there is one, else `load(j, reg)`
+/// fills a register from it; the last op writes the tile itself. Copies
+/// into registers and out of the last one were a tenth of a wide MLP's
+/// training step (`cargo bench --bench continuous`, W 512).
 #[inline(always)]
-fn tile_run(regs: &mut Registers, tile: &mut [f32], code: &[FOp], load: impl Fn(usize, &mut [f32])) {
+fn tile_run<'s>(
+    regs: &mut Registers,
+    tile: &mut [f32],
+    code: &[FOp],
+    direct: impl Fn(usize) -> Option<&'s [f32]>,
+    load: impl Fn(usize, &mut [f32]),
+) {
     let len = tile.len();
+    let last = code.len() - 1;
+    // Registers that stand for an input's slice, read in place.
+    let mut read: [Option<&'s [f32]>; MAX_CODE] = [None; MAX_CODE];
     for (i, op) in code.iter().enumerate() {
+        if let FOp::Load(j) = *op
+            && let Some(x) = direct(j)
+        {
+            if i == last {
+                tile.copy_from_slice(x);
+            }
+            read[i] = Some(x);
+            continue;
+        }
         let (done, rest) = regs.split_at_mut(i);
-        let dst = &mut rest[0][..len];
+        let arg = |a: usize| read[a].unwrap_or(&done[a][..len]);
+        let dst: &mut [f32] = if i == last { &mut *tile } else { &mut rest[0][..len] };
         match *op {
             FOp::Load(j) => load(j, dst),
             FOp::Imm(c) => dst.fill(c),
-            FOp::Neg(a) => dst.iter_mut().zip(&done[a][..len]).for_each(|(d, x)| *d = -x),
+            FOp::Neg(a) => dst.iter_mut().zip(arg(a)).for_each(|(d, x)| *d = -x),
             FOp::Bin(op, a, b) => {
-                let (x, y) = (&done[a][..len], &done[b][..len]);
+                let (x, y) = (arg(a), arg(b));
                 let it = dst.iter_mut().zip(x.iter().zip(y));
                 match op {
                     Arith::Add => it.for_each(|(d, (p, q))| *d = p + q),
@@ -217,11 +243,11 @@ fn tile_run(regs: &mut Registers, tile: &mut [f32], code: &[FOp], load: impl Fn(
                 }
             }
             FOp::Map(f, a) => {
-                dst.copy_from_slice(&done[a][..len]);
+                dst.copy_from_slice(arg(a));
                 host::map_in_place(f, dst);
             }
             FOp::Powf(a, e) => {
-                let x = &done[a][..len];
+                let x = arg(a);
                 let it = dst.iter_mut().zip(x);
                 if e == 2.0 {
                     it.for_each(|(d, x)| *d = x * x);
@@ -236,12 +262,11 @@ fn tile_run(regs: &mut Registers, tile: &mut [f32], code: &[FOp], load: impl Fn(
                 }
             }
             FOp::Pow(a, b) => {
-                let (x, y) = (&done[a][..len], &done[b][..len]);
+                let (x, y) = (arg(a), arg(b));
                 dst.iter_mut().zip(x.iter().zip(y)).for_each(|(d, (p, q))| *d = p.powf(*q));
             }
         }
     }
-    tile.copy_from_slice(&regs[code.len() - 1][..len]);
 }
 
 /// The highest index a matrix operand reads, for the bounds check before the GEMM.
