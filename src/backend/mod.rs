@@ -45,6 +45,9 @@ use std::collections::BTreeMap;
 /// A batch of per-example values: `(batch, rows, cols)`.
 pub(crate) type T3<D, T = NoneTape> = Tensor<(usize, usize, usize), f32, D, T>;
 
+/// A block's new values: each variable's index and its draw.
+type Drawn<D> = Vec<(usize, T3<D>)>;
+
 /// Device-specific kernels that dfdx has no single op for. The Bernoulli
 /// draw of a Gibbs update is the hot loop of every discrete sampler: on the
 /// CPU it runs as one fused pass (sigmoid, uniform draw, compare) instead of
@@ -1610,7 +1613,7 @@ impl<D: Kernels> ChainSet<D> {
 
     /// A draw of each variable of a block, `(var, logits, shared logits)`,
     /// from its conditional given the rest.
-    fn block_draws(&mut self, block: &[(usize, Id, Option<Id>)]) -> Vec<(usize, T3<D>)> {
+    fn block_draws(&mut self, block: &[(usize, Id, Option<Id>)]) -> Drawn<D> {
         let roots: Vec<Id> = block.iter().flat_map(|(_, l, b)| std::iter::once(*l).chain(*b)).collect();
         let values = if D::HOST {
             match self.draw_on_host(block, &roots) {
@@ -1637,11 +1640,7 @@ impl<D: Kernels> ChainSet<D> {
     /// spin units are drawn straight from its logits, with the same draws as
     /// `draw_with_bias`. Where a variable's logits are not one row per chain
     /// (or its units not binary or spin), the values as tensors instead.
-    fn draw_on_host(
-        &mut self,
-        block: &[(usize, Id, Option<Id>)],
-        roots: &[Id],
-    ) -> Result<Vec<(usize, T3<D>)>, Vec<T3<D>>> {
+    fn draw_on_host(&mut self, block: &[(usize, Id, Option<Id>)], roots: &[Id]) -> Result<Drawn<D>, Vec<T3<D>>> {
         let shapes: Vec<(usize, usize, usize)> = block.iter().map(|(v, _, _)| self.shape(*v)).collect();
         let host = step::Mirror::read(&self.host, &self.leaves.tensors);
         let compiled = self
