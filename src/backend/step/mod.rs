@@ -16,7 +16,9 @@
 //!   (per-example vectors against a shared matrix fold the batch into the
 //!   GEMM's rows or columns), and a batch-summed outer product — the shape
 //!   every per-example parameter gradient takes — is a GEMM whose
-//!   contraction runs over the batch.
+//!   contraction runs over the batch. With the batch in shards, a weight
+//!   matrix that products read against the grain (`δ Wᵀ`) is transposed
+//!   once per run into a copy every shard reads (`share_transposes`).
 //! - **Threads by size.** A GEMM or a loop is split across threads only when
 //!   it is big enough for the hand-off to pay.
 //! - **Arena.** Buffers are assigned by liveness (a buffer is reused once
@@ -97,6 +99,18 @@ struct Mat {
     cs: usize,
 }
 
+/// A shared matrix that products read transposed, copied once per run as
+/// `rows × cols` row-major (`host::transpose_into` of input `input`, whose
+/// columns lie `stride` apart), and read as input `inputs.len()` + its
+/// index: every shard's products read the one copy (`share_transposes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Transpose {
+    input: usize,
+    rows: usize,
+    cols: usize,
+    stride: usize,
+}
+
 /// One step of a fused loop; each writes the register numbered by its position.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum FOp {
@@ -169,6 +183,8 @@ pub(crate) struct Program {
     /// The per-row inputs' values, one buffer each, filled before each run
     /// (empty for shared inputs, which are read where they are).
     host: Vec<Vec<f32>>,
+    /// Shared matrices the products read from a transposed copy, bound after `inputs`.
+    transposes: Vec<Transpose>,
     instrs: Vec<Instr>,
     /// The arena: one buffer per slot, sized at compile time.
     arena: Vec<Vec<f32>>,
@@ -199,17 +215,24 @@ impl Program {
     }
 
     /// Runs the schedule: per-row inputs as last filled, shared ones
-    /// (parameters, constants) read in place from `shared`, by name.
-    pub(crate) fn run(&mut self, shared: &Shared) {
+    /// (parameters, constants) read in place from `shared`, by name, and
+    /// `copies` of its `transposes`.
+    pub(crate) fn run(&mut self, shared: &Shared, copies: &[Vec<f32>]) {
         self.scale(1.0, &[]);
-        self.execute(shared);
+        self.execute(shared, copies);
     }
 
     /// Runs with every sum scaled by `weight` and written into `sums[i]`
     /// (one per output, each a sum), or added to it where `add[i]`: a
     /// phase's gradients land where the step collects them, with no pass of
     /// their own.
-    pub(crate) fn run_into(&mut self, shared: &Shared, sums: &mut [Vec<f32>], weight: f32, add: &[bool]) {
+    pub(crate) fn run_into(
+        &mut self,
+        (shared, copies): (&Shared, &[Vec<f32>]),
+        sums: &mut [Vec<f32>],
+        weight: f32,
+        add: &[bool],
+    ) {
         self.scale(weight, add);
         for (i, sum) in sums.iter_mut().enumerate() {
             let (slot, (b, m, n)) = self.outputs[i];
@@ -218,7 +241,7 @@ impl Program {
             }
             std::mem::swap(&mut self.arena[slot], sum);
         }
-        self.execute(shared);
+        self.execute(shared, copies);
         for (i, sum) in sums.iter_mut().enumerate() {
             std::mem::swap(&mut self.arena[self.outputs[i].0], sum);
         }
@@ -243,9 +266,9 @@ impl Program {
         }
     }
 
-    fn execute(&mut self, shared: &Shared) {
+    fn execute(&mut self, shared: &Shared, copies: &[Vec<f32>]) {
         let Program { inputs, host, instrs, arena, threaded, .. } = self;
-        let bound: Vec<&[f32]> = inputs
+        let mut bound: Vec<&[f32]> = inputs
             .iter()
             .zip(host.iter())
             .map(|((name, len, per_row), own)| {
@@ -259,6 +282,7 @@ impl Program {
                 }
             })
             .collect();
+        bound.extend(copies.iter().map(Vec::as_slice));
         for instr in instrs.iter() {
             exec::run(instr, arena, &bound, *threaded);
         }
@@ -443,11 +467,13 @@ pub(crate) struct Compiled {
     staged: Vec<Vec<f32>>,
     /// Each output, gathered from the shards: rows concatenated, or sums added.
     results: Vec<Vec<f32>>,
+    /// The shards' `transposes`, made before each run.
+    copies: Vec<Vec<f32>>,
 }
 
 impl Compiled {
     pub(crate) fn new(outputs: Vec<Output>) -> Compiled {
-        Compiled { outputs, batch: 0, shards: Vec::new(), staged: Vec::new(), results: Vec::new() }
+        Compiled { outputs, batch: 0, shards: Vec::new(), staged: Vec::new(), results: Vec::new(), copies: Vec::new() }
     }
 
     /// Compiles for a batch of `batch` examples (`run` does so when the batch changes).
@@ -463,10 +489,15 @@ impl Compiled {
                 let rows = batch / count + usize::from(s < batch % count);
                 let mut p = compile(ir, &self.outputs, rows);
                 p.threaded = threaded;
+                // Each shard would pack the same transposed matrices again for every product.
+                if count > 1 {
+                    schedule::share_transposes(&mut p);
+                }
                 p
             })
             .collect();
         let first = &self.shards[0];
+        self.copies = first.transposes.iter().map(|t| vec![0.0; t.rows * t.cols]).collect();
         self.staged = first
             .inputs
             .iter()
@@ -498,12 +529,13 @@ impl Compiled {
         vars: &[&BTreeMap<String, T3<D>>],
         shared: &Shared,
     ) -> &Self {
-        self.stage(ir, batch, vars);
+        self.stage(ir, batch, vars, shared);
+        let copies = &self.copies;
         if self.shards.len() > 1 {
             use rayon::prelude::*;
-            self.shards.par_iter_mut().for_each(|p| p.run(shared));
+            self.shards.par_iter_mut().for_each(|p| p.run(shared, copies));
         } else {
-            self.shards[0].run(shared);
+            self.shards[0].run(shared, copies);
         }
         self.gather();
         self
@@ -523,20 +555,21 @@ impl Compiled {
         weight: f32,
         add: &[bool],
     ) {
-        self.stage(ir, batch, vars);
+        self.stage(ir, batch, vars, shared);
+        let copies = &self.copies;
         // Cannot fire: `prepare` makes at least one shard.
         let (first, rest) = self.shards.split_first_mut().expect("a shard");
         if rest.is_empty() {
-            first.run_into(shared, sums, weight, add);
+            first.run_into((shared, copies), sums, weight, add);
             return;
         }
         use rayon::prelude::*;
         rayon::join(
-            || first.run_into(shared, sums, weight, add),
+            || first.run_into((shared, copies), sums, weight, add),
             || {
                 rest.par_iter_mut().for_each(|p| {
                     p.scale(weight, &[]);
-                    p.execute(shared);
+                    p.execute(shared, copies);
                 })
             },
         );
@@ -547,10 +580,18 @@ impl Compiled {
         }
     }
 
-    /// Compiles for `batch` if needed and fills each shard's per-row inputs.
-    fn stage<D: Device<f32>>(&mut self, ir: &Ir, batch: usize, vars: &[&BTreeMap<String, T3<D>>]) {
+    /// Compiles for `batch` if needed, fills each shard's per-row inputs
+    /// and makes the shared transposed copies.
+    fn stage<D: Device<f32>>(&mut self, ir: &Ir, batch: usize, vars: &[&BTreeMap<String, T3<D>>], shared: &Shared) {
         if self.batch != batch {
             self.prepare(ir, batch);
+        }
+        let first = &self.shards[0];
+        for (t, copy) in first.transposes.iter().zip(&mut self.copies) {
+            let name = &first.inputs[t.input].0;
+            // Cannot fire: callers mirror every parameter and constant of the IR they compiled.
+            let src = shared.get(name).unwrap_or_else(|| panic!("no value bound for `{name}`"));
+            crate::backend::host::transpose_into(src, t.stride, (t.rows, t.cols), copy);
         }
         // Per-row inputs are staged whole and each shard takes its rows (with one shard, straight in).
         let single = self.shards.len() == 1;
@@ -647,6 +688,16 @@ impl fmt::Display for Program {
         )?;
         for (i, (name, n, _)) in self.inputs.iter().enumerate() {
             writeln!(f, "in{i} = {name} ({n})")?;
+        }
+        for (i, t) in self.transposes.iter().enumerate() {
+            writeln!(
+                f,
+                "in{} = transpose of in{} ({}x{}, copied once per run)",
+                self.inputs.len() + i,
+                t.input,
+                t.rows,
+                t.cols
+            )?;
         }
         for instr in &self.instrs {
             writeln!(f, "{}", schedule::show(instr))?;

@@ -1,6 +1,6 @@
 //! IR roots → a `Program`: views, fusion, products, arena (see `super`).
 
-use super::{Buf, FOp, Instr, Mat, Output, Program, Reduction, View};
+use super::{Buf, FOp, Instr, Mat, Output, Program, Reduction, Transpose, View};
 use crate::backend::conv::{self, Kind, pool_planes};
 use crate::backend::eval::{canon, has_var};
 use crate::backend::host::Arith;
@@ -84,6 +84,7 @@ pub(crate) fn compile(ir: &Ir, outputs: &[Output], batch: usize) -> Program {
         host,
         instrs,
         arena,
+        transposes: Vec::new(),
         outputs: placed,
         writers,
         batch,
@@ -781,6 +782,48 @@ fn allocate(mut instrs: Vec<Instr>, sizes: &[usize], outputs: Vec<Placed>) -> (V
     let arena = capacity.into_iter().map(|n| vec![0.0; n]).collect();
     let outputs = outputs.into_iter().map(|(s, d)| (physical[s], d)).collect();
     (arena, instrs, outputs)
+}
+
+/// Points each product that reads a shared matrix against the grain at a
+/// copy made once per run (`Program::transposes`). The `gemm` crate packs
+/// its left operand by columns on every call, element by element where
+/// their elements are strided: with the batch in shards, every shard packs
+/// the same matrix again, and at 128×512×512 (an MLP's backward `δ Wᵀ`)
+/// the packing took as long as the product. The crate computes a row-major
+/// output as `Cᵀ = Bᵀ Aᵀ`, so there its left operand is `B`; for a
+/// column-major output it is `A`.
+pub(super) fn share_transposes(p: &mut Program) {
+    let first = p.inputs.len();
+    for instr in &mut p.instrs {
+        let Instr::Gemm { out, a, b, m, k, n, batch, .. } = instr else { continue };
+        let (x, (rows, cols)) = if out.cs == 1 && out.rs >= *n {
+            // B (k×n) read by columns: a row-major B, `k × n`.
+            if b.rs != 1 || b.cs < *k {
+                continue;
+            }
+            (b, (*k, *n))
+        } else if out.rs == 1 && out.cs >= *m {
+            // A (m×k) read by columns: a column-major A, `k × m` row-major.
+            if a.cs != 1 || a.rs < *k {
+                continue;
+            }
+            (a, (*k, *m))
+        } else {
+            continue;
+        };
+        let Buf::Input(i) = x.buf else { continue };
+        if i >= first || p.inputs[i].2 || (*batch > 1 && x.sb != 0) || rows < 16 || cols < 16 {
+            continue;
+        }
+        let t = Transpose { input: i, rows, cols, stride: x.rs.max(x.cs) };
+        let at = p.transposes.iter().position(|y| *y == t).unwrap_or_else(|| {
+            p.transposes.push(t);
+            p.transposes.len() - 1
+        });
+        // Row-major B is `(n, 1)`; column-major A is `(1, m)`: both `cols` apart along the contraction.
+        let (rs, cs) = if x.rs == 1 { (cols, 1) } else { (1, cols) };
+        *x = Mat { buf: Buf::Input(first + at), sb: 0, rs, cs };
+    }
 }
 
 /// The logical buffers an instruction reads or writes.

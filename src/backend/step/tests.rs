@@ -21,6 +21,13 @@ fn close(a: &[f32], b: &[f32], what: &str) {
 }
 
 fn check(src: &str, batch: usize) {
+    let (on, leaves) = on_device(src);
+    let params: Vec<String> = on.params.keys().cloned().collect();
+    check_energy(&on.ir, on.free_energy, &on.visible, &params, &leaves, batch, src);
+}
+
+/// The model of `src` on the CPU (with a pseudo-likelihood train block if it has none), and its leaves.
+fn on_device(src: &str) -> (crate::backend::objectives::OnDevice<Cpu>, Leaves<Cpu, NoneTape>) {
     let c = crate::compile(src).expect("compiles");
     let (plans, _) = crate::plan(&c.program).expect("plans");
     let (name, model) = c.program.models.iter().next().expect("a model");
@@ -36,8 +43,7 @@ fn check(src: &str, batch: usize) {
         tensors: on.params.iter().chain(&on.consts).map(|(k, t)| (k.clone(), t.clone())).collect(),
         lattices: on.lattices.clone(),
     };
-    let params: Vec<String> = on.params.keys().cloned().collect();
-    check_energy(&on.ir, on.free_energy, &on.visible, &params, &leaves, batch, src);
+    (on, leaves)
 }
 
 /// The compiled program against the evaluator (and, with `reference`, the
@@ -104,7 +110,7 @@ fn check_energy(
     for (i, name) in rows {
         program.input_mut(i).copy_from_slice(&host[&name]);
     }
-    program.run(&host);
+    program.run(&host, &[]);
     // The same outputs through shards (a batch above `SHARD_ROWS` splits).
     let mut sharded = super::Compiled::new(outputs.clone());
     let mut shared = super::Shared::new();
@@ -185,6 +191,8 @@ fn compiled_programs_match_the_evaluator_on_every_op() {
         // Spectral normalisation and relu nets, a scalar-width input.
         "model m { visible x : real[2]; net f = mlp(2 -> 8 -> 8 -> 1, act: relu, spectral_norm: true); net g = mlp(2 -> 6 -> 3, act: tanh);
            energy e = f(x) + sum(square(g(x))) + 0.1 * sum(square(x)); }",
+        // A net wide enough that sharded products read a weight matrix from one transposed copy.
+        "model m { visible x : real[3]; net f = mlp(3 -> 24 -> 20 -> 1, act: swish); energy e = f(x) + 0.1 * sum(square(x)); }",
         // Images: convnets with residual blocks and spectral normalisation, pooled stages, axis means, reshapes.
         "model m { visible x : real[2, 6, 5]; net f = convnet(2 -> 3 -> 4 -> 1, blocks: 1, spectral_norm: true);
            net g = convnet(2 -> 3 -> 2 -> 3, pool: true, act: leaky_relu, bias: false);
@@ -378,4 +386,22 @@ fn a_mirror_copies_once_per_change() {
     assert_eq!(super::Mirror::read(&mirror, &at(2.0)).shared()["W"], vec![1.0; 6]);
     super::Mirror::stale(&mirror);
     assert_eq!(super::Mirror::read(&mirror, &at(3.0)).shared()["W"], vec![3.0; 6]);
+}
+
+/// With the batch in shards, a product that reads a weight matrix against
+/// the grain (the backward pass's `δ Wᵀ`) reads one transposed copy made
+/// per run; one shard reads the weights where they are.
+#[test]
+fn sharded_products_share_one_transposed_copy() {
+    let (on, _) =
+        on_device("model m { visible x : real[3]; net f = mlp(3 -> 24 -> 20 -> 1, act: swish); energy e = f(x); }");
+    let mut ir = on.ir.clone();
+    let g = ir.grad(on.free_energy, "x").expect("a data gradient");
+    let mut compiled = super::Compiled::new(vec![Output::PerExample(g)]);
+    compiled.prepare(&ir, 2 * super::SHARD_ROWS);
+    let listing = compiled.listing().expect("compiled");
+    assert!(listing.starts_with("# 2 shard(s)") && listing.contains("transpose of"), "{listing}");
+    compiled.prepare(&ir, 4);
+    let listing = compiled.listing().expect("compiled");
+    assert!(!listing.contains("transpose of"), "{listing}");
 }
