@@ -369,28 +369,35 @@ pub fn sum_squares(xs: &[f32]) -> f64 {
 /// transpose of a matrix stored as `cols` rows of `stride`. In 16×16 tiles,
 /// so each tile's lines stay in L1 (the `gemm` crate's own packing of such
 /// an operand reads 64 lines a power of two apart, which share few cache
-/// sets, and took longer than the product at 128×512×512).
+/// sets, and took longer than the product at 128×512×512), and in blocks of
+/// rows shared with the partner thread.
 pub fn transpose_into(src: &[f32], stride: usize, (rows, cols): (usize, usize), dst: &mut [f32]) {
     const T: usize = 16;
     assert!(
         rows <= stride && (cols == 0 || (cols - 1) * stride + rows <= src.len()) && dst.len() >= rows * cols,
         "transpose operands match their shapes"
     );
-    wide(
-        #[inline(always)]
-        || {
-            for c0 in (0..cols).step_by(T) {
-                for r0 in (0..rows).step_by(T) {
-                    for c in c0..(c0 + T).min(cols) {
-                        let from = &src[c * stride + r0..c * stride + (r0 + T).min(rows)];
-                        for (r, x) in (r0..).zip(from) {
-                            dst[r * cols + c] = *x;
+    // Rows per block: whole tiles, about `PIECE` elements.
+    let block = (PIECE / cols.max(1)).div_ceil(T).max(1) * T;
+    super::partner::for_each_chunk(&mut dst[..rows * cols], block * cols, |b, out| {
+        let r0 = b * block;
+        let r1 = (r0 + block).min(rows);
+        wide(
+            #[inline(always)]
+            || {
+                for c0 in (0..cols).step_by(T) {
+                    for t0 in (r0..r1).step_by(T) {
+                        for c in c0..(c0 + T).min(cols) {
+                            let from = &src[c * stride + t0..c * stride + (t0 + T).min(r1)];
+                            for (r, x) in (t0 - r0..).zip(from) {
+                                out[r * cols + c] = *x;
+                            }
                         }
                     }
                 }
-            }
-        },
-    );
+            },
+        )
+    });
 }
 
 /// A GEMM operand: its buffer and (row, column) strides.
@@ -537,10 +544,10 @@ pub fn gemm(
 mod tests {
     use super::*;
 
-    /// Tiles that do not divide the matrix, and columns with room between them.
+    /// Tiles and blocks of rows that do not divide the matrix, and columns with room between them.
     #[test]
     fn transpose_into_copies_every_element() {
-        let (rows, cols, stride) = (37, 21, 40);
+        let (rows, cols, stride) = (1100, 33, 1105);
         let src: Vec<f32> = (0..cols * stride).map(|i| i as f32).collect();
         let mut dst = vec![f32::NAN; rows * cols];
         transpose_into(&src, stride, (rows, cols), &mut dst);
