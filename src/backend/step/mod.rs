@@ -576,8 +576,9 @@ impl Compiled {
         // Shared by two threads in pieces; each element adds the shards in
         // order wherever its piece runs, so the sums stay the same bits. A
         // serial pass over a wide MLP's eight partial weight gradients kept
-        // the second core idle for a tenth of a millisecond per shard.
-        let piece = exec::PAR_ELEMENTS / 4;
+        // the second core idle for a tenth of a millisecond per shard. Sums
+        // below `PAR_ELEMENTS` (a convnet's kernels) stay on this thread.
+        let piece = exec::PAR_ELEMENTS;
         for (i, sum) in sums.iter_mut().enumerate() {
             crate::backend::partner::for_each_chunk(sum, piece, |p, chunk| {
                 for shard in rest.iter() {
